@@ -1,0 +1,147 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* This file contains every struct, enum and constant shared between the XDP
+ * programs and user space. Rust reaches these through the skeleton's
+ * generated `types` module: never copy a layout by hand.
+ *
+ * Byte order: fields named *_be are network byte order (as on the wire);
+ * everything else is host order. Addresses are 16-byte unions so that IPv6
+ * is an addition, not a rewrite: an IPv4 address lives in v4 (network
+ * order) with the remaining 12 bytes zero.
+ */
+#pragma once
+
+#ifndef __XDPLB_NO_LINUX_TYPES
+#include <linux/types.h>
+#endif
+
+/* Compile-time maximums; the actual sizes of the big tables are set by lbd
+ * at load time from its configuration. */
+#define LB_MAX_VIPS 1024
+#define LB_MAX_BACKENDS 65536
+#define LB_DEFAULT_MAGLEV_SIZE 65537
+#define LB_DEFAULT_CT_SIZE 1048576
+#define LB_MAX_IFACES 64
+/* How many SNAT ports a new flow tries before giving up (counted). */
+#define LB_PORT_RETRIES 8
+
+enum lb_family {
+	LB_AF_INET = 4,
+	LB_AF_INET6 = 6,
+};
+
+enum lb_mode {
+	LB_MODE_NAT = 1,
+	LB_MODE_L2DSR = 2,
+	LB_MODE_IPIP = 3,
+};
+
+union lb_addr {
+	__u32 v4_be;
+	__u32 v6_be[4];
+	__u8 bytes[16];
+};
+
+/* vips: (address, port, protocol) -> struct vip_meta */
+struct vip_key {
+	union lb_addr addr;
+	__u16 port_be;
+	__u8 proto; /* IPPROTO_TCP / IPPROTO_UDP */
+	__u8 family; /* enum lb_family */
+};
+
+struct vip_meta {
+	__u32 vip_id; /* index into maglev_outer, vip_stats */
+	__u32 ring_size; /* Maglev table size (prime); 0 = no backends */
+	__u8 mode; /* enum lb_mode */
+	__u8 flags; /* reserved, 0 */
+	__u16 pad;
+};
+
+/* backends: backend id -> struct backend */
+struct backend {
+	union lb_addr addr;
+	__u16 port_be;
+	__u8 family;
+	__u8 flags; /* reserved, 0 */
+};
+
+/* A connection 5-tuple as it appears on the wire. */
+struct flow_key {
+	union lb_addr src;
+	union lb_addr dst;
+	__u16 sport_be;
+	__u16 dport_be;
+	__u8 proto;
+	__u8 family;
+	__u16 pad;
+};
+
+enum ct_flags {
+	CT_F_CLOSING = 1, /* FIN or RST seen: short timeout applies */
+};
+
+/* ct_fwd: client 5-tuple (client -> VIP) -> how to rewrite it */
+struct ct_fwd {
+	union lb_addr backend_addr;
+	union lb_addr snat_addr;
+	__u16 backend_port_be;
+	__u16 snat_port_be;
+	__u32 backend_id;
+	__u32 vip_id;
+	__u32 flags; /* enum ct_flags */
+	__u64 last_seen_ns; /* coarse monotonic clock */
+};
+
+/* ct_rev: reply 5-tuple (backend -> SNAT address) -> how to restore it */
+struct ct_rev {
+	union lb_addr client_addr;
+	union lb_addr vip_addr;
+	__u16 client_port_be;
+	__u16 vip_port_be;
+	__u32 backend_id;
+	__u32 vip_id;
+	__u32 flags; /* enum ct_flags */
+	__u64 last_seen_ns;
+};
+
+/* lb_config[0]: run-time settings written by lbd. */
+struct lb_config {
+	union lb_addr snat_addr;
+	__u16 snat_port_min; /* host order, inclusive */
+	__u16 snat_port_max; /* host order, inclusive */
+	__u32 pad;
+	__u64 tcp_timeout_ns; /* idle timeout of an established TCP flow */
+	__u64 tcp_closing_timeout_ns; /* after FIN or RST */
+	__u64 udp_timeout_ns;
+};
+
+/* Per-VIP and per-backend counters (per-CPU; lbd sums the CPUs). */
+struct lb_counters {
+	__u64 packets;
+	__u64 bytes;
+	__u64 new_flows;
+};
+
+/* Why a packet got its verdict. Index into reason_stats. Append only:
+ * lbd reads the names from this enum through BTF. */
+enum lb_reason {
+	LB_REASON_PASS_NOT_IP = 0, /* not IPv4 (ARP, IPv6, ...) */
+	LB_REASON_PASS_NOT_VIP, /* IPv4, but neither a VIP nor a tracked reply */
+	LB_REASON_PASS_FRAGMENT, /* IP fragment: no L4 header to balance on */
+	LB_REASON_PASS_MALFORMED, /* could not parse L2/L3: left to the kernel */
+	LB_REASON_DROP_MALFORMED, /* addressed to a VIP but truncated/invalid */
+	LB_REASON_DROP_NO_BACKEND, /* VIP without usable backend */
+	LB_REASON_DROP_PORT_EXHAUSTED, /* no free SNAT port after retries */
+	LB_REASON_DROP_CT_FULL, /* conntrack insert failed */
+	LB_REASON_DROP_NO_CONFIG, /* lb_config not written yet */
+	LB_REASON_PASS_FIB_NO_NEIGH, /* next hop unresolved: kernel forwards */
+	LB_REASON_PASS_FIB_FAILED, /* no route / other FIB failure */
+	LB_REASON_DROP_FIB_BLACKHOLE, /* route says blackhole/unreachable/prohibit */
+	LB_REASON_TX_NAT_FORWARD, /* client -> backend, rewritten */
+	LB_REASON_TX_NAT_REPLY, /* backend -> client, restored */
+	LB_REASON_DROP_TTL, /* TTL would reach zero */
+	LB_REASON_MAX,
+};
+
+/* Verdict counters are indexed by XDP action (XDP_ABORTED..XDP_REDIRECT). */
+#define LB_VERDICT_MAX 5

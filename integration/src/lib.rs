@@ -1,0 +1,1 @@
+//! Test harness: network-namespace topologies, lbd/lbctl process control and real TCP/UDP peers.
