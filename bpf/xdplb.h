@@ -12,17 +12,25 @@
 
 #ifndef __XDPLB_NO_LINUX_TYPES
 #include <linux/types.h>
+#include <stdbool.h>
 #endif
 
-/* Compile-time maximums; the actual sizes of the big tables are set by lbd
- * at load time from its configuration. */
-#define LB_MAX_VIPS 1024
-#define LB_MAX_BACKENDS 65536
-#define LB_DEFAULT_MAGLEV_SIZE 65537
-#define LB_DEFAULT_CT_SIZE 1048576
-#define LB_MAX_IFACES 64
-/* How many SNAT ports a new flow tries before giving up (counted). */
-#define LB_PORT_RETRIES 8
+/* Compile-time maximums (an enum, not #defines, so that they reach Rust
+ * through BTF). The big tables are resized by lbd at load time. */
+enum lb_limits {
+	LB_MAX_VIPS = 1024,
+	LB_MAX_BACKENDS = 65536,
+	LB_DEFAULT_MAGLEV_SIZE = 65537,
+	LB_DEFAULT_CT_SIZE = 1048576,
+	LB_MAX_IFACES = 64,
+	/* How many SNAT ports a new flow tries before giving up (counted). */
+	LB_PORT_RETRIES = 8,
+};
+
+/* Maglev ring value of an empty slot. */
+enum lb_ring_values {
+	LB_NO_BACKEND = 0xffffffffu,
+};
 
 enum lb_family {
 	LB_AF_INET = 4,
@@ -139,9 +147,15 @@ enum lb_reason {
 	LB_REASON_DROP_FIB_BLACKHOLE, /* route says blackhole/unreachable/prohibit */
 	LB_REASON_TX_NAT_FORWARD, /* client -> backend, rewritten */
 	LB_REASON_TX_NAT_REPLY, /* backend -> client, restored */
-	LB_REASON_DROP_TTL, /* TTL would reach zero */
+	LB_REASON_PASS_NOT_TRACKED, /* to the SNAT address, no live conntrack entry */
 	LB_REASON_MAX,
 };
 
 /* Verdict counters are indexed by XDP action (XDP_ABORTED..XDP_REDIRECT). */
 #define LB_VERDICT_MAX 5
+
+/* global_stats[0]: why packets got their verdicts, and the verdicts. */
+struct lb_global_stats {
+	__u64 reasons[LB_REASON_MAX];
+	__u64 verdicts[LB_VERDICT_MAX];
+};

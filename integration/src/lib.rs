@@ -1,1 +1,19 @@
 //! Test harness: network-namespace topologies, lbd/lbctl process control and real TCP/UDP peers.
+//!
+//! - [`netns`]: the [`NetNs`] guard, running code inside a namespace, veth pairs;
+//! - [`topology`]: the two-arm and one-arm test networks;
+//! - [`procs`]: the [`Lbd`] daemon guard and lbctl calls;
+//! - [`peers`]: name servers on the backends and bounded clients.
+
+pub mod netns;
+pub mod peers;
+pub mod procs;
+pub mod topology;
+
+pub use netns::{veth, NetNs};
+pub use peers::{
+    tcp_connect, tcp_exchange, tcp_name_server, tcp_request, tcp_requests, udp_name_server,
+    udp_request, udp_requests, Reply, ServerHandle,
+};
+pub use procs::{vip_new_flows, Lbd, Proto};
+pub use topology::{lbd_config, Topology, VIP};

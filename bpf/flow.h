@@ -1,0 +1,129 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* This file contains NAT connection tracking: the forward (client side) and
+ * reverse (backend side) entries, their idle timeouts, and SNAT port
+ * allocation. */
+#pragma once
+
+#include "maps.h"
+#include "parse.h"
+
+/* last_seen is refreshed at most this often, to keep shared cache lines
+ * from bouncing between CPUs on every packet. */
+#define CT_TOUCH_NS 1000000000ull
+
+static __always_inline __u64 ct_timeout(const struct lb_config *cfg, __u8 proto, __u32 flags)
+{
+	if (proto == IPPROTO_UDP)
+		return cfg->udp_timeout_ns;
+	if (flags & CT_F_CLOSING)
+		return cfg->tcp_closing_timeout_ns;
+	return cfg->tcp_timeout_ns;
+}
+
+static __always_inline bool ct_expired(const struct lb_config *cfg, __u8 proto, __u32 flags,
+				       __u64 last_seen, __u64 now)
+{
+	return now > last_seen && now - last_seen > ct_timeout(cfg, proto, flags);
+}
+
+/* Marks a TCP entry closing on FIN/RST and refreshes its clock. */
+static __always_inline void ct_touch(const struct packet *pkt, __u32 *flags, __u64 *last_seen,
+				     __u64 now)
+{
+	if (pkt->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST) && !(*flags & CT_F_CLOSING))
+		*flags |= CT_F_CLOSING;
+	if (now - *last_seen > CT_TOUCH_NS)
+		*last_seen = now;
+}
+
+/* Live forward entry of this client flow, or NULL. */
+static __always_inline struct ct_fwd *ct_lookup_fwd(const struct lb_config *cfg,
+						    const struct packet *pkt, __u64 now)
+{
+	struct ct_fwd *ct = bpf_map_lookup_elem(&ct_fwd, &pkt->key);
+
+	if (!ct || ct_expired(cfg, pkt->key.proto, ct->flags, ct->last_seen_ns, now))
+		return NULL;
+	return ct;
+}
+
+/* Live reverse entry for a reply arriving at the SNAT address, or NULL. */
+static __always_inline struct ct_rev *ct_lookup_rev(const struct lb_config *cfg,
+						    const struct packet *pkt, __u64 now)
+{
+	struct ct_rev *ct = bpf_map_lookup_elem(&ct_rev, &pkt->key);
+
+	if (!ct || ct_expired(cfg, pkt->key.proto, ct->flags, ct->last_seen_ns, now))
+		return NULL;
+	return ct;
+}
+
+/**
+ * ct_create - track a new client flow towards @be
+ * @fwd: filled with the forward entry that was stored
+ *
+ * Picks an SNAT port from the configured range (starting from the flow hash,
+ * LB_PORT_RETRIES candidates) and claims it by inserting the reverse entry
+ * with BPF_NOEXIST, so two flows never share (backend, SNAT port); a stale
+ * entry whose flow has expired is taken over. The reverse entry goes in
+ * first: a reply can only match a port that is really ours.
+ *
+ * Returns LB_CONTINUE, or a verdict (port exhaustion, table failure).
+ */
+static __always_inline int ct_create(struct packet *pkt, const struct lb_config *cfg,
+				     const struct backend *be, __u32 backend_id, __u32 vip_id,
+				     __u32 hash, __u64 now, struct ct_fwd *fwd)
+{
+	__u32 range = (__u32)cfg->snat_port_max - cfg->snat_port_min + 1;
+	struct flow_key rkey = {};
+	struct ct_rev rev = {};
+	__u32 i;
+
+	if (cfg->snat_port_max < cfg->snat_port_min)
+		return verdict(pkt, LB_REASON_DROP_NO_CONFIG, XDP_DROP);
+
+	rkey.family = LB_AF_INET;
+	rkey.proto = pkt->key.proto;
+	rkey.src = be->addr;
+	rkey.sport_be = be->port_be;
+	rkey.dst = cfg->snat_addr;
+
+	rev.client_addr = pkt->key.src;
+	rev.client_port_be = pkt->key.sport_be;
+	rev.vip_addr = pkt->key.dst;
+	rev.vip_port_be = pkt->key.dport_be;
+	rev.backend_id = backend_id;
+	rev.vip_id = vip_id;
+	rev.last_seen_ns = now;
+
+#pragma clang loop unroll(disable)
+	for (i = 0; i < LB_PORT_RETRIES; i++) {
+		/* 40503 is prime and > any range: consecutive tries are spread out. */
+		__u16 port = cfg->snat_port_min + (hash + i * 40503u) % range;
+		struct ct_rev *old;
+
+		rkey.dport_be = bpf_htons(port);
+		if (bpf_map_update_elem(&ct_rev, &rkey, &rev, BPF_NOEXIST) == 0)
+			goto claimed;
+		old = bpf_map_lookup_elem(&ct_rev, &rkey);
+		if (old && ct_expired(cfg, rkey.proto, old->flags, old->last_seen_ns, now) &&
+		    bpf_map_update_elem(&ct_rev, &rkey, &rev, BPF_EXIST) == 0)
+			goto claimed;
+	}
+	return verdict(pkt, LB_REASON_DROP_PORT_EXHAUSTED, XDP_DROP);
+
+claimed:
+	fwd->backend_addr = be->addr;
+	fwd->backend_port_be = be->port_be;
+	fwd->snat_addr = cfg->snat_addr;
+	fwd->snat_port_be = rkey.dport_be;
+	fwd->backend_id = backend_id;
+	fwd->vip_id = vip_id;
+	fwd->flags = 0;
+	fwd->last_seen_ns = now;
+	if (bpf_map_update_elem(&ct_fwd, &pkt->key, fwd, BPF_ANY) != 0) {
+		bpf_map_delete_elem(&ct_rev, &rkey);
+		return verdict(pkt, LB_REASON_DROP_CT_FULL, XDP_DROP);
+	}
+	return LB_CONTINUE;
+}

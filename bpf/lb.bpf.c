@@ -1,0 +1,135 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/* The xdplb XDP program: the pipeline, nothing else.
+ *
+ *   parse -> VIP lookup -> conntrack -> Maglev -> NAT rewrite -> next hop
+ *   parse -> reply of a tracked flow -> NAT restore -> next hop
+ *
+ * Each stage returns a verdict or LB_CONTINUE; the reason and the verdict
+ * are counted once, on the way out.
+ */
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include "xdplb.h"
+#include "maps.h"
+#include "parse.h"
+#include "stats.h"
+#include "maglev.h"
+#include "flow.h"
+#include "nat.h"
+#include "nexthop.h"
+
+/* Client -> VIP: find or create the flow, rewrite to backend, forward. */
+static __always_inline int lb_to_backend(struct xdp_md *ctx, struct packet *pkt,
+					 const struct lb_config *cfg, const struct vip_meta *vip)
+{
+	__u64 now = bpf_ktime_get_coarse_ns();
+	struct ct_fwd fresh = {}, *ct;
+	bool new_flow = false;
+	int action;
+
+	ct = ct_lookup_fwd(cfg, pkt, now);
+	if (ct) {
+		ct_touch(pkt, &ct->flags, &ct->last_seen_ns, now);
+	} else {
+		__u32 hash = flow_hash_v4(&pkt->key);
+		__u32 backend_id = maglev_pick(vip, hash);
+		struct backend *be;
+
+		if (backend_id == LB_NO_BACKEND)
+			return verdict(pkt, LB_REASON_DROP_NO_BACKEND, XDP_DROP);
+		be = bpf_map_lookup_elem(&backends, &backend_id);
+		if (!be || be->family != LB_AF_INET)
+			return verdict(pkt, LB_REASON_DROP_NO_BACKEND, XDP_DROP);
+		action = ct_create(pkt, cfg, be, backend_id, vip->vip_id, hash, now, &fresh);
+		if (action != LB_CONTINUE)
+			return action;
+		ct = &fresh;
+		new_flow = true;
+	}
+
+	count_flow(&vip_stats, ct->vip_id, pkt, new_flow);
+	count_flow(&backend_stats, ct->backend_id, pkt, new_flow);
+	action = nat_rewrite(pkt, ct->snat_addr.v4_be, ct->backend_addr.v4_be, ct->snat_port_be,
+			     ct->backend_port_be);
+	if (action != LB_CONTINUE)
+		return action;
+	return forward(ctx, pkt, LB_REASON_TX_NAT_FORWARD);
+}
+
+/* Backend -> SNAT address: restore VIP -> client for a tracked flow. */
+static __always_inline int lb_to_client(struct xdp_md *ctx, struct packet *pkt,
+					const struct lb_config *cfg)
+{
+	__u64 now = bpf_ktime_get_coarse_ns();
+	struct ct_rev *ct = ct_lookup_rev(cfg, pkt, now);
+	int action;
+
+	if (!ct)
+		return verdict(pkt, LB_REASON_PASS_NOT_TRACKED, XDP_PASS);
+	ct_touch(pkt, &ct->flags, &ct->last_seen_ns, now);
+	count_flow(&backend_stats, ct->backend_id, pkt, false);
+	action = nat_rewrite(pkt, ct->vip_addr.v4_be, ct->client_addr.v4_be, ct->vip_port_be,
+			     ct->client_port_be);
+	if (action != LB_CONTINUE)
+		return action;
+	return forward(ctx, pkt, LB_REASON_TX_NAT_REPLY);
+}
+
+static __always_inline bool is_snat_reply(const struct packet *pkt, const struct lb_config *cfg)
+{
+	__u16 port = bpf_ntohs(pkt->key.dport_be);
+
+	return pkt->key.dst.v4_be == cfg->snat_addr.v4_be && port >= cfg->snat_port_min &&
+	       port <= cfg->snat_port_max;
+}
+
+static __always_inline int process_packet(struct xdp_md *ctx, struct packet *pkt)
+{
+	struct vip_key vkey = {};
+	struct lb_config *cfg;
+	struct vip_meta *vip;
+	__u32 zero = 0;
+	int action;
+
+	action = parse_packet(ctx, pkt);
+	if (action != LB_CONTINUE)
+		return action;
+
+	cfg = bpf_map_lookup_elem(&lb_config, &zero);
+	if (!cfg)
+		return verdict(pkt, LB_REASON_DROP_NO_CONFIG, XDP_DROP);
+
+	vkey.addr = pkt->key.dst;
+	vkey.port_be = pkt->key.dport_be;
+	vkey.proto = pkt->key.proto;
+	vkey.family = LB_AF_INET;
+	vip = bpf_map_lookup_elem(&vips, &vkey);
+	if (vip)
+		return lb_to_backend(ctx, pkt, cfg, vip);
+	if (is_snat_reply(pkt, cfg))
+		return lb_to_client(ctx, pkt, cfg);
+	return verdict(pkt, LB_REASON_PASS_NOT_VIP, XDP_PASS);
+}
+
+SEC("xdp")
+int xdplb(struct xdp_md *ctx)
+{
+	struct packet pkt = {};
+	int action = process_packet(ctx, &pkt);
+
+	count_verdict(&pkt, action);
+	return action;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* Never read: anchors the shared enums in BTF so that the skeleton's `types`
+ * module carries them to Rust (reason names, modes, families, flags). */
+const volatile struct {
+	enum lb_reason reason;
+	enum lb_mode mode;
+	enum lb_family family;
+	enum ct_flags ct_flags;
+	enum lb_limits limits;
+	enum lb_ring_values ring_values;
+} lb_btf_anchor;

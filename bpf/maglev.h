@@ -1,0 +1,60 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* This file contains the flow hash and the Maglev slot lookup. The rings
+ * themselves are built in user space (src/maglev.rs). */
+#pragma once
+
+#include "maps.h"
+#include "parse.h"
+
+#define FNV32_OFFSET 2166136261u
+#define FNV32_PRIME 16777619u
+
+#define FNV1A_BYTE(h, b) (((h) ^ (__u8)(b)) * FNV32_PRIME)
+
+/* FNV-1a (32 bit) over saddr, daddr, sport, dport (wire order) and proto:
+ * 13 bytes, unrolled by hand so that the verifier sees straight-line code.
+ * Maglev indexes rings by hash % prime, which uses every bit of the hash,
+ * so FNV-1a's weak low bits do not matter. Mirrored by
+ * xdplb::maglev::flow_hash_v4. */
+static __always_inline __u32 flow_hash_v4(const struct flow_key *k)
+{
+	const __u8 *s = (const __u8 *)&k->src.v4_be;
+	const __u8 *d = (const __u8 *)&k->dst.v4_be;
+	const __u8 *sp = (const __u8 *)&k->sport_be;
+	const __u8 *dp = (const __u8 *)&k->dport_be;
+	__u32 h = FNV32_OFFSET;
+
+	h = FNV1A_BYTE(h, s[0]);
+	h = FNV1A_BYTE(h, s[1]);
+	h = FNV1A_BYTE(h, s[2]);
+	h = FNV1A_BYTE(h, s[3]);
+	h = FNV1A_BYTE(h, d[0]);
+	h = FNV1A_BYTE(h, d[1]);
+	h = FNV1A_BYTE(h, d[2]);
+	h = FNV1A_BYTE(h, d[3]);
+	h = FNV1A_BYTE(h, sp[0]);
+	h = FNV1A_BYTE(h, sp[1]);
+	h = FNV1A_BYTE(h, dp[0]);
+	h = FNV1A_BYTE(h, dp[1]);
+	h = FNV1A_BYTE(h, k->proto);
+	return h;
+}
+
+/* Returns the backend id for @hash on the VIP's ring, or LB_NO_BACKEND. */
+static __always_inline __u32 maglev_pick(const struct vip_meta *vip, __u32 hash)
+{
+	__u32 vip_id = vip->vip_id;
+	__u32 slot, *backend_id;
+	void *ring;
+
+	if (vip->ring_size == 0)
+		return LB_NO_BACKEND;
+	ring = bpf_map_lookup_elem(&maglev_rings, &vip_id);
+	if (!ring)
+		return LB_NO_BACKEND;
+	slot = hash % vip->ring_size;
+	backend_id = bpf_map_lookup_elem(ring, &slot);
+	if (!backend_id)
+		return LB_NO_BACKEND;
+	return *backend_id;
+}

@@ -1,0 +1,129 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* This file contains the packet parser: Ethernet (one 802.1Q/802.1ad tag),
+ * IPv4 with options, TCP and UDP, into one struct packet. Every bounds check
+ * sits next to the access it guards. */
+#pragma once
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include <bpf/bpf_endian.h>
+#include "xdplb.h"
+
+/* A stage returns an XDP action, or LB_CONTINUE to hand on. */
+#define LB_CONTINUE (-1)
+
+#define IP_MF 0x2000
+#define IP_OFFSET 0x1fff
+
+struct vlan_hdr {
+	__be16 tci;
+	__be16 encap_proto;
+};
+
+struct packet {
+	void *data_end;
+	struct ethhdr *eth;
+	struct iphdr *ip;
+	void *l4; /* TCP or UDP header, checked for its full size */
+	struct flow_key key; /* wire-order 5-tuple as received */
+	__u32 len; /* frame length, for byte counters */
+	__u8 tcp_flags; /* TCP flag byte (FIN=0x01 SYN=0x02 RST=0x04 ACK=0x10) */
+	__u8 reason; /* enum lb_reason of the verdict */
+};
+
+#define TCP_FLAG_FIN 0x01
+#define TCP_FLAG_SYN 0x02
+#define TCP_FLAG_RST 0x04
+#define TCP_FLAG_ACK 0x10
+
+/* Records why the packet gets @action and returns @action. */
+static __always_inline int verdict(struct packet *pkt, enum lb_reason reason, int action)
+{
+	pkt->reason = reason;
+	return action;
+}
+
+/**
+ * parse_packet - fill @pkt from the frame in @ctx
+ *
+ * Returns LB_CONTINUE for an unfragmented IPv4 TCP or UDP packet whose
+ * headers are all present, otherwise a verdict: XDP_PASS for anything the
+ * kernel should see as if we were not here (non-IP, other L4 protocols,
+ * fragments, L2/L3 garbage), XDP_DROP for a TCP/UDP packet whose L4 header
+ * is cut short (every receiver would discard it).
+ */
+static __always_inline int parse_packet(struct xdp_md *ctx, struct packet *pkt)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 l3_off = sizeof(struct ethhdr);
+	struct ethhdr *eth = data;
+	struct iphdr *ip;
+	__u16 proto;
+	__u32 ihl_len, tot_len;
+
+	pkt->data_end = data_end;
+	pkt->len = data_end - data;
+	if ((void *)(eth + 1) > data_end)
+		return verdict(pkt, LB_REASON_PASS_MALFORMED, XDP_PASS);
+	pkt->eth = eth;
+	proto = eth->h_proto;
+
+	if (proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD)) {
+		struct vlan_hdr *vlan = data + l3_off;
+
+		if ((void *)(vlan + 1) > data_end)
+			return verdict(pkt, LB_REASON_PASS_MALFORMED, XDP_PASS);
+		proto = vlan->encap_proto;
+		l3_off += sizeof(struct vlan_hdr);
+	}
+	if (proto != bpf_htons(ETH_P_IP))
+		return verdict(pkt, LB_REASON_PASS_NOT_IP, XDP_PASS);
+
+	ip = data + l3_off;
+	if ((void *)(ip + 1) > data_end)
+		return verdict(pkt, LB_REASON_PASS_MALFORMED, XDP_PASS);
+	if (ip->version != 4 || ip->ihl < 5)
+		return verdict(pkt, LB_REASON_PASS_MALFORMED, XDP_PASS);
+	ihl_len = ip->ihl * 4;
+	tot_len = bpf_ntohs(ip->tot_len);
+	/* tot_len may be shorter than the frame (Ethernet padding), never longer. */
+	if (tot_len < ihl_len || (void *)ip + tot_len > data_end)
+		return verdict(pkt, LB_REASON_PASS_MALFORMED, XDP_PASS);
+	pkt->ip = ip;
+	if (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET))
+		return verdict(pkt, LB_REASON_PASS_FRAGMENT, XDP_PASS);
+
+	pkt->key.family = LB_AF_INET;
+	pkt->key.proto = ip->protocol;
+	pkt->key.src.v4_be = ip->saddr;
+	pkt->key.dst.v4_be = ip->daddr;
+
+	if (ip->protocol == IPPROTO_TCP) {
+		struct tcphdr *tcp = (void *)ip + ihl_len;
+
+		if ((void *)(tcp + 1) > data_end || tcp->doff < 5 ||
+		    ihl_len + tcp->doff * 4 > tot_len)
+			return verdict(pkt, LB_REASON_DROP_MALFORMED, XDP_DROP);
+		pkt->l4 = tcp;
+		pkt->key.sport_be = tcp->source;
+		pkt->key.dport_be = tcp->dest;
+		pkt->tcp_flags = ((__u8 *)tcp)[13];
+		return LB_CONTINUE;
+	}
+	if (ip->protocol == IPPROTO_UDP) {
+		struct udphdr *udp = (void *)ip + ihl_len;
+
+		if ((void *)(udp + 1) > data_end || ihl_len + sizeof(*udp) > tot_len)
+			return verdict(pkt, LB_REASON_DROP_MALFORMED, XDP_DROP);
+		pkt->l4 = udp;
+		pkt->key.sport_be = udp->source;
+		pkt->key.dport_be = udp->dest;
+		return LB_CONTINUE;
+	}
+	return verdict(pkt, LB_REASON_PASS_NOT_VIP, XDP_PASS);
+}

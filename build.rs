@@ -1,0 +1,49 @@
+//! Build script: compiles the XDP programs in `bpf/` into libbpf skeletons and the gRPC API in `proto/`
+//! into tonic server and client code.
+
+use std::env;
+use std::path::{Path, PathBuf};
+
+use libbpf_cargo::SkeletonBuilder;
+
+const PROGRAMS: &[&str] = &["lb"];
+
+fn main() {
+    let out = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR is set by cargo"));
+    let clang = env::var("CLANG").unwrap_or_else(|_| find_clang());
+    for name in PROGRAMS {
+        let src = format!("bpf/{name}.bpf.c");
+        SkeletonBuilder::new()
+            .source(&src)
+            .clang(&clang)
+            .clang_args([
+                "-I/usr/include/x86_64-linux-gnu",
+                "-Ibpf",
+                "-Wall",
+                "-Werror",
+                "-O2",
+                "-g",
+            ])
+            .build_and_generate(out.join(format!("{name}.skel.rs")))
+            .unwrap_or_else(|e| panic!("building BPF program {src}: {e:#}"));
+    }
+    println!("cargo:rerun-if-changed=bpf");
+    println!("cargo:rerun-if-env-changed=CLANG");
+
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_protos(&["proto/xdplb.proto"], &["proto"])
+        .expect("compiling proto/xdplb.proto");
+    println!("cargo:rerun-if-changed=proto");
+}
+
+/// clang-19 is what `make deps` installs; fall back to whatever `clang` is on the PATH.
+fn find_clang() -> String {
+    for candidate in ["/usr/bin/clang-19", "/usr/lib/llvm-19/bin/clang"] {
+        if Path::new(candidate).exists() {
+            return candidate.to_string();
+        }
+    }
+    "clang".to_string()
+}

@@ -1,0 +1,665 @@
+//! "High" arguments: validated, typed values built from `lowargs` before any RPC is made.
+//! A value that does not validate becomes an [`ArgError`] (printed as one line, exit 2).
+
+use std::{
+    fmt,
+    net::{Ipv4Addr, SocketAddrV4},
+    path::PathBuf,
+    time::Duration,
+};
+
+use crate::lowargs::{
+    BackendAddArgs, BackendCommand, BackendRefArgs, LowArgs, LowCommand, SetWeightArgs, VipCommand,
+    VipFlag, VipPositional,
+};
+use crate::pb;
+
+/// Where lbd listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// gRPC over a Unix stream socket at this path.
+    Unix(PathBuf),
+    /// gRPC over TCP at this `http://` URL.
+    Tcp(String),
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Unix(path) => write!(f, "{}", path.display()),
+            Target::Tcp(url) => f.write_str(url),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
+
+    pub fn to_pb(self) -> pb::Protocol {
+        match self {
+            Proto::Tcp => pb::Protocol::Tcp,
+            Proto::Udp => pb::Protocol::Udp,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Nat,
+    L2Dsr,
+    Ipip,
+}
+
+impl Mode {
+    pub fn to_pb(self) -> pb::ForwardingMode {
+        match self {
+            Mode::Nat => pb::ForwardingMode::Nat,
+            Mode::L2Dsr => pb::ForwardingMode::L2dsr,
+            Mode::Ipip => pb::ForwardingMode::Ipip,
+        }
+    }
+}
+
+/// A VIP: IPv4 address, port (1..65535) and protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VipKey {
+    pub addr: SocketAddrV4,
+    pub proto: Proto,
+}
+
+impl VipKey {
+    pub fn to_pb(self) -> pb::VipKey {
+        pb::VipKey {
+            address: self.addr.ip().to_string(),
+            port: u32::from(self.addr.port()),
+            protocol: self.proto.to_pb() as i32,
+        }
+    }
+}
+
+impl fmt::Display for VipKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.proto.as_str())
+    }
+}
+
+/// One fully validated command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    VipAdd {
+        vip: VipKey,
+        mode: Mode,
+    },
+    VipRemove {
+        vip: VipKey,
+    },
+    VipList,
+    BackendAdd {
+        vip: VipKey,
+        backend: SocketAddrV4,
+        weight: u32,
+    },
+    BackendRemove {
+        vip: VipKey,
+        backend: SocketAddrV4,
+    },
+    BackendSetWeight {
+        vip: VipKey,
+        backend: SocketAddrV4,
+        weight: u32,
+    },
+    BackendList {
+        vip: VipKey,
+    },
+    Stats,
+    Completions(clap_complete::Shell),
+}
+
+/// Everything `lbctl` needs to run, all checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HighArgs {
+    pub target: Target,
+    pub json: bool,
+    pub timeout: Duration,
+    pub command: Command,
+}
+
+/// A value that failed validation: `invalid --vip '10.0.0.1': expected ADDR:PORT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArgError {
+    /// The flag (`--vip`) or positional name (`BACKEND`) the value came from.
+    pub what: &'static str,
+    pub value: String,
+    pub expected: String,
+}
+
+impl fmt::Display for ArgError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid {} '{}': expected {}",
+            self.what, self.value, self.expected
+        )
+    }
+}
+
+impl std::error::Error for ArgError {}
+
+fn invalid(what: &'static str, value: &str, expected: impl Into<String>) -> ArgError {
+    ArgError {
+        what,
+        value: value.to_owned(),
+        expected: expected.into(),
+    }
+}
+
+impl TryFrom<LowArgs> for HighArgs {
+    type Error = ArgError;
+
+    fn try_from(low: LowArgs) -> Result<Self, ArgError> {
+        let target = match low.addr {
+            Some(url) => Target::Tcp(parse_url("--addr", &url)?),
+            None => Target::Unix(low.socket),
+        };
+        Ok(HighArgs {
+            target,
+            json: low.json,
+            timeout: parse_duration("--timeout", &low.timeout)?,
+            command: Command::try_from(low.command)?,
+        })
+    }
+}
+
+impl TryFrom<LowCommand> for Command {
+    type Error = ArgError;
+
+    fn try_from(low: LowCommand) -> Result<Self, ArgError> {
+        Ok(match low {
+            LowCommand::Vip(VipCommand::Add(args)) => Command::VipAdd {
+                vip: vip_positional(&args.vip)?,
+                mode: parse_mode("--mode", &args.mode)?,
+            },
+            LowCommand::Vip(VipCommand::Remove(args)) => Command::VipRemove {
+                vip: vip_positional(&args)?,
+            },
+            LowCommand::Vip(VipCommand::List) => Command::VipList,
+            LowCommand::Backend(BackendCommand::Add(args)) | LowCommand::AddBackend(args) => {
+                backend_add(&args)?
+            }
+            LowCommand::Backend(BackendCommand::Remove(args)) | LowCommand::RemoveBackend(args) => {
+                let (vip, backend) = backend_ref(&args)?;
+                Command::BackendRemove { vip, backend }
+            }
+            LowCommand::Backend(BackendCommand::SetWeight(SetWeightArgs { target, weight })) => {
+                let (vip, backend) = backend_ref(&target)?;
+                Command::BackendSetWeight {
+                    vip,
+                    backend,
+                    weight: parse_weight("--weight", &weight)?,
+                }
+            }
+            LowCommand::Backend(BackendCommand::List(args)) => Command::BackendList {
+                vip: vip_flag(&args)?,
+            },
+            LowCommand::Stats => Command::Stats,
+            LowCommand::Completions { shell } => Command::Completions(shell),
+        })
+    }
+}
+
+fn vip_positional(args: &VipPositional) -> Result<VipKey, ArgError> {
+    Ok(VipKey {
+        addr: parse_addr_port("VIP", &args.vip)?,
+        proto: parse_proto("--proto", &args.proto)?,
+    })
+}
+
+fn vip_flag(args: &VipFlag) -> Result<VipKey, ArgError> {
+    Ok(VipKey {
+        addr: parse_addr_port("--vip", &args.vip)?,
+        proto: parse_proto("--proto", &args.proto)?,
+    })
+}
+
+fn backend_ref(args: &BackendRefArgs) -> Result<(VipKey, SocketAddrV4), ArgError> {
+    Ok((
+        vip_flag(&args.vip)?,
+        parse_addr_port("BACKEND", &args.backend)?,
+    ))
+}
+
+fn backend_add(args: &BackendAddArgs) -> Result<Command, ArgError> {
+    let (vip, backend) = backend_ref(&args.target)?;
+    Ok(Command::BackendAdd {
+        vip,
+        backend,
+        weight: parse_weight("--weight", &args.weight)?,
+    })
+}
+
+/// `10.0.0.10:80` -> SocketAddrV4, IPv4 only, port 1..65535.
+pub fn parse_addr_port(what: &'static str, s: &str) -> Result<SocketAddrV4, ArgError> {
+    let Some((ip, port)) = s.rsplit_once(':') else {
+        return Err(invalid(what, s, "ADDR:PORT"));
+    };
+    let ip: Ipv4Addr = ip.parse().map_err(|_| {
+        if ip.contains(':') || ip.starts_with('[') {
+            invalid(
+                what,
+                s,
+                "ADDR:PORT with an IPv4 ADDR (IPv6 is not supported yet)",
+            )
+        } else {
+            invalid(what, s, "ADDR:PORT with an IPv4 ADDR")
+        }
+    })?;
+    match port.parse::<u16>() {
+        Ok(port) if port != 0 => Ok(SocketAddrV4::new(ip, port)),
+        _ => Err(invalid(what, s, "ADDR:PORT with PORT in 1..65535")),
+    }
+}
+
+/// `tcp` / `udp`, any case.
+pub fn parse_proto(what: &'static str, s: &str) -> Result<Proto, ArgError> {
+    match s.to_ascii_lowercase().as_str() {
+        "tcp" => Ok(Proto::Tcp),
+        "udp" => Ok(Proto::Udp),
+        _ => Err(invalid(what, s, "tcp or udp")),
+    }
+}
+
+/// `nat` / `l2dsr` / `ipip`, any case.
+pub fn parse_mode(what: &'static str, s: &str) -> Result<Mode, ArgError> {
+    match s.to_ascii_lowercase().as_str() {
+        "nat" => Ok(Mode::Nat),
+        "l2dsr" => Ok(Mode::L2Dsr),
+        "ipip" => Ok(Mode::Ipip),
+        _ => Err(invalid(what, s, "nat, l2dsr or ipip")),
+    }
+}
+
+/// A u32 weight (0 = drained).
+pub fn parse_weight(what: &'static str, s: &str) -> Result<u32, ArgError> {
+    s.parse::<u32>()
+        .map_err(|_| invalid(what, s, format!("an integer in 0..{}", u32::MAX)))
+}
+
+/// `5s`, `500ms`, `1m`, or a bare number of seconds; must be positive.
+pub fn parse_duration(what: &'static str, s: &str) -> Result<Duration, ArgError> {
+    let err = || invalid(what, s, "a positive duration like 5s, 500ms or 1m");
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| err())?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.checked_mul(60).ok_or_else(err)?),
+        _ => return Err(err()),
+    };
+    if d.is_zero() {
+        return Err(err());
+    }
+    Ok(d)
+}
+
+/// lbd URL for TCP: `http://HOST:PORT`; a bare `HOST:PORT` gets `http://` prepended.
+pub fn parse_url(what: &'static str, s: &str) -> Result<String, ArgError> {
+    let url = if s.contains("://") {
+        s.to_owned()
+    } else {
+        format!("http://{s}")
+    };
+    let ok = url.starts_with("http://")
+        && tonic::transport::Endpoint::from_shared(url.clone()).is_ok()
+        && url.len() > "http://".len();
+    if ok {
+        Ok(url)
+    } else {
+        Err(invalid(
+            what,
+            s,
+            "a URL like http://127.0.0.1:50051 (TLS is not supported)",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    fn parse(args: &[&str]) -> Result<HighArgs, String> {
+        let mut argv = vec!["lbctl"];
+        argv.extend_from_slice(args);
+        let low = LowArgs::try_parse_from(argv).map_err(|e| format!("clap: {e}"))?;
+        HighArgs::try_from(low).map_err(|e| e.to_string())
+    }
+
+    fn cmd(args: &[&str]) -> Command {
+        match parse(args) {
+            Ok(h) => h.command,
+            Err(e) => panic!("{args:?} should parse: {e}"),
+        }
+    }
+
+    fn err(args: &[&str]) -> String {
+        match parse(args) {
+            Ok(h) => panic!("{args:?} should fail, got {h:?}"),
+            Err(e) => e,
+        }
+    }
+
+    fn clap_err_kind(args: &[&str]) -> clap::error::ErrorKind {
+        let mut argv = vec!["lbctl"];
+        argv.extend_from_slice(args);
+        match LowArgs::try_parse_from(argv) {
+            Ok(low) => panic!("{args:?} should be a usage error, got {low:?}"),
+            Err(e) => {
+                assert_eq!(e.exit_code(), 2, "usage errors exit 2");
+                e.kind()
+            }
+        }
+    }
+
+    fn vip(s: &str, proto: Proto) -> VipKey {
+        VipKey {
+            addr: s.parse().expect("test address"),
+            proto,
+        }
+    }
+
+    #[test]
+    fn clap_tree_is_consistent() {
+        LowArgs::command().debug_assert();
+    }
+
+    #[test]
+    fn vip_add_defaults_to_nat() {
+        assert_eq!(
+            cmd(&["vip", "add", "10.0.0.10:80", "--proto", "tcp"]),
+            Command::VipAdd {
+                vip: vip("10.0.0.10:80", Proto::Tcp),
+                mode: Mode::Nat
+            }
+        );
+    }
+
+    #[test]
+    fn proto_and_mode_are_case_insensitive() {
+        for (mode, want) in [
+            ("nat", Mode::Nat),
+            ("L2DSR", Mode::L2Dsr),
+            ("IpIp", Mode::Ipip),
+        ] {
+            assert_eq!(
+                cmd(&[
+                    "vip",
+                    "add",
+                    "10.0.0.10:53",
+                    "--proto",
+                    "UDP",
+                    "--mode",
+                    mode
+                ]),
+                Command::VipAdd {
+                    vip: vip("10.0.0.10:53", Proto::Udp),
+                    mode: want
+                }
+            );
+        }
+        assert_eq!(
+            cmd(&["vip", "remove", "10.0.0.10:80", "--proto", "Tcp"]),
+            Command::VipRemove {
+                vip: vip("10.0.0.10:80", Proto::Tcp)
+            }
+        );
+    }
+
+    #[test]
+    fn bad_proto_and_mode() {
+        assert_eq!(
+            err(&["vip", "add", "10.0.0.10:80", "--proto", "sctp"]),
+            "invalid --proto 'sctp': expected tcp or udp"
+        );
+        assert_eq!(
+            err(&[
+                "vip",
+                "add",
+                "10.0.0.10:80",
+                "--proto",
+                "tcp",
+                "--mode",
+                "dsr"
+            ]),
+            "invalid --mode 'dsr': expected nat, l2dsr or ipip"
+        );
+    }
+
+    #[test]
+    fn good_addr_port() {
+        for (s, want) in [
+            (
+                "10.0.0.1:80",
+                SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 80),
+            ),
+            ("0.0.0.0:1", SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 1)),
+            (
+                "255.255.255.255:65535",
+                SocketAddrV4::new(Ipv4Addr::BROADCAST, 65535),
+            ),
+        ] {
+            assert_eq!(parse_addr_port("--vip", s), Ok(want), "{s}");
+        }
+    }
+
+    #[test]
+    fn bad_addr_port() {
+        for s in [
+            "10.0.0.1",
+            "10.0.0.1:",
+            "10.0.0.1:0",
+            "10.0.0.1:65536",
+            "10.0.0.1:-1",
+            "10.0.0.1:http",
+            "10.0.0.300:80",
+            "10.0.0:80",
+            "lb.example.com:80",
+            "[::1]:80",
+            "::1:80",
+            ":80",
+            "",
+        ] {
+            let e = parse_addr_port("--vip", s).expect_err(s);
+            assert!(
+                e.to_string()
+                    .starts_with(&format!("invalid --vip '{s}': expected ADDR:PORT")),
+                "{s}: {e}"
+            );
+        }
+        assert_eq!(
+            err(&["backend", "list", "--vip", "10.0.0.1", "--proto", "tcp"]),
+            "invalid --vip '10.0.0.1': expected ADDR:PORT"
+        );
+        assert_eq!(
+            err(&["vip", "add", "10.0.0.1:0", "--proto", "tcp"]),
+            "invalid VIP '10.0.0.1:0': expected ADDR:PORT with PORT in 1..65535"
+        );
+        assert_eq!(
+            err(&[
+                "backend",
+                "add",
+                "--vip",
+                "10.0.0.1:80",
+                "--proto",
+                "tcp",
+                "10.0.2.1"
+            ]),
+            "invalid BACKEND '10.0.2.1': expected ADDR:PORT"
+        );
+        assert!(err(&["vip", "add", "[::1]:80", "--proto", "tcp"]).contains("IPv6"));
+    }
+
+    #[test]
+    fn add_backend_and_backend_add_are_the_same_command() {
+        let tail = ["--vip", "10.0.0.10:80", "--proto", "tcp", "10.0.2.1:8080"];
+        let a = cmd(&[&["add-backend"][..], &tail].concat());
+        let b = cmd(&[&["backend", "add"][..], &tail].concat());
+        assert_eq!(a, b);
+        assert_eq!(
+            a,
+            Command::BackendAdd {
+                vip: vip("10.0.0.10:80", Proto::Tcp),
+                backend: "10.0.2.1:8080".parse().expect("test address"),
+                weight: 100,
+            }
+        );
+        // Flags may come after the positional, too.
+        let c = cmd(&[
+            "backend",
+            "add",
+            "10.0.2.1:8080",
+            "--proto",
+            "TCP",
+            "--vip",
+            "10.0.0.10:80",
+            "--weight",
+            "100",
+        ]);
+        assert_eq!(a, c);
+    }
+
+    #[test]
+    fn remove_backend_and_backend_remove_are_the_same_command() {
+        let tail = ["--vip", "10.0.0.10:53", "--proto", "udp", "10.0.2.1:53"];
+        let a = cmd(&[&["remove-backend"][..], &tail].concat());
+        let b = cmd(&[&["backend", "remove"][..], &tail].concat());
+        assert_eq!(a, b);
+        assert_eq!(
+            a,
+            Command::BackendRemove {
+                vip: vip("10.0.0.10:53", Proto::Udp),
+                backend: "10.0.2.1:53".parse().expect("test address"),
+            }
+        );
+    }
+
+    #[test]
+    fn weights() {
+        let base = ["backend", "add", "--vip", "10.0.0.10:80", "--proto", "tcp"];
+        let weight_of = |extra: &[&str]| match cmd(&[&base[..], &["10.0.2.1:80"], extra].concat()) {
+            Command::BackendAdd { weight, .. } => weight,
+            other => panic!("unexpected {other:?}"),
+        };
+        assert_eq!(weight_of(&[]), 100);
+        assert_eq!(weight_of(&["--weight", "0"]), 0);
+        assert_eq!(weight_of(&["--weight", "4294967295"]), u32::MAX);
+        for bad in ["-1", "abc", "4294967296", "1.5", ""] {
+            let arg = format!("--weight={bad}");
+            let e = err(&[&base[..], &["10.0.2.1:80", arg.as_str()]].concat());
+            assert_eq!(
+                e,
+                format!("invalid --weight '{bad}': expected an integer in 0..4294967295")
+            );
+        }
+        assert_eq!(
+            cmd(&[
+                "backend",
+                "set-weight",
+                "--vip",
+                "10.0.0.10:80",
+                "--proto",
+                "tcp",
+                "10.0.2.1:80",
+                "--weight",
+                "0"
+            ]),
+            Command::BackendSetWeight {
+                vip: vip("10.0.0.10:80", Proto::Tcp),
+                backend: "10.0.2.1:80".parse().expect("test address"),
+                weight: 0,
+            }
+        );
+    }
+
+    #[test]
+    fn usage_errors_come_from_clap() {
+        use clap::error::ErrorKind;
+        // --proto is required everywhere a VIP is named.
+        assert_eq!(
+            clap_err_kind(&["vip", "add", "10.0.0.10:80"]),
+            ErrorKind::MissingRequiredArgument
+        );
+        // set-weight needs an explicit --weight.
+        assert_eq!(
+            clap_err_kind(&[
+                "backend",
+                "set-weight",
+                "--vip",
+                "10.0.0.10:80",
+                "--proto",
+                "tcp",
+                "10.0.2.1:80"
+            ]),
+            ErrorKind::MissingRequiredArgument
+        );
+        assert_eq!(
+            clap_err_kind(&["vip", "frobnicate"]),
+            ErrorKind::InvalidSubcommand
+        );
+    }
+
+    #[test]
+    fn globals_anywhere_and_addr_overrides_socket() {
+        let h = parse(&["vip", "list", "--json", "--addr", "127.0.0.1:50051"]).expect("parses");
+        assert!(h.json);
+        assert_eq!(h.target, Target::Tcp("http://127.0.0.1:50051".into()));
+        let h = parse(&["--socket", "/tmp/x.sock", "--timeout", "250ms", "stats"]).expect("parses");
+        assert_eq!(h.command, Command::Stats);
+        assert_eq!(h.timeout, Duration::from_millis(250));
+        if std::env::var_os("LBCTL_ADDR").is_none() {
+            assert_eq!(h.target, Target::Unix("/tmp/x.sock".into()));
+        }
+        assert_eq!(
+            err(&["--timeout", "0s", "stats"]),
+            "invalid --timeout '0s': expected a positive duration like 5s, 500ms or 1m"
+        );
+        assert!(err(&["--addr", "https://lb:50051", "stats"]).starts_with("invalid --addr"));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("t", "5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("t", "7"), Ok(Duration::from_secs(7)));
+        assert_eq!(parse_duration("t", "2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("t", "10ms"), Ok(Duration::from_millis(10)));
+        for bad in ["", "s", "5h", "-1s", "1.5s", "0"] {
+            assert!(parse_duration("t", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn pb_mapping() {
+        let k = vip("10.0.0.10:80", Proto::Udp).to_pb();
+        assert_eq!(k.address, "10.0.0.10");
+        assert_eq!(k.port, 80);
+        assert_eq!(k.protocol(), pb::Protocol::Udp);
+        assert_eq!(Mode::L2Dsr.to_pb(), pb::ForwardingMode::L2dsr);
+        assert_eq!(Mode::Ipip.to_pb(), pb::ForwardingMode::Ipip);
+        assert_eq!(Mode::Nat.to_pb(), pb::ForwardingMode::Nat);
+        assert_eq!(
+            vip("10.0.0.10:80", Proto::Tcp).to_string(),
+            "10.0.0.10:80/tcp"
+        );
+    }
+}

@@ -1,0 +1,196 @@
+//! "Low" arguments: the clap command tree exactly as typed, values kept as raw strings.
+//! Nothing here is validated beyond shape; `highargs` turns this into checked values.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Default path of lbd's gRPC Unix socket.
+pub const DEFAULT_SOCKET: &str = "/run/xdplb/lbd.sock";
+
+const GLOBAL: &str = "Global options";
+
+const VIP_ADD_EXAMPLES: &str = "\
+Examples:
+  lbctl vip add 10.0.0.10:80 --proto tcp
+  lbctl vip add 10.0.0.10:53 --proto udp --mode l2dsr";
+
+const BACKEND_ADD_EXAMPLES: &str = "\
+Examples:
+  lbctl backend add --vip 10.0.0.10:80 --proto tcp 10.0.2.1:8080
+  lbctl backend add --vip 10.0.0.10:80 --proto tcp 10.0.2.2:8080 --weight 50
+  lbctl add-backend --vip 10.0.0.10:53 --proto udp 10.0.2.1:53";
+
+/// Control lbd, the xdplb XDP layer-4 load balancer daemon.
+#[derive(Debug, Parser)]
+#[command(
+    name = "lbctl",
+    version,
+    about = "Control lbd, the xdplb XDP layer-4 load balancer daemon",
+    propagate_version = true,
+    subcommand_required = true,
+    arg_required_else_help = true
+)]
+pub struct LowArgs {
+    /// Path of lbd's gRPC Unix socket
+    #[arg(
+        long,
+        global = true,
+        help_heading = GLOBAL,
+        value_name = "PATH",
+        env = "LBCTL_SOCKET",
+        default_value = DEFAULT_SOCKET
+    )]
+    pub socket: PathBuf,
+
+    /// Talk to lbd over TCP at this URL (e.g. http://127.0.0.1:50051) instead of the socket
+    #[arg(long, global = true, help_heading = GLOBAL, value_name = "URL", env = "LBCTL_ADDR")]
+    pub addr: Option<String>,
+
+    /// Print one JSON document instead of human-readable text
+    #[arg(long, global = true, help_heading = GLOBAL)]
+    pub json: bool,
+
+    /// Timeout for connecting and for each request (e.g. 5s, 500ms, 1m)
+    #[arg(
+        long,
+        global = true,
+        help_heading = GLOBAL,
+        value_name = "DURATION",
+        default_value = "5s"
+    )]
+    pub timeout: String,
+
+    #[command(subcommand)]
+    pub command: LowCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LowCommand {
+    /// Add, remove and list virtual IPs
+    #[command(subcommand)]
+    Vip(VipCommand),
+
+    /// Add, remove, reweight and list the backends of a VIP
+    #[command(subcommand)]
+    Backend(BackendCommand),
+
+    /// Add a backend to a VIP (same as `backend add`)
+    #[command(after_help = BACKEND_ADD_EXAMPLES)]
+    AddBackend(BackendAddArgs),
+
+    /// Remove a backend from a VIP (same as `backend remove`)
+    RemoveBackend(BackendRefArgs),
+
+    /// Show packet, byte and flow counters per VIP and backend, per reason and per verdict
+    Stats,
+
+    /// Print a shell completion script to stdout
+    Completions {
+        /// Shell to generate completions for
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VipCommand {
+    /// Add a VIP
+    #[command(after_help = VIP_ADD_EXAMPLES)]
+    Add(VipAddArgs),
+
+    /// Remove a VIP
+    Remove(VipPositional),
+
+    /// List configured VIPs
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackendCommand {
+    /// Add a backend to a VIP
+    #[command(after_help = BACKEND_ADD_EXAMPLES)]
+    Add(BackendAddArgs),
+
+    /// Remove a backend from a VIP
+    Remove(BackendRefArgs),
+
+    /// Change a backend's weight (0 drains it: no new flows)
+    SetWeight(SetWeightArgs),
+
+    /// List the backends of a VIP
+    List(VipFlag),
+}
+
+/// `vip add ADDR:PORT --proto P [--mode M]`
+#[derive(Debug, Args)]
+pub struct VipAddArgs {
+    #[command(flatten)]
+    pub vip: VipPositional,
+
+    /// Forwarding mode: nat, l2dsr or ipip
+    #[arg(long, value_name = "MODE", default_value = "nat")]
+    pub mode: String,
+}
+
+/// A VIP given positionally, with its protocol.
+#[derive(Debug, Args)]
+pub struct VipPositional {
+    /// Virtual IP and port, e.g. 10.0.0.10:80
+    #[arg(value_name = "ADDR:PORT")]
+    pub vip: String,
+
+    /// Protocol: tcp or udp
+    #[arg(long, value_name = "PROTO")]
+    pub proto: String,
+}
+
+/// A VIP given as `--vip ADDR:PORT --proto P`.
+#[derive(Debug, Args)]
+pub struct VipFlag {
+    /// Virtual IP and port, e.g. 10.0.0.10:80
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub vip: String,
+
+    /// Protocol of the VIP: tcp or udp
+    #[arg(long, value_name = "PROTO")]
+    pub proto: String,
+}
+
+/// A backend of a VIP: `--vip ADDR:PORT --proto P BACKEND:PORT`.
+#[derive(Debug, Args)]
+pub struct BackendRefArgs {
+    #[command(flatten)]
+    pub vip: VipFlag,
+
+    /// Backend (real server) address and port, e.g. 10.0.2.1:8080
+    #[arg(value_name = "BACKEND:PORT")]
+    pub backend: String,
+}
+
+/// `backend add` / `add-backend`.
+#[derive(Debug, Args)]
+pub struct BackendAddArgs {
+    #[command(flatten)]
+    pub target: BackendRefArgs,
+
+    /// Relative weight; 0 means drained (no new flows)
+    #[arg(
+        long,
+        value_name = "N",
+        default_value = "100",
+        allow_negative_numbers = true
+    )]
+    pub weight: String,
+}
+
+/// `backend set-weight`.
+#[derive(Debug, Args)]
+pub struct SetWeightArgs {
+    #[command(flatten)]
+    pub target: BackendRefArgs,
+
+    /// New relative weight; 0 drains the backend (no new flows)
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub weight: String,
+}

@@ -1,0 +1,477 @@
+//! Rendering of lbd replies: aligned human tables and the `--json` documents (serde views
+//! of the protobuf messages, with enums spelled as lbctl accepts them: "tcp", "nat", ...).
+
+use std::io::{self, Write};
+
+use serde::Serialize;
+
+use crate::pb;
+
+/// Protocol as a word: "tcp", "udp", "unspecified" or "unknown(N)".
+pub fn proto_name(raw: i32) -> String {
+    match pb::Protocol::try_from(raw) {
+        Ok(pb::Protocol::Tcp) => "tcp".into(),
+        Ok(pb::Protocol::Udp) => "udp".into(),
+        Ok(pb::Protocol::Unspecified) => "unspecified".into(),
+        Err(_) => format!("unknown({raw})"),
+    }
+}
+
+/// Forwarding mode as a word: "nat", "l2dsr", "ipip", "unspecified" or "unknown(N)".
+pub fn mode_name(raw: i32) -> String {
+    match pb::ForwardingMode::try_from(raw) {
+        Ok(pb::ForwardingMode::Nat) => "nat".into(),
+        Ok(pb::ForwardingMode::L2dsr) => "l2dsr".into(),
+        Ok(pb::ForwardingMode::Ipip) => "ipip".into(),
+        Ok(pb::ForwardingMode::Unspecified) => "unspecified".into(),
+        Err(_) => format!("unknown({raw})"),
+    }
+}
+
+/// `10.0.0.10:80/tcp`
+pub fn vip_label(key: &pb::VipKey) -> String {
+    format!("{}:{}/{}", key.address, key.port, proto_name(key.protocol))
+}
+
+fn weight_label(weight: u32) -> String {
+    if weight == 0 {
+        "0 (drained)".into()
+    } else {
+        weight.to_string()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// JSON views
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct VipKeyJson {
+    pub address: String,
+    pub port: u32,
+    pub protocol: String,
+}
+
+impl From<&pb::VipKey> for VipKeyJson {
+    fn from(k: &pb::VipKey) -> Self {
+        VipKeyJson {
+            address: k.address.clone(),
+            port: k.port,
+            protocol: proto_name(k.protocol),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct VipJson {
+    pub address: String,
+    pub port: u32,
+    pub protocol: String,
+    pub mode: String,
+    pub id: u32,
+    pub backends: u32,
+}
+
+impl From<&pb::Vip> for VipJson {
+    fn from(v: &pb::Vip) -> Self {
+        let key = VipKeyJson::from(&v.key.clone().unwrap_or_default());
+        VipJson {
+            address: key.address,
+            port: key.port,
+            protocol: key.protocol,
+            mode: mode_name(v.mode),
+            id: v.id,
+            backends: v.backends,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct BackendJson {
+    pub address: String,
+    pub port: u32,
+    pub weight: u32,
+    pub id: u32,
+}
+
+impl From<&pb::Backend> for BackendJson {
+    fn from(b: &pb::Backend) -> Self {
+        BackendJson {
+            address: b.address.clone(),
+            port: b.port,
+            weight: b.weight.unwrap_or_default(),
+            id: b.id,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct VipListJson {
+    pub vips: Vec<VipJson>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BackendListJson {
+    pub vip: VipKeyJson,
+    pub backends: Vec<BackendJson>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CountersJson {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+
+impl From<Option<&pb::Counters>> for CountersJson {
+    fn from(c: Option<&pb::Counters>) -> Self {
+        let c = c.copied().unwrap_or_default();
+        CountersJson {
+            packets: c.packets,
+            bytes: c.bytes,
+            new_flows: c.new_flows,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct BackendStatsJson {
+    #[serde(flatten)]
+    pub backend: BackendJson,
+    #[serde(flatten)]
+    pub counters: CountersJson,
+}
+
+#[derive(Debug, Serialize)]
+pub struct VipStatsJson {
+    #[serde(flatten)]
+    pub vip: VipKeyJson,
+    #[serde(flatten)]
+    pub counters: CountersJson,
+    pub backends: Vec<BackendStatsJson>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ReasonJson {
+    pub reason: String,
+    pub packets: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StatsJson {
+    pub vips: Vec<VipStatsJson>,
+    pub reasons: Vec<ReasonJson>,
+    pub verdicts: Vec<ReasonJson>,
+}
+
+impl From<&pb::GetStatsResponse> for StatsJson {
+    fn from(s: &pb::GetStatsResponse) -> Self {
+        let reasons = |v: &[pb::ReasonCount]| {
+            v.iter()
+                .map(|r| ReasonJson {
+                    reason: r.reason.clone(),
+                    packets: r.packets,
+                })
+                .collect()
+        };
+        StatsJson {
+            vips: s
+                .vips
+                .iter()
+                .map(|v| VipStatsJson {
+                    vip: VipKeyJson::from(&v.vip.clone().unwrap_or_default()),
+                    counters: v.counters.as_ref().into(),
+                    backends: v
+                        .backends
+                        .iter()
+                        .map(|b| BackendStatsJson {
+                            backend: BackendJson::from(&b.backend.clone().unwrap_or_default()),
+                            counters: b.counters.as_ref().into(),
+                        })
+                        .collect(),
+                })
+                .collect(),
+            reasons: reasons(&s.reasons),
+            verdicts: reasons(&s.verdicts),
+        }
+    }
+}
+
+/// One JSON document on one line.
+pub fn write_json<T: Serialize>(out: &mut dyn Write, value: &T) -> io::Result<()> {
+    serde_json::to_writer(&mut *out, value)?;
+    writeln!(out)
+}
+
+// ---------------------------------------------------------------------------------------
+// Human tables
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Align {
+    Left,
+    Right,
+}
+
+/// Columns separated by two spaces, padded to the widest cell; no trailing blanks.
+struct Table {
+    header: Vec<&'static str>,
+    align: Vec<Align>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    fn new(columns: &[(&'static str, Align)]) -> Self {
+        Table {
+            header: columns.iter().map(|c| c.0).collect(),
+            align: columns.iter().map(|c| c.1).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    fn write(&self, out: &mut dyn Write) -> io::Result<()> {
+        let mut widths: Vec<usize> = self.header.iter().map(|h| h.chars().count()).collect();
+        for row in &self.rows {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        let header: Vec<String> = self.header.iter().map(|h| h.to_string()).collect();
+        for cells in std::iter::once(&header).chain(&self.rows) {
+            let mut line = String::new();
+            for (i, cell) in cells.iter().enumerate() {
+                let width = widths.get(i).copied().unwrap_or(0);
+                let last = i + 1 == cells.len();
+                if i > 0 {
+                    line.push_str("  ");
+                }
+                match self.align.get(i).copied().unwrap_or(Align::Left) {
+                    Align::Right => line.push_str(&format!("{cell:>width$}")),
+                    Align::Left if last => line.push_str(cell),
+                    Align::Left => line.push_str(&format!("{cell:<width$}")),
+                }
+            }
+            writeln!(out, "{}", line.trim_end())?;
+        }
+        Ok(())
+    }
+}
+
+pub fn vip_list(out: &mut dyn Write, vips: &[pb::Vip]) -> io::Result<()> {
+    if vips.is_empty() {
+        return writeln!(out, "no VIPs configured");
+    }
+    let mut t = Table::new(&[
+        ("VIP", Align::Left),
+        ("PROTO", Align::Left),
+        ("MODE", Align::Left),
+        ("BACKENDS", Align::Right),
+        ("ID", Align::Right),
+    ]);
+    for v in vips {
+        let key = v.key.clone().unwrap_or_default();
+        t.row(vec![
+            format!("{}:{}", key.address, key.port),
+            proto_name(key.protocol),
+            mode_name(v.mode),
+            v.backends.to_string(),
+            v.id.to_string(),
+        ]);
+    }
+    t.write(out)
+}
+
+pub fn backend_list(out: &mut dyn Write, vip: &str, backends: &[pb::Backend]) -> io::Result<()> {
+    if backends.is_empty() {
+        return writeln!(out, "no backends on {vip}");
+    }
+    let mut t = Table::new(&[
+        ("BACKEND", Align::Left),
+        ("WEIGHT", Align::Left),
+        ("ID", Align::Right),
+    ]);
+    for b in backends {
+        t.row(vec![
+            format!("{}:{}", b.address, b.port),
+            weight_label(b.weight.unwrap_or_default()),
+            b.id.to_string(),
+        ]);
+    }
+    t.write(out)
+}
+
+/// Per VIP with its backends indented under it, then reasons (non-zero only) and verdicts.
+pub fn stats(out: &mut dyn Write, s: &pb::GetStatsResponse) -> io::Result<()> {
+    if s.vips.is_empty() {
+        writeln!(out, "no VIPs configured")?;
+    } else {
+        let mut t = Table::new(&[
+            ("VIP / BACKEND", Align::Left),
+            ("WEIGHT", Align::Left),
+            ("PACKETS", Align::Right),
+            ("BYTES", Align::Right),
+            ("NEW FLOWS", Align::Right),
+        ]);
+        for v in &s.vips {
+            let c = v.counters.unwrap_or_default();
+            t.row(vec![
+                vip_label(&v.vip.clone().unwrap_or_default()),
+                String::new(),
+                c.packets.to_string(),
+                c.bytes.to_string(),
+                c.new_flows.to_string(),
+            ]);
+            for b in &v.backends {
+                let be = b.backend.clone().unwrap_or_default();
+                let c = b.counters.unwrap_or_default();
+                t.row(vec![
+                    format!("  {}:{}", be.address, be.port),
+                    weight_label(be.weight.unwrap_or_default()),
+                    c.packets.to_string(),
+                    c.bytes.to_string(),
+                    c.new_flows.to_string(),
+                ]);
+            }
+        }
+        t.write(out)?;
+    }
+
+    let nonzero: Vec<&pb::ReasonCount> = s.reasons.iter().filter(|r| r.packets != 0).collect();
+    if !nonzero.is_empty() {
+        writeln!(out)?;
+        let mut t = Table::new(&[("REASON", Align::Left), ("PACKETS", Align::Right)]);
+        for r in nonzero {
+            t.row(vec![r.reason.clone(), r.packets.to_string()]);
+        }
+        t.write(out)?;
+    }
+
+    if !s.verdicts.is_empty() {
+        writeln!(out)?;
+        let mut t = Table::new(&[("VERDICT", Align::Left), ("PACKETS", Align::Right)]);
+        for r in &s.verdicts {
+            t.row(vec![r.reason.clone(), r.packets.to_string()]);
+        }
+        t.write(out)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn render(f: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> String {
+        let mut buf = Vec::new();
+        f(&mut buf).expect("render");
+        String::from_utf8(buf).expect("utf8")
+    }
+
+    fn key(addr: &str, port: u32, proto: pb::Protocol) -> pb::VipKey {
+        pb::VipKey {
+            address: addr.into(),
+            port,
+            protocol: proto as i32,
+        }
+    }
+
+    fn backend(addr: &str, port: u32, weight: u32, id: u32) -> pb::Backend {
+        pb::Backend {
+            address: addr.into(),
+            port,
+            weight: Some(weight),
+            id,
+        }
+    }
+
+    #[test]
+    fn backend_table_is_aligned() {
+        let s = render(|o| {
+            backend_list(
+                o,
+                "10.0.0.10:80/tcp",
+                &[
+                    backend("10.0.2.1", 8080, 100, 3),
+                    backend("10.0.2.22", 80, 0, 14),
+                ],
+            )
+        });
+        assert_eq!(
+            s,
+            "BACKEND        WEIGHT       ID\n\
+             10.0.2.1:8080  100           3\n\
+             10.0.2.22:80   0 (drained)  14\n"
+        );
+    }
+
+    #[test]
+    fn stats_human_skips_zero_reasons_json_keeps_them() {
+        let resp = pb::GetStatsResponse {
+            vips: vec![pb::VipStats {
+                vip: Some(key("10.0.0.10", 80, pb::Protocol::Tcp)),
+                counters: Some(pb::Counters {
+                    packets: 10,
+                    bytes: 1000,
+                    new_flows: 2,
+                }),
+                backends: vec![pb::BackendStats {
+                    backend: Some(backend("10.0.2.1", 8080, 100, 1)),
+                    counters: Some(pb::Counters {
+                        packets: 10,
+                        bytes: 1000,
+                        new_flows: 2,
+                    }),
+                }],
+            }],
+            reasons: vec![
+                pb::ReasonCount {
+                    reason: "FORWARDED".into(),
+                    packets: 10,
+                },
+                pb::ReasonCount {
+                    reason: "NO_BACKEND".into(),
+                    packets: 0,
+                },
+            ],
+            verdicts: vec![
+                pb::ReasonCount {
+                    reason: "XDP_TX".into(),
+                    packets: 10,
+                },
+                pb::ReasonCount {
+                    reason: "XDP_DROP".into(),
+                    packets: 0,
+                },
+            ],
+        };
+        let human = render(|o| stats(o, &resp));
+        assert!(human.contains("10.0.0.10:80/tcp"), "{human}");
+        assert!(human.contains("  10.0.2.1:8080"), "{human}");
+        assert!(human.contains("FORWARDED"), "{human}");
+        assert!(!human.contains("NO_BACKEND"), "{human}");
+        assert!(
+            human.contains("XDP_DROP"),
+            "verdicts are all shown: {human}"
+        );
+
+        let json = render(|o| write_json(o, &StatsJson::from(&resp)));
+        let v: serde_json::Value = serde_json::from_str(&json).expect("valid json");
+        assert_eq!(v["vips"][0]["address"], "10.0.0.10");
+        assert_eq!(v["vips"][0]["protocol"], "tcp");
+        assert_eq!(v["vips"][0]["new_flows"], 2);
+        assert_eq!(v["vips"][0]["backends"][0]["port"], 8080);
+        assert_eq!(v["vips"][0]["backends"][0]["bytes"], 1000);
+        assert_eq!(v["reasons"][1]["reason"], "NO_BACKEND");
+        assert_eq!(v["verdicts"].as_array().map(Vec::len), Some(2));
+    }
+
+    #[test]
+    fn enum_names() {
+        assert_eq!(proto_name(pb::Protocol::Udp as i32), "udp");
+        assert_eq!(proto_name(42), "unknown(42)");
+        assert_eq!(mode_name(pb::ForwardingMode::L2dsr as i32), "l2dsr");
+        assert_eq!(mode_name(0), "unspecified");
+    }
+}

@@ -1,0 +1,100 @@
+//! Black-box checks of the `lbctl` binary's process contract: exit codes and the single
+//! `lbctl: ...` line on stderr (usage errors 2, lbd unreachable or RPC failures 1).
+
+use std::process::{Command, Output};
+
+fn lbctl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lbctl"))
+        .args(args)
+        .env_remove("LBCTL_SOCKET")
+        .env_remove("LBCTL_ADDR")
+        .output()
+        .expect("run lbctl")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn invalid_values_exit_2_with_one_line() {
+    for (args, want) in [
+        (
+            &["backend", "list", "--vip", "10.0.0.1", "--proto", "tcp"][..],
+            "lbctl: invalid --vip '10.0.0.1': expected ADDR:PORT\n",
+        ),
+        (
+            &["vip", "add", "10.0.0.1:80", "--proto", "sctp"][..],
+            "lbctl: invalid --proto 'sctp': expected tcp or udp\n",
+        ),
+        (
+            &[
+                "add-backend",
+                "--vip",
+                "10.0.0.1:80",
+                "--proto",
+                "tcp",
+                "10.0.2.1:80",
+                "--weight",
+                "-1",
+            ][..],
+            "lbctl: invalid --weight '-1': expected an integer in 0..4294967295\n",
+        ),
+    ] {
+        // Points at a socket that cannot exist: validation must fail before any connect.
+        let mut full = vec!["--socket", "/nonexistent/lbd.sock"];
+        full.extend_from_slice(args);
+        let out = lbctl(&full);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert_eq!(stderr(&out), want, "{args:?}");
+        assert!(out.stdout.is_empty());
+    }
+}
+
+#[test]
+fn clap_usage_errors_exit_2() {
+    let out = lbctl(&["vip", "add", "10.0.0.1:80"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--proto"), "{}", stderr(&out));
+    assert_eq!(lbctl(&["--help"]).status.code(), Some(0));
+}
+
+#[test]
+fn missing_socket_exits_1_with_hint() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("lbd.sock");
+    let sock = sock.to_str().expect("utf-8 temp path");
+    let out = lbctl(&["--socket", sock, "vip", "list"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "lbctl: cannot connect to lbd at {sock}: No such file or directory (is lbd running?)\n"
+        )
+    );
+}
+
+#[test]
+fn silent_lbd_hits_the_timeout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("lbd.sock");
+    // Listens but never accepts: the connect succeeds, the request never gets a reply.
+    let _listener = std::os::unix::net::UnixListener::bind(&sock).expect("bind");
+    let sock = sock.to_str().expect("utf-8 temp path");
+    let started = std::time::Instant::now();
+    let out = lbctl(&["--socket", sock, "--timeout", "300ms", "stats"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.starts_with("lbctl: ") && err.lines().count() == 1 && err.contains("300ms"),
+        "{err}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
+}
+
+#[test]
+fn completions_need_no_lbd() {
+    let out = lbctl(&["--socket", "/nonexistent/lbd.sock", "completions", "bash"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("lbctl"));
+}

@@ -1,0 +1,425 @@
+//! Real TCP/UDP peers inside namespaces: name servers on the backends and bounded clients.
+//!
+//! A name server answers each request with `"<name> <peer address>\n"`, so a test learns which
+//! backend answered and which source address that backend saw (the SNAT address under full NAT).
+
+use std::io::{BufRead, BufReader, ErrorKind, Write};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::netns::NetNs;
+
+/// Upper bound for every socket timeout in the harness.
+pub const MAX_SOCKET_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often a server loop checks whether it should stop.
+const STOP_POLL: Duration = Duration::from_millis(50);
+
+fn clamp(timeout: Duration) -> Duration {
+    timeout.clamp(Duration::from_millis(1), MAX_SOCKET_TIMEOUT)
+}
+
+/// A parsed name-server answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// The name of the server that answered.
+    pub name: String,
+    /// The source address of the request as the server saw it.
+    pub peer: SocketAddrV4,
+    /// The client socket's local address (useful to check source ports).
+    pub local: SocketAddrV4,
+}
+
+impl Reply {
+    fn parse(line: &str, local: SocketAddrV4) -> Result<Reply> {
+        let line = line.trim_end();
+        let (name, peer) = line
+            .split_once(' ')
+            .with_context(|| format!("malformed reply {line:?}"))?;
+        let peer = peer
+            .parse()
+            .with_context(|| format!("malformed peer address in reply {line:?}"))?;
+        Ok(Reply {
+            name: name.to_string(),
+            peer,
+            local,
+        })
+    }
+}
+
+#[derive(Default)]
+struct ServerStats {
+    served: AtomicUsize,
+    peers: Mutex<Vec<SocketAddr>>,
+}
+
+impl ServerStats {
+    fn record(&self, peer: SocketAddr) {
+        self.served.fetch_add(1, Ordering::SeqCst);
+        if let Ok(mut peers) = self.peers.lock() {
+            peers.push(peer);
+        }
+    }
+}
+
+/// A running name server; dropping it stops its loop and joins the thread (within ~50 ms).
+pub struct ServerHandle {
+    name: String,
+    addr: SocketAddrV4,
+    stop: Arc<AtomicBool>,
+    stats: Arc<ServerStats>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ServerHandle {
+    /// The name this server answers with.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddrV4 {
+        self.addr
+    }
+
+    /// How many requests it has answered (counted just before the answer is written).
+    pub fn served(&self) -> usize {
+        self.stats.served.load(Ordering::SeqCst)
+    }
+
+    /// The source addresses of the requests it answered, in order.
+    pub fn peers(&self) -> Vec<SocketAddr> {
+        self.stats
+            .peers
+            .lock()
+            .map(|p| p.clone())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                eprintln!(
+                    "warning: name server {} ({}) panicked",
+                    self.name, self.addr
+                );
+            }
+        }
+    }
+}
+
+/// Starts a TCP name server on `addr` inside `ns`: for each connection (on its own thread) it
+/// reads one line and answers `"<name> <peer>\n"`, then closes.
+pub fn tcp_name_server(ns: &NetNs, addr: SocketAddrV4, name: &str) -> Result<ServerHandle> {
+    let listener = ns
+        .run(|| TcpListener::bind(addr))?
+        .with_context(|| format!("binding TCP {addr} in {}", ns.name()))?;
+    listener.set_nonblocking(true)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let stats = Arc::new(ServerStats::default());
+    let thread = {
+        let (stop, stats, name) = (stop.clone(), stats.clone(), name.to_string());
+        std::thread::Builder::new()
+            .name(format!("tcp-{name}"))
+            .spawn(move || tcp_accept_loop(listener, &name, &stop, &stats))
+            .context("spawning the TCP server thread")?
+    };
+    Ok(ServerHandle {
+        name: name.to_string(),
+        addr,
+        stop,
+        stats,
+        thread: Some(thread),
+    })
+}
+
+fn tcp_accept_loop(listener: TcpListener, name: &str, stop: &AtomicBool, stats: &Arc<ServerStats>) {
+    let poll_ms = u16::try_from(STOP_POLL.as_millis()).unwrap_or(u16::MAX);
+    while !stop.load(Ordering::SeqCst) {
+        let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(poll_ms)) {
+            Ok(0) => continue,
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("tcp server {name}: poll: {e}");
+                std::thread::sleep(STOP_POLL);
+                continue;
+            }
+        }
+        match listener.accept() {
+            Ok((stream, peer)) => {
+                let (stats, conn_name) = (stats.clone(), name.to_string());
+                let spawned = std::thread::Builder::new()
+                    .name(format!("tcp-{name}-conn"))
+                    .spawn(move || {
+                        if let Err(e) = serve_tcp(stream, peer, &conn_name, &stats) {
+                            eprintln!("tcp server {conn_name}: connection from {peer}: {e:#}");
+                        }
+                    });
+                if let Err(e) = spawned {
+                    eprintln!("tcp server {name}: spawning a connection thread: {e}");
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            Err(e) => {
+                eprintln!("tcp server {name}: accept: {e}");
+                std::thread::sleep(STOP_POLL);
+            }
+        }
+    }
+}
+
+fn serve_tcp(stream: TcpStream, peer: SocketAddr, name: &str, stats: &ServerStats) -> Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(MAX_SOCKET_TIMEOUT))?;
+    stream.set_write_timeout(Some(MAX_SOCKET_TIMEOUT))?;
+    let mut line = String::new();
+    BufReader::new(&stream)
+        .read_line(&mut line)
+        .context("reading the request line")?;
+    stats.record(peer);
+    (&stream)
+        .write_all(format!("{name} {peer}\n").as_bytes())
+        .context("writing the answer")?;
+    let _ = stream.shutdown(Shutdown::Write);
+    Ok(())
+}
+
+/// Starts a UDP name server on `addr` inside `ns`: each datagram is answered with
+/// `"<name> <peer>\n"` sent back to its source.
+pub fn udp_name_server(ns: &NetNs, addr: SocketAddrV4, name: &str) -> Result<ServerHandle> {
+    let socket = ns
+        .run(|| UdpSocket::bind(addr))?
+        .with_context(|| format!("binding UDP {addr} in {}", ns.name()))?;
+    socket.set_read_timeout(Some(STOP_POLL))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let stats = Arc::new(ServerStats::default());
+    let thread = {
+        let (stop, stats, name) = (stop.clone(), stats.clone(), name.to_string());
+        std::thread::Builder::new()
+            .name(format!("udp-{name}"))
+            .spawn(move || {
+                let mut buf = [0u8; 2048];
+                while !stop.load(Ordering::SeqCst) {
+                    match socket.recv_from(&mut buf) {
+                        Ok((_, peer)) => {
+                            stats.record(peer);
+                            if let Err(e) =
+                                socket.send_to(format!("{name} {peer}\n").as_bytes(), peer)
+                            {
+                                eprintln!("udp server {name}: answering {peer}: {e}");
+                            }
+                        }
+                        Err(e)
+                            if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                        Err(e) => {
+                            eprintln!("udp server {name}: recv: {e}");
+                            std::thread::sleep(STOP_POLL);
+                        }
+                    }
+                }
+            })
+            .context("spawning the UDP server thread")?
+    };
+    Ok(ServerHandle {
+        name: name.to_string(),
+        addr,
+        stop,
+        stats,
+        thread: Some(thread),
+    })
+}
+
+fn local_v4(addr: SocketAddr) -> Result<SocketAddrV4> {
+    match addr {
+        SocketAddr::V4(a) => Ok(a),
+        SocketAddr::V6(a) => bail!("unexpected IPv6 address {a}"),
+    }
+}
+
+/// Opens a TCP connection to `to` from inside `ns`, bound to `from` when given, with connect,
+/// read and write timeouts of `timeout` (at most 2 s). The socket stays in `ns`.
+pub fn tcp_connect(
+    ns: &NetNs,
+    from: Option<SocketAddrV4>,
+    to: SocketAddrV4,
+    timeout: Duration,
+) -> Result<TcpStream> {
+    ns.run(|| connect_here(from, to, timeout))?
+}
+
+/// [`tcp_connect`] in the calling thread's namespace.
+fn connect_here(
+    from: Option<SocketAddrV4>,
+    to: SocketAddrV4,
+    timeout: Duration,
+) -> Result<TcpStream> {
+    let timeout = clamp(timeout);
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if let Some(from) = from {
+        socket
+            .bind(&SocketAddr::V4(from).into())
+            .with_context(|| format!("binding {from}"))?;
+    }
+    socket
+        .connect_timeout(&SocketAddr::V4(to).into(), timeout)
+        .with_context(|| match from {
+            Some(from) => format!("connecting {from} -> {to}"),
+            None => format!("connecting to {to}"),
+        })?;
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    Ok(stream)
+}
+
+/// Sends `request` plus a newline on `stream` and reads one answer line.
+pub fn tcp_exchange(stream: &TcpStream, request: &str) -> Result<Reply> {
+    let local = local_v4(stream.local_addr()?)?;
+    let peer = stream.peer_addr()?;
+    (&*stream)
+        .write_all(format!("{request}\n").as_bytes())
+        .with_context(|| format!("{local} -> {peer}: sending"))?;
+    let mut line = String::new();
+    BufReader::new(stream)
+        .read_line(&mut line)
+        .with_context(|| format!("{local} -> {peer}: reading the answer"))?;
+    if line.is_empty() {
+        bail!("{local} -> {peer}: connection closed without an answer");
+    }
+    Reply::parse(&line, local)
+}
+
+/// One TCP request from inside `ns`: connect (bound to `from` if given), send a line, read the
+/// answer.
+pub fn tcp_request(
+    ns: &NetNs,
+    from: Option<SocketAddrV4>,
+    to: SocketAddrV4,
+    timeout: Duration,
+) -> Result<Reply> {
+    ns.run(|| connect_here(from, to, timeout).and_then(|s| tcp_exchange(&s, "hello")))?
+}
+
+/// `count` sequential TCP requests from inside `ns`, each on a new connection, all on one thread.
+///
+/// Source: with `from = None` the kernel picks a fresh ephemeral port each time; with
+/// `Some(a:p)` request `i` is bound to `a:(p+i)` (so phases of a test never reuse a 5-tuple).
+/// Stops early when `overall` has passed, so the result can be shorter than `count`.
+pub fn tcp_requests(
+    ns: &NetNs,
+    from: Option<SocketAddrV4>,
+    to: SocketAddrV4,
+    count: usize,
+    timeout: Duration,
+    overall: Duration,
+) -> Result<Vec<Result<Reply>>> {
+    let sources = sources(from, count)?;
+    ns.run(|| {
+        let deadline = Instant::now() + overall;
+        let mut results = Vec::with_capacity(count);
+        for src in sources {
+            if Instant::now() >= deadline {
+                break;
+            }
+            results.push(connect_here(src, to, timeout).and_then(|s| tcp_exchange(&s, "hello")));
+        }
+        results
+    })
+}
+
+fn sources(from: Option<SocketAddrV4>, count: usize) -> Result<Vec<Option<SocketAddrV4>>> {
+    (0..count)
+        .map(|i| match from {
+            None => Ok(None),
+            Some(a) if a.port() == 0 => Ok(Some(a)),
+            Some(a) => {
+                let port = usize::from(a.port()) + i;
+                let port =
+                    u16::try_from(port).with_context(|| format!("source port {port} > 65535"))?;
+                Ok(Some(SocketAddrV4::new(*a.ip(), port)))
+            }
+        })
+        .collect()
+}
+
+/// One UDP request from inside `ns` on a new socket (bound to `from` if given, connected to
+/// `to`): up to `tries` sends, each waiting `timeout` (at most 2 s) for the answer.
+pub fn udp_request(
+    ns: &NetNs,
+    from: Option<SocketAddrV4>,
+    to: SocketAddrV4,
+    timeout: Duration,
+    tries: usize,
+) -> Result<Reply> {
+    ns.run(|| udp_request_here(from, to, timeout, tries))?
+}
+
+/// `count` UDP requests from inside `ns`, each from a new socket (fresh source port unless
+/// `from` pins one, then as in [`tcp_requests`]). Stops early when `overall` has passed.
+pub fn udp_requests(
+    ns: &NetNs,
+    from: Option<SocketAddrV4>,
+    to: SocketAddrV4,
+    count: usize,
+    timeout: Duration,
+    tries: usize,
+    overall: Duration,
+) -> Result<Vec<Result<Reply>>> {
+    let sources = sources(from, count)?;
+    ns.run(|| {
+        let deadline = Instant::now() + overall;
+        let mut results = Vec::with_capacity(count);
+        for src in sources {
+            if Instant::now() >= deadline {
+                break;
+            }
+            results.push(udp_request_here(src, to, timeout, tries));
+        }
+        results
+    })
+}
+
+fn udp_request_here(
+    from: Option<SocketAddrV4>,
+    to: SocketAddrV4,
+    timeout: Duration,
+    tries: usize,
+) -> Result<Reply> {
+    let bind = from.unwrap_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
+    let socket = UdpSocket::bind(bind).with_context(|| format!("binding UDP {bind}"))?;
+    socket
+        .connect(to)
+        .with_context(|| format!("connecting UDP socket to {to}"))?;
+    socket.set_read_timeout(Some(clamp(timeout)))?;
+    let local = local_v4(socket.local_addr()?)?;
+    let mut buf = [0u8; 2048];
+    let mut last = None;
+    for _ in 0..tries.max(1) {
+        if let Err(e) = socket.send(b"hello\n") {
+            last = Some(e);
+            continue;
+        }
+        match socket.recv(&mut buf) {
+            Ok(n) => return Reply::parse(&String::from_utf8_lossy(&buf[..n]), local),
+            Err(e) => last = Some(e),
+        }
+    }
+    match last {
+        Some(e) => {
+            Err(e).with_context(|| format!("{local} -> {to}: no UDP answer in {tries} tries"))
+        }
+        None => bail!("{local} -> {to}: no UDP answer"),
+    }
+}

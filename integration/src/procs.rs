@@ -1,0 +1,428 @@
+//! The lbd daemon under test (started inside the LB namespace, stopped on drop) and lbctl calls.
+
+use std::fmt;
+use std::fs::File;
+use std::net::SocketAddrV4;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+use tempfile::TempDir;
+
+use crate::netns::{run_cmd, stale_owner_pid, NetNs};
+
+/// Prefix of every pin directory the tests hand to lbd: `/sys/fs/bpf/xdplb-<pid>-<counter>`.
+pub const PIN_PREFIX: &str = "/sys/fs/bpf/xdplb-";
+
+/// How long lbd may take to come up (socket present and `lbctl vip list` answering).
+pub const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long lbd may take to exit after SIGTERM before it is killed.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one lbctl call may take before it is killed.
+pub const CTL_TIMEOUT: Duration = Duration::from_secs(10);
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+static CTL_COUNTER: AtomicUsize = AtomicUsize::new(0);
+static SWEEP: Once = Once::new();
+
+/// The directory holding `lbd` and `lbctl`: `$XDPLB_BIN_DIR`, or else the parent of the
+/// directory of the running test binary (`target/debug/deps/..` = `target/debug`).
+pub fn bin_dir() -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("XDPLB_BIN_DIR") {
+        return Ok(PathBuf::from(dir));
+    }
+    let exe = std::env::current_exe().context("locating the test binary")?;
+    exe.parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .with_context(|| format!("{} has no grandparent directory", exe.display()))
+}
+
+fn binary(name: &str) -> Result<PathBuf> {
+    let path = bin_dir()?.join(name);
+    if !path.is_file() {
+        bail!(
+            "{} not found: build it first (`cargo build -p xdplb -p lbctl`) or set XDPLB_BIN_DIR",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// L4 protocol of a VIP, as lbctl spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    /// `"tcp"` or `"udp"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A running lbd. Dropping it sends SIGTERM, waits up to [`STOP_TIMEOUT`], then SIGKILLs; it
+/// prints lbd's log if the test is panicking and removes a pin directory lbd left behind.
+pub struct Lbd {
+    child: Option<Child>,
+    socket: PathBuf,
+    log: PathBuf,
+    pin_path: Option<PathBuf>,
+    lbctl: PathBuf,
+    // Last: removed after everything above is done with it.
+    dir: TempDir,
+}
+
+impl Lbd {
+    /// Writes `config_toml` to a temporary directory and starts
+    /// `nsenter --net=<lb ns> lbd --config <file> --socket <dir>/lbd.sock`, with stdout and
+    /// stderr going to `<dir>/lbd.log`. Returns once `lbctl vip list` succeeds; on failure the
+    /// error includes lbd's log.
+    ///
+    /// nsenter rather than `ip netns exec`: the latter remounts /sys, hiding /sys/fs/bpf.
+    pub fn start(lb_ns: &NetNs, config_toml: &str) -> Result<Lbd> {
+        let lbd_bin = binary("lbd")?;
+        let lbctl = binary("lbctl")?;
+        ensure_bpffs()?;
+        SWEEP.call_once(sweep_stale_pins);
+        let pin_path = pin_path_of(config_toml)?;
+
+        let dir = tempfile::Builder::new()
+            .prefix("xdplb-test-")
+            .tempdir()
+            .context("creating lbd's temporary directory")?;
+        let config = dir.path().join("lbd.toml");
+        std::fs::write(&config, config_toml)
+            .with_context(|| format!("writing {}", config.display()))?;
+        let socket = dir.path().join("lbd.sock");
+        let log = dir.path().join("lbd.log");
+        let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let err = out.try_clone().context("duplicating the log file")?;
+
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", lb_ns.path().display()))
+            .arg(&lbd_bin)
+            .arg("--config")
+            .arg(&config)
+            .arg("--socket")
+            .arg(&socket)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "info");
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("spawning {} in {}", lbd_bin.display(), lb_ns.name()))?;
+
+        // From here on Drop stops lbd, also when it never becomes ready.
+        let mut lbd = Lbd {
+            child: Some(child),
+            socket,
+            log,
+            pin_path,
+            lbctl,
+            dir,
+        };
+        lbd.wait_ready()
+            .with_context(|| format!("lbd did not start; its log:\n{}", lbd.log_text()))?;
+        Ok(lbd)
+    }
+
+    fn wait_ready(&mut self) -> Result<()> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        let mut last_err = anyhow!("socket {} never appeared", self.socket.display());
+        while Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut() {
+                if let Some(status) = child.try_wait().context("polling lbd")? {
+                    bail!("lbd exited early with {status}");
+                }
+            }
+            if self.socket.exists() {
+                match self.ctl(&["vip", "list"]) {
+                    Ok(_) => return Ok(()),
+                    Err(e) => last_err = e,
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err(last_err.context(format!("not ready within {START_TIMEOUT:?}")))
+    }
+
+    /// lbd's gRPC socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The pin directory from the configuration, if it named one.
+    pub fn pin_path(&self) -> Option<&Path> {
+        self.pin_path.as_deref()
+    }
+
+    /// lbd's stdout and stderr so far.
+    pub fn log_text(&self) -> String {
+        match std::fs::read_to_string(&self.log) {
+            Ok(text) if text.trim().is_empty() => "<empty>".to_string(),
+            Ok(text) => text,
+            Err(e) => format!("<cannot read {}: {e}>", self.log.display()),
+        }
+    }
+
+    /// Runs `lbctl --socket <sock> args...` and returns its stdout; a non-zero exit (or a run
+    /// longer than [`CTL_TIMEOUT`]) is an error carrying stdout and stderr.
+    pub fn ctl(&self, args: &[&str]) -> Result<String> {
+        let n = CTL_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let out_path = self.dir.path().join(format!("lbctl-{n}.out"));
+        let err_path = self.dir.path().join(format!("lbctl-{n}.err"));
+        let out = File::create(&out_path).context("creating lbctl's stdout file")?;
+        let err = File::create(&err_path).context("creating lbctl's stderr file")?;
+        let mut child = Command::new(&self.lbctl)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("spawning {}", self.lbctl.display()))?;
+        let status = wait_bounded(&mut child, CTL_TIMEOUT)?;
+        let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
+        let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+        let _ = std::fs::remove_file(&out_path);
+        let _ = std::fs::remove_file(&err_path);
+        match status {
+            Some(s) if s.success() => Ok(stdout),
+            Some(s) => bail!(
+                "`lbctl {}` failed ({s})\nstdout: {}\nstderr: {}",
+                args.join(" "),
+                stdout.trim(),
+                stderr.trim()
+            ),
+            None => bail!(
+                "`lbctl {}` did not finish within {CTL_TIMEOUT:?}\nstdout: {}\nstderr: {}",
+                args.join(" "),
+                stdout.trim(),
+                stderr.trim()
+            ),
+        }
+    }
+
+    /// Runs `lbctl --socket <sock> --json args...` and parses its stdout.
+    pub fn ctl_json(&self, args: &[&str]) -> Result<Value> {
+        let mut full = vec!["--json"];
+        full.extend_from_slice(args);
+        let out = self.ctl(&full)?;
+        serde_json::from_str(&out)
+            .with_context(|| format!("`lbctl --json {}` printed no JSON: {out}", args.join(" ")))
+    }
+
+    /// `lbctl vip add <vip> --proto <proto>`.
+    pub fn add_vip(&self, vip: SocketAddrV4, proto: Proto) -> Result<String> {
+        self.ctl(&["vip", "add", &vip.to_string(), "--proto", proto.as_str()])
+    }
+
+    /// `lbctl add-backend --vip <vip> --proto <proto> <backend>`.
+    pub fn add_backend(
+        &self,
+        vip: SocketAddrV4,
+        proto: Proto,
+        backend: SocketAddrV4,
+    ) -> Result<String> {
+        self.ctl(&[
+            "add-backend",
+            "--vip",
+            &vip.to_string(),
+            "--proto",
+            proto.as_str(),
+            &backend.to_string(),
+        ])
+    }
+
+    /// `lbctl remove-backend --vip <vip> --proto <proto> <backend>`.
+    pub fn remove_backend(
+        &self,
+        vip: SocketAddrV4,
+        proto: Proto,
+        backend: SocketAddrV4,
+    ) -> Result<String> {
+        self.ctl(&[
+            "remove-backend",
+            "--vip",
+            &vip.to_string(),
+            "--proto",
+            proto.as_str(),
+            &backend.to_string(),
+        ])
+    }
+
+    /// Stops lbd (SIGTERM, then SIGKILL after [`STOP_TIMEOUT`]) and checks that it exited
+    /// successfully and removed its pin directory; a leftover pin directory is removed and
+    /// reported as an error. Idempotent; Drop calls it and only logs.
+    pub fn stop(&mut self) -> Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        let mut problems = Vec::new();
+        match terminate(&mut child) {
+            Ok(status) if status.success() => {}
+            Ok(status) => problems.push(format!("lbd exited with {status}")),
+            Err(e) => problems.push(format!("stopping lbd: {e:#}")),
+        }
+        if let Some(pins) = &self.pin_path {
+            if pins.exists() {
+                let removal = match std::fs::remove_dir_all(pins) {
+                    Ok(()) => "removed it".to_string(),
+                    Err(e) => format!("removing it failed: {e}"),
+                };
+                problems.push(format!(
+                    "lbd left its pin directory {} behind; {removal}",
+                    pins.display()
+                ));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            bail!("{}", problems.join("; "))
+        }
+    }
+}
+
+impl Drop for Lbd {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop() {
+            eprintln!("warning: {e:#}");
+        }
+        if std::thread::panicking() {
+            eprintln!("----- lbd log ({}) -----", self.log.display());
+            eprintln!("{}", self.log_text());
+            eprintln!("----- end of lbd log -----");
+        }
+    }
+}
+
+/// SIGTERM, wait up to [`STOP_TIMEOUT`], then SIGKILL and reap.
+fn terminate(child: &mut Child) -> Result<ExitStatus> {
+    if let Some(status) = child.try_wait().context("polling lbd")? {
+        return Ok(status);
+    }
+    let pid = Pid::from_raw(i32::try_from(child.id()).context("pid out of range")?);
+    kill(pid, Signal::SIGTERM).context("sending SIGTERM to lbd")?;
+    if let Some(status) = wait_bounded(child, STOP_TIMEOUT)? {
+        return Ok(status);
+    }
+    eprintln!("warning: lbd ignored SIGTERM for {STOP_TIMEOUT:?}; killing it");
+    child.kill().context("sending SIGKILL to lbd")?;
+    child.wait().context("reaping lbd")
+}
+
+/// Polls `child` until it exits or `timeout` passes; on timeout kills it and returns `None`.
+fn wait_bounded(child: &mut Child, timeout: Duration) -> Result<Option<ExitStatus>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().context("polling child")? {
+            return Ok(Some(status));
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The `[dataplane] pin_path` of a configuration, if present.
+fn pin_path_of(config_toml: &str) -> Result<Option<PathBuf>> {
+    let value: toml::Table = toml::from_str(config_toml).context("parsing the lbd config")?;
+    Ok(value
+        .get("dataplane")
+        .and_then(|d| d.get("pin_path"))
+        .and_then(|p| p.as_str())
+        .map(PathBuf::from))
+}
+
+/// Mounts bpffs on /sys/fs/bpf unless it is there already (lbd pins its maps below it).
+pub fn ensure_bpffs() -> Result<()> {
+    let fs = nix::sys::statfs::statfs("/sys/fs/bpf").context("statfs /sys/fs/bpf")?;
+    if fs.filesystem_type().0 as i64 == BPF_FS_MAGIC {
+        return Ok(());
+    }
+    run_cmd(&["mount", "-t", "bpf", "bpf", "/sys/fs/bpf"]).context("mounting bpffs")?;
+    Ok(())
+}
+
+/// Removes pin directories of earlier test processes that died before their guard ran.
+fn sweep_stale_pins() {
+    let Ok(entries) = std::fs::read_dir("/sys/fs/bpf") else {
+        return;
+    };
+    let prefix = PIN_PREFIX.trim_start_matches("/sys/fs/bpf/");
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = stale_owner_pid(&name, prefix) {
+            eprintln!("note: removing stale pin directory {name} of dead process {pid}");
+            if let Err(e) = std::fs::remove_dir_all(entry.path()) {
+                eprintln!("warning: removing {}: {e}", entry.path().display());
+            }
+        }
+    }
+}
+
+/// The `new_flows` counter of `vip` in the output of `lbctl --json stats`.
+///
+/// Tolerant of the exact layout: it takes the entries of the top-level `vips` array (or the
+/// value itself if it is an array), ignores each entry's `backends`, picks the entry that
+/// mentions the VIP's address and port, and returns the first `new_flows` number inside it.
+pub fn vip_new_flows(stats: &Value, vip: SocketAddrV4) -> Option<u64> {
+    let entries = match stats.get("vips") {
+        Some(Value::Array(a)) => a,
+        _ => stats.as_array()?,
+    };
+    let addr = vip.ip().to_string();
+    let port = vip.port();
+    entries.iter().find_map(|entry| {
+        let mut own = entry.clone();
+        if let Some(obj) = own.as_object_mut() {
+            obj.remove("backends");
+        }
+        let text = own.to_string();
+        let names_port =
+            text.contains(&format!("{addr}:{port}")) || text.contains(&format!("\"port\":{port}"));
+        if text.contains(&addr) && names_port {
+            find_number(&own, "new_flows")
+        } else {
+            None
+        }
+    })
+}
+
+fn find_number(v: &Value, key: &str) -> Option<u64> {
+    match v {
+        Value::Object(map) => map
+            .get(key)
+            .and_then(Value::as_u64)
+            .or_else(|| map.values().find_map(|c| find_number(c, key))),
+        Value::Array(items) => items.iter().find_map(|c| find_number(c, key)),
+        _ => None,
+    }
+}

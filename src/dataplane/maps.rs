@@ -1,0 +1,291 @@
+//! Typed access to the program's maps: Rust values in, skeleton `types` (from `bpf/xdplb.h`) out.
+//! The only place where map keys and values are turned into bytes.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::{AsFd, AsRawFd};
+use std::time::Duration;
+
+use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
+
+use super::{bpf_err, DataplaneError};
+use crate::skel::types;
+use crate::skel::LbMaps;
+use crate::state::{Mode, Protocol};
+
+/// Views a map key or value as bytes.
+///
+/// Only used with the `#[repr(C)]` structs of `bpf/xdplb.h`, which have explicit padding fields
+/// and are built from `Default` (all bytes initialised).
+fn bytes_of<T: Copy>(v: &T) -> &[u8] {
+    // SAFETY: T is a plain-old-data repr(C) type without implicit padding (see above).
+    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
+}
+
+/// Reads a plain-old-data value from map bytes (which may be shorter than T only on a bug).
+fn from_bytes<T: Copy + Default>(b: &[u8]) -> T {
+    let mut v = T::default();
+    let n = b.len().min(std::mem::size_of::<T>());
+    // SAFETY: copies at most size_of::<T>() bytes into a valid T; every bit pattern is valid for
+    // these integer-only structs.
+    unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), (&mut v as *mut T).cast::<u8>(), n) };
+    v
+}
+
+/// An IPv4 address in the 16-byte form of the maps.
+pub fn addr_v4(ip: Ipv4Addr) -> types::lb_addr {
+    let mut a = types::lb_addr::default();
+    let mut bytes = [0u8; 16];
+    bytes[..4].copy_from_slice(&ip.octets());
+    a.bytes = bytes;
+    a
+}
+
+/// The IPv4 address held in a map address.
+pub fn v4_of(a: &types::lb_addr) -> Ipv4Addr {
+    // SAFETY: every variant of the union is plain bytes.
+    let b = unsafe { a.bytes };
+    Ipv4Addr::new(b[0], b[1], b[2], b[3])
+}
+
+/// The `vips` map key of a VIP.
+pub fn vip_key(addr: SocketAddrV4, proto: Protocol) -> types::vip_key {
+    types::vip_key {
+        addr: addr_v4(*addr.ip()),
+        port_be: addr.port().to_be(),
+        proto: proto.number(),
+        family: types::lb_family::LB_AF_INET.0 as u8,
+    }
+}
+
+fn mode_value(mode: Mode) -> u8 {
+    let m = match mode {
+        Mode::Nat => types::lb_mode::LB_MODE_NAT,
+        Mode::L2dsr => types::lb_mode::LB_MODE_L2DSR,
+        Mode::Ipip => types::lb_mode::LB_MODE_IPIP,
+    };
+    m.0 as u8
+}
+
+/// Run-time settings for `lb_config`.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    pub snat_addr: Ipv4Addr,
+    pub snat_ports: (u16, u16),
+    pub tcp_timeout: Duration,
+    pub tcp_closing_timeout: Duration,
+    pub udp_timeout: Duration,
+}
+
+/// Counters of one VIP or backend, summed over CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+
+/// The global counters: packets per reason and per XDP verdict, summed over CPUs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GlobalCounters {
+    /// Indexed by `enum lb_reason`.
+    pub reasons: Vec<u64>,
+    /// Indexed by XDP action.
+    pub verdicts: Vec<u64>,
+}
+
+/// Name of a reason as operators see it: `LB_REASON_PASS_NOT_VIP` -> `pass_not_vip`.
+pub fn reason_name(index: usize) -> String {
+    // The names come from the C enum through the skeleton; this table is only the Rust spelling.
+    use types::lb_reason as R;
+    let all = [
+        (R::LB_REASON_PASS_NOT_IP, "pass_not_ip"),
+        (R::LB_REASON_PASS_NOT_VIP, "pass_not_vip"),
+        (R::LB_REASON_PASS_FRAGMENT, "pass_fragment"),
+        (R::LB_REASON_PASS_MALFORMED, "pass_malformed"),
+        (R::LB_REASON_DROP_MALFORMED, "drop_malformed"),
+        (R::LB_REASON_DROP_NO_BACKEND, "drop_no_backend"),
+        (R::LB_REASON_DROP_PORT_EXHAUSTED, "drop_port_exhausted"),
+        (R::LB_REASON_DROP_CT_FULL, "drop_ct_full"),
+        (R::LB_REASON_DROP_NO_CONFIG, "drop_no_config"),
+        (R::LB_REASON_PASS_FIB_NO_NEIGH, "pass_fib_no_neigh"),
+        (R::LB_REASON_PASS_FIB_FAILED, "pass_fib_failed"),
+        (R::LB_REASON_DROP_FIB_BLACKHOLE, "drop_fib_blackhole"),
+        (R::LB_REASON_TX_NAT_FORWARD, "tx_nat_forward"),
+        (R::LB_REASON_TX_NAT_REPLY, "tx_nat_reply"),
+        (R::LB_REASON_PASS_NOT_TRACKED, "pass_not_tracked"),
+    ];
+    all.iter()
+        .find(|(r, _)| r.0 as usize == index)
+        .map(|(_, n)| n.to_string())
+        .unwrap_or_else(|| format!("reason_{index}"))
+}
+
+/// Number of reasons the program counts.
+pub const REASON_COUNT: usize = types::lb_reason::LB_REASON_MAX.0 as usize;
+
+/// Name of an XDP verdict.
+pub fn verdict_name(index: usize) -> &'static str {
+    ["XDP_ABORTED", "XDP_DROP", "XDP_PASS", "XDP_TX", "XDP_REDIRECT"].get(index).copied().unwrap_or("XDP_UNKNOWN")
+}
+
+/// Typed view of the maps of a loaded program.
+pub struct Maps<'a> {
+    m: &'a LbMaps<'static>,
+}
+
+impl<'a> Maps<'a> {
+    pub(super) fn new(m: &'a LbMaps<'static>) -> Self {
+        Self { m }
+    }
+
+    pub fn write_config(&self, c: &RuntimeConfig) -> Result<(), DataplaneError> {
+        let v = types::lb_config {
+            snat_addr: addr_v4(c.snat_addr),
+            snat_port_min: c.snat_ports.0,
+            snat_port_max: c.snat_ports.1,
+            pad: 0,
+            tcp_timeout_ns: c.tcp_timeout.as_nanos() as u64,
+            tcp_closing_timeout_ns: c.tcp_closing_timeout.as_nanos() as u64,
+            udp_timeout_ns: c.udp_timeout.as_nanos() as u64,
+        };
+        self.m.lb_config.update(&0u32.to_ne_bytes(), bytes_of(&v), MapFlags::ANY).map_err(bpf_err("writing lb_config"))
+    }
+
+    pub fn put_vip(&self, addr: SocketAddrV4, proto: Protocol, id: u32, mode: Mode, ring_size: u32) -> Result<(), DataplaneError> {
+        let meta = types::vip_meta { vip_id: id, ring_size, mode: mode_value(mode), flags: 0, pad: 0 };
+        self.m
+            .vips
+            .update(bytes_of(&vip_key(addr, proto)), bytes_of(&meta), MapFlags::ANY)
+            .map_err(bpf_err(format!("writing vip {addr}/{proto}")))
+    }
+
+    pub fn delete_vip(&self, addr: SocketAddrV4, proto: Protocol) -> Result<(), DataplaneError> {
+        delete_if_present(&self.m.vips, bytes_of(&vip_key(addr, proto)), "vips")
+    }
+
+    pub fn put_backend(&self, id: u32, addr: SocketAddrV4) -> Result<(), DataplaneError> {
+        let be = types::backend {
+            addr: addr_v4(*addr.ip()),
+            port_be: addr.port().to_be(),
+            family: types::lb_family::LB_AF_INET.0 as u8,
+            flags: 0,
+        };
+        self.m.backends.update(&id.to_ne_bytes(), bytes_of(&be), MapFlags::ANY).map_err(bpf_err(format!("writing backend {id}")))
+    }
+
+    /// Builds a new ring map from `table` and swaps it in for `vip_id` in one update.
+    pub fn set_ring(&self, vip_id: u32, table: &[u32]) -> Result<(), DataplaneError> {
+        let len = table.len() as u32;
+        let opts = libbpf_sys::bpf_map_create_opts {
+            sz: std::mem::size_of::<libbpf_sys::bpf_map_create_opts>() as _,
+            map_flags: libbpf_sys::BPF_F_INNER_MAP,
+            ..Default::default()
+        };
+        let ring = MapHandle::create(MapType::Array, Some("xdplb_ring"), 4, 4, len, &opts)
+            .map_err(bpf_err(format!("creating a Maglev ring of {len} slots")))?;
+        let keys: Vec<u8> = (0..len).flat_map(|k| k.to_ne_bytes()).collect();
+        let values: Vec<u8> = table.iter().flat_map(|v| v.to_ne_bytes()).collect();
+        ring.update_batch(&keys, &values, len, MapFlags::ANY, MapFlags::ANY).map_err(bpf_err("filling a Maglev ring"))?;
+        let fd = ring.as_fd().as_raw_fd() as u32;
+        self.m
+            .maglev_rings
+            .update(&vip_id.to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY)
+            .map_err(bpf_err(format!("swapping in the Maglev ring of vip {vip_id}")))
+        // `ring` is closed here; the outer map holds its own reference.
+    }
+
+    pub fn delete_ring(&self, vip_id: u32) -> Result<(), DataplaneError> {
+        delete_if_present(&self.m.maglev_rings, &vip_id.to_ne_bytes(), "maglev_rings")
+    }
+
+    /// The backend ids of a VIP's ring as the data plane sees them (tests, diagnostics).
+    pub fn read_ring(&self, vip_id: u32) -> Result<Option<Vec<u32>>, DataplaneError> {
+        let Some(v) = self.m.maglev_rings.lookup(&vip_id.to_ne_bytes(), MapFlags::ANY).map_err(bpf_err("reading maglev_rings"))? else {
+            return Ok(None);
+        };
+        let id = u32::from_ne_bytes([v[0], v[1], v[2], v[3]]);
+        let ring = MapHandle::from_map_id(id).map_err(bpf_err("opening a Maglev ring"))?;
+        let mut out = Vec::with_capacity(ring.max_entries() as usize);
+        for k in 0..ring.max_entries() {
+            let v = ring.lookup(&k.to_ne_bytes(), MapFlags::ANY).map_err(bpf_err("reading a Maglev ring"))?.unwrap_or_default();
+            out.push(from_bytes::<u32>(&v));
+        }
+        Ok(Some(out))
+    }
+
+    pub fn add_tx_port(&self, ifindex: u32) -> Result<(), DataplaneError> {
+        self.m
+            .tx_ports
+            .update(&ifindex.to_ne_bytes(), &ifindex.to_ne_bytes(), MapFlags::ANY)
+            .map_err(bpf_err(format!("adding ifindex {ifindex} to tx_ports")))
+    }
+
+    pub fn vip_counters(&self, id: u32) -> Result<Counters, DataplaneError> {
+        sum_counters(&self.m.vip_stats, id)
+    }
+
+    pub fn backend_counters(&self, id: u32) -> Result<Counters, DataplaneError> {
+        sum_counters(&self.m.backend_stats, id)
+    }
+
+    /// Zeroes a VIP's counters (when its id is handed out again).
+    pub fn reset_vip_counters(&self, id: u32) -> Result<(), DataplaneError> {
+        zero_percpu(&self.m.vip_stats, id)
+    }
+
+    /// Zeroes a backend's counters (when its id is handed out again).
+    pub fn reset_backend_counters(&self, id: u32) -> Result<(), DataplaneError> {
+        zero_percpu(&self.m.backend_stats, id)
+    }
+
+    pub fn global_counters(&self) -> Result<GlobalCounters, DataplaneError> {
+        let per_cpu = self
+            .m
+            .global_stats
+            .lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY)
+            .map_err(bpf_err("reading global_stats"))?
+            .unwrap_or_default();
+        let mut g = GlobalCounters { reasons: vec![0; REASON_COUNT], verdicts: vec![0; 5] };
+        for cpu in per_cpu {
+            let s: types::lb_global_stats = from_bytes(&cpu);
+            for (acc, v) in g.reasons.iter_mut().zip(s.reasons) {
+                *acc += v;
+            }
+            for (acc, v) in g.verdicts.iter_mut().zip(s.verdicts) {
+                *acc += v;
+            }
+        }
+        Ok(g)
+    }
+
+    /// Number of live entries in the forward conntrack table (walks the keys).
+    pub fn conntrack_entries(&self) -> usize {
+        self.m.ct_fwd.keys().count()
+    }
+}
+
+fn delete_if_present(map: &libbpf_rs::MapMut<'static>, key: &[u8], name: &str) -> Result<(), DataplaneError> {
+    match map.delete(key) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(bpf_err(format!("deleting from {name}"))(e)),
+    }
+}
+
+fn sum_counters(map: &libbpf_rs::MapMut<'static>, id: u32) -> Result<Counters, DataplaneError> {
+    let per_cpu = map.lookup_percpu(&id.to_ne_bytes(), MapFlags::ANY).map_err(bpf_err("reading counters"))?.unwrap_or_default();
+    let mut sum = Counters::default();
+    for cpu in per_cpu {
+        let c: types::lb_counters = from_bytes(&cpu);
+        sum.packets += c.packets;
+        sum.bytes += c.bytes;
+        sum.new_flows += c.new_flows;
+    }
+    Ok(sum)
+}
+
+fn zero_percpu(map: &libbpf_rs::MapMut<'static>, id: u32) -> Result<(), DataplaneError> {
+    let cpus = libbpf_rs::num_possible_cpus().map_err(bpf_err("counting CPUs"))?;
+    let zero = vec![vec![0u8; map.value_size() as usize]; cpus];
+    map.update_percpu(&id.to_ne_bytes(), &zero, MapFlags::ANY).map_err(bpf_err("zeroing counters"))
+}

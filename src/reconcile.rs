@@ -1,0 +1,200 @@
+//! Makes the BPF maps match a desired [`State`]: hands out data-plane ids, builds Maglev rings,
+//! and writes map entries in an order that never shows the XDP program a half-configured VIP.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddrV4;
+
+use crate::dataplane::{Dataplane, DataplaneError, MAX_BACKENDS, MAX_VIPS};
+use crate::maglev::{self, MaglevBackend};
+use crate::state::{Mode, State, VipKey};
+
+/// Why the maps could not be made to match.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+    #[error("building the Maglev table of {vip}: {source}")]
+    Maglev { vip: VipKey, source: maglev::MaglevError },
+    #[error("no free {0} id (limit reached)")]
+    NoFreeId(&'static str),
+}
+
+/// Hands out small integer ids; a freed id goes to the back of the queue, so it is reused as late
+/// as possible (counters and conntrack entries of the old owner have time to fade).
+#[derive(Debug)]
+struct IdPool {
+    what: &'static str,
+    next: u32,
+    limit: u32,
+    free: VecDeque<u32>,
+}
+
+impl IdPool {
+    fn new(what: &'static str, limit: usize) -> Self {
+        Self { what, next: 0, limit: limit as u32, free: VecDeque::new() }
+    }
+
+    fn take(&mut self) -> Result<u32, ReconcileError> {
+        if self.next < self.limit {
+            self.next += 1;
+            return Ok(self.next - 1);
+        }
+        self.free.pop_front().ok_or(ReconcileError::NoFreeId(self.what))
+    }
+
+    fn give_back(&mut self, id: u32) {
+        self.free.push_back(id);
+    }
+}
+
+/// What the maps currently hold for one VIP.
+#[derive(Debug, Clone)]
+struct AppliedVip {
+    id: u32,
+    mode: Mode,
+    /// Backend address -> (id, weight).
+    backends: BTreeMap<SocketAddrV4, (u32, u32)>,
+    /// The ring in the data plane (None: no ring, every new flow is dropped as "no backend").
+    ring: Option<Vec<u32>>,
+}
+
+/// Owns the data plane and what has been applied to it.
+pub struct Reconciler {
+    dp: Dataplane,
+    ring_size: u32,
+    applied: BTreeMap<VipKey, AppliedVip>,
+    vip_ids: IdPool,
+    backend_ids: IdPool,
+}
+
+impl Reconciler {
+    pub fn new(dp: Dataplane, ring_size: u32) -> Self {
+        Self {
+            dp,
+            ring_size,
+            applied: BTreeMap::new(),
+            vip_ids: IdPool::new("vip", MAX_VIPS),
+            backend_ids: IdPool::new("backend", MAX_BACKENDS),
+        }
+    }
+
+    pub fn dataplane(&self) -> &Dataplane {
+        &self.dp
+    }
+
+    pub fn dataplane_mut(&mut self) -> &mut Dataplane {
+        &mut self.dp
+    }
+
+    /// Gives the data plane back (for shutdown).
+    pub fn into_dataplane(self) -> Dataplane {
+        self.dp
+    }
+
+    /// Data-plane id of a VIP, once applied.
+    pub fn vip_id(&self, key: &VipKey) -> Option<u32> {
+        self.applied.get(key).map(|v| v.id)
+    }
+
+    /// Data-plane id of a backend of a VIP, once applied.
+    pub fn backend_id(&self, key: &VipKey, addr: &SocketAddrV4) -> Option<u32> {
+        self.applied.get(key).and_then(|v| v.backends.get(addr)).map(|b| b.0)
+    }
+
+    /// Applies `desired`. On error the maps may be partly changed: call again with the previous
+    /// state to roll back (what `api::Controller` does).
+    pub fn reconcile(&mut self, desired: &State) -> Result<(), ReconcileError> {
+        let maps = self.dp.maps();
+        // 1. VIPs that went away: hide the VIP first, then free what it used.
+        let gone: Vec<VipKey> = self.applied.keys().filter(|k| !desired.vips.contains_key(k)).copied().collect();
+        for key in gone {
+            let Some(old) = self.applied.remove(&key) else { continue };
+            maps.delete_vip(key.addr, key.proto)?;
+            maps.delete_ring(old.id)?;
+            for (id, _) in old.backends.values() {
+                self.backend_ids.give_back(*id);
+            }
+            self.vip_ids.give_back(old.id);
+            tracing::info!(vip = %key, id = old.id, "vip removed from the data plane");
+        }
+
+        // 2. New and changed VIPs: backends, then ring, then the VIP entry itself.
+        for (key, want) in &desired.vips {
+            let mut cur = match self.applied.get(key) {
+                Some(a) => a.clone(),
+                None => {
+                    let id = self.vip_ids.take()?;
+                    maps.reset_vip_counters(id)?;
+                    AppliedVip { id, mode: want.mode, backends: BTreeMap::new(), ring: None }
+                }
+            };
+            let is_new = !self.applied.contains_key(key);
+
+            let removed: Vec<SocketAddrV4> = cur.backends.keys().filter(|a| !want.backends.contains_key(a)).copied().collect();
+            for addr in &removed {
+                if let Some((id, _)) = cur.backends.remove(addr) {
+                    self.backend_ids.give_back(id);
+                }
+            }
+            for (addr, weight) in &want.backends {
+                match cur.backends.get_mut(addr) {
+                    Some(b) => b.1 = *weight,
+                    None => {
+                        let id = self.backend_ids.take()?;
+                        maps.reset_backend_counters(id)?;
+                        maps.put_backend(id, *addr)?;
+                        cur.backends.insert(*addr, (id, *weight));
+                    }
+                }
+            }
+
+            let ring = self.build_ring(key, &cur)?;
+            if ring != cur.ring {
+                match &ring {
+                    Some(table) => maps.set_ring(cur.id, table)?,
+                    None => maps.delete_ring(cur.id)?,
+                }
+                cur.ring = ring;
+            }
+            if is_new || cur.mode != want.mode {
+                cur.mode = want.mode;
+                maps.put_vip(key.addr, key.proto, cur.id, cur.mode, self.ring_size)?;
+            }
+            if is_new {
+                tracing::info!(vip = %key, id = cur.id, mode = %cur.mode, "vip added to the data plane");
+            }
+            self.applied.insert(*key, cur);
+        }
+        Ok(())
+    }
+
+    /// The Maglev table of a VIP, or None when no backend can take new flows.
+    fn build_ring(&self, key: &VipKey, vip: &AppliedVip) -> Result<Option<Vec<u32>>, ReconcileError> {
+        let backends: Vec<MaglevBackend> = vip
+            .backends
+            .iter()
+            .filter(|(_, (_, w))| *w > 0)
+            .map(|(addr, (id, w))| MaglevBackend { id: *id, key: addr.to_string().into_bytes(), weight: *w })
+            .collect();
+        if backends.is_empty() {
+            return Ok(None);
+        }
+        maglev::build_table(&backends, self.ring_size).map(Some).map_err(|source| ReconcileError::Maglev { vip: *key, source })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn id_pool_reuses_freed_ids_last() {
+        let mut p = IdPool::new("x", 3);
+        assert_eq!((p.take().unwrap(), p.take().unwrap(), p.take().unwrap()), (0, 1, 2));
+        assert!(matches!(p.take(), Err(ReconcileError::NoFreeId("x"))));
+        p.give_back(1);
+        p.give_back(0);
+        assert_eq!(p.take().unwrap(), 1);
+        assert_eq!(p.take().unwrap(), 0);
+    }
+}

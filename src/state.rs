@@ -1,0 +1,257 @@
+//! The desired state an operator sets (VIPs, modes, backends, weights) and the validated changes to it.
+//! gRPC handlers and the config file change a `State`; the reconciler makes the BPF maps match it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Weight of a backend added without one.
+pub const DEFAULT_WEIGHT: u32 = 100;
+/// Largest weight accepted (keeps Maglev credit arithmetic and tables readable).
+pub const MAX_WEIGHT: u32 = 1_000_000;
+
+/// Transport protocol of a VIP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// The IP protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => libc::IPPROTO_TCP as u8,
+            Protocol::Udp => libc::IPPROTO_UDP as u8,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        })
+    }
+}
+
+impl FromStr for Protocol {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "tcp" => Ok(Protocol::Tcp),
+            "udp" => Ok(Protocol::Udp),
+            _ => Err(format!("unknown protocol '{s}' (tcp or udp)")),
+        }
+    }
+}
+
+/// Forwarding mode of a VIP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Full NAT: DNAT to the backend and SNAT to the LB; replies come back through the LB.
+    #[default]
+    Nat,
+    /// Direct server return by MAC rewrite (backends on the LB's segment).
+    L2dsr,
+    /// Direct server return through an IPIP tunnel.
+    Ipip,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Nat => "nat",
+            Mode::L2dsr => "l2dsr",
+            Mode::Ipip => "ipip",
+        })
+    }
+}
+
+/// A VIP is identified by address, port and protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct VipKey {
+    pub addr: SocketAddrV4,
+    pub proto: Protocol,
+}
+
+impl fmt::Display for VipKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.proto)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VipState {
+    pub mode: Mode,
+    /// Backends by address; the value is the weight (0 = drained).
+    pub backends: BTreeMap<SocketAddrV4, u32>,
+}
+
+/// Everything an operator can set. One owner changes it (see `api`); the reconciler applies it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    pub vips: BTreeMap<VipKey, VipState>,
+}
+
+/// Why a change to the state was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StateError {
+    #[error("{field}: {message}")]
+    InvalidArgument { field: &'static str, message: String },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> StateError {
+    StateError::InvalidArgument { field, message: message.into() }
+}
+
+fn unicast(addr: Ipv4Addr) -> bool {
+    !(addr.is_unspecified() || addr.is_broadcast() || addr.is_multicast() || addr.is_loopback())
+}
+
+/// Checks a VIP address: unicast, not loopback, port 1..=65535.
+pub fn validate_vip_addr(addr: &SocketAddrV4) -> Result<(), String> {
+    if !unicast(*addr.ip()) {
+        return Err(format!("{} is not a unicast address", addr.ip()));
+    }
+    if addr.port() == 0 {
+        return Err("port must be 1..=65535".into());
+    }
+    Ok(())
+}
+
+/// Checks a backend address: unicast, not loopback, port 1..=65535.
+pub fn validate_backend_addr(addr: &SocketAddrV4) -> Result<(), String> {
+    validate_vip_addr(addr)
+}
+
+impl State {
+    /// Builds the initial state from the `[[vip]]` tables of a configuration.
+    pub fn from_config(config: &crate::config::Config) -> Result<Self, StateError> {
+        let mut state = State::default();
+        for vip in &config.vips {
+            let key = VipKey { addr: vip.address, proto: vip.proto };
+            state.add_vip(key, vip.mode)?;
+            for be in &vip.backends {
+                state.add_backend(&key, be.address, be.weight)?;
+            }
+        }
+        Ok(state)
+    }
+
+    pub fn vip(&self, key: &VipKey) -> Result<&VipState, StateError> {
+        self.vips.get(key).ok_or_else(|| StateError::NotFound(format!("vip {key} does not exist")))
+    }
+
+    fn vip_mut(&mut self, key: &VipKey) -> Result<&mut VipState, StateError> {
+        self.vips.get_mut(key).ok_or_else(|| StateError::NotFound(format!("vip {key} does not exist")))
+    }
+
+    pub fn add_vip(&mut self, key: VipKey, mode: Mode) -> Result<(), StateError> {
+        validate_vip_addr(&key.addr).map_err(|m| invalid("vip.address", m))?;
+        if mode != Mode::Nat {
+            return Err(StateError::Unsupported(format!("mode {mode} is not supported yet (nat only)")));
+        }
+        if self.vips.contains_key(&key) {
+            return Err(StateError::AlreadyExists(format!("vip {key} already exists")));
+        }
+        if self.vips.len() >= crate::dataplane::MAX_VIPS {
+            return Err(invalid("vip", format!("at most {} VIPs", crate::dataplane::MAX_VIPS)));
+        }
+        self.vips.insert(key, VipState { mode, backends: BTreeMap::new() });
+        Ok(())
+    }
+
+    pub fn remove_vip(&mut self, key: &VipKey) -> Result<(), StateError> {
+        self.vips.remove(key).map(|_| ()).ok_or_else(|| StateError::NotFound(format!("vip {key} does not exist")))
+    }
+
+    pub fn add_backend(&mut self, vip: &VipKey, addr: SocketAddrV4, weight: u32) -> Result<(), StateError> {
+        validate_backend_addr(&addr).map_err(|m| invalid("backend.address", m))?;
+        validate_weight(weight)?;
+        let v = self.vip_mut(vip)?;
+        if v.backends.contains_key(&addr) {
+            return Err(StateError::AlreadyExists(format!("backend {addr} of vip {vip} already exists")));
+        }
+        v.backends.insert(addr, weight);
+        Ok(())
+    }
+
+    pub fn remove_backend(&mut self, vip: &VipKey, addr: SocketAddrV4) -> Result<(), StateError> {
+        let v = self.vip_mut(vip)?;
+        v.backends
+            .remove(&addr)
+            .map(|_| ())
+            .ok_or_else(|| StateError::NotFound(format!("backend {addr} of vip {vip} does not exist")))
+    }
+
+    pub fn set_weight(&mut self, vip: &VipKey, addr: SocketAddrV4, weight: u32) -> Result<(), StateError> {
+        validate_weight(weight)?;
+        let v = self.vip_mut(vip)?;
+        let w = v
+            .backends
+            .get_mut(&addr)
+            .ok_or_else(|| StateError::NotFound(format!("backend {addr} of vip {vip} does not exist")))?;
+        *w = weight;
+        Ok(())
+    }
+}
+
+fn validate_weight(weight: u32) -> Result<(), StateError> {
+    if weight > MAX_WEIGHT {
+        return Err(invalid("backend.weight", format!("{weight} is above the maximum {MAX_WEIGHT}")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(s: &str) -> VipKey {
+        VipKey { addr: s.parse().expect("addr"), proto: Protocol::Tcp }
+    }
+
+    #[test]
+    fn changes_are_checked_and_refusals_change_nothing() {
+        let mut s = State::default();
+        let v = key("10.0.0.10:80");
+        s.add_vip(v, Mode::Nat).expect("add vip");
+        let before = s.clone();
+        assert!(matches!(s.add_vip(v, Mode::Nat), Err(StateError::AlreadyExists(_))));
+        assert!(matches!(s.add_vip(key("0.0.0.0:80"), Mode::Nat), Err(StateError::InvalidArgument { field: "vip.address", .. })));
+        assert!(matches!(s.add_vip(key("10.0.0.11:0"), Mode::Nat), Err(StateError::InvalidArgument { .. })));
+        assert!(matches!(s.add_backend(&key("10.9.9.9:80"), "10.0.2.1:80".parse().unwrap(), 1), Err(StateError::NotFound(_))));
+        assert!(matches!(
+            s.add_backend(&v, "10.0.2.1:80".parse().unwrap(), MAX_WEIGHT + 1),
+            Err(StateError::InvalidArgument { field: "backend.weight", .. })
+        ));
+        assert_eq!(s, before);
+        s.add_backend(&v, "10.0.2.1:80".parse().unwrap(), 5).expect("add backend");
+        s.set_weight(&v, "10.0.2.1:80".parse().unwrap(), 0).expect("drain");
+        assert_eq!(s.vip(&v).unwrap().backends.values().copied().collect::<Vec<_>>(), vec![0]);
+        s.remove_backend(&v, "10.0.2.1:80".parse().unwrap()).expect("remove");
+        assert!(matches!(s.remove_backend(&v, "10.0.2.1:80".parse().unwrap()), Err(StateError::NotFound(_))));
+        s.remove_vip(&v).expect("remove vip");
+        assert_eq!(s, State::default());
+    }
+
+    #[test]
+    fn protocol_parses_case_insensitively() {
+        assert_eq!("TCP".parse::<Protocol>(), Ok(Protocol::Tcp));
+        assert_eq!("udp".parse::<Protocol>(), Ok(Protocol::Udp));
+        assert!("sctp".parse::<Protocol>().is_err());
+    }
+}
