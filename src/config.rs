@@ -18,7 +18,10 @@ pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/xdplb";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{key}: {message}")]
@@ -26,7 +29,10 @@ pub enum ConfigError {
 }
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { key: key.into(), message: message.into() }
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
 }
 
 /// The whole file. Every table is optional except `[dataplane]` and `[nat]`.
@@ -103,7 +109,10 @@ pub struct TablesConfig {
 
 impl Default for TablesConfig {
     fn default() -> Self {
-        Self { conntrack_size: 1 << 20, maglev_size: maglev::DEFAULT_TABLE_SIZE }
+        Self {
+            conntrack_size: 1 << 20,
+            maglev_size: maglev::DEFAULT_TABLE_SIZE,
+        }
     }
 }
 
@@ -168,10 +177,15 @@ fn default_weight() -> u32 {
 impl Config {
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Self::parse(&text).map_err(|e| match e {
-            ConfigError::Parse { message, .. } => ConfigError::Parse { path: path.to_owned(), message },
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
             other => other,
         })
     }
@@ -189,52 +203,104 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         let dp = &self.dataplane;
         if dp.interfaces.is_empty() {
-            return Err(invalid("dataplane.interfaces", "at least one interface is needed"));
+            return Err(invalid(
+                "dataplane.interfaces",
+                "at least one interface is needed",
+            ));
         }
         for (i, name) in dp.interfaces.iter().enumerate() {
-            if name.is_empty() || name.len() > 15 || name.contains('/') || name.contains(char::is_whitespace) {
-                return Err(invalid(format!("dataplane.interfaces[{i}]"), format!("'{name}' is not an interface name")));
+            if name.is_empty()
+                || name.len() > 15
+                || name.contains('/')
+                || name.contains(char::is_whitespace)
+            {
+                return Err(invalid(
+                    format!("dataplane.interfaces[{i}]"),
+                    format!("'{name}' is not an interface name"),
+                ));
             }
             if dp.interfaces[..i].contains(name) {
-                return Err(invalid(format!("dataplane.interfaces[{i}]"), format!("'{name}' is listed twice")));
+                return Err(invalid(
+                    format!("dataplane.interfaces[{i}]"),
+                    format!("'{name}' is listed twice"),
+                ));
             }
         }
         if !dp.pin_path.is_absolute() {
-            return Err(invalid("dataplane.pin_path", "must be an absolute path on a bpffs"));
+            return Err(invalid(
+                "dataplane.pin_path",
+                "must be an absolute path on a bpffs",
+            ));
         }
         let [lo, hi] = self.nat.port_range;
         if lo == 0 || lo > hi {
-            return Err(invalid("nat.port_range", format!("[{lo}, {hi}] is not a range of ports 1..=65535 with start <= end")));
+            return Err(invalid(
+                "nat.port_range",
+                format!("[{lo}, {hi}] is not a range of ports 1..=65535 with start <= end"),
+            ));
         }
-        if self.nat.snat_address.is_unspecified() || self.nat.snat_address.is_broadcast() || self.nat.snat_address.is_multicast() {
-            return Err(invalid("nat.snat_address", format!("{} is not a unicast address", self.nat.snat_address)));
+        if self.nat.snat_address.is_unspecified()
+            || self.nat.snat_address.is_broadcast()
+            || self.nat.snat_address.is_multicast()
+        {
+            return Err(invalid(
+                "nat.snat_address",
+                format!("{} is not a unicast address", self.nat.snat_address),
+            ));
         }
         let t = &self.tables;
         if !(1024..=1 << 27).contains(&t.conntrack_size) {
-            return Err(invalid("tables.conntrack_size", format!("{} is outside 1024..=134217728", t.conntrack_size)));
-        }
-        if !maglev::is_prime(t.maglev_size) || t.maglev_size < 251 || t.maglev_size > maglev::MAX_TABLE_SIZE {
             return Err(invalid(
-                "tables.maglev_size",
-                format!("{} must be a prime between 251 and {} (65537 is a good default)", t.maglev_size, maglev::MAX_TABLE_SIZE),
+                "tables.conntrack_size",
+                format!("{} is outside 1024..=134217728", t.conntrack_size),
             ));
         }
-        for (key, d) in [("timeouts.tcp", self.timeouts.tcp), ("timeouts.tcp_closing", self.timeouts.tcp_closing), ("timeouts.udp", self.timeouts.udp)] {
+        if !maglev::is_prime(t.maglev_size)
+            || t.maglev_size < 251
+            || t.maglev_size > maglev::MAX_TABLE_SIZE
+        {
+            return Err(invalid(
+                "tables.maglev_size",
+                format!(
+                    "{} must be a prime between 251 and {} (65537 is a good default)",
+                    t.maglev_size,
+                    maglev::MAX_TABLE_SIZE
+                ),
+            ));
+        }
+        for (key, d) in [
+            ("timeouts.tcp", self.timeouts.tcp),
+            ("timeouts.tcp_closing", self.timeouts.tcp_closing),
+            ("timeouts.udp", self.timeouts.udp),
+        ] {
             if d < Duration::from_secs(1) || d > Duration::from_secs(7 * 24 * 3600) {
-                return Err(invalid(key, format!("{} is outside 1s..=7d", humantime::format_duration(d))));
+                return Err(invalid(
+                    key,
+                    format!("{} is outside 1s..=7d", humantime::format_duration(d)),
+                ));
             }
         }
         for (i, vip) in self.vips.iter().enumerate() {
             let key = format!("vip[{i}]");
-            crate::state::validate_vip_addr(&vip.address).map_err(|m| invalid(format!("{key}.address"), m))?;
-            if self.vips[..i].iter().any(|v| v.address == vip.address && v.proto == vip.proto) {
-                return Err(invalid(format!("{key}.address"), format!("{} {} is defined twice", vip.address, vip.proto)));
+            crate::state::validate_vip_addr(&vip.address)
+                .map_err(|m| invalid(format!("{key}.address"), m))?;
+            if self.vips[..i]
+                .iter()
+                .any(|v| v.address == vip.address && v.proto == vip.proto)
+            {
+                return Err(invalid(
+                    format!("{key}.address"),
+                    format!("{} {} is defined twice", vip.address, vip.proto),
+                ));
             }
             for (j, be) in vip.backends.iter().enumerate() {
                 crate::state::validate_backend_addr(&be.address)
                     .map_err(|m| invalid(format!("{key}.backend[{j}].address"), m))?;
                 if vip.backends[..j].iter().any(|b| b.address == be.address) {
-                    return Err(invalid(format!("{key}.backend[{j}].address"), format!("{} is listed twice", be.address)));
+                    return Err(invalid(
+                        format!("{key}.backend[{j}].address"),
+                        format!("{} is listed twice", be.address),
+                    ));
                 }
             }
         }
@@ -246,10 +312,13 @@ impl Config {
 mod tests {
     use super::*;
 
-    const MINIMAL: &str = "[dataplane]\ninterfaces = [\"eth0\"]\n[nat]\nsnat_address = \"10.0.1.1\"\n";
+    const MINIMAL: &str =
+        "[dataplane]\ninterfaces = [\"eth0\"]\n[nat]\nsnat_address = \"10.0.1.1\"\n";
 
     fn err(text: &str) -> String {
-        Config::parse(text).expect_err("config should be refused").to_string()
+        Config::parse(text)
+            .expect_err("config should be refused")
+            .to_string()
     }
 
     #[test]
@@ -306,23 +375,42 @@ mod tests {
 
     #[test]
     fn errors_name_the_key() {
-        assert!(err(&MINIMAL.replace("[nat]", "[nat]\nport_range = [30000, 20000]")).starts_with("nat.port_range:"));
+        assert!(
+            err(&MINIMAL.replace("[nat]", "[nat]\nport_range = [30000, 20000]"))
+                .starts_with("nat.port_range:")
+        );
         assert!(err(&MINIMAL.replace("10.0.1.1", "0.0.0.0")).starts_with("nat.snat_address:"));
         assert!(err(&MINIMAL.replace("[\"eth0\"]", "[]")).starts_with("dataplane.interfaces:"));
-        assert!(err(&MINIMAL.replace("[\"eth0\"]", "[\"eth0\", \"eth0\"]")).starts_with("dataplane.interfaces[1]:"));
-        assert!(err(&format!("{MINIMAL}[tables]\nmaglev_size = 65536\n")).starts_with("tables.maglev_size:"));
+        assert!(err(&MINIMAL.replace("[\"eth0\"]", "[\"eth0\", \"eth0\"]"))
+            .starts_with("dataplane.interfaces[1]:"));
+        assert!(err(&format!("{MINIMAL}[tables]\nmaglev_size = 65536\n"))
+            .starts_with("tables.maglev_size:"));
         assert!(err(&format!("{MINIMAL}[timeouts]\nudp = \"0s\"\n")).starts_with("timeouts.udp:"));
         let dup = format!("{MINIMAL}[[vip]]\naddress = \"10.0.0.1:80\"\nproto = \"tcp\"\n[[vip.backend]]\naddress = \"10.0.2.1:80\"\n[[vip.backend]]\naddress = \"10.0.2.1:80\"\n");
-        assert!(err(&dup).starts_with("vip[0].backend[1].address:"), "{}", err(&dup));
+        assert!(
+            err(&dup).starts_with("vip[0].backend[1].address:"),
+            "{}",
+            err(&dup)
+        );
         let port0 = format!("{MINIMAL}[[vip]]\naddress = \"10.0.0.1:0\"\nproto = \"tcp\"\n");
-        assert!(err(&port0).starts_with("vip[0].address:"), "{}", err(&port0));
+        assert!(
+            err(&port0).starts_with("vip[0].address:"),
+            "{}",
+            err(&port0)
+        );
     }
 
     #[test]
     fn parse_errors_mention_the_key() {
         // serde/toml name the unknown or ill-typed key themselves.
-        assert!(err(&MINIMAL.replace("[nat]", "[nat]\nsnat_adress = \"1.2.3.4\"")).contains("snat_adress"));
+        assert!(
+            err(&MINIMAL.replace("[nat]", "[nat]\nsnat_adress = \"1.2.3.4\""))
+                .contains("snat_adress")
+        );
         assert!(err(&MINIMAL.replace("\"10.0.1.1\"", "\"10.0.1\"")).contains("snat_address"));
-        assert!(err(&MINIMAL.replace("interfaces", "xdp_mode = \"fast\"\ninterfaces")).contains("xdp_mode"));
+        assert!(
+            err(&MINIMAL.replace("interfaces", "xdp_mode = \"fast\"\ninterfaces"))
+                .contains("xdp_mode")
+        );
     }
 }

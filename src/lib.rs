@@ -1,14 +1,22 @@
 //! xdplb: an XDP layer-4 load balancer. This library holds the control plane that `lbd` runs:
 //! configuration, desired state, Maglev, the reconciler that writes BPF maps, and the gRPC API.
 
+pub mod api;
 pub mod config;
 pub mod dataplane;
 pub mod maglev;
+pub mod neighbor;
 pub mod reconcile;
 pub mod state;
 
 pub mod skel {
     //! The libbpf skeleton generated from `bpf/lb.bpf.c`; `types` holds the C structs of `bpf/xdplb.h`.
-    #![allow(clippy::all, missing_docs, non_camel_case_types, dead_code, unused_imports)]
+    #![allow(
+        clippy::all,
+        missing_docs,
+        non_camel_case_types,
+        dead_code,
+        unused_imports
+    )]
     include!(concat!(env!("OUT_DIR"), "/lb.skel.rs"));
 }

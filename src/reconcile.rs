@@ -14,7 +14,10 @@ pub enum ReconcileError {
     #[error(transparent)]
     Dataplane(#[from] DataplaneError),
     #[error("building the Maglev table of {vip}: {source}")]
-    Maglev { vip: VipKey, source: maglev::MaglevError },
+    Maglev {
+        vip: VipKey,
+        source: maglev::MaglevError,
+    },
     #[error("no free {0} id (limit reached)")]
     NoFreeId(&'static str),
 }
@@ -31,7 +34,12 @@ struct IdPool {
 
 impl IdPool {
     fn new(what: &'static str, limit: usize) -> Self {
-        Self { what, next: 0, limit: limit as u32, free: VecDeque::new() }
+        Self {
+            what,
+            next: 0,
+            limit: limit as u32,
+            free: VecDeque::new(),
+        }
     }
 
     fn take(&mut self) -> Result<u32, ReconcileError> {
@@ -39,7 +47,9 @@ impl IdPool {
             self.next += 1;
             return Ok(self.next - 1);
         }
-        self.free.pop_front().ok_or(ReconcileError::NoFreeId(self.what))
+        self.free
+            .pop_front()
+            .ok_or(ReconcileError::NoFreeId(self.what))
     }
 
     fn give_back(&mut self, id: u32) {
@@ -98,7 +108,10 @@ impl Reconciler {
 
     /// Data-plane id of a backend of a VIP, once applied.
     pub fn backend_id(&self, key: &VipKey, addr: &SocketAddrV4) -> Option<u32> {
-        self.applied.get(key).and_then(|v| v.backends.get(addr)).map(|b| b.0)
+        self.applied
+            .get(key)
+            .and_then(|v| v.backends.get(addr))
+            .map(|b| b.0)
     }
 
     /// Applies `desired`. On error the maps may be partly changed: call again with the previous
@@ -106,9 +119,16 @@ impl Reconciler {
     pub fn reconcile(&mut self, desired: &State) -> Result<(), ReconcileError> {
         let maps = self.dp.maps();
         // 1. VIPs that went away: hide the VIP first, then free what it used.
-        let gone: Vec<VipKey> = self.applied.keys().filter(|k| !desired.vips.contains_key(k)).copied().collect();
+        let gone: Vec<VipKey> = self
+            .applied
+            .keys()
+            .filter(|k| !desired.vips.contains_key(k))
+            .copied()
+            .collect();
         for key in gone {
-            let Some(old) = self.applied.remove(&key) else { continue };
+            let Some(old) = self.applied.remove(&key) else {
+                continue;
+            };
             maps.delete_vip(key.addr, key.proto)?;
             maps.delete_ring(old.id)?;
             for (id, _) in old.backends.values() {
@@ -125,12 +145,22 @@ impl Reconciler {
                 None => {
                     let id = self.vip_ids.take()?;
                     maps.reset_vip_counters(id)?;
-                    AppliedVip { id, mode: want.mode, backends: BTreeMap::new(), ring: None }
+                    AppliedVip {
+                        id,
+                        mode: want.mode,
+                        backends: BTreeMap::new(),
+                        ring: None,
+                    }
                 }
             };
             let is_new = !self.applied.contains_key(key);
 
-            let removed: Vec<SocketAddrV4> = cur.backends.keys().filter(|a| !want.backends.contains_key(a)).copied().collect();
+            let removed: Vec<SocketAddrV4> = cur
+                .backends
+                .keys()
+                .filter(|a| !want.backends.contains_key(a))
+                .copied()
+                .collect();
             for addr in &removed {
                 if let Some((id, _)) = cur.backends.remove(addr) {
                     self.backend_ids.give_back(id);
@@ -169,17 +199,27 @@ impl Reconciler {
     }
 
     /// The Maglev table of a VIP, or None when no backend can take new flows.
-    fn build_ring(&self, key: &VipKey, vip: &AppliedVip) -> Result<Option<Vec<u32>>, ReconcileError> {
+    fn build_ring(
+        &self,
+        key: &VipKey,
+        vip: &AppliedVip,
+    ) -> Result<Option<Vec<u32>>, ReconcileError> {
         let backends: Vec<MaglevBackend> = vip
             .backends
             .iter()
             .filter(|(_, (_, w))| *w > 0)
-            .map(|(addr, (id, w))| MaglevBackend { id: *id, key: addr.to_string().into_bytes(), weight: *w })
+            .map(|(addr, (id, w))| MaglevBackend {
+                id: *id,
+                key: addr.to_string().into_bytes(),
+                weight: *w,
+            })
             .collect();
         if backends.is_empty() {
             return Ok(None);
         }
-        maglev::build_table(&backends, self.ring_size).map(Some).map_err(|source| ReconcileError::Maglev { vip: *key, source })
+        maglev::build_table(&backends, self.ring_size)
+            .map(Some)
+            .map_err(|source| ReconcileError::Maglev { vip: *key, source })
     }
 }
 
@@ -190,7 +230,10 @@ mod tests {
     #[test]
     fn id_pool_reuses_freed_ids_last() {
         let mut p = IdPool::new("x", 3);
-        assert_eq!((p.take().unwrap(), p.take().unwrap(), p.take().unwrap()), (0, 1, 2));
+        assert_eq!(
+            (p.take().unwrap(), p.take().unwrap(), p.take().unwrap()),
+            (0, 1, 2)
+        );
         assert!(matches!(p.take(), Err(ReconcileError::NoFreeId("x"))));
         p.give_back(1);
         p.give_back(0);

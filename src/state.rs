@@ -104,7 +104,10 @@ pub struct State {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StateError {
     #[error("{field}: {message}")]
-    InvalidArgument { field: &'static str, message: String },
+    InvalidArgument {
+        field: &'static str,
+        message: String,
+    },
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -114,7 +117,10 @@ pub enum StateError {
 }
 
 fn invalid(field: &'static str, message: impl Into<String>) -> StateError {
-    StateError::InvalidArgument { field, message: message.into() }
+    StateError::InvalidArgument {
+        field,
+        message: message.into(),
+    }
 }
 
 fn unicast(addr: Ipv4Addr) -> bool {
@@ -142,7 +148,10 @@ impl State {
     pub fn from_config(config: &crate::config::Config) -> Result<Self, StateError> {
         let mut state = State::default();
         for vip in &config.vips {
-            let key = VipKey { addr: vip.address, proto: vip.proto };
+            let key = VipKey {
+                addr: vip.address,
+                proto: vip.proto,
+            };
             state.add_vip(key, vip.mode)?;
             for be in &vip.backends {
                 state.add_backend(&key, be.address, be.weight)?;
@@ -152,38 +161,65 @@ impl State {
     }
 
     pub fn vip(&self, key: &VipKey) -> Result<&VipState, StateError> {
-        self.vips.get(key).ok_or_else(|| StateError::NotFound(format!("vip {key} does not exist")))
+        self.vips
+            .get(key)
+            .ok_or_else(|| StateError::NotFound(format!("vip {key} does not exist")))
     }
 
     fn vip_mut(&mut self, key: &VipKey) -> Result<&mut VipState, StateError> {
-        self.vips.get_mut(key).ok_or_else(|| StateError::NotFound(format!("vip {key} does not exist")))
+        self.vips
+            .get_mut(key)
+            .ok_or_else(|| StateError::NotFound(format!("vip {key} does not exist")))
     }
 
     pub fn add_vip(&mut self, key: VipKey, mode: Mode) -> Result<(), StateError> {
         validate_vip_addr(&key.addr).map_err(|m| invalid("vip.address", m))?;
         if mode != Mode::Nat {
-            return Err(StateError::Unsupported(format!("mode {mode} is not supported yet (nat only)")));
+            return Err(StateError::Unsupported(format!(
+                "mode {mode} is not supported yet (nat only)"
+            )));
         }
         if self.vips.contains_key(&key) {
-            return Err(StateError::AlreadyExists(format!("vip {key} already exists")));
+            return Err(StateError::AlreadyExists(format!(
+                "vip {key} already exists"
+            )));
         }
         if self.vips.len() >= crate::dataplane::MAX_VIPS {
-            return Err(invalid("vip", format!("at most {} VIPs", crate::dataplane::MAX_VIPS)));
+            return Err(invalid(
+                "vip",
+                format!("at most {} VIPs", crate::dataplane::MAX_VIPS),
+            ));
         }
-        self.vips.insert(key, VipState { mode, backends: BTreeMap::new() });
+        self.vips.insert(
+            key,
+            VipState {
+                mode,
+                backends: BTreeMap::new(),
+            },
+        );
         Ok(())
     }
 
     pub fn remove_vip(&mut self, key: &VipKey) -> Result<(), StateError> {
-        self.vips.remove(key).map(|_| ()).ok_or_else(|| StateError::NotFound(format!("vip {key} does not exist")))
+        self.vips
+            .remove(key)
+            .map(|_| ())
+            .ok_or_else(|| StateError::NotFound(format!("vip {key} does not exist")))
     }
 
-    pub fn add_backend(&mut self, vip: &VipKey, addr: SocketAddrV4, weight: u32) -> Result<(), StateError> {
+    pub fn add_backend(
+        &mut self,
+        vip: &VipKey,
+        addr: SocketAddrV4,
+        weight: u32,
+    ) -> Result<(), StateError> {
         validate_backend_addr(&addr).map_err(|m| invalid("backend.address", m))?;
         validate_weight(weight)?;
         let v = self.vip_mut(vip)?;
         if v.backends.contains_key(&addr) {
-            return Err(StateError::AlreadyExists(format!("backend {addr} of vip {vip} already exists")));
+            return Err(StateError::AlreadyExists(format!(
+                "backend {addr} of vip {vip} already exists"
+            )));
         }
         v.backends.insert(addr, weight);
         Ok(())
@@ -191,19 +227,22 @@ impl State {
 
     pub fn remove_backend(&mut self, vip: &VipKey, addr: SocketAddrV4) -> Result<(), StateError> {
         let v = self.vip_mut(vip)?;
-        v.backends
-            .remove(&addr)
-            .map(|_| ())
-            .ok_or_else(|| StateError::NotFound(format!("backend {addr} of vip {vip} does not exist")))
+        v.backends.remove(&addr).map(|_| ()).ok_or_else(|| {
+            StateError::NotFound(format!("backend {addr} of vip {vip} does not exist"))
+        })
     }
 
-    pub fn set_weight(&mut self, vip: &VipKey, addr: SocketAddrV4, weight: u32) -> Result<(), StateError> {
+    pub fn set_weight(
+        &mut self,
+        vip: &VipKey,
+        addr: SocketAddrV4,
+        weight: u32,
+    ) -> Result<(), StateError> {
         validate_weight(weight)?;
         let v = self.vip_mut(vip)?;
-        let w = v
-            .backends
-            .get_mut(&addr)
-            .ok_or_else(|| StateError::NotFound(format!("backend {addr} of vip {vip} does not exist")))?;
+        let w = v.backends.get_mut(&addr).ok_or_else(|| {
+            StateError::NotFound(format!("backend {addr} of vip {vip} does not exist"))
+        })?;
         *w = weight;
         Ok(())
     }
@@ -211,7 +250,10 @@ impl State {
 
 fn validate_weight(weight: u32) -> Result<(), StateError> {
     if weight > MAX_WEIGHT {
-        return Err(invalid("backend.weight", format!("{weight} is above the maximum {MAX_WEIGHT}")));
+        return Err(invalid(
+            "backend.weight",
+            format!("{weight} is above the maximum {MAX_WEIGHT}"),
+        ));
     }
     Ok(())
 }
@@ -221,7 +263,10 @@ mod tests {
     use super::*;
 
     fn key(s: &str) -> VipKey {
-        VipKey { addr: s.parse().expect("addr"), proto: Protocol::Tcp }
+        VipKey {
+            addr: s.parse().expect("addr"),
+            proto: Protocol::Tcp,
+        }
     }
 
     #[test]
@@ -230,20 +275,52 @@ mod tests {
         let v = key("10.0.0.10:80");
         s.add_vip(v, Mode::Nat).expect("add vip");
         let before = s.clone();
-        assert!(matches!(s.add_vip(v, Mode::Nat), Err(StateError::AlreadyExists(_))));
-        assert!(matches!(s.add_vip(key("0.0.0.0:80"), Mode::Nat), Err(StateError::InvalidArgument { field: "vip.address", .. })));
-        assert!(matches!(s.add_vip(key("10.0.0.11:0"), Mode::Nat), Err(StateError::InvalidArgument { .. })));
-        assert!(matches!(s.add_backend(&key("10.9.9.9:80"), "10.0.2.1:80".parse().unwrap(), 1), Err(StateError::NotFound(_))));
+        assert!(matches!(
+            s.add_vip(v, Mode::Nat),
+            Err(StateError::AlreadyExists(_))
+        ));
+        assert!(matches!(
+            s.add_vip(key("0.0.0.0:80"), Mode::Nat),
+            Err(StateError::InvalidArgument {
+                field: "vip.address",
+                ..
+            })
+        ));
+        assert!(matches!(
+            s.add_vip(key("10.0.0.11:0"), Mode::Nat),
+            Err(StateError::InvalidArgument { .. })
+        ));
+        assert!(matches!(
+            s.add_backend(&key("10.9.9.9:80"), "10.0.2.1:80".parse().unwrap(), 1),
+            Err(StateError::NotFound(_))
+        ));
         assert!(matches!(
             s.add_backend(&v, "10.0.2.1:80".parse().unwrap(), MAX_WEIGHT + 1),
-            Err(StateError::InvalidArgument { field: "backend.weight", .. })
+            Err(StateError::InvalidArgument {
+                field: "backend.weight",
+                ..
+            })
         ));
         assert_eq!(s, before);
-        s.add_backend(&v, "10.0.2.1:80".parse().unwrap(), 5).expect("add backend");
-        s.set_weight(&v, "10.0.2.1:80".parse().unwrap(), 0).expect("drain");
-        assert_eq!(s.vip(&v).unwrap().backends.values().copied().collect::<Vec<_>>(), vec![0]);
-        s.remove_backend(&v, "10.0.2.1:80".parse().unwrap()).expect("remove");
-        assert!(matches!(s.remove_backend(&v, "10.0.2.1:80".parse().unwrap()), Err(StateError::NotFound(_))));
+        s.add_backend(&v, "10.0.2.1:80".parse().unwrap(), 5)
+            .expect("add backend");
+        s.set_weight(&v, "10.0.2.1:80".parse().unwrap(), 0)
+            .expect("drain");
+        assert_eq!(
+            s.vip(&v)
+                .unwrap()
+                .backends
+                .values()
+                .copied()
+                .collect::<Vec<_>>(),
+            vec![0]
+        );
+        s.remove_backend(&v, "10.0.2.1:80".parse().unwrap())
+            .expect("remove");
+        assert!(matches!(
+            s.remove_backend(&v, "10.0.2.1:80".parse().unwrap()),
+            Err(StateError::NotFound(_))
+        ));
         s.remove_vip(&v).expect("remove vip");
         assert_eq!(s, State::default());
     }

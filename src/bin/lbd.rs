@@ -1,1 +1,247 @@
-fn main() {}
+//! `lbd`, the xdplb daemon: loads and attaches the XDP program, applies the configured state, and
+//! serves the gRPC API until SIGTERM or SIGINT, then detaches and removes its pins.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, ValueEnum};
+use tokio::net::UnixListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tonic::transport::Server;
+
+use xdplb::api::pb::{
+    backends_server::BackendsServer, stats_server::StatsServer, vips_server::VipsServer,
+};
+use xdplb::api::{backends::BackendsService, stats::StatsService, vips::VipsService, Controller};
+use xdplb::config::{self, Config};
+use xdplb::dataplane::maps::RuntimeConfig;
+use xdplb::dataplane::{Dataplane, LoadOptions};
+use xdplb::reconcile::Reconciler;
+use xdplb::state::State;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+/// lbd: the xdplb XDP load-balancer daemon.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Configuration file (TOML; see examples/lbd.toml).
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: PathBuf,
+    /// Unix socket of the gRPC API (overrides [api] socket).
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Also serve gRPC over TCP on this address (overrides [api] grpc_listen; keep it on loopback).
+    #[arg(long, value_name = "ADDR:PORT")]
+    grpc_listen: Option<std::net::SocketAddr>,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "human")]
+    log_format: LogFormat,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging(args.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("lbd: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("lbd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn run(args: Args) -> Result<()> {
+    let config = Config::load(&args.config).context("invalid configuration")?;
+    let state = State::from_config(&config).context("invalid [[vip]] in the configuration")?;
+
+    let dp = Dataplane::load(&LoadOptions {
+        conntrack_size: config.tables.conntrack_size,
+        pin_dir: Some(config.dataplane.pin_path.clone()),
+    })
+    .context("loading the XDP program")?;
+    let [lo, hi] = config.nat.port_range;
+    dp.maps()
+        .write_config(&RuntimeConfig {
+            snat_addr: config.nat.snat_address,
+            snat_ports: (lo, hi),
+            tcp_timeout: config.timeouts.tcp,
+            tcp_closing_timeout: config.timeouts.tcp_closing,
+            udp_timeout: config.timeouts.udp,
+        })
+        .context("writing the run-time configuration")?;
+    warn_on_port_overlap(lo, hi);
+
+    let mut reconciler = Reconciler::new(dp, config.tables.maglev_size);
+    let attached = attach_all(reconciler.dataplane_mut(), &config);
+    if let Err(e) = attached {
+        let _ = reconciler.into_dataplane().shutdown();
+        return Err(e);
+    }
+    let ctl = match Controller::new(state, reconciler) {
+        Ok(c) => c,
+        Err(e) => bail!("applying the configured VIPs: {e}"),
+    };
+    ctl.warm_next_hops().await;
+
+    let socket = args
+        .socket
+        .or(config.api.socket.clone())
+        .unwrap_or_else(|| PathBuf::from(config::DEFAULT_SOCKET));
+    let served = serve(
+        ctl.clone(),
+        &socket,
+        args.grpc_listen.or(config.api.grpc_listen),
+    )
+    .await;
+
+    tracing::info!("shutting down: detaching XDP and removing pins");
+    let _ = std::fs::remove_file(&socket);
+    match ctl.into_reconciler() {
+        Some(r) => r
+            .into_dataplane()
+            .shutdown()
+            .context("cleaning up the data plane")?,
+        None => tracing::warn!("API still in use at shutdown; the data plane is released on exit"),
+    }
+    served
+}
+
+fn attach_all(dp: &mut Dataplane, config: &Config) -> Result<()> {
+    for ifname in &config.dataplane.interfaces {
+        enable_forwarding(ifname)?;
+        let link = dp
+            .attach(ifname, config.dataplane.xdp_mode)
+            .with_context(|| format!("attaching to {ifname}"))?;
+        tracing::info!(interface = %link.ifname, ifindex = link.ifindex, generic = link.generic, "XDP attached");
+    }
+    Ok(())
+}
+
+/// bpf_fib_lookup refuses to forward from an interface whose IPv4 forwarding is off, and the
+/// kernel fallback (unresolved neighbour) needs it too.
+fn enable_forwarding(ifname: &str) -> Result<()> {
+    let path = format!("/proc/sys/net/ipv4/conf/{ifname}/forwarding");
+    let current = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading {path} (does {ifname} exist?)"))?;
+    if current.trim() != "1" {
+        std::fs::write(&path, "1")
+            .with_context(|| format!("enabling IPv4 forwarding on {ifname}"))?;
+        tracing::info!(
+            interface = ifname,
+            "enabled IPv4 forwarding (needed by bpf_fib_lookup)"
+        );
+    }
+    Ok(())
+}
+
+fn warn_on_port_overlap(lo: u16, hi: u16) {
+    let Ok(text) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range") else {
+        return;
+    };
+    let mut it = text
+        .split_whitespace()
+        .filter_map(|s| s.parse::<u16>().ok());
+    if let (Some(a), Some(b)) = (it.next(), it.next()) {
+        if lo <= b && a <= hi {
+            tracing::warn!(
+                snat_ports = %format!("{lo}-{hi}"),
+                local_ports = %format!("{a}-{b}"),
+                "nat.port_range overlaps the kernel's ip_local_port_range: connections this host opens to a backend may collide with NAT flows"
+            );
+        }
+    }
+}
+
+async fn serve(ctl: Controller, socket: &Path, tcp: Option<std::net::SocketAddr>) -> Result<()> {
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    match std::fs::remove_file(socket) {
+        Ok(()) => tracing::warn!(socket = %socket.display(), "removed a stale socket"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing stale {}", socket.display())),
+    }
+    let listener =
+        UnixListener::bind(socket).with_context(|| format!("binding {}", socket.display()))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("chmod 0600 {}", socket.display()))?;
+    tracing::info!(socket = %socket.display(), "gRPC API listening");
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let router = || {
+        Server::builder()
+            .add_service(VipsServer::new(VipsService::new(ctl.clone())))
+            .add_service(BackendsServer::new(BackendsService::new(ctl.clone())))
+            .add_service(StatsServer::new(StatsService::new(ctl.clone())))
+    };
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let unix =
+        tokio::spawn(router().serve_with_incoming_shutdown(
+            UnixListenerStream::new(listener),
+            stopped(stop_rx.clone()),
+        ));
+    let tcp = match tcp {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding gRPC on {addr}"))?;
+            tracing::info!(%addr, "gRPC API listening on TCP");
+            Some(tokio::spawn(router().serve_with_incoming_shutdown(
+                TcpListenerStream::new(l),
+                stopped(stop_rx.clone()),
+            )))
+        }
+        None => None,
+    };
+
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = int.recv() => tracing::info!("SIGINT"),
+    }
+    let _ = stop_tx.send(true);
+    unix.await
+        .context("gRPC server task")?
+        .context("gRPC server")?;
+    if let Some(t) = tcp {
+        t.await
+            .context("gRPC TCP server task")?
+            .context("gRPC TCP server")?;
+    }
+    Ok(())
+}

@@ -125,7 +125,16 @@ pub const REASON_COUNT: usize = types::lb_reason::LB_REASON_MAX.0 as usize;
 
 /// Name of an XDP verdict.
 pub fn verdict_name(index: usize) -> &'static str {
-    ["XDP_ABORTED", "XDP_DROP", "XDP_PASS", "XDP_TX", "XDP_REDIRECT"].get(index).copied().unwrap_or("XDP_UNKNOWN")
+    [
+        "XDP_ABORTED",
+        "XDP_DROP",
+        "XDP_PASS",
+        "XDP_TX",
+        "XDP_REDIRECT",
+    ]
+    .get(index)
+    .copied()
+    .unwrap_or("XDP_UNKNOWN")
 }
 
 /// Typed view of the maps of a loaded program.
@@ -148,14 +157,34 @@ impl<'a> Maps<'a> {
             tcp_closing_timeout_ns: c.tcp_closing_timeout.as_nanos() as u64,
             udp_timeout_ns: c.udp_timeout.as_nanos() as u64,
         };
-        self.m.lb_config.update(&0u32.to_ne_bytes(), bytes_of(&v), MapFlags::ANY).map_err(bpf_err("writing lb_config"))
+        self.m
+            .lb_config
+            .update(&0u32.to_ne_bytes(), bytes_of(&v), MapFlags::ANY)
+            .map_err(bpf_err("writing lb_config"))
     }
 
-    pub fn put_vip(&self, addr: SocketAddrV4, proto: Protocol, id: u32, mode: Mode, ring_size: u32) -> Result<(), DataplaneError> {
-        let meta = types::vip_meta { vip_id: id, ring_size, mode: mode_value(mode), flags: 0, pad: 0 };
+    pub fn put_vip(
+        &self,
+        addr: SocketAddrV4,
+        proto: Protocol,
+        id: u32,
+        mode: Mode,
+        ring_size: u32,
+    ) -> Result<(), DataplaneError> {
+        let meta = types::vip_meta {
+            vip_id: id,
+            ring_size,
+            mode: mode_value(mode),
+            flags: 0,
+            pad: 0,
+        };
         self.m
             .vips
-            .update(bytes_of(&vip_key(addr, proto)), bytes_of(&meta), MapFlags::ANY)
+            .update(
+                bytes_of(&vip_key(addr, proto)),
+                bytes_of(&meta),
+                MapFlags::ANY,
+            )
             .map_err(bpf_err(format!("writing vip {addr}/{proto}")))
     }
 
@@ -170,7 +199,10 @@ impl<'a> Maps<'a> {
             family: types::lb_family::LB_AF_INET.0 as u8,
             flags: 0,
         };
-        self.m.backends.update(&id.to_ne_bytes(), bytes_of(&be), MapFlags::ANY).map_err(bpf_err(format!("writing backend {id}")))
+        self.m
+            .backends
+            .update(&id.to_ne_bytes(), bytes_of(&be), MapFlags::ANY)
+            .map_err(bpf_err(format!("writing backend {id}")))
     }
 
     /// Builds a new ring map from `table` and swaps it in for `vip_id` in one update.
@@ -185,12 +217,15 @@ impl<'a> Maps<'a> {
             .map_err(bpf_err(format!("creating a Maglev ring of {len} slots")))?;
         let keys: Vec<u8> = (0..len).flat_map(|k| k.to_ne_bytes()).collect();
         let values: Vec<u8> = table.iter().flat_map(|v| v.to_ne_bytes()).collect();
-        ring.update_batch(&keys, &values, len, MapFlags::ANY, MapFlags::ANY).map_err(bpf_err("filling a Maglev ring"))?;
+        ring.update_batch(&keys, &values, len, MapFlags::ANY, MapFlags::ANY)
+            .map_err(bpf_err("filling a Maglev ring"))?;
         let fd = ring.as_fd().as_raw_fd() as u32;
         self.m
             .maglev_rings
             .update(&vip_id.to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY)
-            .map_err(bpf_err(format!("swapping in the Maglev ring of vip {vip_id}")))
+            .map_err(bpf_err(format!(
+                "swapping in the Maglev ring of vip {vip_id}"
+            )))
         // `ring` is closed here; the outer map holds its own reference.
     }
 
@@ -200,14 +235,22 @@ impl<'a> Maps<'a> {
 
     /// The backend ids of a VIP's ring as the data plane sees them (tests, diagnostics).
     pub fn read_ring(&self, vip_id: u32) -> Result<Option<Vec<u32>>, DataplaneError> {
-        let Some(v) = self.m.maglev_rings.lookup(&vip_id.to_ne_bytes(), MapFlags::ANY).map_err(bpf_err("reading maglev_rings"))? else {
+        let Some(v) = self
+            .m
+            .maglev_rings
+            .lookup(&vip_id.to_ne_bytes(), MapFlags::ANY)
+            .map_err(bpf_err("reading maglev_rings"))?
+        else {
             return Ok(None);
         };
         let id = u32::from_ne_bytes([v[0], v[1], v[2], v[3]]);
         let ring = MapHandle::from_map_id(id).map_err(bpf_err("opening a Maglev ring"))?;
         let mut out = Vec::with_capacity(ring.max_entries() as usize);
         for k in 0..ring.max_entries() {
-            let v = ring.lookup(&k.to_ne_bytes(), MapFlags::ANY).map_err(bpf_err("reading a Maglev ring"))?.unwrap_or_default();
+            let v = ring
+                .lookup(&k.to_ne_bytes(), MapFlags::ANY)
+                .map_err(bpf_err("reading a Maglev ring"))?
+                .unwrap_or_default();
             out.push(from_bytes::<u32>(&v));
         }
         Ok(Some(out))
@@ -216,7 +259,11 @@ impl<'a> Maps<'a> {
     pub fn add_tx_port(&self, ifindex: u32) -> Result<(), DataplaneError> {
         self.m
             .tx_ports
-            .update(&ifindex.to_ne_bytes(), &ifindex.to_ne_bytes(), MapFlags::ANY)
+            .update(
+                &ifindex.to_ne_bytes(),
+                &ifindex.to_ne_bytes(),
+                MapFlags::ANY,
+            )
             .map_err(bpf_err(format!("adding ifindex {ifindex} to tx_ports")))
     }
 
@@ -245,7 +292,10 @@ impl<'a> Maps<'a> {
             .lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY)
             .map_err(bpf_err("reading global_stats"))?
             .unwrap_or_default();
-        let mut g = GlobalCounters { reasons: vec![0; REASON_COUNT], verdicts: vec![0; 5] };
+        let mut g = GlobalCounters {
+            reasons: vec![0; REASON_COUNT],
+            verdicts: vec![0; 5],
+        };
         for cpu in per_cpu {
             let s: types::lb_global_stats = from_bytes(&cpu);
             for (acc, v) in g.reasons.iter_mut().zip(s.reasons) {
@@ -264,7 +314,11 @@ impl<'a> Maps<'a> {
     }
 }
 
-fn delete_if_present(map: &libbpf_rs::MapMut<'static>, key: &[u8], name: &str) -> Result<(), DataplaneError> {
+fn delete_if_present(
+    map: &libbpf_rs::MapMut<'static>,
+    key: &[u8],
+    name: &str,
+) -> Result<(), DataplaneError> {
     match map.delete(key) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
@@ -273,7 +327,10 @@ fn delete_if_present(map: &libbpf_rs::MapMut<'static>, key: &[u8], name: &str) -
 }
 
 fn sum_counters(map: &libbpf_rs::MapMut<'static>, id: u32) -> Result<Counters, DataplaneError> {
-    let per_cpu = map.lookup_percpu(&id.to_ne_bytes(), MapFlags::ANY).map_err(bpf_err("reading counters"))?.unwrap_or_default();
+    let per_cpu = map
+        .lookup_percpu(&id.to_ne_bytes(), MapFlags::ANY)
+        .map_err(bpf_err("reading counters"))?
+        .unwrap_or_default();
     let mut sum = Counters::default();
     for cpu in per_cpu {
         let c: types::lb_counters = from_bytes(&cpu);
@@ -287,5 +344,6 @@ fn sum_counters(map: &libbpf_rs::MapMut<'static>, id: u32) -> Result<Counters, D
 fn zero_percpu(map: &libbpf_rs::MapMut<'static>, id: u32) -> Result<(), DataplaneError> {
     let cpus = libbpf_rs::num_possible_cpus().map_err(bpf_err("counting CPUs"))?;
     let zero = vec![vec![0u8; map.value_size() as usize]; cpus];
-    map.update_percpu(&id.to_ne_bytes(), &zero, MapFlags::ANY).map_err(bpf_err("zeroing counters"))
+    map.update_percpu(&id.to_ne_bytes(), &zero, MapFlags::ANY)
+        .map_err(bpf_err("zeroing counters"))
 }

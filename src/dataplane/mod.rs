@@ -33,7 +33,10 @@ const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
     #[error("{what}: {source}")]
-    Bpf { what: String, source: libbpf_rs::Error },
+    Bpf {
+        what: String,
+        source: libbpf_rs::Error,
+    },
     #[error("{what}: {source}")]
     Io { what: String, source: io::Error },
     #[error("interface {0} does not exist")]
@@ -63,7 +66,10 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { conntrack_size: types::lb_limits::LB_DEFAULT_CT_SIZE.0, pin_dir: None }
+        Self {
+            conntrack_size: types::lb_limits::LB_DEFAULT_CT_SIZE.0,
+            pin_dir: None,
+        }
     }
 }
 
@@ -89,11 +95,20 @@ impl Dataplane {
     pub fn load(opts: &LoadOptions) -> Result<Self, DataplaneError> {
         // The skeleton borrows its object storage for its whole life; lbd keeps one for the life of
         // the process, tests a few, so leaking the (small) storage is the simple correct choice.
-        let storage: &'static mut MaybeUninit<OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
-        let mut open = LbSkelBuilder::default().open(storage).map_err(bpf_err("opening the BPF object"))?;
+        let storage: &'static mut MaybeUninit<OpenObject> =
+            Box::leak(Box::new(MaybeUninit::uninit()));
+        let mut open = LbSkelBuilder::default()
+            .open(storage)
+            .map_err(bpf_err("opening the BPF object"))?;
         let ct = opts.conntrack_size;
-        open.maps.ct_fwd.set_max_entries(ct).map_err(bpf_err("sizing ct_fwd"))?;
-        open.maps.ct_rev.set_max_entries(ct).map_err(bpf_err("sizing ct_rev"))?;
+        open.maps
+            .ct_fwd
+            .set_max_entries(ct)
+            .map_err(bpf_err("sizing ct_fwd"))?;
+        open.maps
+            .ct_rev
+            .set_max_entries(ct)
+            .map_err(bpf_err("sizing ct_rev"))?;
         if let Some(dir) = &opts.pin_dir {
             ensure_bpffs(dir)?;
             for mut map in open.open_object_mut().maps_mut() {
@@ -102,11 +117,18 @@ impl Dataplane {
                 if name.starts_with('.') || name.contains(".rodata") {
                     continue;
                 }
-                map.set_pin_path(dir.join(&name)).map_err(bpf_err(format!("pin path of {name}")))?;
+                map.set_pin_path(dir.join(&name))
+                    .map_err(bpf_err(format!("pin path of {name}")))?;
             }
         }
-        let skel = open.load().map_err(bpf_err("loading the XDP program (verifier log above)"))?;
-        Ok(Self { skel, links: Vec::new(), pin_dir: opts.pin_dir.clone() })
+        let skel = open
+            .load()
+            .map_err(bpf_err("loading the XDP program (verifier log above)"))?;
+        Ok(Self {
+            skel,
+            links: Vec::new(),
+            pin_dir: opts.pin_dir.clone(),
+        })
     }
 
     /// The maps, typed.
@@ -121,22 +143,37 @@ impl Dataplane {
 
     /// Attaches to `ifname` and adds it to the redirect map. `Auto` tries native, then generic.
     pub fn attach(&mut self, ifname: &str, mode: XdpMode) -> Result<&XdpLink, DataplaneError> {
-        let ifindex = nix::net::if_::if_nametoindex(ifname).map_err(|_| DataplaneError::NoSuchInterface(ifname.to_string()))?;
+        let ifindex = nix::net::if_::if_nametoindex(ifname)
+            .map_err(|_| DataplaneError::NoSuchInterface(ifname.to_string()))?;
         let prog_fd = self.skel.progs.xdplb.as_fd().as_raw_fd();
         let (fd, generic) = match mode {
-            XdpMode::Native => (link_xdp(prog_fd, ifindex, libbpf_sys::XDP_FLAGS_DRV_MODE), false),
-            XdpMode::Generic => (link_xdp(prog_fd, ifindex, libbpf_sys::XDP_FLAGS_SKB_MODE), true),
+            XdpMode::Native => (
+                link_xdp(prog_fd, ifindex, libbpf_sys::XDP_FLAGS_DRV_MODE),
+                false,
+            ),
+            XdpMode::Generic => (
+                link_xdp(prog_fd, ifindex, libbpf_sys::XDP_FLAGS_SKB_MODE),
+                true,
+            ),
             XdpMode::Auto => match link_xdp(prog_fd, ifindex, libbpf_sys::XDP_FLAGS_DRV_MODE) {
                 Ok(fd) => (Ok(fd), false),
                 Err(e) => {
                     tracing::warn!(interface = ifname, error = %e, "native XDP failed, using generic mode");
-                    (link_xdp(prog_fd, ifindex, libbpf_sys::XDP_FLAGS_SKB_MODE), true)
+                    (
+                        link_xdp(prog_fd, ifindex, libbpf_sys::XDP_FLAGS_SKB_MODE),
+                        true,
+                    )
                 }
             },
         };
         let fd = fd.map_err(io_err(format!("attaching XDP to {ifname}")))?;
         self.maps().add_tx_port(ifindex)?;
-        self.links.push(XdpLink { ifname: ifname.to_string(), ifindex, generic, _fd: fd });
+        self.links.push(XdpLink {
+            ifname: ifname.to_string(),
+            ifindex,
+            generic,
+            _fd: fd,
+        });
         Ok(self.links.last().expect("just pushed"))
     }
 
@@ -161,7 +198,8 @@ fn link_xdp(prog_fd: i32, ifindex: u32, flags: u32) -> io::Result<OwnedFd> {
     opts.sz = std::mem::size_of::<libbpf_sys::bpf_link_create_opts>() as _;
     opts.flags = flags;
     // SAFETY: prog_fd is a loaded program's fd; opts lives across the call.
-    let fd = unsafe { libbpf_sys::bpf_link_create(prog_fd, ifindex as i32, libbpf_sys::BPF_XDP, &opts) };
+    let fd =
+        unsafe { libbpf_sys::bpf_link_create(prog_fd, ifindex as i32, libbpf_sys::BPF_XDP, &opts) };
     if fd < 0 {
         return Err(io::Error::from_raw_os_error(-fd));
     }
@@ -175,11 +213,21 @@ fn ensure_bpffs(dir: &Path) -> Result<(), DataplaneError> {
     let root = Path::new("/sys/fs/bpf");
     if dir.starts_with(root) && !is_bpffs(root) {
         std::fs::create_dir_all(root).map_err(io_err("creating /sys/fs/bpf"))?;
-        nix::mount::mount(Some("bpf"), root, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
-            .map_err(|e| DataplaneError::Io { what: "mounting bpffs on /sys/fs/bpf".into(), source: e.into() })?;
+        nix::mount::mount(
+            Some("bpf"),
+            root,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .map_err(|e| DataplaneError::Io {
+            what: "mounting bpffs on /sys/fs/bpf".into(),
+            source: e.into(),
+        })?;
         tracing::info!("mounted bpffs on /sys/fs/bpf");
     }
-    std::fs::create_dir_all(dir).map_err(io_err(format!("creating pin directory {}", dir.display())))?;
+    std::fs::create_dir_all(dir)
+        .map_err(io_err(format!("creating pin directory {}", dir.display())))?;
     if !is_bpffs(dir) {
         return Err(DataplaneError::Io {
             what: format!("pin directory {}", dir.display()),
@@ -190,7 +238,9 @@ fn ensure_bpffs(dir: &Path) -> Result<(), DataplaneError> {
 }
 
 fn is_bpffs(path: &Path) -> bool {
-    nix::sys::statfs::statfs(path).map(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC).unwrap_or(false)
+    nix::sys::statfs::statfs(path)
+        .map(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+        .unwrap_or(false)
 }
 
 /// Removes every pin in `dir` and the directory itself.
@@ -201,7 +251,8 @@ pub fn remove_pins(dir: &Path) -> Result<(), DataplaneError> {
         Err(e) => return Err(io_err(format!("reading {}", dir.display()))(e)),
     };
     for entry in entries.flatten() {
-        std::fs::remove_file(entry.path()).map_err(io_err(format!("unpinning {}", entry.path().display())))?;
+        std::fs::remove_file(entry.path())
+            .map_err(io_err(format!("unpinning {}", entry.path().display())))?;
     }
     std::fs::remove_dir(dir).map_err(io_err(format!("removing {}", dir.display())))
 }

@@ -1,0 +1,196 @@
+//! The gRPC API of lbd: one module per service, the shared [`Controller`] that owns the desired
+//! state, request validation helpers, and the one mapping from errors to gRPC statuses.
+
+pub mod backends;
+pub mod stats;
+pub mod vips;
+
+use std::collections::HashSet;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
+
+use tokio::sync::Mutex;
+use tonic::Status;
+
+use crate::reconcile::{ReconcileError, Reconciler};
+use crate::state::{Protocol, State, StateError, VipKey};
+
+/// Code generated from `proto/xdplb.proto`.
+pub mod pb {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("xdplb.v1");
+}
+
+/// Everything an API call can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{field}: {message}")]
+    InvalidArgument { field: String, message: String },
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("data plane: {0}")]
+    Reconcile(#[from] ReconcileError),
+}
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Self {
+        match e {
+            ApiError::InvalidArgument { .. } => Status::invalid_argument(e.to_string()),
+            ApiError::State(StateError::InvalidArgument { .. }) => {
+                Status::invalid_argument(e.to_string())
+            }
+            ApiError::State(StateError::NotFound(m)) => Status::not_found(m),
+            ApiError::State(StateError::AlreadyExists(m)) => Status::already_exists(m),
+            ApiError::State(StateError::Unsupported(m)) => Status::unimplemented(m),
+            ApiError::Reconcile(ReconcileError::NoFreeId(_)) => {
+                Status::resource_exhausted(e.to_string())
+            }
+            ApiError::Reconcile(_) => Status::internal(e.to_string()),
+        }
+    }
+}
+
+/// An `InvalidArgument` naming `field`.
+pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> ApiError {
+    ApiError::InvalidArgument {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// Parses an IPv4 address field.
+pub fn parse_ipv4(field: &str, s: &str) -> Result<Ipv4Addr, ApiError> {
+    s.parse()
+        .map_err(|_| invalid(field, format!("'{s}' is not an IPv4 address")))
+}
+
+/// Parses a port field (1..=65535).
+pub fn parse_port(field: &str, p: u32) -> Result<u16, ApiError> {
+    match u16::try_from(p) {
+        Ok(p) if p > 0 => Ok(p),
+        _ => Err(invalid(field, format!("{p} is not a port (1..=65535)"))),
+    }
+}
+
+/// Parses the `VipKey` message found in field `field`.
+pub fn parse_vip_key(field: &str, key: Option<&pb::VipKey>) -> Result<VipKey, ApiError> {
+    let key = key.ok_or_else(|| invalid(field, "missing"))?;
+    let ip = parse_ipv4(&format!("{field}.address"), &key.address)?;
+    let port = parse_port(&format!("{field}.port"), key.port)?;
+    let proto = match pb::Protocol::try_from(key.protocol) {
+        Ok(pb::Protocol::Tcp) => Protocol::Tcp,
+        Ok(pb::Protocol::Udp) => Protocol::Udp,
+        _ => return Err(invalid(format!("{field}.protocol"), "must be TCP or UDP")),
+    };
+    Ok(VipKey {
+        addr: SocketAddrV4::new(ip, port),
+        proto,
+    })
+}
+
+/// The protocol enum of the API.
+pub fn pb_protocol(p: Protocol) -> pb::Protocol {
+    match p {
+        Protocol::Tcp => pb::Protocol::Tcp,
+        Protocol::Udp => pb::Protocol::Udp,
+    }
+}
+
+/// The `VipKey` message of a VIP.
+pub fn pb_vip_key(k: &VipKey) -> pb::VipKey {
+    pb::VipKey {
+        address: k.addr.ip().to_string(),
+        port: u32::from(k.addr.port()),
+        protocol: pb_protocol(k.proto) as i32,
+    }
+}
+
+struct Inner {
+    state: State,
+    reconciler: Reconciler,
+    /// Backend addresses whose next hop is already a managed neighbour.
+    warmed: HashSet<Ipv4Addr>,
+}
+
+/// The one owner of the desired state. Every change goes through [`Controller::change`]:
+/// apply to a copy, make the maps match, and only then keep the copy.
+#[derive(Clone)]
+pub struct Controller {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl Controller {
+    /// Takes the reconciler and applies `state` to it.
+    pub fn new(state: State, mut reconciler: Reconciler) -> Result<Self, ReconcileError> {
+        reconciler.reconcile(&state)?;
+        Ok(Self {
+            inner: Arc::new(Mutex::new(Inner {
+                state,
+                reconciler,
+                warmed: HashSet::new(),
+            })),
+        })
+    }
+
+    /// Makes the next hop of every backend not yet seen a kernel-managed neighbour, so the XDP
+    /// program's FIB lookups resolve from the first packet. Failures are logged, not returned.
+    pub async fn warm_next_hops(&self) {
+        let mut inner = self.inner.lock().await;
+        let todo: Vec<Ipv4Addr> = inner
+            .state
+            .vips
+            .values()
+            .flat_map(|v| v.backends.keys().map(|a| *a.ip()))
+            .filter(|ip| !inner.warmed.contains(ip))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if todo.is_empty() {
+            return;
+        }
+        match crate::neighbor::warm(&todo).await {
+            Ok(hops) => {
+                tracing::info!(backends = ?todo, next_hops = ?hops, "next hops are kernel-managed neighbours")
+            }
+            Err(e) => {
+                tracing::warn!(backends = ?todo, error = %e, "could not warm every next hop; pass_fib_no_neigh will count misses")
+            }
+        }
+        inner.warmed.extend(todo);
+    }
+
+    /// Runs `f` on a copy of the state; if it succeeds, applies the copy to the data plane and
+    /// keeps it. If anything fails, the state and the maps stay as they were.
+    pub async fn change<T>(
+        &self,
+        f: impl FnOnce(&mut State) -> Result<T, StateError>,
+    ) -> Result<T, ApiError> {
+        let mut inner = self.inner.lock().await;
+        let mut next = inner.state.clone();
+        let out = f(&mut next)?;
+        if let Err(e) = inner.reconciler.reconcile(&next) {
+            let previous = inner.state.clone();
+            if let Err(rollback) = inner.reconciler.reconcile(&previous) {
+                tracing::error!(error = %rollback, "rolling the data plane back failed");
+            }
+            return Err(e.into());
+        }
+        inner.state = next;
+        drop(inner);
+        self.warm_next_hops().await;
+        Ok(out)
+    }
+
+    /// Reads the state and the reconciler (ids, counters) under the lock.
+    pub async fn read<T>(&self, f: impl FnOnce(&State, &Reconciler) -> T) -> T {
+        let inner = self.inner.lock().await;
+        f(&inner.state, &inner.reconciler)
+    }
+
+    /// Takes the reconciler out for shutdown, if this is the last handle.
+    pub fn into_reconciler(self) -> Option<Reconciler> {
+        Arc::try_unwrap(self.inner)
+            .ok()
+            .map(|m| m.into_inner().reconciler)
+    }
+}

@@ -1,0 +1,97 @@
+//! The `Vips` gRPC service: add, remove and list virtual IPs.
+
+use tonic::{Request, Response, Status};
+
+use super::pb::{self, vips_server::Vips};
+use super::{invalid, parse_vip_key, pb_vip_key, ApiError, Controller};
+use crate::state::{Mode, VipKey};
+
+pub struct VipsService {
+    ctl: Controller,
+}
+
+impl VipsService {
+    pub fn new(ctl: Controller) -> Self {
+        Self { ctl }
+    }
+}
+
+fn parse_mode(m: i32) -> Result<Mode, ApiError> {
+    match pb::ForwardingMode::try_from(m) {
+        Ok(pb::ForwardingMode::Unspecified | pb::ForwardingMode::Nat) => Ok(Mode::Nat),
+        Ok(pb::ForwardingMode::L2dsr) => Ok(Mode::L2dsr),
+        Ok(pb::ForwardingMode::Ipip) => Ok(Mode::Ipip),
+        Err(_) => Err(invalid("mode", format!("unknown forwarding mode {m}"))),
+    }
+}
+
+pub fn pb_mode(m: Mode) -> pb::ForwardingMode {
+    match m {
+        Mode::Nat => pb::ForwardingMode::Nat,
+        Mode::L2dsr => pb::ForwardingMode::L2dsr,
+        Mode::Ipip => pb::ForwardingMode::Ipip,
+    }
+}
+
+fn validate_add(req: &pb::AddVipRequest) -> Result<(VipKey, Mode), ApiError> {
+    Ok((
+        parse_vip_key("vip", req.vip.as_ref())?,
+        parse_mode(req.mode)?,
+    ))
+}
+
+#[tonic::async_trait]
+impl Vips for VipsService {
+    async fn add_vip(
+        &self,
+        request: Request<pb::AddVipRequest>,
+    ) -> Result<Response<pb::AddVipResponse>, Status> {
+        let (key, mode) = validate_add(request.get_ref())?;
+        self.ctl.change(|s| s.add_vip(key, mode)).await?;
+        tracing::info!(vip = %key, %mode, "vip added");
+        let id = self
+            .ctl
+            .read(|_, r| r.vip_id(&key).unwrap_or_default())
+            .await;
+        Ok(Response::new(pb::AddVipResponse {
+            vip: Some(pb::Vip {
+                key: Some(pb_vip_key(&key)),
+                mode: pb_mode(mode) as i32,
+                id,
+                backends: 0,
+            }),
+        }))
+    }
+
+    async fn remove_vip(
+        &self,
+        request: Request<pb::RemoveVipRequest>,
+    ) -> Result<Response<pb::RemoveVipResponse>, Status> {
+        let key = parse_vip_key("vip", request.get_ref().vip.as_ref())?;
+        self.ctl.change(|s| s.remove_vip(&key)).await?;
+        tracing::info!(vip = %key, "vip removed");
+        Ok(Response::new(pb::RemoveVipResponse {}))
+    }
+
+    async fn list_vips(
+        &self,
+        _request: Request<pb::ListVipsRequest>,
+    ) -> Result<Response<pb::ListVipsResponse>, Status> {
+        let vips = self
+            .ctl
+            .read(|state, r| {
+                state
+                    .vips
+                    .iter()
+                    .map(|(key, v)| pb::Vip {
+                        key: Some(pb_vip_key(key)),
+                        mode: pb_mode(v.mode) as i32,
+                        id: r.vip_id(key).unwrap_or_default(),
+                        backends: v.backends.len() as u32,
+                    })
+                    .collect()
+            })
+            .await;
+        Ok(Response::new(pb::ListVipsResponse { vips }))
+    }
+}

@@ -1,0 +1,86 @@
+//! Next-hop warming: asks the kernel to resolve, and keep resolved, the neighbour entry of every
+//! backend's next hop (kernel-managed neighbours, NTF_EXT_MANAGED), so that `bpf_fib_lookup` in
+//! the XDP program finds a MAC address from the first packet on. Through rtnetlink, never `ip`.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use futures::TryStreamExt;
+use netlink_packet_route::neighbour::{NeighbourAttribute, NeighbourExtFlags, NeighbourState};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteType};
+use rtnetlink::RouteMessageBuilder;
+
+/// Why a next hop could not be warmed (logged, never fatal: the data plane counts
+/// `pass_fib_no_neigh` while a neighbour is unresolved).
+#[derive(Debug, thiserror::Error)]
+pub enum NeighborError {
+    #[error("netlink: {0}")]
+    Netlink(#[from] rtnetlink::Error),
+    #[error("netlink socket: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("no route to {0}")]
+    NoRoute(Ipv4Addr),
+    #[error("{0} is an address of this host")]
+    Local(Ipv4Addr),
+}
+
+/// The next hop towards `dst`: (ifindex, neighbour address), or None for a local address.
+async fn next_hop(
+    handle: &rtnetlink::Handle,
+    dst: Ipv4Addr,
+) -> Result<(u32, Ipv4Addr), NeighborError> {
+    let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(dst, 32)
+        .build();
+    let mut routes = handle.route().get(msg).execute();
+    let route = routes
+        .try_next()
+        .await?
+        .ok_or(NeighborError::NoRoute(dst))?;
+    if route.header.kind == RouteType::Local {
+        return Err(NeighborError::Local(dst));
+    }
+    let mut oif = None;
+    let mut via = dst;
+    for attr in &route.attributes {
+        match attr {
+            RouteAttribute::Oif(i) => oif = Some(*i),
+            RouteAttribute::Gateway(RouteAddress::Inet(gw)) => via = *gw,
+            _ => {}
+        }
+    }
+    Ok((oif.ok_or(NeighborError::NoRoute(dst))?, via))
+}
+
+/// Makes the next hop of each of `dsts` a kernel-managed neighbour. Returns the next hops set up.
+pub async fn warm(dsts: &[Ipv4Addr]) -> Result<Vec<Ipv4Addr>, NeighborError> {
+    let (conn, handle, _) = rtnetlink::new_connection()?;
+    let task = tokio::spawn(conn);
+    let mut done = Vec::new();
+    let mut result = Ok(());
+    for dst in dsts {
+        match next_hop(&handle, *dst).await {
+            Ok((ifindex, via)) => {
+                if done.contains(&via) {
+                    continue;
+                }
+                let mut req = handle
+                    .neighbours()
+                    .add(ifindex, IpAddr::V4(via))
+                    .state(NeighbourState::None)
+                    .replace();
+                req.message_mut()
+                    .attributes
+                    .push(NeighbourAttribute::ExtFlags(NeighbourExtFlags::Managed));
+                if let Err(e) = req.execute().await {
+                    result = Err(e.into());
+                    continue;
+                }
+                tracing::debug!(backend = %dst, next_hop = %via, ifindex, "next hop is a managed neighbour");
+                done.push(via);
+            }
+            Err(e) => result = Err(e),
+        }
+    }
+    task.abort();
+    result.map(|()| done)
+}
