@@ -141,11 +141,13 @@ pub fn veth(a: &NetNs, a_if: &str, b: &NetNs, b_if: &str) -> Result<()> {
     ])
     .with_context(|| format!("veth {}:{a_if} <-> {}:{b_if}", a.name(), b.name()))?;
     for (ns, ifname) in [(a, a_if), (b, b_if)] {
+        // Up first: veth enables NAPI (needed to receive XDP_TX/XDP_REDIRECT frames) only for
+        // GRO switched on while the link is up.
+        ns.ip(&["link", "set", ifname, "up"])?;
         ns.exec(&[
             "ethtool", "-K", ifname, "tx", "off", "tso", "off", "gro", "on",
         ])
         .with_context(|| format!("ethtool on {}:{ifname}", ns.name()))?;
-        ns.ip(&["link", "set", ifname, "up"])?;
     }
     Ok(())
 }

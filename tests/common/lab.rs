@@ -1,0 +1,278 @@
+//! The test bench of the data-plane tests: veth interfaces, addresses, routes and static neighbours
+//! in a [`TestNetns`], and a loaded, configured xdplb program that frames are run through with
+//! BPF_PROG_TEST_RUN.
+//!
+//! ```text
+//!   clients 10.1.0.50/.51, backends 10.1.0.2/.3 (static neighbours)     far client 10.2.0.50
+//!                    |                                                          |
+//!   veth1 --- veth0 10.1.0.1/24 (LB, SNAT address) ---- LB ---- veth2 10.2.0.1/24 --- veth3
+//! ```
+
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use libbpf_rs::ProgramInput;
+use xdplb::dataplane::maps::RuntimeConfig;
+use xdplb::dataplane::{Counters, Dataplane, GlobalCounters, LoadOptions};
+use xdplb::maglev;
+use xdplb::reconcile::Reconciler;
+use xdplb::skel::types;
+use xdplb::state::{Mode, Protocol, State, VipKey};
+
+use super::netns::TestNetns;
+use super::packet::{mac_str, Mac};
+
+pub const XDP_ABORTED: u32 = libbpf_sys::XDP_ABORTED;
+pub const XDP_DROP: u32 = libbpf_sys::XDP_DROP;
+pub const XDP_PASS: u32 = libbpf_sys::XDP_PASS;
+pub const XDP_TX: u32 = libbpf_sys::XDP_TX;
+pub const XDP_REDIRECT: u32 = libbpf_sys::XDP_REDIRECT;
+
+/// Name of an XDP action, for messages.
+pub fn action_name(action: u32) -> &'static str {
+    xdplb::dataplane::maps::verdict_name(action as usize)
+}
+
+pub const VETH0_MAC: Mac = [0x02, 0, 0, 0, 0, 0x01];
+pub const VETH1_MAC: Mac = [0x02, 0, 0, 0, 0, 0x11];
+pub const VETH2_MAC: Mac = [0x02, 0, 0, 0, 0, 0x21];
+pub const VETH3_MAC: Mac = [0x02, 0, 0, 0, 0, 0x31];
+
+/// The LB's address on veth0, also the SNAT address.
+pub const LB_ADDR: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 1);
+/// The LB's address on veth2 (two-arm side).
+pub const LB2_ADDR: Ipv4Addr = Ipv4Addr::new(10, 2, 0, 1);
+
+pub const BACKEND1: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 2);
+pub const BACKEND1_MAC: Mac = [0x02, 0, 0, 0, 0, 0x02];
+pub const BACKEND2: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 3);
+pub const BACKEND2_MAC: Mac = [0x02, 0, 0, 0, 0, 0x03];
+pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 50);
+pub const CLIENT_MAC: Mac = [0x02, 0, 0, 0, 0, 0x50];
+pub const CLIENT_B: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 51);
+pub const CLIENT_B_MAC: Mac = [0x02, 0, 0, 0, 0, 0x51];
+/// A client behind veth2.
+pub const FAR_CLIENT: Ipv4Addr = Ipv4Addr::new(10, 2, 0, 50);
+pub const FAR_CLIENT_MAC: Mac = [0x02, 0, 0, 0, 0x02, 0x50];
+
+/// The static neighbours of the bench: (address, MAC, device).
+const NEIGHBOURS: [(Ipv4Addr, Mac, &str); 5] = [
+    (BACKEND1, BACKEND1_MAC, "veth0"),
+    (BACKEND2, BACKEND2_MAC, "veth0"),
+    (CLIENT, CLIENT_MAC, "veth0"),
+    (CLIENT_B, CLIENT_B_MAC, "veth0"),
+    (FAR_CLIENT, FAR_CLIENT_MAC, "veth2"),
+];
+
+/// The static neighbour MAC of `addr` (panics for an address without one).
+pub fn neighbour_mac(addr: Ipv4Addr) -> Mac {
+    NEIGHBOURS.iter().find(|(a, _, _)| *a == addr).map(|(_, m, _)| *m).unwrap_or_else(|| panic!("{addr} has no static neighbour"))
+}
+
+/// The interfaces of the bench.
+#[derive(Debug, Clone, Copy)]
+pub struct Net {
+    pub veth0: u32,
+    pub veth2: u32,
+}
+
+/// Builds the bench in `ns` (see the module documentation).
+pub fn setup_net(ns: &TestNetns) -> Result<Net> {
+    for (a, a_mac, b, b_mac) in [("veth0", VETH0_MAC, "veth1", VETH1_MAC), ("veth2", VETH2_MAC, "veth3", VETH3_MAC)] {
+        ns.ip(&["link", "add", a, "address", &mac_str(&a_mac), "type", "veth", "peer", "name", b, "address", &mac_str(&b_mac)])?;
+    }
+    for dev in ["veth0", "veth1", "veth2", "veth3"] {
+        ns.ip(&["link", "set", dev, "up"])?;
+    }
+    ns.ip(&["addr", "add", &format!("{LB_ADDR}/24"), "dev", "veth0"])?;
+    ns.ip(&["addr", "add", &format!("{LB2_ADDR}/24"), "dev", "veth2"])?;
+    // bpf_fib_lookup answers FWD_DISABLED for an ingress device without IPv4 forwarding.
+    ns.sysctl("net.ipv4.conf.all.forwarding", "1")?;
+    ns.sysctl("net.ipv4.conf.veth0.forwarding", "1")?;
+    ns.sysctl("net.ipv4.conf.veth2.forwarding", "1")?;
+    for (addr, mac, dev) in NEIGHBOURS {
+        ns.ip(&["neigh", "replace", &addr.to_string(), "lladdr", &mac_str(&mac), "dev", dev, "nud", "permanent"])?;
+    }
+    // The MACs really are what the expected frames say (veth0 is the XDP_TX source MAC).
+    let link = ns.ip(&["-br", "link", "show", "veth0"])?;
+    ensure!(link.contains(&mac_str(&VETH0_MAC)), "veth0 does not have MAC {}: {link}", mac_str(&VETH0_MAC));
+    Ok(Net { veth0: ns.ifindex("veth0")?, veth2: ns.ifindex("veth2")? })
+}
+
+/// The run-time configuration of most tests: SNAT to 10.1.0.1 from `ports`, long timeouts.
+pub fn config(ports: (u16, u16)) -> RuntimeConfig {
+    RuntimeConfig {
+        snat_addr: LB_ADDR,
+        snat_ports: ports,
+        tcp_timeout: Duration::from_secs(300),
+        tcp_closing_timeout: Duration::from_secs(10),
+        udp_timeout: Duration::from_secs(30),
+    }
+}
+
+/// Maglev ring size of the tests (a prime).
+pub const RING_SIZE: u32 = 4099;
+
+/// One BPF_PROG_TEST_RUN: the program's verdict and the frame it left.
+#[derive(Debug, Clone)]
+pub struct Run {
+    pub action: u32,
+    pub out: Vec<u8>,
+}
+
+/// Where the data plane should send a new flow, computed the way the program does it.
+#[derive(Debug, Clone, Copy)]
+pub struct Pick {
+    pub hash: u32,
+    pub backend: SocketAddrV4,
+    pub backend_id: u32,
+}
+
+/// A loaded and configured xdplb program, driven like lbd drives it (write_config + Reconciler).
+pub struct Lb {
+    pub rec: Reconciler,
+    pub state: State,
+    pub net: Net,
+    pub cfg: RuntimeConfig,
+    /// (backend, SNAT port) pairs handed out so far, as the tests predict them.
+    pub claimed: BTreeSet<(SocketAddrV4, u16)>,
+}
+
+impl Lb {
+    /// Loads the program (conntrack of 4096 entries) and writes `cfg`.
+    pub fn new(net: Net, cfg: RuntimeConfig) -> Result<Lb> {
+        let dp = Dataplane::load(&LoadOptions { conntrack_size: 4096, pin_dir: None }).context("loading the XDP program")?;
+        dp.maps().write_config(&cfg).context("writing lb_config")?;
+        Ok(Lb { rec: Reconciler::new(dp, RING_SIZE), state: State::default(), net, cfg, claimed: BTreeSet::new() })
+    }
+
+    /// Adds a NAT VIP with `backends` (address, weight) and reconciles.
+    pub fn add_vip(&mut self, addr: SocketAddrV4, proto: Protocol, backends: &[(SocketAddrV4, u32)]) -> Result<VipKey> {
+        let key = VipKey { addr, proto };
+        self.state.add_vip(key, Mode::Nat).with_context(|| format!("adding vip {key}"))?;
+        for (be, weight) in backends {
+            self.state.add_backend(&key, *be, *weight).with_context(|| format!("adding backend {be} to {key}"))?;
+        }
+        self.reconcile()?;
+        Ok(key)
+    }
+
+    pub fn set_weight(&mut self, vip: &VipKey, backend: SocketAddrV4, weight: u32) -> Result<()> {
+        self.state.set_weight(vip, backend, weight).context("set_weight")?;
+        self.reconcile()
+    }
+
+    pub fn reconcile(&mut self) -> Result<()> {
+        self.rec.reconcile(&self.state).context("reconciling")
+    }
+
+    pub fn maps(&self) -> xdplb::dataplane::maps::Maps<'_> {
+        self.rec.dataplane().maps()
+    }
+
+    pub fn vip_id(&self, vip: &VipKey) -> Result<u32> {
+        self.rec.vip_id(vip).with_context(|| format!("vip {vip} has no data-plane id"))
+    }
+
+    pub fn backend_id(&self, vip: &VipKey, backend: SocketAddrV4) -> Result<u32> {
+        self.rec.backend_id(vip, &backend).with_context(|| format!("backend {backend} of {vip} has no data-plane id"))
+    }
+
+    /// Runs `frame` through the program as if received on `ifindex` (one run).
+    pub fn run(&self, ifindex: u32, frame: &[u8]) -> Result<Run> {
+        let mut ctx = types::xdp_md { data: 0, data_end: frame.len() as u32, ingress_ifindex: ifindex, ..Default::default() };
+        // SAFETY: xdp_md is a repr(C) struct of six u32 (no padding); the slice covers exactly it
+        // and lives no longer than `ctx`.
+        let ctx_bytes = unsafe {
+            std::slice::from_raw_parts_mut((&mut ctx as *mut types::xdp_md).cast::<u8>(), std::mem::size_of::<types::xdp_md>())
+        };
+        let mut out = vec![0u8; frame.len() + 256];
+        let input = ProgramInput { data_in: Some(frame), data_out: Some(&mut out), context_in: Some(ctx_bytes), repeat: 1, ..Default::default() };
+        let output = self.rec.dataplane().program().test_run(input).with_context(|| format!("BPF_PROG_TEST_RUN of a {}-byte frame", frame.len()))?;
+        let action = output.return_value;
+        let len = output.data.as_ref().map(|d| d.len()).context("test run returned no data")?;
+        out.truncate(len);
+        Ok(Run { action, out })
+    }
+
+    /// The backend the program's Maglev lookup picks for a new flow `client` -> `vip`.
+    pub fn pick(&self, vip: &VipKey, client: SocketAddrV4) -> Result<Pick> {
+        let hash = maglev::flow_hash_v4(*client.ip(), *vip.addr.ip(), client.port(), vip.addr.port(), vip.proto.number());
+        let id = self.vip_id(vip)?;
+        let ring = self.maps().read_ring(id)?.with_context(|| format!("vip {vip} has no ring"))?;
+        ensure!(ring.len() == RING_SIZE as usize, "ring of {vip} has {} slots, not {RING_SIZE}", ring.len());
+        let backend_id = ring[hash as usize % ring.len()];
+        let backend = self
+            .state
+            .vip(vip)?
+            .backends
+            .keys()
+            .copied()
+            .find(|be| self.rec.backend_id(vip, be) == Some(backend_id))
+            .with_context(|| format!("ring slot of {client} holds backend id {backend_id}, not a backend of {vip}"))?;
+        Ok(Pick { hash, backend, backend_id })
+    }
+
+    /// The `i`-th SNAT port candidate of a flow hash (ct_create in bpf/flow.h).
+    pub fn candidate_port(&self, hash: u32, i: u32) -> u16 {
+        let (min, max) = self.cfg.snat_ports;
+        let range = u32::from(max) - u32::from(min) + 1;
+        (u32::from(min) + hash.wrapping_add(i.wrapping_mul(40503)) % range) as u16
+    }
+
+    /// The SNAT port a new flow with `hash` towards `backend` must get: the first of the
+    /// program's candidates that no live flow to that backend holds (None: the program must give
+    /// up, port exhausted). Records it as taken.
+    pub fn claim_port(&mut self, hash: u32, backend: SocketAddrV4) -> Option<u16> {
+        let retries = types::lb_limits::LB_PORT_RETRIES.0;
+        let port = (0..retries).map(|i| self.candidate_port(hash, i)).find(|p| !self.claimed.contains(&(backend, *p)))?;
+        self.claimed.insert((backend, port));
+        Some(port)
+    }
+
+    pub fn vip_counters(&self, vip: &VipKey) -> Result<Counters> {
+        Ok(self.maps().vip_counters(self.vip_id(vip)?)?)
+    }
+
+    pub fn backend_counters(&self, vip: &VipKey, backend: SocketAddrV4) -> Result<Counters> {
+        Ok(self.maps().backend_counters(self.backend_id(vip, backend)?)?)
+    }
+
+    pub fn global(&self) -> Result<GlobalCounters> {
+        Ok(self.maps().global_counters()?)
+    }
+
+    /// Checks the global counters: exactly `reasons` (reason, count) and `verdicts` (action,
+    /// count), every other counter zero.
+    pub fn expect_global(&self, reasons: &[(types::lb_reason, u64)], verdicts: &[(u32, u64)]) -> Result<()> {
+        let g = self.global()?;
+        let mut want_r = vec![0u64; g.reasons.len()];
+        for (r, n) in reasons {
+            want_r[r.0 as usize] += n;
+        }
+        let mut want_v = vec![0u64; g.verdicts.len()];
+        for (v, n) in verdicts {
+            want_v[*v as usize] += n;
+        }
+        let named = |v: &[u64], name: &dyn Fn(usize) -> String| -> Vec<String> {
+            v.iter().enumerate().filter(|(_, n)| **n != 0).map(|(i, n)| format!("{}={n}", name(i))).collect()
+        };
+        let reason_name = |i: usize| xdplb::dataplane::maps::reason_name(i);
+        let verdict_name = |i: usize| xdplb::dataplane::maps::verdict_name(i).to_string();
+        ensure!(
+            g.reasons == want_r,
+            "reason counters {:?}, expected {:?}",
+            named(&g.reasons, &reason_name),
+            named(&want_r, &reason_name)
+        );
+        ensure!(
+            g.verdicts == want_v,
+            "verdict counters {:?}, expected {:?}",
+            named(&g.verdicts, &verdict_name),
+            named(&want_v, &verdict_name)
+        );
+        Ok(())
+    }
+}
