@@ -67,20 +67,30 @@ fn syn(client: SocketAddrV4, vip: SocketAddrV4) -> Packet {
 
 /// The client's next segment of the same connection: ACK with 19 bytes of data.
 fn ack(client: SocketAddrV4, vip: SocketAddrV4) -> Packet {
-    Packet::tcp(neighbour_mac(*client.ip()), VETH0_MAC, client, vip, TCP_ACK | TCP_PSH)
-        .with_seq_ack(0x1234_567c, 0x7000_0001)
-        .with_payload(b"GET /x HTTP/1.0\r\n\r\n")
+    Packet::tcp(
+        neighbour_mac(*client.ip()),
+        VETH0_MAC,
+        client,
+        vip,
+        TCP_ACK | TCP_PSH,
+    )
+    .with_seq_ack(0x1234_567c, 0x7000_0001)
+    .with_payload(b"GET /x HTTP/1.0\r\n\r\n")
 }
 
 /// A DNS-looking UDP query to `vip`, as received on veth0.
 fn query(client: SocketAddrV4, vip: SocketAddrV4) -> Packet {
-    Packet::udp(neighbour_mac(*client.ip()), VETH0_MAC, client, vip).with_payload(b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x03www\x00\x00\x01\x00\x01")
+    Packet::udp(neighbour_mac(*client.ip()), VETH0_MAC, client, vip).with_payload(
+        b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x03www\x00\x00\x01\x00\x01",
+    )
 }
 
 /// The (source, destination) of a TCP/UDP packet description.
 fn ends(p: &Packet) -> (SocketAddrV4, SocketAddrV4) {
     match p.l4 {
-        Transport::Tcp { sport, dport, .. } | Transport::Udp { sport, dport, .. } => (sa(p.src, sport), sa(p.dst, dport)),
+        Transport::Tcp { sport, dport, .. } | Transport::Udp { sport, dport, .. } => {
+            (sa(p.src, sport), sa(p.dst, dport))
+        }
         Transport::Icmp { .. } => panic!("ICMP has no ports"),
     }
 }
@@ -98,9 +108,17 @@ struct Flow {
 
 /// Checks the verdict and that the output frame is exactly `want`.
 fn expect_frame(run: &Run, action: u32, want: &[u8], what: &str) -> Result<()> {
-    ensure!(run.action == action, "{what}: verdict {}, expected {}", action_name(run.action), action_name(action));
+    ensure!(
+        run.action == action,
+        "{what}: verdict {}, expected {}",
+        action_name(run.action),
+        action_name(action)
+    );
     let d = diff(&run.out, want);
-    ensure!(d.is_empty(), "{what}: the output frame is not the expected one: {d}");
+    ensure!(
+        d.is_empty(),
+        "{what}: the output frame is not the expected one: {d}"
+    );
     Ok(())
 }
 
@@ -108,7 +126,13 @@ fn expect_frame(run: &Run, action: u32, want: &[u8], what: &str) -> Result<()> {
 /// that the output's checksums are right.
 fn expect_packet(run: &Run, action: u32, want: &Packet, what: &str) -> Result<()> {
     expect_frame(run, action, &want.build(), what)?;
-    let zero_udp = matches!(want.l4, Transport::Udp { zero_checksum: true, .. });
+    let zero_udp = matches!(
+        want.l4,
+        Transport::Udp {
+            zero_checksum: true,
+            ..
+        }
+    );
     verify_checksums(&run.out, zero_udp).with_context(|| format!("{what}: checksums of the output"))
 }
 
@@ -121,23 +145,60 @@ fn expect_untouched(lb: &Lb, ingress: u32, frame: &[u8], what: &str) -> Result<(
 /// Runs the first packet of a new client flow and checks it leaves NATed towards the backend and
 /// SNAT port the program must choose (Maglev ring slot of the flow hash, first free port candidate),
 /// with the MACs of the egress interface (veth0) and of the backend's neighbour entry.
-fn new_flow(lb: &mut Lb, vip: &VipKey, pkt: &Packet, ingress: u32, action: u32) -> Result<(Flow, Run)> {
+fn new_flow(
+    lb: &mut Lb,
+    vip: &VipKey,
+    pkt: &Packet,
+    ingress: u32,
+    action: u32,
+) -> Result<(Flow, Run)> {
     let (client, to) = ends(pkt);
     ensure!(to == vip.addr, "packet is not addressed to {vip}");
     let pick = lb.pick(vip, client)?;
-    let port = lb.claim_port(pick.hash, pick.backend).context("the test expects a free SNAT port")?;
-    let flow = Flow { client, vip: vip.addr, backend: pick.backend, backend_id: pick.backend_id, snat: sa(LB_ADDR, port) };
+    let port = lb
+        .claim_port(pick.hash, pick.backend)
+        .context("the test expects a free SNAT port")?;
+    let flow = Flow {
+        client,
+        vip: vip.addr,
+        backend: pick.backend,
+        backend_id: pick.backend_id,
+        snat: sa(LB_ADDR, port),
+    };
     let run = lb.run(ingress, &pkt.build())?;
-    let want = pkt.natted(VETH0_MAC, neighbour_mac(*pick.backend.ip()), flow.snat, flow.backend);
-    expect_packet(&run, action, &want, &format!("new flow {client} -> {vip} (expected via {} from port {port})", flow.backend))?;
+    let want = pkt.natted(
+        VETH0_MAC,
+        neighbour_mac(*pick.backend.ip()),
+        flow.snat,
+        flow.backend,
+    );
+    expect_packet(
+        &run,
+        action,
+        &want,
+        &format!(
+            "new flow {client} -> {vip} (expected via {} from port {port})",
+            flow.backend
+        ),
+    )?;
     Ok((flow, run))
 }
 
 /// Runs a later client packet of `flow` and checks it is NATed exactly like the first one.
 fn flow_packet(lb: &Lb, flow: &Flow, pkt: &Packet, ingress: u32, action: u32) -> Result<Run> {
     let run = lb.run(ingress, &pkt.build())?;
-    let want = pkt.natted(VETH0_MAC, neighbour_mac(*flow.backend.ip()), flow.snat, flow.backend);
-    expect_packet(&run, action, &want, &format!("packet of the tracked flow {} -> {}", flow.client, flow.vip))?;
+    let want = pkt.natted(
+        VETH0_MAC,
+        neighbour_mac(*flow.backend.ip()),
+        flow.snat,
+        flow.backend,
+    );
+    expect_packet(
+        &run,
+        action,
+        &want,
+        &format!("packet of the tracked flow {} -> {}", flow.client, flow.vip),
+    )?;
     Ok(run)
 }
 
@@ -145,30 +206,61 @@ fn flow_packet(lb: &Lb, flow: &Flow, pkt: &Packet, ingress: u32, action: u32) ->
 fn reply(flow: &Flow, proto: Protocol) -> Packet {
     let mac = neighbour_mac(*flow.backend.ip());
     match proto {
-        Protocol::Tcp => Packet::tcp(mac, VETH0_MAC, flow.backend, flow.snat, TCP_SYN | TCP_ACK).with_seq_ack(0x7000_0000, 0x1234_567c),
-        Protocol::Udp => Packet::udp(mac, VETH0_MAC, flow.backend, flow.snat).with_payload(b"\x12\x34\x81\x80answer"),
+        Protocol::Tcp => Packet::tcp(mac, VETH0_MAC, flow.backend, flow.snat, TCP_SYN | TCP_ACK)
+            .with_seq_ack(0x7000_0000, 0x1234_567c),
+        Protocol::Udp => Packet::udp(mac, VETH0_MAC, flow.backend, flow.snat)
+            .with_payload(b"\x12\x34\x81\x80answer"),
     }
 }
 
 /// Runs a backend reply and checks it leaves restored (VIP -> client) towards the client's MAC,
 /// from the MAC of `egress_mac` (the client side interface).
-fn expect_restored(lb: &Lb, flow: &Flow, pkt: &Packet, egress_mac: Mac, action: u32) -> Result<Run> {
+fn expect_restored(
+    lb: &Lb,
+    flow: &Flow,
+    pkt: &Packet,
+    egress_mac: Mac,
+    action: u32,
+) -> Result<Run> {
     let run = lb.run(lb.net.veth0, &pkt.build())?;
-    let want = pkt.natted(egress_mac, neighbour_mac(*flow.client.ip()), flow.vip, flow.client);
-    expect_packet(&run, action, &want, &format!("reply {} -> {} of the flow of {}", flow.backend, flow.snat, flow.client))?;
+    let want = pkt.natted(
+        egress_mac,
+        neighbour_mac(*flow.client.ip()),
+        flow.vip,
+        flow.client,
+    );
+    expect_packet(
+        &run,
+        action,
+        &want,
+        &format!(
+            "reply {} -> {} of the flow of {}",
+            flow.backend, flow.snat, flow.client
+        ),
+    )?;
     Ok(run)
 }
 
 fn counters(packets: u64, bytes: u64, new_flows: u64) -> Counters {
-    Counters { packets, bytes, new_flows }
+    Counters {
+        packets,
+        bytes,
+        new_flows,
+    }
 }
 
 #[test]
 fn checksum_helper_matches_rfc1071() {
     // RFC 1071 section 3: the words 0001 f203 f4f5 f6f7 sum to ddf2.
-    assert_eq!(fold(ones_sum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7])), 0xddf2);
+    assert_eq!(
+        fold(ones_sum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7])),
+        0xddf2
+    );
     // A well-known IPv4 header (192.168.0.1 -> 192.168.0.199) has checksum 0xb861.
-    let header = [0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 0xc0, 0xa8, 0x00, 0x01, 0xc0, 0xa8, 0x00, 0xc7];
+    let header = [
+        0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 0xc0, 0xa8, 0x00,
+        0x01, 0xc0, 0xa8, 0x00, 0xc7,
+    ];
     assert_eq!(internet_checksum(&header), 0xb861);
     // An odd length pads with a zero byte.
     assert_eq!(ones_sum(&[0xab]), 0xab00);
@@ -179,7 +271,10 @@ fn checksum_helper_matches_rfc1071() {
         let mut bad = frame.clone();
         bad[i] ^= 0x01;
         if layout(&bad).is_ok() {
-            assert!(verify_checksums(&bad, false).is_err(), "flipping a bit of byte {i} went unnoticed");
+            assert!(
+                verify_checksums(&bad, false).is_err(),
+                "flipping a bit of byte {i} went unnoticed"
+            );
         }
     }
 }
@@ -188,18 +283,31 @@ fn checksum_helper_matches_rfc1071() {
 fn test_netns_is_private_and_released() {
     let host = current_netns().expect("host netns");
     let inode = TestNetns::run(move |ns| {
-        ensure!(ns.inode() != host && current_netns()? == ns.inode(), "not in a new namespace");
+        ensure!(
+            ns.inode() != host && current_netns()? == ns.inode(),
+            "not in a new namespace"
+        );
         let net = setup_net(ns)?;
         ensure!(net.veth0 != 0 && net.veth2 != 0, "no ifindex");
         Ok(ns.inode())
     })
     .expect("running in a test namespace");
     assert_ne!(inode, host);
-    assert_eq!(current_netns().expect("host netns"), host, "the test thread's namespace changed");
+    assert_eq!(
+        current_netns().expect("host netns"),
+        host,
+        "the test thread's namespace changed"
+    );
     // The bench's devices never appeared in this (the host's) namespace.
-    let host_links = std::process::Command::new("ip").args(["-br", "link"]).output().expect("ip -br link");
+    let host_links = std::process::Command::new("ip")
+        .args(["-br", "link"])
+        .output()
+        .expect("ip -br link");
     let host_links = String::from_utf8_lossy(&host_links.stdout);
-    assert!(!host_links.contains(&mac_str(&VETH0_MAC)), "the bench's veth0 is visible in the host namespace: {host_links}");
+    assert!(
+        !host_links.contains(&mac_str(&VETH0_MAC)),
+        "the bench's veth0 is visible in the host namespace: {host_links}"
+    );
 }
 
 #[test]
@@ -213,25 +321,65 @@ fn syn_to_vip_is_natted() {
 
         // The same facts new_flow checked through the whole expected frame, spelled out.
         let out = &run.out;
-        ensure!(out[0..6] == neighbour_mac(*flow.backend.ip()), "dst MAC is not the backend's neighbour MAC");
+        ensure!(
+            out[0..6] == neighbour_mac(*flow.backend.ip()),
+            "dst MAC is not the backend's neighbour MAC"
+        );
         ensure!(out[6..12] == VETH0_MAC, "src MAC is not veth0's MAC");
         let (src, dst) = endpoints(out)?;
-        ensure!(*src.ip() == LB_ADDR, "source address {src} is not the SNAT address");
-        ensure!(dst == flow.backend && (dst == BE1 || dst == BE2) && dst.port() == 8080, "destination {dst}");
-        ensure!((PORTS.0..=PORTS.1).contains(&src.port()), "SNAT port {} outside {PORTS:?}", src.port());
-        ensure!(out[22] == 61 && get_be16(out, 18) == 0x1c46, "TTL or IP id changed");
-        ensure!(out[34 + 4..34 + 16] == frame[34 + 4..34 + 16], "seq/ack/flags/window changed");
-        ensure!(out[34 + 18..] == frame[34 + 18..], "urgent pointer, options or payload changed");
+        ensure!(
+            *src.ip() == LB_ADDR,
+            "source address {src} is not the SNAT address"
+        );
+        ensure!(
+            dst == flow.backend && (dst == BE1 || dst == BE2) && dst.port() == 8080,
+            "destination {dst}"
+        );
+        ensure!(
+            (PORTS.0..=PORTS.1).contains(&src.port()),
+            "SNAT port {} outside {PORTS:?}",
+            src.port()
+        );
+        ensure!(
+            out[22] == 61 && get_be16(out, 18) == 0x1c46,
+            "TTL or IP id changed"
+        );
+        ensure!(
+            out[34 + 4..34 + 16] == frame[34 + 4..34 + 16],
+            "seq/ack/flags/window changed"
+        );
+        ensure!(
+            out[34 + 18..] == frame[34 + 18..],
+            "urgent pointer, options or payload changed"
+        );
         verify_checksums(out, false)?;
 
         let other = if flow.backend == BE1 { BE2 } else { BE1 };
         let one = counters(1, frame.len() as u64, 1);
-        ensure!(lb.vip_counters(&vip)? == one, "vip counters {:?}", lb.vip_counters(&vip)?);
-        ensure!(lb.backend_counters(&vip, flow.backend)? == one, "backend counters {:?}", lb.backend_counters(&vip, flow.backend)?);
-        ensure!(lb.backend_counters(&vip, other)? == Counters::default(), "the other backend counted something");
-        ensure!(lb.maps().backend_counters(flow.backend_id)? == one, "counters by predicted backend id");
+        ensure!(
+            lb.vip_counters(&vip)? == one,
+            "vip counters {:?}",
+            lb.vip_counters(&vip)?
+        );
+        ensure!(
+            lb.backend_counters(&vip, flow.backend)? == one,
+            "backend counters {:?}",
+            lb.backend_counters(&vip, flow.backend)?
+        );
+        ensure!(
+            lb.backend_counters(&vip, other)? == Counters::default(),
+            "the other backend counted something"
+        );
+        ensure!(
+            lb.maps().backend_counters(flow.backend_id)? == one,
+            "counters by predicted backend id"
+        );
         lb.expect_global(&[(R::LB_REASON_TX_NAT_FORWARD, 1)], &[(XDP_TX, 1)])?;
-        ensure!(lb.maps().conntrack_entries() == 1, "{} conntrack entries", lb.maps().conntrack_entries());
+        ensure!(
+            lb.maps().conntrack_entries() == 1,
+            "{} conntrack entries",
+            lb.maps().conntrack_entries()
+        );
         Ok(())
     });
 }
@@ -246,19 +394,48 @@ fn established_flow_keeps_backend_and_port() {
         let second = ack(client, VIP);
         flow_packet(&lb, &flow, &second, net.veth0, XDP_TX)?;
         let bytes = (first.build().len() + second.build().len()) as u64;
-        ensure!(lb.vip_counters(&vip)? == counters(2, bytes, 1), "vip counters {:?}", lb.vip_counters(&vip)?);
-        ensure!(lb.backend_counters(&vip, flow.backend)? == counters(2, bytes, 1), "backend counters");
-        ensure!(lb.maps().conntrack_entries() == 1, "{} conntrack entries", lb.maps().conntrack_entries());
+        ensure!(
+            lb.vip_counters(&vip)? == counters(2, bytes, 1),
+            "vip counters {:?}",
+            lb.vip_counters(&vip)?
+        );
+        ensure!(
+            lb.backend_counters(&vip, flow.backend)? == counters(2, bytes, 1),
+            "backend counters"
+        );
+        ensure!(
+            lb.maps().conntrack_entries() == 1,
+            "{} conntrack entries",
+            lb.maps().conntrack_entries()
+        );
 
         // Drain the flow's backend: new flows avoid it, the established flow stays (conntrack, not
         // the ring, decides).
         lb.set_weight(&vip, flow.backend, 0)?;
-        let third = ack(client, VIP).with_seq_ack(0x1234_5690, 0x7000_0100).with_payload(b"more");
+        let third = ack(client, VIP)
+            .with_seq_ack(0x1234_5690, 0x7000_0100)
+            .with_payload(b"more");
         flow_packet(&lb, &flow, &third, net.veth0, XDP_TX)?;
-        let (other, _) = new_flow(&mut lb, &vip, &syn(sa(CLIENT, 12346), VIP), net.veth0, XDP_TX)?;
-        ensure!(other.backend != flow.backend, "a new flow went to the drained backend {}", flow.backend);
-        ensure!(lb.backend_counters(&vip, flow.backend)?.new_flows == 1, "drained backend new_flows");
-        ensure!(lb.vip_counters(&vip)?.new_flows == 2 && lb.vip_counters(&vip)?.packets == 4, "vip counters");
+        let (other, _) = new_flow(
+            &mut lb,
+            &vip,
+            &syn(sa(CLIENT, 12346), VIP),
+            net.veth0,
+            XDP_TX,
+        )?;
+        ensure!(
+            other.backend != flow.backend,
+            "a new flow went to the drained backend {}",
+            flow.backend
+        );
+        ensure!(
+            lb.backend_counters(&vip, flow.backend)?.new_flows == 1,
+            "drained backend new_flows"
+        );
+        ensure!(
+            lb.vip_counters(&vip)?.new_flows == 2 && lb.vip_counters(&vip)?.packets == 4,
+            "vip counters"
+        );
         lb.expect_global(&[(R::LB_REASON_TX_NAT_FORWARD, 4)], &[(XDP_TX, 4)])?;
         Ok(())
     });
@@ -273,25 +450,59 @@ fn reply_is_restored() {
         let synack = reply(&flow, Protocol::Tcp);
         let run = expect_restored(&lb, &flow, &synack, VETH0_MAC, XDP_TX)?;
         let (src, dst) = endpoints(&run.out)?;
-        ensure!(src == VIP && dst == client, "reply restored as {src} -> {dst}");
-        ensure!(run.out[0..6] == CLIENT_MAC, "reply not sent to the client's MAC");
+        ensure!(
+            src == VIP && dst == client,
+            "reply restored as {src} -> {dst}"
+        );
+        ensure!(
+            run.out[0..6] == CLIENT_MAC,
+            "reply not sent to the client's MAC"
+        );
         let bc = lb.backend_counters(&vip, flow.backend)?;
-        ensure!(bc.packets == 2 && bc.new_flows == 1, "backend counters {bc:?}");
-        ensure!(lb.vip_counters(&vip)?.packets == 1, "the reply was counted on the VIP");
+        ensure!(
+            bc.packets == 2 && bc.new_flows == 1,
+            "backend counters {bc:?}"
+        );
+        ensure!(
+            lb.vip_counters(&vip)?.packets == 1,
+            "the reply was counted on the VIP"
+        );
 
         // Replies that no conntrack entry covers are left to the kernel, untouched.
-        let other_port = if flow.snat.port() == PORTS.1 { PORTS.1 - 1 } else { flow.snat.port() + 1 };
+        let other_port = if flow.snat.port() == PORTS.1 {
+            PORTS.1 - 1
+        } else {
+            flow.snat.port() + 1
+        };
         let other_backend = if flow.backend == BE1 { BE2 } else { BE1 };
         let stray = [
-            (Flow { snat: sa(LB_ADDR, other_port), ..flow }, Protocol::Tcp, "to an SNAT port without a flow"),
-            (Flow { backend: other_backend, ..flow }, Protocol::Tcp, "from the other backend"),
+            (
+                Flow {
+                    snat: sa(LB_ADDR, other_port),
+                    ..flow
+                },
+                Protocol::Tcp,
+                "to an SNAT port without a flow",
+            ),
+            (
+                Flow {
+                    backend: other_backend,
+                    ..flow
+                },
+                Protocol::Tcp,
+                "from the other backend",
+            ),
             (flow, Protocol::Udp, "UDP to the TCP flow's port"),
         ];
         for (f, proto, what) in stray {
             expect_untouched(&lb, net.veth0, &reply(&f, proto).build(), what)?;
         }
         lb.expect_global(
-            &[(R::LB_REASON_TX_NAT_FORWARD, 1), (R::LB_REASON_TX_NAT_REPLY, 1), (R::LB_REASON_PASS_NOT_TRACKED, 3)],
+            &[
+                (R::LB_REASON_TX_NAT_FORWARD, 1),
+                (R::LB_REASON_TX_NAT_REPLY, 1),
+                (R::LB_REASON_PASS_NOT_TRACKED, 3),
+            ],
             &[(XDP_TX, 2), (XDP_PASS, 3)],
         )?;
         Ok(())
@@ -303,14 +514,35 @@ fn udp_zero_checksum_stays_zero() {
     bench(|_, net| {
         let (mut lb, vip) = udp_lb(net)?;
         let q = query(sa(CLIENT, 5000), VIP_UDP).with_zero_udp_checksum();
-        ensure!(get_be16(&q.build(), 34 + 6) == 0, "test packet should carry no UDP checksum");
+        ensure!(
+            get_be16(&q.build(), 34 + 6) == 0,
+            "test packet should carry no UDP checksum"
+        );
         let (flow, run) = new_flow(&mut lb, &vip, &q, net.veth0, XDP_TX)?;
-        ensure!(get_be16(&run.out, 34 + 6) == 0, "a zero UDP checksum became {:#06x}", get_be16(&run.out, 34 + 6));
-        ensure!(flow.backend.port() == 5353, "backend port {}", flow.backend.port());
+        ensure!(
+            get_be16(&run.out, 34 + 6) == 0,
+            "a zero UDP checksum became {:#06x}",
+            get_be16(&run.out, 34 + 6)
+        );
+        ensure!(
+            flow.backend.port() == 5353,
+            "backend port {}",
+            flow.backend.port()
+        );
         let answer = reply(&flow, Protocol::Udp).with_zero_udp_checksum();
         let run = expect_restored(&lb, &flow, &answer, VETH0_MAC, XDP_TX)?;
-        ensure!(get_be16(&run.out, 34 + 6) == 0, "a zero UDP checksum of a reply became {:#06x}", get_be16(&run.out, 34 + 6));
-        lb.expect_global(&[(R::LB_REASON_TX_NAT_FORWARD, 1), (R::LB_REASON_TX_NAT_REPLY, 1)], &[(XDP_TX, 2)])?;
+        ensure!(
+            get_be16(&run.out, 34 + 6) == 0,
+            "a zero UDP checksum of a reply became {:#06x}",
+            get_be16(&run.out, 34 + 6)
+        );
+        lb.expect_global(
+            &[
+                (R::LB_REASON_TX_NAT_FORWARD, 1),
+                (R::LB_REASON_TX_NAT_REPLY, 1),
+            ],
+            &[(XDP_TX, 2)],
+        )?;
         Ok(())
     });
 }
@@ -319,33 +551,75 @@ fn udp_zero_checksum_stays_zero() {
 fn udp_checksum_updated() {
     bench(|_, net| {
         let (mut lb, vip) = udp_lb(net)?;
-        let (flow, run) = new_flow(&mut lb, &vip, &query(sa(CLIENT, 5000), VIP_UDP), net.veth0, XDP_TX)?;
-        ensure!(get_be16(&run.out, 34 + 6) != 0, "UDP checksum dropped to zero");
+        let (flow, run) = new_flow(
+            &mut lb,
+            &vip,
+            &query(sa(CLIENT, 5000), VIP_UDP),
+            net.veth0,
+            XDP_TX,
+        )?;
+        ensure!(
+            get_be16(&run.out, 34 + 6) != 0,
+            "UDP checksum dropped to zero"
+        );
         expect_restored(&lb, &flow, &reply(&flow, Protocol::Udp), VETH0_MAC, XDP_TX)?;
 
         // A datagram whose NATed checksum computes to 0 must leave with 0xffff (RFC 768): make the
         // first payload word cancel the one's-complement sum of the NATed datagram.
         let client = sa(CLIENT, 5001);
         let pick = lb.pick(&vip, client)?;
-        let port = lb.claim_port(pick.hash, pick.backend).context("free port")?;
+        let port = lb
+            .claim_port(pick.hash, pick.backend)
+            .context("free port")?;
         let mut q = query(client, VIP_UDP);
         q.payload[0..2].copy_from_slice(&[0, 0]);
-        let natted = q.natted(VETH0_MAC, neighbour_mac(*pick.backend.ip()), sa(LB_ADDR, port), pick.backend);
+        let natted = q.natted(
+            VETH0_MAC,
+            neighbour_mac(*pick.backend.ip()),
+            sa(LB_ADDR, port),
+            pick.backend,
+        );
         let f = natted.build();
         let lay = layout(&f)?;
         let mut seg = f[lay.l4..].to_vec();
         set_be16(&mut seg, 6, 0);
         let c = transport_checksum(LB_ADDR, *pick.backend.ip(), IPPROTO_UDP, &seg);
         q.payload[0..2].copy_from_slice(&c.to_be_bytes());
-        let natted = q.natted(VETH0_MAC, neighbour_mac(*pick.backend.ip()), sa(LB_ADDR, port), pick.backend);
+        let natted = q.natted(
+            VETH0_MAC,
+            neighbour_mac(*pick.backend.ip()),
+            sa(LB_ADDR, port),
+            pick.backend,
+        );
         let mut seg = natted.build()[lay.l4..].to_vec();
         set_be16(&mut seg, 6, 0);
-        ensure!(transport_checksum(LB_ADDR, *pick.backend.ip(), IPPROTO_UDP, &seg) == 0, "test construction: NATed checksum should compute to 0");
-        ensure!(get_be16(&q.build(), 34 + 6) != 0, "test construction: the query must carry a checksum");
+        ensure!(
+            transport_checksum(LB_ADDR, *pick.backend.ip(), IPPROTO_UDP, &seg) == 0,
+            "test construction: NATed checksum should compute to 0"
+        );
+        ensure!(
+            get_be16(&q.build(), 34 + 6) != 0,
+            "test construction: the query must carry a checksum"
+        );
         let run = lb.run(net.veth0, &q.build())?;
-        expect_packet(&run, XDP_TX, &natted, "datagram whose NATed checksum computes to 0")?;
-        ensure!(get_be16(&run.out, 34 + 6) == 0xffff, "computed UDP checksum 0 sent as {:#06x}, not 0xffff", get_be16(&run.out, 34 + 6));
-        lb.expect_global(&[(R::LB_REASON_TX_NAT_FORWARD, 2), (R::LB_REASON_TX_NAT_REPLY, 1)], &[(XDP_TX, 3)])?;
+        expect_packet(
+            &run,
+            XDP_TX,
+            &natted,
+            "datagram whose NATed checksum computes to 0",
+        )?;
+        ensure!(
+            get_be16(&run.out, 34 + 6) == 0xffff,
+            "computed UDP checksum 0 sent as {:#06x}, not 0xffff",
+            get_be16(&run.out, 34 + 6)
+        );
+        lb.expect_global(
+            &[
+                (R::LB_REASON_TX_NAT_FORWARD, 2),
+                (R::LB_REASON_TX_NAT_REPLY, 1),
+            ],
+            &[(XDP_TX, 3)],
+        )?;
         Ok(())
     });
 }
@@ -358,9 +632,18 @@ fn same_client_port_two_clients() {
         let b = sa(CLIENT_B, 40000);
         let (fa, _) = new_flow(&mut lb, &vip, &syn(a, VIP), net.veth0, XDP_TX)?;
         let (fb, _) = new_flow(&mut lb, &vip, &syn(b, VIP), net.veth0, XDP_TX)?;
-        ensure!(lb.maps().conntrack_entries() == 2, "{} conntrack entries, expected 2", lb.maps().conntrack_entries());
+        ensure!(
+            lb.maps().conntrack_entries() == 2,
+            "{} conntrack entries, expected 2",
+            lb.maps().conntrack_entries()
+        );
         if fa.backend == fb.backend {
-            ensure!(fa.snat.port() != fb.snat.port(), "two flows share backend {} and SNAT port {}", fa.backend, fa.snat.port());
+            ensure!(
+                fa.snat.port() != fb.snat.port(),
+                "two flows share backend {} and SNAT port {}",
+                fa.backend,
+                fa.snat.port()
+            );
         }
         // Later packets keep their own translation; replies find their own client.
         flow_packet(&lb, &fb, &ack(b, VIP), net.veth0, XDP_TX)?;
@@ -370,21 +653,44 @@ fn same_client_port_two_clients() {
 
         // Force the clash: a one-backend VIP, and a second client whose first SNAT port candidate is
         // the port the first client got. It must get another port.
-        let vip2 = lb.add_vip(sa(Ipv4Addr::new(10, 9, 9, 10), 80), Protocol::Tcp, &[(BE1, 100)])?;
+        let vip2 = lb.add_vip(
+            sa(Ipv4Addr::new(10, 9, 9, 10), 80),
+            Protocol::Tcp,
+            &[(BE1, 100)],
+        )?;
         let (fa2, _) = new_flow(&mut lb, &vip2, &syn(a, vip2.addr), net.veth0, XDP_TX)?;
         let clash = (1..=u16::MAX)
             .map(|p| sa(CLIENT_B, p))
             .find(|c| {
-                let h = maglev::flow_hash_v4(*c.ip(), *vip2.addr.ip(), c.port(), vip2.addr.port(), Protocol::Tcp.number());
+                let h = maglev::flow_hash_v4(
+                    *c.ip(),
+                    *vip2.addr.ip(),
+                    c.port(),
+                    vip2.addr.port(),
+                    Protocol::Tcp.number(),
+                );
                 lb.candidate_port(h, 0) == fa2.snat.port()
             })
             .context("no client port clashes")?;
         let (fb2, _) = new_flow(&mut lb, &vip2, &syn(clash, vip2.addr), net.veth0, XDP_TX)?;
-        ensure!(fa2.backend == fb2.backend && fa2.snat != fb2.snat, "clashing flows {fa2:?} and {fb2:?}");
+        ensure!(
+            fa2.backend == fb2.backend && fa2.snat != fb2.snat,
+            "clashing flows {fa2:?} and {fb2:?}"
+        );
         expect_restored(&lb, &fb2, &reply(&fb2, Protocol::Tcp), VETH0_MAC, XDP_TX)?;
         expect_restored(&lb, &fa2, &reply(&fa2, Protocol::Tcp), VETH0_MAC, XDP_TX)?;
-        ensure!(lb.maps().conntrack_entries() == 4, "{} conntrack entries, expected 4", lb.maps().conntrack_entries());
-        lb.expect_global(&[(R::LB_REASON_TX_NAT_FORWARD, 6), (R::LB_REASON_TX_NAT_REPLY, 4)], &[(XDP_TX, 10)])?;
+        ensure!(
+            lb.maps().conntrack_entries() == 4,
+            "{} conntrack entries, expected 4",
+            lb.maps().conntrack_entries()
+        );
+        lb.expect_global(
+            &[
+                (R::LB_REASON_TX_NAT_FORWARD, 6),
+                (R::LB_REASON_TX_NAT_REPLY, 4),
+            ],
+            &[(XDP_TX, 10)],
+        )?;
         Ok(())
     });
 }
@@ -396,12 +702,37 @@ fn non_vip_passes_unchanged() {
         lb.add_vip(VIP_UDP, Protocol::Udp, &[(BE1_UDP, 100)])?;
         let client = sa(CLIENT, 12345);
         let not_vip = [
-            (Packet::tcp(CLIENT_MAC, VETH0_MAC, client, sa(LB_ADDR, 22), TCP_SYN).build(), "TCP to the LB's own port 22"),
-            (Packet::tcp(CLIENT_MAC, VETH0_MAC, client, sa(*VIP.ip(), 81), TCP_SYN).build(), "TCP to the VIP address, other port"),
-            (Packet::tcp(CLIENT_MAC, VETH0_MAC, client, sa(Ipv4Addr::new(10, 9, 9, 8), 80), TCP_SYN).build(), "TCP to another address"),
-            (Packet::udp(CLIENT_MAC, VETH0_MAC, client, VIP).build(), "UDP to the TCP VIP's port"),
-            (Packet::tcp(CLIENT_MAC, VETH0_MAC, client, VIP_UDP, TCP_SYN).build(), "TCP to the UDP VIP's port"),
-            (Packet::icmp_echo(CLIENT_MAC, VETH0_MAC, CLIENT, *VIP.ip()).build(), "ICMP echo to the VIP address"),
+            (
+                Packet::tcp(CLIENT_MAC, VETH0_MAC, client, sa(LB_ADDR, 22), TCP_SYN).build(),
+                "TCP to the LB's own port 22",
+            ),
+            (
+                Packet::tcp(CLIENT_MAC, VETH0_MAC, client, sa(*VIP.ip(), 81), TCP_SYN).build(),
+                "TCP to the VIP address, other port",
+            ),
+            (
+                Packet::tcp(
+                    CLIENT_MAC,
+                    VETH0_MAC,
+                    client,
+                    sa(Ipv4Addr::new(10, 9, 9, 8), 80),
+                    TCP_SYN,
+                )
+                .build(),
+                "TCP to another address",
+            ),
+            (
+                Packet::udp(CLIENT_MAC, VETH0_MAC, client, VIP).build(),
+                "UDP to the TCP VIP's port",
+            ),
+            (
+                Packet::tcp(CLIENT_MAC, VETH0_MAC, client, VIP_UDP, TCP_SYN).build(),
+                "TCP to the UDP VIP's port",
+            ),
+            (
+                Packet::icmp_echo(CLIENT_MAC, VETH0_MAC, CLIENT, *VIP.ip()).build(),
+                "ICMP echo to the VIP address",
+            ),
         ];
         let not_ip = [
             (arp_request(CLIENT_MAC, CLIENT, LB_ADDR), "ARP"),
@@ -413,10 +744,20 @@ fn non_vip_passes_unchanged() {
         // Into the SNAT port range of the SNAT address, but no flow: not tracked.
         let stray = Packet::tcp(CLIENT_MAC, VETH0_MAC, client, sa(LB_ADDR, 20500), TCP_SYN).build();
         expect_untouched(&lb, net.veth0, &stray, "TCP to an unused SNAT port")?;
-        ensure!(lb.maps().conntrack_entries() == 0, "conntrack entries were created");
-        ensure!(lb.vip_counters(&vip)? == Counters::default(), "the VIP counted something");
+        ensure!(
+            lb.maps().conntrack_entries() == 0,
+            "conntrack entries were created"
+        );
+        ensure!(
+            lb.vip_counters(&vip)? == Counters::default(),
+            "the VIP counted something"
+        );
         lb.expect_global(
-            &[(R::LB_REASON_PASS_NOT_VIP, not_vip.len() as u64), (R::LB_REASON_PASS_NOT_IP, 2), (R::LB_REASON_PASS_NOT_TRACKED, 1)],
+            &[
+                (R::LB_REASON_PASS_NOT_VIP, not_vip.len() as u64),
+                (R::LB_REASON_PASS_NOT_IP, 2),
+                (R::LB_REASON_PASS_NOT_TRACKED, 1),
+            ],
             &[(XDP_PASS, not_vip.len() as u64 + 3)],
         )?;
         Ok(())
@@ -428,17 +769,21 @@ fn non_vip_passes_unchanged() {
 fn never_forwarded(lb: &Lb, frame: &[u8], what: &str) -> Result<()> {
     let run = match lb.run(lb.net.veth0, frame) {
         Ok(run) => run,
-        Err(e) if frame.len() < 14 => {
-            let _ = e;
-            return Ok(());
-        }
+        Err(_) if frame.len() < 14 => return Ok(()),
         Err(e) => return Err(e.context(what.to_string())),
     };
     if run.action == XDP_TX || run.action == XDP_REDIRECT {
-        let sums = verify_checksums(&run.out, false).err().map(|e| format!(" ({e})")).unwrap_or_default();
+        let sums = verify_checksums(&run.out, false)
+            .err()
+            .map(|e| format!(" ({e})"))
+            .unwrap_or_default();
         anyhow::bail!("{what}: forwarded with {}{sums}", action_name(run.action));
     }
-    ensure!(run.action == XDP_PASS || run.action == XDP_DROP, "{what}: verdict {}", action_name(run.action));
+    ensure!(
+        run.action == XDP_PASS || run.action == XDP_DROP,
+        "{what}: verdict {}",
+        action_name(run.action)
+    );
     if run.action == XDP_PASS {
         let d = diff(&run.out, frame);
         ensure!(d.is_empty(), "{what}: passed to the kernel modified: {d}");
@@ -457,10 +802,19 @@ fn truncated_packets_never_forwarded() {
         let udp = query(sa(CLIENT, 23459), VIP_UDP);
 
         // Every prefix of each valid frame.
-        for (pkt, name) in [(&plain, "SYN"), (&tagged, "VLAN SYN"), (&optioned, "SYN with IP options"), (&udp, "UDP query")] {
+        for (pkt, name) in [
+            (&plain, "SYN"),
+            (&tagged, "VLAN SYN"),
+            (&optioned, "SYN with IP options"),
+            (&udp, "UDP query"),
+        ] {
             let frame = pkt.build();
             for len in 0..frame.len() {
-                never_forwarded(&lb, &frame[..len], &format!("{name} cut to {len} of {} bytes", frame.len()))?;
+                never_forwarded(
+                    &lb,
+                    &frame[..len],
+                    &format!("{name} cut to {len} of {} bytes", frame.len()),
+                )?;
             }
         }
 
@@ -476,37 +830,85 @@ fn truncated_packets_never_forwarded() {
             b
         };
         let cases: Vec<(Vec<u8>, String)> = vec![
-            (mutate(&|b| set_be16(b, l3 + 2, tot_len + 1)), "tot_len one byte beyond the frame".into()),
-            (mutate(&|b| set_be16(b, l3 + 2, tot_len + 1000)), "tot_len far beyond the frame".into()),
-            (mutate(&|b| set_be16(b, l3 + 2, 19)), "tot_len below the IP header".into()),
-            (mutate(&|b| set_be16(b, l3 + 2, 20 + 20)), "tot_len cutting the TCP options".into()),
-            (mutate(&|b| set_be16(b, l3 + 2, 20 + 10)), "tot_len cutting the TCP header".into()),
+            (
+                mutate(&|b| set_be16(b, l3 + 2, tot_len + 1)),
+                "tot_len one byte beyond the frame".into(),
+            ),
+            (
+                mutate(&|b| set_be16(b, l3 + 2, tot_len + 1000)),
+                "tot_len far beyond the frame".into(),
+            ),
+            (
+                mutate(&|b| set_be16(b, l3 + 2, 19)),
+                "tot_len below the IP header".into(),
+            ),
+            (
+                mutate(&|b| set_be16(b, l3 + 2, 20 + 20)),
+                "tot_len cutting the TCP options".into(),
+            ),
+            (
+                mutate(&|b| set_be16(b, l3 + 2, 20 + 10)),
+                "tot_len cutting the TCP header".into(),
+            ),
             (mutate(&|b| b[l3] = 0x44), "ihl 4".into()),
             (mutate(&|b| b[l3] = 0x40), "ihl 0".into()),
             (mutate(&|b| b[l3] = 0x4f), "ihl 15, beyond tot_len".into()),
-            (mutate(&|b| b[l3] = 0x65), "IP version 6 in an IPv4 frame".into()),
+            (
+                mutate(&|b| b[l3] = 0x65),
+                "IP version 6 in an IPv4 frame".into(),
+            ),
             (mutate(&|b| b[l4 + 12] = 0x40), "TCP doff 4".into()),
             (mutate(&|b| b[l4 + 12] = 0x00), "TCP doff 0".into()),
-            (mutate(&|b| b[l4 + 12] = 0xf0), "TCP doff 15, beyond tot_len".into()),
-            (mutate(&|b| set_be16(b, l3 + 6, IP_MF)), "first fragment (MF)".into()),
-            (mutate(&|b| set_be16(b, l3 + 6, 1)), "last fragment (offset 8)".into()),
-            (mutate(&|b| set_be16(b, l3 + 6, IP_MF | 185)), "middle fragment".into()),
-            (mutate(&|b| set_be16(b, l3 + 6, IP_DF | 1)), "DF with an offset".into()),
+            (
+                mutate(&|b| b[l4 + 12] = 0xf0),
+                "TCP doff 15, beyond tot_len".into(),
+            ),
+            (
+                mutate(&|b| set_be16(b, l3 + 6, IP_MF)),
+                "first fragment (MF)".into(),
+            ),
+            (
+                mutate(&|b| set_be16(b, l3 + 6, 1)),
+                "last fragment (offset 8)".into(),
+            ),
+            (
+                mutate(&|b| set_be16(b, l3 + 6, IP_MF | 185)),
+                "middle fragment".into(),
+            ),
+            (
+                mutate(&|b| set_be16(b, l3 + 6, IP_DF | 1)),
+                "DF with an offset".into(),
+            ),
         ];
         for (frame, what) in &cases {
             never_forwarded(&lb, frame, what)?;
         }
         let ubase = udp.build();
-        for (set, what) in [((l3 + 2, 20 + 4), "UDP cut by tot_len"), ((l3 + 6, IP_MF), "UDP first fragment"), ((l3 + 6, 3), "UDP later fragment")] {
+        for (set, what) in [
+            ((l3 + 2, 20 + 4), "UDP cut by tot_len"),
+            ((l3 + 6, IP_MF), "UDP first fragment"),
+            ((l3 + 6, 3), "UDP later fragment"),
+        ] {
             let mut b = ubase.clone();
             set_be16(&mut b, set.0, set.1);
             refresh_ip_checksum(&mut b, l3);
             never_forwarded(&lb, &b, what)?;
         }
-        ensure!(lb.maps().conntrack_entries() == 0, "malformed packets created {} conntrack entries", lb.maps().conntrack_entries());
+        ensure!(
+            lb.maps().conntrack_entries() == 0,
+            "malformed packets created {} conntrack entries",
+            lb.maps().conntrack_entries()
+        );
         let g = lb.global()?;
-        ensure!(g.verdicts[XDP_TX as usize] == 0 && g.verdicts[XDP_REDIRECT as usize] == 0, "verdict counters {:?}", g.verdicts);
-        ensure!(lb.vip_counters(&vip)? == Counters::default(), "the VIP counted malformed packets");
+        ensure!(
+            g.verdicts[XDP_TX as usize] == 0 && g.verdicts[XDP_REDIRECT as usize] == 0,
+            "verdict counters {:?}",
+            g.verdicts
+        );
+        ensure!(
+            lb.vip_counters(&vip)? == Counters::default(),
+            "the VIP counted malformed packets"
+        );
 
         // Controls: the whole frames are forwarded, correctly; Ethernet padding after tot_len is fine.
         for pkt in [&plain, &tagged, &optioned] {
@@ -515,11 +917,20 @@ fn truncated_packets_never_forwarded() {
         new_flow(&mut lb, &udp_vip, &udp, net.veth0, XDP_TX)?;
         let padded = syn(sa(CLIENT, 23460), VIP);
         let pick = lb.pick(&vip, sa(CLIENT, 23460))?;
-        let port = lb.claim_port(pick.hash, pick.backend).context("free port")?;
+        let port = lb
+            .claim_port(pick.hash, pick.backend)
+            .context("free port")?;
         let mut frame = padded.build();
         frame.extend_from_slice(&[0; 7]);
         let run = lb.run(net.veth0, &frame)?;
-        let mut want = padded.natted(VETH0_MAC, neighbour_mac(*pick.backend.ip()), sa(LB_ADDR, port), pick.backend).build();
+        let mut want = padded
+            .natted(
+                VETH0_MAC,
+                neighbour_mac(*pick.backend.ip()),
+                sa(LB_ADDR, port),
+                pick.backend,
+            )
+            .build();
         want.extend_from_slice(&[0; 7]);
         expect_frame(&run, XDP_TX, &want, "SYN with Ethernet padding")?;
         verify_checksums(&run.out, false)?;
@@ -534,17 +945,37 @@ fn vlan_tagged_syn_is_natted() {
         let client = sa(CLIENT, 12345);
         let pkt = syn(client, VIP).with_vlan(ETH_P_8021Q, 100);
         let (flow, run) = new_flow(&mut lb, &vip, &pkt, net.veth0, XDP_TX)?;
-        ensure!(run.out[12..16] == [0x81, 0x00, 0x00, 100], "802.1Q tag not kept: {:02x?}", &run.out[12..16]);
+        ensure!(
+            run.out[12..16] == [0x81, 0x00, 0x00, 100],
+            "802.1Q tag not kept: {:02x?}",
+            &run.out[12..16]
+        );
         let answer = reply(&flow, Protocol::Tcp).with_vlan(ETH_P_8021Q, 100);
         let run = expect_restored(&lb, &flow, &answer, VETH0_MAC, XDP_TX)?;
-        ensure!(run.out[12..16] == [0x81, 0x00, 0x00, 100], "802.1Q tag of the reply not kept");
+        ensure!(
+            run.out[12..16] == [0x81, 0x00, 0x00, 100],
+            "802.1Q tag of the reply not kept"
+        );
         // An 802.1ad (S-tag) frame is handled the same way.
-        new_flow(&mut lb, &vip, &syn(sa(CLIENT, 12346), VIP).with_vlan(ETH_P_8021AD, 0x2007), net.veth0, XDP_TX)?;
+        new_flow(
+            &mut lb,
+            &vip,
+            &syn(sa(CLIENT, 12346), VIP).with_vlan(ETH_P_8021AD, 0x2007),
+            net.veth0,
+            XDP_TX,
+        )?;
         // Two tags (QinQ) are not parsed: left to the kernel.
-        let qinq = syn(sa(CLIENT, 12347), VIP).with_vlan(ETH_P_8021AD, 10).with_vlan(ETH_P_8021Q, 20).build();
+        let qinq = syn(sa(CLIENT, 12347), VIP)
+            .with_vlan(ETH_P_8021AD, 10)
+            .with_vlan(ETH_P_8021Q, 20)
+            .build();
         expect_untouched(&lb, net.veth0, &qinq, "QinQ SYN")?;
         lb.expect_global(
-            &[(R::LB_REASON_TX_NAT_FORWARD, 2), (R::LB_REASON_TX_NAT_REPLY, 1), (R::LB_REASON_PASS_NOT_IP, 1)],
+            &[
+                (R::LB_REASON_TX_NAT_FORWARD, 2),
+                (R::LB_REASON_TX_NAT_REPLY, 1),
+                (R::LB_REASON_PASS_NOT_IP, 1),
+            ],
             &[(XDP_TX, 3), (XDP_PASS, 1)],
         )?;
         Ok(())
@@ -556,18 +987,56 @@ fn ip_options_are_kept() {
     bench(|_, net| {
         let (mut lb, vip) = tcp_lb(net)?;
         let nops = [1, 1, 1, 0];
-        let (flow, run) = new_flow(&mut lb, &vip, &syn(sa(CLIENT, 12345), VIP).with_ip_options(&nops), net.veth0, XDP_TX)?;
+        let (flow, run) = new_flow(
+            &mut lb,
+            &vip,
+            &syn(sa(CLIENT, 12345), VIP).with_ip_options(&nops),
+            net.veth0,
+            XDP_TX,
+        )?;
         ensure!(run.out[14] == 0x46, "ihl changed: {:#04x}", run.out[14]);
-        ensure!(run.out[34..38] == nops, "IP options changed: {:02x?}", &run.out[34..38]);
-        ensure!(get_be16(&run.out, 38) == flow.snat.port() && get_be16(&run.out, 40) == flow.backend.port(), "TCP ports not at offset 38");
+        ensure!(
+            run.out[34..38] == nops,
+            "IP options changed: {:02x?}",
+            &run.out[34..38]
+        );
+        ensure!(
+            get_be16(&run.out, 38) == flow.snat.port()
+                && get_be16(&run.out, 40) == flow.backend.port(),
+            "TCP ports not at offset 38"
+        );
         // The longest header (ihl 15, 40 option bytes: a timestamp option and NOPs), both ways.
         let mut long = vec![68, 12, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0];
         long.resize(40, 1);
-        let (flow, run) = new_flow(&mut lb, &vip, &syn(sa(CLIENT, 12346), VIP).with_ip_options(&long), net.veth0, XDP_TX)?;
-        ensure!(run.out[34..74] == long[..], "40 bytes of IP options changed");
-        ensure!(get_be16(&run.out, 74) == flow.snat.port(), "TCP source port not at offset 74");
-        expect_restored(&lb, &flow, &reply(&flow, Protocol::Tcp).with_ip_options(&long), VETH0_MAC, XDP_TX)?;
-        lb.expect_global(&[(R::LB_REASON_TX_NAT_FORWARD, 2), (R::LB_REASON_TX_NAT_REPLY, 1)], &[(XDP_TX, 3)])?;
+        let (flow, run) = new_flow(
+            &mut lb,
+            &vip,
+            &syn(sa(CLIENT, 12346), VIP).with_ip_options(&long),
+            net.veth0,
+            XDP_TX,
+        )?;
+        ensure!(
+            run.out[34..74] == long[..],
+            "40 bytes of IP options changed"
+        );
+        ensure!(
+            get_be16(&run.out, 74) == flow.snat.port(),
+            "TCP source port not at offset 74"
+        );
+        expect_restored(
+            &lb,
+            &flow,
+            &reply(&flow, Protocol::Tcp).with_ip_options(&long),
+            VETH0_MAC,
+            XDP_TX,
+        )?;
+        lb.expect_global(
+            &[
+                (R::LB_REASON_TX_NAT_FORWARD, 2),
+                (R::LB_REASON_TX_NAT_REPLY, 1),
+            ],
+            &[(XDP_TX, 3)],
+        )?;
         Ok(())
     });
 }
@@ -577,23 +1046,48 @@ fn no_backend_drops() {
     bench(|_, net| {
         let mut lb = Lb::new(net, config(PORTS))?;
         let empty = lb.add_vip(sa(Ipv4Addr::new(10, 9, 9, 20), 80), Protocol::Tcp, &[])?;
-        let drained = lb.add_vip(sa(Ipv4Addr::new(10, 9, 9, 21), 80), Protocol::Tcp, &[(BE1, 0), (BE2, 0)])?;
+        let drained = lb.add_vip(
+            sa(Ipv4Addr::new(10, 9, 9, 21), 80),
+            Protocol::Tcp,
+            &[(BE1, 0), (BE2, 0)],
+        )?;
         for vip in [&empty, &drained] {
             let run = lb.run(net.veth0, &syn(sa(CLIENT, 1000), vip.addr).build())?;
-            ensure!(run.action == XDP_DROP, "SYN to {vip} without usable backend: {}", action_name(run.action));
+            ensure!(
+                run.action == XDP_DROP,
+                "SYN to {vip} without usable backend: {}",
+                action_name(run.action)
+            );
         }
-        ensure!(lb.maps().conntrack_entries() == 0, "conntrack entries created for dropped flows");
+        ensure!(
+            lb.maps().conntrack_entries() == 0,
+            "conntrack entries created for dropped flows"
+        );
         lb.expect_global(&[(R::LB_REASON_DROP_NO_BACKEND, 2)], &[(XDP_DROP, 2)])?;
 
         // Draining the last backend drops new flows only.
-        let vip = lb.add_vip(sa(Ipv4Addr::new(10, 9, 9, 22), 80), Protocol::Tcp, &[(BE2, 100)])?;
+        let vip = lb.add_vip(
+            sa(Ipv4Addr::new(10, 9, 9, 22), 80),
+            Protocol::Tcp,
+            &[(BE2, 100)],
+        )?;
         let client = sa(CLIENT, 1001);
         let (flow, _) = new_flow(&mut lb, &vip, &syn(client, vip.addr), net.veth0, XDP_TX)?;
         lb.set_weight(&vip, BE2, 0)?;
         flow_packet(&lb, &flow, &ack(client, vip.addr), net.veth0, XDP_TX)?;
         let run = lb.run(net.veth0, &syn(sa(CLIENT, 1002), vip.addr).build())?;
-        ensure!(run.action == XDP_DROP, "new flow to a drained VIP: {}", action_name(run.action));
-        lb.expect_global(&[(R::LB_REASON_DROP_NO_BACKEND, 3), (R::LB_REASON_TX_NAT_FORWARD, 2)], &[(XDP_DROP, 3), (XDP_TX, 2)])?;
+        ensure!(
+            run.action == XDP_DROP,
+            "new flow to a drained VIP: {}",
+            action_name(run.action)
+        );
+        lb.expect_global(
+            &[
+                (R::LB_REASON_DROP_NO_BACKEND, 3),
+                (R::LB_REASON_TX_NAT_FORWARD, 2),
+            ],
+            &[(XDP_DROP, 3), (XDP_TX, 2)],
+        )?;
         Ok(())
     });
 }
@@ -602,28 +1096,63 @@ fn no_backend_drops() {
 fn two_arm_redirects() {
     bench(|_, net| {
         let (mut lb, vip) = tcp_lb(net)?;
-        let far_syn = |port: u16| Packet::tcp(FAR_CLIENT_MAC, VETH2_MAC, sa(FAR_CLIENT, port), VIP, TCP_SYN).with_payload(b"syn");
+        let far_syn = |port: u16| {
+            Packet::tcp(
+                FAR_CLIENT_MAC,
+                VETH2_MAC,
+                sa(FAR_CLIENT, port),
+                VIP,
+                TCP_SYN,
+            )
+            .with_payload(b"syn")
+        };
         // Egress veth0 is not a tx port yet: bpf_redirect_map falls back to XDP_PASS.
         let first = far_syn(33333);
         let pick = lb.pick(&vip, sa(FAR_CLIENT, 33333))?;
-        let port = lb.claim_port(pick.hash, pick.backend).context("free port")?;
+        let port = lb
+            .claim_port(pick.hash, pick.backend)
+            .context("free port")?;
         let run = lb.run(net.veth2, &first.build())?;
-        ensure!(run.action == XDP_PASS, "egress not in tx_ports: {}, expected XDP_PASS", action_name(run.action));
+        ensure!(
+            run.action == XDP_PASS,
+            "egress not in tx_ports: {}, expected XDP_PASS",
+            action_name(run.action)
+        );
         // Once it is, the retransmitted SYN of that flow and a new flow are redirected.
         lb.maps().add_tx_port(net.veth0)?;
-        let flow = Flow { client: sa(FAR_CLIENT, 33333), vip: VIP, backend: pick.backend, backend_id: pick.backend_id, snat: sa(LB_ADDR, port) };
+        let flow = Flow {
+            client: sa(FAR_CLIENT, 33333),
+            vip: VIP,
+            backend: pick.backend,
+            backend_id: pick.backend_id,
+            snat: sa(LB_ADDR, port),
+        };
         let run = flow_packet(&lb, &flow, &first, net.veth2, XDP_REDIRECT)?;
-        ensure!(run.out[6..12] == VETH0_MAC && run.out[0..6] == neighbour_mac(*flow.backend.ip()), "MACs of the redirected frame");
+        ensure!(
+            run.out[6..12] == VETH0_MAC && run.out[0..6] == neighbour_mac(*flow.backend.ip()),
+            "MACs of the redirected frame"
+        );
         let (flow2, _) = new_flow(&mut lb, &vip, &far_syn(33334), net.veth2, XDP_REDIRECT)?;
         // The replies go back out of veth2: redirects too, once veth2 is a tx port.
         lb.maps().add_tx_port(net.veth2)?;
         for f in [&flow, &flow2] {
             let run = expect_restored(&lb, f, &reply(f, Protocol::Tcp), VETH2_MAC, XDP_REDIRECT)?;
-            ensure!(run.out[0..6] == FAR_CLIENT_MAC && run.out[6..12] == VETH2_MAC, "MACs of the redirected reply");
+            ensure!(
+                run.out[0..6] == FAR_CLIENT_MAC && run.out[6..12] == VETH2_MAC,
+                "MACs of the redirected reply"
+            );
         }
         let g = lb.global()?;
-        ensure!(g.verdicts[XDP_REDIRECT as usize] == 4 && g.verdicts[XDP_PASS as usize] == 1, "verdict counters {:?}", g.verdicts);
-        ensure!(g.reasons[R::LB_REASON_TX_NAT_REPLY.0 as usize] == 2, "reason counters {:?}", g.reasons);
+        ensure!(
+            g.verdicts[XDP_REDIRECT as usize] == 4 && g.verdicts[XDP_PASS as usize] == 1,
+            "verdict counters {:?}",
+            g.verdicts
+        );
+        ensure!(
+            g.reasons[R::LB_REASON_TX_NAT_REPLY.0 as usize] == 2,
+            "reason counters {:?}",
+            g.reasons
+        );
         Ok(())
     });
 }
@@ -638,15 +1167,46 @@ fn port_range_exhaustion_is_counted() {
         ensure!(flow.snat.port() == 20000, "SNAT port {}", flow.snat.port());
         let second = syn(sa(CLIENT_B, 2222), VIP).build();
         let run = lb.run(net.veth0, &second)?;
-        ensure!(run.action == XDP_DROP, "second flow with no free port: {}", action_name(run.action));
-        lb.expect_global(&[(R::LB_REASON_TX_NAT_FORWARD, 1), (R::LB_REASON_DROP_PORT_EXHAUSTED, 1)], &[(XDP_TX, 1), (XDP_DROP, 1)])?;
-        ensure!(lb.maps().conntrack_entries() == 1, "{} conntrack entries", lb.maps().conntrack_entries());
-        ensure!(lb.backend_counters(&vip, BE1)? == counters(1, syn(a, VIP).build().len() as u64, 1), "backend counted the dropped flow");
+        ensure!(
+            run.action == XDP_DROP,
+            "second flow with no free port: {}",
+            action_name(run.action)
+        );
+        lb.expect_global(
+            &[
+                (R::LB_REASON_TX_NAT_FORWARD, 1),
+                (R::LB_REASON_DROP_PORT_EXHAUSTED, 1),
+            ],
+            &[(XDP_TX, 1), (XDP_DROP, 1)],
+        )?;
+        ensure!(
+            lb.maps().conntrack_entries() == 1,
+            "{} conntrack entries",
+            lb.maps().conntrack_entries()
+        );
+        ensure!(
+            lb.backend_counters(&vip, BE1)? == counters(1, syn(a, VIP).build().len() as u64, 1),
+            "backend counted the dropped flow"
+        );
         // The first flow is unaffected, and the port is per backend: another backend has it free.
         flow_packet(&lb, &flow, &ack(a, VIP), net.veth0, XDP_TX)?;
-        let vip2 = lb.add_vip(sa(Ipv4Addr::new(10, 9, 9, 10), 80), Protocol::Tcp, &[(BE2, 100)])?;
-        let (f2, _) = new_flow(&mut lb, &vip2, &syn(sa(CLIENT_B, 2222), vip2.addr), net.veth0, XDP_TX)?;
-        ensure!(f2.snat.port() == 20000, "SNAT port towards the other backend {}", f2.snat.port());
+        let vip2 = lb.add_vip(
+            sa(Ipv4Addr::new(10, 9, 9, 10), 80),
+            Protocol::Tcp,
+            &[(BE2, 100)],
+        )?;
+        let (f2, _) = new_flow(
+            &mut lb,
+            &vip2,
+            &syn(sa(CLIENT_B, 2222), vip2.addr),
+            net.veth0,
+            XDP_TX,
+        )?;
+        ensure!(
+            f2.snat.port() == 20000,
+            "SNAT port towards the other backend {}",
+            f2.snat.port()
+        );
         Ok(())
     });
 }
@@ -660,9 +1220,18 @@ fn port_range_exhaustion_is_counted() {
 fn frame_passed_to_the_kernel_is_addressed_to_the_ingress_interface() {
     bench(|_, net| {
         let (lb, _vip) = tcp_lb(net)?;
-        let pkt = Packet::tcp(FAR_CLIENT_MAC, VETH2_MAC, sa(FAR_CLIENT, 33333), VIP, TCP_SYN);
+        let pkt = Packet::tcp(
+            FAR_CLIENT_MAC,
+            VETH2_MAC,
+            sa(FAR_CLIENT, 33333),
+            VIP,
+            TCP_SYN,
+        );
         let run = lb.run(net.veth2, &pkt.build())?;
-        ensure!(run.action != XDP_REDIRECT && run.action != XDP_TX, "forwarded to an interface missing from tx_ports");
+        ensure!(
+            run.action != XDP_REDIRECT && run.action != XDP_TX,
+            "forwarded to an interface missing from tx_ports"
+        );
         if run.action == XDP_PASS {
             ensure!(
                 run.out[0..6] == VETH2_MAC,
@@ -693,13 +1262,16 @@ fn active_flow_within_timeout_keeps_its_backend() {
             let (_, dst) = endpoints(&run.out)?;
             ensure!(
                 run.action == XDP_TX && dst == flow.backend,
-                "packet {i} ({} ms after the previous one, timeout 1 s): {} to {dst}, the flow was on {}",
-                600,
+                "packet {i} (0.6 s after the previous one, timeout 1 s): {} to {dst}, the flow was on {}",
                 action_name(run.action),
                 flow.backend
             );
         }
-        ensure!(lb.vip_counters(&vip)?.new_flows == 1, "one active flow counted as {} new flows", lb.vip_counters(&vip)?.new_flows);
+        ensure!(
+            lb.vip_counters(&vip)?.new_flows == 1,
+            "one active flow counted as {} new flows",
+            lb.vip_counters(&vip)?.new_flows
+        );
         Ok(())
     });
 }
@@ -722,14 +1294,22 @@ fn one_way_flow_keeps_its_snat_port() {
         // 2.4 s after the flow began, 0 s after its last packet.
         sleep(Duration::from_millis(100));
         let run = lb.run(net.veth0, &query(sa(CLIENT_B, 2222), VIP_UDP).build())?;
-        let taken = endpoints(&run.out).map(|(s, _)| s.port() == 20000).unwrap_or(false);
+        let taken = endpoints(&run.out)
+            .map(|(s, _)| s.port() == 20000)
+            .unwrap_or(false);
         ensure!(
             run.action == XDP_DROP,
             "a second flow got {}{} while the first flow (last packet 0.1 s ago, timeout 2 s) still uses SNAT port 20000 to {BE1_UDP}",
             action_name(run.action),
             if taken { " with SNAT port 20000" } else { "" }
         );
-        lb.expect_global(&[(R::LB_REASON_TX_NAT_FORWARD, 4), (R::LB_REASON_DROP_PORT_EXHAUSTED, 1)], &[(XDP_TX, 4), (XDP_DROP, 1)])?;
+        lb.expect_global(
+            &[
+                (R::LB_REASON_TX_NAT_FORWARD, 4),
+                (R::LB_REASON_DROP_PORT_EXHAUSTED, 1),
+            ],
+            &[(XDP_TX, 4), (XDP_DROP, 1)],
+        )?;
         Ok(())
     });
 }
@@ -741,17 +1321,35 @@ fn port_retries_try_other_ports() {
     bench(|_, net| {
         let mut lb = Lb::new(net, config((20000, 20002)))?;
         let vip = lb.add_vip(VIP, Protocol::Tcp, &[(BE1, 100)])?;
-        let (fa, _) = new_flow(&mut lb, &vip, &syn(sa(CLIENT, 1111), VIP), net.veth0, XDP_TX)?;
+        let (fa, _) = new_flow(
+            &mut lb,
+            &vip,
+            &syn(sa(CLIENT, 1111), VIP),
+            net.veth0,
+            XDP_TX,
+        )?;
         let clash = (1..=u16::MAX)
             .map(|p| sa(CLIENT_B, p))
             .find(|c| {
-                let h = maglev::flow_hash_v4(*c.ip(), *VIP.ip(), c.port(), VIP.port(), Protocol::Tcp.number());
+                let h = maglev::flow_hash_v4(
+                    *c.ip(),
+                    *VIP.ip(),
+                    c.port(),
+                    VIP.port(),
+                    Protocol::Tcp.number(),
+                );
                 lb.candidate_port(h, 0) == fa.snat.port()
             })
             .context("no clashing client port")?;
         let run = lb.run(net.veth0, &syn(clash, VIP).build())?;
         let tried: Vec<u16> = {
-            let h = maglev::flow_hash_v4(*clash.ip(), *VIP.ip(), clash.port(), VIP.port(), Protocol::Tcp.number());
+            let h = maglev::flow_hash_v4(
+                *clash.ip(),
+                *VIP.ip(),
+                clash.port(),
+                VIP.port(),
+                Protocol::Tcp.number(),
+            );
             (0..8).map(|i| lb.candidate_port(h, i)).collect()
         };
         ensure!(
@@ -760,7 +1358,11 @@ fn port_retries_try_other_ports() {
             action_name(run.action)
         );
         let (src, _) = endpoints(&run.out)?;
-        ensure!(src.port() != fa.snat.port() && (20000..=20002).contains(&src.port()), "SNAT port {}", src.port());
+        ensure!(
+            src.port() != fa.snat.port() && (20000..=20002).contains(&src.port()),
+            "SNAT port {}",
+            src.port()
+        );
         verify_checksums(&run.out, false)?;
         Ok(())
     });

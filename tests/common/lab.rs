@@ -68,7 +68,11 @@ const NEIGHBOURS: [(Ipv4Addr, Mac, &str); 5] = [
 
 /// The static neighbour MAC of `addr` (panics for an address without one).
 pub fn neighbour_mac(addr: Ipv4Addr) -> Mac {
-    NEIGHBOURS.iter().find(|(a, _, _)| *a == addr).map(|(_, m, _)| *m).unwrap_or_else(|| panic!("{addr} has no static neighbour"))
+    NEIGHBOURS
+        .iter()
+        .find(|(a, _, _)| *a == addr)
+        .map(|(_, m, _)| *m)
+        .unwrap_or_else(|| panic!("{addr} has no static neighbour"))
 }
 
 /// The interfaces of the bench.
@@ -80,8 +84,24 @@ pub struct Net {
 
 /// Builds the bench in `ns` (see the module documentation).
 pub fn setup_net(ns: &TestNetns) -> Result<Net> {
-    for (a, a_mac, b, b_mac) in [("veth0", VETH0_MAC, "veth1", VETH1_MAC), ("veth2", VETH2_MAC, "veth3", VETH3_MAC)] {
-        ns.ip(&["link", "add", a, "address", &mac_str(&a_mac), "type", "veth", "peer", "name", b, "address", &mac_str(&b_mac)])?;
+    for (a, a_mac, b, b_mac) in [
+        ("veth0", VETH0_MAC, "veth1", VETH1_MAC),
+        ("veth2", VETH2_MAC, "veth3", VETH3_MAC),
+    ] {
+        ns.ip(&[
+            "link",
+            "add",
+            a,
+            "address",
+            &mac_str(&a_mac),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            b,
+            "address",
+            &mac_str(&b_mac),
+        ])?;
     }
     for dev in ["veth0", "veth1", "veth2", "veth3"] {
         ns.ip(&["link", "set", dev, "up"])?;
@@ -93,12 +113,29 @@ pub fn setup_net(ns: &TestNetns) -> Result<Net> {
     ns.sysctl("net.ipv4.conf.veth0.forwarding", "1")?;
     ns.sysctl("net.ipv4.conf.veth2.forwarding", "1")?;
     for (addr, mac, dev) in NEIGHBOURS {
-        ns.ip(&["neigh", "replace", &addr.to_string(), "lladdr", &mac_str(&mac), "dev", dev, "nud", "permanent"])?;
+        ns.ip(&[
+            "neigh",
+            "replace",
+            &addr.to_string(),
+            "lladdr",
+            &mac_str(&mac),
+            "dev",
+            dev,
+            "nud",
+            "permanent",
+        ])?;
     }
     // The MACs really are what the expected frames say (veth0 is the XDP_TX source MAC).
     let link = ns.ip(&["-br", "link", "show", "veth0"])?;
-    ensure!(link.contains(&mac_str(&VETH0_MAC)), "veth0 does not have MAC {}: {link}", mac_str(&VETH0_MAC));
-    Ok(Net { veth0: ns.ifindex("veth0")?, veth2: ns.ifindex("veth2")? })
+    ensure!(
+        link.contains(&mac_str(&VETH0_MAC)),
+        "veth0 does not have MAC {}: {link}",
+        mac_str(&VETH0_MAC)
+    );
+    Ok(Net {
+        veth0: ns.ifindex("veth0")?,
+        veth2: ns.ifindex("veth2")?,
+    })
 }
 
 /// The run-time configuration of most tests: SNAT to 10.1.0.1 from `ports`, long timeouts.
@@ -143,24 +180,45 @@ pub struct Lb {
 impl Lb {
     /// Loads the program (conntrack of 4096 entries) and writes `cfg`.
     pub fn new(net: Net, cfg: RuntimeConfig) -> Result<Lb> {
-        let dp = Dataplane::load(&LoadOptions { conntrack_size: 4096, pin_dir: None }).context("loading the XDP program")?;
+        let dp = Dataplane::load(&LoadOptions {
+            conntrack_size: 4096,
+            pin_dir: None,
+        })
+        .context("loading the XDP program")?;
         dp.maps().write_config(&cfg).context("writing lb_config")?;
-        Ok(Lb { rec: Reconciler::new(dp, RING_SIZE), state: State::default(), net, cfg, claimed: BTreeSet::new() })
+        Ok(Lb {
+            rec: Reconciler::new(dp, RING_SIZE),
+            state: State::default(),
+            net,
+            cfg,
+            claimed: BTreeSet::new(),
+        })
     }
 
     /// Adds a NAT VIP with `backends` (address, weight) and reconciles.
-    pub fn add_vip(&mut self, addr: SocketAddrV4, proto: Protocol, backends: &[(SocketAddrV4, u32)]) -> Result<VipKey> {
+    pub fn add_vip(
+        &mut self,
+        addr: SocketAddrV4,
+        proto: Protocol,
+        backends: &[(SocketAddrV4, u32)],
+    ) -> Result<VipKey> {
         let key = VipKey { addr, proto };
-        self.state.add_vip(key, Mode::Nat).with_context(|| format!("adding vip {key}"))?;
+        self.state
+            .add_vip(key, Mode::Nat)
+            .with_context(|| format!("adding vip {key}"))?;
         for (be, weight) in backends {
-            self.state.add_backend(&key, *be, *weight).with_context(|| format!("adding backend {be} to {key}"))?;
+            self.state
+                .add_backend(&key, *be, *weight)
+                .with_context(|| format!("adding backend {be} to {key}"))?;
         }
         self.reconcile()?;
         Ok(key)
     }
 
     pub fn set_weight(&mut self, vip: &VipKey, backend: SocketAddrV4, weight: u32) -> Result<()> {
-        self.state.set_weight(vip, backend, weight).context("set_weight")?;
+        self.state
+            .set_weight(vip, backend, weight)
+            .context("set_weight")?;
         self.reconcile()
     }
 
@@ -173,36 +231,76 @@ impl Lb {
     }
 
     pub fn vip_id(&self, vip: &VipKey) -> Result<u32> {
-        self.rec.vip_id(vip).with_context(|| format!("vip {vip} has no data-plane id"))
+        self.rec
+            .vip_id(vip)
+            .with_context(|| format!("vip {vip} has no data-plane id"))
     }
 
     pub fn backend_id(&self, vip: &VipKey, backend: SocketAddrV4) -> Result<u32> {
-        self.rec.backend_id(vip, &backend).with_context(|| format!("backend {backend} of {vip} has no data-plane id"))
+        self.rec
+            .backend_id(vip, &backend)
+            .with_context(|| format!("backend {backend} of {vip} has no data-plane id"))
     }
 
     /// Runs `frame` through the program as if received on `ifindex` (one run).
     pub fn run(&self, ifindex: u32, frame: &[u8]) -> Result<Run> {
-        let mut ctx = types::xdp_md { data: 0, data_end: frame.len() as u32, ingress_ifindex: ifindex, ..Default::default() };
+        let mut ctx = types::xdp_md {
+            data: 0,
+            data_end: frame.len() as u32,
+            ingress_ifindex: ifindex,
+            ..Default::default()
+        };
         // SAFETY: xdp_md is a repr(C) struct of six u32 (no padding); the slice covers exactly it
         // and lives no longer than `ctx`.
         let ctx_bytes = unsafe {
-            std::slice::from_raw_parts_mut((&mut ctx as *mut types::xdp_md).cast::<u8>(), std::mem::size_of::<types::xdp_md>())
+            std::slice::from_raw_parts_mut(
+                (&mut ctx as *mut types::xdp_md).cast::<u8>(),
+                std::mem::size_of::<types::xdp_md>(),
+            )
         };
         let mut out = vec![0u8; frame.len() + 256];
-        let input = ProgramInput { data_in: Some(frame), data_out: Some(&mut out), context_in: Some(ctx_bytes), repeat: 1, ..Default::default() };
-        let output = self.rec.dataplane().program().test_run(input).with_context(|| format!("BPF_PROG_TEST_RUN of a {}-byte frame", frame.len()))?;
+        let input = ProgramInput {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            context_in: Some(ctx_bytes),
+            repeat: 1,
+            ..Default::default()
+        };
+        let output = self
+            .rec
+            .dataplane()
+            .program()
+            .test_run(input)
+            .with_context(|| format!("BPF_PROG_TEST_RUN of a {}-byte frame", frame.len()))?;
         let action = output.return_value;
-        let len = output.data.as_ref().map(|d| d.len()).context("test run returned no data")?;
+        let len = output
+            .data
+            .as_ref()
+            .map(|d| d.len())
+            .context("test run returned no data")?;
         out.truncate(len);
         Ok(Run { action, out })
     }
 
     /// The backend the program's Maglev lookup picks for a new flow `client` -> `vip`.
     pub fn pick(&self, vip: &VipKey, client: SocketAddrV4) -> Result<Pick> {
-        let hash = maglev::flow_hash_v4(*client.ip(), *vip.addr.ip(), client.port(), vip.addr.port(), vip.proto.number());
+        let hash = maglev::flow_hash_v4(
+            *client.ip(),
+            *vip.addr.ip(),
+            client.port(),
+            vip.addr.port(),
+            vip.proto.number(),
+        );
         let id = self.vip_id(vip)?;
-        let ring = self.maps().read_ring(id)?.with_context(|| format!("vip {vip} has no ring"))?;
-        ensure!(ring.len() == RING_SIZE as usize, "ring of {vip} has {} slots, not {RING_SIZE}", ring.len());
+        let ring = self
+            .maps()
+            .read_ring(id)?
+            .with_context(|| format!("vip {vip} has no ring"))?;
+        ensure!(
+            ring.len() == RING_SIZE as usize,
+            "ring of {vip} has {} slots, not {RING_SIZE}",
+            ring.len()
+        );
         let backend_id = ring[hash as usize % ring.len()];
         let backend = self
             .state
@@ -211,8 +309,16 @@ impl Lb {
             .keys()
             .copied()
             .find(|be| self.rec.backend_id(vip, be) == Some(backend_id))
-            .with_context(|| format!("ring slot of {client} holds backend id {backend_id}, not a backend of {vip}"))?;
-        Ok(Pick { hash, backend, backend_id })
+            .with_context(|| {
+                format!(
+                    "ring slot of {client} holds backend id {backend_id}, not a backend of {vip}"
+                )
+            })?;
+        Ok(Pick {
+            hash,
+            backend,
+            backend_id,
+        })
     }
 
     /// The `i`-th SNAT port candidate of a flow hash (ct_create in bpf/flow.h).
@@ -227,7 +333,9 @@ impl Lb {
     /// up, port exhausted). Records it as taken.
     pub fn claim_port(&mut self, hash: u32, backend: SocketAddrV4) -> Option<u16> {
         let retries = types::lb_limits::LB_PORT_RETRIES.0;
-        let port = (0..retries).map(|i| self.candidate_port(hash, i)).find(|p| !self.claimed.contains(&(backend, *p)))?;
+        let port = (0..retries)
+            .map(|i| self.candidate_port(hash, i))
+            .find(|p| !self.claimed.contains(&(backend, *p)))?;
         self.claimed.insert((backend, port));
         Some(port)
     }
@@ -237,7 +345,9 @@ impl Lb {
     }
 
     pub fn backend_counters(&self, vip: &VipKey, backend: SocketAddrV4) -> Result<Counters> {
-        Ok(self.maps().backend_counters(self.backend_id(vip, backend)?)?)
+        Ok(self
+            .maps()
+            .backend_counters(self.backend_id(vip, backend)?)?)
     }
 
     pub fn global(&self) -> Result<GlobalCounters> {
@@ -246,7 +356,11 @@ impl Lb {
 
     /// Checks the global counters: exactly `reasons` (reason, count) and `verdicts` (action,
     /// count), every other counter zero.
-    pub fn expect_global(&self, reasons: &[(types::lb_reason, u64)], verdicts: &[(u32, u64)]) -> Result<()> {
+    pub fn expect_global(
+        &self,
+        reasons: &[(types::lb_reason, u64)],
+        verdicts: &[(u32, u64)],
+    ) -> Result<()> {
         let g = self.global()?;
         let mut want_r = vec![0u64; g.reasons.len()];
         for (r, n) in reasons {
@@ -257,7 +371,11 @@ impl Lb {
             want_v[*v as usize] += n;
         }
         let named = |v: &[u64], name: &dyn Fn(usize) -> String| -> Vec<String> {
-            v.iter().enumerate().filter(|(_, n)| **n != 0).map(|(i, n)| format!("{}={n}", name(i))).collect()
+            v.iter()
+                .enumerate()
+                .filter(|(_, n)| **n != 0)
+                .map(|(i, n)| format!("{}={n}", name(i)))
+                .collect()
         };
         let reason_name = |i: usize| xdplb::dataplane::maps::reason_name(i);
         let verdict_name = |i: usize| xdplb::dataplane::maps::verdict_name(i).to_string();

@@ -18,7 +18,9 @@ use nix::sched::{unshare, CloneFlags};
 
 /// The inode of the network namespace of the calling thread (its identity).
 pub fn current_netns() -> Result<u64> {
-    Ok(std::fs::metadata("/proc/thread-self/ns/net").context("stat /proc/thread-self/ns/net")?.ino())
+    Ok(std::fs::metadata("/proc/thread-self/ns/net")
+        .context("stat /proc/thread-self/ns/net")?
+        .ino())
 }
 
 /// Threads and fds of this process that refer to the network namespace `inode`.
@@ -27,7 +29,10 @@ fn users_of(inode: u64) -> Vec<String> {
     if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
         for task in tasks.flatten() {
             let ns = task.path().join("ns/net");
-            if std::fs::metadata(&ns).map(|m| m.ino() == inode).unwrap_or(false) {
+            if std::fs::metadata(&ns)
+                .map(|m| m.ino() == inode)
+                .unwrap_or(false)
+            {
                 users.push(ns.display().to_string());
             }
         }
@@ -35,7 +40,10 @@ fn users_of(inode: u64) -> Vec<String> {
     let wanted = format!("net:[{inode}]");
     if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
         for fd in fds.flatten() {
-            if std::fs::read_link(fd.path()).map(|l| l.to_string_lossy() == wanted).unwrap_or(false) {
+            if std::fs::read_link(fd.path())
+                .map(|l| l.to_string_lossy() == wanted)
+                .unwrap_or(false)
+            {
                 users.push(fd.path().display().to_string());
             }
         }
@@ -72,16 +80,25 @@ impl TestNetns {
             .name("dataplane-netns".into())
             .spawn(move || -> Result<T> {
                 unshare(CloneFlags::CLONE_NEWNET).context("unshare(CLONE_NEWNET) (needs root)")?;
-                let ns = TestNetns { inode: current_netns()?, _not_send: PhantomData };
+                let ns = TestNetns {
+                    inode: current_netns()?,
+                    _not_send: PhantomData,
+                };
                 seen_in_thread.store(ns.inode, Ordering::SeqCst);
-                ensure!(ns.inode != host, "unshare did not give the thread a new network namespace");
+                ensure!(
+                    ns.inode != host,
+                    "unshare did not give the thread a new network namespace"
+                );
                 ns.ip(&["link", "set", "lo", "up"])?;
                 body(&ns)
             })
             .context("spawning the namespace thread")?;
         let joined = handle.join();
 
-        ensure!(current_netns()? == host, "the calling thread's network namespace changed");
+        ensure!(
+            current_netns()? == host,
+            "the calling thread's network namespace changed"
+        );
         let inode = seen.load(Ordering::SeqCst);
         if inode != 0 {
             // The thread's exit drops its namespace reference just after pthread_join returns.
@@ -109,14 +126,20 @@ impl TestNetns {
     }
 
     fn on_own_thread(&self) -> Result<()> {
-        ensure!(current_netns()? == self.inode, "TestNetns used outside of its namespace thread");
+        ensure!(
+            current_netns()? == self.inode,
+            "TestNetns used outside of its namespace thread"
+        );
         Ok(())
     }
 
     /// Runs a command (inheriting this thread's namespace) and returns its stdout.
     pub fn cmd(&self, program: &str, args: &[&str]) -> Result<String> {
         self.on_own_thread()?;
-        let out = Command::new(program).args(args).output().with_context(|| format!("running {program} {}", args.join(" ")))?;
+        let out = Command::new(program)
+            .args(args)
+            .output()
+            .with_context(|| format!("running {program} {}", args.join(" ")))?;
         ensure!(
             out.status.success(),
             "{program} {} failed ({}): {}",
@@ -134,12 +157,14 @@ impl TestNetns {
 
     /// Sets a sysctl of the namespace (`net.*` keys are per namespace).
     pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
-        self.cmd("sysctl", &["-q", "-w", &format!("{key}={value}")]).map(|_| ())
+        self.cmd("sysctl", &["-q", "-w", &format!("{key}={value}")])
+            .map(|_| ())
     }
 
     /// The ifindex of `name` in the namespace.
     pub fn ifindex(&self, name: &str) -> Result<u32> {
         self.on_own_thread()?;
-        nix::net::if_::if_nametoindex(name).with_context(|| format!("no interface {name} in the test namespace"))
+        nix::net::if_::if_nametoindex(name)
+            .with_context(|| format!("no interface {name} in the test namespace"))
     }
 }

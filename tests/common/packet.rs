@@ -131,7 +131,13 @@ impl Packet {
     }
 
     /// A TCP segment with MSS/SACK-permitted options, distinctive sequence numbers and window.
-    pub fn tcp(eth_src: Mac, eth_dst: Mac, src: SocketAddrV4, dst: SocketAddrV4, flags: u8) -> Packet {
+    pub fn tcp(
+        eth_src: Mac,
+        eth_dst: Mac,
+        src: SocketAddrV4,
+        dst: SocketAddrV4,
+        flags: u8,
+    ) -> Packet {
         let l4 = Transport::Tcp {
             sport: src.port(),
             dport: dst.port(),
@@ -147,13 +153,21 @@ impl Packet {
 
     /// A UDP datagram (checksum computed).
     pub fn udp(eth_src: Mac, eth_dst: Mac, src: SocketAddrV4, dst: SocketAddrV4) -> Packet {
-        let l4 = Transport::Udp { sport: src.port(), dport: dst.port(), zero_checksum: false };
+        let l4 = Transport::Udp {
+            sport: src.port(),
+            dport: dst.port(),
+            zero_checksum: false,
+        };
         Packet::base(eth_src, eth_dst, *src.ip(), *dst.ip(), l4)
     }
 
     /// An ICMP echo request.
     pub fn icmp_echo(eth_src: Mac, eth_dst: Mac, src: Ipv4Addr, dst: Ipv4Addr) -> Packet {
-        let l4 = Transport::Icmp { kind: 8, code: 0, rest: [0x12, 0x34, 0x00, 0x01] };
+        let l4 = Transport::Icmp {
+            kind: 8,
+            code: 0,
+            rest: [0x12, 0x34, 0x00, 0x01],
+        };
         let mut p = Packet::base(eth_src, eth_dst, src, dst, l4);
         p.payload = b"ping-payload".to_vec();
         p
@@ -170,7 +184,10 @@ impl Packet {
     }
 
     pub fn with_ip_options(mut self, options: &[u8]) -> Packet {
-        assert!(options.len() % 4 == 0 && options.len() <= 40, "IPv4 options must be a multiple of 4, at most 40 bytes");
+        assert!(
+            options.len() % 4 == 0 && options.len() <= 40,
+            "IPv4 options must be a multiple of 4, at most 40 bytes"
+        );
         self.ip_options = options.to_vec();
         self
     }
@@ -192,7 +209,13 @@ impl Packet {
     }
 
     /// The same packet after a full NAT: new MACs, addresses and ports, nothing else.
-    pub fn natted(&self, eth_src: Mac, eth_dst: Mac, src: SocketAddrV4, dst: SocketAddrV4) -> Packet {
+    pub fn natted(
+        &self,
+        eth_src: Mac,
+        eth_dst: Mac,
+        src: SocketAddrV4,
+        dst: SocketAddrV4,
+    ) -> Packet {
         let mut p = self.clone();
         p.eth_src = eth_src;
         p.eth_dst = eth_dst;
@@ -231,8 +254,20 @@ impl Packet {
         // Transport header and payload, checksum zero for now.
         let mut l4 = Vec::new();
         match &self.l4 {
-            Transport::Tcp { sport, dport, seq, ack, flags, window, urgent, options } => {
-                assert!(options.len() % 4 == 0, "TCP options must be a multiple of 4 bytes");
+            Transport::Tcp {
+                sport,
+                dport,
+                seq,
+                ack,
+                flags,
+                window,
+                urgent,
+                options,
+            } => {
+                assert!(
+                    options.len() % 4 == 0,
+                    "TCP options must be a multiple of 4 bytes"
+                );
                 let doff = (20 + options.len()) / 4;
                 l4.extend_from_slice(&sport.to_be_bytes());
                 l4.extend_from_slice(&dport.to_be_bytes());
@@ -259,8 +294,14 @@ impl Packet {
         l4.extend_from_slice(&self.payload);
         let (check_off, check) = match &self.l4 {
             Transport::Tcp { .. } => (16, transport_checksum(self.src, self.dst, IPPROTO_TCP, &l4)),
-            Transport::Udp { zero_checksum: true, .. } => (6, 0),
-            Transport::Udp { .. } => (6, udp_wire_checksum(transport_checksum(self.src, self.dst, IPPROTO_UDP, &l4))),
+            Transport::Udp {
+                zero_checksum: true,
+                ..
+            } => (6, 0),
+            Transport::Udp { .. } => (
+                6,
+                udp_wire_checksum(transport_checksum(self.src, self.dst, IPPROTO_UDP, &l4)),
+            ),
             Transport::Icmp { .. } => (2, internet_checksum(&l4)),
         };
         l4[check_off..check_off + 2].copy_from_slice(&check.to_be_bytes());
@@ -373,7 +414,11 @@ pub fn set_be16(buf: &mut [u8], off: usize, v: u16) {
 /// header itself when it is sane, 20 bytes otherwise.
 pub fn refresh_ip_checksum(frame: &mut [u8], l3: usize) {
     let ihl = usize::from(frame[l3] & 0x0f) * 4;
-    let hlen = if ihl >= 20 && l3 + ihl <= frame.len() { ihl } else { 20 };
+    let hlen = if ihl >= 20 && l3 + ihl <= frame.len() {
+        ihl
+    } else {
+        20
+    };
     set_be16(frame, l3 + 10, 0);
     let check = internet_checksum(&frame[l3..l3 + hlen]);
     set_be16(frame, l3 + 10, check);
@@ -391,7 +436,11 @@ pub struct Layout {
 
 /// Finds the IPv4 and transport headers of a well-formed frame (one optional VLAN tag).
 pub fn layout(frame: &[u8]) -> Result<Layout> {
-    ensure!(frame.len() >= 14, "frame of {} bytes has no Ethernet header", frame.len());
+    ensure!(
+        frame.len() >= 14,
+        "frame of {} bytes has no Ethernet header",
+        frame.len()
+    );
     let mut l3 = 14;
     let mut ethertype = get_be16(frame, 12);
     if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
@@ -399,13 +448,28 @@ pub fn layout(frame: &[u8]) -> Result<Layout> {
         ethertype = get_be16(frame, 16);
         l3 = 18;
     }
-    ensure!(ethertype == ETH_P_IP, "ethertype {ethertype:#06x} is not IPv4");
+    ensure!(
+        ethertype == ETH_P_IP,
+        "ethertype {ethertype:#06x} is not IPv4"
+    );
     ensure!(frame.len() >= l3 + 20, "truncated IPv4 header");
-    ensure!(frame[l3] >> 4 == 4, "IP version {} is not 4", frame[l3] >> 4);
+    ensure!(
+        frame[l3] >> 4 == 4,
+        "IP version {} is not 4",
+        frame[l3] >> 4
+    );
     let ihl = usize::from(frame[l3] & 0x0f) * 4;
     let tot_len = usize::from(get_be16(frame, l3 + 2));
-    ensure!(ihl >= 20 && tot_len >= ihl && l3 + tot_len <= frame.len(), "bad IPv4 lengths (ihl {ihl}, tot_len {tot_len})");
-    Ok(Layout { l3, l4: l3 + ihl, proto: frame[l3 + 9], tot_len })
+    ensure!(
+        ihl >= 20 && tot_len >= ihl && l3 + tot_len <= frame.len(),
+        "bad IPv4 lengths (ihl {ihl}, tot_len {tot_len})"
+    );
+    Ok(Layout {
+        l3,
+        l4: l3 + ihl,
+        proto: frame[l3 + 9],
+        tot_len,
+    })
 }
 
 /// Checks every checksum of an IPv4 frame against a computation from scratch: the IPv4 header
@@ -417,10 +481,23 @@ pub fn verify_checksums(frame: &[u8], allow_zero_udp: bool) -> Result<()> {
     let got = get_be16(&ip, 10);
     set_be16(&mut ip, 10, 0);
     let want = internet_checksum(&ip);
-    ensure!(got == want, "IPv4 header checksum is {got:#06x}, computed from scratch {want:#06x}");
+    ensure!(
+        got == want,
+        "IPv4 header checksum is {got:#06x}, computed from scratch {want:#06x}"
+    );
 
-    let src = Ipv4Addr::new(frame[lay.l3 + 12], frame[lay.l3 + 13], frame[lay.l3 + 14], frame[lay.l3 + 15]);
-    let dst = Ipv4Addr::new(frame[lay.l3 + 16], frame[lay.l3 + 17], frame[lay.l3 + 18], frame[lay.l3 + 19]);
+    let src = Ipv4Addr::new(
+        frame[lay.l3 + 12],
+        frame[lay.l3 + 13],
+        frame[lay.l3 + 14],
+        frame[lay.l3 + 15],
+    );
+    let dst = Ipv4Addr::new(
+        frame[lay.l3 + 16],
+        frame[lay.l3 + 17],
+        frame[lay.l3 + 18],
+        frame[lay.l3 + 19],
+    );
     let mut seg = frame[lay.l4..lay.l3 + lay.tot_len].to_vec();
     match lay.proto {
         IPPROTO_TCP => {
@@ -428,24 +505,36 @@ pub fn verify_checksums(frame: &[u8], allow_zero_udp: bool) -> Result<()> {
             let got = get_be16(&seg, 16);
             set_be16(&mut seg, 16, 0);
             let want = transport_checksum(src, dst, IPPROTO_TCP, &seg);
-            ensure!(got == want, "TCP checksum is {got:#06x}, computed from scratch {want:#06x}");
+            ensure!(
+                got == want,
+                "TCP checksum is {got:#06x}, computed from scratch {want:#06x}"
+            );
         }
         IPPROTO_UDP => {
             ensure!(seg.len() >= 8, "truncated UDP header");
             let got = get_be16(&seg, 6);
             if got == 0 {
-                ensure!(allow_zero_udp, "UDP checksum is 0 (none), a checksum was expected");
+                ensure!(
+                    allow_zero_udp,
+                    "UDP checksum is 0 (none), a checksum was expected"
+                );
                 return Ok(());
             }
             set_be16(&mut seg, 6, 0);
             let want = udp_wire_checksum(transport_checksum(src, dst, IPPROTO_UDP, &seg));
-            ensure!(got == want, "UDP checksum is {got:#06x}, computed from scratch {want:#06x}");
+            ensure!(
+                got == want,
+                "UDP checksum is {got:#06x}, computed from scratch {want:#06x}"
+            );
         }
         IPPROTO_ICMP => {
             let got = get_be16(&seg, 2);
             set_be16(&mut seg, 2, 0);
             let want = internet_checksum(&seg);
-            ensure!(got == want, "ICMP checksum is {got:#06x}, computed from scratch {want:#06x}");
+            ensure!(
+                got == want,
+                "ICMP checksum is {got:#06x}, computed from scratch {want:#06x}"
+            );
         }
         p => bail!("unexpected IP protocol {p}"),
     }
@@ -455,7 +544,10 @@ pub fn verify_checksums(frame: &[u8], allow_zero_udp: bool) -> Result<()> {
 /// The addresses and ports of a TCP/UDP frame: (source, destination).
 pub fn endpoints(frame: &[u8]) -> Result<(SocketAddrV4, SocketAddrV4)> {
     let lay = layout(frame)?;
-    ensure!(lay.proto == IPPROTO_TCP || lay.proto == IPPROTO_UDP, "not TCP or UDP");
+    ensure!(
+        lay.proto == IPPROTO_TCP || lay.proto == IPPROTO_UDP,
+        "not TCP or UDP"
+    );
     let a = |o: usize| Ipv4Addr::new(frame[o], frame[o + 1], frame[o + 2], frame[o + 3]);
     Ok((
         SocketAddrV4::new(a(lay.l3 + 12), get_be16(frame, lay.l4)),
@@ -467,7 +559,11 @@ pub fn endpoints(frame: &[u8]) -> Result<(SocketAddrV4, SocketAddrV4)> {
 pub fn diff(got: &[u8], want: &[u8]) -> String {
     let mut out = String::new();
     if got.len() != want.len() {
-        out.push_str(&format!("length {} != expected {}; ", got.len(), want.len()));
+        out.push_str(&format!(
+            "length {} != expected {}; ",
+            got.len(),
+            want.len()
+        ));
     }
     let diffs: Vec<String> = got
         .iter()
@@ -477,13 +573,18 @@ pub fn diff(got: &[u8], want: &[u8]) -> String {
         .map(|(i, (g, w))| format!("[{i}] {g:#04x} != {w:#04x}"))
         .collect();
     if !diffs.is_empty() {
-        out.push_str(&format!("bytes differ (got != expected): {}", diffs.join(", ")));
+        out.push_str(&format!(
+            "bytes differ (got != expected): {}",
+            diffs.join(", ")
+        ));
     }
     out
 }
 
 /// Formats a MAC for `ip`.
 pub fn mac_str(mac: &Mac) -> String {
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
-
