@@ -7,8 +7,9 @@
 #include "maps.h"
 #include "parse.h"
 
-/* last_seen is refreshed at most this often, to keep shared cache lines
- * from bouncing between CPUs on every packet. */
+/* last_seen is refreshed at most this often (and at most every eighth of the
+ * timeout), to keep shared cache lines from bouncing between CPUs on every
+ * packet while an active flow never looks idle. */
 #define CT_TOUCH_NS 1000000000ull
 
 static __always_inline __u64 ct_timeout(const struct lb_config *cfg, __u8 proto, __u32 flags)
@@ -27,13 +28,64 @@ static __always_inline bool ct_expired(const struct lb_config *cfg, __u8 proto, 
 }
 
 /* Marks a TCP entry closing on FIN/RST and refreshes its clock. */
-static __always_inline void ct_touch(const struct packet *pkt, __u32 *flags, __u64 *last_seen,
-				     __u64 now)
+static __always_inline void ct_touch(const struct lb_config *cfg, const struct packet *pkt,
+				     __u32 *flags, __u64 *last_seen, __u64 now)
 {
+	__u64 every;
+
 	if (pkt->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST) && !(*flags & CT_F_CLOSING))
 		*flags |= CT_F_CLOSING;
-	if (now - *last_seen > CT_TOUCH_NS)
+	every = ct_timeout(cfg, pkt->key.proto, *flags) >> 3;
+	if (every > CT_TOUCH_NS)
+		every = CT_TOUCH_NS;
+	if (now - *last_seen > every)
 		*last_seen = now;
+}
+
+/* The reverse key of a forward entry: backend -> SNAT address and port. */
+static __always_inline void ct_rev_key(struct flow_key *rkey, __u8 proto, const union lb_addr *backend,
+				       __u16 backend_port_be, const union lb_addr *snat, __u16 snat_port_be)
+{
+	rkey->family = LB_AF_INET;
+	rkey->proto = proto;
+	rkey->src = *backend;
+	rkey->sport_be = backend_port_be;
+	rkey->dst = *snat;
+	rkey->dport_be = snat_port_be;
+}
+
+/* A flow lives while either direction is live: a one-way flow (a UDP stream
+ * either way, a long download's pure ACKs being late...) only refreshes one
+ * entry. These two checks run only when an entry has already timed out. */
+static __always_inline bool ct_rev_side_live(const struct lb_config *cfg, const struct flow_key *key,
+					     const struct ct_fwd *fwd, __u64 now)
+{
+	struct flow_key rkey = {};
+	struct ct_rev *rev;
+
+	ct_rev_key(&rkey, key->proto, &fwd->backend_addr, fwd->backend_port_be, &fwd->snat_addr,
+		   fwd->snat_port_be);
+	rev = bpf_map_lookup_elem(&ct_rev, &rkey);
+	return rev && rev->client_addr.v4_be == key->src.v4_be && rev->client_port_be == key->sport_be &&
+	       !ct_expired(cfg, key->proto, rev->flags, rev->last_seen_ns, now);
+}
+
+static __always_inline bool ct_fwd_side_live(const struct lb_config *cfg, const struct flow_key *rkey,
+					     const struct ct_rev *rev, __u64 now)
+{
+	struct flow_key fkey = {};
+	struct ct_fwd *fwd;
+
+	fkey.family = LB_AF_INET;
+	fkey.proto = rkey->proto;
+	fkey.src = rev->client_addr;
+	fkey.sport_be = rev->client_port_be;
+	fkey.dst = rev->vip_addr;
+	fkey.dport_be = rev->vip_port_be;
+	fwd = bpf_map_lookup_elem(&ct_fwd, &fkey);
+	return fwd && fwd->snat_port_be == rkey->dport_be && fwd->backend_port_be == rkey->sport_be &&
+	       fwd->backend_addr.v4_be == rkey->src.v4_be &&
+	       !ct_expired(cfg, rkey->proto, fwd->flags, fwd->last_seen_ns, now);
 }
 
 /* Live forward entry of this client flow, or NULL. */
@@ -42,7 +94,10 @@ static __always_inline struct ct_fwd *ct_lookup_fwd(const struct lb_config *cfg,
 {
 	struct ct_fwd *ct = bpf_map_lookup_elem(&ct_fwd, &pkt->key);
 
-	if (!ct || ct_expired(cfg, pkt->key.proto, ct->flags, ct->last_seen_ns, now))
+	if (!ct)
+		return NULL;
+	if (ct_expired(cfg, pkt->key.proto, ct->flags, ct->last_seen_ns, now) &&
+	    !ct_rev_side_live(cfg, &pkt->key, ct, now))
 		return NULL;
 	return ct;
 }
@@ -53,7 +108,10 @@ static __always_inline struct ct_rev *ct_lookup_rev(const struct lb_config *cfg,
 {
 	struct ct_rev *ct = bpf_map_lookup_elem(&ct_rev, &pkt->key);
 
-	if (!ct || ct_expired(cfg, pkt->key.proto, ct->flags, ct->last_seen_ns, now))
+	if (!ct)
+		return NULL;
+	if (ct_expired(cfg, pkt->key.proto, ct->flags, ct->last_seen_ns, now) &&
+	    !ct_fwd_side_live(cfg, &pkt->key, ct, now))
 		return NULL;
 	return ct;
 }
@@ -64,8 +122,8 @@ static __always_inline struct ct_rev *ct_lookup_rev(const struct lb_config *cfg,
  *
  * Picks an SNAT port from the configured range (starting from the flow hash,
  * LB_PORT_RETRIES candidates) and claims it by inserting the reverse entry
- * with BPF_NOEXIST, so two flows never share (backend, SNAT port); a stale
- * entry whose flow has expired is taken over. The reverse entry goes in
+ * with BPF_NOEXIST, so two flows never share (backend, SNAT port); an entry
+ * whose flow has expired in both directions is taken over. The reverse entry goes in
  * first: a reply can only match a port that is really ours.
  *
  * Returns LB_CONTINUE, or a verdict (port exhaustion, table failure).
@@ -77,16 +135,13 @@ static __always_inline int ct_create(struct packet *pkt, const struct lb_config 
 	__u32 range = (__u32)cfg->snat_port_max - cfg->snat_port_min + 1;
 	struct flow_key rkey = {};
 	struct ct_rev rev = {};
-	__u32 i;
+	__u32 i, start;
 
-	if (cfg->snat_port_max < cfg->snat_port_min)
+	if (cfg->snat_port_min == 0 || cfg->snat_port_max < cfg->snat_port_min)
 		return verdict(pkt, LB_REASON_DROP_NO_CONFIG, XDP_DROP);
+	start = hash % range;
 
-	rkey.family = LB_AF_INET;
-	rkey.proto = pkt->key.proto;
-	rkey.src = be->addr;
-	rkey.sport_be = be->port_be;
-	rkey.dst = cfg->snat_addr;
+	ct_rev_key(&rkey, pkt->key.proto, &be->addr, be->port_be, &cfg->snat_addr, 0);
 
 	rev.client_addr = pkt->key.src;
 	rev.client_port_be = pkt->key.sport_be;
@@ -98,8 +153,9 @@ static __always_inline int ct_create(struct packet *pkt, const struct lb_config 
 
 #pragma clang loop unroll(disable)
 	for (i = 0; i < LB_PORT_RETRIES; i++) {
-		/* 40503 is prime and > any range: consecutive tries are spread out. */
-		__u16 port = cfg->snat_port_min + (hash + i * 40503u) % range;
+		/* 65537 is prime and larger than any range, so the candidates
+		 * are distinct; start < 65536 and i < 8 keep it from wrapping. */
+		__u16 port = cfg->snat_port_min + (start + i * 65537u) % range;
 		struct ct_rev *old;
 
 		rkey.dport_be = bpf_htons(port);
@@ -107,6 +163,7 @@ static __always_inline int ct_create(struct packet *pkt, const struct lb_config 
 			goto claimed;
 		old = bpf_map_lookup_elem(&ct_rev, &rkey);
 		if (old && ct_expired(cfg, rkey.proto, old->flags, old->last_seen_ns, now) &&
+		    !ct_fwd_side_live(cfg, &rkey, old, now) &&
 		    bpf_map_update_elem(&ct_rev, &rkey, &rev, BPF_EXIST) == 0)
 			goto claimed;
 	}

@@ -29,7 +29,7 @@ static __always_inline int lb_to_backend(struct xdp_md *ctx, struct packet *pkt,
 
 	ct = ct_lookup_fwd(cfg, pkt, now);
 	if (ct) {
-		ct_touch(pkt, &ct->flags, &ct->last_seen_ns, now);
+		ct_touch(cfg, pkt, &ct->flags, &ct->last_seen_ns, now);
 	} else {
 		__u32 hash = flow_hash_v4(&pkt->key);
 		__u32 backend_id = maglev_pick(vip, hash);
@@ -66,7 +66,7 @@ static __always_inline int lb_to_client(struct xdp_md *ctx, struct packet *pkt,
 
 	if (!ct)
 		return verdict(pkt, LB_REASON_PASS_NOT_TRACKED, XDP_PASS);
-	ct_touch(pkt, &ct->flags, &ct->last_seen_ns, now);
+	ct_touch(cfg, pkt, &ct->flags, &ct->last_seen_ns, now);
 	count_flow(&backend_stats, ct->backend_id, pkt, false);
 	action = nat_rewrite(pkt, ct->vip_addr.v4_be, ct->client_addr.v4_be, ct->vip_port_be,
 			     ct->client_port_be);

@@ -17,8 +17,9 @@
  * forward - send the rewritten IPv4 packet towards its new destination
  * @ok_reason: the reason counted when the packet leaves through XDP
  *
- * Returns XDP_TX, XDP_REDIRECT, XDP_PASS (neighbour unresolved or no
- * route: the kernel resolves and forwards) or XDP_DROP (blackhole).
+ * Returns XDP_TX, XDP_REDIRECT, XDP_PASS (neighbour unresolved, no route, or
+ * an egress interface lbd is not attached to: the kernel gets the frame with
+ * its MAC addresses untouched) or XDP_DROP (blackhole).
  */
 static __always_inline int forward(struct xdp_md *ctx, struct packet *pkt, enum lb_reason ok_reason)
 {
@@ -52,11 +53,13 @@ static __always_inline int forward(struct xdp_md *ctx, struct packet *pkt, enum 
 		return verdict(pkt, LB_REASON_PASS_FIB_FAILED, XDP_PASS);
 	}
 
+	/* Choose the way out before touching the frame: a frame handed to the
+	 * kernel must keep the MAC addresses it arrived with. */
+	if (fib.ifindex != ctx->ingress_ifindex &&
+	    bpf_redirect_map(&tx_ports, fib.ifindex, 0) != XDP_REDIRECT)
+		return verdict(pkt, LB_REASON_PASS_EGRESS_NOT_ATTACHED, XDP_PASS);
 	__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
 	pkt->reason = ok_reason;
-	if (fib.ifindex == ctx->ingress_ifindex)
-		return XDP_TX;
-	/* Not one of our interfaces: let the kernel send it. */
-	return bpf_redirect_map(&tx_ports, fib.ifindex, XDP_PASS);
+	return fib.ifindex == ctx->ingress_ifindex ? XDP_TX : XDP_REDIRECT;
 }

@@ -137,17 +137,18 @@ enum lb_reason {
 	LB_REASON_PASS_NOT_VIP, /* IPv4, but neither a VIP nor a tracked reply */
 	LB_REASON_PASS_FRAGMENT, /* IP fragment: no L4 header to balance on */
 	LB_REASON_PASS_MALFORMED, /* could not parse L2/L3: left to the kernel */
-	LB_REASON_DROP_MALFORMED, /* addressed to a VIP but truncated/invalid */
+	LB_REASON_DROP_MALFORMED, /* TCP/UDP header cut short: no receiver would take it */
 	LB_REASON_DROP_NO_BACKEND, /* VIP without usable backend */
 	LB_REASON_DROP_PORT_EXHAUSTED, /* no free SNAT port after retries */
 	LB_REASON_DROP_CT_FULL, /* conntrack insert failed */
-	LB_REASON_DROP_NO_CONFIG, /* lb_config not written yet */
+	LB_REASON_DROP_NO_CONFIG, /* lb_config not written yet (no SNAT ports) */
 	LB_REASON_PASS_FIB_NO_NEIGH, /* next hop unresolved: kernel forwards */
 	LB_REASON_PASS_FIB_FAILED, /* no route / other FIB failure */
 	LB_REASON_DROP_FIB_BLACKHOLE, /* route says blackhole/unreachable/prohibit */
 	LB_REASON_TX_NAT_FORWARD, /* client -> backend, rewritten */
 	LB_REASON_TX_NAT_REPLY, /* backend -> client, restored */
 	LB_REASON_PASS_NOT_TRACKED, /* to the SNAT address, no live conntrack entry */
+	LB_REASON_PASS_EGRESS_NOT_ATTACHED, /* FIB egress is not one of lbd's interfaces */
 	LB_REASON_MAX,
 };
 

@@ -1,4 +1,4 @@
-//! Data-plane tests: exact frames in and out of the loaded XDP program (BPF_PROG_TEST_RUN), each test in its own network namespace.
+//! Data-plane tests: exact frames through the loaded XDP program (BPF_PROG_TEST_RUN), one netns per test.
 //!
 //! Every test builds the bench of `common::lab` (veths, addresses, static neighbours) in a fresh
 //! namespace, loads the program, configures it the way lbd does (`write_config` + `Reconciler`),

@@ -113,6 +113,10 @@ pub fn reason_name(index: usize) -> String {
         (R::LB_REASON_TX_NAT_FORWARD, "tx_nat_forward"),
         (R::LB_REASON_TX_NAT_REPLY, "tx_nat_reply"),
         (R::LB_REASON_PASS_NOT_TRACKED, "pass_not_tracked"),
+        (
+            R::LB_REASON_PASS_EGRESS_NOT_ATTACHED,
+            "pass_egress_not_attached",
+        ),
     ];
     all.iter()
         .find(|(r, _)| r.0 as usize == index)
@@ -346,4 +350,19 @@ fn zero_percpu(map: &libbpf_rs::MapMut<'static>, id: u32) -> Result<(), Dataplan
     let zero = vec![vec![0u8; map.value_size() as usize]; cpus];
     map.update_percpu(&id.to_ne_bytes(), &zero, MapFlags::ANY)
         .map_err(bpf_err("zeroing counters"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_of_the_c_enum_has_a_name() {
+        for i in 0..REASON_COUNT {
+            assert!(
+                !reason_name(i).starts_with("reason_"),
+                "enum lb_reason value {i} has no name in reason_name()"
+            );
+        }
+    }
 }

@@ -325,7 +325,7 @@ impl Lb {
     pub fn candidate_port(&self, hash: u32, i: u32) -> u16 {
         let (min, max) = self.cfg.snat_ports;
         let range = u32::from(max) - u32::from(min) + 1;
-        (u32::from(min) + hash.wrapping_add(i.wrapping_mul(40503)) % range) as u16
+        (u32::from(min) + (hash % range + i * 65537) % range) as u16
     }
 
     /// The SNAT port a new flow with `hash` towards `backend` must get: the first of the

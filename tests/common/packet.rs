@@ -1,4 +1,4 @@
-//! Hand-built Ethernet/802.1Q/IPv4/TCP/UDP/ICMP frames with checksums computed from scratch (RFC 1071), and the checks that read them back.
+//! Hand-built Ethernet/802.1Q/IPv4/TCP/UDP/ICMP frames, checksums computed from scratch (RFC 1071).
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
