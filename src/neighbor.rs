@@ -51,8 +51,16 @@ async fn next_hop(
     Ok((oif.ok_or(NeighborError::NoRoute(dst))?, via))
 }
 
+/// A backend's way out, as the kernel routes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NextHop {
+    pub dst: Ipv4Addr,
+    pub ifindex: u32,
+    pub via: Ipv4Addr,
+}
+
 /// Makes the next hop of each of `dsts` a kernel-managed neighbour. Returns the next hops set up.
-pub async fn warm(dsts: &[Ipv4Addr]) -> Result<Vec<Ipv4Addr>, NeighborError> {
+pub async fn warm(dsts: &[Ipv4Addr]) -> Result<Vec<NextHop>, NeighborError> {
     let (conn, handle, _) = rtnetlink::new_connection()?;
     let task = tokio::spawn(conn);
     let mut done = Vec::new();
@@ -60,7 +68,15 @@ pub async fn warm(dsts: &[Ipv4Addr]) -> Result<Vec<Ipv4Addr>, NeighborError> {
     for dst in dsts {
         match next_hop(&handle, *dst).await {
             Ok((ifindex, via)) => {
-                if done.contains(&via) {
+                if done
+                    .iter()
+                    .any(|h: &NextHop| h.via == via && h.ifindex == ifindex)
+                {
+                    done.push(NextHop {
+                        dst: *dst,
+                        ifindex,
+                        via,
+                    });
                     continue;
                 }
                 let mut req = handle
@@ -76,7 +92,11 @@ pub async fn warm(dsts: &[Ipv4Addr]) -> Result<Vec<Ipv4Addr>, NeighborError> {
                     continue;
                 }
                 tracing::debug!(backend = %dst, next_hop = %via, ifindex, "next hop is a managed neighbour");
-                done.push(via);
+                done.push(NextHop {
+                    dst: *dst,
+                    ifindex,
+                    via,
+                });
             }
             Err(e) => result = Err(e),
         }

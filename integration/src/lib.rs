@@ -3,12 +3,14 @@
 //! - [`netns`]: the [`NetNs`] guard, running code inside a namespace, veth pairs;
 //! - [`topology`]: the two-arm and one-arm test networks;
 //! - [`procs`]: the [`Lbd`] daemon guard and lbctl calls;
-//! - [`peers`]: name servers on the backends and bounded clients.
+//! - [`peers`]: name servers on the backends and bounded clients;
+//! - [`xdp_pass`]: the XDP_PASS program on the LB-facing veth ends.
 
 pub mod netns;
 pub mod peers;
 pub mod procs;
 pub mod topology;
+pub mod xdp_pass;
 
 pub use netns::{veth, NetNs};
 pub use peers::{

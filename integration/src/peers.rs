@@ -19,6 +19,9 @@ use crate::netns::NetNs;
 
 /// Upper bound for every socket timeout in the harness.
 pub const MAX_SOCKET_TIMEOUT: Duration = Duration::from_secs(2);
+/// A batch of requests gives up after this many failures in a row (the path is broken; the
+/// remaining requests would only burn their timeouts).
+pub const MAX_CONSECUTIVE_FAILURES: usize = 10;
 /// How often a server loop checks whether it should stop.
 const STOP_POLL: Duration = Duration::from_millis(50);
 
@@ -316,7 +319,8 @@ pub fn tcp_request(
 ///
 /// Source: with `from = None` the kernel picks a fresh ephemeral port each time; with
 /// `Some(a:p)` request `i` is bound to `a:(p+i)` (so phases of a test never reuse a 5-tuple).
-/// Stops early when `overall` has passed, so the result can be shorter than `count`.
+/// Stops early when `overall` has passed or after [`MAX_CONSECUTIVE_FAILURES`] failures in a
+/// row, so the result can be shorter than `count`.
 pub fn tcp_requests(
     ns: &NetNs,
     from: Option<SocketAddrV4>,
@@ -329,11 +333,18 @@ pub fn tcp_requests(
     ns.run(|| {
         let deadline = Instant::now() + overall;
         let mut results = Vec::with_capacity(count);
+        let mut failures_in_a_row = 0;
         for src in sources {
-            if Instant::now() >= deadline {
+            if Instant::now() >= deadline || failures_in_a_row >= MAX_CONSECUTIVE_FAILURES {
                 break;
             }
-            results.push(connect_here(src, to, timeout).and_then(|s| tcp_exchange(&s, "hello")));
+            let result = connect_here(src, to, timeout).and_then(|s| tcp_exchange(&s, "hello"));
+            failures_in_a_row = if result.is_ok() {
+                0
+            } else {
+                failures_in_a_row + 1
+            };
+            results.push(result);
         }
         results
     })
@@ -367,7 +378,7 @@ pub fn udp_request(
 }
 
 /// `count` UDP requests from inside `ns`, each from a new socket (fresh source port unless
-/// `from` pins one, then as in [`tcp_requests`]). Stops early when `overall` has passed.
+/// `from` pins one, then as in [`tcp_requests`]). Stops early as [`tcp_requests`] does.
 pub fn udp_requests(
     ns: &NetNs,
     from: Option<SocketAddrV4>,
@@ -381,11 +392,18 @@ pub fn udp_requests(
     ns.run(|| {
         let deadline = Instant::now() + overall;
         let mut results = Vec::with_capacity(count);
+        let mut failures_in_a_row = 0;
         for src in sources {
-            if Instant::now() >= deadline {
+            if Instant::now() >= deadline || failures_in_a_row >= MAX_CONSECUTIVE_FAILURES {
                 break;
             }
-            results.push(udp_request_here(src, to, timeout, tries));
+            let result = udp_request_here(src, to, timeout, tries);
+            failures_in_a_row = if result.is_ok() {
+                0
+            } else {
+                failures_in_a_row + 1
+            };
+            results.push(result);
         }
         results
     })

@@ -130,6 +130,8 @@ impl Lbd {
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
         }
+        // The log is a file, read by people: no ANSI colours.
+        cmd.env("NO_COLOR", "1");
         let child = cmd
             .spawn()
             .with_context(|| format!("spawning {} in {}", lbd_bin.display(), lb_ns.name()))?;

@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use crate::netns::{veth, NetNs};
+use crate::xdp_pass::attach_xdp_pass;
 
 /// The virtual IP of every test; configured on no interface, the client routes it to the LB.
 pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 200, 100, 1);
@@ -65,7 +66,7 @@ impl Topology {
             lb,
         };
         topo.setup_lb_sysctls()?;
-        veth(&topo.client, "eth0", &topo.lb, "eth0")?;
+        link_to_lb(&topo.lb, "eth0", &topo.client, "eth0")?;
         topo.lb
             .ip(&["addr", "add", "10.200.1.1/24", "dev", "eth0"])?;
         topo.setup_client("10.200.1.2/24", "10.200.1.3/24", "10.200.1.1")?;
@@ -94,7 +95,7 @@ impl Topology {
         br.ip(&["link", "add", "br0", "type", "bridge"])?;
         br.ip(&["link", "set", "br0", "up"])?;
         topo.setup_lb_sysctls()?;
-        veth(&topo.lb, "eth0", br, "lb0")?;
+        link_to_lb(&topo.lb, "eth0", br, "lb0")?;
         br.ip(&["link", "set", "lb0", "master", "br0"])?;
         topo.lb
             .ip(&["addr", "add", "10.200.50.1/24", "dev", "eth0"])?;
@@ -126,7 +127,7 @@ impl Topology {
             Shape::TwoArm => {
                 let net = u8::try_from(10 + index).context("too many backends")?;
                 let lb_if = format!("eth{index}");
-                veth(&self.lb, &lb_if, &ns, "eth0")?;
+                link_to_lb(&self.lb, &lb_if, &ns, "eth0")?;
                 self.lb
                     .ip(&["addr", "add", &format!("10.200.{net}.1/24"), "dev", &lb_if])?;
                 self.lb
@@ -264,6 +265,14 @@ impl Topology {
     pub fn lbd_config(&self) -> String {
         lbd_config(&self.lb_interfaces(), &unique_pin_path(), self.snat_addr())
     }
+}
+
+/// A veth pair between the LB's `lb_if` and `peer_if` in `peer`, with an XDP_PASS program on
+/// the peer end so that frames the LB sends back with XDP_TX are delivered at once (see
+/// [`crate::xdp_pass`]).
+fn link_to_lb(lb: &NetNs, lb_if: &str, peer: &NetNs, peer_if: &str) -> Result<()> {
+    veth(peer, peer_if, lb, lb_if)?;
+    attach_xdp_pass(peer, peer_if)
 }
 
 /// Sends one datagram to `addr:9` and waits for the ICMP port unreachable that proves the

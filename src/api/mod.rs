@@ -150,7 +150,23 @@ impl Controller {
         }
         match crate::neighbor::warm(&todo).await {
             Ok(hops) => {
-                tracing::info!(backends = ?todo, next_hops = ?hops, "next hops are kernel-managed neighbours")
+                let attached: Vec<u32> = inner
+                    .reconciler
+                    .dataplane()
+                    .links()
+                    .iter()
+                    .map(|l| l.ifindex)
+                    .collect();
+                for hop in &hops {
+                    if !attached.contains(&hop.ifindex) {
+                        tracing::warn!(
+                            backend = %hop.dst, ifindex = hop.ifindex,
+                            "the route to this backend leaves through an interface lbd is not attached to: \
+                             its packets go to the kernel (pass_egress_not_attached); add it to dataplane.interfaces"
+                        );
+                    }
+                }
+                tracing::info!(next_hops = ?hops, "next hops are kernel-managed neighbours");
             }
             Err(e) => {
                 tracing::warn!(backends = ?todo, error = %e, "could not warm every next hop; pass_fib_no_neigh will count misses")
