@@ -30,7 +30,7 @@ build: deps
 test: build
 	@[ "$$(id -u)" = 0 ] || { echo "make test needs root (BPF, network namespaces)"; exit 1; }
 	$(CARGO) test --workspace --exclude xdplb-integration
-	$(CARGO) test -p xdplb-integration -- --test-threads=1
+	$(CARGO) test -p xdplb-integration --tests -- --test-threads=1
 
 demo: build
 	@[ "$$(id -u)" = 0 ] || { echo "make demo needs root (XDP, network namespaces)"; exit 1; }
