@@ -30,11 +30,18 @@ fn main() {
     println!("cargo:rerun-if-changed=bpf");
     println!("cargo:rerun-if-env-changed=CLANG");
 
+    // Every .proto in proto/ (package xdplb.v1), one file per concern.
+    let mut protos: Vec<PathBuf> = std::fs::read_dir("proto")
+        .expect("reading proto/")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "proto"))
+        .collect();
+    protos.sort();
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
-        .compile_protos(&["proto/xdplb.proto"], &["proto"])
-        .expect("compiling proto/xdplb.proto");
+        .compile_protos(&protos, &[PathBuf::from("proto")])
+        .expect("compiling proto/*.proto");
     println!("cargo:rerun-if-changed=proto");
 }
 

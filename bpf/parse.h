@@ -33,7 +33,11 @@ struct packet {
 	__u32 len; /* frame length, for byte counters */
 	__u8 tcp_flags; /* TCP flag byte (FIN=0x01 SYN=0x02 RST=0x04 ACK=0x10) */
 	__u8 reason; /* enum lb_reason of the verdict */
+	__u8 flags; /* PKT_F_*: what earlier stages learnt about the packet */
 };
+
+/* The firewall matched an allow rule: later stages (rate limiting) exempt it. */
+#define PKT_F_FW_ALLOWED 0x01
 
 #define TCP_FLAG_FIN 0x01
 #define TCP_FLAG_SYN 0x02
