@@ -19,7 +19,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(false)
-        .compile_protos(&protos, &[INCLUDES])?;
+        .compile_protos(&protos, &[PathBuf::from(INCLUDES)])?;
 
     // Test-only: server traits for an in-process fake lbd. Messages are taken from
     // `crate::pb`, so this file holds nothing but `*_server` modules; it is only
@@ -31,6 +31,6 @@ fn main() -> Result<(), Box<dyn Error>> {
         .build_server(true)
         .extern_path(".xdplb.v1", "crate::pb")
         .out_dir(&test_out)
-        .compile_protos(&protos, &[INCLUDES])?;
+        .compile_protos(&protos, &[PathBuf::from(INCLUDES)])?;
     Ok(())
 }
