@@ -32,3 +32,14 @@ static __always_inline __u16 csum_replace2(__u16 check, __u16 from, __u16 to)
 	sum += (__u16)~from + to;
 	return ~csum_fold(sum);
 }
+
+/* The checksum of a 20-byte IPv4 header (check field zero) from scratch. */
+static __always_inline __u16 csum_ipv4_hdr(const void *hdr)
+{
+	const __u16 *w = hdr;
+	__u32 sum = 0;
+
+	sum += w[0] + w[1] + w[2] + w[3] + w[4];
+	sum += w[5] + w[6] + w[7] + w[8] + w[9];
+	return ~csum_fold(sum);
+}

@@ -29,7 +29,7 @@ static __always_inline bool ct_expired(const struct lb_config *cfg, __u8 proto, 
 
 /* Marks a TCP entry closing on FIN/RST and refreshes its clock. */
 static __always_inline void ct_touch(const struct lb_config *cfg, const struct packet *pkt,
-				     __u32 *flags, __u64 *last_seen, __u64 now)
+				     __u16 *flags, __u64 *last_seen, __u64 now)
 {
 	__u64 every;
 
@@ -96,8 +96,9 @@ static __always_inline struct ct_fwd *ct_lookup_fwd(const struct lb_config *cfg,
 
 	if (!ct)
 		return NULL;
+	/* Only NAT flows have a reverse entry that can keep them alive. */
 	if (ct_expired(cfg, pkt->key.proto, ct->flags, ct->last_seen_ns, now) &&
-	    !ct_rev_side_live(cfg, &pkt->key, ct, now))
+	    (ct->mode != LB_MODE_NAT || !ct_rev_side_live(cfg, &pkt->key, ct, now)))
 		return NULL;
 	return ct;
 }
@@ -177,10 +178,43 @@ claimed:
 	fwd->backend_id = backend_id;
 	fwd->vip_id = vip_id;
 	fwd->flags = 0;
+	fwd->mode = LB_MODE_NAT;
 	fwd->last_seen_ns = now;
 	if (bpf_map_update_elem(&ct_fwd, &pkt->key, fwd, BPF_ANY) != 0) {
 		bpf_map_delete_elem(&ct_rev, &rkey);
 		return verdict(pkt, LB_REASON_DROP_CT_FULL, XDP_DROP);
 	}
+	return LB_CONTINUE;
+}
+
+/* The IPIP outer source of a flow: the configured prefix with its host bits
+ * taken from the flow hash. */
+static __always_inline __u32 ipip_source(const struct lb_config *cfg, __u32 hash)
+{
+	return cfg->ipip_src.v4_be | bpf_htonl(hash & cfg->ipip_src_hostmask);
+}
+
+/**
+ * flow_create_dsr - remember which backend a new DSR flow goes to
+ *
+ * DSR flows only have a forward entry: replies do not pass the LB.
+ * Returns LB_CONTINUE, or a verdict when the table refuses the entry.
+ */
+static __always_inline int flow_create_dsr(struct packet *pkt, const struct lb_config *cfg,
+					   const struct backend *be, __u32 backend_id,
+					   const struct vip_meta *vip, __u32 hash, __u64 now,
+					   struct ct_fwd *fwd)
+{
+	fwd->backend_addr = be->addr;
+	fwd->backend_port_be = be->port_be;
+	fwd->backend_id = backend_id;
+	fwd->vip_id = vip->vip_id;
+	fwd->mode = vip->mode;
+	fwd->flags = 0;
+	fwd->last_seen_ns = now;
+	if (vip->mode == LB_MODE_IPIP)
+		fwd->snat_addr.v4_be = ipip_source(cfg, hash);
+	if (bpf_map_update_elem(&ct_fwd, &pkt->key, fwd, BPF_ANY) != 0)
+		return verdict(pkt, LB_REASON_DROP_CT_FULL, XDP_DROP);
 	return LB_CONTINUE;
 }

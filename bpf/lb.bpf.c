@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /* The xdplb XDP program: the pipeline, nothing else.
  *
- *   parse -> VIP lookup -> conntrack -> Maglev -> NAT rewrite -> next hop
- *   parse -> reply of a tracked flow -> NAT restore -> next hop
+ *   parse -> VIP lookup -> flow table -> Maglev -> NAT rewrite | L2 DSR | IPIP -> next hop
+ *   parse -> reply of a tracked NAT flow -> NAT restore -> next hop
  *
  * Each stage returns a verdict or LB_CONTINUE; the reason and the verdict
  * are counted once, on the way out.
@@ -17,8 +17,63 @@
 #include "flow.h"
 #include "nat.h"
 #include "nexthop.h"
+#include "encap.h"
 
-/* Client -> VIP: find or create the flow, rewrite to backend, forward. */
+/* DSR packets that cannot leave through XDP are dropped, not passed: the
+ * kernel would route the VIP-addressed packet along the VIP's route, which
+ * leads back here. */
+static __always_inline int dsr_verdict(struct packet *pkt, int action)
+{
+	if (action == XDP_PASS)
+		return verdict(pkt, LB_REASON_DROP_DSR_NO_NEXTHOP, XDP_DROP);
+	return action;
+}
+
+/* L2 DSR: only the MAC addresses change, towards the backend. */
+static __always_inline int send_l2dsr(struct xdp_md *ctx, struct packet *pkt, const struct ct_fwd *ct)
+{
+	struct bpf_fib_lookup fib = {};
+	struct iphdr *ip = pkt->ip;
+	int action;
+
+	if ((void *)(ip + 1) > pkt->data_end)
+		return verdict(pkt, LB_REASON_DROP_MALFORMED, XDP_DROP);
+	action = nexthop_lookup(ctx, pkt, &fib, ip->saddr, ct->backend_addr.v4_be, bpf_ntohs(ip->tot_len),
+				ip->tos, ip->protocol);
+	if (action == LB_NEXTHOP_FRAG_NEEDED)
+		return verdict(pkt, LB_REASON_DROP_TOO_BIG, XDP_DROP);
+	if (action != LB_CONTINUE)
+		return dsr_verdict(pkt, action);
+	return dsr_verdict(pkt, nexthop_send(ctx, pkt, &fib, LB_REASON_TX_L2DSR));
+}
+
+/* IPIP DSR: an outer header to the backend; too big once encapsulated ->
+ * ICMP "fragmentation needed" (DF) or drop. */
+static __always_inline int send_ipip(struct xdp_md *ctx, struct packet *pkt, const struct ct_fwd *ct)
+{
+	struct bpf_fib_lookup fib = {};
+	struct iphdr *ip = pkt->ip;
+	int action;
+
+	if ((void *)(ip + 1) > pkt->data_end)
+		return verdict(pkt, LB_REASON_DROP_MALFORMED, XDP_DROP);
+	action = nexthop_lookup(ctx, pkt, &fib, ct->snat_addr.v4_be, ct->backend_addr.v4_be,
+				bpf_ntohs(ip->tot_len) + IPIP_OVERHEAD, ip->tos, IPPROTO_IPIP);
+	if (action == LB_NEXTHOP_FRAG_NEEDED) {
+		if ((ip->frag_off & bpf_htons(IP_DF)) && fib.mtu_result > IPIP_OVERHEAD)
+			return icmp_too_big(ctx, pkt, fib.mtu_result - IPIP_OVERHEAD);
+		return verdict(pkt, LB_REASON_DROP_TOO_BIG, XDP_DROP);
+	}
+	if (action != LB_CONTINUE)
+		return dsr_verdict(pkt, action);
+	action = encap_ipip(ctx, pkt, ct->snat_addr.v4_be, ct->backend_addr.v4_be);
+	if (action != LB_CONTINUE)
+		return action;
+	return dsr_verdict(pkt, nexthop_send(ctx, pkt, &fib, LB_REASON_TX_IPIP));
+}
+
+/* Client -> VIP: find or create the flow, then send it the way it started
+ * (NAT, L2 DSR or IPIP), whatever the VIP's mode is now. */
 static __always_inline int lb_to_backend(struct xdp_md *ctx, struct packet *pkt,
 					 const struct lb_config *cfg, const struct vip_meta *vip)
 {
@@ -40,7 +95,10 @@ static __always_inline int lb_to_backend(struct xdp_md *ctx, struct packet *pkt,
 		be = bpf_map_lookup_elem(&backends, &backend_id);
 		if (!be || be->family != LB_AF_INET)
 			return verdict(pkt, LB_REASON_DROP_NO_BACKEND, XDP_DROP);
-		action = ct_create(pkt, cfg, be, backend_id, vip->vip_id, hash, now, &fresh);
+		if (vip->mode == LB_MODE_NAT)
+			action = ct_create(pkt, cfg, be, backend_id, vip->vip_id, hash, now, &fresh);
+		else
+			action = flow_create_dsr(pkt, cfg, be, backend_id, vip, hash, now, &fresh);
 		if (action != LB_CONTINUE)
 			return action;
 		ct = &fresh;
@@ -49,6 +107,10 @@ static __always_inline int lb_to_backend(struct xdp_md *ctx, struct packet *pkt,
 
 	count_flow(&vip_stats, ct->vip_id, pkt, new_flow);
 	count_flow(&backend_stats, ct->backend_id, pkt, new_flow);
+	if (ct->mode == LB_MODE_L2DSR)
+		return send_l2dsr(ctx, pkt, ct);
+	if (ct->mode == LB_MODE_IPIP)
+		return send_ipip(ctx, pkt, ct);
 	action = nat_rewrite(pkt, ct->snat_addr.v4_be, ct->backend_addr.v4_be, ct->snat_port_be,
 			     ct->backend_port_be);
 	if (action != LB_CONTINUE)

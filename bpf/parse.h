@@ -16,6 +16,7 @@
 /* A stage returns an XDP action, or LB_CONTINUE to hand on. */
 #define LB_CONTINUE (-1)
 
+#define IP_DF 0x4000
 #define IP_MF 0x2000
 #define IP_OFFSET 0x1fff
 
@@ -34,6 +35,7 @@ struct packet {
 	__u8 tcp_flags; /* TCP flag byte (FIN=0x01 SYN=0x02 RST=0x04 ACK=0x10) */
 	__u8 reason; /* enum lb_reason of the verdict */
 	__u8 flags; /* PKT_F_*: what earlier stages learnt about the packet */
+	__u8 l2_len; /* Ethernet header length: 14, or 18 with a VLAN tag */
 };
 
 /* The firewall matched an allow rule: later stages (rate limiting) exempt it. */
@@ -88,6 +90,7 @@ static __always_inline int parse_packet(struct xdp_md *ctx, struct packet *pkt)
 	if (proto != bpf_htons(ETH_P_IP))
 		return verdict(pkt, LB_REASON_PASS_NOT_IP, XDP_PASS);
 
+	pkt->l2_len = l3_off;
 	ip = data + l3_off;
 	if ((void *)(ip + 1) > data_end)
 		return verdict(pkt, LB_REASON_PASS_MALFORMED, XDP_PASS);

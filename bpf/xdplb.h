@@ -88,15 +88,19 @@ enum ct_flags {
 	CT_F_CLOSING = 1, /* FIN or RST seen: short timeout applies */
 };
 
-/* ct_fwd: client 5-tuple (client -> VIP) -> how to rewrite it */
+/* ct_fwd, the flow table: client 5-tuple (client -> VIP) -> where the flow
+ * goes. It holds NAT and DSR flows alike; a flow keeps the mode it started
+ * in, so switching a VIP's mode only affects new flows. */
 struct ct_fwd {
 	union lb_addr backend_addr;
-	union lb_addr snat_addr;
+	union lb_addr snat_addr; /* NAT: SNAT address; IPIP: outer source */
 	__u16 backend_port_be;
-	__u16 snat_port_be;
+	__u16 snat_port_be; /* NAT only */
 	__u32 backend_id;
 	__u32 vip_id;
-	__u32 flags; /* enum ct_flags */
+	__u16 flags; /* enum ct_flags */
+	__u8 mode; /* enum lb_mode the flow started in */
+	__u8 pad;
 	__u64 last_seen_ns; /* coarse monotonic clock */
 };
 
@@ -108,7 +112,8 @@ struct ct_rev {
 	__u16 vip_port_be;
 	__u32 backend_id;
 	__u32 vip_id;
-	__u32 flags; /* enum ct_flags */
+	__u16 flags; /* enum ct_flags */
+	__u16 pad;
 	__u64 last_seen_ns;
 };
 
@@ -121,6 +126,11 @@ struct lb_config {
 	__u64 tcp_timeout_ns; /* idle timeout of an established TCP flow */
 	__u64 tcp_closing_timeout_ns; /* after FIN or RST */
 	__u64 udp_timeout_ns;
+	/* IPIP outer source: ipip_src with the bits of ipip_src_hostmask (host
+	 * order) taken from the flow hash, so receivers can spread flows. */
+	union lb_addr ipip_src;
+	__u32 ipip_src_hostmask;
+	__u32 pad2;
 };
 
 /* Per-VIP and per-backend counters (per-CPU; lbd sums the CPUs). */
@@ -149,7 +159,19 @@ enum lb_reason {
 	LB_REASON_TX_NAT_REPLY, /* backend -> client, restored */
 	LB_REASON_PASS_NOT_TRACKED, /* to the SNAT address, no live conntrack entry */
 	LB_REASON_PASS_EGRESS_NOT_ATTACHED, /* FIB egress is not one of lbd's interfaces */
+	LB_REASON_TX_L2DSR, /* client -> backend, MACs rewritten */
+	LB_REASON_TX_IPIP, /* client -> backend, IPIP encapsulated */
+	LB_REASON_TX_ICMP_FRAG_NEEDED, /* too big once encapsulated, DF: ICMP sent back */
+	LB_REASON_DROP_TOO_BIG, /* too big once encapsulated, no DF (or cannot quote it) */
+	LB_REASON_DROP_ENCAP_FAILED, /* could not grow the frame */
+	LB_REASON_DROP_DSR_NO_NEXTHOP, /* DSR next hop unresolved/unattached: passing would loop */
 	LB_REASON_MAX,
+};
+
+/* decap_stats[0]: the backend-side IPIP decapsulation program. */
+struct decap_stats {
+	__u64 decapsulated;
+	__u64 passed; /* not IPIP, or inner destination not a configured VIP */
 };
 
 /* Verdict counters are indexed by XDP action (XDP_ABORTED..XDP_REDIRECT). */

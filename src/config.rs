@@ -47,6 +47,8 @@ pub struct Config {
     pub timeouts: TimeoutsConfig,
     #[serde(default)]
     pub api: ApiConfig,
+    #[serde(default)]
+    pub ipip: IpipConfig,
     /// VIPs to create at start.
     #[serde(default, rename = "vip")]
     pub vips: Vec<VipConfig>,
@@ -137,6 +139,23 @@ impl Default for TimeoutsConfig {
             tcp_closing: Duration::from_secs(10),
             udp: Duration::from_secs(30),
         }
+    }
+}
+
+/// IPIP DSR settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IpipConfig {
+    /// Outer source of IPIP packets: an address of this host (`10.0.1.1/32`), or a prefix whose
+    /// host bits vary per flow so that receivers spread flows across queues (`10.0.9.0/24`).
+    /// Defaults to `nat.snat_address`/32.
+    pub source: Option<ipnet::Ipv4Net>,
+}
+
+impl Config {
+    /// The IPIP outer source prefix in force.
+    pub fn ipip_source(&self) -> ipnet::Ipv4Net {
+        self.ipip.source.unwrap_or_else(|| ipnet::Ipv4Net::new(self.nat.snat_address, 32).expect("/32 is a valid prefix"))
     }
 }
 
@@ -267,6 +286,14 @@ impl Config {
                     maglev::MAX_TABLE_SIZE
                 ),
             ));
+        }
+        if let Some(src) = self.ipip.source {
+            if src.prefix_len() < 16 {
+                return Err(invalid("ipip.source", format!("{src}: use a /16 or longer prefix")));
+            }
+            if src.addr() != src.network() && src.prefix_len() != 32 {
+                return Err(invalid("ipip.source", format!("{src} has host bits set; did you mean {}?", src.trunc())));
+            }
         }
         for (key, d) in [
             ("timeouts.tcp", self.timeouts.tcp),

@@ -99,6 +99,7 @@ async fn run(args: Args) -> Result<()> {
             tcp_timeout: config.timeouts.tcp,
             tcp_closing_timeout: config.timeouts.tcp_closing,
             udp_timeout: config.timeouts.udp,
+            ipip_source: config.ipip_source(),
         })
         .context("writing the run-time configuration")?;
     warn_on_port_overlap(lo, hi);

@@ -74,6 +74,8 @@ pub struct RuntimeConfig {
     pub tcp_timeout: Duration,
     pub tcp_closing_timeout: Duration,
     pub udp_timeout: Duration,
+    /// Outer source of IPIP packets: host bits vary per flow (a /32 is one fixed address).
+    pub ipip_source: ipnet::Ipv4Net,
 }
 
 /// Counters of one VIP or backend, summed over CPUs.
@@ -117,6 +119,12 @@ pub fn reason_name(index: usize) -> String {
             R::LB_REASON_PASS_EGRESS_NOT_ATTACHED,
             "pass_egress_not_attached",
         ),
+        (R::LB_REASON_TX_L2DSR, "tx_l2dsr"),
+        (R::LB_REASON_TX_IPIP, "tx_ipip"),
+        (R::LB_REASON_TX_ICMP_FRAG_NEEDED, "tx_icmp_frag_needed"),
+        (R::LB_REASON_DROP_TOO_BIG, "drop_too_big"),
+        (R::LB_REASON_DROP_ENCAP_FAILED, "drop_encap_failed"),
+        (R::LB_REASON_DROP_DSR_NO_NEXTHOP, "drop_dsr_no_nexthop"),
     ];
     all.iter()
         .find(|(r, _)| r.0 as usize == index)
@@ -160,6 +168,9 @@ impl<'a> Maps<'a> {
             tcp_timeout_ns: c.tcp_timeout.as_nanos() as u64,
             tcp_closing_timeout_ns: c.tcp_closing_timeout.as_nanos() as u64,
             udp_timeout_ns: c.udp_timeout.as_nanos() as u64,
+            ipip_src: addr_v4(c.ipip_source.network()),
+            ipip_src_hostmask: u32::from(c.ipip_source.hostmask()),
+            pad2: 0,
         };
         self.m
             .lb_config

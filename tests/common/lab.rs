@@ -146,6 +146,7 @@ pub fn config(ports: (u16, u16)) -> RuntimeConfig {
         tcp_timeout: Duration::from_secs(300),
         tcp_closing_timeout: Duration::from_secs(10),
         udp_timeout: Duration::from_secs(30),
+        ipip_source: ipnet::Ipv4Net::new(LB_ADDR, 32).expect("a /32 is valid"),
     }
 }
 
