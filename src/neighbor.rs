@@ -104,3 +104,30 @@ pub async fn warm(dsts: &[Ipv4Addr]) -> Result<Vec<NextHop>, NeighborError> {
     task.abort();
     result.map(|()| done)
 }
+
+/// Checks that `dst` is on a directly connected subnet (no gateway on its route), as L2 DSR
+/// needs: a frame for an off-link backend would go to the gateway, which routes the
+/// VIP-addressed packet straight back to the LB. Returns a message for the operator otherwise.
+pub async fn check_on_link(dst: Ipv4Addr) -> Result<(), String> {
+    let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| format!("netlink socket: {e}"))?;
+    let task = tokio::spawn(conn);
+    let msg = RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(dst, 32).build();
+    let route = handle.route().get(msg).execute().try_next().await;
+    task.abort();
+    let route = match route {
+        Ok(Some(r)) => r,
+        Ok(None) | Err(_) => return Err(format!("no route to {dst}")),
+    };
+    if route.header.kind == RouteType::Local {
+        return Err(format!("{dst} is an address of this host"));
+    }
+    for attr in &route.attributes {
+        if let RouteAttribute::Gateway(RouteAddress::Inet(gw)) = attr {
+            return Err(format!(
+                "{dst} is not on a directly connected subnet (routed via {gw}): L2 DSR would send its \
+                 frames to the gateway, which routes the VIP back here; use ipip for backends in other subnets"
+            ));
+        }
+    }
+    Ok(())
+}

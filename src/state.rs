@@ -64,6 +64,25 @@ pub enum Mode {
     Ipip,
 }
 
+impl Mode {
+    /// Direct server return (L2 DSR or IPIP): replies bypass the LB, ports cannot change.
+    pub fn is_dsr(self) -> bool {
+        matches!(self, Mode::L2dsr | Mode::Ipip)
+    }
+}
+
+impl FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "nat" => Ok(Mode::Nat),
+            "l2dsr" => Ok(Mode::L2dsr),
+            "ipip" => Ok(Mode::Ipip),
+            _ => Err(format!("unknown mode '{s}' (nat, l2dsr or ipip)")),
+        }
+    }
+}
+
 impl fmt::Display for Mode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -174,11 +193,6 @@ impl State {
 
     pub fn add_vip(&mut self, key: VipKey, mode: Mode) -> Result<(), StateError> {
         validate_vip_addr(&key.addr).map_err(|m| invalid("vip.address", m))?;
-        if mode != Mode::Nat {
-            return Err(StateError::Unsupported(format!(
-                "mode {mode} is not supported yet (nat only)"
-            )));
-        }
         if self.vips.contains_key(&key) {
             return Err(StateError::AlreadyExists(format!(
                 "vip {key} already exists"
@@ -207,6 +221,25 @@ impl State {
             .ok_or_else(|| StateError::NotFound(format!("vip {key} does not exist")))
     }
 
+    /// Switches a VIP's forwarding mode: new flows use it, tracked flows finish as they started.
+    pub fn set_mode(&mut self, key: &VipKey, mode: Mode) -> Result<(), StateError> {
+        let v = self.vip_mut(key)?;
+        if mode.is_dsr() {
+            if let Some(be) = v.backends.keys().find(|b| b.port() != key.addr.port()) {
+                return Err(invalid(
+                    "mode",
+                    format!(
+                        "{mode} cannot translate ports: backend {be} listens on {}, not the VIP port {}",
+                        be.port(),
+                        key.addr.port()
+                    ),
+                ));
+            }
+        }
+        v.mode = mode;
+        Ok(())
+    }
+
     pub fn add_backend(
         &mut self,
         vip: &VipKey,
@@ -216,6 +249,16 @@ impl State {
         validate_backend_addr(&addr).map_err(|m| invalid("backend.address", m))?;
         validate_weight(weight)?;
         let v = self.vip_mut(vip)?;
+        if v.mode.is_dsr() && addr.port() != vip.addr.port() {
+            return Err(invalid(
+                "backend.port",
+                format!(
+                    "{} cannot translate ports: the backend port must be the VIP port {}",
+                    v.mode,
+                    vip.addr.port()
+                ),
+            ));
+        }
         if v.backends.contains_key(&addr) {
             return Err(StateError::AlreadyExists(format!(
                 "backend {addr} of vip {vip} already exists"
@@ -323,6 +366,27 @@ mod tests {
         ));
         s.remove_vip(&v).expect("remove vip");
         assert_eq!(s, State::default());
+    }
+
+    #[test]
+    fn dsr_modes_refuse_port_translation() {
+        let mut s = State::default();
+        let v = key("10.0.0.10:80");
+        s.add_vip(v, Mode::Nat).expect("add vip");
+        s.add_backend(&v, "10.0.2.1:8080".parse().unwrap(), 1).expect("nat translates ports");
+        let before = s.clone();
+        for mode in [Mode::L2dsr, Mode::Ipip] {
+            let e = s.set_mode(&v, mode).expect_err("backend port differs");
+            assert!(matches!(e, StateError::InvalidArgument { field: "mode", .. }), "{e}");
+            assert_eq!(s, before);
+        }
+        s.remove_backend(&v, "10.0.2.1:8080".parse().unwrap()).unwrap();
+        s.set_mode(&v, Mode::Ipip).expect("no backends: any mode");
+        let e = s.add_backend(&v, "10.0.2.1:8080".parse().unwrap(), 1).expect_err("port differs");
+        assert!(matches!(e, StateError::InvalidArgument { field: "backend.port", .. }), "{e}");
+        s.add_backend(&v, "10.0.2.1:80".parse().unwrap(), 1).expect("same port is fine");
+        assert_eq!(s.vip(&v).unwrap().mode, Mode::Ipip);
+        s.set_mode(&v, Mode::Nat).expect("back to nat");
     }
 
     #[test]

@@ -68,6 +68,10 @@ impl Backends for BackendsService {
         request: Request<pb::AddBackendRequest>,
     ) -> Result<Response<pb::AddBackendResponse>, Status> {
         let (vip, addr, weight) = validate_add(request.get_ref())?;
+        let mode = self.ctl.read(|s, _| s.vip(&vip).map(|v| v.mode)).await.map_err(ApiError::from)?;
+        if mode == crate::state::Mode::L2dsr {
+            super::vips::check_l2dsr_backends("backend.address", &[addr]).await?;
+        }
         self.ctl
             .change(|s| s.add_backend(&vip, addr, weight))
             .await?;

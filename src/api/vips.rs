@@ -73,6 +73,40 @@ impl Vips for VipsService {
         Ok(Response::new(pb::RemoveVipResponse {}))
     }
 
+    async fn set_vip_mode(
+        &self,
+        request: Request<pb::SetVipModeRequest>,
+    ) -> Result<Response<pb::SetVipModeResponse>, Status> {
+        let req = request.get_ref();
+        let key = parse_vip_key("vip", req.vip.as_ref())?;
+        if req.mode == pb::ForwardingMode::Unspecified as i32 {
+            return Err(invalid("mode", "missing (nat, l2dsr or ipip)").into());
+        }
+        let mode = parse_mode(req.mode)?;
+        if mode == Mode::L2dsr {
+            let backends: Vec<_> = self
+                .ctl
+                .read(|s, _| s.vip(&key).map(|v| v.backends.keys().copied().collect()))
+                .await
+                .map_err(ApiError::from)?;
+            check_l2dsr_backends("mode", &backends).await?;
+        }
+        self.ctl.change(|s| s.set_mode(&key, mode)).await?;
+        tracing::info!(vip = %key, %mode, "vip mode set: new flows use it, tracked flows keep theirs");
+        let vip = self
+            .ctl
+            .read(|s, r| {
+                s.vips.get(&key).map(|v| pb::Vip {
+                    key: Some(pb_vip_key(&key)),
+                    mode: pb_mode(v.mode) as i32,
+                    id: r.vip_id(&key).unwrap_or_default(),
+                    backends: v.backends.len() as u32,
+                })
+            })
+            .await;
+        Ok(Response::new(pb::SetVipModeResponse { vip }))
+    }
+
     async fn list_vips(
         &self,
         _request: Request<pb::ListVipsRequest>,
@@ -94,4 +128,12 @@ impl Vips for VipsService {
             .await;
         Ok(Response::new(pb::ListVipsResponse { vips }))
     }
+}
+
+/// Refuses L2 DSR backends that are not on a directly connected subnet (they would loop).
+pub async fn check_l2dsr_backends(field: &str, backends: &[std::net::SocketAddrV4]) -> Result<(), ApiError> {
+    for be in backends {
+        crate::neighbor::check_on_link(*be.ip()).await.map_err(|m| invalid(field, format!("backend {be}: {m}")))?;
+    }
+    Ok(())
 }

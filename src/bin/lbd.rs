@@ -85,6 +85,15 @@ fn init_logging(format: LogFormat) {
 async fn run(args: Args) -> Result<()> {
     let config = Config::load(&args.config).context("invalid configuration")?;
     let state = State::from_config(&config).context("invalid [[vip]] in the configuration")?;
+    for (i, vip) in config.vips.iter().enumerate() {
+        if vip.mode == xdplb::state::Mode::L2dsr {
+            for (j, be) in vip.backends.iter().enumerate() {
+                if let Err(m) = xdplb::neighbor::check_on_link(*be.address.ip()).await {
+                    bail!("vip[{i}].backend[{j}].address: {m}");
+                }
+            }
+        }
+    }
 
     let dp = Dataplane::load(&LoadOptions {
         conntrack_size: config.tables.conntrack_size,
