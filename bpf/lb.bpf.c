@@ -4,6 +4,9 @@
  *   parse -> VIP lookup -> flow table -> Maglev -> NAT rewrite | L2 DSR | IPIP -> next hop
  *   parse -> reply of a tracked NAT flow -> NAT restore -> next hop
  *
+ * The firewall runs once per packet: after the VIP lookup (scope "vips"), or
+ * right after parsing, for every IPv4 packet (scope "all").
+ *
  * Each stage returns a verdict or LB_CONTINUE; the reason and the verdict
  * are counted once, on the way out.
  */
@@ -18,6 +21,8 @@
 #include "nat.h"
 #include "nexthop.h"
 #include "encap.h"
+#include "firewall.h"
+#include "ratelimit.h"
 
 /* DSR packets that cannot leave through XDP are dropped, not passed: the
  * kernel would route the VIP-addressed packet along the VIP's route, which
@@ -95,6 +100,9 @@ static __always_inline int lb_to_backend(struct xdp_md *ctx, struct packet *pkt,
 		be = bpf_map_lookup_elem(&backends, &backend_id);
 		if (!be || be->family != LB_AF_INET)
 			return verdict(pkt, LB_REASON_DROP_NO_BACKEND, XDP_DROP);
+		action = ratelimit_new_flow(pkt);
+		if (action != LB_CONTINUE)
+			return action;
 		if (vip->mode == LB_MODE_NAT)
 			action = ct_create(pkt, cfg, be, backend_id, vip->vip_id, hash, now, &fresh);
 		else
@@ -151,9 +159,13 @@ static __always_inline int process_packet(struct xdp_md *ctx, struct packet *pkt
 	struct lb_config *cfg;
 	struct vip_meta *vip;
 	__u32 zero = 0;
-	int action;
+	int action, fw;
 
 	action = parse_packet(ctx, pkt);
+	/* [firewall] scope = "all": every IPv4 packet, fragments included. */
+	fw = firewall(pkt, FW_SCOPE_ALL);
+	if (fw != LB_CONTINUE)
+		return fw;
 	if (action != LB_CONTINUE)
 		return action;
 
@@ -166,8 +178,15 @@ static __always_inline int process_packet(struct xdp_md *ctx, struct packet *pkt
 	vkey.proto = pkt->key.proto;
 	vkey.family = LB_AF_INET;
 	vip = bpf_map_lookup_elem(&vips, &vkey);
-	if (vip)
+	if (vip) {
+		action = firewall(pkt, FW_SCOPE_VIPS);
+		if (action != LB_CONTINUE)
+			return action;
+		action = ratelimit_packet(pkt);
+		if (action != LB_CONTINUE)
+			return action;
 		return lb_to_backend(ctx, pkt, cfg, vip);
+	}
 	if (is_snat_reply(pkt, cfg))
 		return lb_to_client(ctx, pkt, cfg);
 	return verdict(pkt, LB_REASON_PASS_NOT_VIP, XDP_PASS);
@@ -194,4 +213,9 @@ const volatile struct {
 	enum ct_flags ct_flags;
 	enum lb_limits limits;
 	enum lb_ring_values ring_values;
+	enum fw_action fw_action;
+	enum fw_limits fw_limits;
+	enum rl_limits rl_limits;
+	enum rl_scope rl_scope;
+	enum rl_policy_flags rl_policy_flags;
 } lb_btf_anchor;

@@ -91,3 +91,66 @@ struct {
 	__type(key, __u32);
 	__type(value, struct lb_global_stats);
 } global_stats SEC(".maps");
+
+/* Firewall rules: IPv4 source prefix -> rule; the longest matching prefix
+ * wins. Nodes are allocated as rules are added (LPM tries require
+ * BPF_F_NO_PREALLOC); lbd sets max_entries from [firewall] capacity. An
+ * update of an existing prefix replaces its value atomically. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, FW_DEFAULT_RULES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct lpm_v4_key);
+	__type(value, struct fw_rule);
+} fw_v4 SEC(".maps");
+
+/* The IPv6 twin of fw_v4, for when IPv6 forwarding lands; not read yet. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, FW_DEFAULT_RULES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct lpm_v6_key);
+	__type(value, struct fw_rule);
+} fw_v6 SEC(".maps");
+
+/* Per-rule hit counters, indexed by rule id (sized like fw_v4). Per-CPU:
+ * a blocked flood hits one rule from every CPU at once. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, FW_DEFAULT_RULES);
+	__type(key, __u32);
+	__type(value, struct fw_counters);
+} fw_hits SEC(".maps");
+
+/* Rate limiting: policy id -> policy; id 0 is the default policy. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, RL_MAX_POLICIES);
+	__type(key, __u32);
+	__type(value, struct rl_policy);
+} rl_policies SEC(".maps");
+
+/* Per-CIDR overrides: IPv4 client prefix -> policy id (longest prefix wins). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, RL_MAX_POLICIES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct lpm_v4_key);
+	__type(value, __u32);
+} rl_v4 SEC(".maps");
+
+/* One bucket per client. LRU, so that a flood of spoofed sources evicts old
+ * buckets instead of exhausting memory; lbd sizes it from [ratelimit]. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, RL_DEFAULT_CLIENTS);
+	__type(key, struct rl_client_key);
+	__type(value, struct rl_client);
+} rl_clients SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, RL_MAX_POLICIES);
+	__type(key, __u32);
+	__type(value, struct rl_counters);
+} rl_stats SEC(".maps");

@@ -36,10 +36,14 @@ struct packet {
 	__u8 reason; /* enum lb_reason of the verdict */
 	__u8 flags; /* PKT_F_*: what earlier stages learnt about the packet */
 	__u8 l2_len; /* Ethernet header length: 14, or 18 with a VLAN tag */
+	__u32 rl_policy; /* with PKT_F_RL_NEW_FLOWS: the client's rate-limit policy id */
 };
 
 /* The firewall matched an allow rule: later stages (rate limiting) exempt it. */
 #define PKT_F_FW_ALLOWED 0x01
+/* The client's rate-limit policy has scope new-flows (pkt->rl_policy): the
+ * flow-creation path charges the packet, established flows pass. */
+#define PKT_F_RL_NEW_FLOWS 0x02
 
 #define TCP_FLAG_FIN 0x01
 #define TCP_FLAG_SYN 0x02

@@ -165,6 +165,8 @@ enum lb_reason {
 	LB_REASON_DROP_TOO_BIG, /* too big once encapsulated, no DF (or cannot quote it) */
 	LB_REASON_DROP_ENCAP_FAILED, /* could not grow the frame */
 	LB_REASON_DROP_DSR_NO_NEXTHOP, /* DSR next hop unresolved/unattached: passing would loop */
+	LB_REASON_DROP_FIREWALL, /* source matched a firewall block rule */
+	LB_REASON_DROP_RATELIMIT, /* client over its rate limit (bpf/ratelimit.h) */
 	LB_REASON_MAX,
 };
 
@@ -181,4 +183,93 @@ struct decap_stats {
 struct lb_global_stats {
 	__u64 reasons[LB_REASON_MAX];
 	__u64 verdicts[LB_VERDICT_MAX];
+};
+
+/* Firewall (bpf/firewall.h): LPM tries of source prefixes -> rule. */
+enum fw_limits {
+	FW_DEFAULT_RULES = 1000000, /* default capacity; lbd sizes the maps from [firewall] */
+};
+
+enum fw_action {
+	FW_BLOCK = 1, /* drop (reason drop_firewall) */
+	FW_ALLOW = 2, /* pass on, marked PKT_F_FW_ALLOWED */
+};
+
+/* Which packets the firewall sees (fixed at load time). */
+enum fw_scope {
+	FW_SCOPE_VIPS = 0, /* only packets addressed to a VIP */
+	FW_SCOPE_ALL = 1, /* every IPv4 packet arriving on the interface */
+};
+
+/* fw_v4 key, as struct bpf_lpm_trie_key_u8: the address bytes are in
+ * network byte order (a host-order key matches the wrong ranges). */
+struct lpm_v4_key {
+	__u32 prefixlen; /* host order, 0..32 */
+	__u8 addr[4];
+};
+
+/* fw_v6 key (the IPv6 trie is declared, not yet read). */
+struct lpm_v6_key {
+	__u32 prefixlen; /* host order, 0..128 */
+	__u8 addr[16];
+};
+
+/* fw_v4/fw_v6 value. */
+struct fw_rule {
+	__u32 rule_id; /* index into fw_hits, assigned by lbd */
+	__u8 action; /* enum fw_action */
+	__u8 pad[3];
+};
+
+/* fw_hits[rule_id] (per-CPU; lbd sums the CPUs). */
+struct fw_counters {
+	__u64 packets; /* packets whose verdict this rule decided */
+};
+
+/* Rate limiting (bpf/ratelimit.h): a GCRA token bucket per client source
+ * address, the policy from the longest matching prefix in rl_v4 or the
+ * default policy (id 0). */
+enum rl_limits {
+	RL_MAX_POLICIES = 4096, /* policy ids 0..4095; 0 is the default policy */
+	RL_DEFAULT_CLIENTS = 1000000, /* rl_clients entries unless [ratelimit] clients says */
+	RL_TIME_SHIFT = 4, /* bucket clock: bpf_ktime_get_ns() << 4, i.e. 1/16 ns units */
+	RL_CAS_TRIES = 4, /* compare-and-swap attempts on a client's bucket */
+};
+
+enum rl_scope {
+	RL_SCOPE_ALL = 1, /* every packet of the client to a VIP */
+	RL_SCOPE_NEW_FLOWS = 2, /* only packets about to create a flow-table entry */
+};
+
+enum rl_policy_flags {
+	/* On the default policy (id 0) only: rl_v4 holds at least one prefix,
+	 * so the trie must be searched (otherwise the lookup is skipped). */
+	RL_POLICY_F_OVERRIDES = 1,
+};
+
+/* rl_policies[id]: how the clients of a policy are limited. lbd computes the
+ * bucket parameters from rate and burst (src/ratelimit.rs). */
+struct rl_policy {
+	__u64 interval; /* cost of one packet in clock units: ceil(16e9 / rate); 0 = no limit */
+	__u64 burst_time; /* burst * interval: how far a client's TAT may run ahead of now */
+	__u32 scope; /* enum rl_scope */
+	__u32 flags; /* enum rl_policy_flags */
+};
+
+/* rl_clients key: one bucket per client source address. */
+struct rl_client_key {
+	union lb_addr addr;
+	__u32 family; /* enum lb_family */
+};
+
+/* rl_clients value. */
+struct rl_client {
+	__u64 tat; /* GCRA theoretical arrival time (clock units); changed only by cmpxchg */
+	__u64 dropped; /* packets dropped since the entry was created (atomic add) */
+};
+
+/* rl_stats[id] (per-CPU; lbd sums the CPUs): packets the limiter checked. */
+struct rl_counters {
+	__u64 allowed;
+	__u64 dropped;
 };

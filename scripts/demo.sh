@@ -59,7 +59,8 @@ snat_address = "10.200.1.1"
 port_range = [20000, 29999]
 TOML
 say "starting lbd (XDP attached to the lb's three interfaces)"
-nsenter --net="/run/netns/$NS_LB" "$BIN/lbd" --config "$TMP/lbd.toml" --socket "$TMP/lbd.sock" 2>"$TMP/lbd.log" &
+nsenter --net="/run/netns/$NS_LB" "$BIN/lbd" --config "$TMP/lbd.toml" --socket "$TMP/lbd.sock" \
+	--state-dir "$TMP/state" --detach-on-exit 2>"$TMP/lbd.log" &
 LBD_PID=$!
 for _ in $(seq 50); do [ -S "$TMP/lbd.sock" ] && break; sleep 0.1; done
 LBCTL=("$BIN/lbctl" --socket "$TMP/lbd.sock")

@@ -48,7 +48,13 @@ pub struct Config {
     #[serde(default)]
     pub api: ApiConfig,
     #[serde(default)]
+    pub metrics: MetricsConfig,
+    #[serde(default)]
     pub ipip: IpipConfig,
+    #[serde(default)]
+    pub firewall: FirewallConfig,
+    #[serde(default)]
+    pub ratelimit: RateLimitConfig,
     /// VIPs to create at start.
     #[serde(default, rename = "vip")]
     pub vips: Vec<VipConfig>,
@@ -159,6 +165,43 @@ impl Config {
     }
 }
 
+/// The CIDR firewall: which packets it sees and how many rules it can hold.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FirewallConfig {
+    /// `vips`: only packets addressed to a VIP; `all`: every IPv4 packet on lbd's interfaces.
+    pub scope: crate::firewall::Scope,
+    /// Most rules (LPM trie entries; also the per-CPU hit counters: 8 bytes per rule per CPU).
+    pub capacity: u32,
+}
+
+impl Default for FirewallConfig {
+    fn default() -> Self {
+        Self {
+            scope: crate::firewall::Scope::default(),
+            capacity: crate::firewall::DEFAULT_CAPACITY,
+        }
+    }
+}
+
+/// Per-client rate limiting: how many clients get a bucket of their own. Policies are set with
+/// lbctl (`lbctl ratelimit set`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// Client buckets (an LRU table: when full, the least recently seen client is forgotten and
+    /// starts again with a full burst). About 100 bytes each.
+    pub clients: u32,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            clients: crate::ratelimit::DEFAULT_CLIENTS,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiConfig {
@@ -166,6 +209,29 @@ pub struct ApiConfig {
     pub socket: Option<PathBuf>,
     /// Optional TCP listener of the gRPC API.
     pub grpc_listen: Option<std::net::SocketAddr>,
+}
+
+/// The Prometheus endpoint (`GET /metrics`, see `crate::metrics`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// `ADDR:PORT` to serve `/metrics` on, or `"none"` (or empty) for no endpoint.
+    pub listen: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: crate::metrics::DEFAULT_LISTEN.to_string(),
+        }
+    }
+}
+
+impl MetricsConfig {
+    /// The address to serve metrics on; `None` when disabled.
+    pub fn listen_addr(&self) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+        crate::metrics::parse_listen(&self.listen).map_err(|e| invalid("metrics.listen", e.to_string()))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -220,6 +286,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        self.metrics.listen_addr()?;
         let dp = &self.dataplane;
         if dp.interfaces.is_empty() {
             return Err(invalid(
@@ -307,6 +374,20 @@ impl Config {
                 ));
             }
         }
+        let cap = self.firewall.capacity;
+        if !(1..=crate::firewall::MAX_CAPACITY).contains(&cap) {
+            return Err(invalid(
+                "firewall.capacity",
+                format!("{cap} is outside 1..={}", crate::firewall::MAX_CAPACITY),
+            ));
+        }
+        let clients = self.ratelimit.clients;
+        if !(1024..=1 << 27).contains(&clients) {
+            return Err(invalid(
+                "ratelimit.clients",
+                format!("{clients} is outside 1024..=134217728"),
+            ));
+        }
         for (i, vip) in self.vips.iter().enumerate() {
             let key = format!("vip[{i}]");
             crate::state::validate_vip_addr(&vip.address)
@@ -362,8 +443,30 @@ mod tests {
     fn example_config_in_repo_parses() {
         let text = include_str!("../examples/lbd.toml");
         let c = Config::parse(text).expect("examples/lbd.toml parses");
+        assert_eq!(c.firewall.capacity, crate::firewall::DEFAULT_CAPACITY);
+        assert_eq!(c.ratelimit.clients, crate::ratelimit::DEFAULT_CLIENTS);
         assert_eq!(c.vips.len(), 2);
         assert_eq!(c.vips[0].backends.len(), 2);
+        assert_eq!(
+            c.metrics.listen_addr().expect("valid"),
+            Some("127.0.0.1:9469".parse().expect("addr"))
+        );
+    }
+
+    #[test]
+    fn metrics_listen() {
+        let c = Config::parse(MINIMAL).expect("minimal config parses");
+        assert_eq!(c.metrics.listen, crate::metrics::DEFAULT_LISTEN);
+        let with = |v: &str| format!("{MINIMAL}[metrics]\nlisten = \"{v}\"\n");
+        let off = Config::parse(&with("none")).expect("none disables");
+        assert_eq!(off.metrics.listen_addr().expect("valid"), None);
+        let on = Config::parse(&with("0.0.0.0:9100")).expect("an address");
+        assert_eq!(
+            on.metrics.listen_addr().expect("valid"),
+            Some("0.0.0.0:9100".parse().expect("addr"))
+        );
+        assert!(err(&with("localhost:9469")).starts_with("metrics.listen:"));
+        assert!(err(&format!("{MINIMAL}[metrics]\nlisen = \"x\"\n")).contains("lisen"));
     }
 
     #[test]
@@ -428,6 +531,23 @@ mod tests {
     }
 
     #[test]
+    fn firewall_table_defaults_and_limits() {
+        let c = Config::parse(MINIMAL).expect("minimal config parses");
+        assert_eq!(c.firewall.scope, crate::firewall::Scope::Vips);
+        assert_eq!(c.firewall.capacity, 1_000_000);
+        let c = Config::parse(&format!(
+            "{MINIMAL}[firewall]\nscope = \"all\"\ncapacity = 4096\n"
+        ))
+        .expect("firewall table parses");
+        assert_eq!(c.firewall.scope, crate::firewall::Scope::All);
+        assert_eq!(c.firewall.capacity, 4096);
+        assert!(err(&format!("{MINIMAL}[firewall]\ncapacity = 0\n"))
+            .starts_with("firewall.capacity:"));
+        assert!(err(&format!("{MINIMAL}[firewall]\nscope = \"some\"\n")).contains("scope"));
+        assert!(err(&format!("{MINIMAL}[firewall]\nsize = 10\n")).contains("size"));
+    }
+
+    #[test]
     fn parse_errors_mention_the_key() {
         // serde/toml name the unknown or ill-typed key themselves.
         assert!(
@@ -439,5 +559,16 @@ mod tests {
             err(&MINIMAL.replace("interfaces", "xdp_mode = \"fast\"\ninterfaces"))
                 .contains("xdp_mode")
         );
+    }
+
+    #[test]
+    fn ratelimit_clients_default_and_bounds() {
+        let c = Config::parse(MINIMAL).expect("minimal config parses");
+        assert_eq!(c.ratelimit.clients, 1_000_000);
+        let c = Config::parse(&format!("{MINIMAL}[ratelimit]\nclients = 4096\n")).expect("parses");
+        assert_eq!(c.ratelimit.clients, 4096);
+        assert!(err(&format!("{MINIMAL}[ratelimit]\nclients = 10\n"))
+            .starts_with("ratelimit.clients:"));
+        assert!(err(&format!("{MINIMAL}[ratelimit]\nrate = 10\n")).contains("rate"));
     }
 }

@@ -4,8 +4,12 @@
 pub mod api;
 pub mod config;
 pub mod dataplane;
+pub mod firewall;
 pub mod maglev;
+pub mod metrics;
 pub mod neighbor;
+pub mod persist;
+pub mod ratelimit;
 pub mod reconcile;
 pub mod state;
 

@@ -8,6 +8,11 @@ use crate::dataplane::{Dataplane, DataplaneError, MAX_BACKENDS, MAX_VIPS};
 use crate::maglev::{self, MaglevBackend};
 use crate::state::{Mode, State, VipKey};
 
+mod firewall;
+pub use firewall::AppliedFirewall;
+mod ratelimit;
+pub use ratelimit::AppliedRateLimits;
+
 /// Why the maps could not be made to match.
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -55,6 +60,24 @@ impl IdPool {
     fn give_back(&mut self, id: u32) {
         self.free.push_back(id);
     }
+
+    /// Marks `id` as in use (adopting the ids of a previous lbd).
+    fn reserve(&mut self, id: u32) {
+        if id >= self.next {
+            self.free.extend(self.next..id);
+            self.next = id + 1;
+        } else {
+            self.free.retain(|f| *f != id);
+        }
+    }
+}
+
+/// The ids the reconciler handed out: persisted with the state, so that a restarted lbd keeps
+/// every id that the pinned maps (rings, conntrack entries, counters) still refer to.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AppliedIds {
+    pub vips: Vec<(VipKey, u32)>,
+    pub backends: Vec<(VipKey, SocketAddrV4, u32)>,
 }
 
 /// What the maps currently hold for one VIP.
@@ -66,6 +89,8 @@ struct AppliedVip {
     backends: BTreeMap<SocketAddrV4, (u32, u32)>,
     /// The ring in the data plane (None: no ring, every new flow is dropped as "no backend").
     ring: Option<Vec<u32>>,
+    /// Adopted from a previous lbd: the VIP entry and ring are rewritten on the next reconcile.
+    adopted: bool,
 }
 
 /// Owns the data plane and what has been applied to it.
@@ -75,11 +100,15 @@ pub struct Reconciler {
     applied: BTreeMap<VipKey, AppliedVip>,
     vip_ids: IdPool,
     backend_ids: IdPool,
+    firewall: AppliedFirewall,
+    ratelimit: AppliedRateLimits,
 }
 
 impl Reconciler {
     pub fn new(dp: Dataplane, ring_size: u32) -> Self {
         Self {
+            firewall: AppliedFirewall::new(&dp),
+            ratelimit: AppliedRateLimits::new(),
             dp,
             ring_size,
             applied: BTreeMap::new(),
@@ -90,6 +119,16 @@ impl Reconciler {
 
     pub fn dataplane(&self) -> &Dataplane {
         &self.dp
+    }
+
+    /// The rate-limit policies the data plane holds, with their ids.
+    pub fn ratelimit(&self) -> &AppliedRateLimits {
+        &self.ratelimit
+    }
+
+    /// The firewall rules the data plane holds, with their ids.
+    pub fn firewall(&self) -> &AppliedFirewall {
+        &self.firewall
     }
 
     pub fn dataplane_mut(&mut self) -> &mut Dataplane {
@@ -114,9 +153,44 @@ impl Reconciler {
             .map(|b| b.0)
     }
 
+    /// The ids in use, for the state file.
+    pub fn ids(&self) -> AppliedIds {
+        let mut ids = AppliedIds::default();
+        for (key, v) in &self.applied {
+            ids.vips.push((*key, v.id));
+            for (addr, (id, _)) in &v.backends {
+                ids.backends.push((*key, *addr, *id));
+            }
+        }
+        ids
+    }
+
+    /// Takes over the ids of a previous lbd whose pinned maps this one reuses; call before the
+    /// first `reconcile`. Entries of VIPs no longer wanted are then removed by `reconcile`.
+    pub fn adopt_ids(&mut self, ids: &AppliedIds) {
+        for (key, id) in &ids.vips {
+            self.vip_ids.reserve(*id);
+            self.applied.insert(
+                *key,
+                AppliedVip { id: *id, mode: Mode::Nat, backends: BTreeMap::new(), ring: None, adopted: true },
+            );
+        }
+        for (key, addr, id) in &ids.backends {
+            if let Some(v) = self.applied.get_mut(key) {
+                self.backend_ids.reserve(*id);
+                // Weight 0 until reconcile sets the wanted one; the ring is rebuilt anyway.
+                v.backends.insert(*addr, (*id, 0));
+            }
+        }
+    }
+
     /// Applies `desired`. On error the maps may be partly changed: call again with the previous
     /// state to roll back (what `api::Controller` does).
     pub fn reconcile(&mut self, desired: &State) -> Result<(), ReconcileError> {
+        // 0. Firewall rules first: a VIP must not go live before its block rules do.
+        self.firewall.apply(&self.dp, &desired.firewall)?;
+        // Rate limits too: a VIP goes live already limited.
+        self.ratelimit.apply(&self.dp, &desired.ratelimit)?;
         let maps = self.dp.maps();
         // 1. VIPs that went away: hide the VIP first, then free what it used.
         let gone: Vec<VipKey> = self
@@ -150,10 +224,12 @@ impl Reconciler {
                         mode: want.mode,
                         backends: BTreeMap::new(),
                         ring: None,
+                        adopted: false,
                     }
                 }
             };
             let is_new = !self.applied.contains_key(key);
+            let adopted = std::mem::take(&mut cur.adopted);
 
             let removed: Vec<SocketAddrV4> = cur
                 .backends
@@ -179,14 +255,14 @@ impl Reconciler {
             }
 
             let ring = self.build_ring(key, &cur)?;
-            if ring != cur.ring {
+            if ring != cur.ring || adopted {
                 match &ring {
                     Some(table) => maps.set_ring(cur.id, table)?,
                     None => maps.delete_ring(cur.id)?,
                 }
                 cur.ring = ring;
             }
-            if is_new || cur.mode != want.mode {
+            if is_new || adopted || cur.mode != want.mode {
                 cur.mode = want.mode;
                 maps.put_vip(key.addr, key.proto, cur.id, cur.mode, self.ring_size)?;
             }

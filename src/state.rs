@@ -116,7 +116,14 @@ pub struct VipState {
 /// Everything an operator can set. One owner changes it (see `api`); the reconciler applies it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
+    #[serde(with = "crate::persist::vec_map")]
     pub vips: BTreeMap<VipKey, VipState>,
+    /// Firewall rules (source prefix -> block or allow).
+    #[serde(default)]
+    pub firewall: crate::firewall::Firewall,
+    /// Per-client rate limits: the default policy and per-CIDR overrides.
+    #[serde(default)]
+    pub ratelimit: crate::ratelimit::RateLimits,
 }
 
 /// Why a change to the state was refused.

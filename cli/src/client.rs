@@ -8,7 +8,8 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::highargs::Target;
 use crate::pb::{
-    backends_client::BackendsClient, stats_client::StatsClient, vips_client::VipsClient,
+    backends_client::BackendsClient, firewall_client::FirewallClient,
+    rate_limits_client::RateLimitsClient, stats_client::StatsClient, vips_client::VipsClient,
 };
 
 /// Typed clients for every lbd service, sharing one HTTP/2 connection.
@@ -17,6 +18,8 @@ pub struct Lbd {
     pub vips: VipsClient<Channel>,
     pub backends: BackendsClient<Channel>,
     pub stats: StatsClient<Channel>,
+    pub firewall: FirewallClient<Channel>,
+    pub ratelimits: RateLimitsClient<Channel>,
 }
 
 impl Lbd {
@@ -65,7 +68,9 @@ impl Lbd {
         Ok(Lbd {
             vips: VipsClient::new(channel.clone()),
             backends: BackendsClient::new(channel.clone()),
-            stats: StatsClient::new(channel),
+            stats: StatsClient::new(channel.clone()),
+            firewall: FirewallClient::new(channel.clone()),
+            ratelimits: RateLimitsClient::new(channel),
         })
     }
 }

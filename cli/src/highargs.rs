@@ -12,6 +12,7 @@ use crate::lowargs::{
     BackendAddArgs, BackendCommand, BackendRefArgs, LowArgs, LowCommand, SetWeightArgs, VipCommand,
     VipFlag, VipPositional,
 };
+use crate::firewall::{Action as FwAction, Firewall};
 use crate::pb;
 
 /// Where lbd listens.
@@ -122,6 +123,10 @@ pub enum Command {
     BackendList {
         vip: VipKey,
     },
+    /// `block`, `allow` and `fw` commands.
+    Firewall(crate::firewall::Firewall),
+    /// `ratelimit` commands.
+    RateLimit(crate::ratelimit::RateLimit),
     Stats,
     Completions(clap_complete::Shell),
 }
@@ -212,6 +217,14 @@ impl TryFrom<LowCommand> for Command {
             LowCommand::Backend(BackendCommand::List(args)) => Command::BackendList {
                 vip: vip_flag(&args)?,
             },
+            LowCommand::Block(c) => {
+                Command::Firewall(Firewall::rules(FwAction::Block, c)?)
+            }
+            LowCommand::Allow(c) => {
+                Command::Firewall(Firewall::rules(FwAction::Allow, c)?)
+            }
+            LowCommand::Fw(c) => Command::Firewall(Firewall::fw(c)?),
+            LowCommand::RateLimit(c) => Command::RateLimit(c.try_into()?),
             LowCommand::Stats => Command::Stats,
             LowCommand::Completions { shell } => Command::Completions(shell),
         })

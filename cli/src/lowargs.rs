@@ -82,6 +82,22 @@ pub enum LowCommand {
     /// Remove a backend from a VIP (same as `backend remove`)
     RemoveBackend(BackendRefArgs),
 
+    /// Firewall: block source prefixes (add, remove, load a list)
+    #[command(subcommand)]
+    Block(crate::firewall::RulesCommand),
+
+    /// Firewall: allow source prefixes, e.g. a hole in a wider block (add, remove, load a list)
+    #[command(subcommand)]
+    Allow(crate::firewall::RulesCommand),
+
+    /// Firewall: list the rules with their hits
+    #[command(subcommand)]
+    Fw(crate::firewall::FwCommand),
+
+    /// Per-client rate limits: set, remove and list policies, show the top offenders
+    #[command(subcommand, name = "ratelimit")]
+    RateLimit(crate::ratelimit::RateLimitCommand),
+
     /// Show packet, byte and flow counters per VIP and backend, per reason and per verdict
     Stats,
 

@@ -2,9 +2,11 @@
 //! edges (argument parsing, exit codes, error lines) and dispatches one command to lbd.
 
 mod client;
+mod firewall;
 mod highargs;
 mod lowargs;
 mod output;
+mod ratelimit;
 mod pb;
 
 use std::{
@@ -73,6 +75,13 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 
 /// Connect to lbd, perform one command, and render the reply to `out`.
 async fn run(args: &HighArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    if let Command::Firewall(cmd) = &args.command {
+        // Reads and checks a list file before connecting.
+        return firewall::run(cmd, args, out).await;
+    }
+    if let Command::RateLimit(cmd) = &args.command {
+        return ratelimit::run(cmd, args, out).await;
+    }
     let mut lbd = Lbd::connect(&args.target, args.timeout).await?;
     let json = args.json;
     let t = args.timeout;
@@ -219,6 +228,8 @@ async fn run(args: &HighArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             }
         }
         Command::Completions(_) => Ok(()), // handled in main, needs no lbd
+        Command::Firewall(_) => Ok(()),    // handled above
+        Command::RateLimit(_) => Ok(()),   // handled above
     };
     written.context("cannot write to stdout")
 }

@@ -359,6 +359,104 @@ pub fn stats(out: &mut dyn Write, s: &pb::GetStatsResponse) -> io::Result<()> {
     Ok(())
 }
 
+/// Firewall rules with their hits (`lbctl fw list`); `action` names a rule's action.
+pub fn firewall_rules(
+    out: &mut dyn Write,
+    rules: &[pb::FirewallRule],
+    action: impl Fn(i32) -> String,
+) -> io::Result<()> {
+    if rules.is_empty() {
+        return writeln!(out, "no firewall rules");
+    }
+    let mut t = Table::new(&[
+        ("ACTION", Align::Left),
+        ("PREFIX", Align::Left),
+        ("HITS", Align::Right),
+        ("ID", Align::Right),
+    ]);
+    for r in rules {
+        t.row(vec![
+            action(r.action),
+            r.cidr.clone(),
+            r.hits.to_string(),
+            r.id.to_string(),
+        ]);
+    }
+    t.write(out)
+}
+
+/// Rate-limit policies with their counters (`lbctl ratelimit list`); `scope` names a scope.
+pub fn rate_limits(
+    out: &mut dyn Write,
+    policies: &[pb::RateLimit],
+    scope: impl Fn(i32) -> String,
+) -> io::Result<()> {
+    let mut t = Table::new(&[
+        ("POLICY", Align::Left),
+        ("RATE/S", Align::Right),
+        ("BURST", Align::Right),
+        ("SCOPE", Align::Left),
+        ("ALLOWED", Align::Right),
+        ("DROPPED", Align::Right),
+        ("ID", Align::Right),
+    ]);
+    for r in policies {
+        let p = r.policy.clone().unwrap_or_default();
+        let limited = p.rate > 0;
+        t.row(vec![
+            if p.cidr.is_empty() {
+                "default".into()
+            } else {
+                p.cidr
+            },
+            if limited {
+                p.rate.to_string()
+            } else {
+                "no limit".into()
+            },
+            if limited {
+                p.burst.to_string()
+            } else {
+                "-".into()
+            },
+            if limited { scope(p.scope) } else { "-".into() },
+            r.allowed.to_string(),
+            r.dropped.to_string(),
+            r.id.to_string(),
+        ]);
+    }
+    t.write(out)
+}
+
+/// The clients with the most drops (`lbctl ratelimit top`).
+pub fn limited_clients(out: &mut dyn Write, r: &pb::TopLimitedClientsResponse) -> io::Result<()> {
+    if r.clients.is_empty() {
+        return writeln!(
+            out,
+            "no client has been rate limited ({} client buckets)",
+            r.tracked
+        );
+    }
+    let mut t = Table::new(&[
+        ("CLIENT", Align::Left),
+        ("DROPPED", Align::Right),
+        ("POLICY", Align::Left),
+    ]);
+    for c in &r.clients {
+        t.row(vec![
+            c.address.clone(),
+            c.dropped.to_string(),
+            if c.cidr.is_empty() {
+                "default".into()
+            } else {
+                c.cidr.clone()
+            },
+        ]);
+    }
+    t.write(out)?;
+    writeln!(out, "{} client buckets", r.tracked)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,5 +17,5 @@ pub use peers::{
     tcp_connect, tcp_exchange, tcp_name_server, tcp_request, tcp_requests, udp_name_server,
     udp_request, udp_requests, Reply, ServerHandle,
 };
-pub use procs::{vip_new_flows, Lbd, Proto};
+pub use procs::{vip_new_flows, Lbd, Proto, StartOptions};
 pub use topology::{lbd_config, Topology, VIP};

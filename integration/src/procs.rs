@@ -87,8 +87,20 @@ pub struct Lbd {
     log: PathBuf,
     pin_path: Option<PathBuf>,
     lbctl: PathBuf,
+    /// Started without --detach-on-exit: stopping it leaves the program attached and the pins
+    /// in place, for the next lbd to adopt.
+    keeps_pins: bool,
     // Last: removed after everything above is done with it.
     dir: TempDir,
+}
+
+/// How [`Lbd::start_with`] runs lbd.
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    /// State directory to use (shared by the lbds of a restart test); default: a private one.
+    pub state_dir: Option<PathBuf>,
+    /// Leave the program attached and the maps pinned on exit (no --detach-on-exit).
+    pub keep_pins: bool,
 }
 
 impl Lbd {
@@ -99,6 +111,11 @@ impl Lbd {
     ///
     /// nsenter rather than `ip netns exec`: the latter remounts /sys, hiding /sys/fs/bpf.
     pub fn start(lb_ns: &NetNs, config_toml: &str) -> Result<Lbd> {
+        Self::start_with(lb_ns, config_toml, &StartOptions::default())
+    }
+
+    /// [`Lbd::start`] with options (restart tests).
+    pub fn start_with(lb_ns: &NetNs, config_toml: &str, opts: &StartOptions) -> Result<Lbd> {
         let lbd_bin = binary("lbd")?;
         let lbctl = binary("lbctl")?;
         ensure_bpffs()?;
@@ -124,9 +141,15 @@ impl Lbd {
             .arg(&config)
             .arg("--socket")
             .arg(&socket)
+            // Each test has its own state file, and leaves nothing attached or pinned.
+            .arg("--state-dir")
+            .arg(opts.state_dir.clone().unwrap_or_else(|| dir.path().join("state")))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
+        if !opts.keep_pins {
+            cmd.arg("--detach-on-exit");
+        }
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
         }
@@ -143,6 +166,7 @@ impl Lbd {
             log,
             pin_path,
             lbctl,
+            keeps_pins: opts.keep_pins,
             dir,
         };
         lbd.wait_ready()
@@ -289,7 +313,7 @@ impl Lbd {
             Ok(status) => problems.push(format!("lbd exited with {status}")),
             Err(e) => problems.push(format!("stopping lbd: {e:#}")),
         }
-        if let Some(pins) = &self.pin_path {
+        if let Some(pins) = self.pin_path.as_ref().filter(|_| !self.keeps_pins) {
             if pins.exists() {
                 let removal = match std::fs::remove_dir_all(pins) {
                     Ok(()) => "removed it".to_string(),
@@ -306,6 +330,18 @@ impl Lbd {
         } else {
             bail!("{}", problems.join("; "))
         }
+    }
+}
+
+impl Lbd {
+    /// Kills lbd with SIGKILL (no clean-up code runs); its pins stay for the next lbd.
+    pub fn kill9(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill().context("SIGKILL lbd")?;
+            child.wait().context("reaping lbd")?;
+        }
+        self.keeps_pins = true;
+        Ok(())
     }
 }
 

@@ -2,6 +2,8 @@
 //! state, request validation helpers, and the one mapping from errors to gRPC statuses.
 
 pub mod backends;
+pub mod firewall;
+pub mod ratelimit;
 pub mod stats;
 pub mod vips;
 
@@ -30,6 +32,8 @@ pub enum ApiError {
     State(#[from] StateError),
     #[error("data plane: {0}")]
     Reconcile(#[from] ReconcileError),
+    #[error("saving the state: {0}")]
+    Persist(#[from] crate::persist::PersistError),
 }
 
 impl From<ApiError> for Status {
@@ -46,6 +50,7 @@ impl From<ApiError> for Status {
                 Status::resource_exhausted(e.to_string())
             }
             ApiError::Reconcile(_) => Status::internal(e.to_string()),
+            ApiError::Persist(_) => Status::unavailable(e.to_string()),
         }
     }
 }
@@ -110,6 +115,8 @@ struct Inner {
     reconciler: Reconciler,
     /// Backend addresses whose next hop is already a managed neighbour.
     warmed: HashSet<Ipv4Addr>,
+    /// Where every accepted change is saved before it is acknowledged (None: not persisted).
+    store: Option<crate::persist::StateStore>,
 }
 
 /// The one owner of the desired state. Every change goes through [`Controller::change`]:
@@ -128,8 +135,18 @@ impl Controller {
                 state,
                 reconciler,
                 warmed: HashSet::new(),
+                store: None,
             })),
         })
+    }
+
+    /// Saves every accepted change to `store` before acknowledging it, starting with the state
+    /// as it is now.
+    pub async fn persist_to(&self, store: crate::persist::StateStore) -> Result<(), ApiError> {
+        let mut inner = self.inner.lock().await;
+        store.save(&inner.state, &inner.reconciler.ids())?;
+        inner.store = Some(store);
+        Ok(())
     }
 
     /// Makes the next hop of every backend not yet seen a kernel-managed neighbour, so the XDP
@@ -184,12 +201,16 @@ impl Controller {
         let mut inner = self.inner.lock().await;
         let mut next = inner.state.clone();
         let out = f(&mut next)?;
-        if let Err(e) = inner.reconciler.reconcile(&next) {
+        let applied = inner.reconciler.reconcile(&next).map_err(ApiError::from).and_then(|()| match &inner.store {
+            Some(store) => store.save(&next, &inner.reconciler.ids()).map_err(ApiError::from),
+            None => Ok(()),
+        });
+        if let Err(e) = applied {
             let previous = inner.state.clone();
             if let Err(rollback) = inner.reconciler.reconcile(&previous) {
                 tracing::error!(error = %rollback, "rolling the data plane back failed");
             }
-            return Err(e.into());
+            return Err(e);
         }
         inner.state = next;
         drop(inner);

@@ -16,9 +16,14 @@ use xdplb::api::pb::{
     backends_server::BackendsServer, stats_server::StatsServer, vips_server::VipsServer,
 };
 use xdplb::api::{backends::BackendsService, stats::StatsService, vips::VipsService, Controller};
+use xdplb::api::firewall::FirewallService;
+use xdplb::api::pb::firewall_server::FirewallServer;
+use xdplb::api::pb::rate_limits_server::RateLimitsServer;
+use xdplb::api::ratelimit::RateLimitsService;
 use xdplb::config::{self, Config};
 use xdplb::dataplane::maps::RuntimeConfig;
 use xdplb::dataplane::{Dataplane, LoadOptions};
+use xdplb::persist::StateStore;
 use xdplb::reconcile::Reconciler;
 use xdplb::state::State;
 
@@ -41,6 +46,14 @@ struct Args {
     /// Also serve gRPC over TCP on this address (overrides [api] grpc_listen; keep it on loopback).
     #[arg(long, value_name = "ADDR:PORT")]
     grpc_listen: Option<std::net::SocketAddr>,
+    /// Directory of the state file (everything set through the API, saved before each change is
+    /// acknowledged and restored at start).
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/xdplb")]
+    state_dir: PathBuf,
+    /// On exit, detach the program and remove every pin (tracked flows are lost). Without it, the
+    /// program stays attached and the maps stay pinned for the next lbd to adopt.
+    #[arg(long)]
+    detach_on_exit: bool,
     /// Log format.
     #[arg(long, value_enum, default_value = "human")]
     log_format: LogFormat,
@@ -84,12 +97,28 @@ fn init_logging(format: LogFormat) {
 
 async fn run(args: Args) -> Result<()> {
     let config = Config::load(&args.config).context("invalid configuration")?;
-    let state = State::from_config(&config).context("invalid [[vip]] in the configuration")?;
-    for (i, vip) in config.vips.iter().enumerate() {
+    // The state file, when there is one, wins over the config's [[vip]] tables: it holds every
+    // change made through the API since the config seeded the first start.
+    let store = StateStore::new(&args.state_dir);
+    let saved = store.load().context("cannot start from the state file")?;
+    let state = match &saved {
+        Some(file) => {
+            if !config.vips.is_empty() {
+                tracing::warn!(
+                    state_file = %store.path().display(),
+                    "the state file wins: the [[vip]] tables of the config only seed a fresh state (move the state file away to start over from the config)"
+                );
+            }
+            tracing::info!(state_file = %store.path().display(), vips = file.state.vips.len(), "restoring the saved state");
+            file.state.clone()
+        }
+        None => State::from_config(&config).context("invalid [[vip]] in the configuration")?,
+    };
+    for (key, vip) in &state.vips {
         if vip.mode == xdplb::state::Mode::L2dsr {
-            for (j, be) in vip.backends.iter().enumerate() {
-                if let Err(m) = xdplb::neighbor::check_on_link(*be.address.ip()).await {
-                    bail!("vip[{i}].backend[{j}].address: {m}");
+            for be in vip.backends.keys() {
+                if let Err(m) = xdplb::neighbor::check_on_link(*be.ip()).await {
+                    bail!("vip {key}, backend {be}: {m}");
                 }
             }
         }
@@ -98,6 +127,9 @@ async fn run(args: Args) -> Result<()> {
     let dp = Dataplane::load(&LoadOptions {
         conntrack_size: config.tables.conntrack_size,
         pin_dir: Some(config.dataplane.pin_path.clone()),
+        firewall_capacity: config.firewall.capacity,
+        firewall_scope: config.firewall.scope,
+        ratelimit_clients: config.ratelimit.clients,
     })
     .context("loading the XDP program")?;
     let [lo, hi] = config.nat.port_range;
@@ -113,16 +145,24 @@ async fn run(args: Args) -> Result<()> {
         .context("writing the run-time configuration")?;
     warn_on_port_overlap(lo, hi);
 
+    let adopted = dp.adopted();
     let mut reconciler = Reconciler::new(dp, config.tables.maglev_size);
-    let attached = attach_all(reconciler.dataplane_mut(), &config);
+    match (&saved, adopted) {
+        (Some(file), true) => reconciler.adopt_ids(&file.ids),
+        (None, true) => tracing::warn!("pinned maps found but no state file: starting from the configuration"),
+        _ => {}
+    }
+    let attached = attach_all(reconciler.dataplane_mut(), &config)
+        .and_then(|()| reconciler.dataplane().detach_stale_links().context("detaching stale links"));
     if let Err(e) = attached {
-        let _ = reconciler.into_dataplane().shutdown();
+        let _ = reconciler.into_dataplane().shutdown(args.detach_on_exit);
         return Err(e);
     }
     let ctl = match Controller::new(state, reconciler) {
         Ok(c) => c,
         Err(e) => bail!("applying the configured VIPs: {e}"),
     };
+    ctl.persist_to(store).await.context("writing the state file")?;
     ctl.warm_next_hops().await;
 
     let socket = args
@@ -136,12 +176,16 @@ async fn run(args: Args) -> Result<()> {
     )
     .await;
 
-    tracing::info!("shutting down: detaching XDP and removing pins");
+    if args.detach_on_exit {
+        tracing::info!("shutting down: detaching XDP and removing pins (--detach-on-exit)");
+    } else {
+        tracing::info!("shutting down: XDP stays attached and maps pinned for the next lbd");
+    }
     let _ = std::fs::remove_file(&socket);
     match ctl.into_reconciler() {
         Some(r) => r
             .into_dataplane()
-            .shutdown()
+            .shutdown(args.detach_on_exit)
             .context("cleaning up the data plane")?,
         None => tracing::warn!("API still in use at shutdown; the data plane is released on exit"),
     }
@@ -215,6 +259,8 @@ async fn serve(ctl: Controller, socket: &Path, tcp: Option<std::net::SocketAddr>
             .add_service(VipsServer::new(VipsService::new(ctl.clone())))
             .add_service(BackendsServer::new(BackendsService::new(ctl.clone())))
             .add_service(StatsServer::new(StatsService::new(ctl.clone())))
+            .add_service(FirewallServer::new(FirewallService::new(ctl.clone())))
+            .add_service(RateLimitsServer::new(RateLimitsService::new(ctl.clone())))
     };
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;

@@ -16,13 +16,13 @@ use crate::state::{Mode, Protocol};
 ///
 /// Only used with the `#[repr(C)]` structs of `bpf/xdplb.h`, which have explicit padding fields
 /// and are built from `Default` (all bytes initialised).
-fn bytes_of<T: Copy>(v: &T) -> &[u8] {
+pub(crate) fn bytes_of<T: Copy>(v: &T) -> &[u8] {
     // SAFETY: T is a plain-old-data repr(C) type without implicit padding (see above).
     unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
 }
 
 /// Reads a plain-old-data value from map bytes (which may be shorter than T only on a bug).
-fn from_bytes<T: Copy + Default>(b: &[u8]) -> T {
+pub(crate) fn from_bytes<T: Copy + Default>(b: &[u8]) -> T {
     let mut v = T::default();
     let n = b.len().min(std::mem::size_of::<T>());
     // SAFETY: copies at most size_of::<T>() bytes into a valid T; every bit pattern is valid for
@@ -125,6 +125,8 @@ pub fn reason_name(index: usize) -> String {
         (R::LB_REASON_DROP_TOO_BIG, "drop_too_big"),
         (R::LB_REASON_DROP_ENCAP_FAILED, "drop_encap_failed"),
         (R::LB_REASON_DROP_DSR_NO_NEXTHOP, "drop_dsr_no_nexthop"),
+        (R::LB_REASON_DROP_RATELIMIT, "drop_ratelimit"),
+        (R::LB_REASON_DROP_FIREWALL, "drop_firewall"),
     ];
     all.iter()
         .find(|(r, _)| r.0 as usize == index)

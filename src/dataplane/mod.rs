@@ -1,7 +1,10 @@
 //! The loaded XDP program: opening the skeleton, sizing and pinning its maps, attaching it to
 //! interfaces through bpf_links, and detaching and unpinning on shutdown.
 
+pub mod firewall;
 pub mod maps;
+pub mod ratelimit;
+pub mod telemetry;
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -9,7 +12,7 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::OpenObject;
+use libbpf_rs::{MapCore, OpenObject};
 
 use crate::config::XdpMode;
 use crate::skel::types;
@@ -43,6 +46,11 @@ pub enum DataplaneError {
     NoSuchInterface(String),
     #[error("table full: {0}")]
     Full(String),
+    #[error(
+        "pinned map {map} does not fit this build ({detail}); reusing it would lose or corrupt its \
+         state: stop lbd with --detach-on-exit (drops tracked flows) and start again to apply"
+    )]
+    Incompatible { map: String, detail: String },
 }
 
 pub(crate) fn bpf_err(what: impl Into<String>) -> impl FnOnce(libbpf_rs::Error) -> DataplaneError {
@@ -62,6 +70,12 @@ pub struct LoadOptions {
     pub conntrack_size: u32,
     /// Directory on a bpffs where maps are pinned; `None` keeps them private (tests).
     pub pin_dir: Option<PathBuf>,
+    /// Most firewall rules (entries of the LPM trie and of the per-CPU hit counters).
+    pub firewall_capacity: u32,
+    /// Which packets the firewall sees.
+    pub firewall_scope: crate::firewall::Scope,
+    /// Client buckets of the rate limiter (an LRU table: the least recent client is evicted).
+    pub ratelimit_clients: u32,
 }
 
 impl Default for LoadOptions {
@@ -69,6 +83,9 @@ impl Default for LoadOptions {
         Self {
             conntrack_size: types::lb_limits::LB_DEFAULT_CT_SIZE.0,
             pin_dir: None,
+            firewall_capacity: crate::firewall::DEFAULT_CAPACITY,
+            firewall_scope: crate::firewall::Scope::default(),
+            ratelimit_clients: crate::ratelimit::DEFAULT_CLIENTS,
         }
     }
 }
@@ -88,6 +105,14 @@ pub struct Dataplane {
     skel: LbSkel<'static>,
     links: Vec<XdpLink>,
     pin_dir: Option<PathBuf>,
+    /// The maps were pinned by an earlier lbd and are reused (flows survive).
+    adopted: bool,
+}
+
+/// Counter maps may be recreated (their counts restart) when their layout changes; every other
+/// pinned map holds state that an upgrade must keep.
+fn is_counter_map(name: &str) -> bool {
+    name.ends_with("_stats") || name.ends_with("_hits") || name.ends_with("_counters")
 }
 
 impl Dataplane {
@@ -109,6 +134,9 @@ impl Dataplane {
             .ct_rev
             .set_max_entries(ct)
             .map_err(bpf_err("sizing ct_rev"))?;
+        firewall::prepare(&mut open, opts.firewall_capacity, opts.firewall_scope)?;
+        ratelimit::prepare(&mut open, opts.ratelimit_clients)?;
+        let mut adopted = false;
         if let Some(dir) = &opts.pin_dir {
             ensure_bpffs(dir)?;
             for mut map in open.open_object_mut().maps_mut() {
@@ -117,18 +145,49 @@ impl Dataplane {
                 if name.starts_with('.') || name.contains(".rodata") {
                     continue;
                 }
-                map.set_pin_path(dir.join(&name))
+                let pin = dir.join(&name);
+                if pin.exists() {
+                    // libbpf reuses a pinned map only if it matches; say which and why if not.
+                    let old = libbpf_rs::MapHandle::from_pinned_path(&pin)
+                        .map_err(bpf_err(format!("opening pinned map {}", pin.display())))?;
+                    let (want, have) = (
+                        (map.map_type(), map.key_size(), map.value_size(), map.max_entries()),
+                        (old.map_type(), old.key_size(), old.value_size(), old.max_entries()),
+                    );
+                    if want != have {
+                        let detail = format!(
+                            "pinned (type, key, value, entries) = {have:?}, this build wants {want:?}"
+                        );
+                        if !is_counter_map(&name) {
+                            return Err(DataplaneError::Incompatible { map: name, detail });
+                        }
+                        tracing::warn!(map = %name, %detail, "counter map layout changed: its counts restart");
+                        std::fs::remove_file(&pin).map_err(io_err(format!("unpinning {}", pin.display())))?;
+                    } else {
+                        adopted = true;
+                    }
+                }
+                map.set_pin_path(&pin)
                     .map_err(bpf_err(format!("pin path of {name}")))?;
             }
         }
         let skel = open
             .load()
             .map_err(bpf_err("loading the XDP program (verifier log above)"))?;
+        if adopted {
+            tracing::info!("reusing the pinned maps of an earlier lbd: tracked flows carry on");
+        }
         Ok(Self {
             skel,
             links: Vec::new(),
             pin_dir: opts.pin_dir.clone(),
+            adopted,
         })
+    }
+
+    /// Whether the maps were pinned by an earlier lbd and reused.
+    pub fn adopted(&self) -> bool {
+        self.adopted
     }
 
     /// The maps, typed.
@@ -146,6 +205,16 @@ impl Dataplane {
         let ifindex = nix::net::if_::if_nametoindex(ifname)
             .map_err(|_| DataplaneError::NoSuchInterface(ifname.to_string()))?;
         let prog_fd = self.skel.progs.xdplb.as_fd().as_raw_fd();
+        let pin = self.pin_dir.as_ref().map(|d| d.join(format!("link_{ifname}")));
+        if let Some(pin) = pin.as_ref().filter(|p| p.exists()) {
+            // An earlier lbd left the program attached: swap in this build's program atomically.
+            let fd = replace_pinned_link(pin, prog_fd)
+                .map_err(io_err(format!("updating the XDP link on {ifname} ({})", pin.display())))?;
+            self.maps().add_tx_port(ifindex)?;
+            tracing::info!(interface = ifname, "took over the pinned XDP link: program replaced atomically");
+            self.links.push(XdpLink { ifname: ifname.to_string(), ifindex, generic: false, _fd: fd });
+            return Ok(self.links.last().expect("just pushed"));
+        }
         let (fd, generic) = match mode {
             XdpMode::Native => (
                 link_xdp(prog_fd, ifindex, libbpf_sys::XDP_FLAGS_DRV_MODE),
@@ -167,6 +236,9 @@ impl Dataplane {
             },
         };
         let fd = fd.map_err(io_err(format!("attaching XDP to {ifname}")))?;
+        if let Some(pin) = &pin {
+            pin_fd(&fd, pin).map_err(io_err(format!("pinning the XDP link of {ifname}")))?;
+        }
         self.maps().add_tx_port(ifindex)?;
         self.links.push(XdpLink {
             ifname: ifname.to_string(),
@@ -182,14 +254,61 @@ impl Dataplane {
         &self.links
     }
 
-    /// Detaches from every interface and removes the pinned maps (a clean stop).
-    pub fn shutdown(mut self) -> Result<(), DataplaneError> {
-        self.links.clear();
-        if let Some(dir) = self.pin_dir.take() {
-            remove_pins(&dir)?;
+    /// Detaches links an earlier lbd pinned for interfaces that are no longer configured.
+    pub fn detach_stale_links(&self) -> Result<(), DataplaneError> {
+        let Some(dir) = &self.pin_dir else { return Ok(()) };
+        let Ok(entries) = std::fs::read_dir(dir) else { return Ok(()) };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(ifname) = name.strip_prefix("link_") {
+                if !self.links.iter().any(|l| l.ifname == ifname) {
+                    std::fs::remove_file(entry.path()).map_err(io_err(format!("unpinning {name}")))?;
+                    tracing::info!(interface = ifname, "detached: no longer in dataplane.interfaces");
+                }
+            }
         }
         Ok(())
     }
+
+    /// Stops this lbd. With `detach`, detaches from every interface and removes every pin (the
+    /// data plane is gone); without, the program stays attached through its pinned links and the
+    /// pinned maps keep every flow, for the next lbd to adopt.
+    pub fn shutdown(mut self, detach: bool) -> Result<(), DataplaneError> {
+        if let (true, Some(dir)) = (detach, self.pin_dir.take()) {
+            remove_pins(&dir)?;
+        }
+        self.links.clear();
+        Ok(())
+    }
+}
+
+/// Pins a BPF object (here a link) at `path`.
+fn pin_fd(fd: &OwnedFd, path: &Path) -> io::Result<()> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
+    // SAFETY: a valid fd and a NUL-terminated path that lives across the call.
+    let rc = unsafe { libbpf_sys::bpf_obj_pin(fd.as_raw_fd(), c.as_ptr()) };
+    if rc < 0 {
+        return Err(io::Error::from_raw_os_error(-rc));
+    }
+    Ok(())
+}
+
+/// Opens the link pinned at `path` and makes it run `prog_fd` (an atomic program swap).
+fn replace_pinned_link(path: &Path, prog_fd: i32) -> io::Result<OwnedFd> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
+    // SAFETY: a NUL-terminated path that lives across the call.
+    let fd = unsafe { libbpf_sys::bpf_obj_get(c.as_ptr()) };
+    if fd < 0 {
+        return Err(io::Error::from_raw_os_error(-fd));
+    }
+    // SAFETY: a non-negative return is a new fd that we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: both fds are valid; no options.
+    let rc = unsafe { libbpf_sys::bpf_link_update(fd.as_raw_fd(), prog_fd, std::ptr::null()) };
+    if rc < 0 {
+        return Err(io::Error::from_raw_os_error(-rc));
+    }
+    Ok(fd)
 }
 
 fn link_xdp(prog_fd: i32, ifindex: u32, flags: u32) -> io::Result<OwnedFd> {

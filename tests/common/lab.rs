@@ -160,6 +160,44 @@ pub struct Run {
     pub out: Vec<u8>,
 }
 
+/// One BPF_PROG_TEST_RUN of an XDP program: `frame` as if received on `ifindex` (0: no
+/// interface), with room for the program to grow the frame by up to 256 bytes.
+pub fn run_xdp(prog: &libbpf_rs::ProgramMut<'_>, ifindex: u32, frame: &[u8]) -> Result<Run> {
+    let mut ctx = types::xdp_md {
+        data: 0,
+        data_end: frame.len() as u32,
+        ingress_ifindex: ifindex,
+        ..Default::default()
+    };
+    // SAFETY: xdp_md is a repr(C) struct of six u32 (no padding); the slice covers exactly it
+    // and lives no longer than `ctx`.
+    let ctx_bytes = unsafe {
+        std::slice::from_raw_parts_mut(
+            (&mut ctx as *mut types::xdp_md).cast::<u8>(),
+            std::mem::size_of::<types::xdp_md>(),
+        )
+    };
+    let mut out = vec![0u8; frame.len() + 256];
+    let input = ProgramInput {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        context_in: Some(ctx_bytes),
+        repeat: 1,
+        ..Default::default()
+    };
+    let output = prog
+        .test_run(input)
+        .with_context(|| format!("BPF_PROG_TEST_RUN of a {}-byte frame", frame.len()))?;
+    let action = output.return_value;
+    let len = output
+        .data
+        .as_ref()
+        .map(|d| d.len())
+        .context("test run returned no data")?;
+    out.truncate(len);
+    Ok(Run { action, out })
+}
+
 /// Where the data plane should send a new flow, computed the way the program does it.
 #[derive(Debug, Clone, Copy)]
 pub struct Pick {
@@ -184,6 +222,8 @@ impl Lb {
         let dp = Dataplane::load(&LoadOptions {
             conntrack_size: 4096,
             pin_dir: None,
+            ratelimit_clients: 4096,
+            ..LoadOptions::default()
         })
         .context("loading the XDP program")?;
         dp.maps().write_config(&cfg).context("writing lb_config")?;
@@ -203,10 +243,21 @@ impl Lb {
         proto: Protocol,
         backends: &[(SocketAddrV4, u32)],
     ) -> Result<VipKey> {
+        self.add_vip_mode(addr, proto, Mode::Nat, backends)
+    }
+
+    /// Adds a VIP in `mode` with `backends` (address, weight) and reconciles.
+    pub fn add_vip_mode(
+        &mut self,
+        addr: SocketAddrV4,
+        proto: Protocol,
+        mode: Mode,
+        backends: &[(SocketAddrV4, u32)],
+    ) -> Result<VipKey> {
         let key = VipKey { addr, proto };
         self.state
-            .add_vip(key, Mode::Nat)
-            .with_context(|| format!("adding vip {key}"))?;
+            .add_vip(key, mode)
+            .with_context(|| format!("adding vip {key} ({mode})"))?;
         for (be, weight) in backends {
             self.state
                 .add_backend(&key, *be, *weight)
@@ -221,6 +272,23 @@ impl Lb {
             .set_weight(vip, backend, weight)
             .context("set_weight")?;
         self.reconcile()
+    }
+
+    /// Switches a VIP's mode (`State::set_mode`) and reconciles, as `SetVipMode` does.
+    pub fn set_mode(&mut self, vip: &VipKey, mode: Mode) -> Result<()> {
+        self.state
+            .set_mode(vip, mode)
+            .with_context(|| format!("set_mode({vip}, {mode})"))?;
+        self.reconcile()
+    }
+
+    /// Writes a new run-time configuration (lb_config), as lbd does on a reload.
+    pub fn set_config(&mut self, cfg: RuntimeConfig) -> Result<()> {
+        self.maps()
+            .write_config(&cfg)
+            .context("writing lb_config")?;
+        self.cfg = cfg;
+        Ok(())
     }
 
     pub fn reconcile(&mut self) -> Result<()> {
@@ -245,42 +313,7 @@ impl Lb {
 
     /// Runs `frame` through the program as if received on `ifindex` (one run).
     pub fn run(&self, ifindex: u32, frame: &[u8]) -> Result<Run> {
-        let mut ctx = types::xdp_md {
-            data: 0,
-            data_end: frame.len() as u32,
-            ingress_ifindex: ifindex,
-            ..Default::default()
-        };
-        // SAFETY: xdp_md is a repr(C) struct of six u32 (no padding); the slice covers exactly it
-        // and lives no longer than `ctx`.
-        let ctx_bytes = unsafe {
-            std::slice::from_raw_parts_mut(
-                (&mut ctx as *mut types::xdp_md).cast::<u8>(),
-                std::mem::size_of::<types::xdp_md>(),
-            )
-        };
-        let mut out = vec![0u8; frame.len() + 256];
-        let input = ProgramInput {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            context_in: Some(ctx_bytes),
-            repeat: 1,
-            ..Default::default()
-        };
-        let output = self
-            .rec
-            .dataplane()
-            .program()
-            .test_run(input)
-            .with_context(|| format!("BPF_PROG_TEST_RUN of a {}-byte frame", frame.len()))?;
-        let action = output.return_value;
-        let len = output
-            .data
-            .as_ref()
-            .map(|d| d.len())
-            .context("test run returned no data")?;
-        out.truncate(len);
-        Ok(Run { action, out })
+        run_xdp(self.rec.dataplane().program(), ifindex, frame)
     }
 
     /// The backend the program's Maglev lookup picks for a new flow `client` -> `vip`.

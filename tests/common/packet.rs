@@ -337,6 +337,75 @@ impl Packet {
     }
 }
 
+/// IP protocol number of IPv4-in-IPv4 (RFC 2003).
+pub const IPPROTO_IPIP: u8 = 4;
+
+impl Packet {
+    /// The IP packet alone (header with options, transport header, payload), as in the frame.
+    pub fn ip_bytes(&self) -> Vec<u8> {
+        self.build()[self.l3_offset()..].to_vec()
+    }
+}
+
+/// An Ethernet header with `vlans` (outermost first: (TPID, TCI)) and `ethertype`.
+pub fn eth_header(dst: &Mac, src: &Mac, vlans: &[(u16, u16)], ethertype: u16) -> Vec<u8> {
+    let mut h = Vec::with_capacity(14 + 4 * vlans.len());
+    h.extend_from_slice(dst);
+    h.extend_from_slice(src);
+    for (tpid, tci) in vlans {
+        h.extend_from_slice(&tpid.to_be_bytes());
+        h.extend_from_slice(&tci.to_be_bytes());
+    }
+    h.extend_from_slice(&ethertype.to_be_bytes());
+    h
+}
+
+/// The fields of an option-less IPv4 header; [`Ipv4Header::bytes`] computes length and checksum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv4Header {
+    pub tos: u8,
+    pub id: u16,
+    /// Flags and fragment offset, host order.
+    pub frag: u16,
+    pub ttl: u8,
+    pub proto: u8,
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+}
+
+impl Ipv4Header {
+    /// The 20 header bytes for a payload of `payload_len` bytes, checksum from scratch (RFC 1071).
+    pub fn bytes(&self, payload_len: usize) -> [u8; 20] {
+        let mut h = [0u8; 20];
+        h[0] = 0x45;
+        h[1] = self.tos;
+        h[2..4].copy_from_slice(&((20 + payload_len) as u16).to_be_bytes());
+        h[4..6].copy_from_slice(&self.id.to_be_bytes());
+        h[6..8].copy_from_slice(&self.frag.to_be_bytes());
+        h[8] = self.ttl;
+        h[9] = self.proto;
+        h[12..16].copy_from_slice(&self.src.octets());
+        h[16..20].copy_from_slice(&self.dst.octets());
+        let check = internet_checksum(&h);
+        h[10..12].copy_from_slice(&check.to_be_bytes());
+        h
+    }
+}
+
+/// An IPIP frame: Ethernet (`vlans` kept) + `outer` + the byte-identical `inner` IP packet.
+pub fn ipip_frame(
+    eth_dst: &Mac,
+    eth_src: &Mac,
+    vlans: &[(u16, u16)],
+    outer: &Ipv4Header,
+    inner: &[u8],
+) -> Vec<u8> {
+    let mut f = eth_header(eth_dst, eth_src, vlans, ETH_P_IP);
+    f.extend_from_slice(&outer.bytes(inner.len()));
+    f.extend_from_slice(inner);
+    f
+}
+
 /// The TCP/UDP checksum of `segment` (its checksum field zero) over the IPv4 pseudo header.
 pub fn transport_checksum(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, segment: &[u8]) -> u16 {
     let mut all = pseudo_header(src, dst, proto, segment.len());

@@ -1,0 +1,513 @@
+//! lbctl's rate-limit commands: `ratelimit set`, `remove`, `list` and `top`. Values are checked
+//! here before anything reaches lbd; lbd checks them again (and the maxima) with the field named.
+
+use std::fmt;
+use std::io::Write;
+use std::net::Ipv4Addr;
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+use serde::Serialize;
+
+use crate::client::{call, Lbd};
+use crate::highargs::{ArgError, HighArgs};
+use crate::output;
+use crate::pb;
+
+const SET_EXAMPLES: &str = "\
+Every client (source address) gets its own bucket: RATE packets per second, bursts of up to
+BURST packets. A client falls under the override with the longest prefix that contains it, else
+under the default policy (no --cidr). --rate 0 means no limit (e.g. to exempt a prefix).
+
+Examples:
+  lbctl ratelimit set --rate 1000 --burst 200                    # default: every client
+  lbctl ratelimit set --rate 20 --burst 5 --scope new-flows      # limit connection attempts
+  lbctl ratelimit set --rate 0 --cidr 10.0.0.0/8                 # no limit for 10/8
+  lbctl ratelimit set --rate 50 --burst 10 --cidr 192.0.2.0/24";
+
+// ---------------------------------------------------------------------------------------
+// Low arguments (clap)
+
+/// `lbctl ratelimit ...`
+#[derive(Debug, Subcommand)]
+pub enum RateLimitCommand {
+    /// Set the default policy, or the override of a prefix (--cidr)
+    #[command(after_help = SET_EXAMPLES)]
+    Set(SetArgs),
+
+    /// Remove the override of a prefix, or (without --cidr) reset the default to no limit
+    Remove(CidrFlag),
+
+    /// List the policies with their allowed and dropped packets
+    List,
+
+    /// List the clients with the most dropped packets
+    Top {
+        /// How many clients
+        #[arg(short = 'n', long = "count", value_name = "N", default_value = "20")]
+        count: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct SetArgs {
+    /// Packets per second per client (0: no limit)
+    #[arg(long, value_name = "PPS", allow_negative_numbers = true)]
+    pub rate: String,
+
+    /// Packets a client may send at once (at least 1 when --rate > 0)
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub burst: Option<String>,
+
+    /// Which packets count: all, or new-flows (connection attempts only)
+    #[arg(long, value_name = "SCOPE", default_value = "all")]
+    pub scope: String,
+
+    #[command(flatten)]
+    pub cidr: CidrFlag,
+}
+
+#[derive(Debug, Args)]
+pub struct CidrFlag {
+    /// IPv4 prefix of the override, e.g. 192.0.2.0/24 (a bare address is a /32); none: the default
+    #[arg(long, value_name = "CIDR")]
+    pub cidr: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------
+// High arguments
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    All,
+    NewFlows,
+}
+
+impl Scope {
+    pub fn to_pb(self) -> pb::RateLimitScope {
+        match self {
+            Scope::All => pb::RateLimitScope::All,
+            Scope::NewFlows => pb::RateLimitScope::NewFlows,
+        }
+    }
+}
+
+/// An IPv4 prefix without host bits (not /0: that is the default policy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Prefix {
+    pub addr: Ipv4Addr,
+    pub len: u8,
+}
+
+impl fmt::Display for Prefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+/// One validated rate-limit command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateLimit {
+    Set {
+        cidr: Option<Prefix>,
+        rate: u64,
+        burst: u64,
+        scope: Scope,
+    },
+    Remove {
+        cidr: Option<Prefix>,
+    },
+    List,
+    Top {
+        count: u32,
+    },
+}
+
+fn invalid(what: &'static str, value: &str, expected: impl Into<String>) -> ArgError {
+    ArgError {
+        what,
+        value: value.to_owned(),
+        expected: expected.into(),
+    }
+}
+
+/// `192.0.2.0/24` or a bare address (a /32); no host bits, not /0.
+pub fn parse_prefix(what: &'static str, s: &str) -> Result<Prefix, ArgError> {
+    let expected = "an IPv4 prefix like 192.0.2.0/24 without host bits (not /0: omit --cidr)";
+    let (addr, len) = s.split_once('/').unwrap_or((s, "32"));
+    let addr: Ipv4Addr = addr.parse().map_err(|_| invalid(what, s, expected))?;
+    let len: u8 = match len.parse() {
+        Ok(n) if (1..=32).contains(&n) && len.bytes().all(|b| b.is_ascii_digit()) => n,
+        _ => return Err(invalid(what, s, expected)),
+    };
+    let mask = u32::MAX << (32 - u32::from(len));
+    let network = Ipv4Addr::from(u32::from(addr) & mask);
+    if network != addr {
+        return Err(invalid(
+            what,
+            s,
+            format!("a prefix without host bits (did you mean {network}/{len}?)"),
+        ));
+    }
+    Ok(Prefix { addr, len })
+}
+
+fn parse_count(what: &'static str, s: &str) -> Result<u64, ArgError> {
+    s.parse::<u64>()
+        .map_err(|_| invalid(what, s, "a non-negative integer"))
+}
+
+fn parse_scope(what: &'static str, s: &str) -> Result<Scope, ArgError> {
+    match s.to_ascii_lowercase().as_str() {
+        "all" => Ok(Scope::All),
+        "new-flows" | "new_flows" => Ok(Scope::NewFlows),
+        _ => Err(invalid(what, s, "all or new-flows")),
+    }
+}
+
+impl TryFrom<RateLimitCommand> for RateLimit {
+    type Error = ArgError;
+
+    fn try_from(low: RateLimitCommand) -> Result<Self, ArgError> {
+        let cidr = |c: &CidrFlag| {
+            c.cidr
+                .as_deref()
+                .map(|s| parse_prefix("--cidr", s))
+                .transpose()
+        };
+        Ok(match low {
+            RateLimitCommand::Set(a) => {
+                let rate = parse_count("--rate", &a.rate)?;
+                let burst = match &a.burst {
+                    Some(b) => parse_count("--burst", b)?,
+                    None => 0,
+                };
+                if rate > 0 && burst < 1 {
+                    let given = a.burst.as_deref().unwrap_or("");
+                    return Err(invalid(
+                        "--burst",
+                        given,
+                        "an integer of at least 1 when --rate > 0",
+                    ));
+                }
+                RateLimit::Set {
+                    cidr: cidr(&a.cidr)?,
+                    rate,
+                    burst,
+                    scope: parse_scope("--scope", &a.scope)?,
+                }
+            }
+            RateLimitCommand::Remove(c) => RateLimit::Remove { cidr: cidr(&c)? },
+            RateLimitCommand::List => RateLimit::List,
+            RateLimitCommand::Top { count } => RateLimit::Top {
+                count: match count.parse::<u32>() {
+                    Ok(n) if n > 0 => n,
+                    _ => return Err(invalid("-n", &count, "a positive integer")),
+                },
+            },
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// JSON views
+
+/// A policy as `--json` shows it (scope spelled as lbctl accepts it).
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct RateLimitJson {
+    /// `null` for the default policy.
+    pub cidr: Option<String>,
+    pub rate: i64,
+    pub burst: i64,
+    pub scope: String,
+    pub id: u32,
+    pub allowed: u64,
+    pub dropped: u64,
+}
+
+impl From<&pb::RateLimit> for RateLimitJson {
+    fn from(r: &pb::RateLimit) -> Self {
+        let p = r.policy.clone().unwrap_or_default();
+        RateLimitJson {
+            cidr: (!p.cidr.is_empty()).then_some(p.cidr),
+            rate: p.rate,
+            burst: p.burst,
+            scope: scope_name(p.scope),
+            id: r.id,
+            allowed: r.allowed,
+            dropped: r.dropped,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct RateLimitListJson {
+    pub rate_limits: Vec<RateLimitJson>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LimitedClientJson {
+    pub address: String,
+    pub dropped: u64,
+    /// The override the client falls under; `null` for the default policy.
+    pub cidr: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TopJson {
+    pub clients: Vec<LimitedClientJson>,
+    pub tracked: u64,
+}
+
+impl From<&pb::TopLimitedClientsResponse> for TopJson {
+    fn from(r: &pb::TopLimitedClientsResponse) -> Self {
+        TopJson {
+            clients: r
+                .clients
+                .iter()
+                .map(|c| LimitedClientJson {
+                    address: c.address.clone(),
+                    dropped: c.dropped,
+                    cidr: (!c.cidr.is_empty()).then(|| c.cidr.clone()),
+                })
+                .collect(),
+            tracked: r.tracked,
+        }
+    }
+}
+
+/// Scope as a word: "all", "new-flows", or "unknown(N)".
+pub fn scope_name(raw: i32) -> String {
+    match pb::RateLimitScope::try_from(raw) {
+        Ok(pb::RateLimitScope::All | pb::RateLimitScope::Unspecified) => "all".into(),
+        Ok(pb::RateLimitScope::NewFlows) => "new-flows".into(),
+        Err(_) => format!("unknown({raw})"),
+    }
+}
+
+/// "the default policy" or "the override of 192.0.2.0/24".
+fn target(cidr: &Option<Prefix>) -> String {
+    match cidr {
+        None => "the default policy".into(),
+        Some(p) => format!("the override of {p}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Running
+
+/// Performs one rate-limit command against lbd and renders the reply.
+pub async fn run(cmd: &RateLimit, args: &HighArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    let mut lbd = Lbd::connect(&args.target, args.timeout).await?;
+    let t = args.timeout;
+    let json = args.json;
+    let written = match cmd {
+        RateLimit::Set {
+            cidr,
+            rate,
+            burst,
+            scope,
+        } => {
+            let req = pb::SetRateLimitRequest {
+                policy: Some(pb::RateLimitPolicy {
+                    cidr: cidr.map(|p| p.to_string()).unwrap_or_default(),
+                    rate: i64::try_from(*rate).unwrap_or(i64::MAX),
+                    burst: i64::try_from(*burst).unwrap_or(i64::MAX),
+                    scope: scope.to_pb() as i32,
+                }),
+            };
+            let r = call(t, lbd.ratelimits.set_rate_limit(req)).await?;
+            match (json, r.rate_limit) {
+                (true, Some(rl)) => output::write_json(out, &RateLimitJson::from(&rl)),
+                (true, None) => output::write_json(out, &serde_json::json!({})),
+                (false, _) if *rate == 0 => {
+                    writeln!(out, "set {}: no limit", target(cidr))
+                }
+                (false, _) => writeln!(
+                    out,
+                    "set {}: {rate} packets/s per client, burst {burst}, scope {}",
+                    target(cidr),
+                    scope_name(scope.to_pb() as i32)
+                ),
+            }
+        }
+        RateLimit::Remove { cidr } => {
+            let req = pb::RemoveRateLimitRequest {
+                cidr: cidr.map(|p| p.to_string()).unwrap_or_default(),
+            };
+            call(t, lbd.ratelimits.remove_rate_limit(req)).await?;
+            if json {
+                output::write_json(out, &serde_json::json!({}))
+            } else if cidr.is_none() {
+                writeln!(out, "reset the default policy to no limit")
+            } else {
+                writeln!(out, "removed {}", target(cidr))
+            }
+        }
+        RateLimit::List => {
+            let r = call(
+                t,
+                lbd.ratelimits
+                    .list_rate_limits(pb::ListRateLimitsRequest {}),
+            )
+            .await?;
+            if json {
+                let rate_limits = r.rate_limits.iter().map(RateLimitJson::from).collect();
+                output::write_json(out, &RateLimitListJson { rate_limits })
+            } else {
+                output::rate_limits(out, &r.rate_limits, scope_name)
+            }
+        }
+        RateLimit::Top { count } => {
+            let req = pb::TopLimitedClientsRequest { limit: *count };
+            let r = call(t, lbd.ratelimits.top_limited_clients(req)).await?;
+            if json {
+                output::write_json(out, &TopJson::from(&r))
+            } else {
+                output::limited_clients(out, &r)
+            }
+        }
+    };
+    written.context("cannot write to stdout")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    use crate::highargs::Command;
+    use crate::lowargs::LowArgs;
+
+    fn parse(args: &[&str]) -> Result<RateLimit, String> {
+        let mut argv = vec!["lbctl", "ratelimit"];
+        argv.extend_from_slice(args);
+        let low = LowArgs::try_parse_from(argv).map_err(|e| format!("clap: {e}"))?;
+        match HighArgs::try_from(low).map_err(|e| e.to_string())?.command {
+            Command::RateLimit(r) => Ok(r),
+            other => Err(format!("not a rate-limit command: {other:?}")),
+        }
+    }
+
+    fn prefix(s: &str) -> Option<Prefix> {
+        Some(parse_prefix("--cidr", s).expect("test prefix"))
+    }
+
+    #[test]
+    fn set_commands() {
+        assert_eq!(
+            parse(&["set", "--rate", "1000", "--burst", "200"]),
+            Ok(RateLimit::Set {
+                cidr: None,
+                rate: 1000,
+                burst: 200,
+                scope: Scope::All
+            })
+        );
+        assert_eq!(
+            parse(&[
+                "set",
+                "--rate",
+                "20",
+                "--burst",
+                "5",
+                "--scope",
+                "new-flows",
+                "--cidr",
+                "192.0.2.0/24"
+            ]),
+            Ok(RateLimit::Set {
+                cidr: prefix("192.0.2.0/24"),
+                rate: 20,
+                burst: 5,
+                scope: Scope::NewFlows
+            })
+        );
+        assert_eq!(
+            parse(&["set", "--rate", "0", "--cidr", "10.1.2.3"]),
+            Ok(RateLimit::Set {
+                cidr: prefix("10.1.2.3/32"),
+                rate: 0,
+                burst: 0,
+                scope: Scope::All
+            })
+        );
+    }
+
+    #[test]
+    fn bad_values_name_the_flag() {
+        for (args, want) in [
+            (
+                &["set", "--rate", "-5", "--burst", "1"][..],
+                "invalid --rate '-5': expected a non-negative integer",
+            ),
+            (
+                &["set", "--rate", "10", "--burst", "-1"][..],
+                "invalid --burst '-1': expected a non-negative integer",
+            ),
+            (
+                &["set", "--rate", "10", "--burst", "0"][..],
+                "invalid --burst '0': expected an integer of at least 1 when --rate > 0",
+            ),
+            (
+                &["set", "--rate", "10"][..],
+                "invalid --burst '': expected an integer of at least 1 when --rate > 0",
+            ),
+            (
+                &["set", "--rate", "10", "--burst", "1", "--scope", "syn"][..],
+                "invalid --scope 'syn': expected all or new-flows",
+            ),
+            (
+                &["set", "--rate", "1", "--burst", "1", "--cidr", "10.0.0.1/8"][..],
+                "invalid --cidr '10.0.0.1/8': expected a prefix without host bits (did you mean 10.0.0.0/8?)",
+            ),
+            (&["top", "-n", "0"][..], "invalid -n '0': expected a positive integer"),
+        ] {
+            assert_eq!(parse(args).err().as_deref(), Some(want), "{args:?}");
+        }
+        for bad in [
+            "0.0.0.0/0",
+            "10.0.0.0/33",
+            "10.0.0/8",
+            "::1/128",
+            "10.0.0.0/+8",
+        ] {
+            assert!(parse_prefix("--cidr", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn remove_list_top() {
+        assert_eq!(parse(&["remove"]), Ok(RateLimit::Remove { cidr: None }));
+        assert_eq!(
+            parse(&["remove", "--cidr", "10.0.0.0/8"]),
+            Ok(RateLimit::Remove {
+                cidr: prefix("10.0.0.0/8")
+            })
+        );
+        assert_eq!(parse(&["list"]), Ok(RateLimit::List));
+        assert_eq!(parse(&["top"]), Ok(RateLimit::Top { count: 20 }));
+        assert_eq!(parse(&["top", "-n", "5"]), Ok(RateLimit::Top { count: 5 }));
+    }
+
+    #[test]
+    fn json_views() {
+        let rl = pb::RateLimit {
+            policy: Some(pb::RateLimitPolicy {
+                cidr: String::new(),
+                rate: 100,
+                burst: 10,
+                scope: pb::RateLimitScope::NewFlows as i32,
+            }),
+            id: 0,
+            allowed: 7,
+            dropped: 3,
+        };
+        let v = serde_json::to_value(RateLimitJson::from(&rl)).expect("json");
+        assert_eq!(
+            v,
+            serde_json::json!({"cidr": null, "rate": 100, "burst": 10, "scope": "new-flows",
+                               "id": 0, "allowed": 7, "dropped": 3})
+        );
+    }
+}

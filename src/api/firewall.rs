@@ -1,0 +1,329 @@
+//! The `Firewall` gRPC service: add, remove, replace and list the CIDR firewall's block and allow
+//! rules. Rule lists arrive as client streams (validated whole, applied as one change) and leave
+//! as a server stream, in chunks.
+
+use std::pin::Pin;
+
+use futures::Stream;
+use ipnet::Ipv4Net;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::pb::{self, firewall_server::Firewall};
+use super::{invalid, ApiError, Controller};
+use crate::firewall::{parse_cidr, Action, RuleBatch};
+use crate::reconcile::ReconcileError;
+
+/// Rules per ListRules reply message (~30 bytes each on the wire).
+const LIST_CHUNK: usize = 8192;
+/// Prefixes named one by one in the log when a request has at most this many.
+const LOG_EACH: usize = 8;
+
+pub struct FirewallService {
+    ctl: Controller,
+}
+
+impl FirewallService {
+    pub fn new(ctl: Controller) -> Self {
+        Self { ctl }
+    }
+
+    async fn capacity(&self) -> usize {
+        self.ctl.read(|_, r| r.firewall().capacity()).await
+    }
+}
+
+/// The action of a rule; UNSPECIFIED is refused.
+fn parse_action(field: impl Into<String>, raw: i32) -> Result<Action, ApiError> {
+    match pb::FirewallAction::try_from(raw) {
+        Ok(pb::FirewallAction::Block) => Ok(Action::Block),
+        Ok(pb::FirewallAction::Allow) => Ok(Action::Allow),
+        _ => Err(invalid(field, "must be BLOCK or ALLOW")),
+    }
+}
+
+/// An optional action filter: UNSPECIFIED means none.
+fn parse_filter(field: &str, raw: i32) -> Result<Option<Action>, ApiError> {
+    match raw {
+        0 => Ok(None),
+        _ => parse_action(field, raw).map(Some),
+    }
+}
+
+pub fn pb_action(a: Action) -> pb::FirewallAction {
+    match a {
+        Action::Block => pb::FirewallAction::Block,
+        Action::Allow => pb::FirewallAction::Allow,
+    }
+}
+
+/// Collects the rules of a stream into one batch, validating each as it arrives; `rules[i]`
+/// counts across messages. Refuses more distinct prefixes than the firewall can hold.
+struct Collector {
+    batch: RuleBatch,
+    next_index: usize,
+    capacity: usize,
+}
+
+impl Collector {
+    fn new(capacity: usize) -> Self {
+        Self {
+            batch: RuleBatch::default(),
+            next_index: 0,
+            capacity,
+        }
+    }
+
+    fn take(&mut self, rules: &[pb::FirewallRule]) -> Result<(), ApiError> {
+        for rule in rules {
+            let i = self.next_index;
+            let net = parse_cidr(&rule.cidr)
+                .map_err(|e| invalid(format!("rules[{i}].cidr"), e.to_string()))?;
+            let action = parse_action(format!("rules[{i}].action"), rule.action)?;
+            self.batch
+                .push(i, net, action)
+                .map_err(|e| invalid(format!("rules[{}].{}", e.index, e.field), e.message))?;
+            if self.batch.len() > self.capacity {
+                return Err(invalid(
+                    "rules",
+                    format!(
+                        "more than {} distinct prefixes; the firewall holds at most {} rules ([firewall] capacity)",
+                        self.capacity, self.capacity
+                    ),
+                ));
+            }
+            self.next_index += 1;
+        }
+        Ok(())
+    }
+}
+
+/// The prefixes of a small batch, for the log ("block 10.0.0.0/8"); None when there are many.
+fn named(batch: &RuleBatch) -> Option<Vec<String>> {
+    (batch.len() <= LOG_EACH).then(|| {
+        batch
+            .iter()
+            .map(|(n, a, _)| format!("{a} {n}"))
+            .collect()
+    })
+}
+
+fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+fn pb_rule(net: Ipv4Net, action: Action, id: u32, hits: u64) -> pb::FirewallRule {
+    pb::FirewallRule {
+        cidr: net.to_string(),
+        action: pb_action(action) as i32,
+        id,
+        hits,
+    }
+}
+
+type RuleStream =
+    Pin<Box<dyn Stream<Item = Result<pb::ListFirewallRulesResponse, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl Firewall for FirewallService {
+    async fn add_rules(
+        &self,
+        request: Request<Streaming<pb::AddFirewallRulesRequest>>,
+    ) -> Result<Response<pb::AddFirewallRulesResponse>, Status> {
+        let mut rules = Collector::new(self.capacity().await);
+        let mut stream = request.into_inner();
+        while let Some(msg) = stream.message().await? {
+            rules.take(&msg.rules)?;
+        }
+        let batch = rules.batch;
+        let cap = rules.capacity;
+        let out = self.ctl.change(|s| s.firewall.add(&batch, cap)).await?;
+        tracing::info!(
+            rules = ?named(&batch), requested = batch.len(), added = out.added,
+            unchanged = out.unchanged, total = out.total, "firewall rules added"
+        );
+        Ok(Response::new(pb::AddFirewallRulesResponse {
+            added: count(out.added),
+            unchanged: count(out.unchanged),
+            total: count(out.total),
+        }))
+    }
+
+    async fn remove_rules(
+        &self,
+        request: Request<Streaming<pb::RemoveFirewallRulesRequest>>,
+    ) -> Result<Response<pb::RemoveFirewallRulesResponse>, Status> {
+        let mut rules = Collector::new(self.capacity().await);
+        let mut stream = request.into_inner();
+        while let Some(msg) = stream.message().await? {
+            rules.take(&msg.rules)?;
+        }
+        let batch = rules.batch;
+        let out = self.ctl.change(|s| s.firewall.remove(&batch)).await?;
+        tracing::info!(
+            rules = ?named(&batch), removed = out.removed, total = out.total,
+            "firewall rules removed"
+        );
+        Ok(Response::new(pb::RemoveFirewallRulesResponse {
+            removed: count(out.removed),
+            total: count(out.total),
+        }))
+    }
+
+    async fn replace_rules(
+        &self,
+        request: Request<Streaming<pb::ReplaceFirewallRulesRequest>>,
+    ) -> Result<Response<pb::ReplaceFirewallRulesResponse>, Status> {
+        let mut rules = Collector::new(self.capacity().await);
+        let mut stream = request.into_inner();
+        let mut only: Option<Option<Action>> = None;
+        while let Some(msg) = stream.message().await? {
+            let this = parse_filter("only", msg.only)?;
+            match only {
+                None => only = Some(this),
+                Some(first) if this.is_some() && this != first => {
+                    return Err(invalid(
+                        "only",
+                        "must be the same in every message of the stream (or unset after the first)",
+                    )
+                    .into())
+                }
+                Some(_) => {}
+            }
+            rules.take(&msg.rules)?;
+        }
+        let only = only.flatten();
+        if let Some(only) = only {
+            if let Some((net, action, i)) = rules.batch.iter().find(|(_, a, _)| *a != only) {
+                return Err(invalid(
+                    format!("rules[{i}].action"),
+                    format!("{net} is a {action} rule in a replace of the {only} list"),
+                )
+                .into());
+            }
+        }
+        let batch = rules.batch;
+        let cap = rules.capacity;
+        let out = self
+            .ctl
+            .change(|s| s.firewall.replace(only, &batch, cap))
+            .await?;
+        let list = only.map_or_else(|| "all".to_string(), |a| a.to_string());
+        tracing::info!(
+            list, rules = ?named(&batch), added = out.added, changed = out.changed,
+            removed = out.removed, unchanged = out.unchanged, total = out.total,
+            "firewall rules replaced"
+        );
+        Ok(Response::new(pb::ReplaceFirewallRulesResponse {
+            added: count(out.added),
+            changed: count(out.changed),
+            removed: count(out.removed),
+            unchanged: count(out.unchanged),
+            total: count(out.total),
+        }))
+    }
+
+    type ListRulesStream = RuleStream;
+
+    async fn list_rules(
+        &self,
+        request: Request<pb::ListFirewallRulesRequest>,
+    ) -> Result<Response<Self::ListRulesStream>, Status> {
+        let filter = parse_filter("action", request.get_ref().action)?;
+        let rows = self
+            .ctl
+            .read(|s, r| -> Result<Vec<(Ipv4Net, Action, u32, u64)>, ApiError> {
+                let applied = r.firewall();
+                let hits = r
+                    .dataplane()
+                    .firewall()
+                    .all_hits(applied.id_limit())
+                    .map_err(ReconcileError::from)?;
+                Ok(s.firewall
+                    .rules()
+                    .iter()
+                    .filter(|(_, a)| filter.is_none_or(|f| f == **a))
+                    .map(|(net, action)| {
+                        let id = applied.rule(net).map(|e| e.id).unwrap_or_default();
+                        let h = hits.get(id as usize).copied().unwrap_or_default();
+                        (*net, *action, id, h)
+                    })
+                    .collect())
+            })
+            .await?;
+        let mut rows = rows.into_iter();
+        let chunks = std::iter::from_fn(move || {
+            let rules: Vec<pb::FirewallRule> = rows
+                .by_ref()
+                .take(LIST_CHUNK)
+                .map(|(n, a, id, h)| pb_rule(n, a, id, h))
+                .collect();
+            (!rules.is_empty()).then_some(Ok(pb::ListFirewallRulesResponse { rules }))
+        });
+        Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(cidr: &str, action: pb::FirewallAction) -> pb::FirewallRule {
+        pb::FirewallRule {
+            cidr: cidr.into(),
+            action: action as i32,
+            ..Default::default()
+        }
+    }
+
+    fn refusal(c: &mut Collector, rules: &[pb::FirewallRule]) -> String {
+        c.take(rules).expect_err("refused").to_string()
+    }
+
+    #[test]
+    fn errors_name_the_rule_across_messages() {
+        let mut c = Collector::new(10);
+        c.take(&[
+            rule("10.0.0.0/8", pb::FirewallAction::Block),
+            rule("10.1.2.0/24", pb::FirewallAction::Allow),
+        ])
+        .expect("first chunk");
+        assert_eq!(
+            refusal(
+                &mut c,
+                &[
+                    rule("192.0.2.0/24", pb::FirewallAction::Block),
+                    rule("10.0.0.1/8", pb::FirewallAction::Block)
+                ]
+            ),
+            "rules[3].cidr: 10.0.0.1/8 has host bits set; did you mean 10.0.0.0/8?"
+        );
+        let mut c = Collector::new(10);
+        assert_eq!(
+            refusal(&mut c, &[rule("10.0.0.0/8", pb::FirewallAction::Unspecified)]),
+            "rules[0].action: must be BLOCK or ALLOW"
+        );
+        let mut c = Collector::new(10);
+        assert_eq!(
+            refusal(
+                &mut c,
+                &[
+                    rule("10.0.0.0/8", pb::FirewallAction::Block),
+                    rule("10.0.0.0/8", pb::FirewallAction::Allow)
+                ]
+            ),
+            "rules[1].action: 10.0.0.0/8 is also rules[0] with action block"
+        );
+    }
+
+    #[test]
+    fn capacity_bounds_distinct_prefixes_only() {
+        let mut c = Collector::new(2);
+        let same = rule("10.0.0.0/8", pb::FirewallAction::Block);
+        c.take(&[same.clone(), same.clone(), same.clone()])
+            .expect("duplicates merge");
+        c.take(&[rule("10.1.0.0/16", pb::FirewallAction::Block)])
+            .expect("second prefix");
+        assert!(refusal(&mut c, &[rule("10.2.0.0/16", pb::FirewallAction::Block)])
+            .starts_with("rules: more than 2 distinct prefixes"));
+    }
+}

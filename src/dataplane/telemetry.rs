@@ -1,0 +1,518 @@
+//! Read-only walks of the data plane for the metrics endpoint: how full every hash, LRU and
+//! LPM-trie map is, the live flows of the flow table per VIP and per backend, the firewall rules
+//! with the most hits, and the rate limiter's counters per policy.
+//!
+//! A walk runs on handles of its own (duplicated map fds, taken in [`Dataplane::telemetry`]), so
+//! it never holds the controller's lock while it reads a million conntrack entries. It is not a
+//! snapshot: entries the program adds or evicts meanwhile may or may not be seen. Every loop is
+//! bounded by the map's capacity.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::ControlFlow;
+use std::os::fd::{AsFd, AsRawFd};
+use std::time::{Duration, Instant};
+
+use ipnet::Ipv4Net;
+use libbpf_rs::skel::Skel;
+use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
+
+use super::maps::from_bytes;
+use super::{bpf_err, Dataplane, DataplaneError};
+use crate::skel::types;
+
+/// Entries fetched per batch syscall (grown if a hash bucket holds more).
+const BATCH: usize = 4096;
+/// Largest batch tried before a walk gives up on batching.
+const MAX_BATCH: usize = 1 << 20;
+/// Firewall rules exported with their own series: the ones with the most hits.
+pub const TOP_RULES: usize = 20;
+
+/// How full one map is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Occupancy {
+    /// The map's name in `bpf/maps.h` (`ct_fwd`, `fw_v4`, ...).
+    pub map: String,
+    /// `hash`, `lru_hash` or `lpm_trie` (and the per-CPU hash variants).
+    pub kind: &'static str,
+    /// Entries seen by the walk (at most `capacity`).
+    pub entries: u64,
+    /// `max_entries`.
+    pub capacity: u64,
+}
+
+/// Live flows (not idle past their timeout) of the flow table, by VIP id and by backend id.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Flows {
+    pub by_vip: HashMap<u32, u64>,
+    pub by_backend: HashMap<u32, u64>,
+    /// Entries of `ct_fwd` that are idle past their timeout but not evicted yet.
+    pub expired: u64,
+}
+
+/// One firewall rule and the packets it decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleHits {
+    pub net: Ipv4Net,
+    /// `block` or `allow`.
+    pub action: &'static str,
+    pub packets: u64,
+}
+
+/// One rate-limit policy (the default one has no prefix) and what its limiter decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyCounts {
+    /// The client prefix the policy applies to; `None` for the default policy (id 0).
+    pub net: Option<Ipv4Net>,
+    pub allowed: u64,
+    pub dropped: u64,
+}
+
+/// The result of one walk.
+#[derive(Debug, Clone, Default)]
+pub struct Walk {
+    /// Every hash, LRU and LPM-trie map of the program, by name.
+    pub maps: Vec<Occupancy>,
+    pub flows: Flows,
+    /// The [`TOP_RULES`] rules with the most hits (only rules with hits), most first; `None`
+    /// when the program has no firewall maps.
+    pub firewall: Option<Vec<RuleHits>>,
+    /// Every policy in use, the default first; `None` when the program has no rate limiter.
+    pub ratelimit: Option<Vec<PolicyCounts>>,
+    /// How long the walk took.
+    pub took: Duration,
+}
+
+/// Handles of their own on the maps a [`Walk`] reads.
+pub struct Telemetry {
+    /// Every map of the program, by name.
+    maps: BTreeMap<String, MapHandle>,
+}
+
+impl Dataplane {
+    /// Duplicates the handles a [`Telemetry::walk`] needs (cheap); the walk itself can then run
+    /// anywhere, without borrowing the data plane.
+    pub fn telemetry(&self) -> Result<Telemetry, DataplaneError> {
+        let mut maps = BTreeMap::new();
+        for map in self.skel.object().maps() {
+            let name = map.name().to_string_lossy().into_owned();
+            // .rodata, .bss and friends are the program's globals, not tables.
+            if name.starts_with('.') || name.contains(".rodata") || name.contains(".bss") {
+                continue;
+            }
+            let handle = MapHandle::try_from(&map)
+                .map_err(bpf_err(format!("duplicating the {name} handle")))?;
+            maps.insert(name, handle);
+        }
+        Ok(Telemetry { maps })
+    }
+}
+
+impl Telemetry {
+    /// Walks every map the metrics need. Takes about a second per million conntrack entries or
+    /// firewall rules: run it off the async runtime.
+    pub fn walk(&self) -> Result<Walk, DataplaneError> {
+        let start = Instant::now();
+        let mut walk = Walk::default();
+        for (name, map) in &self.maps {
+            let Some(kind) = walked_kind(map.map_type()) else {
+                continue;
+            };
+            let entries = if name == "ct_fwd" {
+                let (entries, flows) = self.flows(map)?;
+                walk.flows = flows;
+                entries
+            } else {
+                count_entries(map)?
+            };
+            walk.maps.push(Occupancy {
+                map: name.clone(),
+                kind,
+                entries,
+                capacity: u64::from(map.max_entries()),
+            });
+        }
+        if let (Some(rules), Some(hits)) = (self.maps.get("fw_v4"), self.maps.get("fw_hits")) {
+            walk.firewall = Some(top_rules(rules, hits, TOP_RULES)?);
+        }
+        if let (Some(prefixes), Some(stats)) = (self.maps.get("rl_v4"), self.maps.get("rl_stats")) {
+            walk.ratelimit = Some(policies(prefixes, stats)?);
+        }
+        walk.took = start.elapsed();
+        Ok(walk)
+    }
+
+    /// Counts `ct_fwd` and groups its live entries by VIP and backend.
+    fn flows(&self, ct_fwd: &MapHandle) -> Result<(u64, Flows), DataplaneError> {
+        let timeouts = self
+            .maps
+            .get("lb_config")
+            .map(read_timeouts)
+            .transpose()?
+            .unwrap_or_default();
+        let now = clock_ns(libc::CLOCK_MONOTONIC_COARSE);
+        let mut flows = Flows::default();
+        let entries = for_each_entry(ct_fwd, |k, v| {
+            let key: types::flow_key = from_bytes(k);
+            let fwd: types::ct_fwd = from_bytes(v);
+            if timeouts.is_live(key.proto, fwd.flags, fwd.last_seen_ns, now) {
+                *flows.by_vip.entry(fwd.vip_id).or_default() += 1;
+                *flows.by_backend.entry(fwd.backend_id).or_default() += 1;
+            } else {
+                flows.expired += 1;
+            }
+        })?;
+        Ok((entries, flows))
+    }
+}
+
+/// The kind label of a map the walk counts, `None` for maps it does not (arrays, devmaps...).
+fn walked_kind(t: MapType) -> Option<&'static str> {
+    Some(match t {
+        MapType::Hash => "hash",
+        MapType::LruHash => "lru_hash",
+        MapType::PercpuHash => "percpu_hash",
+        MapType::LruPercpuHash => "lru_percpu_hash",
+        MapType::LpmTrie => "lpm_trie",
+        _ => return None,
+    })
+}
+
+/// The idle timeouts of `lb_config`, to tell live flows from expired ones as the program does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Timeouts {
+    pub tcp_ns: u64,
+    pub tcp_closing_ns: u64,
+    pub udp_ns: u64,
+}
+
+impl Timeouts {
+    /// `!ct_expired()` of `bpf/flow.h`: idle for at most the timeout of its protocol and state.
+    /// With no configuration written yet (all zero) every entry counts as live.
+    pub fn is_live(&self, proto: u8, flags: u16, last_seen_ns: u64, now_ns: u64) -> bool {
+        if *self == Timeouts::default() {
+            return true;
+        }
+        let timeout = if u32::from(proto) == libc::IPPROTO_UDP as u32 {
+            self.udp_ns
+        } else if u32::from(flags) & types::ct_flags::CT_F_CLOSING.0 != 0 {
+            self.tcp_closing_ns
+        } else {
+            self.tcp_ns
+        };
+        !(now_ns > last_seen_ns && now_ns - last_seen_ns > timeout)
+    }
+}
+
+fn read_timeouts(lb_config: &MapHandle) -> Result<Timeouts, DataplaneError> {
+    let v = lb_config
+        .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
+        .map_err(bpf_err("reading lb_config"))?
+        .unwrap_or_default();
+    let c: types::lb_config = from_bytes(&v);
+    Ok(Timeouts {
+        tcp_ns: c.tcp_timeout_ns,
+        tcp_closing_ns: c.tcp_closing_timeout_ns,
+        udp_ns: c.udp_timeout_ns,
+    })
+}
+
+/// A clock of the kernel in nanoseconds (`CLOCK_MONOTONIC_COARSE` is `bpf_ktime_get_coarse_ns`).
+pub fn clock_ns(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
+    let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
+    if rc != 0 {
+        return 0;
+    }
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+}
+
+/// Counts the entries of a hash or trie map (at most its capacity).
+fn count_entries(map: &MapHandle) -> Result<u64, DataplaneError> {
+    if map.map_type().is_percpu() || map.map_type() == MapType::LpmTrie {
+        // Tries have no batch operations; per-CPU values need not be read to be counted.
+        let cap = usize::try_from(map.max_entries()).unwrap_or(usize::MAX);
+        return Ok(map.keys().take(cap).count() as u64);
+    }
+    for_each_entry(map, |_, _| {})
+}
+
+/// Calls `f` on every (key, value) of a hash or LRU map, in batches; returns how many it saw (at
+/// most the map's capacity). Falls back to a key-by-key walk if batching is refused.
+fn for_each_entry(map: &MapHandle, mut f: impl FnMut(&[u8], &[u8])) -> Result<u64, DataplaneError> {
+    let cap = u64::from(map.max_entries());
+    let mut seen = 0u64;
+    let batched = for_each_batch(map, BATCH, |k, v| {
+        f(k, v);
+        seen += 1;
+        if seen >= cap {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    });
+    match batched {
+        Ok(()) => Ok(seen),
+        Err(e) if seen == 0 => {
+            tracing::debug!(map = ?map.name(), error = %e, "batched walk refused; walking key by key");
+            let mut n = 0;
+            for key in map.keys().take(usize::try_from(cap).unwrap_or(usize::MAX)) {
+                if let Some(v) = map
+                    .lookup(&key, MapFlags::ANY)
+                    .map_err(bpf_err("walking a map"))?
+                {
+                    f(&key, &v);
+                    n += 1;
+                }
+            }
+            Ok(n)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// `bpf_map_lookup_batch` over the whole map (or until `f` breaks). Per-CPU values come as one
+/// slot of `round_up(value_size, 8)` bytes per possible CPU, back to back.
+fn for_each_batch(
+    map: &MapHandle,
+    batch: usize,
+    mut f: impl FnMut(&[u8], &[u8]) -> ControlFlow<()>,
+) -> Result<(), DataplaneError> {
+    let key_size = map.key_size() as usize;
+    let value_size = if map.map_type().is_percpu() {
+        let cpus = libbpf_rs::num_possible_cpus().map_err(bpf_err("counting CPUs"))?;
+        (map.value_size() as usize).next_multiple_of(8) * cpus
+    } else {
+        map.value_size() as usize
+    };
+    let mut batch = batch.max(1);
+    let mut keys = vec![0u8; key_size * batch];
+    let mut values = vec![0u8; value_size * batch];
+    // The batch token is a bucket index (hash) or a key (array): 8 bytes hold either.
+    let token_size = key_size.max(8);
+    let mut in_token = vec![0u8; token_size];
+    let mut out_token = vec![0u8; token_size];
+    let mut first = true;
+    // Every pass returns at least one entry or ends the walk; bound the passes all the same.
+    let max_passes = map.max_entries() as usize + 2;
+    for _ in 0..max_passes {
+        let opts = libbpf_sys::bpf_map_batch_opts {
+            sz: std::mem::size_of::<libbpf_sys::bpf_map_batch_opts>() as _,
+            ..Default::default()
+        };
+        let mut count = batch as u32;
+        let in_ptr = if first {
+            std::ptr::null_mut()
+        } else {
+            in_token.as_mut_ptr().cast()
+        };
+        // SAFETY: the buffers hold `batch` keys and values of the map's sizes and a token of at
+        // least the map's key size; all live across the call, `count` says how many fit.
+        let rc = unsafe {
+            libbpf_sys::bpf_map_lookup_batch(
+                map.as_fd().as_raw_fd(),
+                in_ptr,
+                out_token.as_mut_ptr().cast(),
+                keys.as_mut_ptr().cast(),
+                values.as_mut_ptr().cast(),
+                &mut count,
+                &opts,
+            )
+        };
+        let errno = if rc < 0 { -rc } else { 0 };
+        match errno {
+            0 | libc::ENOENT => {}
+            libc::EINTR | libc::EAGAIN => continue,
+            // One bucket holds more entries than a batch: retry the same place with more room.
+            libc::ENOSPC if count == 0 && batch < MAX_BATCH => {
+                batch *= 2;
+                keys.resize(key_size * batch, 0);
+                values.resize(value_size * batch, 0);
+                continue;
+            }
+            _ => {
+                return Err(DataplaneError::Io {
+                    what: format!("walking {} in batches", map.name().to_string_lossy()),
+                    source: std::io::Error::from_raw_os_error(errno),
+                })
+            }
+        }
+        let n = (count as usize).min(batch);
+        for i in 0..n {
+            let k = &keys[i * key_size..(i + 1) * key_size];
+            let v = &values[i * value_size..(i + 1) * value_size];
+            if f(k, v).is_break() {
+                return Ok(());
+            }
+        }
+        if errno == libc::ENOENT || n == 0 {
+            return Ok(());
+        }
+        in_token.copy_from_slice(&out_token);
+        first = false;
+    }
+    Ok(())
+}
+
+/// Sums a per-CPU value of `value_size` bytes whose first field is the counter `field` (in u64s).
+fn sum_percpu_u64(per_cpu: &[u8], value_size: usize, field: usize) -> u64 {
+    let stride = value_size.next_multiple_of(8);
+    per_cpu
+        .chunks(stride)
+        .filter_map(|slot| slot.get(field * 8..field * 8 + 8))
+        .map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8])))
+        .sum()
+}
+
+/// The rules of `fw_v4` with the most hits in `fw_hits`.
+fn top_rules(
+    rules: &MapHandle,
+    hits: &MapHandle,
+    n: usize,
+) -> Result<Vec<RuleHits>, DataplaneError> {
+    let block = types::fw_action::FW_BLOCK.0 as u8;
+    let mut by_id: HashMap<u32, (Ipv4Net, &'static str)> = HashMap::new();
+    let cap = usize::try_from(rules.max_entries()).unwrap_or(usize::MAX);
+    for key in rules.keys().take(cap) {
+        let Some(v) = rules
+            .lookup(&key, MapFlags::ANY)
+            .map_err(bpf_err("reading fw_v4"))?
+        else {
+            continue;
+        };
+        let k: types::lpm_v4_key = from_bytes(&key);
+        let rule: types::fw_rule = from_bytes(&v);
+        let Ok(len) = u8::try_from(k.prefixlen) else {
+            continue;
+        };
+        let Ok(net) = Ipv4Net::new(k.addr.into(), len) else {
+            continue;
+        };
+        let action = if rule.action == block { "block" } else { "allow" };
+        by_id.insert(rule.rule_id, (net, action));
+    }
+    let Some(limit) = by_id.keys().max().map(|m| u64::from(*m) + 1) else {
+        return Ok(Vec::new());
+    };
+    let value_size = hits.value_size() as usize;
+    let mut all = Vec::new();
+    for_each_batch(hits, BATCH, |k, v| {
+        let id = u32::from_ne_bytes(k.get(..4).and_then(|b| b.try_into().ok()).unwrap_or([0; 4]));
+        if u64::from(id) >= limit {
+            return ControlFlow::Break(());
+        }
+        let packets = sum_percpu_u64(v, value_size, 0);
+        if packets > 0 {
+            if let Some((net, action)) = by_id.get(&id) {
+                all.push(RuleHits {
+                    net: *net,
+                    action,
+                    packets,
+                });
+            }
+        }
+        ControlFlow::Continue(())
+    })?;
+    all.sort_by(|a, b| b.packets.cmp(&a.packets).then(a.net.cmp(&b.net)));
+    all.truncate(n);
+    Ok(all)
+}
+
+/// The default policy and every policy a prefix of `rl_v4` points at, with their counters.
+fn policies(prefixes: &MapHandle, stats: &MapHandle) -> Result<Vec<PolicyCounts>, DataplaneError> {
+    let mut nets: BTreeMap<u32, Ipv4Net> = BTreeMap::new();
+    let cap = usize::try_from(prefixes.max_entries()).unwrap_or(usize::MAX);
+    for key in prefixes.keys().take(cap) {
+        let Some(v) = prefixes
+            .lookup(&key, MapFlags::ANY)
+            .map_err(bpf_err("reading rl_v4"))?
+        else {
+            continue;
+        };
+        let k: types::lpm_v4_key = from_bytes(&key);
+        let id: u32 = from_bytes(&v);
+        if let Some(net) = u8::try_from(k.prefixlen)
+            .ok()
+            .and_then(|len| Ipv4Net::new(k.addr.into(), len).ok())
+        {
+            nets.insert(id, net);
+        }
+    }
+    let value_size = stats.value_size() as usize;
+    let mut out = Vec::with_capacity(nets.len() + 1);
+    for id in std::iter::once(0).chain(nets.keys().copied().filter(|id| *id != 0)) {
+        let per_cpu = stats
+            .lookup_percpu(&id.to_ne_bytes(), MapFlags::ANY)
+            .map_err(bpf_err("reading rl_stats"))?
+            .unwrap_or_default();
+        let (mut allowed, mut dropped) = (0, 0);
+        for cpu in &per_cpu {
+            allowed += sum_percpu_u64(cpu, value_size, 0);
+            dropped += sum_percpu_u64(cpu, value_size, 1);
+        }
+        out.push(PolicyCounts {
+            net: if id == 0 { None } else { nets.get(&id).copied() },
+            allowed,
+            dropped,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    #[test]
+    fn liveness_follows_the_programs_timeouts() {
+        let t = Timeouts {
+            tcp_ns: 300 * S,
+            tcp_closing_ns: 10 * S,
+            udp_ns: 30 * S,
+        };
+        let tcp = libc::IPPROTO_TCP as u8;
+        let udp = libc::IPPROTO_UDP as u8;
+        let closing = types::ct_flags::CT_F_CLOSING.0 as u16;
+        let now = 1000 * S;
+        assert!(t.is_live(tcp, 0, now - 299 * S, now));
+        assert!(!t.is_live(tcp, 0, now - 301 * S, now));
+        assert!(t.is_live(tcp, closing, now - 9 * S, now));
+        assert!(!t.is_live(tcp, closing, now - 11 * S, now));
+        assert!(t.is_live(udp, 0, now - 29 * S, now));
+        assert!(!t.is_live(udp, 0, now - 31 * S, now));
+        // Seen "after" now (another CPU's clock): live, as in ct_expired().
+        assert!(t.is_live(udp, 0, now + S, now));
+        // No configuration yet: nothing expires.
+        assert!(Timeouts::default().is_live(tcp, 0, 0, now));
+    }
+
+    #[test]
+    fn per_cpu_slots_are_summed() {
+        // Two CPUs, a 16-byte value { a, b }.
+        let mut bytes = Vec::new();
+        for v in [1u64, 10, 2, 20] {
+            bytes.extend_from_slice(&v.to_ne_bytes());
+        }
+        assert_eq!(sum_percpu_u64(&bytes, 16, 0), 3);
+        assert_eq!(sum_percpu_u64(&bytes, 16, 1), 30);
+        // A 4-byte value is padded to 8 per CPU.
+        let mut small = Vec::new();
+        small.extend_from_slice(&5u64.to_ne_bytes());
+        small.extend_from_slice(&7u64.to_ne_bytes());
+        assert_eq!(sum_percpu_u64(&small, 4, 0), 12);
+    }
+
+    #[test]
+    fn clocks_tick() {
+        let a = clock_ns(libc::CLOCK_MONOTONIC);
+        assert!(a > 0);
+        assert!(clock_ns(libc::CLOCK_MONOTONIC) >= a);
+    }
+}

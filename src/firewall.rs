@@ -1,0 +1,603 @@
+//! The CIDR firewall's part of the desired state: block and allow rules on IPv4 source prefixes,
+//! the validation of prefixes, and the changes (add, remove, replace) operators make to the rules.
+
+use std::collections::btree_map::Entry;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::skel::types;
+use crate::state::StateError;
+
+/// Rules the data plane holds unless `[firewall] capacity` says otherwise.
+pub const DEFAULT_CAPACITY: u32 = types::fw_limits::FW_DEFAULT_RULES.0;
+/// Largest `[firewall] capacity` accepted (the per-CPU hit counters grow with it).
+pub const MAX_CAPACITY: u32 = 1 << 24;
+
+/// What a rule does with a packet whose source it matches (longest prefix wins).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Drop it (`drop_firewall`).
+    Block,
+    /// Pass it on to the next stage, marked as allowed (rate limiting exempts it).
+    Allow,
+}
+
+impl Action {
+    /// The `enum fw_action` value the data plane reads.
+    pub fn value(self) -> u8 {
+        let a = match self {
+            Action::Block => types::fw_action::FW_BLOCK,
+            Action::Allow => types::fw_action::FW_ALLOW,
+        };
+        a.0 as u8
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Action::Block => "block",
+            Action::Allow => "allow",
+        })
+    }
+}
+
+/// Which packets the firewall sees (`[firewall] scope`), fixed when the program is loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Only packets addressed to a VIP.
+    #[default]
+    Vips,
+    /// Every IPv4 packet arriving on lbd's interfaces (traffic to the host itself too).
+    All,
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Scope::Vips => "vips",
+            Scope::All => "all",
+        })
+    }
+}
+
+/// Why a string is not an IPv4 prefix a rule can use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CidrError {
+    #[error("'{0}' is not an IPv4 prefix (expected A.B.C.D/LEN or A.B.C.D)")]
+    Syntax(String),
+    #[error("{0}: the prefix length must be 0..=32")]
+    Length(String),
+    #[error("{0} is an IPv6 prefix; the firewall takes IPv4 prefixes only (for now)")]
+    Ipv6(String),
+    #[error("{given} has host bits set; did you mean {normalised}?")]
+    HostBits { given: String, normalised: Ipv4Net },
+}
+
+/// Parses a rule's prefix: `A.B.C.D/LEN` with no host bits set, or a bare `A.B.C.D` (a /32).
+///
+/// `10.0.0.1/8` is refused rather than silently widened: the suggestion in the error is the
+/// prefix the operator probably meant, and a typo in a block list should not block a /8.
+pub fn parse_cidr(s: &str) -> Result<Ipv4Net, CidrError> {
+    let (addr, len) = match s.split_once('/') {
+        Some((a, l)) => (a, Some(l)),
+        None => (s, None),
+    };
+    let addr: Ipv4Addr = match addr.parse() {
+        Ok(a) => a,
+        Err(_) if addr.parse::<std::net::Ipv6Addr>().is_ok() => {
+            return Err(CidrError::Ipv6(s.to_string()))
+        }
+        Err(_) => return Err(CidrError::Syntax(s.to_string())),
+    };
+    let len = match len {
+        None => 32,
+        Some(l) if !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit()) => match l.parse() {
+            Ok(n) if n <= 32 => n,
+            _ => return Err(CidrError::Length(s.to_string())),
+        },
+        Some(_) => return Err(CidrError::Syntax(s.to_string())),
+    };
+    let net = Ipv4Net::new(addr, len).map_err(|_| CidrError::Length(s.to_string()))?;
+    if net.trunc() != net {
+        return Err(CidrError::HostBits {
+            given: s.to_string(),
+            normalised: net.trunc(),
+        });
+    }
+    Ok(net)
+}
+
+/// The rules of one request, validated and de-duplicated; each prefix remembers the index of
+/// its first occurrence so that later refusals can name it (`rules[3]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RuleBatch {
+    rules: BTreeMap<Ipv4Net, (Action, usize)>,
+}
+
+/// A rule of a request that cannot be used, by its index in the request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("rules[{index}].{field}: {message}")]
+pub struct RuleError {
+    pub index: usize,
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl RuleBatch {
+    /// Adds rule `index`. The same prefix twice with the same action is merged; with the other
+    /// action it is refused.
+    pub fn push(&mut self, index: usize, net: Ipv4Net, action: Action) -> Result<(), RuleError> {
+        match self.rules.entry(net) {
+            Entry::Vacant(e) => {
+                e.insert((action, index));
+                Ok(())
+            }
+            Entry::Occupied(e) if e.get().0 == action => Ok(()),
+            Entry::Occupied(e) => Err(RuleError {
+                index,
+                field: "action",
+                message: format!(
+                    "{net} is also rules[{}] with action {}",
+                    e.get().1,
+                    e.get().0
+                ),
+            }),
+        }
+    }
+
+    /// Distinct prefixes in the batch.
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// (prefix, action, index of its first occurrence), in prefix order.
+    pub fn iter(&self) -> impl Iterator<Item = (Ipv4Net, Action, usize)> + '_ {
+        self.rules.iter().map(|(n, (a, i))| (*n, *a, *i))
+    }
+}
+
+/// What an add changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Added {
+    pub added: usize,
+    /// Already present with the same action.
+    pub unchanged: usize,
+    /// Rules afterwards.
+    pub total: usize,
+}
+
+/// What a remove changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Removed {
+    pub removed: usize,
+    pub total: usize,
+}
+
+/// What a replace changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Replaced {
+    /// Prefixes that had no rule.
+    pub added: usize,
+    /// Prefixes whose action changed.
+    pub changed: usize,
+    pub removed: usize,
+    pub unchanged: usize,
+    pub total: usize,
+}
+
+/// The firewall rules of the desired state: prefix -> action.
+///
+/// Shared behind an `Arc`: the controller copies the whole `State` for every change, and a
+/// million-rule list must not be copied when a VIP changes. The reconciler also uses the
+/// pointer to skip the rules entirely when they are the ones it applied last.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Firewall {
+    rules: Arc<BTreeMap<Ipv4Net, Action>>,
+}
+
+impl Firewall {
+    /// Every rule, in prefix order.
+    pub fn rules(&self) -> &BTreeMap<Ipv4Net, Action> {
+        &self.rules
+    }
+
+    /// The shared rule map (the reconciler keeps it to recognise an unchanged list).
+    pub fn shared(&self) -> &Arc<BTreeMap<Ipv4Net, Action>> {
+        &self.rules
+    }
+
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    pub fn get(&self, net: &Ipv4Net) -> Option<Action> {
+        self.rules.get(net).copied()
+    }
+
+    /// Adds every rule of `batch`, or none: a prefix whose rule has the other action is refused
+    /// (AlreadyExists), as is going beyond `capacity` rules.
+    pub fn add(&mut self, batch: &RuleBatch, capacity: usize) -> Result<Added, StateError> {
+        let mut out = Added::default();
+        for (net, action, index) in batch.iter() {
+            match self.rules.get(&net) {
+                None => out.added += 1,
+                Some(a) if *a == action => out.unchanged += 1,
+                Some(a) => {
+                    return Err(StateError::AlreadyExists(format!(
+                        "rules[{index}].cidr: {net} already has a rule with action {a}; remove it first (or replace the list)"
+                    )))
+                }
+            }
+        }
+        out.total = self.rules.len() + out.added;
+        check_capacity(out.total, capacity)?;
+        if out.added > 0 {
+            let rules = Arc::make_mut(&mut self.rules);
+            for (net, action, _) in batch.iter() {
+                rules.insert(net, action);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes every rule of `batch` (prefix and action must match), or none (NotFound).
+    pub fn remove(&mut self, batch: &RuleBatch) -> Result<Removed, StateError> {
+        for (net, action, index) in batch.iter() {
+            match self.rules.get(&net) {
+                Some(a) if *a == action => {}
+                Some(a) => {
+                    return Err(StateError::NotFound(format!(
+                        "rules[{index}].cidr: the rule for {net} has action {a}, not {action}"
+                    )))
+                }
+                None => {
+                    return Err(StateError::NotFound(format!(
+                        "rules[{index}].cidr: there is no rule for {net}"
+                    )))
+                }
+            }
+        }
+        if !batch.is_empty() {
+            let rules = Arc::make_mut(&mut self.rules);
+            for (net, _, _) in batch.iter() {
+                rules.remove(&net);
+            }
+        }
+        Ok(Removed {
+            removed: batch.len(),
+            total: self.rules.len(),
+        })
+    }
+
+    /// Makes `batch` the list: every rule when `only` is None, else the rules with action
+    /// `only` (the rules with the other action stay; a batch prefix that has one is refused).
+    pub fn replace(
+        &mut self,
+        only: Option<Action>,
+        batch: &RuleBatch,
+        capacity: usize,
+    ) -> Result<Replaced, StateError> {
+        let mut next: BTreeMap<Ipv4Net, Action> = BTreeMap::new();
+        if let Some(only) = only {
+            for (net, action, index) in batch.iter() {
+                if action != only {
+                    return Err(StateError::InvalidArgument {
+                        field: "rules",
+                        message: format!(
+                            "rules[{index}] ({net}) is a {action} rule in a replace of the {only} list"
+                        ),
+                    });
+                }
+                if let Some(kept) = self.rules.get(&net).filter(|a| **a != only) {
+                    return Err(StateError::AlreadyExists(format!(
+                        "rules[{index}].cidr: {net} already has a rule with action {kept}, which a replace of the {only} list keeps; remove it first"
+                    )));
+                }
+            }
+            next.extend(self.rules.iter().filter(|(_, a)| **a != only));
+        }
+        next.extend(batch.iter().map(|(n, a, _)| (n, a)));
+        check_capacity(next.len(), capacity)?;
+
+        let mut out = Replaced {
+            total: next.len(),
+            ..Default::default()
+        };
+        for (net, action) in &next {
+            match self.rules.get(net) {
+                None => out.added += 1,
+                Some(a) if a == action => out.unchanged += 1,
+                Some(_) => out.changed += 1,
+            }
+        }
+        out.removed = self.rules.keys().filter(|n| !next.contains_key(n)).count();
+        if next != *self.rules {
+            self.rules = Arc::new(next);
+        }
+        Ok(out)
+    }
+}
+
+fn check_capacity(total: usize, capacity: usize) -> Result<(), StateError> {
+    if total > capacity {
+        return Err(StateError::InvalidArgument {
+            field: "rules",
+            message: format!(
+                "the firewall would hold {total} rules; it holds at most {capacity} ([firewall] capacity)"
+            ),
+        });
+    }
+    Ok(())
+}
+
+impl Serialize for Firewall {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.rules.as_ref().serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Firewall {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let rules = BTreeMap::<Ipv4Net, Action>::deserialize(d)?;
+        if let Some(bad) = rules.keys().find(|n| n.trunc() != **n) {
+            return Err(serde::de::Error::custom(format!(
+                "firewall rule {bad} has host bits set"
+            )));
+        }
+        Ok(Self {
+            rules: Arc::new(rules),
+        })
+    }
+}
+
+impl FromStr for Action {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "block" => Ok(Action::Block),
+            "allow" => Ok(Action::Allow),
+            _ => Err(format!("unknown firewall action '{s}' (block or allow)")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> Ipv4Net {
+        s.parse().expect("test prefix")
+    }
+
+    fn batch(rules: &[(&str, Action)]) -> RuleBatch {
+        let mut b = RuleBatch::default();
+        for (i, (n, a)) in rules.iter().enumerate() {
+            b.push(i, net(n), *a).expect("test batch");
+        }
+        b
+    }
+
+    #[test]
+    fn prefixes_parse_and_normalise() {
+        assert_eq!(parse_cidr("10.0.0.0/8"), Ok(net("10.0.0.0/8")));
+        assert_eq!(parse_cidr("192.0.2.7"), Ok(net("192.0.2.7/32")));
+        assert_eq!(parse_cidr("0.0.0.0/0"), Ok(net("0.0.0.0/0")));
+        assert_eq!(parse_cidr("203.0.113.9/32"), Ok(net("203.0.113.9/32")));
+    }
+
+    #[test]
+    fn bad_prefixes_say_why() {
+        let e = parse_cidr("10.0.0.1/8").expect_err("host bits");
+        assert_eq!(
+            e.to_string(),
+            "10.0.0.1/8 has host bits set; did you mean 10.0.0.0/8?"
+        );
+        assert_eq!(
+            parse_cidr("192.168.1.1/0").expect_err("host bits").to_string(),
+            "192.168.1.1/0 has host bits set; did you mean 0.0.0.0/0?"
+        );
+        assert!(matches!(parse_cidr("10.0.0.0/33"), Err(CidrError::Length(_))));
+        assert!(matches!(parse_cidr("2001:db8::/32"), Err(CidrError::Ipv6(_))));
+        assert!(matches!(parse_cidr("::1"), Err(CidrError::Ipv6(_))));
+        for bad in [
+            "", "10.0.0/8", "10.0.0.0/", "10.0.0.0/-1", "10.0.0.0/+8", "10.0.0.0/8/8", "x",
+            "010.0.0.0/8", " 10.0.0.0/8", "10.0.0.256/32",
+        ] {
+            assert!(
+                matches!(parse_cidr(bad), Err(CidrError::Syntax(_) | CidrError::Length(_))),
+                "{bad:?}: {:?}",
+                parse_cidr(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn batch_merges_duplicates_and_refuses_contradictions() {
+        let mut b = RuleBatch::default();
+        b.push(0, net("10.0.0.0/8"), Action::Block).expect("first");
+        b.push(1, net("10.0.0.0/8"), Action::Block).expect("same again");
+        let e = b
+            .push(2, net("10.0.0.0/8"), Action::Allow)
+            .expect_err("contradiction");
+        assert_eq!(
+            e.to_string(),
+            "rules[2].action: 10.0.0.0/8 is also rules[0] with action block"
+        );
+        assert_eq!(b.len(), 1);
+    }
+
+    #[test]
+    fn add_is_idempotent_refuses_flips_and_changes_nothing_when_refused() {
+        let mut fw = Firewall::default();
+        let out = fw
+            .add(
+                &batch(&[("10.0.0.0/8", Action::Block), ("10.1.2.0/24", Action::Allow)]),
+                10,
+            )
+            .expect("add");
+        assert_eq!(
+            out,
+            Added {
+                added: 2,
+                unchanged: 0,
+                total: 2
+            }
+        );
+        let before = fw.clone();
+        let out = fw
+            .add(&batch(&[("10.0.0.0/8", Action::Block)]), 10)
+            .expect("again");
+        assert_eq!(out.unchanged, 1);
+        assert!(Arc::ptr_eq(fw.shared(), before.shared()), "no-op add copied the rules");
+
+        let e = fw
+            .add(
+                &batch(&[("192.0.2.0/24", Action::Block), ("10.1.2.0/24", Action::Block)]),
+                10,
+            )
+            .expect_err("flip");
+        assert!(
+            matches!(&e, StateError::AlreadyExists(m) if m.starts_with("rules[1].cidr: 10.1.2.0/24 already has a rule with action allow")),
+            "{e}"
+        );
+        let e = fw
+            .add(
+                &batch(&[("192.0.2.0/24", Action::Block), ("198.51.100.0/24", Action::Block)]),
+                3,
+            )
+            .expect_err("capacity");
+        assert!(e.to_string().contains("at most 3"), "{e}");
+        assert_eq!(fw, before);
+    }
+
+    #[test]
+    fn remove_needs_every_rule_to_exist() {
+        let mut fw = Firewall::default();
+        fw.add(
+            &batch(&[("10.0.0.0/8", Action::Block), ("10.1.2.0/24", Action::Allow)]),
+            10,
+        )
+        .expect("add");
+        let before = fw.clone();
+        let e = fw
+            .remove(&batch(&[("10.0.0.0/8", Action::Block), ("10.1.2.0/24", Action::Block)]))
+            .expect_err("wrong action");
+        assert!(matches!(e, StateError::NotFound(_)), "{e}");
+        let e = fw
+            .remove(&batch(&[("10.0.0.0/8", Action::Block), ("10.9.0.0/16", Action::Block)]))
+            .expect_err("missing");
+        assert_eq!(
+            e.to_string(),
+            "rules[1].cidr: there is no rule for 10.9.0.0/16"
+        );
+        assert_eq!(fw, before);
+        let out = fw
+            .remove(&batch(&[("10.0.0.0/8", Action::Block)]))
+            .expect("remove");
+        assert_eq!(out, Removed { removed: 1, total: 1 });
+        assert_eq!(fw.get(&net("10.1.2.0/24")), Some(Action::Allow));
+    }
+
+    #[test]
+    fn replace_of_one_list_keeps_the_other() {
+        let mut fw = Firewall::default();
+        fw.add(
+            &batch(&[
+                ("10.0.0.0/8", Action::Block),
+                ("172.16.0.0/12", Action::Block),
+                ("10.1.2.0/24", Action::Allow),
+            ]),
+            10,
+        )
+        .expect("add");
+        let out = fw
+            .replace(
+                Some(Action::Block),
+                &batch(&[("10.0.0.0/8", Action::Block), ("192.0.2.0/24", Action::Block)]),
+                10,
+            )
+            .expect("replace block list");
+        assert_eq!(
+            out,
+            Replaced {
+                added: 1,
+                changed: 0,
+                removed: 1,
+                unchanged: 2,
+                total: 3
+            }
+        );
+        assert_eq!(fw.get(&net("10.1.2.0/24")), Some(Action::Allow));
+        assert_eq!(fw.get(&net("172.16.0.0/12")), None);
+
+        let before = fw.clone();
+        let e = fw
+            .replace(
+                Some(Action::Block),
+                &batch(&[("10.1.2.0/24", Action::Block)]),
+                10,
+            )
+            .expect_err("would flip a kept allow rule");
+        assert!(matches!(e, StateError::AlreadyExists(_)), "{e}");
+        let e = fw
+            .replace(
+                Some(Action::Block),
+                &batch(&[("10.1.3.0/24", Action::Allow)]),
+                10,
+            )
+            .expect_err("allow rule in a block list");
+        assert!(matches!(e, StateError::InvalidArgument { .. }), "{e}");
+        assert_eq!(fw, before);
+
+        let out = fw
+            .replace(None, &batch(&[("10.1.2.0/24", Action::Block)]), 10)
+            .expect("replace everything");
+        assert_eq!(
+            out,
+            Replaced {
+                added: 0,
+                changed: 1,
+                removed: 2,
+                unchanged: 0,
+                total: 1
+            }
+        );
+        let out = fw
+            .replace(Some(Action::Block), &RuleBatch::default(), 10)
+            .expect("empty the block list");
+        assert_eq!(out.removed, 1);
+        assert!(fw.is_empty());
+    }
+
+    #[test]
+    fn state_round_trips_through_json() {
+        let mut fw = Firewall::default();
+        fw.add(
+            &batch(&[("10.0.0.0/8", Action::Block), ("10.1.2.0/24", Action::Allow)]),
+            10,
+        )
+        .expect("add");
+        let text = serde_json::to_string(&fw).expect("serialise");
+        assert_eq!(text, r#"{"10.0.0.0/8":"block","10.1.2.0/24":"allow"}"#);
+        let back: Firewall = serde_json::from_str(&text).expect("deserialise");
+        assert_eq!(back, fw);
+        assert!(serde_json::from_str::<Firewall>(r#"{"10.0.0.1/8":"block"}"#).is_err());
+    }
+}

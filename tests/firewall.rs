@@ -1,0 +1,510 @@
+//! Firewall tests: frames through the loaded XDP program (BPF_PROG_TEST_RUN) with block and allow
+//! rules applied the way lbd applies them (a `State` change, then the `Reconciler`).
+//!
+//! Blocked sources are dropped and counted on their rule; an allow hole in a block passes and is
+//! NATed byte for byte; /32 and /0 behave; the trie keys are in network byte order (a /8 matches
+//! 10.x.x.x, not x.x.x.10); both scopes; a list replace never leaves a gap, even seen by a
+//! packet running concurrently with it.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{ensure, Context, Result};
+use ipnet::Ipv4Net;
+use xdplb::dataplane::{Dataplane, LoadOptions};
+use xdplb::firewall::{Action, RuleBatch, Scope};
+use xdplb::reconcile::Reconciler;
+use xdplb::skel::types::{self, lb_reason as R};
+use xdplb::state::{Protocol, State, VipKey};
+
+use common::lab::*;
+use common::netns::TestNetns;
+use common::packet::*;
+
+const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 9), 80);
+const BE1: SocketAddrV4 = SocketAddrV4::new(BACKEND1, 8080);
+const BE2: SocketAddrV4 = SocketAddrV4::new(BACKEND2, 8080);
+const PORTS: (u16, u16) = (20000, 20999);
+/// Rules the test programs hold (small: the per-CPU hit counters are allocated up front).
+const CAPACITY: u32 = 4096;
+
+fn sa(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(ip, port)
+}
+
+fn net(s: &str) -> Ipv4Net {
+    s.parse().expect("test prefix")
+}
+
+/// Runs `body` with the bench set up in a private network namespace; any error fails the test.
+fn bench<F>(body: F)
+where
+    F: FnOnce(&TestNetns, Net) -> Result<()> + Send + 'static,
+{
+    TestNetns::run(move |ns| {
+        let net = setup_net(ns).context("setting up the bench")?;
+        body(ns, net)
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+/// A loaded program with firewall `scope` and `capacity`, configured like lbd configures it.
+fn lb_with(net: Net, scope: Scope, capacity: u32) -> Result<Lb> {
+    let dp = Dataplane::load(&LoadOptions {
+        conntrack_size: 4096,
+        firewall_capacity: capacity,
+        firewall_scope: scope,
+        ..LoadOptions::default()
+    })
+    .context("loading the XDP program")?;
+    let cfg = config(PORTS);
+    dp.maps().write_config(&cfg).context("writing lb_config")?;
+    Ok(Lb {
+        rec: Reconciler::new(dp, RING_SIZE),
+        state: State::default(),
+        net,
+        cfg,
+        claimed: BTreeSet::new(),
+    })
+}
+
+/// Scope "vips" and the TCP VIP 10.9.9.9:80 -> 10.1.0.2:8080, 10.1.0.3:8080.
+fn vip_lb(net: Net) -> Result<(Lb, VipKey)> {
+    let mut lb = lb_with(net, Scope::Vips, CAPACITY)?;
+    let vip = lb.add_vip(VIP, Protocol::Tcp, &[(BE1, 100), (BE2, 100)])?;
+    Ok((lb, vip))
+}
+
+fn batch(rules: &[(&str, Action)]) -> RuleBatch {
+    let mut b = RuleBatch::default();
+    for (i, (n, a)) in rules.iter().enumerate() {
+        b.push(i, net(n), *a).expect("test batch");
+    }
+    b
+}
+
+/// Adds rules through the state, as the AddRules handler does, and reconciles.
+fn add_rules(lb: &mut Lb, rules: &[(&str, Action)]) -> Result<()> {
+    lb.state
+        .firewall
+        .add(&batch(rules), CAPACITY as usize)
+        .context("adding firewall rules")?;
+    lb.reconcile()
+}
+
+fn remove_rules(lb: &mut Lb, rules: &[(&str, Action)]) -> Result<()> {
+    lb.state
+        .firewall
+        .remove(&batch(rules))
+        .context("removing firewall rules")?;
+    lb.reconcile()
+}
+
+/// The hits of the rule for exactly `prefix`.
+fn hits(lb: &Lb, prefix: &str) -> Result<u64> {
+    let rule = lb
+        .rec
+        .firewall()
+        .rule(&net(prefix))
+        .with_context(|| format!("no rule for {prefix} in the data plane"))?;
+    Ok(lb.rec.dataplane().firewall().hits(rule.id)?)
+}
+
+/// A client's SYN to `vip`, as received on veth0.
+fn syn(client: SocketAddrV4, vip: SocketAddrV4) -> Packet {
+    Packet::tcp(CLIENT_MAC, VETH0_MAC, client, vip, TCP_SYN).with_payload(b"syn")
+}
+
+/// Runs `pkt` and checks it is dropped untouched.
+fn expect_dropped(lb: &Lb, pkt: &Packet, what: &str) -> Result<()> {
+    let frame = pkt.build();
+    let run = lb.run(lb.net.veth0, &frame)?;
+    ensure!(
+        run.action == XDP_DROP,
+        "{what}: verdict {}, expected XDP_DROP",
+        action_name(run.action)
+    );
+    ensure!(run.out == frame, "{what}: a dropped frame was modified");
+    Ok(())
+}
+
+/// Runs the first packet of a new flow `client` -> `vip` and checks it leaves NATed exactly as
+/// the program must NAT it (Maglev pick, first free SNAT port, MACs of veth0 and the backend).
+fn expect_natted(lb: &mut Lb, vip: &VipKey, client: SocketAddrV4, what: &str) -> Result<()> {
+    let pkt = syn(client, vip.addr);
+    let pick = lb.pick(vip, client)?;
+    let port = lb
+        .claim_port(pick.hash, pick.backend)
+        .context("the test expects a free SNAT port")?;
+    let run = lb.run(lb.net.veth0, &pkt.build())?;
+    let want = pkt
+        .natted(
+            VETH0_MAC,
+            neighbour_mac(*pick.backend.ip()),
+            sa(LB_ADDR, port),
+            pick.backend,
+        )
+        .build();
+    ensure!(
+        run.action == XDP_TX,
+        "{what}: verdict {}, expected XDP_TX",
+        action_name(run.action)
+    );
+    ensure!(
+        run.out == want,
+        "{what}: the output is not the NATed frame (via {} from port {port})",
+        pick.backend
+    );
+    verify_checksums(&run.out, false).with_context(|| format!("{what}: checksums"))
+}
+
+#[test]
+fn blocked_source_is_dropped_and_counted_on_its_rule() {
+    bench(|_, net| {
+        let (mut lb, vip) = vip_lb(net)?;
+        add_rules(&mut lb, &[("10.1.0.50/32", Action::Block)])?;
+
+        for port in [40000, 40001, 40002] {
+            expect_dropped(&lb, &syn(sa(CLIENT, port), VIP), "SYN from the blocked 10.1.0.50")?;
+        }
+        ensure!(hits(&lb, "10.1.0.50/32")? == 3, "rule hits {}", hits(&lb, "10.1.0.50/32")?);
+        expect_natted(&mut lb, &vip, sa(CLIENT_B, 40000), "SYN from 10.1.0.51")?;
+        lb.expect_global(
+            &[(R::LB_REASON_DROP_FIREWALL, 3), (R::LB_REASON_TX_NAT_FORWARD, 1)],
+            &[(XDP_DROP, 3), (XDP_TX, 1)],
+        )?;
+        ensure!(
+            lb.vip_counters(&vip)?.packets == 1,
+            "a dropped packet reached the VIP's counters"
+        );
+
+        // Removing the rule lets the client in again, without reloading anything.
+        remove_rules(&mut lb, &[("10.1.0.50/32", Action::Block)])?;
+        expect_natted(&mut lb, &vip, sa(CLIENT, 40003), "SYN after the rule was removed")
+    });
+}
+
+#[test]
+fn allow_hole_in_a_block_passes_and_is_natted() {
+    bench(|_, net| {
+        let (mut lb, vip) = vip_lb(net)?;
+        add_rules(
+            &mut lb,
+            &[("10.1.0.0/24", Action::Block), ("10.1.0.50/32", Action::Allow)],
+        )?;
+        expect_natted(&mut lb, &vip, sa(CLIENT, 41000), "SYN from the allowed 10.1.0.50")?;
+        expect_dropped(&lb, &syn(sa(CLIENT_B, 41000), VIP), "SYN from 10.1.0.51 in the block")?;
+        ensure!(hits(&lb, "10.1.0.50/32")? == 1, "allow rule hits");
+        ensure!(hits(&lb, "10.1.0.0/24")? == 1, "block rule hits");
+        lb.expect_global(
+            &[(R::LB_REASON_DROP_FIREWALL, 1), (R::LB_REASON_TX_NAT_FORWARD, 1)],
+            &[(XDP_DROP, 1), (XDP_TX, 1)],
+        )
+    });
+}
+
+#[test]
+fn slash_32_and_slash_0() {
+    bench(|_, net| {
+        let (mut lb, vip) = vip_lb(net)?;
+        // A /32 is exactly one address: its neighbours are untouched.
+        add_rules(&mut lb, &[("10.1.0.51/32", Action::Block)])?;
+        expect_natted(&mut lb, &vip, sa(CLIENT, 42000), "10.1.0.50 next to a blocked /32")?;
+        expect_dropped(&lb, &syn(sa(CLIENT_B, 42000), VIP), "the blocked /32")?;
+        let above = syn(sa(Ipv4Addr::new(10, 1, 0, 52), 42000), VIP);
+        let run = lb.run(lb.net.veth0, &above.build())?;
+        ensure!(run.action == XDP_TX, "10.1.0.52 was {}", action_name(run.action));
+
+        // /0 blocks every source; a more specific allow still wins.
+        add_rules(
+            &mut lb,
+            &[("0.0.0.0/0", Action::Block), ("10.1.0.50/32", Action::Allow)],
+        )?;
+        for src in ["1.2.3.4", "255.255.255.254", "0.0.0.1", "10.1.0.52"] {
+            let pkt = syn(sa(src.parse()?, 42001), VIP);
+            expect_dropped(&lb, &pkt, &format!("{src} under 0.0.0.0/0"))?;
+        }
+        ensure!(hits(&lb, "0.0.0.0/0")? == 4, "/0 hits {}", hits(&lb, "0.0.0.0/0")?);
+        expect_dropped(&lb, &syn(sa(CLIENT_B, 42002), VIP), "the /32 inside the /0")?;
+        ensure!(hits(&lb, "10.1.0.51/32")? == 2, "the /32 keeps deciding its address");
+        expect_natted(&mut lb, &vip, sa(CLIENT, 42003), "the allowed /32 inside the /0")
+    });
+}
+
+/// A trie key written in host order (little endian on x86) would make 10.0.0.0/8 match
+/// sources ending in .10 (if the packet side is swapped too) or starting with 0 (if not).
+#[test]
+fn keys_are_in_network_byte_order() {
+    bench(|_, net| {
+        let (mut lb, _) = vip_lb(net)?;
+        add_rules(
+            &mut lb,
+            &[("10.0.0.0/8", Action::Block), ("192.0.2.0/24", Action::Block)],
+        )?;
+        for (src, blocked) in [
+            ("10.0.0.1", true),
+            ("10.255.255.255", true),
+            ("10.200.3.4", true),
+            ("192.0.2.0", true),
+            ("192.0.2.255", true),
+            ("1.2.3.10", false),
+            ("11.0.0.10", false),
+            ("0.0.0.10", false),
+            ("9.255.255.255", false),
+            ("192.0.3.0", false),
+            ("0.2.0.192", false),
+            ("2.0.192.10", false),
+        ] {
+            let pkt = syn(sa(src.parse()?, 43000), VIP);
+            let run = lb.run(lb.net.veth0, &pkt.build())?;
+            let dropped = run.action == XDP_DROP;
+            ensure!(
+                dropped == blocked,
+                "{src}: {} (blocked expected: {blocked})",
+                action_name(run.action)
+            );
+        }
+        let rule = lb
+            .rec
+            .dataplane()
+            .firewall()
+            .matching("10.77.0.1".parse()?)?
+            .context("10.77.0.1 matches no rule")?;
+        ensure!(
+            Some(rule) == lb.rec.firewall().rule(&net("10.0.0.0/8")),
+            "10.77.0.1 does not match 10.0.0.0/8"
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn scope_vips_leaves_other_traffic_to_the_kernel() {
+    bench(|_, net| {
+        let (mut lb, _) = vip_lb(net)?;
+        add_rules(&mut lb, &[("0.0.0.0/0", Action::Block)])?;
+        let to_lb = syn(sa(CLIENT, 44000), sa(LB_ADDR, 22)).build();
+        let run = lb.run(lb.net.veth0, &to_lb)?;
+        ensure!(
+            run.action == XDP_PASS && run.out == to_lb,
+            "traffic to the LB itself: {}",
+            action_name(run.action)
+        );
+        let ping = Packet::icmp_echo(CLIENT_MAC, VETH0_MAC, CLIENT, LB_ADDR).build();
+        ensure!(lb.run(lb.net.veth0, &ping)?.action == XDP_PASS, "ping");
+        ensure!(hits(&lb, "0.0.0.0/0")? == 0, "the firewall saw non-VIP traffic");
+        lb.expect_global(
+            &[(R::LB_REASON_PASS_NOT_VIP, 2)],
+            &[(XDP_PASS, 2)],
+        )
+    });
+}
+
+#[test]
+fn scope_all_sees_every_ipv4_packet() {
+    bench(|_, net| {
+        let mut lb = lb_with(net, Scope::All, CAPACITY)?;
+        lb.add_vip(VIP, Protocol::Tcp, &[(BE1, 100)])?;
+        add_rules(&mut lb, &[("10.1.0.50/32", Action::Block)])?;
+
+        expect_dropped(&lb, &syn(sa(CLIENT, 45000), sa(LB_ADDR, 22)), "TCP to the LB")?;
+        expect_dropped(
+            &lb,
+            &Packet::icmp_echo(CLIENT_MAC, VETH0_MAC, CLIENT, LB_ADDR),
+            "ping",
+        )?;
+        let mut fragment = syn(sa(CLIENT, 45001), sa(LB_ADDR, 22));
+        fragment.frag = IP_MF;
+        expect_dropped(&lb, &fragment, "first fragment")?;
+        expect_dropped(&lb, &syn(sa(CLIENT, 45002), VIP), "SYN to the VIP")?;
+        ensure!(hits(&lb, "10.1.0.50/32")? == 4, "rule hits");
+
+        // Not IPv4: nothing to match. Other sources: as without a firewall.
+        let arp = arp_request(CLIENT_MAC, CLIENT, LB_ADDR);
+        ensure!(lb.run(lb.net.veth0, &arp)?.action == XDP_PASS, "ARP");
+        let other = syn(sa(CLIENT_B, 45000), sa(LB_ADDR, 22)).build();
+        let run = lb.run(lb.net.veth0, &other)?;
+        ensure!(run.action == XDP_PASS && run.out == other, "10.1.0.51 to the LB");
+        lb.expect_global(
+            &[
+                (R::LB_REASON_DROP_FIREWALL, 4),
+                (R::LB_REASON_PASS_NOT_IP, 1),
+                (R::LB_REASON_PASS_NOT_VIP, 1),
+            ],
+            &[(XDP_DROP, 4), (XDP_PASS, 2)],
+        )
+    });
+}
+
+#[test]
+fn reused_rule_ids_start_with_zero_hits() {
+    bench(|_, net| {
+        let mut lb = lb_with(net, Scope::Vips, 2)?;
+        lb.add_vip(VIP, Protocol::Tcp, &[(BE1, 100)])?;
+        let cap = 2;
+        lb.state
+            .firewall
+            .add(&batch(&[("10.1.0.50/32", Action::Block)]), cap)?;
+        lb.reconcile()?;
+        expect_dropped(&lb, &syn(sa(CLIENT, 46000), VIP), "blocked")?;
+        let old = lb.rec.firewall().rule(&net("10.1.0.50/32")).context("rule")?;
+
+        // Capacity 2: the second rule takes the last fresh id, the third one reuses the first.
+        lb.state.firewall.remove(&batch(&[("10.1.0.50/32", Action::Block)]))?;
+        lb.state
+            .firewall
+            .add(&batch(&[("192.0.2.0/24", Action::Block)]), cap)?;
+        lb.reconcile()?;
+        lb.state
+            .firewall
+            .add(&batch(&[("198.51.100.0/24", Action::Block)]), cap)?;
+        lb.reconcile()?;
+        let reused = lb
+            .rec
+            .firewall()
+            .rule(&net("198.51.100.0/24"))
+            .context("rule")?;
+        ensure!(reused.id == old.id, "id {} was not reused ({})", old.id, reused.id);
+        ensure!(hits(&lb, "198.51.100.0/24")? == 0, "a reused id kept its hits");
+
+        // Full: one more rule is refused by the state, and nothing changes.
+        let e = lb
+            .state
+            .firewall
+            .add(&batch(&[("203.0.113.0/24", Action::Block)]), cap)
+            .expect_err("over capacity");
+        ensure!(e.to_string().contains("at most 2"), "{e}");
+
+        // A replace at full capacity deletes just enough old rules first to make room.
+        lb.state.firewall.replace(
+            Some(Action::Block),
+            &batch(&[("203.0.113.0/24", Action::Block), ("198.51.100.0/24", Action::Block)]),
+            cap,
+        )?;
+        lb.reconcile()?;
+        let fw = lb.rec.dataplane().firewall();
+        ensure!(fw.get(net("192.0.2.0/24"))?.is_none(), "old rule still there");
+        ensure!(fw.get(net("203.0.113.0/24"))?.is_some(), "new rule missing");
+        ensure!(fw.get(net("198.51.100.0/24"))? == lb.rec.firewall().rule(&net("198.51.100.0/24")), "kept rule changed");
+        Ok(())
+    });
+}
+
+#[test]
+fn flipping_a_rule_keeps_its_id_and_restarts_its_hits() {
+    bench(|_, net| {
+        let (mut lb, vip) = vip_lb(net)?;
+        add_rules(&mut lb, &[("10.1.0.50/32", Action::Block)])?;
+        expect_dropped(&lb, &syn(sa(CLIENT, 47000), VIP), "blocked")?;
+        let before = lb.rec.firewall().rule(&net("10.1.0.50/32")).context("rule")?;
+        lb.state
+            .firewall
+            .replace(None, &batch(&[("10.1.0.50/32", Action::Allow)]), CAPACITY as usize)?;
+        lb.reconcile()?;
+        let after = lb.rec.firewall().rule(&net("10.1.0.50/32")).context("rule")?;
+        ensure!(after.id == before.id && after.action == Action::Allow, "{before:?} -> {after:?}");
+        ensure!(hits(&lb, "10.1.0.50/32")? == 0, "hits of the block rule carried over");
+        expect_natted(&mut lb, &vip, sa(CLIENT, 47001), "now allowed")?;
+        ensure!(hits(&lb, "10.1.0.50/32")? == 1, "allow rule hits");
+        Ok(())
+    });
+}
+
+/// One BPF_PROG_TEST_RUN on a program fd, from any thread.
+fn run_fd(prog: &OwnedFd, ifindex: u32, frame: &[u8]) -> Result<u32> {
+    let mut ctx = types::xdp_md {
+        data: 0,
+        data_end: frame.len() as u32,
+        ingress_ifindex: ifindex,
+        ..Default::default()
+    };
+    let mut out = vec![0u8; frame.len() + 256];
+    let mut opts = libbpf_sys::bpf_test_run_opts {
+        sz: std::mem::size_of::<libbpf_sys::bpf_test_run_opts>() as _,
+        data_in: frame.as_ptr().cast(),
+        data_size_in: frame.len() as u32,
+        data_out: out.as_mut_ptr().cast(),
+        data_size_out: out.len() as u32,
+        ctx_in: (&mut ctx as *mut types::xdp_md).cast(),
+        ctx_size_in: std::mem::size_of::<types::xdp_md>() as u32,
+        repeat: 1,
+        ..Default::default()
+    };
+    // SAFETY: every pointer in opts refers to a live buffer of the stated size for the call.
+    let ret = unsafe { libbpf_sys::bpf_prog_test_run_opts(prog.as_raw_fd(), &mut opts) };
+    ensure!(ret == 0, "BPF_PROG_TEST_RUN: {}", std::io::Error::from_raw_os_error(-ret));
+    Ok(opts.retval)
+}
+
+/// Swaps two block lists back and forth while another thread keeps sending a packet from a
+/// source that both lists block (through different prefixes): it must be dropped every time.
+#[test]
+fn replace_never_leaves_a_gap() {
+    bench(|_, net| {
+        let mut lb = lb_with(net, Scope::All, CAPACITY)?;
+        // Old list: 10.0.0.0/8 and 1,000 filler /32s; new list: 10.1.0.0/16 and 1,000 others.
+        let list = |cover: &str, base: u32| -> Vec<(String, Action)> {
+            let mut rules = vec![(cover.to_string(), Action::Block)];
+            rules.extend((0..1000u32).map(|i| {
+                (format!("{}/32", Ipv4Addr::from(base + i)), Action::Block)
+            }));
+            rules
+        };
+        let old = list("10.0.0.0/8", 0xc633_6400);
+        let new = list("10.1.0.0/16", 0xcb00_7100);
+        let to_batch = |rules: &[(String, Action)]| {
+            let refs: Vec<(&str, Action)> = rules.iter().map(|(n, a)| (n.as_str(), *a)).collect();
+            batch(&refs)
+        };
+        let (old, new) = (to_batch(&old), to_batch(&new));
+        lb.state
+            .firewall
+            .replace(Some(Action::Block), &old, CAPACITY as usize)?;
+        lb.reconcile()?;
+
+        let prog = lb.rec.dataplane().program().as_fd().try_clone_to_owned()?;
+        let frame = syn(sa(CLIENT, 48000), sa(LB_ADDR, 22)).build();
+        let ifindex = lb.net.veth0;
+        let stop = Arc::new(AtomicBool::new(false));
+        let prober = {
+            let stop = stop.clone();
+            std::thread::spawn(move || -> Result<u64> {
+                let mut runs = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let action = run_fd(&prog, ifindex, &frame)?;
+                    ensure!(action == XDP_DROP, "run {runs}: {}", action_name(action));
+                    runs += 1;
+                }
+                Ok(runs)
+            })
+        };
+        let swaps = (|| -> Result<()> {
+            for i in 0..40 {
+                let next = if i % 2 == 0 { &new } else { &old };
+                lb.state
+                    .firewall
+                    .replace(Some(Action::Block), next, CAPACITY as usize)?;
+                lb.reconcile()?;
+            }
+            Ok(())
+        })();
+        stop.store(true, Ordering::Relaxed);
+        let runs = prober
+            .join()
+            .map_err(|_| anyhow::anyhow!("the probing thread panicked"))??;
+        swaps?;
+        ensure!(runs > 0, "the probe never ran");
+        eprintln!("{runs} probes during 40 list swaps, all dropped");
+        ensure!(
+            lb.rec.dataplane().firewall().get(net("10.0.0.0/8"))?.is_some()
+                && lb.rec.dataplane().firewall().get(net("10.1.0.0/16"))?.is_none(),
+            "after an even number of swaps the old list is back, alone"
+        );
+        Ok(())
+    });
+}
