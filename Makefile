@@ -4,7 +4,8 @@
 CARGO ?= cargo
 # Everything the build, the tests and the demo need from Debian.
 APT_PACKAGES := clang-19 llvm-19 libelf-dev zlib1g-dev pkg-config protobuf-compiler \
-	gcc-multilib bpftool iproute2 ethtool netcat-openbsd curl python3 util-linux
+	gcc-multilib bpftool iproute2 ethtool netcat-openbsd curl python3 util-linux \
+	prometheus
 
 .PHONY: all deps build test unit integration demo bench fmt clean
 

@@ -59,6 +59,9 @@ static __always_inline int decap(struct xdp_md *ctx)
 	if (outer->version != 4 || outer->ihl != 5 || outer->protocol != IPPROTO_IPIP ||
 	    (outer->frag_off & bpf_htons(IP_MF | IP_OFFSET)))
 		return -1;
+	/* The frame must hold all the outer header says it carries. */
+	if ((void *)outer + bpf_ntohs(outer->tot_len) > data_end)
+		return -1;
 	inner = (void *)(outer + 1);
 	if ((void *)(inner + 1) > data_end || inner->version != 4)
 		return -1;

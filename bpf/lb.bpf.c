@@ -5,7 +5,9 @@
  *   parse -> reply of a tracked NAT flow -> NAT restore -> next hop
  *
  * The firewall runs once per packet: after the VIP lookup (scope "vips"), or
- * right after parsing, for every IPv4 packet (scope "all").
+ * right after parsing, for every IPv4 packet (scope "all"). Rate limiting
+ * follows it on VIP packets; a "new-flows" limit is charged only where a
+ * flow is about to be created (ratelimit_new_flow() in lb_to_backend()).
  *
  * Each stage returns a verdict or LB_CONTINUE; the reason and the verdict
  * are counted once, on the way out.

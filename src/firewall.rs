@@ -189,11 +189,12 @@ pub struct Removed {
 /// What a replace changed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Replaced {
-    /// Prefixes that had no rule.
+    /// Prefixes of the new list that had no rule.
     pub added: usize,
-    /// Prefixes whose action changed.
+    /// Prefixes of the new list whose action changed.
     pub changed: usize,
     pub removed: usize,
+    /// Prefixes of the new list that already had their rule.
     pub unchanged: usize,
     pub total: usize,
 }
@@ -320,10 +321,10 @@ impl Firewall {
             total: next.len(),
             ..Default::default()
         };
-        for (net, action) in &next {
-            match self.rules.get(net) {
+        for (net, action, _) in batch.iter() {
+            match self.rules.get(&net) {
                 None => out.added += 1,
-                Some(a) if a == action => out.unchanged += 1,
+                Some(a) if *a == action => out.unchanged += 1,
                 Some(_) => out.changed += 1,
             }
         }
@@ -410,18 +411,37 @@ mod tests {
             "10.0.0.1/8 has host bits set; did you mean 10.0.0.0/8?"
         );
         assert_eq!(
-            parse_cidr("192.168.1.1/0").expect_err("host bits").to_string(),
+            parse_cidr("192.168.1.1/0")
+                .expect_err("host bits")
+                .to_string(),
             "192.168.1.1/0 has host bits set; did you mean 0.0.0.0/0?"
         );
-        assert!(matches!(parse_cidr("10.0.0.0/33"), Err(CidrError::Length(_))));
-        assert!(matches!(parse_cidr("2001:db8::/32"), Err(CidrError::Ipv6(_))));
+        assert!(matches!(
+            parse_cidr("10.0.0.0/33"),
+            Err(CidrError::Length(_))
+        ));
+        assert!(matches!(
+            parse_cidr("2001:db8::/32"),
+            Err(CidrError::Ipv6(_))
+        ));
         assert!(matches!(parse_cidr("::1"), Err(CidrError::Ipv6(_))));
         for bad in [
-            "", "10.0.0/8", "10.0.0.0/", "10.0.0.0/-1", "10.0.0.0/+8", "10.0.0.0/8/8", "x",
-            "010.0.0.0/8", " 10.0.0.0/8", "10.0.0.256/32",
+            "",
+            "10.0.0/8",
+            "10.0.0.0/",
+            "10.0.0.0/-1",
+            "10.0.0.0/+8",
+            "10.0.0.0/8/8",
+            "x",
+            "010.0.0.0/8",
+            " 10.0.0.0/8",
+            "10.0.0.256/32",
         ] {
             assert!(
-                matches!(parse_cidr(bad), Err(CidrError::Syntax(_) | CidrError::Length(_))),
+                matches!(
+                    parse_cidr(bad),
+                    Err(CidrError::Syntax(_) | CidrError::Length(_))
+                ),
                 "{bad:?}: {:?}",
                 parse_cidr(bad)
             );
@@ -432,7 +452,8 @@ mod tests {
     fn batch_merges_duplicates_and_refuses_contradictions() {
         let mut b = RuleBatch::default();
         b.push(0, net("10.0.0.0/8"), Action::Block).expect("first");
-        b.push(1, net("10.0.0.0/8"), Action::Block).expect("same again");
+        b.push(1, net("10.0.0.0/8"), Action::Block)
+            .expect("same again");
         let e = b
             .push(2, net("10.0.0.0/8"), Action::Allow)
             .expect_err("contradiction");
@@ -448,7 +469,10 @@ mod tests {
         let mut fw = Firewall::default();
         let out = fw
             .add(
-                &batch(&[("10.0.0.0/8", Action::Block), ("10.1.2.0/24", Action::Allow)]),
+                &batch(&[
+                    ("10.0.0.0/8", Action::Block),
+                    ("10.1.2.0/24", Action::Allow),
+                ]),
                 10,
             )
             .expect("add");
@@ -465,11 +489,17 @@ mod tests {
             .add(&batch(&[("10.0.0.0/8", Action::Block)]), 10)
             .expect("again");
         assert_eq!(out.unchanged, 1);
-        assert!(Arc::ptr_eq(fw.shared(), before.shared()), "no-op add copied the rules");
+        assert!(
+            Arc::ptr_eq(fw.shared(), before.shared()),
+            "no-op add copied the rules"
+        );
 
         let e = fw
             .add(
-                &batch(&[("192.0.2.0/24", Action::Block), ("10.1.2.0/24", Action::Block)]),
+                &batch(&[
+                    ("192.0.2.0/24", Action::Block),
+                    ("10.1.2.0/24", Action::Block),
+                ]),
                 10,
             )
             .expect_err("flip");
@@ -479,7 +509,10 @@ mod tests {
         );
         let e = fw
             .add(
-                &batch(&[("192.0.2.0/24", Action::Block), ("198.51.100.0/24", Action::Block)]),
+                &batch(&[
+                    ("192.0.2.0/24", Action::Block),
+                    ("198.51.100.0/24", Action::Block),
+                ]),
                 3,
             )
             .expect_err("capacity");
@@ -491,17 +524,26 @@ mod tests {
     fn remove_needs_every_rule_to_exist() {
         let mut fw = Firewall::default();
         fw.add(
-            &batch(&[("10.0.0.0/8", Action::Block), ("10.1.2.0/24", Action::Allow)]),
+            &batch(&[
+                ("10.0.0.0/8", Action::Block),
+                ("10.1.2.0/24", Action::Allow),
+            ]),
             10,
         )
         .expect("add");
         let before = fw.clone();
         let e = fw
-            .remove(&batch(&[("10.0.0.0/8", Action::Block), ("10.1.2.0/24", Action::Block)]))
+            .remove(&batch(&[
+                ("10.0.0.0/8", Action::Block),
+                ("10.1.2.0/24", Action::Block),
+            ]))
             .expect_err("wrong action");
         assert!(matches!(e, StateError::NotFound(_)), "{e}");
         let e = fw
-            .remove(&batch(&[("10.0.0.0/8", Action::Block), ("10.9.0.0/16", Action::Block)]))
+            .remove(&batch(&[
+                ("10.0.0.0/8", Action::Block),
+                ("10.9.0.0/16", Action::Block),
+            ]))
             .expect_err("missing");
         assert_eq!(
             e.to_string(),
@@ -511,7 +553,13 @@ mod tests {
         let out = fw
             .remove(&batch(&[("10.0.0.0/8", Action::Block)]))
             .expect("remove");
-        assert_eq!(out, Removed { removed: 1, total: 1 });
+        assert_eq!(
+            out,
+            Removed {
+                removed: 1,
+                total: 1
+            }
+        );
         assert_eq!(fw.get(&net("10.1.2.0/24")), Some(Action::Allow));
     }
 
@@ -530,7 +578,10 @@ mod tests {
         let out = fw
             .replace(
                 Some(Action::Block),
-                &batch(&[("10.0.0.0/8", Action::Block), ("192.0.2.0/24", Action::Block)]),
+                &batch(&[
+                    ("10.0.0.0/8", Action::Block),
+                    ("192.0.2.0/24", Action::Block),
+                ]),
                 10,
             )
             .expect("replace block list");
@@ -540,7 +591,7 @@ mod tests {
                 added: 1,
                 changed: 0,
                 removed: 1,
-                unchanged: 2,
+                unchanged: 1,
                 total: 3
             }
         );
@@ -590,7 +641,10 @@ mod tests {
     fn state_round_trips_through_json() {
         let mut fw = Firewall::default();
         fw.add(
-            &batch(&[("10.0.0.0/8", Action::Block), ("10.1.2.0/24", Action::Allow)]),
+            &batch(&[
+                ("10.0.0.0/8", Action::Block),
+                ("10.1.2.0/24", Action::Allow),
+            ]),
             10,
         )
         .expect("add");

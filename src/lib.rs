@@ -2,9 +2,11 @@
 //! configuration, desired state, Maglev, the reconciler that writes BPF maps, and the gRPC API.
 
 pub mod api;
+pub mod backend_setup;
 pub mod config;
 pub mod dataplane;
 pub mod firewall;
+pub mod health;
 pub mod maglev;
 pub mod metrics;
 pub mod neighbor;

@@ -157,7 +157,8 @@ impl LbCollector {
     /// Reads the counters under the lock, then walks the maps (or reuses the last walk).
     fn sample(&self) -> Result<Sample, DataplaneError> {
         // The collector runs on a blocking thread (see `render`), where waiting is allowed.
-        let (mut sample, ids, telemetry) = futures::executor::block_on(self.ctl.read(read_counters))?;
+        let (mut sample, ids, telemetry) =
+            futures::executor::block_on(self.ctl.read(read_counters))?;
         sample.walk = match self.walk(telemetry) {
             Ok(w) => Some(w),
             Err(e) => {
@@ -332,7 +333,7 @@ pub fn encode_sample(s: &Sample, mut e: DescriptorEncoder) -> Result<(), std::fm
     family(
         &mut e,
         "vip_packets",
-        "Packets from clients to a VIP that the data plane balanced (or dropped for it).",
+        "Packets from clients to a VIP that the data plane gave a backend (counted before forwarding).",
         None,
         MetricType::Counter,
         s.vips.iter().map(|v| (vip(v), counter(v.counters.packets))),
@@ -340,7 +341,7 @@ pub fn encode_sample(s: &Sample, mut e: DescriptorEncoder) -> Result<(), std::fm
     family(
         &mut e,
         "vip",
-        "Bytes (IP packet lengths) from clients to a VIP.",
+        "Bytes (frame lengths as received, Ethernet header included) from clients to a VIP.",
         Some(&bytes),
         MetricType::Counter,
         s.vips.iter().map(|v| (vip(v), counter(v.counters.bytes))),
@@ -351,7 +352,9 @@ pub fn encode_sample(s: &Sample, mut e: DescriptorEncoder) -> Result<(), std::fm
         "Flows to a VIP that got a backend (new flow-table entries).",
         None,
         MetricType::Counter,
-        s.vips.iter().map(|v| (vip(v), counter(v.counters.new_flows))),
+        s.vips
+            .iter()
+            .map(|v| (vip(v), counter(v.counters.new_flows))),
     )?;
     family(
         &mut e,
@@ -375,7 +378,7 @@ pub fn encode_sample(s: &Sample, mut e: DescriptorEncoder) -> Result<(), std::fm
     family(
         &mut e,
         "backend_packets",
-        "Packets the data plane sent to a backend of a VIP.",
+        "Packets of the flows of a backend: client to backend and, in NAT mode, the backend's replies.",
         None,
         MetricType::Counter,
         s.vips
@@ -386,7 +389,7 @@ pub fn encode_sample(s: &Sample, mut e: DescriptorEncoder) -> Result<(), std::fm
     family(
         &mut e,
         "backend",
-        "Bytes (IP packet lengths, before encapsulation) sent to a backend of a VIP.",
+        "Bytes (frame lengths as received) of the flows of a backend, both directions in NAT mode.",
         Some(&bytes),
         MetricType::Counter,
         s.vips
@@ -446,9 +449,12 @@ pub fn encode_sample(s: &Sample, mut e: DescriptorEncoder) -> Result<(), std::fm
         "Entries in a hash, LRU or LPM-trie map of the data plane, from the last map walk.",
         None,
         MetricType::Gauge,
-        walk.maps
-            .iter()
-            .map(|m| (vec![("map", m.map.as_str()), ("type", m.kind)], gauge(m.entries))),
+        walk.maps.iter().map(|m| {
+            (
+                vec![("map", m.map.as_str()), ("type", m.kind)],
+                gauge(m.entries),
+            )
+        }),
     )?;
     family(
         &mut e,
@@ -456,9 +462,12 @@ pub fn encode_sample(s: &Sample, mut e: DescriptorEncoder) -> Result<(), std::fm
         "Most entries a hash, LRU or LPM-trie map of the data plane holds (max_entries).",
         None,
         MetricType::Gauge,
-        walk.maps
-            .iter()
-            .map(|m| (vec![("map", m.map.as_str()), ("type", m.kind)], gauge(m.capacity))),
+        walk.maps.iter().map(|m| {
+            (
+                vec![("map", m.map.as_str()), ("type", m.kind)],
+                gauge(m.capacity),
+            )
+        }),
     )?;
     family(
         &mut e,
@@ -495,7 +504,10 @@ pub fn encode_sample(s: &Sample, mut e: DescriptorEncoder) -> Result<(), std::fm
     if let Some(policies) = &walk.ratelimit {
         let names: Vec<String> = policies
             .iter()
-            .map(|p| p.net.map_or_else(|| "default".to_string(), |n| n.to_string()))
+            .map(|p| {
+                p.net
+                    .map_or_else(|| "default".to_string(), |n| n.to_string())
+            })
             .collect();
         family(
             &mut e,
@@ -578,6 +590,20 @@ impl MetricsServer {
         Ok(Self { addr, stop, task })
     }
 
+    /// lbd's endpoint: serves [`registry`] on `ctl` at `addr`, or nothing when `addr` is `None`.
+    pub async fn start_for(
+        ctl: &Controller,
+        addr: Option<SocketAddr>,
+    ) -> Result<Option<Self>, MetricsError> {
+        let Some(addr) = addr else {
+            tracing::info!("metrics endpoint disabled");
+            return Ok(None);
+        };
+        let server = Self::start(addr, registry(ctl.clone())).await?;
+        tracing::info!(addr = %server.local_addr(), "metrics at http://{}/metrics", server.local_addr());
+        Ok(Some(server))
+    }
+
     /// The address actually bound (port 0 picks one).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
@@ -592,7 +618,11 @@ impl MetricsServer {
     }
 }
 
-async fn accept_loop(listener: TcpListener, registry: Arc<Registry>, mut stop: watch::Receiver<bool>) {
+async fn accept_loop(
+    listener: TcpListener,
+    registry: Arc<Registry>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut conns = JoinSet::new();
     loop {
         while conns.try_join_next().is_some() {}
@@ -654,8 +684,10 @@ fn wants_openmetrics(accept: Option<&HeaderValue>) -> bool {
 fn text_response(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }
 
@@ -664,11 +696,15 @@ async fn handle(
     registry: Arc<Registry>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.uri().path() != "/metrics" {
-        return Ok(text_response(StatusCode::NOT_FOUND, "not found: metrics are at /metrics\n"));
+        return Ok(text_response(
+            StatusCode::NOT_FOUND,
+            "not found: metrics are at /metrics\n",
+        ));
     }
     if req.method() != Method::GET {
         let mut r = text_response(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
-        r.headers_mut().insert(ALLOW, HeaderValue::from_static("GET"));
+        r.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET"));
         return Ok(r);
     }
     let openmetrics = wants_openmetrics(req.headers().get(ACCEPT));
@@ -676,14 +712,21 @@ async fn handle(
     Ok(match rendered {
         Ok(Ok(text)) => {
             let mut r = Response::new(Full::new(Bytes::from(text)));
-            let ct = if openmetrics { OPENMETRICS_TEXT } else { PROMETHEUS_TEXT };
+            let ct = if openmetrics {
+                OPENMETRICS_TEXT
+            } else {
+                PROMETHEUS_TEXT
+            };
             r.headers_mut()
                 .insert(CONTENT_TYPE, HeaderValue::from_static(ct));
             r
         }
         Ok(Err(_)) | Err(_) => {
             tracing::warn!("metrics: encoding failed");
-            text_response(StatusCode::INTERNAL_SERVER_ERROR, "encoding the metrics failed\n")
+            text_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "encoding the metrics failed\n",
+            )
         }
     })
 }
@@ -830,8 +873,14 @@ mod tests {
 
     #[test]
     fn walks_are_reused_in_proportion_to_their_cost() {
-        assert_eq!(walk_reuse(Duration::from_millis(1)), Duration::from_millis(50));
-        assert_eq!(walk_reuse(Duration::from_millis(100)), Duration::from_secs(5));
+        assert_eq!(
+            walk_reuse(Duration::from_millis(1)),
+            Duration::from_millis(50)
+        );
+        assert_eq!(
+            walk_reuse(Duration::from_millis(100)),
+            Duration::from_secs(5)
+        );
         assert_eq!(walk_reuse(Duration::from_secs(3)), MAX_WALK_REUSE);
     }
 

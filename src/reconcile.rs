@@ -102,6 +102,8 @@ pub struct Reconciler {
     backend_ids: IdPool,
     firewall: AppliedFirewall,
     ratelimit: AppliedRateLimits,
+    /// Backends the health checker marked down: left out of the Maglev tables.
+    health: crate::health::HealthView,
 }
 
 impl Reconciler {
@@ -114,7 +116,19 @@ impl Reconciler {
             applied: BTreeMap::new(),
             vip_ids: IdPool::new("vip", MAX_VIPS),
             backend_ids: IdPool::new("backend", MAX_BACKENDS),
+            health: crate::health::HealthView::default(),
         }
+    }
+
+    /// Marks a backend up or down in the live health view; returns whether that changed
+    /// anything. Takes effect on the next `reconcile` (a backend never marked counts as up).
+    pub fn set_backend_health(&mut self, vip: VipKey, addr: SocketAddrV4, up: bool) -> bool {
+        self.health.set(vip, addr, up)
+    }
+
+    /// The live health view.
+    pub fn health(&self) -> &crate::health::HealthView {
+        &self.health
     }
 
     pub fn dataplane(&self) -> &Dataplane {
@@ -191,6 +205,8 @@ impl Reconciler {
         self.firewall.apply(&self.dp, &desired.firewall)?;
         // Rate limits too: a VIP goes live already limited.
         self.ratelimit.apply(&self.dp, &desired.ratelimit)?;
+        // Health marks of backends, or VIPs, that went away or are no longer checked.
+        self.health.retain(desired);
         let maps = self.dp.maps();
         // 1. VIPs that went away: hide the VIP first, then free what it used.
         let gone: Vec<VipKey> = self
@@ -254,7 +270,7 @@ impl Reconciler {
                 }
             }
 
-            let ring = self.build_ring(key, &cur)?;
+            let ring = self.build_ring(key, &cur, want.health.all_down)?;
             if ring != cur.ring || adopted {
                 match &ring {
                     Some(table) => maps.set_ring(cur.id, table)?,
@@ -274,16 +290,25 @@ impl Reconciler {
         Ok(())
     }
 
-    /// The Maglev table of a VIP, or None when no backend can take new flows.
+    /// The Maglev table of a VIP, or None when no backend can take new flows: backends with a
+    /// weight that the health checker did not mark down (all of them, or none, when every one
+    /// is down: `all_down`).
     fn build_ring(
         &self,
         key: &VipKey,
         vip: &AppliedVip,
+        all_down: crate::health::AllDown,
     ) -> Result<Option<Vec<u32>>, ReconcileError> {
-        let backends: Vec<MaglevBackend> = vip
+        let weighted: Vec<(SocketAddrV4, (u32, u32))> = vip
             .backends
             .iter()
             .filter(|(_, (_, w))| *w > 0)
+            .map(|(addr, b)| (*addr, *b))
+            .collect();
+        let members =
+            crate::health::ring_members(&weighted, |a| self.health.is_down(key, a), all_down);
+        let backends: Vec<MaglevBackend> = members
+            .iter()
             .map(|(addr, (id, w))| MaglevBackend {
                 id: *id,
                 key: addr.to_string().into_bytes(),

@@ -111,6 +111,12 @@ pub struct VipState {
     pub mode: Mode,
     /// Backends by address; the value is the weight (0 = drained).
     pub backends: BTreeMap<SocketAddrV4, u32>,
+    /// How the backends are probed (kind none: not at all).
+    #[serde(default)]
+    pub health: crate::health::HealthCheck,
+    /// Backends drained with [`State::drain`], by address; the value is the weight to restore.
+    #[serde(default)]
+    pub drained: BTreeMap<SocketAddrV4, u32>,
 }
 
 /// Everything an operator can set. One owner changes it (see `api`); the reconciler applies it.
@@ -140,6 +146,8 @@ pub enum StateError {
     AlreadyExists(String),
     #[error("{0}")]
     Unsupported(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
 }
 
 fn invalid(field: &'static str, message: impl Into<String>) -> StateError {
@@ -216,6 +224,8 @@ impl State {
             VipState {
                 mode,
                 backends: BTreeMap::new(),
+                health: crate::health::HealthCheck::default(),
+                drained: BTreeMap::new(),
             },
         );
         Ok(())
@@ -277,9 +287,56 @@ impl State {
 
     pub fn remove_backend(&mut self, vip: &VipKey, addr: SocketAddrV4) -> Result<(), StateError> {
         let v = self.vip_mut(vip)?;
+        v.drained.remove(&addr);
         v.backends.remove(&addr).map(|_| ()).ok_or_else(|| {
             StateError::NotFound(format!("backend {addr} of vip {vip} does not exist"))
         })
+    }
+
+    /// Replaces a VIP's health check.
+    pub fn set_health(
+        &mut self,
+        vip: &VipKey,
+        health: crate::health::HealthCheck,
+    ) -> Result<(), StateError> {
+        health.validate()?;
+        self.vip_mut(vip)?.health = health;
+        Ok(())
+    }
+
+    /// Sets a backend's weight to 0 and remembers the weight it had, for [`State::undrain`].
+    /// Draining a drained backend changes nothing. Returns the remembered weight.
+    pub fn drain(&mut self, vip: &VipKey, addr: SocketAddrV4) -> Result<u32, StateError> {
+        let v = self.vip_mut(vip)?;
+        let w = v.backends.get_mut(&addr).ok_or_else(|| {
+            StateError::NotFound(format!("backend {addr} of vip {vip} does not exist"))
+        })?;
+        if let Some(before) = v.drained.get(&addr) {
+            return Ok(*before);
+        }
+        if *w == 0 {
+            return Err(StateError::FailedPrecondition(format!(
+                "backend {addr} of vip {vip} already has weight 0 (set with set-weight): there is no weight to remember"
+            )));
+        }
+        let before = std::mem::take(w);
+        v.drained.insert(addr, before);
+        Ok(before)
+    }
+
+    /// Gives a drained backend back the weight it had before [`State::drain`]; returns it.
+    pub fn undrain(&mut self, vip: &VipKey, addr: SocketAddrV4) -> Result<u32, StateError> {
+        let v = self.vip_mut(vip)?;
+        let w = v.backends.get_mut(&addr).ok_or_else(|| {
+            StateError::NotFound(format!("backend {addr} of vip {vip} does not exist"))
+        })?;
+        let before = v.drained.remove(&addr).ok_or_else(|| {
+            StateError::FailedPrecondition(format!(
+                "backend {addr} of vip {vip} is not drained (weight {w}); use set-weight"
+            ))
+        })?;
+        *w = before;
+        Ok(before)
     }
 
     pub fn set_weight(
@@ -294,6 +351,8 @@ impl State {
             StateError::NotFound(format!("backend {addr} of vip {vip} does not exist"))
         })?;
         *w = weight;
+        // An explicit weight ends a drain: there is nothing left to restore.
+        v.drained.remove(&addr);
         Ok(())
     }
 }
@@ -394,6 +453,58 @@ mod tests {
         s.add_backend(&v, "10.0.2.1:80".parse().unwrap(), 1).expect("same port is fine");
         assert_eq!(s.vip(&v).unwrap().mode, Mode::Ipip);
         s.set_mode(&v, Mode::Nat).expect("back to nat");
+    }
+
+    #[test]
+    fn drain_remembers_the_weight_and_set_weight_forgets_it() {
+        let mut s = State::default();
+        let v = key("10.0.0.10:80");
+        let be: SocketAddrV4 = "10.0.2.1:80".parse().expect("addr");
+        s.add_vip(v, Mode::Nat).expect("add vip");
+        s.add_backend(&v, be, 7).expect("add backend");
+        assert_eq!(s.drain(&v, be), Ok(7));
+        assert_eq!(s.vip(&v).unwrap().backends[&be], 0);
+        assert_eq!(s.drain(&v, be), Ok(7), "draining twice keeps the first weight");
+        assert_eq!(s.undrain(&v, be), Ok(7));
+        assert_eq!(s.vip(&v).unwrap().backends[&be], 7);
+        assert!(s.vip(&v).unwrap().drained.is_empty());
+        assert!(matches!(s.undrain(&v, be), Err(StateError::FailedPrecondition(_))));
+
+        s.drain(&v, be).expect("drain");
+        s.set_weight(&v, be, 3).expect("set weight");
+        assert!(s.vip(&v).unwrap().drained.is_empty(), "an explicit weight ends the drain");
+        assert!(matches!(s.undrain(&v, be), Err(StateError::FailedPrecondition(_))));
+
+        s.set_weight(&v, be, 0).expect("weight 0");
+        assert!(matches!(s.drain(&v, be), Err(StateError::FailedPrecondition(_))), "nothing to remember");
+        s.set_weight(&v, be, 5).expect("weight 5");
+        s.drain(&v, be).expect("drain");
+        s.remove_backend(&v, be).expect("remove");
+        assert!(s.vip(&v).unwrap().drained.is_empty(), "removing forgets the drain");
+        assert!(matches!(s.drain(&v, be), Err(StateError::NotFound(_))));
+    }
+
+    #[test]
+    fn health_is_validated_and_old_state_files_read() {
+        let mut s = State::default();
+        let v = key("10.0.0.10:80");
+        s.add_vip(v, Mode::Nat).expect("add vip");
+        let before = s.clone();
+        let bad = crate::health::HealthCheck {
+            kind: crate::health::HealthKind::Tcp,
+            rise: 0,
+            ..Default::default()
+        };
+        assert!(matches!(
+            s.set_health(&v, bad),
+            Err(StateError::InvalidArgument { field: "health.rise", .. })
+        ));
+        assert_eq!(s, before);
+        // A VIP saved before health checks existed reads as unchecked and not drained.
+        let old: VipState =
+            serde_json::from_str(r#"{"mode":"nat","backends":{"10.0.2.1:80":5}}"#).expect("old form");
+        assert!(!old.health.is_checked());
+        assert!(old.drained.is_empty());
     }
 
     #[test]

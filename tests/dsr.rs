@@ -69,7 +69,14 @@ fn data(client: SocketAddrV4, vip: SocketAddrV4) -> Packet {
 
 /// A SYN of the far client (behind veth2) to `vip`, as received on veth2.
 fn far_syn(port: u16, vip: SocketAddrV4) -> Packet {
-    Packet::tcp(FAR_CLIENT_MAC, VETH2_MAC, sa(FAR_CLIENT, port), vip, TCP_SYN).with_payload(b"syn")
+    Packet::tcp(
+        FAR_CLIENT_MAC,
+        VETH2_MAC,
+        sa(FAR_CLIENT, port),
+        vip,
+        TCP_SYN,
+    )
+    .with_payload(b"syn")
 }
 
 /// The far client's data segment, as received on veth2.
@@ -143,14 +150,22 @@ fn check_outer(
     backend: Ipv4Addr,
 ) -> Result<()> {
     ensure!(h.len() >= 20, "no room for an outer header");
-    ensure!(h[0] == 0x45, "outer version/ihl {:#04x}, expected 0x45", h[0]);
+    ensure!(
+        h[0] == 0x45,
+        "outer version/ihl {:#04x}, expected 0x45",
+        h[0]
+    );
     let tot = usize::from(get_be16(h, 2));
     ensure!(
         tot == inner_len + 20,
         "outer tot_len {tot}, expected {} (inner {inner_len} + 20)",
         inner_len + 20
     );
-    ensure!(get_be16(h, 4) == 0, "outer id {:#06x}, expected 0", get_be16(h, 4));
+    ensure!(
+        get_be16(h, 4) == 0,
+        "outer id {:#06x}, expected 0",
+        get_be16(h, 4)
+    );
     let frag = get_be16(h, 6);
     ensure!(
         frag == if df { IP_DF } else { 0 },
@@ -264,14 +279,22 @@ fn expect_frag_needed(run: &Run, pkt: &Packet, mtu: u16, what: &str) -> Result<(
     );
     let ip = &out[l3..];
     ensure!(ip[0] == 0x45, "{what}: version/ihl {:#04x}", ip[0]);
-    ensure!(get_be16(ip, 2) == 56, "{what}: tot_len {}, expected 56", get_be16(ip, 2));
+    ensure!(
+        get_be16(ip, 2) == 56,
+        "{what}: tot_len {}, expected 56",
+        get_be16(ip, 2)
+    );
     ensure!(
         get_be16(ip, 6) & !IP_DF == 0,
         "{what}: the ICMP packet is a fragment ({:#06x})",
         get_be16(ip, 6)
     );
     ensure!(ip[8] > 0, "{what}: TTL 0");
-    ensure!(ip[9] == IPPROTO_ICMP, "{what}: protocol {}, expected 1", ip[9]);
+    ensure!(
+        ip[9] == IPPROTO_ICMP,
+        "{what}: protocol {}, expected 1",
+        ip[9]
+    );
     ensure!(
         ip_at(ip, 12) == pkt.dst && ip_at(ip, 16) == pkt.src,
         "{what}: {} -> {}, expected {} -> {}",
@@ -361,7 +384,12 @@ fn l2dsr_changes_only_the_macs() {
             let frame = syn(client, VIP).with_vlan(tpid, tci).build();
             let run = lb.run(net.veth0, &frame)?;
             let want = with_macs(&frame, neighbour_mac(*pick.backend.ip()), VETH0_MAC);
-            expect_frame(&run, XDP_TX, &want, &format!("SYN tagged {tpid:#06x}/{tci}"))?;
+            expect_frame(
+                &run,
+                XDP_TX,
+                &want,
+                &format!("SYN tagged {tpid:#06x}/{tci}"),
+            )?;
             ensure!(
                 run.out[12..16] == [(tpid >> 8) as u8, tpid as u8, (tci >> 8) as u8, tci as u8],
                 "VLAN tag not kept: {:02x?}",
@@ -423,7 +451,10 @@ fn ipip_output_is_outer_header_plus_original_packet() {
                 VETH0_MAC,
                 source,
                 *pick.backend.ip(),
-                &format!("{what} of {client} (expected to {} from {source})", pick.backend),
+                &format!(
+                    "{what} of {client} (expected to {} from {source})",
+                    pick.backend
+                ),
             )
         };
         let client = sa(CLIENT, 41000);
@@ -452,7 +483,14 @@ fn ipip_output_is_outer_header_plus_original_packet() {
             )?;
             ensure!(
                 run.out[12..18]
-                    == [(tpid >> 8) as u8, tpid as u8, (tci >> 8) as u8, tci as u8, 0x08, 0x00],
+                    == [
+                        (tpid >> 8) as u8,
+                        tpid as u8,
+                        (tci >> 8) as u8,
+                        tci as u8,
+                        0x08,
+                        0x00
+                    ],
                 "tag + IPv4 ethertype not kept: {:02x?}",
                 &run.out[12..18]
             );
@@ -483,7 +521,15 @@ fn ipip_output_is_outer_header_plus_original_packet() {
             "nud",
             "permanent",
         ])?;
-        ns.ip(&["route", "add", "10.5.0.0/24", "via", &ROUTER.to_string(), "dev", "veth2"])?;
+        ns.ip(&[
+            "route",
+            "add",
+            "10.5.0.0/24",
+            "via",
+            &ROUTER.to_string(),
+            "dev",
+            "veth2",
+        ])?;
         let far_vip = sa(Ipv4Addr::new(10, 9, 9, 10), 80);
         lb.add_vip_mode(far_vip, Protocol::Tcp, Mode::Ipip, &[(FAR_BACKEND, 100)])?;
         lb.maps().add_tx_port(net.veth2)?;
@@ -514,8 +560,13 @@ fn ipip_output_is_outer_header_plus_original_packet() {
         let mut sources = BTreeSet::new();
         for port in 42000..42016 {
             let client = sa(CLIENT, port);
-            let hash =
-                maglev::flow_hash_v4(*client.ip(), *VIP.ip(), port, VIP.port(), Protocol::Tcp.number());
+            let hash = maglev::flow_hash_v4(
+                *client.ip(),
+                *VIP.ip(),
+                port,
+                VIP.port(),
+                Protocol::Tcp.number(),
+            );
             let source = Ipv4Addr::new(10, 3, 0, (hash & 0xff) as u8);
             ensure!(ipip_source(lb.cfg.ipip_source, hash) == source);
             let pkt = syn(client, VIP);
@@ -587,10 +638,22 @@ fn decap_restores_the_original() {
         let cases = [
             ("SYN", syn(sa(CLIENT, 44000), VIP)),
             ("data without DF", no_df),
-            ("802.1Q-tagged SYN", syn(sa(CLIENT, 44002), VIP).with_vlan(ETH_P_8021Q, 100)),
-            ("802.1ad-tagged SYN", syn(sa(CLIENT, 44003), VIP).with_vlan(ETH_P_8021AD, 0x2007)),
-            ("SYN with 4 option bytes", syn(sa(CLIENT, 44004), VIP).with_ip_options(&short_opts)),
-            ("SYN with 40 option bytes", syn(sa(CLIENT, 44005), VIP).with_ip_options(&long_opts)),
+            (
+                "802.1Q-tagged SYN",
+                syn(sa(CLIENT, 44002), VIP).with_vlan(ETH_P_8021Q, 100),
+            ),
+            (
+                "802.1ad-tagged SYN",
+                syn(sa(CLIENT, 44003), VIP).with_vlan(ETH_P_8021AD, 0x2007),
+            ),
+            (
+                "SYN with 4 option bytes",
+                syn(sa(CLIENT, 44004), VIP).with_ip_options(&short_opts),
+            ),
+            (
+                "SYN with 40 option bytes",
+                syn(sa(CLIENT, 44005), VIP).with_ip_options(&long_opts),
+            ),
         ];
         for (what, pkt) in &cases {
             let (frame, encapsulated) = encapsulate(pkt)?;
@@ -599,7 +662,11 @@ fn decap_restores_the_original() {
             let run = decap.run(0, &received)?;
             expect_frame(&run, XDP_PASS, &frame, &format!("decap of the {what}"))?;
             want.decapsulated += 1;
-            ensure!(decap.stats()? == want, "{what}: decap_stats {:?}, expected {want:?}", decap.stats()?);
+            ensure!(
+                decap.stats()? == want,
+                "{what}: decap_stats {:?}, expected {want:?}",
+                decap.stats()?
+            );
         }
         // With the MACs the LB wrote: the same L2 header in front of the original IP packet.
         let pkt = syn(sa(CLIENT, 44010), VIP);
@@ -616,9 +683,18 @@ fn decap_restores_the_original() {
         let untouched: Vec<(&str, Vec<u8>)> = vec![
             ("IPIP to a VIP not in decap_vips", to_other),
             ("plain TCP to the VIP", full_frame),
-            ("IPIP cut inside the inner IPv4 header", full[..14 + 20 + 12].to_vec()),
-            ("IPIP cut after the inner IPv4 header", full[..14 + 20 + 20 + 4].to_vec()),
-            ("IPIP one byte short of its tot_len", full[..full.len() - 1].to_vec()),
+            (
+                "IPIP cut inside the inner IPv4 header",
+                full[..14 + 20 + 12].to_vec(),
+            ),
+            (
+                "IPIP cut after the inner IPv4 header",
+                full[..14 + 20 + 20 + 4].to_vec(),
+            ),
+            (
+                "IPIP one byte short of its tot_len",
+                full[..full.len() - 1].to_vec(),
+            ),
             ("ARP", arp_request(CLIENT_MAC, CLIENT, BACKEND1)),
         ];
         // Every case runs (one run each) and every failure is reported.
@@ -721,7 +797,12 @@ fn mode_switch_keeps_tracked_flows() {
         let snat_a = sa(LB_ADDR, port_a);
         let expect_nat_a = |lb: &Lb, pkt: &Packet, what: &str| -> Result<()> {
             let run = lb.run(net.veth0, &pkt.build())?;
-            let want = pkt.natted(VETH0_MAC, neighbour_mac(*pick_a.backend.ip()), snat_a, pick_a.backend);
+            let want = pkt.natted(
+                VETH0_MAC,
+                neighbour_mac(*pick_a.backend.ip()),
+                snat_a,
+                pick_a.backend,
+            );
             expect_frame(&run, XDP_TX, &want.build(), what)?;
             verify_checksums(&run.out, false).with_context(|| format!("{what}: checksums"))
         };
@@ -730,7 +811,11 @@ fn mode_switch_keeps_tracked_flows() {
 
         // nat -> ipip: A stays NATed with the same SNAT port (both ways); new flow B is IPIP.
         lb.set_mode(&vip, Mode::Ipip)?;
-        expect_nat_a(&lb, &data(a, VIP), "data of flow A after the switch to ipip")?;
+        expect_nat_a(
+            &lb,
+            &data(a, VIP),
+            "data of flow A after the switch to ipip",
+        )?;
         nat += 1;
         let reply_a = Packet::tcp(
             neighbour_mac(*pick_a.backend.ip()),
@@ -741,7 +826,12 @@ fn mode_switch_keeps_tracked_flows() {
         );
         let run = lb.run(net.veth0, &reply_a.build())?;
         let want = reply_a.natted(VETH0_MAC, CLIENT_MAC, VIP, a);
-        expect_frame(&run, XDP_TX, &want.build(), "reply of flow A after the switch to ipip")?;
+        expect_frame(
+            &run,
+            XDP_TX,
+            &want.build(),
+            "reply of flow A after the switch to ipip",
+        )?;
 
         let b = sa(CLIENT, 46001);
         let pick_b = lb.pick(&vip, b)?;
@@ -763,8 +853,16 @@ fn mode_switch_keeps_tracked_flows() {
 
         // ipip -> l2dsr: A still NAT, B still IPIP, new flow C is L2 DSR.
         lb.set_mode(&vip, Mode::L2dsr)?;
-        expect_nat_a(&lb, &data(a, VIP), "data of flow A after the switch to l2dsr")?;
-        expect_ipip_b(&lb, &data(b, VIP), "data of flow B after the switch to l2dsr")?;
+        expect_nat_a(
+            &lb,
+            &data(a, VIP),
+            "data of flow A after the switch to l2dsr",
+        )?;
+        expect_ipip_b(
+            &lb,
+            &data(b, VIP),
+            "data of flow B after the switch to l2dsr",
+        )?;
         nat += 1;
         ipip += 1;
         let c = sa(CLIENT, 46002);
@@ -777,14 +875,27 @@ fn mode_switch_keeps_tracked_flows() {
 
         // Back to nat: B stays IPIP, C stays L2 DSR, A stays NAT, new flow D is NATed.
         lb.set_mode(&vip, Mode::Nat)?;
-        expect_ipip_b(&lb, &data(b, VIP), "data of flow B after the switch back to nat")?;
+        expect_ipip_b(
+            &lb,
+            &data(b, VIP),
+            "data of flow B after the switch back to nat",
+        )?;
         ipip += 1;
         let frame = data(c, VIP).build();
         let run = lb.run(net.veth0, &frame)?;
         let want = with_macs(&frame, neighbour_mac(*pick_c.backend.ip()), VETH0_MAC);
-        expect_frame(&run, XDP_TX, &want, "data of flow C after the switch back to nat")?;
+        expect_frame(
+            &run,
+            XDP_TX,
+            &want,
+            "data of flow C after the switch back to nat",
+        )?;
         l2dsr += 1;
-        expect_nat_a(&lb, &data(a, VIP), "data of flow A after the switch back to nat")?;
+        expect_nat_a(
+            &lb,
+            &data(a, VIP),
+            "data of flow A after the switch back to nat",
+        )?;
         nat += 1;
         let d = sa(CLIENT, 46003);
         let pick_d = lb.pick(&vip, d)?;
@@ -823,7 +934,10 @@ fn dsr_without_next_hop_drops() {
         let unresolved = sa(Ipv4Addr::new(10, 1, 0, 9), 80);
         let unrouted = sa(Ipv4Addr::new(10, 77, 0, 5), 80);
         let neigh = ns.ip(&["neigh", "show", &unresolved.ip().to_string()])?;
-        ensure!(neigh.trim().is_empty(), "{unresolved} has a neighbour entry: {neigh}");
+        ensure!(
+            neigh.trim().is_empty(),
+            "{unresolved} has a neighbour entry: {neigh}"
+        );
 
         let mut cases: Vec<(String, VipKey, u32, Packet, Packet)> = Vec::new();
         for (i, (mode, backend)) in [
@@ -951,7 +1065,10 @@ fn no_reply_path_for_dsr() {
             let c = lb.vip_counters(v)?;
             ensure!(c.packets == 1 && c.new_flows == 1, "counters of {v}: {c:?}");
             let c = lb.backend_counters(v, be)?;
-            ensure!(c.packets == 1 && c.new_flows == 1, "counters of {be} of {v}: {c:?}");
+            ensure!(
+                c.packets == 1 && c.new_flows == 1,
+                "counters of {be} of {v}: {c:?}"
+            );
         }
         Ok(())
     });
@@ -973,7 +1090,13 @@ fn dsr_flows_stay_on_their_backend_when_a_backend_is_added() {
             "nud",
             "permanent",
         ])?;
-        let mac_of = |be: SocketAddrV4| if be == be3 { be3_mac } else { neighbour_mac(*be.ip()) };
+        let mac_of = |be: SocketAddrV4| {
+            if be == be3 {
+                be3_mac
+            } else {
+                neighbour_mac(*be.ip())
+            }
+        };
         let mut lb = Lb::new(net, config(PORTS))?;
         for (i, mode) in [Mode::L2dsr, Mode::Ipip].into_iter().enumerate() {
             let addr = sa(Ipv4Addr::new(10, 9, 9, 50 + i as u8), 80);
@@ -992,17 +1115,29 @@ fn dsr_flows_stay_on_their_backend_when_a_backend_is_added() {
                         *backend.ip(),
                         what,
                     ),
-                    _ => expect_frame(&run, XDP_TX, &with_macs(&frame, mac_of(backend), VETH0_MAC), what),
+                    _ => expect_frame(
+                        &run,
+                        XDP_TX,
+                        &with_macs(&frame, mac_of(backend), VETH0_MAC),
+                        what,
+                    ),
                 }
             };
             let clients: Vec<SocketAddrV4> = (0..24).map(|p| sa(CLIENT, 49000 + p)).collect();
             let mut before = Vec::new();
             for c in &clients {
                 let pick = lb.pick(&vip, *c)?;
-                check(&lb, &syn(*c, addr), pick.backend, &format!("{mode}: SYN of {c}"))?;
+                check(
+                    &lb,
+                    &syn(*c, addr),
+                    pick.backend,
+                    &format!("{mode}: SYN of {c}"),
+                )?;
                 before.push(pick.backend);
             }
-            lb.state.add_backend(&vip, be3, 100).context("adding a third backend")?;
+            lb.state
+                .add_backend(&vip, be3, 100)
+                .context("adding a third backend")?;
             lb.reconcile()?;
             let mut moved = 0;
             for (c, old) in clients.iter().zip(&before) {
@@ -1016,13 +1151,21 @@ fn dsr_flows_stay_on_their_backend_when_a_backend_is_added() {
                     &format!("{mode}: data of {c} after adding {be3} (tracked to {old})"),
                 )?;
             }
-            ensure!(moved > 0, "{mode}: no flow's ring slot moved, the check proves nothing");
+            ensure!(
+                moved > 0,
+                "{mode}: no flow's ring slot moved, the check proves nothing"
+            );
             // A new flow whose slot moved goes to the new backend.
             let fresh = (0..200u16)
                 .map(|p| sa(CLIENT_B, 49100 + p))
                 .find(|c| lb.pick(&vip, *c).map(|p| p.backend == be3).unwrap_or(false))
                 .context("no client port maps to the new backend")?;
-            check(&lb, &syn(fresh, addr), be3, &format!("{mode}: new flow {fresh} to {be3}"))?;
+            check(
+                &lb,
+                &syn(fresh, addr),
+                be3,
+                &format!("{mode}: new flow {fresh} to {be3}"),
+            )?;
         }
         Ok(())
     });

@@ -37,7 +37,7 @@ fn sa(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
     SocketAddrV4::new(ip, port)
 }
 
-fn net(s: &str) -> Ipv4Net {
+fn pfx(s: &str) -> Ipv4Net {
     s.parse().expect("test prefix")
 }
 
@@ -83,7 +83,7 @@ fn vip_lb(net: Net) -> Result<(Lb, VipKey)> {
 fn batch(rules: &[(&str, Action)]) -> RuleBatch {
     let mut b = RuleBatch::default();
     for (i, (n, a)) in rules.iter().enumerate() {
-        b.push(i, net(n), *a).expect("test batch");
+        b.push(i, pfx(n), *a).expect("test batch");
     }
     b
 }
@@ -110,7 +110,7 @@ fn hits(lb: &Lb, prefix: &str) -> Result<u64> {
     let rule = lb
         .rec
         .firewall()
-        .rule(&net(prefix))
+        .rule(&pfx(prefix))
         .with_context(|| format!("no rule for {prefix} in the data plane"))?;
     Ok(lb.rec.dataplane().firewall().hits(rule.id)?)
 }
@@ -170,12 +170,23 @@ fn blocked_source_is_dropped_and_counted_on_its_rule() {
         add_rules(&mut lb, &[("10.1.0.50/32", Action::Block)])?;
 
         for port in [40000, 40001, 40002] {
-            expect_dropped(&lb, &syn(sa(CLIENT, port), VIP), "SYN from the blocked 10.1.0.50")?;
+            expect_dropped(
+                &lb,
+                &syn(sa(CLIENT, port), VIP),
+                "SYN from the blocked 10.1.0.50",
+            )?;
         }
-        ensure!(hits(&lb, "10.1.0.50/32")? == 3, "rule hits {}", hits(&lb, "10.1.0.50/32")?);
+        ensure!(
+            hits(&lb, "10.1.0.50/32")? == 3,
+            "rule hits {}",
+            hits(&lb, "10.1.0.50/32")?
+        );
         expect_natted(&mut lb, &vip, sa(CLIENT_B, 40000), "SYN from 10.1.0.51")?;
         lb.expect_global(
-            &[(R::LB_REASON_DROP_FIREWALL, 3), (R::LB_REASON_TX_NAT_FORWARD, 1)],
+            &[
+                (R::LB_REASON_DROP_FIREWALL, 3),
+                (R::LB_REASON_TX_NAT_FORWARD, 1),
+            ],
             &[(XDP_DROP, 3), (XDP_TX, 1)],
         )?;
         ensure!(
@@ -185,7 +196,12 @@ fn blocked_source_is_dropped_and_counted_on_its_rule() {
 
         // Removing the rule lets the client in again, without reloading anything.
         remove_rules(&mut lb, &[("10.1.0.50/32", Action::Block)])?;
-        expect_natted(&mut lb, &vip, sa(CLIENT, 40003), "SYN after the rule was removed")
+        expect_natted(
+            &mut lb,
+            &vip,
+            sa(CLIENT, 40003),
+            "SYN after the rule was removed",
+        )
     });
 }
 
@@ -195,14 +211,29 @@ fn allow_hole_in_a_block_passes_and_is_natted() {
         let (mut lb, vip) = vip_lb(net)?;
         add_rules(
             &mut lb,
-            &[("10.1.0.0/24", Action::Block), ("10.1.0.50/32", Action::Allow)],
+            &[
+                ("10.1.0.0/24", Action::Block),
+                ("10.1.0.50/32", Action::Allow),
+            ],
         )?;
-        expect_natted(&mut lb, &vip, sa(CLIENT, 41000), "SYN from the allowed 10.1.0.50")?;
-        expect_dropped(&lb, &syn(sa(CLIENT_B, 41000), VIP), "SYN from 10.1.0.51 in the block")?;
+        expect_natted(
+            &mut lb,
+            &vip,
+            sa(CLIENT, 41000),
+            "SYN from the allowed 10.1.0.50",
+        )?;
+        expect_dropped(
+            &lb,
+            &syn(sa(CLIENT_B, 41000), VIP),
+            "SYN from 10.1.0.51 in the block",
+        )?;
         ensure!(hits(&lb, "10.1.0.50/32")? == 1, "allow rule hits");
         ensure!(hits(&lb, "10.1.0.0/24")? == 1, "block rule hits");
         lb.expect_global(
-            &[(R::LB_REASON_DROP_FIREWALL, 1), (R::LB_REASON_TX_NAT_FORWARD, 1)],
+            &[
+                (R::LB_REASON_DROP_FIREWALL, 1),
+                (R::LB_REASON_TX_NAT_FORWARD, 1),
+            ],
             &[(XDP_DROP, 1), (XDP_TX, 1)],
         )
     });
@@ -214,25 +245,49 @@ fn slash_32_and_slash_0() {
         let (mut lb, vip) = vip_lb(net)?;
         // A /32 is exactly one address: its neighbours are untouched.
         add_rules(&mut lb, &[("10.1.0.51/32", Action::Block)])?;
-        expect_natted(&mut lb, &vip, sa(CLIENT, 42000), "10.1.0.50 next to a blocked /32")?;
+        expect_natted(
+            &mut lb,
+            &vip,
+            sa(CLIENT, 42000),
+            "10.1.0.50 next to a blocked /32",
+        )?;
         expect_dropped(&lb, &syn(sa(CLIENT_B, 42000), VIP), "the blocked /32")?;
         let above = syn(sa(Ipv4Addr::new(10, 1, 0, 52), 42000), VIP);
         let run = lb.run(lb.net.veth0, &above.build())?;
-        ensure!(run.action == XDP_TX, "10.1.0.52 was {}", action_name(run.action));
+        ensure!(
+            run.action == XDP_TX,
+            "10.1.0.52 was {}",
+            action_name(run.action)
+        );
 
         // /0 blocks every source; a more specific allow still wins.
         add_rules(
             &mut lb,
-            &[("0.0.0.0/0", Action::Block), ("10.1.0.50/32", Action::Allow)],
+            &[
+                ("0.0.0.0/0", Action::Block),
+                ("10.1.0.50/32", Action::Allow),
+            ],
         )?;
         for src in ["1.2.3.4", "255.255.255.254", "0.0.0.1", "10.1.0.52"] {
             let pkt = syn(sa(src.parse()?, 42001), VIP);
             expect_dropped(&lb, &pkt, &format!("{src} under 0.0.0.0/0"))?;
         }
-        ensure!(hits(&lb, "0.0.0.0/0")? == 4, "/0 hits {}", hits(&lb, "0.0.0.0/0")?);
+        ensure!(
+            hits(&lb, "0.0.0.0/0")? == 4,
+            "/0 hits {}",
+            hits(&lb, "0.0.0.0/0")?
+        );
         expect_dropped(&lb, &syn(sa(CLIENT_B, 42002), VIP), "the /32 inside the /0")?;
-        ensure!(hits(&lb, "10.1.0.51/32")? == 2, "the /32 keeps deciding its address");
-        expect_natted(&mut lb, &vip, sa(CLIENT, 42003), "the allowed /32 inside the /0")
+        ensure!(
+            hits(&lb, "10.1.0.51/32")? == 2,
+            "the /32 keeps deciding its address"
+        );
+        expect_natted(
+            &mut lb,
+            &vip,
+            sa(CLIENT, 42003),
+            "the allowed /32 inside the /0",
+        )
     });
 }
 
@@ -244,7 +299,10 @@ fn keys_are_in_network_byte_order() {
         let (mut lb, _) = vip_lb(net)?;
         add_rules(
             &mut lb,
-            &[("10.0.0.0/8", Action::Block), ("192.0.2.0/24", Action::Block)],
+            &[
+                ("10.0.0.0/8", Action::Block),
+                ("192.0.2.0/24", Action::Block),
+            ],
         )?;
         for (src, blocked) in [
             ("10.0.0.1", true),
@@ -276,7 +334,7 @@ fn keys_are_in_network_byte_order() {
             .matching("10.77.0.1".parse()?)?
             .context("10.77.0.1 matches no rule")?;
         ensure!(
-            Some(rule) == lb.rec.firewall().rule(&net("10.0.0.0/8")),
+            Some(rule) == lb.rec.firewall().rule(&pfx("10.0.0.0/8")),
             "10.77.0.1 does not match 10.0.0.0/8"
         );
         Ok(())
@@ -297,11 +355,11 @@ fn scope_vips_leaves_other_traffic_to_the_kernel() {
         );
         let ping = Packet::icmp_echo(CLIENT_MAC, VETH0_MAC, CLIENT, LB_ADDR).build();
         ensure!(lb.run(lb.net.veth0, &ping)?.action == XDP_PASS, "ping");
-        ensure!(hits(&lb, "0.0.0.0/0")? == 0, "the firewall saw non-VIP traffic");
-        lb.expect_global(
-            &[(R::LB_REASON_PASS_NOT_VIP, 2)],
-            &[(XDP_PASS, 2)],
-        )
+        ensure!(
+            hits(&lb, "0.0.0.0/0")? == 0,
+            "the firewall saw non-VIP traffic"
+        );
+        lb.expect_global(&[(R::LB_REASON_PASS_NOT_VIP, 2)], &[(XDP_PASS, 2)])
     });
 }
 
@@ -312,7 +370,11 @@ fn scope_all_sees_every_ipv4_packet() {
         lb.add_vip(VIP, Protocol::Tcp, &[(BE1, 100)])?;
         add_rules(&mut lb, &[("10.1.0.50/32", Action::Block)])?;
 
-        expect_dropped(&lb, &syn(sa(CLIENT, 45000), sa(LB_ADDR, 22)), "TCP to the LB")?;
+        expect_dropped(
+            &lb,
+            &syn(sa(CLIENT, 45000), sa(LB_ADDR, 22)),
+            "TCP to the LB",
+        )?;
         expect_dropped(
             &lb,
             &Packet::icmp_echo(CLIENT_MAC, VETH0_MAC, CLIENT, LB_ADDR),
@@ -329,7 +391,10 @@ fn scope_all_sees_every_ipv4_packet() {
         ensure!(lb.run(lb.net.veth0, &arp)?.action == XDP_PASS, "ARP");
         let other = syn(sa(CLIENT_B, 45000), sa(LB_ADDR, 22)).build();
         let run = lb.run(lb.net.veth0, &other)?;
-        ensure!(run.action == XDP_PASS && run.out == other, "10.1.0.51 to the LB");
+        ensure!(
+            run.action == XDP_PASS && run.out == other,
+            "10.1.0.51 to the LB"
+        );
         lb.expect_global(
             &[
                 (R::LB_REASON_DROP_FIREWALL, 4),
@@ -352,10 +417,16 @@ fn reused_rule_ids_start_with_zero_hits() {
             .add(&batch(&[("10.1.0.50/32", Action::Block)]), cap)?;
         lb.reconcile()?;
         expect_dropped(&lb, &syn(sa(CLIENT, 46000), VIP), "blocked")?;
-        let old = lb.rec.firewall().rule(&net("10.1.0.50/32")).context("rule")?;
+        let old = lb
+            .rec
+            .firewall()
+            .rule(&pfx("10.1.0.50/32"))
+            .context("rule")?;
 
         // Capacity 2: the second rule takes the last fresh id, the third one reuses the first.
-        lb.state.firewall.remove(&batch(&[("10.1.0.50/32", Action::Block)]))?;
+        lb.state
+            .firewall
+            .remove(&batch(&[("10.1.0.50/32", Action::Block)]))?;
         lb.state
             .firewall
             .add(&batch(&[("192.0.2.0/24", Action::Block)]), cap)?;
@@ -367,10 +438,18 @@ fn reused_rule_ids_start_with_zero_hits() {
         let reused = lb
             .rec
             .firewall()
-            .rule(&net("198.51.100.0/24"))
+            .rule(&pfx("198.51.100.0/24"))
             .context("rule")?;
-        ensure!(reused.id == old.id, "id {} was not reused ({})", old.id, reused.id);
-        ensure!(hits(&lb, "198.51.100.0/24")? == 0, "a reused id kept its hits");
+        ensure!(
+            reused.id == old.id,
+            "id {} was not reused ({})",
+            old.id,
+            reused.id
+        );
+        ensure!(
+            hits(&lb, "198.51.100.0/24")? == 0,
+            "a reused id kept its hits"
+        );
 
         // Full: one more rule is refused by the state, and nothing changes.
         let e = lb
@@ -383,14 +462,23 @@ fn reused_rule_ids_start_with_zero_hits() {
         // A replace at full capacity deletes just enough old rules first to make room.
         lb.state.firewall.replace(
             Some(Action::Block),
-            &batch(&[("203.0.113.0/24", Action::Block), ("198.51.100.0/24", Action::Block)]),
+            &batch(&[
+                ("203.0.113.0/24", Action::Block),
+                ("198.51.100.0/24", Action::Block),
+            ]),
             cap,
         )?;
         lb.reconcile()?;
         let fw = lb.rec.dataplane().firewall();
-        ensure!(fw.get(net("192.0.2.0/24"))?.is_none(), "old rule still there");
-        ensure!(fw.get(net("203.0.113.0/24"))?.is_some(), "new rule missing");
-        ensure!(fw.get(net("198.51.100.0/24"))? == lb.rec.firewall().rule(&net("198.51.100.0/24")), "kept rule changed");
+        ensure!(
+            fw.get(pfx("192.0.2.0/24"))?.is_none(),
+            "old rule still there"
+        );
+        ensure!(fw.get(pfx("203.0.113.0/24"))?.is_some(), "new rule missing");
+        ensure!(
+            fw.get(pfx("198.51.100.0/24"))? == lb.rec.firewall().rule(&pfx("198.51.100.0/24")),
+            "kept rule changed"
+        );
         Ok(())
     });
 }
@@ -401,14 +489,30 @@ fn flipping_a_rule_keeps_its_id_and_restarts_its_hits() {
         let (mut lb, vip) = vip_lb(net)?;
         add_rules(&mut lb, &[("10.1.0.50/32", Action::Block)])?;
         expect_dropped(&lb, &syn(sa(CLIENT, 47000), VIP), "blocked")?;
-        let before = lb.rec.firewall().rule(&net("10.1.0.50/32")).context("rule")?;
-        lb.state
-            .firewall
-            .replace(None, &batch(&[("10.1.0.50/32", Action::Allow)]), CAPACITY as usize)?;
+        let before = lb
+            .rec
+            .firewall()
+            .rule(&pfx("10.1.0.50/32"))
+            .context("rule")?;
+        lb.state.firewall.replace(
+            None,
+            &batch(&[("10.1.0.50/32", Action::Allow)]),
+            CAPACITY as usize,
+        )?;
         lb.reconcile()?;
-        let after = lb.rec.firewall().rule(&net("10.1.0.50/32")).context("rule")?;
-        ensure!(after.id == before.id && after.action == Action::Allow, "{before:?} -> {after:?}");
-        ensure!(hits(&lb, "10.1.0.50/32")? == 0, "hits of the block rule carried over");
+        let after = lb
+            .rec
+            .firewall()
+            .rule(&pfx("10.1.0.50/32"))
+            .context("rule")?;
+        ensure!(
+            after.id == before.id && after.action == Action::Allow,
+            "{before:?} -> {after:?}"
+        );
+        ensure!(
+            hits(&lb, "10.1.0.50/32")? == 0,
+            "hits of the block rule carried over"
+        );
         expect_natted(&mut lb, &vip, sa(CLIENT, 47001), "now allowed")?;
         ensure!(hits(&lb, "10.1.0.50/32")? == 1, "allow rule hits");
         Ok(())
@@ -437,7 +541,11 @@ fn run_fd(prog: &OwnedFd, ifindex: u32, frame: &[u8]) -> Result<u32> {
     };
     // SAFETY: every pointer in opts refers to a live buffer of the stated size for the call.
     let ret = unsafe { libbpf_sys::bpf_prog_test_run_opts(prog.as_raw_fd(), &mut opts) };
-    ensure!(ret == 0, "BPF_PROG_TEST_RUN: {}", std::io::Error::from_raw_os_error(-ret));
+    ensure!(
+        ret == 0,
+        "BPF_PROG_TEST_RUN: {}",
+        std::io::Error::from_raw_os_error(-ret)
+    );
     Ok(opts.retval)
 }
 
@@ -450,9 +558,9 @@ fn replace_never_leaves_a_gap() {
         // Old list: 10.0.0.0/8 and 1,000 filler /32s; new list: 10.1.0.0/16 and 1,000 others.
         let list = |cover: &str, base: u32| -> Vec<(String, Action)> {
             let mut rules = vec![(cover.to_string(), Action::Block)];
-            rules.extend((0..1000u32).map(|i| {
-                (format!("{}/32", Ipv4Addr::from(base + i)), Action::Block)
-            }));
+            rules.extend(
+                (0..1000u32).map(|i| (format!("{}/32", Ipv4Addr::from(base + i)), Action::Block)),
+            );
             rules
         };
         let old = list("10.0.0.0/8", 0xc633_6400);
@@ -501,10 +609,123 @@ fn replace_never_leaves_a_gap() {
         ensure!(runs > 0, "the probe never ran");
         eprintln!("{runs} probes during 40 list swaps, all dropped");
         ensure!(
-            lb.rec.dataplane().firewall().get(net("10.0.0.0/8"))?.is_some()
-                && lb.rec.dataplane().firewall().get(net("10.1.0.0/16"))?.is_none(),
+            lb.rec
+                .dataplane()
+                .firewall()
+                .get(pfx("10.0.0.0/8"))?
+                .is_some()
+                && lb
+                    .rec
+                    .dataplane()
+                    .firewall()
+                    .get(pfx("10.1.0.0/16"))?
+                    .is_none(),
             "after an even number of swaps the old list is back, alone"
         );
         Ok(())
+    });
+}
+
+/// A restarted lbd reuses the pinned maps: the rules stay in force throughout, keep their ids
+/// and hits, and the first reconcile changes only what differs.
+#[test]
+fn pinned_rules_are_adopted_after_a_restart() {
+    bench(|_, net| {
+        let pins =
+            std::path::PathBuf::from(format!("/sys/fs/bpf/xdplb-fwtest-{}", std::process::id()));
+        let load = |net: Net| -> Result<Lb> {
+            let dp = Dataplane::load(&LoadOptions {
+                conntrack_size: 4096,
+                firewall_capacity: CAPACITY,
+                pin_dir: Some(pins.clone()),
+                ..LoadOptions::default()
+            })?;
+            dp.maps().write_config(&config(PORTS))?;
+            Ok(Lb {
+                rec: Reconciler::new(dp, RING_SIZE),
+                state: State::default(),
+                net,
+                cfg: config(PORTS),
+                claimed: BTreeSet::new(),
+            })
+        };
+        let result = (|| -> Result<()> {
+            let mut first = load(net)?;
+            first.add_vip(VIP, Protocol::Tcp, &[(BE1, 100)])?;
+            add_rules(
+                &mut first,
+                &[
+                    ("10.1.0.50/32", Action::Block),
+                    ("10.1.0.51/32", Action::Allow),
+                    ("192.0.2.0/24", Action::Block),
+                ],
+            )?;
+            expect_dropped(&first, &syn(sa(CLIENT, 49000), VIP), "before the restart")?;
+            let id = first
+                .rec
+                .firewall()
+                .rule(&pfx("10.1.0.50/32"))
+                .context("rule")?
+                .id;
+            drop(first); // like a stopped lbd that leaves its pins for the next one
+
+            let mut second = load(net)?;
+            ensure!(
+                second.rec.dataplane().adopted(),
+                "the pinned maps were not reused"
+            );
+            expect_dropped(
+                &second,
+                &syn(sa(CLIENT, 49001), VIP),
+                "after the restart, before any reconcile",
+            )?;
+            // The restored state (as lbd reads it from its state file), applied in one go.
+            second.state.firewall.add(
+                &batch(&[
+                    ("10.1.0.50/32", Action::Block),
+                    ("198.51.100.0/24", Action::Block),
+                ]),
+                CAPACITY as usize,
+            )?;
+            second.add_vip(VIP, Protocol::Tcp, &[(BE1, 100)])?;
+            let kept = second
+                .rec
+                .firewall()
+                .rule(&pfx("10.1.0.50/32"))
+                .context("rule")?;
+            ensure!(
+                kept.id == id,
+                "the adopted rule changed id ({id} -> {})",
+                kept.id
+            );
+            ensure!(
+                hits(&second, "10.1.0.50/32")? == 2,
+                "the adopted rule lost its hits"
+            );
+            let fw = second.rec.dataplane().firewall();
+            ensure!(
+                fw.get(pfx("10.1.0.51/32"))?.is_none(),
+                "a rule no longer wanted survived"
+            );
+            ensure!(
+                fw.get(pfx("192.0.2.0/24"))?.is_none(),
+                "a rule no longer wanted survived"
+            );
+            let new = fw
+                .get(pfx("198.51.100.0/24"))?
+                .context("new rule missing")?;
+            ensure!(
+                new.id != kept.id,
+                "a new rule took the id of an adopted one"
+            );
+            ensure!(
+                hits(&second, "198.51.100.0/24")? == 0,
+                "a new rule starts with hits"
+            );
+            second.rec.into_dataplane().shutdown(true)?;
+            Ok(())
+        })();
+        let _ = xdplb::dataplane::remove_pins(&pins);
+        result
     });
 }

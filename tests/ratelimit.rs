@@ -384,14 +384,16 @@ fn one_client_on_two_cpus_never_spends_a_token_twice() {
         // No backend: an allowed packet ends as drop_no_backend and is not rewritten, so the
         // same frame can be run thousands of times in a row.
         lb.add_vip(VIP_EMPTY, Protocol::Udp, &[])?;
-        set(&mut lb, None, 1, 1000, Scope::All)?;
+        set(&mut lb, None, 1, BURST, Scope::All)?;
         let frame = udp(sa(CLIENT, 6000), VIP_EMPTY);
         let fd = lb.rec.dataplane().program().as_fd().as_raw_fd();
         let ifindex = lb.net.veth0;
         let cpus = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .min(4);
-        const REPEAT: u32 = 20_000;
+        // Long enough (tens of ms per CPU) that the runs overlap for most of their length.
+        const REPEAT: u32 = 200_000;
+        const BURST: u64 = 100_000;
 
         let start = Arc::new(Barrier::new(cpus));
         let verdicts = std::thread::scope(|s| {
@@ -421,10 +423,10 @@ fn one_client_on_two_cpus_never_spends_a_token_twice() {
         let total = u64::from(REPEAT) * cpus as u64;
         let c = counters(&lb, None)?;
         ensure!(c.allowed + c.dropped == total, "{c:?} of {total} packets");
-        // 1000 for the burst, plus one per second the runs took (well under one).
+        // The burst, plus one per second the runs took (at most one or two).
         ensure!(
-            (1000..=1001).contains(&c.allowed),
-            "{} packets allowed on {cpus} CPUs with a burst of 1000: {c:?}",
+            (BURST..=BURST + 2).contains(&c.allowed),
+            "{} packets allowed on {cpus} CPUs with a burst of {BURST}: {c:?}",
             c.allowed
         );
         ensure!(reason(&lb, R::LB_REASON_DROP_NO_BACKEND)? == c.allowed);

@@ -30,8 +30,8 @@ const LOAD_EXAMPLES: &str = "\
 The file has one IPv4 prefix per line (a bare address is a /32); everything after '#' or ';'
 is a comment, so published drop lists (\"1.2.3.0/24 ; SBL123\") load as they are. '-' reads
 standard input. With --replace the file becomes the whole block (or allow) list; the rules
-with the other action stay. The data plane switches from the old list to the new one without
-ever holding neither.
+with the other action stay. The data plane goes from the old list to the new one with no
+moment where neither is in force.
 
 Examples:
   lbctl block load drop.txt --replace
@@ -471,9 +471,12 @@ pub async fn run(cmd: &Firewall, args: &HighArgs, out: &mut dyn Write) -> anyhow
             });
             let r = call(bulk_timeout(t, n), lbd.firewall.add_rules(stream)).await?;
             if json {
-                output::write_json(out, &serde_json::json!({
-                    "added": r.added, "unchanged": r.unchanged, "total": r.total
-                }))
+                output::write_json(
+                    out,
+                    &serde_json::json!({
+                        "added": r.added, "unchanged": r.unchanged, "total": r.total
+                    }),
+                )
             } else {
                 let already = match r.unchanged {
                     0 => String::new(),
@@ -531,10 +534,13 @@ pub async fn run(cmd: &Firewall, args: &HighArgs, out: &mut dyn Write) -> anyhow
                     .await
                     .map_err(|e| locate(e, file, &list.lines))?;
                 if json {
-                    output::write_json(out, &serde_json::json!({
-                        "file": label, "prefixes": n, "added": r.added, "changed": r.changed,
-                        "removed": r.removed, "unchanged": r.unchanged, "total": r.total
-                    }))
+                    output::write_json(
+                        out,
+                        &serde_json::json!({
+                            "file": label, "prefixes": n, "added": r.added, "changed": r.changed,
+                            "removed": r.removed, "unchanged": r.unchanged, "total": r.total
+                        }),
+                    )
                 } else {
                     writeln!(
                         out,
@@ -556,10 +562,13 @@ pub async fn run(cmd: &Firewall, args: &HighArgs, out: &mut dyn Write) -> anyhow
                     .await
                     .map_err(|e| locate(e, file, &list.lines))?;
                 if json {
-                    output::write_json(out, &serde_json::json!({
-                        "file": label, "prefixes": n, "added": r.added,
-                        "unchanged": r.unchanged, "total": r.total
-                    }))
+                    output::write_json(
+                        out,
+                        &serde_json::json!({
+                            "file": label, "prefixes": n, "added": r.added,
+                            "unchanged": r.unchanged, "total": r.total
+                        }),
+                    )
                 } else {
                     writeln!(
                         out,
@@ -639,11 +648,24 @@ mod tests {
         assert_eq!(p("10.0.0.0/8").to_string(), "10.0.0.0/8");
         assert_eq!(p("192.0.2.7").to_string(), "192.0.2.7/32");
         assert_eq!(p("0.0.0.0/0").to_string(), "0.0.0.0/0");
-        assert_eq!(parse_prefix("10.0.0.1/8"), Err(PrefixError::HostBits(p("10.0.0.0/8"))));
-        assert_eq!(parse_prefix("1.2.3.4/0"), Err(PrefixError::HostBits(p("0.0.0.0/0"))));
+        assert_eq!(
+            parse_prefix("10.0.0.1/8"),
+            Err(PrefixError::HostBits(p("10.0.0.0/8")))
+        );
+        assert_eq!(
+            parse_prefix("1.2.3.4/0"),
+            Err(PrefixError::HostBits(p("0.0.0.0/0")))
+        );
         assert_eq!(parse_prefix("10.0.0.0/33"), Err(PrefixError::Length));
         assert_eq!(parse_prefix("2001:db8::/32"), Err(PrefixError::Ipv6));
-        for bad in ["", "10.0.0/8", "10.0.0.0/", "10.0.0.0/x", "10.0.0.0/+8", "a.b.c.d"] {
+        for bad in [
+            "",
+            "10.0.0/8",
+            "10.0.0.0/",
+            "10.0.0.0/x",
+            "10.0.0.0/+8",
+            "a.b.c.d",
+        ] {
             assert_eq!(parse_prefix(bad), Err(PrefixError::Syntax), "{bad:?}");
         }
     }
@@ -696,7 +718,10 @@ mod tests {
             action: Some("deny".into()),
         })
         .expect_err("bad action");
-        assert_eq!(e.to_string(), "invalid --action 'deny': expected block or allow");
+        assert_eq!(
+            e.to_string(),
+            "invalid --action 'deny': expected block or allow"
+        );
     }
 
     #[test]
@@ -748,7 +773,9 @@ mod tests {
             &self,
             _req: Request<Streaming<pb::RemoveFirewallRulesRequest>>,
         ) -> Result<Response<pb::RemoveFirewallRulesResponse>, Status> {
-            Err(Status::not_found("rules[0].cidr: there is no rule for 10.0.0.0/8"))
+            Err(Status::not_found(
+                "rules[0].cidr: there is no rule for 10.0.0.0/8",
+            ))
         }
 
         async fn replace_rules(

@@ -9,8 +9,8 @@ use std::{
 };
 
 use crate::lowargs::{
-    BackendAddArgs, BackendCommand, BackendRefArgs, LowArgs, LowCommand, SetWeightArgs, VipCommand,
-    VipFlag, VipPositional,
+    BackendAddArgs, BackendCommand, BackendRefArgs, BackendSetupArgs, LowArgs, LowCommand,
+    SetWeightArgs, VipCommand, VipFlag, VipPositional,
 };
 use crate::firewall::{Action as FwAction, Firewall};
 use crate::pb;
@@ -101,9 +101,15 @@ pub enum Command {
     VipAdd {
         vip: VipKey,
         mode: Mode,
+        /// Kind none unless `--health` was given.
+        health: crate::health::HealthSpec,
     },
     VipRemove {
         vip: VipKey,
+    },
+    VipSetMode {
+        vip: VipKey,
+        mode: Mode,
     },
     VipList,
     BackendAdd {
@@ -127,7 +133,18 @@ pub enum Command {
     Firewall(crate::firewall::Firewall),
     /// `ratelimit` commands.
     RateLimit(crate::ratelimit::RateLimit),
+    /// `vip set-health`, `backend drain`, `backend undrain`.
+    Health(crate::health::HealthCommand),
     Stats,
+    /// Runs locally (xdplb::backend_setup), never talks to lbd.
+    BackendSetup {
+        vip: Ipv4Addr,
+        mode: xdplb::backend_setup::Mode,
+        dev: String,
+        undo: bool,
+    },
+    /// `top`: live rates from a stream of snapshots.
+    Top(crate::top::Top),
     Completions(clap_complete::Shell),
 }
 
@@ -194,9 +211,28 @@ impl TryFrom<LowCommand> for Command {
             LowCommand::Vip(VipCommand::Add(args)) => Command::VipAdd {
                 vip: vip_positional(&args.vip)?,
                 mode: parse_mode("--mode", &args.mode)?,
+                health: crate::health::parse(&args.health, false)?,
             },
+            LowCommand::Vip(VipCommand::SetHealth(args)) => {
+                Command::Health(crate::health::HealthCommand::SetHealth {
+                    vip: vip_positional(&args.vip)?,
+                    health: crate::health::parse(&args.health, true)?,
+                })
+            }
+            LowCommand::Backend(BackendCommand::Drain(args)) => {
+                let (vip, backend) = backend_ref(&args)?;
+                Command::Health(crate::health::HealthCommand::Drain { vip, backend })
+            }
+            LowCommand::Backend(BackendCommand::Undrain(args)) => {
+                let (vip, backend) = backend_ref(&args)?;
+                Command::Health(crate::health::HealthCommand::Undrain { vip, backend })
+            }
             LowCommand::Vip(VipCommand::Remove(args)) => Command::VipRemove {
                 vip: vip_positional(&args)?,
+            },
+            LowCommand::Vip(VipCommand::SetMode(args)) => Command::VipSetMode {
+                vip: vip_positional(&args.vip)?,
+                mode: parse_mode("--mode", &args.mode)?,
             },
             LowCommand::Vip(VipCommand::List) => Command::VipList,
             LowCommand::Backend(BackendCommand::Add(args)) | LowCommand::AddBackend(args) => {
@@ -226,6 +262,8 @@ impl TryFrom<LowCommand> for Command {
             LowCommand::Fw(c) => Command::Firewall(Firewall::fw(c)?),
             LowCommand::RateLimit(c) => Command::RateLimit(c.try_into()?),
             LowCommand::Stats => Command::Stats,
+            LowCommand::BackendSetup(args) => backend_setup(&args)?,
+            LowCommand::Top(args) => Command::Top(args.try_into()?),
             LowCommand::Completions { shell } => Command::Completions(shell),
         })
     }
@@ -259,6 +297,65 @@ fn backend_add(args: &BackendAddArgs) -> Result<Command, ArgError> {
         backend,
         weight: parse_weight("--weight", &args.weight)?,
     })
+}
+
+fn backend_setup(args: &BackendSetupArgs) -> Result<Command, ArgError> {
+    Ok(Command::BackendSetup {
+        vip: parse_ipv4("--vip", &args.vip)?,
+        mode: parse_dsr_mode("--mode", &args.mode)?,
+        dev: parse_ifname("--dev", &args.dev)?,
+        undo: args.undo,
+    })
+}
+
+/// `10.0.0.10` -> Ipv4Addr (no port).
+pub fn parse_ipv4(what: &'static str, s: &str) -> Result<Ipv4Addr, ArgError> {
+    s.parse().map_err(|_| {
+        if parse_addr_port(what, s).is_ok() {
+            invalid(what, s, "an IPv4 address without a port, like 10.0.0.10")
+        } else {
+            invalid(what, s, "an IPv4 address like 10.0.0.10")
+        }
+    })
+}
+
+/// `l2dsr` / `ipip`, any case: the modes whose backends need preparing.
+pub fn parse_dsr_mode(what: &'static str, s: &str) -> Result<xdplb::backend_setup::Mode, ArgError> {
+    match parse_mode(what, s) {
+        Ok(Mode::L2Dsr) => Ok(xdplb::backend_setup::Mode::L2dsr),
+        Ok(Mode::Ipip) => Ok(xdplb::backend_setup::Mode::Ipip),
+        Ok(Mode::Nat) => Err(invalid(
+            what,
+            s,
+            "l2dsr or ipip (a NAT backend needs no preparation)",
+        )),
+        Err(_) => Err(invalid(what, s, "l2dsr or ipip")),
+    }
+}
+
+/// An interface name as Linux allows it: 1..15 bytes, no '/', ':' or white space, not lo.
+pub fn parse_ifname(what: &'static str, s: &str) -> Result<String, ArgError> {
+    if s == "lo" {
+        return Err(invalid(
+            what,
+            s,
+            "the interface the VIP's traffic arrives on (the VIP itself goes on lo)",
+        ));
+    }
+    let ok = !s.is_empty()
+        && s.len() <= 15
+        && s != "."
+        && s != ".."
+        && !s.contains(|c: char| c == '/' || c == ':' || c.is_whitespace());
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(invalid(
+            what,
+            s,
+            "an interface name (1-15 bytes, no '/', ':' or spaces)",
+        ))
+    }
 }
 
 /// `10.0.0.10:80` -> SocketAddrV4, IPv4 only, port 1..65535.
@@ -403,8 +500,54 @@ mod tests {
             cmd(&["vip", "add", "10.0.0.10:80", "--proto", "tcp"]),
             Command::VipAdd {
                 vip: vip("10.0.0.10:80", Proto::Tcp),
-                mode: Mode::Nat
+                mode: Mode::Nat,
+                health: crate::health::HealthSpec::default(),
             }
+        );
+    }
+
+    #[test]
+    fn health_flags_drain_and_undrain() {
+        use crate::health::{HealthCommand, HealthSpec, Kind};
+        use std::time::Duration;
+        match cmd(&[
+            "vip", "add", "10.0.0.10:80", "--proto", "tcp", "--health", "http:/healthz",
+            "--health-interval", "200ms", "--health-timeout", "100ms", "--rise", "1", "--fall", "2",
+            "--all-down", "drop",
+        ]) {
+            Command::VipAdd { health, .. } => assert_eq!(
+                health,
+                HealthSpec {
+                    kind: Kind::Http { path: "/healthz".into(), expect_status: 200 },
+                    interval: Duration::from_millis(200),
+                    timeout: Duration::from_millis(100),
+                    rise: 1,
+                    fall: 2,
+                    drop_when_all_down: true,
+                }
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            cmd(&["vip", "set-health", "10.0.0.10:53", "--proto", "udp", "--health", "udp"]),
+            Command::Health(HealthCommand::SetHealth {
+                vip: vip("10.0.0.10:53", Proto::Udp),
+                health: HealthSpec {
+                    kind: Kind::Udp { payload: "ping".into() },
+                    ..HealthSpec::default()
+                },
+            })
+        );
+        assert!(err(&["vip", "set-health", "10.0.0.10:53", "--proto", "udp"]).contains("--health"));
+        assert!(err(&["vip", "add", "10.0.0.10:80", "--proto", "tcp", "--health", "tcp", "--fall", "0"]).contains("--fall '0'"));
+        let be: SocketAddrV4 = "10.0.2.1:8080".parse().expect("addr");
+        assert_eq!(
+            cmd(&["backend", "drain", "--vip", "10.0.0.10:80", "--proto", "tcp", "10.0.2.1:8080"]),
+            Command::Health(HealthCommand::Drain { vip: vip("10.0.0.10:80", Proto::Tcp), backend: be })
+        );
+        assert_eq!(
+            cmd(&["backend", "undrain", "--vip", "10.0.0.10:80", "--proto", "tcp", "10.0.2.1:8080"]),
+            Command::Health(HealthCommand::Undrain { vip: vip("10.0.0.10:80", Proto::Tcp), backend: be })
         );
     }
 
@@ -427,7 +570,8 @@ mod tests {
                 ]),
                 Command::VipAdd {
                     vip: vip("10.0.0.10:53", Proto::Udp),
-                    mode: want
+                    mode: want,
+                    health: crate::health::HealthSpec::default(),
                 }
             );
         }
@@ -659,6 +803,115 @@ mod tests {
         for bad in ["", "s", "5h", "-1s", "1.5s", "0"] {
             assert!(parse_duration("t", bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn vip_set_mode() {
+        assert_eq!(
+            cmd(&[
+                "vip",
+                "set-mode",
+                "10.0.0.10:80",
+                "--proto",
+                "tcp",
+                "--mode",
+                "IPIP"
+            ]),
+            Command::VipSetMode {
+                vip: vip("10.0.0.10:80", Proto::Tcp),
+                mode: Mode::Ipip
+            }
+        );
+        assert_eq!(
+            err(&[
+                "vip",
+                "set-mode",
+                "10.0.0.10:80",
+                "--proto",
+                "tcp",
+                "--mode",
+                "dsr"
+            ]),
+            "invalid --mode 'dsr': expected nat, l2dsr or ipip"
+        );
+        // --mode has no default here: switching needs an explicit target.
+        assert_eq!(
+            clap_err_kind(&["vip", "set-mode", "10.0.0.10:80", "--proto", "tcp"]),
+            clap::error::ErrorKind::MissingRequiredArgument
+        );
+    }
+
+    #[test]
+    fn backend_setup() {
+        use xdplb::backend_setup::Mode as Dsr;
+        assert_eq!(
+            cmd(&[
+                "backend-setup",
+                "--vip",
+                "10.0.0.10",
+                "--mode",
+                "l2dsr",
+                "--dev",
+                "eth0"
+            ]),
+            Command::BackendSetup {
+                vip: Ipv4Addr::new(10, 0, 0, 10),
+                mode: Dsr::L2dsr,
+                dev: "eth0".into(),
+                undo: false,
+            }
+        );
+        assert_eq!(
+            cmd(&[
+                "backend-setup",
+                "--undo",
+                "--dev",
+                "ens3f0.100",
+                "--mode",
+                "IpIp",
+                "--vip",
+                "10.0.0.10"
+            ]),
+            Command::BackendSetup {
+                vip: Ipv4Addr::new(10, 0, 0, 10),
+                mode: Dsr::Ipip,
+                dev: "ens3f0.100".into(),
+                undo: true,
+            }
+        );
+        let base = |vip: &'static str, mode: &'static str, dev: &'static str| {
+            err(&["backend-setup", "--vip", vip, "--mode", mode, "--dev", dev])
+        };
+        assert_eq!(
+            base("10.0.0.10:80", "ipip", "eth0"),
+            "invalid --vip '10.0.0.10:80': expected an IPv4 address without a port, like 10.0.0.10"
+        );
+        assert_eq!(
+            base("10.0.0", "ipip", "eth0"),
+            "invalid --vip '10.0.0': expected an IPv4 address like 10.0.0.10"
+        );
+        assert_eq!(
+            base("10.0.0.10", "nat", "eth0"),
+            "invalid --mode 'nat': expected l2dsr or ipip (a NAT backend needs no preparation)"
+        );
+        assert_eq!(
+            base("10.0.0.10", "dsr", "eth0"),
+            "invalid --mode 'dsr': expected l2dsr or ipip"
+        );
+        for dev in ["", "a/b", "..", "eth0:1", "sixteen-bytes-xx", "e th0"] {
+            assert_eq!(
+                base("10.0.0.10", "ipip", dev),
+                format!(
+                    "invalid --dev '{dev}': expected an interface name (1-15 bytes, no '/', ':' or spaces)"
+                )
+            );
+        }
+        assert!(base("10.0.0.10", "l2dsr", "lo")
+            .starts_with("invalid --dev 'lo': expected the interface"));
+        assert_eq!(
+            clap_err_kind(&["backend-setup", "--vip", "10.0.0.10", "--mode", "ipip"]),
+            clap::error::ErrorKind::MissingRequiredArgument
+        );
     }
 
     #[test]

@@ -13,7 +13,27 @@ const GLOBAL: &str = "Global options";
 const VIP_ADD_EXAMPLES: &str = "\
 Examples:
   lbctl vip add 10.0.0.10:80 --proto tcp
-  lbctl vip add 10.0.0.10:53 --proto udp --mode l2dsr";
+  lbctl vip add 10.0.0.10:53 --proto udp --mode l2dsr
+  lbctl vip add 10.0.0.10:80 --proto tcp --health http:/healthz --health-interval 2s --fall 2
+  lbctl vip add 10.0.0.10:53 --proto udp --health udp --all-down drop";
+
+const VIP_SET_MODE_EXAMPLES: &str = "\
+Examples:
+  lbctl vip set-mode 10.0.0.10:80 --proto tcp --mode ipip
+  lbctl vip set-mode 10.0.0.10:80 --proto tcp --mode nat";
+
+const BACKEND_SETUP_EXAMPLES: &str = "\
+Runs on the backend itself and needs no lbd (root: sysctls, addresses, BPF).
+Examples:
+  lbctl backend-setup --vip 10.0.0.10 --mode l2dsr --dev eth0
+  lbctl backend-setup --vip 10.0.0.10 --mode ipip --dev eth0
+  lbctl backend-setup --vip 10.0.0.10 --mode ipip --dev eth0 --undo";
+
+const BACKEND_DRAIN_EXAMPLES: &str = "\
+Examples:
+  lbctl backend drain --vip 10.0.0.10:80 --proto tcp 10.0.2.1:8080
+  lbctl backend list --vip 10.0.0.10:80 --proto tcp     # FLOWS falls to 0 as flows end
+  lbctl backend undrain --vip 10.0.0.10:80 --proto tcp 10.0.2.1:8080";
 
 const BACKEND_ADD_EXAMPLES: &str = "\
 Examples:
@@ -101,6 +121,13 @@ pub enum LowCommand {
     /// Show packet, byte and flow counters per VIP and backend, per reason and per verdict
     Stats,
 
+    /// Prepare this host as a DSR backend of a VIP (VIP on lo, ARP sysctls, IPIP decap); no lbd
+    #[command(after_help = BACKEND_SETUP_EXAMPLES)]
+    BackendSetup(BackendSetupArgs),
+
+    /// Live packets/s, bits/s and new flows/s per VIP and backend, redrawn in place (Ctrl-C quits)
+    Top(crate::top::TopArgs),
+
     /// Print a shell completion script to stdout
     Completions {
         /// Shell to generate completions for
@@ -118,6 +145,17 @@ pub enum VipCommand {
     /// Remove a VIP
     Remove(VipPositional),
 
+    /// Switch a VIP's forwarding mode: new flows use it at once, tracked flows keep theirs
+    #[command(after_help = VIP_SET_MODE_EXAMPLES)]
+    SetMode(VipSetModeArgs),
+
+    /// Set a VIP's health check (tcp, http, udp or none), its interval, timeout, rise and fall
+    #[command(
+        after_help = crate::health::VIP_SET_HEALTH_EXAMPLES,
+        mut_arg("health", |a| a.required(true))
+    )]
+    SetHealth(VipSetHealthArgs),
+
     /// List configured VIPs
     List,
 }
@@ -134,7 +172,14 @@ pub enum BackendCommand {
     /// Change a backend's weight (0 drains it: no new flows)
     SetWeight(SetWeightArgs),
 
-    /// List the backends of a VIP
+    /// Drain a backend: weight 0, remembering the weight; tracked flows go on until they end
+    #[command(after_help = BACKEND_DRAIN_EXAMPLES)]
+    Drain(BackendRefArgs),
+
+    /// Give a drained backend back the weight it had before `backend drain`
+    Undrain(BackendRefArgs),
+
+    /// List the backends of a VIP with their health and tracked flows
     List(VipFlag),
 }
 
@@ -147,6 +192,50 @@ pub struct VipAddArgs {
     /// Forwarding mode: nat, l2dsr or ipip
     #[arg(long, value_name = "MODE", default_value = "nat")]
     pub mode: String,
+
+    #[command(flatten)]
+    pub health: crate::health::HealthArgs,
+}
+
+/// `vip set-health ADDR:PORT --proto P --health KIND [...]`
+#[derive(Debug, Args)]
+pub struct VipSetHealthArgs {
+    #[command(flatten)]
+    pub vip: VipPositional,
+
+    #[command(flatten)]
+    pub health: crate::health::HealthArgs,
+}
+
+/// `vip set-mode ADDR:PORT --proto P --mode M`
+#[derive(Debug, Args)]
+pub struct VipSetModeArgs {
+    #[command(flatten)]
+    pub vip: VipPositional,
+
+    /// New forwarding mode: nat, l2dsr or ipip
+    #[arg(long, value_name = "MODE")]
+    pub mode: String,
+}
+
+/// `backend-setup --vip ADDR --mode M --dev IF [--undo]`
+#[derive(Debug, Args)]
+pub struct BackendSetupArgs {
+    /// The VIP this host serves (an address, no port), e.g. 10.0.0.10
+    #[arg(long, value_name = "ADDR")]
+    pub vip: String,
+
+    /// How the load balancer reaches this host: l2dsr or ipip
+    #[arg(long, value_name = "MODE")]
+    pub mode: String,
+
+    /// The interface the VIP's traffic arrives on (ipip: where the decap program goes)
+    #[arg(long, value_name = "IF")]
+    pub dev: String,
+
+    /// Reverse a previous backend-setup for this VIP
+    #[arg(long)]
+    pub undo: bool,
 }
 
 /// A VIP given positionally, with its protocol.

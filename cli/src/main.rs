@@ -1,12 +1,15 @@
 //! lbctl: command-line client for lbd, the xdplb daemon. This module owns the process
 //! edges (argument parsing, exit codes, error lines) and dispatches one command to lbd.
 
+mod backend_setup;
 mod client;
 mod firewall;
+mod health;
 mod highargs;
 mod lowargs;
 mod output;
 mod ratelimit;
+mod top;
 mod pb;
 
 use std::{
@@ -82,14 +85,25 @@ async fn run(args: &HighArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     if let Command::RateLimit(cmd) = &args.command {
         return ratelimit::run(cmd, args, out).await;
     }
+    if let Command::Health(cmd) = &args.command {
+        return health::run(cmd, args, out).await;
+    }
+    if let Command::Top(cmd) = &args.command {
+        return top::run(cmd, args, out).await;
+    }
+    if let Command::BackendSetup { .. } = &args.command {
+        // Prepares this host as a DSR backend: local work, no lbd.
+        return backend_setup::run(&args.command, args.json, out).await;
+    }
     let mut lbd = Lbd::connect(&args.target, args.timeout).await?;
     let json = args.json;
     let t = args.timeout;
     let written = match &args.command {
-        Command::VipAdd { vip, mode } => {
+        Command::VipAdd { vip, mode, health } => {
             let req = pb::AddVipRequest {
                 vip: Some(vip.to_pb()),
                 mode: mode.to_pb() as i32,
+                health: health.is_checked().then(|| health.to_pb()),
             };
             let added = call(t, lbd.vips.add_vip(req)).await?;
             let added = added.vip.unwrap_or_else(|| pb::Vip {
@@ -100,9 +114,14 @@ async fn run(args: &HighArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             if json {
                 output::write_json(out, &VipJson::from(&added))
             } else {
+                let checked = if health.is_checked() {
+                    format!(", health {}", health::label(added.health.as_ref()))
+                } else {
+                    String::new()
+                };
                 writeln!(
                     out,
-                    "added vip {} (mode {}, id {})",
+                    "added vip {} (mode {}, id {}{checked})",
                     output::vip_label(&added.key.clone().unwrap_or_else(|| vip.to_pb())),
                     output::mode_name(added.mode),
                     added.id
@@ -118,6 +137,28 @@ async fn run(args: &HighArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                 output::write_json(out, &serde_json::json!({}))
             } else {
                 writeln!(out, "removed vip {vip}")
+            }
+        }
+        Command::VipSetMode { vip, mode } => {
+            let req = pb::SetVipModeRequest {
+                vip: Some(vip.to_pb()),
+                mode: mode.to_pb() as i32,
+            };
+            let resp = call(t, lbd.vips.set_vip_mode(req)).await?;
+            let set = resp.vip.unwrap_or_else(|| pb::Vip {
+                key: Some(vip.to_pb()),
+                mode: mode.to_pb() as i32,
+                ..Default::default()
+            });
+            if json {
+                output::write_json(out, &VipJson::from(&set))
+            } else {
+                writeln!(
+                    out,
+                    "vip {} now uses {} for new flows (tracked flows keep their mode)",
+                    output::vip_label(&set.key.clone().unwrap_or_else(|| vip.to_pb())),
+                    output::mode_name(set.mode)
+                )
             }
         }
         Command::VipList => {
@@ -139,6 +180,7 @@ async fn run(args: &HighArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                 port: u32::from(backend.port()),
                 weight: Some(*weight),
                 id: 0,
+                ..Default::default()
             };
             let req = pb::AddBackendRequest {
                 vip: Some(vip.to_pb()),
@@ -188,6 +230,7 @@ async fn run(args: &HighArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                 port: u32::from(backend.port()),
                 weight: Some(*weight),
                 id: 0,
+                ..Default::default()
             });
             if json {
                 output::write_json(out, &BackendJson::from(&updated))
@@ -212,13 +255,22 @@ async fn run(args: &HighArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             };
             let resp = call(t, lbd.backends.list_backends(req)).await?;
             if json {
-                let backends = resp.backends.iter().map(BackendJson::from).collect();
+                let backends = resp
+                    .backends
+                    .iter()
+                    .map(|b| BackendJson {
+                        tracked_flows: Some(b.tracked_flows),
+                        ..BackendJson::from(b)
+                    })
+                    .collect();
                 let vip = VipKeyJson::from(&vip.to_pb());
                 output::write_json(out, &BackendListJson { vip, backends })
             } else {
                 output::backend_list(out, &vip.to_string(), &resp.backends)
             }
         }
+        // Handled above: runs locally, needs no lbd.
+        Command::BackendSetup { .. } => Ok(()),
         Command::Stats => {
             let resp = call(t, lbd.stats.get_stats(pb::GetStatsRequest {})).await?;
             if json {
@@ -230,6 +282,8 @@ async fn run(args: &HighArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         Command::Completions(_) => Ok(()), // handled in main, needs no lbd
         Command::Firewall(_) => Ok(()),    // handled above
         Command::RateLimit(_) => Ok(()),   // handled above
+        Command::Health(_) => Ok(()),      // handled above
+        Command::Top(_) => Ok(()),         // handled above
     };
     written.context("cannot write to stdout")
 }
@@ -264,6 +318,7 @@ mod tests {
                 mode: req.mode,
                 id: vips.len() as u32 + 1,
                 backends: 0,
+                health: req.health,
             };
             vips.push(vip.clone());
             Ok(Response::new(pb::AddVipResponse { vip: Some(vip) }))
@@ -284,6 +339,44 @@ mod tests {
                 )));
             }
             Ok(Response::new(pb::RemoveVipResponse {}))
+        }
+
+        async fn set_vip_health(
+            &self,
+            req: Request<pb::SetVipHealthRequest>,
+        ) -> Result<Response<pb::SetVipHealthResponse>, Status> {
+            let req = req.into_inner();
+            let key = req.vip.unwrap_or_default();
+            let mut vips = self.0.lock().map_err(|_| Status::internal("poisoned"))?;
+            let vip = vips
+                .iter_mut()
+                .find(|v| v.key.as_ref() == Some(&key))
+                .ok_or_else(|| {
+                    Status::not_found(format!("vip {} does not exist", output::vip_label(&key)))
+                })?;
+            vip.health = req.health;
+            Ok(Response::new(pb::SetVipHealthResponse {
+                vip: Some(vip.clone()),
+            }))
+        }
+
+        async fn set_vip_mode(
+            &self,
+            req: Request<pb::SetVipModeRequest>,
+        ) -> Result<Response<pb::SetVipModeResponse>, Status> {
+            let req = req.into_inner();
+            let key = req.vip.unwrap_or_default();
+            let mut vips = self.0.lock().map_err(|_| Status::internal("poisoned"))?;
+            let vip = vips
+                .iter_mut()
+                .find(|v| v.key.as_ref() == Some(&key))
+                .ok_or_else(|| {
+                    Status::not_found(format!("vip {} does not exist", output::vip_label(&key)))
+                })?;
+            vip.mode = req.mode;
+            Ok(Response::new(pb::SetVipModeResponse {
+                vip: Some(vip.clone()),
+            }))
         }
 
         async fn list_vips(
@@ -330,6 +423,14 @@ mod tests {
             mode: pb::ForwardingMode::Nat as i32,
             id: 1,
             backends: 2,
+            health: Some(pb::HealthCheck {
+                kind: pb::HealthCheckKind::Tcp as i32,
+                interval_ms: 1000,
+                timeout_ms: 500,
+                rise: 2,
+                fall: 3,
+                ..Default::default()
+            }),
         });
         serve(&socket, fake);
 
@@ -342,6 +443,7 @@ mod tests {
                     proto: Proto::Udp,
                 },
                 mode: Mode::L2Dsr,
+                health: crate::health::HealthSpec::default(),
             },
         )
         .await
@@ -353,10 +455,31 @@ mod tests {
             .expect("vip list");
         assert_eq!(
             human,
-            "VIP           PROTO  MODE   BACKENDS  ID\n\
-             10.0.0.10:80  tcp    nat           2   1\n\
-             10.0.0.11:53  udp    l2dsr         0   2\n"
+            "VIP           PROTO  MODE   BACKENDS  ID  HEALTH\n\
+             10.0.0.10:80  tcp    nat           2   1  tcp 1s/500ms rise 2 fall 3 fail-open\n\
+             10.0.0.11:53  udp    l2dsr         0   2  none\n"
         );
+
+        let set = lbctl(
+            &socket,
+            false,
+            Command::Health(crate::health::HealthCommand::SetHealth {
+                vip: VipKey {
+                    addr: "10.0.0.11:53".parse().expect("addr"),
+                    proto: Proto::Udp,
+                },
+                health: crate::health::HealthSpec {
+                    kind: crate::health::Kind::Udp { payload: "ping".into() },
+                    interval: Duration::from_millis(200),
+                    timeout: Duration::from_millis(100),
+                    drop_when_all_down: true,
+                    ..Default::default()
+                },
+            }),
+        )
+        .await
+        .expect("vip set-health");
+        assert_eq!(set, "vip 10.0.0.11:53/udp health check: udp 200ms/100ms rise 2 fall 3 drop\n");
 
         let json = lbctl(&socket, true, Command::VipList)
             .await
@@ -366,6 +489,43 @@ mod tests {
         assert_eq!(v["vips"][1]["port"], 53);
         assert_eq!(v["vips"][1]["protocol"], "udp");
         assert_eq!(v["vips"][1]["mode"], "l2dsr");
+        assert_eq!(v["vips"][1]["health"]["kind"], "udp");
+        assert_eq!(v["vips"][1]["health"]["all_down"], "drop");
+        assert_eq!(v["vips"][0]["health"]["kind"], "tcp");
+
+        let switched = lbctl(
+            &socket,
+            false,
+            Command::VipSetMode {
+                vip: VipKey {
+                    addr: "10.0.0.10:80".parse().expect("addr"),
+                    proto: Proto::Tcp,
+                },
+                mode: Mode::Ipip,
+            },
+        )
+        .await
+        .expect("vip set-mode");
+        assert_eq!(
+            switched,
+            "vip 10.0.0.10:80/tcp now uses ipip for new flows (tracked flows keep their mode)\n"
+        );
+        let json = lbctl(
+            &socket,
+            true,
+            Command::VipSetMode {
+                vip: VipKey {
+                    addr: "10.0.0.10:80".parse().expect("addr"),
+                    proto: Proto::Tcp,
+                },
+                mode: Mode::Nat,
+            },
+        )
+        .await
+        .expect("vip set-mode --json");
+        let v: serde_json::Value = serde_json::from_str(&json).expect("one JSON document");
+        assert_eq!(v["mode"], "nat");
+        assert_eq!(v["backends"], 2);
 
         let missing = Command::VipRemove {
             vip: VipKey {

@@ -69,6 +69,7 @@ pub struct VipJson {
     pub mode: String,
     pub id: u32,
     pub backends: u32,
+    pub health: crate::health::HealthJson,
 }
 
 impl From<&pb::Vip> for VipJson {
@@ -81,6 +82,7 @@ impl From<&pb::Vip> for VipJson {
             mode: mode_name(v.mode),
             id: v.id,
             backends: v.backends,
+            health: crate::health::HealthJson::from(&v.health.clone().unwrap_or_default()),
         }
     }
 }
@@ -91,6 +93,15 @@ pub struct BackendJson {
     pub port: u32,
     pub weight: u32,
     pub id: u32,
+    /// `up`, `down` or `unchecked` (when lbd says).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
+    /// Live flows to the backend (`backend list` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tracked_flows: Option<u64>,
+    /// The weight `backend undrain` restores (drained backends only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drained_from: Option<u32>,
 }
 
 impl From<&pb::Backend> for BackendJson {
@@ -100,6 +111,9 @@ impl From<&pb::Backend> for BackendJson {
             port: b.port,
             weight: b.weight.unwrap_or_default(),
             id: b.id,
+            health: (!b.health.is_empty()).then(|| b.health.clone()),
+            tracked_flows: None,
+            drained_from: (b.drained_from > 0).then_some(b.drained_from),
         }
     }
 }
@@ -269,6 +283,7 @@ pub fn vip_list(out: &mut dyn Write, vips: &[pb::Vip]) -> io::Result<()> {
         ("MODE", Align::Left),
         ("BACKENDS", Align::Right),
         ("ID", Align::Right),
+        ("HEALTH", Align::Left),
     ]);
     for v in vips {
         let key = v.key.clone().unwrap_or_default();
@@ -278,6 +293,7 @@ pub fn vip_list(out: &mut dyn Write, vips: &[pb::Vip]) -> io::Result<()> {
             mode_name(v.mode),
             v.backends.to_string(),
             v.id.to_string(),
+            crate::health::label(v.health.as_ref()),
         ]);
     }
     t.write(out)
@@ -291,12 +307,21 @@ pub fn backend_list(out: &mut dyn Write, vip: &str, backends: &[pb::Backend]) ->
         ("BACKEND", Align::Left),
         ("WEIGHT", Align::Left),
         ("ID", Align::Right),
+        ("HEALTH", Align::Left),
+        ("FLOWS", Align::Right),
     ]);
     for b in backends {
+        let weight = b.weight.unwrap_or_default();
         t.row(vec![
             format!("{}:{}", b.address, b.port),
-            weight_label(b.weight.unwrap_or_default()),
+            if weight == 0 && b.drained_from > 0 {
+                format!("0 (drained from {})", b.drained_from)
+            } else {
+                weight_label(weight)
+            },
             b.id.to_string(),
+            if b.health.is_empty() { "-".to_string() } else { b.health.clone() },
+            b.tracked_flows.to_string(),
         ]);
     }
     t.write(out)
@@ -481,6 +506,7 @@ mod tests {
             port,
             weight: Some(weight),
             id,
+            ..Default::default()
         }
     }
 
@@ -493,15 +519,29 @@ mod tests {
                 &[
                     backend("10.0.2.1", 8080, 100, 3),
                     backend("10.0.2.22", 80, 0, 14),
+                    pb::Backend {
+                        health: "down".into(),
+                        tracked_flows: 1234,
+                        drained_from: 50,
+                        ..backend("10.0.2.3", 80, 0, 15)
+                    },
                 ],
             )
         });
         assert_eq!(
             s,
-            "BACKEND        WEIGHT       ID\n\
-             10.0.2.1:8080  100           3\n\
-             10.0.2.22:80   0 (drained)  14\n"
+            "BACKEND        WEIGHT               ID  HEALTH  FLOWS\n\
+             10.0.2.1:8080  100                   3  -           0\n\
+             10.0.2.22:80   0 (drained)          14  -           0\n\
+             10.0.2.3:80    0 (drained from 50)  15  down     1234\n"
         );
+        let j = serde_json::to_value(BackendJson::from(&pb::Backend {
+            health: "up".into(),
+            ..backend("10.0.2.1", 80, 7, 1)
+        }))
+        .expect("json");
+        assert_eq!(j["health"], "up");
+        assert!(j.get("tracked_flows").is_none() && j.get("drained_from").is_none(), "{j}");
     }
 
     #[test]
@@ -543,6 +583,7 @@ mod tests {
                     packets: 0,
                 },
             ],
+            monotonic_ns: 0,
         };
         let human = render(|o| stats(o, &resp));
         assert!(human.contains("10.0.0.10:80/tcp"), "{human}");

@@ -490,6 +490,72 @@ mod tests {
         assert_eq!(parse(&["top", "-n", "5"]), Ok(RateLimit::Top { count: 5 }));
     }
 
+    fn policy(cidr: &str, rate: i64, burst: i64, scope: pb::RateLimitScope) -> pb::RateLimitPolicy {
+        pb::RateLimitPolicy {
+            cidr: cidr.into(),
+            rate,
+            burst,
+            scope: scope as i32,
+        }
+    }
+
+    #[test]
+    fn human_tables() {
+        let list = [
+            pb::RateLimit {
+                policy: Some(policy("", 1000, 200, pb::RateLimitScope::All)),
+                id: 0,
+                allowed: 912345,
+                dropped: 1200,
+            },
+            pb::RateLimit {
+                policy: Some(policy("10.0.0.0/8", 0, 0, pb::RateLimitScope::All)),
+                id: 2,
+                allowed: 0,
+                dropped: 0,
+            },
+            pb::RateLimit {
+                policy: Some(policy("192.0.2.0/24", 20, 5, pb::RateLimitScope::NewFlows)),
+                id: 1,
+                allowed: 310,
+                dropped: 48211,
+            },
+        ];
+        let mut buf = Vec::new();
+        output::rate_limits(&mut buf, &list, scope_name).expect("render");
+        assert_eq!(
+            String::from_utf8(buf).expect("utf8"),
+            "POLICY          RATE/S  BURST  SCOPE      ALLOWED  DROPPED  ID\n\
+             default           1000    200  all         912345     1200   0\n\
+             10.0.0.0/8    no limit      -  -                0        0   2\n\
+             192.0.2.0/24        20      5  new-flows      310    48211   1\n"
+        );
+        let top = pb::TopLimitedClientsResponse {
+            clients: vec![
+                pb::LimitedClient {
+                    address: "192.0.2.66".into(),
+                    dropped: 48017,
+                    cidr: "192.0.2.0/24".into(),
+                },
+                pb::LimitedClient {
+                    address: "198.51.100.9".into(),
+                    dropped: 1200,
+                    cidr: String::new(),
+                },
+            ],
+            tracked: 5841,
+        };
+        let mut buf = Vec::new();
+        output::limited_clients(&mut buf, &top).expect("render");
+        assert_eq!(
+            String::from_utf8(buf).expect("utf8"),
+            "CLIENT        DROPPED  POLICY\n\
+             192.0.2.66      48017  192.0.2.0/24\n\
+             198.51.100.9     1200  default\n\
+             5841 client buckets\n"
+        );
+    }
+
     #[test]
     fn json_views() {
         let rl = pb::RateLimit {

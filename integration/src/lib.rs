@@ -1,11 +1,13 @@
 //! Test harness: network-namespace topologies, lbd/lbctl process control and real TCP/UDP peers.
 //!
+//! - [`dsr`]: the routed (IPIP) topology, `lbctl backend-setup` guards, a line server, counters;
 //! - [`netns`]: the [`NetNs`] guard, running code inside a namespace, veth pairs;
 //! - [`topology`]: the two-arm and one-arm test networks;
 //! - [`procs`]: the [`Lbd`] daemon guard and lbctl calls;
 //! - [`peers`]: name servers on the backends and bounded clients;
 //! - [`xdp_pass`]: the XDP_PASS program on the LB-facing veth ends.
 
+pub mod dsr;
 pub mod netns;
 pub mod peers;
 pub mod procs;

@@ -270,14 +270,14 @@ impl Topology {
 /// A veth pair between the LB's `lb_if` and `peer_if` in `peer`, with an XDP_PASS program on
 /// the peer end so that frames the LB sends back with XDP_TX are delivered at once (see
 /// [`crate::xdp_pass`]).
-fn link_to_lb(lb: &NetNs, lb_if: &str, peer: &NetNs, peer_if: &str) -> Result<()> {
+pub(crate) fn link_to_lb(lb: &NetNs, lb_if: &str, peer: &NetNs, peer_if: &str) -> Result<()> {
     veth(peer, peer_if, lb, lb_if)?;
     attach_xdp_pass(peer, peer_if)
 }
 
 /// Sends one datagram to `addr:9` and waits for the ICMP port unreachable that proves the
 /// neighbour is resolved in both directions.
-fn udp_probe(addr: Ipv4Addr) -> Result<()> {
+pub(crate) fn udp_probe(addr: Ipv4Addr) -> Result<()> {
     let sock = UdpSocket::bind("0.0.0.0:0").context("binding probe socket")?;
     sock.connect(SocketAddrV4::new(addr, 9))
         .with_context(|| format!("connecting probe socket to {addr}:9"))?;

@@ -1,4 +1,4 @@
-//! The `Backends` gRPC service: add, remove, re-weight and list the backends of a VIP.
+//! The `Backends` gRPC service: add, remove, re-weight, drain and list the backends of a VIP.
 
 use std::net::SocketAddrV4;
 
@@ -6,7 +6,8 @@ use tonic::{Request, Response, Status};
 
 use super::pb::{self, backends_server::Backends};
 use super::{invalid, parse_ipv4, parse_port, parse_vip_key, ApiError, Controller};
-use crate::state::{VipKey, DEFAULT_WEIGHT, MAX_WEIGHT};
+use crate::reconcile::{ReconcileError, Reconciler};
+use crate::state::{State, VipKey, DEFAULT_WEIGHT, MAX_WEIGHT};
 
 pub struct BackendsService {
     ctl: Controller,
@@ -18,18 +19,24 @@ impl BackendsService {
     }
 
     async fn describe(&self, vip: VipKey, addr: SocketAddrV4) -> pb::Backend {
-        self.ctl
-            .read(|s, r| pb::Backend {
-                address: addr.ip().to_string(),
-                port: u32::from(addr.port()),
-                weight: s
-                    .vips
-                    .get(&vip)
-                    .and_then(|v| v.backends.get(&addr))
-                    .copied(),
-                id: r.backend_id(&vip, &addr).unwrap_or_default(),
-            })
-            .await
+        self.ctl.read(|s, r| pb_backend(s, r, &vip, addr)).await
+    }
+}
+
+/// A backend as the API shows it: weight, id, health and the weight a drain remembered (no flow
+/// count: that takes a walk of the flow table, done by ListBackends only).
+fn pb_backend(s: &State, r: &Reconciler, vip: &VipKey, addr: SocketAddrV4) -> pb::Backend {
+    let v = s.vips.get(vip);
+    pb::Backend {
+        address: addr.ip().to_string(),
+        port: u32::from(addr.port()),
+        weight: v.and_then(|v| v.backends.get(&addr)).copied(),
+        id: r.backend_id(vip, &addr).unwrap_or_default(),
+        health: v
+            .map(|v| r.health().status(vip, &v.health, &addr).as_str().to_string())
+            .unwrap_or_default(),
+        tracked_flows: 0,
+        drained_from: v.and_then(|v| v.drained.get(&addr)).copied().unwrap_or(0),
     }
 }
 
@@ -75,9 +82,10 @@ impl Backends for BackendsService {
         self.ctl
             .change(|s| s.add_backend(&vip, addr, weight))
             .await?;
-        tracing::info!(%vip, backend = %addr, weight, "backend added");
+        let backend = self.describe(vip, addr).await;
+        tracing::info!(%vip, backend = %addr, weight, id = backend.id, "backend added");
         Ok(Response::new(pb::AddBackendResponse {
-            backend: Some(self.describe(vip, addr).await),
+            backend: Some(backend),
         }))
     }
 
@@ -88,8 +96,9 @@ impl Backends for BackendsService {
         let req = request.get_ref();
         let vip = parse_vip_key("vip", req.vip.as_ref())?;
         let addr = parse_backend("", &req.address, req.port)?;
+        let id = self.ctl.read(|_, r| r.backend_id(&vip, &addr)).await;
         self.ctl.change(|s| s.remove_backend(&vip, addr)).await?;
-        tracing::info!(%vip, backend = %addr, "backend removed");
+        tracing::info!(%vip, backend = %addr, id = id.unwrap_or_default(), "backend removed");
         Ok(Response::new(pb::RemoveBackendResponse {}))
     }
 
@@ -104,9 +113,10 @@ impl Backends for BackendsService {
         self.ctl
             .change(|s| s.set_weight(&vip, addr, weight))
             .await?;
-        tracing::info!(%vip, backend = %addr, weight, "backend weight set");
+        let backend = self.describe(vip, addr).await;
+        tracing::info!(%vip, backend = %addr, weight, id = backend.id, "backend weight set");
         Ok(Response::new(pb::SetBackendWeightResponse {
-            backend: Some(self.describe(vip, addr).await),
+            backend: Some(backend),
         }))
     }
 
@@ -115,21 +125,60 @@ impl Backends for BackendsService {
         request: Request<pb::ListBackendsRequest>,
     ) -> Result<Response<pb::ListBackendsResponse>, Status> {
         let vip = parse_vip_key("vip", request.get_ref().vip.as_ref())?;
-        let backends = self
+        let (mut backends, telemetry) = self
             .ctl
-            .read(|s, r| -> Result<Vec<pb::Backend>, ApiError> {
-                Ok(s.vip(&vip)?
+            .read(|s, r| -> Result<_, ApiError> {
+                let backends: Vec<pb::Backend> = s
+                    .vip(&vip)?
                     .backends
-                    .iter()
-                    .map(|(addr, w)| pb::Backend {
-                        address: addr.ip().to_string(),
-                        port: u32::from(addr.port()),
-                        weight: Some(*w),
-                        id: r.backend_id(&vip, addr).unwrap_or_default(),
-                    })
-                    .collect())
+                    .keys()
+                    .map(|addr| pb_backend(s, r, &vip, *addr))
+                    .collect();
+                let telemetry = r.dataplane().telemetry().map_err(ReconcileError::from)?;
+                Ok((backends, telemetry))
             })
             .await?;
+        // The walk runs on handles of its own, outside the lock (about a second per million
+        // flows). A failed walk fails the call: a wrong zero would tell an operator that a
+        // drained backend is idle.
+        let flows = tokio::task::spawn_blocking(move || telemetry.live_flows())
+            .await
+            .map_err(|e| Status::internal(format!("walking the flow table: {e}")))?
+            .map_err(|e| ApiError::from(ReconcileError::from(e)))?;
+        for b in &mut backends {
+            b.tracked_flows = flows.by_backend.get(&b.id).copied().unwrap_or(0);
+        }
         Ok(Response::new(pb::ListBackendsResponse { backends }))
+    }
+
+    async fn drain_backend(
+        &self,
+        request: Request<pb::DrainBackendRequest>,
+    ) -> Result<Response<pb::DrainBackendResponse>, Status> {
+        let req = request.get_ref();
+        let vip = parse_vip_key("vip", req.vip.as_ref())?;
+        let addr = parse_backend("", &req.address, req.port)?;
+        let before = self.ctl.change(|s| s.drain(&vip, addr)).await?;
+        let backend = self.describe(vip, addr).await;
+        tracing::info!(%vip, backend = %addr, weight_before = before, id = backend.id,
+            "backend drained: no new flows, tracked flows go on until they end");
+        Ok(Response::new(pb::DrainBackendResponse {
+            backend: Some(backend),
+        }))
+    }
+
+    async fn undrain_backend(
+        &self,
+        request: Request<pb::UndrainBackendRequest>,
+    ) -> Result<Response<pb::UndrainBackendResponse>, Status> {
+        let req = request.get_ref();
+        let vip = parse_vip_key("vip", req.vip.as_ref())?;
+        let addr = parse_backend("", &req.address, req.port)?;
+        let weight = self.ctl.change(|s| s.undrain(&vip, addr)).await?;
+        let backend = self.describe(vip, addr).await;
+        tracing::info!(%vip, backend = %addr, weight, id = backend.id, "backend undrained: weight restored");
+        Ok(Response::new(pb::UndrainBackendResponse {
+            backend: Some(backend),
+        }))
     }
 }

@@ -99,12 +99,7 @@ impl Collector {
 
 /// The prefixes of a small batch, for the log ("block 10.0.0.0/8"); None when there are many.
 fn named(batch: &RuleBatch) -> Option<Vec<String>> {
-    (batch.len() <= LOG_EACH).then(|| {
-        batch
-            .iter()
-            .map(|(n, a, _)| format!("{a} {n}"))
-            .collect()
-    })
+    (batch.len() <= LOG_EACH).then(|| batch.iter().map(|(n, a, _)| format!("{a} {n}")).collect())
 }
 
 fn count(n: usize) -> u32 {
@@ -180,13 +175,11 @@ impl Firewall for FirewallService {
             let this = parse_filter("only", msg.only)?;
             match only {
                 None => only = Some(this),
-                Some(first) if this.is_some() && this != first => {
-                    return Err(invalid(
-                        "only",
-                        "must be the same in every message of the stream (or unset after the first)",
-                    )
-                    .into())
-                }
+                Some(first) if this.is_some() && this != first => return Err(invalid(
+                    "only",
+                    "must be the same in every message of the stream (or unset after the first)",
+                )
+                .into()),
                 Some(_) => {}
             }
             rules.take(&msg.rules)?;
@@ -231,24 +224,26 @@ impl Firewall for FirewallService {
         let filter = parse_filter("action", request.get_ref().action)?;
         let rows = self
             .ctl
-            .read(|s, r| -> Result<Vec<(Ipv4Net, Action, u32, u64)>, ApiError> {
-                let applied = r.firewall();
-                let hits = r
-                    .dataplane()
-                    .firewall()
-                    .all_hits(applied.id_limit())
-                    .map_err(ReconcileError::from)?;
-                Ok(s.firewall
-                    .rules()
-                    .iter()
-                    .filter(|(_, a)| filter.is_none_or(|f| f == **a))
-                    .map(|(net, action)| {
-                        let id = applied.rule(net).map(|e| e.id).unwrap_or_default();
-                        let h = hits.get(id as usize).copied().unwrap_or_default();
-                        (*net, *action, id, h)
-                    })
-                    .collect())
-            })
+            .read(
+                |s, r| -> Result<Vec<(Ipv4Net, Action, u32, u64)>, ApiError> {
+                    let applied = r.firewall();
+                    let hits = r
+                        .dataplane()
+                        .firewall()
+                        .all_hits(applied.id_limit())
+                        .map_err(ReconcileError::from)?;
+                    Ok(s.firewall
+                        .rules()
+                        .iter()
+                        .filter(|(_, a)| filter.is_none_or(|f| f == **a))
+                        .map(|(net, action)| {
+                            let id = applied.rule(net).map(|e| e.id).unwrap_or_default();
+                            let h = hits.get(id as usize).copied().unwrap_or_default();
+                            (*net, *action, id, h)
+                        })
+                        .collect())
+                },
+            )
             .await?;
         let mut rows = rows.into_iter();
         let chunks = std::iter::from_fn(move || {
@@ -299,7 +294,10 @@ mod tests {
         );
         let mut c = Collector::new(10);
         assert_eq!(
-            refusal(&mut c, &[rule("10.0.0.0/8", pb::FirewallAction::Unspecified)]),
+            refusal(
+                &mut c,
+                &[rule("10.0.0.0/8", pb::FirewallAction::Unspecified)]
+            ),
             "rules[0].action: must be BLOCK or ALLOW"
         );
         let mut c = Collector::new(10);
@@ -323,7 +321,9 @@ mod tests {
             .expect("duplicates merge");
         c.take(&[rule("10.1.0.0/16", pb::FirewallAction::Block)])
             .expect("second prefix");
-        assert!(refusal(&mut c, &[rule("10.2.0.0/16", pb::FirewallAction::Block)])
-            .starts_with("rules: more than 2 distinct prefixes"));
+        assert!(
+            refusal(&mut c, &[rule("10.2.0.0/16", pb::FirewallAction::Block)])
+                .starts_with("rules: more than 2 distinct prefixes")
+        );
     }
 }

@@ -46,6 +46,7 @@ impl From<ApiError> for Status {
             ApiError::State(StateError::NotFound(m)) => Status::not_found(m),
             ApiError::State(StateError::AlreadyExists(m)) => Status::already_exists(m),
             ApiError::State(StateError::Unsupported(m)) => Status::unimplemented(m),
+            ApiError::State(StateError::FailedPrecondition(m)) => Status::failed_precondition(m),
             ApiError::Reconcile(ReconcileError::NoFreeId(_)) => {
                 Status::resource_exhausted(e.to_string())
             }
@@ -216,6 +217,40 @@ impl Controller {
         drop(inner);
         self.warm_next_hops().await;
         Ok(out)
+    }
+
+    /// The health checker's input: marks a backend of a VIP up or down in the live view and, if
+    /// that changes anything, makes the maps match the current state again (the VIP's Maglev
+    /// table is rebuilt with or without the backend). Nothing is persisted: health is live.
+    /// Returns whether the view changed; a backend the state no longer has is ignored.
+    pub async fn set_health(
+        &self,
+        vip: &VipKey,
+        addr: std::net::SocketAddrV4,
+        up: bool,
+    ) -> Result<bool, ApiError> {
+        let mut inner = self.inner.lock().await;
+        let inner = &mut *inner;
+        let Some(v) = inner.state.vips.get(vip).filter(|v| v.health.is_checked()) else {
+            return Ok(false);
+        };
+        if !v.backends.contains_key(&addr) || !inner.reconciler.set_backend_health(*vip, addr, up) {
+            return Ok(false);
+        }
+        if let Err(e) = inner.reconciler.reconcile(&inner.state) {
+            // Undo the mark, so that the view still says what the maps hold and the checker,
+            // which keeps the view in line with its counters, tries again next round.
+            inner.reconciler.set_backend_health(*vip, addr, !up);
+            return Err(e.into());
+        }
+        let weighted: Vec<_> = v.backends.iter().filter(|(_, w)| **w > 0).collect();
+        if !up
+            && !weighted.is_empty()
+            && weighted.iter().all(|(a, _)| inner.reconciler.health().is_down(vip, a))
+        {
+            tracing::warn!(%vip, all_down = %v.health.all_down, "{}", crate::health::all_down_note(v.health.all_down));
+        }
+        Ok(true)
     }
 
     /// Reads the state and the reconciler (ids, counters) under the lock.

@@ -1,19 +1,39 @@
-//! The `Stats` gRPC service: per-VIP, per-backend, per-reason and per-verdict counters, summed over CPUs.
+//! The `Stats` gRPC service: per-VIP, per-backend, per-reason and per-verdict counters, summed
+//! over CPUs, as one snapshot (`GetStats`) or as a stream of snapshots (`WatchStats`).
 
+use std::pin::Pin;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::pb::{self, stats_server::Stats};
-use super::{pb_vip_key, ApiError, Controller};
+use super::{invalid, pb_vip_key, ApiError, Controller};
 use crate::dataplane::maps::{reason_name, verdict_name};
+use crate::dataplane::telemetry::clock_ns;
 use crate::dataplane::Counters;
+
+/// Shortest `WatchStats` interval: each snapshot takes the controller's lock briefly.
+pub const MIN_WATCH_INTERVAL_MS: u32 = 100;
+/// Longest `WatchStats` interval.
+pub const MAX_WATCH_INTERVAL_MS: u32 = 60_000;
 
 pub struct StatsService {
     ctl: Controller,
+    stop: Option<watch::Receiver<bool>>,
 }
 
 impl StatsService {
     pub fn new(ctl: Controller) -> Self {
-        Self { ctl }
+        Self { ctl, stop: None }
+    }
+
+    /// Ends every `WatchStats` stream (with `Unavailable`) once `stop` turns true, so that a
+    /// graceful shutdown of the gRPC server does not wait for clients that watch forever.
+    pub fn with_shutdown(mut self, stop: watch::Receiver<bool>) -> Self {
+        self.stop = Some(stop);
+        self
     }
 }
 
@@ -25,74 +45,172 @@ fn pb_counters(c: Counters) -> pb::Counters {
     }
 }
 
+/// One snapshot of every counter (what `GetStats` answers and `WatchStats` streams).
+pub async fn snapshot(ctl: &Controller) -> Result<pb::GetStatsResponse, ApiError> {
+    ctl.read(|state, r| -> Result<pb::GetStatsResponse, ApiError> {
+        let maps = r.dataplane().maps();
+        let dp_err = crate::reconcile::ReconcileError::from;
+        let mut vips = Vec::new();
+        for (key, v) in &state.vips {
+            let Some(id) = r.vip_id(key) else { continue };
+            let mut backends = Vec::new();
+            for (addr, w) in &v.backends {
+                let Some(bid) = r.backend_id(key, addr) else {
+                    continue;
+                };
+                backends.push(pb::BackendStats {
+                    backend: Some(pb::Backend {
+                        address: addr.ip().to_string(),
+                        port: u32::from(addr.port()),
+                        weight: Some(*w),
+                        id: bid,
+                        ..Default::default()
+                    }),
+                    counters: Some(pb_counters(maps.backend_counters(bid).map_err(dp_err)?)),
+                });
+            }
+            vips.push(pb::VipStats {
+                vip: Some(pb_vip_key(key)),
+                counters: Some(pb_counters(maps.vip_counters(id).map_err(dp_err)?)),
+                backends,
+            });
+        }
+        let g = maps.global_counters().map_err(dp_err)?;
+        let monotonic_ns = clock_ns(libc::CLOCK_MONOTONIC);
+        let reasons = g
+            .reasons
+            .iter()
+            .enumerate()
+            .map(|(i, n)| pb::ReasonCount {
+                reason: reason_name(i),
+                packets: *n,
+            })
+            .collect();
+        let verdicts = g
+            .verdicts
+            .iter()
+            .enumerate()
+            .map(|(i, n)| pb::ReasonCount {
+                reason: verdict_name(i).to_string(),
+                packets: *n,
+            })
+            .collect();
+        Ok(pb::GetStatsResponse {
+            vips,
+            reasons,
+            verdicts,
+            monotonic_ns,
+        })
+    })
+    .await
+}
+
+/// The interval of a `WatchStats` request.
+pub fn validate_watch(req: &pb::WatchStatsRequest) -> Result<Duration, ApiError> {
+    let ms = req.interval_ms;
+    if !(MIN_WATCH_INTERVAL_MS..=MAX_WATCH_INTERVAL_MS).contains(&ms) {
+        return Err(invalid(
+            "interval_ms",
+            format!("{ms} is outside {MIN_WATCH_INTERVAL_MS}..={MAX_WATCH_INTERVAL_MS}"),
+        ));
+    }
+    Ok(Duration::from_millis(u64::from(ms)))
+}
+
+/// Sends a snapshot at once and then every `interval` until the client goes away, a snapshot
+/// fails, or `stop` turns true.
+async fn watch_loop(
+    ctl: Controller,
+    interval: Duration,
+    mut stop: Option<watch::Receiver<bool>>,
+    tx: mpsc::Sender<Result<pb::GetStatsResponse, Status>>,
+) {
+    let mut ticks = tokio::time::interval(interval);
+    // A slow client gets fewer snapshots, not a burst of late ones.
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = tx.closed() => return,
+            _ = stopped(&mut stop) => {
+                let _ = tx.send(Err(Status::unavailable("lbd is shutting down"))).await;
+                return;
+            }
+        }
+        let snap = snapshot(&ctl).await.map_err(Status::from);
+        let failed = snap.is_err();
+        if tx.send(snap).await.is_err() || failed {
+            return;
+        }
+    }
+}
+
+/// Resolves once `stop` turns true (never without a stop signal; at once if its sender is gone).
+async fn stopped(stop: &mut Option<watch::Receiver<bool>>) {
+    match stop {
+        Some(rx) => {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+type SnapshotStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::GetStatsResponse, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl Stats for StatsService {
     async fn get_stats(
         &self,
         _request: Request<pb::GetStatsRequest>,
     ) -> Result<Response<pb::GetStatsResponse>, Status> {
-        let resp = self
-            .ctl
-            .read(|state, r| -> Result<pb::GetStatsResponse, ApiError> {
-                let maps = r.dataplane().maps();
-                let mut vips = Vec::new();
-                for (key, v) in &state.vips {
-                    let Some(id) = r.vip_id(key) else { continue };
-                    let mut backends = Vec::new();
-                    for (addr, w) in &v.backends {
-                        let Some(bid) = r.backend_id(key, addr) else {
-                            continue;
-                        };
-                        backends.push(pb::BackendStats {
-                            backend: Some(pb::Backend {
-                                address: addr.ip().to_string(),
-                                port: u32::from(addr.port()),
-                                weight: Some(*w),
-                                id: bid,
-                            }),
-                            counters: Some(pb_counters(
-                                maps.backend_counters(bid)
-                                    .map_err(crate::reconcile::ReconcileError::from)?,
-                            )),
-                        });
-                    }
-                    vips.push(pb::VipStats {
-                        vip: Some(pb_vip_key(key)),
-                        counters: Some(pb_counters(
-                            maps.vip_counters(id)
-                                .map_err(crate::reconcile::ReconcileError::from)?,
-                        )),
-                        backends,
-                    });
-                }
-                let g = maps
-                    .global_counters()
-                    .map_err(crate::reconcile::ReconcileError::from)?;
-                let reasons = g
-                    .reasons
-                    .iter()
-                    .enumerate()
-                    .map(|(i, n)| pb::ReasonCount {
-                        reason: reason_name(i),
-                        packets: *n,
-                    })
-                    .collect();
-                let verdicts = g
-                    .verdicts
-                    .iter()
-                    .enumerate()
-                    .map(|(i, n)| pb::ReasonCount {
-                        reason: verdict_name(i).to_string(),
-                        packets: *n,
-                    })
-                    .collect();
-                Ok(pb::GetStatsResponse {
-                    vips,
-                    reasons,
-                    verdicts,
-                })
-            })
-            .await?;
-        Ok(Response::new(resp))
+        Ok(Response::new(snapshot(&self.ctl).await?))
+    }
+
+    type WatchStatsStream = SnapshotStream;
+
+    async fn watch_stats(
+        &self,
+        request: Request<pb::WatchStatsRequest>,
+    ) -> Result<Response<Self::WatchStatsStream>, Status> {
+        let interval = validate_watch(request.get_ref())?;
+        if self.stop.as_ref().is_some_and(|s| *s.borrow()) {
+            return Err(Status::unavailable("lbd is shutting down"));
+        }
+        let (tx, rx) = mpsc::channel(2);
+        tokio::spawn(watch_loop(
+            self.ctl.clone(),
+            interval,
+            self.stop.clone(),
+            tx,
+        ));
+        tracing::debug!(
+            interval_ms = request.get_ref().interval_ms,
+            "stats watch started"
+        );
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watch_interval_bounds() {
+        let req = |ms| pb::WatchStatsRequest { interval_ms: ms };
+        assert_eq!(
+            validate_watch(&req(100)).expect("lowest"),
+            Duration::from_millis(100)
+        );
+        assert_eq!(
+            validate_watch(&req(60_000)).expect("highest"),
+            Duration::from_secs(60)
+        );
+        for bad in [0, 99, 60_001, u32::MAX] {
+            let e = validate_watch(&req(bad)).expect_err("out of range");
+            assert!(e.to_string().starts_with("interval_ms: "), "{e}");
+            assert_eq!(Status::from(e).code(), tonic::Code::InvalidArgument);
+        }
     }
 }

@@ -4,6 +4,7 @@ use tonic::{Request, Response, Status};
 
 use super::pb::{self, vips_server::Vips};
 use super::{invalid, parse_vip_key, pb_vip_key, ApiError, Controller};
+use crate::health::HealthCheck;
 use crate::state::{Mode, VipKey};
 
 pub struct VipsService {
@@ -33,10 +34,14 @@ pub fn pb_mode(m: Mode) -> pb::ForwardingMode {
     }
 }
 
-fn validate_add(req: &pb::AddVipRequest) -> Result<(VipKey, Mode), ApiError> {
+fn validate_add(req: &pb::AddVipRequest) -> Result<(VipKey, Mode, HealthCheck), ApiError> {
     Ok((
         parse_vip_key("vip", req.vip.as_ref())?,
         parse_mode(req.mode)?,
+        match &req.health {
+            Some(h) => HealthCheck::from_pb(h)?,
+            None => HealthCheck::default(),
+        },
     ))
 }
 
@@ -46,9 +51,20 @@ impl Vips for VipsService {
         &self,
         request: Request<pb::AddVipRequest>,
     ) -> Result<Response<pb::AddVipResponse>, Status> {
-        let (key, mode) = validate_add(request.get_ref())?;
-        self.ctl.change(|s| s.add_vip(key, mode)).await?;
-        tracing::info!(vip = %key, %mode, "vip added");
+        let (key, mode, health) = validate_add(request.get_ref())?;
+        // Logged once, by the reconciler, with the id it handed out ("vip added to the data
+        // plane"): the same line covers VIPs from the config and the state file.
+        let checked = health.to_string();
+        let pb_health = health.to_pb();
+        self.ctl
+            .change(|s| {
+                s.add_vip(key, mode)?;
+                s.set_health(&key, health)
+            })
+            .await?;
+        if pb_health.kind != pb::HealthCheckKind::None as i32 {
+            tracing::info!(vip = %key, health = %checked, "vip health check set");
+        }
         let id = self
             .ctl
             .read(|_, r| r.vip_id(&key).unwrap_or_default())
@@ -59,6 +75,7 @@ impl Vips for VipsService {
                 mode: pb_mode(mode) as i32,
                 id,
                 backends: 0,
+                health: Some(pb_health),
             }),
         }))
     }
@@ -68,8 +85,8 @@ impl Vips for VipsService {
         request: Request<pb::RemoveVipRequest>,
     ) -> Result<Response<pb::RemoveVipResponse>, Status> {
         let key = parse_vip_key("vip", request.get_ref().vip.as_ref())?;
+        // Logged once, by the reconciler ("vip removed from the data plane", with its id).
         self.ctl.change(|s| s.remove_vip(&key)).await?;
-        tracing::info!(vip = %key, "vip removed");
         Ok(Response::new(pb::RemoveVipResponse {}))
     }
 
@@ -91,8 +108,8 @@ impl Vips for VipsService {
                 .map_err(ApiError::from)?;
             check_l2dsr_backends("mode", &backends).await?;
         }
+        let from = self.ctl.read(|s, _| s.vips.get(&key).map(|v| v.mode)).await;
         self.ctl.change(|s| s.set_mode(&key, mode)).await?;
-        tracing::info!(vip = %key, %mode, "vip mode set: new flows use it, tracked flows keep theirs");
         let vip = self
             .ctl
             .read(|s, r| {
@@ -101,10 +118,44 @@ impl Vips for VipsService {
                     mode: pb_mode(v.mode) as i32,
                     id: r.vip_id(&key).unwrap_or_default(),
                     backends: v.backends.len() as u32,
+                    health: Some(v.health.to_pb()),
                 })
             })
             .await;
+        tracing::info!(
+            vip = %key,
+            id = vip.as_ref().map(|v| v.id).unwrap_or_default(),
+            from = %from.map(|m| m.to_string()).unwrap_or_default(),
+            %mode,
+            "vip mode set: new flows use it, tracked flows keep theirs"
+        );
         Ok(Response::new(pb::SetVipModeResponse { vip }))
+    }
+
+    async fn set_vip_health(
+        &self,
+        request: Request<pb::SetVipHealthRequest>,
+    ) -> Result<Response<pb::SetVipHealthResponse>, Status> {
+        let req = request.get_ref();
+        let key = parse_vip_key("vip", req.vip.as_ref())?;
+        let health = req.health.as_ref().ok_or_else(|| invalid("health", "missing"))?;
+        let health = HealthCheck::from_pb(health).map_err(ApiError::from)?;
+        let shown = health.to_string();
+        self.ctl.change(|s| s.set_health(&key, health)).await?;
+        tracing::info!(vip = %key, health = %shown, "vip health check set: backends keep their status, counting starts over");
+        let vip = self
+            .ctl
+            .read(|s, r| {
+                s.vips.get(&key).map(|v| pb::Vip {
+                    key: Some(pb_vip_key(&key)),
+                    mode: pb_mode(v.mode) as i32,
+                    id: r.vip_id(&key).unwrap_or_default(),
+                    backends: v.backends.len() as u32,
+                    health: Some(v.health.to_pb()),
+                })
+            })
+            .await;
+        Ok(Response::new(pb::SetVipHealthResponse { vip }))
     }
 
     async fn list_vips(
@@ -122,6 +173,7 @@ impl Vips for VipsService {
                         mode: pb_mode(v.mode) as i32,
                         id: r.vip_id(key).unwrap_or_default(),
                         backends: v.backends.len() as u32,
+                        health: Some(v.health.to_pb()),
                     })
                     .collect()
             })

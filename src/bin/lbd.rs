@@ -21,6 +21,7 @@ use xdplb::api::pb::firewall_server::FirewallServer;
 use xdplb::api::pb::rate_limits_server::RateLimitsServer;
 use xdplb::api::ratelimit::RateLimitsService;
 use xdplb::config::{self, Config};
+use xdplb::metrics::MetricsServer;
 use xdplb::dataplane::maps::RuntimeConfig;
 use xdplb::dataplane::{Dataplane, LoadOptions};
 use xdplb::persist::StateStore;
@@ -46,6 +47,10 @@ struct Args {
     /// Also serve gRPC over TCP on this address (overrides [api] grpc_listen; keep it on loopback).
     #[arg(long, value_name = "ADDR:PORT")]
     grpc_listen: Option<std::net::SocketAddr>,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics, or "none" for no endpoint
+    /// (overrides [metrics] listen, whose default is 127.0.0.1:9469).
+    #[arg(long, value_name = "ADDR:PORT|none")]
+    metrics_listen: Option<String>,
     /// Directory of the state file (everything set through the API, saved before each change is
     /// acknowledged and restored at start).
     #[arg(long, value_name = "DIR", default_value = "/var/lib/xdplb")]
@@ -97,6 +102,10 @@ fn init_logging(format: LogFormat) {
 
 async fn run(args: Args) -> Result<()> {
     let config = Config::load(&args.config).context("invalid configuration")?;
+    let metrics_listen = match &args.metrics_listen {
+        Some(s) => xdplb::metrics::parse_listen(s).context("--metrics-listen")?,
+        None => config.metrics.listen_addr().context("invalid configuration")?,
+    };
     // The state file, when there is one, wins over the config's [[vip]] tables: it holds every
     // change made through the API since the config seeded the first start.
     let store = StateStore::new(&args.state_dir);
@@ -164,17 +173,30 @@ async fn run(args: Args) -> Result<()> {
     };
     ctl.persist_to(store).await.context("writing the state file")?;
     ctl.warm_next_hops().await;
+    // Probes backends of VIPs with a health check, from this namespace, and marks them up or
+    // down through the controller; stopped before the controller is taken apart.
+    let health = xdplb::health::HealthChecker::spawn(ctl.clone());
 
     let socket = args
         .socket
         .or(config.api.socket.clone())
         .unwrap_or_else(|| PathBuf::from(config::DEFAULT_SOCKET));
-    let served = serve(
-        ctl.clone(),
-        &socket,
-        args.grpc_listen.or(config.api.grpc_listen),
-    )
-    .await;
+    let served = match MetricsServer::start_for(&ctl, metrics_listen).await {
+        Ok(metrics) => {
+            let served = serve(
+                ctl.clone(),
+                &socket,
+                args.grpc_listen.or(config.api.grpc_listen),
+            )
+            .await;
+            if let Some(m) = metrics {
+                m.shutdown().await;
+            }
+            served
+        }
+        Err(e) => Err(e).context("starting the metrics endpoint"),
+    };
+    health.shutdown().await;
 
     if args.detach_on_exit {
         tracing::info!("shutting down: detaching XDP and removing pins (--detach-on-exit)");
@@ -258,7 +280,9 @@ async fn serve(ctl: Controller, socket: &Path, tcp: Option<std::net::SocketAddr>
         Server::builder()
             .add_service(VipsServer::new(VipsService::new(ctl.clone())))
             .add_service(BackendsServer::new(BackendsService::new(ctl.clone())))
-            .add_service(StatsServer::new(StatsService::new(ctl.clone())))
+            .add_service(StatsServer::new(
+                StatsService::new(ctl.clone()).with_shutdown(stop_rx.clone()),
+            ))
             .add_service(FirewallServer::new(FirewallService::new(ctl.clone())))
             .add_service(RateLimitsServer::new(RateLimitsService::new(ctl.clone())))
     };

@@ -33,18 +33,19 @@ pub(super) fn prepare(
         .fw_hits
         .set_max_entries(capacity)
         .map_err(bpf_err("sizing fw_hits"))?;
-    let rodata =
-        open.maps
-            .rodata_data
-            .as_deref_mut()
-            .ok_or_else(|| DataplaneError::Io {
-                what: "setting the firewall scope".into(),
-                source: std::io::Error::other("the program's read-only data is not memory-mapped"),
-            })?;
+    let rodata = open
+        .maps
+        .rodata_data
+        .as_deref_mut()
+        .ok_or_else(|| DataplaneError::Io {
+            what: "setting the firewall scope".into(),
+            source: std::io::Error::other("the program's read-only data is not memory-mapped"),
+        })?;
     rodata.firewall_scope = match scope {
         Scope::Vips => types::fw_scope::FW_SCOPE_VIPS,
         Scope::All => types::fw_scope::FW_SCOPE_ALL,
     };
+    tracing::info!(capacity, %scope, "firewall maps sized");
     Ok(())
 }
 
@@ -139,9 +140,9 @@ impl FirewallMaps<'_> {
                 .iter()
                 .flat_map(|n| bytes_of(&lpm_key(*n)).to_vec())
                 .collect();
-            let batched = self
-                .rules
-                .delete_batch(&keys, chunk.len() as u32, MapFlags::ANY, MapFlags::ANY);
+            let batched =
+                self.rules
+                    .delete_batch(&keys, chunk.len() as u32, MapFlags::ANY, MapFlags::ANY);
             if batched.is_err() {
                 for (i, net) in chunk.iter().enumerate() {
                     match self.rules.delete(bytes_of(&lpm_key(*net))) {
@@ -161,8 +162,26 @@ impl FirewallMaps<'_> {
         Ok(())
     }
 
-    /// The rule stored for exactly `net` (not a longest-prefix match).
+    /// The rule stored for exactly `net`.
+    ///
+    /// A trie lookup is a longest-prefix match among the prefixes no longer than the key's, so
+    /// the entry found for `net` is its own exactly when the same lookup one bit shorter finds
+    /// another rule (rule ids are unique) or none.
     pub fn get(&self, net: Ipv4Net) -> Result<Option<RuleEntry>, DataplaneError> {
+        let Some(found) = self.longest(net)? else {
+            return Ok(None);
+        };
+        let Some(shorter) = net.trunc().supernet() else {
+            return Ok(Some(found)); // a /0 is found only if it is there
+        };
+        match self.longest(shorter)? {
+            Some(other) if other.id == found.id => Ok(None),
+            _ => Ok(Some(found)),
+        }
+    }
+
+    /// The rule of the longest prefix, at most as long as `net`'s, that contains `net`.
+    fn longest(&self, net: Ipv4Net) -> Result<Option<RuleEntry>, DataplaneError> {
         let Some(v) = self
             .rules
             .lookup(bytes_of(&lpm_key(net)), MapFlags::ANY)
@@ -182,9 +201,25 @@ impl FirewallMaps<'_> {
         }))
     }
 
+    /// Every rule in the trie (maps pinned by an earlier lbd hold some at start).
+    pub fn entries(&self) -> Result<Vec<(Ipv4Net, RuleEntry)>, DataplaneError> {
+        let mut out = Vec::new();
+        for key in self.rules.keys() {
+            let k: types::lpm_v4_key = from_bytes(&key);
+            let Ok(net) = Ipv4Net::new(Ipv4Addr::from(k.addr), k.prefixlen.min(32) as u8) else {
+                continue;
+            };
+            // The key is in the trie, so the longest match no longer than it is its own entry.
+            if let Some(entry) = self.longest(net)? {
+                out.push((net, entry));
+            }
+        }
+        Ok(out)
+    }
+
     /// The rule the data plane applies to a packet from `addr` (longest-prefix match).
     pub fn matching(&self, addr: Ipv4Addr) -> Result<Option<RuleEntry>, DataplaneError> {
-        self.get(Ipv4Net::from(addr))
+        self.longest(Ipv4Net::from(addr))
     }
 
     /// Packets rule `id` has decided, summed over CPUs.

@@ -311,7 +311,7 @@ fn replace_pinned_link(path: &Path, prog_fd: i32) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-fn link_xdp(prog_fd: i32, ifindex: u32, flags: u32) -> io::Result<OwnedFd> {
+pub(crate) fn link_xdp(prog_fd: i32, ifindex: u32, flags: u32) -> io::Result<OwnedFd> {
     // SAFETY: an all-zero bpf_link_create_opts is the documented "no options" value; sz is set below.
     let mut opts: libbpf_sys::bpf_link_create_opts = unsafe { std::mem::zeroed() };
     opts.sz = std::mem::size_of::<libbpf_sys::bpf_link_create_opts>() as _;
@@ -328,7 +328,7 @@ fn link_xdp(prog_fd: i32, ifindex: u32, flags: u32) -> io::Result<OwnedFd> {
 
 /// Makes sure `dir` can hold pins: mounts bpffs on /sys/fs/bpf if nothing is mounted there
 /// (as after `ip netns exec`, which remounts /sys), then creates `dir`.
-fn ensure_bpffs(dir: &Path) -> Result<(), DataplaneError> {
+pub(crate) fn ensure_bpffs(dir: &Path) -> Result<(), DataplaneError> {
     let root = Path::new("/sys/fs/bpf");
     if dir.starts_with(root) && !is_bpffs(root) {
         std::fs::create_dir_all(root).map_err(io_err("creating /sys/fs/bpf"))?;
@@ -356,7 +356,7 @@ fn ensure_bpffs(dir: &Path) -> Result<(), DataplaneError> {
     Ok(())
 }
 
-fn is_bpffs(path: &Path) -> bool {
+pub(crate) fn is_bpffs(path: &Path) -> bool {
     nix::sys::statfs::statfs(path)
         .map(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
         .unwrap_or(false)

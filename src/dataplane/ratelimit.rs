@@ -212,19 +212,6 @@ impl RateLimitMaps<'_> {
             .map(|v| entry(&key, &v)))
     }
 
-    /// Forgets every client bucket (every client starts again with a full burst).
-    pub fn clear_clients(&self) -> Result<usize, DataplaneError> {
-        let keys: Vec<Vec<u8>> = self.clients.keys().collect();
-        for key in &keys {
-            match self.clients.delete(key) {
-                Ok(()) => {}
-                Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => {}
-                Err(e) => return Err(bpf_err("deleting a rate-limit bucket")(e)),
-            }
-        }
-        Ok(keys.len())
-    }
-
     /// A handle of its own on `rl_clients`, so that a long walk ([`top_clients`]) can run
     /// without borrowing the data plane (and without holding the controller's lock).
     pub fn clients_handle(&self) -> Result<MapHandle, DataplaneError> {

@@ -141,6 +141,15 @@ impl Telemetry {
         Ok(walk)
     }
 
+    /// Only the live flows of the flow table, by VIP and backend (`lbctl backend list`: when a
+    /// drained backend reaches zero). Walks `ct_fwd` alone; run it off the async runtime.
+    pub fn live_flows(&self) -> Result<Flows, DataplaneError> {
+        match self.maps.get("ct_fwd") {
+            Some(ct_fwd) => Ok(self.flows(ct_fwd)?.1),
+            None => Ok(Flows::default()),
+        }
+    }
+
     /// Counts `ct_fwd` and groups its live entries by VIP and backend.
     fn flows(&self, ct_fwd: &MapHandle) -> Result<(u64, Flows), DataplaneError> {
         let timeouts = self
@@ -393,7 +402,11 @@ fn top_rules(
         let Ok(net) = Ipv4Net::new(k.addr.into(), len) else {
             continue;
         };
-        let action = if rule.action == block { "block" } else { "allow" };
+        let action = if rule.action == block {
+            "block"
+        } else {
+            "allow"
+        };
         by_id.insert(rule.rule_id, (net, action));
     }
     let Some(limit) = by_id.keys().max().map(|m| u64::from(*m) + 1) else {
@@ -456,7 +469,11 @@ fn policies(prefixes: &MapHandle, stats: &MapHandle) -> Result<Vec<PolicyCounts>
             dropped += sum_percpu_u64(cpu, value_size, 1);
         }
         out.push(PolicyCounts {
-            net: if id == 0 { None } else { nets.get(&id).copied() },
+            net: if id == 0 {
+                None
+            } else {
+                nets.get(&id).copied()
+            },
             allowed,
             dropped,
         });
@@ -514,5 +531,115 @@ mod tests {
         let a = clock_ns(libc::CLOCK_MONOTONIC);
         assert!(a > 0);
         assert!(clock_ns(libc::CLOCK_MONOTONIC) >= a);
+    }
+}
+
+#[cfg(test)]
+mod walk_tests {
+    //! Walks of real maps (needs root or CAP_BPF; skipped otherwise).
+    use super::*;
+
+    fn map(t: MapType, key: u32, value: u32, entries: u32) -> Option<MapHandle> {
+        let opts = libbpf_sys::bpf_map_create_opts {
+            sz: std::mem::size_of::<libbpf_sys::bpf_map_create_opts>() as _,
+            map_flags: if t == MapType::LpmTrie {
+                libbpf_sys::BPF_F_NO_PREALLOC
+            } else {
+                0
+            },
+            ..Default::default()
+        };
+        match MapHandle::create(t, Some("walk_test"), key, value, entries, &opts) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                eprintln!("cannot create a BPF map ({e}): skipping");
+                None
+            }
+        }
+    }
+
+    #[test]
+    fn hash_walks_see_every_entry() {
+        for t in [MapType::Hash, MapType::LruHash] {
+            let Some(m) = map(t, 8, 16, 10_000) else {
+                return;
+            };
+            for k in 0..5000u64 {
+                let mut v = [0u8; 16];
+                v[..8].copy_from_slice(&(k * 2).to_ne_bytes());
+                m.update(&k.to_ne_bytes(), &v, MapFlags::ANY)
+                    .expect("insert");
+            }
+            let mut sum = 0u64;
+            let n = for_each_entry(&m, |_, v| {
+                sum += u64::from_ne_bytes(v[..8].try_into().expect("8 bytes"))
+            })
+            .expect("walk");
+            assert_eq!(n, 5000, "{t:?}");
+            assert_eq!(sum, (0..5000u64).map(|k| k * 2).sum::<u64>(), "{t:?}");
+            assert_eq!(count_entries(&m).expect("count"), 5000);
+        }
+    }
+
+    #[test]
+    fn top_rules_join_the_trie_and_the_per_cpu_hits() {
+        let Some(rules) = map(MapType::LpmTrie, 8, 8, 100) else {
+            return;
+        };
+        let Some(hits) = map(MapType::PercpuArray, 4, 8, 100) else {
+            return;
+        };
+        let cpus = libbpf_rs::num_possible_cpus().expect("cpus");
+        let block = types::fw_action::FW_BLOCK.0 as u8;
+        let allow = types::fw_action::FW_ALLOW.0 as u8;
+        // (prefix, rule id, action, hits per CPU)
+        let table: [(&str, u32, u8, u64); 4] = [
+            ("10.0.0.0/8", 3, block, 5),
+            ("10.1.0.0/16", 7, allow, 1),
+            ("192.0.2.0/24", 0, block, 0),
+            ("198.51.100.7/32", 42, block, 9),
+        ];
+        for (net, id, action, per_cpu) in table {
+            let net: Ipv4Net = net.parse().expect("prefix");
+            let key = types::lpm_v4_key {
+                prefixlen: u32::from(net.prefix_len()),
+                addr: net.network().octets(),
+            };
+            let value = types::fw_rule {
+                rule_id: id,
+                action,
+                pad: [0; 3],
+            };
+            rules
+                .update(
+                    super::super::maps::bytes_of(&key),
+                    super::super::maps::bytes_of(&value),
+                    MapFlags::ANY,
+                )
+                .expect("rule");
+            let values = vec![per_cpu.to_ne_bytes().to_vec(); cpus];
+            hits.update_percpu(&id.to_ne_bytes(), &values, MapFlags::ANY)
+                .expect("hits");
+        }
+        assert_eq!(count_entries(&rules).expect("count"), 4);
+        let top = top_rules(&rules, &hits, 2).expect("top rules");
+        let c = cpus as u64;
+        assert_eq!(
+            top,
+            vec![
+                RuleHits {
+                    net: "198.51.100.7/32".parse().expect("prefix"),
+                    action: "block",
+                    packets: 9 * c
+                },
+                RuleHits {
+                    net: "10.0.0.0/8".parse().expect("prefix"),
+                    action: "block",
+                    packets: 5 * c
+                },
+            ]
+        );
+        // Rules without hits are never listed.
+        assert_eq!(top_rules(&rules, &hits, 10).expect("all").len(), 3);
     }
 }

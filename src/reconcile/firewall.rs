@@ -23,6 +23,10 @@ pub struct AppliedFirewall {
     ids: IdPool,
     /// The desired rules last applied in full: the same `Arc` again means nothing to do.
     last: Option<Arc<BTreeMap<Ipv4Net, Action>>>,
+    /// The maps were pinned by an earlier lbd: take over its rules on the first apply.
+    adopt: bool,
+    /// Hit counters of ids not in use may hold counts (of an earlier lbd): zero every id taken.
+    dirty_hits: bool,
 }
 
 impl AppliedFirewall {
@@ -33,6 +37,8 @@ impl AppliedFirewall {
             applied: BTreeMap::new(),
             ids: IdPool::new("firewall rule", capacity),
             last: None,
+            adopt: dp.adopted(),
+            dirty_hits: false,
         }
     }
 
@@ -53,7 +59,14 @@ impl AppliedFirewall {
 
     /// Makes the trie hold `desired`. On error the record of what was applied stays exact, so a
     /// second call (the controller's rollback) finishes or undoes the work.
-    pub(super) fn apply(&mut self, dp: &Dataplane, desired: &Firewall) -> Result<(), ReconcileError> {
+    pub(super) fn apply(
+        &mut self,
+        dp: &Dataplane,
+        desired: &Firewall,
+    ) -> Result<(), ReconcileError> {
+        if self.adopt {
+            self.adopt(dp)?;
+        }
         if self
             .last
             .as_ref()
@@ -105,7 +118,13 @@ impl AppliedFirewall {
             Err(p) => p.done,
         };
         for (net, id, action) in &writes[..done] {
-            self.applied.insert(*net, RuleEntry { id: *id, action: *action });
+            self.applied.insert(
+                *net,
+                RuleEntry {
+                    id: *id,
+                    action: *action,
+                },
+            );
         }
         self.give_back_new(&writes[done..]);
         if let Err(Partial { source, .. }) = written {
@@ -118,11 +137,35 @@ impl AppliedFirewall {
         Ok(())
     }
 
+    /// Takes over the rules in maps pinned by an earlier lbd, with their ids: the firewall keeps
+    /// working across a restart, and the first apply then changes only what differs.
+    fn adopt(&mut self, dp: &Dataplane) -> Result<(), ReconcileError> {
+        let maps = dp.firewall();
+        let mut stale = Vec::new();
+        let mut used = std::collections::HashSet::new();
+        for (net, entry) in maps.entries()? {
+            if (entry.id as usize) < self.capacity && used.insert(entry.id) {
+                self.ids.reserve(entry.id);
+                self.applied.insert(net, entry);
+            } else {
+                stale.push(net);
+            }
+        }
+        if let Err(p) = maps.delete(&stale) {
+            return Err(p.source.into());
+        }
+        self.adopt = false;
+        self.dirty_hits = true;
+        tracing::info!(
+            rules = self.applied.len(),
+            stale = stale.len(),
+            "adopted the firewall rules of pinned maps"
+        );
+        Ok(())
+    }
+
     /// (prefixes to write with their action, prefixes to delete), both in prefix order.
-    fn diff(
-        &self,
-        desired: &BTreeMap<Ipv4Net, Action>,
-    ) -> (Vec<(Ipv4Net, Action)>, Vec<Ipv4Net>) {
+    fn diff(&self, desired: &BTreeMap<Ipv4Net, Action>) -> (Vec<(Ipv4Net, Action)>, Vec<Ipv4Net>) {
         let puts = desired
             .iter()
             .filter(|(net, action)| self.applied.get(net).map(|r| r.action) != Some(**action))
@@ -141,8 +184,8 @@ impl AppliedFirewall {
     fn take_id(&mut self, maps: &FirewallMaps<'_>) -> Result<u32, ReconcileError> {
         let fresh = self.ids.next;
         let id = self.ids.take()?;
-        // Never-used ids still hold the zeroes of the map's creation.
-        if id < fresh {
+        // Never-used ids still hold the zeroes of the map's creation (unless adopted).
+        if id < fresh || self.dirty_hits {
             if let Err(e) = maps.reset_hits(id) {
                 self.ids.give_back(id);
                 return Err(e.into());

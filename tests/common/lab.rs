@@ -223,6 +223,8 @@ impl Lb {
             conntrack_size: 4096,
             pin_dir: None,
             ratelimit_clients: 4096,
+            // The per-CPU hit counters are allocated at load: a million takes a second.
+            firewall_capacity: 4096,
             ..LoadOptions::default()
         })
         .context("loading the XDP program")?;

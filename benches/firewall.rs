@@ -1,0 +1,412 @@
+//! Firewall figures (numbers, never assertions): program load time and map memory by capacity,
+//! how long the reconciler takes to apply 100,000 and 1,000,000 prefixes, and the per-packet
+//! cost of the XDP program (BPF_PROG_TEST_RUN) with 10 vs 1,000,000 prefixes in the trie, for
+//! sources that match no rule and sources that a rule blocks. Needs root:
+//! `cargo bench --bench firewall` (or `scripts/bench-firewall.sh`, which adds the lbctl path).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use ipnet::Ipv4Net;
+use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType, ProgramInput};
+use xdplb::dataplane::maps::RuntimeConfig;
+use xdplb::dataplane::{Dataplane, LoadOptions};
+use xdplb::firewall::{Action, RuleBatch, Scope};
+use xdplb::reconcile::Reconciler;
+use xdplb::skel::types;
+use xdplb::state::{Protocol, State};
+
+use common::lab::{
+    config, setup_net, Lb, Net, BACKEND1, BACKEND2, CLIENT_MAC, RING_SIZE, VETH0_MAC,
+};
+use common::netns::TestNetns;
+use common::packet::{Packet, TCP_SYN};
+
+const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 9), 80);
+const BE1: SocketAddrV4 = SocketAddrV4::new(BACKEND1, 8080);
+const BE2: SocketAddrV4 = SocketAddrV4::new(BACKEND2, 8080);
+
+const MILLION: u32 = 1_000_000;
+/// Runs per source address (one BPF_PROG_TEST_RUN each).
+const RUNS: usize = 2_000;
+/// Distinct source addresses per measurement.
+const SOURCES: usize = 64;
+
+/// xorshift64*: reproducible pseudo-random numbers without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+/// `n` distinct prefixes shaped like a large block list (half /24, a third /32, the rest
+/// /16../23) in 1.0.0.0-99.255.255.255; 100.64.0.0/10 stays free for sources that match nothing.
+fn prefixes(n: usize, seed: u64) -> Vec<Ipv4Net> {
+    let mut rng = Rng(seed);
+    let mut out = BTreeSet::new();
+    while out.len() < n {
+        let r = rng.next();
+        let addr = 0x0100_0000 + (r as u32) % (99 << 24);
+        let len = match (r >> 32) % 6 {
+            0..=2 => 24,
+            3 | 4 => 32,
+            _ => 16 + ((r >> 40) % 8) as u8,
+        };
+        if let Ok(net) = Ipv4Net::new(Ipv4Addr::from(addr), len) {
+            out.insert(net.trunc());
+        }
+    }
+    out.into_iter().collect()
+}
+
+fn batch(nets: &[Ipv4Net]) -> Result<RuleBatch> {
+    let mut b = RuleBatch::default();
+    for (i, n) in nets.iter().enumerate() {
+        b.push(i, *n, Action::Block)?;
+    }
+    Ok(b)
+}
+
+fn load(capacity: u32) -> Result<Dataplane> {
+    let dp = Dataplane::load(&LoadOptions {
+        conntrack_size: 4096,
+        firewall_capacity: capacity,
+        firewall_scope: Scope::All,
+        ..LoadOptions::default()
+    })
+    .context("loading the XDP program")?;
+    dp.maps().write_config(&RuntimeConfig {
+        snat_addr: Ipv4Addr::new(10, 1, 0, 1),
+        snat_ports: (20000, 20999),
+        tcp_timeout: Duration::from_secs(300),
+        tcp_closing_timeout: Duration::from_secs(10),
+        udp_timeout: Duration::from_secs(30),
+        ipip_source: Ipv4Net::new(Ipv4Addr::new(10, 1, 0, 1), 32)?,
+    })?;
+    Ok(dp)
+}
+
+/// `memlock` of this process's map whose fdinfo matches `map_type` and `max_entries` (bytes).
+fn memlock(map_type: u32, max_entries: u32) -> Option<u64> {
+    let fds = std::fs::read_dir("/proc/self/fdinfo").ok()?;
+    fds.flatten().find_map(|e| {
+        let info = std::fs::read_to_string(e.path()).ok()?;
+        let field = |k: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(|v| v.trim().to_string())
+        };
+        (field("map_type:")? == map_type.to_string()
+            && field("max_entries:")? == max_entries.to_string())
+        .then(|| field("memlock:")?.parse().ok())
+        .flatten()
+    })
+}
+
+fn mib(b: Option<u64>) -> String {
+    b.map_or("?".into(), |b| {
+        format!("{:.1} MiB", b as f64 / (1 << 20) as f64)
+    })
+}
+
+/// Mean ns per packet of `frames` (RUNS runs each) received on `ifindex`, and the verdicts.
+///
+/// One run per BPF_PROG_TEST_RUN: with `repeat` > 1 the program would see its own rewrite of
+/// the frame from the second run on (a NATed packet is no longer addressed to the VIP). The
+/// kernel times the program alone (plus a constant clock read), not the syscall.
+fn per_packet(lb: &Lb, ifindex: u32, frames: &[Vec<u8>]) -> Result<(f64, BTreeSet<u32>)> {
+    let mut total = Duration::ZERO;
+    let mut actions = BTreeSet::new();
+    for frame in frames.iter().flat_map(|f| std::iter::repeat_n(f, RUNS)) {
+        let mut ctx = types::xdp_md {
+            data: 0,
+            data_end: frame.len() as u32,
+            ingress_ifindex: ifindex,
+            ..Default::default()
+        };
+        // SAFETY: xdp_md is a repr(C) struct of six u32 (no padding); the slice covers exactly
+        // it and lives no longer than `ctx`.
+        let ctx_bytes = unsafe {
+            std::slice::from_raw_parts_mut(
+                (&mut ctx as *mut types::xdp_md).cast::<u8>(),
+                std::mem::size_of::<types::xdp_md>(),
+            )
+        };
+        let mut out = vec![0u8; frame.len() + 256];
+        let input = ProgramInput {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            context_in: Some(ctx_bytes),
+            repeat: 1,
+            ..Default::default()
+        };
+        let output = lb.rec.dataplane().program().test_run(input)?;
+        total += output.duration;
+        actions.insert(output.return_value);
+    }
+    Ok((
+        total.as_nanos() as f64 / (frames.len() * RUNS) as f64,
+        actions,
+    ))
+}
+
+/// SYNs to the VIP from `sources` (a flow each: later runs take the established-flow path).
+fn syns(sources: &[Ipv4Addr]) -> Vec<Vec<u8>> {
+    sources
+        .iter()
+        .map(|s| {
+            Packet::tcp(
+                CLIENT_MAC,
+                VETH0_MAC,
+                SocketAddrV4::new(*s, 40000),
+                VIP,
+                TCP_SYN,
+            )
+            .build()
+        })
+        .collect()
+}
+
+/// Sources inside 100.64.0.0/10, which no generated prefix covers.
+fn missing_sources(rng: &mut Rng) -> Vec<Ipv4Addr> {
+    (0..SOURCES)
+        .map(|_| Ipv4Addr::from(0x6440_0000 + (rng.next() as u32) % (1 << 22)))
+        .collect()
+}
+
+/// Sources in the gaps between the rules: in the prefixes' range, matching no rule.
+fn gap_sources(lb: &Lb, rng: &mut Rng) -> Result<Vec<Ipv4Addr>> {
+    let fw = lb.rec.dataplane().firewall();
+    let mut out = Vec::with_capacity(SOURCES);
+    while out.len() < SOURCES {
+        let src = Ipv4Addr::from(0x0100_0000 + (rng.next() as u32) % (99 << 24));
+        if fw.matching(src)?.is_none() {
+            out.push(src);
+        }
+    }
+    Ok(out)
+}
+
+/// `SOURCES` addresses inside prefixes picked from `nets` whose longest match in the data plane
+/// is a rule with `action` (a block /16 may hold allow /24s and the other way round).
+fn sources_in(lb: &Lb, nets: &[Ipv4Net], action: Action, rng: &mut Rng) -> Result<Vec<Ipv4Addr>> {
+    let fw = lb.rec.dataplane().firewall();
+    let mut out = Vec::with_capacity(SOURCES);
+    while out.len() < SOURCES {
+        let n = nets[(rng.next() as usize) % nets.len()];
+        let host_bits = 32 - u32::from(n.prefix_len());
+        let offset = if host_bits == 0 {
+            0
+        } else {
+            (rng.next() as u32) & ((1u32 << host_bits) - 1)
+        };
+        let src = Ipv4Addr::from(u32::from(n.network()) | offset);
+        if fw.matching(src)?.is_some_and(|r| r.action == action) {
+            out.push(src);
+        }
+    }
+    Ok(out)
+}
+
+/// The per-packet cases, in the order `packet_costs` measures them.
+const CASES: [&str; 4] = [
+    "no match, empty region (NATed)",
+    "no match, between rules (NATed)",
+    "allowed (NATed)",
+    "blocked",
+];
+
+/// Per-packet figures (ns) with `nets` in the trie, some allow rules, the rest block rules,
+/// for the `CASES`.
+fn packet_costs(net: Net, nets: &[Ipv4Net], rng: &mut Rng) -> Result<[f64; 4]> {
+    let cfg = config((20000, 29999));
+    let dp = Dataplane::load(&LoadOptions {
+        conntrack_size: 4096,
+        firewall_capacity: MILLION,
+        ..LoadOptions::default()
+    })?;
+    dp.maps().write_config(&cfg)?;
+    let mut lb = Lb {
+        rec: Reconciler::new(dp, RING_SIZE),
+        state: State::default(),
+        net,
+        cfg,
+        claimed: BTreeSet::new(),
+    };
+    lb.add_vip(VIP, Protocol::Tcp, &[(BE1, 100), (BE2, 100)])?;
+    // Every k-th prefix is an allow rule (k = 2 for 10 prefixes, 1,000 for a million).
+    let k = (nets.len() / 1000).max(2);
+    let mut b = RuleBatch::default();
+    let (mut allowed, mut blocked) = (Vec::new(), Vec::new());
+    for (i, n) in nets.iter().enumerate() {
+        let action = if i % k == 0 {
+            Action::Allow
+        } else {
+            Action::Block
+        };
+        b.push(i, *n, action)?;
+        match action {
+            Action::Allow => allowed.push(*n),
+            Action::Block => blocked.push(*n),
+        }
+    }
+    lb.state.firewall.add(&b, MILLION as usize)?;
+    lb.reconcile()?;
+    let ifindex = lb.net.veth0;
+    let (miss, a1) = per_packet(&lb, ifindex, &syns(&missing_sources(rng)))?;
+    let (gap, a0) = per_packet(&lb, ifindex, &syns(&gap_sources(&lb, rng)?))?;
+    let allowed = sources_in(&lb, &allowed, Action::Allow, rng)?;
+    let blocked = sources_in(&lb, &blocked, Action::Block, rng)?;
+    let (allow, a2) = per_packet(&lb, ifindex, &syns(&allowed))?;
+    let (block, a3) = per_packet(&lb, ifindex, &syns(&blocked))?;
+    let tx = BTreeSet::from([libbpf_sys::XDP_TX]);
+    ensure!(
+        a0 == tx && a1 == tx && a2 == tx && a3 == BTreeSet::from([libbpf_sys::XDP_DROP]),
+        "unexpected verdicts: no match {a1:?}, allowed {a2:?}, blocked {a3:?}; reasons {:?}",
+        lb.global()?
+            .reasons
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| **n > 0)
+            .map(|(i, n)| format!("{}={n}", xdplb::dataplane::maps::reason_name(i)))
+            .collect::<Vec<_>>()
+    );
+    Ok([miss, gap, allow, block])
+}
+
+fn batch_updates_supported() -> Result<bool> {
+    let opts = libbpf_sys::bpf_map_create_opts {
+        sz: std::mem::size_of::<libbpf_sys::bpf_map_create_opts>() as _,
+        map_flags: libbpf_sys::BPF_F_NO_PREALLOC,
+        ..Default::default()
+    };
+    let m = MapHandle::create(MapType::LpmTrie, Some("fw_probe"), 8, 8, 16, &opts)?;
+    let keys = [24u32.to_ne_bytes(), [10, 0, 0, 0]].concat();
+    Ok(
+        m.update_batch(&keys, &[0u8; 8], 1, MapFlags::ANY, MapFlags::ANY)
+            .is_ok(),
+    )
+}
+
+fn main() -> Result<()> {
+    ensure!(
+        nix_is_root(),
+        "the firewall bench loads BPF programs: run it as root"
+    );
+    let cpus = libbpf_rs::num_possible_cpus()?;
+    println!("firewall bench: {cpus} possible CPUs, {RUNS} runs x {SOURCES} sources per figure");
+    println!(
+        "LPM trie batch updates (BPF_MAP_UPDATE_BATCH): {}",
+        if batch_updates_supported()? {
+            "supported"
+        } else {
+            "not supported (one syscall per prefix)"
+        }
+    );
+
+    // Load time and up-front memory by capacity.
+    for capacity in [4096, MILLION] {
+        let t = Instant::now();
+        let dp = load(capacity)?;
+        let took = t.elapsed();
+        println!(
+            "load, capacity {capacity:>7}: {:>7.1} ms; fw_hits {} (per-CPU, allocated up front), empty fw_v4 {}",
+            took.as_secs_f64() * 1e3,
+            mib(memlock(libbpf_sys::BPF_MAP_TYPE_PERCPU_ARRAY, capacity)),
+            mib(memlock(libbpf_sys::BPF_MAP_TYPE_LPM_TRIE, capacity)),
+        );
+        drop(dp);
+    }
+
+    let million = prefixes(MILLION as usize, 7);
+    let ten: Vec<Ipv4Net> = million.iter().step_by(100_000).copied().collect();
+    let hundred_k: Vec<Ipv4Net> = million.iter().step_by(10).copied().collect();
+
+    // Bulk apply: State change + reconcile, as one AddRules / ReplaceRules does (no gRPC).
+    for nets in [&hundred_k, &million] {
+        let mut rec = Reconciler::new(load(MILLION)?, 4099);
+        let mut state = State::default();
+        let b = batch(nets)?;
+        let t = Instant::now();
+        state.firewall.add(&b, MILLION as usize)?;
+        rec.reconcile(&state)?;
+        let applied = t.elapsed();
+        let trie = memlock(libbpf_sys::BPF_MAP_TYPE_LPM_TRIE, MILLION);
+        // Replace half of the list: the path of `lbctl block load --replace`.
+        let old: BTreeSet<Ipv4Net> = nets.iter().copied().collect();
+        let mut next: Vec<Ipv4Net> = nets[nets.len() / 2..].to_vec();
+        next.extend(
+            prefixes(nets.len() / 2, 99)
+                .into_iter()
+                .filter(|n| !old.contains(n)),
+        );
+        let t = Instant::now();
+        state
+            .firewall
+            .replace(Some(Action::Block), &batch(&next)?, MILLION as usize)?;
+        rec.reconcile(&state)?;
+        let replaced = t.elapsed();
+        let t = Instant::now();
+        let hits = rec
+            .dataplane()
+            .firewall()
+            .all_hits(rec.firewall().id_limit())?;
+        let read = t.elapsed();
+        println!(
+            "{:>9} prefixes: applied in {:>7.1} ms, half replaced in {:>7.1} ms; trie {}; {} hit counters read in {:.1} ms",
+            nets.len(),
+            applied.as_secs_f64() * 1e3,
+            replaced.as_secs_f64() * 1e3,
+            mib(trie),
+            hits.len(),
+            read.as_secs_f64() * 1e3,
+        );
+    }
+
+    // Per packet, through the whole NAT path (FIB lookups need the bench's namespace).
+    let sets: Vec<(String, Vec<Ipv4Net>)> = vec![
+        ("10".into(), ten),
+        ("100,000".into(), hundred_k),
+        ("1,000,000".into(), million),
+    ];
+    let results = TestNetns::run(move |ns| {
+        let net = setup_net(ns)?;
+        let mut rng = Rng(0x5eed_f12e_3a11);
+        let mut out = Vec::new();
+        for (label, nets) in &sets {
+            let costs = packet_costs(net, nets, &mut rng)?;
+            let shown: Vec<String> = CASES
+                .iter()
+                .zip(costs)
+                .map(|(case, ns)| format!("{case} {ns:.1} ns"))
+                .collect();
+            println!("{label:>9} prefixes, per packet: {}", shown.join(", "));
+            out.push((label.clone(), costs));
+        }
+        Ok(out)
+    })?;
+    if let (Some(a), Some(b)) = (results.first(), results.last()) {
+        let ratios: Vec<String> = CASES
+            .iter()
+            .zip(a.1.iter().zip(b.1))
+            .map(|(case, (x, y))| format!("{case} {:.2}x", y / x))
+            .collect();
+        println!("ratio {} vs {} prefixes: {}", b.0, a.0, ratios.join(", "));
+    }
+    Ok(())
+}
+
+fn nix_is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}

@@ -1,0 +1,636 @@
+//! Health checks and draining: the `--health` flags of `vip add` and `vip set-health`, checked
+//! before any RPC, and the `vip set-health`, `backend drain` and `backend undrain` commands.
+
+use std::{io::Write, net::SocketAddrV4, time::Duration};
+
+use clap::Args;
+use serde::Serialize;
+
+use crate::client::{call, Lbd};
+use crate::highargs::{parse_duration, ArgError, HighArgs, VipKey};
+use crate::output::{self, BackendJson, VipJson};
+use crate::pb;
+
+/// Shortest probe interval lbd accepts.
+const MIN_INTERVAL: Duration = Duration::from_millis(100);
+/// Longest probe interval lbd accepts.
+const MAX_INTERVAL: Duration = Duration::from_secs(3600);
+/// Largest rise or fall count lbd accepts.
+const MAX_COUNT: u32 = 100;
+/// Longest HTTP path or UDP payload lbd accepts, in bytes.
+const MAX_PROBE_BYTES: usize = 1024;
+
+pub const VIP_SET_HEALTH_EXAMPLES: &str = "\
+Replaces the whole check: flags left out take their defaults. Backends keep their up/down status.
+Examples:
+  lbctl vip set-health 10.0.0.10:80 --proto tcp --health http:/healthz --fall 2
+  lbctl vip set-health 10.0.0.10:53 --proto udp --health udp --health-interval 500ms --health-timeout 200ms
+  lbctl vip set-health 10.0.0.10:80 --proto tcp --health none";
+
+/// The health-check flags shared by `vip add` and `vip set-health`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct HealthArgs {
+    /// Probe each backend: tcp (connect), http:/PATH (GET, expect --http-status), udp (send
+    /// --udp-payload, expect a reply) or none
+    #[arg(long, value_name = "KIND")]
+    pub health: Option<String>,
+
+    /// Time between two probes of a backend (100ms..1h)
+    #[arg(long, value_name = "DURATION")]
+    pub health_interval: Option<String>,
+
+    /// How long one probe may take (below the interval)
+    #[arg(long, value_name = "DURATION")]
+    pub health_timeout: Option<String>,
+
+    /// Good probes in a row that bring a down backend back (1..100)
+    #[arg(long, value_name = "N")]
+    pub rise: Option<String>,
+
+    /// Failed probes in a row that take a backend out (1..100)
+    #[arg(long, value_name = "N")]
+    pub fall: Option<String>,
+
+    /// When every backend is down: fail-open (keep them all) or drop (new flows are dropped)
+    #[arg(long, value_name = "POLICY")]
+    pub all_down: Option<String>,
+
+    /// HTTP status an http check expects
+    #[arg(long, value_name = "CODE")]
+    pub http_status: Option<String>,
+
+    /// What a udp check sends
+    #[arg(long, value_name = "TEXT")]
+    pub udp_payload: Option<String>,
+}
+
+/// What a probe does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    None,
+    Tcp,
+    Http { path: String, expect_status: u16 },
+    Udp { payload: String },
+}
+
+/// A validated health check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthSpec {
+    pub kind: Kind,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+    /// Drop when every backend is down (else fail open).
+    pub drop_when_all_down: bool,
+}
+
+impl Default for HealthSpec {
+    fn default() -> Self {
+        HealthSpec {
+            kind: Kind::None,
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_millis(500),
+            rise: 2,
+            fall: 3,
+            drop_when_all_down: false,
+        }
+    }
+}
+
+impl HealthSpec {
+    pub fn is_checked(&self) -> bool {
+        self.kind != Kind::None
+    }
+
+    pub fn to_pb(&self) -> pb::HealthCheck {
+        let ms = |d: Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
+        let mut m = pb::HealthCheck {
+            kind: pb::HealthCheckKind::None as i32,
+            interval_ms: ms(self.interval),
+            timeout_ms: ms(self.timeout),
+            rise: self.rise,
+            fall: self.fall,
+            all_down: if self.drop_when_all_down {
+                pb::AllDownPolicy::Drop
+            } else {
+                pb::AllDownPolicy::FailOpen
+            } as i32,
+            ..Default::default()
+        };
+        match &self.kind {
+            Kind::None => {}
+            Kind::Tcp => m.kind = pb::HealthCheckKind::Tcp as i32,
+            Kind::Http {
+                path,
+                expect_status,
+            } => {
+                m.kind = pb::HealthCheckKind::Http as i32;
+                m.http_path = path.clone();
+                m.http_expect_status = u32::from(*expect_status);
+            }
+            Kind::Udp { payload } => {
+                m.kind = pb::HealthCheckKind::Udp as i32;
+                m.udp_payload = payload.clone();
+            }
+        }
+        m
+    }
+}
+
+fn invalid(what: &'static str, value: &str, expected: impl Into<String>) -> ArgError {
+    ArgError {
+        what,
+        value: value.to_owned(),
+        expected: expected.into(),
+    }
+}
+
+/// Checks the health flags. Without `--health`, no other health flag may be given (`vip add`:
+/// the VIP is not checked); `required` makes `--health` mandatory (`vip set-health`).
+pub fn parse(args: &HealthArgs, required: bool) -> Result<HealthSpec, ArgError> {
+    let Some(kind) = args.health.as_deref() else {
+        let given = [
+            ("--health-interval", &args.health_interval),
+            ("--health-timeout", &args.health_timeout),
+            ("--rise", &args.rise),
+            ("--fall", &args.fall),
+            ("--all-down", &args.all_down),
+            ("--http-status", &args.http_status),
+            ("--udp-payload", &args.udp_payload),
+        ]
+        .into_iter()
+        .find_map(|(flag, v)| v.as_deref().map(|v| (flag, v)));
+        if required {
+            return Err(invalid("--health", "", "tcp, http:/PATH, udp or none"));
+        }
+        if let Some((flag, v)) = given {
+            return Err(invalid(flag, v, "--health too (tcp, http:/PATH or udp)"));
+        }
+        return Ok(HealthSpec::default());
+    };
+    let d = HealthSpec::default();
+    let interval = match &args.health_interval {
+        Some(s) => parse_duration("--health-interval", s)?,
+        None => d.interval,
+    };
+    if !(MIN_INTERVAL..=MAX_INTERVAL).contains(&interval) {
+        let s = args.health_interval.as_deref().unwrap_or_default();
+        return Err(invalid("--health-interval", s, "a duration in 100ms..1h"));
+    }
+    let timeout = match &args.health_timeout {
+        Some(s) => parse_duration("--health-timeout", s)?,
+        // The default timeout, but always below a short interval.
+        None => d.timeout.min(interval / 2),
+    };
+    if timeout >= interval {
+        let s = args.health_timeout.as_deref().unwrap_or_default();
+        return Err(invalid(
+            "--health-timeout",
+            s,
+            format!("a duration below the interval ({})", show(interval)),
+        ));
+    }
+    let count = |what: &'static str, v: &Option<String>, default: u32| match v {
+        None => Ok(default),
+        Some(s) => match s.parse::<u32>() {
+            Ok(n) if (1..=MAX_COUNT).contains(&n) => Ok(n),
+            _ => Err(invalid(what, s, format!("an integer in 1..{MAX_COUNT}"))),
+        },
+    };
+    let rise = count("--rise", &args.rise, d.rise)?;
+    let fall = count("--fall", &args.fall, d.fall)?;
+    let drop_when_all_down = match args
+        .all_down
+        .as_deref()
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        None | Some("fail-open") => false,
+        Some("drop") => true,
+        Some(_) => {
+            let s = args.all_down.as_deref().unwrap_or_default();
+            return Err(invalid("--all-down", s, "fail-open or drop"));
+        }
+    };
+    let kind = parse_kind(kind)?;
+    let kind = match kind {
+        Kind::Http { path, .. } => {
+            let expect_status = match &args.http_status {
+                None => 200,
+                Some(s) => match s.parse::<u16>() {
+                    Ok(c) if (100..=599).contains(&c) => c,
+                    _ => return Err(invalid("--http-status", s, "an HTTP status in 100..599")),
+                },
+            };
+            Kind::Http {
+                path,
+                expect_status,
+            }
+        }
+        Kind::Udp { .. } => Kind::Udp {
+            payload: match &args.udp_payload {
+                None => "ping".to_string(),
+                Some(p) if !p.is_empty() && p.len() <= MAX_PROBE_BYTES => p.clone(),
+                Some(p) => {
+                    return Err(invalid(
+                        "--udp-payload",
+                        p,
+                        format!("1..{MAX_PROBE_BYTES} bytes"),
+                    ))
+                }
+            },
+        },
+        other => other,
+    };
+    let misplaced = match &kind {
+        Kind::Http { .. } => args.udp_payload.as_ref().map(|v| ("--udp-payload", v)),
+        Kind::Udp { .. } => args.http_status.as_ref().map(|v| ("--http-status", v)),
+        _ => args
+            .http_status
+            .as_ref()
+            .map(|v| ("--http-status", v))
+            .or(args.udp_payload.as_ref().map(|v| ("--udp-payload", v))),
+    };
+    if let Some((flag, v)) = misplaced {
+        return Err(invalid(
+            flag,
+            v,
+            format!(
+                "a check it applies to (not --health {kind_name})",
+                kind_name = args.health.as_deref().unwrap_or_default()
+            ),
+        ));
+    }
+    Ok(HealthSpec {
+        kind,
+        interval,
+        timeout,
+        rise,
+        fall,
+        drop_when_all_down,
+    })
+}
+
+/// `tcp`, `http:/PATH`, `udp`, `none` (any case for the word).
+fn parse_kind(s: &str) -> Result<Kind, ArgError> {
+    let expected = "tcp, http:/PATH, udp or none";
+    if let Some((word, path)) = s.split_once(':') {
+        if !word.eq_ignore_ascii_case("http") {
+            return Err(invalid("--health", s, expected));
+        }
+        let printable = path.bytes().all(|b| b.is_ascii_graphic());
+        if !path.starts_with('/') || !printable || path.len() > MAX_PROBE_BYTES {
+            return Err(invalid(
+                "--health",
+                s,
+                "http:/PATH with a PATH that starts with '/' (no spaces)",
+            ));
+        }
+        return Ok(Kind::Http {
+            path: path.to_string(),
+            expect_status: 200,
+        });
+    }
+    match s.to_ascii_lowercase().as_str() {
+        "tcp" => Ok(Kind::Tcp),
+        "udp" => Ok(Kind::Udp {
+            payload: String::new(),
+        }),
+        "none" => Ok(Kind::None),
+        "http" => Ok(Kind::Http {
+            path: "/".into(),
+            expect_status: 200,
+        }),
+        _ => Err(invalid("--health", s, expected)),
+    }
+}
+
+fn show(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+/// A health check in one short line: `tcp 1s/500ms 2/3 fail-open`, or `none`.
+pub fn label(h: Option<&pb::HealthCheck>) -> String {
+    let Some(h) = h else {
+        return "none".into();
+    };
+    let kind = match pb::HealthCheckKind::try_from(h.kind) {
+        Ok(pb::HealthCheckKind::None) => return "none".into(),
+        Ok(pb::HealthCheckKind::Tcp) => "tcp".to_string(),
+        Ok(pb::HealthCheckKind::Http) if h.http_expect_status == 200 => {
+            format!("http:{}", h.http_path)
+        }
+        Ok(pb::HealthCheckKind::Http) => format!("http:{}={}", h.http_path, h.http_expect_status),
+        Ok(pb::HealthCheckKind::Udp) => "udp".to_string(),
+        Err(_) => format!("unknown({})", h.kind),
+    };
+    let all_down = match pb::AllDownPolicy::try_from(h.all_down) {
+        Ok(pb::AllDownPolicy::Drop) => "drop",
+        _ => "fail-open",
+    };
+    format!(
+        "{kind} {}/{} rise {} fall {} {all_down}",
+        show(Duration::from_millis(u64::from(h.interval_ms))),
+        show(Duration::from_millis(u64::from(h.timeout_ms))),
+        h.rise,
+        h.fall
+    )
+}
+
+/// The JSON view of a health check.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct HealthJson {
+    /// `none`, `tcp`, `http` or `udp`.
+    pub kind: String,
+    pub interval_ms: u32,
+    pub timeout_ms: u32,
+    pub rise: u32,
+    pub fall: u32,
+    /// `fail-open` or `drop`.
+    pub all_down: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_expect_status: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub udp_payload: Option<String>,
+}
+
+impl From<&pb::HealthCheck> for HealthJson {
+    fn from(h: &pb::HealthCheck) -> Self {
+        let kind = pb::HealthCheckKind::try_from(h.kind);
+        HealthJson {
+            kind: match kind {
+                Ok(pb::HealthCheckKind::None) => "none".into(),
+                Ok(pb::HealthCheckKind::Tcp) => "tcp".into(),
+                Ok(pb::HealthCheckKind::Http) => "http".into(),
+                Ok(pb::HealthCheckKind::Udp) => "udp".into(),
+                Err(_) => format!("unknown({})", h.kind),
+            },
+            interval_ms: h.interval_ms,
+            timeout_ms: h.timeout_ms,
+            rise: h.rise,
+            fall: h.fall,
+            all_down: match pb::AllDownPolicy::try_from(h.all_down) {
+                Ok(pb::AllDownPolicy::Drop) => "drop".into(),
+                _ => "fail-open".into(),
+            },
+            http_path: (kind == Ok(pb::HealthCheckKind::Http)).then(|| h.http_path.clone()),
+            http_expect_status: (kind == Ok(pb::HealthCheckKind::Http))
+                .then_some(h.http_expect_status),
+            udp_payload: (kind == Ok(pb::HealthCheckKind::Udp)).then(|| h.udp_payload.clone()),
+        }
+    }
+}
+
+/// `vip set-health`, `backend drain` and `backend undrain`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthCommand {
+    SetHealth { vip: VipKey, health: HealthSpec },
+    Drain { vip: VipKey, backend: SocketAddrV4 },
+    Undrain { vip: VipKey, backend: SocketAddrV4 },
+}
+
+/// Connects to lbd, performs `cmd` and renders the reply.
+pub async fn run(cmd: &HealthCommand, args: &HighArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    let mut lbd = Lbd::connect(&args.target, args.timeout).await?;
+    let t = args.timeout;
+    let written = match cmd {
+        HealthCommand::SetHealth { vip, health } => {
+            let req = pb::SetVipHealthRequest {
+                vip: Some(vip.to_pb()),
+                health: Some(health.to_pb()),
+            };
+            let resp = call(t, lbd.vips.set_vip_health(req)).await?;
+            let set = resp.vip.unwrap_or_else(|| pb::Vip {
+                key: Some(vip.to_pb()),
+                health: Some(health.to_pb()),
+                ..Default::default()
+            });
+            if args.json {
+                output::write_json(out, &VipJson::from(&set))
+            } else if health.is_checked() {
+                writeln!(
+                    out,
+                    "vip {vip} health check: {}",
+                    label(set.health.as_ref())
+                )
+            } else {
+                writeln!(
+                    out,
+                    "vip {vip} health check: none (every backend counts as up)"
+                )
+            }
+        }
+        HealthCommand::Drain { vip, backend } => {
+            let req = pb::DrainBackendRequest {
+                vip: Some(vip.to_pb()),
+                address: backend.ip().to_string(),
+                port: u32::from(backend.port()),
+            };
+            let resp = call(t, lbd.backends.drain_backend(req)).await?;
+            let b = resp.backend.unwrap_or_default();
+            if args.json {
+                output::write_json(out, &BackendJson::from(&b))
+            } else {
+                writeln!(
+                    out,
+                    "drained backend {backend} of {vip}: no new flows, tracked flows go on \
+                     (watch FLOWS in `lbctl backend list`); undrain restores weight {}",
+                    b.drained_from
+                )
+            }
+        }
+        HealthCommand::Undrain { vip, backend } => {
+            let req = pb::UndrainBackendRequest {
+                vip: Some(vip.to_pb()),
+                address: backend.ip().to_string(),
+                port: u32::from(backend.port()),
+            };
+            let resp = call(t, lbd.backends.undrain_backend(req)).await?;
+            let b = resp.backend.unwrap_or_default();
+            if args.json {
+                output::write_json(out, &BackendJson::from(&b))
+            } else {
+                writeln!(
+                    out,
+                    "undrained backend {backend} of {vip}: weight {}",
+                    b.weight.unwrap_or_default()
+                )
+            }
+        }
+    };
+    written.map_err(anyhow::Error::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(health: Option<&str>) -> HealthArgs {
+        HealthArgs {
+            health: health.map(str::to_string),
+            ..HealthArgs::default()
+        }
+    }
+
+    fn err(a: &HealthArgs, required: bool) -> String {
+        parse(a, required).expect_err("invalid").to_string()
+    }
+
+    #[test]
+    fn kinds_and_defaults() {
+        assert_eq!(parse(&args(None), false), Ok(HealthSpec::default()));
+        assert!(!parse(&args(Some("none")), false)
+            .expect("none")
+            .is_checked());
+        let tcp = parse(&args(Some("TCP")), false).expect("tcp");
+        assert_eq!(tcp.kind, Kind::Tcp);
+        assert_eq!(
+            (tcp.interval, tcp.timeout, tcp.rise, tcp.fall),
+            (Duration::from_secs(1), Duration::from_millis(500), 2, 3)
+        );
+        assert_eq!(
+            parse(&args(Some("http:/healthz?x=1")), false)
+                .expect("http")
+                .kind,
+            Kind::Http {
+                path: "/healthz?x=1".into(),
+                expect_status: 200
+            }
+        );
+        assert_eq!(
+            parse(&args(Some("udp")), false).expect("udp").kind,
+            Kind::Udp {
+                payload: "ping".into()
+            }
+        );
+        let full = HealthArgs {
+            health: Some("http:/ready".into()),
+            health_interval: Some("200ms".into()),
+            health_timeout: Some("150ms".into()),
+            rise: Some("1".into()),
+            fall: Some("5".into()),
+            all_down: Some("drop".into()),
+            http_status: Some("204".into()),
+            udp_payload: None,
+        };
+        let spec = parse(&full, true).expect("all flags");
+        assert_eq!(
+            spec,
+            HealthSpec {
+                kind: Kind::Http {
+                    path: "/ready".into(),
+                    expect_status: 204
+                },
+                interval: Duration::from_millis(200),
+                timeout: Duration::from_millis(150),
+                rise: 1,
+                fall: 5,
+                drop_when_all_down: true,
+            }
+        );
+        let m = spec.to_pb();
+        assert_eq!(
+            (m.kind, m.interval_ms, m.timeout_ms, m.http_expect_status),
+            (pb::HealthCheckKind::Http as i32, 200, 150, 204)
+        );
+        assert_eq!(m.all_down, pb::AllDownPolicy::Drop as i32);
+        let short = HealthArgs {
+            health_interval: Some("200ms".into()),
+            ..args(Some("tcp"))
+        };
+        assert_eq!(
+            parse(&short, false).expect("short interval").timeout,
+            Duration::from_millis(100),
+            "default timeout stays below a short interval"
+        );
+    }
+
+    #[test]
+    fn bad_values_name_the_flag() {
+        assert_eq!(
+            err(&args(Some("icmp")), false),
+            "invalid --health 'icmp': expected tcp, http:/PATH, udp or none"
+        );
+        assert!(
+            err(&args(Some("http:healthz")), false).starts_with("invalid --health 'http:healthz'")
+        );
+        assert!(err(&args(Some("http:/a b")), false).starts_with("invalid --health"));
+        assert!(err(&args(None), true).starts_with("invalid --health ''"));
+        let with = |f: &dyn Fn(&mut HealthArgs)| {
+            let mut a = args(Some("tcp"));
+            f(&mut a);
+            err(&a, false)
+        };
+        assert!(with(&|a| a.health_interval = Some("50ms".into()))
+            .starts_with("invalid --health-interval '50ms'"));
+        assert!(with(&|a| a.health_interval = Some("2h".into()))
+            .starts_with("invalid --health-interval"));
+        assert!(with(&|a| a.health_timeout = Some("1s".into())).starts_with(
+            "invalid --health-timeout '1s': expected a duration below the interval (1s)"
+        ));
+        assert!(with(&|a| a.rise = Some("0".into())).starts_with("invalid --rise '0'"));
+        assert!(with(&|a| a.fall = Some("101".into())).starts_with("invalid --fall '101'"));
+        assert!(
+            with(&|a| a.all_down = Some("close".into())).starts_with("invalid --all-down 'close'")
+        );
+        assert!(
+            with(&|a| a.http_status = Some("200".into())).starts_with("invalid --http-status"),
+            "not an http check"
+        );
+        let mut a = args(Some("http:/"));
+        a.http_status = Some("700".into());
+        assert!(err(&a, false).starts_with("invalid --http-status '700'"));
+        let mut a = args(Some("udp"));
+        a.udp_payload = Some(String::new());
+        assert!(err(&a, false).starts_with("invalid --udp-payload"));
+        let mut a = args(None);
+        a.fall = Some("2".into());
+        assert_eq!(
+            err(&a, false),
+            "invalid --fall '2': expected --health too (tcp, http:/PATH or udp)"
+        );
+    }
+
+    #[test]
+    fn labels() {
+        assert_eq!(label(None), "none");
+        let spec = HealthSpec {
+            kind: Kind::Tcp,
+            ..HealthSpec::default()
+        };
+        assert_eq!(
+            label(Some(&spec.to_pb())),
+            "tcp 1s/500ms rise 2 fall 3 fail-open"
+        );
+        let spec = HealthSpec {
+            kind: Kind::Http {
+                path: "/h".into(),
+                expect_status: 204,
+            },
+            interval: Duration::from_millis(200),
+            timeout: Duration::from_millis(100),
+            drop_when_all_down: true,
+            ..HealthSpec::default()
+        };
+        assert_eq!(
+            label(Some(&spec.to_pb())),
+            "http:/h=204 200ms/100ms rise 2 fall 3 drop"
+        );
+        let j = HealthJson::from(&spec.to_pb());
+        assert_eq!(
+            (
+                j.kind.as_str(),
+                j.http_path.as_deref(),
+                j.udp_payload.as_deref()
+            ),
+            ("http", Some("/h"), None)
+        );
+    }
+}

@@ -1,0 +1,515 @@
+//! DSR test support: the routed topology (a backend behind a router, for IPIP), `lbctl
+//! backend-setup` run inside a backend's namespace and undone when its guard drops, a server that
+//! answers every line of a connection, and the counters that show which way packets went.
+//!
+//! ```text
+//!   ns cli  eth0 10.200.60.2/24, .3/24 --- cli0 [        ] lb0 --- eth0 10.200.60.1/24  ns lb (XDP)
+//!           default via .1                    [  br0   ]          10.200.61.0/24 via .254
+//!                                             [        ] rt0 --- eth0 10.200.60.254/24  ns rt
+//!                                                                 eth1 10.200.61.1/24  (forwarding)
+//!                                                                   |
+//!                                               ns b1  eth0 10.200.61.2/24, default via .1
+//! ```
+//!
+//! The client routes the VIP to the LB; the LB reaches the backend through the router (so the
+//! backend is off-link for L2 DSR); the backend's replies go backend -> router -> client, never
+//! through the LB.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, ErrorKind, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use serde_json::Value;
+
+use crate::netns::{veth, NetNs};
+use crate::peers::MAX_SOCKET_TIMEOUT;
+use crate::procs::{bin_dir, Lbd, CTL_TIMEOUT};
+use crate::topology::{link_to_lb, udp_probe, unique_pin_path};
+
+/// Where `lbctl backend-setup --mode ipip` pins the decap program of interface `dev`.
+pub fn decap_pin_dir(dev: &str) -> PathBuf {
+    PathBuf::from("/sys/fs/bpf/xdplb-decap").join(dev)
+}
+
+// ---------------------------------------------------------------------------------------
+// The routed topology
+
+/// Client, LB and router on one bridge; one backend behind the router on its own subnet.
+/// Namespaces are removed when it drops (backend first, the LB last).
+#[derive(Debug)]
+pub struct RoutedTopology {
+    backend: NetNs,
+    router: NetNs,
+    client: NetNs,
+    bridge: NetNs,
+    lb: NetNs,
+}
+
+impl RoutedTopology {
+    /// The LB's address (also the SNAT address and the IPIP outer source).
+    pub const LB_ADDR: Ipv4Addr = Ipv4Addr::new(10, 200, 60, 1);
+    /// The router's address on the shared segment.
+    pub const ROUTER_ADDR: Ipv4Addr = Ipv4Addr::new(10, 200, 60, 254);
+    /// The backend, behind the router.
+    pub const BACKEND_ADDR: Ipv4Addr = Ipv4Addr::new(10, 200, 61, 2);
+    /// The client's two addresses.
+    pub const CLIENT_ADDRS: [Ipv4Addr; 2] =
+        [Ipv4Addr::new(10, 200, 60, 2), Ipv4Addr::new(10, 200, 60, 3)];
+
+    /// Builds it (see the module picture) and resolves the LB's neighbours.
+    pub fn build() -> Result<RoutedTopology> {
+        let lb = NetNs::new("lb")?;
+        let client = NetNs::new("cli")?;
+        let bridge = NetNs::new("br")?;
+        let router = NetNs::new("rt")?;
+        let backend = NetNs::new("b1")?;
+
+        bridge.ip(&["link", "add", "br0", "type", "bridge"])?;
+        bridge.ip(&["link", "set", "br0", "up"])?;
+
+        lb.sysctl("net.ipv4.ip_forward", "1")?;
+        lb.sysctl("net.ipv4.conf.all.rp_filter", "0")?;
+        lb.sysctl("net.ipv4.conf.default.rp_filter", "0")?;
+        link_to_lb(&lb, "eth0", &bridge, "lb0")?;
+        bridge.ip(&["link", "set", "lb0", "master", "br0"])?;
+        lb.ip(&["addr", "add", "10.200.60.1/24", "dev", "eth0"])?;
+
+        veth(&client, "eth0", &bridge, "cli0")?;
+        bridge.ip(&["link", "set", "cli0", "master", "br0"])?;
+        client.ip(&["addr", "add", "10.200.60.2/24", "dev", "eth0"])?;
+        client.ip(&["addr", "add", "10.200.60.3/24", "dev", "eth0"])?;
+        client.ip(&["route", "add", "default", "via", "10.200.60.1"])?;
+
+        // The router forwards the backend's replies, whose source (the VIP) it has no route
+        // for: reverse-path filtering off.
+        router.sysctl("net.ipv4.ip_forward", "1")?;
+        router.sysctl("net.ipv4.conf.all.rp_filter", "0")?;
+        router.sysctl("net.ipv4.conf.default.rp_filter", "0")?;
+        veth(&router, "eth0", &bridge, "rt0")?;
+        bridge.ip(&["link", "set", "rt0", "master", "br0"])?;
+        router.ip(&["addr", "add", "10.200.60.254/24", "dev", "eth0"])?;
+        veth(&router, "eth1", &backend, "eth0")?;
+        router.ip(&["addr", "add", "10.200.61.1/24", "dev", "eth1"])?;
+        for ifname in ["eth0", "eth1"] {
+            router.sysctl(&format!("net.ipv4.conf.{ifname}.rp_filter"), "0")?;
+        }
+
+        backend.ip(&["addr", "add", "10.200.61.2/24", "dev", "eth0"])?;
+        backend.ip(&["route", "add", "default", "via", "10.200.61.1"])?;
+        lb.ip(&["route", "add", "10.200.61.0/24", "via", "10.200.60.254"])?;
+
+        let topo = RoutedTopology {
+            backend,
+            router,
+            client,
+            bridge,
+            lb,
+        };
+        let mut targets = Self::CLIENT_ADDRS.to_vec();
+        targets.extend([Self::ROUTER_ADDR, Self::BACKEND_ADDR]);
+        topo.lb
+            .run(|| targets.iter().try_for_each(|t| udp_probe(*t)))??;
+        Ok(topo)
+    }
+
+    pub fn lb(&self) -> &NetNs {
+        &self.lb
+    }
+
+    pub fn client(&self) -> &NetNs {
+        &self.client
+    }
+
+    pub fn router(&self) -> &NetNs {
+        &self.router
+    }
+
+    pub fn bridge(&self) -> &NetNs {
+        &self.bridge
+    }
+
+    pub fn backend(&self) -> &NetNs {
+        &self.backend
+    }
+
+    /// An lbd configuration: XDP on the LB's `eth0`, SNAT (and IPIP source) 10.200.60.1.
+    pub fn lbd_config(&self) -> String {
+        crate::topology::lbd_config(&["eth0".to_string()], &unique_pin_path(), Self::LB_ADDR)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// lbctl inside a namespace, and backend-setup guards
+
+/// What a finished lbctl run printed.
+#[derive(Debug, Clone)]
+pub struct CtlOutput {
+    /// The exit code (None: killed by a signal).
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CtlOutput {
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+}
+
+/// Runs `nsenter --net=<ns> lbctl args...` (nsenter, not `ip netns exec`, which would hide
+/// /sys/fs/bpf) for at most [`CTL_TIMEOUT`]; any exit code is returned, not turned into an error.
+pub fn lbctl_in(ns: &NetNs, args: &[&str]) -> Result<CtlOutput> {
+    let lbctl = bin_dir()?.join("lbctl");
+    if !lbctl.is_file() {
+        bail!(
+            "{} not found: build it first (`cargo build -p lbctl`)",
+            lbctl.display()
+        );
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("xdplb-lbctl-")
+        .tempdir()
+        .context("temporary directory for lbctl's output")?;
+    let (out_path, err_path) = (dir.path().join("out"), dir.path().join("err"));
+    let mut child = Command::new("nsenter")
+        .arg(format!("--net={}", ns.path().display()))
+        .arg(&lbctl)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(File::create(&out_path)?)
+        .stderr(File::create(&err_path)?)
+        .spawn()
+        .with_context(|| format!("spawning lbctl in {}", ns.name()))?;
+    let deadline = Instant::now() + CTL_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().context("polling lbctl")? {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "`lbctl {}` in {} did not finish within {CTL_TIMEOUT:?}",
+                args.join(" "),
+                ns.name()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Ok(CtlOutput {
+        code: status.code(),
+        stdout: std::fs::read_to_string(&out_path).unwrap_or_default(),
+        stderr: std::fs::read_to_string(&err_path).unwrap_or_default(),
+    })
+}
+
+/// A backend prepared with `lbctl backend-setup`; dropping it runs `--undo` (a failure there is
+/// only printed). Drop it before its namespace.
+#[derive(Debug)]
+pub struct BackendSetup {
+    ns_path: PathBuf,
+    ns_name: String,
+    args: Vec<String>,
+    /// What `backend-setup` printed.
+    pub output: String,
+    armed: bool,
+}
+
+/// Runs `lbctl backend-setup --vip VIP --mode MODE --dev DEV` in `ns`; it must succeed.
+pub fn backend_setup(ns: &NetNs, vip: Ipv4Addr, mode: &str, dev: &str) -> Result<BackendSetup> {
+    let args: Vec<String> = [
+        "backend-setup",
+        "--vip",
+        &vip.to_string(),
+        "--mode",
+        mode,
+        "--dev",
+        dev,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = lbctl_in(ns, &argv)?;
+    if !out.success() {
+        bail!(
+            "`lbctl {}` in {} failed ({:?})\nstdout: {}\nstderr: {}",
+            argv.join(" "),
+            ns.name(),
+            out.code,
+            out.stdout.trim(),
+            out.stderr.trim()
+        );
+    }
+    Ok(BackendSetup {
+        ns_path: ns.path(),
+        ns_name: ns.name().to_string(),
+        args,
+        output: out.stdout,
+        armed: true,
+    })
+}
+
+impl BackendSetup {
+    fn run_undo(&self) -> Result<String> {
+        let lbctl = bin_dir()?.join("lbctl");
+        let out = Command::new("nsenter")
+            .arg(format!("--net={}", self.ns_path.display()))
+            .arg(&lbctl)
+            .args(&self.args)
+            .arg("--undo")
+            .stdin(Stdio::null())
+            .output()
+            .context("running lbctl backend-setup --undo")?;
+        if !out.status.success() {
+            bail!(
+                "`lbctl {} --undo` in {} failed ({}): {}",
+                self.args.join(" "),
+                self.ns_name,
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Makes dropping it do nothing (another guard undoes the same setup).
+    pub fn disarm(&mut self) {
+        self.armed = false;
+    }
+
+    /// Runs `--undo` now and returns what it printed.
+    pub fn undo(mut self) -> Result<String> {
+        self.armed = false;
+        self.run_undo()
+    }
+}
+
+impl Drop for BackendSetup {
+    fn drop(&mut self) {
+        if self.armed {
+            if let Err(e) = self.run_undo() {
+                eprintln!("warning: {e:#}");
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// A server answering every line
+
+/// A TCP server answering each line of a connection with `"<name> <peer>\n"` until the client
+/// closes; dropping it stops its loop and joins the thread (within ~50 ms).
+pub struct LineServer {
+    stop: Arc<AtomicBool>,
+    answered: Arc<AtomicUsize>,
+    peers: Arc<Mutex<Vec<SocketAddr>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl LineServer {
+    /// Listens on `addr` inside `ns`.
+    pub fn start(ns: &NetNs, addr: SocketAddrV4, name: &str) -> Result<LineServer> {
+        let listener = ns
+            .run(|| TcpListener::bind(addr))?
+            .with_context(|| format!("binding TCP {addr} in {}", ns.name()))?;
+        listener.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let answered = Arc::new(AtomicUsize::new(0));
+        let peers = Arc::new(Mutex::new(Vec::new()));
+        let thread = {
+            let (stop, answered, peers) = (stop.clone(), answered.clone(), peers.clone());
+            let name = name.to_string();
+            std::thread::Builder::new()
+                .name(format!("lines-{name}"))
+                .spawn(move || accept_loop(&listener, &name, &stop, &answered, &peers))
+                .context("spawning the line server thread")?
+        };
+        Ok(LineServer {
+            stop,
+            answered,
+            peers,
+            thread: Some(thread),
+        })
+    }
+
+    /// Lines answered so far, over all connections.
+    pub fn answered(&self) -> usize {
+        self.answered.load(Ordering::SeqCst)
+    }
+
+    /// The peer address of each accepted connection, in order.
+    pub fn peers(&self) -> Vec<SocketAddr> {
+        self.peers.lock().map(|p| p.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for LineServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                eprintln!("warning: line server panicked");
+            }
+        }
+    }
+}
+
+fn accept_loop(
+    listener: &TcpListener,
+    name: &str,
+    stop: &Arc<AtomicBool>,
+    answered: &Arc<AtomicUsize>,
+    peers: &Arc<Mutex<Vec<SocketAddr>>>,
+) {
+    while !stop.load(Ordering::SeqCst) {
+        let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+        if !matches!(poll(&mut fds, PollTimeout::from(50u16)), Ok(n) if n > 0) {
+            continue;
+        }
+        match listener.accept() {
+            Ok((stream, peer)) => {
+                if let Ok(mut p) = peers.lock() {
+                    p.push(peer);
+                }
+                let (stop, answered) = (stop.clone(), answered.clone());
+                let conn_name = name.to_string();
+                let spawned = std::thread::Builder::new()
+                    .name(format!("lines-{name}-conn"))
+                    .spawn(move || {
+                        if let Err(e) = serve_lines(stream, peer, &conn_name, &stop, &answered) {
+                            eprintln!("line server {conn_name}: connection from {peer}: {e:#}");
+                        }
+                    });
+                if let Err(e) = spawned {
+                    eprintln!("line server {name}: spawning a connection thread: {e}");
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            Err(e) => eprintln!("line server {name}: accept: {e}"),
+        }
+    }
+}
+
+fn serve_lines(
+    stream: TcpStream,
+    peer: SocketAddr,
+    name: &str,
+    stop: &AtomicBool,
+    answered: &AtomicUsize,
+) -> Result<()> {
+    stream.set_nonblocking(false)?;
+    // Short reads so the thread notices `stop`; an idle connection may stay open for long.
+    stream.set_read_timeout(Some(Duration::from_millis(200)))?;
+    stream.set_write_timeout(Some(MAX_SOCKET_TIMEOUT))?;
+    let mut reader = BufReader::new(&stream);
+    let mut line = String::new();
+    while !stop.load(Ordering::SeqCst) {
+        match reader.read_line(&mut line) {
+            Ok(0) => return Ok(()),
+            Ok(_) if line.ends_with('\n') => {
+                answered.fetch_add(1, Ordering::SeqCst);
+                (&stream)
+                    .write_all(format!("{name} {peer}\n").as_bytes())
+                    .context("writing the answer")?;
+                line.clear();
+            }
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) => return Err(e).context("reading a line"),
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Counters
+
+/// (rx_packets, tx_packets) of `ifname` inside `ns`, from `ip -s -j link show`.
+pub fn link_packets(ns: &NetNs, ifname: &str) -> Result<(u64, u64)> {
+    let out = ns.ip(&["-s", "-j", "link", "show", "dev", ifname])?;
+    let v: Value = serde_json::from_str(&out)
+        .with_context(|| format!("`ip -s -j link show {ifname}` printed no JSON: {out}"))?;
+    let stats = &v[0]["stats64"];
+    let get = |dir: &str| {
+        stats[dir]["packets"]
+            .as_u64()
+            .with_context(|| format!("no {dir} packets for {ifname} in {out}"))
+    };
+    Ok((get("rx")?, get("tx")?))
+}
+
+/// The LB's global counters from `lbctl --json stats`: packets per reason and per verdict.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LbCounters {
+    pub reasons: BTreeMap<String, u64>,
+    pub verdicts: BTreeMap<String, u64>,
+}
+
+impl LbCounters {
+    /// Reads them through `lbctl --json stats`.
+    pub fn read(lbd: &Lbd) -> Result<LbCounters> {
+        let stats = lbd.ctl_json(&["stats"])?;
+        let table = |key: &str| -> Result<BTreeMap<String, u64>> {
+            let rows = stats[key]
+                .as_array()
+                .with_context(|| format!("no {key} array in {stats}"))?;
+            Ok(rows
+                .iter()
+                .filter_map(|r| Some((r["reason"].as_str()?.to_string(), r["packets"].as_u64()?)))
+                .collect())
+        };
+        Ok(LbCounters {
+            reasons: table("reasons")?,
+            verdicts: table("verdicts")?,
+        })
+    }
+
+    /// Packets counted with `reason` (e.g. `tx_l2dsr`).
+    pub fn reason(&self, reason: &str) -> u64 {
+        self.reasons.get(reason).copied().unwrap_or(0)
+    }
+
+    /// Packets that got `verdict` (e.g. `XDP_TX`).
+    pub fn verdict(&self, verdict: &str) -> u64 {
+        self.verdicts.get(verdict).copied().unwrap_or(0)
+    }
+
+    /// Every packet the program saw (the sum of the verdicts).
+    pub fn seen(&self) -> u64 {
+        self.verdicts.values().sum()
+    }
+
+    /// Packets sent on by the program (XDP_TX + XDP_REDIRECT).
+    pub fn forwarded(&self) -> u64 {
+        self.verdict("XDP_TX") + self.verdict("XDP_REDIRECT")
+    }
+
+    /// The counts since `earlier`.
+    pub fn since(&self, earlier: &LbCounters) -> LbCounters {
+        let delta = |now: &BTreeMap<String, u64>, then: &BTreeMap<String, u64>| {
+            now.iter()
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        v.saturating_sub(then.get(k).copied().unwrap_or(0)),
+                    )
+                })
+                .collect()
+        };
+        LbCounters {
+            reasons: delta(&self.reasons, &earlier.reasons),
+            verdicts: delta(&self.verdicts, &earlier.verdicts),
+        }
+    }
+}

@@ -1,0 +1,851 @@
+//! Health checks and draining, end to end: lbd probes the backends from the LB's namespace, a
+//! backend whose server dies leaves the Maglev table within `interval x fall` and comes back after
+//! `rise` good probes; every-backend-down follows the VIP's policy (drop or fail-open); a drained
+//! backend keeps its open connections while new ones go elsewhere, and `backend list` counts its
+//! flows down to zero. NAT in both topologies, L2 DSR on the LB's segment, IPIP behind a router.
+//! Run as root: `cargo test -p xdplb-integration --test health -- --test-threads=1`.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use xdplb_integration::dsr::{backend_setup, BackendSetup, LbCounters, LineServer, RoutedTopology};
+use xdplb_integration::{
+    tcp_connect, tcp_exchange, tcp_name_server, tcp_request, tcp_requests, udp_name_server,
+    udp_requests, Lbd, NetNs, Proto, Reply, ServerHandle, Topology, VIP,
+};
+
+const TIMEOUT: Duration = Duration::from_secs(2);
+/// Bound on one batch of requests, whatever happens.
+const BATCH_LIMIT: Duration = Duration::from_secs(60);
+/// The checks of these tests: fast, so the tests are.
+const INTERVAL: Duration = Duration::from_millis(200);
+const PROBE_TIMEOUT: Duration = Duration::from_millis(100);
+const RISE: u32 = 2;
+const FALL: u32 = 3;
+/// On top of the bound the check promises: the checker's 50 ms tick, the reconcile, and lbctl
+/// starting up for every poll.
+const SLACK: Duration = Duration::from_millis(1200);
+/// How long a state may take to show at all before a test gives up.
+const WAIT_LIMIT: Duration = Duration::from_secs(15);
+const NAT_PORT: u16 = 8080;
+
+fn vip_tcp() -> SocketAddrV4 {
+    SocketAddrV4::new(VIP, 80)
+}
+
+/// `--health KIND` with this file's interval, timeout, rise and fall, plus `extra`.
+fn health_flags<'a>(kind: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec![
+        "--health",
+        kind,
+        "--health-interval",
+        "200ms",
+        "--health-timeout",
+        "100ms",
+        "--rise",
+        "2",
+        "--fall",
+        "3",
+    ];
+    v.extend_from_slice(extra);
+    v
+}
+
+fn vip_add(lbd: &Lbd, vip: SocketAddrV4, proto: Proto, mode: &str, health: &[&str]) {
+    let vip = vip.to_string();
+    let mut args = vec![
+        "vip",
+        "add",
+        vip.as_str(),
+        "--proto",
+        proto.as_str(),
+        "--mode",
+        mode,
+    ];
+    args.extend_from_slice(health);
+    lbd.ctl(&args).expect("lbctl vip add");
+}
+
+/// One row of `lbctl --json backend list`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Row {
+    weight: u64,
+    health: String,
+    flows: u64,
+    drained_from: Option<u64>,
+}
+
+fn backends(lbd: &Lbd, vip: SocketAddrV4, proto: Proto) -> Result<BTreeMap<SocketAddrV4, Row>> {
+    let v = lbd.ctl_json(&[
+        "backend",
+        "list",
+        "--vip",
+        &vip.to_string(),
+        "--proto",
+        proto.as_str(),
+    ])?;
+    let mut rows = BTreeMap::new();
+    for b in v["backends"].as_array().context("no backends array")? {
+        let ip: Ipv4Addr = b["address"].as_str().context("address")?.parse()?;
+        let port = u16::try_from(b["port"].as_u64().context("port")?)?;
+        rows.insert(
+            SocketAddrV4::new(ip, port),
+            Row {
+                weight: b["weight"].as_u64().context("weight")?,
+                health: b["health"].as_str().context("health")?.to_string(),
+                flows: b["tracked_flows"].as_u64().context("tracked_flows")?,
+                drained_from: b["drained_from"].as_u64(),
+            },
+        );
+    }
+    Ok(rows)
+}
+
+/// Polls `backend list` until `done` holds; returns how long that took. Panics after `limit`,
+/// showing the last listing and lbd's log.
+fn wait_for(
+    lbd: &Lbd,
+    vip: SocketAddrV4,
+    proto: Proto,
+    what: &str,
+    limit: Duration,
+    done: impl Fn(&BTreeMap<SocketAddrV4, Row>) -> bool,
+) -> Duration {
+    let start = Instant::now();
+    let mut last = None;
+    while start.elapsed() < limit {
+        match backends(lbd, vip, proto) {
+            Ok(rows) if done(&rows) => return start.elapsed(),
+            Ok(rows) => last = Some(rows),
+            Err(e) => eprintln!("backend list: {e:#}"),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!(
+        "{what}: not within {limit:?}; last backend list: {last:#?}\nlbd log:\n{}",
+        lbd.log_text()
+    );
+}
+
+fn health_of(rows: &BTreeMap<SocketAddrV4, Row>, be: SocketAddrV4) -> &str {
+    rows.get(&be).map_or("<missing>", |r| r.health.as_str())
+}
+
+/// Asserts that there are `count` results and all are Ok; shows the first errors otherwise.
+fn all_ok(results: Vec<Result<Reply>>, count: usize) -> Vec<Reply> {
+    let total = results.len();
+    let (ok, errs): (Vec<_>, Vec<_>) = results.into_iter().partition(|r| r.is_ok());
+    let errs: Vec<String> = errs
+        .into_iter()
+        .filter_map(|r| r.err())
+        .take(5)
+        .map(|e| format!("{e:#}"))
+        .collect();
+    assert!(
+        total == count && errs.is_empty(),
+        "{} of {count} requests answered ({total} attempted within the time limit); first errors:\n{}",
+        ok.len(),
+        errs.join("\n")
+    );
+    ok.into_iter().filter_map(Result::ok).collect()
+}
+
+fn tcp_batch(client: &NetNs, vip: SocketAddrV4, count: usize) -> BTreeMap<String, usize> {
+    let results =
+        tcp_requests(client, None, vip, count, TIMEOUT, BATCH_LIMIT).expect("client runs");
+    count_by_name(&all_ok(results, count))
+}
+
+fn count_by_name(replies: &[Reply]) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for r in replies {
+        *counts.entry(r.name.clone()).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// The bound a check promises for taking a dead backend out: `fall` probes, one interval apart,
+/// the last of which may take the whole timeout.
+fn down_bound() -> Duration {
+    INTERVAL * FALL + PROBE_TIMEOUT + SLACK
+}
+
+fn up_bound() -> Duration {
+    INTERVAL * RISE + PROBE_TIMEOUT + SLACK
+}
+
+/// Kills the server of backend `victim` (`servers[victim]`), checks that it is marked down within
+/// the bound and gets no new connection while the others answer every one; restarts it with
+/// `restart` and checks that it comes back within `rise` probes and gets connections again.
+fn kill_and_restart(
+    lbd: &Lbd,
+    client: &NetNs,
+    vip: SocketAddrV4,
+    servers: &mut [Option<ServerHandle>],
+    addrs: &[SocketAddrV4],
+    victim: usize,
+    restart: impl Fn() -> ServerHandle,
+) {
+    let before = tcp_batch(client, vip, 90);
+    assert_eq!(
+        before.len(),
+        addrs.len(),
+        "every backend answers at first: {before:?}"
+    );
+    let name = servers[victim]
+        .as_ref()
+        .map(|s| s.name().to_string())
+        .expect("victim runs");
+    let be = addrs[victim];
+
+    servers[victim] = None; // the server stops listening: probes are refused
+    let took = wait_for(
+        lbd,
+        vip,
+        Proto::Tcp,
+        "backend marked down",
+        WAIT_LIMIT,
+        |rows| health_of(rows, be) == "down",
+    );
+    eprintln!("{be} marked down {took:?} after its server stopped");
+    assert!(
+        took <= down_bound(),
+        "{be} went down after {took:?}, the bound is {:?}",
+        down_bound()
+    );
+    let rows = backends(lbd, vip, Proto::Tcp).expect("backend list");
+    for (addr, row) in &rows {
+        if *addr != be {
+            assert_eq!(row.health, "up", "{addr}: {rows:?}");
+        }
+    }
+
+    let during = tcp_batch(client, vip, 90);
+    assert_eq!(
+        during.get(&name),
+        None,
+        "{name} got connections while down: {during:?}"
+    );
+    assert_eq!(
+        during.len(),
+        addrs.len() - 1,
+        "the others all answer: {during:?}"
+    );
+
+    servers[victim] = Some(restart());
+    let took = wait_for(
+        lbd,
+        vip,
+        Proto::Tcp,
+        "backend back up",
+        WAIT_LIMIT,
+        |rows| health_of(rows, be) == "up",
+    );
+    eprintln!("{be} back up {took:?} after its server returned");
+    assert!(
+        took <= up_bound(),
+        "{be} came back after {took:?}, the bound is {:?}",
+        up_bound()
+    );
+    let after = tcp_batch(client, vip, 90);
+    assert!(
+        after.get(&name).is_some_and(|n| *n > 0),
+        "{name} gets connections again: {after:?}"
+    );
+
+    let log = lbd.log_text();
+    assert!(
+        log.contains("backend health changed: out of the Maglev table")
+            && log.contains(&be.to_string()),
+        "the down transition is logged:\n{log}"
+    );
+    assert!(
+        log.contains("backend health changed: back in the Maglev table"),
+        "the up transition is logged:\n{log}"
+    );
+}
+
+/// NAT, two-arm: TCP checks on three backends; one dies and returns.
+#[test]
+fn nat_tcp_check_takes_a_dead_backend_out_and_back() {
+    let topo = Topology::two_arm(3).expect("topology");
+    let addrs: Vec<SocketAddrV4> = topo
+        .backends()
+        .iter()
+        .map(|b| SocketAddrV4::new(b.addr, NAT_PORT))
+        .collect();
+    let mut servers: Vec<Option<ServerHandle>> = topo
+        .backends()
+        .iter()
+        .zip(&addrs)
+        .map(|(b, a)| Some(tcp_name_server(&b.ns, *a, &format!("b{}", b.index)).expect("server")))
+        .collect();
+    let lbd = Lbd::start(topo.lb(), &topo.lbd_config()).expect("lbd starts");
+    vip_add(
+        &lbd,
+        vip_tcp(),
+        Proto::Tcp,
+        "nat",
+        &health_flags("tcp", &[]),
+    );
+    for a in &addrs {
+        lbd.add_backend(vip_tcp(), Proto::Tcp, *a)
+            .expect("add backend");
+    }
+    let list = lbd.ctl(&["vip", "list"]).expect("vip list");
+    assert!(
+        list.contains("tcp 200ms/100ms rise 2 fall 3 fail-open"),
+        "{list}"
+    );
+
+    let b2 = &topo.backend(2).ns;
+    kill_and_restart(
+        &lbd,
+        topo.client(),
+        vip_tcp(),
+        &mut servers,
+        &addrs,
+        1,
+        || tcp_name_server(b2, addrs[1], "b2").expect("server restarts"),
+    );
+    drop(servers);
+}
+
+/// L2 DSR, one-arm: the same with backends prepared by `backend-setup` (the probes go to the
+/// backends' own addresses, not the VIP).
+#[test]
+fn l2dsr_tcp_check_takes_a_dead_backend_out_and_back() {
+    let topo = Topology::one_arm(3).expect("topology");
+    let setups: Vec<BackendSetup> = topo
+        .backends()
+        .iter()
+        .map(|b| backend_setup(&b.ns, VIP, "l2dsr", "eth0").expect("lbctl backend-setup"))
+        .collect();
+    let any80 = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 80);
+    let addrs: Vec<SocketAddrV4> = topo
+        .backends()
+        .iter()
+        .map(|b| SocketAddrV4::new(b.addr, 80))
+        .collect();
+    let mut servers: Vec<Option<ServerHandle>> = topo
+        .backends()
+        .iter()
+        .map(|b| Some(tcp_name_server(&b.ns, any80, &format!("b{}", b.index)).expect("server")))
+        .collect();
+    let lbd = Lbd::start(topo.lb(), &topo.lbd_config()).expect("lbd starts");
+    vip_add(
+        &lbd,
+        vip_tcp(),
+        Proto::Tcp,
+        "l2dsr",
+        &health_flags("tcp", &[]),
+    );
+    for a in &addrs {
+        lbd.add_backend(vip_tcp(), Proto::Tcp, *a)
+            .expect("add backend");
+    }
+    let b3 = &topo.backend(3).ns;
+    kill_and_restart(
+        &lbd,
+        topo.client(),
+        vip_tcp(),
+        &mut servers,
+        &addrs,
+        2,
+        || tcp_name_server(b3, any80, "b3").expect("server restarts"),
+    );
+    drop(servers);
+    drop(lbd);
+    drop(setups);
+}
+
+/// IPIP DSR to the one backend behind a router, with `--all-down drop`: while its server is
+/// down, new connections are dropped by the LB (no Maglev table); when it returns, they work.
+#[test]
+fn ipip_check_behind_a_router_with_drop() {
+    let topo = RoutedTopology::build().expect("topology");
+    let setup = backend_setup(topo.backend(), VIP, "ipip", "eth0").expect("lbctl backend-setup");
+    let any80 = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 80);
+    let server = tcp_name_server(topo.backend(), any80, "b1").expect("server");
+    let lbd = Lbd::start(topo.lb(), &topo.lbd_config()).expect("lbd starts");
+    vip_add(
+        &lbd,
+        vip_tcp(),
+        Proto::Tcp,
+        "ipip",
+        &health_flags("tcp", &["--all-down", "drop"]),
+    );
+    let be = SocketAddrV4::new(RoutedTopology::BACKEND_ADDR, 80);
+    lbd.add_backend(vip_tcp(), Proto::Tcp, be)
+        .expect("add backend");
+    // Up after `rise` probes through the router (not just "never probed").
+    std::thread::sleep(INTERVAL * (RISE + 1));
+    assert_eq!(tcp_batch(topo.client(), vip_tcp(), 20).get("b1"), Some(&20));
+
+    drop(server);
+    let took = wait_for(
+        &lbd,
+        vip_tcp(),
+        Proto::Tcp,
+        "backend marked down",
+        WAIT_LIMIT,
+        |rows| health_of(rows, be) == "down",
+    );
+    assert!(took <= down_bound(), "down after {took:?}");
+    let before = LbCounters::read(&lbd).expect("stats");
+    let refused = tcp_request(topo.client(), None, vip_tcp(), Duration::from_millis(500));
+    assert!(
+        refused.is_err(),
+        "a connection got through with every backend down and drop: {refused:?}"
+    );
+    let d = LbCounters::read(&lbd).expect("stats").since(&before);
+    assert!(
+        d.reason("drop_no_backend") > 0,
+        "the LB dropped the SYNs as no backend: {d:?}"
+    );
+
+    let _server = tcp_name_server(topo.backend(), any80, "b1").expect("server restarts");
+    let took = wait_for(
+        &lbd,
+        vip_tcp(),
+        Proto::Tcp,
+        "backend back up",
+        WAIT_LIMIT,
+        |rows| health_of(rows, be) == "up",
+    );
+    assert!(took <= up_bound(), "up after {took:?}");
+    assert_eq!(tcp_batch(topo.client(), vip_tcp(), 20).get("b1"), Some(&20));
+    drop(lbd);
+    drop(setup);
+}
+
+/// UDP checks (send a payload, expect a reply): a dead UDP server is taken out, and back.
+#[test]
+fn nat_udp_check() {
+    let topo = Topology::two_arm(2).expect("topology");
+    let vip = SocketAddrV4::new(VIP, 53);
+    let addrs: Vec<SocketAddrV4> = topo
+        .backends()
+        .iter()
+        .map(|b| SocketAddrV4::new(b.addr, 5353))
+        .collect();
+    let mut servers: Vec<Option<ServerHandle>> = topo
+        .backends()
+        .iter()
+        .zip(&addrs)
+        .map(|(b, a)| Some(udp_name_server(&b.ns, *a, &format!("b{}", b.index)).expect("server")))
+        .collect();
+    let lbd = Lbd::start(topo.lb(), &topo.lbd_config()).expect("lbd starts");
+    vip_add(&lbd, vip, Proto::Udp, "nat", &health_flags("udp", &[]));
+    for a in &addrs {
+        lbd.add_backend(vip, Proto::Udp, *a).expect("add backend");
+    }
+    let udp_batch = |count| {
+        let results = udp_requests(topo.client(), None, vip, count, TIMEOUT, 3, BATCH_LIMIT)
+            .expect("client runs");
+        count_by_name(&all_ok(results, count))
+    };
+    assert_eq!(udp_batch(40).len(), 2);
+
+    servers[0] = None;
+    let took = wait_for(
+        &lbd,
+        vip,
+        Proto::Udp,
+        "udp backend marked down",
+        WAIT_LIMIT,
+        |rows| health_of(rows, addrs[0]) == "down" && health_of(rows, addrs[1]) == "up",
+    );
+    assert!(took <= down_bound(), "down after {took:?}");
+    let during = udp_batch(40);
+    assert_eq!(during.get("b2"), Some(&40), "{during:?}");
+
+    servers[0] =
+        Some(udp_name_server(&topo.backend(1).ns, addrs[0], "b1").expect("server restarts"));
+    let took = wait_for(
+        &lbd,
+        vip,
+        Proto::Udp,
+        "udp backend back up",
+        WAIT_LIMIT,
+        |rows| health_of(rows, addrs[0]) == "up",
+    );
+    assert!(took <= up_bound(), "up after {took:?}");
+    assert!(udp_batch(40).get("b1").is_some_and(|n| *n > 0));
+    drop(servers);
+}
+
+/// A tiny HTTP server: answers every request with 200 while `healthy`, else 503, and records
+/// each request head.
+struct HttpServer {
+    healthy: Arc<AtomicBool>,
+    requests: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl HttpServer {
+    fn start(ns: &NetNs, addr: SocketAddrV4) -> Result<HttpServer> {
+        let listener = ns.run(|| TcpListener::bind(addr))??;
+        listener.set_nonblocking(true)?;
+        let healthy = Arc::new(AtomicBool::new(true));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (healthy, requests, stop) = (healthy.clone(), requests.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    let Ok((stream, _)) = listener.accept() else {
+                        std::thread::sleep(Duration::from_millis(10));
+                        continue;
+                    };
+                    let _ = stream.set_nonblocking(false);
+                    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+                    let mut head = String::new();
+                    let mut reader = BufReader::new(&stream);
+                    for _ in 0..32 {
+                        let mut line = String::new();
+                        match reader.read_line(&mut line) {
+                            Ok(n) if n > 0 && line != "\r\n" => head.push_str(&line),
+                            _ => break,
+                        }
+                    }
+                    if let Ok(mut r) = requests.lock() {
+                        r.push(head);
+                    }
+                    let status = if healthy.load(Ordering::SeqCst) {
+                        "200 OK"
+                    } else {
+                        "503 Service Unavailable"
+                    };
+                    let _ = (&stream).write_all(
+                        format!("HTTP/1.0 {status}\r\nContent-Length: 0\r\n\r\n").as_bytes(),
+                    );
+                }
+            })
+        };
+        Ok(HttpServer {
+            healthy,
+            requests,
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// HTTP checks: the probe is `GET /healthz HTTP/1.0` with a Host header; a 503 takes the backend
+/// out, a 200 brings it back.
+#[test]
+fn nat_http_check_follows_the_status() {
+    let topo = Topology::two_arm(2).expect("topology");
+    let addrs: Vec<SocketAddrV4> = topo
+        .backends()
+        .iter()
+        .map(|b| SocketAddrV4::new(b.addr, NAT_PORT))
+        .collect();
+    let servers: Vec<HttpServer> = topo
+        .backends()
+        .iter()
+        .zip(&addrs)
+        .map(|(b, a)| HttpServer::start(&b.ns, *a).expect("http server"))
+        .collect();
+    let lbd = Lbd::start(topo.lb(), &topo.lbd_config()).expect("lbd starts");
+    vip_add(
+        &lbd,
+        vip_tcp(),
+        Proto::Tcp,
+        "nat",
+        &health_flags("http:/healthz", &[]),
+    );
+    for a in &addrs {
+        lbd.add_backend(vip_tcp(), Proto::Tcp, *a)
+            .expect("add backend");
+    }
+    std::thread::sleep(INTERVAL * (RISE + 1));
+    let head = servers[0]
+        .requests
+        .lock()
+        .expect("lock")
+        .first()
+        .cloned()
+        .unwrap_or_default();
+    assert!(head.starts_with("GET /healthz HTTP/1.0\r\n"), "{head:?}");
+    assert!(
+        head.contains(&format!("Host: {}\r\n", addrs[0])),
+        "{head:?}"
+    );
+
+    servers[0].healthy.store(false, Ordering::SeqCst);
+    let took = wait_for(
+        &lbd,
+        vip_tcp(),
+        Proto::Tcp,
+        "503 marks it down",
+        WAIT_LIMIT,
+        |rows| health_of(rows, addrs[0]) == "down" && health_of(rows, addrs[1]) == "up",
+    );
+    assert!(took <= down_bound(), "down after {took:?}");
+    assert!(
+        lbd.log_text().contains("HTTP status 503, expected 200"),
+        "{}",
+        lbd.log_text()
+    );
+    servers[0].healthy.store(true, Ordering::SeqCst);
+    let took = wait_for(
+        &lbd,
+        vip_tcp(),
+        Proto::Tcp,
+        "200 brings it back",
+        WAIT_LIMIT,
+        |rows| health_of(rows, addrs[0]) == "up",
+    );
+    assert!(took <= up_bound(), "up after {took:?}");
+    drop(servers);
+}
+
+/// Every backend down: with `drop` new connections fail (dropped as no backend); switched to
+/// `fail-open` with `vip set-health` they are all sent again; `--health none` shows them
+/// unchecked. The check is an HTTP check against name servers, which fails while the service
+/// itself works: exactly the case fail-open is for.
+#[test]
+fn all_down_drop_then_fail_open() {
+    let topo = Topology::two_arm(2).expect("topology");
+    let addrs: Vec<SocketAddrV4> = topo
+        .backends()
+        .iter()
+        .map(|b| SocketAddrV4::new(b.addr, NAT_PORT))
+        .collect();
+    let servers: Vec<ServerHandle> = topo
+        .backends()
+        .iter()
+        .zip(&addrs)
+        .map(|(b, a)| tcp_name_server(&b.ns, *a, &format!("b{}", b.index)).expect("server"))
+        .collect();
+    let lbd = Lbd::start(topo.lb(), &topo.lbd_config()).expect("lbd starts");
+    vip_add(
+        &lbd,
+        vip_tcp(),
+        Proto::Tcp,
+        "nat",
+        &health_flags("http:/healthz", &["--all-down", "drop"]),
+    );
+    for a in &addrs {
+        lbd.add_backend(vip_tcp(), Proto::Tcp, *a)
+            .expect("add backend");
+    }
+    wait_for(
+        &lbd,
+        vip_tcp(),
+        Proto::Tcp,
+        "every backend down",
+        WAIT_LIMIT,
+        |rows| rows.values().all(|r| r.health == "down"),
+    );
+    let before = LbCounters::read(&lbd).expect("stats");
+    for _ in 0..3 {
+        let r = tcp_request(topo.client(), None, vip_tcp(), Duration::from_millis(500));
+        assert!(
+            r.is_err(),
+            "a connection got through with every backend down and drop: {r:?}"
+        );
+    }
+    let d = LbCounters::read(&lbd).expect("stats").since(&before);
+    assert!(d.reason("drop_no_backend") >= 3, "{d:?}");
+    assert!(
+        lbd.log_text().contains("every backend of the vip is down"),
+        "{}",
+        lbd.log_text()
+    );
+
+    let vip = vip_tcp().to_string();
+    let mut args = vec!["vip", "set-health", vip.as_str(), "--proto", "tcp"];
+    args.extend(health_flags("http:/healthz", &["--all-down", "fail-open"]));
+    let out = lbd.ctl(&args).expect("vip set-health fail-open");
+    assert!(out.contains("fail-open"), "{out}");
+    let rows = backends(&lbd, vip_tcp(), Proto::Tcp).expect("backend list");
+    assert!(
+        rows.values().all(|r| r.health == "down"),
+        "a new check keeps the status: {rows:?}"
+    );
+    let counts = tcp_batch(topo.client(), vip_tcp(), 60);
+    assert_eq!(
+        counts.len(),
+        2,
+        "fail-open sends to every backend: {counts:?}"
+    );
+
+    lbd.ctl(&[
+        "vip",
+        "set-health",
+        vip.as_str(),
+        "--proto",
+        "tcp",
+        "--health",
+        "none",
+    ])
+    .expect("set-health none");
+    let rows = backends(&lbd, vip_tcp(), Proto::Tcp).expect("backend list");
+    assert!(rows.values().all(|r| r.health == "unchecked"), "{rows:?}");
+    assert_eq!(tcp_batch(topo.client(), vip_tcp(), 30).len(), 2);
+    drop(servers);
+}
+
+/// Drain: the open connection keeps being answered by the drained backend while every new one
+/// goes to the other; `backend list` shows its flow, then zero once the connection is closed;
+/// undrain restores the weight.
+#[test]
+fn drain_keeps_open_connection_and_undrain_restores() {
+    let topo = Topology::two_arm(2).expect("topology");
+    let addrs: Vec<SocketAddrV4> = topo
+        .backends()
+        .iter()
+        .map(|b| SocketAddrV4::new(b.addr, NAT_PORT))
+        .collect();
+    let servers: Vec<LineServer> = topo
+        .backends()
+        .iter()
+        .zip(&addrs)
+        .map(|(b, a)| LineServer::start(&b.ns, *a, &format!("b{}", b.index)).expect("server"))
+        .collect();
+    // Closed flows leave the count after one second, not ten.
+    let config = topo
+        .lbd_config()
+        .replace("tcp_closing = \"10s\"", "tcp_closing = \"1s\"");
+    assert!(config.contains("tcp_closing = \"1s\""), "{config}");
+    let lbd = Lbd::start(topo.lb(), &config).expect("lbd starts");
+    lbd.add_vip(vip_tcp(), Proto::Tcp).expect("vip add");
+    for a in &addrs {
+        lbd.add_backend(vip_tcp(), Proto::Tcp, *a)
+            .expect("add backend");
+    }
+
+    let conn = tcp_connect(topo.client(), None, vip_tcp(), TIMEOUT).expect("open connection");
+    let first = tcp_exchange(&conn, "hello").expect("first answer");
+    let (idx, _) = addrs
+        .iter()
+        .enumerate()
+        .find(|(i, _)| first.name == format!("b{}", i + 1))
+        .expect("answered by a backend");
+    let (drained, other) = (addrs[idx], addrs[1 - idx]);
+    let other_name = format!("b{}", 2 - idx);
+
+    let out = lbd
+        .ctl(&[
+            "backend",
+            "drain",
+            "--vip",
+            &vip_tcp().to_string(),
+            "--proto",
+            "tcp",
+            &drained.to_string(),
+        ])
+        .expect("backend drain");
+    assert!(out.contains("undrain restores weight 100"), "{out}");
+    let rows = backends(&lbd, vip_tcp(), Proto::Tcp).expect("list");
+    let row = &rows[&drained];
+    assert_eq!(
+        (row.weight, row.drained_from, row.health.as_str()),
+        (0, Some(100), "unchecked")
+    );
+    assert!(
+        row.flows >= 1,
+        "the open connection is a tracked flow: {rows:?}"
+    );
+    let human = lbd
+        .ctl(&[
+            "backend",
+            "list",
+            "--vip",
+            &vip_tcp().to_string(),
+            "--proto",
+            "tcp",
+        ])
+        .expect("list");
+    assert!(
+        human
+            .lines()
+            .next()
+            .is_some_and(|h| h.contains("HEALTH") && h.ends_with("FLOWS")),
+        "{human}"
+    );
+    assert!(human.contains("0 (drained from 100)"), "{human}");
+
+    // New connections, interleaved with traffic on the open one.
+    for round in 0..5 {
+        let counts = tcp_batch(topo.client(), vip_tcp(), 20);
+        assert_eq!(
+            counts.get(&other_name),
+            Some(&20),
+            "round {round}: new flows avoid the drained backend: {counts:?}"
+        );
+        for i in 0..3 {
+            let r = tcp_exchange(&conn, &format!("still there {round}.{i}"))
+                .expect("the open connection keeps working");
+            assert_eq!(r.name, first.name, "the open connection moved");
+            assert_eq!(r.local, first.local);
+        }
+    }
+    assert!(
+        servers[idx].answered() >= 16,
+        "the drained backend answered the open connection"
+    );
+
+    drop(conn);
+    let took = wait_for(
+        &lbd,
+        vip_tcp(),
+        Proto::Tcp,
+        "drained backend reaches zero flows",
+        WAIT_LIMIT,
+        |rows| rows[&drained].flows == 0,
+    );
+    eprintln!("zero flows {took:?} after the close");
+
+    let out = lbd
+        .ctl(&[
+            "backend",
+            "undrain",
+            "--vip",
+            &vip_tcp().to_string(),
+            "--proto",
+            "tcp",
+            &drained.to_string(),
+        ])
+        .expect("backend undrain");
+    assert!(out.contains("weight 100"), "{out}");
+    let rows = backends(&lbd, vip_tcp(), Proto::Tcp).expect("list");
+    assert_eq!(
+        (rows[&drained].weight, rows[&drained].drained_from),
+        (100, None)
+    );
+    assert_eq!(rows[&other].weight, 100);
+    let counts = tcp_batch(topo.client(), vip_tcp(), 60);
+    assert_eq!(counts.len(), 2, "both get new flows again: {counts:?}");
+    let again = lbd.ctl(&[
+        "backend",
+        "undrain",
+        "--vip",
+        &vip_tcp().to_string(),
+        "--proto",
+        "tcp",
+        &drained.to_string(),
+    ]);
+    let e = format!("{:#}", again.expect_err("not drained any more"));
+    assert!(e.contains("is not drained"), "{e}");
+    drop(servers);
+}
