@@ -39,6 +39,7 @@ veth "$NS_C" eth0 "$NS_LB" eth0
 veth "$NS_LB" eth1 "$NS_B1" eth0
 veth "$NS_LB" eth2 "$NS_B2" eth0
 ip -n "$NS_C" addr add 10.200.1.2/24 dev eth0 && ip -n "$NS_C" route add default via 10.200.1.1
+ip -n "$NS_C" addr add 10.200.1.3/24 dev eth0
 ip -n "$NS_LB" addr add 10.200.1.1/24 dev eth0
 ip -n "$NS_LB" addr add 10.200.11.1/24 dev eth1
 ip -n "$NS_LB" addr add 10.200.12.1/24 dev eth2
@@ -83,6 +84,22 @@ for _ in $(seq 20); do ip netns exec "$NS_C" curl -sS --max-time 2 http://10.200
 say "drain backend 1 (weight 0): new connections all go to backend 2"
 "${LBCTL[@]}" backend set-weight --vip 10.200.100.1:80 --proto tcp 10.200.11.2:8080 --weight 0
 for _ in $(seq 10); do ip netns exec "$NS_C" curl -sS --max-time 2 http://10.200.100.1/ || echo "request failed"; done | sort | uniq -c
+
+say "firewall: lbctl block add 10.200.1.3 -- that client is dropped in XDP, 10.200.1.2 is not"
+"${LBCTL[@]}" block add 10.200.1.3
+for src in 10.200.1.3 10.200.1.2; do
+	printf '%s -> ' "$src"
+	ip netns exec "$NS_C" curl -sS --max-time 1 --interface "$src" http://10.200.100.1/ 2>&1 | head -1 || true
+done
+"${LBCTL[@]}" fw list
+
+say "rate limit: 3 new connections/s, burst 3, for 10.200.1.2 -- 10 quick requests"
+"${LBCTL[@]}" ratelimit set --rate 3 --burst 3 --scope new-flows --cidr 10.200.1.2/32
+ok=0; for _ in $(seq 10); do
+	ip netns exec "$NS_C" curl -s -o /dev/null --max-time 0.5 --interface 10.200.1.2 http://10.200.100.1/ && ok=$((ok + 1))
+done
+echo "$ok of 10 requests got through (the rest were dropped in XDP; TCP would retry them)"
+"${LBCTL[@]}" ratelimit list
 
 say "counters (lbctl stats)"
 "${LBCTL[@]}" stats

@@ -161,7 +161,9 @@ pub struct IpipConfig {
 impl Config {
     /// The IPIP outer source prefix in force.
     pub fn ipip_source(&self) -> ipnet::Ipv4Net {
-        self.ipip.source.unwrap_or_else(|| ipnet::Ipv4Net::new(self.nat.snat_address, 32).expect("/32 is a valid prefix"))
+        self.ipip.source.unwrap_or_else(|| {
+            ipnet::Ipv4Net::new(self.nat.snat_address, 32).expect("/32 is a valid prefix")
+        })
     }
 }
 
@@ -230,7 +232,8 @@ impl Default for MetricsConfig {
 impl MetricsConfig {
     /// The address to serve metrics on; `None` when disabled.
     pub fn listen_addr(&self) -> Result<Option<std::net::SocketAddr>, ConfigError> {
-        crate::metrics::parse_listen(&self.listen).map_err(|e| invalid("metrics.listen", e.to_string()))
+        crate::metrics::parse_listen(&self.listen)
+            .map_err(|e| invalid("metrics.listen", e.to_string()))
     }
 }
 
@@ -356,10 +359,16 @@ impl Config {
         }
         if let Some(src) = self.ipip.source {
             if src.prefix_len() < 16 {
-                return Err(invalid("ipip.source", format!("{src}: use a /16 or longer prefix")));
+                return Err(invalid(
+                    "ipip.source",
+                    format!("{src}: use a /16 or longer prefix"),
+                ));
             }
             if src.addr() != src.network() && src.prefix_len() != 32 {
-                return Err(invalid("ipip.source", format!("{src} has host bits set; did you mean {}?", src.trunc())));
+                return Err(invalid(
+                    "ipip.source",
+                    format!("{src} has host bits set; did you mean {}?", src.trunc()),
+                ));
             }
         }
         for (key, d) in [
@@ -541,8 +550,9 @@ mod tests {
         .expect("firewall table parses");
         assert_eq!(c.firewall.scope, crate::firewall::Scope::All);
         assert_eq!(c.firewall.capacity, 4096);
-        assert!(err(&format!("{MINIMAL}[firewall]\ncapacity = 0\n"))
-            .starts_with("firewall.capacity:"));
+        assert!(
+            err(&format!("{MINIMAL}[firewall]\ncapacity = 0\n")).starts_with("firewall.capacity:")
+        );
         assert!(err(&format!("{MINIMAL}[firewall]\nscope = \"some\"\n")).contains("scope"));
         assert!(err(&format!("{MINIMAL}[firewall]\nsize = 10\n")).contains("size"));
     }
@@ -567,8 +577,9 @@ mod tests {
         assert_eq!(c.ratelimit.clients, 1_000_000);
         let c = Config::parse(&format!("{MINIMAL}[ratelimit]\nclients = 4096\n")).expect("parses");
         assert_eq!(c.ratelimit.clients, 4096);
-        assert!(err(&format!("{MINIMAL}[ratelimit]\nclients = 10\n"))
-            .starts_with("ratelimit.clients:"));
+        assert!(
+            err(&format!("{MINIMAL}[ratelimit]\nclients = 10\n")).starts_with("ratelimit.clients:")
+        );
         assert!(err(&format!("{MINIMAL}[ratelimit]\nrate = 10\n")).contains("rate"));
     }
 }

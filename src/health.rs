@@ -894,7 +894,10 @@ mod tests {
         };
         assert_eq!(bad(&|c| c.kind = http("healthz", 200)), "health.http_path");
         assert_eq!(bad(&|c| c.kind = http("/a b", 200)), "health.http_path");
-        assert_eq!(bad(&|c| c.kind = http("/x\r\nHost: y", 200)), "health.http_path");
+        assert_eq!(
+            bad(&|c| c.kind = http("/x\r\nHost: y", 200)),
+            "health.http_path"
+        );
         assert_eq!(
             bad(&|c| c.kind = http("/healthz", 99)),
             "health.http_expect_status"

@@ -17,7 +17,13 @@ pub mod state;
 
 pub mod decap_skel {
     //! The libbpf skeleton generated from `bpf/decap.bpf.c`, the backend-side IPIP decapsulator.
-    #![allow(clippy::all, missing_docs, non_camel_case_types, dead_code, unused_imports)]
+    #![allow(
+        clippy::all,
+        missing_docs,
+        non_camel_case_types,
+        dead_code,
+        unused_imports
+    )]
     include!(concat!(env!("OUT_DIR"), "/decap.skel.rs"));
 }
 

@@ -109,9 +109,12 @@ pub async fn warm(dsts: &[Ipv4Addr]) -> Result<Vec<NextHop>, NeighborError> {
 /// needs: a frame for an off-link backend would go to the gateway, which routes the
 /// VIP-addressed packet straight back to the LB. Returns a message for the operator otherwise.
 pub async fn check_on_link(dst: Ipv4Addr) -> Result<(), String> {
-    let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| format!("netlink socket: {e}"))?;
+    let (conn, handle, _) =
+        rtnetlink::new_connection().map_err(|e| format!("netlink socket: {e}"))?;
     let task = tokio::spawn(conn);
-    let msg = RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(dst, 32).build();
+    let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(dst, 32)
+        .build();
     let route = handle.route().get(msg).execute().try_next().await;
     task.abort();
     let route = match route {

@@ -20,9 +20,15 @@ pub const STATE_FILE: &str = "state.json";
 #[derive(Debug, thiserror::Error)]
 pub enum PersistError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} is corrupt or truncated ({source}); lbd will not guess: fix or move the file away (the data plane keeps forwarding meanwhile)")]
-    Corrupt { path: PathBuf, source: serde_json::Error },
+    Corrupt {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
     #[error("{path} has format version {found}, this lbd reads version {STATE_FILE_VERSION}")]
     Version { path: PathBuf, found: u32 },
 }
@@ -64,11 +70,18 @@ impl StateStore {
         struct Version {
             version: u32,
         }
-        let v: Version = serde_json::from_slice(&text).map_err(|source| PersistError::Corrupt { path: path.clone(), source })?;
+        let v: Version = serde_json::from_slice(&text).map_err(|source| PersistError::Corrupt {
+            path: path.clone(),
+            source,
+        })?;
         if v.version != STATE_FILE_VERSION {
-            return Err(PersistError::Version { path, found: v.version });
+            return Err(PersistError::Version {
+                path,
+                found: v.version,
+            });
         }
-        let file: StateFile = serde_json::from_slice(&text).map_err(|source| PersistError::Corrupt { path, source })?;
+        let file: StateFile = serde_json::from_slice(&text)
+            .map_err(|source| PersistError::Corrupt { path, source })?;
         Ok(Some(file))
     }
 
@@ -79,8 +92,15 @@ impl StateStore {
             move |source| PersistError::Io { path, source }
         };
         fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
-        let file = StateFile { version: STATE_FILE_VERSION, state: state.clone(), ids: ids.clone() };
-        let text = serde_json::to_vec_pretty(&file).map_err(|source| PersistError::Corrupt { path: self.path(), source })?;
+        let file = StateFile {
+            version: STATE_FILE_VERSION,
+            state: state.clone(),
+            ids: ids.clone(),
+        };
+        let text = serde_json::to_vec_pretty(&file).map_err(|source| PersistError::Corrupt {
+            path: self.path(),
+            source,
+        })?;
         let tmp = self.dir.join(format!(".{STATE_FILE}.tmp"));
         {
             let mut f = File::create(&tmp).map_err(io(&tmp))?;
@@ -90,7 +110,9 @@ impl StateStore {
         }
         let path = self.path();
         fs::rename(&tmp, &path).map_err(io(&path))?;
-        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io(&self.dir))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(&self.dir))?;
         Ok(())
     }
 }
@@ -101,7 +123,10 @@ pub mod vec_map {
 
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-    pub fn serialize<K: Serialize, V: Serialize, S: Serializer>(m: &BTreeMap<K, V>, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<K: Serialize, V: Serialize, S: Serializer>(
+        m: &BTreeMap<K, V>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         s.collect_seq(m.iter())
     }
 
@@ -122,10 +147,17 @@ mod tests {
 
     fn sample() -> (State, AppliedIds) {
         let mut s = State::default();
-        let v = VipKey { addr: "10.0.0.10:80".parse().unwrap(), proto: Protocol::Tcp };
+        let v = VipKey {
+            addr: "10.0.0.10:80".parse().unwrap(),
+            proto: Protocol::Tcp,
+        };
         s.add_vip(v, Mode::Nat).unwrap();
-        s.add_backend(&v, "10.0.2.1:8080".parse().unwrap(), 7).unwrap();
-        let ids = AppliedIds { vips: vec![(v, 3)], backends: vec![(v, "10.0.2.1:8080".parse().unwrap(), 9)] };
+        s.add_backend(&v, "10.0.2.1:8080".parse().unwrap(), 7)
+            .unwrap();
+        let ids = AppliedIds {
+            vips: vec![(v, 3)],
+            backends: vec![(v, "10.0.2.1:8080".parse().unwrap(), 9)],
+        };
         (s, ids)
     }
 

@@ -186,7 +186,13 @@ impl Reconciler {
             self.vip_ids.reserve(*id);
             self.applied.insert(
                 *key,
-                AppliedVip { id: *id, mode: Mode::Nat, backends: BTreeMap::new(), ring: None, adopted: true },
+                AppliedVip {
+                    id: *id,
+                    mode: Mode::Nat,
+                    backends: BTreeMap::new(),
+                    ring: None,
+                    adopted: true,
+                },
             );
         }
         for (key, addr, id) in &ids.backends {

@@ -439,18 +439,35 @@ mod tests {
         let mut s = State::default();
         let v = key("10.0.0.10:80");
         s.add_vip(v, Mode::Nat).expect("add vip");
-        s.add_backend(&v, "10.0.2.1:8080".parse().unwrap(), 1).expect("nat translates ports");
+        s.add_backend(&v, "10.0.2.1:8080".parse().unwrap(), 1)
+            .expect("nat translates ports");
         let before = s.clone();
         for mode in [Mode::L2dsr, Mode::Ipip] {
             let e = s.set_mode(&v, mode).expect_err("backend port differs");
-            assert!(matches!(e, StateError::InvalidArgument { field: "mode", .. }), "{e}");
+            assert!(
+                matches!(e, StateError::InvalidArgument { field: "mode", .. }),
+                "{e}"
+            );
             assert_eq!(s, before);
         }
-        s.remove_backend(&v, "10.0.2.1:8080".parse().unwrap()).unwrap();
+        s.remove_backend(&v, "10.0.2.1:8080".parse().unwrap())
+            .unwrap();
         s.set_mode(&v, Mode::Ipip).expect("no backends: any mode");
-        let e = s.add_backend(&v, "10.0.2.1:8080".parse().unwrap(), 1).expect_err("port differs");
-        assert!(matches!(e, StateError::InvalidArgument { field: "backend.port", .. }), "{e}");
-        s.add_backend(&v, "10.0.2.1:80".parse().unwrap(), 1).expect("same port is fine");
+        let e = s
+            .add_backend(&v, "10.0.2.1:8080".parse().unwrap(), 1)
+            .expect_err("port differs");
+        assert!(
+            matches!(
+                e,
+                StateError::InvalidArgument {
+                    field: "backend.port",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        s.add_backend(&v, "10.0.2.1:80".parse().unwrap(), 1)
+            .expect("same port is fine");
         assert_eq!(s.vip(&v).unwrap().mode, Mode::Ipip);
         s.set_mode(&v, Mode::Nat).expect("back to nat");
     }
@@ -464,23 +481,42 @@ mod tests {
         s.add_backend(&v, be, 7).expect("add backend");
         assert_eq!(s.drain(&v, be), Ok(7));
         assert_eq!(s.vip(&v).unwrap().backends[&be], 0);
-        assert_eq!(s.drain(&v, be), Ok(7), "draining twice keeps the first weight");
+        assert_eq!(
+            s.drain(&v, be),
+            Ok(7),
+            "draining twice keeps the first weight"
+        );
         assert_eq!(s.undrain(&v, be), Ok(7));
         assert_eq!(s.vip(&v).unwrap().backends[&be], 7);
         assert!(s.vip(&v).unwrap().drained.is_empty());
-        assert!(matches!(s.undrain(&v, be), Err(StateError::FailedPrecondition(_))));
+        assert!(matches!(
+            s.undrain(&v, be),
+            Err(StateError::FailedPrecondition(_))
+        ));
 
         s.drain(&v, be).expect("drain");
         s.set_weight(&v, be, 3).expect("set weight");
-        assert!(s.vip(&v).unwrap().drained.is_empty(), "an explicit weight ends the drain");
-        assert!(matches!(s.undrain(&v, be), Err(StateError::FailedPrecondition(_))));
+        assert!(
+            s.vip(&v).unwrap().drained.is_empty(),
+            "an explicit weight ends the drain"
+        );
+        assert!(matches!(
+            s.undrain(&v, be),
+            Err(StateError::FailedPrecondition(_))
+        ));
 
         s.set_weight(&v, be, 0).expect("weight 0");
-        assert!(matches!(s.drain(&v, be), Err(StateError::FailedPrecondition(_))), "nothing to remember");
+        assert!(
+            matches!(s.drain(&v, be), Err(StateError::FailedPrecondition(_))),
+            "nothing to remember"
+        );
         s.set_weight(&v, be, 5).expect("weight 5");
         s.drain(&v, be).expect("drain");
         s.remove_backend(&v, be).expect("remove");
-        assert!(s.vip(&v).unwrap().drained.is_empty(), "removing forgets the drain");
+        assert!(
+            s.vip(&v).unwrap().drained.is_empty(),
+            "removing forgets the drain"
+        );
         assert!(matches!(s.drain(&v, be), Err(StateError::NotFound(_))));
     }
 
@@ -497,12 +533,15 @@ mod tests {
         };
         assert!(matches!(
             s.set_health(&v, bad),
-            Err(StateError::InvalidArgument { field: "health.rise", .. })
+            Err(StateError::InvalidArgument {
+                field: "health.rise",
+                ..
+            })
         ));
         assert_eq!(s, before);
         // A VIP saved before health checks existed reads as unchecked and not drained.
-        let old: VipState =
-            serde_json::from_str(r#"{"mode":"nat","backends":{"10.0.2.1:80":5}}"#).expect("old form");
+        let old: VipState = serde_json::from_str(r#"{"mode":"nat","backends":{"10.0.2.1:80":5}}"#)
+            .expect("old form");
         assert!(!old.health.is_checked());
         assert!(old.drained.is_empty());
     }

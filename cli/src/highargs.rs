@@ -8,11 +8,11 @@ use std::{
     time::Duration,
 };
 
+use crate::firewall::{Action as FwAction, Firewall};
 use crate::lowargs::{
     BackendAddArgs, BackendCommand, BackendRefArgs, BackendSetupArgs, LowArgs, LowCommand,
     SetWeightArgs, VipCommand, VipFlag, VipPositional,
 };
-use crate::firewall::{Action as FwAction, Firewall};
 use crate::pb;
 
 /// Where lbd listens.
@@ -253,12 +253,8 @@ impl TryFrom<LowCommand> for Command {
             LowCommand::Backend(BackendCommand::List(args)) => Command::BackendList {
                 vip: vip_flag(&args)?,
             },
-            LowCommand::Block(c) => {
-                Command::Firewall(Firewall::rules(FwAction::Block, c)?)
-            }
-            LowCommand::Allow(c) => {
-                Command::Firewall(Firewall::rules(FwAction::Allow, c)?)
-            }
+            LowCommand::Block(c) => Command::Firewall(Firewall::rules(FwAction::Block, c)?),
+            LowCommand::Allow(c) => Command::Firewall(Firewall::rules(FwAction::Allow, c)?),
             LowCommand::Fw(c) => Command::Firewall(Firewall::fw(c)?),
             LowCommand::RateLimit(c) => Command::RateLimit(c.try_into()?),
             LowCommand::Stats => Command::Stats,
@@ -511,14 +507,31 @@ mod tests {
         use crate::health::{HealthCommand, HealthSpec, Kind};
         use std::time::Duration;
         match cmd(&[
-            "vip", "add", "10.0.0.10:80", "--proto", "tcp", "--health", "http:/healthz",
-            "--health-interval", "200ms", "--health-timeout", "100ms", "--rise", "1", "--fall", "2",
-            "--all-down", "drop",
+            "vip",
+            "add",
+            "10.0.0.10:80",
+            "--proto",
+            "tcp",
+            "--health",
+            "http:/healthz",
+            "--health-interval",
+            "200ms",
+            "--health-timeout",
+            "100ms",
+            "--rise",
+            "1",
+            "--fall",
+            "2",
+            "--all-down",
+            "drop",
         ]) {
             Command::VipAdd { health, .. } => assert_eq!(
                 health,
                 HealthSpec {
-                    kind: Kind::Http { path: "/healthz".into(), expect_status: 200 },
+                    kind: Kind::Http {
+                        path: "/healthz".into(),
+                        expect_status: 200
+                    },
                     interval: Duration::from_millis(200),
                     timeout: Duration::from_millis(100),
                     rise: 1,
@@ -529,25 +542,68 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(
-            cmd(&["vip", "set-health", "10.0.0.10:53", "--proto", "udp", "--health", "udp"]),
+            cmd(&[
+                "vip",
+                "set-health",
+                "10.0.0.10:53",
+                "--proto",
+                "udp",
+                "--health",
+                "udp"
+            ]),
             Command::Health(HealthCommand::SetHealth {
                 vip: vip("10.0.0.10:53", Proto::Udp),
                 health: HealthSpec {
-                    kind: Kind::Udp { payload: "ping".into() },
+                    kind: Kind::Udp {
+                        payload: "ping".into()
+                    },
                     ..HealthSpec::default()
                 },
             })
         );
         assert!(err(&["vip", "set-health", "10.0.0.10:53", "--proto", "udp"]).contains("--health"));
-        assert!(err(&["vip", "add", "10.0.0.10:80", "--proto", "tcp", "--health", "tcp", "--fall", "0"]).contains("--fall '0'"));
+        assert!(err(&[
+            "vip",
+            "add",
+            "10.0.0.10:80",
+            "--proto",
+            "tcp",
+            "--health",
+            "tcp",
+            "--fall",
+            "0"
+        ])
+        .contains("--fall '0'"));
         let be: SocketAddrV4 = "10.0.2.1:8080".parse().expect("addr");
         assert_eq!(
-            cmd(&["backend", "drain", "--vip", "10.0.0.10:80", "--proto", "tcp", "10.0.2.1:8080"]),
-            Command::Health(HealthCommand::Drain { vip: vip("10.0.0.10:80", Proto::Tcp), backend: be })
+            cmd(&[
+                "backend",
+                "drain",
+                "--vip",
+                "10.0.0.10:80",
+                "--proto",
+                "tcp",
+                "10.0.2.1:8080"
+            ]),
+            Command::Health(HealthCommand::Drain {
+                vip: vip("10.0.0.10:80", Proto::Tcp),
+                backend: be
+            })
         );
         assert_eq!(
-            cmd(&["backend", "undrain", "--vip", "10.0.0.10:80", "--proto", "tcp", "10.0.2.1:8080"]),
-            Command::Health(HealthCommand::Undrain { vip: vip("10.0.0.10:80", Proto::Tcp), backend: be })
+            cmd(&[
+                "backend",
+                "undrain",
+                "--vip",
+                "10.0.0.10:80",
+                "--proto",
+                "tcp",
+                "10.0.2.1:8080"
+            ]),
+            Command::Health(HealthCommand::Undrain {
+                vip: vip("10.0.0.10:80", Proto::Tcp),
+                backend: be
+            })
         );
     }
 

@@ -8,9 +8,9 @@ mod health;
 mod highargs;
 mod lowargs;
 mod output;
+mod pb;
 mod ratelimit;
 mod top;
-mod pb;
 
 use std::{
     io::{self, Write},
@@ -469,7 +469,9 @@ mod tests {
                     proto: Proto::Udp,
                 },
                 health: crate::health::HealthSpec {
-                    kind: crate::health::Kind::Udp { payload: "ping".into() },
+                    kind: crate::health::Kind::Udp {
+                        payload: "ping".into(),
+                    },
                     interval: Duration::from_millis(200),
                     timeout: Duration::from_millis(100),
                     drop_when_all_down: true,
@@ -479,7 +481,10 @@ mod tests {
         )
         .await
         .expect("vip set-health");
-        assert_eq!(set, "vip 10.0.0.11:53/udp health check: udp 200ms/100ms rise 2 fall 3 drop\n");
+        assert_eq!(
+            set,
+            "vip 10.0.0.11:53/udp health check: udp 200ms/100ms rise 2 fall 3 drop\n"
+        );
 
         let json = lbctl(&socket, true, Command::VipList)
             .await

@@ -320,7 +320,11 @@ pub fn backend_list(out: &mut dyn Write, vip: &str, backends: &[pb::Backend]) ->
                 weight_label(weight)
             },
             b.id.to_string(),
-            if b.health.is_empty() { "-".to_string() } else { b.health.clone() },
+            if b.health.is_empty() {
+                "-".to_string()
+            } else {
+                b.health.clone()
+            },
             b.tracked_flows.to_string(),
         ]);
     }
@@ -541,7 +545,10 @@ mod tests {
         }))
         .expect("json");
         assert_eq!(j["health"], "up");
-        assert!(j.get("tracked_flows").is_none() && j.get("drained_from").is_none(), "{j}");
+        assert!(
+            j.get("tracked_flows").is_none() && j.get("drained_from").is_none(),
+            "{j}"
+        );
     }
 
     #[test]

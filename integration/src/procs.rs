@@ -143,7 +143,11 @@ impl Lbd {
             .arg(&socket)
             // Each test has its own state file, and leaves nothing attached or pinned.
             .arg("--state-dir")
-            .arg(opts.state_dir.clone().unwrap_or_else(|| dir.path().join("state")))
+            .arg(
+                opts.state_dir
+                    .clone()
+                    .unwrap_or_else(|| dir.path().join("state")),
+            )
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);

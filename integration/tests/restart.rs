@@ -14,9 +14,18 @@ const CHUNK: usize = 1024;
 const PORT: u16 = 8080;
 
 /// An echo server on the backend: everything read is written back.
-fn echo_server(ns: &NetNs, addr: SocketAddrV4, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
-    let listener = ns.run(move || TcpListener::bind(addr)).expect("into the backend netns").expect("bind echo server");
-    listener.set_nonblocking(true).expect("nonblocking listener");
+fn echo_server(
+    ns: &NetNs,
+    addr: SocketAddrV4,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    let listener = ns
+        .run(move || TcpListener::bind(addr))
+        .expect("into the backend netns")
+        .expect("bind echo server");
+    listener
+        .set_nonblocking(true)
+        .expect("nonblocking listener");
     std::thread::spawn(move || {
         while !stop.load(Ordering::Relaxed) {
             match listener.accept() {
@@ -34,7 +43,12 @@ fn echo_server(ns: &NetNs, addr: SocketAddrV4, stop: Arc<AtomicBool>) -> std::th
                                         break;
                                     }
                                 }
-                                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                                Err(e)
+                                    if matches!(
+                                        e.kind(),
+                                        std::io::ErrorKind::WouldBlock
+                                            | std::io::ErrorKind::TimedOut
+                                    ) => {}
                                 Err(_) => break,
                             }
                         }
@@ -49,15 +63,21 @@ fn echo_server(ns: &NetNs, addr: SocketAddrV4, stop: Arc<AtomicBool>) -> std::th
 /// Sends numbered 1 KiB chunks for `duration` and checks each comes back intact.
 /// Returns the bytes verified, or the first error.
 fn transfer(stream: &mut TcpStream, duration: Duration) -> Result<usize, String> {
-    stream.set_read_timeout(Some(Duration::from_secs(3))).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .map_err(|e| e.to_string())?;
     let start = Instant::now();
     let mut total = 0;
     let mut seq: u32 = 0;
     while start.elapsed() < duration {
         let chunk: Vec<u8> = (0..CHUNK).map(|i| (seq as usize * 7 + i) as u8).collect();
-        stream.write_all(&chunk).map_err(|e| format!("write of chunk {seq}: {e}"))?;
+        stream
+            .write_all(&chunk)
+            .map_err(|e| format!("write of chunk {seq}: {e}"))?;
         let mut back = vec![0u8; CHUNK];
-        stream.read_exact(&mut back).map_err(|e| format!("read of chunk {seq}: {e}"))?;
+        stream
+            .read_exact(&mut back)
+            .map_err(|e| format!("read of chunk {seq}: {e}"))?;
         if back != chunk {
             return Err(format!("chunk {seq} came back altered"));
         }
@@ -71,7 +91,12 @@ fn transfer(stream: &mut TcpStream, duration: Duration) -> Result<usize, String>
 /// `backend list` without its last column, FLOWS: live, not state (the transfer is one flow).
 fn without_flows(list: &str) -> String {
     list.lines()
-        .map(|l| l.trim_end().rsplit_once(' ').map_or(l, |(rest, _)| rest).trim_end())
+        .map(|l| {
+            l.trim_end()
+                .rsplit_once(' ')
+                .map_or(l, |(rest, _)| rest)
+                .trim_end()
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -83,20 +108,49 @@ fn tcp_transfer_survives_restart_and_kill9() {
     let stop = Arc::new(AtomicBool::new(false));
     let server = echo_server(&topo.backend(1).ns, backend, stop.clone());
     let state = tempfile::tempdir().expect("state dir");
-    let keep = StartOptions { state_dir: Some(state.path().to_owned()), keep_pins: true };
+    let keep = StartOptions {
+        state_dir: Some(state.path().to_owned()),
+        keep_pins: true,
+    };
     let config = topo.lbd_config();
 
     let mut first = Lbd::start_with(topo.lb(), &config, &keep).expect("first lbd");
-    first.ctl(&["vip", "add", "10.200.100.1:80", "--proto", "tcp"]).expect("vip add");
-    first.ctl(&["backend", "add", "--vip", "10.200.100.1:80", "--proto", "tcp", &backend.to_string(), "--weight", "7"]).expect("backend add");
+    first
+        .ctl(&["vip", "add", "10.200.100.1:80", "--proto", "tcp"])
+        .expect("vip add");
+    first
+        .ctl(&[
+            "backend",
+            "add",
+            "--vip",
+            "10.200.100.1:80",
+            "--proto",
+            "tcp",
+            &backend.to_string(),
+            "--weight",
+            "7",
+        ])
+        .expect("backend add");
     let before_vips = first.ctl(&["vip", "list"]).expect("vip list");
-    let before_backends = without_flows(&first.ctl(&["backend", "list", "--vip", "10.200.100.1:80", "--proto", "tcp"]).expect("backend list"));
+    let before_backends = without_flows(
+        &first
+            .ctl(&[
+                "backend",
+                "list",
+                "--vip",
+                "10.200.100.1:80",
+                "--proto",
+                "tcp",
+            ])
+            .expect("backend list"),
+    );
 
     let vip = SocketAddrV4::new(VIP, 80);
     let client = topo
         .client()
         .spawn("transfer", move || -> Result<usize, String> {
-            let mut s = TcpStream::connect_timeout(&vip.into(), Duration::from_secs(2)).map_err(|e| format!("connect: {e}"))?;
+            let mut s = TcpStream::connect_timeout(&vip.into(), Duration::from_secs(2))
+                .map_err(|e| format!("connect: {e}"))?;
             transfer(&mut s, Duration::from_secs(7))
         })
         .expect("client thread");
@@ -105,9 +159,24 @@ fn tcp_transfer_survives_restart_and_kill9() {
     std::thread::sleep(Duration::from_millis(1500));
     first.stop().expect("first lbd stops cleanly");
     let mut second = Lbd::start_with(topo.lb(), &config, &keep).expect("second lbd");
-    assert_eq!(second.ctl(&["vip", "list"]).expect("vip list"), before_vips, "VIPs after a restart");
     assert_eq!(
-        without_flows(&second.ctl(&["backend", "list", "--vip", "10.200.100.1:80", "--proto", "tcp"]).expect("backend list")),
+        second.ctl(&["vip", "list"]).expect("vip list"),
+        before_vips,
+        "VIPs after a restart"
+    );
+    assert_eq!(
+        without_flows(
+            &second
+                .ctl(&[
+                    "backend",
+                    "list",
+                    "--vip",
+                    "10.200.100.1:80",
+                    "--proto",
+                    "tcp"
+                ])
+                .expect("backend list")
+        ),
         before_backends,
         "backends after a restart"
     );
@@ -118,16 +187,32 @@ fn tcp_transfer_survives_restart_and_kill9() {
     let third = Lbd::start_with(
         topo.lb(),
         &config,
-        &StartOptions { state_dir: Some(state.path().to_owned()), keep_pins: false },
+        &StartOptions {
+            state_dir: Some(state.path().to_owned()),
+            keep_pins: false,
+        },
     )
     .expect("third lbd");
-    assert_eq!(third.ctl(&["vip", "list"]).expect("vip list"), before_vips, "VIPs after kill -9");
+    assert_eq!(
+        third.ctl(&["vip", "list"]).expect("vip list"),
+        before_vips,
+        "VIPs after kill -9"
+    );
 
-    let moved = client.join().expect("client thread").expect("the transfer never broke");
+    let moved = client
+        .join()
+        .expect("client thread")
+        .expect("the transfer never broke");
     assert!(moved >= 100 * CHUNK, "only {moved} bytes moved in 7 s");
     let log = third.log_text();
-    assert!(log.contains("reusing the pinned maps"), "the third lbd did not adopt the maps:\n{log}");
-    assert!(log.contains("took over the pinned XDP link"), "the third lbd did not take over the link:\n{log}");
+    assert!(
+        log.contains("reusing the pinned maps"),
+        "the third lbd did not adopt the maps:\n{log}"
+    );
+    assert!(
+        log.contains("took over the pinned XDP link"),
+        "the third lbd did not take over the link:\n{log}"
+    );
 
     stop.store(true, Ordering::Relaxed);
     drop(third);
@@ -140,8 +225,15 @@ fn tcp_transfer_survives_restart_and_kill9() {
 fn corrupt_state_file_refuses_to_start() {
     let topo = Topology::two_arm(1).expect("topology");
     let state = tempfile::tempdir().expect("state dir");
-    std::fs::write(state.path().join("state.json"), b"{\"version\": 1, \"state\": {\"vips\": [").expect("write");
-    let opts = StartOptions { state_dir: Some(state.path().to_owned()), keep_pins: false };
+    std::fs::write(
+        state.path().join("state.json"),
+        b"{\"version\": 1, \"state\": {\"vips\": [",
+    )
+    .expect("write");
+    let opts = StartOptions {
+        state_dir: Some(state.path().to_owned()),
+        keep_pins: false,
+    };
     let err = match Lbd::start_with(topo.lb(), &topo.lbd_config(), &opts) {
         Ok(_) => panic!("lbd started from a corrupt state file"),
         Err(e) => format!("{e:#}"),

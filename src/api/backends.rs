@@ -33,7 +33,12 @@ fn pb_backend(s: &State, r: &Reconciler, vip: &VipKey, addr: SocketAddrV4) -> pb
         weight: v.and_then(|v| v.backends.get(&addr)).copied(),
         id: r.backend_id(vip, &addr).unwrap_or_default(),
         health: v
-            .map(|v| r.health().status(vip, &v.health, &addr).as_str().to_string())
+            .map(|v| {
+                r.health()
+                    .status(vip, &v.health, &addr)
+                    .as_str()
+                    .to_string()
+            })
             .unwrap_or_default(),
         tracked_flows: 0,
         drained_from: v.and_then(|v| v.drained.get(&addr)).copied().unwrap_or(0),
@@ -75,7 +80,11 @@ impl Backends for BackendsService {
         request: Request<pb::AddBackendRequest>,
     ) -> Result<Response<pb::AddBackendResponse>, Status> {
         let (vip, addr, weight) = validate_add(request.get_ref())?;
-        let mode = self.ctl.read(|s, _| s.vip(&vip).map(|v| v.mode)).await.map_err(ApiError::from)?;
+        let mode = self
+            .ctl
+            .read(|s, _| s.vip(&vip).map(|v| v.mode))
+            .await
+            .map_err(ApiError::from)?;
         if mode == crate::state::Mode::L2dsr {
             super::vips::check_l2dsr_backends("backend.address", &[addr]).await?;
         }

@@ -202,10 +202,16 @@ impl Controller {
         let mut inner = self.inner.lock().await;
         let mut next = inner.state.clone();
         let out = f(&mut next)?;
-        let applied = inner.reconciler.reconcile(&next).map_err(ApiError::from).and_then(|()| match &inner.store {
-            Some(store) => store.save(&next, &inner.reconciler.ids()).map_err(ApiError::from),
-            None => Ok(()),
-        });
+        let applied = inner
+            .reconciler
+            .reconcile(&next)
+            .map_err(ApiError::from)
+            .and_then(|()| match &inner.store {
+                Some(store) => store
+                    .save(&next, &inner.reconciler.ids())
+                    .map_err(ApiError::from),
+                None => Ok(()),
+            });
         if let Err(e) = applied {
             let previous = inner.state.clone();
             if let Err(rollback) = inner.reconciler.reconcile(&previous) {
@@ -246,7 +252,9 @@ impl Controller {
         let weighted: Vec<_> = v.backends.iter().filter(|(_, w)| **w > 0).collect();
         if !up
             && !weighted.is_empty()
-            && weighted.iter().all(|(a, _)| inner.reconciler.health().is_down(vip, a))
+            && weighted
+                .iter()
+                .all(|(a, _)| inner.reconciler.health().is_down(vip, a))
         {
             tracing::warn!(%vip, all_down = %v.health.all_down, "{}", crate::health::all_down_note(v.health.all_down));
         }

@@ -138,7 +138,10 @@ impl Vips for VipsService {
     ) -> Result<Response<pb::SetVipHealthResponse>, Status> {
         let req = request.get_ref();
         let key = parse_vip_key("vip", req.vip.as_ref())?;
-        let health = req.health.as_ref().ok_or_else(|| invalid("health", "missing"))?;
+        let health = req
+            .health
+            .as_ref()
+            .ok_or_else(|| invalid("health", "missing"))?;
         let health = HealthCheck::from_pb(health).map_err(ApiError::from)?;
         let shown = health.to_string();
         self.ctl.change(|s| s.set_health(&key, health)).await?;
@@ -183,9 +186,14 @@ impl Vips for VipsService {
 }
 
 /// Refuses L2 DSR backends that are not on a directly connected subnet (they would loop).
-pub async fn check_l2dsr_backends(field: &str, backends: &[std::net::SocketAddrV4]) -> Result<(), ApiError> {
+pub async fn check_l2dsr_backends(
+    field: &str,
+    backends: &[std::net::SocketAddrV4],
+) -> Result<(), ApiError> {
     for be in backends {
-        crate::neighbor::check_on_link(*be.ip()).await.map_err(|m| invalid(field, format!("backend {be}: {m}")))?;
+        crate::neighbor::check_on_link(*be.ip())
+            .await
+            .map_err(|m| invalid(field, format!("backend {be}: {m}")))?;
     }
     Ok(())
 }

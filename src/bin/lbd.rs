@@ -12,18 +12,18 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic::transport::Server;
 
-use xdplb::api::pb::{
-    backends_server::BackendsServer, stats_server::StatsServer, vips_server::VipsServer,
-};
-use xdplb::api::{backends::BackendsService, stats::StatsService, vips::VipsService, Controller};
 use xdplb::api::firewall::FirewallService;
 use xdplb::api::pb::firewall_server::FirewallServer;
 use xdplb::api::pb::rate_limits_server::RateLimitsServer;
+use xdplb::api::pb::{
+    backends_server::BackendsServer, stats_server::StatsServer, vips_server::VipsServer,
+};
 use xdplb::api::ratelimit::RateLimitsService;
+use xdplb::api::{backends::BackendsService, stats::StatsService, vips::VipsService, Controller};
 use xdplb::config::{self, Config};
-use xdplb::metrics::MetricsServer;
 use xdplb::dataplane::maps::RuntimeConfig;
 use xdplb::dataplane::{Dataplane, LoadOptions};
+use xdplb::metrics::MetricsServer;
 use xdplb::persist::StateStore;
 use xdplb::reconcile::Reconciler;
 use xdplb::state::State;
@@ -104,7 +104,10 @@ async fn run(args: Args) -> Result<()> {
     let config = Config::load(&args.config).context("invalid configuration")?;
     let metrics_listen = match &args.metrics_listen {
         Some(s) => xdplb::metrics::parse_listen(s).context("--metrics-listen")?,
-        None => config.metrics.listen_addr().context("invalid configuration")?,
+        None => config
+            .metrics
+            .listen_addr()
+            .context("invalid configuration")?,
     };
     // The state file, when there is one, wins over the config's [[vip]] tables: it holds every
     // change made through the API since the config seeded the first start.
@@ -158,11 +161,17 @@ async fn run(args: Args) -> Result<()> {
     let mut reconciler = Reconciler::new(dp, config.tables.maglev_size);
     match (&saved, adopted) {
         (Some(file), true) => reconciler.adopt_ids(&file.ids),
-        (None, true) => tracing::warn!("pinned maps found but no state file: starting from the configuration"),
+        (None, true) => {
+            tracing::warn!("pinned maps found but no state file: starting from the configuration")
+        }
         _ => {}
     }
-    let attached = attach_all(reconciler.dataplane_mut(), &config)
-        .and_then(|()| reconciler.dataplane().detach_stale_links().context("detaching stale links"));
+    let attached = attach_all(reconciler.dataplane_mut(), &config).and_then(|()| {
+        reconciler
+            .dataplane()
+            .detach_stale_links()
+            .context("detaching stale links")
+    });
     if let Err(e) = attached {
         let _ = reconciler.into_dataplane().shutdown(args.detach_on_exit);
         return Err(e);
@@ -171,7 +180,9 @@ async fn run(args: Args) -> Result<()> {
         Ok(c) => c,
         Err(e) => bail!("applying the configured VIPs: {e}"),
     };
-    ctl.persist_to(store).await.context("writing the state file")?;
+    ctl.persist_to(store)
+        .await
+        .context("writing the state file")?;
     ctl.warm_next_hops().await;
     // Probes backends of VIPs with a health check, from this namespace, and marks them up or
     // down through the controller; stopped before the controller is taken apart.

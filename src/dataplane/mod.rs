@@ -151,8 +151,18 @@ impl Dataplane {
                     let old = libbpf_rs::MapHandle::from_pinned_path(&pin)
                         .map_err(bpf_err(format!("opening pinned map {}", pin.display())))?;
                     let (want, have) = (
-                        (map.map_type(), map.key_size(), map.value_size(), map.max_entries()),
-                        (old.map_type(), old.key_size(), old.value_size(), old.max_entries()),
+                        (
+                            map.map_type(),
+                            map.key_size(),
+                            map.value_size(),
+                            map.max_entries(),
+                        ),
+                        (
+                            old.map_type(),
+                            old.key_size(),
+                            old.value_size(),
+                            old.max_entries(),
+                        ),
                     );
                     if want != have {
                         let detail = format!(
@@ -162,7 +172,8 @@ impl Dataplane {
                             return Err(DataplaneError::Incompatible { map: name, detail });
                         }
                         tracing::warn!(map = %name, %detail, "counter map layout changed: its counts restart");
-                        std::fs::remove_file(&pin).map_err(io_err(format!("unpinning {}", pin.display())))?;
+                        std::fs::remove_file(&pin)
+                            .map_err(io_err(format!("unpinning {}", pin.display())))?;
                     } else {
                         adopted = true;
                     }
@@ -205,14 +216,27 @@ impl Dataplane {
         let ifindex = nix::net::if_::if_nametoindex(ifname)
             .map_err(|_| DataplaneError::NoSuchInterface(ifname.to_string()))?;
         let prog_fd = self.skel.progs.xdplb.as_fd().as_raw_fd();
-        let pin = self.pin_dir.as_ref().map(|d| d.join(format!("link_{ifname}")));
+        let pin = self
+            .pin_dir
+            .as_ref()
+            .map(|d| d.join(format!("link_{ifname}")));
         if let Some(pin) = pin.as_ref().filter(|p| p.exists()) {
             // An earlier lbd left the program attached: swap in this build's program atomically.
-            let fd = replace_pinned_link(pin, prog_fd)
-                .map_err(io_err(format!("updating the XDP link on {ifname} ({})", pin.display())))?;
+            let fd = replace_pinned_link(pin, prog_fd).map_err(io_err(format!(
+                "updating the XDP link on {ifname} ({})",
+                pin.display()
+            )))?;
             self.maps().add_tx_port(ifindex)?;
-            tracing::info!(interface = ifname, "took over the pinned XDP link: program replaced atomically");
-            self.links.push(XdpLink { ifname: ifname.to_string(), ifindex, generic: false, _fd: fd });
+            tracing::info!(
+                interface = ifname,
+                "took over the pinned XDP link: program replaced atomically"
+            );
+            self.links.push(XdpLink {
+                ifname: ifname.to_string(),
+                ifindex,
+                generic: false,
+                _fd: fd,
+            });
             return Ok(self.links.last().expect("just pushed"));
         }
         let (fd, generic) = match mode {
@@ -256,14 +280,22 @@ impl Dataplane {
 
     /// Detaches links an earlier lbd pinned for interfaces that are no longer configured.
     pub fn detach_stale_links(&self) -> Result<(), DataplaneError> {
-        let Some(dir) = &self.pin_dir else { return Ok(()) };
-        let Ok(entries) = std::fs::read_dir(dir) else { return Ok(()) };
+        let Some(dir) = &self.pin_dir else {
+            return Ok(());
+        };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Ok(());
+        };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             if let Some(ifname) = name.strip_prefix("link_") {
                 if !self.links.iter().any(|l| l.ifname == ifname) {
-                    std::fs::remove_file(entry.path()).map_err(io_err(format!("unpinning {name}")))?;
-                    tracing::info!(interface = ifname, "detached: no longer in dataplane.interfaces");
+                    std::fs::remove_file(entry.path())
+                        .map_err(io_err(format!("unpinning {name}")))?;
+                    tracing::info!(
+                        interface = ifname,
+                        "detached: no longer in dataplane.interfaces"
+                    );
                 }
             }
         }
@@ -284,7 +316,8 @@ impl Dataplane {
 
 /// Pins a BPF object (here a link) at `path`.
 fn pin_fd(fd: &OwnedFd, path: &Path) -> io::Result<()> {
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
+    let c =
+        std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
     // SAFETY: a valid fd and a NUL-terminated path that lives across the call.
     let rc = unsafe { libbpf_sys::bpf_obj_pin(fd.as_raw_fd(), c.as_ptr()) };
     if rc < 0 {
@@ -295,7 +328,8 @@ fn pin_fd(fd: &OwnedFd, path: &Path) -> io::Result<()> {
 
 /// Opens the link pinned at `path` and makes it run `prog_fd` (an atomic program swap).
 fn replace_pinned_link(path: &Path, prog_fd: i32) -> io::Result<OwnedFd> {
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
+    let c =
+        std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
     // SAFETY: a NUL-terminated path that lives across the call.
     let fd = unsafe { libbpf_sys::bpf_obj_get(c.as_ptr()) };
     if fd < 0 {
