@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod backend_setup;
+pub mod cidr;
 pub mod config;
 pub mod dataplane;
 pub mod firewall;

@@ -184,31 +184,17 @@ pub fn clock_units(ns: u64) -> u64 {
 /// Why a string is not a prefix an override can use.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CidrError {
-    #[error("'{0}' is not an IPv4 prefix (expected A.B.C.D/LEN)")]
-    Syntax(String),
-    #[error("{given} has host bits set; did you mean {normalised}?")]
-    HostBits { given: String, normalised: Ipv4Net },
+    #[error(transparent)]
+    Prefix(#[from] crate::cidr::CidrError),
     #[error("0.0.0.0/0 is every client: set the default policy instead (no cidr)")]
     Everything,
 }
 
-/// Parses an override's prefix: `A.B.C.D/LEN` without host bits (a bare address is a /32).
+/// Parses an override's prefix with the shared strict parser ([`crate::cidr::parse_cidr`]).
 /// `/0` is refused: the default policy is the policy of every client no override matches.
 pub fn parse_cidr(s: &str) -> Result<Ipv4Net, CidrError> {
-    let net = match s.parse::<Ipv4Net>() {
-        Ok(net) => net,
-        Err(_) => match s.parse::<Ipv4Addr>() {
-            Ok(addr) => Ipv4Net::from(addr),
-            Err(_) => return Err(CidrError::Syntax(s.to_string())),
-        },
-    };
-    check_cidr(net).map_err(|e| match e {
-        CidrError::HostBits { normalised, .. } => CidrError::HostBits {
-            given: s.to_string(),
-            normalised,
-        },
-        other => other,
-    })?;
+    let net = crate::cidr::parse_cidr(s)?;
+    check_cidr(net)?;
     Ok(net)
 }
 
@@ -218,10 +204,11 @@ pub fn check_cidr(net: Ipv4Net) -> Result<(), CidrError> {
         return Err(CidrError::Everything);
     }
     if net.trunc() != net {
-        return Err(CidrError::HostBits {
+        return Err(crate::cidr::CidrError::HostBits {
             given: net.to_string(),
             normalised: net.trunc(),
-        });
+        }
+        .into());
     }
     Ok(())
 }
@@ -405,7 +392,7 @@ mod tests {
         assert_eq!(parse_cidr("0.0.0.0/0"), Err(CidrError::Everything));
         for bad in ["", "10.0.0.0/33", "10.0.0/8", "fe80::/10", "10.0.0.0/x"] {
             assert!(
-                matches!(parse_cidr(bad), Err(CidrError::Syntax(_))),
+                matches!(parse_cidr(bad), Err(CidrError::Prefix(_))),
                 "{bad}"
             );
         }

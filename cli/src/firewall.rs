@@ -233,33 +233,20 @@ impl PrefixError {
     }
 }
 
-/// `A.B.C.D/LEN` without host bits, or a bare `A.B.C.D` (a /32). lbd checks the same way.
+/// `A.B.C.D/LEN` without host bits, or a bare `A.B.C.D` (a /32): the same parser as lbd's
+/// ([`xdplb::cidr::parse_cidr`]), so that lbctl refuses exactly what lbd would.
 pub fn parse_prefix(s: &str) -> Result<Prefix, PrefixError> {
-    let (addr, len) = match s.split_once('/') {
-        Some((a, l)) => (a, Some(l)),
-        None => (s, None),
+    use xdplb::cidr::CidrError;
+    let prefix = |net: ipnet::Ipv4Net| Prefix {
+        addr: net.addr(),
+        len: net.prefix_len(),
     };
-    let addr: Ipv4Addr = match addr.parse() {
-        Ok(a) => a,
-        Err(_) if addr.parse::<std::net::Ipv6Addr>().is_ok() => return Err(PrefixError::Ipv6),
-        Err(_) => return Err(PrefixError::Syntax),
-    };
-    let len = match len {
-        None => 32,
-        Some(l) if !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit()) => {
-            match l.parse::<u8>() {
-                Ok(n) if n <= 32 => n,
-                _ => return Err(PrefixError::Length),
-            }
-        }
-        Some(_) => return Err(PrefixError::Syntax),
-    };
-    let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
-    let network = Ipv4Addr::from(u32::from(addr) & mask);
-    if network != addr {
-        return Err(PrefixError::HostBits(Prefix { addr: network, len }));
-    }
-    Ok(Prefix { addr, len })
+    xdplb::cidr::parse_cidr(s).map(prefix).map_err(|e| match e {
+        CidrError::Syntax(_) => PrefixError::Syntax,
+        CidrError::Length(_) => PrefixError::Length,
+        CidrError::Ipv6(_) => PrefixError::Ipv6,
+        CidrError::HostBits { normalised, .. } => PrefixError::HostBits(prefix(normalised)),
+    })
 }
 
 /// The prefixes of a list file, each with its line number (1-based).

@@ -16,7 +16,7 @@ pub mod xdp_pass;
 
 pub use netns::{veth, NetNs};
 pub use peers::{
-    tcp_connect, tcp_exchange, tcp_name_server, tcp_request, tcp_requests, udp_name_server,
+    all_ok, tcp_connect, tcp_exchange, tcp_name_server, tcp_request, tcp_requests, udp_name_server,
     udp_request, udp_requests, Reply, ServerHandle,
 };
 pub use procs::{vip_new_flows, Lbd, Proto, StartOptions};

@@ -441,3 +441,22 @@ fn udp_request_here(
         None => bail!("{local} -> {to}: no UDP answer"),
     }
 }
+
+/// For tests: asserts that there are `count` results and all are Ok; shows the first errors otherwise.
+pub fn all_ok(results: Vec<Result<Reply>>, count: usize) -> Vec<Reply> {
+    let total = results.len();
+    let (ok, errs): (Vec<_>, Vec<_>) = results.into_iter().partition(|r| r.is_ok());
+    let errs: Vec<String> = errs
+        .into_iter()
+        .filter_map(|r| r.err())
+        .take(5)
+        .map(|e| format!("{e:#}"))
+        .collect();
+    assert!(
+        total == count && errs.is_empty(),
+        "{} of {count} requests answered ({total} attempted within the time limit); first errors:\n{}",
+        ok.len(),
+        errs.join("\n")
+    );
+    ok.into_iter().filter_map(Result::ok).collect()
+}

@@ -8,15 +8,14 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
-use anyhow::Result;
 use xdplb_integration::dsr::{
     backend_setup, decap_pin_dir, lbctl_in, link_packets, BackendSetup, LbCounters, LineServer,
     RoutedTopology,
 };
 use xdplb_integration::xdp_pass::attach_xdp_pass;
 use xdplb_integration::{
-    tcp_connect, tcp_exchange, tcp_name_server, tcp_requests, udp_name_server, udp_requests, veth,
-    Lbd, NetNs, Proto, Reply, ServerHandle, Topology, VIP,
+    all_ok, tcp_connect, tcp_exchange, tcp_name_server, tcp_requests, udp_name_server,
+    udp_requests, veth, Lbd, NetNs, Proto, Reply, ServerHandle, Topology, VIP,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -34,25 +33,6 @@ fn vip() -> SocketAddrV4 {
 
 fn any_port(port: u16) -> SocketAddrV4 {
     SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)
-}
-
-/// Asserts that there are `count` results and all are Ok; shows the first errors otherwise.
-fn all_ok(results: Vec<Result<Reply>>, count: usize) -> Vec<Reply> {
-    let total = results.len();
-    let (ok, errs): (Vec<_>, Vec<_>) = results.into_iter().partition(|r| r.is_ok());
-    let errs: Vec<String> = errs
-        .into_iter()
-        .filter_map(|r| r.err())
-        .take(5)
-        .map(|e| format!("{e:#}"))
-        .collect();
-    assert!(
-        total == count && errs.is_empty(),
-        "{} of {count} requests answered ({total} attempted within the time limit); first errors:\n{}",
-        ok.len(),
-        errs.join("\n")
-    );
-    ok.into_iter().filter_map(Result::ok).collect()
 }
 
 fn tcp_batch(client: &NetNs, count: usize) -> Vec<Reply> {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use xdplb_integration::dsr::{backend_setup, BackendSetup, LbCounters, LineServer, RoutedTopology};
 use xdplb_integration::{
-    tcp_connect, tcp_exchange, tcp_name_server, tcp_request, tcp_requests, udp_name_server,
+    all_ok, tcp_connect, tcp_exchange, tcp_name_server, tcp_request, tcp_requests, udp_name_server,
     udp_requests, Lbd, NetNs, Proto, Reply, ServerHandle, Topology, VIP,
 };
 
@@ -135,25 +135,6 @@ fn wait_for(
 
 fn health_of(rows: &BTreeMap<SocketAddrV4, Row>, be: SocketAddrV4) -> &str {
     rows.get(&be).map_or("<missing>", |r| r.health.as_str())
-}
-
-/// Asserts that there are `count` results and all are Ok; shows the first errors otherwise.
-fn all_ok(results: Vec<Result<Reply>>, count: usize) -> Vec<Reply> {
-    let total = results.len();
-    let (ok, errs): (Vec<_>, Vec<_>) = results.into_iter().partition(|r| r.is_ok());
-    let errs: Vec<String> = errs
-        .into_iter()
-        .filter_map(|r| r.err())
-        .take(5)
-        .map(|e| format!("{e:#}"))
-        .collect();
-    assert!(
-        total == count && errs.is_empty(),
-        "{} of {count} requests answered ({total} attempted within the time limit); first errors:\n{}",
-        ok.len(),
-        errs.join("\n")
-    );
-    ok.into_iter().filter_map(Result::ok).collect()
 }
 
 fn tcp_batch(client: &NetNs, vip: SocketAddrV4, count: usize) -> BTreeMap<String, usize> {

@@ -5,9 +5,8 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
-use anyhow::Result;
 use xdplb_integration::{
-    tcp_connect, tcp_exchange, tcp_name_server, tcp_request, tcp_requests, udp_name_server,
+    all_ok, tcp_connect, tcp_exchange, tcp_name_server, tcp_request, tcp_requests, udp_name_server,
     udp_requests, vip_new_flows, Lbd, Proto, Reply, ServerHandle, Topology, VIP,
 };
 
@@ -66,25 +65,6 @@ impl Lab {
         .expect("client runs");
         all_ok(results, count)
     }
-}
-
-/// Asserts that there are `count` results and all are Ok; shows the first errors otherwise.
-fn all_ok(results: Vec<Result<Reply>>, count: usize) -> Vec<Reply> {
-    let total = results.len();
-    let (ok, errs): (Vec<_>, Vec<_>) = results.into_iter().partition(|r| r.is_ok());
-    let errs: Vec<String> = errs
-        .into_iter()
-        .filter_map(|r| r.err())
-        .take(5)
-        .map(|e| format!("{e:#}"))
-        .collect();
-    assert!(
-        total == count && errs.is_empty(),
-        "{} of {count} requests answered ({total} attempted within the time limit); first errors:\n{}",
-        ok.len(),
-        errs.join("\n")
-    );
-    ok.into_iter().filter_map(Result::ok).collect()
 }
 
 fn count_by_name(replies: &[Reply]) -> BTreeMap<String, usize> {
