@@ -5,9 +5,9 @@ CARGO ?= cargo
 # Everything the build, the tests and the demo need from Debian.
 APT_PACKAGES := clang-19 llvm-19 libelf-dev zlib1g-dev pkg-config protobuf-compiler \
 	gcc-multilib bpftool iproute2 ethtool netcat-openbsd curl python3 util-linux \
-	prometheus
+	prometheus python3-venv
 
-.PHONY: all deps build test unit integration demo bench fmt clean
+.PHONY: all deps build test unit integration demo bench fuzz fmt clean ansible-venv dist
 
 all: build
 
@@ -28,7 +28,7 @@ build: deps
 	$(CARGO) build --workspace --all-targets
 
 # Unit and BPF_PROG_TEST_RUN tests, then the namespace tests (root needed for BPF and netns).
-test: build
+test: build ansible-venv
 	@[ "$$(id -u)" = 0 ] || { echo "make test needs root (BPF, network namespaces)"; exit 1; }
 	$(CARGO) test --workspace --exclude xdplb-integration
 	$(CARGO) test -p xdplb-integration --tests -- --test-threads=1
@@ -37,8 +37,33 @@ demo: build
 	@[ "$$(id -u)" = 0 ] || { echo "make demo needs root (XDP, network namespaces)"; exit 1; }
 	bash scripts/demo.sh
 
+# Data-plane fuzzing (tests/fuzz.rs): FUZZ_PACKETS generated and mutated frames through the loaded
+# lb and decap programs, stopped after FUZZ_SECONDS; prints the count and the verdict histogram.
+FUZZ_PACKETS ?= 1000000
+FUZZ_SECONDS ?= 1200
+fuzz: build
+	@[ "$$(id -u)" = 0 ] || { echo "make fuzz needs root (BPF, network namespaces)"; exit 1; }
+	FUZZ_PACKETS=$(FUZZ_PACKETS) FUZZ_SECONDS=$(FUZZ_SECONDS) $(CARGO) test --test fuzz -- --nocapture
+
 bench: build
 	bash scripts/bench.sh
+
+# ansible-core from PyPI in a virtualenv, for integration/tests/ansible.rs (contrib/ansible).
+ANSIBLE_VENV := .venv-ansible
+ANSIBLE_CORE := ansible-core>=2.16,<2.20
+ansible-venv: $(ANSIBLE_VENV)/bin/ansible-playbook
+$(ANSIBLE_VENV)/bin/ansible-playbook: | deps
+	/usr/bin/python3 -m venv $(ANSIBLE_VENV)
+	$(ANSIBLE_VENV)/bin/pip install -q '$(ANSIBLE_CORE)'
+
+# Packaging artefacts in dist/: release binaries, the systemd unit, an example config,
+# man pages and shell completions generated from lbctl's clap definitions.
+# DIST_PROFILE=dev packages the debug build (quicker, for checking the layout).
+DIST := dist
+DIST_PROFILE ?= release
+dist: deps
+	$(CARGO) build --profile $(DIST_PROFILE) -p xdplb -p lbctl
+	bash packaging/dist.sh target/$(if $(filter dev,$(DIST_PROFILE)),debug,$(DIST_PROFILE)) $(DIST)
 
 fmt:
 	$(CARGO) fmt --all

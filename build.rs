@@ -11,19 +11,34 @@ const PROGRAMS: &[&str] = &["lb", "decap"];
 fn main() {
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR is set by cargo"));
     let clang = env::var("CLANG").unwrap_or_else(|_| find_clang());
+    let mut clang_args: Vec<String> = [
+        "-I/usr/include/x86_64-linux-gnu",
+        "-Ibpf",
+        "-Wall",
+        "-Werror",
+        "-O2",
+        "-g",
+    ]
+    .map(String::from)
+    .to_vec();
+    // XDPLB_BPF_VARIANT=N (a number) builds a variant of the XDP program that differs from the
+    // default one by a no-op instruction (`LB_BUILD_VARIANT` in bpf/lb.bpf.c): another program
+    // tag, the same behaviour and maps. The upgrade test (integration/tests/upgrade.rs) builds an
+    // lbd with it into a target directory of its own. Never set for a release.
+    println!("cargo:rerun-if-env-changed=XDPLB_BPF_VARIANT");
+    if let Some(v) = env::var("XDPLB_BPF_VARIANT").ok().filter(|v| !v.is_empty()) {
+        let n: u32 = v
+            .parse()
+            .unwrap_or_else(|_| panic!("XDPLB_BPF_VARIANT={v:?} is not a number"));
+        println!("cargo:warning=building BPF program variant {n} (XDPLB_BPF_VARIANT)");
+        clang_args.push(format!("-DLB_BUILD_VARIANT={n}"));
+    }
     for name in PROGRAMS {
         let src = format!("bpf/{name}.bpf.c");
         SkeletonBuilder::new()
             .source(&src)
             .clang(&clang)
-            .clang_args([
-                "-I/usr/include/x86_64-linux-gnu",
-                "-Ibpf",
-                "-Wall",
-                "-Werror",
-                "-O2",
-                "-g",
-            ])
+            .clang_args(&clang_args)
             .build_and_generate(out.join(format!("{name}.skel.rs")))
             .unwrap_or_else(|e| panic!("building BPF program {src}: {e:#}"));
     }

@@ -1,8 +1,11 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
-/* This file contains the firewall stage: one longest-prefix-match lookup of
- * the IPv4 source address in fw_v4, one per-CPU hit counter bump, and the
- * verdict. A block rule drops the packet (drop_firewall); an allow rule marks
- * it PKT_F_FW_ALLOWED and hands it on; no rule hands it on unmarked.
+/* This file contains the firewall stage: the verdict word of the IPv4 source
+ * address from at most three fixed-depth tables that lbd computes from the
+ * rules (fw_l1 by /16, fw_l2 by /24, fw_l3 by address; maps.h), one per-CPU
+ * hit counter bump, and the verdict. The cost does not depend on how many
+ * rules there are. A block rule drops the packet (drop_firewall); an allow
+ * rule marks it PKT_F_FW_ALLOWED and hands it on; no rule hands it on
+ * unmarked.
  *
  * Which packets the stage sees is fixed at load time (firewall_scope): only
  * those addressed to a VIP (checked after the VIP lookup), or every IPv4
@@ -12,6 +15,7 @@
 
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
 #include "xdplb.h"
 #include "maps.h"
 #include "parse.h"
@@ -19,6 +23,43 @@
 /* Written by lbd before load ([firewall] scope); the verifier prunes the
  * call site of the other scope. */
 const volatile enum fw_scope firewall_scope = FW_SCOPE_VIPS;
+
+/**
+ * fw_verdict_v4 - the verdict word of the longest rule covering @saddr
+ * @saddr: the source address, network byte order
+ *
+ * lbd writes a table before the entries that send packets to it, and removes
+ * those entries (then waits for a grace period) before deleting what they
+ * pointed to; a missing chunk or address therefore never happens to a packet,
+ * and would only mean the shorter table's word, which is its verdict anyway.
+ *
+ * Returns the word without FW_VERDICT_DEEPER (0: no rule covers @saddr).
+ */
+static __always_inline __u32 fw_verdict_v4(__be32 saddr)
+{
+	__u32 addr = bpf_ntohl(saddr);
+	__u32 net16 = addr >> 16;
+	struct fw_chunk *chunk;
+	__u32 *entry, word;
+
+	entry = bpf_map_lookup_elem(&fw_l1, &net16);
+	if (!entry)
+		return 0;
+	word = *entry;
+	if (!(word & FW_VERDICT_DEEPER))
+		return word;
+	chunk = bpf_map_lookup_elem(&fw_l2, &net16);
+	if (!chunk)
+		return word & ~FW_VERDICT_DEEPER;
+	/* (addr >> 8) & 0xff < FW_L2_SLOTS: always inside the chunk. */
+	word = chunk->slot[(addr >> 8) & (FW_L2_SLOTS - 1)];
+	if (!(word & FW_VERDICT_DEEPER))
+		return word;
+	entry = bpf_map_lookup_elem(&fw_l3, &saddr);
+	if (!entry)
+		return word & ~FW_VERDICT_DEEPER;
+	return *entry;
+}
 
 /**
  * firewall - the firewall stage, if the configured scope is @at
@@ -31,23 +72,22 @@ const volatile enum fw_scope firewall_scope = FW_SCOPE_VIPS;
  */
 static __always_inline int firewall(struct packet *pkt, enum fw_scope at)
 {
-	struct lpm_v4_key key = { .prefixlen = 32 };
 	struct fw_counters *hits;
-	struct fw_rule *rule;
+	__u32 word, action, id;
 
 	if (firewall_scope != at || !pkt->ip)
 		return LB_CONTINUE;
-	/* Network byte order, as on the wire: the trie compares from the first byte. */
-	__builtin_memcpy(key.addr, &pkt->ip->saddr, sizeof(key.addr));
-	rule = bpf_map_lookup_elem(&fw_v4, &key);
-	if (!rule)
+	word = fw_verdict_v4(pkt->ip->saddr);
+	action = word >> FW_VERDICT_ACTION_SHIFT;
+	if (!action)
 		return LB_CONTINUE;
-	hits = bpf_map_lookup_elem(&fw_hits, &rule->rule_id);
+	id = word & FW_VERDICT_ID_MASK;
+	hits = bpf_map_lookup_elem(&fw_hits, &id);
 	if (hits)
 		hits->packets += 1;
-	if (rule->action == FW_BLOCK)
+	if (action == FW_BLOCK)
 		return verdict(pkt, LB_REASON_DROP_FIREWALL, XDP_DROP);
-	if (rule->action == FW_ALLOW)
+	if (action == FW_ALLOW)
 		pkt->flags |= PKT_F_FW_ALLOWED;
 	return LB_CONTINUE;
 }

@@ -3,6 +3,7 @@
  *
  *   parse -> VIP lookup -> flow table -> Maglev -> NAT rewrite | L2 DSR | IPIP -> next hop
  *   parse -> reply of a tracked NAT flow -> NAT restore -> next hop
+ *   parse -> ICMP error about a flow -> its backend (or client) -> next hop
  *
  * The firewall runs once per packet: after the VIP lookup (scope "vips"), or
  * right after parsing, for every IPv4 packet (scope "all"). Rate limiting
@@ -25,6 +26,7 @@
 #include "encap.h"
 #include "firewall.h"
 #include "ratelimit.h"
+#include "icmp.h"
 
 /* DSR packets that cannot leave through XDP are dropped, not passed: the
  * kernel would route the VIP-addressed packet along the VIP's route, which
@@ -37,7 +39,8 @@ static __always_inline int dsr_verdict(struct packet *pkt, int action)
 }
 
 /* L2 DSR: only the MAC addresses change, towards the backend. */
-static __always_inline int send_l2dsr(struct xdp_md *ctx, struct packet *pkt, const struct ct_fwd *ct)
+static __always_inline int send_l2dsr(struct xdp_md *ctx, struct packet *pkt, const struct ct_fwd *ct,
+				      enum lb_reason ok_reason)
 {
 	struct bpf_fib_lookup fib = {};
 	struct iphdr *ip = pkt->ip;
@@ -51,12 +54,13 @@ static __always_inline int send_l2dsr(struct xdp_md *ctx, struct packet *pkt, co
 		return verdict(pkt, LB_REASON_DROP_TOO_BIG, XDP_DROP);
 	if (action != LB_CONTINUE)
 		return dsr_verdict(pkt, action);
-	return dsr_verdict(pkt, nexthop_send(ctx, pkt, &fib, LB_REASON_TX_L2DSR));
+	return dsr_verdict(pkt, nexthop_send(ctx, pkt, &fib, ok_reason));
 }
 
 /* IPIP DSR: an outer header to the backend; too big once encapsulated ->
- * ICMP "fragmentation needed" (DF) or drop. */
-static __always_inline int send_ipip(struct xdp_md *ctx, struct packet *pkt, const struct ct_fwd *ct)
+ * ICMP "fragmentation needed" (DF, never about an ICMP packet) or drop. */
+static __always_inline int send_ipip(struct xdp_md *ctx, struct packet *pkt, const struct ct_fwd *ct,
+				     enum lb_reason ok_reason)
 {
 	struct bpf_fib_lookup fib = {};
 	struct iphdr *ip = pkt->ip;
@@ -67,7 +71,8 @@ static __always_inline int send_ipip(struct xdp_md *ctx, struct packet *pkt, con
 	action = nexthop_lookup(ctx, pkt, &fib, ct->snat_addr.v4_be, ct->backend_addr.v4_be,
 				bpf_ntohs(ip->tot_len) + IPIP_OVERHEAD, ip->tos, IPPROTO_IPIP);
 	if (action == LB_NEXTHOP_FRAG_NEEDED) {
-		if ((ip->frag_off & bpf_htons(IP_DF)) && fib.mtu_result > IPIP_OVERHEAD)
+		if ((ip->frag_off & bpf_htons(IP_DF)) && fib.mtu_result > IPIP_OVERHEAD &&
+		    ip->protocol != IPPROTO_ICMP)
 			return icmp_too_big(ctx, pkt, fib.mtu_result - IPIP_OVERHEAD);
 		return verdict(pkt, LB_REASON_DROP_TOO_BIG, XDP_DROP);
 	}
@@ -76,7 +81,7 @@ static __always_inline int send_ipip(struct xdp_md *ctx, struct packet *pkt, con
 	action = encap_ipip(ctx, pkt, ct->snat_addr.v4_be, ct->backend_addr.v4_be);
 	if (action != LB_CONTINUE)
 		return action;
-	return dsr_verdict(pkt, nexthop_send(ctx, pkt, &fib, LB_REASON_TX_IPIP));
+	return dsr_verdict(pkt, nexthop_send(ctx, pkt, &fib, ok_reason));
 }
 
 /* Client -> VIP: find or create the flow, then send it the way it started
@@ -118,9 +123,9 @@ static __always_inline int lb_to_backend(struct xdp_md *ctx, struct packet *pkt,
 	count_flow(&vip_stats, ct->vip_id, pkt, new_flow);
 	count_flow(&backend_stats, ct->backend_id, pkt, new_flow);
 	if (ct->mode == LB_MODE_L2DSR)
-		return send_l2dsr(ctx, pkt, ct);
+		return send_l2dsr(ctx, pkt, ct, LB_REASON_TX_L2DSR);
 	if (ct->mode == LB_MODE_IPIP)
-		return send_ipip(ctx, pkt, ct);
+		return send_ipip(ctx, pkt, ct, LB_REASON_TX_IPIP);
 	action = nat_rewrite(pkt, ct->snat_addr.v4_be, ct->backend_addr.v4_be, ct->snat_port_be,
 			     ct->backend_port_be);
 	if (action != LB_CONTINUE)
@@ -145,6 +150,29 @@ static __always_inline int lb_to_client(struct xdp_md *ctx, struct packet *pkt,
 	if (action != LB_CONTINUE)
 		return action;
 	return forward(ctx, pkt, LB_REASON_TX_NAT_REPLY);
+}
+
+/* An ICMP error about a flow goes where the flow's packets go (bpf/icmp.h);
+ * from a blocked source, never. */
+static __always_inline int lb_icmp(struct xdp_md *ctx, struct packet *pkt, const struct lb_config *cfg)
+{
+	struct icmp_target t = {};
+	int action;
+
+	action = icmp_steer(pkt, cfg, &t);
+	if (action != LB_CONTINUE)
+		return action;
+	action = firewall(pkt, FW_SCOPE_VIPS);
+	if (action != LB_CONTINUE)
+		return action;
+	if (t.ct.mode == LB_MODE_L2DSR)
+		return send_l2dsr(ctx, pkt, &t.ct, LB_REASON_TX_ICMP_ERROR);
+	if (t.ct.mode == LB_MODE_IPIP)
+		return send_ipip(ctx, pkt, &t.ct, LB_REASON_TX_ICMP_ERROR);
+	action = icmp_rewrite(pkt, &t);
+	if (action != LB_CONTINUE)
+		return action;
+	return forward(ctx, pkt, LB_REASON_TX_ICMP_ERROR);
 }
 
 static __always_inline bool is_snat_reply(const struct packet *pkt, const struct lb_config *cfg)
@@ -174,6 +202,8 @@ static __always_inline int process_packet(struct xdp_md *ctx, struct packet *pkt
 	cfg = bpf_map_lookup_elem(&lb_config, &zero);
 	if (!cfg)
 		return verdict(pkt, LB_REASON_DROP_NO_CONFIG, XDP_DROP);
+	if (pkt->key.proto == IPPROTO_ICMP)
+		return lb_icmp(ctx, pkt, cfg);
 
 	vkey.addr = pkt->key.dst;
 	vkey.port_be = pkt->key.dport_be;
@@ -184,13 +214,22 @@ static __always_inline int process_packet(struct xdp_md *ctx, struct packet *pkt
 		action = firewall(pkt, FW_SCOPE_VIPS);
 		if (action != LB_CONTINUE)
 			return action;
+		action = vip_packet_sane(pkt);
+		if (action != LB_CONTINUE)
+			return action;
 		action = ratelimit_packet(pkt);
 		if (action != LB_CONTINUE)
 			return action;
 		return lb_to_backend(ctx, pkt, cfg, vip);
 	}
-	if (is_snat_reply(pkt, cfg))
+	if (is_snat_reply(pkt, cfg)) {
+		action = vip_packet_sane(pkt);
+		if (action != LB_CONTINUE)
+			return action;
 		return lb_to_client(ctx, pkt, cfg);
+	}
+	if (pkt->flags & PKT_F_FRAGMENT)
+		return verdict(pkt, LB_REASON_PASS_FRAGMENT, XDP_PASS);
 	return verdict(pkt, LB_REASON_PASS_NOT_VIP, XDP_PASS);
 }
 
@@ -198,6 +237,11 @@ SEC("xdp")
 int xdplb(struct xdp_md *ctx)
 {
 	struct packet pkt = {};
+#ifdef LB_BUILD_VARIANT
+	/* Test builds only (build.rs, XDPLB_BPF_VARIANT): one no-op instruction
+	 * makes a program with another tag for the upgrade test. */
+	asm volatile("r0 = %[v]" : : [v] "i"(LB_BUILD_VARIANT) : "r0");
+#endif
 	int action = process_packet(ctx, &pkt);
 
 	count_verdict(&pkt, action);
@@ -217,6 +261,7 @@ const volatile struct {
 	enum lb_ring_values ring_values;
 	enum fw_action fw_action;
 	enum fw_limits fw_limits;
+	enum fw_verdict_bits fw_verdict_bits;
 	enum rl_limits rl_limits;
 	enum rl_scope rl_scope;
 	enum rl_policy_flags rl_policy_flags;

@@ -92,19 +92,57 @@ struct {
 	__type(value, struct lb_global_stats);
 } global_stats SEC(".maps");
 
-/* Firewall rules: IPv4 source prefix -> rule; the longest matching prefix
- * wins. Nodes are allocated as rules are added (LPM tries require
- * BPF_F_NO_PREALLOC); lbd sets max_entries from [firewall] capacity. An
- * update of an existing prefix replaces its value atomically. */
+/* Firewall (bpf/firewall.h): the IPv4 rules as three fixed-depth tables that
+ * lbd computes from the rule list, so that a packet costs at most three
+ * lookups whatever the number of rules. Every entry is a verdict word (enum
+ * fw_verdict_bits): the deciding rule's action and id, and FW_DEEPER when
+ * longer rules below need the next table.
+ *
+ * fw_l1: one word per /16 (index: source >> 16, host order): the longest
+ * rule of length <= 16 covering the /16; FW_DEEPER: fw_l2 has its chunk. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, FW_L1_ENTRIES);
+	__type(key, __u32);
+	__type(value, __u32);
+} fw_l1 SEC(".maps");
+
+/* fw_l2: /16 index -> one word per /24 of it (index: third byte): the longest
+ * rule of length <= 24 covering the /24; FW_DEEPER: fw_l3 has the /24's
+ * addresses that rules longer than /24 cover. Only /16s with rules longer
+ * than /16 have a chunk. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, FW_L1_ENTRIES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32);
+	__type(value, struct fw_chunk);
+} fw_l2 SEC(".maps");
+
+/* fw_l3: source address (network byte order, as on the wire) -> the longest
+ * rule of length 25..32 covering it (a /25../31 is one entry per address);
+ * addresses without one are absent and take their fw_l2 word. lbd sets
+ * max_entries from [firewall] capacity. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, FW_DEFAULT_RULES);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct lpm_v4_key);
-	__type(value, struct fw_rule);
-} fw_v4 SEC(".maps");
+	__type(key, __be32);
+	__type(value, __u32);
+} fw_l3 SEC(".maps");
 
-/* The IPv6 twin of fw_v4, for when IPv6 forwarding lands; not read yet. */
+/* fw_rules[rule id]: the rule itself (prefix and action; action 0 = id not in
+ * use). Never read by the program: lbd's record of what the tables hold, for
+ * the next lbd to adopt and for the metrics to name rules. Sized like fw_hits. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, FW_DEFAULT_RULES);
+	__type(key, __u32);
+	__type(value, struct fw_rule_def);
+} fw_rules SEC(".maps");
+
+/* The IPv6 rules, for when IPv6 forwarding lands (an LPM trie for now; not
+ * read yet). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, FW_DEFAULT_RULES);
@@ -113,7 +151,7 @@ struct {
 	__type(value, struct fw_rule);
 } fw_v6 SEC(".maps");
 
-/* Per-rule hit counters, indexed by rule id (sized like fw_v4). Per-CPU:
+/* Per-rule hit counters, indexed by rule id ([firewall] capacity). Per-CPU:
  * a blocked flood hits one rule from every CPU at once. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

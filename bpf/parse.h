@@ -1,11 +1,13 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* This file contains the packet parser: Ethernet (one 802.1Q/802.1ad tag),
- * IPv4 with options, TCP and UDP, into one struct packet. Every bounds check
- * sits next to the access it guards. */
+ * IPv4 with options, TCP, UDP and the ICMP header, into one struct packet,
+ * and the sanity checks of a packet addressed to a VIP (fragments, land).
+ * Every bounds check sits next to the access it guards. */
 #pragma once
 
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
+#include <linux/icmp.h>
 #include <linux/in.h>
 #include <linux/ip.h>
 #include <linux/tcp.h>
@@ -29,7 +31,7 @@ struct packet {
 	void *data_end;
 	struct ethhdr *eth;
 	struct iphdr *ip;
-	void *l4; /* TCP or UDP header, checked for its full size */
+	void *l4; /* TCP, UDP or ICMP header, checked for its full size */
 	struct flow_key key; /* wire-order 5-tuple as received */
 	__u32 len; /* frame length, for byte counters */
 	__u8 tcp_flags; /* TCP flag byte (FIN=0x01 SYN=0x02 RST=0x04 ACK=0x10) */
@@ -44,6 +46,9 @@ struct packet {
 /* The client's rate-limit policy has scope new-flows (pkt->rl_policy): the
  * flow-creation path charges the packet, established flows pass. */
 #define PKT_F_RL_NEW_FLOWS 0x02
+/* A first fragment (MF, offset 0): the ports are here, the rest of the
+ * datagram comes in later fragments without them (see vip_packet_sane()). */
+#define PKT_F_FRAGMENT 0x04
 
 #define TCP_FLAG_FIN 0x01
 #define TCP_FLAG_SYN 0x02
@@ -57,14 +62,26 @@ static __always_inline int verdict(struct packet *pkt, enum lb_reason reason, in
 	return action;
 }
 
+/* A TCP/UDP header cut short: dropped, unless the packet is a first fragment
+ * (then it is nobody's flow we can tell, and the kernel gets it). */
+static __always_inline int cut_short(struct packet *pkt)
+{
+	if (pkt->flags & PKT_F_FRAGMENT)
+		return verdict(pkt, LB_REASON_PASS_FRAGMENT, XDP_PASS);
+	return verdict(pkt, LB_REASON_DROP_MALFORMED, XDP_DROP);
+}
+
 /**
  * parse_packet - fill @pkt from the frame in @ctx
  *
- * Returns LB_CONTINUE for an unfragmented IPv4 TCP or UDP packet whose
- * headers are all present, otherwise a verdict: XDP_PASS for anything the
- * kernel should see as if we were not here (non-IP, other L4 protocols,
- * fragments, L2/L3 garbage), XDP_DROP for a TCP/UDP packet whose L4 header
- * is cut short (every receiver would discard it).
+ * Returns LB_CONTINUE for an IPv4 TCP or UDP packet whose headers are all
+ * present (a first fragment too, marked PKT_F_FRAGMENT) and for an ICMP
+ * packet with its 8-byte header (key ports 0: bpf/icmp.h reads the rest),
+ * otherwise a verdict: XDP_PASS for anything the kernel should see as if we
+ * were not here (non-IP, other L4 protocols, later fragments, a first
+ * fragment too short for its L4 header, L2/L3 garbage), XDP_DROP for an
+ * unfragmented TCP/UDP packet whose L4 header is cut short (every receiver
+ * would discard it).
  */
 static __always_inline int parse_packet(struct xdp_md *ctx, struct packet *pkt)
 {
@@ -106,8 +123,11 @@ static __always_inline int parse_packet(struct xdp_md *ctx, struct packet *pkt)
 	if (tot_len < ihl_len || (void *)ip + tot_len > data_end)
 		return verdict(pkt, LB_REASON_PASS_MALFORMED, XDP_PASS);
 	pkt->ip = ip;
-	if (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET))
+	/* A later fragment has no L4 header: nothing to balance or restore on. */
+	if (ip->frag_off & bpf_htons(IP_OFFSET))
 		return verdict(pkt, LB_REASON_PASS_FRAGMENT, XDP_PASS);
+	if (ip->frag_off & bpf_htons(IP_MF))
+		pkt->flags |= PKT_F_FRAGMENT;
 
 	pkt->key.family = LB_AF_INET;
 	pkt->key.proto = ip->protocol;
@@ -119,7 +139,7 @@ static __always_inline int parse_packet(struct xdp_md *ctx, struct packet *pkt)
 
 		if ((void *)(tcp + 1) > data_end || tcp->doff < 5 ||
 		    ihl_len + tcp->doff * 4 > tot_len)
-			return verdict(pkt, LB_REASON_DROP_MALFORMED, XDP_DROP);
+			return cut_short(pkt);
 		pkt->l4 = tcp;
 		pkt->key.sport_be = tcp->source;
 		pkt->key.dport_be = tcp->dest;
@@ -130,11 +150,41 @@ static __always_inline int parse_packet(struct xdp_md *ctx, struct packet *pkt)
 		struct udphdr *udp = (void *)ip + ihl_len;
 
 		if ((void *)(udp + 1) > data_end || ihl_len + sizeof(*udp) > tot_len)
-			return verdict(pkt, LB_REASON_DROP_MALFORMED, XDP_DROP);
+			return cut_short(pkt);
 		pkt->l4 = udp;
 		pkt->key.sport_be = udp->source;
 		pkt->key.dport_be = udp->dest;
 		return LB_CONTINUE;
 	}
+	if (ip->protocol == IPPROTO_ICMP) {
+		struct icmphdr *icmp = (void *)ip + ihl_len;
+
+		if ((void *)(icmp + 1) > data_end || ihl_len + sizeof(*icmp) > tot_len)
+			return verdict(pkt, LB_REASON_PASS_NOT_VIP, XDP_PASS);
+		pkt->l4 = icmp;
+		return LB_CONTINUE;
+	}
 	return verdict(pkt, LB_REASON_PASS_NOT_VIP, XDP_PASS);
+}
+
+/**
+ * vip_packet_sane - refuse packets to a VIP (or to the SNAT ports) that the
+ * balancer must not forward
+ *
+ * A first fragment: its ports would pick a backend, but the later fragments
+ * carry none and could not follow it, so the datagram could never be
+ * reassembled there (see "Fragments" in docs/ARCHITECTURE.md). Dropped and
+ * counted (drop_fragment). A packet from the destination address to itself
+ * (a "land" packet): only a spoofer sends it, and its NAT reply would be
+ * routed back to the VIP, that is to us. Dropped (drop_land).
+ *
+ * Returns LB_CONTINUE or XDP_DROP.
+ */
+static __always_inline int vip_packet_sane(struct packet *pkt)
+{
+	if (pkt->flags & PKT_F_FRAGMENT)
+		return verdict(pkt, LB_REASON_DROP_FRAGMENT, XDP_DROP);
+	if (pkt->key.src.v4_be == pkt->key.dst.v4_be)
+		return verdict(pkt, LB_REASON_DROP_LAND, XDP_DROP);
+	return LB_CONTINUE;
 }

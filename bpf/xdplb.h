@@ -167,6 +167,10 @@ enum lb_reason {
 	LB_REASON_DROP_DSR_NO_NEXTHOP, /* DSR next hop unresolved/unattached: passing would loop */
 	LB_REASON_DROP_FIREWALL, /* source matched a firewall block rule */
 	LB_REASON_DROP_RATELIMIT, /* client over its rate limit (bpf/ratelimit.h) */
+	LB_REASON_DROP_FRAGMENT, /* first fragment of a VIP flow or NAT reply: the rest has no ports */
+	LB_REASON_DROP_LAND, /* to a VIP from the VIP's own address: only a spoofer sends it */
+	LB_REASON_TX_ICMP_ERROR, /* ICMP error about a NAT flow, rewritten for the other side (bpf/icmp.h) */
+	LB_REASON_DROP_ICMP_NO_FLOW, /* ICMP error quoting a VIP flow that no backend owns */
 	LB_REASON_MAX,
 };
 
@@ -185,14 +189,24 @@ struct lb_global_stats {
 	__u64 verdicts[LB_VERDICT_MAX];
 };
 
-/* Firewall (bpf/firewall.h): LPM tries of source prefixes -> rule. */
+/* Firewall (bpf/firewall.h): fixed-depth tables of verdict words (maps.h). */
 enum fw_limits {
 	FW_DEFAULT_RULES = 1000000, /* default capacity; lbd sizes the maps from [firewall] */
+	FW_L1_ENTRIES = 65536, /* fw_l1: one word per /16 */
+	FW_L2_SLOTS = 256, /* fw_chunk: one word per /24 of a /16 */
 };
 
 enum fw_action {
 	FW_BLOCK = 1, /* drop (reason drop_firewall) */
 	FW_ALLOW = 2, /* pass on, marked PKT_F_FW_ALLOWED */
+};
+
+/* A verdict word (fw_l1, fw_chunk slots, fw_l3 values), written by lbd. The
+ * word 0 means: no rule, nothing longer below. */
+enum fw_verdict_bits {
+	FW_VERDICT_ACTION_SHIFT = 30, /* bits 30-31: enum fw_action of the deciding rule, 0 = none */
+	FW_VERDICT_DEEPER = 1 << 29, /* fw_l1/fw_l2: longer rules below, look in the next table */
+	FW_VERDICT_ID_MASK = 0xffffff, /* bits 0-23: the deciding rule's id (index into fw_hits) */
 };
 
 /* Which packets the firewall sees (fixed at load time). */
@@ -201,8 +215,21 @@ enum fw_scope {
 	FW_SCOPE_ALL = 1, /* every IPv4 packet arriving on the interface */
 };
 
-/* fw_v4 key, as struct bpf_lpm_trie_key_u8: the address bytes are in
- * network byte order (a host-order key matches the wrong ranges). */
+/* fw_l2 value: the words of the 256 /24s of one /16, by third address byte. */
+struct fw_chunk {
+	__u32 slot[FW_L2_SLOTS];
+};
+
+/* fw_rules value: one rule as lbd applied it. */
+struct fw_rule_def {
+	__u8 addr[4]; /* network byte order */
+	__u8 prefixlen; /* 0..32 */
+	__u8 action; /* enum fw_action; 0 = no rule has this id */
+	__u8 pad[2];
+};
+
+/* IPv4 LPM trie key (rl_v4), as struct bpf_lpm_trie_key_u8: the address
+ * bytes are in network byte order (a host-order key matches the wrong ranges). */
 struct lpm_v4_key {
 	__u32 prefixlen; /* host order, 0..32 */
 	__u8 addr[4];
@@ -214,7 +241,7 @@ struct lpm_v6_key {
 	__u8 addr[16];
 };
 
-/* fw_v4/fw_v6 value. */
+/* fw_v6 value. */
 struct fw_rule {
 	__u32 rule_id; /* index into fw_hits, assigned by lbd */
 	__u8 action; /* enum fw_action */

@@ -26,6 +26,16 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("{key}: {message}")]
     Invalid { key: String, message: String },
+    /// Any of the above, placed in the file: `lbd.toml:12:11: vip[0].address: ...`. The key is
+    /// absent only for a syntax error (no key could be read there).
+    #[error("{}:{line}:{column}: {}{message}", path.display(), key.as_ref().map(|k| format!("{k}: ")).unwrap_or_default())]
+    At {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        key: Option<String>,
+        message: String,
+    },
 }
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
@@ -209,8 +219,15 @@ impl Default for RateLimitConfig {
 pub struct ApiConfig {
     /// Unix socket of the gRPC API (mode 0600).
     pub socket: Option<PathBuf>,
-    /// Optional TCP listener of the gRPC API.
+    /// Optional TCP listener of the gRPC API: loopback only, unless the three TLS keys below
+    /// are set (mutual TLS: clients need a certificate signed by `tls_client_ca`).
     pub grpc_listen: Option<std::net::SocketAddr>,
+    /// PEM certificate chain of the TCP listener.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificate that every client certificate must be signed by.
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 /// The Prometheus endpoint (`GET /metrics`, see `crate::metrics`).
@@ -245,8 +262,123 @@ pub struct VipConfig {
     pub proto: Protocol,
     #[serde(default)]
     pub mode: Mode,
+    /// `[vip.health]`: the VIP's health check; none when absent.
+    #[serde(default)]
+    pub health: Option<HealthConfig>,
     #[serde(default, rename = "backend")]
     pub backends: Vec<BackendConfig>,
+}
+
+/// `[vip.health]`: the fields of `lbctl vip add --health ...`, each with lbctl's default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// The probe: `tcp` (connect), `http:/PATH` (GET, expect `http_status`), `udp` (send
+    /// `udp_payload`, expect a reply) or `none`.
+    pub proto: String,
+    /// Time between two probes of one backend (100ms..=1h).
+    #[serde(default, with = "humantime_serde")]
+    pub interval: Option<Duration>,
+    /// How long one probe may take (below the interval).
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// Good probes in a row that bring a down backend back (1..=100).
+    pub rise: Option<u32>,
+    /// Failed probes in a row that take a backend out (1..=100).
+    pub fall: Option<u32>,
+    /// When every backend is down: `fail-open` (keep them all) or `drop`.
+    pub all_down: Option<crate::health::AllDown>,
+    /// The status an `http` check expects (default 200).
+    pub http_status: Option<u16>,
+    /// What a `udp` check sends (default "ping").
+    pub udp_payload: Option<String>,
+}
+
+impl HealthConfig {
+    /// The health check this table describes, validated; errors name the key below `key`
+    /// (e.g. `vip[0].health.interval`).
+    pub fn to_check(&self, key: &str) -> Result<crate::health::HealthCheck, ConfigError> {
+        use crate::health::{HealthCheck, HealthKind};
+        let d = HealthCheck::default();
+        let proto = self.proto.trim();
+        let kind = match proto.split_once(':') {
+            Some((word, path)) if word.eq_ignore_ascii_case("http") => HealthKind::Http {
+                path: path.to_string(),
+                expect_status: self.http_status.unwrap_or(200),
+            },
+            Some(_) => {
+                return Err(invalid(
+                    format!("{key}.proto"),
+                    format!("'{proto}' is not tcp, http:/PATH, udp or none"),
+                ))
+            }
+            None => match proto.to_ascii_lowercase().as_str() {
+                "tcp" => HealthKind::Tcp,
+                "udp" => HealthKind::Udp {
+                    payload: self.udp_payload.clone().unwrap_or_else(|| "ping".into()),
+                },
+                "http" => HealthKind::Http {
+                    path: "/".into(),
+                    expect_status: self.http_status.unwrap_or(200),
+                },
+                "none" => HealthKind::None,
+                _ => {
+                    return Err(invalid(
+                        format!("{key}.proto"),
+                        format!("'{proto}' is not tcp, http:/PATH, udp or none"),
+                    ))
+                }
+            },
+        };
+        let misplaced = match &kind {
+            HealthKind::Http { .. } => self.udp_payload.is_some().then_some("udp_payload"),
+            HealthKind::Udp { .. } => self.http_status.is_some().then_some("http_status"),
+            _ => (self.http_status.is_some().then_some("http_status"))
+                .or(self.udp_payload.is_some().then_some("udp_payload")),
+        };
+        if let Some(field) = misplaced {
+            return Err(invalid(
+                format!("{key}.{field}"),
+                format!("does not apply to a '{proto}' check"),
+            ));
+        }
+        let check = HealthCheck {
+            kind,
+            interval: self.interval.unwrap_or(d.interval),
+            timeout: self.timeout.unwrap_or(d.timeout),
+            rise: self.rise.unwrap_or(d.rise),
+            fall: self.fall.unwrap_or(d.fall),
+            all_down: self.all_down.unwrap_or(d.all_down),
+        };
+        check.validate().map_err(|e| match e {
+            crate::state::StateError::InvalidArgument { field, message } => {
+                let name = match field {
+                    "health.interval_ms" => "interval",
+                    "health.timeout_ms" => "timeout",
+                    "health.rise" => "rise",
+                    "health.fall" => "fall",
+                    "health.http_path" => "proto",
+                    "health.http_expect_status" => "http_status",
+                    "health.udp_payload" => "udp_payload",
+                    other => other.trim_start_matches("health."),
+                };
+                invalid(format!("{key}.{name}"), message)
+            }
+            other => invalid(key, other.to_string()),
+        })?;
+        Ok(check)
+    }
+}
+
+impl VipConfig {
+    /// The VIP's health check (`[vip.health]`, already validated by [`Config::parse`]); the
+    /// default, unchecked, when the table is absent.
+    pub fn health_check(&self) -> Result<crate::health::HealthCheck, ConfigError> {
+        self.health.as_ref().map_or_else(
+            || Ok(crate::health::HealthCheck::default()),
+            |h| h.to_check("vip.health"),
+        )
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -263,28 +395,60 @@ fn default_weight() -> u32 {
 }
 
 impl Config {
-    /// Reads and validates a configuration file.
+    /// Reads and validates a configuration file. Every error names the file, the line and
+    /// column, and the key (`vip[1].backend[0].weight`); nothing else is touched on the way.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(&text).map_err(|e| match e {
-            ConfigError::Parse { message, .. } => ConfigError::Parse {
-                path: path.to_owned(),
-                message,
-            },
-            other => other,
-        })
+        Self::parse_located(&text, path)
     }
 
-    /// Parses and validates configuration text.
+    /// Parses and validates configuration text (errors without a place in a file).
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: PathBuf::from("<config>"),
             message: e.to_string().trim_end().replace('\n', " "),
         })?;
         config.validate()?;
+        Ok(config)
+    }
+
+    /// [`Config::parse`] with every error placed at `path:line:column` and a key: a syntax or
+    /// type error where toml found it (the key is the one whose key or value holds that
+    /// place), a semantic error at the key it names (the line of its value; of the closest
+    /// enclosing key when the key itself is not in the file, e.g. a missing default).
+    pub fn parse_located(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let doc = toml::de::DeTable::parse(text).ok();
+        let at = |offset: usize, key: Option<String>, message: String| {
+            let (line, column) = line_col(text, offset);
+            ConfigError::At {
+                path: path.to_owned(),
+                line,
+                column,
+                key,
+                message,
+            }
+        };
+        let config: Config = match toml::from_str(text) {
+            Ok(c) => c,
+            Err(e) => {
+                let offset = e.span().map_or(0, |s| s.start);
+                let key = doc
+                    .as_ref()
+                    .and_then(|d| key_at(d.get_ref(), offset))
+                    .filter(|k| !k.is_empty());
+                return Err(at(offset, key, e.message().trim().replace('\n', " ")));
+            }
+        };
+        config.validate().map_err(|e| match e {
+            ConfigError::Invalid { key, message } => {
+                let offset = doc.as_ref().map_or(0, |d| span_of(d.get_ref(), &key).start);
+                at(offset, Some(key), message)
+            }
+            other => other,
+        })?;
         Ok(config)
     }
 
@@ -410,6 +574,9 @@ impl Config {
                     format!("{} {} is defined twice", vip.address, vip.proto),
                 ));
             }
+            if let Some(h) = &vip.health {
+                h.to_check(&format!("{key}.health"))?;
+            }
             for (j, be) in vip.backends.iter().enumerate() {
                 crate::state::validate_backend_addr(&be.address)
                     .map_err(|m| invalid(format!("{key}.backend[{j}].address"), m))?;
@@ -421,8 +588,134 @@ impl Config {
                 }
             }
         }
+        self.validate_as_state()
+    }
+
+    /// Builds the start state of the `[[vip]]` tables the way lbd will, so that what only the
+    /// state refuses (a DSR backend on another port, too many VIPs or backends, a weight out
+    /// of range) is reported here, at its key, before lbd touches anything.
+    fn validate_as_state(&self) -> Result<(), ConfigError> {
+        use crate::state::{State, StateError, VipKey};
+        let mut state = State::default();
+        let name = |prefix: &str, e: StateError| match e {
+            StateError::InvalidArgument { field, message } => {
+                let leaf = match field {
+                    "backend.address" | "backend.port" | "vip.address" => ".address",
+                    "backend.weight" => ".weight",
+                    "vip.mode" => ".mode",
+                    _ => "",
+                };
+                invalid(format!("{prefix}{leaf}"), message)
+            }
+            other => invalid(prefix, other.to_string()),
+        };
+        for (i, vip) in self.vips.iter().enumerate() {
+            let key = VipKey {
+                addr: vip.address,
+                proto: vip.proto,
+            };
+            state
+                .add_vip(key, vip.mode)
+                .map_err(|e| name(&format!("vip[{i}]"), e))?;
+            for (j, be) in vip.backends.iter().enumerate() {
+                state
+                    .add_backend(&key, be.address, be.weight)
+                    .map_err(|e| name(&format!("vip[{i}].backend[{j}]"), e))?;
+            }
+        }
         Ok(())
     }
+}
+
+/// 1-based line and column (in characters) of byte `offset` of `text`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// One step of a key path: a table key or an array index.
+enum Step<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+/// `vip[0].backend[1].address` -> Key(vip) Index(0) Key(backend) Index(1) Key(address).
+fn steps(path: &str) -> Vec<Step<'_>> {
+    let mut out = Vec::new();
+    for part in path.split('.') {
+        let (name, mut rest) = part.split_once('[').map_or((part, ""), |(n, r)| (n, r));
+        if !name.is_empty() {
+            out.push(Step::Key(name));
+        }
+        while let Some((index, after)) = rest.split_once(']') {
+            if let Ok(i) = index.parse() {
+                out.push(Step::Index(i));
+            }
+            rest = after.strip_prefix('[').unwrap_or("");
+        }
+    }
+    out
+}
+
+/// The span of the value at `path` in the parsed document, or of the deepest part of the path
+/// that is there (a key left to its default is reported at its table).
+fn span_of(doc: &toml::de::DeTable<'_>, path: &str) -> std::ops::Range<usize> {
+    use toml::de::DeValue;
+    let mut span = 0..0;
+    let mut table = Some(doc);
+    let mut array: Option<&toml::de::DeArray<'_>> = None;
+    for step in steps(path) {
+        let next = match (step, table, array) {
+            (Step::Key(k), Some(t), _) => {
+                t.iter()
+                    .find(|(key, _)| key.get_ref() == k)
+                    .map(|(key, v)| {
+                        // A table's own span can be just its header; the key names the place better.
+                        match v.get_ref() {
+                            DeValue::Table(_) | DeValue::Array(_) => (key.span(), v),
+                            _ => (v.span(), v),
+                        }
+                    })
+            }
+            (Step::Index(i), _, Some(a)) => a.get(i).map(|v| (v.span(), v)),
+            _ => None,
+        };
+        let Some((s, v)) = next else { break };
+        span = s;
+        table = v.get_ref().as_table();
+        array = v.get_ref().as_array();
+    }
+    span
+}
+
+/// The key path (`vip[0].backend[1].weight`) whose key or value covers byte `offset`.
+fn key_at(doc: &toml::de::DeTable<'_>, offset: usize) -> Option<String> {
+    use toml::de::DeValue;
+    fn walk(v: &DeValue<'_>, offset: usize, path: &str) -> Option<String> {
+        match v {
+            DeValue::Table(t) => t.iter().find_map(|(k, v)| {
+                let here = if path.is_empty() {
+                    k.get_ref().to_string()
+                } else {
+                    format!("{path}.{}", k.get_ref())
+                };
+                walk(v.get_ref(), offset, &here).or_else(|| {
+                    (k.span().contains(&offset) || v.span().contains(&offset)).then_some(here)
+                })
+            }),
+            DeValue::Array(a) => a.iter().enumerate().find_map(|(i, v)| {
+                let here = format!("{path}[{i}]");
+                walk(v.get_ref(), offset, &here).or_else(|| {
+                    (!v.get_ref().is_table() && v.span().contains(&offset)).then_some(here)
+                })
+            }),
+            _ => None,
+        }
+    }
+    walk(&DeValue::Table(doc.clone()), offset, "")
 }
 
 #[cfg(test)]
@@ -456,6 +749,7 @@ mod tests {
         assert_eq!(c.ratelimit.clients, crate::ratelimit::DEFAULT_CLIENTS);
         assert_eq!(c.vips.len(), 2);
         assert_eq!(c.vips[0].backends.len(), 2);
+        assert!(c.vips[0].health_check().expect("valid").is_checked());
         assert_eq!(
             c.metrics.listen_addr().expect("valid"),
             Some("127.0.0.1:9469".parse().expect("addr"))
@@ -569,6 +863,119 @@ mod tests {
             err(&MINIMAL.replace("interfaces", "xdp_mode = \"fast\"\ninterfaces"))
                 .contains("xdp_mode")
         );
+    }
+
+    fn with_health(table: &str) -> String {
+        format!(
+            "{MINIMAL}[[vip]]\naddress = \"10.0.0.1:80\"\nproto = \"tcp\"\n[vip.health]\n{table}\n"
+        )
+    }
+
+    #[test]
+    fn vip_health_table() {
+        use crate::health::{AllDown, HealthCheck, HealthKind};
+        let c = Config::parse(&with_health(
+            "proto = \"http:/healthz\"\ninterval = \"200ms\"\ntimeout = \"100ms\"\nrise = 4\nfall = 5\nall_down = \"drop\"\nhttp_status = 204",
+        ))
+        .expect("health table parses");
+        assert_eq!(
+            c.vips[0].health_check().expect("valid"),
+            HealthCheck {
+                kind: HealthKind::Http {
+                    path: "/healthz".into(),
+                    expect_status: 204
+                },
+                interval: Duration::from_millis(200),
+                timeout: Duration::from_millis(100),
+                rise: 4,
+                fall: 5,
+                all_down: AllDown::Drop,
+            }
+        );
+        // lbctl's defaults for what is left out; the state built from it carries the check.
+        let c = Config::parse(&with_health("proto = \"udp\"")).expect("parses");
+        let h = c.vips[0].health_check().expect("valid");
+        assert_eq!(
+            h,
+            HealthCheck {
+                kind: HealthKind::Udp {
+                    payload: "ping".into()
+                },
+                ..HealthCheck::default()
+            }
+        );
+        let state = crate::state::State::from_config(&c).expect("state");
+        assert_eq!(
+            state.vips.values().next().map(|v| v.health.clone()),
+            Some(h)
+        );
+        let tcp = Config::parse(&with_health("proto = \"TCP\"\nall_down = \"fail-open\""))
+            .expect("parses");
+        assert_eq!(
+            tcp.vips[0].health_check().expect("valid").kind,
+            HealthKind::Tcp
+        );
+        let none = Config::parse(&with_health("proto = \"none\"")).expect("parses");
+        assert!(!none.vips[0].health_check().expect("valid").is_checked());
+        // No table: not checked.
+        let plain = format!("{MINIMAL}[[vip]]\naddress = \"10.0.0.1:80\"\nproto = \"tcp\"\n");
+        let c = Config::parse(&plain).expect("parses");
+        assert_eq!(
+            c.vips[0].health_check().expect("valid"),
+            HealthCheck::default()
+        );
+    }
+
+    #[test]
+    fn vip_health_errors_name_the_key() {
+        for (table, key) in [
+            ("proto = \"icmp\"", "vip[0].health.proto:"),
+            ("proto = \"http:healthz\"", "vip[0].health.proto:"),
+            ("proto = \"ftp:/x\"", "vip[0].health.proto:"),
+            (
+                "proto = \"tcp\"\ninterval = \"10ms\"",
+                "vip[0].health.interval:",
+            ),
+            (
+                "proto = \"tcp\"\ninterval = \"2h\"",
+                "vip[0].health.interval:",
+            ),
+            (
+                "proto = \"tcp\"\ninterval = \"1s\"\ntimeout = \"1s\"",
+                "vip[0].health.timeout:",
+            ),
+            ("proto = \"tcp\"\nrise = 0", "vip[0].health.rise:"),
+            ("proto = \"tcp\"\nfall = 101", "vip[0].health.fall:"),
+            (
+                "proto = \"http:/\"\nhttp_status = 99",
+                "vip[0].health.http_status:",
+            ),
+            (
+                "proto = \"tcp\"\nhttp_status = 200",
+                "vip[0].health.http_status:",
+            ),
+            (
+                "proto = \"http:/\"\nudp_payload = \"x\"",
+                "vip[0].health.udp_payload:",
+            ),
+            (
+                "proto = \"udp\"\nudp_payload = \"\"",
+                "vip[0].health.udp_payload:",
+            ),
+        ] {
+            let e = err(&with_health(table));
+            assert!(e.starts_with(key), "{table:?}: {e}");
+        }
+        // serde names unknown and ill-typed keys itself.
+        for (table, word) in [
+            ("proto = \"tcp\"\nintervall = \"1s\"", "intervall"),
+            ("proto = \"tcp\"\nall_down = \"maybe\"", "all_down"),
+            ("proto = \"tcp\"\ninterval = \"soon\"", "interval"),
+            ("interval = \"1s\"", "proto"),
+        ] {
+            let e = err(&with_health(table));
+            assert!(e.contains(word), "{table:?}: {e}");
+        }
     }
 
     #[test]

@@ -158,9 +158,43 @@ pub struct Replaced {
 /// Shared behind an `Arc`: the controller copies the whole `State` for every change, and a
 /// million-rule list must not be copied when a VIP changes. The reconciler also uses the
 /// pointer to skip the rules entirely when they are the ones it applied last.
+///
+/// Besides the number of rules, the capacity bounds the data plane's table of single addresses
+/// (`fw_l3`): every address that a rule longer than /24 covers is one entry there (a /32 one, a
+/// /25 128), so the rules also count their [`Firewall::exact_entries`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Firewall {
     rules: Arc<BTreeMap<Ipv4Net, Action>>,
+    /// Addresses covered by rules longer than /24 (entries of `fw_l3`).
+    exact: u64,
+}
+
+/// Rules longer than this are expanded to single addresses in the data plane.
+const EXACT_FROM: u8 = 25;
+
+/// Addresses covered by the prefixes of `nets` (ascending) that are longer than /24.
+fn exact_entries<'a>(nets: impl Iterator<Item = &'a Ipv4Net>) -> u64 {
+    // Prefixes nest or are disjoint, and one comes before those inside it: a prefix that starts
+    // before the end of the last one counted lies inside it.
+    let (mut total, mut end) = (0u64, 0u64);
+    for net in nets.filter(|n| n.prefix_len() >= EXACT_FROM) {
+        let start = u64::from(u32::from(net.network()));
+        if start < end {
+            continue;
+        }
+        let size = 1u64 << (32 - net.prefix_len());
+        total += size;
+        end = start + size;
+    }
+    total
+}
+
+/// The /24 of a prefix longer than /24, as the range of prefixes inside it.
+fn slash24(net: &Ipv4Net) -> std::ops::RangeInclusive<Ipv4Net> {
+    let lo = u32::from(net.network()) & 0xffff_ff00;
+    let first = Ipv4Net::new(lo.into(), 0).unwrap_or_default();
+    let last = Ipv4Net::new((lo | 0xff).into(), 32).unwrap_or_default();
+    first..=last
 }
 
 impl Firewall {
@@ -186,6 +220,52 @@ impl Firewall {
         self.rules.get(net).copied()
     }
 
+    /// Single addresses the data plane holds for the rules longer than /24 (a /25 is 128).
+    pub fn exact_entries(&self) -> u64 {
+        self.exact
+    }
+
+    /// The exact entries after adding the new prefixes of `batch` (or removing them), computed
+    /// /24 by /24 for the /24s the batch touches; refused (naming the rule) past `capacity`.
+    fn exact_after(
+        &self,
+        batch: &RuleBatch,
+        remove: bool,
+        capacity: usize,
+    ) -> Result<u64, StateError> {
+        let mut by24: BTreeMap<u32, Vec<(Ipv4Net, usize)>> = BTreeMap::new();
+        for (net, _, index) in batch.iter() {
+            if net.prefix_len() >= EXACT_FROM && self.rules.contains_key(&net) == remove {
+                by24.entry(u32::from(net.network()) >> 8)
+                    .or_default()
+                    .push((net, index));
+            }
+        }
+        let mut total = self.exact;
+        for changed in by24.values() {
+            let Some((first, index)) = changed.first().copied() else {
+                continue;
+            };
+            let old: Vec<Ipv4Net> = self.rules.range(slash24(&first)).map(|(n, _)| *n).collect();
+            let before = exact_entries(old.iter());
+            let mut new: Vec<Ipv4Net> = if remove {
+                old.into_iter()
+                    .filter(|n| !changed.iter().any(|(c, _)| c == n))
+                    .collect()
+            } else {
+                old.into_iter()
+                    .chain(changed.iter().map(|(n, _)| *n))
+                    .collect()
+            };
+            new.sort_unstable();
+            total = total - before + exact_entries(new.iter());
+            if total > capacity as u64 {
+                return Err(exact_full(first, Some(index), total, capacity));
+            }
+        }
+        Ok(total)
+    }
+
     /// Adds every rule of `batch`, or none: a prefix whose rule has the other action is refused
     /// (AlreadyExists), as is going beyond `capacity` rules.
     pub fn add(&mut self, batch: &RuleBatch, capacity: usize) -> Result<Added, StateError> {
@@ -203,11 +283,13 @@ impl Firewall {
         }
         out.total = self.rules.len() + out.added;
         check_capacity(out.total, capacity)?;
+        let exact = self.exact_after(batch, false, capacity)?;
         if out.added > 0 {
             let rules = Arc::make_mut(&mut self.rules);
             for (net, action, _) in batch.iter() {
                 rules.insert(net, action);
             }
+            self.exact = exact;
         }
         Ok(out)
     }
@@ -230,6 +312,7 @@ impl Firewall {
             }
         }
         if !batch.is_empty() {
+            self.exact = self.exact_after(batch, true, usize::MAX)?;
             let rules = Arc::make_mut(&mut self.rules);
             for (net, _, _) in batch.iter() {
                 rules.remove(&net);
@@ -270,6 +353,23 @@ impl Firewall {
         }
         next.extend(batch.iter().map(|(n, a, _)| (n, a)));
         check_capacity(next.len(), capacity)?;
+        let exact = exact_entries(next.keys());
+        if exact > capacity as u64 {
+            // Name the rule at which the addresses pass the capacity.
+            let (mut total, mut end) = (0u64, 0u64);
+            for net in next.keys().filter(|n| n.prefix_len() >= EXACT_FROM) {
+                let start = u64::from(u32::from(net.network()));
+                if start < end {
+                    continue;
+                }
+                total += 1u64 << (32 - net.prefix_len());
+                end = start + (1u64 << (32 - net.prefix_len()));
+                if total > capacity as u64 {
+                    let index = batch.iter().find(|(n, _, _)| n == net).map(|(_, _, i)| i);
+                    return Err(exact_full(*net, index, exact, capacity));
+                }
+            }
+        }
 
         let mut out = Replaced {
             total: next.len(),
@@ -285,6 +385,7 @@ impl Firewall {
         out.removed = self.rules.keys().filter(|n| !next.contains_key(n)).count();
         if next != *self.rules {
             self.rules = Arc::new(next);
+            self.exact = exact;
         }
         Ok(out)
     }
@@ -302,6 +403,23 @@ fn check_capacity(total: usize, capacity: usize) -> Result<(), StateError> {
     Ok(())
 }
 
+/// The refusal of a rule that takes the single addresses past the capacity; `index` is its
+/// place in the request (None: a rule the request keeps).
+fn exact_full(net: Ipv4Net, index: Option<usize>, total: u64, capacity: usize) -> StateError {
+    let rule = match index {
+        Some(i) => format!("rules[{i}] ({net})"),
+        None => format!("the kept rule {net}"),
+    };
+    StateError::InvalidArgument {
+        field: "rules",
+        message: format!(
+            "{rule} takes the firewall past its capacity: rules longer than /24 are held as single addresses (a /{} is {}), {total} in all, and it holds at most {capacity} ([firewall] capacity)",
+            net.prefix_len(),
+            1u64 << (32 - net.prefix_len())
+        ),
+    }
+}
+
 impl Serialize for Firewall {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         self.rules.as_ref().serialize(s)
@@ -317,6 +435,7 @@ impl<'de> Deserialize<'de> for Firewall {
             )));
         }
         Ok(Self {
+            exact: exact_entries(rules.keys()),
             rules: Arc::new(rules),
         })
     }
@@ -607,5 +726,105 @@ mod tests {
         let back: Firewall = serde_json::from_str(&text).expect("deserialise");
         assert_eq!(back, fw);
         assert!(serde_json::from_str::<Firewall>(r#"{"10.0.0.1/8":"block"}"#).is_err());
+    }
+
+    #[test]
+    fn single_addresses_count_against_the_capacity() {
+        let mut fw = Firewall::default();
+        fw.add(
+            &batch(&[
+                ("10.0.0.0/8", Action::Block),
+                ("10.1.2.0/25", Action::Block),
+                ("10.1.2.7/32", Action::Allow),
+                ("10.1.3.4/31", Action::Block),
+            ]),
+            200,
+        )
+        .expect("add");
+        // The /32 lies inside the /25: 128 + 2 addresses.
+        assert_eq!(fw.exact_entries(), 130);
+        let before = fw.clone();
+        let e = fw
+            .add(
+                &batch(&[
+                    ("192.0.2.0/24", Action::Block),
+                    ("192.0.2.128/26", Action::Block),
+                    ("198.51.100.0/25", Action::Block),
+                ]),
+                200,
+            )
+            .expect_err("past the capacity");
+        assert!(
+            e.to_string()
+                .contains("rules[1] (192.0.2.128/26) takes the firewall past its capacity")
+                && e.to_string().contains("at most 200"),
+            "{e}"
+        );
+        assert!(matches!(
+            e,
+            StateError::InvalidArgument { field: "rules", .. }
+        ));
+        assert_eq!(fw, before);
+        let e = fw
+            .replace(
+                Some(Action::Block),
+                &batch(&[
+                    ("10.9.0.0/25", Action::Block),
+                    ("10.9.1.0/25", Action::Block),
+                ]),
+                200,
+            )
+            .expect_err("replace past the capacity");
+        assert!(
+            e.to_string()
+                .starts_with("rules: the kept rule 10.1.2.7/32 takes")
+                || e.to_string().contains("rules[1] (10.9.1.0/25)"),
+            "{e}"
+        );
+        assert_eq!(fw, before);
+        fw.remove(&batch(&[("10.1.2.0/25", Action::Block)]))
+            .expect("remove");
+        assert_eq!(fw.exact_entries(), 3);
+        fw.add(&batch(&[("10.1.2.0/25", Action::Block)]), 200)
+            .expect("add back");
+        assert_eq!(fw.exact_entries(), 130);
+        let back: Firewall =
+            serde_json::from_str(&serde_json::to_string(&fw).expect("json")).expect("parse");
+        assert_eq!(back.exact_entries(), 130);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn exact_entries_count_distinct_addresses(
+            list in proptest::collection::vec((0u32..4096, 20u8..=32, proptest::bool::ANY), 0..30),
+            removed in proptest::collection::vec(proptest::bool::ANY, 30),
+        ) {
+            let nets: Vec<Ipv4Net> = list
+                .iter()
+                .map(|(a, len, _)| Ipv4Net::new(std::net::Ipv4Addr::from(0x0a00_0000 | (a << 2)), *len).expect("len").trunc())
+                .collect();
+            let mut fw = Firewall::default();
+            let mut b = RuleBatch::default();
+            for (i, n) in nets.iter().enumerate() {
+                let _ = b.push(i, *n, Action::Block);
+            }
+            fw.add(&b, usize::MAX).expect("add");
+            let brute = |fw: &Firewall| {
+                let mut addrs = std::collections::BTreeSet::new();
+                for n in fw.rules().keys().filter(|n| n.prefix_len() > 24) {
+                    addrs.extend(u32::from(n.network())..=u32::from(n.broadcast()));
+                }
+                addrs.len() as u64
+            };
+            proptest::prop_assert_eq!(fw.exact_entries(), brute(&fw));
+            let mut r = RuleBatch::default();
+            for (i, n) in fw.rules().keys().enumerate() {
+                if removed.get(i).copied().unwrap_or(false) {
+                    let _ = r.push(i, *n, Action::Block);
+                }
+            }
+            fw.remove(&r).expect("remove");
+            proptest::prop_assert_eq!(fw.exact_entries(), brute(&fw));
+        }
     }
 }

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -360,6 +360,47 @@ pub struct HealthView {
     down: BTreeMap<VipKey, BTreeSet<SocketAddrV4>>,
     went_down: u64,
     came_up: u64,
+    stats: HealthStats,
+}
+
+/// What the checker counted for one backend of a VIP since lbd started (or since the backend
+/// was added or its VIP got a check): the metrics export these.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HealthCounts {
+    /// Transitions to down (the first verdict of a backend that never answered included).
+    pub went_down: u64,
+    /// Transitions from down back to up.
+    pub came_up: u64,
+    /// Probes that failed (refused, timed out, wrong status, no reply).
+    pub probe_failures: u64,
+}
+
+/// The checker's per-backend counters, shared between the checker (which writes them without
+/// the controller's lock) and the [`HealthView`] (through which the metrics read them).
+#[derive(Debug, Clone, Default)]
+pub struct HealthStats(Arc<Mutex<BTreeMap<(VipKey, SocketAddrV4), HealthCounts>>>);
+
+impl HealthStats {
+    fn update(&self, key: (VipKey, SocketAddrV4), f: impl FnOnce(&mut HealthCounts)) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        f(map.entry(key).or_default());
+    }
+
+    /// The counters of one backend (zero if nothing was counted).
+    pub fn get(&self, vip: &VipKey, addr: &SocketAddrV4) -> HealthCounts {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&(*vip, *addr)).copied().unwrap_or_default()
+    }
+
+    fn retain(&self, desired: &State) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|(vip, addr), _| {
+            desired
+                .vips
+                .get(vip)
+                .is_some_and(|v| v.health.is_checked() && v.backends.contains_key(addr))
+        });
+    }
 }
 
 impl HealthView {
@@ -396,8 +437,10 @@ impl HealthView {
             .collect()
     }
 
-    /// Forgets marks of VIPs and backends `desired` no longer has, or no longer checks.
+    /// Forgets marks (and counters) of VIPs and backends `desired` no longer has, or no longer
+    /// checks.
     pub fn retain(&mut self, desired: &State) {
+        self.stats.retain(desired);
         self.down.retain(|vip, set| match desired.vips.get(vip) {
             Some(v) if v.health.is_checked() => {
                 set.retain(|a| v.backends.contains_key(a));
@@ -416,6 +459,11 @@ impl HealthView {
         } else {
             BackendHealth::Up
         }
+    }
+
+    /// The checker's per-backend counters (a shared handle).
+    pub fn stats(&self) -> HealthStats {
+        self.stats.clone()
     }
 
     /// How many times a backend was marked down, and up again, since lbd started.
@@ -663,11 +711,14 @@ struct Checker {
     /// Which target a probe task belongs to (to free it if the task panics).
     tasks: HashMap<tokio::task::Id, TargetKey>,
     permits: Arc<Semaphore>,
+    /// The live view's counters (taken from the controller when the task starts).
+    stats: HealthStats,
 }
 
 impl Checker {
     fn new(ctl: Controller) -> Self {
         Self {
+            stats: HealthStats::default(),
             ctl,
             targets: HashMap::new(),
             probes: JoinSet::new(),
@@ -677,6 +728,7 @@ impl Checker {
     }
 
     async fn run(mut self, mut stopped: watch::Receiver<bool>) {
+        self.stats = self.ctl.read(|_, r| r.health().stats()).await;
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -803,6 +855,9 @@ impl Checker {
             return;
         }
         t.in_flight = false;
+        if probed.result.is_err() {
+            self.stats.update(probed.key, |c| c.probe_failures += 1);
+        }
         let before = t.tracker.status();
         let Some(now) = t.tracker.record(probed.result.is_ok()) else {
             if let Err(e) = &probed.result {
@@ -824,6 +879,12 @@ impl Checker {
             _ => {
                 tracing::debug!(%vip, %backend, health = ?now, %check, "backend health established")
             }
+        }
+        match (before, now) {
+            (Status::Down, Status::Down) => {}
+            (_, Status::Down) => self.stats.update(probed.key, |c| c.went_down += 1),
+            (Status::Down, _) => self.stats.update(probed.key, |c| c.came_up += 1),
+            _ => {}
         }
         if before == Status::Down || now == Status::Down {
             self.apply(probed.key, now != Status::Down).await;
@@ -1103,6 +1164,54 @@ mod tests {
         state.remove_vip(&vip()).expect("remove");
         view.retain(&state);
         assert!(view.down().is_empty());
+    }
+
+    #[test]
+    fn stats_count_per_backend_and_follow_the_state() {
+        let (v, a, b) = (vip(), addr("10.0.2.1:80"), addr("10.0.2.2:80"));
+        let view = HealthView::default();
+        let stats = view.stats();
+        stats.update((v, a), |c| c.probe_failures += 3);
+        stats.update((v, a), |c| c.went_down += 1);
+        stats.update((v, b), |c| c.came_up += 1);
+        // The view hands out the same counters.
+        assert_eq!(
+            view.stats().get(&v, &a),
+            HealthCounts {
+                went_down: 1,
+                came_up: 0,
+                probe_failures: 3
+            }
+        );
+        let mut state = State::default();
+        state.add_vip(v, crate::state::Mode::Nat).expect("vip");
+        state.add_backend(&v, a, 100).expect("backend");
+        state
+            .set_health(
+                &v,
+                HealthCheck {
+                    kind: HealthKind::Tcp,
+                    ..HealthCheck::default()
+                },
+            )
+            .expect("check");
+        let mut view = view;
+        view.retain(&state);
+        assert_eq!(stats.get(&v, &a).probe_failures, 3, "kept: still checked");
+        assert_eq!(
+            stats.get(&v, &b),
+            HealthCounts::default(),
+            "gone: not a backend"
+        );
+        state
+            .set_health(&v, HealthCheck::default())
+            .expect("unchecked");
+        view.retain(&state);
+        assert_eq!(
+            stats.get(&v, &a),
+            HealthCounts::default(),
+            "gone: not checked"
+        );
     }
 
     #[test]

@@ -97,6 +97,15 @@ pub struct BackendSample {
     pub counters: Counters,
     /// Live flows to this backend (from the last walk).
     pub tracked_flows: u64,
+    /// Its health, when the VIP has a health check.
+    pub health: Option<HealthSample>,
+}
+
+/// A checked backend's health: whether it is marked down, and the checker's counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HealthSample {
+    pub up: bool,
+    pub counts: crate::health::HealthCounts,
 }
 
 /// Counters of one VIP and its backends.
@@ -216,15 +225,21 @@ fn read_counters(
         };
         let mut backends = Vec::new();
         let mut backend_ids = Vec::new();
+        let health_stats = r.health().stats();
         for (addr, weight) in &v.backends {
             let Some(id) = r.backend_id(key, addr) else {
                 continue;
             };
+            let health = v.health.is_checked().then(|| HealthSample {
+                up: !r.health().is_down(key, addr),
+                counts: health_stats.get(key, addr),
+            });
             backends.push(BackendSample {
                 backend: addr.to_string(),
                 weight: *weight,
                 counters: maps.backend_counters(id)?,
                 tracked_flows: 0,
+                health,
             });
             backend_ids.push(id);
         }
@@ -418,6 +433,48 @@ pub fn encode_sample(s: &Sample, mut e: DescriptorEncoder) -> Result<(), std::fm
             .iter()
             .flat_map(backend)
             .map(|(l, b)| (l, gauge(b.tracked_flows))),
+    )?;
+    fn checked(v: &VipSample) -> impl Iterator<Item = (Labels<'_>, &HealthSample)> {
+        backend(v).filter_map(|(l, b)| b.health.as_ref().map(|h| (l, h)))
+    }
+    family(
+        &mut e,
+        "backend_up",
+        "Health of a backend of a VIP with a health check: 1 up (or not probed yet), 0 marked down (out of the Maglev table for new flows).",
+        None,
+        MetricType::Gauge,
+        s.vips
+            .iter()
+            .flat_map(checked)
+            .map(|(l, h)| (l, gauge(u64::from(h.up)))),
+    )?;
+    family(
+        &mut e,
+        "backend_health_transitions",
+        "Health transitions of a backend: to=\"down\" (taken out after `fall` failed probes) and to=\"up\" (back after `rise` good ones).",
+        None,
+        MetricType::Counter,
+        s.vips.iter().flat_map(checked).flat_map(|(l, h)| {
+            let mut down = l.clone();
+            down.push(("to", "down"));
+            let mut up = l;
+            up.push(("to", "up"));
+            [
+                (down, counter(h.counts.went_down)),
+                (up, counter(h.counts.came_up)),
+            ]
+        }),
+    )?;
+    family(
+        &mut e,
+        "backend_probe_failures",
+        "Health probes of a backend that failed (refused, timed out, wrong HTTP status, no UDP reply).",
+        None,
+        MetricType::Counter,
+        s.vips
+            .iter()
+            .flat_map(checked)
+            .map(|(l, h)| (l, counter(h.counts.probe_failures))),
     )?;
     family(
         &mut e,
@@ -764,6 +821,14 @@ mod tests {
                     weight: 100,
                     counters: c(7, 700, 1),
                     tracked_flows: 1,
+                    health: Some(HealthSample {
+                        up: false,
+                        counts: crate::health::HealthCounts {
+                            went_down: 2,
+                            came_up: 1,
+                            probe_failures: 9,
+                        },
+                    }),
                 }],
             }],
             reasons: vec![("pass_not_vip".into(), 3), ("tx_nat_forward".into(), 10)],
@@ -817,6 +882,10 @@ mod tests {
             "xdplb_backend_bytes_total{vip=\"10.0.0.10:80\",proto=\"tcp\",backend=\"10.0.2.1:8080\"} 700",
             "xdplb_backend_weight{vip=\"10.0.0.10:80\",proto=\"tcp\",backend=\"10.0.2.1:8080\"} 100",
             "xdplb_backend_tracked_flows{vip=\"10.0.0.10:80\",proto=\"tcp\",backend=\"10.0.2.1:8080\"} 1",
+            "xdplb_backend_up{vip=\"10.0.0.10:80\",proto=\"tcp\",backend=\"10.0.2.1:8080\"} 0",
+            "xdplb_backend_health_transitions_total{vip=\"10.0.0.10:80\",proto=\"tcp\",backend=\"10.0.2.1:8080\",to=\"down\"} 2",
+            "xdplb_backend_health_transitions_total{vip=\"10.0.0.10:80\",proto=\"tcp\",backend=\"10.0.2.1:8080\",to=\"up\"} 1",
+            "xdplb_backend_probe_failures_total{vip=\"10.0.0.10:80\",proto=\"tcp\",backend=\"10.0.2.1:8080\"} 9",
             "xdplb_packets_total{reason=\"pass_not_vip\"} 3",
             "xdplb_verdicts_total{verdict=\"XDP_TX\"} 10",
             "xdplb_map_entries{map=\"ct_fwd\",type=\"lru_hash\"} 2",
@@ -858,6 +927,24 @@ mod tests {
         assert!(!text.contains("xdplb_vip_packets"), "{text}");
         assert!(!text.contains("xdplb_map_entries"), "{text}");
         assert!(text.contains("xdplb_build_info"), "{text}");
+    }
+
+    #[test]
+    fn health_families_only_for_checked_backends() {
+        let mut s = sample();
+        s.vips[0].backends[0].health = None;
+        let text = render(&fixed_registry(s), false).expect("renders");
+        for name in [
+            "xdplb_backend_up",
+            "xdplb_backend_health_transitions",
+            "xdplb_backend_probe_failures",
+        ] {
+            assert!(
+                !text.contains(name),
+                "{name} for an unchecked backend:\n{text}"
+            );
+        }
+        assert!(text.contains("xdplb_backend_weight{"), "{text}");
     }
 
     #[test]

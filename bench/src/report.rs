@@ -30,10 +30,12 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
 }
 
-/// One plot: written as `bench/results/<file>.png`.
+/// One plot: written as `bench/results/<file>` (a PNG), shown under its section.
 #[derive(Debug, Clone)]
 pub struct Plot {
     pub file: String,
+    /// Title of the section the plot belongs to.
+    pub section: String,
     pub title: String,
     pub x_label: String,
     pub y_label: String,
@@ -43,8 +45,12 @@ pub struct Plot {
 
 #[derive(Debug, Default)]
 pub struct Report {
+    /// Lines printed above the sections (machine, kernel, how the run was made).
+    pub preamble: Vec<String>,
     pub sections: Vec<Section>,
     pub plots: Vec<Plot>,
+    /// The closing note: missed targets, by how much, why, and what would close them.
+    pub closing: Vec<String>,
 }
 
 impl Section {
@@ -68,7 +74,13 @@ impl Section {
 impl Report {
     /// The whole report as Markdown.
     pub fn markdown(&self) -> String {
-        let mut out = String::new();
+        let mut out = String::from("# xdplb benchmarks (`make bench`)\n\n");
+        for l in &self.preamble {
+            let _ = writeln!(out, "{l}  ");
+        }
+        if !self.preamble.is_empty() {
+            out.push('\n');
+        }
         for s in &self.sections {
             let _ = writeln!(out, "## {}\n", s.title);
             if !s.columns.is_empty() {
@@ -90,7 +102,54 @@ impl Report {
             if !s.notes.is_empty() {
                 out.push('\n');
             }
+            for p in self.plots.iter().filter(|p| p.section == s.title) {
+                let _ = writeln!(out, "![{}]({})\n", p.title, p.file);
+            }
+        }
+        if !self.closing.is_empty() {
+            out.push_str("## Closing note: targets missed and where the time goes\n\n");
+            for n in &self.closing {
+                let _ = writeln!(out, "- {n}");
+            }
+            out.push('\n');
         }
         out
     }
+
+    /// Writes `latest.md` and every plot into `dir`; returns the Markdown.
+    pub fn write(&self, dir: &std::path::Path) -> anyhow::Result<String> {
+        use anyhow::Context as _;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        for p in &self.plots {
+            crate::plot::draw(p, dir).with_context(|| format!("drawing {}", p.file))?;
+        }
+        let md = self.markdown();
+        let path = dir.join("latest.md");
+        std::fs::write(&path, &md).with_context(|| format!("writing {}", path.display()))?;
+        Ok(md)
+    }
+}
+
+/// One line per missed target of the report: the section, the row and its figures.
+pub fn missed_targets(report: &Report) -> Vec<String> {
+    let mut out = Vec::new();
+    for s in &report.sections {
+        for r in s.rows.iter().filter(|r| r.target_met == Some(false)) {
+            let cells: Vec<String> = s
+                .columns
+                .iter()
+                .zip(&r.cells)
+                .skip(1)
+                .filter(|(_, v)| !v.is_empty())
+                .map(|(c, v)| format!("{c} {v}"))
+                .collect();
+            out.push(format!(
+                "Missed in {}: **{}** ({}).",
+                s.title,
+                r.cells.first().map(String::as_str).unwrap_or("?"),
+                cells.join(", ")
+            ));
+        }
+    }
+    out
 }

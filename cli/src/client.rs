@@ -1,12 +1,12 @@
-//! Connection to lbd (Unix socket or TCP) and the one-line errors for failed connects and
+//! Connection to lbd (Unix socket, TCP, or TCP with mutual TLS) and the one-line errors for failed connects and
 //! failed RPCs. Everything else talks to lbd through the [`Lbd`] handle built here.
 
 use std::{error::Error as StdError, fmt, future::Future, io, path::PathBuf, time::Duration};
 
 use hyper_util::rt::TokioIo;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-use crate::highargs::Target;
+use crate::highargs::{Target, TlsFiles};
 use crate::pb::{
     backends_client::BackendsClient, firewall_client::FirewallClient,
     rate_limits_client::RateLimitsClient, stats_client::StatsClient, vips_client::VipsClient,
@@ -31,7 +31,7 @@ impl Lbd {
             kind,
         };
         let connecting = async {
-            match target {
+            Ok::<_, ConnectError>(match target {
                 Target::Unix(path) => {
                     // The URI is a placeholder: the connector ignores it and dials the socket.
                     let endpoint = Endpoint::from_static("http://[::]:50051");
@@ -50,7 +50,14 @@ impl Lbd {
                     Ok(endpoint) => configure(endpoint, timeout).connect().await,
                     Err(e) => Err(e),
                 },
-            }
+                Target::Tls { url, tls } => {
+                    let config = client_tls(tls).map_err(|reason| fail(reason, None))?;
+                    match Endpoint::from_shared(url.clone()).and_then(|e| e.tls_config(config)) {
+                        Ok(endpoint) => configure(endpoint, timeout).connect().await,
+                        Err(e) => Err(e),
+                    }
+                }
+            })
         };
         let channel = match tokio::time::timeout(timeout, connecting).await {
             Err(_elapsed) => {
@@ -59,11 +66,12 @@ impl Lbd {
                     Some(io::ErrorKind::TimedOut),
                 ))
             }
-            Ok(Err(e)) => {
+            Ok(Err(e)) => return Err(e),
+            Ok(Ok(Err(e))) => {
                 let (reason, kind) = describe_transport_error(&e);
                 return Err(fail(reason, kind));
             }
-            Ok(Ok(channel)) => channel,
+            Ok(Ok(Ok(channel))) => channel,
         };
         Ok(Lbd {
             vips: VipsClient::new(channel.clone()),
@@ -73,6 +81,28 @@ impl Lbd {
             ratelimits: RateLimitsClient::new(channel),
         })
     }
+}
+
+/// The TLS settings of a connection: lbd's CA, and the client certificate lbd asks for.
+fn client_tls(files: &TlsFiles) -> Result<ClientTlsConfig, String> {
+    let read = |what: &str, p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| {
+            format!(
+                "reading the {what} {}: {}",
+                p.display(),
+                strip_os_error(&e.to_string())
+            )
+        })
+    };
+    let mut config = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read("CA (--tls-ca)", &files.ca)?));
+    if let Some((cert, key)) = &files.identity {
+        config = config.identity(Identity::from_pem(
+            read("certificate (--tls-cert)", cert)?,
+            read("key (--tls-key)", key)?,
+        ));
+    }
+    Ok(config)
 }
 
 fn configure(endpoint: Endpoint, timeout: Duration) -> Endpoint {

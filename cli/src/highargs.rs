@@ -22,13 +22,24 @@ pub enum Target {
     Unix(PathBuf),
     /// gRPC over TCP at this `http://` URL.
     Tcp(String),
+    /// gRPC over TCP with TLS at this `https://` URL.
+    Tls { url: String, tls: TlsFiles },
+}
+
+/// The PEM files of a TLS connection to lbd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// CA that lbd's certificate must be signed by.
+    pub ca: PathBuf,
+    /// Client certificate and key (lbd refuses a client without them).
+    pub identity: Option<(PathBuf, PathBuf)>,
 }
 
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Target::Unix(path) => write!(f, "{}", path.display()),
-            Target::Tcp(url) => f.write_str(url),
+            Target::Tcp(url) | Target::Tls { url, .. } => f.write_str(url),
         }
     }
 }
@@ -146,6 +157,8 @@ pub enum Command {
     /// `top`: live rates from a stream of snapshots.
     Top(crate::top::Top),
     Completions(clap_complete::Shell),
+    /// `man [--dir DIR]`: local, no lbd.
+    Man(Option<std::path::PathBuf>),
 }
 
 /// Everything `lbctl` needs to run, all checked.
@@ -190,10 +203,7 @@ impl TryFrom<LowArgs> for HighArgs {
     type Error = ArgError;
 
     fn try_from(low: LowArgs) -> Result<Self, ArgError> {
-        let target = match low.addr {
-            Some(url) => Target::Tcp(parse_url("--addr", &url)?),
-            None => Target::Unix(low.socket),
-        };
+        let target = target(low.addr, low.socket, low.tls_ca, low.tls_cert, low.tls_key)?;
         Ok(HighArgs {
             target,
             json: low.json,
@@ -261,6 +271,7 @@ impl TryFrom<LowCommand> for Command {
             LowCommand::BackendSetup(args) => backend_setup(&args)?,
             LowCommand::Top(args) => Command::Top(args.try_into()?),
             LowCommand::Completions { shell } => Command::Completions(shell),
+            LowCommand::Man { dir } => Command::Man(dir),
         })
     }
 }
@@ -420,6 +431,70 @@ pub fn parse_duration(what: &'static str, s: &str) -> Result<Duration, ArgError>
 }
 
 /// lbd URL for TCP: `http://HOST:PORT`; a bare `HOST:PORT` gets `http://` prepended.
+/// Where to connect: the Unix socket, or `--addr` over TCP, with TLS when `--tls-ca` is given
+/// or the URL is `https://`.
+fn target(
+    addr: Option<String>,
+    socket: PathBuf,
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+) -> Result<Target, ArgError> {
+    let shown = |p: &Option<PathBuf>| {
+        p.as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    };
+    let identity = match (cert, key) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        (c, None) => return Err(invalid("--tls-cert", &shown(&c), "--tls-key with it")),
+        (None, k) => return Err(invalid("--tls-key", &shown(&k), "--tls-cert with it")),
+    };
+    let Some(addr) = addr else {
+        if let Some(ca) = ca {
+            return Err(invalid(
+                "--tls-ca",
+                &ca.display().to_string(),
+                "--addr too (the Unix socket never uses TLS)",
+            ));
+        }
+        if let Some((c, _)) = identity {
+            return Err(invalid(
+                "--tls-cert",
+                &c.display().to_string(),
+                "--addr and --tls-ca too (the Unix socket never uses TLS)",
+            ));
+        }
+        return Ok(Target::Unix(socket));
+    };
+    let https = addr.starts_with("https://");
+    match ca {
+        Some(ca) => {
+            let rest = addr
+                .strip_prefix("https://")
+                .or_else(|| addr.strip_prefix("http://"))
+                .unwrap_or(&addr);
+            let url = parse_url("--addr", rest)?.replacen("http://", "https://", 1);
+            Ok(Target::Tls {
+                url,
+                tls: TlsFiles { ca, identity },
+            })
+        }
+        None if https => Err(invalid(
+            "--addr",
+            &addr,
+            "--tls-ca with an https:// URL (and --tls-cert/--tls-key for lbd's client check)",
+        )),
+        None if identity.is_some() => Err(invalid(
+            "--tls-cert",
+            &shown(&identity.map(|(c, _)| c)),
+            "--tls-ca too (the CA that signed lbd's certificate)",
+        )),
+        None => Ok(Target::Tcp(parse_url("--addr", &addr)?)),
+    }
+}
+
 pub fn parse_url(what: &'static str, s: &str) -> Result<String, ArgError> {
     let url = if s.contains("://") {
         s.to_owned()
@@ -435,7 +510,7 @@ pub fn parse_url(what: &'static str, s: &str) -> Result<String, ArgError> {
         Err(invalid(
             what,
             s,
-            "a URL like http://127.0.0.1:50051 (TLS is not supported)",
+            "a URL like http://127.0.0.1:50051 (https:// with --tls-ca for TLS)",
         ))
     }
 }
@@ -848,6 +923,71 @@ mod tests {
             "invalid --timeout '0s': expected a positive duration like 5s, 500ms or 1m"
         );
         assert!(err(&["--addr", "https://lb:50051", "stats"]).starts_with("invalid --addr"));
+    }
+
+    #[test]
+    fn tls_flags() {
+        if std::env::vars_os().any(|(k, _)| k.to_string_lossy().starts_with("LBCTL_")) {
+            return; // the environment would mix in
+        }
+        let h = parse(&[
+            "--addr",
+            "https://lb.example:50051",
+            "--tls-ca",
+            "/ca.pem",
+            "--tls-cert",
+            "/c.pem",
+            "--tls-key",
+            "/k.pem",
+            "stats",
+        ])
+        .expect("parses");
+        assert_eq!(
+            h.target,
+            Target::Tls {
+                url: "https://lb.example:50051".into(),
+                tls: TlsFiles {
+                    ca: "/ca.pem".into(),
+                    identity: Some(("/c.pem".into(), "/k.pem".into())),
+                },
+            }
+        );
+        // A bare address with --tls-ca is https.
+        let h =
+            parse(&["--addr", "10.0.0.1:50051", "--tls-ca", "/ca.pem", "stats"]).expect("parses");
+        assert_eq!(
+            h.target,
+            Target::Tls {
+                url: "https://10.0.0.1:50051".into(),
+                tls: TlsFiles {
+                    ca: "/ca.pem".into(),
+                    identity: None
+                },
+            }
+        );
+        assert_eq!(
+            err(&[
+                "--addr",
+                "10.0.0.1:1",
+                "--tls-ca",
+                "/ca",
+                "--tls-cert",
+                "/c",
+                "stats"
+            ]),
+            "invalid --tls-cert '/c': expected --tls-key with it"
+        );
+        assert!(err(&["--tls-ca", "/ca", "stats"]).contains("the Unix socket never uses TLS"));
+        assert!(err(&[
+            "--addr",
+            "10.0.0.1:1",
+            "--tls-cert",
+            "/c",
+            "--tls-key",
+            "/k",
+            "stats"
+        ])
+        .contains("expected --tls-ca too"));
     }
 
     #[test]

@@ -63,9 +63,22 @@ pub struct LowArgs {
     )]
     pub socket: PathBuf,
 
-    /// Talk to lbd over TCP at this URL (e.g. http://127.0.0.1:50051) instead of the socket
+    /// Talk to lbd over TCP at this URL (e.g. http://127.0.0.1:50051) instead of the socket;
+    /// https://HOST:PORT (or any address with --tls-ca) uses mutual TLS
     #[arg(long, global = true, help_heading = GLOBAL, value_name = "URL", env = "LBCTL_ADDR")]
     pub addr: Option<String>,
+
+    /// TLS: PEM CA certificate that lbd's certificate must be signed by (turns TLS on)
+    #[arg(long, global = true, help_heading = GLOBAL, value_name = "FILE", env = "LBCTL_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// TLS: PEM client certificate presented to lbd (lbd refuses clients without one)
+    #[arg(long, global = true, help_heading = GLOBAL, value_name = "FILE", env = "LBCTL_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// TLS: PEM private key of --tls-cert
+    #[arg(long, global = true, help_heading = GLOBAL, value_name = "FILE", env = "LBCTL_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
 
     /// Print one JSON document instead of human-readable text
     #[arg(long, global = true, help_heading = GLOBAL)]
@@ -133,6 +146,13 @@ pub enum LowCommand {
         /// Shell to generate completions for
         #[arg(value_enum)]
         shell: clap_complete::Shell,
+    },
+
+    /// Print lbctl's man page (roff) to stdout, or write it and one page per subcommand to --dir
+    Man {
+        /// Write lbctl.1 and lbctl-SUBCOMMAND.1 pages into this directory
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
     },
 }
 

@@ -7,6 +7,7 @@ mod firewall;
 mod health;
 mod highargs;
 mod lowargs;
+mod man;
 mod output;
 mod pb;
 mod ratelimit;
@@ -51,6 +52,16 @@ fn main() -> ExitCode {
     let result = if let Command::Completions(shell) = high.command {
         clap_complete::generate(shell, &mut LowArgs::command(), "lbctl", &mut out);
         Ok(())
+    } else if let Command::Man(dir) = &high.command {
+        match dir {
+            None => man::render(&mut out),
+            Some(dir) => man::write_all(dir).and_then(|pages| {
+                for p in pages {
+                    writeln!(out, "{}", p.display()).context("cannot write to stdout")?;
+                }
+                Ok(())
+            }),
+        }
     } else {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -280,6 +291,7 @@ async fn run(args: &HighArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             }
         }
         Command::Completions(_) => Ok(()), // handled in main, needs no lbd
+        Command::Man(_) => Ok(()),         // handled in main, needs no lbd
         Command::Firewall(_) => Ok(()),    // handled above
         Command::RateLimit(_) => Ok(()),   // handled above
         Command::Health(_) => Ok(()),      // handled above

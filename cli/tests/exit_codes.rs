@@ -98,3 +98,19 @@ fn completions_need_no_lbd() {
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).contains("lbctl"));
 }
+
+#[test]
+fn man_needs_no_lbd() {
+    let out = lbctl(&["--socket", "/nonexistent/lbd.sock", "man"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(".TH lbctl 1"));
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = lbctl(&["man", "--dir", &dir.path().display().to_string()]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+    let page = dir.path().join("lbctl-backend-drain.1");
+    assert!(listed.contains(&page.display().to_string()), "{listed}");
+    let roff = std::fs::read_to_string(&page).expect("lbctl-backend-drain.1 written");
+    assert!(roff.contains(".TH lbctl-backend-drain 1"), "{roff}");
+}

@@ -34,7 +34,7 @@ use serde_json::Value;
 use crate::netns::{veth, NetNs};
 use crate::peers::MAX_SOCKET_TIMEOUT;
 use crate::procs::{bin_dir, Lbd, CTL_TIMEOUT};
-use crate::topology::{link_to_lb, udp_probe, unique_pin_path};
+use crate::topology::{link_to_lb, udp_probe, unique_pin_path, Topology};
 
 /// Where `lbctl backend-setup --mode ipip` pins the decap program of interface `dev`.
 pub fn decap_pin_dir(dev: &str) -> PathBuf {
@@ -512,4 +512,83 @@ impl LbCounters {
             verdicts: delta(&self.verdicts, &earlier.verdicts),
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// One-arm topologies prepared for a mode
+
+static DEV_COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A one-arm topology ([`Topology::one_arm`]) whose backends are prepared for one forwarding
+/// mode: nothing for `nat`, `lbctl backend-setup --mode l2dsr` for `l2dsr`, and for `ipip` the
+/// same with the decap program, after each backend's `eth0` was renamed to a name unique to this
+/// test process (the decap pins are per interface name in the one bpffs all namespaces share, so
+/// several IPIP backends, or tests of other processes, would collide on `eth0`).
+///
+/// Backends listen on `0.0.0.0:PORT` in every mode (DSR backends have the VIP on `lo`). The
+/// setups are undone before the namespaces go (field order).
+pub struct ModeTopology {
+    /// `backend-setup` guards, one per backend (none for `nat`).
+    pub setups: Vec<BackendSetup>,
+    pub topo: Topology,
+    /// Each backend's interface (1-based backend `i` at `[i - 1]`).
+    pub devs: Vec<String>,
+    mode: String,
+}
+
+impl ModeTopology {
+    /// Builds `Topology::one_arm(n)` and prepares its backends for `mode` (`nat`, `l2dsr` or
+    /// `ipip`).
+    pub fn one_arm(mode: &str, n: usize) -> Result<ModeTopology> {
+        let topo = Topology::one_arm(n)?;
+        let mut devs = Vec::new();
+        let mut setups = Vec::new();
+        for b in topo.backends() {
+            let dev = match mode {
+                "ipip" => {
+                    let dev = format!(
+                        "xd{}b{}",
+                        std::process::id(),
+                        DEV_COUNTER.fetch_add(1, Ordering::Relaxed)
+                    );
+                    rename_link(&b.ns, "eth0", &dev, "10.200.50.1")?;
+                    dev
+                }
+                "nat" | "l2dsr" => "eth0".to_string(),
+                other => bail!("unknown mode {other:?}: nat, l2dsr or ipip"),
+            };
+            if mode != "nat" {
+                setups.push(backend_setup(&b.ns, crate::VIP, mode, &dev)?);
+            }
+            devs.push(dev);
+        }
+        topo.prime_neighbours()?;
+        Ok(ModeTopology {
+            setups,
+            topo,
+            devs,
+            mode: mode.to_string(),
+        })
+    }
+
+    /// The mode it was prepared for.
+    pub fn mode(&self) -> &str {
+        &self.mode
+    }
+
+    /// Where backend `i` (1-based) is registered with lbd: its own address, port `port` (DSR
+    /// cannot translate ports: `port` must be the VIP's).
+    pub fn backend_addr(&self, i: usize, port: u16) -> SocketAddrV4 {
+        SocketAddrV4::new(self.topo.backend(i).addr, port)
+    }
+}
+
+/// Renames `from` to `to` inside `ns` (down, rename, up) and puts back the default route via
+/// `gateway` that going down removed. Addresses and offload settings stay.
+pub fn rename_link(ns: &NetNs, from: &str, to: &str, gateway: &str) -> Result<()> {
+    ns.ip(&["link", "set", "dev", from, "down"])?;
+    ns.ip(&["link", "set", "dev", from, "name", to])?;
+    ns.ip(&["link", "set", "dev", to, "up"])?;
+    ns.ip(&["route", "replace", "default", "via", gateway, "dev", to])?;
+    Ok(())
 }

@@ -5,13 +5,17 @@
 //! - [`topology`]: the two-arm and one-arm test networks;
 //! - [`procs`]: the [`Lbd`] daemon guard and lbctl calls;
 //! - [`peers`]: name servers on the backends and bounded clients;
-//! - [`xdp_pass`]: the XDP_PASS program on the LB-facing veth ends.
+//! - [`xdp_pass`]: the XDP_PASS program on the LB-facing veth ends;
+//! - [`transfer`]: an echo server and a long, byte-checked TCP transfer (restarts, upgrades);
+//! - [`upgrade`]: the variant build of lbd and what a pinned XDP link runs.
 
 pub mod dsr;
 pub mod netns;
 pub mod peers;
 pub mod procs;
 pub mod topology;
+pub mod transfer;
+pub mod upgrade;
 pub mod xdp_pass;
 
 pub use netns::{veth, NetNs};

@@ -116,7 +116,17 @@ impl Lbd {
 
     /// [`Lbd::start`] with options (restart tests).
     pub fn start_with(lb_ns: &NetNs, config_toml: &str, opts: &StartOptions) -> Result<Lbd> {
-        let lbd_bin = binary("lbd")?;
+        Self::start_binary(lb_ns, config_toml, opts, &binary("lbd")?)
+    }
+
+    /// [`Lbd::start_with`] running the lbd binary at `lbd_bin` (upgrade tests: another build).
+    pub fn start_binary(
+        lb_ns: &NetNs,
+        config_toml: &str,
+        opts: &StartOptions,
+        lbd_bin: &Path,
+    ) -> Result<Lbd> {
+        let lbd_bin = lbd_bin.to_path_buf();
         let lbctl = binary("lbctl")?;
         ensure_bpffs()?;
         SWEEP.call_once(sweep_stale_pins);

@@ -2,7 +2,8 @@
 //! backend whose server dies leaves the Maglev table within `interval x fall` and comes back after
 //! `rise` good probes; every-backend-down follows the VIP's policy (drop or fail-open); a drained
 //! backend keeps its open connections while new ones go elsewhere, and `backend list` counts its
-//! flows down to zero. NAT in both topologies, L2 DSR on the LB's segment, IPIP behind a router.
+//! flows down to zero. NAT in both topologies; L2 DSR and IPIP on the LB's segment (checks and
+//! drains), IPIP behind a router (`--all-down drop`).
 //! Run as root: `cargo test -p xdplb-integration --test health -- --test-threads=1`.
 
 use std::collections::BTreeMap;
@@ -14,7 +15,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use xdplb_integration::dsr::{backend_setup, BackendSetup, LbCounters, LineServer, RoutedTopology};
+use xdplb_integration::dsr::{backend_setup, LbCounters, LineServer, ModeTopology, RoutedTopology};
 use xdplb_integration::{
     all_ok, tcp_connect, tcp_exchange, tcp_name_server, tcp_request, tcp_requests, udp_name_server,
     udp_requests, Lbd, NetNs, Proto, Reply, ServerHandle, Topology, VIP,
@@ -298,39 +299,25 @@ fn nat_tcp_check_takes_a_dead_backend_out_and_back() {
     drop(servers);
 }
 
-/// L2 DSR, one-arm: the same with backends prepared by `backend-setup` (the probes go to the
-/// backends' own addresses, not the VIP).
-#[test]
-fn l2dsr_tcp_check_takes_a_dead_backend_out_and_back() {
-    let topo = Topology::one_arm(3).expect("topology");
-    let setups: Vec<BackendSetup> = topo
-        .backends()
-        .iter()
-        .map(|b| backend_setup(&b.ns, VIP, "l2dsr", "eth0").expect("lbctl backend-setup"))
-        .collect();
+/// DSR, one-arm: the same with backends prepared by `backend-setup` for `mode` (the probes go
+/// to the backends' own addresses, not the VIP; for IPIP they are not encapsulated).
+fn dsr_check_takes_a_dead_backend_out_and_back(mode: &str) {
+    let net = ModeTopology::one_arm(mode, 3).expect("topology");
+    let topo = &net.topo;
     let any80 = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 80);
-    let addrs: Vec<SocketAddrV4> = topo
-        .backends()
-        .iter()
-        .map(|b| SocketAddrV4::new(b.addr, 80))
-        .collect();
+    let addrs: Vec<SocketAddrV4> = (1..=3).map(|i| net.backend_addr(i, 80)).collect();
     let mut servers: Vec<Option<ServerHandle>> = topo
         .backends()
         .iter()
         .map(|b| Some(tcp_name_server(&b.ns, any80, &format!("b{}", b.index)).expect("server")))
         .collect();
     let lbd = Lbd::start(topo.lb(), &topo.lbd_config()).expect("lbd starts");
-    vip_add(
-        &lbd,
-        vip_tcp(),
-        Proto::Tcp,
-        "l2dsr",
-        &health_flags("tcp", &[]),
-    );
+    vip_add(&lbd, vip_tcp(), Proto::Tcp, mode, &health_flags("tcp", &[]));
     for a in &addrs {
         lbd.add_backend(vip_tcp(), Proto::Tcp, *a)
             .expect("add backend");
     }
+    let before = LbCounters::read(&lbd).expect("stats");
     let b3 = &topo.backend(3).ns;
     kill_and_restart(
         &lbd,
@@ -341,9 +328,23 @@ fn l2dsr_tcp_check_takes_a_dead_backend_out_and_back() {
         2,
         || tcp_name_server(b3, any80, "b3").expect("server restarts"),
     );
+    let d = LbCounters::read(&lbd).expect("stats").since(&before);
+    let reason = format!("tx_{mode}");
+    assert!(d.reason(&reason) > 0, "nothing went by {mode}: {d:?}");
+    assert_eq!(d.reason("tx_nat_forward"), 0, "{d:?}");
     drop(servers);
     drop(lbd);
-    drop(setups);
+    drop(net);
+}
+
+#[test]
+fn l2dsr_tcp_check_takes_a_dead_backend_out_and_back() {
+    dsr_check_takes_a_dead_backend_out_and_back("l2dsr");
+}
+
+#[test]
+fn ipip_tcp_check_takes_a_dead_backend_out_and_back() {
+    dsr_check_takes_a_dead_backend_out_and_back("ipip");
 }
 
 /// IPIP DSR to the one backend behind a router, with `--all-down drop`: while its server is
@@ -688,7 +689,7 @@ fn all_down_drop_then_fail_open() {
 
 /// Drain: the open connection keeps being answered by the drained backend while every new one
 /// goes to the other; `backend list` shows its flow, then zero once the connection is closed;
-/// undrain restores the weight.
+/// undrain restores the weight. NAT (conntrack) on the two-arm topology.
 #[test]
 fn drain_keeps_open_connection_and_undrain_restores() {
     let topo = Topology::two_arm(2).expect("topology");
@@ -703,17 +704,60 @@ fn drain_keeps_open_connection_and_undrain_restores() {
         .zip(&addrs)
         .map(|(b, a)| LineServer::start(&b.ns, *a, &format!("b{}", b.index)).expect("server"))
         .collect();
+    drain_and_undrain(&topo, "nat", &addrs, &servers);
+    drop(servers);
+}
+
+/// The same in the DSR modes, where the LB's flow table (no conntrack, no replies seen) keeps
+/// the open connection on the drained backend.
+fn dsr_drain(mode: &str) {
+    let net = ModeTopology::one_arm(mode, 2).expect("topology");
+    let any80 = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 80);
+    let addrs: Vec<SocketAddrV4> = (1..=2).map(|i| net.backend_addr(i, 80)).collect();
+    let servers: Vec<LineServer> = net
+        .topo
+        .backends()
+        .iter()
+        .map(|b| LineServer::start(&b.ns, any80, &format!("b{}", b.index)).expect("server"))
+        .collect();
+    drain_and_undrain(&net.topo, mode, &addrs, &servers);
+    for s in &servers {
+        for peer in s.peers() {
+            assert_eq!(
+                peer.ip(),
+                std::net::IpAddr::V4(net.topo.client_addrs()[0]),
+                "DSR: the backend sees the client itself"
+            );
+        }
+    }
+    drop(servers);
+    drop(net);
+}
+
+#[test]
+fn l2dsr_drain_keeps_open_connection_and_undrain_restores() {
+    dsr_drain("l2dsr");
+}
+
+#[test]
+fn ipip_drain_keeps_open_connection_and_undrain_restores() {
+    dsr_drain("ipip");
+}
+
+/// The drain test proper, on two backends `addrs` served by `servers` (named b1, b2).
+fn drain_and_undrain(topo: &Topology, mode: &str, addrs: &[SocketAddrV4], servers: &[LineServer]) {
     // Closed flows leave the count after one second, not ten.
     let config = topo
         .lbd_config()
         .replace("tcp_closing = \"10s\"", "tcp_closing = \"1s\"");
     assert!(config.contains("tcp_closing = \"1s\""), "{config}");
     let lbd = Lbd::start(topo.lb(), &config).expect("lbd starts");
-    lbd.add_vip(vip_tcp(), Proto::Tcp).expect("vip add");
-    for a in &addrs {
+    vip_add(&lbd, vip_tcp(), Proto::Tcp, mode, &[]);
+    for a in addrs {
         lbd.add_backend(vip_tcp(), Proto::Tcp, *a)
             .expect("add backend");
     }
+    let stats_before = LbCounters::read(&lbd).expect("stats");
 
     let conn = tcp_connect(topo.client(), None, vip_tcp(), TIMEOUT).expect("open connection");
     let first = tcp_exchange(&conn, "hello").expect("first answer");
@@ -828,5 +872,11 @@ fn drain_keeps_open_connection_and_undrain_restores() {
     ]);
     let e = format!("{:#}", again.expect_err("not drained any more"));
     assert!(e.contains("is not drained"), "{e}");
-    drop(servers);
+    let d = LbCounters::read(&lbd).expect("stats").since(&stats_before);
+    let reason = if mode == "nat" {
+        "tx_nat_forward".to_string()
+    } else {
+        format!("tx_{mode}")
+    };
+    assert!(d.reason(&reason) > 0, "nothing went by {mode}: {d:?}");
 }

@@ -1,242 +1,325 @@
-//! Restarts without losing flows: a TCP transfer keeps going, without a reset or a lost byte,
-//! across an lbd restart (SIGTERM, start), a `kill -9` and start (the new lbd replaces the
-//! program through the pinned link: the upgrade path), and the state comes back as it was.
+//! Restarts without losing flows, in each forwarding mode: a TCP transfer keeps going, without a
+//! reset or a lost byte, across an lbd restart (SIGTERM, start) and a `kill -9` and start, also
+//! while no lbd runs at all (the program stays attached through its pinned link, the flow table
+//! stays pinned, the new lbd takes both over); `vip list`, `backend list`, `fw list` and
+//! `ratelimit list` show byte for byte what they showed before. A truncated or corrupted state
+//! file makes lbd refuse to start, with a clear error, while the data plane keeps forwarding.
+//! Program upgrades (another build) are in `upgrade.rs`.
+//! Run as root: `cargo test -p xdplb-integration --test restart -- --test-threads=1`.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddrV4, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::net::{SocketAddrV4, TcpStream};
+use std::path::Path;
+use std::time::Duration;
 
-use xdplb_integration::{Lbd, NetNs, StartOptions, Topology, VIP};
+use xdplb_integration::transfer::{Transfer, TransferLab, CHUNK};
+use xdplb_integration::{Lbd, StartOptions, VIP};
 
-const CHUNK: usize = 1024;
-const PORT: u16 = 8080;
+/// How long each transfer runs: long enough for two restarts and the gaps between them.
+const TRANSFER: Duration = Duration::from_secs(9);
+/// Progress the transfer must make in each phase (20 chunks: a few hundred ms of traffic).
+const PROGRESS: usize = 20 * CHUNK;
+/// Bound on making that progress.
+const PROGRESS_LIMIT: Duration = Duration::from_secs(3);
 
-/// An echo server on the backend: everything read is written back.
-fn echo_server(
-    ns: &NetNs,
-    addr: SocketAddrV4,
-    stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<()> {
-    let listener = ns
-        .run(move || TcpListener::bind(addr))
-        .expect("into the backend netns")
-        .expect("bind echo server");
-    listener
-        .set_nonblocking(true)
-        .expect("nonblocking listener");
-    std::thread::spawn(move || {
-        while !stop.load(Ordering::Relaxed) {
-            match listener.accept() {
-                Ok((mut s, _)) => {
-                    let stop = stop.clone();
-                    std::thread::spawn(move || {
-                        s.set_nonblocking(false).ok();
-                        s.set_read_timeout(Some(Duration::from_millis(200))).ok();
-                        let mut buf = [0u8; 4096];
-                        while !stop.load(Ordering::Relaxed) {
-                            match s.read(&mut buf) {
-                                Ok(0) => break,
-                                Ok(n) => {
-                                    if s.write_all(&buf[..n]).is_err() {
-                                        break;
-                                    }
-                                }
-                                Err(e)
-                                    if matches!(
-                                        e.kind(),
-                                        std::io::ErrorKind::WouldBlock
-                                            | std::io::ErrorKind::TimedOut
-                                    ) => {}
-                                Err(_) => break,
-                            }
-                        }
-                    });
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(20)),
-            }
-        }
-    })
+/// The transfer VIP (TCP, port 80).
+fn vip80() -> SocketAddrV4 {
+    SocketAddrV4::new(VIP, 80)
 }
 
-/// Sends numbered 1 KiB chunks for `duration` and checks each comes back intact.
-/// Returns the bytes verified, or the first error.
-fn transfer(stream: &mut TcpStream, duration: Duration) -> Result<usize, String> {
-    stream
-        .set_read_timeout(Some(Duration::from_secs(3)))
-        .map_err(|e| e.to_string())?;
-    let start = Instant::now();
-    let mut total = 0;
-    let mut seq: u32 = 0;
-    while start.elapsed() < duration {
-        let chunk: Vec<u8> = (0..CHUNK).map(|i| (seq as usize * 7 + i) as u8).collect();
-        stream
-            .write_all(&chunk)
-            .map_err(|e| format!("write of chunk {seq}: {e}"))?;
-        let mut back = vec![0u8; CHUNK];
-        stream
-            .read_exact(&mut back)
-            .map_err(|e| format!("read of chunk {seq}: {e}"))?;
-        if back != chunk {
-            return Err(format!("chunk {seq} came back altered"));
-        }
-        total += CHUNK;
-        seq += 1;
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Ok(total)
-}
-
-/// `backend list` without its last column, FLOWS: live, not state (the transfer is one flow).
-fn without_flows(list: &str) -> String {
-    list.lines()
-        .map(|l| {
-            l.trim_end()
-                .rsplit_once(' ')
-                .map_or(l, |(rest, _)| rest)
-                .trim_end()
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-#[test]
-fn tcp_transfer_survives_restart_and_kill9() {
-    let topo = Topology::two_arm(1).expect("topology");
-    let backend = SocketAddrV4::new(topo.backend(1).addr, PORT);
-    let stop = Arc::new(AtomicBool::new(false));
-    let server = echo_server(&topo.backend(1).ns, backend, stop.clone());
-    let state = tempfile::tempdir().expect("state dir");
-    let keep = StartOptions {
-        state_dir: Some(state.path().to_owned()),
-        keep_pins: true,
-    };
-    let config = topo.lbd_config();
-
-    let mut first = Lbd::start_with(topo.lb(), &config, &keep).expect("first lbd");
-    first
-        .ctl(&["vip", "add", "10.200.100.1:80", "--proto", "tcp"])
-        .expect("vip add");
-    first
-        .ctl(&[
+/// Everything an operator can set, through lbctl: the transfer VIP in `mode` with a TCP health
+/// check and its backend at weight 7; a second VIP (UDP, NAT) with one backend and one drained;
+/// two firewall rules and two rate-limit overrides for prefixes the test traffic never uses.
+fn configure(lbd: &Lbd, lab: &TransferLab) {
+    let vip = vip80().to_string();
+    let udp_vip = "10.200.100.1:53";
+    let backend = lab.backend().to_string();
+    for args in [
+        vec![
+            "vip",
+            "add",
+            &vip,
+            "--proto",
+            "tcp",
+            "--mode",
+            lab.mode(),
+            "--health",
+            "tcp",
+            "--health-interval",
+            "300ms",
+            "--health-timeout",
+            "200ms",
+        ],
+        vec![
+            "backend", "add", "--vip", &vip, "--proto", "tcp", &backend, "--weight", "7",
+        ],
+        vec!["vip", "add", udp_vip, "--proto", "udp"],
+        vec![
             "backend",
             "add",
+            "--vip",
+            udp_vip,
+            "--proto",
+            "udp",
+            "10.200.99.1:5353",
+            "--weight",
+            "3",
+        ],
+        vec![
+            "backend",
+            "add",
+            "--vip",
+            udp_vip,
+            "--proto",
+            "udp",
+            "10.200.99.2:5353",
+        ],
+        vec![
+            "backend",
+            "drain",
+            "--vip",
+            udp_vip,
+            "--proto",
+            "udp",
+            "10.200.99.2:5353",
+        ],
+        vec!["block", "add", "192.0.2.0/24"],
+        vec!["allow", "add", "192.0.2.128/25"],
+        vec![
+            "ratelimit",
+            "set",
+            "--rate",
+            "500",
+            "--burst",
+            "50",
+            "--cidr",
+            "198.51.100.0/24",
+        ],
+        vec![
+            "ratelimit",
+            "set",
+            "--rate",
+            "20",
+            "--burst",
+            "5",
+            "--scope",
+            "new-flows",
+            "--cidr",
+            "203.0.113.7",
+        ],
+    ] {
+        lbd.ctl(&args)
+            .unwrap_or_else(|e| panic!("lbctl {}: {e:#}", args.join(" ")));
+    }
+}
+
+/// What the operator sees: the four listings, as printed, one after the other.
+fn listings(lbd: &Lbd) -> String {
+    let mut out = String::new();
+    for args in [
+        vec!["vip", "list"],
+        vec![
+            "backend",
+            "list",
             "--vip",
             "10.200.100.1:80",
             "--proto",
             "tcp",
-            &backend.to_string(),
-            "--weight",
-            "7",
-        ])
-        .expect("backend add");
-    let before_vips = first.ctl(&["vip", "list"]).expect("vip list");
-    let before_backends = without_flows(
-        &first
-            .ctl(&[
-                "backend",
-                "list",
-                "--vip",
-                "10.200.100.1:80",
-                "--proto",
-                "tcp",
-            ])
-            .expect("backend list"),
+        ],
+        vec![
+            "backend",
+            "list",
+            "--vip",
+            "10.200.100.1:53",
+            "--proto",
+            "udp",
+        ],
+        vec!["fw", "list"],
+        vec!["ratelimit", "list"],
+    ] {
+        let text = lbd
+            .ctl(&args)
+            .unwrap_or_else(|e| panic!("lbctl {}: {e:#}", args.join(" ")));
+        out.push_str(&format!("$ lbctl {}\n{text}", args.join(" ")));
+    }
+    out
+}
+
+fn keep(state: &Path) -> StartOptions {
+    StartOptions {
+        state_dir: Some(state.to_owned()),
+        keep_pins: true,
+    }
+}
+
+/// The test of one mode: configure, start a transfer, SIGTERM + start, kill -9 + start; the
+/// transfer progresses while no lbd runs and after each start, ends without an error, and the
+/// listings never change.
+fn transfer_across_restarts(mode: &'static str) {
+    let lab = TransferLab::build(mode).expect("topology");
+    let (lb, config) = (lab.lb(), lab.config());
+    let state = tempfile::tempdir().expect("state dir");
+    let mut first = Lbd::start_with(lb, config, &keep(state.path())).expect("first lbd");
+    configure(&first, &lab);
+    let transfer = Transfer::start(lab.client(), vip80(), TRANSFER).expect("transfer starts");
+    // Taken with the transfer running: its one tracked flow is part of the picture.
+    let before = listings(&first);
+    eprintln!("{before}");
+    assert!(
+        before.contains("0 (drained from 100)") && before.contains("192.0.2.128/25"),
+        "{before}"
     );
 
-    let vip = SocketAddrV4::new(VIP, 80);
-    let client = topo
-        .client()
-        .spawn("transfer", move || -> Result<usize, String> {
-            let mut s = TcpStream::connect_timeout(&vip.into(), Duration::from_secs(2))
-                .map_err(|e| format!("connect: {e}"))?;
-            transfer(&mut s, Duration::from_secs(7))
-        })
-        .expect("client thread");
-
-    // Restart 1: SIGTERM, then a new lbd that adopts the pinned maps and link.
-    std::thread::sleep(Duration::from_millis(1500));
+    // Restart 1: SIGTERM; traffic flows with no lbd at all; a new lbd adopts everything.
+    transfer
+        .wait_progress(PROGRESS, PROGRESS_LIMIT)
+        .expect("transfer before the restart");
     first.stop().expect("first lbd stops cleanly");
-    let mut second = Lbd::start_with(topo.lb(), &config, &keep).expect("second lbd");
-    assert_eq!(
-        second.ctl(&["vip", "list"]).expect("vip list"),
-        before_vips,
-        "VIPs after a restart"
-    );
-    assert_eq!(
-        without_flows(
-            &second
-                .ctl(&[
-                    "backend",
-                    "list",
-                    "--vip",
-                    "10.200.100.1:80",
-                    "--proto",
-                    "tcp"
-                ])
-                .expect("backend list")
-        ),
-        before_backends,
-        "backends after a restart"
-    );
+    transfer
+        .wait_progress(PROGRESS, PROGRESS_LIMIT)
+        .expect("transfer with no lbd running");
+    let mut second = Lbd::start_with(lb, config, &keep(state.path())).expect("second lbd");
+    assert_eq!(listings(&second), before, "after SIGTERM and a restart");
+    transfer
+        .wait_progress(PROGRESS, PROGRESS_LIMIT)
+        .expect("transfer after the restart");
 
-    // Restart 2: kill -9, then a new lbd (which detaches and cleans up when the test ends).
-    std::thread::sleep(Duration::from_millis(1500));
+    // Restart 2: kill -9 (no clean-up code runs), then a new lbd that detaches at the end.
     second.kill9().expect("kill -9");
+    transfer
+        .wait_progress(PROGRESS, PROGRESS_LIMIT)
+        .expect("transfer after kill -9");
     let third = Lbd::start_with(
-        topo.lb(),
-        &config,
+        lb,
+        config,
         &StartOptions {
             state_dir: Some(state.path().to_owned()),
             keep_pins: false,
         },
     )
     .expect("third lbd");
-    assert_eq!(
-        third.ctl(&["vip", "list"]).expect("vip list"),
-        before_vips,
-        "VIPs after kill -9"
-    );
+    assert_eq!(listings(&third), before, "after kill -9 and a restart");
 
-    let moved = client
-        .join()
-        .expect("client thread")
-        .expect("the transfer never broke");
-    assert!(moved >= 100 * CHUNK, "only {moved} bytes moved in 7 s");
+    let moved = transfer.finish().expect("the transfer never broke");
+    eprintln!("{mode}: {moved} bytes verified");
+    assert!(
+        moved >= 6 * PROGRESS,
+        "only {moved} bytes moved in {TRANSFER:?}"
+    );
     let log = third.log_text();
-    assert!(
-        log.contains("reusing the pinned maps"),
-        "the third lbd did not adopt the maps:\n{log}"
-    );
-    assert!(
-        log.contains("took over the pinned XDP link"),
-        "the third lbd did not take over the link:\n{log}"
-    );
-
-    stop.store(true, Ordering::Relaxed);
+    for want in [
+        "reusing the pinned maps",
+        "took over the pinned XDP link",
+        "restoring the saved state",
+    ] {
+        assert!(
+            log.contains(want),
+            "the third lbd's log lacks {want:?}:\n{log}"
+        );
+    }
+    // New connections work too, with the third lbd's program.
+    Transfer::start(lab.client(), vip80(), Duration::from_millis(300))
+        .and_then(Transfer::finish)
+        .expect("a new connection after the restarts");
     drop(third);
-    server.join().expect("echo server");
     drop(second);
     drop(first);
 }
 
 #[test]
-fn corrupt_state_file_refuses_to_start() {
-    let topo = Topology::two_arm(1).expect("topology");
+fn nat_transfer_survives_restart_and_kill9() {
+    transfer_across_restarts("nat");
+}
+
+/// The DSR modes: the flow table (not conntrack) carries the transfer over; the backend answers
+/// the client directly.
+#[test]
+fn l2dsr_transfer_survives_restart_and_kill9() {
+    transfer_across_restarts("l2dsr");
+}
+
+#[test]
+fn ipip_transfer_survives_restart_and_kill9() {
+    transfer_across_restarts("ipip");
+}
+
+/// A state file damaged on disk (`damage` gets its bytes, returns what to write back): the next
+/// lbd refuses to start and says which file and why, while the program it would have replaced
+/// keeps forwarding the open transfer and new connections.
+fn damaged_state_file_refuses_to_start(damage: impl Fn(Vec<u8>) -> Vec<u8>) {
+    let lab = TransferLab::build("nat").expect("topology");
+    let (lb, config) = (lab.lb(), lab.config());
     let state = tempfile::tempdir().expect("state dir");
-    std::fs::write(
-        state.path().join("state.json"),
-        b"{\"version\": 1, \"state\": {\"vips\": [",
-    )
-    .expect("write");
-    let opts = StartOptions {
-        state_dir: Some(state.path().to_owned()),
-        keep_pins: false,
-    };
-    let err = match Lbd::start_with(topo.lb(), &topo.lbd_config(), &opts) {
-        Ok(_) => panic!("lbd started from a corrupt state file"),
+    let mut first = Lbd::start_with(lb, config, &keep(state.path())).expect("first lbd");
+    first
+        .ctl(&["vip", "add", "10.200.100.1:80", "--proto", "tcp"])
+        .expect("vip add");
+    first
+        .add_backend(vip80(), xdplb_integration::Proto::Tcp, lab.backend())
+        .expect("backend add");
+    let transfer =
+        Transfer::start(lab.client(), vip80(), Duration::from_secs(5)).expect("transfer starts");
+    first.stop().expect("first lbd stops");
+
+    let file = state.path().join("state.json");
+    let good = std::fs::read(&file).expect("state file written");
+    std::fs::write(&file, damage(good.clone())).expect("damage the state file");
+    let err = match Lbd::start_with(lb, config, &keep(state.path())) {
+        Ok(_) => panic!("lbd started from a damaged state file"),
         Err(e) => format!("{e:#}"),
     };
-    assert!(err.contains("corrupt or truncated"), "unclear error: {err}");
+    assert!(
+        err.contains("corrupt or truncated") && err.contains(&file.display().to_string()),
+        "unclear error: {err}"
+    );
+    assert_eq!(
+        std::fs::read(&file).expect("state file"),
+        damage(good.clone()),
+        "lbd changed the damaged file"
+    );
+
+    // The data plane did not notice.
+    transfer
+        .wait_progress(PROGRESS, PROGRESS_LIMIT)
+        .expect("transfer after the refused start");
+    let moved = transfer.finish().expect("the transfer never broke");
+    assert!(moved >= 2 * PROGRESS, "{moved}");
+    lab.client()
+        .run(|| TcpStream::connect_timeout(&vip80().into(), Duration::from_secs(2)))
+        .expect("into the client netns")
+        .expect("a new connection while no lbd runs");
+
+    // Put back, a new lbd adopts (and detaches at the end).
+    std::fs::write(&file, &good).expect("restore the state file");
+    let last = Lbd::start_with(
+        lb,
+        config,
+        &StartOptions {
+            state_dir: Some(state.path().to_owned()),
+            keep_pins: false,
+        },
+    )
+    .expect("lbd starts from the restored file");
+    assert!(last
+        .ctl(&["vip", "list"])
+        .expect("vip list")
+        .contains("10.200.100.1:80"));
+    drop(last);
+    drop(first);
+}
+
+#[test]
+fn truncated_state_file_refuses_to_start() {
+    damaged_state_file_refuses_to_start(|mut bytes| {
+        bytes.truncate(bytes.len() / 2);
+        bytes
+    });
+}
+
+#[test]
+fn corrupted_state_file_refuses_to_start() {
+    damaged_state_file_refuses_to_start(|mut bytes| {
+        let mid = bytes.len() / 2;
+        bytes[mid..mid + 8].copy_from_slice(&[0xff; 8]);
+        bytes
+    });
 }

@@ -46,10 +46,11 @@ fn pb_backend(s: &State, r: &Reconciler, vip: &VipKey, addr: SocketAddrV4) -> pb
 }
 
 fn parse_backend(field: &str, address: &str, port: u32) -> Result<SocketAddrV4, ApiError> {
-    Ok(SocketAddrV4::new(
-        parse_ipv4(&format!("{field}address"), address)?,
-        parse_port(&format!("{field}port"), port)?,
-    ))
+    let ip = parse_ipv4(&format!("{field}address"), address)?;
+    // What AddBackend would refuse is refused by every RPC naming a backend (not NotFound).
+    crate::state::validate_backend_addr(&SocketAddrV4::new(ip, 1))
+        .map_err(|m| invalid(format!("{field}address"), m))?;
+    Ok(SocketAddrV4::new(ip, parse_port(&format!("{field}port"), port)?))
 }
 
 fn validate_weight(field: &str, w: u32) -> Result<u32, ApiError> {

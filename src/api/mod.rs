@@ -3,6 +3,7 @@
 
 pub mod backends;
 pub mod firewall;
+pub mod listen;
 pub mod ratelimit;
 pub mod stats;
 pub mod vips;
@@ -82,6 +83,10 @@ pub fn parse_port(field: &str, p: u32) -> Result<u16, ApiError> {
 pub fn parse_vip_key(field: &str, key: Option<&pb::VipKey>) -> Result<VipKey, ApiError> {
     let key = key.ok_or_else(|| invalid(field, "missing"))?;
     let ip = parse_ipv4(&format!("{field}.address"), &key.address)?;
+    // Every RPC refuses what AddVip would refuse, so a remove or a list of a VIP that could
+    // never exist is InvalidArgument rather than NotFound.
+    crate::state::validate_vip_addr(&SocketAddrV4::new(ip, 1))
+        .map_err(|m| invalid(format!("{field}.address"), m))?;
     let port = parse_port(&format!("{field}.port"), key.port)?;
     let proto = match pb::Protocol::try_from(key.protocol) {
         Ok(pb::Protocol::Tcp) => Protocol::Tcp,

@@ -1,25 +1,17 @@
 //! `lbd`, the xdplb daemon: loads and attaches the XDP program, applies the configured state, and
 //! serves the gRPC API until SIGTERM or SIGINT, then detaches and removes its pins.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
-use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
-use tonic::transport::Server;
+use tonic::transport::{Server, ServerTlsConfig};
 
-use xdplb::api::firewall::FirewallService;
-use xdplb::api::pb::firewall_server::FirewallServer;
-use xdplb::api::pb::rate_limits_server::RateLimitsServer;
-use xdplb::api::pb::{
-    backends_server::BackendsServer, stats_server::StatsServer, vips_server::VipsServer,
-};
-use xdplb::api::ratelimit::RateLimitsService;
-use xdplb::api::{backends::BackendsService, stats::StatsService, vips::VipsService, Controller};
+use xdplb::api::listen::{self, ListenError, TlsFiles};
+use xdplb::api::Controller;
 use xdplb::config::{self, Config};
 use xdplb::dataplane::maps::RuntimeConfig;
 use xdplb::dataplane::{Dataplane, LoadOptions};
@@ -44,9 +36,21 @@ struct Args {
     /// Unix socket of the gRPC API (overrides [api] socket).
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
-    /// Also serve gRPC over TCP on this address (overrides [api] grpc_listen; keep it on loopback).
+    /// Also serve gRPC over TCP on this address (overrides [api] grpc_listen). Without TLS only a
+    /// loopback address is accepted.
     #[arg(long, value_name = "ADDR:PORT")]
     grpc_listen: Option<std::net::SocketAddr>,
+    /// TLS for the TCP listener: PEM certificate chain of lbd (overrides [api] tls_cert). Needs
+    /// --tls-key and --tls-client-ca too.
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert (overrides [api] tls_key).
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA certificate that clients' certificates must be signed by; clients without one are
+    /// refused during the handshake (overrides [api] tls_client_ca).
+    #[arg(long, value_name = "FILE")]
+    tls_client_ca: Option<PathBuf>,
     /// Serve Prometheus metrics at http://ADDR:PORT/metrics, or "none" for no endpoint
     /// (overrides [metrics] listen, whose default is 127.0.0.1:9469).
     #[arg(long, value_name = "ADDR:PORT|none")]
@@ -102,6 +106,24 @@ fn init_logging(format: LogFormat) {
 
 async fn run(args: Args) -> Result<()> {
     let config = Config::load(&args.config).context("invalid configuration")?;
+    // Where the API listens is checked (and the TLS files read) before the data plane is touched.
+    let grpc_listen = args.grpc_listen.or(config.api.grpc_listen);
+    let tls = TlsFiles::from_parts(
+        args.tls_cert.clone().or(config.api.tls_cert.clone()),
+        args.tls_key.clone().or(config.api.tls_key.clone()),
+        args.tls_client_ca
+            .clone()
+            .or(config.api.tls_client_ca.clone()),
+    )?;
+    let tcp = match (grpc_listen, tls) {
+        (None, None) => None,
+        (None, Some(_)) => return Err(ListenError::TlsWithoutTcp.into()),
+        (Some(addr), files) => {
+            let tls = files.map(|f| f.load()).transpose()?;
+            listen::check_tcp(addr, tls.as_ref())?;
+            Some((addr, tls))
+        }
+    };
     let metrics_listen = match &args.metrics_listen {
         Some(s) => xdplb::metrics::parse_listen(s).context("--metrics-listen")?,
         None => config
@@ -194,12 +216,7 @@ async fn run(args: Args) -> Result<()> {
         .unwrap_or_else(|| PathBuf::from(config::DEFAULT_SOCKET));
     let served = match MetricsServer::start_for(&ctl, metrics_listen).await {
         Ok(metrics) => {
-            let served = serve(
-                ctl.clone(),
-                &socket,
-                args.grpc_listen.or(config.api.grpc_listen),
-            )
-            .await;
+            let served = serve(ctl.clone(), &socket, tcp).await;
             if let Some(m) = metrics {
                 m.shutdown().await;
             }
@@ -271,47 +288,42 @@ fn warn_on_port_overlap(lo: u16, hi: u16) {
     }
 }
 
-async fn serve(ctl: Controller, socket: &Path, tcp: Option<std::net::SocketAddr>) -> Result<()> {
-    if let Some(dir) = socket.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    match std::fs::remove_file(socket) {
-        Ok(()) => tracing::warn!(socket = %socket.display(), "removed a stale socket"),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("removing stale {}", socket.display())),
-    }
-    let listener =
-        UnixListener::bind(socket).with_context(|| format!("binding {}", socket.display()))?;
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("chmod 0600 {}", socket.display()))?;
-    tracing::info!(socket = %socket.display(), "gRPC API listening");
+async fn serve(
+    ctl: Controller,
+    socket: &Path,
+    tcp: Option<(std::net::SocketAddr, Option<ServerTlsConfig>)>,
+) -> Result<()> {
+    let listener = listen::bind_unix(socket)?;
+    tracing::info!(socket = %socket.display(), mode = "0600", "gRPC API listening");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let router = || {
-        Server::builder()
-            .add_service(VipsServer::new(VipsService::new(ctl.clone())))
-            .add_service(BackendsServer::new(BackendsService::new(ctl.clone())))
-            .add_service(StatsServer::new(
-                StatsService::new(ctl.clone()).with_shutdown(stop_rx.clone()),
-            ))
-            .add_service(FirewallServer::new(FirewallService::new(ctl.clone())))
-            .add_service(RateLimitsServer::new(RateLimitsService::new(ctl.clone())))
-    };
+    let router = |builder: Server| listen::router(builder, &ctl, stop_rx.clone());
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
     let unix =
-        tokio::spawn(router().serve_with_incoming_shutdown(
+        tokio::spawn(router(Server::builder()).serve_with_incoming_shutdown(
             UnixListenerStream::new(listener),
             stopped(stop_rx.clone()),
         ));
     let tcp = match tcp {
-        Some(addr) => {
+        Some((addr, tls)) => {
             let l = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("binding gRPC on {addr}"))?;
-            tracing::info!(%addr, "gRPC API listening on TCP");
-            Some(tokio::spawn(router().serve_with_incoming_shutdown(
+            let builder = match tls {
+                Some(tls) => {
+                    tracing::info!(%addr, "gRPC API listening on TCP with mutual TLS");
+                    Server::builder()
+                        .tls_config(tls)
+                        .context("TLS configuration")?
+                }
+                None => {
+                    tracing::info!(%addr, "gRPC API listening on TCP (loopback, no TLS)");
+                    Server::builder()
+                }
+            };
+            Some(tokio::spawn(router(builder).serve_with_incoming_shutdown(
                 TcpListenerStream::new(l),
                 stopped(stop_rx.clone()),
             )))

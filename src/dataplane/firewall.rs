@@ -1,5 +1,8 @@
-//! Typed access to the firewall's maps: the IPv4 LPM trie of rules (`fw_v4`), its per-CPU hit
-//! counters (`fw_hits`), and their sizing and scope before load.
+//! Typed access to the firewall's maps: the fixed-depth tables the program reads (`fw_l1`,
+//! `fw_l2`, `fw_l3`, computed by [`tables`]), the record of the rules behind them (`fw_rules`),
+//! the per-CPU hit counters (`fw_hits`), and their sizing and scope before load.
+
+pub mod tables;
 
 use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, AsRawFd};
@@ -11,20 +14,28 @@ use super::maps::{bytes_of, from_bytes};
 use super::{bpf_err, Dataplane, DataplaneError};
 use crate::firewall::{Action, Scope};
 use crate::skel::{types, OpenLbSkel};
+use tables::{Plan, Slots, Tables, DEEPER, L1_ENTRIES};
 
-/// Rules written or deleted per batch syscall.
+/// Entries written, deleted or read per batch syscall.
 const BATCH: usize = 4096;
 
 /// Sizes the firewall maps to `capacity` rules and sets the scope, before load.
+///
+/// `fw_l3` gets twice the capacity: a change writes the new addresses before it deletes the old
+/// ones, so between two lists of `capacity` addresses it briefly holds both.
 pub(super) fn prepare(
     open: &mut OpenLbSkel<'_>,
     capacity: u32,
     scope: Scope,
 ) -> Result<(), DataplaneError> {
     open.maps
-        .fw_v4
+        .fw_rules
         .set_max_entries(capacity)
-        .map_err(bpf_err("sizing fw_v4"))?;
+        .map_err(bpf_err("sizing fw_rules"))?;
+    open.maps
+        .fw_l3
+        .set_max_entries(capacity.saturating_mul(2))
+        .map_err(bpf_err("sizing fw_l3"))?;
     open.maps
         .fw_v6
         .set_max_entries(capacity)
@@ -49,177 +60,379 @@ pub(super) fn prepare(
     Ok(())
 }
 
-/// The `fw_v4` key of a prefix: the address bytes in network order, as the trie compares them.
-pub fn lpm_key(net: Ipv4Net) -> types::lpm_v4_key {
-    types::lpm_v4_key {
-        prefixlen: u32::from(net.prefix_len()),
-        addr: net.network().octets(),
-    }
-}
-
 /// A rule as the data plane holds it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct RuleEntry {
     pub id: u32,
     pub action: Action,
 }
 
-/// A batch of map writes that stopped part-way: the first `done` entries took effect.
-#[derive(Debug, thiserror::Error)]
-#[error("{source}")]
-pub struct Partial {
-    pub done: usize,
-    pub source: DataplaneError,
-}
-
 impl Dataplane {
     /// The firewall's maps, typed.
     pub fn firewall(&self) -> FirewallMaps<'_> {
+        let m = &self.skel.maps;
         FirewallMaps {
-            rules: &self.skel.maps.fw_v4,
-            hits: &self.skel.maps.fw_hits,
+            l1: &m.fw_l1,
+            l2: &m.fw_l2,
+            l3: &m.fw_l3,
+            rules: &m.fw_rules,
+            hits: &m.fw_hits,
         }
     }
 }
 
 /// Typed view of the firewall maps of a loaded program.
 pub struct FirewallMaps<'a> {
+    l1: &'a libbpf_rs::MapMut<'static>,
+    l2: &'a libbpf_rs::MapMut<'static>,
+    l3: &'a libbpf_rs::MapMut<'static>,
     rules: &'a libbpf_rs::MapMut<'static>,
     hits: &'a libbpf_rs::MapMut<'static>,
 }
 
+/// Which map, for messages.
+fn name(map: &libbpf_rs::MapMut<'_>) -> String {
+    map.name().to_string_lossy().into_owned()
+}
+
+/// Writes `entries` (key, value bytes of the map's sizes) in batches; where a batch is refused,
+/// entry by entry, so that the error names the entry (`what(i)`).
+fn put(
+    map: &libbpf_rs::MapMut<'_>,
+    entries: &[(Vec<u8>, Vec<u8>)],
+    what: impl Fn(usize) -> String,
+) -> Result<(), DataplaneError> {
+    for (c, chunk) in entries.chunks(BATCH).enumerate() {
+        let keys: Vec<u8> = chunk.iter().flat_map(|(k, _)| k.iter().copied()).collect();
+        let values: Vec<u8> = chunk.iter().flat_map(|(_, v)| v.iter().copied()).collect();
+        let batched = map.update_batch(
+            &keys,
+            &values,
+            chunk.len() as u32,
+            MapFlags::ANY,
+            MapFlags::ANY,
+        );
+        if batched.is_err() {
+            for (i, (k, v)) in chunk.iter().enumerate() {
+                map.update(k, v, MapFlags::ANY)
+                    .map_err(|e| match e.kind() {
+                        libbpf_rs::ErrorKind::OutOfMemory | libbpf_rs::ErrorKind::TooBig => {
+                            DataplaneError::Full(format!("{} ({})", name(map), what(c * BATCH + i)))
+                        }
+                        _ => bpf_err(format!("writing {} ({})", name(map), what(c * BATCH + i)))(e),
+                    })?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Deletes `keys` in batches; a key that is not there counts as deleted.
+fn delete(map: &libbpf_rs::MapMut<'_>, keys: &[Vec<u8>]) -> Result<(), DataplaneError> {
+    for chunk in keys.chunks(BATCH) {
+        let flat: Vec<u8> = chunk.iter().flat_map(|k| k.iter().copied()).collect();
+        if map
+            .delete_batch(&flat, chunk.len() as u32, MapFlags::ANY, MapFlags::ANY)
+            .is_ok()
+        {
+            continue;
+        }
+        for k in chunk {
+            match map.delete(k) {
+                Ok(()) => {}
+                Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => {}
+                Err(e) => return Err(bpf_err(format!("deleting from {}", name(map)))(e)),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Calls `f` with every (key, value) of a map that is not per-CPU, in batches.
+fn for_each(
+    map: &libbpf_rs::MapMut<'_>,
+    mut f: impl FnMut(&[u8], &[u8]),
+) -> Result<(), DataplaneError> {
+    let (key_size, value_size) = (map.key_size() as usize, map.value_size() as usize);
+    let mut batch = BATCH;
+    let mut keys = vec![0u8; key_size * batch];
+    let mut values = vec![0u8; value_size * batch];
+    // The batch token is a bucket index (hash) or a key (array): 8 bytes hold either.
+    let (mut token_in, mut token_out) = ([0u8; 8], [0u8; 8]);
+    let mut first = true;
+    // Every pass returns at least one entry or ends the walk; bound the passes all the same.
+    for _ in 0..=map.max_entries() as usize + 1 {
+        let opts = libbpf_sys::bpf_map_batch_opts {
+            sz: std::mem::size_of::<libbpf_sys::bpf_map_batch_opts>() as _,
+            ..Default::default()
+        };
+        let mut count = batch as u32;
+        let in_ptr = if first {
+            std::ptr::null_mut()
+        } else {
+            token_in.as_mut_ptr().cast()
+        };
+        // SAFETY: the buffers hold `batch` keys and values of the map's sizes and tokens of 8
+        // bytes (at least a key or a bucket index); all live across the call.
+        let rc = unsafe {
+            libbpf_sys::bpf_map_lookup_batch(
+                map.as_fd().as_raw_fd(),
+                in_ptr,
+                token_out.as_mut_ptr().cast(),
+                keys.as_mut_ptr().cast(),
+                values.as_mut_ptr().cast(),
+                &mut count,
+                &opts,
+            )
+        };
+        let errno = if rc < 0 { -rc } else { 0 };
+        match errno {
+            0 | libc::ENOENT => {}
+            libc::EINTR | libc::EAGAIN => continue,
+            // One bucket holds more entries than a batch: retry with more room.
+            libc::ENOSPC if count == 0 && batch < 1 << 20 => {
+                batch *= 2;
+                keys.resize(key_size * batch, 0);
+                values.resize(value_size * batch, 0);
+                continue;
+            }
+            _ => {
+                return Err(DataplaneError::Io {
+                    what: format!("reading {} in batches", name(map)),
+                    source: std::io::Error::from_raw_os_error(errno),
+                })
+            }
+        }
+        let n = (count as usize).min(batch);
+        for i in 0..n {
+            f(
+                &keys[i * key_size..(i + 1) * key_size],
+                &values[i * value_size..(i + 1) * value_size],
+            );
+        }
+        if errno == libc::ENOENT || n == 0 {
+            return Ok(());
+        }
+        token_in = token_out;
+        first = false;
+    }
+    Ok(())
+}
+
+/// Waits until no program run that started before the call is still running (an RCU grace
+/// period: `membarrier(MEMBARRIER_CMD_GLOBAL)` is a `synchronize_rcu()`), so that an entry
+/// unlinked before the call is no longer on any packet's path.
+fn grace_period() {
+    const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
+    // SAFETY: membarrier takes two integer arguments and touches no memory of ours.
+    let rc = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
+    if rc != 0 {
+        // nohz_full kernels refuse it; a program run lasts microseconds.
+        tracing::debug!(error = %std::io::Error::last_os_error(), "membarrier refused; sleeping instead");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+fn rule_def(rule: Option<(Ipv4Net, Action)>) -> types::fw_rule_def {
+    match rule {
+        Some((net, action)) => types::fw_rule_def {
+            addr: net.network().octets(),
+            prefixlen: net.prefix_len(),
+            action: action.value(),
+            pad: [0; 2],
+        },
+        None => types::fw_rule_def::default(),
+    }
+}
+
+/// The rule of a `fw_rules` value (None: the id is not in use, or the value is not a rule).
+pub fn decode_rule_def(v: &types::fw_rule_def) -> Option<(Ipv4Net, Action)> {
+    let action = if v.action == Action::Block.value() {
+        Action::Block
+    } else if v.action == Action::Allow.value() {
+        Action::Allow
+    } else {
+        return None;
+    };
+    let net = Ipv4Net::new(Ipv4Addr::from(v.addr), v.prefixlen).ok()?;
+    (net.trunc() == net).then_some((net, action))
+}
+
 impl FirewallMaps<'_> {
-    /// How many rules the trie (and the hit counters) hold at most.
+    /// How many rules the data plane holds at most (and entries of `fw_l3` per list).
     pub fn capacity(&self) -> u32 {
         self.rules.max_entries()
     }
 
-    /// Writes `rules` (prefix, rule id, action). A prefix already in the trie gets its new value
-    /// in one atomic update, so a replaced rule never disappears. Batched; a refused batch is
-    /// retried entry by entry to find exactly how far it got.
-    pub fn put(&self, rules: &[(Ipv4Net, u32, Action)]) -> Result<(), Partial> {
-        let mut done = 0;
-        for chunk in rules.chunks(BATCH) {
-            let mut keys = Vec::with_capacity(chunk.len() * 8);
-            let mut values = Vec::with_capacity(chunk.len() * 8);
-            for (net, id, action) in chunk {
-                keys.extend_from_slice(bytes_of(&lpm_key(*net)));
-                values.extend_from_slice(bytes_of(&rule_value(*id, *action)));
-            }
-            let batched = self.rules.update_batch(
-                &keys,
-                &values,
-                chunk.len() as u32,
-                MapFlags::ANY,
-                MapFlags::ANY,
-            );
-            if batched.is_err() {
-                for (i, (net, id, action)) in chunk.iter().enumerate() {
-                    self.rules
-                        .update(
-                            bytes_of(&lpm_key(*net)),
-                            bytes_of(&rule_value(*id, *action)),
-                            MapFlags::ANY,
-                        )
-                        .map_err(|e| Partial {
-                            done: done + i,
-                            source: bpf_err(format!("writing firewall rule {net}"))(e),
-                        })?;
-                }
-            }
-            done += chunk.len();
-        }
-        Ok(())
+    /// Writes the record of rules: `(id, Some(rule))` for rules in use, `(id, None)` for ids
+    /// given back.
+    pub fn write_rules(
+        &self,
+        rules: &[(u32, Option<(Ipv4Net, Action)>)],
+    ) -> Result<(), DataplaneError> {
+        let entries: Vec<(Vec<u8>, Vec<u8>)> = rules
+            .iter()
+            .map(|(id, r)| (id.to_ne_bytes().to_vec(), bytes_of(&rule_def(*r)).to_vec()))
+            .collect();
+        put(self.rules, &entries, |i| format!("rule id {}", rules[i].0))
     }
 
-    /// Deletes the rules of `nets`; a prefix that is not there counts as deleted.
-    pub fn delete(&self, nets: &[Ipv4Net]) -> Result<(), Partial> {
-        let mut done = 0;
-        for chunk in nets.chunks(BATCH) {
-            let keys: Vec<u8> = chunk
-                .iter()
-                .flat_map(|n| bytes_of(&lpm_key(*n)).to_vec())
-                .collect();
-            let batched =
-                self.rules
-                    .delete_batch(&keys, chunk.len() as u32, MapFlags::ANY, MapFlags::ANY);
-            if batched.is_err() {
-                for (i, net) in chunk.iter().enumerate() {
-                    match self.rules.delete(bytes_of(&lpm_key(*net))) {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => {}
-                        Err(e) => {
-                            return Err(Partial {
-                                done: done + i,
-                                source: bpf_err(format!("deleting firewall rule {net}"))(e),
-                            })
-                        }
-                    }
-                }
-            }
-            done += chunk.len();
-        }
-        Ok(())
-    }
-
-    /// The rule stored for exactly `net`.
-    ///
-    /// A trie lookup is a longest-prefix match among the prefixes no longer than the key's, so
-    /// the entry found for `net` is its own exactly when the same lookup one bit shorter finds
-    /// another rule (rule ids are unique) or none.
-    pub fn get(&self, net: Ipv4Net) -> Result<Option<RuleEntry>, DataplaneError> {
-        let Some(found) = self.longest(net)? else {
-            return Ok(None);
-        };
-        let Some(shorter) = net.trunc().supernet() else {
-            return Ok(Some(found)); // a /0 is found only if it is there
-        };
-        match self.longest(shorter)? {
-            Some(other) if other.id == found.id => Ok(None),
-            _ => Ok(Some(found)),
-        }
-    }
-
-    /// The rule of the longest prefix, at most as long as `net`'s, that contains `net`.
-    fn longest(&self, net: Ipv4Net) -> Result<Option<RuleEntry>, DataplaneError> {
-        let Some(v) = self
-            .rules
-            .lookup(bytes_of(&lpm_key(net)), MapFlags::ANY)
-            .map_err(bpf_err(format!("reading firewall rule {net}")))?
-        else {
-            return Ok(None);
-        };
-        let rule: types::fw_rule = from_bytes(&v);
-        let action = if rule.action == Action::Block.value() {
-            Action::Block
-        } else {
-            Action::Allow
-        };
-        Ok(Some(RuleEntry {
-            id: rule.rule_id,
-            action,
-        }))
-    }
-
-    /// Every rule in the trie (maps pinned by an earlier lbd hold some at start).
-    pub fn entries(&self) -> Result<Vec<(Ipv4Net, RuleEntry)>, DataplaneError> {
+    /// Every rule of the record, by id (maps pinned by an earlier lbd hold some at start).
+    pub fn rules(&self) -> Result<Vec<(u32, Ipv4Net, Action)>, DataplaneError> {
         let mut out = Vec::new();
-        for key in self.rules.keys() {
-            let k: types::lpm_v4_key = from_bytes(&key);
-            let Ok(net) = Ipv4Net::new(Ipv4Addr::from(k.addr), k.prefixlen.min(32) as u8) else {
-                continue;
-            };
-            // The key is in the trie, so the longest match no longer than it is its own entry.
-            if let Some(entry) = self.longest(net)? {
-                out.push((net, entry));
+        for_each(self.rules, |k, v| {
+            let id = u32::from_ne_bytes(k.try_into().unwrap_or([0xff; 4]));
+            if let Some((net, action)) = decode_rule_def(&from_bytes(v)) {
+                out.push((id, net, action));
             }
-        }
+        })?;
         Ok(out)
     }
 
-    /// The rule the data plane applies to a packet from `addr` (longest-prefix match).
+    /// Carries out `plan`: new entries first, then the words that lead to them, then (after a
+    /// grace period) the deletion of what no word leads to any more.
+    pub fn apply(&self, plan: &Plan) -> Result<(), DataplaneError> {
+        let exact: Vec<(Vec<u8>, Vec<u8>)> = plan
+            .l3_put
+            .iter()
+            .map(|(a, w)| (a.to_be_bytes().to_vec(), w.to_ne_bytes().to_vec()))
+            .collect();
+        put(self.l3, &exact, |i| {
+            format!("address {}", Ipv4Addr::from(plan.l3_put[i].0))
+        })?;
+        let chunks: Vec<(Vec<u8>, Vec<u8>)> = plan
+            .l2_put
+            .iter()
+            .map(|(h, s)| {
+                let value: Vec<u8> = s.iter().flat_map(|w| w.to_ne_bytes()).collect();
+                (h.to_ne_bytes().to_vec(), value)
+            })
+            .collect();
+        put(self.l2, &chunks, |i| {
+            format!("chunk of {}", net16(plan.l2_put[i].0))
+        })?;
+        let words: Vec<(Vec<u8>, Vec<u8>)> = plan
+            .l1_put
+            .iter()
+            .map(|(h, w)| (h.to_ne_bytes().to_vec(), w.to_ne_bytes().to_vec()))
+            .collect();
+        put(self.l1, &words, |i| {
+            format!("word of {}", net16(plan.l1_put[i].0))
+        })?;
+        if plan.deletes() {
+            grace_period();
+            let chunks: Vec<Vec<u8>> = plan
+                .l2_del
+                .iter()
+                .map(|h| h.to_ne_bytes().to_vec())
+                .collect();
+            delete(self.l2, &chunks)?;
+            let exact: Vec<Vec<u8>> = plan
+                .l3_del
+                .iter()
+                .map(|a| a.to_be_bytes().to_vec())
+                .collect();
+            delete(self.l3, &exact)?;
+        }
+        Ok(())
+    }
+
+    /// What the three tables hold (to take over the maps of an earlier lbd, or to resume after
+    /// a failed change).
+    pub fn tables(&self) -> Result<Tables, DataplaneError> {
+        let mut t = Tables::default();
+        for_each(self.l1, |k, v| {
+            let h = u32::from_ne_bytes(k.try_into().unwrap_or([0xff; 4])) as usize;
+            if let Some(w) = t.l1.get_mut(h) {
+                *w = u32::from_ne_bytes(v.try_into().unwrap_or([0; 4]));
+            }
+        })?;
+        for_each(self.l2, |k, v| {
+            let h = u32::from_ne_bytes(k.try_into().unwrap_or([0xff; 4]));
+            let Ok(h) = u16::try_from(h) else { return };
+            let mut slots: Box<Slots> = Box::new([0; tables::SLOTS]);
+            for (s, b) in slots.iter_mut().zip(v.chunks_exact(4)) {
+                *s = u32::from_ne_bytes(b.try_into().unwrap_or([0; 4]));
+            }
+            t.chunks.insert(
+                h,
+                tables::Chunk {
+                    slots,
+                    exact: Vec::new(),
+                },
+            );
+        })?;
+        let mut orphans = Vec::new();
+        for_each(self.l3, |k, v| {
+            let a = u32::from_be_bytes(k.try_into().unwrap_or([0; 4]));
+            let w = u32::from_ne_bytes(v.try_into().unwrap_or([0; 4]));
+            match t.chunks.get_mut(&((a >> 16) as u16)) {
+                Some(c) => c.exact.push((a, w)),
+                None => orphans.push((a, w)),
+            }
+        })?;
+        for c in t.chunks.values_mut() {
+            c.exact.sort_unstable();
+        }
+        // Addresses under no chunk (a change cut short): delete them with the next change.
+        for (a, w) in orphans {
+            t.chunks
+                .entry((a >> 16) as u16)
+                .or_insert_with(|| tables::Chunk {
+                    slots: Box::new([0; tables::SLOTS]),
+                    exact: Vec::new(),
+                })
+                .exact
+                .push((a, w));
+        }
+        if t.l1.len() != L1_ENTRIES {
+            t.l1.resize(L1_ENTRIES, 0);
+        }
+        Ok(t)
+    }
+
+    /// The rule stored for exactly `net`, from the record (reads it whole: for tests and
+    /// diagnostics).
+    pub fn get(&self, net: Ipv4Net) -> Result<Option<RuleEntry>, DataplaneError> {
+        Ok(self
+            .rules()?
+            .into_iter()
+            .find(|(_, n, _)| *n == net)
+            .map(|(id, _, action)| RuleEntry { id, action }))
+    }
+
+    /// The rule the data plane applies to a packet from `addr`: the lookups the program does.
     pub fn matching(&self, addr: Ipv4Addr) -> Result<Option<RuleEntry>, DataplaneError> {
-        self.longest(Ipv4Net::from(addr))
+        let a = u32::from(addr);
+        let h = a >> 16;
+        let read = |map: &libbpf_rs::MapMut<'_>, key: &[u8]| {
+            map.lookup(key, MapFlags::ANY)
+                .map_err(bpf_err(format!("reading {}", name(map))))
+        };
+        let Some(v) = read(self.l1, &h.to_ne_bytes())? else {
+            return Ok(None);
+        };
+        let mut w =
+            u32::from_ne_bytes(v.get(..4).and_then(|b| b.try_into().ok()).unwrap_or([0; 4]));
+        if w & DEEPER != 0 {
+            if let Some(chunk) = read(self.l2, &h.to_ne_bytes())? {
+                let slot = ((a >> 8) & 0xff) as usize * 4;
+                w = u32::from_ne_bytes(
+                    chunk
+                        .get(slot..slot + 4)
+                        .and_then(|b| b.try_into().ok())
+                        .unwrap_or([0; 4]),
+                );
+                if w & DEEPER != 0 {
+                    if let Some(e) = read(self.l3, &a.to_be_bytes())? {
+                        w = u32::from_ne_bytes(
+                            e.get(..4).and_then(|b| b.try_into().ok()).unwrap_or([0; 4]),
+                        );
+                    }
+                }
+            }
+        }
+        Ok(tables::decode(w))
     }
 
     /// Packets rule `id` has decided, summed over CPUs.
@@ -320,25 +533,7 @@ impl FirewallMaps<'_> {
     }
 }
 
-fn rule_value(id: u32, action: Action) -> types::fw_rule {
-    types::fw_rule {
-        rule_id: id,
-        action: action.value(),
-        pad: [0; 3],
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keys_are_in_network_byte_order() {
-        let k = lpm_key("10.1.2.0/24".parse().expect("prefix"));
-        assert_eq!(k.prefixlen, 24);
-        assert_eq!(k.addr, [10, 1, 2, 0]);
-        let bytes = bytes_of(&k);
-        assert_eq!(&bytes[4..], &[10, 1, 2, 0]);
-        assert_eq!(&bytes[..4], &24u32.to_ne_bytes());
-    }
+/// "10.1.0.0/16" for a /16 index.
+fn net16(h: u32) -> String {
+    format!("{}/16", Ipv4Addr::from(h << 16))
 }

@@ -127,6 +127,10 @@ pub fn reason_name(index: usize) -> String {
         (R::LB_REASON_DROP_DSR_NO_NEXTHOP, "drop_dsr_no_nexthop"),
         (R::LB_REASON_DROP_RATELIMIT, "drop_ratelimit"),
         (R::LB_REASON_DROP_FIREWALL, "drop_firewall"),
+        (R::LB_REASON_DROP_FRAGMENT, "drop_fragment"),
+        (R::LB_REASON_DROP_LAND, "drop_land"),
+        (R::LB_REASON_TX_ICMP_ERROR, "tx_icmp_error"),
+        (R::LB_REASON_DROP_ICMP_NO_FLOW, "drop_icmp_no_flow"),
     ];
     all.iter()
         .find(|(r, _)| r.0 as usize == index)

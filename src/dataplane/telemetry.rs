@@ -131,7 +131,7 @@ impl Telemetry {
                 capacity: u64::from(map.max_entries()),
             });
         }
-        if let (Some(rules), Some(hits)) = (self.maps.get("fw_v4"), self.maps.get("fw_hits")) {
+        if let (Some(rules), Some(hits)) = (self.maps.get("fw_rules"), self.maps.get("fw_hits")) {
             walk.firewall = Some(top_rules(rules, hits, TOP_RULES)?);
         }
         if let (Some(prefixes), Some(stats)) = (self.maps.get("rl_v4"), self.maps.get("rl_stats")) {
@@ -378,37 +378,25 @@ fn sum_percpu_u64(per_cpu: &[u8], value_size: usize, field: usize) -> u64 {
         .sum()
 }
 
-/// The rules of `fw_v4` with the most hits in `fw_hits`.
+/// The rules of `fw_rules` (the firewall's record, by rule id) with the most hits in `fw_hits`.
 fn top_rules(
     rules: &MapHandle,
     hits: &MapHandle,
     n: usize,
 ) -> Result<Vec<RuleHits>, DataplaneError> {
-    let block = types::fw_action::FW_BLOCK.0 as u8;
     let mut by_id: HashMap<u32, (Ipv4Net, &'static str)> = HashMap::new();
-    let cap = usize::try_from(rules.max_entries()).unwrap_or(usize::MAX);
-    for key in rules.keys().take(cap) {
-        let Some(v) = rules
-            .lookup(&key, MapFlags::ANY)
-            .map_err(bpf_err("reading fw_v4"))?
-        else {
-            continue;
-        };
-        let k: types::lpm_v4_key = from_bytes(&key);
-        let rule: types::fw_rule = from_bytes(&v);
-        let Ok(len) = u8::try_from(k.prefixlen) else {
-            continue;
-        };
-        let Ok(net) = Ipv4Net::new(k.addr.into(), len) else {
-            continue;
-        };
-        let action = if rule.action == block {
-            "block"
-        } else {
-            "allow"
-        };
-        by_id.insert(rule.rule_id, (net, action));
-    }
+    for_each_batch(rules, BATCH, |k, v| {
+        let id = u32::from_ne_bytes(k.get(..4).and_then(|b| b.try_into().ok()).unwrap_or([0; 4]));
+        let def: types::fw_rule_def = from_bytes(v);
+        if let Some((net, action)) = super::firewall::decode_rule_def(&def) {
+            let action = match action {
+                crate::firewall::Action::Block => "block",
+                crate::firewall::Action::Allow => "allow",
+            };
+            by_id.insert(id, (net, action));
+        }
+        ControlFlow::Continue(())
+    })?;
     let Some(limit) = by_id.keys().max().map(|m| u64::from(*m) + 1) else {
         return Ok(Vec::new());
     };
@@ -582,8 +570,8 @@ mod walk_tests {
     }
 
     #[test]
-    fn top_rules_join_the_trie_and_the_per_cpu_hits() {
-        let Some(rules) = map(MapType::LpmTrie, 8, 8, 100) else {
+    fn top_rules_join_the_record_and_the_per_cpu_hits() {
+        let Some(rules) = map(MapType::Array, 4, 8, 100) else {
             return;
         };
         let Some(hits) = map(MapType::PercpuArray, 4, 8, 100) else {
@@ -601,18 +589,15 @@ mod walk_tests {
         ];
         for (net, id, action, per_cpu) in table {
             let net: Ipv4Net = net.parse().expect("prefix");
-            let key = types::lpm_v4_key {
-                prefixlen: u32::from(net.prefix_len()),
+            let value = types::fw_rule_def {
                 addr: net.network().octets(),
-            };
-            let value = types::fw_rule {
-                rule_id: id,
+                prefixlen: net.prefix_len(),
                 action,
-                pad: [0; 3],
+                pad: [0; 2],
             };
             rules
                 .update(
-                    super::super::maps::bytes_of(&key),
+                    &id.to_ne_bytes(),
                     super::super::maps::bytes_of(&value),
                     MapFlags::ANY,
                 )
@@ -621,7 +606,6 @@ mod walk_tests {
             hits.update_percpu(&id.to_ne_bytes(), &values, MapFlags::ANY)
                 .expect("hits");
         }
-        assert_eq!(count_entries(&rules).expect("count"), 4);
         let top = top_rules(&rules, &hits, 2).expect("top rules");
         let c = cpus as u64;
         assert_eq!(

@@ -1,32 +1,43 @@
-//! The firewall part of reconciling: rule ids, and the difference between the rules in the LPM
-//! trie and the desired ones, applied so that no wanted rule is ever missing in between (new and
-//! changed prefixes are written before the prefixes no longer wanted are deleted).
+//! The firewall part of reconciling: rule ids, and the change from the rules the data plane
+//! holds to the desired ones. The reconciler keeps the fixed-depth tables the program reads
+//! (see [`crate::dataplane::firewall::tables`]), recomputes the /16s a change touches, and
+//! writes the difference in an order that never shows a packet a verdict of neither the old
+//! nor the new rules: new entries before the words that lead to them, and deletions only after
+//! nothing leads to them and every packet that could have seen them is through.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use ipnet::Ipv4Net;
 
 use super::{IdPool, ReconcileError};
-use crate::dataplane::firewall::{FirewallMaps, Partial, RuleEntry};
+use crate::dataplane::firewall::tables::{self, Rules, Tables};
+use crate::dataplane::firewall::{FirewallMaps, RuleEntry};
 use crate::dataplane::Dataplane;
 use crate::firewall::{Action, Firewall};
 
 /// Changes listed one by one in the log when there are at most this many.
 const LOG_EACH: usize = 8;
+/// A change touching more /16s than this recomputes every table (cheaper than one by one).
+const FULL_REBUILD: usize = 4096;
 
-/// What the trie holds, and the rule ids.
+/// The rules the data plane holds, their ids, and the tables computed from them.
 #[derive(Debug)]
 pub struct AppliedFirewall {
     capacity: usize,
-    applied: BTreeMap<Ipv4Net, RuleEntry>,
+    applied: Rules,
     ids: IdPool,
+    /// What `fw_l1`, `fw_l2` and `fw_l3` hold.
+    tables: Tables,
     /// The desired rules last applied in full: the same `Arc` again means nothing to do.
     last: Option<Arc<BTreeMap<Ipv4Net, Action>>>,
     /// The maps were pinned by an earlier lbd: take over its rules on the first apply.
     adopt: bool,
     /// Hit counters of ids not in use may hold counts (of an earlier lbd): zero every id taken.
     dirty_hits: bool,
+    /// A change stopped part-way: the maps may differ from `tables` and the record from
+    /// `applied`; read the tables back and rewrite the record before the next change.
+    resync: bool,
 }
 
 impl AppliedFirewall {
@@ -34,11 +45,13 @@ impl AppliedFirewall {
         let capacity = dp.firewall().capacity() as usize;
         Self {
             capacity,
-            applied: BTreeMap::new(),
+            applied: Rules::new(),
             ids: IdPool::new("firewall rule", capacity),
+            tables: Tables::default(),
             last: None,
             adopt: dp.adopted(),
             dirty_hits: false,
+            resync: false,
         }
     }
 
@@ -52,20 +65,31 @@ impl AppliedFirewall {
         self.applied.get(net).copied()
     }
 
+    /// Every rule the data plane holds, with its id.
+    pub fn rules(&self) -> &Rules {
+        &self.applied
+    }
+
+    /// The tables as written to the maps.
+    pub fn tables(&self) -> &Tables {
+        &self.tables
+    }
+
     /// One more than the highest rule id handed out so far (hit counters above are unused).
     pub fn id_limit(&self) -> u32 {
         self.ids.next
     }
 
-    /// Makes the trie hold `desired`. On error the record of what was applied stays exact, so a
-    /// second call (the controller's rollback) finishes or undoes the work.
+    /// Makes the data plane hold `desired`. On error the maps may be partly changed; the next
+    /// call (the controller's rollback) reads them back and finishes or undoes the work.
     pub(super) fn apply(
         &mut self,
         dp: &Dataplane,
         desired: &Firewall,
     ) -> Result<(), ReconcileError> {
+        let maps = dp.firewall();
         if self.adopt {
-            self.adopt(dp)?;
+            self.adopt(&maps)?;
         }
         if self
             .last
@@ -74,86 +98,153 @@ impl AppliedFirewall {
         {
             return Ok(());
         }
+        if self.resync {
+            self.resync(&maps)?;
+        }
         let (puts, dels) = self.diff(desired.rules());
         if puts.is_empty() && dels.is_empty() {
             self.last = Some(desired.shared().clone());
             return Ok(());
         }
         self.last = None;
-        let maps = dp.firewall();
         let new_prefixes = puts
             .iter()
             .filter(|(n, _)| !self.applied.contains_key(n))
             .count();
 
-        // Deleting first only what must go to make room: at most `capacity` rules at any time.
+        // Ids are bounded by the capacity: when a replace needs the ids of rules it drops, those
+        // rules go first, in a change of their own.
         let room = self.capacity.saturating_sub(self.applied.len());
         let early = new_prefixes.saturating_sub(room).min(dels.len());
-        self.delete(&maps, &dels[..early])?;
-
-        let mut writes = Vec::with_capacity(puts.len());
-        for (net, action) in &puts {
-            let id = match self.applied.get(net) {
-                // A prefix whose action changes keeps its id; its hits start again.
-                Some(old) => old.id,
-                None => match self.take_id(&maps) {
-                    Ok(id) => id,
-                    Err(e) => {
-                        self.give_back_new(&writes);
-                        return Err(e);
-                    }
-                },
-            };
-            if self.applied.contains_key(net) {
-                if let Err(e) = maps.reset_hits(id) {
-                    self.give_back_new(&writes);
-                    return Err(e.into());
-                }
-            }
-            writes.push((*net, id, *action));
+        if early > 0 {
+            self.change(&maps, &[], &dels[..early])?;
         }
-        let written = maps.put(&writes);
-        let done = match &written {
-            Ok(()) => writes.len(),
-            Err(p) => p.done,
-        };
-        for (net, id, action) in &writes[..done] {
-            self.applied.insert(
-                *net,
-                RuleEntry {
-                    id: *id,
-                    action: *action,
-                },
-            );
-        }
-        self.give_back_new(&writes[done..]);
-        if let Err(Partial { source, .. }) = written {
-            return Err(source.into());
-        }
-
-        self.delete(&maps, &dels[early..])?;
+        self.change(&maps, &puts, &dels[early..])?;
         self.last = Some(desired.shared().clone());
         log_change(&puts, &dels, new_prefixes, self.applied.len());
         Ok(())
     }
 
-    /// Takes over the rules in maps pinned by an earlier lbd, with their ids: the firewall keeps
-    /// working across a restart, and the first apply then changes only what differs.
-    fn adopt(&mut self, dp: &Dataplane) -> Result<(), ReconcileError> {
-        let maps = dp.firewall();
-        let mut stale = Vec::new();
-        let mut used = std::collections::HashSet::new();
-        for (net, entry) in maps.entries()? {
-            if (entry.id as usize) < self.capacity && used.insert(entry.id) {
-                self.ids.reserve(entry.id);
-                self.applied.insert(net, entry);
-            } else {
-                stale.push(net);
+    /// Writes `puts` and removes `dels`: ids and the record first, then the tables, then the
+    /// ids of removed rules are given back.
+    fn change(
+        &mut self,
+        maps: &FirewallMaps<'_>,
+        puts: &[(Ipv4Net, Action)],
+        dels: &[Ipv4Net],
+    ) -> Result<(), ReconcileError> {
+        self.resync = true;
+        let mut freed = Vec::with_capacity(dels.len());
+        let done = self.change_tables(maps, puts, dels, &mut freed);
+        // Given back whatever happened: an id is zeroed when taken again.
+        for id in freed {
+            self.ids.give_back(id);
+        }
+        done?;
+        self.resync = false;
+        Ok(())
+    }
+
+    fn change_tables(
+        &mut self,
+        maps: &FirewallMaps<'_>,
+        puts: &[(Ipv4Net, Action)],
+        dels: &[Ipv4Net],
+        freed: &mut Vec<u32>,
+    ) -> Result<(), ReconcileError> {
+        let mut touched: Vec<u16> = Vec::new();
+        for net in dels {
+            if let Some(old) = self.applied.remove(net) {
+                freed.push(old.id);
+                touched.extend(tables::touched(net));
             }
         }
-        if let Err(p) = maps.delete(&stale) {
-            return Err(p.source.into());
+        let mut record = Vec::with_capacity(puts.len() + dels.len());
+        for (net, action) in puts {
+            let id = match self.applied.get(net) {
+                // A prefix whose action changes keeps its id; its hits start again.
+                Some(old) => {
+                    maps.reset_hits(old.id)?;
+                    old.id
+                }
+                None => self.take_id(maps)?,
+            };
+            self.applied.insert(
+                *net,
+                RuleEntry {
+                    id,
+                    action: *action,
+                },
+            );
+            record.push((id, Some((*net, *action))));
+            touched.extend(tables::touched(net));
         }
+        // The record names every id the tables will hold before they hold it.
+        maps.write_rules(&record)?;
+        touched.sort_unstable();
+        touched.dedup();
+        let plan = if touched.len() > FULL_REBUILD {
+            self.tables.update(&self.applied, None)
+        } else {
+            self.tables.update(&self.applied, Some(&touched))
+        };
+        maps.apply(&plan)?;
+        let cleared: Vec<(u32, Option<(Ipv4Net, Action)>)> =
+            freed.iter().map(|id| (*id, None)).collect();
+        maps.write_rules(&cleared)?;
+        Ok(())
+    }
+
+    /// After a change stopped part-way: makes the record say `applied` and the tables match it.
+    fn resync(&mut self, maps: &FirewallMaps<'_>) -> Result<(), ReconcileError> {
+        let mut writes: Vec<(u32, Option<(Ipv4Net, Action)>)> = Vec::new();
+        let wanted: HashMap<u32, (Ipv4Net, Action)> = self
+            .applied
+            .iter()
+            .map(|(n, r)| (r.id, (*n, r.action)))
+            .collect();
+        for (id, net, action) in maps.rules()? {
+            if !wanted.contains_key(&id) {
+                writes.push((id, None));
+            } else if wanted.get(&id) != Some(&(net, action)) {
+                writes.push((id, wanted.get(&id).copied()));
+            }
+        }
+        writes.extend(wanted.iter().map(|(id, r)| (*id, Some(*r))));
+        maps.write_rules(&writes)?;
+        self.tables = maps.tables()?;
+        let plan = self.tables.update(&self.applied, None);
+        maps.apply(&plan)?;
+        self.resync = false;
+        tracing::info!(
+            rules = self.applied.len(),
+            "firewall tables read back and completed after an interrupted change"
+        );
+        Ok(())
+    }
+
+    /// Takes over the rules of maps pinned by an earlier lbd, with their ids: the firewall keeps
+    /// working across a restart, and the first apply then changes only what differs.
+    fn adopt(&mut self, maps: &FirewallMaps<'_>) -> Result<(), ReconcileError> {
+        let mut stale = Vec::new();
+        let mut used = HashSet::new();
+        for (id, net, action) in maps.rules()? {
+            if (id as usize) < self.capacity
+                && id <= tables::MAX_RULE_ID
+                && !self.applied.contains_key(&net)
+                && used.insert(id)
+            {
+                self.ids.reserve(id);
+                self.applied.insert(net, RuleEntry { id, action });
+            } else {
+                stale.push((id, None));
+            }
+        }
+        maps.write_rules(&stale)?;
+        // The tables as they are, completed to match the record (an lbd stopped mid-change).
+        self.tables = maps.tables()?;
+        let plan = self.tables.update(&self.applied, None);
+        maps.apply(&plan)?;
         self.adopt = false;
         self.dirty_hits = true;
         tracing::info!(
@@ -192,29 +283,6 @@ impl AppliedFirewall {
             }
         }
         Ok(id)
-    }
-
-    /// Returns the ids of `writes` that were taken for prefixes not in the trie.
-    fn give_back_new(&mut self, writes: &[(Ipv4Net, u32, Action)]) {
-        for (net, id, _) in writes {
-            if !self.applied.contains_key(net) {
-                self.ids.give_back(*id);
-            }
-        }
-    }
-
-    fn delete(&mut self, maps: &FirewallMaps<'_>, nets: &[Ipv4Net]) -> Result<(), ReconcileError> {
-        let deleted = maps.delete(nets);
-        let done = match &deleted {
-            Ok(()) => nets.len(),
-            Err(p) => p.done,
-        };
-        for net in &nets[..done] {
-            if let Some(old) = self.applied.remove(net) {
-                self.ids.give_back(old.id);
-            }
-        }
-        deleted.map_err(|p| p.source.into())
     }
 }
 

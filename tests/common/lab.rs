@@ -293,6 +293,20 @@ impl Lb {
         Ok(())
     }
 
+    /// Adds a firewall block rule for `net` through the desired state and reconciles, as the
+    /// AddRules handler does (capacity: the 4096 rules [`Lb::new`] loads with).
+    pub fn block(&mut self, net: ipnet::Ipv4Net) -> Result<()> {
+        let mut batch = xdplb::firewall::RuleBatch::default();
+        batch
+            .push(0, net, xdplb::firewall::Action::Block)
+            .with_context(|| format!("a block rule for {net}"))?;
+        self.state
+            .firewall
+            .add(&batch, 4096)
+            .with_context(|| format!("blocking {net}"))?;
+        self.reconcile()
+    }
+
     pub fn reconcile(&mut self) -> Result<()> {
         self.rec.reconcile(&self.state).context("reconciling")
     }

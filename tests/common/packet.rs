@@ -173,6 +173,28 @@ impl Packet {
         p
     }
 
+    /// An ICMP message of `kind`/`code` whose 4 header bytes after the checksum are `rest` and
+    /// whose payload is `quote` (for an error: the offending packet's IP header and first bytes).
+    #[allow(clippy::too_many_arguments)]
+    pub fn icmp(
+        eth_src: Mac,
+        eth_dst: Mac,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        kind: u8,
+        code: u8,
+        rest: [u8; 4],
+        quote: &[u8],
+    ) -> Packet {
+        let l4 = Transport::Icmp { kind, code, rest };
+        let mut p = Packet::base(eth_src, eth_dst, src, dst, l4);
+        // As Linux sends its errors: no DF, TOS 0xc0 (internetwork control).
+        p.frag = 0;
+        p.tos = 0xc0;
+        p.payload = quote.to_vec();
+        p
+    }
+
     pub fn with_payload(mut self, payload: &[u8]) -> Packet {
         self.payload = payload.to_vec();
         self

@@ -1,0 +1,50 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/* The end-to-end bench's sink: counts every frame (and whether it is plain
+ * IPv4/UDP or IPIP) in per-CPU counters and drops it. Attached to the
+ * backends' interfaces, it measures delivered packets; attached to the LB's
+ * interface, the generator's own ceiling. */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/in.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "e2e.h"
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, E2E_SINK_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} e2e_sink_counts SEC(".maps");
+
+/* Puts the enum into BTF, so user space reads the indices from the skeleton. */
+enum e2e_sink_counter e2e_sink_counter_btf = E2E_SINK_ALL;
+
+static __always_inline void count(__u32 which)
+{
+	__u64 *n = bpf_map_lookup_elem(&e2e_sink_counts, &which);
+
+	if (n)
+		*n += 1;
+}
+
+SEC("xdp")
+int e2e_sink(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = (void *)(eth + 1);
+
+	count(E2E_SINK_ALL);
+	if ((void *)(ip + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
+		return XDP_DROP;
+	if (ip->protocol == IPPROTO_UDP)
+		count(E2E_SINK_UDP);
+	else if (ip->protocol == IPPROTO_IPIP)
+		count(E2E_SINK_IPIP);
+	return XDP_DROP;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -1,0 +1,203 @@
+//! The bench's load balancers: loaded with `Dataplane::load`, configured with `write_config` and
+//! the `Reconciler` (the way lbd fills its maps), inside the veth bench of `tests/common/lab.rs`;
+//! plus the frames the cases send.
+
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use anyhow::{ensure, Context, Result};
+use xdplb::dataplane::{Dataplane, LoadOptions};
+use xdplb::reconcile::Reconciler;
+use xdplb::state::{Mode, Protocol, State, VipKey};
+
+use crate::common::lab::{
+    config, neighbour_mac, Lb, Net, BACKEND1, BACKEND2, CLIENT, RING_SIZE, VETH0_MAC,
+};
+use crate::common::netns::TestNetns;
+use crate::common::packet::{endpoints, Packet, TCP_ACK, TCP_PSH, TCP_SYN};
+use crate::testrun::Runner;
+
+/// SNAT ports of every bench LB: the whole unprivileged range.
+pub const PORTS: (u16, u16) = (1024, 65535);
+
+/// Backends "far away": 10.3.0.0/16 is routed via BACKEND1 (a gateway on veth0), so any number of
+/// backends resolve to one neighbour.
+pub const FAR_NET: Ipv4Addr = Ipv4Addr::new(10, 3, 0, 0);
+
+pub fn sa(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(ip, port)
+}
+
+/// The extra route of the bench (on top of `setup_net`).
+pub fn add_routes(ns: &TestNetns) -> Result<()> {
+    ns.ip(&[
+        "route",
+        "add",
+        &format!("{FAR_NET}/16"),
+        "via",
+        &BACKEND1.to_string(),
+        "dev",
+        "veth0",
+    ])?;
+    Ok(())
+}
+
+/// Backend `i` of the far subnet (10.3.x.y, i < 65000).
+pub fn far_backend(i: usize, port: u16) -> SocketAddrV4 {
+    let n = u32::from(FAR_NET) + 1 + i as u32;
+    sa(Ipv4Addr::from(n), port)
+}
+
+/// The two on-link backends of `common::lab` on `port`.
+pub fn near_backends(port: u16) -> Vec<SocketAddrV4> {
+    vec![sa(BACKEND1, port), sa(BACKEND2, port)]
+}
+
+/// Loads the program with `opts`, writes the run-time config (SNAT ports 1024-65535) and hands
+/// it to a `Reconciler`, as lbd does.
+pub fn load_lb(net: Net, opts: &LoadOptions) -> Result<Lb> {
+    let dp = Dataplane::load(opts).context("loading the XDP program")?;
+    let cfg = config(PORTS);
+    dp.maps().write_config(&cfg).context("writing lb_config")?;
+    Ok(Lb {
+        rec: Reconciler::new(dp, RING_SIZE),
+        state: State::default(),
+        net,
+        cfg,
+        claimed: BTreeSet::new(),
+    })
+}
+
+/// Load options with flow tables of `ct` entries and small firewall/rate-limit tables.
+pub fn opts(ct: u32) -> LoadOptions {
+    LoadOptions {
+        conntrack_size: ct,
+        pin_dir: None,
+        firewall_capacity: 4096,
+        ratelimit_clients: 4096,
+        ..LoadOptions::default()
+    }
+}
+
+/// Adds a VIP in `mode` with `backends` (weight 100 each) through the State and the Reconciler.
+pub fn add_vip(
+    lb: &mut Lb,
+    addr: SocketAddrV4,
+    mode: Mode,
+    backends: &[SocketAddrV4],
+) -> Result<VipKey> {
+    let key = VipKey {
+        addr,
+        proto: Protocol::Tcp,
+    };
+    lb.state.add_vip(key, mode).context("adding a VIP")?;
+    for be in backends {
+        lb.state
+            .add_backend(&key, *be, 100)
+            .with_context(|| format!("adding backend {be}"))?;
+    }
+    lb.reconcile()?;
+    Ok(key)
+}
+
+/// A client's SYN to `vip`, as received on veth0.
+pub fn syn(client: SocketAddrV4, vip: SocketAddrV4) -> Vec<u8> {
+    Packet::tcp(mac_of(*client.ip()), VETH0_MAC, client, vip, TCP_SYN).build()
+}
+
+/// A client's data segment (ACK, 19 bytes) to `vip`, as received on veth0.
+pub fn data(client: SocketAddrV4, vip: SocketAddrV4) -> Packet {
+    Packet::tcp(
+        mac_of(*client.ip()),
+        VETH0_MAC,
+        client,
+        vip,
+        TCP_ACK | TCP_PSH,
+    )
+    .with_seq_ack(0x1234_567c, 0x7000_0001)
+    .with_payload(b"GET /x HTTP/1.0\r\n\r\n")
+}
+
+/// The MAC a frame from `ip` carries: its static neighbour's, or a made-up one.
+fn mac_of(ip: Ipv4Addr) -> [u8; 6] {
+    if ip == CLIENT || ip == crate::common::lab::CLIENT_B {
+        neighbour_mac(ip)
+    } else {
+        [0x02, 0, 0, 0, 0x77, 0x77]
+    }
+}
+
+/// The `i`-th source of trial `t` of a new-flow case: never the same twice in a run of up to
+/// 64 trials of 2^24 packets.
+pub fn new_source(t: usize, i: usize) -> SocketAddrV4 {
+    let addr = (10u32 << 24) | ((64 + (t as u32 % 64)) << 16) | (i as u32 & 0xffff);
+    sa(Ipv4Addr::from(addr), 10000 + (i >> 16) as u16)
+}
+
+/// Creates flows from `clients` to `vip` by running their SYNs; returns the frames the program
+/// sent (NAT: their source is the SNAT address and port).
+pub fn open_flows(
+    lb: &Lb,
+    runner: &mut Runner,
+    vip: SocketAddrV4,
+    clients: &[SocketAddrV4],
+) -> Result<Vec<Vec<u8>>> {
+    let prog = lb.rec.dataplane().program();
+    let mut outs = Vec::with_capacity(clients.len());
+    for c in clients {
+        let (action, out) = runner.run_out(prog, lb.net.veth0, &syn(*c, vip))?;
+        ensure!(
+            action == libbpf_sys::XDP_TX || action == libbpf_sys::XDP_REDIRECT,
+            "opening a flow {c} -> {vip}: verdict {action}; counters {:?}",
+            lb.global()?.reasons
+        );
+        outs.push(out);
+    }
+    Ok(outs)
+}
+
+/// Opens flows quickly (no output frames kept): `count` new flows from `source(i)`.
+pub fn fill_flows(
+    lb: &Lb,
+    runner: &mut Runner,
+    vip: SocketAddrV4,
+    count: usize,
+    source: impl Fn(usize) -> SocketAddrV4,
+) -> Result<()> {
+    let prog = lb.rec.dataplane().program();
+    for i in 0..count {
+        let (action, _) = runner.run(prog, lb.net.veth0, &syn(source(i), vip))?;
+        ensure!(
+            action == libbpf_sys::XDP_TX || action == libbpf_sys::XDP_REDIRECT,
+            "filling the flow table: flow {i} to {vip} got verdict {action}"
+        );
+    }
+    Ok(())
+}
+
+/// The reply a backend sends to the SNAT address and port of a NATed frame `natted`.
+pub fn reply_to(natted: &[u8]) -> Result<Vec<u8>> {
+    let (snat, backend) = endpoints(natted)?;
+    Ok(Packet::tcp(
+        [0x02, 0, 0, 0, 0, 0x02],
+        VETH0_MAC,
+        backend,
+        snat,
+        TCP_ACK | TCP_PSH,
+    )
+    .with_payload(b"HTTP/1.0 200 OK\r\n\r\n")
+    .build())
+}
+
+/// A data segment of exactly `tot_len` IP bytes (DF set), for the ICMP "too big" path.
+pub fn sized(pkt: Packet, tot_len: usize) -> Result<Vec<u8>> {
+    let header = pkt.ip_bytes().len() - pkt.payload.len();
+    ensure!(tot_len > header, "{tot_len} bytes cannot hold the headers");
+    let payload: Vec<u8> = (0..tot_len - header).map(|i| (i * 7) as u8).collect();
+    let p = pkt.with_payload(&payload);
+    ensure!(
+        p.ip_bytes().len() == tot_len,
+        "sized packet has the wrong length"
+    );
+    Ok(p.build())
+}

@@ -1,0 +1,223 @@
+//! Program upgrades, in each forwarding mode: an lbd of another build (`XDPLB_BPF_VARIANT`, see
+//! `xdplb_integration::upgrade`) replaces the running program through `bpf_link` update — the
+//! same link, a program with another tag, the very same pinned maps (by kernel map id) — while a
+//! TCP transfer keeps going without a reset or a lost byte; going back to the first build with
+//! `kill -9` and start works the same way. A pinned map whose layout changed (here: a new
+//! conntrack size) makes the new lbd refuse to start, naming the map, while the running program
+//! keeps forwarding.
+//! Run as root: `cargo test -p xdplb-integration --test upgrade -- --test-threads=1`. The first
+//! run builds the variant lbd into `target/upgrade-variant` (minutes); later runs reuse it.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddrV4;
+use std::time::Duration;
+
+use xdplb_integration::transfer::{Transfer, TransferLab, CHUNK};
+use xdplb_integration::upgrade::{link_program, map_name, variant_lbd, LinkProgram};
+use xdplb_integration::{Lbd, Proto, StartOptions, VIP};
+
+const TRANSFER: Duration = Duration::from_secs(8);
+const PROGRESS: usize = 20 * CHUNK;
+const PROGRESS_LIMIT: Duration = Duration::from_secs(3);
+
+fn vip80() -> SocketAddrV4 {
+    SocketAddrV4::new(VIP, 80)
+}
+
+fn keep(state: &std::path::Path) -> StartOptions {
+    StartOptions {
+        state_dir: Some(state.to_owned()),
+        keep_pins: true,
+    }
+}
+
+/// The programs the lab's links run, one per interface.
+fn programs(lab: &TransferLab) -> Vec<LinkProgram> {
+    lab.link_pins()
+        .iter()
+        .map(|p| link_program(p).unwrap_or_else(|e| panic!("{}: {e:#}", p.display())))
+        .collect()
+}
+
+/// The maps a program uses by name, without the per-load internal ones (`.rodata`, `.bss`).
+fn shared_maps(p: &LinkProgram) -> BTreeMap<String, u64> {
+    p.map_ids
+        .iter()
+        .map(|id| (map_name(*id).expect("bpftool map show"), *id))
+        .filter(|(name, _)| !name.contains('.'))
+        .collect()
+}
+
+/// `after` is the same links as `before`, running another program that uses the same maps.
+fn assert_replaced(before: &[LinkProgram], after: &[LinkProgram], what: &str) {
+    assert_eq!(before.len(), after.len());
+    for (b, a) in before.iter().zip(after) {
+        assert_eq!(
+            a.link_id, b.link_id,
+            "{what}: the link was replaced, not updated"
+        );
+        assert_ne!(a.prog_id, b.prog_id, "{what}: the program was not replaced");
+        let (mb, ma) = (shared_maps(b), shared_maps(a));
+        assert!(mb.contains_key("ct_fwd"), "{mb:?}");
+        assert_eq!(
+            ma, mb,
+            "{what}: the new program does not use the pinned maps"
+        );
+    }
+}
+
+fn upgrade_under_transfer(mode: &'static str) {
+    let variant = variant_lbd().expect("the variant lbd builds");
+    let lab = TransferLab::build(mode).expect("topology");
+    let (lb, config) = (lab.lb(), lab.config());
+    let state = tempfile::tempdir().expect("state dir");
+
+    let mut first = Lbd::start_with(lb, config, &keep(state.path())).expect("first lbd");
+    first
+        .ctl(&[
+            "vip",
+            "add",
+            &vip80().to_string(),
+            "--proto",
+            "tcp",
+            "--mode",
+            mode,
+        ])
+        .expect("vip add");
+    first
+        .add_backend(vip80(), Proto::Tcp, lab.backend())
+        .expect("backend add");
+    let original = programs(&lab);
+    let transfer = Transfer::start(lab.client(), vip80(), TRANSFER).expect("transfer starts");
+    transfer
+        .wait_progress(PROGRESS, PROGRESS_LIMIT)
+        .expect("transfer before the upgrade");
+
+    // Upgrade: SIGTERM, then the variant build.
+    first.stop().expect("first lbd stops");
+    let mut second = Lbd::start_binary(lb, config, &keep(state.path()), &variant)
+        .expect("the variant lbd starts");
+    let upgraded = programs(&lab);
+    eprintln!("{mode}: {original:?}\n -> {upgraded:?}");
+    assert_replaced(&original, &upgraded, "upgrade");
+    for (o, u) in original.iter().zip(&upgraded) {
+        assert_ne!(
+            u.tag, o.tag,
+            "the variant build's program is the same program"
+        );
+    }
+    let log = second.log_text();
+    for want in ["reusing the pinned maps", "took over the pinned XDP link"] {
+        assert!(
+            log.contains(want),
+            "the variant lbd's log lacks {want:?}:\n{log}"
+        );
+    }
+    assert!(
+        second
+            .ctl(&["vip", "list"])
+            .expect("vip list")
+            .contains(mode),
+        "the state came back"
+    );
+    transfer
+        .wait_progress(PROGRESS, PROGRESS_LIMIT)
+        .expect("transfer after the upgrade");
+
+    // Back to the first build, after kill -9.
+    second.kill9().expect("kill -9");
+    let third = Lbd::start_with(
+        lb,
+        config,
+        &StartOptions {
+            state_dir: Some(state.path().to_owned()),
+            keep_pins: false,
+        },
+    )
+    .expect("the first build starts again");
+    let back = programs(&lab);
+    assert_replaced(&upgraded, &back, "downgrade");
+    for (o, b) in original.iter().zip(&back) {
+        assert_eq!(b.tag, o.tag, "the first build's program is back");
+        assert_eq!(shared_maps(b), shared_maps(o), "still the first lbd's maps");
+    }
+    let moved = transfer.finish().expect("the transfer never broke");
+    eprintln!("{mode}: {moved} bytes verified across the upgrade and back");
+    assert!(moved >= 4 * PROGRESS, "only {moved} bytes in {TRANSFER:?}");
+    assert_eq!(lab.server().accepted(), 1);
+    drop(third);
+    drop(first);
+}
+
+#[test]
+fn nat_upgrade_keeps_a_transfer() {
+    upgrade_under_transfer("nat");
+}
+
+#[test]
+fn l2dsr_upgrade_keeps_a_transfer() {
+    upgrade_under_transfer("l2dsr");
+}
+
+#[test]
+fn ipip_upgrade_keeps_a_transfer() {
+    upgrade_under_transfer("ipip");
+}
+
+/// A new lbd whose conntrack tables have another size cannot reuse the pinned ones without
+/// losing the flows in them: it refuses to start and says which map, how it differs and what to
+/// do; the running program and its flows are untouched, and the old configuration adopts them.
+#[test]
+fn changed_map_layout_is_refused() {
+    let lab = TransferLab::build("nat").expect("topology");
+    let (lb, config) = (lab.lb(), lab.config());
+    let state = tempfile::tempdir().expect("state dir");
+    let mut first = Lbd::start_with(lb, config, &keep(state.path())).expect("first lbd");
+    first
+        .ctl(&["vip", "add", &vip80().to_string(), "--proto", "tcp"])
+        .expect("vip add");
+    first
+        .add_backend(vip80(), Proto::Tcp, lab.backend())
+        .expect("backend add");
+    let original = programs(&lab);
+    let transfer =
+        Transfer::start(lab.client(), vip80(), Duration::from_secs(5)).expect("transfer starts");
+    first.stop().expect("first lbd stops");
+
+    assert!(!config.contains("conntrack_size"), "{config}");
+    let resized = format!("{config}\n[tables]\nconntrack_size = 131072\n");
+    let err = match Lbd::start_with(lb, &resized, &keep(state.path())) {
+        Ok(_) => panic!("lbd reused pinned conntrack tables of another size"),
+        Err(e) => format!("{e:#}"),
+    };
+    for want in [
+        "pinned map ct_",
+        "does not fit this build",
+        "131072",
+        "--detach-on-exit",
+    ] {
+        assert!(err.contains(want), "the refusal lacks {want:?}: {err}");
+    }
+    assert_eq!(
+        programs(&lab),
+        original,
+        "the refused lbd changed the links"
+    );
+    transfer
+        .wait_progress(PROGRESS, PROGRESS_LIMIT)
+        .expect("transfer after the refusal");
+    transfer.finish().expect("the transfer never broke");
+
+    let last = Lbd::start_with(
+        lb,
+        config,
+        &StartOptions {
+            state_dir: Some(state.path().to_owned()),
+            keep_pins: false,
+        },
+    )
+    .expect("the old configuration adopts the maps");
+    assert!(last.log_text().contains("reusing the pinned maps"));
+    drop(last);
+    drop(first);
+}

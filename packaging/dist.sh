@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Lays out an installable tree of xdplb in DIST (as a package would put it under /):
+# binaries, the systemd unit, /etc/xdplb/lbd.toml, man pages and shell completions generated
+# from lbctl's clap definitions, and a tarball of it all.
+#   packaging/dist.sh BIN_DIR DIST      (make dist: BIN_DIR=target/release, DIST=dist)
+set -euo pipefail
+
+bin_dir=${1:?usage: dist.sh BIN_DIR DIST}
+dist=${2:?usage: dist.sh BIN_DIR DIST}
+here=$(cd "$(dirname "$0")" && pwd)
+
+for b in lbd lbctl; do
+	[ -x "$bin_dir/$b" ] || { echo "dist.sh: $bin_dir/$b not built" >&2; exit 1; }
+done
+
+root="$dist/root"
+rm -rf "$root"
+install -d "$root/usr/bin" "$root/usr/lib/systemd/system" "$root/etc/xdplb" \
+	"$root/usr/share/man/man1" "$root/usr/share/bash-completion/completions" \
+	"$root/usr/share/zsh/vendor-completions" "$root/usr/share/fish/vendor_completions.d" \
+	"$root/usr/share/doc/xdplb"
+
+install -m 0755 "$bin_dir/lbd" "$bin_dir/lbctl" "$root/usr/bin/"
+install -m 0644 "$here/lbd.service" "$root/usr/lib/systemd/system/lbd.service"
+install -m 0644 "$here/lbd.toml" "$root/etc/xdplb/lbd.toml"
+install -m 0644 "$here/../examples/lbd.toml" "$root/usr/share/doc/xdplb/lbd.toml.example"
+
+lbctl="$root/usr/bin/lbctl"
+"$lbctl" man --dir "$root/usr/share/man/man1" >/dev/null
+gzip -9n "$root"/usr/share/man/man1/*.1
+"$lbctl" completions bash >"$root/usr/share/bash-completion/completions/lbctl"
+"$lbctl" completions zsh >"$root/usr/share/zsh/vendor-completions/_lbctl"
+"$lbctl" completions fish >"$root/usr/share/fish/vendor_completions.d/lbctl.fish"
+
+version=$("$lbctl" --version | awk '{print $2}')
+tarball="$dist/xdplb-$version-$(uname -m).tar.gz"
+tar -C "$root" --owner=0 --group=0 -czf "$tarball" .
+echo "dist: $root ($(find "$root" -type f | wc -l) files), $tarball"
