@@ -49,13 +49,14 @@ use common::netns::TestNetns;
 /// A field value and whether the generator made it invalid.
 type F<T> = (T, bool);
 
-/// Valid four times out of five.
+/// Valid nine times out of ten (a request has several fields: about a third of them end up
+/// with at least one invalid field).
 fn field<T: std::fmt::Debug + Clone + 'static>(
     valid: impl Strategy<Value = T> + 'static,
     invalid: impl Strategy<Value = T> + 'static,
 ) -> BoxedStrategy<F<T>> {
     prop_oneof![
-        4 => valid.prop_map(|v| (v, false)),
+        9 => valid.prop_map(|v| (v, false)),
         1 => invalid.prop_map(|v| (v, true)),
     ]
     .boxed()
@@ -310,9 +311,12 @@ fn fw_stream() -> BoxedStrategy<Vec<Vec<(F<String>, F<i32>)>>> {
     proptest::collection::vec(proptest::collection::vec(fw_rule(), 0..=3), 1..=3).boxed()
 }
 
+/// The rules of one message. `seen` carries the prefixes of the stream so far (a bare address
+/// is its /32): a prefix given again with the other action spoils that later rule's action.
 fn rules_of(
     bad: &mut Bad,
     start: &mut usize,
+    seen: &mut std::collections::HashMap<String, i32>,
     rules: Vec<(F<String>, F<i32>)>,
 ) -> Vec<pb::FirewallRule> {
     rules
@@ -320,11 +324,27 @@ fn rules_of(
         .map(|(cidr, action)| {
             let i = *start;
             *start += 1;
-            pb::FirewallRule {
+            let (c_bad, a_bad) = (cidr.1, action.1);
+            let rule = pb::FirewallRule {
                 cidr: bad.check(format!("rules[{i}].cidr"), cidr),
                 action: bad.check(format!("rules[{i}].action"), action),
                 ..Default::default()
+            };
+            if !c_bad && !a_bad {
+                let prefix = if rule.cidr.contains('/') {
+                    rule.cidr.clone()
+                } else {
+                    format!("{}/32", rule.cidr)
+                };
+                match seen.get(&prefix) {
+                    Some(a) if *a != rule.action => bad.0.push(format!("rules[{i}].action")),
+                    Some(_) => {}
+                    None => {
+                        seen.insert(prefix, rule.action);
+                    }
+                }
             }
+            rule
         })
         .collect()
 }
@@ -489,10 +509,10 @@ fn case() -> BoxedStrategy<Case> {
     });
     let fw_add_remove = (fw_stream(), any::<bool>()).prop_map(|(msgs, remove)| {
         let mut bad = Bad::default();
-        let mut i = 0;
+        let (mut i, mut seen) = (0, Default::default());
         let msgs: Vec<Vec<pb::FirewallRule>> = msgs
             .into_iter()
-            .map(|m| rules_of(&mut bad, &mut i, m))
+            .map(|m| rules_of(&mut bad, &mut i, &mut seen, m))
             .collect();
         let req = if remove {
             Req::RemoveRules(
@@ -517,10 +537,10 @@ fn case() -> BoxedStrategy<Case> {
         .prop_map(|(msgs, first, later)| {
             let mut bad = Bad::default();
             let only = bad.check("only", first);
-            let mut i = 0;
+            let (mut i, mut seen) = (0, Default::default());
             let mut out = Vec::new();
             for (n, m) in msgs.into_iter().enumerate() {
-                let rules = rules_of(&mut bad, &mut i, m);
+                let rules = rules_of(&mut bad, &mut i, &mut seen, m);
                 let this = if n == 0 {
                     only
                 } else {
@@ -817,23 +837,20 @@ struct Tally {
     ok: usize,
     refused_other: usize,
     state_dependent_invalid: usize,
+    send_time: Duration,
+    list_time: Duration,
     per_rpc: std::collections::BTreeMap<&'static str, (usize, usize)>,
 }
 
 /// Fields that a refusal of a request with every field valid may name: rules that depend on
 /// the state (an L2 DSR backend must be on a connected subnet; a DSR backend keeps the VIP's
-/// port) or on several fields (two rules of one stream with one prefix and two actions).
+/// port). Rules that tie fields of one request together are worked out by the generator.
 fn state_dependent(req: &Req, msg: &str) -> bool {
     match req {
         Req::AddBackend(_) => {
             msg.starts_with("backend.address: ") || msg.starts_with("backend.port: ")
         }
         Req::SetVipMode(_) => msg.starts_with("mode: "),
-        Req::AddRules(_) | Req::RemoveRules(_) | Req::ReplaceRules(_) => {
-            msg.starts_with("rules[")
-                && msg.contains("].action: ")
-                && msg.contains(" is also rules[")
-        }
         _ => false,
     }
 }
@@ -849,13 +866,17 @@ fn check(
     rt.block_on(reset(c))
         .map_err(|s| fail(format!("reset: {s}")))?;
     for (n, case) in seq.into_iter().enumerate() {
+        let t0 = std::time::Instant::now();
         let before = rt
             .block_on(listed(c))
             .map_err(|s| fail(format!("listing: {s}")))?;
+        tally.list_time += t0.elapsed();
         let name = case.req.name();
+        let t0 = std::time::Instant::now();
         let res = rt.block_on(async {
             tokio::time::timeout(Duration::from_secs(10), send(c, case.req.clone())).await
         });
+        tally.send_time += t0.elapsed();
         let res = res.map_err(|_| fail(format!("#{n} {name} took over 10 s")))?;
         tally.requests += 1;
         let e = tally.per_rpc.entry(name).or_default();
@@ -977,6 +998,11 @@ fn every_invalid_field_is_refused_and_changes_nothing() -> Result<()> {
             "api fuzz: {} requests ({} with an invalid field), {} accepted, {} refused by state (not found, exists, precondition), {} refused as invalid by state- or cross-field rules",
             t.requests, t.spoiled, t.ok, t.refused_other, t.state_dependent_invalid
         );
+        eprintln!(
+            "  mean time per request {:?}, per listing of the whole state {:?}",
+            t.send_time / t.requests.max(1) as u32,
+            t.list_time / t.requests.max(1) as u32
+        );
         for (rpc, (n, bad)) in &t.per_rpc {
             eprintln!("  {rpc:<18} {n:>5} requests, {bad:>5} invalid");
         }
@@ -990,7 +1016,7 @@ fn every_invalid_field_is_refused_and_changes_nothing() -> Result<()> {
             t.spoiled * 10 >= t.requests,
             "too few invalid requests: {t:?}"
         );
-        anyhow::ensure!(t.ok * 5 >= t.requests, "too few accepted requests: {t:?}");
+        anyhow::ensure!(t.ok * 10 >= t.requests, "too few accepted requests: {t:?}");
         Ok(())
     })
 }

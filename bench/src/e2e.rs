@@ -222,7 +222,7 @@ fn measure_all(lab: &mut Lab) -> Result<Figures> {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let fwd = Fwd::load(&targets)?;
+        let fwd = Fwd::load(lb, &targets)?;
         fwd.attach(lb, "eth0")?;
         let rate = lab.measure_delivered();
         detach(lb, "eth0")?;

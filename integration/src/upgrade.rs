@@ -7,8 +7,9 @@
 //! never touched. The first build compiles every dependency once (minutes); later runs only
 //! rebuild what changed. The build is bounded by [`VARIANT_BUILD_LIMIT`] and a failure is an
 //! error, never a skip. [`link_program`] reads, through `bpftool`'s JSON, which program a pinned
-//! XDP link runs, its tag and the maps it uses.
+//! XDP link runs, its tag and the maps it uses (by name and kernel id).
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -107,8 +108,21 @@ pub struct LinkProgram {
     pub prog_id: u64,
     /// The program's tag (a hash of its instructions).
     pub tag: String,
-    /// The ids of the maps the program uses.
-    pub map_ids: Vec<u64>,
+    /// The maps the program uses, by name (read while it runs: the per-load internal maps,
+    /// `.rodata` and friends, go away with it).
+    pub maps: BTreeMap<String, u64>,
+}
+
+impl LinkProgram {
+    /// The maps a new program must share with this one: every map but the per-load internal
+    /// ones (names with a dot: `.rodata`, `.bss`).
+    pub fn shared_maps(&self) -> BTreeMap<String, u64> {
+        self.maps
+            .iter()
+            .filter(|(name, _)| !name.contains('.'))
+            .map(|(n, id)| (n.clone(), *id))
+            .collect()
+    }
 }
 
 fn bpftool_json(args: &[&str]) -> Result<Value> {
@@ -142,23 +156,23 @@ pub fn link_program(pin: &Path) -> Result<LinkProgram> {
         .as_str()
         .with_context(|| format!("no tag in {prog}"))?
         .to_string();
-    let mut map_ids: Vec<u64> = prog["map_ids"]
+    let mut maps = BTreeMap::new();
+    for id in prog["map_ids"]
         .as_array()
         .with_context(|| format!("no map_ids in {prog}"))?
         .iter()
         .filter_map(Value::as_u64)
-        .collect();
-    map_ids.sort_unstable();
+    {
+        let m = bpftool_json(&["map", "show", "id", &id.to_string()])?;
+        let name = m["name"]
+            .as_str()
+            .with_context(|| format!("no name in {m}"))?;
+        maps.insert(name.to_string(), id);
+    }
     Ok(LinkProgram {
         link_id,
         prog_id,
         tag,
-        map_ids,
+        maps,
     })
-}
-
-/// The name of a map by id (`bpftool map show id N`).
-pub fn map_name(id: u64) -> Result<String> {
-    let m = bpftool_json(&["map", "show", "id", &id.to_string()])?;
-    Ok(m["name"].as_str().unwrap_or_default().to_string())
 }

@@ -8,12 +8,11 @@
 //! Run as root: `cargo test -p xdplb-integration --test upgrade -- --test-threads=1`. The first
 //! run builds the variant lbd into `target/upgrade-variant` (minutes); later runs reuse it.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddrV4;
 use std::time::Duration;
 
 use xdplb_integration::transfer::{Transfer, TransferLab, CHUNK};
-use xdplb_integration::upgrade::{link_program, map_name, variant_lbd, LinkProgram};
+use xdplb_integration::upgrade::{link_program, variant_lbd, LinkProgram};
 use xdplb_integration::{Lbd, Proto, StartOptions, VIP};
 
 const TRANSFER: Duration = Duration::from_secs(8);
@@ -39,15 +38,6 @@ fn programs(lab: &TransferLab) -> Vec<LinkProgram> {
         .collect()
 }
 
-/// The maps a program uses by name, without the per-load internal ones (`.rodata`, `.bss`).
-fn shared_maps(p: &LinkProgram) -> BTreeMap<String, u64> {
-    p.map_ids
-        .iter()
-        .map(|id| (map_name(*id).expect("bpftool map show"), *id))
-        .filter(|(name, _)| !name.contains('.'))
-        .collect()
-}
-
 /// `after` is the same links as `before`, running another program that uses the same maps.
 fn assert_replaced(before: &[LinkProgram], after: &[LinkProgram], what: &str) {
     assert_eq!(before.len(), after.len());
@@ -57,7 +47,7 @@ fn assert_replaced(before: &[LinkProgram], after: &[LinkProgram], what: &str) {
             "{what}: the link was replaced, not updated"
         );
         assert_ne!(a.prog_id, b.prog_id, "{what}: the program was not replaced");
-        let (mb, ma) = (shared_maps(b), shared_maps(a));
+        let (mb, ma) = (b.shared_maps(), a.shared_maps());
         assert!(mb.contains_key("ct_fwd"), "{mb:?}");
         assert_eq!(
             ma, mb,
@@ -139,7 +129,11 @@ fn upgrade_under_transfer(mode: &'static str) {
     assert_replaced(&upgraded, &back, "downgrade");
     for (o, b) in original.iter().zip(&back) {
         assert_eq!(b.tag, o.tag, "the first build's program is back");
-        assert_eq!(shared_maps(b), shared_maps(o), "still the first lbd's maps");
+        assert_eq!(
+            b.shared_maps(),
+            o.shared_maps(),
+            "still the first lbd's maps"
+        );
     }
     let moved = transfer.finish().expect("the transfer never broke");
     eprintln!("{mode}: {moved} bytes verified across the upgrade and back");

@@ -222,8 +222,9 @@ pub struct Fwd {
 }
 
 impl Fwd {
-    /// Loads it with `targets` (picked by source port modulo their number).
-    pub fn load(targets: &[FwdTarget]) -> Result<Fwd> {
+    /// Loads it with `targets` (picked by source port modulo their number), whose interface
+    /// indexes are those of `lb_ns`.
+    pub fn load(lb_ns: &NetNs, targets: &[FwdTarget]) -> Result<Fwd> {
         let mut open = E2eFwdSkelBuilder::default()
             .open(storage())
             .context("opening the e2e forwarder object")?;
@@ -251,10 +252,26 @@ impl Fwd {
                 .e2e_fwd_targets
                 .update(&key, value, MapFlags::ANY)
                 .context("writing a forwarder target")?;
-            skel.maps
-                .e2e_fwd_ports
-                .update(&key, &t.ifindex.to_ne_bytes(), MapFlags::ANY)
-                .context("writing a forwarder port")?;
+            // A devmap resolves the ifindex in the network namespace of the updating thread.
+            let ports_fd = skel.maps.e2e_fwd_ports.as_fd().as_raw_fd();
+            let ifindex = t.ifindex;
+            let rc = lb_ns.run(move || {
+                let slot = slot as u32;
+                // SAFETY: ports_fd is a live map fd; key and value are 4-byte buffers that
+                // outlive the call, as the devmap's key and value sizes require.
+                unsafe {
+                    libbpf_sys::bpf_map_update_elem(
+                        ports_fd,
+                        (&slot as *const u32).cast(),
+                        (&ifindex as *const u32).cast(),
+                        u64::from(libbpf_sys::BPF_ANY),
+                    )
+                }
+            })?;
+            if rc < 0 {
+                return Err(std::io::Error::from_raw_os_error(-rc))
+                    .context("writing a forwarder port (devmap)");
+            }
         }
         Ok(Fwd { skel })
     }
