@@ -36,6 +36,8 @@ const PORT_IPIP: u16 = 82;
 /// Frames sent before each measured interval (flows created, caches warm), at most.
 const WARM_PACKETS: u64 = 300_000;
 const WARM_LIMIT: Duration = Duration::from_millis(500);
+/// Frames the kernel sends on its own during a run (IPv6 neighbour discovery and the like).
+const NOISE: u64 = 100;
 /// Time left after the generator returns for frames still in a ring to be counted.
 const SETTLE: Duration = Duration::from_millis(50);
 
@@ -299,19 +301,20 @@ fn measure_all(lab: &mut Lab) -> Result<Figures> {
         let seen = lab.sink_counts()?.since(&sinks_before);
         let forwarded = d.reason(reason);
         // Prove the path: the LB forwarded the packets it saw with this mode's reason, and
-        // the sinks got the kind of packet the mode makes.
-        let kind_ok = if mode == "ipip" {
-            seen.ipip == seen.all
+        // the sinks got the kind of packet the mode makes (give or take a few IPv6 neighbour
+        // discovery frames the kernel sends on its own).
+        let (kind, of_kind) = if mode == "ipip" {
+            ("IPIP", seen.ipip)
         } else {
-            seen.udp == seen.all
+            ("UDP", seen.udp)
         };
-        if forwarded == 0 || !kind_ok {
+        if forwarded == 0 || of_kind + NOISE < seen.all {
             bail!("{mode}: the path was not the expected one: LB {d:?}, sinks {seen:?}");
         }
         let check = format!(
-            "LB: {:.1}% {reason}; sinks: {} only",
+            "LB: {:.1}% {reason}; sinks: {:.1}% {kind}",
             100.0 * forwarded as f64 / d.seen().max(1) as f64,
-            if mode == "ipip" { "IPIP" } else { "UDP" },
+            100.0 * of_kind as f64 / seen.all.max(1) as f64,
         );
         modes.push((mode, rate, check));
     }

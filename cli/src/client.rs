@@ -73,6 +73,31 @@ impl Lbd {
             }
             Ok(Ok(Ok(channel))) => channel,
         };
+        if let Target::Tls { tls, .. } = target {
+            // With TLS 1.3 the server checks the client's certificate after the client has
+            // finished its side of the handshake: a refusal only shows on the first read. One
+            // cheap call now turns it into a connect error that says so, rather than a
+            // "cancelled" on whatever request comes first.
+            let mut vips = VipsClient::new(channel.clone());
+            let probe = vips.list_vips(crate::pb::ListVipsRequest {});
+            if let Ok(Err(status)) = tokio::time::timeout(timeout, probe).await {
+                if !matches!(
+                    status.code(),
+                    tonic::Code::Ok | tonic::Code::InvalidArgument | tonic::Code::NotFound
+                ) {
+                    let mut reason = match std::error::Error::source(&status) {
+                        Some(src) => chain(src),
+                        None => status.message().to_string(),
+                    };
+                    reason.push_str(if tls.identity.is_some() {
+                        "; lbd refused the TLS session: is --tls-cert signed by lbd's --tls-client-ca?"
+                    } else {
+                        "; lbd refused the TLS session: it requires a client certificate (--tls-cert and --tls-key)"
+                    });
+                    return Err(fail(reason, Some(io::ErrorKind::PermissionDenied)));
+                }
+            }
+        }
         Ok(Lbd {
             vips: VipsClient::new(channel.clone()),
             backends: BackendsClient::new(channel.clone()),
@@ -143,6 +168,20 @@ fn describe_transport_error(e: &tonic::transport::Error) -> (String, Option<io::
     (parts.join(": "), None)
 }
 
+/// An error and its sources, deduplicated, joined with ": ".
+fn chain(e: &(dyn StdError + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        let text = strip_os_error(&err.to_string());
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        cur = err.source();
+    }
+    parts.join(": ")
+}
+
 /// "No such file or directory (os error 2)" -> "No such file or directory".
 fn strip_os_error(s: &str) -> String {
     match s.rfind(" (os error ") {
@@ -166,10 +205,12 @@ impl fmt::Display for ConnectError {
             "cannot connect to lbd at {}: {}",
             self.target, self.reason
         )?;
-        match self.kind {
-            Some(io::ErrorKind::PermissionDenied) => {
-                f.write_str(" (run as root or as a member of the socket's group)")
+        match (self.kind, &self.target) {
+            (Some(io::ErrorKind::PermissionDenied), Target::Tls { .. }) => Ok(()),
+            (Some(io::ErrorKind::PermissionDenied), _) => {
+                f.write_str(" (run as root: the socket is 0600, owned by root)")
             }
+            (_, Target::Tls { .. }) if self.reason.contains("certificate") => Ok(()),
             _ => f.write_str(" (is lbd running?)"),
         }
     }

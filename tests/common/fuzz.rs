@@ -599,11 +599,11 @@ pub fn parse(f: &[u8]) -> Option<Parsed> {
     if !later_fragment && (proto == IPPROTO_TCP || proto == IPPROTO_UDP) {
         let l4 = l3 + ihl;
         let need = if proto == IPPROTO_TCP { 20 } else { 8 };
-        if l4 + need > f.len() || ihl + need > tot_len {
-            l4_cut = true;
-        } else if proto == IPPROTO_TCP
-            && (f[l4 + 12] >> 4 < 5 || ihl + usize::from(f[l4 + 12] >> 4) * 4 > tot_len)
-        {
+        let header_cut = l4 + need > f.len() || ihl + need > tot_len;
+        let doff_bad = !header_cut
+            && proto == IPPROTO_TCP
+            && (f[l4 + 12] >> 4 < 5 || ihl + usize::from(f[l4 + 12] >> 4) * 4 > tot_len);
+        if header_cut || doff_bad {
             l4_cut = true;
         } else {
             ports = Some((
