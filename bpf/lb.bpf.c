@@ -84,6 +84,34 @@ static __always_inline int send_ipip(struct xdp_md *ctx, struct packet *pkt, con
 	return dsr_verdict(pkt, nexthop_send(ctx, pkt, &fib, ok_reason));
 }
 
+/* Full NAT, either direction: the next hop of the rewritten 4-tuple is looked
+ * up before anything is rewritten, so that a packet too big for the egress
+ * MTU can still be answered with ICMP "fragmentation needed" from the address
+ * its sender used (the VIP, or the SNAT address towards a backend): handing a
+ * rewritten packet to the kernel would only see it dropped as a martian. */
+static __always_inline int send_nat(struct xdp_md *ctx, struct packet *pkt, __u32 saddr, __u32 daddr,
+				    __u16 sport, __u16 dport, enum lb_reason ok_reason)
+{
+	struct bpf_fib_lookup fib = {};
+	struct iphdr *ip = pkt->ip;
+	int action, rw;
+
+	if ((void *)(ip + 1) > pkt->data_end)
+		return verdict(pkt, LB_REASON_DROP_MALFORMED, XDP_DROP);
+	action = nexthop_lookup(ctx, pkt, &fib, saddr, daddr, bpf_ntohs(ip->tot_len), ip->tos, ip->protocol);
+	if (action == LB_NEXTHOP_FRAG_NEEDED) {
+		if ((ip->frag_off & bpf_htons(IP_DF)) && fib.mtu_result >= 68)
+			return icmp_too_big(ctx, pkt, fib.mtu_result);
+		return verdict(pkt, LB_REASON_DROP_TOO_BIG, XDP_DROP);
+	}
+	rw = nat_rewrite(pkt, saddr, daddr, sport, dport);
+	if (rw != LB_CONTINUE)
+		return rw;
+	if (action != LB_CONTINUE)
+		return action;
+	return nexthop_send(ctx, pkt, &fib, ok_reason);
+}
+
 /* Client -> VIP: find or create the flow, then send it the way it started
  * (NAT, L2 DSR or IPIP), whatever the VIP's mode is now. */
 static __always_inline int lb_to_backend(struct xdp_md *ctx, struct packet *pkt,
@@ -126,11 +154,8 @@ static __always_inline int lb_to_backend(struct xdp_md *ctx, struct packet *pkt,
 		return send_l2dsr(ctx, pkt, ct, LB_REASON_TX_L2DSR);
 	if (ct->mode == LB_MODE_IPIP)
 		return send_ipip(ctx, pkt, ct, LB_REASON_TX_IPIP);
-	action = nat_rewrite(pkt, ct->snat_addr.v4_be, ct->backend_addr.v4_be, ct->snat_port_be,
-			     ct->backend_port_be);
-	if (action != LB_CONTINUE)
-		return action;
-	return forward(ctx, pkt, LB_REASON_TX_NAT_FORWARD);
+	return send_nat(ctx, pkt, ct->snat_addr.v4_be, ct->backend_addr.v4_be, ct->snat_port_be,
+			ct->backend_port_be, LB_REASON_TX_NAT_FORWARD);
 }
 
 /* Backend -> SNAT address: restore VIP -> client for a tracked flow. */
@@ -139,17 +164,13 @@ static __always_inline int lb_to_client(struct xdp_md *ctx, struct packet *pkt,
 {
 	__u64 now = bpf_ktime_get_coarse_ns();
 	struct ct_rev *ct = ct_lookup_rev(cfg, pkt, now);
-	int action;
 
 	if (!ct)
 		return verdict(pkt, LB_REASON_PASS_NOT_TRACKED, XDP_PASS);
 	ct_touch(cfg, pkt, &ct->flags, &ct->last_seen_ns, now);
 	count_flow(&backend_stats, ct->backend_id, pkt, false);
-	action = nat_rewrite(pkt, ct->vip_addr.v4_be, ct->client_addr.v4_be, ct->vip_port_be,
-			     ct->client_port_be);
-	if (action != LB_CONTINUE)
-		return action;
-	return forward(ctx, pkt, LB_REASON_TX_NAT_REPLY);
+	return send_nat(ctx, pkt, ct->vip_addr.v4_be, ct->client_addr.v4_be, ct->vip_port_be,
+			ct->client_port_be, LB_REASON_TX_NAT_REPLY);
 }
 
 /* An ICMP error about a flow goes where the flow's packets go (bpf/icmp.h);

@@ -18,6 +18,7 @@ use xdplb::maglev;
 use xdplb::skel::types::lb_reason as R;
 use xdplb::state::{Protocol, VipKey};
 
+use common::expect::*;
 use common::lab::*;
 use common::netns::{current_netns, TestNetns};
 use common::packet::*;
@@ -104,22 +105,6 @@ struct Flow {
     backend_id: u32,
     /// SNAT address and port towards the backend.
     snat: SocketAddrV4,
-}
-
-/// Checks the verdict and that the output frame is exactly `want`.
-fn expect_frame(run: &Run, action: u32, want: &[u8], what: &str) -> Result<()> {
-    ensure!(
-        run.action == action,
-        "{what}: verdict {}, expected {}",
-        action_name(run.action),
-        action_name(action)
-    );
-    let d = diff(&run.out, want);
-    ensure!(
-        d.is_empty(),
-        "{what}: the output frame is not the expected one: {d}"
-    );
-    Ok(())
 }
 
 /// Checks the verdict, that the output is exactly `want` (built from scratch) and, independently,
@@ -1364,6 +1349,58 @@ fn port_retries_try_other_ports() {
             src.port()
         );
         verify_checksums(&run.out, false)?;
+        Ok(())
+    });
+}
+
+/// `pkt` padded with payload to exactly `tot_len` IP bytes.
+fn sized(pkt: Packet, tot_len: usize) -> Packet {
+    let header = pkt.clone().with_payload(&[]).ip_bytes().len();
+    let payload: Vec<u8> = (0..tot_len - header).map(|i| (i * 7) as u8).collect();
+    let p = pkt.with_payload(&payload);
+    assert_eq!(p.ip_bytes().len(), tot_len);
+    p
+}
+
+/// A NATed packet too big for the egress MTU is answered with ICMP "fragmentation needed" from the
+/// address its sender used (the VIP towards a client, the SNAT address towards a backend) before
+/// anything is rewritten, so path MTU discovery works through the balancer in both directions;
+/// without DF it is dropped and counted. Nothing rewritten is ever handed to the kernel.
+#[test]
+fn oversize_nat_packets_get_icmp_frag_needed() {
+    bench(|ns, net| {
+        ns.ip(&["link", "set", "veth0", "mtu", "1400"])?;
+        let (mut lb, vip) = tcp_lb(net)?;
+        let client = sa(CLIENT, 23456);
+        let (flow, _) = new_flow(&mut lb, &vip, &syn(client, VIP), net.veth0, XDP_TX)?;
+
+        // Client -> VIP, 1401 bytes with DF: ICMP from the VIP with next-hop MTU 1400.
+        let big = sized(ack(client, VIP), 1401);
+        let run = lb.run(net.veth0, &big.build())?;
+        expect_frag_needed(&run, &big, 1400, "client packet of 1401 bytes")?;
+        // Exactly 1400 bytes fit and are NATed as usual.
+        flow_packet(&lb, &flow, &sized(ack(client, VIP), 1400), net.veth0, XDP_TX)?;
+        // Without DF: dropped, counted as too big.
+        let mut no_df = sized(ack(client, VIP), 1500);
+        no_df.frag = 0;
+        let run = lb.run(net.veth0, &no_df.build())?;
+        expect_action(&run, XDP_DROP, "client packet of 1500 bytes without DF")?;
+
+        // Backend -> SNAT address, 1401 bytes: ICMP from the SNAT address to the backend.
+        let big_reply = sized(reply(&flow, Protocol::Tcp), 1401);
+        let run = lb.run(net.veth0, &big_reply.build())?;
+        expect_frag_needed(&run, &big_reply, 1400, "backend reply of 1401 bytes")?;
+        expect_restored(&lb, &flow, &sized(reply(&flow, Protocol::Tcp), 1400), VETH0_MAC, XDP_TX)?;
+
+        lb.expect_global(
+            &[
+                (R::LB_REASON_TX_NAT_FORWARD, 2),
+                (R::LB_REASON_TX_NAT_REPLY, 1),
+                (R::LB_REASON_TX_ICMP_FRAG_NEEDED, 2),
+                (R::LB_REASON_DROP_TOO_BIG, 1),
+            ],
+            &[(XDP_TX, 5), (XDP_DROP, 1)],
+        )?;
         Ok(())
     });
 }

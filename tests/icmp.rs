@@ -17,6 +17,7 @@ use anyhow::{ensure, Context, Result};
 use xdplb::skel::types::{self, lb_reason as R};
 use xdplb::state::{Mode, Protocol, VipKey};
 
+use common::expect::*;
 use common::lab::*;
 use common::netns::TestNetns;
 use common::packet::*;
@@ -56,22 +57,6 @@ where
         body(ns, net)
     })
     .unwrap_or_else(|e| panic!("{e:#}"));
-}
-
-/// Checks the verdict and that the output frame is exactly `want`.
-fn expect_frame(run: &Run, action: u32, want: &[u8], what: &str) -> Result<()> {
-    ensure!(
-        run.action == action,
-        "{what}: verdict {}, expected {}",
-        action_name(run.action),
-        action_name(action)
-    );
-    let d = diff(&run.out, want);
-    ensure!(
-        d.is_empty(),
-        "{what}: the output frame is not the expected one: {d}"
-    );
-    Ok(())
 }
 
 fn expect_untouched(lb: &Lb, frame: &[u8], what: &str) -> Result<()> {

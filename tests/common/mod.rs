@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod decap;
+pub mod expect;
 pub mod fuzz;
 pub mod lab;
 pub mod netns;
