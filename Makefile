@@ -5,7 +5,8 @@ CARGO ?= cargo
 # Everything the build, the tests and the demo need from Debian.
 APT_PACKAGES := clang-19 llvm-19 libelf-dev zlib1g-dev pkg-config protobuf-compiler \
 	gcc-multilib bpftool iproute2 ethtool netcat-openbsd curl python3 util-linux \
-	prometheus python3-venv
+	prometheus python3-venv \
+	wrk nginx haproxy nftables
 
 .PHONY: all deps build test unit integration demo bench fuzz fmt clean ansible-venv dist
 
@@ -45,8 +46,10 @@ fuzz: build
 	@[ "$$(id -u)" = 0 ] || { echo "make fuzz needs root (BPF, network namespaces)"; exit 1; }
 	FUZZ_PACKETS=$(FUZZ_PACKETS) FUZZ_SECONDS=$(FUZZ_SECONDS) $(CARGO) test --test fuzz -- --nocapture
 
-bench: build
-	bash scripts/bench.sh
+# Release build of lbd, lbctl and the bench, then the bench (root; bounded: under 10 minutes):
+# writes bench/results/latest.md and PNG plots, prints the table. BENCH_ARGS=--quick for a look.
+bench: deps
+	bash scripts/bench.sh $(BENCH_ARGS)
 
 # ansible-core from PyPI in a virtualenv, for integration/tests/ansible.rs (contrib/ansible).
 ANSIBLE_VENV := .venv-ansible

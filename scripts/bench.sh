@@ -1,5 +1,13 @@
 #!/usr/bin/env bash
-# Placeholder until the benchmark suite lands (issue 8): runs the data-plane tests in release mode.
+# make bench: builds lbd, lbctl and the bench in release mode and runs the bench binary, which
+# writes bench/results/latest.md and the PNG plots and prints the table. Extra arguments go to
+# the bench (e.g. `--quick`, `--only paths,scaling`). Root only; the run is bounded: the bench
+# stops itself in well under 10 minutes, and `timeout` ends it at 10 (namespaces a killed run
+# leaves behind are swept by the next one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-echo "make bench: the per-path benchmark suite is not written yet (see the issue tracker)."
+[ "$(id -u)" = 0 ] || { echo "make bench needs root (BPF, network namespaces)"; exit 1; }
+CARGO="${CARGO:-cargo}"
+"$CARGO" build --release -p xdplb -p lbctl -p xdplb-bench
+export XDPLB_BIN_DIR="$PWD/target/release"
+exec timeout -k 30 600 "$XDPLB_BIN_DIR/xdplb-bench" --out bench/results "$@"

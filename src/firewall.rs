@@ -756,7 +756,7 @@ mod tests {
             .expect_err("past the capacity");
         assert!(
             e.to_string()
-                .contains("rules[1] (192.0.2.128/26) takes the firewall past its capacity")
+                .contains("rules[2] (198.51.100.0/25) takes the firewall past its capacity")
                 && e.to_string().contains("at most 200"),
             "{e}"
         );

@@ -4,7 +4,10 @@
 //! Blocked sources are dropped and counted on their rule; an allow hole in a block passes and is
 //! NATed byte for byte; /32 and /0 behave; the trie keys are in network byte order (a /8 matches
 //! 10.x.x.x, not x.x.x.10); both scopes; a list replace never leaves a gap, even seen by a
-//! packet running concurrently with it.
+//! packet running concurrently with it. For random rule sets and addresses, the program's verdict
+//! and the rule it counts equal a plain longest-prefix match; after any sequence of adds,
+//! removes and replaces the maps hold exactly the tables of a fresh build; a list whose single
+//! addresses would pass the capacity is refused and changes nothing.
 
 mod common;
 
@@ -16,6 +19,9 @@ use std::sync::Arc;
 
 use anyhow::{ensure, Context, Result};
 use ipnet::Ipv4Net;
+use proptest::prelude::*;
+use proptest::test_runner::{Config as PtConfig, TestCaseError, TestRunner};
+use xdplb::dataplane::firewall::tables::Tables;
 use xdplb::dataplane::{Dataplane, LoadOptions};
 use xdplb::firewall::{Action, RuleBatch, Scope};
 use xdplb::reconcile::Reconciler;
@@ -727,5 +733,262 @@ fn pinned_rules_are_adopted_after_a_restart() {
         })();
         let _ = xdplb::dataplane::remove_pins(&pins);
         result
+    });
+}
+
+/// The rules' tables built afresh from what the reconciler applied, the reconciler's own copy,
+/// and what the maps hold, all equal; the maps' record of rules equals the applied rules.
+fn check_tables(lb: &Lb) -> Result<()> {
+    let applied = lb.rec.firewall().rules();
+    let fresh = Tables::build(applied);
+    let maps = lb.rec.dataplane().firewall();
+    ensure!(
+        lb.rec.firewall().tables() == &fresh,
+        "the reconciler's tables are not those of a fresh build"
+    );
+    ensure!(
+        maps.tables()? == fresh,
+        "the maps do not hold the tables of a fresh build"
+    );
+    let mut record: Vec<(Ipv4Net, u32, Action)> = maps
+        .rules()?
+        .into_iter()
+        .map(|(id, n, a)| (n, id, a))
+        .collect();
+    record.sort();
+    let want: Vec<(Ipv4Net, u32, Action)> =
+        applied.iter().map(|(n, r)| (*n, r.id, r.action)).collect();
+    ensure!(record == want, "fw_rules: {record:?}, applied {want:?}");
+    Ok(())
+}
+
+/// Longest-prefix match the obvious way: (prefix, action) of the longest rule containing `addr`.
+fn lpm(rules: &[(Ipv4Net, Action)], addr: Ipv4Addr) -> Option<(Ipv4Net, Action)> {
+    rules
+        .iter()
+        .filter(|(n, _)| n.contains(&addr))
+        .max_by_key(|(n, _)| n.prefix_len())
+        .copied()
+}
+
+/// A prefix of any length 0..32, most of them bunched in 10.0.0.0/14 and 10.8.0.0/14 so that
+/// they overlap.
+fn arb_net() -> impl Strategy<Value = Ipv4Net> {
+    (0u32..4, any::<u16>(), 0u8..=32, 0u8..8).prop_map(|(hi, lo, len, far)| {
+        let addr = if far == 0 {
+            u32::from(lo) << 16 | u32::from(lo)
+        } else {
+            0x0a00_0000 | ((hi & 2) << 18) | ((hi & 1) << 16) | u32::from(lo)
+        };
+        Ipv4Net::new(Ipv4Addr::from(addr), len)
+            .expect("len <= 32")
+            .trunc()
+    })
+}
+
+/// One step of a sequence: replace everything, add, or remove some of what is there.
+#[derive(Debug, Clone)]
+enum Step {
+    Replace(Vec<(Ipv4Net, bool)>),
+    Add(Vec<(Ipv4Net, bool)>),
+    Remove(Vec<prop::sample::Index>),
+}
+
+fn arb_step() -> impl Strategy<Value = Step> {
+    let rules = || prop::collection::vec((arb_net(), any::<bool>()), 0..24);
+    prop_oneof![
+        rules().prop_map(Step::Replace),
+        rules().prop_map(Step::Add),
+        prop::collection::vec(any::<prop::sample::Index>(), 0..8).prop_map(Step::Remove),
+    ]
+}
+
+fn to_batch(rules: &[(Ipv4Net, bool)], skip: &BTreeSet<Ipv4Net>) -> RuleBatch {
+    let mut b = RuleBatch::default();
+    for (i, (n, block)) in rules.iter().enumerate() {
+        if skip.contains(n) {
+            continue;
+        }
+        let action = if *block { Action::Block } else { Action::Allow };
+        // A prefix twice with both actions: the first one counts.
+        let _ = b.push(i, *n, action);
+    }
+    b
+}
+
+/// Applies `step` to the state as the gRPC handlers do, and reconciles.
+fn play(lb: &mut Lb, step: &Step) -> Result<()> {
+    let cap = CAPACITY as usize;
+    match step {
+        Step::Replace(rules) => {
+            lb.state
+                .firewall
+                .replace(None, &to_batch(rules, &BTreeSet::new()), cap)?;
+        }
+        Step::Add(rules) => {
+            // Prefixes already there with the other action would be refused: leave them out.
+            let there: BTreeSet<Ipv4Net> = lb.state.firewall.rules().keys().copied().collect();
+            lb.state.firewall.add(&to_batch(rules, &there), cap)?;
+        }
+        Step::Remove(picks) => {
+            let rules: Vec<(Ipv4Net, Action)> = lb
+                .state
+                .firewall
+                .rules()
+                .iter()
+                .map(|(n, a)| (*n, *a))
+                .collect();
+            if rules.is_empty() {
+                return Ok(());
+            }
+            let mut b = RuleBatch::default();
+            for (i, p) in picks.iter().enumerate() {
+                let (n, a) = rules[p.index(rules.len())];
+                b.push(i, n, a)?;
+            }
+            lb.state.firewall.remove(&b)?;
+        }
+    }
+    lb.reconcile()
+}
+
+/// The addresses worth probing: each rule's first and last address and their outside
+/// neighbours, and random ones.
+fn probes(rules: &[(Ipv4Net, Action)], random: &[u32]) -> Vec<Ipv4Addr> {
+    let mut out: BTreeSet<u32> = random.iter().copied().collect();
+    for (n, _) in rules {
+        let (a, b) = (u32::from(n.network()), u32::from(n.broadcast()));
+        out.extend([a, b, a.wrapping_sub(1), b.wrapping_add(1)]);
+    }
+    out.into_iter().map(Ipv4Addr::from).collect()
+}
+
+/// For random sequences of adds, removes and replaces of overlapping block and allow rules of
+/// every length, and for addresses on and around every rule's edges: the program drops exactly
+/// the sources whose longest matching rule is a block rule, counts the packet on that rule
+/// alone, and the maps hold exactly the tables of a fresh build.
+#[test]
+fn verdicts_and_hits_equal_a_longest_prefix_match() {
+    bench(|_, net| {
+        // The runner takes an Fn: one program for every case, borrowed per case.
+        let cell = std::cell::RefCell::new(lb_with(net, Scope::All, CAPACITY)?);
+        let mut runner = TestRunner::new(PtConfig {
+            cases: 40,
+            failure_persistence: None,
+            ..PtConfig::default()
+        });
+        let strategy = (
+            prop::collection::vec(arb_step(), 1..5),
+            prop::collection::vec(any::<u32>(), 16),
+        );
+        let packets = std::cell::Cell::new(0u64);
+        let outcome = runner.run(&strategy, |(steps, random)| {
+            let mut lb = cell.borrow_mut();
+            let mut check = || -> Result<()> {
+                for step in &steps {
+                    play(&mut lb, step)?;
+                    check_tables(&lb)?;
+                }
+                let rules: Vec<(Ipv4Net, Action)> = lb
+                    .state
+                    .firewall
+                    .rules()
+                    .iter()
+                    .map(|(n, a)| (*n, *a))
+                    .collect();
+                let fw = lb.rec.dataplane().firewall();
+                let limit = lb.rec.firewall().id_limit();
+                for (i, src) in probes(&rules, &random).into_iter().enumerate() {
+                    let want = lpm(&rules, src);
+                    let before = fw.all_hits(limit)?;
+                    let frame = syn(sa(src, 40000 + (i % 1000) as u16), sa(LB_ADDR, 22)).build();
+                    let run = lb.run(lb.net.veth0, &frame)?;
+                    packets.set(packets.get() + 1);
+                    let blocked = matches!(want, Some((_, Action::Block)));
+                    ensure!(
+                        (run.action == XDP_DROP) == blocked,
+                        "{src}: {} but its longest match is {want:?}",
+                        action_name(run.action)
+                    );
+                    let after = fw.all_hits(limit)?;
+                    let moved: Vec<(u32, u64)> = before
+                        .iter()
+                        .zip(&after)
+                        .enumerate()
+                        .filter(|(_, (b, a))| b != a)
+                        .map(|(id, (b, a))| (id as u32, a - b))
+                        .collect();
+                    let expected: Vec<(u32, u64)> = match want {
+                        Some((n, _)) => {
+                            let id = lb.rec.firewall().rule(&n).context("applied rule")?.id;
+                            vec![(id, 1)]
+                        }
+                        None => Vec::new(),
+                    };
+                    ensure!(
+                        moved == expected,
+                        "{src} (longest match {want:?}): hits moved {moved:?}, expected {expected:?}"
+                    );
+                    let seen = fw.matching(src)?.map(|r| r.id);
+                    ensure!(
+                        seen == expected.first().map(|(id, _)| *id),
+                        "{src}: matching() says {seen:?}"
+                    );
+                }
+                Ok(())
+            };
+            check().map_err(|e| TestCaseError::fail(format!("{e:#}")))
+        });
+        outcome.map_err(|e| anyhow::anyhow!("{e}"))?;
+        eprintln!(
+            "{} packets checked against a longest-prefix match",
+            packets.get()
+        );
+        Ok(())
+    });
+}
+
+/// Rules longer than /24 take one table entry per address: a change that would take them past
+/// the capacity is refused naming the rule, and neither the state nor the maps change.
+#[test]
+fn single_addresses_past_the_capacity_are_refused() {
+    bench(|_, net| {
+        let mut lb = lb_with(net, Scope::All, 200)?;
+        lb.state
+            .firewall
+            .add(&batch(&[("10.1.0.0/25", Action::Block)]), 200)?;
+        lb.reconcile()?;
+        let state = lb.state.clone();
+        let tables = lb.rec.dataplane().firewall().tables()?;
+        let e = lb
+            .state
+            .firewall
+            .add(
+                &batch(&[
+                    ("192.0.2.7/32", Action::Block),
+                    ("198.51.100.0/25", Action::Block),
+                ]),
+                200,
+            )
+            .expect_err("past the capacity");
+        ensure!(
+            e.to_string()
+                .contains("rules[1] (198.51.100.0/25) takes the firewall past its capacity"),
+            "{e}"
+        );
+        ensure!(lb.state == state, "a refused add changed the state");
+        lb.reconcile()?;
+        ensure!(
+            lb.rec.dataplane().firewall().tables()? == tables,
+            "a refused add changed the maps"
+        );
+        // The rules in force still decide.
+        expect_dropped(&lb, &syn(sa(CLIENT, 50000), sa(LB_ADDR, 22)), "10.1.0.50")?;
+        let other = syn(sa("198.51.100.9".parse()?, 50000), sa(LB_ADDR, 22)).build();
+        ensure!(
+            lb.run(lb.net.veth0, &other)?.action == XDP_PASS,
+            "198.51.100.9"
+        );
+        Ok(())
     });
 }

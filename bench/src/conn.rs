@@ -20,6 +20,8 @@ use crate::report::{Report, Section};
 
 /// Port of nginx, HAProxy and the VIP (DSR cannot translate ports).
 const PORT: u16 = 80;
+/// The LB's modes and the VIP port each is measured on.
+const MODES: [(&str, u16); 3] = [("nat", 80), ("l2dsr", 81), ("ipip", 82)];
 /// Connections of the throughput run.
 const CONNECTIONS: u32 = 32;
 /// How long a daemon may take to listen.
@@ -134,34 +136,30 @@ fn measure_all(d: Durations) -> Result<Vec<PathResult>> {
         haproxy.stop()?;
     }
 
-    // The real lbd, one mode after the other on the same VIP (set-mode: new connections take
-    // the new mode, wrk opens new ones for every run).
+    // The real lbd: one VIP port per mode (DSR cannot translate ports: nginx listens on each),
+    // so no connection of one mode's run can follow a flow entry left by another's.
     let lbd = Lbd::start(topo.lb(), &topo.lbd_config()).context("starting lbd")?;
-    lbd.add_vip(vip, Proto::Tcp)?;
-    lbd.add_backend(vip, Proto::Tcp, backend)?;
-    results.push(measure_lb(
-        client,
-        &lbd,
-        "xdplb nat",
-        "tx_nat_forward",
-        vip,
-        d,
-    )?);
-    for mode in ["l2dsr", "ipip"] {
-        // The backend prepared the project's way: VIP on lo, ARP settings, decap for IPIP.
-        let setup = backend_setup(&b1.ns, VIP, mode, "eth0")?;
+    for (mode, port) in MODES {
+        let vip = SocketAddrV4::new(VIP, port);
+        let setup = match mode {
+            // The backend prepared the project's way: VIP on lo, ARP settings, decap for IPIP.
+            "l2dsr" | "ipip" => Some(backend_setup(&b1.ns, VIP, mode, "eth0")?),
+            _ => None,
+        };
         lbd.ctl(&[
             "vip",
-            "set-mode",
+            "add",
             &vip.to_string(),
             "--proto",
             "tcp",
             "--mode",
             mode,
         ])?;
-        let reason = format!("tx_{mode}");
-        let r = measure_lb(client, &lbd, &format!("xdplb {mode}"), &reason, vip, d);
-        setup.undo()?;
+        lbd.add_backend(vip, Proto::Tcp, SocketAddrV4::new(b1.addr, port))?;
+        let r = measure_lb(client, &lbd, &format!("xdplb {mode}"), vip, d);
+        if let Some(setup) = setup {
+            setup.undo()?;
+        }
         results.push(r?);
     }
     drop(lbd);
@@ -169,26 +167,28 @@ fn measure_all(d: Durations) -> Result<Vec<PathResult>> {
     Ok(results)
 }
 
-/// Measures through the LB and records which reason its forwarded packets had.
+/// Measures through the LB and records how the LB forwarded the packets (its reasons).
 fn measure_lb(
     client: &NetNs,
     lbd: &Lbd,
     name: &str,
-    reason: &str,
     target: SocketAddrV4,
     d: Durations,
 ) -> Result<PathResult> {
     let before = LbCounters::read(lbd)?;
     let mut r = measure(client, name, target, d, String::new())?;
     let delta = LbCounters::read(lbd)?.since(&before);
-    let forwarded = delta.reason(reason);
+    let forwarded = delta.forwarded();
     if forwarded == 0 {
-        bail!("{name}: the LB forwarded nothing with {reason}: {delta:?}");
+        bail!("{name}: the LB forwarded nothing: {delta:?}");
     }
-    r.check = format!(
-        "{:.1}% of the LB's XDP_TX/REDIRECT were {reason}",
-        100.0 * forwarded as f64 / delta.forwarded().max(1) as f64
-    );
+    let shares: Vec<String> = delta
+        .reasons
+        .iter()
+        .filter(|(reason, n)| reason.starts_with("tx_") && **n > 0)
+        .map(|(reason, n)| format!("{reason} {:.1}%", 100.0 * *n as f64 / forwarded as f64))
+        .collect();
+    r.check = format!("LB forwarded: {}", shares.join(", "));
     Ok(r)
 }
 
@@ -330,10 +330,13 @@ fn start_nginx(ns: &NetNs, dir: &Path) -> Result<Daemon> {
              \tscgi_temp_path {d}/scgi;\n\
              \tkeepalive_requests 1000000;\n\
              \tserver {{\n\
-             \t\tlisten {PORT} reuseport;\n\
+             \t\tlisten {} reuseport;\n\
+             \t\tlisten {} reuseport;\n\
+             \t\tlisten {} reuseport;\n\
              \t\tlocation / {{ return 200 \"xdplb bench\\n\"; }}\n\
              \t}}\n\
-             }}\n"
+             }}\n",
+            MODES[0].1, MODES[1].1, MODES[2].1
         ),
     )
     .with_context(|| format!("writing {}", conf.display()))?;
@@ -360,7 +363,7 @@ fn start_haproxy(
         &conf,
         format!(
             "global\n\
-             \tmaxconn 10000\n\
+             \tmaxconn 4000\n\
              defaults\n\
              \tmode tcp\n\
              \ttimeout connect 2s\n\

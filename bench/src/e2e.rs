@@ -61,10 +61,6 @@ impl Rate {
         self.counted as f64 / self.elapsed.as_secs_f64() / 1e6
     }
 
-    fn sent_mpps(&self) -> f64 {
-        self.sent as f64 / self.elapsed.as_secs_f64() / 1e6
-    }
-
     fn share(&self) -> f64 {
         if self.sent == 0 {
             0.0
@@ -81,6 +77,8 @@ struct Lab {
     sinks: Vec<Sink>,
     cpu: usize,
     bounds: Bounds,
+    /// Measured intervals per path; the best is reported.
+    trials: usize,
     lb_mac: [u8; 6],
     cli_mac: [u8; 6],
     topo: Topology,
@@ -96,16 +94,22 @@ impl Lab {
             .collect::<Result<Vec<_>>>()?;
         let generator = Generator::load()?;
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let bounds = if quick {
-            Bounds {
-                packets: 5_000_000,
-                limit: Duration::from_millis(700),
-            }
+        let (bounds, trials) = if quick {
+            (
+                Bounds {
+                    packets: 5_000_000,
+                    limit: Duration::from_millis(500),
+                },
+                2,
+            )
         } else {
-            Bounds {
-                packets: 40_000_000,
-                limit: Duration::from_secs(2),
-            }
+            (
+                Bounds {
+                    packets: 20_000_000,
+                    limit: Duration::from_millis(1500),
+                },
+                3,
+            )
         };
         Ok(Lab {
             generator,
@@ -113,6 +117,7 @@ impl Lab {
             // The last CPU: CPU 0 takes most of the machine's other interrupts.
             cpu: cpus - 1,
             bounds,
+            trials,
             lb_mac: mac(topo.lb(), "eth0")?,
             cli_mac: mac(topo.client(), "eth0")?,
             topo,
@@ -154,23 +159,31 @@ impl Lab {
         self.generator.set_flows(&flows)
     }
 
-    /// Warms up, then sends one bounded interval and counts with `count` (read before and
-    /// after, outside the interval).
+    /// Warms up, then sends `trials` bounded intervals and counts each with `count` (read
+    /// before and after, outside the interval); returns the best. Best of a few, because the
+    /// machine is shared: a burst of other work only ever lowers a trial.
     fn measure(&self, count: &dyn Fn() -> Result<u64>) -> Result<Rate> {
         self.send(Bounds {
             packets: WARM_PACKETS,
             limit: WARM_LIMIT,
         })?;
         std::thread::sleep(SETTLE);
-        let before = count()?;
-        let run = self.send(self.bounds)?;
-        std::thread::sleep(SETTLE);
-        let after = count()?;
-        Ok(Rate {
-            sent: run.sent,
-            counted: after.saturating_sub(before),
-            elapsed: run.elapsed,
-        })
+        let mut best: Option<Rate> = None;
+        for _ in 0..self.trials {
+            let before = count()?;
+            let run = self.send(self.bounds)?;
+            std::thread::sleep(SETTLE);
+            let after = count()?;
+            let rate = Rate {
+                sent: run.sent,
+                counted: after.saturating_sub(before),
+                elapsed: run.elapsed,
+            };
+            if best.is_none_or(|b| rate.mpps() > b.mpps()) {
+                best = Some(rate);
+            }
+        }
+        best.context("no trial ran")
     }
 
     /// [`Lab::measure`] counting the frames delivered to the backends' sinks.
@@ -342,124 +355,161 @@ fn section(f: &Figures, lab: &Lab) -> Section {
             "path",
             "Mpps",
             "of sent",
+            "ns/packet (chain)",
             "vs floor",
             "vs nft",
             "path check",
         ],
     );
-    let pct = |r: &Rate| format!("{:.1}%", 100.0 * r.share());
-    s.row(
-        vec![
-            "generator ceiling (XDP_DROP on the LB)".into(),
-            format!("{:.2}", f.ceiling.mpps()),
-            pct(&f.ceiling),
-            "".into(),
-            "".into(),
-            "counted at the LB".into(),
-        ],
+    let ns = |r: &Rate| 1e3 / r.mpps();
+    let row = |s: &mut Section,
+               name: &str,
+               r: &Rate,
+               vs_floor: String,
+               vs_nft: String,
+               check: &str,
+               met: Option<bool>| {
+        s.row(
+            vec![
+                name.to_string(),
+                format!("{:.2}", r.mpps()),
+                format!("{:.1}%", 100.0 * r.share()),
+                format!("{:.0}", ns(r)),
+                vs_floor,
+                vs_nft,
+                check.to_string(),
+            ],
+            met,
+        );
+    };
+    row(
+        &mut s,
+        "generator ceiling (XDP_DROP on the LB)",
+        &f.ceiling,
+        String::new(),
+        String::new(),
+        "counted at the LB",
         None,
     );
-    s.row(
-        vec![
-            "XDP forwarder floor".into(),
-            format!("{:.2}", f.floor.mpps()),
-            pct(&f.floor),
-            "1.00".into(),
-            format!("{:.2}x", f.floor.mpps() / f.nft_dnat.mpps()),
-            "MAC rewrite + devmap".into(),
-        ],
+    row(
+        &mut s,
+        "XDP forwarder floor",
+        &f.floor,
+        "1.00".into(),
+        format!("{:.2}x", f.floor.mpps() / f.nft_dnat.mpps()),
+        "MAC rewrite + devmap",
         None,
     );
-    s.row(
-        vec![
-            "nftables DNAT (no XDP)".into(),
-            format!("{:.2}", f.nft_dnat.mpps()),
-            pct(&f.nft_dnat),
-            format!("{:.2}", f.nft_dnat.mpps() / f.floor.mpps()),
-            "1.00".into(),
-            "numgen over 2 backends".into(),
-        ],
+    row(
+        &mut s,
+        "nftables DNAT (no XDP)",
+        &f.nft_dnat,
+        format!("{:.2}", f.nft_dnat.mpps() / f.floor.mpps()),
+        "1.00".into(),
+        "numgen over 2 backends",
         None,
     );
     let mut misses = Vec::new();
+    let mut costs = Vec::new();
     for (mode, rate, check) in &f.modes {
         let vs_floor = rate.mpps() / f.floor.mpps();
         let vs_nft = rate.mpps() / f.nft_dnat.mpps();
         let met = vs_floor >= 0.85 && vs_nft >= 3.0;
         if !met {
             misses.push(format!(
-                "{mode}: {:.2} Mpps = {:.0}% of the floor (target 85%), {vs_nft:.2}x nftables (target 3x)",
+                "{mode} {:.2} Mpps = {:.0}% of the floor (target 85%) and {vs_nft:.2}x nftables (target 3x)",
                 rate.mpps(),
                 100.0 * vs_floor
             ));
         }
-        s.row(
-            vec![
-                format!("xdplb {mode}"),
-                format!("{:.2}", rate.mpps()),
-                pct(rate),
-                format!("{vs_floor:.2}"),
-                format!("{vs_nft:.2}x"),
-                check.clone(),
-            ],
+        costs.push(format!("{mode} +{:.0}", ns(rate) - ns(&f.floor)));
+        row(
+            &mut s,
+            &format!("xdplb {mode}"),
+            rate,
+            format!("{vs_floor:.2}"),
+            format!("{vs_nft:.2}x"),
+            check,
             Some(met),
         );
     }
-    s.row(
-        vec![
-            "nftables drop (netdev ingress), drops".into(),
-            format!("{:.2}", f.nft_drop.mpps()),
-            pct(&f.nft_drop),
-            "".into(),
-            "1.00".into(),
-            "nft counter".into(),
-        ],
+    row(
+        &mut s,
+        "nftables drop (netdev ingress), drops",
+        &f.nft_drop,
+        String::new(),
+        "1.00".into(),
+        "nft counter",
         None,
     );
     let fw_ratio = f.fw_drop.mpps() / f.nft_drop.mpps();
     let fw_met = fw_ratio >= 5.0;
     if !fw_met {
         misses.push(format!(
-            "firewall drop: {:.2} Mpps = {fw_ratio:.2}x nftables drop (target 5x)",
+            "firewall drop {:.2} Mpps = {fw_ratio:.2}x nftables drop (target 5x)",
             f.fw_drop.mpps()
         ));
     }
-    s.row(
-        vec![
-            "xdplb firewall drop, drops".into(),
-            format!("{:.2}", f.fw_drop.mpps()),
-            pct(&f.fw_drop),
-            "".into(),
-            format!("{fw_ratio:.2}x"),
-            "drop_firewall counter".into(),
-        ],
+    row(
+        &mut s,
+        "xdplb firewall drop, drops",
+        &f.fw_drop,
+        String::new(),
+        format!("{fw_ratio:.2}x"),
+        "drop_firewall counter",
         Some(fw_met),
     );
+
     s.note(format!(
         "Generator: BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES in the client namespace, \
          {} byte UDP frames over {} flows ({SRC_ADDRS} source addresses x {SRC_PORTS} ports), \
-         XDP_TX out of the client veth; at most {} frames or {:?} per interval after a warm-up of \
-         {WARM_PACKETS} frames (flows created: the figures are established-flow rates). \
+         XDP_TX out of the client veth; best of {} intervals of at most {} frames or {:?}, after a \
+         warm-up of {WARM_PACKETS} frames (flows created: these are established-flow rates). \
          Delivered = frames counted by the XDP sinks on the two backends (or at the LB for \
-         drops) / the generator's wall time.",
+         drops) / the generator's wall time. The path check shows the LB's own counters and \
+         what the sinks received.",
         progs::FRAME_LEN,
         u64::from(SRC_ADDRS) * u64::from(SRC_PORTS),
+        lab.trials,
         lab.bounds.packets,
         lab.bounds.limit,
     ));
+    let gen = ns(&f.ceiling);
     s.note(format!(
         "One generator thread pinned to CPU {}: veth delivers XDP frames in the softirq of the \
-         sending CPU, so generator, LB program and sink all run on that one CPU and every \
-         figure is the cost of the whole chain per packet (the ceiling row is the generator \
-         plus one veth hop alone: {:.2} Mpps sent). Ratios compare chains that differ only in \
-         what runs in the LB namespace.",
+         sending CPU, so generator, LB program and sink all run on that one CPU, and each rate \
+         is the inverse of the whole chain's cost per packet (column ns/packet). The generator \
+         and its veth hop alone cost {gen:.0} ns (ceiling row), which every row pays: rate \
+         ratios are compressed towards 1. Net of it, the LB namespace's work costs: floor \
+         {:.0} ns, nftables DNAT {:.0} ns, {}; nftables drop {:.0} ns, our firewall drop {:.0} ns \
+         (each minus the ceiling's own XDP_DROP).",
         lab.cpu,
-        f.ceiling.sent_mpps()
+        ns(&f.floor) - gen,
+        ns(&f.nft_dnat) - gen,
+        f.modes
+            .iter()
+            .map(|(m, r, _)| format!("{m} {:.0} ns", ns(r) - gen))
+            .collect::<Vec<_>>()
+            .join(", "),
+        ns(&f.nft_drop) - gen,
+        ns(&f.fw_drop) - gen,
     ));
     if misses.is_empty() {
         s.note("All end-to-end targets met.");
     } else {
-        s.note(format!("Missed: {}.", misses.join("; ")));
+        s.note(format!(
+            "Missed: {}. Per packet the modes cost {} ns over the floor's forwarder (the \
+             per-path section measures the same difference without veth and generator). On \
+             veth a whole chain costs microseconds where a NIC costs far less, and the \
+             generator shares the CPU, so the fixed part dominates every ratio: a firewall drop \
+             cannot be more than ceiling/nft drop = {:.1}x an nftables drop here however cheap \
+             it is. What would close it: a generator on its own CPU (threaded NAPI on the LB's \
+             veth, or a second machine with a NIC), and for the modes the per-path costs above \
+             the floor (flow lookup, FIB lookup, checksum rewrite).",
+            misses.join("; "),
+            costs.join(", "),
+            f.ceiling.mpps() / f.nft_drop.mpps(),
+        ));
     }
     s
 }

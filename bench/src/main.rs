@@ -12,6 +12,7 @@ mod control;
 mod e2e;
 mod paths;
 mod plot;
+mod probes;
 mod report;
 mod scaling;
 mod setup;

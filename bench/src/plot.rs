@@ -77,6 +77,8 @@ where
     chart
         .configure_mesh()
         .x_desc(&plot.x_label)
+        .x_label_formatter(&|v| human(*v))
+        .y_label_formatter(&|v| format!("{v:.0}"))
         .y_desc(&plot.y_label)
         .label_style(("sans-serif", 14))
         .axis_desc_style(("sans-serif", 16))
@@ -109,4 +111,20 @@ where
     root.present()
         .map_err(|e| anyhow!("writing {}: {e}", path.display()))?;
     Ok(())
+}
+
+/// 1, 10, 100, 1k, 10k, 100k, 1M ...
+fn human(v: f64) -> String {
+    if v >= 1e6 {
+        format!("{}M", trim(v / 1e6))
+    } else if v >= 1e3 {
+        format!("{}k", trim(v / 1e3))
+    } else {
+        trim(v)
+    }
+}
+
+fn trim(v: f64) -> String {
+    let s = format!("{v:.1}");
+    s.trim_end_matches(".0").to_string()
 }

@@ -84,7 +84,7 @@ impl Report {
         for s in &self.sections {
             let _ = writeln!(out, "## {}\n", s.title);
             if !s.columns.is_empty() {
-                let _ = writeln!(out, "| {} | target |", s.columns.join(" | "));
+                let _ = writeln!(out, "| {} | met? |", s.columns.join(" | "));
                 let _ = writeln!(out, "|{}---|", "---|".repeat(s.columns.len()));
                 for r in &s.rows {
                     let mark = match r.target_met {

@@ -1,6 +1,7 @@
 //! DSR test support: the routed topology (a backend behind a router, for IPIP), `lbctl
 //! backend-setup` run inside a backend's namespace and undone when its guard drops, a server that
-//! answers every line of a connection, and the counters that show which way packets went.
+//! answers every line of a connection, the counters that show which way packets went, and
+//! [`ModeTopology`]: a one-arm topology whose backends are prepared for nat, l2dsr or ipip.
 //!
 //! ```text
 //!   ns cli  eth0 10.200.60.2/24, .3/24 --- cli0 [        ] lb0 --- eth0 10.200.60.1/24  ns lb (XDP)

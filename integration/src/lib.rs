@@ -1,6 +1,7 @@
 //! Test harness: network-namespace topologies, lbd/lbctl process control and real TCP/UDP peers.
 //!
-//! - [`dsr`]: the routed (IPIP) topology, `lbctl backend-setup` guards, a line server, counters;
+//! - [`dsr`]: the routed (IPIP) topology, `lbctl backend-setup` guards, a line server, counters,
+//!   one-arm topologies prepared for a mode;
 //! - [`netns`]: the [`NetNs`] guard, running code inside a namespace, veth pairs;
 //! - [`topology`]: the two-arm and one-arm test networks;
 //! - [`procs`]: the [`Lbd`] daemon guard and lbctl calls;

@@ -599,3 +599,167 @@ fn top_shows_the_rate_of_a_known_load() {
     );
     assert!(stderr.contains("shutting down"), "lbctl top said: {stderr}");
 }
+
+/// Health in the metrics: with a TCP check on two backends, `xdplb_backend_up` is 1 for both;
+/// when b1's server dies it drops to 0, `xdplb_backend_health_transitions_total{to="down"}` and
+/// `xdplb_backend_probe_failures_total` count it (at least `fall` failures); when the server is
+/// back, `{to="up"}` counts the return. b2's series do not move.
+#[test]
+fn health_metrics_follow_a_dead_backend() {
+    let topo = Topology::two_arm(2).expect("topology");
+    let addrs: Vec<SocketAddrV4> = topo
+        .backends()
+        .iter()
+        .map(|b| SocketAddrV4::new(b.addr, 8080))
+        .collect();
+    let mut servers: Vec<Option<ServerHandle>> = topo
+        .backends()
+        .iter()
+        .zip(&addrs)
+        .map(|(b, a)| Some(tcp_name_server(&b.ns, *a, &format!("b{}", b.index)).expect("server")))
+        .collect();
+    let lbd = Lbd::start(topo.lb(), &topo.lbd_config()).expect("lbd starts");
+    let vip = SocketAddrV4::new(VIP, 80).to_string();
+    lbd.ctl(&[
+        "vip",
+        "add",
+        &vip,
+        "--proto",
+        "tcp",
+        "--health",
+        "tcp",
+        "--health-interval",
+        "200ms",
+        "--health-timeout",
+        "100ms",
+        "--rise",
+        "2",
+        "--fall",
+        "3",
+    ])
+    .expect("vip add");
+    for a in &addrs {
+        lbd.add_backend(SocketAddrV4::new(VIP, 80), Proto::Tcp, *a)
+            .expect("add backend");
+    }
+    let (b1, b2) = (addrs[0].to_string(), addrs[1].to_string());
+    let (b1, b2) = (b1.as_str(), b2.as_str());
+    let ns = topo.lb();
+    // Polls until `done` holds for a scrape, at most 10 s; returns that scrape.
+    let wait = |what: &str, done: &dyn Fn(&Scrape) -> bool| -> Scrape {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let s = Scrape::take(ns);
+            if done(&s) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not within 10 s:\n{}",
+                s.text
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+
+    // Both probed up (after `rise`), nothing failed.
+    std::thread::sleep(Duration::from_millis(800));
+    let s = Scrape::take(ns);
+    for be in [b1, b2] {
+        assert_eq!(
+            s.get("xdplb_backend_up", &be_labels(&vip, be, None)),
+            1.0,
+            "{}",
+            s.text
+        );
+        assert_eq!(
+            s.get(
+                "xdplb_backend_probe_failures_total",
+                &be_labels(&vip, be, None)
+            ),
+            0.0
+        );
+        for to in ["down", "up"] {
+            assert_eq!(
+                s.get(
+                    "xdplb_backend_health_transitions_total",
+                    &be_labels(&vip, be, Some(("to", to)))
+                ),
+                0.0
+            );
+        }
+    }
+
+    servers[0] = None;
+    let s = wait("b1 down in the metrics", &|s| {
+        s.get("xdplb_backend_up", &be_labels(&vip, b1, None)) == 0.0
+    });
+    assert_eq!(
+        s.get(
+            "xdplb_backend_health_transitions_total",
+            &be_labels(&vip, b1, Some(("to", "down")))
+        ),
+        1.0
+    );
+    let failures = s.get(
+        "xdplb_backend_probe_failures_total",
+        &be_labels(&vip, b1, None),
+    );
+    assert!(failures >= 3.0, "fall is 3, failures {failures}");
+    assert_eq!(s.get("xdplb_backend_up", &be_labels(&vip, b2, None)), 1.0);
+    assert_eq!(
+        s.get(
+            "xdplb_backend_probe_failures_total",
+            &be_labels(&vip, b2, None)
+        ),
+        0.0
+    );
+    s.promtool();
+
+    servers[0] = Some(tcp_name_server(&topo.backend(1).ns, addrs[0], "b1").expect("restart"));
+    let s = wait("b1 up again in the metrics", &|s| {
+        s.get("xdplb_backend_up", &be_labels(&vip, b1, None)) == 1.0
+    });
+    assert_eq!(
+        s.get(
+            "xdplb_backend_health_transitions_total",
+            &be_labels(&vip, b1, Some(("to", "up")))
+        ),
+        1.0
+    );
+    assert_eq!(
+        s.get(
+            "xdplb_backend_health_transitions_total",
+            &be_labels(&vip, b1, Some(("to", "down")))
+        ),
+        1.0
+    );
+    assert!(
+        s.get(
+            "xdplb_backend_probe_failures_total",
+            &be_labels(&vip, b1, None)
+        ) >= failures
+    );
+    for to in ["down", "up"] {
+        assert_eq!(
+            s.get(
+                "xdplb_backend_health_transitions_total",
+                &be_labels(&vip, b2, Some(("to", to)))
+            ),
+            0.0,
+            "b2 never moved"
+        );
+    }
+    drop(servers);
+}
+
+/// The labels of a backend's series, plus `extra`.
+fn be_labels<'a>(
+    vip: &'a str,
+    backend: &'a str,
+    extra: Option<(&'a str, &'a str)>,
+) -> Vec<(&'a str, &'a str)> {
+    let mut l = vec![("vip", vip), ("proto", "tcp"), ("backend", backend)];
+    l.extend(extra);
+    l
+}

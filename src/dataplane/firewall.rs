@@ -391,6 +391,25 @@ impl FirewallMaps<'_> {
         Ok(t)
     }
 
+    /// Kernel memory of each firewall map (`memlock` of its fdinfo, bytes), by name.
+    pub fn memory(&self) -> Vec<(String, u64)> {
+        [self.l1, self.l2, self.l3, self.rules, self.hits]
+            .iter()
+            .map(|m| {
+                let fd = m.as_fd().as_raw_fd();
+                let bytes = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))
+                    .ok()
+                    .and_then(|info| {
+                        info.lines()
+                            .find_map(|l| l.strip_prefix("memlock:"))
+                            .and_then(|v| v.trim().parse().ok())
+                    })
+                    .unwrap_or(0);
+                (name(m), bytes)
+            })
+            .collect()
+    }
+
     /// The rule stored for exactly `net`, from the record (reads it whole: for tests and
     /// diagnostics).
     pub fn get(&self, net: Ipv4Net) -> Result<Option<RuleEntry>, DataplaneError> {

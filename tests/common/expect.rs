@@ -124,4 +124,3 @@ pub fn expect_frag_needed(run: &Run, pkt: &Packet, mtu: u16, what: &str) -> Resu
     };
     expect_frame(run, XDP_TX, &want.build(), what)
 }
-

@@ -456,6 +456,9 @@ mod tests {
     }
 
     proptest! {
+        // Each case builds and compares whole tables (65,536 words) several times.
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
         #[test]
         fn build_matches_longest_prefix(list in arb_rules(), probes in proptest::collection::vec(any::<u32>(), 32)) {
             let r = to_rules(&list);
@@ -480,15 +483,20 @@ mod tests {
             let mut maps = (vec![0u32; L1_ENTRIES], BTreeMap::new(), BTreeMap::new());
             for list in steps {
                 let next = to_rules(&list);
-                let mut touched: Vec<u16> = applied
+                let mut regions: Vec<u16> = applied
                     .iter()
                     .filter(|(n, r)| next.get(n) != Some(r))
                     .chain(next.iter().filter(|(n, r)| applied.get(n) != Some(r)))
                     .flat_map(|(n, _)| touched(n))
                     .collect();
-                touched.sort_unstable();
-                touched.dedup();
-                let plan = tables.update(&next, Some(&touched));
+                regions.sort_unstable();
+                regions.dedup();
+                // As the reconciler: region by region, or everything for wide changes.
+                let plan = if regions.len() > 4096 {
+                    tables.update(&next, None)
+                } else {
+                    tables.update(&next, Some(&regions))
+                };
                 play(&mut maps, &plan);
                 applied = next;
                 let fresh = Tables::build(&applied);
