@@ -8,7 +8,7 @@ APT_PACKAGES := clang-19 llvm-19 libelf-dev zlib1g-dev pkg-config protobuf-compi
 	prometheus python3-venv \
 	wrk nginx haproxy nftables
 
-.PHONY: all deps build test unit integration demo bench fuzz fmt clean ansible-venv dist
+.PHONY: all deps build upgrade-variant test unit integration demo bench fuzz fmt clean ansible-venv dist
 
 all: build
 
@@ -28,8 +28,13 @@ deps:
 build: deps
 	$(CARGO) build --workspace --all-targets
 
+# A second lbd whose XDP program is a genuinely different build (another program tag, same maps),
+# for the upgrade tests (integration/tests/upgrade.rs); its own target dir leaves target/debug alone.
+upgrade-variant: deps
+	XDPLB_BPF_VARIANT=1 $(CARGO) build -p xdplb --bin lbd --target-dir target/upgrade-variant
+
 # Unit and BPF_PROG_TEST_RUN tests, then the namespace tests (root needed for BPF and netns).
-test: build ansible-venv
+test: build ansible-venv upgrade-variant
 	@[ "$$(id -u)" = 0 ] || { echo "make test needs root (BPF, network namespaces)"; exit 1; }
 	$(CARGO) test --workspace --exclude xdplb-integration
 	$(CARGO) test -p xdplb-integration --tests -- --test-threads=1

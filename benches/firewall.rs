@@ -24,7 +24,7 @@ use xdplb::skel::types;
 use xdplb::state::{Protocol, State};
 
 use common::lab::{
-    config, setup_net, Lb, Net, BACKEND1, BACKEND2, CLIENT_MAC, RING_SIZE, VETH0_MAC,
+    config, setup_net, Lb, Net, BACKEND1, BACKEND2, CLIENT_MAC, LB_ADDR, RING_SIZE, VETH0_MAC,
 };
 use common::netns::TestNetns;
 use common::packet::{Packet, TCP_SYN};
@@ -324,7 +324,7 @@ fn main() -> Result<()> {
         "the firewall bench loads BPF programs: run it as root"
     );
     let cpus = libbpf_rs::num_possible_cpus()?;
-    println!("firewall bench: {cpus} possible CPUs, {RUNS} runs x {SOURCES} sources per figure");
+    println!("firewall bench: {cpus} possible CPUs");
     println!(
         "LPM trie batch updates (BPF_MAP_UPDATE_BATCH): {}",
         if batch_updates_supported()? {

@@ -979,6 +979,36 @@ mod tests {
     }
 
     #[test]
+    fn located_errors_give_file_line_and_key() {
+        let path = Path::new("/etc/xdplb/lbd.toml");
+        let located = |text: &str| {
+            Config::parse_located(text, path)
+                .expect_err("refused")
+                .to_string()
+        };
+        // A type error: where toml saw it, with the key whose value it is.
+        assert_eq!(
+            located(&MINIMAL.replace("\"10.0.1.1\"", "\"10.0.1\"")),
+            "/etc/xdplb/lbd.toml:4:16: nat.snat_address: invalid IPv4 address syntax"
+        );
+        // A semantic error: at the value of the key it names, array indices included.
+        let text = format!(
+            "{MINIMAL}[[vip]]\naddress = \"10.0.0.1:80\"\nproto = \"tcp\"\n[[vip.backend]]\naddress = \"10.0.2.1:80\"\nweight = 2000000\n"
+        );
+        assert_eq!(
+            located(&text),
+            "/etc/xdplb/lbd.toml:10:10: vip[0].backend[0].weight: 2000000 is above the maximum 1000000"
+        );
+        // A syntax error has no key.
+        assert_eq!(
+            located("[dataplane\n"),
+            "/etc/xdplb/lbd.toml:1:11: unclosed table, expected `]`"
+        );
+        assert_eq!(line_col("ab\ncd", 4), (2, 2));
+        assert_eq!(line_col("ab\ncd", 0), (1, 1));
+    }
+
+    #[test]
     fn ratelimit_clients_default_and_bounds() {
         let c = Config::parse(MINIMAL).expect("minimal config parses");
         assert_eq!(c.ratelimit.clients, 1_000_000);

@@ -120,6 +120,12 @@ fn enum_field(valid: &'static [i32]) -> BoxedStrategy<F<i32>> {
     )
 }
 
+/// A generated VipKey: address, port, protocol (None: the key is missing) and whether the
+/// key itself is missing.
+type GenKey = (Option<(F<String>, F<u32>, F<i32>)>, bool);
+/// A generated firewall rule: cidr and action.
+type GenRule = (F<String>, F<i32>);
+
 /// A request and the names of the fields the generator spoiled.
 #[derive(Debug, Clone)]
 struct Case {
@@ -194,7 +200,7 @@ impl Bad {
 }
 
 /// A VipKey message (or none: then `field` itself is spoiled).
-fn vip_key() -> BoxedStrategy<(Option<(F<String>, F<u32>, F<i32>)>, bool)> {
+fn vip_key() -> BoxedStrategy<GenKey> {
     prop_oneof![
         12 => (vip_ip(), port(), enum_field(&[1, 2])).prop_map(|k| (Some(k), false)),
         1 => Just((None, true)),
@@ -202,11 +208,7 @@ fn vip_key() -> BoxedStrategy<(Option<(F<String>, F<u32>, F<i32>)>, bool)> {
     .boxed()
 }
 
-fn build_key(
-    bad: &mut Bad,
-    field: &str,
-    k: (Option<(F<String>, F<u32>, F<i32>)>, bool),
-) -> Option<pb::VipKey> {
+fn build_key(bad: &mut Bad, field: &str, k: GenKey) -> Option<pb::VipKey> {
     let (key, missing) = k;
     if missing {
         bad.0.push(field.to_string());
@@ -275,7 +277,7 @@ fn health() -> BoxedStrategy<(pb::HealthCheck, Vec<String>)> {
         .boxed()
 }
 
-fn fw_rule() -> BoxedStrategy<(F<String>, F<i32>)> {
+fn fw_rule() -> BoxedStrategy<GenRule> {
     (
         field(
             prop_oneof![
@@ -307,7 +309,7 @@ fn fw_rule() -> BoxedStrategy<(F<String>, F<i32>)> {
 }
 
 /// 1..=3 messages of 0..=3 rules; `rules[i]` counts across messages.
-fn fw_stream() -> BoxedStrategy<Vec<Vec<(F<String>, F<i32>)>>> {
+fn fw_stream() -> BoxedStrategy<Vec<Vec<GenRule>>> {
     proptest::collection::vec(proptest::collection::vec(fw_rule(), 0..=3), 1..=3).boxed()
 }
 
@@ -317,7 +319,7 @@ fn rules_of(
     bad: &mut Bad,
     start: &mut usize,
     seen: &mut std::collections::HashMap<String, i32>,
-    rules: Vec<(F<String>, F<i32>)>,
+    rules: Vec<GenRule>,
 ) -> Vec<pb::FirewallRule> {
     rules
         .into_iter()

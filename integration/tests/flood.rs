@@ -3,6 +3,7 @@
 //! 65,536 different source addresses while
 //! - a real client, under its rate limit, keeps making TCP requests through the VIP;
 //! - lbctl keeps asking lbd for its VIPs (the control plane must stay responsive);
+//!
 //! and afterwards the conntrack and rate-limit tables are full but never above their size (LRU
 //! eviction), and the counters show the flood.
 //!
