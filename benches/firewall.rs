@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use ipnet::Ipv4Net;
-use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType, ProgramInput};
+use libbpf_rs::ProgramInput;
 use xdplb::dataplane::maps::RuntimeConfig;
 use xdplb::dataplane::{Dataplane, LoadOptions};
 use xdplb::firewall::{Action, RuleBatch, Scope};
@@ -98,23 +98,6 @@ fn load(capacity: u32) -> Result<Dataplane> {
         ipip_source: Ipv4Net::new(Ipv4Addr::new(10, 1, 0, 1), 32)?,
     })?;
     Ok(dp)
-}
-
-/// `memlock` of this process's map whose fdinfo matches `map_type` and `max_entries` (bytes).
-fn memlock(map_type: u32, max_entries: u32) -> Option<u64> {
-    let fds = std::fs::read_dir("/proc/self/fdinfo").ok()?;
-    fds.flatten().find_map(|e| {
-        let info = std::fs::read_to_string(e.path()).ok()?;
-        let field = |k: &str| {
-            info.lines()
-                .find_map(|l| l.strip_prefix(k))
-                .map(|v| v.trim().to_string())
-        };
-        (field("map_type:")? == map_type.to_string()
-            && field("max_entries:")? == max_entries.to_string())
-        .then(|| field("memlock:")?.parse().ok())
-        .flatten()
-    })
 }
 
 fn mib(b: Option<u64>) -> String {
@@ -304,20 +287,6 @@ fn min_median(v: &[f64]) -> (f64, f64) {
     (v[0], v[v.len() / 2])
 }
 
-fn batch_updates_supported() -> Result<bool> {
-    let opts = libbpf_sys::bpf_map_create_opts {
-        sz: std::mem::size_of::<libbpf_sys::bpf_map_create_opts>() as _,
-        map_flags: libbpf_sys::BPF_F_NO_PREALLOC,
-        ..Default::default()
-    };
-    let m = MapHandle::create(MapType::LpmTrie, Some("fw_probe"), 8, 8, 16, &opts)?;
-    let keys = [24u32.to_ne_bytes(), [10, 0, 0, 0]].concat();
-    Ok(
-        m.update_batch(&keys, &[0u8; 8], 1, MapFlags::ANY, MapFlags::ANY)
-            .is_ok(),
-    )
-}
-
 fn main() -> Result<()> {
     ensure!(
         nix_is_root(),
@@ -325,25 +294,22 @@ fn main() -> Result<()> {
     );
     let cpus = libbpf_rs::num_possible_cpus()?;
     println!("firewall bench: {cpus} possible CPUs");
-    println!(
-        "LPM trie batch updates (BPF_MAP_UPDATE_BATCH): {}",
-        if batch_updates_supported()? {
-            "supported"
-        } else {
-            "not supported (one syscall per prefix)"
-        }
-    );
 
     // Load time and up-front memory by capacity.
     for capacity in [4096, MILLION] {
         let t = Instant::now();
         let dp = load(capacity)?;
         let took = t.elapsed();
+        let shown: Vec<String> = dp
+            .firewall()
+            .memory()
+            .iter()
+            .map(|(m, b)| format!("{m} {}", mib(Some(*b))))
+            .collect();
         println!(
-            "load, capacity {capacity:>7}: {:>7.1} ms; fw_hits {} (per-CPU, allocated up front), empty fw_v4 {}",
+            "load, capacity {capacity:>7}: {:>7.1} ms; empty maps: {}",
             took.as_secs_f64() * 1e3,
-            mib(memlock(libbpf_sys::BPF_MAP_TYPE_PERCPU_ARRAY, capacity)),
-            mib(memlock(libbpf_sys::BPF_MAP_TYPE_LPM_TRIE, capacity)),
+            shown.join(", "),
         );
         drop(dp);
     }

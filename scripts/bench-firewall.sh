@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Firewall figures (numbers, never assertions; needs root):
 #  1. `lbctl block load` of 100,000 and 1,000,000 prefixes into a running lbd (end to end:
-#     file parsing, gRPC streaming, validation, the trie writes), a half --replace, `fw list`,
+#     file parsing, gRPC streaming, validation, the table writes), a half --replace, `fw list`,
 #     and the memory of the firewall maps as bpftool reports it;
 #  2. `cargo bench --bench firewall`: load time and memory by capacity, reconciler apply time,
 #     and the per-packet cost with 10 vs 1,000,000 prefixes (BPF_PROG_TEST_RUN).
@@ -46,8 +46,9 @@ snat_address = "10.250.0.1"
 capacity = 1000000
 EOF
 # nsenter rather than `ip netns exec`, which remounts /sys and hides /sys/fs/bpf.
+# A state directory of its own: the bench neither restores nor overwrites a real lbd's state.
 nsenter --net="/run/netns/$NS" "$LBD" --config "$TMP/lbd.toml" --socket "$TMP/lbd.sock" \
-	>"$TMP/lbd.log" 2>&1 &
+	--state-dir "$TMP/state" >"$TMP/lbd.log" 2>&1 &
 LBD_PID=$!
 for _ in $(seq 100); do
 	"$LBCTL" --socket "$TMP/lbd.sock" fw list >/dev/null 2>&1 && break
@@ -93,9 +94,9 @@ timed() { # label, command...
 	printf '%-42s %8.2f s   %s\n' "$label" "$(awk -v s="$start" -v e="$end" 'BEGIN { print e - s }')" "$(head -c 160 "$TMP/out.txt")"
 }
 memory() {
-	for m in fw_v4 fw_hits; do
+	for m in fw_l1 fw_l2 fw_l3 fw_rules fw_hits; do
 		bpftool map show pinned "$PIN/$m" 2>/dev/null | awk -v m="$m" '
-			/memlock/ { for (i = 1; i <= NF; i++) if ($i == "memlock") printf "  %-8s memlock %s\n", m, $(i+1) }'
+			/memlock/ { for (i = 1; i <= NF; i++) if ($i == "memlock") printf "  %-9s memlock %s\n", m, $(i+1) }'
 	done
 }
 

@@ -20,7 +20,7 @@ struct e2e_gen_cfg {
 
 /* The sink's per-CPU counters (index into e2e_sink_counts). */
 enum e2e_sink_counter {
-	E2E_SINK_ALL = 0,	/* every frame */
+	E2E_SINK_ALL = 0,	/* every IPv4 frame (the rest is passed) */
 	E2E_SINK_UDP,		/* IPv4 UDP, not encapsulated */
 	E2E_SINK_IPIP,		/* IPv4 carrying IPv4 (IPIP) */
 	E2E_SINK_MAX,

@@ -324,9 +324,18 @@ fn measure_all(lab: &mut Lab) -> Result<Figures> {
         if forwarded == 0 || of_kind + NOISE < seen.all {
             bail!("{mode}: the path was not the expected one: LB {d:?}, sinks {seen:?}");
         }
+        let seen_all = d.seen().max(1) as f64;
+        let shares: Vec<String> = d
+            .reasons
+            .iter()
+            .filter(|(r, n)| **n * 200 >= d.seen() && r.as_str() != reason)
+            .map(|(r, n)| format!("{r} {:.1}%", 100.0 * *n as f64 / seen_all))
+            .collect();
         let check = format!(
-            "LB: {:.1}% {reason}; sinks: {:.1}% {kind}",
-            100.0 * forwarded as f64 / d.seen().max(1) as f64,
+            "LB: {reason} {:.1}%{}{}; sinks: {:.1}% {kind}",
+            100.0 * forwarded as f64 / seen_all,
+            if shares.is_empty() { "" } else { ", " },
+            shares.join(", "),
             100.0 * of_kind as f64 / seen.all.max(1) as f64,
         );
         modes.push((mode, rate, check));

@@ -151,8 +151,9 @@ pub fn measure_paths(trials: usize, packets: usize) -> Result<Outcome> {
             .collect();
         let _ = fw_vip;
 
-        // Rate limiting: every client 1 packet/s, burst 1, all packets to VIPs charged; the
-        // clients are primed (one packet each) before each trial, so every trial packet is over.
+        // Rate limiting: every client 1 packet/s, burst 1, all packets to VIPs charged. Each
+        // trial has clients of its own, primed (one packet each, allowed: a new bucket) just
+        // before it, so every trial packet is over the limit for the next second.
         let mut rl = load_lb(net, &opts(1 << 16))?;
         add_vip(&mut rl, nat_vip, Mode::Nat, &near_backends(8080))?;
         rl.state.ratelimit.set(
@@ -164,18 +165,18 @@ pub fn measure_paths(trials: usize, packets: usize) -> Result<Outcome> {
             },
         )?;
         rl.reconcile()?;
-        let limited: Vec<Vec<u8>> = (0..FLOWS)
-            .map(|i| {
-                syn(
-                    sa(
-                        Ipv4Addr::new(10, 66, (i / 250) as u8, (i % 250) as u8 + 1),
-                        40000,
-                    ),
-                    nat_vip,
-                )
-            })
-            .collect();
-        let primes = limited.clone();
+        let limited = move |t: usize| -> Vec<Vec<u8>> {
+            (0..FLOWS)
+                .map(|i| {
+                    let b = (t * 2 + i / 250) as u8;
+                    syn(
+                        sa(Ipv4Addr::new(10, 66, b, (i % 250) as u8 + 1), 40000),
+                        nat_vip,
+                    )
+                })
+                .collect()
+        };
+        let mut primed = 0usize;
 
         let new_frames = |vip| {
             move |t: usize, n: usize| {
@@ -213,12 +214,13 @@ pub fn measure_paths(trials: usize, packets: usize) -> Result<Outcome> {
                 name: "rate-limit drop".into(),
                 lb: &rl,
                 ifindex: ifx,
-                frames: Box::new(fixed(limited)),
+                frames: Box::new(move |t, _| limited(t)),
                 before: Some(Box::new(move |lb, runner| {
                     let prog = lb.rec.dataplane().program();
-                    for f in &primes {
-                        runner.run(prog, ifx, f)?;
+                    for f in limited(primed) {
+                        runner.run(prog, ifx, &f)?;
                     }
+                    primed += 1;
                     Ok(())
                 })),
                 expect: Expect::new(R::LB_REASON_DROP_RATELIMIT, XDP_DROP),
@@ -475,7 +477,13 @@ pub fn analysis(report: &mut Report, out: &Outcome) {
             p - sum
         ));
     }
-    report.sections.push(s);
+    // Right after section 1.
+    let at = report
+        .sections
+        .iter()
+        .position(|x| x.title.starts_with("1."))
+        .map_or(report.sections.len(), |i| i + 1);
+    report.sections.insert(at, s);
     let met = |n: &str| target(n).is_some_and(|t| path(n) <= t);
     let mut closing = Vec::new();
     if !met("NAT established") || !met("L2 DSR established") || !met("IPIP established") {

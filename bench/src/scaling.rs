@@ -523,14 +523,8 @@ fn rows(
             .iter()
             .map(|p| format!("{}: {:.0}", human(p.x), p.absolute.min))
             .collect();
-        let lo = points
-            .iter()
-            .map(|p| p.above.min)
-            .fold(f64::MAX, f64::min);
-        let hi = points
-            .iter()
-            .map(|p| p.above.min)
-            .fold(f64::MIN, f64::max);
+        let lo = points.iter().map(|p| p.above.min).fold(f64::MAX, f64::min);
+        let hi = points.iter().map(|p| p.above.min).fold(f64::MIN, f64::max);
         let first = points.first().map(|p| p.above.min).unwrap_or(0.0);
         let last = points.last().map(|p| p.above.min).unwrap_or(0.0);
         let (change, tcell, met) = match target {
@@ -566,10 +560,7 @@ fn rows(
         );
         series.push(Series {
             label: path.clone(),
-            points: points
-                .iter()
-                .map(|p| (p.x as f64, p.above.min))
-                .collect(),
+            points: points.iter().map(|p| (p.x as f64, p.above.min)).collect(),
         });
     }
     report_plots.push(Plot {
@@ -666,5 +657,67 @@ pub fn run(report: &mut Report, quick: bool) -> Result<()> {
     );
     report.sections.push(s);
     report.plots.extend(plots);
+    report.closing.extend(closing(&sc));
     Ok(())
+}
+
+/// First and last point (min above floor) of `path` in `c`, with their x.
+fn ends(c: &Curves, path: &str) -> Option<((usize, f64), (usize, f64))> {
+    let (_, pts) = c.paths.iter().find(|(n, _)| n == path)?;
+    let (a, b) = (pts.first()?, pts.last()?);
+    Some(((a.x, a.above.min), (b.x, b.above.min)))
+}
+
+/// Why the scaling targets are missed, from the curves.
+fn closing(sc: &Scaling) -> Vec<String> {
+    let mut out = Vec::new();
+    let growth: Vec<String> = [
+        "NAT established",
+        "IPIP established",
+        "NAT new flow",
+        "IPIP new flow",
+    ]
+    .iter()
+    .filter_map(|p| ends(&sc.flows, p).map(|((x0, a), (x1, b))| (p, x0, a, x1, b)))
+    .filter(|(_, _, a, _, b)| b - a > 250.0)
+    .map(|(p, x0, a, x1, b)| {
+        format!(
+            "{p} {:+.0} ns ({} -> {} flows)",
+            b - a,
+            human(x0),
+            human(x1)
+        )
+    })
+    .collect();
+    if !growth.is_empty() {
+        out.push(format!(
+            "Tracked flows: {}. A lookup of a random flow in a table far larger than the 32 MiB \
+             L3 cache misses twice (the hash bucket, then the element: 40-byte key, 64-byte \
+             value, LRU node), and a NAT flow has a second entry in ct_rev; most of the step is \
+             already there at 10k flows, where the entries leave L1/L2. What would close it: \
+             smaller entries (an IPv4 key of 16 bytes instead of the IPv6-ready 40; a value \
+             without the 16-byte SNAT address for DSR flows), a per-CPU flow table for DSR \
+             (no shared cache lines), and measuring on hardware with a larger cache before \
+             resizing.",
+            growth.join(", ")
+        ));
+    }
+    if let Some(((x0, a), (x1, b))) = ends(&sc.firewall, "firewall block") {
+        if a > 0.0 && b / a > 1.2 {
+            out.push(format!(
+                "Firewall prefixes: a blocked source costs {a:+.0} ns with {} prefixes and \
+                 {b:+.0} ns with {} ({:.1}x): the LPM trie walks one node per prefix length on \
+                 the way to the match, and in a million-prefix trie every node is a cache miss. \
+                 Sources between the rules: {}. The firewall's data \
+                 structure is being replaced (issue 4); this is the figure to beat.",
+                human(x0),
+                human(x1),
+                b / a,
+                ends(&sc.firewall, "NAT established, source between rules")
+                    .map(|((_, c), (_, d))| format!("{c:+.0} ns -> {d:+.0} ns on the NAT path"))
+                    .unwrap_or_default()
+            ));
+        }
+    }
+    out
 }

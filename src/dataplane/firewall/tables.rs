@@ -22,9 +22,9 @@ pub const SLOTS: usize = types::fw_limits::FW_L2_SLOTS.0 as usize;
 /// Entries of `fw_l1` (one per /16).
 pub const L1_ENTRIES: usize = types::fw_limits::FW_L1_ENTRIES.0 as usize;
 /// A word's bit that sends the lookup to the next table.
-pub const DEEPER: u32 = types::fw_verdict_bits::FW_VERDICT_DEEPER.0 as u32;
-const ACTION_SHIFT: u32 = types::fw_verdict_bits::FW_VERDICT_ACTION_SHIFT.0 as u32;
-const ID_MASK: u32 = types::fw_verdict_bits::FW_VERDICT_ID_MASK.0 as u32;
+pub const DEEPER: u32 = types::fw_verdict_bits::FW_VERDICT_DEEPER.0;
+const ACTION_SHIFT: u32 = types::fw_verdict_bits::FW_VERDICT_ACTION_SHIFT.0;
+const ID_MASK: u32 = types::fw_verdict_bits::FW_VERDICT_ID_MASK.0;
 
 /// The words of the 256 /24s of one /16.
 pub type Slots = [u32; SLOTS];
@@ -436,8 +436,11 @@ mod tests {
         out
     }
 
+    /// A model of the maps: `fw_l1`, `fw_l2`, `fw_l3`.
+    type Maps = (Vec<u32>, BTreeMap<u32, Box<Slots>>, BTreeMap<u32, u32>);
+
     /// Applies `plan` to a model of the maps.
-    fn play(maps: &mut (Vec<u32>, BTreeMap<u32, Box<Slots>>, BTreeMap<u32, u32>), plan: &Plan) {
+    fn play(maps: &mut Maps, plan: &Plan) {
         for (a, w) in &plan.l3_put {
             maps.2.insert(*a, *w);
         }
