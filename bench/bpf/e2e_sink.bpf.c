@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /* The end-to-end bench's sink: counts every IPv4 frame (and whether it is
- * plain UDP or IPIP) in per-CPU counters and drops it; passes the rest. Attached to the
- * backends' interfaces, it measures delivered packets; attached to the LB's
- * interface, the generator's own ceiling. */
+ * plain UDP or IPIP) in per-CPU counters and drops it; passes the rest.
+ * Attached to the backends' interfaces, it measures delivered packets;
+ * attached to the LB's interface, the generator's own ceiling. */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/ip.h>
