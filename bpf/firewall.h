@@ -1,16 +1,15 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* This file contains the firewall stage: the verdict word of the IPv4 source
- * address from at most three fixed-depth tables that lbd computes from the
- * rules (fw_l1 by /16, fw_l2 by /24, fw_l3 by address; maps.h), one per-CPU
- * hit counter bump, and the verdict. The cost does not depend on how many
- * rules there are. A block rule drops the packet (drop_firewall); an allow
+ * address from two fixed-depth tables that lbd computes from the rules (fw_l2
+ * by /16 and /24, fw_l3 by address; maps.h), one per-CPU hit counter bump,
+ * and the verdict. The cost does not depend on how many rules there are. A block rule drops the packet (drop_firewall); an allow
  * rule marks it PKT_F_FW_ALLOWED and hands it on; no rule hands it on
  * unmarked.
  *
  * Which packets the stage sees is fixed at load time (firewall_scope): only
  * those addressed to a VIP (checked after the VIP lookup), or every IPv4
  * packet arriving on the interface (checked right after parsing, fragments
- * and non-TCP/UDP included). */
+ * and non-TCP/UDP included), or none ([firewall] capacity = 0). */
 #pragma once
 
 #include <linux/bpf.h>
@@ -20,18 +19,20 @@
 #include "maps.h"
 #include "parse.h"
 
-/* Written by lbd before load ([firewall] scope); the verifier prunes the
- * call site of the other scope. */
+/* Written by lbd before load ([firewall] scope, FW_SCOPE_OFF when the
+ * capacity is 0); the verifier prunes the call sites of the other scopes. */
 const volatile enum fw_scope firewall_scope = FW_SCOPE_VIPS;
 
 /**
  * fw_verdict_v4 - the verdict word of the longest rule covering @saddr
  * @saddr: the source address, network byte order
  *
- * lbd writes a table before the entries that send packets to it, and removes
- * those entries (then waits for a grace period) before deleting what they
- * pointed to; a missing chunk or address therefore never happens to a packet,
- * and would only mean the shorter table's word, which is its verdict anyway.
+ * Every packet pays one fw_l2 lookup (an ARRAY: inlined, no helper call);
+ * only a /24 that holds rules longer than /24 sends it on to fw_l3. lbd
+ * writes an fw_l3 entry before the slot that sends packets to it, and clears
+ * that slot (then waits for a grace period) before deleting the entry; a
+ * missing address therefore never happens to a packet, and would only mean
+ * the slot's word, which is its verdict anyway.
  *
  * Returns the word without FW_VERDICT_DEEPER (0: no rule covers @saddr).
  */
@@ -42,15 +43,9 @@ static __always_inline __u32 fw_verdict_v4(__be32 saddr)
 	struct fw_chunk *chunk;
 	__u32 *entry, word;
 
-	entry = bpf_map_lookup_elem(&fw_l1, &net16);
-	if (!entry)
-		return 0;
-	word = *entry;
-	if (!(word & FW_VERDICT_DEEPER))
-		return word;
 	chunk = bpf_map_lookup_elem(&fw_l2, &net16);
 	if (!chunk)
-		return word & ~FW_VERDICT_DEEPER;
+		return 0;
 	/* (addr >> 8) & 0xff < FW_L2_SLOTS: always inside the chunk. */
 	word = chunk->slot[(addr >> 8) & (FW_L2_SLOTS - 1)];
 	if (!(word & FW_VERDICT_DEEPER))

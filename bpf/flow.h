@@ -117,21 +117,46 @@ static __always_inline struct ct_rev *ct_lookup_rev(const struct lb_config *cfg,
 	return ct;
 }
 
+/* The IPIP outer source of a flow: the configured prefix with its host bits
+ * taken from the flow hash. */
+static __always_inline __u32 ipip_source(const struct lb_config *cfg, __u32 hash)
+{
+	return cfg->ipip_src.v4_be | bpf_htonl(hash & cfg->ipip_src_hostmask);
+}
+
 /**
- * ct_create - track a new client flow towards @be
- * @fwd: filled with the forward entry that was stored
+ * flow_target - fill in where a new flow's packets go: @be, the flow's mode
+ * and the source its packets leave with (NAT: the SNAT address; IPIP: the
+ * outer source); enough for the next-hop lookup, which runs before the entry
+ * is inserted so that the entry goes in with its next hop cached
+ */
+static __always_inline void flow_target(struct ct_fwd *fwd, const struct lb_config *cfg,
+					const struct backend *be, __u8 mode, __u32 hash)
+{
+	fwd->backend_addr = be->addr;
+	fwd->backend_port_be = be->port_be;
+	fwd->mode = mode;
+	if (mode == LB_MODE_NAT)
+		fwd->snat_addr = cfg->snat_addr;
+	else if (mode == LB_MODE_IPIP)
+		fwd->snat_addr.v4_be = ipip_source(cfg, hash);
+}
+
+/**
+ * ct_claim_port - give a new NAT flow its SNAT port
+ * @fwd: the forward entry, its target filled in (flow_target()); gets the port
  *
  * Picks an SNAT port from the configured range (starting from the flow hash,
  * LB_PORT_RETRIES candidates) and claims it by inserting the reverse entry
  * with BPF_NOEXIST, so two flows never share (backend, SNAT port); an entry
- * whose flow has expired in both directions is taken over. The reverse entry goes in
- * first: a reply can only match a port that is really ours.
+ * whose flow has expired in both directions is taken over. The reverse entry
+ * goes in first: a reply can only match a port that is really ours. The
+ * forward entry follows with flow_insert().
  *
- * Returns LB_CONTINUE, or a verdict (port exhaustion, table failure).
+ * Returns LB_CONTINUE, or a verdict (port exhaustion, no configuration).
  */
-static __always_inline int ct_create(struct packet *pkt, const struct lb_config *cfg,
-				     const struct backend *be, __u32 backend_id, __u32 vip_id,
-				     __u32 hash, __u64 now, struct ct_fwd *fwd)
+static __always_inline int ct_claim_port(struct packet *pkt, const struct lb_config *cfg, __u32 backend_id,
+					 __u32 vip_id, __u32 hash, __u64 now, struct ct_fwd *fwd)
 {
 	__u32 range = (__u32)cfg->snat_port_max - cfg->snat_port_min + 1;
 	struct flow_key rkey = {};
@@ -142,7 +167,7 @@ static __always_inline int ct_create(struct packet *pkt, const struct lb_config 
 		return verdict(pkt, LB_REASON_DROP_NO_CONFIG, XDP_DROP);
 	start = hash % range;
 
-	ct_rev_key(&rkey, pkt->key.proto, &be->addr, be->port_be, &cfg->snat_addr, 0);
+	ct_rev_key(&rkey, pkt->key.proto, &fwd->backend_addr, fwd->backend_port_be, &fwd->snat_addr, 0);
 
 	rev.client_addr = pkt->key.src;
 	rev.client_port_be = pkt->key.sport_be;
@@ -171,50 +196,31 @@ static __always_inline int ct_create(struct packet *pkt, const struct lb_config 
 	return verdict(pkt, LB_REASON_DROP_PORT_EXHAUSTED, XDP_DROP);
 
 claimed:
-	fwd->backend_addr = be->addr;
-	fwd->backend_port_be = be->port_be;
-	fwd->snat_addr = cfg->snat_addr;
 	fwd->snat_port_be = rkey.dport_be;
-	fwd->backend_id = backend_id;
-	fwd->vip_id = vip_id;
-	fwd->flags = 0;
-	fwd->mode = LB_MODE_NAT;
-	fwd->last_seen_ns = now;
-	if (bpf_map_update_elem(&ct_fwd, &pkt->key, fwd, BPF_ANY) != 0) {
-		bpf_map_delete_elem(&ct_rev, &rkey);
-		return verdict(pkt, LB_REASON_DROP_CT_FULL, XDP_DROP);
-	}
 	return LB_CONTINUE;
-}
-
-/* The IPIP outer source of a flow: the configured prefix with its host bits
- * taken from the flow hash. */
-static __always_inline __u32 ipip_source(const struct lb_config *cfg, __u32 hash)
-{
-	return cfg->ipip_src.v4_be | bpf_htonl(hash & cfg->ipip_src_hostmask);
 }
 
 /**
- * flow_create_dsr - remember which backend a new DSR flow goes to
+ * flow_insert - store a new flow's forward entry
+ * @fwd: the entry, its target, backend and VIP ids (and NAT: its SNAT port,
+ *       ct_claim_port()) filled in, maybe its next hop; completed and stored
  *
- * DSR flows only have a forward entry: replies do not pass the LB.
+ * DSR flows only have this entry: replies do not pass the LB. A NAT flow whose
+ * entry the table refuses gives its SNAT port back.
  * Returns LB_CONTINUE, or a verdict when the table refuses the entry.
  */
-static __always_inline int flow_create_dsr(struct packet *pkt, const struct lb_config *cfg,
-					   const struct backend *be, __u32 backend_id,
-					   const struct vip_meta *vip, __u32 hash, __u64 now,
-					   struct ct_fwd *fwd)
+static __always_inline int flow_insert(struct packet *pkt, __u64 now, struct ct_fwd *fwd)
 {
-	fwd->backend_addr = be->addr;
-	fwd->backend_port_be = be->port_be;
-	fwd->backend_id = backend_id;
-	fwd->vip_id = vip->vip_id;
-	fwd->mode = vip->mode;
+	struct flow_key rkey = {};
+
 	fwd->flags = 0;
 	fwd->last_seen_ns = now;
-	if (vip->mode == LB_MODE_IPIP)
-		fwd->snat_addr.v4_be = ipip_source(cfg, hash);
-	if (bpf_map_update_elem(&ct_fwd, &pkt->key, fwd, BPF_ANY) != 0)
-		return verdict(pkt, LB_REASON_DROP_CT_FULL, XDP_DROP);
-	return LB_CONTINUE;
+	if (bpf_map_update_elem(&ct_fwd, &pkt->key, fwd, BPF_ANY) == 0)
+		return LB_CONTINUE;
+	if (fwd->mode == LB_MODE_NAT) {
+		ct_rev_key(&rkey, pkt->key.proto, &fwd->backend_addr, fwd->backend_port_be, &fwd->snat_addr,
+			   fwd->snat_port_be);
+		bpf_map_delete_elem(&ct_rev, &rkey);
+	}
+	return verdict(pkt, LB_REASON_DROP_CT_FULL, XDP_DROP);
 }

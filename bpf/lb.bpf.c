@@ -38,70 +38,60 @@ static __always_inline int dsr_verdict(struct packet *pkt, int action)
 	return action;
 }
 
-/* L2 DSR: only the MAC addresses change, towards the backend. */
-static __always_inline int send_l2dsr(struct xdp_md *ctx, struct packet *pkt, const struct ct_fwd *ct,
-				      enum lb_reason ok_reason)
+/**
+ * fwd_nexthop - the next hop of a packet of flow @ct towards its backend
+ * @cache: the flow's cached next hop (NULL: look up, store nothing)
+ *
+ * What is looked up depends on how the flow started: NAT, the SNAT address ->
+ * backend; L2 DSR, the client -> backend; IPIP, the outer header (outer source
+ * -> backend, protocol 4, 20 bytes longer).
+ * Returns as nexthop_resolve().
+ */
+static __always_inline int fwd_nexthop(struct xdp_md *ctx, struct packet *pkt, const struct lb_config *cfg,
+				       const struct ct_fwd *ct, struct lb_nexthop *cache, __u64 now,
+				       struct nexthop_answer *a)
 {
-	struct bpf_fib_lookup fib = {};
 	struct iphdr *ip = pkt->ip;
-	int action;
+	__u32 src = ct->snat_addr.v4_be;
+	__u8 proto;
+	__u16 len;
 
 	if ((void *)(ip + 1) > pkt->data_end)
 		return verdict(pkt, LB_REASON_DROP_MALFORMED, XDP_DROP);
-	action = nexthop_lookup(ctx, pkt, &fib, ip->saddr, ct->backend_addr.v4_be, bpf_ntohs(ip->tot_len),
-				ip->tos, ip->protocol);
-	if (action == LB_NEXTHOP_FRAG_NEEDED)
-		return verdict(pkt, LB_REASON_DROP_TOO_BIG, XDP_DROP);
-	if (action != LB_CONTINUE)
-		return dsr_verdict(pkt, action);
-	return dsr_verdict(pkt, nexthop_send(ctx, pkt, &fib, ok_reason));
-}
-
-/* IPIP DSR: an outer header to the backend; too big once encapsulated ->
- * ICMP "fragmentation needed" (DF, never about an ICMP packet) or drop. */
-static __always_inline int send_ipip(struct xdp_md *ctx, struct packet *pkt, const struct ct_fwd *ct,
-				     enum lb_reason ok_reason)
-{
-	struct bpf_fib_lookup fib = {};
-	struct iphdr *ip = pkt->ip;
-	int action;
-
-	if ((void *)(ip + 1) > pkt->data_end)
-		return verdict(pkt, LB_REASON_DROP_MALFORMED, XDP_DROP);
-	action = nexthop_lookup(ctx, pkt, &fib, ct->snat_addr.v4_be, ct->backend_addr.v4_be,
-				bpf_ntohs(ip->tot_len) + IPIP_OVERHEAD, ip->tos, IPPROTO_IPIP);
-	if (action == LB_NEXTHOP_FRAG_NEEDED) {
-		if ((ip->frag_off & bpf_htons(IP_DF)) && fib.mtu_result > IPIP_OVERHEAD &&
-		    ip->protocol != IPPROTO_ICMP)
-			return icmp_too_big(ctx, pkt, fib.mtu_result - IPIP_OVERHEAD);
-		return verdict(pkt, LB_REASON_DROP_TOO_BIG, XDP_DROP);
+	len = bpf_ntohs(ip->tot_len);
+	proto = ip->protocol;
+	if (ct->mode == LB_MODE_L2DSR)
+		src = ip->saddr;
+	if (ct->mode == LB_MODE_IPIP) {
+		len += IPIP_OVERHEAD;
+		proto = IPPROTO_IPIP;
 	}
-	if (action != LB_CONTINUE)
-		return dsr_verdict(pkt, action);
-	action = encap_ipip(ctx, pkt, ct->snat_addr.v4_be, ct->backend_addr.v4_be);
-	if (action != LB_CONTINUE)
-		return action;
-	return dsr_verdict(pkt, nexthop_send(ctx, pkt, &fib, ok_reason));
+	return nexthop_resolve(ctx, pkt, cfg, cache, src, ct->backend_addr.v4_be, len, ip->tos, proto, now,
+			       a);
 }
 
-/* Full NAT, either direction: the next hop of the rewritten 4-tuple is looked
- * up before anything is rewritten, so that a packet too big for the egress
- * MTU can still be answered with ICMP "fragmentation needed" from the address
- * its sender used (the VIP, or the SNAT address towards a backend): handing a
- * rewritten packet to the kernel would only see it dropped as a martian. */
-static __always_inline int send_nat(struct xdp_md *ctx, struct packet *pkt, __u32 saddr, __u32 daddr,
-				    __u16 sport, __u16 dport, enum lb_reason ok_reason)
+/**
+ * send_nat - full NAT, either direction, once the next hop of the rewritten
+ * 4-tuple is known (@action, @a: nexthop_resolve())
+ *
+ * The next hop is looked up before anything is rewritten, so that a packet
+ * too big for the egress MTU can still be answered with ICMP "fragmentation
+ * needed" from the address its sender used (the VIP, or the SNAT address
+ * towards a backend): handing a rewritten packet to the kernel would only see
+ * it dropped as a martian.
+ */
+static __always_inline int send_nat(struct xdp_md *ctx, struct packet *pkt, int action,
+				    const struct nexthop_answer *a, __u32 saddr, __u32 daddr, __u16 sport,
+				    __u16 dport, enum lb_reason ok_reason)
 {
-	struct bpf_fib_lookup fib = {};
 	struct iphdr *ip = pkt->ip;
-	int action, rw;
+	int rw;
 
 	if ((void *)(ip + 1) > pkt->data_end)
 		return verdict(pkt, LB_REASON_DROP_MALFORMED, XDP_DROP);
-	action = nexthop_lookup(ctx, pkt, &fib, saddr, daddr, bpf_ntohs(ip->tot_len), ip->tos, ip->protocol);
 	if (action == LB_NEXTHOP_FRAG_NEEDED) {
-		if ((ip->frag_off & bpf_htons(IP_DF)) && fib.mtu_result >= 68)
-			return icmp_too_big(ctx, pkt, fib.mtu_result);
+		if ((ip->frag_off & bpf_htons(IP_DF)) && a->mtu >= 68)
+			return icmp_too_big(ctx, pkt, a->mtu);
 		return verdict(pkt, LB_REASON_DROP_TOO_BIG, XDP_DROP);
 	}
 	rw = nat_rewrite(pkt, saddr, daddr, sport, dport);
@@ -109,11 +99,84 @@ static __always_inline int send_nat(struct xdp_md *ctx, struct packet *pkt, __u3
 		return rw;
 	if (action != LB_CONTINUE)
 		return action;
-	return nexthop_send(ctx, pkt, &fib, ok_reason);
+	return nexthop_send(ctx, pkt, a, ok_reason);
+}
+
+/**
+ * send_fwd - send a packet of flow @ct to its backend, the way the flow
+ * started, once fwd_nexthop() answered (@action, @a)
+ *
+ * L2 DSR: only the MAC addresses change; too big -> dropped. IPIP: an outer
+ * header to the backend; too big once encapsulated -> ICMP "fragmentation
+ * needed" (DF, never about an ICMP packet) or drop. NAT: send_nat().
+ */
+static __always_inline int send_fwd(struct xdp_md *ctx, struct packet *pkt, const struct ct_fwd *ct,
+				    int action, const struct nexthop_answer *a, enum lb_reason ok_reason)
+{
+	struct iphdr *ip = pkt->ip;
+
+	if (ct->mode == LB_MODE_L2DSR) {
+		if (action == LB_NEXTHOP_FRAG_NEEDED)
+			return verdict(pkt, LB_REASON_DROP_TOO_BIG, XDP_DROP);
+		if (action != LB_CONTINUE)
+			return dsr_verdict(pkt, action);
+		return dsr_verdict(pkt, nexthop_send(ctx, pkt, a, ok_reason));
+	}
+	if (ct->mode == LB_MODE_IPIP) {
+		if ((void *)(ip + 1) > pkt->data_end)
+			return verdict(pkt, LB_REASON_DROP_MALFORMED, XDP_DROP);
+		if (action == LB_NEXTHOP_FRAG_NEEDED) {
+			if ((ip->frag_off & bpf_htons(IP_DF)) && a->mtu > IPIP_OVERHEAD &&
+			    ip->protocol != IPPROTO_ICMP)
+				return icmp_too_big(ctx, pkt, a->mtu - IPIP_OVERHEAD);
+			return verdict(pkt, LB_REASON_DROP_TOO_BIG, XDP_DROP);
+		}
+		if (action != LB_CONTINUE)
+			return dsr_verdict(pkt, action);
+		action = encap_ipip(ctx, pkt, ct->snat_addr.v4_be, ct->backend_addr.v4_be);
+		if (action != LB_CONTINUE)
+			return action;
+		return dsr_verdict(pkt, nexthop_send(ctx, pkt, a, ok_reason));
+	}
+	return send_nat(ctx, pkt, action, a, ct->snat_addr.v4_be, ct->backend_addr.v4_be, ct->snat_port_be,
+			ct->backend_port_be, ok_reason);
+}
+
+/**
+ * flow_new - pick a new flow's backend and fill in its entry @fwd (NAT: with
+ * its SNAT port claimed); the entry is inserted by flow_insert() once its
+ * next hop is cached in it
+ *
+ * Returns LB_CONTINUE or a verdict (no backend, rate limited, no SNAT port).
+ */
+static __always_inline int flow_new(struct packet *pkt, const struct lb_config *cfg,
+				    const struct vip_meta *vip, __u64 now, struct ct_fwd *fwd)
+{
+	__u32 hash = flow_hash_v4(&pkt->key);
+	__u32 backend_id = maglev_pick(vip, hash);
+	struct backend *be;
+	int action;
+
+	if (backend_id == LB_NO_BACKEND)
+		return verdict(pkt, LB_REASON_DROP_NO_BACKEND, XDP_DROP);
+	be = bpf_map_lookup_elem(&backends, &backend_id);
+	if (!be || be->family != LB_AF_INET)
+		return verdict(pkt, LB_REASON_DROP_NO_BACKEND, XDP_DROP);
+	action = ratelimit_new_flow(pkt);
+	if (action != LB_CONTINUE)
+		return action;
+	flow_target(fwd, cfg, be, vip->mode, hash);
+	fwd->backend_id = backend_id;
+	fwd->vip_id = vip->vip_id;
+	if (vip->mode == LB_MODE_NAT)
+		return ct_claim_port(pkt, cfg, backend_id, vip->vip_id, hash, now, fwd);
+	return LB_CONTINUE;
 }
 
 /* Client -> VIP: find or create the flow, then send it the way it started
- * (NAT, L2 DSR or IPIP), whatever the VIP's mode is now. */
+ * (NAT, L2 DSR or IPIP), whatever the VIP's mode is now. An established flow
+ * sends with its cached next hop; a new one looks it up before its entry is
+ * inserted, so that the entry goes in with it. */
 static __always_inline int lb_to_backend(struct xdp_md *ctx, struct packet *pkt,
 					 const struct lb_config *cfg, const struct vip_meta *vip)
 {
@@ -126,36 +189,31 @@ static __always_inline int lb_to_backend(struct xdp_md *ctx, struct packet *pkt,
 	if (ct) {
 		ct_touch(cfg, pkt, &ct->flags, &ct->last_seen_ns, now);
 	} else {
-		__u32 hash = flow_hash_v4(&pkt->key);
-		__u32 backend_id = maglev_pick(vip, hash);
-		struct backend *be;
-
-		if (backend_id == LB_NO_BACKEND)
-			return verdict(pkt, LB_REASON_DROP_NO_BACKEND, XDP_DROP);
-		be = bpf_map_lookup_elem(&backends, &backend_id);
-		if (!be || be->family != LB_AF_INET)
-			return verdict(pkt, LB_REASON_DROP_NO_BACKEND, XDP_DROP);
-		action = ratelimit_new_flow(pkt);
-		if (action != LB_CONTINUE)
-			return action;
-		if (vip->mode == LB_MODE_NAT)
-			action = ct_create(pkt, cfg, be, backend_id, vip->vip_id, hash, now, &fresh);
-		else
-			action = flow_create_dsr(pkt, cfg, be, backend_id, vip, hash, now, &fresh);
+		action = flow_new(pkt, cfg, vip, now, &fresh);
 		if (action != LB_CONTINUE)
 			return action;
 		ct = &fresh;
 		new_flow = true;
 	}
+	{
+		/* Scoped here, after flow_new(), so that it shares stack with
+		 * the port claim's entries. */
+		struct nexthop_answer a;
+		int nh = fwd_nexthop(ctx, pkt, cfg, ct, &ct->nh, now, &a);
 
-	count_flow(&vip_stats, ct->vip_id, pkt, new_flow);
-	count_flow(&backend_stats, ct->backend_id, pkt, new_flow);
-	if (ct->mode == LB_MODE_L2DSR)
-		return send_l2dsr(ctx, pkt, ct, LB_REASON_TX_L2DSR);
-	if (ct->mode == LB_MODE_IPIP)
-		return send_ipip(ctx, pkt, ct, LB_REASON_TX_IPIP);
-	return send_nat(ctx, pkt, ct->snat_addr.v4_be, ct->backend_addr.v4_be, ct->snat_port_be,
-			ct->backend_port_be, LB_REASON_TX_NAT_FORWARD);
+		if (new_flow) {
+			action = flow_insert(pkt, now, ct);
+			if (action != LB_CONTINUE)
+				return action;
+		}
+		count_flow(&vip_stats, ct->vip_id, pkt, new_flow);
+		count_flow(&backend_stats, ct->backend_id, pkt, new_flow);
+		if (ct->mode == LB_MODE_L2DSR)
+			return send_fwd(ctx, pkt, ct, nh, &a, LB_REASON_TX_L2DSR);
+		if (ct->mode == LB_MODE_IPIP)
+			return send_fwd(ctx, pkt, ct, nh, &a, LB_REASON_TX_IPIP);
+		return send_fwd(ctx, pkt, ct, nh, &a, LB_REASON_TX_NAT_FORWARD);
+	}
 }
 
 /* Backend -> SNAT address: restore VIP -> client for a tracked flow. */
@@ -164,12 +222,19 @@ static __always_inline int lb_to_client(struct xdp_md *ctx, struct packet *pkt,
 {
 	__u64 now = bpf_ktime_get_coarse_ns();
 	struct ct_rev *ct = ct_lookup_rev(cfg, pkt, now);
+	struct nexthop_answer a;
+	struct iphdr *ip = pkt->ip;
+	int nh;
 
 	if (!ct)
 		return verdict(pkt, LB_REASON_PASS_NOT_TRACKED, XDP_PASS);
 	ct_touch(cfg, pkt, &ct->flags, &ct->last_seen_ns, now);
 	count_flow(&backend_stats, ct->backend_id, pkt, false);
-	return send_nat(ctx, pkt, ct->vip_addr.v4_be, ct->client_addr.v4_be, ct->vip_port_be,
+	if ((void *)(ip + 1) > pkt->data_end)
+		return verdict(pkt, LB_REASON_DROP_MALFORMED, XDP_DROP);
+	nh = nexthop_resolve(ctx, pkt, cfg, &ct->nh, ct->vip_addr.v4_be, ct->client_addr.v4_be,
+			     bpf_ntohs(ip->tot_len), ip->tos, ip->protocol, now, &a);
+	return send_nat(ctx, pkt, nh, &a, ct->vip_addr.v4_be, ct->client_addr.v4_be, ct->vip_port_be,
 			ct->client_port_be, LB_REASON_TX_NAT_REPLY);
 }
 
@@ -186,14 +251,16 @@ static __always_inline int lb_icmp(struct xdp_md *ctx, struct packet *pkt, const
 	action = firewall(pkt, FW_SCOPE_VIPS);
 	if (action != LB_CONTINUE)
 		return action;
-	if (t.ct.mode == LB_MODE_L2DSR)
-		return send_l2dsr(ctx, pkt, &t.ct, LB_REASON_TX_ICMP_ERROR);
-	if (t.ct.mode == LB_MODE_IPIP)
-		return send_ipip(ctx, pkt, &t.ct, LB_REASON_TX_ICMP_ERROR);
+	if (t.ct.mode == LB_MODE_L2DSR || t.ct.mode == LB_MODE_IPIP) {
+		struct nexthop_answer a;
+
+		action = fwd_nexthop(ctx, pkt, cfg, &t.ct, NULL, 0, &a);
+		return send_fwd(ctx, pkt, &t.ct, action, &a, LB_REASON_TX_ICMP_ERROR);
+	}
 	action = icmp_rewrite(pkt, &t);
 	if (action != LB_CONTINUE)
 		return action;
-	return forward(ctx, pkt, LB_REASON_TX_ICMP_ERROR);
+	return forward(ctx, pkt, cfg, LB_REASON_TX_ICMP_ERROR);
 }
 
 static __always_inline bool is_snat_reply(const struct packet *pkt, const struct lb_config *cfg)

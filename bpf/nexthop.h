@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* This file contains the next-hop stage: bpf_fib_lookup for the rewritten
- * packet, MAC rewrite, and the choice between XDP_TX (same interface) and
- * XDP_REDIRECT through the tx_ports devmap. Failures degrade to XDP_PASS
- * (the kernel forwards the already rewritten packet) and are counted. */
+ * packet (or a flow's cached answer to it), MAC rewrite, and the choice
+ * between XDP_TX (same interface) and XDP_REDIRECT through the tx_ports
+ * devmap. Failures degrade to XDP_PASS (the kernel forwards the already
+ * rewritten packet) and are counted. */
 #pragma once
 
 #include <linux/if_ether.h>
@@ -56,8 +57,82 @@ static __always_inline int nexthop_lookup(struct xdp_md *ctx, struct packet *pkt
 	}
 }
 
+/* What nexthop_resolve() found: where to send (copied from a flow's cache or
+ * from the lookup's answer), or the MTU that the packet exceeds. */
+struct nexthop_answer {
+	__u8 dmac[ETH_ALEN];
+	__u8 smac[ETH_ALEN];
+	__u32 ifindex;
+	__u32 mtu; /* LB_NEXTHOP_FRAG_NEEDED: the egress MTU */
+};
+
 /**
- * nexthop_send - write the MACs found by nexthop_lookup() and send the frame
+ * nexthop_resolve - the next hop of a flow's packet of @tot_len bytes @src -> @dst
+ * @cache: the flow's cached next hop (in its flow-table entry, or in the entry
+ *         about to be inserted), or NULL: look up, store nothing
+ * @now: the coarse clock the packet already read (unused without @cache)
+ * @a: filled with the next hop to send with, or the MTU on FRAG_NEEDED
+ *
+ * The cache answers while it is younger than lb_config.nexthop_ttl_ns (0: never)
+ * and the packet is no bigger than max_len: bpf_fib_lookup reports no MTU when
+ * it succeeds, so all that is known is that packets up to the length it last
+ * let through fit. A bigger packet, or an older cache, asks bpf_fib_lookup,
+ * whose success refills the cache (stamp now, max_len this packet's length).
+ * Failures are never stored: FRAG_NEEDED leaves the cache to the smaller
+ * packets it is good for; any other failure empties it (max_len 0), so that
+ * the flow's next packets look up again.
+ *
+ * The cache is shared between CPUs and written without a lock: CPUs refreshing
+ * it at the same time write the same values. A packet reading it while a
+ * refresh changes the answer (a new neighbour MAC, another route) may use part
+ * of the old and part of the new answer; that takes a next-hop change, and the
+ * packets of that instant are all it can concern.
+ *
+ * Returns LB_CONTINUE (a's next hop set), LB_NEXTHOP_FRAG_NEEDED (a->mtu set), or the
+ * verdict of nexthop_lookup().
+ */
+static __always_inline int nexthop_resolve(struct xdp_md *ctx, struct packet *pkt,
+					   const struct lb_config *cfg, struct lb_nexthop *cache,
+					   __u32 src, __u32 dst, __u16 tot_len, __u8 tos, __u8 l4_proto,
+					   __u64 now, struct nexthop_answer *a)
+{
+	__u64 ttl = cfg->nexthop_ttl_ns;
+
+	if (cache && tot_len <= cache->max_len && now - cache->stamp_ns < ttl) {
+		__builtin_memcpy(a->dmac, cache->dmac, ETH_ALEN);
+		__builtin_memcpy(a->smac, cache->smac, ETH_ALEN);
+		a->ifindex = cache->ifindex;
+		return LB_CONTINUE;
+	}
+	{
+		struct bpf_fib_lookup fib = {};
+		int action = nexthop_lookup(ctx, pkt, &fib, src, dst, tot_len, tos, l4_proto);
+
+		if (action == LB_NEXTHOP_FRAG_NEEDED) {
+			a->mtu = fib.mtu_result;
+			return action;
+		}
+		if (action != LB_CONTINUE) {
+			if (cache && cache->max_len)
+				cache->max_len = 0;
+			return action;
+		}
+		__builtin_memcpy(a->dmac, fib.dmac, ETH_ALEN);
+		__builtin_memcpy(a->smac, fib.smac, ETH_ALEN);
+		a->ifindex = fib.ifindex;
+		if (cache && ttl) {
+			__builtin_memcpy(cache->dmac, fib.dmac, ETH_ALEN);
+			__builtin_memcpy(cache->smac, fib.smac, ETH_ALEN);
+			cache->ifindex = fib.ifindex;
+			cache->max_len = tot_len;
+			cache->stamp_ns = now;
+		}
+		return LB_CONTINUE;
+	}
+}
+
+/**
+ * nexthop_send - write the MACs of the next hop @nh (nexthop_resolve()) and send the frame
  *
  * Reads the frame from @ctx afresh, so it is valid after the head moved.
  * Chooses the way out before touching the frame: a frame handed to the
@@ -65,40 +140,41 @@ static __always_inline int nexthop_lookup(struct xdp_md *ctx, struct packet *pkt
  * Returns XDP_TX, XDP_REDIRECT, or XDP_PASS (egress not attached).
  */
 static __always_inline int nexthop_send(struct xdp_md *ctx, struct packet *pkt,
-					const struct bpf_fib_lookup *fib, enum lb_reason ok_reason)
+					const struct nexthop_answer *nh, enum lb_reason ok_reason)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth = data;
+	__u32 ifindex = nh->ifindex;
 
 	if ((void *)(eth + 1) > data_end)
 		return verdict(pkt, LB_REASON_DROP_MALFORMED, XDP_DROP);
-	if (fib->ifindex != ctx->ingress_ifindex &&
-	    bpf_redirect_map(&tx_ports, fib->ifindex, 0) != XDP_REDIRECT)
+	if (ifindex != ctx->ingress_ifindex && bpf_redirect_map(&tx_ports, ifindex, 0) != XDP_REDIRECT)
 		return verdict(pkt, LB_REASON_PASS_EGRESS_NOT_ATTACHED, XDP_PASS);
-	__builtin_memcpy(eth->h_dest, fib->dmac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, fib->smac, ETH_ALEN);
+	__builtin_memcpy(eth->h_dest, nh->dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, nh->smac, ETH_ALEN);
 	pkt->reason = ok_reason;
-	return fib->ifindex == ctx->ingress_ifindex ? XDP_TX : XDP_REDIRECT;
+	return ifindex == ctx->ingress_ifindex ? XDP_TX : XDP_REDIRECT;
 }
 
 /**
  * forward - send the packet, as its IP header now reads, towards its
  * destination (NAT paths: the header was rewritten in place)
  */
-static __always_inline int forward(struct xdp_md *ctx, struct packet *pkt, enum lb_reason ok_reason)
+static __always_inline int forward(struct xdp_md *ctx, struct packet *pkt, const struct lb_config *cfg,
+				   enum lb_reason ok_reason)
 {
-	struct bpf_fib_lookup fib = {};
+	struct nexthop_answer a;
 	struct iphdr *ip = pkt->ip;
 	int action;
 
 	if ((void *)(ip + 1) > pkt->data_end)
 		return verdict(pkt, LB_REASON_DROP_MALFORMED, XDP_DROP);
-	action = nexthop_lookup(ctx, pkt, &fib, ip->saddr, ip->daddr, bpf_ntohs(ip->tot_len), ip->tos,
-				ip->protocol);
+	action = nexthop_resolve(ctx, pkt, cfg, NULL, ip->saddr, ip->daddr, bpf_ntohs(ip->tot_len), ip->tos,
+				 ip->protocol, 0, &a);
 	if (action == LB_NEXTHOP_FRAG_NEEDED)
 		return verdict(pkt, LB_REASON_PASS_FIB_FAILED, XDP_PASS);
 	if (action != LB_CONTINUE)
 		return action;
-	return nexthop_send(ctx, pkt, &fib, ok_reason);
+	return nexthop_send(ctx, pkt, &a, ok_reason);
 }

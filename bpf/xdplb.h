@@ -88,6 +88,19 @@ enum ct_flags {
 	CT_F_CLOSING = 1, /* FIN or RST seen: short timeout applies */
 };
 
+/* A flow's cached next hop (bpf/nexthop.h): what bpf_fib_lookup answered for
+ * the packets the flow sends on, reused until lb_config.nexthop_ttl_ns has
+ * passed. Only successful lookups are stored. */
+struct lb_nexthop {
+	__u8 dmac[6];
+	__u8 smac[6];
+	__u32 ifindex; /* egress interface */
+	__u16 max_len; /* largest lookup tot_len that passed the MTU check; 0 = nothing cached */
+	__u16 pad;
+	__u32 pad2;
+	__u64 stamp_ns; /* coarse clock of the lookup that filled it */
+};
+
 /* ct_fwd, the flow table: client 5-tuple (client -> VIP) -> where the flow
  * goes. It holds NAT and DSR flows alike; a flow keeps the mode it started
  * in, so switching a VIP's mode only affects new flows. */
@@ -102,6 +115,7 @@ struct ct_fwd {
 	__u8 mode; /* enum lb_mode the flow started in */
 	__u8 pad;
 	__u64 last_seen_ns; /* coarse monotonic clock */
+	struct lb_nexthop nh; /* towards the backend (IPIP: of the outer header) */
 };
 
 /* ct_rev: reply 5-tuple (backend -> SNAT address) -> how to restore it */
@@ -115,6 +129,7 @@ struct ct_rev {
 	__u16 flags; /* enum ct_flags */
 	__u16 pad;
 	__u64 last_seen_ns;
+	struct lb_nexthop nh; /* towards the client (VIP -> client) */
 };
 
 /* lb_config[0]: run-time settings written by lbd. */
@@ -131,6 +146,9 @@ struct lb_config {
 	union lb_addr ipip_src;
 	__u32 ipip_src_hostmask;
 	__u32 pad2;
+	/* How long a flow reuses its cached next hop (struct lb_nexthop) before
+	 * asking bpf_fib_lookup again; 0 = no caching, every packet looks up. */
+	__u64 nexthop_ttl_ns;
 };
 
 /* Per-VIP and per-backend counters (per-CPU; lbd sums the CPUs). */
@@ -192,7 +210,7 @@ struct lb_global_stats {
 /* Firewall (bpf/firewall.h): fixed-depth tables of verdict words (maps.h). */
 enum fw_limits {
 	FW_DEFAULT_RULES = 1000000, /* default capacity; lbd sizes the maps from [firewall] */
-	FW_L1_ENTRIES = 65536, /* fw_l1: one word per /16 */
+	FW_L2_ENTRIES = 65536, /* fw_l2: one chunk per /16 */
 	FW_L2_SLOTS = 256, /* fw_chunk: one word per /24 of a /16 */
 };
 
@@ -201,11 +219,11 @@ enum fw_action {
 	FW_ALLOW = 2, /* pass on, marked PKT_F_FW_ALLOWED */
 };
 
-/* A verdict word (fw_l1, fw_chunk slots, fw_l3 values), written by lbd. The
- * word 0 means: no rule, nothing longer below. */
+/* A verdict word (fw_chunk slots, fw_l3 values), written by lbd. The word 0
+ * means: no rule, nothing longer below. */
 enum fw_verdict_bits {
 	FW_VERDICT_ACTION_SHIFT = 30, /* bits 30-31: enum fw_action of the deciding rule, 0 = none */
-	FW_VERDICT_DEEPER = 1 << 29, /* fw_l1/fw_l2: longer rules below, look in the next table */
+	FW_VERDICT_DEEPER = 1 << 29, /* fw_l2 slot: rules longer than /24 in this /24, look in fw_l3 */
 	FW_VERDICT_ID_MASK = 0xffffff, /* bits 0-23: the deciding rule's id (index into fw_hits) */
 };
 
@@ -213,9 +231,11 @@ enum fw_verdict_bits {
 enum fw_scope {
 	FW_SCOPE_VIPS = 0, /* only packets addressed to a VIP */
 	FW_SCOPE_ALL = 1, /* every IPv4 packet arriving on the interface */
+	FW_SCOPE_OFF = 2, /* [firewall] capacity = 0: no call site runs the stage */
 };
 
-/* fw_l2 value: the words of the 256 /24s of one /16, by third address byte. */
+/* fw_l2 value: the words of the 256 /24s of one /16, by third address byte
+ * (each the verdict of the longest rule <= /24 covering that /24). */
 struct fw_chunk {
 	__u32 slot[FW_L2_SLOTS];
 };

@@ -38,6 +38,9 @@ pub enum ConfigError {
     },
 }
 
+/// Longest `timeouts.nexthop_cache`: a flow may send to a neighbour that left for this long.
+const MAX_NEXTHOP_CACHE: Duration = Duration::from_secs(60);
+
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
@@ -146,6 +149,11 @@ pub struct TimeoutsConfig {
     /// Idle timeout of a UDP flow.
     #[serde(with = "humantime_serde")]
     pub udp: Duration,
+    /// How long a flow reuses the next hop (egress interface, MACs) it looked up before looking
+    /// it up again; a neighbour or route change reaches established flows within this time.
+    /// 0 turns the cache off (one FIB lookup per packet).
+    #[serde(with = "humantime_serde")]
+    pub nexthop_cache: Duration,
 }
 
 impl Default for TimeoutsConfig {
@@ -154,6 +162,7 @@ impl Default for TimeoutsConfig {
             tcp: Duration::from_secs(300),
             tcp_closing: Duration::from_secs(10),
             udp: Duration::from_secs(30),
+            nexthop_cache: Duration::from_secs(1),
         }
     }
 }
@@ -183,7 +192,8 @@ impl Config {
 pub struct FirewallConfig {
     /// `vips`: only packets addressed to a VIP; `all`: every IPv4 packet on lbd's interfaces.
     pub scope: crate::firewall::Scope,
-    /// Most rules (LPM trie entries; also the per-CPU hit counters: 8 bytes per rule per CPU).
+    /// Most rules (also the per-CPU hit counters: 8 bytes per rule per CPU); 0 turns the
+    /// firewall off and frees its tables (the /24 table alone is 64 MiB).
     pub capacity: u32,
 }
 
@@ -547,11 +557,23 @@ impl Config {
                 ));
             }
         }
+        if self.timeouts.nexthop_cache > MAX_NEXTHOP_CACHE {
+            return Err(invalid(
+                "timeouts.nexthop_cache",
+                format!(
+                    "{} is outside 0s..=60s (0 turns the cache off)",
+                    humantime::format_duration(self.timeouts.nexthop_cache)
+                ),
+            ));
+        }
         let cap = self.firewall.capacity;
-        if !(1..=crate::firewall::MAX_CAPACITY).contains(&cap) {
+        if cap > crate::firewall::MAX_CAPACITY {
             return Err(invalid(
                 "firewall.capacity",
-                format!("{cap} is outside 1..={}", crate::firewall::MAX_CAPACITY),
+                format!(
+                    "{cap} is outside 0..={} (0 turns the firewall off)",
+                    crate::firewall::MAX_CAPACITY
+                ),
             ));
         }
         let clients = self.ratelimit.clients;
@@ -789,6 +811,7 @@ mod tests {
             tcp = "1h"
             tcp_closing = "5s"
             udp = "20s"
+            nexthop_cache = "0s"
             [api]
             socket = "/tmp/x.sock"
             grpc_listen = "127.0.0.1:50051"
@@ -802,6 +825,7 @@ mod tests {
         let c = Config::parse(text).expect("parses");
         assert_eq!(c.dataplane.xdp_mode, XdpMode::Generic);
         assert_eq!(c.timeouts.tcp, Duration::from_secs(3600));
+        assert_eq!(c.timeouts.nexthop_cache, Duration::ZERO);
         assert_eq!(c.vips[0].backends[0].weight, 50);
         assert_eq!(c.vips[0].mode, Mode::Nat);
     }
@@ -819,6 +843,8 @@ mod tests {
         assert!(err(&format!("{MINIMAL}[tables]\nmaglev_size = 65536\n"))
             .starts_with("tables.maglev_size:"));
         assert!(err(&format!("{MINIMAL}[timeouts]\nudp = \"0s\"\n")).starts_with("timeouts.udp:"));
+        assert!(err(&format!("{MINIMAL}[timeouts]\nnexthop_cache = \"61s\"\n"))
+            .starts_with("timeouts.nexthop_cache:"));
         let dup = format!("{MINIMAL}[[vip]]\naddress = \"10.0.0.1:80\"\nproto = \"tcp\"\n[[vip.backend]]\naddress = \"10.0.2.1:80\"\n[[vip.backend]]\naddress = \"10.0.2.1:80\"\n");
         assert!(
             err(&dup).starts_with("vip[0].backend[1].address:"),
@@ -844,9 +870,11 @@ mod tests {
         .expect("firewall table parses");
         assert_eq!(c.firewall.scope, crate::firewall::Scope::All);
         assert_eq!(c.firewall.capacity, 4096);
-        assert!(
-            err(&format!("{MINIMAL}[firewall]\ncapacity = 0\n")).starts_with("firewall.capacity:")
-        );
+        let off = Config::parse(&format!("{MINIMAL}[firewall]\ncapacity = 0\n"))
+            .expect("capacity 0 turns the firewall off");
+        assert_eq!(off.firewall.capacity, 0);
+        assert!(err(&format!("{MINIMAL}[firewall]\ncapacity = 16777217\n"))
+            .starts_with("firewall.capacity:"));
         assert!(err(&format!("{MINIMAL}[firewall]\nscope = \"some\"\n")).contains("scope"));
         assert!(err(&format!("{MINIMAL}[firewall]\nsize = 10\n")).contains("size"));
     }

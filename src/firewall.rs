@@ -391,7 +391,18 @@ impl Firewall {
     }
 }
 
+/// The refusal of any rule when the firewall is off.
+pub fn off_error() -> StateError {
+    StateError::FailedPrecondition(
+        "the firewall is off ([firewall] capacity = 0): set a capacity in lbd's configuration and restart lbd to use rules"
+            .into(),
+    )
+}
+
 fn check_capacity(total: usize, capacity: usize) -> Result<(), StateError> {
+    if capacity == 0 && total > 0 {
+        return Err(off_error());
+    }
     if total > capacity {
         return Err(StateError::InvalidArgument {
             field: "rules",

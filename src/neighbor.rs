@@ -2,6 +2,7 @@
 //! backend's next hop (kernel-managed neighbours, NTF_EXT_MANAGED), so that `bpf_fib_lookup` in
 //! the XDP program finds a MAC address from the first packet on. Through rtnetlink, never `ip`.
 
+use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr};
 
 use futures::TryStreamExt;
@@ -61,24 +62,36 @@ pub struct NextHop {
 
 /// Makes the next hop of each of `dsts` a kernel-managed neighbour. Returns the next hops set up.
 pub async fn warm(dsts: &[Ipv4Addr]) -> Result<Vec<NextHop>, NeighborError> {
-    let (conn, handle, _) = rtnetlink::new_connection()?;
-    let task = tokio::spawn(conn);
-    let mut done = Vec::new();
-    let mut result = Ok(());
-    for dst in dsts {
-        match next_hop(&handle, *dst).await {
-            Ok((ifindex, via)) => {
-                if done
-                    .iter()
-                    .any(|h: &NextHop| h.via == via && h.ifindex == ifindex)
-                {
-                    done.push(NextHop {
-                        dst: *dst,
-                        ifindex,
-                        via,
-                    });
+    NextHopWarmer::default().warm(dsts).await
+}
+
+/// Remembers the next hops it made managed neighbours, so that a backend behind a next hop
+/// already warmed costs one route lookup, not another neighbour update: adding 1,000 backends
+/// behind one router installs one neighbour.
+#[derive(Debug, Default)]
+pub struct NextHopWarmer {
+    managed: HashSet<(u32, Ipv4Addr)>,
+}
+
+impl NextHopWarmer {
+    /// Makes the next hop of each of `dsts` a kernel-managed neighbour, unless an earlier call
+    /// did. Returns the next hop of every destination it could route (one netlink socket for
+    /// all of them); the first error, if any, after trying every destination.
+    pub async fn warm(&mut self, dsts: &[Ipv4Addr]) -> Result<Vec<NextHop>, NeighborError> {
+        let (conn, handle, _) = rtnetlink::new_connection()?;
+        let task = tokio::spawn(conn);
+        let mut done = Vec::with_capacity(dsts.len());
+        let mut result = Ok(());
+        let mut added = 0usize;
+        for dst in dsts {
+            let (ifindex, via) = match next_hop(&handle, *dst).await {
+                Ok(hop) => hop,
+                Err(e) => {
+                    result = result.and(Err(e));
                     continue;
                 }
+            };
+            if !self.managed.contains(&(ifindex, via)) {
                 let mut req = handle
                     .neighbours()
                     .add(ifindex, IpAddr::V4(via))
@@ -88,36 +101,64 @@ pub async fn warm(dsts: &[Ipv4Addr]) -> Result<Vec<NextHop>, NeighborError> {
                     .attributes
                     .push(NeighbourAttribute::ExtFlags(NeighbourExtFlags::Managed));
                 if let Err(e) = req.execute().await {
-                    result = Err(e.into());
+                    result = result.and(Err(e.into()));
                     continue;
                 }
                 tracing::debug!(backend = %dst, next_hop = %via, ifindex, "next hop is a managed neighbour");
-                done.push(NextHop {
-                    dst: *dst,
-                    ifindex,
-                    via,
-                });
+                self.managed.insert((ifindex, via));
+                added += 1;
             }
-            Err(e) => result = Err(e),
+            done.push(NextHop {
+                dst: *dst,
+                ifindex,
+                via,
+            });
         }
+        task.abort();
+        tracing::debug!(
+            backends = dsts.len(),
+            new_next_hops = added,
+            "next hops warmed"
+        );
+        result.map(|()| done)
     }
-    task.abort();
-    result.map(|()| done)
 }
 
 /// Checks that `dst` is on a directly connected subnet (no gateway on its route), as L2 DSR
 /// needs: a frame for an off-link backend would go to the gateway, which routes the
 /// VIP-addressed packet straight back to the LB. Returns a message for the operator otherwise.
 pub async fn check_on_link(dst: Ipv4Addr) -> Result<(), String> {
+    match check_all_on_link(&[dst]).await {
+        Ok(()) => Ok(()),
+        Err((_, m)) => Err(m),
+    }
+}
+
+/// [`check_on_link`] for every one of `dsts` over one netlink socket; the first refused
+/// destination as (its index, the message).
+pub async fn check_all_on_link(dsts: &[Ipv4Addr]) -> Result<(), (usize, String)> {
+    if dsts.is_empty() {
+        return Ok(());
+    }
     let (conn, handle, _) =
-        rtnetlink::new_connection().map_err(|e| format!("netlink socket: {e}"))?;
+        rtnetlink::new_connection().map_err(|e| (0, format!("netlink socket: {e}")))?;
     let task = tokio::spawn(conn);
+    let mut result = Ok(());
+    for (i, dst) in dsts.iter().enumerate() {
+        if let Err(m) = on_link(&handle, *dst).await {
+            result = Err((i, m));
+            break;
+        }
+    }
+    task.abort();
+    result
+}
+
+async fn on_link(handle: &rtnetlink::Handle, dst: Ipv4Addr) -> Result<(), String> {
     let msg = RouteMessageBuilder::<Ipv4Addr>::new()
         .destination_prefix(dst, 32)
         .build();
-    let route = handle.route().get(msg).execute().try_next().await;
-    task.abort();
-    let route = match route {
+    let route = match handle.route().get(msg).execute().try_next().await {
         Ok(Some(r)) => r,
         Ok(None) | Err(_) => return Err(format!("no route to {dst}")),
     };

@@ -3,6 +3,8 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddrV4;
+use std::sync::Arc;
+use std::time::Instant;
 
 use crate::dataplane::{Dataplane, DataplaneError, MAX_BACKENDS, MAX_VIPS};
 use crate::maglev::{self, MaglevBackend};
@@ -88,7 +90,11 @@ struct AppliedVip {
     /// Backend address -> (id, weight).
     backends: BTreeMap<SocketAddrV4, (u32, u32)>,
     /// The ring in the data plane (None: no ring, every new flow is dropped as "no backend").
-    ring: Option<Vec<u32>>,
+    /// Shared, so that copying an `AppliedVip` does not copy its 65,537 slots.
+    ring: Option<Arc<[u32]>>,
+    /// What `ring` was built from: (id, address, weight) of each member, in address order.
+    /// The same members give the same table, so a change elsewhere rebuilds nothing here.
+    members: Vec<(u32, SocketAddrV4, u32)>,
     /// Adopted from a previous lbd: the VIP entry and ring are rewritten on the next reconcile.
     adopted: bool,
 }
@@ -191,6 +197,7 @@ impl Reconciler {
                     mode: Mode::Nat,
                     backends: BTreeMap::new(),
                     ring: None,
+                    members: Vec::new(),
                     adopted: true,
                 },
             );
@@ -246,6 +253,7 @@ impl Reconciler {
                         mode: want.mode,
                         backends: BTreeMap::new(),
                         ring: None,
+                        members: Vec::new(),
                         adopted: false,
                     }
                 }
@@ -276,13 +284,26 @@ impl Reconciler {
                 }
             }
 
-            let ring = self.build_ring(key, &cur, want.health.all_down)?;
-            if ring != cur.ring || adopted {
-                match &ring {
-                    Some(table) => maps.set_ring(cur.id, table)?,
-                    None => maps.delete_ring(cur.id)?,
+            let members = self.ring_members(key, &cur, want.health.all_down);
+            if members != cur.members || adopted {
+                let started = Instant::now();
+                let ring = build_ring(key, &members, self.ring_size)?;
+                let built = started.elapsed();
+                if ring != cur.ring || adopted {
+                    match &ring {
+                        Some(table) => maps.set_ring(cur.id, table)?,
+                        None => maps.delete_ring(cur.id)?,
+                    }
+                    cur.ring = ring;
                 }
-                cur.ring = ring;
+                tracing::debug!(
+                    vip = %key,
+                    members = members.len(),
+                    build_us = built.as_micros() as u64,
+                    swap_us = (started.elapsed() - built).as_micros() as u64,
+                    "maglev ring rebuilt"
+                );
+                cur.members = members;
             }
             if is_new || adopted || cur.mode != want.mode {
                 cur.mode = want.mode;
@@ -296,38 +317,48 @@ impl Reconciler {
         Ok(())
     }
 
-    /// The Maglev table of a VIP, or None when no backend can take new flows: backends with a
-    /// weight that the health checker did not mark down (all of them, or none, when every one
-    /// is down: `all_down`).
-    fn build_ring(
+    /// The backends that go into a VIP's Maglev table: those with a weight that the health
+    /// checker did not mark down (all of them, or none, when every one is down: `all_down`).
+    fn ring_members(
         &self,
         key: &VipKey,
         vip: &AppliedVip,
         all_down: crate::health::AllDown,
-    ) -> Result<Option<Vec<u32>>, ReconcileError> {
+    ) -> Vec<(u32, SocketAddrV4, u32)> {
         let weighted: Vec<(SocketAddrV4, (u32, u32))> = vip
             .backends
             .iter()
             .filter(|(_, (_, w))| *w > 0)
             .map(|(addr, b)| (*addr, *b))
             .collect();
-        let members =
-            crate::health::ring_members(&weighted, |a| self.health.is_down(key, a), all_down);
-        let backends: Vec<MaglevBackend> = members
-            .iter()
-            .map(|(addr, (id, w))| MaglevBackend {
-                id: *id,
-                key: addr.to_string().into_bytes(),
-                weight: *w,
-            })
-            .collect();
-        if backends.is_empty() {
-            return Ok(None);
-        }
-        maglev::build_table(&backends, self.ring_size)
-            .map(Some)
-            .map_err(|source| ReconcileError::Maglev { vip: *key, source })
+        crate::health::ring_members(&weighted, |a| self.health.is_down(key, a), all_down)
+            .into_iter()
+            .map(|(addr, (id, w))| (id, addr, w))
+            .collect()
     }
+}
+
+/// The Maglev table of a VIP's ring members, or None when there are none (no backend can take
+/// new flows).
+fn build_ring(
+    key: &VipKey,
+    members: &[(u32, SocketAddrV4, u32)],
+    ring_size: u32,
+) -> Result<Option<Arc<[u32]>>, ReconcileError> {
+    if members.is_empty() {
+        return Ok(None);
+    }
+    let backends: Vec<MaglevBackend> = members
+        .iter()
+        .map(|(id, addr, w)| MaglevBackend {
+            id: *id,
+            key: addr.to_string().into_bytes(),
+            weight: *w,
+        })
+        .collect();
+    maglev::build_table(&backends, ring_size)
+        .map(|t| Some(t.into()))
+        .map_err(|source| ReconcileError::Maglev { vip: *key, source })
 }
 
 #[cfg(test)]

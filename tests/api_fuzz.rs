@@ -141,6 +141,7 @@ enum Req {
     SetVipHealth(pb::SetVipHealthRequest),
     ListVips,
     AddBackend(pb::AddBackendRequest),
+    AddBackends(pb::AddBackendsRequest),
     RemoveBackend(pb::RemoveBackendRequest),
     SetBackendWeight(pb::SetBackendWeightRequest),
     DrainBackend(pb::DrainBackendRequest),
@@ -167,6 +168,7 @@ impl Req {
             Req::SetVipHealth(_) => "SetVipHealth",
             Req::ListVips => "ListVips",
             Req::AddBackend(_) => "AddBackend",
+            Req::AddBackends(_) => "AddBackends",
             Req::RemoveBackend(_) => "RemoveBackend",
             Req::SetBackendWeight(_) => "SetBackendWeight",
             Req::DrainBackend(_) => "DrainBackend",
@@ -431,7 +433,7 @@ fn case() -> BoxedStrategy<Case> {
     ];
     let add_backend = (
         vip_key(),
-        proptest::option::weighted(0.95, (backend_ip(), port(), weight_opt)),
+        proptest::option::weighted(0.95, (backend_ip(), port(), weight_opt.clone())),
     )
         .prop_map(|(k, be)| {
             let mut bad = Bad::default();
@@ -455,6 +457,41 @@ fn case() -> BoxedStrategy<Case> {
             };
             Case {
                 req: Req::AddBackend(pb::AddBackendRequest { vip, backend }),
+                bad: bad.0,
+            }
+        });
+    let add_backends = (
+        vip_key(),
+        proptest::collection::vec((backend_ip(), port(), weight_opt.clone()), 0..=4),
+    )
+        .prop_map(|(k, list)| {
+            let mut bad = Bad::default();
+            let vip = build_key(&mut bad, "vip", k);
+            if list.is_empty() {
+                bad.0.push("backends".into());
+            }
+            let mut seen = std::collections::HashMap::new();
+            let mut backends = Vec::new();
+            for (i, (a, p, (w, wbad))) in list.into_iter().enumerate() {
+                if wbad {
+                    bad.0.push(format!("backends[{i}].weight"));
+                }
+                // Two valid entries naming the same backend: the later one is refused.
+                if let (Ok(ip), Ok(port)) = (a.0.parse::<std::net::Ipv4Addr>(), u16::try_from(p.0))
+                {
+                    if seen.insert((ip, port), i).is_some() {
+                        bad.0.push(format!("backends[{i}]"));
+                    }
+                }
+                backends.push(pb::Backend {
+                    address: bad.check(format!("backends[{i}].address"), a),
+                    port: bad.check(format!("backends[{i}].port"), p),
+                    weight: w,
+                    ..Default::default()
+                });
+            }
+            Case {
+                req: Req::AddBackends(pb::AddBackendsRequest { vip, backends }),
                 bad: bad.0,
             }
         });
@@ -669,6 +706,7 @@ fn case() -> BoxedStrategy<Case> {
         2 => set_mode,
         2 => set_health,
         5 => add_backend,
+        3 => add_backends,
         2 => remove_backend,
         2 => set_weight,
         2 => drain,
@@ -762,6 +800,7 @@ async fn send(c: &mut Clients, req: Req) -> Result<(), tonic::Status> {
         Req::SetVipHealth(r) => c.vips.set_vip_health(r).await.map(drop),
         Req::ListVips => c.vips.list_vips(pb::ListVipsRequest {}).await.map(drop),
         Req::AddBackend(r) => c.backends.add_backend(r).await.map(drop),
+        Req::AddBackends(r) => c.backends.add_backends(r).await.map(drop),
         Req::RemoveBackend(r) => c.backends.remove_backend(r).await.map(drop),
         Req::SetBackendWeight(r) => c.backends.set_backend_weight(r).await.map(drop),
         Req::DrainBackend(r) => c.backends.drain_backend(r).await.map(drop),
@@ -851,6 +890,13 @@ fn state_dependent(req: &Req, msg: &str) -> bool {
     match req {
         Req::AddBackend(_) => {
             msg.starts_with("backend.address: ") || msg.starts_with("backend.port: ")
+        }
+        // The same rules, for backends[i] of a batch.
+        Req::AddBackends(_) => {
+            msg.starts_with("backends[")
+                && msg
+                    .split_once(": ")
+                    .is_some_and(|(f, _)| f.ends_with("].address") || f.ends_with("].port"))
         }
         Req::SetVipMode(_) => msg.starts_with("mode: "),
         _ => false,
@@ -1020,5 +1066,160 @@ fn every_invalid_field_is_refused_and_changes_nothing() -> Result<()> {
         );
         anyhow::ensure!(t.ok * 10 >= t.requests, "too few accepted requests: {t:?}");
         Ok(())
+    })
+}
+
+/// AddBackends is all or nothing: one bad backend in a batch (or one that the VIP already has)
+/// refuses the whole call, naming its index, and nothing of the batch is added; a good batch is
+/// added whole, in one change.
+#[test]
+fn a_batch_with_one_bad_backend_is_refused_whole() -> Result<()> {
+    TestNetns::run(move |_ns| {
+        let dp = Dataplane::load(&LoadOptions {
+            conntrack_size: 4096,
+            pin_dir: None,
+            firewall_capacity: 4096,
+            ratelimit_clients: 4096,
+            ..LoadOptions::default()
+        })?;
+        dp.maps().write_config(&config((20000, 20999)))?;
+        let ctl = Controller::new(State::default(), Reconciler::new(dp, RING_SIZE))
+            .map_err(|e| anyhow::anyhow!("controller: {e}"))?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let dir = tempfile::tempdir()?;
+        let socket = dir.path().join("lbd.sock");
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let server = {
+            let _guard = rt.enter();
+            let listener = xdplb::api::listen::bind_unix(&socket)?;
+            let router = xdplb::api::listen::router(Server::builder(), &ctl, stop_rx.clone());
+            let mut stop = stop_rx.clone();
+            rt.spawn(router.serve_with_incoming_shutdown(
+                UnixListenerStream::new(listener),
+                async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                },
+            ))
+        };
+        let result = rt.block_on(async {
+            let mut c = connect(&socket).await?;
+            let vip = pb::VipKey {
+                address: "10.0.0.1".into(),
+                port: 80,
+                protocol: pb::Protocol::Tcp as i32,
+            };
+            c.vips
+                .add_vip(pb::AddVipRequest {
+                    vip: Some(vip.clone()),
+                    mode: pb::ForwardingMode::Nat as i32,
+                    health: None,
+                })
+                .await?;
+            let be = |last: u8, port: u32| pb::Backend {
+                address: format!("10.1.0.{last}"),
+                port,
+                weight: Some(100),
+                ..Default::default()
+            };
+            c.backends
+                .add_backend(pb::AddBackendRequest {
+                    vip: Some(vip.clone()),
+                    backend: Some(be(9, 8080)),
+                })
+                .await?;
+            let before = listed(&mut c).await?;
+            let batch = |backends: Vec<pb::Backend>| pb::AddBackendsRequest {
+                vip: Some(vip.clone()),
+                backends,
+            };
+            let refused = [
+                // Index 2 has port 0.
+                (
+                    batch(vec![be(1, 8080), be(2, 8080), be(3, 0), be(4, 8080)]),
+                    Code::InvalidArgument,
+                    "backends[2].port: ",
+                ),
+                // Index 1 is not an address.
+                (
+                    batch(vec![
+                        be(1, 8080),
+                        pb::Backend {
+                            address: "10.1.0".into(),
+                            ..be(2, 80)
+                        },
+                    ]),
+                    Code::InvalidArgument,
+                    "backends[1].address: ",
+                ),
+                // Index 3 repeats index 0.
+                (
+                    batch(vec![be(1, 8080), be(2, 8080), be(3, 8080), be(1, 8080)]),
+                    Code::InvalidArgument,
+                    "backends[3]: ",
+                ),
+                // Index 1 is on the VIP already: valid, but the batch still adds nothing.
+                (
+                    batch(vec![be(1, 8080), be(9, 8080), be(3, 8080)]),
+                    Code::AlreadyExists,
+                    "backends[1]: ",
+                ),
+                (batch(vec![]), Code::InvalidArgument, "backends: "),
+            ];
+            for (req, code, prefix) in refused {
+                let status = c
+                    .backends
+                    .add_backends(req.clone())
+                    .await
+                    .expect_err("a batch with a bad backend must be refused");
+                anyhow::ensure!(
+                    status.code() == code && status.message().starts_with(prefix),
+                    "expected {code:?} '{prefix}...', got {:?} '{}' for {req:?}",
+                    status.code(),
+                    status.message()
+                );
+                anyhow::ensure!(
+                    listed(&mut c).await? == before,
+                    "the refused batch {req:?} changed the listed state"
+                );
+            }
+            let added = c
+                .backends
+                .add_backends(batch(vec![be(1, 8080), be(2, 8080), be(3, 8081)]))
+                .await?
+                .into_inner()
+                .backends;
+            let got: Vec<(String, u32)> =
+                added.iter().map(|b| (b.address.clone(), b.port)).collect();
+            anyhow::ensure!(
+                got == [
+                    ("10.1.0.1".to_string(), 8080),
+                    ("10.1.0.2".to_string(), 8080),
+                    ("10.1.0.3".to_string(), 8081)
+                ],
+                "AddBackends answered {got:?}"
+            );
+            let listed_now = c
+                .backends
+                .list_backends(pb::ListBackendsRequest { vip: Some(vip) })
+                .await?
+                .into_inner()
+                .backends;
+            anyhow::ensure!(listed_now.len() == 4, "listed {listed_now:?}");
+            let mut ids: Vec<u32> = listed_now.iter().map(|b| b.id).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            anyhow::ensure!(
+                ids.len() == 4,
+                "backend ids are not distinct: {listed_now:?}"
+            );
+            anyhow::Ok(())
+        });
+        let _ = stop_tx.send(true);
+        let _ = rt.block_on(server);
+        rt.shutdown_timeout(Duration::from_secs(2));
+        drop(ctl);
+        result
     })
 }

@@ -1,7 +1,7 @@
 //! Section 5: the control plane. A real lbd (release build) in a network namespace of its own,
-//! driven the way operators drive it: 1,000 AddBackend calls over its gRPC Unix socket, and
-//! `lbctl block load` of 100,000 prefixes; plus one Maglev table rebuild (src/maglev.rs) of
-//! 65,537 slots for 1,000 backends, in process.
+//! driven the way operators drive it: 1,000 AddBackend calls over its gRPC Unix socket, one
+//! AddBackends call of 1,000 backends, and `lbctl block load` of 100,000 prefixes; plus one
+//! Maglev table rebuild (src/maglev.rs) of 65,537 slots for 1,000 backends, in process.
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -44,12 +44,72 @@ async fn connect(socket: PathBuf) -> Result<Channel> {
     Ok(ch)
 }
 
-fn vip_key() -> pb::VipKey {
+/// The VIP the single calls fill (port 80) and the one the batch fills (port 81).
+fn vip_key_on(port: u32) -> pb::VipKey {
     pb::VipKey {
         address: VIP.to_string(),
-        port: 80,
+        port,
         protocol: pb::Protocol::Tcp as i32,
     }
+}
+
+fn vip_key() -> pb::VipKey {
+    vip_key_on(80)
+}
+
+/// Backend `i` of 1,000 (all behind one router).
+fn backend_addr(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 201, (i / 250) as u8, (i % 250) as u8 + 1)
+}
+
+/// Adds `n` backends to a second VIP in one AddBackends call; returns its duration and the
+/// number of backends ListBackends then shows.
+async fn add_backends_batch(socket: PathBuf, n: usize) -> Result<(Duration, usize)> {
+    let ch = connect(socket).await?;
+    let mut vips = pb::vips_client::VipsClient::new(ch.clone());
+    let mut backends = pb::backends_client::BackendsClient::new(ch);
+    vips.add_vip(pb::AddVipRequest {
+        vip: Some(vip_key_on(81)),
+        mode: pb::ForwardingMode::Nat as i32,
+        health: None,
+    })
+    .await
+    .context("AddVip")?;
+    let req = pb::AddBackendsRequest {
+        vip: Some(vip_key_on(81)),
+        backends: (0..n)
+            .map(|i| pb::Backend {
+                address: backend_addr(i).to_string(),
+                port: 8080,
+                weight: Some(100),
+                ..Default::default()
+            })
+            .collect(),
+    };
+    let t = Instant::now();
+    let added = backends
+        .add_backends(req)
+        .await
+        .context("AddBackends")?
+        .into_inner()
+        .backends
+        .len();
+    let took = t.elapsed();
+    ensure!(
+        added == n,
+        "AddBackends answered {added} backends, expected {n}"
+    );
+    let listed = backends
+        .list_backends(pb::ListBackendsRequest {
+            vip: Some(vip_key_on(81)),
+            ..Default::default()
+        })
+        .await
+        .context("ListBackends")?
+        .into_inner()
+        .backends
+        .len();
+    Ok((took, listed))
 }
 
 /// Adds `n` backends one AddBackend call each; returns the total and each call's duration.
@@ -67,7 +127,7 @@ async fn add_backends(socket: PathBuf, n: usize) -> Result<(Duration, Vec<Durati
     let mut each = Vec::with_capacity(n);
     let start = Instant::now();
     for i in 0..n {
-        let addr = Ipv4Addr::new(10, 201, (i / 250) as u8, (i % 250) as u8 + 1);
+        let addr = backend_addr(i);
         let t = Instant::now();
         backends
             .add_backend(pb::AddBackendRequest {
@@ -122,9 +182,11 @@ struct Figures {
     /// Median per-call time (us) of the first and the last 100 calls.
     backends_first_last: (f64, f64),
     backends_listed: usize,
-    /// Median ms of one in-process reconcile adding one backend (no gRPC, no persist), over
-    /// the first `RECONCILES` backends.
-    reconcile_ms: Spread,
+    /// One AddBackends call of as many backends, to another VIP of the same lbd.
+    batch_total: Duration,
+    batch_listed: usize,
+    /// The reconciler and the state file in process (no gRPC).
+    in_process: InProcess,
     block_load: Duration,
     block_rules: usize,
     maglev: Spread,
@@ -133,9 +195,21 @@ struct Figures {
 /// Backends added one reconcile each in process, to split AddBackend's time.
 const RECONCILES: usize = 200;
 
-/// The Reconciler alone: a VIP with a 65,537-slot ring gains backends one reconcile each.
-fn reconcile_only() -> Result<Spread> {
+/// lbd's per-change work measured in process, without gRPC.
+struct InProcess {
+    /// ms of one reconcile adding one backend (the first `RECONCILES` backends).
+    reconcile_ms: Spread,
+    /// ms of the one reconcile that then adds the other backends up to 1,000.
+    reconcile_rest_ms: f64,
+    /// ms of one atomic save of the state file holding 1,000 backends.
+    save_ms: Spread,
+}
+
+/// The Reconciler alone: a VIP with a 65,537-slot ring gains backends one reconcile each, then
+/// the rest up to 1,000 in one reconcile; then the state file of 1,000 backends is saved.
+fn in_process(quick: bool) -> Result<InProcess> {
     use xdplb::dataplane::{Dataplane, LoadOptions};
+    use xdplb::persist::StateStore;
     use xdplb::reconcile::Reconciler;
     use xdplb::state::{Mode, Protocol, State, VipKey};
     let dp = Dataplane::load(&LoadOptions {
@@ -155,17 +229,45 @@ fn reconcile_only() -> Result<Spread> {
     rec.reconcile(&state)?;
     let mut ms = Vec::new();
     for i in 0..RECONCILES {
-        let addr = Ipv4Addr::new(10, 201, (i / 250) as u8, (i % 250) as u8 + 1);
-        state.add_backend(&vip, std::net::SocketAddrV4::new(addr, 8080), 100)?;
+        state.add_backend(
+            &vip,
+            std::net::SocketAddrV4::new(backend_addr(i), 8080),
+            100,
+        )?;
         let t = Instant::now();
         rec.reconcile(&state)?;
         ms.push(t.elapsed().as_secs_f64() * 1e3);
     }
-    Ok(Spread::of(&ms))
+    for i in RECONCILES..1000 {
+        state.add_backend(
+            &vip,
+            std::net::SocketAddrV4::new(backend_addr(i), 8080),
+            100,
+        )?;
+    }
+    let t = Instant::now();
+    rec.reconcile(&state)?;
+    let reconcile_rest_ms = t.elapsed().as_secs_f64() * 1e3;
+    // The harness keeps lbd's state directory under the temporary directory too.
+    let dir = tempfile_dir()?.join("state");
+    let store = StateStore::new(&dir);
+    let ids = rec.ids();
+    let mut saves = Vec::new();
+    for _ in 0..if quick { 10 } else { 30 } {
+        let t = Instant::now();
+        store.save(&state, &ids).context("saving the state")?;
+        saves.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(InProcess {
+        reconcile_ms: Spread::of(&ms),
+        reconcile_rest_ms,
+        save_ms: Spread::of(&saves),
+    })
 }
 
 fn measure(quick: bool) -> Result<Figures> {
-    let reconcile_ms = reconcile_only().context("reconciling in process")?;
+    let in_process = in_process(quick).context("reconciling in process")?;
     let lb = NetNs::new("benchlb")?;
     let peer = NetNs::new("benchpeer")?;
     veth(&lb, "eth0", &peer, "eth0")?;
@@ -191,11 +293,20 @@ fn measure(quick: bool) -> Result<Figures> {
         .build()
         .context("tokio runtime")?;
     let (total, each, listed) = rt
-        .block_on(async { tokio::time::timeout(RPC_DEADLINE, add_backends(socket, n)).await })
+        .block_on(async {
+            tokio::time::timeout(RPC_DEADLINE, add_backends(socket.clone(), n)).await
+        })
         .context("1,000 AddBackend calls took longer than their deadline")??;
     ensure!(
         listed == n,
         "ListBackends shows {listed} backends, expected {n}"
+    );
+    let (batch_total, batch_listed) = rt
+        .block_on(async { tokio::time::timeout(RPC_DEADLINE, add_backends_batch(socket, n)).await })
+        .context("the AddBackends call took longer than its deadline")??;
+    ensure!(
+        batch_listed == n,
+        "ListBackends shows {batch_listed} backends after AddBackends, expected {n}"
     );
     let each_us: Vec<f64> = each.iter().map(|d| d.as_secs_f64() * 1e6).collect();
     let mut sorted = each_us.clone();
@@ -243,8 +354,10 @@ fn measure(quick: bool) -> Result<Figures> {
         backends_each: Spread::of(&each_us),
         backends_p99: p99,
         backends_first_last: first_last,
-        reconcile_ms,
+        in_process,
         backends_listed: listed,
+        batch_total,
+        batch_listed,
         block_load,
         block_rules: rules,
         maglev: Spread::of(&ms),
@@ -265,8 +378,8 @@ pub fn run(report: &mut Report, quick: bool) -> Result<()> {
     s.row(
         vec![
             format!(
-                "add {} backends through gRPC (AddBackend x {})",
-                f.backends_listed, f.backends_listed
+                "add {} backends through gRPC, one AddBackend call each",
+                f.backends_listed
             ),
             format!("{secs:.3} s"),
             format!(
@@ -281,6 +394,23 @@ pub fn run(report: &mut Report, quick: bool) -> Result<()> {
             "< 1 s".into(),
         ],
         Some(secs < 1.0),
+    );
+    let batch = f.batch_total.as_secs_f64();
+    s.row(
+        vec![
+            format!(
+                "add {} backends through gRPC, one AddBackends call",
+                f.batch_listed
+            ),
+            format!("{batch:.3} s"),
+            format!(
+                "all or nothing: validated, one reconcile (one Maglev rebuild, one ring swap), \
+                 one save; {:.1} us per backend",
+                batch * 1e6 / f.batch_listed.max(1) as f64
+            ),
+            "< 1 s".into(),
+        ],
+        Some(batch < 1.0),
     );
     let secs = f.block_load.as_secs_f64();
     s.row(
@@ -305,33 +435,54 @@ pub fn run(report: &mut Report, quick: bool) -> Result<()> {
         ],
         Some(f.maglev.min < 10.0),
     );
+    let p = &f.in_process;
     let per_call = f.backends_each.median / 1e3;
+    let singles_met = f.backends_total.as_secs_f64() < 1.0;
     s.note(format!(
-        "Where AddBackend's time goes: the Reconciler alone (in process, same 65,537-slot ring, \
-         no gRPC, no state file) takes {:.1} ms per added backend (median of the first \
-         {RECONCILES}; min {:.1} ms), of which building the ring takes about {:.1} ms (the \
-         Maglev row, with 1,000 backends); the rest is the reconcile's map work (a new \
-         65,537-entry ring map created, filled and swapped in, and whatever else it rewrites). \
-         The other {:.1} ms of the {per_call:.1} ms median call are lbd's per-change work outside \
-         the reconciler: saving the state file atomically (write, fsync, rename, fsync of the \
-         directory) and warming the backends' next hops, plus the gRPC round trip. The per-call \
-         time of the first 100 calls ({:.1} ms) and of the last 100 ({:.1} ms) differ little, so it is \
-         a fixed cost per change: batching (an AddBackends call, or applying queued changes in \
-         one reconcile and one save) would bring 1,000 backends under the 1 s target.",
-        f.reconcile_ms.median,
-        f.reconcile_ms.min,
+        "Where one AddBackend's {per_call:.1} ms (median) go: the Reconciler alone (in process, no \
+         gRPC, no state file) takes {:.1} ms per added backend (median of the first \
+         {RECONCILES}; min {:.1} ms): building the 65,537-slot Maglev table (about {:.1} ms at \
+         1,000 backends, the Maglev row) and swapping the new ring in. The ring is filled through \
+         a memory mapping of the new map (one copy), but the swap is one update of the outer \
+         map-in-map, and for those the kernel waits for an RCU grace period before returning, \
+         which is what makes the old table unused when lbd answers. Saving the state atomically \
+         (write, fsync, rename, fsync of the directory) takes {:.1} ms (median of {}; min {:.1} \
+         ms) with 1,000 backends on this disk. The remaining {:.1} ms are the gRPC round trip \
+         and the new backend's next-hop lookup (one route lookup; a neighbour update only for a \
+         next hop not seen before).",
+        p.reconcile_ms.median,
+        p.reconcile_ms.min,
         f.maglev.min,
-        (per_call - f.reconcile_ms.median).max(0.0),
-        f.backends_first_last.0 / 1e3,
-        f.backends_first_last.1 / 1e3
+        p.save_ms.median,
+        if quick { 10 } else { 30 },
+        p.save_ms.min,
+        (per_call - p.reconcile_ms.median - p.save_ms.median).max(0.0),
+    ));
+    s.note(format!(
+        "{} Every AddBackend is acknowledged only once its change is in the maps (ring swapped, \
+         grace period over) and on disk (fsync), so 1,000 calls one after the other cost 1,000 \
+         grace periods and 1,000 fsyncs: that floor, not lbd's own work, is what a one-by-one \
+         loop measures. Orchestration adds backends with AddBackends (`lbctl backend add --vip \
+         V B1 B2 ...` or `--file`): one reconcile of the rest of 1,000 backends takes {:.1} ms in \
+         process, and the whole call {:.0} ms. Closing the gap for one-by-one callers would take \
+         weaker acknowledgements (answer before the fsync or before the grace period), which \
+         lbd does not do.",
+        if singles_met {
+            "The one-by-one target is met."
+        } else {
+            "The one-by-one target is missed by design limits, not by batching."
+        },
+        p.reconcile_rest_ms,
+        f.batch_total.as_secs_f64() * 1e3,
     ));
     s.note(
         "lbd is the release build, started in a network namespace of its own (native XDP on a \
          veth, default tables: 1,048,576 flows, Maglev 65,537, firewall capacity 1,000,000) by \
          the integration harness; the backends sit behind one router (one neighbour). AddBackend \
          calls go one after the other over one HTTP/2 connection to lbd's Unix socket, each \
-         validated, applied to the State, persisted and reconciled (ring rebuilt and swapped) \
-         before it returns."
+         validated, applied to the State, reconciled (ring rebuilt and swapped) and persisted \
+         before it returns; then one AddBackends call adds 1,000 backends to a second VIP of the \
+         same lbd (whose state file then holds 2,000 backends)."
             .to_string(),
     );
     report.sections.push(s);

@@ -128,6 +128,15 @@ pub enum Command {
         backend: SocketAddrV4,
         weight: u32,
     },
+    /// Several backends (or a list file) in one all-or-nothing AddBackends call.
+    BackendAddMany {
+        vip: VipKey,
+        /// From the command line, each with `weight`.
+        backends: Vec<SocketAddrV4>,
+        /// A list to read and check before the call (`-`: standard input).
+        file: Option<PathBuf>,
+        weight: u32,
+    },
     BackendRemove {
         vip: VipKey,
         backend: SocketAddrV4,
@@ -298,12 +307,64 @@ fn backend_ref(args: &BackendRefArgs) -> Result<(VipKey, SocketAddrV4), ArgError
 }
 
 fn backend_add(args: &BackendAddArgs) -> Result<Command, ArgError> {
-    let (vip, backend) = backend_ref(&args.target)?;
-    Ok(Command::BackendAdd {
-        vip,
-        backend,
-        weight: parse_weight("--weight", &args.weight)?,
+    let vip = vip_flag(&args.vip)?;
+    let weight = parse_weight("--weight", &args.weight)?;
+    let backends = args
+        .backends
+        .iter()
+        .map(|b| parse_addr_port("BACKEND", b))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(dup) = first_repeat(&backends) {
+        return Err(invalid("BACKEND", &dup.to_string(), "each backend once"));
+    }
+    Ok(match (backends.as_slice(), &args.file) {
+        ([backend], None) => Command::BackendAdd {
+            vip,
+            backend: *backend,
+            weight,
+        },
+        _ => Command::BackendAddMany {
+            vip,
+            backends,
+            file: args.file.clone(),
+            weight,
+        },
     })
+}
+
+/// The first backend that appears twice in `backends`.
+pub fn first_repeat(backends: &[SocketAddrV4]) -> Option<SocketAddrV4> {
+    let mut seen = std::collections::HashSet::with_capacity(backends.len());
+    backends.iter().find(|b| !seen.insert(**b)).copied()
+}
+
+/// Parses a backend list: one `ADDR:PORT [WEIGHT]` per line, `#` starts a comment, blank lines
+/// are skipped; a line without a weight gets `weight`. Errors name the line (1-based).
+pub fn parse_backend_list(
+    text: &str,
+    weight: u32,
+) -> Result<Vec<(SocketAddrV4, u32)>, (usize, ArgError)> {
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let mut words = line.split_whitespace();
+        let parsed = (|| {
+            let addr = parse_addr_port("BACKEND", words.next().unwrap_or(""))?;
+            let w = match words.next() {
+                Some(w) => parse_weight("WEIGHT", w)?,
+                None => weight,
+            };
+            if words.next().is_some() {
+                return Err(invalid("line", line, "ADDR:PORT [WEIGHT]"));
+            }
+            Ok((addr, w))
+        })();
+        out.push(parsed.map_err(|e| (n + 1, e))?);
+    }
+    Ok(out)
 }
 
 fn backend_setup(args: &BackendSetupArgs) -> Result<Command, ArgError> {
@@ -825,6 +886,69 @@ mod tests {
             "100",
         ]);
         assert_eq!(a, c);
+    }
+
+    #[test]
+    fn several_backends_or_a_file_make_one_batch() {
+        let base = ["backend", "add", "--vip", "10.0.0.10:80", "--proto", "tcp"];
+        let b = |s: &str| -> SocketAddrV4 { s.parse().expect("test address") };
+        assert_eq!(
+            cmd(&[&base[..], &["10.0.2.1:80", "10.0.2.2:80", "--weight", "7"]].concat()),
+            Command::BackendAddMany {
+                vip: vip("10.0.0.10:80", Proto::Tcp),
+                backends: vec![b("10.0.2.1:80"), b("10.0.2.2:80")],
+                file: None,
+                weight: 7,
+            }
+        );
+        assert_eq!(
+            cmd(&[&base[..], &["--file", "list.txt"]].concat()),
+            Command::BackendAddMany {
+                vip: vip("10.0.0.10:80", Proto::Tcp),
+                backends: vec![],
+                file: Some(PathBuf::from("list.txt")),
+                weight: 100,
+            }
+        );
+        // A bad one among several refuses the command before any RPC.
+        assert_eq!(
+            err(&[&base[..], &["10.0.2.1:80", "10.0.2.2"]].concat()),
+            "invalid BACKEND '10.0.2.2': expected ADDR:PORT"
+        );
+        assert_eq!(
+            err(&[&base[..], &["10.0.2.1:80", "10.0.2.1:80"]].concat()),
+            "invalid BACKEND '10.0.2.1:80': expected each backend once"
+        );
+    }
+
+    #[test]
+    fn backend_lists_parse_line_by_line() {
+        let text = "# web tier\n10.0.2.1:80\n\n  10.0.2.2:80 50  # half\n10.0.2.3:80 0\n";
+        assert_eq!(
+            parse_backend_list(text, 100).expect("valid list"),
+            vec![
+                ("10.0.2.1:80".parse().expect("addr"), 100),
+                ("10.0.2.2:80".parse().expect("addr"), 50),
+                ("10.0.2.3:80".parse().expect("addr"), 0),
+            ]
+        );
+        let line_err = |text: &str| {
+            let (line, e) = parse_backend_list(text, 100).expect_err("invalid list");
+            format!("{line}: {e}")
+        };
+        assert_eq!(
+            line_err("10.0.2.1:80\n10.0.2.2\n"),
+            "2: invalid BACKEND '10.0.2.2': expected ADDR:PORT"
+        );
+        assert_eq!(
+            line_err("10.0.2.1:80 -5\n"),
+            "1: invalid WEIGHT '-5': expected an integer in 0..4294967295"
+        );
+        assert_eq!(
+            line_err("\n\n10.0.2.1:80 5 6\n"),
+            "3: invalid line '10.0.2.1:80 5 6': expected ADDR:PORT [WEIGHT]"
+        );
+        assert_eq!(parse_backend_list("# nothing\n", 100), Ok(vec![]));
     }
 
     #[test]

@@ -39,6 +39,10 @@ const BACKEND_ADD_EXAMPLES: &str = "\
 Examples:
   lbctl backend add --vip 10.0.0.10:80 --proto tcp 10.0.2.1:8080
   lbctl backend add --vip 10.0.0.10:80 --proto tcp 10.0.2.2:8080 --weight 50
+  lbctl backend add --vip 10.0.0.10:80 --proto tcp 10.0.2.3:8080 10.0.2.4:8080 10.0.2.5:8080
+  lbctl backend add --vip 10.0.0.10:80 --proto tcp --file backends.txt
+    (one `ADDR:PORT [WEIGHT]` per line, # comments; several backends are added in one
+     all-or-nothing call: one bad backend and none is added)
   lbctl add-backend --vip 10.0.0.10:53 --proto udp 10.0.2.1:53";
 
 /// Control lbd, the xdplb XDP layer-4 load balancer daemon.
@@ -293,13 +297,23 @@ pub struct BackendRefArgs {
     pub backend: String,
 }
 
-/// `backend add` / `add-backend`.
+/// `backend add` / `add-backend`: one backend, or several in one all-or-nothing call.
 #[derive(Debug, Args)]
 pub struct BackendAddArgs {
     #[command(flatten)]
-    pub target: BackendRefArgs,
+    pub vip: VipFlag,
 
-    /// Relative weight; 0 means drained (no new flows)
+    /// Backend (real server) address and port, e.g. 10.0.2.1:8080; several are added in one
+    /// all-or-nothing call
+    #[arg(value_name = "BACKEND:PORT", required_unless_present = "file")]
+    pub backends: Vec<String>,
+
+    /// Also add the backends listed in FILE ('-': standard input), one `ADDR:PORT [WEIGHT]`
+    /// per line ('#' starts a comment), in the same all-or-nothing call
+    #[arg(long, value_name = "FILE")]
+    pub file: Option<std::path::PathBuf>,
+
+    /// Relative weight (of the backends without one in FILE); 0 means drained (no new flows)
     #[arg(
         long,
         value_name = "N",

@@ -87,6 +87,23 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
+/// Reads and checks a backend list (`-`: standard input) before anything is sent.
+fn read_backend_list(
+    file: &std::path::Path,
+    weight: u32,
+) -> anyhow::Result<Vec<(std::net::SocketAddrV4, u32)>> {
+    let text = if file == std::path::Path::new("-") {
+        let mut s = String::new();
+        io::Read::read_to_string(&mut io::stdin(), &mut s)
+            .context("cannot read the backend list from standard input")?;
+        s
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?
+    };
+    highargs::parse_backend_list(&text, weight)
+        .map_err(|(line, e)| anyhow::anyhow!("{}:{line}: {e}; nothing was added", file.display()))
+}
+
 /// Connect to lbd, perform one command, and render the reply to `out`.
 async fn run(args: &HighArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     if let Command::Firewall(cmd) = &args.command {
@@ -209,6 +226,48 @@ async fn run(args: &HighArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                     added.port,
                     added.weight.unwrap_or_default()
                 )
+            }
+        }
+        Command::BackendAddMany {
+            vip,
+            backends,
+            file,
+            weight,
+        } => {
+            let mut all: Vec<(std::net::SocketAddrV4, u32)> =
+                backends.iter().map(|b| (*b, *weight)).collect();
+            if let Some(file) = file {
+                all.extend(read_backend_list(file, *weight)?);
+            }
+            let addrs: Vec<_> = all.iter().map(|(a, _)| *a).collect();
+            if let Some(dup) = highargs::first_repeat(&addrs) {
+                anyhow::bail!("backend {dup} is listed twice; nothing was added");
+            }
+            let req = pb::AddBackendsRequest {
+                vip: Some(vip.to_pb()),
+                backends: all
+                    .iter()
+                    .map(|(a, w)| pb::Backend {
+                        address: a.ip().to_string(),
+                        port: u32::from(a.port()),
+                        weight: Some(*w),
+                        ..Default::default()
+                    })
+                    .collect(),
+            };
+            // About 10 us a backend on lbd's side; allow for big lists on a slow link.
+            let timeout = t + std::time::Duration::from_millis(all.len() as u64);
+            let resp = call(timeout, lbd.backends.add_backends(req)).await?;
+            if json {
+                output::write_json(
+                    out,
+                    &BackendListJson {
+                        vip: VipKeyJson::from(&vip.to_pb()),
+                        backends: resp.backends.iter().map(BackendJson::from).collect(),
+                    },
+                )
+            } else {
+                writeln!(out, "added {} backends to {vip}", resp.backends.len())
             }
         }
         Command::BackendRemove { vip, backend } => {

@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 use super::pb::{self, backends_server::Backends};
 use super::{invalid, parse_ipv4, parse_port, parse_vip_key, ApiError, Controller};
 use crate::reconcile::{ReconcileError, Reconciler};
-use crate::state::{State, VipKey, DEFAULT_WEIGHT, MAX_WEIGHT};
+use crate::state::{State, StateError, VipKey, DEFAULT_WEIGHT, MAX_WEIGHT};
 
 pub struct BackendsService {
     ctl: Controller,
@@ -50,7 +50,10 @@ fn parse_backend(field: &str, address: &str, port: u32) -> Result<SocketAddrV4, 
     // What AddBackend would refuse is refused by every RPC naming a backend (not NotFound).
     crate::state::validate_backend_addr(&SocketAddrV4::new(ip, 1))
         .map_err(|m| invalid(format!("{field}address"), m))?;
-    Ok(SocketAddrV4::new(ip, parse_port(&format!("{field}port"), port)?))
+    Ok(SocketAddrV4::new(
+        ip,
+        parse_port(&format!("{field}port"), port)?,
+    ))
 }
 
 fn validate_weight(field: &str, w: u32) -> Result<u32, ApiError> {
@@ -61,6 +64,67 @@ fn validate_weight(field: &str, w: u32) -> Result<u32, ApiError> {
         ));
     }
     Ok(w)
+}
+
+/// Most backends one AddBackends call takes (a request of this many is about 400 KB).
+pub const MAX_BATCH: usize = 10_000;
+
+/// Checks an AddBackends request as a whole before anything changes: the VIP key, then every
+/// backend (address, port, weight), no backend twice. Errors name `backends[i].field`.
+fn validate_add_many(
+    req: &pb::AddBackendsRequest,
+) -> Result<(VipKey, Vec<(SocketAddrV4, u32)>), ApiError> {
+    let vip = parse_vip_key("vip", req.vip.as_ref())?;
+    if req.backends.is_empty() {
+        return Err(invalid("backends", "empty: give at least one backend"));
+    }
+    if req.backends.len() > MAX_BATCH {
+        return Err(invalid(
+            "backends",
+            format!(
+                "{} backends; at most {MAX_BATCH} per call",
+                req.backends.len()
+            ),
+        ));
+    }
+    let mut seen = std::collections::HashMap::with_capacity(req.backends.len());
+    let mut out = Vec::with_capacity(req.backends.len());
+    for (i, be) in req.backends.iter().enumerate() {
+        let addr = parse_backend(&format!("backends[{i}]."), &be.address, be.port)?;
+        let weight = validate_weight(
+            &format!("backends[{i}].weight"),
+            be.weight.unwrap_or(DEFAULT_WEIGHT),
+        )?;
+        if let Some(j) = seen.insert(addr, i) {
+            return Err(invalid(
+                format!("backends[{i}]"),
+                format!("{addr} is also backends[{j}]"),
+            ));
+        }
+        out.push((addr, weight));
+    }
+    Ok((vip, out))
+}
+
+/// Adds `backends` to `vip` in `s`, stopping at the first refused one; a field-naming error
+/// names the backend's index (`backend.port` -> `backends[3].port`).
+fn add_many(s: &mut State, vip: &VipKey, backends: &[(SocketAddrV4, u32)]) -> Result<(), ApiError> {
+    for (i, (addr, weight)) in backends.iter().enumerate() {
+        s.add_backend(vip, *addr, *weight).map_err(|e| match e {
+            StateError::InvalidArgument { field, message } => invalid(
+                match field.strip_prefix("backend") {
+                    Some(rest) => format!("backends[{i}]{rest}"),
+                    None => format!("backends[{i}].{field}"),
+                },
+                message,
+            ),
+            StateError::AlreadyExists(m) => {
+                ApiError::State(StateError::AlreadyExists(format!("backends[{i}]: {m}")))
+            }
+            other => ApiError::State(other),
+        })?;
+    }
+    Ok(())
 }
 
 fn validate_add(req: &pb::AddBackendRequest) -> Result<(VipKey, SocketAddrV4, u32), ApiError> {
@@ -87,7 +151,7 @@ impl Backends for BackendsService {
             .await
             .map_err(ApiError::from)?;
         if mode == crate::state::Mode::L2dsr {
-            super::vips::check_l2dsr_backends("backend.address", &[addr]).await?;
+            super::vips::check_l2dsr_backends(|_| "backend.address".to_string(), &[addr]).await?;
         }
         self.ctl
             .change(|s| s.add_backend(&vip, addr, weight))
@@ -97,6 +161,36 @@ impl Backends for BackendsService {
         Ok(Response::new(pb::AddBackendResponse {
             backend: Some(backend),
         }))
+    }
+
+    async fn add_backends(
+        &self,
+        request: Request<pb::AddBackendsRequest>,
+    ) -> Result<Response<pb::AddBackendsResponse>, Status> {
+        let (vip, backends) = validate_add_many(request.get_ref())?;
+        let mode = self
+            .ctl
+            .read(|s, _| s.vip(&vip).map(|v| v.mode))
+            .await
+            .map_err(ApiError::from)?;
+        if mode == crate::state::Mode::L2dsr {
+            let addrs: Vec<SocketAddrV4> = backends.iter().map(|(a, _)| *a).collect();
+            super::vips::check_l2dsr_backends(|i| format!("backends[{i}].address"), &addrs).await?;
+        }
+        // One change: applied to a copy of the state, reconciled once (one Maglev rebuild and
+        // ring swap), saved once; any refusal leaves state, maps and file as they were.
+        self.ctl.change(|s| add_many(s, &vip, &backends)).await?;
+        let added: Vec<pb::Backend> = self
+            .ctl
+            .read(|s, r| {
+                backends
+                    .iter()
+                    .map(|(addr, _)| pb_backend(s, r, &vip, *addr))
+                    .collect()
+            })
+            .await;
+        tracing::info!(%vip, backends = added.len(), "backends added");
+        Ok(Response::new(pb::AddBackendsResponse { backends: added }))
     }
 
     async fn remove_backend(

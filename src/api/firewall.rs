@@ -82,6 +82,9 @@ impl Collector {
             self.batch
                 .push(i, net, action)
                 .map_err(|e| invalid(format!("rules[{}].{}", e.index, e.field), e.message))?;
+            if self.capacity == 0 {
+                return Err(crate::firewall::off_error().into());
+            }
             if self.batch.len() > self.capacity {
                 return Err(invalid(
                     "rules",

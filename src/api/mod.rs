@@ -121,6 +121,8 @@ struct Inner {
     reconciler: Reconciler,
     /// Backend addresses whose next hop is already a managed neighbour.
     warmed: HashSet<Ipv4Addr>,
+    /// The next hops made managed neighbours (one per router, not one per backend).
+    warmer: crate::neighbor::NextHopWarmer,
     /// Where every accepted change is saved before it is acknowledged (None: not persisted).
     store: Option<crate::persist::StateStore>,
 }
@@ -141,6 +143,7 @@ impl Controller {
                 state,
                 reconciler,
                 warmed: HashSet::new(),
+                warmer: crate::neighbor::NextHopWarmer::default(),
                 store: None,
             })),
         })
@@ -171,7 +174,8 @@ impl Controller {
         if todo.is_empty() {
             return;
         }
-        match crate::neighbor::warm(&todo).await {
+        let warmed = inner.warmer.warm(&todo).await;
+        match warmed {
             Ok(hops) => {
                 let attached: Vec<u32> = inner
                     .reconciler
@@ -200,13 +204,13 @@ impl Controller {
 
     /// Runs `f` on a copy of the state; if it succeeds, applies the copy to the data plane and
     /// keeps it. If anything fails, the state and the maps stay as they were.
-    pub async fn change<T>(
+    pub async fn change<T, E: Into<ApiError>>(
         &self,
-        f: impl FnOnce(&mut State) -> Result<T, StateError>,
+        f: impl FnOnce(&mut State) -> Result<T, E>,
     ) -> Result<T, ApiError> {
         let mut inner = self.inner.lock().await;
         let mut next = inner.state.clone();
-        let out = f(&mut next)?;
+        let out = f(&mut next).map_err(Into::into)?;
         let applied = inner
             .reconciler
             .reconcile(&next)

@@ -106,7 +106,7 @@ impl Vips for VipsService {
                 .read(|s, _| s.vip(&key).map(|v| v.backends.keys().copied().collect()))
                 .await
                 .map_err(ApiError::from)?;
-            check_l2dsr_backends("mode", &backends).await?;
+            check_l2dsr_backends(|_| "mode".to_string(), &backends).await?;
         }
         let from = self.ctl.read(|s, _| s.vips.get(&key).map(|v| v.mode)).await;
         self.ctl.change(|s| s.set_mode(&key, mode)).await?;
@@ -185,15 +185,17 @@ impl Vips for VipsService {
     }
 }
 
-/// Refuses L2 DSR backends that are not on a directly connected subnet (they would loop).
+/// Refuses L2 DSR backends that are not on a directly connected subnet (they would loop),
+/// naming `field(i)` for the first refused `backends[i]`. One netlink socket for all of them.
 pub async fn check_l2dsr_backends(
-    field: &str,
+    field: impl Fn(usize) -> String,
     backends: &[std::net::SocketAddrV4],
 ) -> Result<(), ApiError> {
-    for be in backends {
-        crate::neighbor::check_on_link(*be.ip())
-            .await
-            .map_err(|m| invalid(field, format!("backend {be}: {m}")))?;
-    }
-    Ok(())
+    let ips: Vec<std::net::Ipv4Addr> = backends.iter().map(|b| *b.ip()).collect();
+    crate::neighbor::check_all_on_link(&ips)
+        .await
+        .map_err(|(i, m)| match backends.get(i) {
+            Some(be) => invalid(field(i), format!("backend {be}: {m}")),
+            None => invalid(field(i), m),
+        })
 }

@@ -175,6 +175,7 @@ async fn run(args: Args) -> Result<()> {
             tcp_closing_timeout: config.timeouts.tcp_closing,
             udp_timeout: config.timeouts.udp,
             ipip_source: config.ipip_source(),
+            nexthop_cache: config.timeouts.nexthop_cache,
         })
         .context("writing the run-time configuration")?;
     warn_on_port_overlap(lo, hi);

@@ -1,6 +1,6 @@
-//! Typed access to the firewall's maps: the fixed-depth tables the program reads (`fw_l1`,
-//! `fw_l2`, `fw_l3`, computed by [`tables`]), the record of the rules behind them (`fw_rules`),
-//! the per-CPU hit counters (`fw_hits`), and their sizing and scope before load.
+//! Typed access to the firewall's maps: the fixed-depth tables the program reads (`fw_l2`,
+//! `fw_l3`, computed by [`tables`]), the record of the rules behind them (`fw_rules`), the
+//! per-CPU hit counters (`fw_hits`), and their sizing and scope before load.
 
 pub mod tables;
 
@@ -14,7 +14,7 @@ use super::maps::{bytes_of, from_bytes};
 use super::{bpf_err, Dataplane, DataplaneError};
 use crate::firewall::{Action, Scope};
 use crate::skel::{types, OpenLbSkel};
-use tables::{Plan, Slots, Tables, DEEPER, L1_ENTRIES};
+use tables::{Plan, Slots, Tables, DEEPER, L2_ENTRIES, SLOTS};
 
 /// Entries written, deleted or read per batch syscall.
 const BATCH: usize = 4096;
@@ -22,27 +22,35 @@ const BATCH: usize = 4096;
 /// Sizes the firewall maps to `capacity` rules and sets the scope, before load.
 ///
 /// `fw_l3` gets twice the capacity: a change writes the new addresses before it deletes the old
-/// ones, so between two lists of `capacity` addresses it briefly holds both.
+/// ones, so between two lists of `capacity` addresses it briefly holds both. `fw_l2` is 64 MiB
+/// whatever the capacity. Capacity 0 turns the firewall off: every firewall map is one entry
+/// (nothing is paid for it) and the stage runs at no call site.
 pub(super) fn prepare(
     open: &mut OpenLbSkel<'_>,
     capacity: u32,
     scope: Scope,
 ) -> Result<(), DataplaneError> {
+    let off = capacity == 0;
+    let rules = capacity.max(1);
+    open.maps
+        .fw_l2
+        .set_max_entries(if off { 1 } else { L2_ENTRIES as u32 })
+        .map_err(bpf_err("sizing fw_l2"))?;
     open.maps
         .fw_rules
-        .set_max_entries(capacity)
+        .set_max_entries(rules)
         .map_err(bpf_err("sizing fw_rules"))?;
     open.maps
         .fw_l3
-        .set_max_entries(capacity.saturating_mul(2))
+        .set_max_entries(rules.saturating_mul(2))
         .map_err(bpf_err("sizing fw_l3"))?;
     open.maps
         .fw_v6
-        .set_max_entries(capacity)
+        .set_max_entries(rules)
         .map_err(bpf_err("sizing fw_v6"))?;
     open.maps
         .fw_hits
-        .set_max_entries(capacity)
+        .set_max_entries(rules)
         .map_err(bpf_err("sizing fw_hits"))?;
     let rodata = open
         .maps
@@ -53,10 +61,15 @@ pub(super) fn prepare(
             source: std::io::Error::other("the program's read-only data is not memory-mapped"),
         })?;
     rodata.firewall_scope = match scope {
+        _ if off => types::fw_scope::FW_SCOPE_OFF,
         Scope::Vips => types::fw_scope::FW_SCOPE_VIPS,
         Scope::All => types::fw_scope::FW_SCOPE_ALL,
     };
-    tracing::info!(capacity, %scope, "firewall maps sized");
+    if off {
+        tracing::info!("firewall off ([firewall] capacity = 0): its maps take one entry each");
+    } else {
+        tracing::info!(capacity, %scope, "firewall maps sized");
+    }
     Ok(())
 }
 
@@ -72,7 +85,6 @@ impl Dataplane {
     pub fn firewall(&self) -> FirewallMaps<'_> {
         let m = &self.skel.maps;
         FirewallMaps {
-            l1: &m.fw_l1,
             l2: &m.fw_l2,
             l3: &m.fw_l3,
             rules: &m.fw_rules,
@@ -83,7 +95,6 @@ impl Dataplane {
 
 /// Typed view of the firewall maps of a loaded program.
 pub struct FirewallMaps<'a> {
-    l1: &'a libbpf_rs::MapMut<'static>,
     l2: &'a libbpf_rs::MapMut<'static>,
     l3: &'a libbpf_rs::MapMut<'static>,
     rules: &'a libbpf_rs::MapMut<'static>,
@@ -259,8 +270,12 @@ pub fn decode_rule_def(v: &types::fw_rule_def) -> Option<(Ipv4Net, Action)> {
 }
 
 impl FirewallMaps<'_> {
-    /// How many rules the data plane holds at most (and entries of `fw_l3` per list).
+    /// How many rules the data plane holds at most (and entries of `fw_l3` per list); 0 when
+    /// the firewall is off (its `fw_l2` is then a single chunk).
     pub fn capacity(&self) -> u32 {
+        if (self.l2.max_entries() as usize) < L2_ENTRIES {
+            return 0;
+        }
         self.rules.max_entries()
     }
 
@@ -289,8 +304,9 @@ impl FirewallMaps<'_> {
         Ok(out)
     }
 
-    /// Carries out `plan`: new entries first, then the words that lead to them, then (after a
-    /// grace period) the deletion of what no word leads to any more.
+    /// Carries out `plan`: new `fw_l3` entries first, then the chunks that lead to them
+    /// (rewritten in place, a word at a time as packets read them), then (after a grace period)
+    /// the deletion of the `fw_l3` entries no slot leads to any more.
     pub fn apply(&self, plan: &Plan) -> Result<(), DataplaneError> {
         let exact: Vec<(Vec<u8>, Vec<u8>)> = plan
             .l3_put
@@ -300,33 +316,21 @@ impl FirewallMaps<'_> {
         put(self.l3, &exact, |i| {
             format!("address {}", Ipv4Addr::from(plan.l3_put[i].0))
         })?;
-        let chunks: Vec<(Vec<u8>, Vec<u8>)> = plan
-            .l2_put
-            .iter()
-            .map(|(h, s)| {
-                let value: Vec<u8> = s.iter().flat_map(|w| w.to_ne_bytes()).collect();
-                (h.to_ne_bytes().to_vec(), value)
-            })
-            .collect();
-        put(self.l2, &chunks, |i| {
-            format!("chunk of {}", net16(plan.l2_put[i].0))
-        })?;
-        let words: Vec<(Vec<u8>, Vec<u8>)> = plan
-            .l1_put
-            .iter()
-            .map(|(h, w)| (h.to_ne_bytes().to_vec(), w.to_ne_bytes().to_vec()))
-            .collect();
-        put(self.l1, &words, |i| {
-            format!("word of {}", net16(plan.l1_put[i].0))
-        })?;
+        // Batch by batch: a /0 rewrites all 65,536 chunks (64 MiB).
+        for (c, part) in plan.l2_put.chunks(BATCH).enumerate() {
+            let chunks: Vec<(Vec<u8>, Vec<u8>)> = part
+                .iter()
+                .map(|(h, s)| {
+                    let value: Vec<u8> = s.iter().flat_map(|w| w.to_ne_bytes()).collect();
+                    (h.to_ne_bytes().to_vec(), value)
+                })
+                .collect();
+            put(self.l2, &chunks, |i| {
+                format!("chunk of {}", net16(plan.l2_put[c * BATCH + i].0))
+            })?;
+        }
         if plan.deletes() {
             grace_period();
-            let chunks: Vec<Vec<u8>> = plan
-                .l2_del
-                .iter()
-                .map(|h| h.to_ne_bytes().to_vec())
-                .collect();
-            delete(self.l2, &chunks)?;
             let exact: Vec<Vec<u8>> = plan
                 .l3_del
                 .iter()
@@ -337,30 +341,29 @@ impl FirewallMaps<'_> {
         Ok(())
     }
 
-    /// What the three tables hold (to take over the maps of an earlier lbd, or to resume after
-    /// a failed change).
+    /// What the two tables hold (to take over the maps of an earlier lbd, or to resume after
+    /// a failed change). Reads all of `fw_l2` (64 MiB, in batches).
     pub fn tables(&self) -> Result<Tables, DataplaneError> {
         let mut t = Tables::default();
-        for_each(self.l1, |k, v| {
-            let h = u32::from_ne_bytes(k.try_into().unwrap_or([0xff; 4])) as usize;
-            if let Some(w) = t.l1.get_mut(h) {
-                *w = u32::from_ne_bytes(v.try_into().unwrap_or([0; 4]));
-            }
-        })?;
         for_each(self.l2, |k, v| {
             let h = u32::from_ne_bytes(k.try_into().unwrap_or([0xff; 4]));
             let Ok(h) = u16::try_from(h) else { return };
-            let mut slots: Box<Slots> = Box::new([0; tables::SLOTS]);
+            let mut slots: Box<Slots> = Box::new([0; SLOTS]);
             for (s, b) in slots.iter_mut().zip(v.chunks_exact(4)) {
                 *s = u32::from_ne_bytes(b.try_into().unwrap_or([0; 4]));
             }
-            t.chunks.insert(
-                h,
-                tables::Chunk {
-                    slots,
-                    exact: Vec::new(),
-                },
-            );
+            // One word everywhere, none leading to fw_l3: a /16 without longer rules.
+            if slots.iter().all(|s| *s == slots[0] && s & DEEPER == 0) {
+                t.uniform[usize::from(h)] = slots[0];
+            } else {
+                t.chunks.insert(
+                    h,
+                    tables::Chunk {
+                        slots,
+                        exact: Vec::new(),
+                    },
+                );
+            }
         })?;
         let mut orphans = Vec::new();
         for_each(self.l3, |k, v| {
@@ -374,26 +377,27 @@ impl FirewallMaps<'_> {
         for c in t.chunks.values_mut() {
             c.exact.sort_unstable();
         }
-        // Addresses under no chunk (a change cut short): delete them with the next change.
+        // Addresses under a /16 no slot sends to fw_l3 (a change cut short): give the /16 a
+        // chunk of its own word, so that the next change deletes them.
+        orphans.sort_unstable();
         for (a, w) in orphans {
+            let h = (a >> 16) as u16;
+            let u = std::mem::take(&mut t.uniform[usize::from(h)]);
             t.chunks
-                .entry((a >> 16) as u16)
+                .entry(h)
                 .or_insert_with(|| tables::Chunk {
-                    slots: Box::new([0; tables::SLOTS]),
+                    slots: Box::new([u; SLOTS]),
                     exact: Vec::new(),
                 })
                 .exact
                 .push((a, w));
-        }
-        if t.l1.len() != L1_ENTRIES {
-            t.l1.resize(L1_ENTRIES, 0);
         }
         Ok(t)
     }
 
     /// Kernel memory of each firewall map (`memlock` of its fdinfo, bytes), by name.
     pub fn memory(&self) -> Vec<(String, u64)> {
-        [self.l1, self.l2, self.l3, self.rules, self.hits]
+        [self.l2, self.l3, self.rules, self.hits]
             .iter()
             .map(|m| {
                 let fd = m.as_fd().as_raw_fd();
@@ -428,27 +432,19 @@ impl FirewallMaps<'_> {
             map.lookup(key, MapFlags::ANY)
                 .map_err(bpf_err(format!("reading {}", name(map))))
         };
-        let Some(v) = read(self.l1, &h.to_ne_bytes())? else {
+        let Some(chunk) = read(self.l2, &h.to_ne_bytes())? else {
             return Ok(None);
         };
-        let mut w =
-            u32::from_ne_bytes(v.get(..4).and_then(|b| b.try_into().ok()).unwrap_or([0; 4]));
+        let slot = ((a >> 8) & 0xff) as usize * 4;
+        let mut w = u32::from_ne_bytes(
+            chunk
+                .get(slot..slot + 4)
+                .and_then(|b| b.try_into().ok())
+                .unwrap_or([0; 4]),
+        );
         if w & DEEPER != 0 {
-            if let Some(chunk) = read(self.l2, &h.to_ne_bytes())? {
-                let slot = ((a >> 8) & 0xff) as usize * 4;
-                w = u32::from_ne_bytes(
-                    chunk
-                        .get(slot..slot + 4)
-                        .and_then(|b| b.try_into().ok())
-                        .unwrap_or([0; 4]),
-                );
-                if w & DEEPER != 0 {
-                    if let Some(e) = read(self.l3, &a.to_be_bytes())? {
-                        w = u32::from_ne_bytes(
-                            e.get(..4).and_then(|b| b.try_into().ok()).unwrap_or([0; 4]),
-                        );
-                    }
-                }
+            if let Some(e) = read(self.l3, &a.to_be_bytes())? {
+                w = u32::from_ne_bytes(e.get(..4).and_then(|b| b.try_into().ok()).unwrap_or([0; 4]));
             }
         }
         Ok(tables::decode(w))

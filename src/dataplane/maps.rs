@@ -76,6 +76,8 @@ pub struct RuntimeConfig {
     pub udp_timeout: Duration,
     /// Outer source of IPIP packets: host bits vary per flow (a /32 is one fixed address).
     pub ipip_source: ipnet::Ipv4Net,
+    /// How long a flow reuses its cached next hop (`[timeouts] nexthop_cache`); zero: no cache.
+    pub nexthop_cache: Duration,
 }
 
 /// Counters of one VIP or backend, summed over CPUs.
@@ -177,6 +179,7 @@ impl<'a> Maps<'a> {
             ipip_src: addr_v4(c.ipip_source.network()),
             ipip_src_hostmask: u32::from(c.ipip_source.hostmask()),
             pad2: 0,
+            nexthop_ttl_ns: c.nexthop_cache.as_nanos() as u64,
         };
         self.m
             .lb_config
@@ -226,28 +229,35 @@ impl<'a> Maps<'a> {
             .map_err(bpf_err(format!("writing backend {id}")))
     }
 
-    /// Builds a new ring map from `table` and swaps it in for `vip_id` in one update.
+    /// Builds a new ring map from `table` and swaps it in for `vip_id` in one update of the
+    /// outer map, so the XDP program sees the old table or the new one, never a mix. The kernel
+    /// waits for an RCU grace period inside that update (map-in-map), so when this returns no
+    /// packet is still reading the old ring.
     pub fn set_ring(&self, vip_id: u32, table: &[u32]) -> Result<(), DataplaneError> {
-        let len = table.len() as u32;
-        let opts = libbpf_sys::bpf_map_create_opts {
-            sz: std::mem::size_of::<libbpf_sys::bpf_map_create_opts>() as _,
-            map_flags: libbpf_sys::BPF_F_INNER_MAP,
-            ..Default::default()
+        let ring = mmapped_ring(table)?;
+        let swapped = match self.swap_ring(vip_id, &ring) {
+            // Rings pinned by an lbd whose inner-map template was not mmapable refuse an
+            // mmapable ring (the flags must match): fill one the slow way for them.
+            Err(e) if e.kind() == libbpf_rs::ErrorKind::InvalidInput => {
+                tracing::debug!(
+                    vip_id,
+                    "pinned maglev_rings takes no mmapable ring: batch update"
+                );
+                batch_ring(table).and_then(|ring| self.swap_ring(vip_id, &ring))
+            }
+            r => r,
         };
-        let ring = MapHandle::create(MapType::Array, Some("xdplb_ring"), 4, 4, len, &opts)
-            .map_err(bpf_err(format!("creating a Maglev ring of {len} slots")))?;
-        let keys: Vec<u8> = (0..len).flat_map(|k| k.to_ne_bytes()).collect();
-        let values: Vec<u8> = table.iter().flat_map(|v| v.to_ne_bytes()).collect();
-        ring.update_batch(&keys, &values, len, MapFlags::ANY, MapFlags::ANY)
-            .map_err(bpf_err("filling a Maglev ring"))?;
+        swapped.map_err(bpf_err(format!(
+            "swapping in the Maglev ring of vip {vip_id}"
+        )))
+        // `ring` is closed here; the outer map holds its own reference.
+    }
+
+    fn swap_ring(&self, vip_id: u32, ring: &MapHandle) -> Result<(), libbpf_rs::Error> {
         let fd = ring.as_fd().as_raw_fd() as u32;
         self.m
             .maglev_rings
             .update(&vip_id.to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY)
-            .map_err(bpf_err(format!(
-                "swapping in the Maglev ring of vip {vip_id}"
-            )))
-        // `ring` is closed here; the outer map holds its own reference.
     }
 
     pub fn delete_ring(&self, vip_id: u32) -> Result<(), DataplaneError> {
@@ -345,6 +355,69 @@ fn delete_if_present(
         Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(bpf_err(format!("deleting from {name}"))(e)),
     }
+}
+
+/// A new, unreferenced ring map of `len` slots with `extra` map flags.
+fn new_ring(len: u32, extra: u32) -> Result<MapHandle, libbpf_rs::Error> {
+    let opts = libbpf_sys::bpf_map_create_opts {
+        sz: std::mem::size_of::<libbpf_sys::bpf_map_create_opts>() as _,
+        map_flags: libbpf_sys::BPF_F_INNER_MAP | extra,
+        ..Default::default()
+    };
+    MapHandle::create(MapType::Array, Some("xdplb_ring"), 4, 4, len, &opts)
+}
+
+/// A ring filled through a shared memory mapping: one copy of the table, no syscall per slot.
+/// Nothing reads the map before it is swapped in, so there is no reader to race with.
+fn mmapped_ring(table: &[u32]) -> Result<MapHandle, DataplaneError> {
+    let len = table.len() as u32;
+    let ring = new_ring(len, libbpf_sys::BPF_F_MMAPABLE)
+        .map_err(bpf_err(format!("creating a Maglev ring of {len} slots")))?;
+    // An array map stores each value in round_up(value_size, 8) bytes: slot i is the first 4
+    // bytes of the 8 at offset 8 * i (the other 4 stay zero, as created).
+    const ELEM: usize = 8;
+    // SAFETY: sysconf has no preconditions.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    let size = (table.len() * ELEM).div_ceil(page) * page;
+    // SAFETY: maps `size` bytes (the map's whole value area, page-rounded as the kernel
+    // requires) of a map fd we own; checked for MAP_FAILED below and unmapped before return.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            size,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            ring.as_fd().as_raw_fd(),
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(DataplaneError::Io {
+            what: "mapping a Maglev ring into memory".into(),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: the mapping is `size >= table.len() * ELEM` bytes, page-aligned (so u32-aligned),
+    // writable and private to this function until munmap.
+    unsafe {
+        let slots = p.cast::<u32>();
+        for (i, id) in table.iter().enumerate() {
+            slots.add(i * (ELEM / 4)).write(*id);
+        }
+        libc::munmap(p, size);
+    }
+    Ok(ring)
+}
+
+/// A ring filled by one batch update (the kernel still updates slot by slot: ~28 ms for 65,537
+/// slots); for rings pinned by an lbd whose inner maps were not mmapable.
+fn batch_ring(table: &[u32]) -> Result<MapHandle, libbpf_rs::Error> {
+    let len = table.len() as u32;
+    let ring = new_ring(len, 0)?;
+    let keys: Vec<u8> = (0..len).flat_map(|k| k.to_ne_bytes()).collect();
+    let values: Vec<u8> = table.iter().flat_map(|v| v.to_ne_bytes()).collect();
+    ring.update_batch(&keys, &values, len, MapFlags::ANY, MapFlags::ANY)?;
+    Ok(ring)
 }
 
 fn sum_counters(map: &libbpf_rs::MapMut<'static>, id: u32) -> Result<Counters, DataplaneError> {

@@ -2,8 +2,9 @@
 //! holds to the desired ones. The reconciler keeps the fixed-depth tables the program reads
 //! (see [`crate::dataplane::firewall::tables`]), recomputes the /16s a change touches, and
 //! writes the difference in an order that never shows a packet a verdict of neither the old
-//! nor the new rules: new entries before the words that lead to them, and deletions only after
-//! nothing leads to them and every packet that could have seen them is through.
+//! nor the new rules: new `fw_l3` entries before the slots that lead to them, chunks rewritten in
+//! place (each slot a word read old or new), and deletions only after no slot leads to them and
+//! every packet that could have seen them is through.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use ipnet::Ipv4Net;
 use super::{IdPool, ReconcileError};
 use crate::dataplane::firewall::tables::{self, Rules, Tables};
 use crate::dataplane::firewall::{FirewallMaps, RuleEntry};
-use crate::dataplane::Dataplane;
+use crate::dataplane::{Dataplane, DataplaneError};
 use crate::firewall::{Action, Firewall};
 
 /// Changes listed one by one in the log when there are at most this many.
@@ -27,7 +28,7 @@ pub struct AppliedFirewall {
     capacity: usize,
     applied: Rules,
     ids: IdPool,
-    /// What `fw_l1`, `fw_l2` and `fw_l3` hold.
+    /// What `fw_l2` and `fw_l3` hold.
     tables: Tables,
     /// The desired rules last applied in full: the same `Arc` again means nothing to do.
     last: Option<Arc<BTreeMap<Ipv4Net, Action>>>,
@@ -55,7 +56,7 @@ impl AppliedFirewall {
         }
     }
 
-    /// Rules the data plane holds at most.
+    /// Rules the data plane holds at most (0: the firewall is off).
     pub fn capacity(&self) -> usize {
         self.capacity
     }
@@ -88,6 +89,16 @@ impl AppliedFirewall {
         desired: &Firewall,
     ) -> Result<(), ReconcileError> {
         let maps = dp.firewall();
+        if desired.len() > self.capacity {
+            // A state saved with rules, restored by an lbd whose capacity is smaller (or 0).
+            return Err(DataplaneError::Full(format!(
+                "the state holds {} firewall rules; the firewall holds at most {} ([firewall] capacity{})",
+                desired.len(),
+                self.capacity,
+                if self.capacity == 0 { " = 0: off" } else { "" }
+            ))
+            .into());
+        }
         if self.adopt {
             self.adopt(&maps)?;
         }

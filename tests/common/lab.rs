@@ -138,7 +138,8 @@ pub fn setup_net(ns: &TestNetns) -> Result<Net> {
     })
 }
 
-/// The run-time configuration of most tests: SNAT to 10.1.0.1 from `ports`, long timeouts.
+/// The run-time configuration of most tests: SNAT to 10.1.0.1 from `ports`, long timeouts, the
+/// default next-hop cache (1 s).
 pub fn config(ports: (u16, u16)) -> RuntimeConfig {
     RuntimeConfig {
         snat_addr: LB_ADDR,
@@ -147,6 +148,7 @@ pub fn config(ports: (u16, u16)) -> RuntimeConfig {
         tcp_closing_timeout: Duration::from_secs(10),
         udp_timeout: Duration::from_secs(30),
         ipip_source: ipnet::Ipv4Net::new(LB_ADDR, 32).expect("a /32 is valid"),
+        nexthop_cache: Duration::from_secs(1),
     }
 }
 

@@ -1,12 +1,14 @@
 //! The firewall's fixed-depth tables as lbd computes them from the rules, before they are written
-//! to `fw_l1`, `fw_l2` and `fw_l3` (see `bpf/maps.h`): one verdict word per /16, a chunk of one
-//! word per /24 for the /16s that hold longer rules, and one word per address that a rule longer
-//! than /24 covers. A packet's verdict is a fixed number of lookups (at most three) whatever the
-//! number of rules; the work of the longest-prefix match is done here, once per change.
+//! to `fw_l2` and `fw_l3` (see `bpf/maps.h`): a chunk of one verdict word per /24 for every /16
+//! (rules up to /16 baked into all 256 words), and one word per address that a rule longer than
+//! /24 covers. A packet's verdict is one array lookup, plus one hash lookup in a /24 that holds
+//! rules longer than /24, whatever the number of rules; the work of the longest-prefix match is
+//! done here, once per change.
 //!
 //! Everything here is pure (no maps): [`Tables::build`] computes the tables of a rule set,
 //! [`Tables::update`] recomputes only the /16s a change touches and says which entries to write
-//! and delete ([`Plan`]), and [`Tables::verdict`] is the lookup the data plane does.
+//! and delete ([`Plan`]), and [`Tables::verdict`] is the lookup the data plane does. In memory a
+//! /16 without rules longer than /16 is one word ([`Tables::uniform`]), not 256.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -19,9 +21,9 @@ use crate::skel::types;
 
 /// Words per chunk (one per /24 of a /16).
 pub const SLOTS: usize = types::fw_limits::FW_L2_SLOTS.0 as usize;
-/// Entries of `fw_l1` (one per /16).
-pub const L1_ENTRIES: usize = types::fw_limits::FW_L1_ENTRIES.0 as usize;
-/// A word's bit that sends the lookup to the next table.
+/// Chunks of `fw_l2` (one per /16).
+pub const L2_ENTRIES: usize = types::fw_limits::FW_L2_ENTRIES.0 as usize;
+/// A slot's bit that sends the lookup on to `fw_l3`.
 pub const DEEPER: u32 = types::fw_verdict_bits::FW_VERDICT_DEEPER.0;
 const ACTION_SHIFT: u32 = types::fw_verdict_bits::FW_VERDICT_ACTION_SHIFT.0;
 const ID_MASK: u32 = types::fw_verdict_bits::FW_VERDICT_ID_MASK.0;
@@ -53,60 +55,56 @@ pub fn decode(word: u32) -> Option<RuleEntry> {
 /// Rule ids must fit a word's id bits.
 pub const MAX_RULE_ID: u32 = ID_MASK;
 
-/// One /16's chunk: its slots and the `fw_l3` entries of its addresses (ascending, host order).
+/// One /16 that holds rules longer than /16: its slots and the `fw_l3` entries of its addresses
+/// (ascending, host order).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chunk {
     pub slots: Box<Slots>,
     pub exact: Vec<(u32, u32)>,
 }
 
-/// What the three tables hold (or must hold).
+/// What the two tables hold (or must hold).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tables {
-    /// `fw_l1`, by /16 (source >> 16).
-    pub l1: Vec<u32>,
-    /// `fw_l2` and `fw_l3`, by /16: only /16s with rules longer than /16.
+    /// By /16 (source >> 16), for the /16s not in `chunks`: the word all 256 slots of its
+    /// `fw_l2` chunk hold (the longest rule <= /16 covering it, 0: none). 0 for the /16s in
+    /// `chunks`.
+    pub uniform: Vec<u32>,
+    /// The /16s with rules longer than /16: their `fw_l2` slots and `fw_l3` entries.
     pub chunks: BTreeMap<u16, Chunk>,
 }
 
 impl Default for Tables {
     fn default() -> Self {
         Self {
-            l1: vec![0; L1_ENTRIES],
+            uniform: vec![0; L2_ENTRIES],
             chunks: BTreeMap::new(),
         }
     }
 }
 
 /// The map writes that turn one [`Tables`] into another, in the order they must happen: every
-/// entry is written before the entries that send packets to it, and unlinked (followed by a
-/// grace period) before it is deleted, so a packet never sees a verdict of neither state.
+/// `fw_l3` entry is written before the slots that send packets to it, and unlinked (followed by
+/// a grace period) before it is deleted, so a packet never sees a verdict of neither state.
+/// Chunks are rewritten in place: each slot is a word that a packet reads old or new.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Plan {
     /// 1. New and changed `fw_l3` entries (address host order, word).
     pub l3_put: Vec<(u32, u32)>,
-    /// 2. New and changed chunks (/16 index, slots).
+    /// 2. Changed `fw_l2` chunks (/16 index, all 256 slots).
     pub l2_put: Vec<(u32, Box<Slots>)>,
-    /// 3. Changed `fw_l1` words (/16 index, word).
-    pub l1_put: Vec<(u32, u32)>,
-    /// 4. (after a grace period) chunks no `fw_l1` word points to any more.
-    pub l2_del: Vec<u32>,
-    /// 5. `fw_l3` entries no slot points to any more.
+    /// 3. (after a grace period) `fw_l3` entries no slot points to any more.
     pub l3_del: Vec<u32>,
 }
 
 impl Plan {
     pub fn is_empty(&self) -> bool {
-        self.l3_put.is_empty()
-            && self.l2_put.is_empty()
-            && self.l1_put.is_empty()
-            && self.l2_del.is_empty()
-            && self.l3_del.is_empty()
+        self.l3_put.is_empty() && self.l2_put.is_empty() && self.l3_del.is_empty()
     }
 
     /// Whether something is deleted (and readers must be waited for first).
     pub fn deletes(&self) -> bool {
-        !self.l2_del.is_empty() || !self.l3_del.is_empty()
+        !self.l3_del.is_empty()
     }
 }
 
@@ -127,9 +125,9 @@ fn paint(words: &mut [u32], from: usize, n: usize, w: u32) {
 impl Tables {
     /// The tables of `rules`.
     pub fn build(rules: &Rules) -> Self {
-        let mut l1 = vec![0u32; L1_ENTRIES];
+        let mut uniform = vec![0u32; L2_ENTRIES];
         let mut short: Vec<(&Ipv4Net, u32)> = Vec::new();
-        let mut deeper = vec![false; L1_ENTRIES];
+        let mut deeper = vec![false; L2_ENTRIES];
         for (net, rule) in rules {
             if net.prefix_len() <= 16 {
                 short.push((net, word(*rule)));
@@ -141,7 +139,7 @@ impl Tables {
         short.sort_by_key(|(n, _)| n.prefix_len());
         for (net, w) in short {
             paint(
-                &mut l1,
+                &mut uniform,
                 (base(net) >> 16) as usize,
                 1 << (16 - net.prefix_len()),
                 w,
@@ -150,12 +148,12 @@ impl Tables {
         let mut chunks = BTreeMap::new();
         for (h, _) in deeper.iter().enumerate().filter(|(_, d)| **d) {
             let h = h as u16;
-            if let Some(chunk) = build_chunk(rules, h, l1[h as usize]) {
-                l1[h as usize] |= DEEPER;
+            if let Some(chunk) = build_chunk(rules, h, uniform[h as usize]) {
+                uniform[h as usize] = 0;
                 chunks.insert(h, chunk);
             }
         }
-        Self { l1, chunks }
+        Self { uniform, chunks }
     }
 
     /// Entries of `fw_l3`.
@@ -168,12 +166,8 @@ impl Tables {
     pub fn verdict(&self, addr: Ipv4Addr) -> u32 {
         let a = u32::from(addr);
         let h = (a >> 16) as u16;
-        let w = self.l1[h as usize];
-        if w & DEEPER == 0 {
-            return w;
-        }
         let Some(chunk) = self.chunks.get(&h) else {
-            return w & !DEEPER;
+            return self.uniform[h as usize];
         };
         let w = chunk.slots[((a >> 8) & 0xff) as usize];
         if w & DEEPER == 0 {
@@ -182,6 +176,14 @@ impl Tables {
         match chunk.exact.binary_search_by_key(&a, |(k, _)| *k) {
             Ok(i) => chunk.exact[i].1,
             Err(_) => w & !DEEPER,
+        }
+    }
+
+    /// The 256 slots `fw_l2` holds for /16 `h`.
+    pub fn slots(&self, h: u16) -> Box<Slots> {
+        match self.chunks.get(&h) {
+            Some(c) => c.slots.clone(),
+            None => Box::new([self.uniform[usize::from(h)]; SLOTS]),
         }
     }
 
@@ -195,15 +197,19 @@ impl Tables {
                 .map(|h| {
                     let short = short_word(rules, *h);
                     match build_chunk(rules, *h, short) {
-                        Some(c) => (*h, short | DEEPER, Some(c)),
+                        Some(c) => (*h, 0, Some(c)),
                         None => (*h, short, None),
                     }
                 })
                 .collect(),
             None => {
                 fresh = Self::build(rules);
-                let Tables { l1, mut chunks } = fresh;
-                l1.iter()
+                let Tables {
+                    uniform,
+                    mut chunks,
+                } = fresh;
+                uniform
+                    .iter()
                     .enumerate()
                     .map(|(h, w)| (h as u16, *w, chunks.remove(&(h as u16))))
                     .collect()
@@ -217,16 +223,23 @@ impl Tables {
                 chunk.as_ref().map_or(&[][..], |c| &c.exact),
                 &mut plan,
             );
-            match (&old, &chunk) {
-                (Some(o), Some(n)) if o.slots == n.slots => {}
-                (_, Some(n)) => plan.l2_put.push((u32::from(h), n.slots.clone())),
-                (Some(_), None) => plan.l2_del.push(u32::from(h)),
-                (None, None) => {}
+            let before = self.uniform[h as usize];
+            let same = match (&old, &chunk) {
+                (Some(o), Some(n)) => o.slots == n.slots,
+                (None, None) => before == w,
+                // A chunk read back from the maps may hold one word everywhere.
+                (Some(c), None) | (None, Some(c)) => {
+                    let u = if old.is_some() { w } else { before };
+                    c.slots.iter().all(|s| *s == u)
+                }
+            };
+            if !same {
+                let slots = chunk
+                    .as_ref()
+                    .map_or_else(|| Box::new([w; SLOTS]), |c| c.slots.clone());
+                plan.l2_put.push((u32::from(h), slots));
             }
-            if self.l1[h as usize] != w {
-                plan.l1_put.push((u32::from(h), w));
-                self.l1[h as usize] = w;
-            }
+            self.uniform[h as usize] = w;
             if let Some(c) = chunk {
                 self.chunks.insert(h, c);
             }
@@ -410,7 +423,9 @@ mod tests {
         // Only the two /16s with longer rules have chunks; the /25 is 128 addresses.
         assert_eq!(t.chunks.len(), 2);
         assert_eq!(t.exact_len(), 129);
-        assert_eq!(t.l1[0x0a02], word(r[&"10.0.0.0/8".parse().expect("p")]));
+        assert_eq!(t.uniform[0x0a02], word(r[&"10.0.0.0/8".parse().expect("p")]));
+        assert_eq!(t.uniform[0x0a01], 0, "a /16 with a chunk has no uniform word");
+        assert_eq!(*t.slots(0x0a02), [t.uniform[0x0a02]; SLOTS]);
     }
 
     fn arb_net() -> impl Strategy<Value = Ipv4Net> {
@@ -436,26 +451,58 @@ mod tests {
         out
     }
 
-    /// A model of the maps: `fw_l1`, `fw_l2`, `fw_l3`.
-    type Maps = (Vec<u32>, BTreeMap<u32, Box<Slots>>, BTreeMap<u32, u32>);
+    /// A model of the maps: `fw_l2` (chunks written so far; the others are zero, as the array
+    /// starts) and `fw_l3`.
+    type Maps = (BTreeMap<u32, Box<Slots>>, BTreeMap<u32, u32>);
 
-    /// Applies `plan` to a model of the maps.
-    fn play(maps: &mut Maps, plan: &Plan) {
+    /// The program's lookup in the model.
+    fn model_verdict(maps: &Maps, addr: u32) -> u32 {
+        let w = maps
+            .0
+            .get(&(addr >> 16))
+            .map_or(0, |c| c[((addr >> 8) & 0xff) as usize]);
+        if w & DEEPER == 0 {
+            return w;
+        }
+        maps.1.get(&addr).copied().unwrap_or(w & !DEEPER)
+    }
+
+    /// Applies `plan` to a model of the maps in its order, checking after every write that each
+    /// of `probes` (address, old word, new word) sees the old or the new verdict.
+    fn play(maps: &mut Maps, plan: &Plan, probes: &[(u32, u32, u32)]) -> Result<(), String> {
+        let check = |maps: &Maps, probes: &mut dyn Iterator<Item = &(u32, u32, u32)>, when: &str| {
+            for (a, old, new) in probes {
+                let w = model_verdict(maps, *a);
+                if w != *old && w != *new {
+                    return Err(format!(
+                        "{} {when}: word {w:#x}, neither old {old:#x} nor new {new:#x}",
+                        Ipv4Addr::from(*a)
+                    ));
+                }
+            }
+            Ok(())
+        };
         for (a, w) in &plan.l3_put {
-            maps.2.insert(*a, *w);
+            maps.1.insert(*a, *w);
+        }
+        check(maps, &mut probes.iter(), "after the fw_l3 writes")?;
+        // A chunk decides the verdicts of its own /16 only.
+        let mut by16: BTreeMap<u32, Vec<(u32, u32, u32)>> = BTreeMap::new();
+        for p in probes {
+            by16.entry(p.0 >> 16).or_default().push(*p);
         }
         for (h, s) in &plan.l2_put {
-            maps.1.insert(*h, s.clone());
-        }
-        for (h, w) in &plan.l1_put {
-            maps.0[*h as usize] = *w;
-        }
-        for h in &plan.l2_del {
-            assert!(maps.1.remove(h).is_some(), "deleting a missing chunk");
+            maps.0.insert(*h, s.clone());
+            if let Some(inside) = by16.get(h) {
+                check(maps, &mut inside.iter(), &format!("after the chunk of /16 {h:#x}"))?;
+            }
         }
         for a in &plan.l3_del {
-            assert!(maps.2.remove(a).is_some(), "deleting a missing address");
+            if maps.1.remove(a).is_none() {
+                return Err(format!("deleting the missing address {}", Ipv4Addr::from(*a)));
+            }
         }
+        check(maps, &mut probes.iter(), "after the deletes")
     }
 
     proptest! {
@@ -479,12 +526,15 @@ mod tests {
 
         #[test]
         fn incremental_updates_end_where_a_fresh_build_does(
-            steps in proptest::collection::vec(arb_rules(), 1..6),
+            steps in proptest::collection::vec(
+                (arb_rules(), proptest::collection::vec(any::<u32>(), 16)),
+                1..6,
+            ),
         ) {
             let mut applied = Rules::new();
             let mut tables = Tables::default();
-            let mut maps = (vec![0u32; L1_ENTRIES], BTreeMap::new(), BTreeMap::new());
-            for list in steps {
+            let mut maps: Maps = (BTreeMap::new(), BTreeMap::new());
+            for (list, random) in steps {
                 let next = to_rules(&list);
                 let mut regions: Vec<u16> = applied
                     .iter()
@@ -494,22 +544,42 @@ mod tests {
                     .collect();
                 regions.sort_unstable();
                 regions.dedup();
+                // Every rule's edges (old and new), and random addresses near the rules.
+                let mut addrs: Vec<u32> = random.iter().map(|p| 0x0a00_0000 | (p & 0x0803_ffff)).collect();
+                for n in applied.keys().chain(next.keys()) {
+                    let (a, b) = (u32::from(n.network()), u32::from(n.broadcast()));
+                    addrs.extend([a, b, a.wrapping_sub(1), b.wrapping_add(1)]);
+                }
+                let probes: Vec<(u32, u32, u32)> = addrs
+                    .iter()
+                    .map(|a| (*a, lpm(&applied, Ipv4Addr::from(*a)), lpm(&next, Ipv4Addr::from(*a))))
+                    .collect();
                 // As the reconciler: region by region, or everything for wide changes.
                 let plan = if regions.len() > 4096 {
                     tables.update(&next, None)
                 } else {
                     tables.update(&next, Some(&regions))
                 };
-                play(&mut maps, &plan);
+                if let Err(e) = play(&mut maps, &plan, &probes) {
+                    return Err(TestCaseError::fail(e));
+                }
                 applied = next;
                 let fresh = Tables::build(&applied);
                 prop_assert_eq!(&tables, &fresh);
-                // The maps hold exactly the fresh tables.
-                prop_assert_eq!(&maps.0, &fresh.l1);
-                let chunks: BTreeMap<u32, Box<Slots>> = fresh.chunks.iter().map(|(h, c)| (u32::from(*h), c.slots.clone())).collect();
-                prop_assert_eq!(&maps.1, &chunks);
+                // The maps hold exactly the fresh tables: every /16 written or non-zero.
+                for h in 0..L2_ENTRIES as u32 {
+                    let (held, u) = (maps.0.get(&h), fresh.uniform[h as usize]);
+                    let want = fresh.chunks.get(&(h as u16));
+                    let same = match (held, want) {
+                        (None, None) => u == 0,
+                        (Some(s), None) => s.iter().all(|w| *w == u),
+                        (None, Some(c)) => c.slots.iter().all(|w| *w == 0),
+                        (Some(s), Some(c)) => **s == *c.slots,
+                    };
+                    prop_assert!(same, "/16 {:#x}", h);
+                }
                 let exact: BTreeMap<u32, u32> = fresh.chunks.values().flat_map(|c| c.exact.iter().copied()).collect();
-                prop_assert_eq!(&maps.2, &exact);
+                prop_assert_eq!(&maps.1, &exact);
                 // A full update from the fresh tables changes nothing.
                 let mut again = fresh.clone();
                 prop_assert!(again.update(&applied, None).is_empty());
