@@ -843,8 +843,10 @@ mod tests {
         assert!(err(&format!("{MINIMAL}[tables]\nmaglev_size = 65536\n"))
             .starts_with("tables.maglev_size:"));
         assert!(err(&format!("{MINIMAL}[timeouts]\nudp = \"0s\"\n")).starts_with("timeouts.udp:"));
-        assert!(err(&format!("{MINIMAL}[timeouts]\nnexthop_cache = \"61s\"\n"))
-            .starts_with("timeouts.nexthop_cache:"));
+        assert!(
+            err(&format!("{MINIMAL}[timeouts]\nnexthop_cache = \"61s\"\n"))
+                .starts_with("timeouts.nexthop_cache:")
+        );
         let dup = format!("{MINIMAL}[[vip]]\naddress = \"10.0.0.1:80\"\nproto = \"tcp\"\n[[vip.backend]]\naddress = \"10.0.2.1:80\"\n[[vip.backend]]\naddress = \"10.0.2.1:80\"\n");
         assert!(
             err(&dup).starts_with("vip[0].backend[1].address:"),

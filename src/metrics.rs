@@ -266,7 +266,9 @@ fn read_counters(
         .enumerate()
         .map(|(i, n)| (verdict_name(i).to_string(), *n))
         .collect();
-    Ok((sample, ids, dp.telemetry()?))
+    // The walk reads the hit counters of the rule ids in use only.
+    let telemetry = dp.telemetry()?.with_firewall_ids(r.firewall().id_bound());
+    Ok((sample, ids, telemetry))
 }
 
 impl Collector for LbCollector {

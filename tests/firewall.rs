@@ -992,3 +992,103 @@ fn single_addresses_past_the_capacity_are_refused() {
         Ok(())
     });
 }
+
+/// `[firewall] capacity = 0`: the firewall is off. Its maps take one entry each (not the 64 MiB
+/// of `fw_l2`), rules are refused with a clear error and change nothing, a restored state that
+/// holds rules is refused by the reconciler, and traffic flows as without a firewall.
+#[test]
+fn capacity_zero_turns_the_firewall_off() {
+    bench(|_, net| {
+        let mut lb = lb_with(net, Scope::All, 0)?;
+        let vip = lb.add_vip(VIP, Protocol::Tcp, &[(BE1, 100), (BE2, 100)])?;
+        let fw = lb.rec.dataplane().firewall();
+        ensure!(fw.capacity() == 0, "capacity {}", fw.capacity());
+        for (map, bytes) in fw.memory() {
+            ensure!(
+                bytes < 1 << 20,
+                "{map} takes {bytes} bytes with the firewall off"
+            );
+        }
+        ensure!(
+            lb.rec.firewall().capacity() == 0,
+            "the reconciler's capacity"
+        );
+
+        let state = lb.state.clone();
+        let e = lb
+            .state
+            .firewall
+            .add(&batch(&[("10.1.0.50/32", Action::Block)]), 0)
+            .expect_err("rules with the firewall off");
+        ensure!(
+            matches!(e, xdplb::state::StateError::FailedPrecondition(_))
+                && e.to_string()
+                    .contains("the firewall is off ([firewall] capacity = 0)"),
+            "{e}"
+        );
+        ensure!(lb.state == state, "a refused add changed the state");
+        // A saved state with rules, restored into an lbd whose firewall is off.
+        let mut restored = State::default();
+        restored
+            .firewall
+            .add(&batch(&[("10.1.0.50/32", Action::Block)]), 1)?;
+        let e = lb
+            .rec
+            .reconcile(&restored)
+            .expect_err("a state with rules into a firewall that is off");
+        ensure!(
+            format!("{e:#}").contains("holds at most 0 ([firewall] capacity = 0: off)"),
+            "{e:#}"
+        );
+        // Scope "all" but no stage: the SYN from any source is NATed, nothing counted.
+        lb.reconcile()?;
+        expect_natted(
+            &mut lb,
+            &vip,
+            sa(CLIENT, 51000),
+            "SYN with the firewall off",
+        )?;
+        lb.expect_global(&[(R::LB_REASON_TX_NAT_FORWARD, 1)], &[(XDP_TX, 1)])
+    });
+}
+
+/// Maps pinned by an lbd with the earlier firewall layout (`fw_l2` a hash of chunks) are
+/// refused, naming the map, rather than read as the new array.
+#[test]
+fn pinned_maps_of_the_hash_layout_are_refused() {
+    let pins = std::path::PathBuf::from(format!("/sys/fs/bpf/xdplb-fwold-{}", std::process::id()));
+    let result = (|| -> Result<()> {
+        xdplb::dataplane::remove_pins(&pins)?;
+        std::fs::create_dir_all(&pins)?;
+        let opts = libbpf_sys::bpf_map_create_opts {
+            sz: std::mem::size_of::<libbpf_sys::bpf_map_create_opts>() as _,
+            map_flags: libbpf_sys::BPF_F_NO_PREALLOC,
+            ..Default::default()
+        };
+        let mut old = libbpf_rs::MapHandle::create(
+            libbpf_rs::MapType::Hash,
+            Some("fw_l2"),
+            4,
+            1024,
+            65536,
+            &opts,
+        )?;
+        old.pin(pins.join("fw_l2"))?;
+        let e = match Dataplane::load(&LoadOptions {
+            conntrack_size: 4096,
+            firewall_capacity: CAPACITY,
+            pin_dir: Some(pins.clone()),
+            ..LoadOptions::default()
+        }) {
+            Ok(_) => anyhow::bail!("the old fw_l2 was taken over"),
+            Err(e) => e,
+        };
+        ensure!(
+            matches!(&e, xdplb::dataplane::DataplaneError::Incompatible { map, .. } if map == "fw_l2"),
+            "{e}"
+        );
+        Ok(())
+    })();
+    let _ = xdplb::dataplane::remove_pins(&pins);
+    result.unwrap_or_else(|e| panic!("{e:#}"));
+}

@@ -114,8 +114,11 @@ fn put(
     what: impl Fn(usize) -> String,
 ) -> Result<(), DataplaneError> {
     for (c, chunk) in entries.chunks(BATCH).enumerate() {
-        let keys: Vec<u8> = chunk.iter().flat_map(|(k, _)| k.iter().copied()).collect();
-        let values: Vec<u8> = chunk.iter().flat_map(|(_, v)| v.iter().copied()).collect();
+        let (mut keys, mut values) = (Vec::new(), Vec::new());
+        for (k, v) in chunk {
+            keys.extend_from_slice(k);
+            values.extend_from_slice(v);
+        }
         let batched = map.update_batch(
             &keys,
             &values,
@@ -321,8 +324,8 @@ impl FirewallMaps<'_> {
             let chunks: Vec<(Vec<u8>, Vec<u8>)> = part
                 .iter()
                 .map(|(h, s)| {
-                    let value: Vec<u8> = s.iter().flat_map(|w| w.to_ne_bytes()).collect();
-                    (h.to_ne_bytes().to_vec(), value)
+                    let value = types::fw_chunk { slot: **s };
+                    (h.to_ne_bytes().to_vec(), bytes_of(&value).to_vec())
                 })
                 .collect();
             put(self.l2, &chunks, |i| {
@@ -348,12 +351,9 @@ impl FirewallMaps<'_> {
         for_each(self.l2, |k, v| {
             let h = u32::from_ne_bytes(k.try_into().unwrap_or([0xff; 4]));
             let Ok(h) = u16::try_from(h) else { return };
-            let mut slots: Box<Slots> = Box::new([0; SLOTS]);
-            for (s, b) in slots.iter_mut().zip(v.chunks_exact(4)) {
-                *s = u32::from_ne_bytes(b.try_into().unwrap_or([0; 4]));
-            }
+            let slots: Box<Slots> = Box::new(from_bytes::<types::fw_chunk>(v).slot);
             // One word everywhere, none leading to fw_l3: a /16 without longer rules.
-            if slots.iter().all(|s| *s == slots[0] && s & DEEPER == 0) {
+            if slots[1..] == slots[..SLOTS - 1] && slots[0] & DEEPER == 0 {
                 t.uniform[usize::from(h)] = slots[0];
             } else {
                 t.chunks.insert(
@@ -444,7 +444,9 @@ impl FirewallMaps<'_> {
         );
         if w & DEEPER != 0 {
             if let Some(e) = read(self.l3, &a.to_be_bytes())? {
-                w = u32::from_ne_bytes(e.get(..4).and_then(|b| b.try_into().ok()).unwrap_or([0; 4]));
+                w = u32::from_ne_bytes(
+                    e.get(..4).and_then(|b| b.try_into().ok()).unwrap_or([0; 4]),
+                );
             }
         }
         Ok(tables::decode(w))

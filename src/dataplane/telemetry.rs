@@ -86,6 +86,9 @@ pub struct Walk {
 pub struct Telemetry {
     /// Every map of the program, by name.
     maps: BTreeMap<String, MapHandle>,
+    /// One more than the highest firewall rule id in use (hit counters above are not read);
+    /// `None`: every counter of `fw_hits`.
+    firewall_ids: Option<u32>,
 }
 
 impl Dataplane {
@@ -103,13 +106,24 @@ impl Dataplane {
                 .map_err(bpf_err(format!("duplicating the {name} handle")))?;
             maps.insert(name, handle);
         }
-        Ok(Telemetry { maps })
+        Ok(Telemetry {
+            maps,
+            firewall_ids: None,
+        })
     }
 }
 
 impl Telemetry {
-    /// Walks every map the metrics need. Takes about a second per million conntrack entries or
-    /// firewall rules: run it off the async runtime.
+    /// Reads the firewall's hit counters only below rule id `bound` (the reconciler's
+    /// [`id_bound`](crate::reconcile::AppliedFirewall::id_bound)): a walk with ten rules reads
+    /// ten counters, not the million slots of a full-capacity `fw_hits`.
+    pub fn with_firewall_ids(mut self, bound: u32) -> Self {
+        self.firewall_ids = Some(bound);
+        self
+    }
+
+    /// Walks every map the metrics need. Takes about a second per million conntrack entries
+    /// (tens of milliseconds per million firewall rules): run it off the async runtime.
     pub fn walk(&self) -> Result<Walk, DataplaneError> {
         let start = Instant::now();
         let mut walk = Walk::default();
@@ -132,7 +146,8 @@ impl Telemetry {
             });
         }
         if let (Some(rules), Some(hits)) = (self.maps.get("fw_rules"), self.maps.get("fw_hits")) {
-            walk.firewall = Some(top_rules(rules, hits, TOP_RULES)?);
+            let bound = self.firewall_ids.unwrap_or(hits.max_entries());
+            walk.firewall = Some(top_rules(rules, hits, bound, TOP_RULES)?);
         }
         if let (Some(prefixes), Some(stats)) = (self.maps.get("rl_v4"), self.maps.get("rl_stats")) {
             walk.ratelimit = Some(policies(prefixes, stats)?);
@@ -378,47 +393,59 @@ fn sum_percpu_u64(per_cpu: &[u8], value_size: usize, field: usize) -> u64 {
         .sum()
 }
 
-/// The rules of `fw_rules` (the firewall's record, by rule id) with the most hits in `fw_hits`.
+/// The `n` rules with the most hits: the per-CPU counters of `fw_hits` below rule id `bound`
+/// (in batches), then the record `fw_rules` (the firewall's rules by id) looked up for the
+/// counters with the most hits only, skipping ids no rule uses (a freed id keeps its count until
+/// it is handed out again). Rules without hits are never listed.
 fn top_rules(
     rules: &MapHandle,
     hits: &MapHandle,
+    bound: u32,
     n: usize,
 ) -> Result<Vec<RuleHits>, DataplaneError> {
-    let mut by_id: HashMap<u32, (Ipv4Net, &'static str)> = HashMap::new();
-    for_each_batch(rules, BATCH, |k, v| {
+    let bound = bound.min(hits.max_entries());
+    if bound == 0 || n == 0 {
+        return Ok(Vec::new());
+    }
+    let value_size = hits.value_size() as usize;
+    let mut counted: Vec<(u64, u32)> = Vec::new();
+    for_each_batch(hits, BATCH.min(bound as usize), |k, v| {
         let id = u32::from_ne_bytes(k.get(..4).and_then(|b| b.try_into().ok()).unwrap_or([0; 4]));
-        let def: types::fw_rule_def = from_bytes(v);
+        if id >= bound {
+            return ControlFlow::Break(());
+        }
+        let packets = sum_percpu_u64(v, value_size, 0);
+        if packets > 0 {
+            counted.push((packets, id));
+        }
+        ControlFlow::Continue(())
+    })?;
+    // Most hits first; look up rules until `n` are found, and the ties of the last one.
+    counted.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    let mut all: Vec<RuleHits> = Vec::new();
+    for (packets, id) in counted {
+        if all.len() >= n && all.last().is_some_and(|last| last.packets > packets) {
+            break;
+        }
+        let Some(v) = rules
+            .lookup(&id.to_ne_bytes(), MapFlags::ANY)
+            .map_err(bpf_err("reading fw_rules"))?
+        else {
+            continue;
+        };
+        let def: types::fw_rule_def = from_bytes(&v);
         if let Some((net, action)) = super::firewall::decode_rule_def(&def) {
             let action = match action {
                 crate::firewall::Action::Block => "block",
                 crate::firewall::Action::Allow => "allow",
             };
-            by_id.insert(id, (net, action));
+            all.push(RuleHits {
+                net,
+                action,
+                packets,
+            });
         }
-        ControlFlow::Continue(())
-    })?;
-    let Some(limit) = by_id.keys().max().map(|m| u64::from(*m) + 1) else {
-        return Ok(Vec::new());
-    };
-    let value_size = hits.value_size() as usize;
-    let mut all = Vec::new();
-    for_each_batch(hits, BATCH, |k, v| {
-        let id = u32::from_ne_bytes(k.get(..4).and_then(|b| b.try_into().ok()).unwrap_or([0; 4]));
-        if u64::from(id) >= limit {
-            return ControlFlow::Break(());
-        }
-        let packets = sum_percpu_u64(v, value_size, 0);
-        if packets > 0 {
-            if let Some((net, action)) = by_id.get(&id) {
-                all.push(RuleHits {
-                    net: *net,
-                    action,
-                    packets,
-                });
-            }
-        }
-        ControlFlow::Continue(())
-    })?;
+    }
     all.sort_by(|a, b| b.packets.cmp(&a.packets).then(a.net.cmp(&b.net)));
     all.truncate(n);
     Ok(all)
@@ -606,7 +633,7 @@ mod walk_tests {
             hits.update_percpu(&id.to_ne_bytes(), &values, MapFlags::ANY)
                 .expect("hits");
         }
-        let top = top_rules(&rules, &hits, 2).expect("top rules");
+        let top = top_rules(&rules, &hits, 100, 2).expect("top rules");
         let c = cpus as u64;
         assert_eq!(
             top,
@@ -624,6 +651,33 @@ mod walk_tests {
             ]
         );
         // Rules without hits are never listed.
-        assert_eq!(top_rules(&rules, &hits, 10).expect("all").len(), 3);
+        assert_eq!(top_rules(&rules, &hits, 100, 10).expect("all").len(), 3);
+        // Counters at and above the bound are not read.
+        let below: Vec<Ipv4Net> = top_rules(&rules, &hits, 42, 10)
+            .expect("below 42")
+            .iter()
+            .map(|r| r.net)
+            .collect();
+        assert_eq!(
+            below,
+            vec![
+                "10.0.0.0/8".parse::<Ipv4Net>().expect("prefix"),
+                "10.1.0.0/16".parse().expect("prefix")
+            ]
+        );
+        assert!(top_rules(&rules, &hits, 0, 10).expect("none").is_empty());
+        // An id no rule uses keeps its count (until handed out again) and is skipped: the next
+        // rule takes its place in the top.
+        hits.update_percpu(
+            &50u32.to_ne_bytes(),
+            &vec![100u64.to_ne_bytes().to_vec(); cpus],
+            MapFlags::ANY,
+        )
+        .expect("hits of a freed id");
+        let top = top_rules(&rules, &hits, 100, 2).expect("top rules");
+        assert_eq!(
+            top.iter().map(|r| r.packets).collect::<Vec<_>>(),
+            vec![9 * c, 5 * c]
+        );
     }
 }

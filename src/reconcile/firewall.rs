@@ -39,6 +39,8 @@ pub struct AppliedFirewall {
     /// A change stopped part-way: the maps may differ from `tables` and the record from
     /// `applied`; read the tables back and rewrite the record before the next change.
     resync: bool,
+    /// One more than the highest id in use (0: no rule).
+    id_bound: u32,
 }
 
 impl AppliedFirewall {
@@ -53,6 +55,7 @@ impl AppliedFirewall {
             adopt: dp.adopted(),
             dirty_hits: false,
             resync: false,
+            id_bound: 0,
         }
     }
 
@@ -79,6 +82,16 @@ impl AppliedFirewall {
     /// One more than the highest rule id handed out so far (hit counters above are unused).
     pub fn id_limit(&self) -> u32 {
         self.ids.next
+    }
+
+    /// One more than the highest rule id in use now (0: no rule): the hit counters worth reading
+    /// (after a big list shrinks, [`id_limit`](Self::id_limit) stays high, this does not).
+    pub fn id_bound(&self) -> u32 {
+        self.id_bound
+    }
+
+    fn refresh_id_bound(&mut self) {
+        self.id_bound = self.applied.values().map(|r| r.id + 1).max().unwrap_or(0);
     }
 
     /// Makes the data plane hold `desired`. On error the maps may be partly changed; the next
@@ -128,9 +141,14 @@ impl AppliedFirewall {
         let room = self.capacity.saturating_sub(self.applied.len());
         let early = new_prefixes.saturating_sub(room).min(dels.len());
         if early > 0 {
-            self.change(&maps, &[], &dels[..early])?;
+            let done = self.change(&maps, &[], &dels[..early]);
+            self.refresh_id_bound();
+            done?;
         }
-        self.change(&maps, &puts, &dels[early..])?;
+        let done = self.change(&maps, &puts, &dels[early..]);
+        // Ids in use changed whether or not the change got through.
+        self.refresh_id_bound();
+        done?;
         self.last = Some(desired.shared().clone());
         log_change(&puts, &dels, new_prefixes, self.applied.len());
         Ok(())
@@ -251,6 +269,7 @@ impl AppliedFirewall {
                 stale.push((id, None));
             }
         }
+        self.refresh_id_bound();
         maps.write_rules(&stale)?;
         // The tables as they are, completed to match the record (an lbd stopped mid-change).
         self.tables = maps.tables()?;

@@ -423,8 +423,14 @@ mod tests {
         // Only the two /16s with longer rules have chunks; the /25 is 128 addresses.
         assert_eq!(t.chunks.len(), 2);
         assert_eq!(t.exact_len(), 129);
-        assert_eq!(t.uniform[0x0a02], word(r[&"10.0.0.0/8".parse().expect("p")]));
-        assert_eq!(t.uniform[0x0a01], 0, "a /16 with a chunk has no uniform word");
+        assert_eq!(
+            t.uniform[0x0a02],
+            word(r[&"10.0.0.0/8".parse().expect("p")])
+        );
+        assert_eq!(
+            t.uniform[0x0a01], 0,
+            "a /16 with a chunk has no uniform word"
+        );
         assert_eq!(*t.slots(0x0a02), [t.uniform[0x0a02]; SLOTS]);
     }
 
@@ -470,18 +476,19 @@ mod tests {
     /// Applies `plan` to a model of the maps in its order, checking after every write that each
     /// of `probes` (address, old word, new word) sees the old or the new verdict.
     fn play(maps: &mut Maps, plan: &Plan, probes: &[(u32, u32, u32)]) -> Result<(), String> {
-        let check = |maps: &Maps, probes: &mut dyn Iterator<Item = &(u32, u32, u32)>, when: &str| {
-            for (a, old, new) in probes {
-                let w = model_verdict(maps, *a);
-                if w != *old && w != *new {
-                    return Err(format!(
-                        "{} {when}: word {w:#x}, neither old {old:#x} nor new {new:#x}",
-                        Ipv4Addr::from(*a)
-                    ));
+        let check =
+            |maps: &Maps, probes: &mut dyn Iterator<Item = &(u32, u32, u32)>, when: &str| {
+                for (a, old, new) in probes {
+                    let w = model_verdict(maps, *a);
+                    if w != *old && w != *new {
+                        return Err(format!(
+                            "{} {when}: word {w:#x}, neither old {old:#x} nor new {new:#x}",
+                            Ipv4Addr::from(*a)
+                        ));
+                    }
                 }
-            }
-            Ok(())
-        };
+                Ok(())
+            };
         for (a, w) in &plan.l3_put {
             maps.1.insert(*a, *w);
         }
@@ -494,12 +501,19 @@ mod tests {
         for (h, s) in &plan.l2_put {
             maps.0.insert(*h, s.clone());
             if let Some(inside) = by16.get(h) {
-                check(maps, &mut inside.iter(), &format!("after the chunk of /16 {h:#x}"))?;
+                check(
+                    maps,
+                    &mut inside.iter(),
+                    &format!("after the chunk of /16 {h:#x}"),
+                )?;
             }
         }
         for a in &plan.l3_del {
             if maps.1.remove(a).is_none() {
-                return Err(format!("deleting the missing address {}", Ipv4Addr::from(*a)));
+                return Err(format!(
+                    "deleting the missing address {}",
+                    Ipv4Addr::from(*a)
+                ));
             }
         }
         check(maps, &mut probes.iter(), "after the deletes")
