@@ -181,10 +181,24 @@ fn gap_sources(lb: &Lb, rng: &mut Rng) -> Result<Vec<Ipv4Addr>> {
     Ok(out)
 }
 
-/// `SOURCES` addresses inside prefixes picked from `nets` whose longest match in the data plane
-/// is a rule with `action` (a block /16 may hold allow /24s and the other way round).
-fn sources_in(lb: &Lb, nets: &[Ipv4Net], action: Action, rng: &mut Rng) -> Result<Vec<Ipv4Addr>> {
+/// `SOURCES` addresses inside prefixes picked from `nets` (those longer than /24 if `long`, the
+/// others if not) that the picked prefix decides in the data plane with `action` (a block /16
+/// may hold allow /24s and /32s). A rule longer than /24 costs an `fw_l3` lookup more whatever
+/// the number of rules, so the two kinds are measured apart.
+fn sources_in(
+    lb: &Lb,
+    nets: &[Ipv4Net],
+    action: Action,
+    long: bool,
+    rng: &mut Rng,
+) -> Result<Vec<Ipv4Addr>> {
     let fw = lb.rec.dataplane().firewall();
+    let nets: Vec<Ipv4Net> = nets
+        .iter()
+        .filter(|n| (n.prefix_len() > 24) == long)
+        .copied()
+        .collect();
+    ensure!(!nets.is_empty(), "no {action} rule (long: {long})");
     let mut out = Vec::with_capacity(SOURCES);
     while out.len() < SOURCES {
         let n = nets[(rng.next() as usize) % nets.len()];
@@ -195,7 +209,12 @@ fn sources_in(lb: &Lb, nets: &[Ipv4Net], action: Action, rng: &mut Rng) -> Resul
             (rng.next() as u32) & ((1u32 << host_bits) - 1)
         };
         let src = Ipv4Addr::from(u32::from(n.network()) | offset);
-        if fw.matching(src)?.is_some_and(|r| r.action == action) {
+        let decided = fw.matching(src)?;
+        if decided.is_some() && decided == lb.rec.firewall().rule(&n) {
+            ensure!(
+                decided.is_some_and(|r| r.action == action),
+                "{n}: {decided:?}"
+            );
             out.push(src);
         }
     }
@@ -203,9 +222,11 @@ fn sources_in(lb: &Lb, nets: &[Ipv4Net], action: Action, rng: &mut Rng) -> Resul
 }
 
 /// The per-packet cases, in the order `Setup::frames` holds them.
-const CASES: [&str; 4] = [
-    "blocked",
-    "allowed",
+const CASES: [&str; 6] = [
+    "blocked by a /16../24",
+    "blocked by a /32",
+    "allowed by a /16../24",
+    "allowed by a /32",
     "no match, between rules",
     "no match, empty region",
 ];
@@ -214,8 +235,8 @@ const CASES: [&str; 4] = [
 /// each case.
 struct Setup {
     lb: Lb,
-    frames: [Vec<Vec<u8>>; 4],
-    expected: [u32; 4],
+    frames: [Vec<Vec<u8>>; 6],
+    expected: [u32; 6],
 }
 
 fn setup(net: Net, nets: &[Ipv4Net], rng: &mut Rng) -> Result<Setup> {
@@ -254,8 +275,10 @@ fn setup(net: Net, nets: &[Ipv4Net], rng: &mut Rng) -> Result<Setup> {
     lb.state.firewall.add(&b, MILLION as usize)?;
     lb.reconcile()?;
     let frames = [
-        syns(&sources_in(&lb, &blocked, Action::Block, rng)?),
-        syns(&sources_in(&lb, &allowed, Action::Allow, rng)?),
+        syns(&sources_in(&lb, &blocked, Action::Block, false, rng)?),
+        syns(&sources_in(&lb, &blocked, Action::Block, true, rng)?),
+        syns(&sources_in(&lb, &allowed, Action::Allow, false, rng)?),
+        syns(&sources_in(&lb, &allowed, Action::Allow, true, rng)?),
         syns(&gap_sources(&lb, rng)?),
         syns(&missing_sources(rng)),
     ];
@@ -263,13 +286,13 @@ fn setup(net: Net, nets: &[Ipv4Net], rng: &mut Rng) -> Result<Setup> {
     Ok(Setup {
         lb,
         frames,
-        expected: [drop, pass, pass, pass],
+        expected: [drop, drop, pass, pass, pass, pass],
     })
 }
 
 /// One trial of every case on `s` (ns per packet).
-fn trial(s: &Setup) -> Result<[f64; 4]> {
-    let mut out = [0.0; 4];
+fn trial(s: &Setup) -> Result<[f64; 6]> {
+    let mut out = [0.0; 6];
     for (i, frames) in s.frames.iter().enumerate() {
         let (ns, actions) = per_packet(&s.lb, s.lb.net.veth0, frames)?;
         ensure!(
@@ -316,7 +339,26 @@ fn main() -> Result<()> {
     }
 
     let million = prefixes(MILLION as usize, 7);
-    let ten: Vec<Ipv4Net> = million.iter().step_by(100_000).copied().collect();
+    // Ten spread over the range, five /16../24 and five /32 in an order that gives each action
+    // both kinds (every other one is an allow rule: see `setup`).
+    let (mut short, mut long) = (Vec::new(), Vec::new());
+    for n in million.iter().step_by(20_011) {
+        match n.prefix_len() {
+            32 if long.len() < 5 => long.push(*n),
+            16..=24 if short.len() < 5 => short.push(*n),
+            _ => {}
+        }
+    }
+    let ten: Vec<Ipv4Net> = [0, 0, 1, 1, 0, 0, 1, 1, 0, 1]
+        .iter()
+        .map(|kind| {
+            if *kind == 0 {
+                short.remove(0)
+            } else {
+                long.remove(0)
+            }
+        })
+        .collect();
     let hundred_k: Vec<Ipv4Net> = million.iter().step_by(10).copied().collect();
 
     // Bulk apply: State change + reconcile, as one AddRules / ReplaceRules does (no gRPC).
