@@ -162,75 +162,16 @@ fn delete(map: &libbpf_rs::MapMut<'_>, keys: &[Vec<u8>]) -> Result<(), Dataplane
     Ok(())
 }
 
-/// Calls `f` with every (key, value) of a map that is not per-CPU, in batches.
+/// Calls `f` with every (key, value) of a map that is not per-CPU, in batches (the one batch walk
+/// of the crate, `telemetry::for_each_batch`).
 fn for_each(
     map: &libbpf_rs::MapMut<'_>,
     mut f: impl FnMut(&[u8], &[u8]),
 ) -> Result<(), DataplaneError> {
-    let (key_size, value_size) = (map.key_size() as usize, map.value_size() as usize);
-    let mut batch = BATCH;
-    let mut keys = vec![0u8; key_size * batch];
-    let mut values = vec![0u8; value_size * batch];
-    // The batch token is a bucket index (hash) or a key (array): 8 bytes hold either.
-    let (mut token_in, mut token_out) = ([0u8; 8], [0u8; 8]);
-    let mut first = true;
-    // Every pass returns at least one entry or ends the walk; bound the passes all the same.
-    for _ in 0..=map.max_entries() as usize + 1 {
-        let opts = libbpf_sys::bpf_map_batch_opts {
-            sz: std::mem::size_of::<libbpf_sys::bpf_map_batch_opts>() as _,
-            ..Default::default()
-        };
-        let mut count = batch as u32;
-        let in_ptr = if first {
-            std::ptr::null_mut()
-        } else {
-            token_in.as_mut_ptr().cast()
-        };
-        // SAFETY: the buffers hold `batch` keys and values of the map's sizes and tokens of 8
-        // bytes (at least a key or a bucket index); all live across the call.
-        let rc = unsafe {
-            libbpf_sys::bpf_map_lookup_batch(
-                map.as_fd().as_raw_fd(),
-                in_ptr,
-                token_out.as_mut_ptr().cast(),
-                keys.as_mut_ptr().cast(),
-                values.as_mut_ptr().cast(),
-                &mut count,
-                &opts,
-            )
-        };
-        let errno = if rc < 0 { -rc } else { 0 };
-        match errno {
-            0 | libc::ENOENT => {}
-            libc::EINTR | libc::EAGAIN => continue,
-            // One bucket holds more entries than a batch: retry with more room.
-            libc::ENOSPC if count == 0 && batch < 1 << 20 => {
-                batch *= 2;
-                keys.resize(key_size * batch, 0);
-                values.resize(value_size * batch, 0);
-                continue;
-            }
-            _ => {
-                return Err(DataplaneError::Io {
-                    what: format!("reading {} in batches", name(map)),
-                    source: std::io::Error::from_raw_os_error(errno),
-                })
-            }
-        }
-        let n = (count as usize).min(batch);
-        for i in 0..n {
-            f(
-                &keys[i * key_size..(i + 1) * key_size],
-                &values[i * value_size..(i + 1) * value_size],
-            );
-        }
-        if errno == libc::ENOENT || n == 0 {
-            return Ok(());
-        }
-        token_in = token_out;
-        first = false;
-    }
-    Ok(())
+    super::telemetry::for_each_batch(map, BATCH, |k, v| {
+        f(k, v);
+        std::ops::ControlFlow::Continue(())
+    })
 }
 
 /// Waits until no program run that started before the call is still running (an RCU grace

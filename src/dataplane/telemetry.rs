@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::ControlFlow;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
@@ -302,8 +302,8 @@ fn for_each_entry(map: &MapHandle, mut f: impl FnMut(&[u8], &[u8])) -> Result<u6
 
 /// `bpf_map_lookup_batch` over the whole map (or until `f` breaks). Per-CPU values come as one
 /// slot of `round_up(value_size, 8)` bytes per possible CPU, back to back.
-fn for_each_batch(
-    map: &MapHandle,
+pub(crate) fn for_each_batch(
+    map: &impl MapCore,
     batch: usize,
     mut f: impl FnMut(&[u8], &[u8]) -> ControlFlow<()>,
 ) -> Result<(), DataplaneError> {
