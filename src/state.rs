@@ -187,7 +187,9 @@ impl State {
                 proto: vip.proto,
             };
             state.add_vip(key, vip.mode)?;
-            let health = vip.health_check().map_err(|e| invalid("vip.health", e.to_string()))?;
+            let health = vip
+                .health_check()
+                .map_err(|e| invalid("vip.health", e.to_string()))?;
             state.set_health(&key, health)?;
             for be in &vip.backends {
                 state.add_backend(&key, be.address, be.weight)?;

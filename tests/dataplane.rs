@@ -1379,7 +1379,13 @@ fn oversize_nat_packets_get_icmp_frag_needed() {
         let run = lb.run(net.veth0, &big.build())?;
         expect_frag_needed(&run, &big, 1400, "client packet of 1401 bytes")?;
         // Exactly 1400 bytes fit and are NATed as usual.
-        flow_packet(&lb, &flow, &sized(ack(client, VIP), 1400), net.veth0, XDP_TX)?;
+        flow_packet(
+            &lb,
+            &flow,
+            &sized(ack(client, VIP), 1400),
+            net.veth0,
+            XDP_TX,
+        )?;
         // Without DF: dropped, counted as too big.
         let mut no_df = sized(ack(client, VIP), 1500);
         no_df.frag = 0;
@@ -1390,7 +1396,13 @@ fn oversize_nat_packets_get_icmp_frag_needed() {
         let big_reply = sized(reply(&flow, Protocol::Tcp), 1401);
         let run = lb.run(net.veth0, &big_reply.build())?;
         expect_frag_needed(&run, &big_reply, 1400, "backend reply of 1401 bytes")?;
-        expect_restored(&lb, &flow, &sized(reply(&flow, Protocol::Tcp), 1400), VETH0_MAC, XDP_TX)?;
+        expect_restored(
+            &lb,
+            &flow,
+            &sized(reply(&flow, Protocol::Tcp), 1400),
+            VETH0_MAC,
+            XDP_TX,
+        )?;
 
         lb.expect_global(
             &[
