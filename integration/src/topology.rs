@@ -214,6 +214,33 @@ impl Topology {
         &self.backends
     }
 
+    /// Every backend's address with `port`, in backend order.
+    pub fn backend_addrs(&self, port: u16) -> Vec<SocketAddrV4> {
+        self.backends
+            .iter()
+            .map(|b| SocketAddrV4::new(b.addr, port))
+            .collect()
+    }
+
+    /// A server named `b<index>` on every backend at `port`, started by `start`
+    /// ([`crate::tcp_name_server`] or [`crate::udp_name_server`]), in backend order.
+    pub fn name_servers(
+        &self,
+        port: u16,
+        start: fn(&NetNs, SocketAddrV4, &str) -> Result<crate::peers::ServerHandle>,
+    ) -> Result<Vec<crate::peers::ServerHandle>> {
+        self.backends
+            .iter()
+            .map(|b| {
+                start(
+                    &b.ns,
+                    SocketAddrV4::new(b.addr, port),
+                    &format!("b{}", b.index),
+                )
+            })
+            .collect()
+    }
+
     /// Backend `index` (1-based). Panics on a bad index: that is a bug in the test.
     pub fn backend(&self, index: usize) -> &Backend {
         match index.checked_sub(1).and_then(|i| self.backends.get(i)) {

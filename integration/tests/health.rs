@@ -257,16 +257,12 @@ fn kill_and_restart(
 #[test]
 fn nat_tcp_check_takes_a_dead_backend_out_and_back() {
     let topo = Topology::two_arm(3).expect("topology");
-    let addrs: Vec<SocketAddrV4> = topo
-        .backends()
-        .iter()
-        .map(|b| SocketAddrV4::new(b.addr, NAT_PORT))
-        .collect();
+    let addrs: Vec<SocketAddrV4> = topo.backend_addrs(NAT_PORT);
     let mut servers: Vec<Option<ServerHandle>> = topo
-        .backends()
-        .iter()
-        .zip(&addrs)
-        .map(|(b, a)| Some(tcp_name_server(&b.ns, *a, &format!("b{}", b.index)).expect("server")))
+        .name_servers(addrs[0].port(), tcp_name_server)
+        .expect("servers")
+        .into_iter()
+        .map(Some)
         .collect();
     let lbd = Lbd::start(topo.lb(), &topo.lbd_config()).expect("lbd starts");
     vip_add(
@@ -412,16 +408,12 @@ fn ipip_check_behind_a_router_with_drop() {
 fn nat_udp_check() {
     let topo = Topology::two_arm(2).expect("topology");
     let vip = SocketAddrV4::new(VIP, 53);
-    let addrs: Vec<SocketAddrV4> = topo
-        .backends()
-        .iter()
-        .map(|b| SocketAddrV4::new(b.addr, 5353))
-        .collect();
+    let addrs: Vec<SocketAddrV4> = topo.backend_addrs(5353);
     let mut servers: Vec<Option<ServerHandle>> = topo
-        .backends()
-        .iter()
-        .zip(&addrs)
-        .map(|(b, a)| Some(udp_name_server(&b.ns, *a, &format!("b{}", b.index)).expect("server")))
+        .name_servers(addrs[0].port(), udp_name_server)
+        .expect("servers")
+        .into_iter()
+        .map(Some)
         .collect();
     let lbd = Lbd::start(topo.lb(), &topo.lbd_config()).expect("lbd starts");
     vip_add(&lbd, vip, Proto::Udp, "nat", &health_flags("udp", &[]));
@@ -535,11 +527,7 @@ impl Drop for HttpServer {
 #[test]
 fn nat_http_check_follows_the_status() {
     let topo = Topology::two_arm(2).expect("topology");
-    let addrs: Vec<SocketAddrV4> = topo
-        .backends()
-        .iter()
-        .map(|b| SocketAddrV4::new(b.addr, NAT_PORT))
-        .collect();
+    let addrs: Vec<SocketAddrV4> = topo.backend_addrs(NAT_PORT);
     let servers: Vec<HttpServer> = topo
         .backends()
         .iter()
@@ -607,17 +595,10 @@ fn nat_http_check_follows_the_status() {
 #[test]
 fn all_down_drop_then_fail_open() {
     let topo = Topology::two_arm(2).expect("topology");
-    let addrs: Vec<SocketAddrV4> = topo
-        .backends()
-        .iter()
-        .map(|b| SocketAddrV4::new(b.addr, NAT_PORT))
-        .collect();
-    let servers: Vec<ServerHandle> = topo
-        .backends()
-        .iter()
-        .zip(&addrs)
-        .map(|(b, a)| tcp_name_server(&b.ns, *a, &format!("b{}", b.index)).expect("server"))
-        .collect();
+    let addrs: Vec<SocketAddrV4> = topo.backend_addrs(NAT_PORT);
+    let servers = topo
+        .name_servers(NAT_PORT, tcp_name_server)
+        .expect("servers");
     let lbd = Lbd::start(topo.lb(), &topo.lbd_config()).expect("lbd starts");
     vip_add(
         &lbd,
@@ -693,11 +674,7 @@ fn all_down_drop_then_fail_open() {
 #[test]
 fn drain_keeps_open_connection_and_undrain_restores() {
     let topo = Topology::two_arm(2).expect("topology");
-    let addrs: Vec<SocketAddrV4> = topo
-        .backends()
-        .iter()
-        .map(|b| SocketAddrV4::new(b.addr, NAT_PORT))
-        .collect();
+    let addrs: Vec<SocketAddrV4> = topo.backend_addrs(NAT_PORT);
     let servers: Vec<LineServer> = topo
         .backends()
         .iter()

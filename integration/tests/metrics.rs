@@ -607,16 +607,12 @@ fn top_shows_the_rate_of_a_known_load() {
 #[test]
 fn health_metrics_follow_a_dead_backend() {
     let topo = Topology::two_arm(2).expect("topology");
-    let addrs: Vec<SocketAddrV4> = topo
-        .backends()
-        .iter()
-        .map(|b| SocketAddrV4::new(b.addr, 8080))
-        .collect();
+    let addrs: Vec<SocketAddrV4> = topo.backend_addrs(8080);
     let mut servers: Vec<Option<ServerHandle>> = topo
-        .backends()
-        .iter()
-        .zip(&addrs)
-        .map(|(b, a)| Some(tcp_name_server(&b.ns, *a, &format!("b{}", b.index)).expect("server")))
+        .name_servers(addrs[0].port(), tcp_name_server)
+        .expect("servers")
+        .into_iter()
+        .map(Some)
         .collect();
     let lbd = Lbd::start(topo.lb(), &topo.lbd_config()).expect("lbd starts");
     let vip = SocketAddrV4::new(VIP, 80).to_string();
