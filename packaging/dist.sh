@@ -16,7 +16,7 @@ done
 root="$dist/root"
 rm -rf "$root"
 install -d "$root/usr/bin" "$root/usr/lib/systemd/system" "$root/etc/xdplb" \
-	"$root/usr/share/man/man1" "$root/usr/share/bash-completion/completions" \
+	"$root/usr/share/man/man1" "$root/usr/share/man/man8" "$root/usr/share/bash-completion/completions" \
 	"$root/usr/share/zsh/vendor-completions" "$root/usr/share/fish/vendor_completions.d" \
 	"$root/usr/share/doc/xdplb"
 
@@ -27,7 +27,8 @@ install -m 0644 "$here/../examples/lbd.toml" "$root/usr/share/doc/xdplb/lbd.toml
 
 lbctl="$root/usr/bin/lbctl"
 "$lbctl" man --dir "$root/usr/share/man/man1" >/dev/null
-gzip -9n "$root"/usr/share/man/man1/*.1
+"$root/usr/bin/lbd" --man >"$root/usr/share/man/man8/lbd.8"
+gzip -9n "$root"/usr/share/man/man1/*.1 "$root"/usr/share/man/man8/lbd.8
 "$lbctl" completions bash >"$root/usr/share/bash-completion/completions/lbctl"
 "$lbctl" completions zsh >"$root/usr/share/zsh/vendor-completions/_lbctl"
 "$lbctl" completions fish >"$root/usr/share/fish/vendor_completions.d/lbctl.fish"

@@ -28,11 +28,20 @@ enum LogFormat {
 
 /// lbd: the xdplb XDP load-balancer daemon.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(
+    name = "lbd",
+    version,
+    about = "The xdplb daemon: attaches the XDP load balancer and serves its gRPC API",
+    long_about = "The xdplb daemon: loads the XDP program, attaches it to the configured \
+                  interfaces, applies the saved state (or the configuration's [[vip]] tables on a \
+                  first start) and serves the gRPC API that lbctl uses. SIGTERM or SIGINT stops \
+                  it; the program stays attached and the maps pinned for the next lbd to adopt \
+                  (hot restart and upgrade without losing flows) unless --detach-on-exit is given."
+)]
 struct Args {
     /// Configuration file (TOML; see examples/lbd.toml).
-    #[arg(long, short = 'c', value_name = "FILE")]
-    config: PathBuf,
+    #[arg(long, short = 'c', value_name = "FILE", required_unless_present = "man")]
+    config: Option<PathBuf>,
     /// Unix socket of the gRPC API (overrides [api] socket).
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
@@ -66,10 +75,16 @@ struct Args {
     /// Log format.
     #[arg(long, value_enum, default_value = "human")]
     log_format: LogFormat,
+    /// Print lbd's man page (roff, generated from these options) and exit; for packagers.
+    #[arg(long, hide = true, exclusive = true)]
+    man: bool,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.man {
+        return print_man();
+    }
     init_logging(args.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -105,7 +120,10 @@ fn init_logging(format: LogFormat) {
 }
 
 async fn run(args: Args) -> Result<()> {
-    let config = Config::load(&args.config).context("invalid configuration")?;
+    let Some(config_path) = &args.config else {
+        bail!("--config is required");
+    };
+    let config = Config::load(config_path).context("invalid configuration")?;
     // Where the API listens is checked (and the TLS files read) before the data plane is touched.
     let grpc_listen = args.grpc_listen.or(config.api.grpc_listen);
     let tls = TlsFiles::from_parts(
@@ -241,6 +259,23 @@ async fn run(args: Args) -> Result<()> {
         None => tracing::warn!("API still in use at shutdown; the data plane is released on exit"),
     }
     served
+}
+
+/// `lbd --man`: the roff man page of lbd (clap_mangen, from the same definitions as `--help`).
+fn print_man() -> ExitCode {
+    use clap::CommandFactory as _;
+    let page = clap_mangen::Man::new(Args::command())
+        .source(concat!("xdplb ", env!("CARGO_PKG_VERSION")))
+        .manual("xdplb manual")
+        .section("8");
+    let mut out = std::io::stdout().lock();
+    match page.render(&mut out) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lbd: cannot write the man page: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn attach_all(dp: &mut Dataplane, config: &Config) -> Result<()> {
