@@ -237,6 +237,39 @@ impl HealthCheck {
     pub fn from_pb(m: &pb::HealthCheck) -> Result<Self, StateError> {
         let d = HealthCheck::default();
         let or = |v: u32, default: u32| if v == 0 { default } else { v };
+        // A field of another kind of check is a mistake (a typo'd kind, a half-edited
+        // request), not something to ignore silently.
+        let kind_name = pb::HealthCheckKind::try_from(m.kind)
+            .map(|k| k.as_str_name())
+            .unwrap_or("unknown");
+        let stray = [
+            (
+                "health.http_path",
+                !m.http_path.is_empty(),
+                pb::HealthCheckKind::Http,
+            ),
+            (
+                "health.http_expect_status",
+                m.http_expect_status != 0,
+                pb::HealthCheckKind::Http,
+            ),
+            (
+                "health.udp_payload",
+                !m.udp_payload.is_empty(),
+                pb::HealthCheckKind::Udp,
+            ),
+        ];
+        for (field, set, owner) in stray {
+            if set && m.kind != owner as i32 {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "only applies to {} checks, not to kind {kind_name}",
+                        owner.as_str_name()
+                    ),
+                ));
+            }
+        }
         let kind = match pb::HealthCheckKind::try_from(m.kind) {
             Ok(pb::HealthCheckKind::None) => HealthKind::None,
             Ok(pb::HealthCheckKind::Tcp) => HealthKind::Tcp,
@@ -1032,6 +1065,61 @@ mod tests {
             ..Default::default()
         })
         .is_err());
+    }
+
+    #[test]
+    fn fields_of_another_kind_are_refused_by_name() {
+        let stray = |m: pb::HealthCheck| match HealthCheck::from_pb(&m) {
+            Err(StateError::InvalidArgument { field, .. }) => field,
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        };
+        let tcp = pb::HealthCheckKind::Tcp as i32;
+        let http = pb::HealthCheckKind::Http as i32;
+        let udp = pb::HealthCheckKind::Udp as i32;
+        let with = |kind: i32| pb::HealthCheck {
+            kind,
+            ..Default::default()
+        };
+        assert_eq!(
+            stray(pb::HealthCheck {
+                http_path: "/healthz".into(),
+                ..with(tcp)
+            }),
+            "health.http_path"
+        );
+        assert_eq!(
+            stray(pb::HealthCheck {
+                http_expect_status: 204,
+                ..with(udp)
+            }),
+            "health.http_expect_status"
+        );
+        assert_eq!(
+            stray(pb::HealthCheck {
+                udp_payload: "ping".into(),
+                ..with(http)
+            }),
+            "health.udp_payload"
+        );
+        assert_eq!(
+            stray(pb::HealthCheck {
+                http_path: "/".into(),
+                ..with(pb::HealthCheckKind::None as i32)
+            }),
+            "health.http_path"
+        );
+        // Each kind still takes its own fields.
+        HealthCheck::from_pb(&pb::HealthCheck {
+            http_path: "/healthz".into(),
+            http_expect_status: 204,
+            ..with(http)
+        })
+        .expect("http fields on an http check");
+        HealthCheck::from_pb(&pb::HealthCheck {
+            udp_payload: "ping".into(),
+            ..with(udp)
+        })
+        .expect("udp payload on a udp check");
     }
 
     #[test]

@@ -241,9 +241,14 @@ fn health() -> BoxedStrategy<(pb::HealthCheck, Vec<String>)> {
             Just("x".repeat(1025)),
         ),
         enum_field(&[0, 1]),
+        // Whether the fields of the other kinds are sent too (then refused); mostly not.
+        prop::bool::weighted(0.15),
     )
-        .prop_map(|(kind, interval, timeout, rise, fall, path, status, payload, all_down)| {
+        .prop_map(|(kind, interval, timeout, rise, fall, path, status, payload, all_down, stray)| {
             let mut bad = Bad::default();
+            let other = |v: F<String>| if stray { v.0 } else { String::new() };
+            let (path_other, payload_other) = (other(path.clone()), other(payload.clone()));
+            let status_other = if stray { status.0 } else { 0 };
             let kind_v = bad.check("health.kind", kind);
             let interval_bad = interval != 0 && !(100..=3_600_000).contains(&interval);
             if interval_bad {
@@ -260,17 +265,21 @@ fn health() -> BoxedStrategy<(pb::HealthCheck, Vec<String>)> {
                 timeout_ms: timeout,
                 rise: bad.check("health.rise", rise),
                 fall: bad.check("health.fall", fall),
-                // Only read for their kind: spoiled only there.
-                http_path: if kind_v == 2 { bad.check("health.http_path", path) } else { path.0 },
+                // Checked for their own kind; set at all on another kind, they are refused.
+                http_path: if kind_v == 2 {
+                    bad.check("health.http_path", path)
+                } else {
+                    bad.check("health.http_path", (path_other.clone(), !path_other.is_empty()))
+                },
                 http_expect_status: if kind_v == 2 {
                     bad.check("health.http_expect_status", status)
                 } else {
-                    status.0
+                    bad.check("health.http_expect_status", (status_other, status_other != 0))
                 },
                 udp_payload: if kind_v == 3 {
                     bad.check("health.udp_payload", payload)
                 } else {
-                    payload.0
+                    bad.check("health.udp_payload", (payload_other.clone(), !payload_other.is_empty()))
                 },
                 all_down: bad.check("health.all_down", all_down),
             };
