@@ -41,6 +41,23 @@
 //! * Backends with weight 0 take no part (they are drained); if no backend
 //!   has a non-zero weight every slot is [`NO_BACKEND`].
 //!
+//! # Speed
+//!
+//! lbd rebuilds a VIP's table on every change of its backends, so the build is
+//! on the path of every AddBackend call. Three things keep it short without
+//! changing a single slot of the result (a property test compares it with the
+//! plain heap-driven loop above):
+//! * when the weights are close (the rounds are few for the backend count, as
+//!   with equal weights), the claims are made round by round with credits:
+//!   no heap and no division per claim; the heap is kept for skewed weights;
+//! * the preference walks test a bitmap of the taken slots (8 KiB for 65,537
+//!   slots, in the L1 cache) instead of the 256 KiB table;
+//! * the walks cost `size / free` tests per claim, which adds up to
+//!   `size * ln(size)` and is mostly spent on the last slots; once few slots
+//!   are free, the next free slot of a preference list is found from the free
+//!   slots instead (the position of slot `s` in a list is
+//!   `(s - offset) / skip (mod size)`).
+//!
 //! The two key hashes are 64-bit FNV-1a of the key followed by the murmur3
 //! `fmix64` finaliser applied with two different seeds. They are effectively
 //! part of the interface: changing them reshuffles every flow when the control
@@ -180,50 +197,7 @@ pub fn build_table(backends: &[MaglevBackend], size: u32) -> Result<Vec<u32>, Ma
         });
     }
 
-    let max_weight = weighted
-        .iter()
-        .map(|b| u64::from(b.weight))
-        .fold(0, u64::max);
-    let mut claimers: Vec<Claimer> = weighted
-        .iter()
-        .map(|b| Claimer {
-            id: b.id,
-            weight: u64::from(b.weight),
-            claimed: 0,
-            prefs: Preferences::new(&b.key, size),
-        })
-        .collect();
-
-    // Min-heap of (round of the next claim, position in key order).
-    let mut pending: BinaryHeap<Reverse<(u64, usize)>> = claimers
-        .iter()
-        .enumerate()
-        .map(|(i, c)| Reverse((claim_round(1, max_weight, c.weight), i)))
-        .collect();
-
-    let mut filled: usize = 0;
-    while filled < table.len() {
-        let Some(Reverse((_, i))) = pending.pop() else {
-            // Unreachable: every claimer is pushed back after each claim.
-            break;
-        };
-        let claimer = &mut claimers[i];
-        // Terminates: the preference list is a permutation of all slots and at
-        // least one slot is still free.
-        loop {
-            let slot = claimer.prefs.next_slot();
-            if table[slot] == NO_BACKEND {
-                table[slot] = claimer.id;
-                break;
-            }
-        }
-        claimer.claimed += 1;
-        filled += 1;
-        pending.push(Reverse((
-            claim_round(claimer.claimed + 1, max_weight, claimer.weight),
-            i,
-        )));
-    }
+    populate(&weighted, size, &mut table);
     Ok(table)
 }
 
@@ -303,6 +277,74 @@ fn validate_size(size: u32) -> Result<(), MaglevError> {
     Ok(())
 }
 
+/// Fills `table` (all [`NO_BACKEND`]) from `weighted`: backends with a non-zero weight, in key
+/// order, at most `size` of them (checked by the caller).
+///
+/// Two loops give the same claims in the same order (round, then key order):
+/// * rounds: every backend adds its weight to its credit each round and claims a slot when the
+///   credit reaches `max_weight`. It costs one step per backend and round, so it is used when the
+///   rounds are few for the backend count (weights within a small factor of each other, as in
+///   the common case of equal weights), and needs no division;
+/// * events: the min-heap of the module documentation, for skewed weights, where most backends
+///   would claim nothing in most rounds.
+fn populate(weighted: &[&MaglevBackend], size: u32, table: &mut [u32]) {
+    let max_weight = weighted
+        .iter()
+        .map(|b| u64::from(b.weight))
+        .fold(0, u64::max);
+    let sum: u64 = weighted.iter().map(|b| u64::from(b.weight)).sum();
+    let n = weighted.len() as u64;
+    let mut claimers: Vec<Claimer> = weighted
+        .iter()
+        .map(|b| Claimer {
+            id: b.id,
+            weight: u64::from(b.weight),
+            credit: 0,
+            prefs: Preferences::new(&b.key, size),
+            inverse_skip: 0,
+        })
+        .collect();
+    let mut fill = Fill::new(table);
+
+    // After r rounds the backends hold sum(floor(r * w / max)) >= r * sum / max - n slots, so
+    // the table is full after at most (size + n) * max / sum + 1 rounds (no overflow: the
+    // product is below 2^25 * 2^32).
+    let rounds = (u64::from(size) + n) * max_weight / sum + 1;
+    if rounds.saturating_mul(n) <= 4 * u64::from(size) {
+        'rounds: loop {
+            for c in claimers.iter_mut() {
+                c.credit += c.weight;
+                if c.credit >= max_weight {
+                    c.credit -= max_weight;
+                    if fill.claim(c) {
+                        break 'rounds;
+                    }
+                }
+            }
+        }
+        return;
+    }
+
+    // Min-heap of (round of the next claim, position in key order).
+    let mut pending: BinaryHeap<Reverse<(u64, usize)>> = claimers
+        .iter()
+        .enumerate()
+        .map(|(i, c)| Reverse((claim_round(1, max_weight, c.weight), i)))
+        .collect();
+    let mut claimed = vec![0u64; claimers.len()];
+    while let Some(Reverse((_, i))) = pending.pop() {
+        let claimer = &mut claimers[i];
+        if fill.claim(claimer) {
+            break;
+        }
+        claimed[i] += 1;
+        pending.push(Reverse((
+            claim_round(claimed[i] + 1, max_weight, claimer.weight),
+            i,
+        )));
+    }
+}
+
 /// Round (1-based) in which a backend of weight `weight` makes its `k`-th
 /// claim (`k >= 1`): the smallest `r` with `r * weight >= k * max_weight`,
 /// i.e. `ceil(k * max_weight / weight)`. `k * max_weight` fits in `u64` since
@@ -311,42 +353,213 @@ fn claim_round(k: u64, max_weight: u64, weight: u64) -> u64 {
     (k * max_weight - 1) / weight + 1
 }
 
+/// Free slots left when [`Fill`] stops walking preference lists and searches the free slots
+/// instead (see [`Fill::claim`]).
+const TAIL_SLOTS: usize = 128;
+
+/// The table being filled, with a bitmap of its taken slots (8 KiB for 65,537 slots: the
+/// preference walks test bits in the L1 cache instead of reading the 256 KiB table).
+struct Fill<'a> {
+    table: &'a mut [u32],
+    taken: Vec<u64>,
+    size: u64,
+    free: usize,
+    /// The free slots, once at most [`TAIL_SLOTS`] are left.
+    tail: Option<Vec<u32>>,
+    modulo: Modulo,
+}
+
+impl<'a> Fill<'a> {
+    fn new(table: &'a mut [u32]) -> Self {
+        Self {
+            taken: vec![0; table.len().div_ceil(64)],
+            size: table.len() as u64,
+            free: table.len(),
+            tail: None,
+            modulo: Modulo::new(table.len() as u64),
+            table,
+        }
+    }
+
+    /// The next free slot of `c`'s list once at most [`TAIL_SLOTS`] are free (see
+    /// [`Fill::claim`]), removed from the list of free slots; moves the cursor past it.
+    #[inline(never)]
+    fn claim_in_tail(&mut self, c: &mut Claimer) -> Option<u32> {
+        if self.tail.is_none() {
+            self.tail = Some(self.free_slots());
+        }
+        let free = self.tail.as_mut()?;
+        let walked = (0..TAIL_WALK)
+            .map(|_| c.prefs.next_slot())
+            .find(|&s| !is_taken(&self.taken, s));
+        let pos = match walked {
+            Some(slot) => free.iter().position(|&f| f == slot),
+            None => {
+                if c.inverse_skip == 0 {
+                    c.inverse_skip = inverse_mod(c.prefs.skip, self.size);
+                }
+                let (next, inverse, size) = (c.prefs.next, c.inverse_skip, self.size);
+                let modulo = &self.modulo;
+                free.iter()
+                    .enumerate()
+                    .min_by_key(|(_, &s)| {
+                        modulo.reduce((u64::from(s) + size - u64::from(next)) * inverse)
+                    })
+                    .map(|(pos, _)| pos)
+            }
+        }?;
+        let slot = free.swap_remove(pos);
+        c.prefs.next = slot;
+        c.prefs.next_slot();
+        Some(slot)
+    }
+
+    /// The slots not taken, in order (read a bitmap word at a time).
+    fn free_slots(&self) -> Vec<u32> {
+        let mut free = Vec::with_capacity(self.free);
+        for (i, word) in self.taken.iter().enumerate() {
+            let mut bits = !word;
+            while bits != 0 {
+                let slot = i as u64 * 64 + u64::from(bits.trailing_zeros());
+                // The last word's bits past the table are not slots.
+                if slot < self.size {
+                    free.push(slot as u32);
+                }
+                bits &= bits - 1;
+            }
+        }
+        free
+    }
+
+    /// Gives `c` the next free slot of its preference list and moves its cursor past it;
+    /// returns whether the table is now full.
+    ///
+    /// Walking the list costs `size / free` tests on average, which adds up to `size * ln(size)`
+    /// over a whole table, most of it for the last slots. So once few slots are free, a claim
+    /// walks a few steps only and then finds the slot from the other side: slot `s` comes
+    /// `(s - next) / skip (mod size)` places after the cursor `next` in the list, and the free
+    /// slot with the smallest distance is the one the walk would reach first. Same slot, `free`
+    /// multiplications instead of `size / free` tests.
+    // Inlined into the population loops: the walk is the hot path of the whole build.
+    #[inline(always)]
+    fn claim(&mut self, c: &mut Claimer) -> bool {
+        let slot = if self.free > TAIL_SLOTS {
+            // Terminates: the list is a permutation of all slots and one is still free.
+            loop {
+                let slot = c.prefs.next_slot();
+                if !is_taken(&self.taken, slot) {
+                    break slot;
+                }
+            }
+        } else {
+            match self.claim_in_tail(c) {
+                Some(slot) => slot,
+                // Unreachable: the caller stops once the table is full, and the list of free
+                // slots holds every slot not taken.
+                None => return true,
+            }
+        };
+        if let Some(w) = self.taken.get_mut(slot as usize / 64) {
+            *w |= 1 << (slot % 64);
+        }
+        if let Some(t) = self.table.get_mut(slot as usize) {
+            *t = c.id;
+        }
+        self.free -= 1;
+        self.free == 0
+    }
+}
+
+/// Whether `slot` is taken in the bitmap `taken`.
+fn is_taken(taken: &[u64], slot: u32) -> bool {
+    taken
+        .get(slot as usize / 64)
+        .is_some_and(|w| w & (1 << (slot % 64)) != 0)
+}
+
+/// Steps of its preference list a claim walks before it searches the free slots, once few are
+/// left: a backend whose next slots are free (one that claimed few so far) needs no search.
+const TAIL_WALK: usize = 8;
+
+/// `x mod m` by one multiplication instead of a division (`m < 2^24`, `x < 2^48`): with
+/// `magic = floor(2^64 / m)`, `x * magic / 2^64` is `floor(x / m)` or one less.
+struct Modulo {
+    m: u64,
+    magic: u64,
+}
+
+impl Modulo {
+    fn new(m: u64) -> Self {
+        Self {
+            m,
+            magic: u64::MAX / m.max(1),
+        }
+    }
+
+    fn reduce(&self, x: u64) -> u64 {
+        let q = ((u128::from(x) * u128::from(self.magic)) >> 64) as u64;
+        let r = x - q * self.m;
+        if r >= self.m {
+            r - self.m
+        } else {
+            r
+        }
+    }
+}
+
+/// `a^-1 mod m` for a prime `m` and `0 < a < m` (extended Euclid).
+fn inverse_mod(a: u32, m: u64) -> u64 {
+    let (mut r0, mut r1) = (m as i64, i64::from(a));
+    let (mut t0, mut t1) = (0i64, 1i64);
+    while r1 != 0 {
+        let q = r0 / r1;
+        (r0, r1) = (r1, r0 - q * r1);
+        (t0, t1) = (t1, t0 - q * t1);
+    }
+    t0.rem_euclid(m as i64) as u64
+}
+
 /// Population state of one weighted backend.
 struct Claimer {
     id: u32,
     weight: u64,
-    claimed: u64,
+    /// Weight accumulated since the last claim (round loop).
+    credit: u64,
     prefs: Preferences,
+    /// `prefs.skip^-1 mod size`, computed when first needed (0: not yet).
+    inverse_skip: u64,
 }
 
 /// Lazily generated Maglev preference list `(offset + j * skip) % size`.
 struct Preferences {
-    next: u64,
-    skip: u64,
-    size: u64,
+    next: u32,
+    skip: u32,
+    size: u32,
 }
 
 impl Preferences {
     /// Preference list of the backend with key `key` in a table of prime size `size >= 2`.
     fn new(key: &[u8], size: u32) -> Self {
         let (h1, h2) = key_hashes(key);
-        let size = u64::from(size);
+        let wide = u64::from(size);
+        // Both results are below `size`, a u32.
         Preferences {
-            next: h1 % size,
-            skip: h2 % (size - 1) + 1,
+            next: (h1 % wide) as u32,
+            skip: (h2 % (wide - 1) + 1) as u32,
             size,
         }
     }
 
     /// Returns the next slot of the list (wraps around after `size` slots).
-    fn next_slot(&mut self) -> usize {
+    fn next_slot(&mut self) -> u32 {
         let slot = self.next;
-        // next < size and skip < size, so one subtraction is enough.
+        // next < size and skip < size <= 2^24, so the sum does not overflow and one
+        // subtraction is enough.
         self.next += self.skip;
         if self.next >= self.size {
             self.next -= self.size;
         }
-        slot as usize
+        slot
     }
 }
 
@@ -465,6 +678,102 @@ mod tests {
         }
     }
 
+    /// The plain builder of the module documentation (a heap of claims, walks over the table
+    /// itself): the fast [`build_table`] must give exactly its table.
+    fn reference_table(backends: &[MaglevBackend], size: u32) -> Vec<u32> {
+        let mut sorted: Vec<&MaglevBackend> = backends.iter().filter(|b| b.weight > 0).collect();
+        sorted.sort_by(|a, b| a.key.cmp(&b.key));
+        let mut table = vec![NO_BACKEND; size as usize];
+        if sorted.is_empty() {
+            return table;
+        }
+        let max = sorted.iter().map(|b| u64::from(b.weight)).max().unwrap();
+        let mut prefs: Vec<Preferences> = sorted
+            .iter()
+            .map(|b| Preferences::new(&b.key, size))
+            .collect();
+        let mut claimed = vec![0u64; sorted.len()];
+        let mut pending: BinaryHeap<Reverse<(u64, usize)>> = sorted
+            .iter()
+            .enumerate()
+            .map(|(i, b)| Reverse((claim_round(1, max, u64::from(b.weight)), i)))
+            .collect();
+        let mut filled = 0;
+        while filled < table.len() {
+            let Reverse((_, i)) = pending.pop().unwrap();
+            loop {
+                let slot = prefs[i].next_slot() as usize;
+                if table[slot] == NO_BACKEND {
+                    table[slot] = sorted[i].id;
+                    break;
+                }
+            }
+            claimed[i] += 1;
+            filled += 1;
+            pending.push(Reverse((
+                claim_round(claimed[i] + 1, max, u64::from(sorted[i].weight)),
+                i,
+            )));
+        }
+        table
+    }
+
+    #[test]
+    fn same_table_as_the_reference_builder() {
+        // Equal weights (round loop), mixed weights, skewed weights (heap), tiny tables (all
+        // tail), and the bench's 1,000 backends.
+        let cases: Vec<(Vec<MaglevBackend>, u32)> = vec![
+            (equal_backends(1000), DEFAULT_TABLE_SIZE),
+            (equal_backends(3), DEFAULT_TABLE_SIZE),
+            (weighted_backends(&[1, 2, 3, 4]), SMALL_SIZE),
+            (weighted_backends(&[1, 1000, 5, 0, 7]), DEFAULT_TABLE_SIZE),
+            (weighted_backends(&[u32::MAX, 1, 1, 2]), SMALL_SIZE),
+            (equal_backends(5), 5),
+            (equal_backends(7), 131),
+            (equal_backends(1), 2),
+        ];
+        for (backends, size) in cases {
+            assert_eq!(
+                build_table(&backends, size).expect("build"),
+                reference_table(&backends, size),
+                "{} backends, size {size}",
+                backends.len()
+            );
+        }
+    }
+
+    #[test]
+    fn modulo_by_multiplication_is_exact() {
+        for m in [2u64, 3, 131, 4099, 65537, u64::from(MAX_TABLE_SIZE)] {
+            let r = Modulo::new(m);
+            let top = (m - 1) * (m - 1) + 2 * m;
+            for x in [
+                0,
+                1,
+                m - 1,
+                m,
+                m + 1,
+                2 * m - 1,
+                12_345_678_901,
+                top,
+                (1 << 48) - 1,
+            ] {
+                assert_eq!(r.reduce(x), x % m, "{x} mod {m}");
+            }
+        }
+    }
+
+    #[test]
+    fn inverse_mod_inverts() {
+        for m in [2u64, 3, 131, 4099, 65537, u64::from(MAX_TABLE_SIZE)] {
+            for a in [1u32, 2, 3, 100, 4098, 65536] {
+                if u64::from(a) < m {
+                    assert_eq!(u64::from(a) * inverse_mod(a, m) % m, 1, "{a} mod {m}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn fnv1a32_published_vectors() {
         assert_eq!(fnv1a32(b""), 0x811c_9dc5);
@@ -511,7 +820,7 @@ mod tests {
         let mut prefs = Preferences::new(b"10.0.2.1:8080", SMALL_SIZE);
         let mut seen = vec![false; SMALL_SIZE as usize];
         for _ in 0..SMALL_SIZE {
-            let slot = prefs.next_slot();
+            let slot = prefs.next_slot() as usize;
             assert!(!seen[slot], "slot {slot} visited twice");
             seen[slot] = true;
         }
@@ -874,6 +1183,18 @@ mod tests {
         fn prop_weighted_spread(backends in backend_sets(1..=50, 1..=1000)) {
             let table = build_table(&backends, DEFAULT_TABLE_SIZE).expect("build");
             assert_proportional(&backends, &table);
+        }
+
+        #[test]
+        fn prop_same_table_as_the_reference_builder(
+            backends in backend_sets(0..=80, 0..=20),
+            size in prop::sample::select(vec![2u32, 3, 61, 131, 4099]),
+        ) {
+            prop_assume!(backends.iter().filter(|b| b.weight > 0).count() <= size as usize);
+            prop_assert_eq!(
+                build_table(&backends, size).expect("build"),
+                reference_table(&backends, size)
+            );
         }
 
         #[test]

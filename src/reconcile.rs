@@ -1,8 +1,9 @@
 //! Makes the BPF maps match a desired [`State`]: hands out data-plane ids, builds Maglev rings,
 //! and writes map entries in an order that never shows the XDP program a half-configured VIP.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::net::SocketAddrV4;
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,6 +15,7 @@ mod firewall;
 pub use firewall::AppliedFirewall;
 mod ratelimit;
 pub use ratelimit::AppliedRateLimits;
+mod ring;
 
 /// Why the maps could not be made to match.
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +112,20 @@ pub struct Reconciler {
     ratelimit: AppliedRateLimits,
     /// Backends the health checker marked down: left out of the Maglev tables.
     health: crate::health::HealthView,
+    /// Memory mappings of the rings, for changes written in place.
+    live: ring::LiveRings,
+    ring_updates: RingUpdates,
+}
+
+/// How the Maglev rings were written since this Reconciler started (diagnostics, tests).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RingUpdates {
+    /// Changes stored in place, slot by slot, in the live ring.
+    pub in_place: u64,
+    /// Slots stored by those.
+    pub slots_written: u64,
+    /// New rings swapped in (first ring, adoption, a backend leaving the ring).
+    pub swapped: u64,
 }
 
 impl Reconciler {
@@ -123,7 +139,14 @@ impl Reconciler {
             vip_ids: IdPool::new("vip", MAX_VIPS),
             backend_ids: IdPool::new("backend", MAX_BACKENDS),
             health: crate::health::HealthView::default(),
+            live: ring::LiveRings::default(),
+            ring_updates: RingUpdates::default(),
         }
+    }
+
+    /// How the Maglev rings were written so far.
+    pub fn ring_updates(&self) -> RingUpdates {
+        self.ring_updates
     }
 
     /// Marks a backend up or down in the live health view; returns whether that changed
@@ -233,6 +256,7 @@ impl Reconciler {
                 continue;
             };
             maps.delete_vip(key.addr, key.proto)?;
+            self.live.forget(old.id);
             maps.delete_ring(old.id)?;
             for (id, _) in old.backends.values() {
                 self.backend_ids.give_back(*id);
@@ -289,10 +313,23 @@ impl Reconciler {
                 let started = Instant::now();
                 let ring = build_ring(key, &members, self.ring_size)?;
                 let built = started.elapsed();
+                let mut written = RingWrite::Unchanged;
                 if ring != cur.ring || adopted {
-                    match &ring {
-                        Some(table) => maps.set_ring(cur.id, table)?,
-                        None => maps.delete_ring(cur.id)?,
+                    let leaving = leaves(&cur.members, &members);
+                    written = write_ring(
+                        &self.dp,
+                        &mut self.live,
+                        cur.id,
+                        cur.ring.as_deref().filter(|_| !adopted && !leaving),
+                        ring.as_deref(),
+                    )?;
+                    match written {
+                        RingWrite::InPlace(n) => {
+                            self.ring_updates.in_place += 1;
+                            self.ring_updates.slots_written += n as u64;
+                        }
+                        RingWrite::Swapped => self.ring_updates.swapped += 1,
+                        RingWrite::Unchanged | RingWrite::Deleted => {}
                     }
                     cur.ring = ring;
                 }
@@ -300,7 +337,8 @@ impl Reconciler {
                     vip = %key,
                     members = members.len(),
                     build_us = built.as_micros() as u64,
-                    swap_us = (started.elapsed() - built).as_micros() as u64,
+                    write_us = (started.elapsed() - built).as_micros() as u64,
+                    ?written,
                     "maglev ring rebuilt"
                 );
                 cur.members = members;
@@ -336,6 +374,60 @@ impl Reconciler {
             .map(|(addr, (id, w))| (id, addr, w))
             .collect()
     }
+}
+
+/// How a VIP's new Maglev table reached the data plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RingWrite {
+    /// Same table as before: nothing written.
+    Unchanged,
+    /// The changed slots of the live ring were stored in place (this many).
+    InPlace(usize),
+    /// A new ring was swapped in (one outer-map update, which waits for an RCU grace period).
+    Swapped,
+    /// The ring was removed (no ring members).
+    Deleted,
+}
+
+/// Whether a backend of `old` is not in `new` (by id and address): it leaves the ring.
+fn leaves(old: &[(u32, SocketAddrV4, u32)], new: &[(u32, SocketAddrV4, u32)]) -> bool {
+    let staying: HashSet<(u32, SocketAddrV4)> = new.iter().map(|(id, a, _)| (*id, *a)).collect();
+    old.iter().any(|(id, a, _)| !staying.contains(&(*id, *a)))
+}
+
+/// Makes the data plane's ring of VIP `vip_id` hold `new` (None: no ring).
+///
+/// `old` is the table the live ring holds, given only when the change may be written in place:
+/// every backend of `old` is still a ring member (a new flow that picks a slot's old owner
+/// picks a backend that stays; see `reconcile/ring.rs`). Then only the slots that differ are
+/// stored, through the ring's memory mapping: no new map, no outer-map update, no RCU grace
+/// period. Otherwise (first ring, adopted rings, a backend leaving, a ring that cannot be
+/// mapped) a new ring is swapped in, and when that returns no packet still reads the old one.
+fn write_ring(
+    dp: &Dataplane,
+    live: &mut ring::LiveRings,
+    vip_id: u32,
+    old: Option<&[u32]>,
+    new: Option<&[u32]>,
+) -> Result<RingWrite, ReconcileError> {
+    let Some(new) = new else {
+        live.forget(vip_id);
+        dp.maps().delete_ring(vip_id)?;
+        return Ok(RingWrite::Deleted);
+    };
+    if let Some(old) = old {
+        if let Some(n) = live.update(vip_id, old, new)? {
+            return Ok(RingWrite::InPlace(n));
+        }
+    }
+    live.forget(vip_id);
+    dp.maps().set_ring(vip_id, new)?;
+    // The swap is done and correct; a ring that cannot be mapped only means the next change
+    // of this VIP swaps again.
+    if let Err(e) = live.open(dp.program().as_fd(), vip_id, new.len()) {
+        tracing::warn!(vip_id, error = %e, "cannot map the new Maglev ring: its next change swaps a new ring in");
+    }
+    Ok(RingWrite::Swapped)
 }
 
 /// The Maglev table of a VIP's ring members, or None when there are none (no backend can take

@@ -177,8 +177,8 @@ impl Backends for BackendsService {
             let addrs: Vec<SocketAddrV4> = backends.iter().map(|(a, _)| *a).collect();
             super::vips::check_l2dsr_backends(|i| format!("backends[{i}].address"), &addrs).await?;
         }
-        // One change: applied to a copy of the state, reconciled once (one Maglev rebuild and
-        // ring swap), saved once; any refusal leaves state, maps and file as they were.
+        // One change: applied to a copy of the state, reconciled once (one Maglev rebuild, one
+        // ring update), saved once; any refusal leaves state, maps and file as they were.
         self.ctl.change(|s| add_many(s, &vip, &backends)).await?;
         let added: Vec<pb::Backend> = self
             .ctl
