@@ -40,7 +40,12 @@ enum LogFormat {
 )]
 struct Args {
     /// Configuration file (TOML; see examples/lbd.toml).
-    #[arg(long, short = 'c', value_name = "FILE", required_unless_present = "man")]
+    #[arg(
+        long,
+        short = 'c',
+        value_name = "FILE",
+        required_unless_present = "man"
+    )]
     config: Option<PathBuf>,
     /// Unix socket of the gRPC API (overrides [api] socket).
     #[arg(long, value_name = "PATH")]
