@@ -28,7 +28,10 @@ const volatile enum fw_scope firewall_scope = FW_SCOPE_VIPS;
  * @saddr: the source address, network byte order
  *
  * Every packet pays one fw_l2 lookup (an ARRAY: inlined, no helper call);
- * only a /24 that holds rules longer than /24 sends it on to fw_l3. lbd
+ * only a source of a /24 that holds rules longer than /24, and whose bit of
+ * the slot's filter is set (FW_VERDICT_DEEPER), goes on to fw_l3: the other
+ * addresses of such a /24 skip the hash lookup (a hash bucket of its own per
+ * address, a page each in a large table). lbd
  * writes an fw_l3 entry before the slot that sends packets to it, and clears
  * that slot (then waits for a grace period) before deleting the entry; a
  * missing address therefore never happens to a packet, and would only mean
@@ -41,15 +44,18 @@ static __always_inline __u32 fw_verdict_v4(__be32 saddr)
 	__u32 addr = bpf_ntohl(saddr);
 	__u32 net16 = addr >> 16;
 	struct fw_chunk *chunk;
-	__u32 *entry, word;
+	__u32 *entry, word, filter;
 
 	chunk = bpf_map_lookup_elem(&fw_l2, &net16);
 	if (!chunk)
 		return 0;
 	/* (addr >> 8) & 0xff < FW_L2_SLOTS: always inside the chunk. */
 	word = chunk->slot[(addr >> 8) & (FW_L2_SLOTS - 1)];
-	if (!(word & FW_VERDICT_DEEPER))
+	if (!(word & FW_VERDICT_DEEPER_ANY))
 		return word;
+	filter = word & (FW_VERDICT_DEEPER & ~FW_VERDICT_DEEPER_ANY);
+	if (filter && !(filter & (1u << (FW_VERDICT_DEEPER_SHIFT + (addr & 0xff) % FW_VERDICT_DEEPER_BITS))))
+		return word & ~FW_VERDICT_DEEPER;
 	entry = bpf_map_lookup_elem(&fw_l3, &saddr);
 	if (!entry)
 		return word & ~FW_VERDICT_DEEPER;

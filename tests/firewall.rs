@@ -736,6 +736,77 @@ fn pinned_rules_are_adopted_after_a_restart() {
     });
 }
 
+/// An fw_l2 slot as an lbd older than the per-address filter wrote it (bit 29 alone: "this /24
+/// holds longer rules") still sends every address of the /24 on to fw_l3: the program adopted
+/// across an upgrade reads the old lbd's words right until they are rewritten.
+#[test]
+fn slot_words_without_a_filter_send_every_address_on() {
+    use libbpf_rs::{MapCore as _, MapFlags, MapHandle};
+    use types::fw_verdict_bits as B;
+    bench(|_, net| {
+        let pins =
+            std::path::PathBuf::from(format!("/sys/fs/bpf/xdplb-fwlegacy-{}", std::process::id()));
+        let result = (|| -> Result<()> {
+            let dp = Dataplane::load(&LoadOptions {
+                conntrack_size: 4096,
+                firewall_capacity: CAPACITY,
+                pin_dir: Some(pins.clone()),
+                ..LoadOptions::default()
+            })?;
+            dp.maps().write_config(&config(PORTS))?;
+            let mut lb = Lb {
+                rec: Reconciler::new(dp, RING_SIZE),
+                state: State::default(),
+                net,
+                cfg: config(PORTS),
+                claimed: BTreeSet::new(),
+            };
+            let vip = lb.add_vip(VIP, Protocol::Tcp, &[(BE1, 100), (BE2, 100)])?;
+            add_rules(
+                &mut lb,
+                &[
+                    ("10.1.0.0/24", Action::Block),
+                    ("10.1.0.50/32", Action::Allow),
+                ],
+            )?;
+            // Rewrite slot 10.1.0.0/24 of chunk 10.1/16 the old way: the filter bits cleared,
+            // bit 29 kept. 10.1.0.50's own filter bit (50 % 5 = 0) is then clear too, so a
+            // program that trusted the filter alone would take the block for it.
+            let l2 = MapHandle::from_pinned_path(pins.join("fw_l2")).context("opening fw_l2")?;
+            let key = 0x0a01u32.to_ne_bytes();
+            let mut chunk = l2
+                .lookup(&key, MapFlags::ANY)?
+                .context("no chunk for 10.1/16")?;
+            let filter = B::FW_VERDICT_DEEPER.0 & !B::FW_VERDICT_DEEPER_ANY.0;
+            let mut w = u32::from_ne_bytes(chunk[..4].try_into()?);
+            ensure!(
+                w & B::FW_VERDICT_DEEPER_ANY.0 != 0 && w & filter != 0,
+                "slot 0 was written without its filter: {w:#x}"
+            );
+            w &= !filter;
+            chunk[..4].copy_from_slice(&w.to_ne_bytes());
+            l2.update(&key, &chunk, MapFlags::EXIST)?;
+            expect_natted(
+                &mut lb,
+                &vip,
+                sa(CLIENT, 41000),
+                "the allowed 10.1.0.50 behind a legacy slot",
+            )?;
+            expect_dropped(
+                &lb,
+                &syn(sa(CLIENT_B, 41000), VIP),
+                "10.1.0.51 behind a legacy slot (no fw_l3 entry: the /24's block)",
+            )?;
+            ensure!(hits(&lb, "10.1.0.50/32")? == 1, "allow rule hits");
+            ensure!(hits(&lb, "10.1.0.0/24")? == 1, "block rule hits");
+            lb.rec.into_dataplane().shutdown(true)?;
+            Ok(())
+        })();
+        let _ = xdplb::dataplane::remove_pins(&pins);
+        result
+    });
+}
+
 /// The rules' tables built afresh from what the reconciler applied, the reconciler's own copy,
 /// and what the maps hold, all equal; the maps' record of rules equals the applied rules.
 fn check_tables(lb: &Lb) -> Result<()> {

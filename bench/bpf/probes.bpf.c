@@ -6,7 +6,11 @@
  * difference to it is the price of that one operation on this machine, which
  * the closing note uses to say where the time of a path goes. A probe whose
  * operation does not give the expected result returns XDP_PASS, so the bench
- * can check that every timed call did the work. */
+ * can check that every timed call did the work.
+ *
+ * probe_page_reads is the memory baseline of the firewall's scaling points:
+ * the reads a frame names, in a 128 MiB array of 4 KiB pages (vmalloc'd, like
+ * every BPF map), and nothing else. */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/ip.h>
@@ -61,6 +65,26 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } probe_counter SEC(".maps");
+
+/* probe_page_reads: PROBE_PAGES page-aligned elements of one 4 KiB page each
+ * (BPF_F_MMAPABLE aligns the values to pages), 64 cache lines of 8 words. */
+enum probe_pages_limits {
+	PROBE_PAGES = 32768,
+	PROBE_READS = 6, /* reads per frame at most */
+	PROBE_LINES = 64, /* cache lines per page */
+};
+
+struct probe_page {
+	__u64 words[512];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, PROBE_PAGES);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct probe_page);
+} probe_pages SEC(".maps");
 
 /* Set by the bench before load: the FIB lookup's source and destination. */
 const volatile __u32 fib_src_be = 0;
@@ -172,6 +196,43 @@ int probe_percpu(struct xdp_md *ctx)
 	if (!c)
 		return XDP_PASS;
 	*c += 1;
+	return tx(ctx);
+}
+
+/* The frame after its Ethernet header: how many reads (<= PROBE_READS), then
+ * one line index per read (page * PROBE_LINES + line). Each read's index
+ * depends on the value the previous read returned (always 0: the array is
+ * never written), so the reads are a chain of dependent loads like the
+ * firewall's (fw_l2 word -> fw_l3 / fw_hits), not overlapping ones. */
+struct probe_reads {
+	__u32 count;
+	__u32 line[PROBE_READS];
+};
+
+SEC("xdp")
+int probe_page_reads(struct xdp_md *ctx)
+{
+	void *data_end = (void *)(long)ctx->data_end;
+	void *data = (void *)(long)ctx->data;
+	struct probe_reads *r = data + sizeof(struct ethhdr);
+	struct probe_page *page;
+	__u64 prev = 0;
+	__u32 i, idx, key;
+
+	if ((void *)(r + 1) > data_end)
+		return XDP_PASS;
+	for (i = 0; i < PROBE_READS; i++) {
+		if (i >= r->count)
+			break;
+		idx = r->line[i] + (__u32)prev;
+		key = idx / PROBE_LINES;
+		page = bpf_map_lookup_elem(&probe_pages, &key);
+		if (!page)
+			return XDP_PASS;
+		prev = page->words[(idx % PROBE_LINES) * 8];
+	}
+	if (prev)
+		return XDP_PASS;
 	return tx(ctx);
 }
 

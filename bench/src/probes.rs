@@ -2,6 +2,10 @@
 //! performs (FIB lookup, hash and LRU lookups, LRU insert, LPM lookup, coarse clock, per-CPU
 //! counter), each measured like the floor and reported above it. They say where the time of a
 //! path goes without touching the data plane.
+//!
+//! [`page_reads`] is the memory baseline of the firewall's scaling points: chains of dependent
+//! reads in a 128 MiB array of 4 KiB pages, each frame naming its cache lines, so that the same
+//! number of distinct pages and lines as a firewall workload can be measured without any lookup.
 
 use std::mem::MaybeUninit;
 
@@ -11,7 +15,7 @@ use libbpf_rs::{MapCore, MapFlags, OpenObject, ProgramMut};
 
 use crate::common::lab::{Net, BACKEND1, LB_ADDR};
 use crate::setup::{new_source, syn};
-use crate::testrun::{floor_frame, Floor, Runner, Spread};
+use crate::testrun::{floor_frame, Floor, Measured, Runner, Spread};
 
 mod probes_skel {
     //! The libbpf skeleton generated from `bench/bpf/probes.bpf.c`.
@@ -77,6 +81,11 @@ pub fn measure(net: Net, floor: &Floor, trials: usize, packets: usize) -> Result
         .context("the probes' read-only data is not memory-mapped")?;
     rodata.fib_src_be = u32::from_ne_bytes(LB_ADDR.octets());
     rodata.fib_dst_be = u32::from_ne_bytes(BACKEND1.octets());
+    // Only page_reads needs the 128 MiB array.
+    open.maps
+        .probe_pages
+        .set_max_entries(1)
+        .context("sizing probe_pages")?;
     let skel = open.load().context("loading the probes")?;
 
     let vip_key: Vec<u8> = [1u32, 2, 3, 4, 5]
@@ -155,4 +164,107 @@ pub fn measure(net: Net, floor: &Floor, trials: usize, packets: usize) -> Result
             }
         })
         .collect())
+}
+
+/// Pages of `probe_page_reads`'s array (4 KiB each): `PROBE_PAGES` of the C side (an enum
+/// that BTF does not carry; checked against the loaded map).
+pub const PAGES: u32 = 32768;
+/// Cache lines per page (`PROBE_LINES`).
+pub const LINES: u32 = 64;
+/// Reads per frame at most (`PROBE_READS`; a frame is checked to be long enough by the probe,
+/// which returns XDP_PASS otherwise).
+pub const READS: usize = 6;
+
+/// One memory baseline: frames (cycled), each the cache lines it reads in order, as
+/// `page * LINES + line` with `page < PAGES`, at most [`READS`] of them.
+pub struct PageReads {
+    pub name: String,
+    pub frames: Vec<Vec<u32>>,
+}
+
+impl PageReads {
+    /// Distinct 4 KiB pages the frames read.
+    pub fn pages(&self) -> usize {
+        let mut p: Vec<u32> = self.frames.iter().flatten().map(|l| l / LINES).collect();
+        p.sort_unstable();
+        p.dedup();
+        p.len()
+    }
+}
+
+/// The frame of `probe_page_reads` for `lines`: an Ethernet header, the count, the line indices.
+fn page_frame(lines: &[u32]) -> Result<Vec<u8>> {
+    ensure!(
+        lines.len() <= READS,
+        "a page-reads frame names at most {READS} lines, not {}",
+        lines.len()
+    );
+    ensure!(
+        lines.iter().all(|l| *l < PAGES * LINES),
+        "a page-reads line index is outside the {PAGES} pages"
+    );
+    let mut f = floor_frame()[..14].to_vec();
+    f.extend_from_slice(&(lines.len() as u32).to_ne_bytes());
+    for i in 0..READS {
+        f.extend_from_slice(&lines.get(i).copied().unwrap_or(0).to_ne_bytes());
+    }
+    f.resize(64, 0);
+    Ok(f)
+}
+
+/// Measures every set of `sets` against the floor, interleaved as in `testrun::measure`
+/// (`packets` calls per trial, one frame per call), in the bench namespace of `net`. The result
+/// is named like the sets.
+pub fn page_reads(
+    net: Net,
+    floor: &Floor,
+    sets: &[PageReads],
+    trials: usize,
+    packets: usize,
+) -> Result<Measured> {
+    let storage: &'static mut MaybeUninit<OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
+    let open = probes_skel::ProbesSkelBuilder::default()
+        .open(storage)
+        .context("opening the probes")?;
+    let skel = open.load().context("loading the probes")?;
+    let map = &skel.maps.probe_pages;
+    ensure!(
+        map.max_entries() == PAGES && map.value_size() == LINES * 64,
+        "probe_pages holds {} values of {} bytes, not {PAGES} pages",
+        map.max_entries(),
+        map.value_size()
+    );
+    let frames: Vec<Vec<Vec<u8>>> = sets
+        .iter()
+        .map(|s| s.frames.iter().map(|l| page_frame(l)).collect())
+        .collect::<Result<_>>()?;
+    for (s, f) in sets.iter().zip(&frames) {
+        ensure!(!f.is_empty(), "page reads {}: no frames", s.name);
+    }
+    let prog = &skel.progs.probe_page_reads;
+    let fixed = vec![floor_frame()];
+    let mut runner = Runner::default();
+    // Untimed: one pass over every set first (the trials then start from the same state).
+    for f in &frames {
+        trial(&mut runner, prog, net.veth0, f, f.len())?;
+    }
+    let mut m = Measured {
+        floor: Vec::new(),
+        cases: sets.iter().map(|s| (s.name.clone(), Vec::new())).collect(),
+    };
+    for _ in 0..trials {
+        m.floor.push(trial(
+            &mut runner,
+            floor.program(),
+            net.veth0,
+            &fixed,
+            packets,
+        )?);
+        for (i, f) in frames.iter().enumerate() {
+            m.cases[i]
+                .1
+                .push(trial(&mut runner, prog, net.veth0, f, packets)?);
+        }
+    }
+    Ok(m)
 }

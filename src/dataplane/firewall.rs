@@ -383,7 +383,7 @@ impl FirewallMaps<'_> {
                 .and_then(|b| b.try_into().ok())
                 .unwrap_or([0; 4]),
         );
-        if w & DEEPER != 0 {
+        if tables::goes_deeper(w, a) {
             if let Some(e) = read(self.l3, &a.to_be_bytes())? {
                 w = u32::from_ne_bytes(
                     e.get(..4).and_then(|b| b.try_into().ok()).unwrap_or([0; 4]),

@@ -25,6 +25,23 @@ pub const SLOTS: usize = types::fw_limits::FW_L2_SLOTS.0 as usize;
 pub const L2_ENTRIES: usize = types::fw_limits::FW_L2_ENTRIES.0 as usize;
 /// A slot's bit that sends the lookup on to `fw_l3`.
 pub const DEEPER: u32 = types::fw_verdict_bits::FW_VERDICT_DEEPER.0;
+const DEEPER_SHIFT: u32 = types::fw_verdict_bits::FW_VERDICT_DEEPER_SHIFT.0;
+const DEEPER_BITS: u32 = types::fw_verdict_bits::FW_VERDICT_DEEPER_BITS.0;
+const DEEPER_ANY: u32 = types::fw_verdict_bits::FW_VERDICT_DEEPER_ANY.0;
+
+/// The bits a slot gets for an `fw_l3` entry of `addr` (host order): "this /24 holds longer
+/// rules" and `addr`'s bit of the filter.
+pub fn deeper_bit(addr: u32) -> u32 {
+    DEEPER_ANY | 1 << (DEEPER_SHIFT + (addr & 0xff) % DEEPER_BITS)
+}
+
+/// Whether the data plane looks `addr` up in `fw_l3` after reading slot word `w`: the /24 holds
+/// longer rules and `addr`'s filter bit is set, or the filter is empty (a word of an lbd older
+/// than the filter: every address goes on).
+pub fn goes_deeper(w: u32, addr: u32) -> bool {
+    let filter = w & DEEPER & !DEEPER_ANY;
+    w & DEEPER_ANY != 0 && (filter == 0 || filter & deeper_bit(addr) != 0)
+}
 const ACTION_SHIFT: u32 = types::fw_verdict_bits::FW_VERDICT_ACTION_SHIFT.0;
 const ID_MASK: u32 = types::fw_verdict_bits::FW_VERDICT_ID_MASK.0;
 
@@ -36,7 +53,7 @@ pub fn word(rule: RuleEntry) -> u32 {
     (u32::from(rule.action.value()) << ACTION_SHIFT) | (rule.id & ID_MASK)
 }
 
-/// The rule a word names, without its [`DEEPER`] bit (None: no rule).
+/// The rule a word names, without its [`DEEPER`] bits (None: no rule).
 pub fn decode(word: u32) -> Option<RuleEntry> {
     let action = (word >> ACTION_SHIFT) as u8;
     let action = if action == Action::Block.value() {
@@ -170,8 +187,8 @@ impl Tables {
             return self.uniform[h as usize];
         };
         let w = chunk.slots[((a >> 8) & 0xff) as usize];
-        if w & DEEPER == 0 {
-            return w;
+        if !goes_deeper(w, a) {
+            return w & !DEEPER;
         }
         match chunk.exact.binary_search_by_key(&a, |(k, _)| *k) {
             Ok(i) => chunk.exact[i].1,
@@ -312,7 +329,11 @@ fn build_chunk(rules: &Rules, h: u16, short: u32) -> Option<Chunk> {
     }
     let mut entries = Vec::new();
     for (slot, words) in &exact {
-        slots[usize::from(*slot)] |= DEEPER;
+        for (i, w) in words.iter().enumerate() {
+            if *w != 0 {
+                slots[usize::from(*slot)] |= deeper_bit(i as u32);
+            }
+        }
         let prefix = lo | (u32::from(*slot) << 8);
         entries.extend(
             words
@@ -392,6 +413,59 @@ mod tests {
     }
 
     #[test]
+    fn words_without_a_filter_send_every_address_on() {
+        let block = word(rule(3, Action::Block));
+        // Written by an lbd older than the filter: bit 29 alone.
+        let legacy = block | DEEPER_ANY;
+        // Written now, for an fw_l3 entry of x.x.x.7.
+        let filtered = block | deeper_bit(7);
+        assert_eq!(
+            filtered & DEEPER_ANY,
+            DEEPER_ANY,
+            "old programs read bit 29 alone"
+        );
+        for last in 0..=255u32 {
+            let a = 0x0a01_0200 | last;
+            assert!(goes_deeper(legacy, a), "legacy word, .{last}");
+            assert_eq!(
+                goes_deeper(filtered, a),
+                last % 5 == 2,
+                "filtered word, .{last}"
+            );
+            assert!(!goes_deeper(block, a), "no fw_l3 entries, .{last}");
+        }
+    }
+
+    #[test]
+    fn deeper_filter_holds_the_bits_of_the_exact_addresses_only() {
+        let r = rules(&[
+            ("10.1.2.0/24", Action::Block),
+            ("10.1.2.7/32", Action::Allow),
+            ("10.1.3.0/31", Action::Allow),
+        ]);
+        let t = Tables::build(&r);
+        let chunk = &t.chunks[&0x0a01];
+        let block = word(r[&"10.1.2.0/24".parse().expect("p")]);
+        // 7 % 5 = 2; 0 and 1 of the /31.
+        assert_eq!(chunk.slots[2], block | deeper_bit(7));
+        assert_eq!(chunk.slots[3], deeper_bit(0) | deeper_bit(1));
+        assert_eq!(chunk.slots[4], 0);
+        // 10.1.2.12 shares the /32's bit (12 % 5 = 2) and finds no entry; 10.1.2.8 skips fw_l3.
+        for a in [
+            "10.1.2.7",
+            "10.1.2.8",
+            "10.1.2.12",
+            "10.1.3.0",
+            "10.1.3.1",
+            "10.1.3.2",
+        ] {
+            let a: Ipv4Addr = a.parse().expect("addr");
+            assert_eq!(t.verdict(a), lpm(&r, a), "{a}");
+        }
+        assert_eq!(t.verdict("10.1.2.8".parse().expect("addr")), block);
+    }
+
+    #[test]
     fn levels_and_edges() {
         let r = rules(&[
             ("0.0.0.0/0", Action::Block),
@@ -467,8 +541,8 @@ mod tests {
             .0
             .get(&(addr >> 16))
             .map_or(0, |c| c[((addr >> 8) & 0xff) as usize]);
-        if w & DEEPER == 0 {
-            return w;
+        if !goes_deeper(w, addr) {
+            return w & !DEEPER;
         }
         maps.1.get(&addr).copied().unwrap_or(w & !DEEPER)
     }
