@@ -4,6 +4,7 @@
  * allocation. */
 #pragma once
 
+#include "clock.h"
 #include "maps.h"
 #include "parse.h"
 

@@ -23,6 +23,7 @@
 
 #include <linux/icmp.h>
 #include <linux/ip.h>
+#include "clock.h"
 #include "csum.h"
 #include "flow.h"
 #include "maglev.h"
@@ -199,7 +200,7 @@ static __always_inline int icmp_steer(struct packet *pkt, const struct lb_config
 				      struct icmp_target *t)
 {
 	struct ct_fwd *ct = &t->ct;
-	__u64 now = bpf_ktime_get_coarse_ns();
+	__u64 now = lb_now();
 	struct vip_key vkey = {};
 	struct icmp_quote q = {};
 	struct iphdr *ip = pkt->ip;

@@ -1,11 +1,14 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /* The xdplb XDP program: the pipeline, nothing else.
  *
- *   parse -> VIP lookup -> flow table -> Maglev -> NAT rewrite | L2 DSR | IPIP -> next hop
+ *   parse -> prefilter -> VIP lookup -> flow table -> Maglev -> NAT rewrite | L2 DSR | IPIP -> next hop
+ *   parse -> prefilter -> flow table, its VIP unchanged (vip_ids) -> NAT rewrite | L2 DSR | IPIP -> next hop
  *   parse -> reply of a tracked NAT flow -> NAT restore -> next hop
  *   parse -> ICMP error about a flow -> its backend (or client) -> next hop
  *
- * The firewall runs once per packet: after the VIP lookup (scope "vips"), or
+ * The prefilter and vip_ids (bpf/vip.h) spare the vips hash lookup to packets
+ * for no VIP and to tracked flows (TCP SYNs look their VIP up first).
+ * The firewall runs once per packet: after the VIP is known (scope "vips"), or
  * right after parsing, for every IPv4 packet (scope "all"). Rate limiting
  * follows it on VIP packets; a "new-flows" limit is charged only where a
  * flow is about to be created (ratelimit_new_flow() in lb_to_backend()).
@@ -17,6 +20,7 @@
 #include <bpf/bpf_helpers.h>
 #include "xdplb.h"
 #include "maps.h"
+#include "clock.h"
 #include "parse.h"
 #include "stats.h"
 #include "maglev.h"
@@ -27,6 +31,7 @@
 #include "firewall.h"
 #include "ratelimit.h"
 #include "icmp.h"
+#include "vip.h"
 
 /* DSR packets that cannot leave through XDP are dropped, not passed: the
  * kernel would route the VIP-addressed packet along the VIP's route, which
@@ -173,22 +178,24 @@ static __always_inline int flow_new(struct packet *pkt, const struct lb_config *
 	return LB_CONTINUE;
 }
 
-/* Client -> VIP: find or create the flow, then send it the way it started
- * (NAT, L2 DSR or IPIP), whatever the VIP's mode is now. An established flow
- * sends with its cached next hop; a new one looks it up before its entry is
- * inserted, so that the entry goes in with it. */
+/* Client -> VIP: the flow's live entry @ct (ct_lookup_fwd()), or, if NULL, a
+ * new flow on @vip's ring; then send it the way it started (NAT, L2 DSR or
+ * IPIP), whatever the VIP's mode is now. An established flow sends with its
+ * cached next hop; a new one looks it up before its entry is inserted, so
+ * that the entry goes in with it. */
 static __always_inline int lb_to_backend(struct xdp_md *ctx, struct packet *pkt,
-					 const struct lb_config *cfg, const struct vip_meta *vip)
+					 const struct lb_config *cfg, const struct vip_meta *vip,
+					 struct ct_fwd *ct, __u64 now)
 {
-	__u64 now = bpf_ktime_get_coarse_ns();
-	struct ct_fwd fresh = {}, *ct;
+	struct ct_fwd fresh = {};
 	bool new_flow = false;
 	int action;
 
-	ct = ct_lookup_fwd(cfg, pkt, now);
 	if (ct) {
 		ct_touch(cfg, pkt, &ct->flags, &ct->last_seen_ns, now);
 	} else {
+		if (!vip)
+			return verdict(pkt, LB_REASON_DROP_NO_BACKEND, XDP_DROP);
 		action = flow_new(pkt, cfg, vip, now, &fresh);
 		if (action != LB_CONTINUE)
 			return action;
@@ -220,7 +227,7 @@ static __always_inline int lb_to_backend(struct xdp_md *ctx, struct packet *pkt,
 static __always_inline int lb_to_client(struct xdp_md *ctx, struct packet *pkt,
 					const struct lb_config *cfg)
 {
-	__u64 now = bpf_ktime_get_coarse_ns();
+	__u64 now = lb_now();
 	struct ct_rev *ct = ct_lookup_rev(cfg, pkt, now);
 	struct nexthop_answer a;
 	struct iphdr *ip = pkt->ip;
@@ -271,13 +278,49 @@ static __always_inline bool is_snat_reply(const struct packet *pkt, const struct
 	       port <= cfg->snat_port_max;
 }
 
+/* Neither a VIP nor a tracked reply: the kernel's. */
+static __always_inline int not_for_us(struct packet *pkt)
+{
+	if (pkt->flags & PKT_F_FRAGMENT)
+		return verdict(pkt, LB_REASON_PASS_FRAGMENT, XDP_PASS);
+	return verdict(pkt, LB_REASON_PASS_NOT_VIP, XDP_PASS);
+}
+
+/* A packet to a VIP: firewall (scope "vips"), sanity, rate limit, then its
+ * flow: @ct if @looked_up (live, or NULL: a new flow on @vip; @now the clock
+ * it was looked up at), otherwise looked up here, after the stages, so that a
+ * packet they drop (a SYN flood from a blocked source) costs no flow-table
+ * lookup (nor a clock read). */
+static __always_inline int to_vip(struct xdp_md *ctx, struct packet *pkt, const struct lb_config *cfg,
+				  const struct vip_meta *vip, struct ct_fwd *ct, bool looked_up, __u64 now)
+{
+	int action;
+
+	action = firewall(pkt, FW_SCOPE_VIPS);
+	if (action != LB_CONTINUE)
+		return action;
+	action = vip_packet_sane(pkt);
+	if (action != LB_CONTINUE)
+		return action;
+	action = ratelimit_packet(pkt);
+	if (action != LB_CONTINUE)
+		return action;
+	if (!looked_up) {
+		now = lb_now();
+		ct = ct_lookup_fwd(cfg, pkt, now);
+	}
+	return lb_to_backend(ctx, pkt, cfg, vip, ct, now);
+}
+
 static __always_inline int process_packet(struct xdp_md *ctx, struct packet *pkt)
 {
-	struct vip_key vkey = {};
+	struct vip_meta *vip = NULL;
+	struct ct_fwd *ct = NULL;
 	struct lb_config *cfg;
-	struct vip_meta *vip;
 	__u32 zero = 0;
 	int action, fw;
+	bool snat, flow_first;
+	__u64 now;
 
 	action = parse_packet(ctx, pkt);
 	/* [firewall] scope = "all": every IPv4 packet, fragments included. */
@@ -292,33 +335,38 @@ static __always_inline int process_packet(struct xdp_md *ctx, struct packet *pkt
 		return verdict(pkt, LB_REASON_DROP_NO_CONFIG, XDP_DROP);
 	if (pkt->key.proto == IPPROTO_ICMP)
 		return lb_icmp(ctx, pkt, cfg);
+	/* Replies to the SNAT ports bypass the prefilter, which holds VIPs only
+	 * (the SNAT address is often the host's own, busy with other traffic). */
+	snat = is_snat_reply(pkt, cfg);
+	if (!snat && !vip_filter_may_match(pkt->key.dst.v4_be))
+		return not_for_us(pkt);
 
-	vkey.addr = pkt->key.dst;
-	vkey.port_be = pkt->key.dport_be;
-	vkey.proto = pkt->key.proto;
-	vkey.family = LB_AF_INET;
-	vip = bpf_map_lookup_elem(&vips, &vkey);
-	if (vip) {
-		action = firewall(pkt, FW_SCOPE_VIPS);
-		if (action != LB_CONTINUE)
-			return action;
-		action = vip_packet_sane(pkt);
-		if (action != LB_CONTINUE)
-			return action;
-		action = ratelimit_packet(pkt);
-		if (action != LB_CONTINUE)
-			return action;
-		return lb_to_backend(ctx, pkt, cfg, vip);
+	/* A packet of a tracked flow whose VIP is still there (with the id its
+	 * entry recorded) needs no vips lookup, so the flow table comes first;
+	 * but not for a TCP SYN, which mostly starts a flow (a SYN flood from a
+	 * blocked source must not cost a flow-table miss more), nor for the SNAT
+	 * ports (a VIP may share them). */
+	flow_first = !snat && (pkt->key.proto != IPPROTO_TCP ||
+			       (pkt->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) != TCP_FLAG_SYN);
+	now = 0;
+	if (flow_first) {
+		now = lb_now();
+		ct = ct_lookup_fwd(cfg, pkt, now);
 	}
-	if (is_snat_reply(pkt, cfg)) {
-		action = vip_packet_sane(pkt);
-		if (action != LB_CONTINUE)
-			return action;
-		return lb_to_client(ctx, pkt, cfg);
+	if (!flow_first || !ct || !flow_vip_current(pkt, ct->vip_id)) {
+		vip = vip_lookup(pkt);
+		if (!vip) {
+			if (!snat)
+				return not_for_us(pkt);
+			action = vip_packet_sane(pkt);
+			if (action != LB_CONTINUE)
+				return action;
+			return lb_to_client(ctx, pkt, cfg);
+		}
 	}
-	if (pkt->flags & PKT_F_FRAGMENT)
-		return verdict(pkt, LB_REASON_PASS_FRAGMENT, XDP_PASS);
-	return verdict(pkt, LB_REASON_PASS_NOT_VIP, XDP_PASS);
+	/* One call site for the stages after it: inlined twice, they would
+	 * make the program half as big again. */
+	return to_vip(ctx, pkt, cfg, vip, ct, flow_first, now);
 }
 
 SEC("xdp")
@@ -334,6 +382,22 @@ int xdplb(struct xdp_md *ctx)
 
 	count_verdict(&pkt, action);
 	return action;
+}
+
+/* lbd's reading of the data plane's clock (bpf/clock.h), through
+ * BPF_PROG_TEST_RUN: lb_now() goes into the first 8 bytes of the frame
+ * (host order), which the test run hands back. Never attached. */
+SEC("xdp")
+int lb_clock(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u64 *out = data;
+
+	if ((void *)(out + 1) > data_end)
+		return XDP_ABORTED;
+	*out = lb_now();
+	return XDP_PASS;
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
@@ -353,4 +417,5 @@ const volatile struct {
 	enum rl_limits rl_limits;
 	enum rl_scope rl_scope;
 	enum rl_policy_flags rl_policy_flags;
+	enum lb_vip_filter_params vip_filter_params;
 } lb_btf_anchor;

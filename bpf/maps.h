@@ -22,11 +22,33 @@ struct {
 	__type(value, struct vip_meta);
 } vips SEC(".maps");
 
-/* One Maglev ring per VIP (map-in-map): lbd builds a new ring in user space
- * and swaps it in with one update of the outer slot, so a reader never sees
- * a half-written table. BPF_F_INNER_MAP lets rings differ in size;
- * BPF_F_MMAPABLE lets lbd fill a new ring with one memory copy instead of
- * one kernel update per slot (a 65,537-slot batch update costs ~28 ms). */
+/* In front of vips (bpf/vip.h), both ARRAYs so that their lookups are inlined
+ * (no helper call, no hash). vip_filter[0]: the destination prefilter.
+ * vip_ids[vip id]: the key of the VIP that has the id (all zero: none), so that
+ * a tracked flow's packet finds its VIP from its flow entry. lbd keeps both
+ * with vips (src/dataplane/maps.rs) and rebuilds them from vips at load. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct lb_vip_filter);
+} vip_filter SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, LB_MAX_VIPS);
+	__type(key, __u32); /* vip id */
+	__type(value, struct vip_key);
+} vip_ids SEC(".maps");
+
+/* One Maglev ring per VIP (map-in-map). lbd swaps a new ring in with one
+ * update of the outer slot (waits for an RCU grace period) for a VIP's first
+ * ring and whenever a backend leaves it; a change that only gives slots to
+ * backends is stored in place, slot by slot, through lbd's memory mapping of
+ * the live ring (a reader reads one slot: the old or the new owner, both
+ * valid). BPF_F_INNER_MAP lets rings differ in size; BPF_F_MMAPABLE lets lbd
+ * write a ring through memory instead of one kernel update per slot (a
+ * 65,537-slot batch update costs ~28 ms). */
 struct maglev_ring {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, LB_DEFAULT_MAGLEV_SIZE);
@@ -97,8 +119,9 @@ struct {
 /* Firewall (bpf/firewall.h): the IPv4 rules as two fixed-depth tables that
  * lbd computes from the rule list, so that every packet costs the same
  * lookups whatever the number of rules. Every entry is a verdict word (enum
- * fw_verdict_bits): the deciding rule's action and id, and FW_VERDICT_DEEPER
- * when rules longer than /24 need fw_l3.
+ * fw_verdict_bits): the deciding rule's action and id, and in a slot the
+ * FW_VERDICT_DEEPER filter of the addresses that rules longer than /24 cover
+ * (they need fw_l3).
  *
  * fw_l2: one chunk of 256 words per /16 (index: source >> 16, host order;
  * slot: third byte): the longest rule of length <= 24 covering the /24, rules

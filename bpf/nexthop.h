@@ -70,7 +70,7 @@ struct nexthop_answer {
  * nexthop_resolve - the next hop of a flow's packet of @tot_len bytes @src -> @dst
  * @cache: the flow's cached next hop (in its flow-table entry, or in the entry
  *         about to be inserted), or NULL: look up, store nothing
- * @now: the coarse clock the packet already read (unused without @cache)
+ * @now: the clock the packet already read (lb_now(); unused without @cache)
  * @a: filled with the next hop to send with, or the MTU on FRAG_NEEDED
  *
  * The cache answers while it is younger than lb_config.nexthop_ttl_ns (0: never)

@@ -98,7 +98,7 @@ struct lb_nexthop {
 	__u16 max_len; /* largest lookup tot_len that passed the MTU check; 0 = nothing cached */
 	__u16 pad;
 	__u32 pad2;
-	__u64 stamp_ns; /* coarse clock of the lookup that filled it */
+	__u64 stamp_ns; /* lb_now() of the lookup that filled it (bpf/clock.h) */
 };
 
 /* ct_fwd, the flow table: client 5-tuple (client -> VIP) -> where the flow
@@ -114,7 +114,7 @@ struct ct_fwd {
 	__u16 flags; /* enum ct_flags */
 	__u8 mode; /* enum lb_mode the flow started in */
 	__u8 pad;
-	__u64 last_seen_ns; /* coarse monotonic clock */
+	__u64 last_seen_ns; /* lb_now() (bpf/clock.h), not CLOCK_MONOTONIC */
 	struct lb_nexthop nh; /* towards the backend (IPIP: of the outer header) */
 };
 
@@ -149,6 +149,20 @@ struct lb_config {
 	/* How long a flow reuses its cached next hop (struct lb_nexthop) before
 	 * asking bpf_fib_lookup again; 0 = no caching, every packet looks up. */
 	__u64 nexthop_ttl_ns;
+};
+
+/* vip_filter[0]: the destination prefilter (bpf/vip.h). One bit per hash of
+ * a destination address, set for the address of every VIP: a packet whose bit
+ * is clear is for no VIP and skips the vips lookup; a set bit only means "look
+ * it up". */
+enum lb_vip_filter_params {
+	LB_VIP_FILTER_BITS_LOG2 = 16, /* 65,536 bits: ~1.6% false positives with 1,024 VIP addresses */
+	LB_VIP_FILTER_WORDS = 1024, /* 64-bit words */
+	LB_VIP_FILTER_MULT = 0x9e3779b1u, /* bit = (host-order address * MULT) >> (32 - BITS_LOG2) */
+};
+
+struct lb_vip_filter {
+	__u64 words[LB_VIP_FILTER_WORDS]; /* bit b: words[b / 64] >> (b % 64) & 1 */
 };
 
 /* Per-VIP and per-backend counters (per-CPU; lbd sums the CPUs). */
@@ -223,7 +237,16 @@ enum fw_action {
  * means: no rule, nothing longer below. */
 enum fw_verdict_bits {
 	FW_VERDICT_ACTION_SHIFT = 30, /* bits 30-31: enum fw_action of the deciding rule, 0 = none */
-	FW_VERDICT_DEEPER = 1 << 29, /* fw_l2 slot: rules longer than /24 in this /24, look in fw_l3 */
+	/* fw_l2 slot, bit 29: this /24 holds rules longer than /24 (in fw_l3). Bits 24-28:
+	 * a filter of the addresses that have an fw_l3 entry (bit 24 + last address byte %
+	 * FW_VERDICT_DEEPER_BITS); a source whose bit is clear takes the slot's word without
+	 * a hash lookup. A word with bit 29 and an empty filter (written by an lbd older than
+	 * the filter) sends every address on, and a program older than the filter reads bit
+	 * 29 alone: either side of an upgrade reads the other's words correctly. */
+	FW_VERDICT_DEEPER_SHIFT = 24,
+	FW_VERDICT_DEEPER_BITS = 5,
+	FW_VERDICT_DEEPER_ANY = 1 << 29,
+	FW_VERDICT_DEEPER = 0x3f << 24, /* bit 29 and the filter */
 	FW_VERDICT_ID_MASK = 0xffffff, /* bits 0-23: the deciding rule's id (index into fw_hits) */
 };
 

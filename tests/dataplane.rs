@@ -8,15 +8,17 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::thread::sleep;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use xdplb::dataplane::Counters;
+use xdplb::dataplane::{Counters, Dataplane, LoadOptions};
 use xdplb::maglev;
+use xdplb::reconcile::Reconciler;
 use xdplb::skel::types::lb_reason as R;
-use xdplb::state::{Protocol, VipKey};
+use xdplb::state::{Protocol, State, VipKey};
 
 use common::expect::*;
 use common::lab::*;
@@ -1414,5 +1416,454 @@ fn oversize_nat_packets_get_icmp_frag_needed() {
             &[(XDP_TX, 5), (XDP_DROP, 1)],
         )?;
         Ok(())
+    });
+}
+
+/// Whether the destination prefilter (`vip_filter`) has the bit of `ip` set.
+fn filter_has(maps: &xdplb::dataplane::maps::Maps<'_>, ip: Ipv4Addr) -> Result<bool> {
+    let words = maps.read_vip_filter()?;
+    let bit = xdplb::dataplane::maps::vip_filter_bit(ip) as usize;
+    Ok(words[bit / 64] >> (bit % 64) & 1 == 1)
+}
+
+/// Bits set in the prefilter.
+fn filter_bits(lb: &Lb) -> Result<u32> {
+    Ok(lb
+        .maps()
+        .read_vip_filter()?
+        .iter()
+        .map(|w| w.count_ones())
+        .sum())
+}
+
+/// The prefilter holds exactly the VIP addresses through VIP additions and removals; packets to
+/// a removed VIP pass untouched, the remaining and re-added VIPs are balanced as before, and
+/// replies to the SNAT ports (the SNAT address is in no VIP's bit here) are still restored.
+#[test]
+fn prefilter_follows_vips() {
+    bench(|_, net| {
+        use xdplb::dataplane::maps::vip_filter_bit;
+        let (mut lb, vip) = tcp_lb(net)?;
+        let other = sa(Ipv4Addr::new(10, 9, 9, 20), 80);
+        let bits = [*VIP.ip(), *other.ip(), LB_ADDR].map(vip_filter_bit);
+        ensure!(
+            bits.iter().collect::<BTreeSet<_>>().len() == bits.len(),
+            "the test's addresses share prefilter bits: {bits:?}"
+        );
+        ensure!(
+            filter_has(&lb.maps(), *VIP.ip())? && filter_bits(&lb)? == 1,
+            "after one VIP: the prefilter should hold the VIP's address only ({} bits)",
+            filter_bits(&lb)?
+        );
+        let (flow, _) = new_flow(
+            &mut lb,
+            &vip,
+            &syn(sa(CLIENT, 41000), VIP),
+            net.veth0,
+            XDP_TX,
+        )?;
+        let run = lb.run(net.veth0, &reply(&flow, Protocol::Tcp).build())?;
+        ensure!(
+            run.action == XDP_TX,
+            "reply to the SNAT address (not in the prefilter): {}",
+            action_name(run.action)
+        );
+
+        let other_vip = lb.add_vip(other, Protocol::Tcp, &[(BE1, 100), (BE2, 100)])?;
+        ensure!(
+            filter_has(&lb.maps(), *other.ip())? && filter_bits(&lb)? == 2,
+            "the second VIP's address is not in the prefilter"
+        );
+        new_flow(
+            &mut lb,
+            &other_vip,
+            &syn(sa(CLIENT, 41001), other),
+            net.veth0,
+            XDP_TX,
+        )?;
+
+        lb.state.remove_vip(&vip)?;
+        lb.reconcile()?;
+        ensure!(
+            !filter_has(&lb.maps(), *VIP.ip())? && filter_bits(&lb)? == 1,
+            "the removed VIP's address is still in the prefilter"
+        );
+        let to_removed = syn(sa(CLIENT, 41002), VIP).build();
+        expect_untouched(&lb, net.veth0, &to_removed, "SYN to a removed VIP")?;
+        new_flow(
+            &mut lb,
+            &other_vip,
+            &syn(sa(CLIENT, 41003), other),
+            net.veth0,
+            XDP_TX,
+        )?;
+
+        let vip = lb.add_vip(VIP, Protocol::Tcp, &[(BE1, 100), (BE2, 100)])?;
+        ensure!(
+            filter_has(&lb.maps(), *VIP.ip())?,
+            "the re-added VIP is not in the prefilter"
+        );
+        new_flow(
+            &mut lb,
+            &vip,
+            &syn(sa(CLIENT, 41004), VIP),
+            net.veth0,
+            XDP_TX,
+        )?;
+        lb.expect_global(
+            &[
+                (R::LB_REASON_TX_NAT_FORWARD, 4),
+                (R::LB_REASON_TX_NAT_REPLY, 1),
+                (R::LB_REASON_PASS_NOT_VIP, 1),
+            ],
+            &[(XDP_TX, 5), (XDP_PASS, 1)],
+        )?;
+        Ok(())
+    });
+}
+
+/// An address that shares the VIP's prefilter bit (a false positive) goes on to the VIP lookup
+/// and passes untouched; the VIP next to it is still balanced.
+#[test]
+fn prefilter_false_positive_passes_untouched() {
+    bench(|_, net| {
+        use xdplb::dataplane::maps::vip_filter_bit;
+        let (mut lb, vip) = tcp_lb(net)?;
+        let want = vip_filter_bit(*VIP.ip());
+        let twin = (0u32..1 << 24)
+            .map(|i| Ipv4Addr::from(0x0b00_0000 | i))
+            .find(|ip| vip_filter_bit(*ip) == want)
+            .context("no address in 11.0.0.0/8 shares the VIP's prefilter bit")?;
+        let frame = syn(sa(CLIENT, 42000), sa(twin, 80)).build();
+        expect_untouched(
+            &lb,
+            net.veth0,
+            &frame,
+            &format!("SYN to {twin} (the VIP's bit)"),
+        )?;
+        new_flow(
+            &mut lb,
+            &vip,
+            &syn(sa(CLIENT, 42001), VIP),
+            net.veth0,
+            XDP_TX,
+        )?;
+        lb.expect_global(
+            &[
+                (R::LB_REASON_PASS_NOT_VIP, 1),
+                (R::LB_REASON_TX_NAT_FORWARD, 1),
+            ],
+            &[(XDP_PASS, 1), (XDP_TX, 1)],
+        )?;
+        Ok(())
+    });
+}
+
+/// Packets of a tracked flow skip the vips lookup only while their VIP is there with the id
+/// their entry recorded: once the VIP is removed they pass untouched, also when another VIP
+/// has taken over its id; when the VIP comes back, the flow carries on with its backend and port.
+#[test]
+fn tracked_flows_follow_their_vip_and_its_id() {
+    bench(|_, net| {
+        let (mut lb, vip) = tcp_lb(net)?;
+        let client = sa(CLIENT, 45000);
+        let (flow, _) = new_flow(&mut lb, &vip, &syn(client, VIP), net.veth0, XDP_TX)?;
+        flow_packet(&lb, &flow, &ack(client, VIP), net.veth0, XDP_TX)?;
+        let id = lb.vip_id(&vip)?;
+        ensure!(
+            lb.maps().vip_of_id(id)? == Some((VIP, Protocol::Tcp.number())),
+            "vip_ids[{id}] does not name the VIP"
+        );
+
+        lb.state.remove_vip(&vip)?;
+        lb.reconcile()?;
+        expect_untouched(
+            &lb,
+            net.veth0,
+            &ack(client, VIP).build(),
+            "ACK of a removed VIP's flow",
+        )?;
+
+        // Another VIP on the same address takes the id over (the reconciler hands ids out again
+        // once all are used; written here the way it writes a VIP).
+        let other = sa(*VIP.ip(), 8443);
+        lb.maps()
+            .put_vip(other, Protocol::Tcp, id, xdplb::state::Mode::Nat, RING_SIZE)?;
+        ensure!(
+            lb.maps().vip_of_id(id)? == Some((other, Protocol::Tcp.number())),
+            "vip_ids[{id}] does not name the VIP that took the id over"
+        );
+        expect_untouched(
+            &lb,
+            net.veth0,
+            &ack(client, VIP).build(),
+            "ACK of a removed VIP's flow, its id now another VIP's",
+        )?;
+        lb.maps().delete_vip(other, Protocol::Tcp)?;
+        ensure!(
+            lb.maps().vip_of_id(id)?.is_none(),
+            "vip_ids[{id}] still names a deleted VIP"
+        );
+
+        let back = lb.add_vip(VIP, Protocol::Tcp, &[(BE1, 100), (BE2, 100)])?;
+        ensure!(back == vip, "re-added VIP key");
+        flow_packet(&lb, &flow, &ack(client, VIP), net.veth0, XDP_TX)?;
+        lb.expect_global(
+            &[
+                (R::LB_REASON_TX_NAT_FORWARD, 3),
+                (R::LB_REASON_PASS_NOT_VIP, 2),
+            ],
+            &[(XDP_TX, 3), (XDP_PASS, 2)],
+        )?;
+        Ok(())
+    });
+}
+
+/// A program loaded on the pinned maps of an earlier lbd whose build had neither vip_filter nor
+/// vip_ids fills both from the adopted VIPs at load, before anything is written or reconciled:
+/// the adopted VIP and its flows are balanced at once.
+#[test]
+fn vip_index_is_rebuilt_from_adopted_vips() {
+    bench(|_, net| {
+        let pins = std::path::PathBuf::from(format!(
+            "/sys/fs/bpf/xdplb-vipindex-test-{}",
+            std::process::id()
+        ));
+        let opts = LoadOptions {
+            conntrack_size: 4096,
+            firewall_capacity: 4096,
+            ratelimit_clients: 4096,
+            pin_dir: Some(pins.clone()),
+            ..LoadOptions::default()
+        };
+        let result = (|| -> Result<()> {
+            let dp = Dataplane::load(&opts)?;
+            dp.maps().write_config(&config(PORTS))?;
+            let mut first = Lb {
+                rec: Reconciler::new(dp, RING_SIZE),
+                state: State::default(),
+                net,
+                cfg: config(PORTS),
+                claimed: BTreeSet::new(),
+            };
+            let vip = first.add_vip(VIP, Protocol::Tcp, &[(BE1, 100)])?;
+            let id = first.vip_id(&vip)?;
+            let client = sa(CLIENT, 43000);
+            let (flow, _) = new_flow(&mut first, &vip, &syn(client, VIP), net.veth0, XDP_TX)?;
+            drop(first); // like a stopped lbd that leaves its pins for the next one
+            for map in ["vip_filter", "vip_ids"] {
+                std::fs::remove_file(pins.join(map)).with_context(|| format!("unpinning {map}"))?;
+            }
+
+            let second = Dataplane::load(&opts)?;
+            ensure!(second.adopted(), "the pinned maps were not reused");
+            ensure!(
+                filter_has(&second.maps(), *VIP.ip())?,
+                "the adopted VIP is not in the new prefilter"
+            );
+            ensure!(
+                second.maps().vip_of_id(id)? == Some((VIP, Protocol::Tcp.number())),
+                "vip_ids[{id}] does not name the adopted VIP"
+            );
+            let run = run_xdp(second.program(), net.veth0, &ack(client, VIP).build())?;
+            let want = ack(client, VIP).natted(
+                VETH0_MAC,
+                neighbour_mac(*flow.backend.ip()),
+                flow.snat,
+                flow.backend,
+            );
+            expect_packet(
+                &run,
+                XDP_TX,
+                &want,
+                "ACK of the adopted flow, before any reconcile",
+            )?;
+            Ok(())
+        })();
+        let _ = xdplb::dataplane::remove_pins(&pins);
+        result
+    });
+}
+
+/// The program's maps by name.
+fn program_maps(lb: &Lb) -> Result<std::collections::BTreeMap<String, libbpf_rs::MapHandle>> {
+    use libbpf_rs::MapCore;
+    use std::os::fd::{AsFd, AsRawFd};
+    let fd = lb.rec.dataplane().program().as_fd().as_raw_fd();
+    let mut ids = vec![0u32; 64];
+    // SAFETY: an all-zero bpf_prog_info is a valid "ask for nothing" request.
+    let mut info: libbpf_sys::bpf_prog_info = unsafe { std::mem::zeroed() };
+    info.nr_map_ids = ids.len() as u32;
+    info.map_ids = ids.as_mut_ptr() as u64;
+    let mut len = std::mem::size_of::<libbpf_sys::bpf_prog_info>() as u32;
+    // SAFETY: `info` and `ids` outlive the call; the kernel writes at most nr_map_ids ids.
+    let rc = unsafe { libbpf_sys::bpf_prog_get_info_by_fd(fd, &mut info, &mut len) };
+    ensure!(
+        rc == 0,
+        "bpf_prog_get_info_by_fd: {}",
+        std::io::Error::last_os_error()
+    );
+    let mut out = std::collections::BTreeMap::new();
+    for id in &ids[..(info.nr_map_ids as usize).min(ids.len())] {
+        let h = libbpf_rs::MapHandle::from_map_id(*id).context("opening a map of the program")?;
+        out.insert(h.name().to_string_lossy().into_owned(), h);
+    }
+    Ok(out)
+}
+
+/// `last_seen_ns` of the forward entry of the UDP flow `client` -> `vip`.
+fn last_seen(lb: &Lb, client: SocketAddrV4, vip: SocketAddrV4) -> Result<u64> {
+    use libbpf_rs::{MapCore, MapFlags};
+    let maps = program_maps(lb)?;
+    let ct_fwd = maps.get("ct_fwd").context("no ct_fwd map")?;
+    let mut key = xdplb::skel::types::flow_key {
+        src: xdplb::dataplane::maps::addr_v4(*client.ip()),
+        dst: xdplb::dataplane::maps::addr_v4(*vip.ip()),
+        sport_be: client.port().to_be(),
+        dport_be: vip.port().to_be(),
+        proto: 17,
+        family: xdplb::skel::types::lb_family::LB_AF_INET.0 as u8,
+        ..Default::default()
+    };
+    key.pad = 0;
+    // SAFETY: flow_key is a repr(C) struct of integers with explicit padding, fully initialised.
+    let bytes = unsafe {
+        std::slice::from_raw_parts(
+            (&key as *const xdplb::skel::types::flow_key).cast::<u8>(),
+            std::mem::size_of_val(&key),
+        )
+    };
+    let v = ct_fwd
+        .lookup(bytes, MapFlags::ANY)?
+        .context("the flow has no ct_fwd entry")?;
+    // SAFETY: ct_fwd values are repr(C) integer structs; the map gives exactly one.
+    let fwd: xdplb::skel::types::ct_fwd = unsafe { std::ptr::read_unaligned(v.as_ptr().cast()) };
+    Ok(fwd.last_seen_ns)
+}
+
+/// Flows are stamped with the data plane's clock (bpf/clock.h), the one lbd reads through
+/// `lb_clock`: a new flow's stamp lies between two readings taken around its first packet. And
+/// the control plane's liveness view (the telemetry walk) agrees with the data plane's expiry:
+/// live while the data plane keeps the flow, expired once the data plane starts a new one.
+#[test]
+fn flow_stamps_and_liveness_follow_the_data_plane_clock() {
+    bench(|_, net| {
+        let mut cfg = config(PORTS);
+        cfg.udp_timeout = Duration::from_secs(1);
+        let mut lb = Lb::new(net, cfg)?;
+        let vip = lb.add_vip(VIP_UDP, Protocol::Udp, &[(BE1_UDP, 100)])?;
+        let id = lb.vip_id(&vip)?;
+        let clock = lb.rec.dataplane().clock()?;
+        let client = sa(CLIENT, 7100);
+
+        let before = clock.now()?;
+        new_flow(&mut lb, &vip, &query(client, VIP_UDP), net.veth0, XDP_TX)?;
+        let after = clock.now()?;
+        let stamp = last_seen(&lb, client, VIP_UDP)?;
+        ensure!(
+            before <= stamp && stamp <= after,
+            "flow stamped {stamp}, outside the clock's readings {before}..={after} around its packet"
+        );
+        // Ticks since boot: close to CLOCK_MONOTONIC_COARSE, the clock of the stamps of builds
+        // before bpf/clock.h, which an upgraded program must still read as about the same age
+        // (the kernel starts counting jiffies a little before the monotonic clock: 0.3 s apart
+        // on the test VM).
+        let coarse = xdplb::dataplane::telemetry::clock_ns(libc::CLOCK_MONOTONIC_COARSE);
+        let ours = clock.now()?;
+        ensure!(
+            ours.abs_diff(coarse) < 5_000_000_000,
+            "the data plane's clock reads {ours} ns, CLOCK_MONOTONIC_COARSE {coarse} ns"
+        );
+        // The clock advances (one tick at most 10 ms at HZ >= 100).
+        sleep(Duration::from_millis(50));
+        ensure!(clock.now()? > after, "the data plane's clock stands still");
+
+        let live = |lb: &Lb| -> Result<xdplb::dataplane::telemetry::Flows> {
+            Ok(lb.rec.dataplane().telemetry()?.live_flows()?)
+        };
+        let flows = live(&lb)?;
+        ensure!(
+            flows.by_vip.get(&id) == Some(&1) && flows.expired == 0,
+            "just after its packet: {flows:?}"
+        );
+        sleep(Duration::from_millis(1500));
+        let flows = live(&lb)?;
+        ensure!(
+            flows.by_vip.get(&id).is_none() && flows.expired == 1,
+            "1.5 s after its last packet (timeout 1 s), lbd should see the flow expired: {flows:?}"
+        );
+        // The data plane agrees: the next packet starts a new flow.
+        let run = lb.run(net.veth0, &query(client, VIP_UDP).build())?;
+        ensure!(run.action == XDP_TX, "{}", action_name(run.action));
+        ensure!(
+            lb.vip_counters(&vip)?.new_flows == 2,
+            "the data plane kept the flow that lbd sees expired ({} new flows)",
+            lb.vip_counters(&vip)?.new_flows
+        );
+        let flows = live(&lb)?;
+        ensure!(
+            flows.by_vip.get(&id) == Some(&1) && flows.expired == 0,
+            "after the new flow's packet: {flows:?}"
+        );
+        Ok(())
+    });
+}
+
+/// An lbd restarted on the pinned maps of the previous one (a new program, the same maps) loads
+/// (libbpf's internal maps, .kconfig included, are never pinned and reused) and carries the
+/// flows on: a flow stamped by the first program is live for the second one's clock and for the
+/// control plane's view, and keeps its backend and SNAT port.
+#[test]
+fn flows_stay_live_across_a_restart_on_pinned_maps() {
+    bench(|_, net| {
+        let pins = std::path::PathBuf::from(format!(
+            "/sys/fs/bpf/xdplb-clock-test-{}",
+            std::process::id()
+        ));
+        let opts = LoadOptions {
+            conntrack_size: 4096,
+            firewall_capacity: 4096,
+            ratelimit_clients: 4096,
+            pin_dir: Some(pins.clone()),
+            ..LoadOptions::default()
+        };
+        let lb = |dp: Dataplane| Lb {
+            rec: Reconciler::new(dp, RING_SIZE),
+            state: State::default(),
+            net,
+            cfg: config(PORTS),
+            claimed: BTreeSet::new(),
+        };
+        let result = (|| -> Result<()> {
+            let dp = Dataplane::load(&opts)?;
+            dp.maps().write_config(&config(PORTS))?;
+            let mut first = lb(dp);
+            let vip = first.add_vip(VIP, Protocol::Tcp, &[(BE1, 100), (BE2, 100)])?;
+            let client = sa(CLIENT, 44000);
+            let (flow, _) = new_flow(&mut first, &vip, &syn(client, VIP), net.veth0, XDP_TX)?;
+            let id = first.vip_id(&vip)?;
+            drop(first); // like a stopped lbd that leaves its pins for the next one
+
+            let dp = Dataplane::load(&opts).context("loading again on the pinned maps")?;
+            ensure!(dp.adopted(), "the pinned maps were not reused");
+            let mut second = lb(dp);
+            let flows = second.rec.dataplane().telemetry()?.live_flows()?;
+            ensure!(
+                flows.by_vip.get(&id) == Some(&1) && flows.expired == 0,
+                "after the restart, lbd's view of the flow: {flows:?}"
+            );
+            second.add_vip(VIP, Protocol::Tcp, &[(BE1, 100), (BE2, 100)])?;
+            // A flow started anew would have claimed another SNAT port (the flow's own is held
+            // by its live reverse entry): the same port and backend mean the same flow.
+            flow_packet(&second, &flow, &ack(client, VIP), net.veth0, XDP_TX)?;
+            ensure!(
+                second.maps().conntrack_entries() == 1,
+                "{} flow entries after the restart",
+                second.maps().conntrack_entries()
+            );
+            Ok(())
+        })();
+        let _ = xdplb::dataplane::remove_pins(&pins);
+        result
     });
 }

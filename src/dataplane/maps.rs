@@ -57,6 +57,25 @@ pub fn vip_key(addr: SocketAddrV4, proto: Protocol) -> types::vip_key {
     }
 }
 
+/// The prefilter bit of a destination address (`vip_filter_bit()` of `bpf/vip.h`).
+pub fn vip_filter_bit(ip: Ipv4Addr) -> u32 {
+    use types::lb_vip_filter_params as P;
+    u32::from(ip).wrapping_mul(P::LB_VIP_FILTER_MULT.0) >> (32 - P::LB_VIP_FILTER_BITS_LOG2.0)
+}
+
+/// Words of `struct lb_vip_filter`.
+const FILTER_WORDS: usize = types::lb_vip_filter_params::LB_VIP_FILTER_WORDS.0 as usize;
+/// Entries of `vips` and `vip_ids`.
+const VIP_SLOTS: usize = types::lb_limits::LB_MAX_VIPS.0 as usize;
+
+/// Sets the prefilter bit of `ip` in `words`.
+fn set_filter_bit(words: &mut [u64], ip: Ipv4Addr) {
+    let bit = vip_filter_bit(ip) as usize;
+    if let Some(w) = words.get_mut(bit / 64) {
+        *w |= 1u64 << (bit % 64);
+    }
+}
+
 fn mode_value(mode: Mode) -> u8 {
     let m = match mode {
         Mode::Nat => types::lb_mode::LB_MODE_NAT,
@@ -202,18 +221,148 @@ impl<'a> Maps<'a> {
             flags: 0,
             pad: 0,
         };
+        let key = vip_key(addr, proto);
+        // The prefilter before the VIP (a packet that would find the VIP must not be filtered
+        // out), the id's slot after it (a flow's packet may skip the lookup only of a VIP that
+        // is there).
+        self.vip_filter_add(*addr.ip())?;
         self.m
             .vips
-            .update(
-                bytes_of(&vip_key(addr, proto)),
-                bytes_of(&meta),
-                MapFlags::ANY,
-            )
-            .map_err(bpf_err(format!("writing vip {addr}/{proto}")))
+            .update(bytes_of(&key), bytes_of(&meta), MapFlags::ANY)
+            .map_err(bpf_err(format!("writing vip {addr}/{proto}")))?;
+        self.set_vip_id(id, &key)
     }
 
+    /// Removes a VIP: its id's slot first (its flows' packets go back to the vips lookup), then
+    /// the VIP, then its address from the prefilter.
     pub fn delete_vip(&self, addr: SocketAddrV4, proto: Protocol) -> Result<(), DataplaneError> {
-        delete_if_present(&self.m.vips, bytes_of(&vip_key(addr, proto)), "vips")
+        let key = vip_key(addr, proto);
+        // Every slot that names the VIP (one, unless an id changed without a removal).
+        let mut ids = Vec::new();
+        super::telemetry::for_each_batch(&self.m.vip_ids, VIP_SLOTS, |k, v| {
+            if v == bytes_of(&key) {
+                ids.push(from_bytes::<u32>(k));
+            }
+            std::ops::ControlFlow::Continue(())
+        })?;
+        for id in ids {
+            self.set_vip_id(id, &types::vip_key::default())?;
+        }
+        delete_if_present(&self.m.vips, bytes_of(&key), "vips")?;
+        self.rebuild_vip_filter()
+    }
+
+    /// The VIP (address, IP protocol number) that `vip_ids` names for `id`; `None`: no VIP.
+    pub fn vip_of_id(&self, id: u32) -> Result<Option<(SocketAddrV4, u8)>, DataplaneError> {
+        let Some(v) = self
+            .m
+            .vip_ids
+            .lookup(&id.to_ne_bytes(), MapFlags::ANY)
+            .map_err(bpf_err("reading vip_ids"))?
+        else {
+            return Ok(None);
+        };
+        let k: types::vip_key = from_bytes(&v);
+        if k.family == 0 {
+            return Ok(None);
+        }
+        let addr = SocketAddrV4::new(v4_of(&k.addr), u16::from_be(k.port_be));
+        Ok(Some((addr, k.proto)))
+    }
+
+    fn set_vip_id(&self, id: u32, key: &types::vip_key) -> Result<(), DataplaneError> {
+        self.m
+            .vip_ids
+            .update(&id.to_ne_bytes(), bytes_of(key), MapFlags::ANY)
+            .map_err(bpf_err(format!("writing vip_ids[{id}]")))
+    }
+
+    /// The prefilter (`vip_filter`) as the program reads it: one word per 64 bits.
+    pub fn read_vip_filter(&self) -> Result<Vec<u64>, DataplaneError> {
+        let v = self
+            .m
+            .vip_filter
+            .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
+            .map_err(bpf_err("reading vip_filter"))?
+            .unwrap_or_default();
+        let mut words: Vec<u64> = v
+            .chunks_exact(8)
+            .map(|c| u64::from_ne_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+            .collect();
+        words.resize(FILTER_WORDS, 0);
+        Ok(words)
+    }
+
+    fn write_vip_filter(&self, words: &[u64]) -> Result<(), DataplaneError> {
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        self.m
+            .vip_filter
+            .update(&0u32.to_ne_bytes(), &bytes, MapFlags::ANY)
+            .map_err(bpf_err("writing vip_filter"))
+    }
+
+    /// Sets the prefilter bit of `ip` (nothing is written when it is set already). Bits only go
+    /// from clear to set here, so a packet reading the filter while it is rewritten sees every
+    /// bit that was set before, whichever part of the new value it reads.
+    fn vip_filter_add(&self, ip: Ipv4Addr) -> Result<(), DataplaneError> {
+        let mut words = self.read_vip_filter()?;
+        let before = words.clone();
+        set_filter_bit(&mut words, ip);
+        if words == before {
+            return Ok(());
+        }
+        self.write_vip_filter(&words)
+    }
+
+    /// The VIPs of `vips`: (key, id).
+    fn vips(&self) -> Result<Vec<(types::vip_key, u32)>, DataplaneError> {
+        let mut out = Vec::new();
+        super::telemetry::for_each_batch(&self.m.vips, VIP_SLOTS, |k, v| {
+            let meta: types::vip_meta = from_bytes(v);
+            out.push((from_bytes(k), meta.vip_id));
+            std::ops::ControlFlow::Continue(())
+        })?;
+        Ok(out)
+    }
+
+    /// Recomputes the prefilter from the addresses in `vips` (after a VIP left).
+    pub fn rebuild_vip_filter(&self) -> Result<(), DataplaneError> {
+        let mut words = vec![0u64; FILTER_WORDS];
+        for (key, _) in self.vips()? {
+            set_filter_bit(&mut words, v4_of(&key.addr));
+        }
+        if words == self.read_vip_filter()? {
+            return Ok(());
+        }
+        self.write_vip_filter(&words)
+    }
+
+    /// Rewrites the prefilter and every slot of `vip_ids` from `vips`, before the program is
+    /// attached: the maps pinned by an earlier lbd (maybe of a build without them) must not
+    /// filter out an adopted VIP, nor name a VIP that is gone.
+    pub(super) fn rebuild_vip_index(&self) -> Result<(), DataplaneError> {
+        let vips = self.vips()?;
+        let mut slots = vec![types::vip_key::default(); VIP_SLOTS];
+        for (key, id) in &vips {
+            if let Some(slot) = slots.get_mut(*id as usize) {
+                *slot = *key;
+            }
+        }
+        let keys: Vec<u8> = (0..VIP_SLOTS as u32)
+            .flat_map(|i| i.to_ne_bytes())
+            .collect();
+        let values: Vec<u8> = slots.iter().flat_map(|k| bytes_of(k).to_vec()).collect();
+        self.m
+            .vip_ids
+            .update_batch(
+                &keys,
+                &values,
+                VIP_SLOTS as u32,
+                MapFlags::ANY,
+                MapFlags::ANY,
+            )
+            .map_err(bpf_err("writing vip_ids"))?;
+        self.rebuild_vip_filter()
     }
 
     pub fn put_backend(&self, id: u32, addr: SocketAddrV4) -> Result<(), DataplaneError> {

@@ -141,8 +141,10 @@ impl Dataplane {
             ensure_bpffs(dir)?;
             for mut map in open.open_object_mut().maps_mut() {
                 let name = map.name().to_string_lossy().into_owned();
-                // .rodata and friends are internal to the program; only pin real maps.
-                if name.starts_with('.') || name.contains(".rodata") {
+                // .rodata, .kconfig and friends are internal to the program (libbpf names them
+                // "<object>.<section>"; a map of bpf/maps.h is a C identifier, without a dot):
+                // only pin real maps.
+                if name.contains('.') {
                     continue;
                 }
                 let pin = dir.join(&name);
@@ -188,12 +190,16 @@ impl Dataplane {
         if adopted {
             tracing::info!("reusing the pinned maps of an earlier lbd: tracked flows carry on");
         }
-        Ok(Self {
+        let dp = Self {
             skel,
             links: Vec::new(),
             pin_dir: opts.pin_dir.clone(),
             adopted,
-        })
+        };
+        // Adopted VIPs must pass the prefilter (and their flows find them) before the program
+        // is attached.
+        dp.maps().rebuild_vip_index()?;
+        Ok(dp)
     }
 
     /// Whether the maps were pinned by an earlier lbd and reused.

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::ControlFlow;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
@@ -82,24 +82,91 @@ pub struct Walk {
     pub took: Duration,
 }
 
+/// The data plane's clock (`lb_now()` of `bpf/clock.h`), read through the program `lb_clock`.
+///
+/// Flow stamps (`last_seen_ns`) and next-hop stamps are in this clock: ticks since boot in
+/// nanoseconds, built from jiffies. It runs with `CLOCK_MONOTONIC_COARSE`, a constant fraction of a
+/// second apart, but is not that clock, so whatever compares stamps with "now" reads it here (one
+/// BPF_PROG_TEST_RUN, a few microseconds).
+pub struct Clock {
+    prog: OwnedFd,
+}
+
+impl Clock {
+    /// The data plane's "now", in nanoseconds.
+    pub fn now(&self) -> Result<u64, DataplaneError> {
+        // XDP test runs take at least an Ethernet header; the program writes 8 bytes.
+        let input = [0u8; 64];
+        let mut output = [0u8; 64];
+        let mut opts = libbpf_sys::bpf_test_run_opts {
+            sz: std::mem::size_of::<libbpf_sys::bpf_test_run_opts>() as _,
+            data_in: input.as_ptr().cast(),
+            data_size_in: input.len() as u32,
+            data_out: output.as_mut_ptr().cast(),
+            data_size_out: output.len() as u32,
+            repeat: 1,
+            ..Default::default()
+        };
+        // SAFETY: the fd is a loaded XDP program we own; input and output outlive the call and
+        // their sizes are given.
+        let rc = unsafe { libbpf_sys::bpf_prog_test_run_opts(self.prog.as_raw_fd(), &mut opts) };
+        if rc < 0 {
+            return Err(DataplaneError::Io {
+                what: "reading the data plane's clock (BPF_PROG_TEST_RUN of lb_clock)".into(),
+                source: std::io::Error::from_raw_os_error(-rc),
+            });
+        }
+        if opts.retval != libbpf_sys::XDP_PASS || opts.data_size_out < 8 {
+            return Err(DataplaneError::Io {
+                what: "reading the data plane's clock".into(),
+                source: std::io::Error::other(format!(
+                    "lb_clock returned {} with {} bytes",
+                    opts.retval, opts.data_size_out
+                )),
+            });
+        }
+        let mut now = [0u8; 8];
+        now.copy_from_slice(&output[..8]);
+        Ok(u64::from_ne_bytes(now))
+    }
+}
+
 /// Handles of their own on the maps a [`Walk`] reads.
 pub struct Telemetry {
     /// Every map of the program, by name.
     maps: BTreeMap<String, MapHandle>,
+    /// The clock flow stamps are compared with.
+    clock: Clock,
     /// One more than the highest firewall rule id in use (hit counters above are not read);
     /// `None`: every counter of `fw_hits`.
     firewall_ids: Option<u32>,
 }
 
 impl Dataplane {
+    /// A handle of its own on the data plane's clock (duplicates the `lb_clock` program's fd).
+    pub fn clock(&self) -> Result<Clock, DataplaneError> {
+        let prog = self
+            .skel
+            .progs
+            .lb_clock
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|source| DataplaneError::Io {
+                what: "duplicating the lb_clock program fd".into(),
+                source,
+            })?;
+        Ok(Clock { prog })
+    }
+
     /// Duplicates the handles a [`Telemetry::walk`] needs (cheap); the walk itself can then run
     /// anywhere, without borrowing the data plane.
     pub fn telemetry(&self) -> Result<Telemetry, DataplaneError> {
         let mut maps = BTreeMap::new();
         for map in self.skel.object().maps() {
             let name = map.name().to_string_lossy().into_owned();
-            // .rodata, .bss and friends are the program's globals, not tables.
-            if name.starts_with('.') || name.contains(".rodata") || name.contains(".bss") {
+            // .rodata, .bss, .kconfig ("<object>.<section>") are the program's globals, not
+            // tables; a map of bpf/maps.h has no dot in its name.
+            if name.contains('.') {
                 continue;
             }
             let handle = MapHandle::try_from(&map)
@@ -108,6 +175,7 @@ impl Dataplane {
         }
         Ok(Telemetry {
             maps,
+            clock: self.clock()?,
             firewall_ids: None,
         })
     }
@@ -173,7 +241,7 @@ impl Telemetry {
             .map(read_timeouts)
             .transpose()?
             .unwrap_or_default();
-        let now = clock_ns(libc::CLOCK_MONOTONIC_COARSE);
+        let now = self.clock.now()?;
         let mut flows = Flows::default();
         let entries = for_each_entry(ct_fwd, |k, v| {
             let key: types::flow_key = from_bytes(k);
@@ -240,7 +308,7 @@ fn read_timeouts(lb_config: &MapHandle) -> Result<Timeouts, DataplaneError> {
     })
 }
 
-/// A clock of the kernel in nanoseconds (`CLOCK_MONOTONIC_COARSE` is `bpf_ktime_get_coarse_ns`).
+/// A clock of the kernel in nanoseconds (not the data plane's: see [`Clock`]).
 pub fn clock_ns(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
