@@ -1687,28 +1687,10 @@ fn vip_index_is_rebuilt_from_adopted_vips() {
 
 /// The program's maps by name.
 fn program_maps(lb: &Lb) -> Result<std::collections::BTreeMap<String, libbpf_rs::MapHandle>> {
-    use libbpf_rs::MapCore;
-    use std::os::fd::{AsFd, AsRawFd};
-    let fd = lb.rec.dataplane().program().as_fd().as_raw_fd();
-    let mut ids = vec![0u32; 64];
-    // SAFETY: an all-zero bpf_prog_info is a valid "ask for nothing" request.
-    let mut info: libbpf_sys::bpf_prog_info = unsafe { std::mem::zeroed() };
-    info.nr_map_ids = ids.len() as u32;
-    info.map_ids = ids.as_mut_ptr() as u64;
-    let mut len = std::mem::size_of::<libbpf_sys::bpf_prog_info>() as u32;
-    // SAFETY: `info` and `ids` outlive the call; the kernel writes at most nr_map_ids ids.
-    let rc = unsafe { libbpf_sys::bpf_prog_get_info_by_fd(fd, &mut info, &mut len) };
-    ensure!(
-        rc == 0,
-        "bpf_prog_get_info_by_fd: {}",
-        std::io::Error::last_os_error()
-    );
-    let mut out = std::collections::BTreeMap::new();
-    for id in &ids[..(info.nr_map_ids as usize).min(ids.len())] {
-        let h = libbpf_rs::MapHandle::from_map_id(*id).context("opening a map of the program")?;
-        out.insert(h.name().to_string_lossy().into_owned(), h);
-    }
-    Ok(out)
+    use std::os::fd::AsFd;
+    Ok(xdplb::dataplane::program_maps(
+        lb.rec.dataplane().program().as_fd(),
+    )?)
 }
 
 /// `last_seen_ns` of the forward entry of the UDP flow `client` -> `vip`.

@@ -376,33 +376,13 @@ pub fn check_counters(
 
 /// Handles of every map of a loaded program, by name (found through the program's map ids).
 pub fn program_maps(prog: &ProgramMut<'_>) -> Result<BTreeMap<String, MapHandle>> {
-    let fd = prog.as_fd().as_raw_fd();
-    let mut ids = vec![0u32; 64];
-    // SAFETY: an all-zero bpf_prog_info is a valid "ask for nothing" request.
-    let mut info: libbpf_sys::bpf_prog_info = unsafe { std::mem::zeroed() };
-    info.nr_map_ids = ids.len() as u32;
-    info.map_ids = ids.as_mut_ptr() as u64;
-    let mut len = std::mem::size_of::<libbpf_sys::bpf_prog_info>() as u32;
-    // SAFETY: `info` and `ids` outlive the call; the kernel writes at most nr_map_ids ids.
-    let rc = unsafe { libbpf_sys::bpf_prog_get_info_by_fd(fd, &mut info, &mut len) };
-    ensure!(
-        rc == 0,
-        "bpf_prog_get_info_by_fd: {}",
-        std::io::Error::last_os_error()
-    );
-    let n = (info.nr_map_ids as usize).min(ids.len());
-    let mut out = BTreeMap::new();
-    for id in &ids[..n] {
-        let h = MapHandle::from_map_id(*id).context("opening a map of the program")?;
-        out.insert(h.name().to_string_lossy().into_owned(), h);
-    }
-    Ok(out)
+    Ok(xdplb::dataplane::program_maps(prog.as_fd())?)
 }
 
 /// Jited and translated size of a loaded program (bytes, instructions).
 pub fn program_size(prog: &ProgramMut<'_>) -> Result<(u32, u32)> {
     let fd = prog.as_fd().as_raw_fd();
-    // SAFETY: as in `program_maps`.
+    // SAFETY: an all-zero bpf_prog_info is a valid "ask for nothing" request.
     let mut info: libbpf_sys::bpf_prog_info = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libbpf_sys::bpf_prog_info>() as u32;
     // SAFETY: `info` outlives the call.

@@ -58,6 +58,45 @@ pub(crate) fn bpf_err(what: impl Into<String>) -> impl FnOnce(libbpf_rs::Error) 
     move |source| DataplaneError::Bpf { what, source }
 }
 
+/// Handles of every map a loaded program uses, by name, found through the program's map ids: for
+/// maps the skeleton does not hand out (the outer map of the Maglev rings as the kernel holds it,
+/// the maps of test and bench programs). Maps closed between the two reads are skipped.
+pub fn program_maps(
+    prog: std::os::fd::BorrowedFd<'_>,
+) -> Result<std::collections::BTreeMap<String, libbpf_rs::MapHandle>, DataplaneError> {
+    let info_err = |source| DataplaneError::Io {
+        what: "reading a program's map ids".into(),
+        source,
+    };
+    let mut info = libbpf_sys::bpf_prog_info::default();
+    let mut len = std::mem::size_of::<libbpf_sys::bpf_prog_info>() as u32;
+    // SAFETY: `info` and `len` are valid for writes and `len` is the size of `info`.
+    let rc = unsafe { libbpf_sys::bpf_prog_get_info_by_fd(prog.as_raw_fd(), &mut info, &mut len) };
+    if rc != 0 {
+        return Err(info_err(io::Error::from_raw_os_error(-rc)));
+    }
+    let mut ids = vec![0u32; info.nr_map_ids as usize];
+    let mut info = libbpf_sys::bpf_prog_info {
+        nr_map_ids: ids.len() as u32,
+        map_ids: ids.as_mut_ptr() as u64,
+        ..Default::default()
+    };
+    let mut len = std::mem::size_of::<libbpf_sys::bpf_prog_info>() as u32;
+    // SAFETY: `map_ids` points at `nr_map_ids` writable u32s that outlive the call.
+    let rc = unsafe { libbpf_sys::bpf_prog_get_info_by_fd(prog.as_raw_fd(), &mut info, &mut len) };
+    if rc != 0 {
+        return Err(info_err(io::Error::from_raw_os_error(-rc)));
+    }
+    ids.truncate(info.nr_map_ids as usize);
+    let mut out = std::collections::BTreeMap::new();
+    for id in ids {
+        if let Ok(map) = libbpf_rs::MapHandle::from_map_id(id) {
+            out.insert(map.name().to_string_lossy().into_owned(), map);
+        }
+    }
+    Ok(out)
+}
+
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> DataplaneError {
     let what = what.into();
     move |source| DataplaneError::Io { what, source }

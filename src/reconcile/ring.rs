@@ -133,42 +133,16 @@ fn inner_id(outer: &MapHandle, vip_id: u32) -> Result<Option<u32>, DataplaneErro
 
 /// The program's `maglev_rings`, found among the maps it uses (by type and name).
 fn find_outer(prog: BorrowedFd<'_>) -> Result<MapHandle, DataplaneError> {
-    let info_err = |source| DataplaneError::Io {
-        what: "reading the XDP program's map ids".into(),
-        source,
-    };
-    let mut info = libbpf_sys::bpf_prog_info::default();
-    let mut len = std::mem::size_of::<libbpf_sys::bpf_prog_info>() as u32;
-    // SAFETY: `info` and `len` are valid for writes and `len` is the size of `info`.
-    let rc = unsafe { libbpf_sys::bpf_prog_get_info_by_fd(prog.as_raw_fd(), &mut info, &mut len) };
-    if rc != 0 {
-        return Err(info_err(std::io::Error::from_raw_os_error(-rc)));
-    }
-    let mut ids = vec![0u32; info.nr_map_ids as usize];
-    let mut info = libbpf_sys::bpf_prog_info {
-        nr_map_ids: ids.len() as u32,
-        map_ids: ids.as_mut_ptr() as u64,
-        ..Default::default()
-    };
-    let mut len = std::mem::size_of::<libbpf_sys::bpf_prog_info>() as u32;
-    // SAFETY: `map_ids` points at `nr_map_ids` writable u32s that outlive the call.
-    let rc = unsafe { libbpf_sys::bpf_prog_get_info_by_fd(prog.as_raw_fd(), &mut info, &mut len) };
-    if rc != 0 {
-        return Err(info_err(std::io::Error::from_raw_os_error(-rc)));
-    }
-    ids.truncate(info.nr_map_ids as usize);
-    for id in ids {
-        let Ok(map) = MapHandle::from_map_id(id) else {
-            continue;
-        };
-        if map.map_type() == MapType::ArrayOfMaps && map.name() == OUTER {
-            return Ok(map);
-        }
-    }
-    Err(info_err(std::io::Error::new(
-        std::io::ErrorKind::NotFound,
-        format!("the program uses no map named {OUTER}"),
-    )))
+    crate::dataplane::program_maps(prog)?
+        .remove(OUTER)
+        .filter(|m| m.map_type() == MapType::ArrayOfMaps)
+        .ok_or_else(|| DataplaneError::Io {
+            what: "finding the Maglev rings' outer map".into(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("the program uses no map-of-maps named {OUTER}"),
+            ),
+        })
 }
 
 /// A writable shared mapping of one ring's value area.
