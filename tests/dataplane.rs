@@ -1771,7 +1771,7 @@ fn flow_stamps_and_liveness_follow_the_data_plane_clock() {
         sleep(Duration::from_millis(1500));
         let flows = live(&lb)?;
         ensure!(
-            flows.by_vip.get(&id).is_none() && flows.expired == 1,
+            !flows.by_vip.contains_key(&id) && flows.expired == 1,
             "1.5 s after its last packet (timeout 1 s), lbd should see the flow expired: {flows:?}"
         );
         // The data plane agrees: the next packet starts a new flow.

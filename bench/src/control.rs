@@ -102,7 +102,6 @@ async fn add_backends_batch(socket: PathBuf, n: usize) -> Result<(Duration, usiz
     let listed = backends
         .list_backends(pb::ListBackendsRequest {
             vip: Some(vip_key_on(81)),
-            ..Default::default()
         })
         .await
         .context("ListBackends")?
@@ -147,7 +146,6 @@ async fn add_backends(socket: PathBuf, n: usize) -> Result<(Duration, Vec<Durati
     let listed = backends
         .list_backends(pb::ListBackendsRequest {
             vip: Some(vip_key()),
-            ..Default::default()
         })
         .await
         .context("ListBackends")?
