@@ -14,11 +14,10 @@ use std::thread::sleep;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use xdplb::dataplane::{Counters, Dataplane, LoadOptions};
+use xdplb::dataplane::{Counters, Dataplane};
 use xdplb::maglev;
-use xdplb::reconcile::Reconciler;
 use xdplb::skel::types::lb_reason as R;
-use xdplb::state::{Protocol, State, VipKey};
+use xdplb::state::{Protocol, VipKey};
 
 use common::expect::*;
 use common::lab::*;
@@ -1625,63 +1624,42 @@ fn tracked_flows_follow_their_vip_and_its_id() {
 #[test]
 fn vip_index_is_rebuilt_from_adopted_vips() {
     bench(|_, net| {
-        let pins = std::path::PathBuf::from(format!(
-            "/sys/fs/bpf/xdplb-vipindex-test-{}",
-            std::process::id()
-        ));
-        let opts = LoadOptions {
-            conntrack_size: 4096,
-            firewall_capacity: 4096,
-            ratelimit_clients: 4096,
-            pin_dir: Some(pins.clone()),
-            ..LoadOptions::default()
-        };
-        let result = (|| -> Result<()> {
-            let dp = Dataplane::load(&opts)?;
-            dp.maps().write_config(&config(PORTS))?;
-            let mut first = Lb {
-                rec: Reconciler::new(dp, RING_SIZE),
-                state: State::default(),
-                net,
-                cfg: config(PORTS),
-                claimed: BTreeSet::new(),
-            };
-            let vip = first.add_vip(VIP, Protocol::Tcp, &[(BE1, 100)])?;
-            let id = first.vip_id(&vip)?;
-            let client = sa(CLIENT, 43000);
-            let (flow, _) = new_flow(&mut first, &vip, &syn(client, VIP), net.veth0, XDP_TX)?;
-            drop(first); // like a stopped lbd that leaves its pins for the next one
-            for map in ["vip_filter", "vip_ids"] {
-                std::fs::remove_file(pins.join(map)).with_context(|| format!("unpinning {map}"))?;
-            }
+        let pins = PinDir::new("vipindex-test");
+        let opts = pins.options();
+        let mut first = Lb::load(net, config(PORTS), &opts)?;
+        let vip = first.add_vip(VIP, Protocol::Tcp, &[(BE1, 100)])?;
+        let id = first.vip_id(&vip)?;
+        let client = sa(CLIENT, 43000);
+        let (flow, _) = new_flow(&mut first, &vip, &syn(client, VIP), net.veth0, XDP_TX)?;
+        drop(first); // like a stopped lbd that leaves its pins for the next one
+        for map in ["vip_filter", "vip_ids"] {
+            std::fs::remove_file(pins.path().join(map))
+                .with_context(|| format!("unpinning {map}"))?;
+        }
 
-            let second = Dataplane::load(&opts)?;
-            ensure!(second.adopted(), "the pinned maps were not reused");
-            ensure!(
-                filter_has(&second.maps(), *VIP.ip())?,
-                "the adopted VIP is not in the new prefilter"
-            );
-            ensure!(
-                second.maps().vip_of_id(id)? == Some((VIP, Protocol::Tcp.number())),
-                "vip_ids[{id}] does not name the adopted VIP"
-            );
-            let run = run_xdp(second.program(), net.veth0, &ack(client, VIP).build())?;
-            let want = ack(client, VIP).natted(
-                VETH0_MAC,
-                neighbour_mac(*flow.backend.ip()),
-                flow.snat,
-                flow.backend,
-            );
-            expect_packet(
-                &run,
-                XDP_TX,
-                &want,
-                "ACK of the adopted flow, before any reconcile",
-            )?;
-            Ok(())
-        })();
-        let _ = xdplb::dataplane::remove_pins(&pins);
-        result
+        let second = Dataplane::load(&opts)?;
+        ensure!(second.adopted(), "the pinned maps were not reused");
+        ensure!(
+            filter_has(&second.maps(), *VIP.ip())?,
+            "the adopted VIP is not in the new prefilter"
+        );
+        ensure!(
+            second.maps().vip_of_id(id)? == Some((VIP, Protocol::Tcp.number())),
+            "vip_ids[{id}] does not name the adopted VIP"
+        );
+        let run = run_xdp(second.program(), net.veth0, &ack(client, VIP).build())?;
+        let want = ack(client, VIP).natted(
+            VETH0_MAC,
+            neighbour_mac(*flow.backend.ip()),
+            flow.snat,
+            flow.backend,
+        );
+        expect_packet(
+            &run,
+            XDP_TX,
+            &want,
+            "ACK of the adopted flow, before any reconcile",
+        )
     });
 }
 
@@ -1798,54 +1776,35 @@ fn flow_stamps_and_liveness_follow_the_data_plane_clock() {
 #[test]
 fn flows_stay_live_across_a_restart_on_pinned_maps() {
     bench(|_, net| {
-        let pins = std::path::PathBuf::from(format!(
-            "/sys/fs/bpf/xdplb-clock-test-{}",
-            std::process::id()
-        ));
-        let opts = LoadOptions {
-            conntrack_size: 4096,
-            firewall_capacity: 4096,
-            ratelimit_clients: 4096,
-            pin_dir: Some(pins.clone()),
-            ..LoadOptions::default()
-        };
-        let lb = |dp: Dataplane| Lb {
-            rec: Reconciler::new(dp, RING_SIZE),
-            state: State::default(),
-            net,
-            cfg: config(PORTS),
-            claimed: BTreeSet::new(),
-        };
-        let result = (|| -> Result<()> {
-            let dp = Dataplane::load(&opts)?;
-            dp.maps().write_config(&config(PORTS))?;
-            let mut first = lb(dp);
-            let vip = first.add_vip(VIP, Protocol::Tcp, &[(BE1, 100), (BE2, 100)])?;
-            let client = sa(CLIENT, 44000);
-            let (flow, _) = new_flow(&mut first, &vip, &syn(client, VIP), net.veth0, XDP_TX)?;
-            let id = first.vip_id(&vip)?;
-            drop(first); // like a stopped lbd that leaves its pins for the next one
+        let pins = PinDir::new("clock-test");
+        let opts = pins.options();
+        let mut first = Lb::load(net, config(PORTS), &opts)?;
+        let vip = first.add_vip(VIP, Protocol::Tcp, &[(BE1, 100), (BE2, 100)])?;
+        let client = sa(CLIENT, 44000);
+        let (flow, _) = new_flow(&mut first, &vip, &syn(client, VIP), net.veth0, XDP_TX)?;
+        let id = first.vip_id(&vip)?;
+        drop(first); // like a stopped lbd that leaves its pins for the next one
 
-            let dp = Dataplane::load(&opts).context("loading again on the pinned maps")?;
-            ensure!(dp.adopted(), "the pinned maps were not reused");
-            let mut second = lb(dp);
-            let flows = second.rec.dataplane().telemetry()?.live_flows()?;
-            ensure!(
-                flows.by_vip.get(&id) == Some(&1) && flows.expired == 0,
-                "after the restart, lbd's view of the flow: {flows:?}"
-            );
-            second.add_vip(VIP, Protocol::Tcp, &[(BE1, 100), (BE2, 100)])?;
-            // A flow started anew would have claimed another SNAT port (the flow's own is held
-            // by its live reverse entry): the same port and backend mean the same flow.
-            flow_packet(&second, &flow, &ack(client, VIP), net.veth0, XDP_TX)?;
-            ensure!(
-                second.maps().conntrack_entries() == 1,
-                "{} flow entries after the restart",
-                second.maps().conntrack_entries()
-            );
-            Ok(())
-        })();
-        let _ = xdplb::dataplane::remove_pins(&pins);
-        result
+        let mut second =
+            Lb::load(net, config(PORTS), &opts).context("loading again on the pinned maps")?;
+        ensure!(
+            second.rec.dataplane().adopted(),
+            "the pinned maps were not reused"
+        );
+        let flows = second.rec.dataplane().telemetry()?.live_flows()?;
+        ensure!(
+            flows.by_vip.get(&id) == Some(&1) && flows.expired == 0,
+            "after the restart, lbd's view of the flow: {flows:?}"
+        );
+        second.add_vip(VIP, Protocol::Tcp, &[(BE1, 100), (BE2, 100)])?;
+        // A flow started anew would have claimed another SNAT port (the flow's own is held
+        // by its live reverse entry): the same port and backend mean the same flow.
+        flow_packet(&second, &flow, &ack(client, VIP), net.veth0, XDP_TX)?;
+        ensure!(
+            second.maps().conntrack_entries() == 1,
+            "{} flow entries after the restart",
+            second.maps().conntrack_entries()
+        );
+        Ok(())
     });
 }

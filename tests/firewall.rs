@@ -24,7 +24,6 @@ use proptest::test_runner::{Config as PtConfig, TestCaseError, TestRunner};
 use xdplb::dataplane::firewall::tables::Tables;
 use xdplb::dataplane::{Dataplane, LoadOptions};
 use xdplb::firewall::{Action, RuleBatch, Scope};
-use xdplb::reconcile::Reconciler;
 use xdplb::skel::types::{self, lb_reason as R};
 use xdplb::state::{Protocol, State, VipKey};
 
@@ -61,22 +60,15 @@ where
 
 /// A loaded program with firewall `scope` and `capacity`, configured like lbd configures it.
 fn lb_with(net: Net, scope: Scope, capacity: u32) -> Result<Lb> {
-    let dp = Dataplane::load(&LoadOptions {
-        conntrack_size: 4096,
-        firewall_capacity: capacity,
-        firewall_scope: scope,
-        ..LoadOptions::default()
-    })
-    .context("loading the XDP program")?;
-    let cfg = config(PORTS);
-    dp.maps().write_config(&cfg).context("writing lb_config")?;
-    Ok(Lb {
-        rec: Reconciler::new(dp, RING_SIZE),
-        state: State::default(),
+    Lb::load(
         net,
-        cfg,
-        claimed: BTreeSet::new(),
-    })
+        config(PORTS),
+        &LoadOptions {
+            firewall_capacity: capacity,
+            firewall_scope: scope,
+            ..Lb::options()
+        },
+    )
 }
 
 /// Scope "vips" and the TCP VIP 10.9.9.9:80 -> 10.1.0.2:8080, 10.1.0.3:8080.
@@ -637,102 +629,86 @@ fn replace_never_leaves_a_gap() {
 #[test]
 fn pinned_rules_are_adopted_after_a_restart() {
     bench(|_, net| {
-        let pins =
-            std::path::PathBuf::from(format!("/sys/fs/bpf/xdplb-fwtest-{}", std::process::id()));
-        let load = |net: Net| -> Result<Lb> {
-            let dp = Dataplane::load(&LoadOptions {
-                conntrack_size: 4096,
-                firewall_capacity: CAPACITY,
-                pin_dir: Some(pins.clone()),
-                ..LoadOptions::default()
-            })?;
-            dp.maps().write_config(&config(PORTS))?;
-            Ok(Lb {
-                rec: Reconciler::new(dp, RING_SIZE),
-                state: State::default(),
-                net,
-                cfg: config(PORTS),
-                claimed: BTreeSet::new(),
-            })
+        let pins = PinDir::new("fwtest");
+        let opts = LoadOptions {
+            firewall_capacity: CAPACITY,
+            ..pins.options()
         };
-        let result = (|| -> Result<()> {
-            let mut first = load(net)?;
-            first.add_vip(VIP, Protocol::Tcp, &[(BE1, 100)])?;
-            add_rules(
-                &mut first,
-                &[
-                    ("10.1.0.50/32", Action::Block),
-                    ("10.1.0.51/32", Action::Allow),
-                    ("192.0.2.0/24", Action::Block),
-                ],
-            )?;
-            expect_dropped(&first, &syn(sa(CLIENT, 49000), VIP), "before the restart")?;
-            let id = first
-                .rec
-                .firewall()
-                .rule(&pfx("10.1.0.50/32"))
-                .context("rule")?
-                .id;
-            drop(first); // like a stopped lbd that leaves its pins for the next one
+        let load = |net: Net| Lb::load(net, config(PORTS), &opts);
+        let mut first = load(net)?;
+        first.add_vip(VIP, Protocol::Tcp, &[(BE1, 100)])?;
+        add_rules(
+            &mut first,
+            &[
+                ("10.1.0.50/32", Action::Block),
+                ("10.1.0.51/32", Action::Allow),
+                ("192.0.2.0/24", Action::Block),
+            ],
+        )?;
+        expect_dropped(&first, &syn(sa(CLIENT, 49000), VIP), "before the restart")?;
+        let id = first
+            .rec
+            .firewall()
+            .rule(&pfx("10.1.0.50/32"))
+            .context("rule")?
+            .id;
+        drop(first); // like a stopped lbd that leaves its pins for the next one
 
-            let mut second = load(net)?;
-            ensure!(
-                second.rec.dataplane().adopted(),
-                "the pinned maps were not reused"
-            );
-            expect_dropped(
-                &second,
-                &syn(sa(CLIENT, 49001), VIP),
-                "after the restart, before any reconcile",
-            )?;
-            // The restored state (as lbd reads it from its state file), applied in one go.
-            second.state.firewall.add(
-                &batch(&[
-                    ("10.1.0.50/32", Action::Block),
-                    ("198.51.100.0/24", Action::Block),
-                ]),
-                CAPACITY as usize,
-            )?;
-            second.add_vip(VIP, Protocol::Tcp, &[(BE1, 100)])?;
-            let kept = second
-                .rec
-                .firewall()
-                .rule(&pfx("10.1.0.50/32"))
-                .context("rule")?;
-            ensure!(
-                kept.id == id,
-                "the adopted rule changed id ({id} -> {})",
-                kept.id
-            );
-            ensure!(
-                hits(&second, "10.1.0.50/32")? == 2,
-                "the adopted rule lost its hits"
-            );
-            let fw = second.rec.dataplane().firewall();
-            ensure!(
-                fw.get(pfx("10.1.0.51/32"))?.is_none(),
-                "a rule no longer wanted survived"
-            );
-            ensure!(
-                fw.get(pfx("192.0.2.0/24"))?.is_none(),
-                "a rule no longer wanted survived"
-            );
-            let new = fw
-                .get(pfx("198.51.100.0/24"))?
-                .context("new rule missing")?;
-            ensure!(
-                new.id != kept.id,
-                "a new rule took the id of an adopted one"
-            );
-            ensure!(
-                hits(&second, "198.51.100.0/24")? == 0,
-                "a new rule starts with hits"
-            );
-            second.rec.into_dataplane().shutdown(true)?;
-            Ok(())
-        })();
-        let _ = xdplb::dataplane::remove_pins(&pins);
-        result
+        let mut second = load(net)?;
+        ensure!(
+            second.rec.dataplane().adopted(),
+            "the pinned maps were not reused"
+        );
+        expect_dropped(
+            &second,
+            &syn(sa(CLIENT, 49001), VIP),
+            "after the restart, before any reconcile",
+        )?;
+        // The restored state (as lbd reads it from its state file), applied in one go.
+        second.state.firewall.add(
+            &batch(&[
+                ("10.1.0.50/32", Action::Block),
+                ("198.51.100.0/24", Action::Block),
+            ]),
+            CAPACITY as usize,
+        )?;
+        second.add_vip(VIP, Protocol::Tcp, &[(BE1, 100)])?;
+        let kept = second
+            .rec
+            .firewall()
+            .rule(&pfx("10.1.0.50/32"))
+            .context("rule")?;
+        ensure!(
+            kept.id == id,
+            "the adopted rule changed id ({id} -> {})",
+            kept.id
+        );
+        ensure!(
+            hits(&second, "10.1.0.50/32")? == 2,
+            "the adopted rule lost its hits"
+        );
+        let fw = second.rec.dataplane().firewall();
+        ensure!(
+            fw.get(pfx("10.1.0.51/32"))?.is_none(),
+            "a rule no longer wanted survived"
+        );
+        ensure!(
+            fw.get(pfx("192.0.2.0/24"))?.is_none(),
+            "a rule no longer wanted survived"
+        );
+        let new = fw
+            .get(pfx("198.51.100.0/24"))?
+            .context("new rule missing")?;
+        ensure!(
+            new.id != kept.id,
+            "a new rule took the id of an adopted one"
+        );
+        ensure!(
+            hits(&second, "198.51.100.0/24")? == 0,
+            "a new rule starts with hits"
+        );
+        second.rec.into_dataplane().shutdown(true)?;
+        Ok(())
     });
 }
 
@@ -744,66 +720,55 @@ fn slot_words_without_a_filter_send_every_address_on() {
     use libbpf_rs::{MapCore as _, MapFlags, MapHandle};
     use types::fw_verdict_bits as B;
     bench(|_, net| {
-        let pins =
-            std::path::PathBuf::from(format!("/sys/fs/bpf/xdplb-fwlegacy-{}", std::process::id()));
-        let result = (|| -> Result<()> {
-            let dp = Dataplane::load(&LoadOptions {
-                conntrack_size: 4096,
+        let pins = PinDir::new("fwlegacy");
+        let mut lb = Lb::load(
+            net,
+            config(PORTS),
+            &LoadOptions {
                 firewall_capacity: CAPACITY,
-                pin_dir: Some(pins.clone()),
-                ..LoadOptions::default()
-            })?;
-            dp.maps().write_config(&config(PORTS))?;
-            let mut lb = Lb {
-                rec: Reconciler::new(dp, RING_SIZE),
-                state: State::default(),
-                net,
-                cfg: config(PORTS),
-                claimed: BTreeSet::new(),
-            };
-            let vip = lb.add_vip(VIP, Protocol::Tcp, &[(BE1, 100), (BE2, 100)])?;
-            add_rules(
-                &mut lb,
-                &[
-                    ("10.1.0.0/24", Action::Block),
-                    ("10.1.0.50/32", Action::Allow),
-                ],
-            )?;
-            // Rewrite slot 10.1.0.0/24 of chunk 10.1/16 the old way: the filter bits cleared,
-            // bit 29 kept. 10.1.0.50's own filter bit (50 % 5 = 0) is then clear too, so a
-            // program that trusted the filter alone would take the block for it.
-            let l2 = MapHandle::from_pinned_path(pins.join("fw_l2")).context("opening fw_l2")?;
-            let key = 0x0a01u32.to_ne_bytes();
-            let mut chunk = l2
-                .lookup(&key, MapFlags::ANY)?
-                .context("no chunk for 10.1/16")?;
-            let filter = B::FW_VERDICT_DEEPER.0 & !B::FW_VERDICT_DEEPER_ANY.0;
-            let mut w = u32::from_ne_bytes(chunk[..4].try_into()?);
-            ensure!(
-                w & B::FW_VERDICT_DEEPER_ANY.0 != 0 && w & filter != 0,
-                "slot 0 was written without its filter: {w:#x}"
-            );
-            w &= !filter;
-            chunk[..4].copy_from_slice(&w.to_ne_bytes());
-            l2.update(&key, &chunk, MapFlags::EXIST)?;
-            expect_natted(
-                &mut lb,
-                &vip,
-                sa(CLIENT, 41000),
-                "the allowed 10.1.0.50 behind a legacy slot",
-            )?;
-            expect_dropped(
-                &lb,
-                &syn(sa(CLIENT_B, 41000), VIP),
-                "10.1.0.51 behind a legacy slot (no fw_l3 entry: the /24's block)",
-            )?;
-            ensure!(hits(&lb, "10.1.0.50/32")? == 1, "allow rule hits");
-            ensure!(hits(&lb, "10.1.0.0/24")? == 1, "block rule hits");
-            lb.rec.into_dataplane().shutdown(true)?;
-            Ok(())
-        })();
-        let _ = xdplb::dataplane::remove_pins(&pins);
-        result
+                ..pins.options()
+            },
+        )?;
+        let vip = lb.add_vip(VIP, Protocol::Tcp, &[(BE1, 100), (BE2, 100)])?;
+        add_rules(
+            &mut lb,
+            &[
+                ("10.1.0.0/24", Action::Block),
+                ("10.1.0.50/32", Action::Allow),
+            ],
+        )?;
+        // Rewrite slot 10.1.0.0/24 of chunk 10.1/16 the old way: the filter bits cleared,
+        // bit 29 kept. 10.1.0.50's own filter bit (50 % 5 = 0) is then clear too, so a
+        // program that trusted the filter alone would take the block for it.
+        let l2 = MapHandle::from_pinned_path(pins.path().join("fw_l2")).context("opening fw_l2")?;
+        let key = 0x0a01u32.to_ne_bytes();
+        let mut chunk = l2
+            .lookup(&key, MapFlags::ANY)?
+            .context("no chunk for 10.1/16")?;
+        let filter = B::FW_VERDICT_DEEPER.0 & !B::FW_VERDICT_DEEPER_ANY.0;
+        let mut w = u32::from_ne_bytes(chunk[..4].try_into()?);
+        ensure!(
+            w & B::FW_VERDICT_DEEPER_ANY.0 != 0 && w & filter != 0,
+            "slot 0 was written without its filter: {w:#x}"
+        );
+        w &= !filter;
+        chunk[..4].copy_from_slice(&w.to_ne_bytes());
+        l2.update(&key, &chunk, MapFlags::EXIST)?;
+        expect_natted(
+            &mut lb,
+            &vip,
+            sa(CLIENT, 41000),
+            "the allowed 10.1.0.50 behind a legacy slot",
+        )?;
+        expect_dropped(
+            &lb,
+            &syn(sa(CLIENT_B, 41000), VIP),
+            "10.1.0.51 behind a legacy slot (no fw_l3 entry: the /24's block)",
+        )?;
+        ensure!(hits(&lb, "10.1.0.50/32")? == 1, "allow rule hits");
+        ensure!(hits(&lb, "10.1.0.0/24")? == 1, "block rule hits");
+        lb.rec.into_dataplane().shutdown(true)?;
+        Ok(())
     });
 }
 
@@ -1127,10 +1092,11 @@ fn capacity_zero_turns_the_firewall_off() {
 /// refused, naming the map, rather than read as the new array.
 #[test]
 fn pinned_maps_of_the_hash_layout_are_refused() {
-    let pins = std::path::PathBuf::from(format!("/sys/fs/bpf/xdplb-fwold-{}", std::process::id()));
+    let dir = PinDir::new("fwold");
+    let pins = dir.path();
     let result = (|| -> Result<()> {
-        xdplb::dataplane::remove_pins(&pins)?;
-        std::fs::create_dir_all(&pins)?;
+        xdplb::dataplane::remove_pins(pins)?;
+        std::fs::create_dir_all(pins)?;
         let opts = libbpf_sys::bpf_map_create_opts {
             sz: std::mem::size_of::<libbpf_sys::bpf_map_create_opts>() as _,
             map_flags: libbpf_sys::BPF_F_NO_PREALLOC,
@@ -1146,10 +1112,8 @@ fn pinned_maps_of_the_hash_layout_are_refused() {
         )?;
         old.pin(pins.join("fw_l2"))?;
         let e = match Dataplane::load(&LoadOptions {
-            conntrack_size: 4096,
             firewall_capacity: CAPACITY,
-            pin_dir: Some(pins.clone()),
-            ..LoadOptions::default()
+            ..dir.options()
         }) {
             Ok(_) => anyhow::bail!("the old fw_l2 was taken over"),
             Err(e) => e,
@@ -1160,6 +1124,5 @@ fn pinned_maps_of_the_hash_layout_are_refused() {
         );
         Ok(())
     })();
-    let _ = xdplb::dataplane::remove_pins(&pins);
     result.unwrap_or_else(|e| panic!("{e:#}"));
 }

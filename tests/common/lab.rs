@@ -10,6 +10,7 @@
 
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
@@ -218,18 +219,61 @@ pub struct Lb {
     pub claimed: BTreeSet<(SocketAddrV4, u16)>,
 }
 
+/// A bpffs pin directory owned by one test (unique by tag and process), removed with every pin
+/// in it when dropped, whether the test passed or not.
+pub struct PinDir(PathBuf);
+
+impl PinDir {
+    pub fn new(tag: &str) -> PinDir {
+        PinDir(PathBuf::from(format!(
+            "/sys/fs/bpf/xdplb-{tag}-{}",
+            std::process::id()
+        )))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// [`Lb::options`] with the maps pinned here (a second load adopts them, like a restarted
+    /// lbd).
+    pub fn options(&self) -> LoadOptions {
+        LoadOptions {
+            pin_dir: Some(self.0.clone()),
+            ..Lb::options()
+        }
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = xdplb::dataplane::remove_pins(&self.0);
+    }
+}
+
 impl Lb {
-    /// Loads the program (conntrack of 4096 entries) and writes `cfg`.
-    pub fn new(net: Net, cfg: RuntimeConfig) -> Result<Lb> {
-        let dp = Dataplane::load(&LoadOptions {
+    /// The load options of the test programs: small tables (conntrack and rate-limit clients of
+    /// 4096 entries; the firewall's per-CPU hit counters are allocated at load, and a million
+    /// takes a second), nothing pinned.
+    pub fn options() -> LoadOptions {
+        LoadOptions {
             conntrack_size: 4096,
             pin_dir: None,
             ratelimit_clients: 4096,
-            // The per-CPU hit counters are allocated at load: a million takes a second.
             firewall_capacity: 4096,
             ..LoadOptions::default()
-        })
-        .context("loading the XDP program")?;
+        }
+    }
+
+    /// Loads the program with [`Lb::options`] and writes `cfg`.
+    pub fn new(net: Net, cfg: RuntimeConfig) -> Result<Lb> {
+        Lb::load(net, cfg, &Lb::options())
+    }
+
+    /// Loads the program with `opts` (adopting what is pinned in their pin directory, as lbd
+    /// does) and writes `cfg`.
+    pub fn load(net: Net, cfg: RuntimeConfig, opts: &LoadOptions) -> Result<Lb> {
+        let dp = Dataplane::load(opts).context("loading the XDP program")?;
         dp.maps().write_config(&cfg).context("writing lb_config")?;
         Ok(Lb {
             rec: Reconciler::new(dp, RING_SIZE),
