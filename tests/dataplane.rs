@@ -32,22 +32,6 @@ const BE1_UDP: SocketAddrV4 = SocketAddrV4::new(BACKEND1, 5353);
 const BE2_UDP: SocketAddrV4 = SocketAddrV4::new(BACKEND2, 5353);
 const PORTS: (u16, u16) = (20000, 20999);
 
-fn sa(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
-    SocketAddrV4::new(ip, port)
-}
-
-/// Runs `body` with the bench set up in a private network namespace; any error fails the test.
-fn bench<F>(body: F)
-where
-    F: FnOnce(&TestNetns, Net) -> Result<()> + Send + 'static,
-{
-    TestNetns::run(move |ns| {
-        let net = setup_net(ns).context("setting up the bench")?;
-        body(ns, net)
-    })
-    .unwrap_or_else(|e| panic!("{e:#}"));
-}
-
 /// An LB with the TCP VIP 10.9.9.9:80 -> 10.1.0.2:8080, 10.1.0.3:8080 and SNAT ports 20000..=20999.
 fn tcp_lb(net: Net) -> Result<(Lb, VipKey)> {
     let mut lb = Lb::new(net, config(PORTS))?;

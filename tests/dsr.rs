@@ -19,7 +19,6 @@ use xdplb::state::{Mode, Protocol, VipKey};
 use common::decap::{Decap, DecapStats};
 use common::expect::*;
 use common::lab::*;
-use common::netns::TestNetns;
 use common::packet::*;
 
 const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 9), 80);
@@ -33,22 +32,6 @@ const ROUTER: Ipv4Addr = Ipv4Addr::new(10, 2, 0, 254);
 const ROUTER_MAC: Mac = [0x02, 0, 0, 0, 0x02, 0xfe];
 /// A backend in another subnet, reached through ROUTER.
 const FAR_BACKEND: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 5, 0, 7), 80);
-
-fn sa(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
-    SocketAddrV4::new(ip, port)
-}
-
-/// Runs `body` with the bench set up in a private network namespace; any error fails the test.
-fn bench<F>(body: F)
-where
-    F: FnOnce(&TestNetns, Net) -> Result<()> + Send + 'static,
-{
-    TestNetns::run(move |ns| {
-        let net = setup_net(ns).context("setting up the bench")?;
-        body(ns, net)
-    })
-    .unwrap_or_else(|e| panic!("{e:#}"));
-}
 
 /// A client's SYN (3 bytes of data, as with TCP Fast Open) to `vip`, as received on veth0.
 fn syn(client: SocketAddrV4, vip: SocketAddrV4) -> Packet {

@@ -28,7 +28,6 @@ use xdplb::skel::types::{self, lb_reason as R};
 use xdplb::state::{Protocol, State, VipKey};
 
 use common::lab::*;
-use common::netns::TestNetns;
 use common::packet::*;
 
 const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 9), 80);
@@ -38,24 +37,8 @@ const PORTS: (u16, u16) = (20000, 20999);
 /// Rules the test programs hold (small: the per-CPU hit counters are allocated up front).
 const CAPACITY: u32 = 4096;
 
-fn sa(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
-    SocketAddrV4::new(ip, port)
-}
-
 fn pfx(s: &str) -> Ipv4Net {
     s.parse().expect("test prefix")
-}
-
-/// Runs `body` with the bench set up in a private network namespace; any error fails the test.
-fn bench<F>(body: F)
-where
-    F: FnOnce(&TestNetns, Net) -> Result<()> + Send + 'static,
-{
-    TestNetns::run(move |ns| {
-        let net = setup_net(ns).context("setting up the bench")?;
-        body(ns, net)
-    })
-    .unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 /// A loaded program with firewall `scope` and `capacity`, configured like lbd configures it.

@@ -38,10 +38,6 @@ const LIMITED: Ipv4Addr = CLIENT_B;
 /// a page minus XDP headroom and tailroom (about 3.5 kB) for a program without frags support.
 const TEST_RUN_MAX: usize = 3400;
 
-fn sa(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
-    SocketAddrV4::new(ip, port)
-}
-
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()

@@ -19,7 +19,6 @@ use xdplb::state::{Mode, Protocol, VipKey};
 
 use common::expect::*;
 use common::lab::*;
-use common::netns::TestNetns;
 use common::packet::*;
 
 const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 9), 80);
@@ -42,22 +41,6 @@ const BE_ROUTER: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 253);
 const MTU_1400: [u8; 4] = [0, 0, 0x05, 0x78];
 /// What Linux quotes of the offending packet: as much as fits in 576 bytes.
 const LINUX_QUOTE: usize = 576 - 20 - 8;
-
-fn sa(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
-    SocketAddrV4::new(ip, port)
-}
-
-/// Runs `body` with the bench set up in a private network namespace; any error fails the test.
-fn bench<F>(body: F)
-where
-    F: FnOnce(&TestNetns, Net) -> Result<()> + Send + 'static,
-{
-    TestNetns::run(move |ns| {
-        let net = setup_net(ns).context("setting up the bench")?;
-        body(ns, net)
-    })
-    .unwrap_or_else(|e| panic!("{e:#}"));
-}
 
 fn expect_untouched(lb: &Lb, frame: &[u8], what: &str) -> Result<()> {
     let run = lb.run(lb.net.veth0, frame)?;

@@ -37,22 +37,6 @@ const NEW_CLIENT_MAC: Mac = [0x02, 0, 0, 0, 0x0c, 0x50];
 /// The cache lifetime of the tests that watch it expire.
 const TTL: Duration = Duration::from_secs(2);
 
-fn sa(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
-    SocketAddrV4::new(ip, port)
-}
-
-/// Runs `body` with the bench set up in a private network namespace; any error fails the test.
-fn bench<F>(body: F)
-where
-    F: FnOnce(&TestNetns, Net) -> Result<()> + Send + 'static,
-{
-    TestNetns::run(move |ns| {
-        let net = setup_net(ns).context("setting up the bench")?;
-        body(ns, net)
-    })
-    .unwrap_or_else(|e| panic!("{e:#}"));
-}
-
 fn syn(client: SocketAddrV4, vip: SocketAddrV4) -> Packet {
     Packet::tcp(CLIENT_MAC, VETH0_MAC, client, vip, TCP_SYN).with_payload(b"syn")
 }

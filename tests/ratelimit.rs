@@ -21,7 +21,6 @@ use xdplb::skel::types::{self, lb_reason as R};
 use xdplb::state::{Protocol, VipKey};
 
 use common::lab::*;
-use common::netns::TestNetns;
 use common::packet::*;
 
 const VIP_TCP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 9), 80);
@@ -32,24 +31,8 @@ const BE1: SocketAddrV4 = SocketAddrV4::new(BACKEND1, 8080);
 const BE1_UDP: SocketAddrV4 = SocketAddrV4::new(BACKEND1, 5353);
 const PORTS: (u16, u16) = (20000, 20999);
 
-fn sa(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
-    SocketAddrV4::new(ip, port)
-}
-
 fn prefix(s: &str) -> Ipv4Net {
     s.parse().expect("test prefix")
-}
-
-/// Runs `body` with the bench set up in a private network namespace; any error fails the test.
-fn bench<F>(body: F)
-where
-    F: FnOnce(&TestNetns, Net) -> Result<()> + Send + 'static,
-{
-    TestNetns::run(move |ns| {
-        let net = setup_net(ns).context("setting up the bench")?;
-        body(ns, net)
-    })
-    .unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 /// An LB with a TCP VIP 10.9.9.9:80 and a UDP VIP 10.9.9.9:53, each with one backend.

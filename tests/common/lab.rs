@@ -219,6 +219,24 @@ pub struct Lb {
     pub claimed: BTreeSet<(SocketAddrV4, u16)>,
 }
 
+/// `ip:port`.
+pub fn sa(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(ip, port)
+}
+
+/// Runs `body` with the bench (veths, neighbours, routes: [`setup_net`]) set up in a private
+/// network namespace, removed afterwards; any error fails the test.
+pub fn bench<F>(body: F)
+where
+    F: FnOnce(&TestNetns, Net) -> Result<()> + Send + 'static,
+{
+    TestNetns::run(move |ns| {
+        let net = setup_net(ns).context("setting up the bench")?;
+        body(ns, net)
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
+}
+
 /// A bpffs pin directory owned by one test (unique by tag and process), removed with every pin
 /// in it when dropped, whether the test passed or not.
 pub struct PinDir(PathBuf);
