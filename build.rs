@@ -12,7 +12,7 @@ fn main() {
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR is set by cargo"));
     let clang = env::var("CLANG").unwrap_or_else(|_| find_clang());
     let mut clang_args: Vec<String> = [
-        "-I/usr/include/x86_64-linux-gnu",
+        multiarch_include().as_str(),
         "-Ibpf",
         "-Wall",
         "-Werror",
@@ -58,6 +58,20 @@ fn main() {
         .compile_protos(&protos, &[PathBuf::from("proto")])
         .expect("compiling proto/*.proto");
     println!("cargo:rerun-if-changed=proto");
+}
+
+/// `-I/usr/include/<multiarch triple>` for the target being built (Debian keeps `asm/types.h`
+/// there), derived from cargo's target description instead of assuming x86_64.
+fn multiarch_include() -> String {
+    let arch = env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_else(|_| std::env::consts::ARCH.into());
+    let os = env::var("CARGO_CFG_TARGET_OS").unwrap_or_else(|_| "linux".into());
+    let env_ = env::var("CARGO_CFG_TARGET_ENV").unwrap_or_else(|_| "gnu".into());
+    let abi = match (arch.as_str(), env_.as_str()) {
+        ("arm", _) => "gnueabihf".to_string(),
+        (_, "") => "gnu".to_string(),
+        (_, e) => e.to_string(),
+    };
+    format!("-I/usr/include/{arch}-{os}-{abi}")
 }
 
 /// clang-19 is what `make deps` installs; fall back to whatever `clang` is on the PATH.
