@@ -39,7 +39,7 @@ pub fn unique_pin_path() -> PathBuf {
 }
 
 fn pin_path(name: &str) -> PathBuf {
-    SWEEP.call_once(sweep_stale_pins);
+    sweep_stale_pins();
     PathBuf::from(format!("{PIN_PREFIX}{}-{name}", std::process::id()))
 }
 
@@ -71,8 +71,13 @@ impl Drop for PinDir {
     }
 }
 
-/// Removes pin directories of earlier test processes that died before their guard ran.
-fn sweep_stale_pins() {
+/// Removes pin directories of earlier test processes that died before their guard ran (once
+/// per process; [`PinDir::new`] and [`unique_pin_path`] call it).
+pub fn sweep_stale_pins() {
+    SWEEP.call_once(sweep_now);
+}
+
+fn sweep_now() {
     let Ok(entries) = std::fs::read_dir(BPFFS) else {
         return;
     };

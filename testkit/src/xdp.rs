@@ -40,10 +40,17 @@ pub fn attach(ns: &NetNs, ifname: &str, prog: BorrowedFd<'_>) -> Result<()> {
 }
 
 /// Detaches the native-mode XDP program of `ifname` in `ns`.
-pub fn detach(ns: &NetNs, ifname: &str, prog: BorrowedFd<'_>) -> Result<()> {
+pub fn detach(ns: &NetNs, ifname: &str) -> Result<()> {
     let index = ns.ifindex(ifname)?;
-    ns.run(move || Xdp::new(prog).detach(index as i32, XdpFlags::DRV_MODE))?
-        .with_context(|| format!("detaching XDP from {}:{ifname}", ns.name()))
+    // SAFETY: bpf_xdp_detach takes an ifindex, flags and optional (null) options.
+    let rc = ns.run(move || unsafe {
+        libbpf_sys::bpf_xdp_detach(index as i32, XdpFlags::DRV_MODE.bits(), std::ptr::null())
+    })?;
+    if rc < 0 {
+        return Err(std::io::Error::from_raw_os_error(-rc))
+            .with_context(|| format!("detaching XDP from {}:{ifname}", ns.name()));
+    }
+    Ok(())
 }
 
 /// Attaches an XDP_PASS program in native mode to `ifname` inside `ns`. The program is loaded
