@@ -46,22 +46,9 @@ fn udp_lb(net: Net) -> Result<(Lb, VipKey)> {
     Ok((lb, vip))
 }
 
-/// A client's SYN (carrying 3 bytes of data, as with TCP Fast Open) to `vip`, as received on veth0.
-fn syn(client: SocketAddrV4, vip: SocketAddrV4) -> Packet {
-    Packet::tcp(neighbour_mac(*client.ip()), VETH0_MAC, client, vip, TCP_SYN).with_payload(b"syn")
-}
-
 /// The client's next segment of the same connection: ACK with 19 bytes of data.
 fn ack(client: SocketAddrV4, vip: SocketAddrV4) -> Packet {
-    Packet::tcp(
-        neighbour_mac(*client.ip()),
-        VETH0_MAC,
-        client,
-        vip,
-        TCP_ACK | TCP_PSH,
-    )
-    .with_seq_ack(0x1234_567c, 0x7000_0001)
-    .with_payload(b"GET /x HTTP/1.0\r\n\r\n")
+    data_segment(neighbour_mac(*client.ip()), client, vip)
 }
 
 /// A DNS-looking UDP query to `vip`, as received on veth0.
@@ -235,7 +222,7 @@ fn checksum_helper_matches_rfc1071() {
     // An odd length pads with a zero byte.
     assert_eq!(ones_sum(&[0xab]), 0xab00);
     // A built frame verifies, and any single flipped bit in a checksummed byte is caught.
-    let frame = syn(sa(CLIENT, 1), VIP).build();
+    let frame = client_syn(sa(CLIENT, 1), VIP).build();
     verify_checksums(&frame, false).expect("a built frame has correct checksums");
     for i in 14..frame.len() {
         let mut bad = frame.clone();
@@ -291,7 +278,7 @@ fn syn_to_vip_is_natted() {
     bench(|_, net| {
         let (mut lb, vip) = tcp_lb(net)?;
         let client = sa(CLIENT, 12345);
-        let pkt = syn(client, VIP);
+        let pkt = client_syn(client, VIP);
         let frame = pkt.build();
         let (flow, run) = new_flow(&mut lb, &vip, &pkt, net.veth0, XDP_TX)?;
 
@@ -365,7 +352,7 @@ fn established_flow_keeps_backend_and_port() {
     bench(|_, net| {
         let (mut lb, vip) = tcp_lb(net)?;
         let client = sa(CLIENT, 12345);
-        let first = syn(client, VIP);
+        let first = client_syn(client, VIP);
         let (flow, _) = new_flow(&mut lb, &vip, &first, net.veth0, XDP_TX)?;
         let second = ack(client, VIP);
         flow_packet(&lb, &flow, &second, net.veth0, XDP_TX)?;
@@ -395,7 +382,7 @@ fn established_flow_keeps_backend_and_port() {
         let (other, _) = new_flow(
             &mut lb,
             &vip,
-            &syn(sa(CLIENT, 12346), VIP),
+            &client_syn(sa(CLIENT, 12346), VIP),
             net.veth0,
             XDP_TX,
         )?;
@@ -422,7 +409,7 @@ fn reply_is_restored() {
     bench(|_, net| {
         let (mut lb, vip) = tcp_lb(net)?;
         let client = sa(CLIENT, 12345);
-        let (flow, _) = new_flow(&mut lb, &vip, &syn(client, VIP), net.veth0, XDP_TX)?;
+        let (flow, _) = new_flow(&mut lb, &vip, &client_syn(client, VIP), net.veth0, XDP_TX)?;
         let synack = reply(&flow, Protocol::Tcp);
         let run = expect_restored(&lb, &flow, &synack, VETH0_MAC, XDP_TX)?;
         let (src, dst) = endpoints(&run.out)?;
@@ -606,8 +593,8 @@ fn same_client_port_two_clients() {
         let (mut lb, vip) = tcp_lb(net)?;
         let a = sa(CLIENT, 40000);
         let b = sa(CLIENT_B, 40000);
-        let (fa, _) = new_flow(&mut lb, &vip, &syn(a, VIP), net.veth0, XDP_TX)?;
-        let (fb, _) = new_flow(&mut lb, &vip, &syn(b, VIP), net.veth0, XDP_TX)?;
+        let (fa, _) = new_flow(&mut lb, &vip, &client_syn(a, VIP), net.veth0, XDP_TX)?;
+        let (fb, _) = new_flow(&mut lb, &vip, &client_syn(b, VIP), net.veth0, XDP_TX)?;
         ensure!(
             lb.maps().conntrack_entries() == 2,
             "{} conntrack entries, expected 2",
@@ -634,7 +621,7 @@ fn same_client_port_two_clients() {
             Protocol::Tcp,
             &[(BE1, 100)],
         )?;
-        let (fa2, _) = new_flow(&mut lb, &vip2, &syn(a, vip2.addr), net.veth0, XDP_TX)?;
+        let (fa2, _) = new_flow(&mut lb, &vip2, &client_syn(a, vip2.addr), net.veth0, XDP_TX)?;
         let clash = (1..=u16::MAX)
             .map(|p| sa(CLIENT_B, p))
             .find(|c| {
@@ -648,7 +635,13 @@ fn same_client_port_two_clients() {
                 lb.candidate_port(h, 0) == fa2.snat.port()
             })
             .context("no client port clashes")?;
-        let (fb2, _) = new_flow(&mut lb, &vip2, &syn(clash, vip2.addr), net.veth0, XDP_TX)?;
+        let (fb2, _) = new_flow(
+            &mut lb,
+            &vip2,
+            &client_syn(clash, vip2.addr),
+            net.veth0,
+            XDP_TX,
+        )?;
         ensure!(
             fa2.backend == fb2.backend && fa2.snat != fb2.snat,
             "clashing flows {fa2:?} and {fb2:?}"
@@ -772,9 +765,9 @@ fn truncated_packets_never_forwarded() {
     bench(|_, net| {
         let (mut lb, vip) = tcp_lb(net)?;
         let udp_vip = lb.add_vip(VIP_UDP, Protocol::Udp, &[(BE1_UDP, 100)])?;
-        let plain = syn(sa(CLIENT, 23456), VIP);
-        let tagged = syn(sa(CLIENT, 23457), VIP).with_vlan(ETH_P_8021Q, 100);
-        let optioned = syn(sa(CLIENT, 23458), VIP).with_ip_options(&[1, 1, 1, 0]);
+        let plain = client_syn(sa(CLIENT, 23456), VIP);
+        let tagged = client_syn(sa(CLIENT, 23457), VIP).with_vlan(ETH_P_8021Q, 100);
+        let optioned = client_syn(sa(CLIENT, 23458), VIP).with_ip_options(&[1, 1, 1, 0]);
         let udp = query(sa(CLIENT, 23459), VIP_UDP);
 
         // Every prefix of each valid frame.
@@ -891,7 +884,7 @@ fn truncated_packets_never_forwarded() {
             new_flow(&mut lb, &vip, pkt, net.veth0, XDP_TX)?;
         }
         new_flow(&mut lb, &udp_vip, &udp, net.veth0, XDP_TX)?;
-        let padded = syn(sa(CLIENT, 23460), VIP);
+        let padded = client_syn(sa(CLIENT, 23460), VIP);
         let pick = lb.pick(&vip, sa(CLIENT, 23460))?;
         let port = lb
             .claim_port(pick.hash, pick.backend)
@@ -919,7 +912,7 @@ fn vlan_tagged_syn_is_natted() {
     bench(|_, net| {
         let (mut lb, vip) = tcp_lb(net)?;
         let client = sa(CLIENT, 12345);
-        let pkt = syn(client, VIP).with_vlan(ETH_P_8021Q, 100);
+        let pkt = client_syn(client, VIP).with_vlan(ETH_P_8021Q, 100);
         let (flow, run) = new_flow(&mut lb, &vip, &pkt, net.veth0, XDP_TX)?;
         ensure!(
             run.out[12..16] == [0x81, 0x00, 0x00, 100],
@@ -936,12 +929,12 @@ fn vlan_tagged_syn_is_natted() {
         new_flow(
             &mut lb,
             &vip,
-            &syn(sa(CLIENT, 12346), VIP).with_vlan(ETH_P_8021AD, 0x2007),
+            &client_syn(sa(CLIENT, 12346), VIP).with_vlan(ETH_P_8021AD, 0x2007),
             net.veth0,
             XDP_TX,
         )?;
         // Two tags (QinQ) are not parsed: left to the kernel.
-        let qinq = syn(sa(CLIENT, 12347), VIP)
+        let qinq = client_syn(sa(CLIENT, 12347), VIP)
             .with_vlan(ETH_P_8021AD, 10)
             .with_vlan(ETH_P_8021Q, 20)
             .build();
@@ -966,7 +959,7 @@ fn ip_options_are_kept() {
         let (flow, run) = new_flow(
             &mut lb,
             &vip,
-            &syn(sa(CLIENT, 12345), VIP).with_ip_options(&nops),
+            &client_syn(sa(CLIENT, 12345), VIP).with_ip_options(&nops),
             net.veth0,
             XDP_TX,
         )?;
@@ -987,7 +980,7 @@ fn ip_options_are_kept() {
         let (flow, run) = new_flow(
             &mut lb,
             &vip,
-            &syn(sa(CLIENT, 12346), VIP).with_ip_options(&long),
+            &client_syn(sa(CLIENT, 12346), VIP).with_ip_options(&long),
             net.veth0,
             XDP_TX,
         )?;
@@ -1028,7 +1021,7 @@ fn no_backend_drops() {
             &[(BE1, 0), (BE2, 0)],
         )?;
         for vip in [&empty, &drained] {
-            let run = lb.run(net.veth0, &syn(sa(CLIENT, 1000), vip.addr).build())?;
+            let run = lb.run(net.veth0, &client_syn(sa(CLIENT, 1000), vip.addr).build())?;
             ensure!(
                 run.action == XDP_DROP,
                 "SYN to {vip} without usable backend: {}",
@@ -1048,10 +1041,16 @@ fn no_backend_drops() {
             &[(BE2, 100)],
         )?;
         let client = sa(CLIENT, 1001);
-        let (flow, _) = new_flow(&mut lb, &vip, &syn(client, vip.addr), net.veth0, XDP_TX)?;
+        let (flow, _) = new_flow(
+            &mut lb,
+            &vip,
+            &client_syn(client, vip.addr),
+            net.veth0,
+            XDP_TX,
+        )?;
         lb.set_weight(&vip, BE2, 0)?;
         flow_packet(&lb, &flow, &ack(client, vip.addr), net.veth0, XDP_TX)?;
-        let run = lb.run(net.veth0, &syn(sa(CLIENT, 1002), vip.addr).build())?;
+        let run = lb.run(net.veth0, &client_syn(sa(CLIENT, 1002), vip.addr).build())?;
         ensure!(
             run.action == XDP_DROP,
             "new flow to a drained VIP: {}",
@@ -1139,9 +1138,9 @@ fn port_range_exhaustion_is_counted() {
         let mut lb = Lb::new(net, config((20000, 20000)))?;
         let vip = lb.add_vip(VIP, Protocol::Tcp, &[(BE1, 100)])?;
         let a = sa(CLIENT, 1111);
-        let (flow, _) = new_flow(&mut lb, &vip, &syn(a, VIP), net.veth0, XDP_TX)?;
+        let (flow, _) = new_flow(&mut lb, &vip, &client_syn(a, VIP), net.veth0, XDP_TX)?;
         ensure!(flow.snat.port() == 20000, "SNAT port {}", flow.snat.port());
-        let second = syn(sa(CLIENT_B, 2222), VIP).build();
+        let second = client_syn(sa(CLIENT_B, 2222), VIP).build();
         let run = lb.run(net.veth0, &second)?;
         ensure!(
             run.action == XDP_DROP,
@@ -1161,7 +1160,8 @@ fn port_range_exhaustion_is_counted() {
             lb.maps().conntrack_entries()
         );
         ensure!(
-            lb.backend_counters(&vip, BE1)? == counters(1, syn(a, VIP).build().len() as u64, 1),
+            lb.backend_counters(&vip, BE1)?
+                == counters(1, client_syn(a, VIP).build().len() as u64, 1),
             "backend counted the dropped flow"
         );
         // The first flow is unaffected, and the port is per backend: another backend has it free.
@@ -1174,7 +1174,7 @@ fn port_range_exhaustion_is_counted() {
         let (f2, _) = new_flow(
             &mut lb,
             &vip2,
-            &syn(sa(CLIENT_B, 2222), vip2.addr),
+            &client_syn(sa(CLIENT_B, 2222), vip2.addr),
             net.veth0,
             XDP_TX,
         )?;
@@ -1300,7 +1300,7 @@ fn port_retries_try_other_ports() {
         let (fa, _) = new_flow(
             &mut lb,
             &vip,
-            &syn(sa(CLIENT, 1111), VIP),
+            &client_syn(sa(CLIENT, 1111), VIP),
             net.veth0,
             XDP_TX,
         )?;
@@ -1317,7 +1317,7 @@ fn port_retries_try_other_ports() {
                 lb.candidate_port(h, 0) == fa.snat.port()
             })
             .context("no clashing client port")?;
-        let run = lb.run(net.veth0, &syn(clash, VIP).build())?;
+        let run = lb.run(net.veth0, &client_syn(clash, VIP).build())?;
         let tried: Vec<u16> = {
             let h = maglev::flow_hash_v4(
                 *clash.ip(),
@@ -1363,7 +1363,7 @@ fn oversize_nat_packets_get_icmp_frag_needed() {
         ns.ip(&["link", "set", "veth0", "mtu", "1400"])?;
         let (mut lb, vip) = tcp_lb(net)?;
         let client = sa(CLIENT, 23456);
-        let (flow, _) = new_flow(&mut lb, &vip, &syn(client, VIP), net.veth0, XDP_TX)?;
+        let (flow, _) = new_flow(&mut lb, &vip, &client_syn(client, VIP), net.veth0, XDP_TX)?;
 
         // Client -> VIP, 1401 bytes with DF: ICMP from the VIP with next-hop MTU 1400.
         let big = sized(ack(client, VIP), 1401);
@@ -1447,7 +1447,7 @@ fn prefilter_follows_vips() {
         let (flow, _) = new_flow(
             &mut lb,
             &vip,
-            &syn(sa(CLIENT, 41000), VIP),
+            &client_syn(sa(CLIENT, 41000), VIP),
             net.veth0,
             XDP_TX,
         )?;
@@ -1466,7 +1466,7 @@ fn prefilter_follows_vips() {
         new_flow(
             &mut lb,
             &other_vip,
-            &syn(sa(CLIENT, 41001), other),
+            &client_syn(sa(CLIENT, 41001), other),
             net.veth0,
             XDP_TX,
         )?;
@@ -1477,12 +1477,12 @@ fn prefilter_follows_vips() {
             !filter_has(&lb.maps(), *VIP.ip())? && filter_bits(&lb)? == 1,
             "the removed VIP's address is still in the prefilter"
         );
-        let to_removed = syn(sa(CLIENT, 41002), VIP).build();
+        let to_removed = client_syn(sa(CLIENT, 41002), VIP).build();
         expect_untouched(&lb, net.veth0, &to_removed, "SYN to a removed VIP")?;
         new_flow(
             &mut lb,
             &other_vip,
-            &syn(sa(CLIENT, 41003), other),
+            &client_syn(sa(CLIENT, 41003), other),
             net.veth0,
             XDP_TX,
         )?;
@@ -1495,7 +1495,7 @@ fn prefilter_follows_vips() {
         new_flow(
             &mut lb,
             &vip,
-            &syn(sa(CLIENT, 41004), VIP),
+            &client_syn(sa(CLIENT, 41004), VIP),
             net.veth0,
             XDP_TX,
         )?;
@@ -1523,7 +1523,7 @@ fn prefilter_false_positive_passes_untouched() {
             .map(|i| Ipv4Addr::from(0x0b00_0000 | i))
             .find(|ip| vip_filter_bit(*ip) == want)
             .context("no address in 11.0.0.0/8 shares the VIP's prefilter bit")?;
-        let frame = syn(sa(CLIENT, 42000), sa(twin, 80)).build();
+        let frame = client_syn(sa(CLIENT, 42000), sa(twin, 80)).build();
         expect_untouched(
             &lb,
             net.veth0,
@@ -1533,7 +1533,7 @@ fn prefilter_false_positive_passes_untouched() {
         new_flow(
             &mut lb,
             &vip,
-            &syn(sa(CLIENT, 42001), VIP),
+            &client_syn(sa(CLIENT, 42001), VIP),
             net.veth0,
             XDP_TX,
         )?;
@@ -1556,7 +1556,7 @@ fn tracked_flows_follow_their_vip_and_its_id() {
     bench(|_, net| {
         let (mut lb, vip) = tcp_lb(net)?;
         let client = sa(CLIENT, 45000);
-        let (flow, _) = new_flow(&mut lb, &vip, &syn(client, VIP), net.veth0, XDP_TX)?;
+        let (flow, _) = new_flow(&mut lb, &vip, &client_syn(client, VIP), net.veth0, XDP_TX)?;
         flow_packet(&lb, &flow, &ack(client, VIP), net.veth0, XDP_TX)?;
         let id = lb.vip_id(&vip)?;
         ensure!(
@@ -1620,7 +1620,13 @@ fn vip_index_is_rebuilt_from_adopted_vips() {
         let vip = first.add_vip(VIP, Protocol::Tcp, &[(BE1, 100)])?;
         let id = first.vip_id(&vip)?;
         let client = sa(CLIENT, 43000);
-        let (flow, _) = new_flow(&mut first, &vip, &syn(client, VIP), net.veth0, XDP_TX)?;
+        let (flow, _) = new_flow(
+            &mut first,
+            &vip,
+            &client_syn(client, VIP),
+            net.veth0,
+            XDP_TX,
+        )?;
         drop(first); // like a stopped lbd that leaves its pins for the next one
         for map in ["vip_filter", "vip_ids"] {
             std::fs::remove_file(pins.path().join(map))
@@ -1771,7 +1777,13 @@ fn flows_stay_live_across_a_restart_on_pinned_maps() {
         let mut first = Lb::load(net, config(PORTS), &opts)?;
         let vip = first.add_vip(VIP, Protocol::Tcp, &[(BE1, 100), (BE2, 100)])?;
         let client = sa(CLIENT, 44000);
-        let (flow, _) = new_flow(&mut first, &vip, &syn(client, VIP), net.veth0, XDP_TX)?;
+        let (flow, _) = new_flow(
+            &mut first,
+            &vip,
+            &client_syn(client, VIP),
+            net.veth0,
+            XDP_TX,
+        )?;
         let id = first.vip_id(&vip)?;
         drop(first); // like a stopped lbd that leaves its pins for the next one
 

@@ -33,22 +33,9 @@ const ROUTER_MAC: Mac = [0x02, 0, 0, 0, 0x02, 0xfe];
 /// A backend in another subnet, reached through ROUTER.
 const FAR_BACKEND: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 5, 0, 7), 80);
 
-/// A client's SYN (3 bytes of data, as with TCP Fast Open) to `vip`, as received on veth0.
-fn syn(client: SocketAddrV4, vip: SocketAddrV4) -> Packet {
-    Packet::tcp(neighbour_mac(*client.ip()), VETH0_MAC, client, vip, TCP_SYN).with_payload(b"syn")
-}
-
 /// The client's next segment of the same connection: ACK with 19 bytes of data, as received on veth0.
 fn data(client: SocketAddrV4, vip: SocketAddrV4) -> Packet {
-    Packet::tcp(
-        neighbour_mac(*client.ip()),
-        VETH0_MAC,
-        client,
-        vip,
-        TCP_ACK | TCP_PSH,
-    )
-    .with_seq_ack(0x1234_567c, 0x7000_0001)
-    .with_payload(b"GET /x HTTP/1.0\r\n\r\n")
+    data_segment(neighbour_mac(*client.ip()), client, vip)
 }
 
 /// A SYN of the far client (behind veth2) to `vip`, as received on veth2.
@@ -227,7 +214,10 @@ fn l2dsr_changes_only_the_macs() {
         for port in 40000..40064 {
             let client = sa(CLIENT, port);
             let pick = lb.pick(&vip, client)?;
-            for (what, pkt) in [("SYN", syn(client, VIP)), ("data", data(client, VIP))] {
+            for (what, pkt) in [
+                ("SYN", client_syn(client, VIP)),
+                ("data", data(client, VIP)),
+            ] {
                 let frame = pkt.build();
                 let run = lb.run(net.veth0, &frame)?;
                 let want = with_macs(&frame, neighbour_mac(*pick.backend.ip()), VETH0_MAC);
@@ -251,7 +241,7 @@ fn l2dsr_changes_only_the_macs() {
         for (port, tpid, tci) in [(40100, ETH_P_8021Q, 100), (40101, ETH_P_8021AD, 0x2007)] {
             let client = sa(CLIENT, port);
             let pick = lb.pick(&vip, client)?;
-            let frame = syn(client, VIP).with_vlan(tpid, tci).build();
+            let frame = client_syn(client, VIP).with_vlan(tpid, tci).build();
             let run = lb.run(net.veth0, &frame)?;
             let want = with_macs(&frame, neighbour_mac(*pick.backend.ip()), VETH0_MAC);
             expect_frame(
@@ -328,7 +318,7 @@ fn ipip_output_is_outer_header_plus_original_packet() {
             )
         };
         let client = sa(CLIENT, 41000);
-        send(&lb, &syn(client, VIP), client, "SYN with DF")?;
+        send(&lb, &client_syn(client, VIP), client, "SYN with DF")?;
         let mut no_df = data(client, VIP);
         no_df.frag = 0;
         no_df.tos = 0xb8;
@@ -338,7 +328,7 @@ fn ipip_output_is_outer_header_plus_original_packet() {
         // VLAN tags stay in front of the outer header.
         for (port, tpid, tci) in [(41001, ETH_P_8021Q, 100), (41002, ETH_P_8021AD, 0x2007)] {
             let client = sa(CLIENT, port);
-            let pkt = syn(client, VIP).with_vlan(tpid, tci);
+            let pkt = client_syn(client, VIP).with_vlan(tpid, tci);
             let pick = lb.pick(&vip, client)?;
             let run = lb.run(net.veth0, &pkt.build())?;
             expect_ipip(
@@ -372,7 +362,7 @@ fn ipip_output_is_outer_header_plus_original_packet() {
             let client = sa(CLIENT, 41010 + i as u16);
             send(
                 &lb,
-                &syn(client, VIP).with_ip_options(opts),
+                &client_syn(client, VIP).with_ip_options(opts),
                 client,
                 &format!("SYN with {} bytes of IP options", opts.len()),
             )?;
@@ -404,7 +394,7 @@ fn ipip_output_is_outer_header_plus_original_packet() {
         lb.add_vip_mode(far_vip, Protocol::Tcp, Mode::Ipip, &[(FAR_BACKEND, 100)])?;
         lb.maps().add_tx_port(net.veth2)?;
         for (what, pkt) in [
-            ("SYN", syn(sa(CLIENT, 41020), far_vip)),
+            ("SYN", client_syn(sa(CLIENT, 41020), far_vip)),
             ("data", data(sa(CLIENT, 41020), far_vip)),
         ] {
             let run = lb.run(net.veth0, &pkt.build())?;
@@ -439,7 +429,7 @@ fn ipip_output_is_outer_header_plus_original_packet() {
             );
             let source = Ipv4Addr::new(10, 3, 0, (hash & 0xff) as u8);
             ensure!(ipip_source(lb.cfg.ipip_source, hash) == source);
-            let pkt = syn(client, VIP);
+            let pkt = client_syn(client, VIP);
             let pick = lb.pick(&vip, client)?;
             let run = lb.run(net.veth0, &pkt.build())?;
             expect_ipip(
@@ -467,7 +457,7 @@ fn ipip_output_is_outer_header_plus_original_packet() {
         lb.set_config(config_with_source("10.4.0.0/22")?)?;
         for port in 42100..42108 {
             let client = sa(CLIENT, port);
-            send(&lb, &syn(client, VIP), client, "/22: SYN")?;
+            send(&lb, &client_syn(client, VIP), client, "/22: SYN")?;
             tx += 1;
         }
         lb.expect_global(
@@ -506,23 +496,23 @@ fn decap_restores_the_original() {
         no_df.frag = 0;
         let [short_opts, long_opts] = ip_options();
         let cases = [
-            ("SYN", syn(sa(CLIENT, 44000), VIP)),
+            ("SYN", client_syn(sa(CLIENT, 44000), VIP)),
             ("data without DF", no_df),
             (
                 "802.1Q-tagged SYN",
-                syn(sa(CLIENT, 44002), VIP).with_vlan(ETH_P_8021Q, 100),
+                client_syn(sa(CLIENT, 44002), VIP).with_vlan(ETH_P_8021Q, 100),
             ),
             (
                 "802.1ad-tagged SYN",
-                syn(sa(CLIENT, 44003), VIP).with_vlan(ETH_P_8021AD, 0x2007),
+                client_syn(sa(CLIENT, 44003), VIP).with_vlan(ETH_P_8021AD, 0x2007),
             ),
             (
                 "SYN with 4 option bytes",
-                syn(sa(CLIENT, 44004), VIP).with_ip_options(&short_opts),
+                client_syn(sa(CLIENT, 44004), VIP).with_ip_options(&short_opts),
             ),
             (
                 "SYN with 40 option bytes",
-                syn(sa(CLIENT, 44005), VIP).with_ip_options(&long_opts),
+                client_syn(sa(CLIENT, 44005), VIP).with_ip_options(&long_opts),
             ),
         ];
         for (what, pkt) in &cases {
@@ -539,7 +529,7 @@ fn decap_restores_the_original() {
             );
         }
         // With the MACs the LB wrote: the same L2 header in front of the original IP packet.
-        let pkt = syn(sa(CLIENT, 44010), VIP);
+        let pkt = client_syn(sa(CLIENT, 44010), VIP);
         let (frame, encapsulated) = encapsulate(&pkt)?;
         let run = decap.run(0, &encapsulated)?;
         let mut expected = encapsulated[..14].to_vec();
@@ -548,8 +538,8 @@ fn decap_restores_the_original() {
         want.decapsulated += 1;
 
         // Everything else passes byte for byte and is counted as passed.
-        let (_, to_other) = encapsulate(&syn(sa(CLIENT, 44020), other_vip))?;
-        let (full_frame, full) = encapsulate(&syn(sa(CLIENT, 44021), VIP))?;
+        let (_, to_other) = encapsulate(&client_syn(sa(CLIENT, 44020), other_vip))?;
+        let (full_frame, full) = encapsulate(&client_syn(sa(CLIENT, 44021), VIP))?;
         let untouched: Vec<(&str, Vec<u8>)> = vec![
             ("IPIP to a VIP not in decap_vips", to_other),
             ("plain TCP to the VIP", full_frame),
@@ -676,7 +666,7 @@ fn mode_switch_keeps_tracked_flows() {
             expect_frame(&run, XDP_TX, &want.build(), what)?;
             verify_checksums(&run.out, false).with_context(|| format!("{what}: checksums"))
         };
-        expect_nat_a(&lb, &syn(a, VIP), "SYN of flow A (nat)")?;
+        expect_nat_a(&lb, &client_syn(a, VIP), "SYN of flow A (nat)")?;
         nat += 1;
 
         // nat -> ipip: A stays NATed with the same SNAT port (both ways); new flow B is IPIP.
@@ -718,7 +708,7 @@ fn mode_switch_keeps_tracked_flows() {
                 what,
             )
         };
-        expect_ipip_b(&lb, &syn(b, VIP), "SYN of new flow B (ipip)")?;
+        expect_ipip_b(&lb, &client_syn(b, VIP), "SYN of new flow B (ipip)")?;
         ipip += 1;
 
         // ipip -> l2dsr: A still NAT, B still IPIP, new flow C is L2 DSR.
@@ -737,7 +727,7 @@ fn mode_switch_keeps_tracked_flows() {
         ipip += 1;
         let c = sa(CLIENT, 46002);
         let pick_c = lb.pick(&vip, c)?;
-        let frame = syn(c, VIP).build();
+        let frame = client_syn(c, VIP).build();
         let run = lb.run(net.veth0, &frame)?;
         let want = with_macs(&frame, neighbour_mac(*pick_c.backend.ip()), VETH0_MAC);
         expect_frame(&run, XDP_TX, &want, "SYN of new flow C (l2dsr)")?;
@@ -772,7 +762,7 @@ fn mode_switch_keeps_tracked_flows() {
         let port_d = lb
             .claim_port(pick_d.hash, pick_d.backend)
             .context("free SNAT port")?;
-        let pkt = syn(d, VIP);
+        let pkt = client_syn(d, VIP);
         let run = lb.run(net.veth0, &pkt.build())?;
         let want = pkt.natted(
             VETH0_MAC,
@@ -826,7 +816,7 @@ fn dsr_without_next_hop_drops() {
                 format!("{mode} to {backend}"),
                 vip,
                 net.veth0,
-                syn(client, addr),
+                client_syn(client, addr),
                 data(client, addr),
             ));
         }
@@ -860,7 +850,7 @@ fn dsr_without_next_hop_drops() {
         // the kernel (to resolve it), which DSR must never do.
         let nat_vip = sa(Ipv4Addr::new(10, 9, 9, 40), 80);
         lb.add_vip(nat_vip, Protocol::Tcp, &[(unresolved, 100)])?;
-        let run = lb.run(net.veth0, &syn(sa(CLIENT, 47200), nat_vip).build())?;
+        let run = lb.run(net.veth0, &client_syn(sa(CLIENT, 47200), nat_vip).build())?;
         expect_action(&run, XDP_PASS, "NAT to the unresolved backend")?;
         lb.expect_global(
             &[
@@ -884,7 +874,7 @@ fn no_reply_path_for_dsr() {
         let pick = lb.pick(&vip, client)?;
         let be_mac = neighbour_mac(*pick.backend.ip());
 
-        let frame = syn(client, VIP).build();
+        let frame = client_syn(client, VIP).build();
         let run = lb.run(net.veth0, &frame)?;
         expect_frame(
             &run,
@@ -892,7 +882,7 @@ fn no_reply_path_for_dsr() {
             &with_macs(&frame, be_mac, VETH0_MAC),
             "SYN of the flow",
         )?;
-        let run = lb.run(net.veth0, &syn(client, ipip_addr).build())?;
+        let run = lb.run(net.veth0, &client_syn(client, ipip_addr).build())?;
         expect_action(&run, XDP_TX, "SYN to the ipip VIP")?;
 
         let answers = [
@@ -999,7 +989,7 @@ fn dsr_flows_stay_on_their_backend_when_a_backend_is_added() {
                 let pick = lb.pick(&vip, *c)?;
                 check(
                     &lb,
-                    &syn(*c, addr),
+                    &client_syn(*c, addr),
                     pick.backend,
                     &format!("{mode}: SYN of {c}"),
                 )?;
@@ -1032,7 +1022,7 @@ fn dsr_flows_stay_on_their_backend_when_a_backend_is_added() {
                 .context("no client port maps to the new backend")?;
             check(
                 &lb,
-                &syn(fresh, addr),
+                &client_syn(fresh, addr),
                 be3,
                 &format!("{mode}: new flow {fresh} to {be3}"),
             )?;

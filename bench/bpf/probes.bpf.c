@@ -17,6 +17,8 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
+#include "floor.h"
+
 #define AF_INET 2
 
 /* Shaped like the lb program's keys: flow_key is 40 bytes, vip_key 20. */
@@ -92,17 +94,7 @@ const volatile __u32 fib_dst_be = 0;
 
 static __always_inline int tx(struct xdp_md *ctx)
 {
-	void *data_end = (void *)(long)ctx->data_end;
-	void *data = (void *)(long)ctx->data;
-	struct ethhdr *eth = data;
-	unsigned char tmp[ETH_ALEN];
-
-	if ((void *)(eth + 1) > data_end)
-		return XDP_DROP;
-	__builtin_memcpy(tmp, eth->h_dest, ETH_ALEN);
-	__builtin_memcpy(eth->h_dest, eth->h_source, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, tmp, ETH_ALEN);
-	return XDP_TX;
+	return swap_macs_tx(ctx);
 }
 
 /* The flow key of a frame: its IPv4 source address and TCP source port. */

@@ -17,17 +17,10 @@ use crate::common::lab::{Net, BACKEND1, LB_ADDR};
 use crate::setup::{new_source, syn};
 use crate::testrun::{floor_frame, Floor, Measured, Runner, Spread};
 
-mod probes_skel {
-    //! The libbpf skeleton generated from `bench/bpf/probes.bpf.c`.
-    #![allow(
-        clippy::all,
-        missing_docs,
-        non_camel_case_types,
-        dead_code,
-        unused_imports
-    )]
-    include!(concat!(env!("OUT_DIR"), "/probes.skel.rs"));
-}
+xdplb_testkit::skeleton!(
+    /// The libbpf skeleton generated from `bench/bpf/probes.bpf.c`.
+    mod probes_skel = "probes.skel.rs"
+);
 
 /// One operation's cost above the floor (min and median of the trials).
 #[derive(Debug, Clone)]

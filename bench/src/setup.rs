@@ -8,7 +8,9 @@ use anyhow::{ensure, Context, Result};
 use xdplb::dataplane::LoadOptions;
 use xdplb::state::{Mode, Protocol, VipKey};
 
-use crate::common::lab::{config, neighbour_mac, Lb, Net, BACKEND1, BACKEND2, CLIENT, VETH0_MAC};
+use crate::common::lab::{
+    config, data_segment, neighbour_mac, Lb, Net, BACKEND1, BACKEND2, CLIENT, VETH0_MAC,
+};
 use crate::testrun::Runner;
 use xdplb_testkit::packet::{endpoints, Packet, TCP_ACK, TCP_PSH, TCP_SYN};
 use xdplb_testkit::NetNs;
@@ -57,10 +59,7 @@ pub fn load_lb(net: Net, opts: &LoadOptions) -> Result<Lb> {
 pub fn opts(ct: u32) -> LoadOptions {
     LoadOptions {
         conntrack_size: ct,
-        pin_dir: None,
-        firewall_capacity: 4096,
-        ratelimit_clients: 4096,
-        ..LoadOptions::default()
+        ..Lb::options()
     }
 }
 
@@ -92,15 +91,7 @@ pub fn syn(client: SocketAddrV4, vip: SocketAddrV4) -> Vec<u8> {
 
 /// A client's data segment (ACK, 19 bytes) to `vip`, as received on veth0.
 pub fn data(client: SocketAddrV4, vip: SocketAddrV4) -> Packet {
-    Packet::tcp(
-        mac_of(*client.ip()),
-        VETH0_MAC,
-        client,
-        vip,
-        TCP_ACK | TCP_PSH,
-    )
-    .with_seq_ack(0x1234_567c, 0x7000_0001)
-    .with_payload(b"GET /x HTTP/1.0\r\n\r\n")
+    data_segment(mac_of(*client.ip()), client, vip)
 }
 
 /// The MAC a frame from `ip` carries: its static neighbour's, or a made-up one.

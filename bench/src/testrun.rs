@@ -22,17 +22,10 @@ pub use xdplb_testkit::Runner;
 
 use crate::common::lab::Lb;
 
-mod floor_skel {
-    //! The libbpf skeleton generated from `bench/bpf/floor.bpf.c`.
-    #![allow(
-        clippy::all,
-        missing_docs,
-        non_camel_case_types,
-        dead_code,
-        unused_imports
-    )]
-    include!(concat!(env!("OUT_DIR"), "/floor.skel.rs"));
-}
+xdplb_testkit::skeleton!(
+    /// The libbpf skeleton generated from `bench/bpf/floor.bpf.c`.
+    mod floor_skel = "floor.skel.rs"
+);
 
 /// The floor program (swap MACs, XDP_TX), loaded once per run.
 pub struct Floor {

@@ -17,18 +17,10 @@ use libbpf_rs::{OpenObject, Xdp, XdpFlags};
 
 use crate::netns::NetNs;
 
-#[allow(
-    clippy::all,
-    dead_code,
-    missing_docs,
-    non_camel_case_types,
-    non_snake_case,
-    unused_imports
-)]
-mod pass_skel {
-    //! Skeleton of `testkit/bpf/xdp_pass.bpf.c`.
-    include!(concat!(env!("OUT_DIR"), "/xdp_pass.skel.rs"));
-}
+crate::skeleton!(
+    /// Skeleton of `testkit/bpf/xdp_pass.bpf.c`.
+    mod pass_skel = "xdp_pass.skel.rs"
+);
 
 /// Attaches the program `prog` in native mode to `ifname` in `ns` through netlink, replacing
 /// whatever program is there. The attachment holds the program: it lives until [`detach`] or

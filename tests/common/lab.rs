@@ -20,7 +20,7 @@ use xdplb::reconcile::Reconciler;
 use xdplb::skel::types;
 use xdplb::state::{Mode, Protocol, State, VipKey};
 
-use xdplb_testkit::packet::{mac_str, Mac};
+use xdplb_testkit::packet::{mac_str, Mac, Packet, TCP_ACK, TCP_PSH, TCP_SYN};
 pub use xdplb_testkit::{run_xdp, NetNs, PinDir, Run};
 
 pub const XDP_ABORTED: u32 = libbpf_sys::XDP_ABORTED;
@@ -72,6 +72,20 @@ pub fn neighbour_mac(addr: Ipv4Addr) -> Mac {
         .find(|(a, _, _)| *a == addr)
         .map(|(_, m, _)| *m)
         .unwrap_or_else(|| panic!("{addr} has no static neighbour"))
+}
+
+/// A client's SYN carrying 3 bytes of data (as with TCP Fast Open) to `vip`, from the client's
+/// static neighbour MAC, as received on veth0.
+pub fn client_syn(client: SocketAddrV4, vip: SocketAddrV4) -> Packet {
+    Packet::tcp(neighbour_mac(*client.ip()), VETH0_MAC, client, vip, TCP_SYN).with_payload(b"syn")
+}
+
+/// The next segment of a client's connection to `vip` from `eth_src`: ACK with 19 bytes of
+/// data, as received on veth0.
+pub fn data_segment(eth_src: Mac, client: SocketAddrV4, vip: SocketAddrV4) -> Packet {
+    Packet::tcp(eth_src, VETH0_MAC, client, vip, TCP_ACK | TCP_PSH)
+        .with_seq_ack(0x1234_567c, 0x7000_0001)
+        .with_payload(b"GET /x HTTP/1.0\r\n\r\n")
 }
 
 /// The interfaces of the bench.

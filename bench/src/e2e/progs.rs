@@ -14,39 +14,18 @@ use xdplb_testkit::xdp::attach;
 pub use xdplb_testkit::xdp::detach;
 use xdplb_testkit::NetNs;
 
-#[allow(
-    clippy::all,
-    dead_code,
-    non_camel_case_types,
-    non_snake_case,
-    unused_imports
-)]
-mod gen_skel {
-    //! Skeleton of `bench/bpf/e2e_gen.bpf.c`.
-    include!(concat!(env!("OUT_DIR"), "/e2e_gen.skel.rs"));
-}
-#[allow(
-    clippy::all,
-    dead_code,
-    non_camel_case_types,
-    non_snake_case,
-    unused_imports
-)]
-mod sink_skel {
-    //! Skeleton of `bench/bpf/e2e_sink.bpf.c`.
-    include!(concat!(env!("OUT_DIR"), "/e2e_sink.skel.rs"));
-}
-#[allow(
-    clippy::all,
-    dead_code,
-    non_camel_case_types,
-    non_snake_case,
-    unused_imports
-)]
-mod fwd_skel {
-    //! Skeleton of `bench/bpf/e2e_fwd.bpf.c`.
-    include!(concat!(env!("OUT_DIR"), "/e2e_fwd.skel.rs"));
-}
+xdplb_testkit::skeleton!(
+    /// Skeleton of `bench/bpf/e2e_gen.bpf.c`.
+    mod gen_skel = "e2e_gen.skel.rs"
+);
+xdplb_testkit::skeleton!(
+    /// Skeleton of `bench/bpf/e2e_sink.bpf.c`.
+    mod sink_skel = "e2e_sink.skel.rs"
+);
+xdplb_testkit::skeleton!(
+    /// Skeleton of `bench/bpf/e2e_fwd.bpf.c`.
+    mod fwd_skel = "e2e_fwd.skel.rs"
+);
 
 use fwd_skel::{E2eFwdSkel, E2eFwdSkelBuilder};
 use gen_skel::{E2eGenSkel, E2eGenSkelBuilder};
