@@ -70,7 +70,7 @@ $(ANSIBLE_VENV)/bin/ansible-playbook: | deps
 DIST := dist
 DIST_PROFILE ?= release
 dist: deps
-	$(CARGO) build --profile $(DIST_PROFILE) -p xdplb -p lbctl
+	$(CARGO) build --profile $(DIST_PROFILE) -p xdplb -p lbctl -p xdplb-backend
 	bash packaging/dist.sh target/$(if $(filter dev,$(DIST_PROFILE)),debug,$(DIST_PROFILE)) $(DIST)
 
 fmt:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Lays out an installable tree of xdplb in DIST (as a package would put it under /):
-# binaries, the systemd unit, /etc/xdplb/lbd.toml, man pages and shell completions generated
+# binaries (lbd, lbctl, and xdplb-backend-setup, which `lbctl backend-setup` runs from lbctl's
+# directory), the systemd unit, /etc/xdplb/lbd.toml, man pages and shell completions generated
 # from lbctl's clap definitions, and a tarball of it all.
 #   packaging/dist.sh BIN_DIR DIST      (make dist: BIN_DIR=target/release, DIST=dist)
 set -euo pipefail
@@ -9,7 +10,7 @@ bin_dir=${1:?usage: dist.sh BIN_DIR DIST}
 dist=${2:?usage: dist.sh BIN_DIR DIST}
 here=$(cd "$(dirname "$0")" && pwd)
 
-for b in lbd lbctl; do
+for b in lbd lbctl xdplb-backend-setup; do
 	[ -x "$bin_dir/$b" ] || { echo "dist.sh: $bin_dir/$b not built" >&2; exit 1; }
 done
 
@@ -20,7 +21,7 @@ install -d "$root/usr/bin" "$root/usr/lib/systemd/system" "$root/etc/xdplb" \
 	"$root/usr/share/zsh/vendor-completions" "$root/usr/share/fish/vendor_completions.d" \
 	"$root/usr/share/doc/xdplb"
 
-install -m 0755 "$bin_dir/lbd" "$bin_dir/lbctl" "$root/usr/bin/"
+install -m 0755 "$bin_dir/lbd" "$bin_dir/lbctl" "$bin_dir/xdplb-backend-setup" "$root/usr/bin/"
 install -m 0644 "$here/lbd.service" "$root/usr/lib/systemd/system/lbd.service"
 install -m 0644 "$here/lbd.toml" "$root/etc/xdplb/lbd.toml"
 install -m 0644 "$here/../examples/lbd.toml" "$root/usr/share/doc/xdplb/lbd.toml.example"

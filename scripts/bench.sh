@@ -8,6 +8,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "make bench needs root (BPF, network namespaces)"; exit 1; }
 CARGO="${CARGO:-cargo}"
-"$CARGO" build --release -p xdplb -p lbctl -p xdplb-bench
+"$CARGO" build --release -p xdplb -p lbctl -p xdplb-backend -p xdplb-bench
 export XDPLB_BIN_DIR="$PWD/target/release"
 exec timeout -k 30 600 "$XDPLB_BIN_DIR/xdplb-bench" --out bench/results "$@"

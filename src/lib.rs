@@ -2,7 +2,6 @@
 //! configuration, desired state, Maglev, the reconciler that writes BPF maps, and the gRPC API.
 
 pub mod api;
-pub mod backend_setup;
 pub mod cidr;
 pub mod config;
 pub mod dataplane;
@@ -15,18 +14,6 @@ pub mod persist;
 pub mod ratelimit;
 pub mod reconcile;
 pub mod state;
-
-pub mod decap_skel {
-    //! The libbpf skeleton generated from `bpf/decap.bpf.c`, the backend-side IPIP decapsulator.
-    #![allow(
-        clippy::all,
-        missing_docs,
-        non_camel_case_types,
-        dead_code,
-        unused_imports
-    )]
-    include!(concat!(env!("OUT_DIR"), "/decap.skel.rs"));
-}
 
 pub mod skel {
     //! The libbpf skeleton generated from `bpf/lb.bpf.c`; `types` holds the C structs of `bpf/xdplb.h`.

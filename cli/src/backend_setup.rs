@@ -1,25 +1,18 @@
-//! `lbctl backend-setup`: prepares (or, with `--undo`, un-prepares) the host lbctl runs on as a
-//! DSR backend of a VIP, through `xdplb::backend_setup`. Local only: no lbd is involved.
+//! `lbctl backend-setup`: prepares this host as a DSR backend of a VIP by running the
+//! `xdplb-backend-setup` binary (crate `xdplb-backend`, which holds the decap program), so that
+//! lbctl itself links no BPF code. Local only: no lbd is involved.
 
-use std::io::Write;
-
-use anyhow::Context as _;
-use serde::Serialize;
+use std::ffi::OsString;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
 
 use crate::highargs::Command;
 
-/// The `--json` document: what was asked and one line per step.
-#[derive(Debug, Serialize)]
-struct BackendSetupJson<'a> {
-    vip: String,
-    mode: &'static str,
-    dev: &'a str,
-    undo: bool,
-    steps: &'a [String],
-}
+/// The binary that does the work; `make dist` installs it next to lbctl.
+pub const BINARY: &str = "xdplb-backend-setup";
 
-/// Runs `cmd` (a [`Command::BackendSetup`]) and prints what it did.
-pub async fn run(cmd: &Command, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+/// The arguments of [`BINARY`] for `cmd` (a [`Command::BackendSetup`]): the same flags.
+pub fn args(cmd: &Command, json: bool) -> Vec<OsString> {
     let Command::BackendSetup {
         vip,
         mode,
@@ -27,30 +20,102 @@ pub async fn run(cmd: &Command, json: bool, out: &mut dyn Write) -> anyhow::Resu
         undo,
     } = cmd
     else {
-        anyhow::bail!("not a backend-setup command");
+        return Vec::new();
     };
-    let steps = if *undo {
-        xdplb::backend_setup::undo(*vip, *mode, dev)
-            .await
-            .with_context(|| format!("undoing the {mode} setup of {vip} on {dev}"))?
-    } else {
-        xdplb::backend_setup::setup(*vip, *mode, dev)
-            .await
-            .with_context(|| format!("preparing this host for {vip} by {mode} on {dev}"))?
-    };
-    let written = if json {
-        crate::output::write_json(
-            out,
-            &BackendSetupJson {
-                vip: vip.to_string(),
-                mode: mode.as_str(),
-                dev,
-                undo: *undo,
-                steps: &steps,
-            },
+    let mut args: Vec<OsString> = vec![
+        "--vip".into(),
+        vip.to_string().into(),
+        "--mode".into(),
+        mode.as_str().into(),
+        "--dev".into(),
+        dev.into(),
+    ];
+    args.extend(undo.then(|| "--undo".into()));
+    args.extend(json.then(|| "--json".into()));
+    args
+}
+
+/// Where to run [`BINARY`] from: next to lbctl's own executable if it is there, else its bare
+/// name (looked up on PATH).
+pub fn locate(lbctl: Option<&Path>) -> PathBuf {
+    lbctl
+        .and_then(Path::parent)
+        .map(|dir| dir.join(BINARY))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from(BINARY))
+}
+
+/// Replaces lbctl with [`BINARY`] (argv[0] `lbctl`, so its messages read as lbctl's): its
+/// output, errors and exit status are lbctl's. Returns only when it cannot be run.
+pub fn exec(cmd: &Command, json: bool) -> anyhow::Error {
+    let lbctl = std::env::current_exe().ok();
+    let bin = locate(lbctl.as_deref());
+    let err = std::process::Command::new(&bin)
+        .arg0("lbctl")
+        .args(args(cmd, json))
+        .exec();
+    let beside = lbctl
+        .as_deref()
+        .and_then(Path::parent)
+        .map(|d| d.display().to_string())
+        .unwrap_or_else(|| "lbctl's directory".into());
+    if err.kind() == std::io::ErrorKind::NotFound {
+        anyhow::anyhow!(
+            "backend-setup runs {BINARY}, which is neither next to lbctl (in {beside}) nor on \
+             PATH: install it with lbctl (make dist ships both) or build it (cargo build -p \
+             xdplb-backend)"
         )
     } else {
-        steps.iter().try_for_each(|line| writeln!(out, "{line}"))
-    };
-    written.context("cannot write to stdout")
+        anyhow::Error::new(err).context(format!("cannot run {}", bin.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::highargs::Mode;
+
+    #[test]
+    fn flags_pass_through() {
+        let cmd = Command::BackendSetup {
+            vip: "10.0.0.10".parse().expect("ip"),
+            mode: Mode::Ipip,
+            dev: "eth0".into(),
+            undo: true,
+        };
+        assert_eq!(
+            args(&cmd, true),
+            [
+                "--vip",
+                "10.0.0.10",
+                "--mode",
+                "ipip",
+                "--dev",
+                "eth0",
+                "--undo",
+                "--json"
+            ]
+            .map(OsString::from)
+        );
+        let cmd = Command::BackendSetup {
+            vip: "10.0.0.10".parse().expect("ip"),
+            mode: Mode::L2Dsr,
+            dev: "eth1".into(),
+            undo: false,
+        };
+        assert_eq!(
+            args(&cmd, false),
+            ["--vip", "10.0.0.10", "--mode", "l2dsr", "--dev", "eth1"].map(OsString::from)
+        );
+    }
+
+    #[test]
+    fn next_to_lbctl_first_then_path() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let lbctl = dir.path().join("lbctl");
+        assert_eq!(locate(Some(&lbctl)), PathBuf::from(BINARY));
+        assert_eq!(locate(None), PathBuf::from(BINARY));
+        std::fs::write(dir.path().join(BINARY), "").expect("write");
+        assert_eq!(locate(Some(&lbctl)), dir.path().join(BINARY));
+    }
 }

@@ -74,6 +74,14 @@ pub enum Mode {
 }
 
 impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Nat => "nat",
+            Mode::L2Dsr => "l2dsr",
+            Mode::Ipip => "ipip",
+        }
+    }
+
     pub fn to_pb(self) -> pb::ForwardingMode {
         match self {
             Mode::Nat => pb::ForwardingMode::Nat,
@@ -156,10 +164,11 @@ pub enum Command {
     /// `vip set-health`, `backend drain`, `backend undrain`.
     Health(crate::health::HealthCommand),
     Stats,
-    /// Runs locally (xdplb::backend_setup), never talks to lbd.
+    /// Runs locally (the xdplb-backend-setup binary), never talks to lbd.
     BackendSetup {
         vip: Ipv4Addr,
-        mode: xdplb::backend_setup::Mode,
+        /// L2Dsr or Ipip, never Nat.
+        mode: Mode,
         dev: String,
         undo: bool,
     },
@@ -388,10 +397,9 @@ pub fn parse_ipv4(what: &'static str, s: &str) -> Result<Ipv4Addr, ArgError> {
 }
 
 /// `l2dsr` / `ipip`, any case: the modes whose backends need preparing.
-pub fn parse_dsr_mode(what: &'static str, s: &str) -> Result<xdplb::backend_setup::Mode, ArgError> {
+pub fn parse_dsr_mode(what: &'static str, s: &str) -> Result<Mode, ArgError> {
     match parse_mode(what, s) {
-        Ok(Mode::L2Dsr) => Ok(xdplb::backend_setup::Mode::L2dsr),
-        Ok(Mode::Ipip) => Ok(xdplb::backend_setup::Mode::Ipip),
+        Ok(mode @ (Mode::L2Dsr | Mode::Ipip)) => Ok(mode),
         Ok(Mode::Nat) => Err(invalid(
             what,
             s,
@@ -1163,7 +1171,7 @@ mod tests {
 
     #[test]
     fn backend_setup() {
-        use xdplb::backend_setup::Mode as Dsr;
+        use Mode as Dsr;
         assert_eq!(
             cmd(&[
                 "backend-setup",
@@ -1176,7 +1184,7 @@ mod tests {
             ]),
             Command::BackendSetup {
                 vip: Ipv4Addr::new(10, 0, 0, 10),
-                mode: Dsr::L2dsr,
+                mode: Dsr::L2Dsr,
                 dev: "eth0".into(),
                 undo: false,
             }

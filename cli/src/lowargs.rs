@@ -23,7 +23,8 @@ Examples:
   lbctl vip set-mode 10.0.0.10:80 --proto tcp --mode nat";
 
 const BACKEND_SETUP_EXAMPLES: &str = "\
-Runs on the backend itself and needs no lbd (root: sysctls, addresses, BPF).
+Runs on the backend itself and needs no lbd (root: sysctls, addresses, BPF). lbctl runs
+xdplb-backend-setup for it (next to lbctl, else on PATH), which takes the same flags.
 Examples:
   lbctl backend-setup --vip 10.0.0.10 --mode l2dsr --dev eth0
   lbctl backend-setup --vip 10.0.0.10 --mode ipip --dev eth0

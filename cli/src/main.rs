@@ -47,6 +47,12 @@ fn main() -> ExitCode {
         }
     };
 
+    if let Command::BackendSetup { .. } = &high.command {
+        // Prepares this host as a DSR backend: local work in a binary of its own, no lbd.
+        let e = backend_setup::exec(&high.command, high.json);
+        eprintln!("lbctl: {e:#}");
+        return ExitCode::from(EXIT_FAILURE);
+    }
     let stdout = io::stdout();
     let mut out = stdout.lock();
     let result = if let Command::Completions(shell) = high.command {
@@ -118,10 +124,6 @@ async fn run(args: &HighArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     }
     if let Command::Top(cmd) = &args.command {
         return top::run(cmd, args, out).await;
-    }
-    if let Command::BackendSetup { .. } = &args.command {
-        // Prepares this host as a DSR backend: local work, no lbd.
-        return backend_setup::run(&args.command, args.json, out).await;
     }
     let mut lbd = Lbd::connect(&args.target, args.timeout).await?;
     let json = args.json;
@@ -339,7 +341,7 @@ async fn run(args: &HighArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                 output::backend_list(out, &vip.to_string(), &resp.backends)
             }
         }
-        // Handled above: runs locally, needs no lbd.
+        // Handled in main: runs locally, needs no lbd.
         Command::BackendSetup { .. } => Ok(()),
         Command::Stats => {
             let resp = call(t, lbd.stats.get_stats(pb::GetStatsRequest {})).await?;

@@ -114,3 +114,67 @@ fn man_needs_no_lbd() {
     let roff = std::fs::read_to_string(&page).expect("lbctl-backend-drain.1 written");
     assert!(roff.contains(".TH lbctl-backend-drain 1"), "{roff}");
 }
+
+/// `lbctl backend-setup` runs `xdplb-backend-setup` (here a stand-in script next to a copy of
+/// lbctl): the flags go through, its output and exit status are lbctl's.
+#[test]
+fn backend_setup_runs_the_binary_next_to_lbctl() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let copy = dir.path().join("lbctl");
+    std::fs::copy(env!("CARGO_BIN_EXE_lbctl"), &copy).expect("copy lbctl");
+    let fake = dir.path().join("xdplb-backend-setup");
+    std::fs::write(&fake, "#!/bin/sh\necho \"$*\"\necho oops >&2\nexit 7\n").expect("script");
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let run = |path: &str| {
+        Command::new(&copy)
+            .args([
+                "--json",
+                "backend-setup",
+                "--vip",
+                "10.0.0.10",
+                "--mode",
+                "IPIP",
+            ])
+            .args(["--dev", "eth0", "--undo"])
+            .env("PATH", path)
+            .output()
+            .expect("run lbctl")
+    };
+    let out = run("/nonexistent");
+    assert_eq!(out.status.code(), Some(7), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "--vip 10.0.0.10 --mode ipip --dev eth0 --undo --json\n"
+    );
+    assert_eq!(stderr(&out), "oops\n");
+
+    // Missing: one line naming the binary, exit 1.
+    std::fs::remove_file(&fake).expect("rm");
+    let out = run("/nonexistent");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = stderr(&out);
+    assert!(
+        err.starts_with(
+            "lbctl: backend-setup runs xdplb-backend-setup, which is neither next to lbctl"
+        ),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+
+    // Bad values are still refused by lbctl itself, before anything runs.
+    let out = lbctl(&[
+        "backend-setup",
+        "--vip",
+        "10.0.0.10",
+        "--mode",
+        "nat",
+        "--dev",
+        "eth0",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert_eq!(
+        stderr(&out),
+        "lbctl: invalid --mode 'nat': expected l2dsr or ipip (a NAT backend needs no preparation)\n"
+    );
+}

@@ -8,7 +8,7 @@ pub mod telemetry;
 
 use std::io;
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
@@ -19,6 +19,10 @@ use crate::skel::types;
 use crate::skel::{LbSkel, LbSkelBuilder};
 
 pub use maps::{Counters, GlobalCounters};
+// bpffs and XDP-link plumbing, shared with xdplb-backend (backend-setup) through xdplb-bpffs.
+pub use bpffs::remove_pins;
+pub(crate) use bpffs::{ensure_bpffs, link_xdp, pin as pin_fd};
+use xdplb_bpffs as bpffs;
 
 /// Most VIPs the data plane holds (from `enum lb_limits` in `bpf/xdplb.h`).
 pub const MAX_VIPS: usize = types::lb_limits::LB_MAX_VIPS.0 as usize;
@@ -28,9 +32,6 @@ pub const MAX_BACKENDS: usize = types::lb_limits::LB_MAX_BACKENDS.0 as usize;
 pub const MAX_IFACES: usize = types::lb_limits::LB_MAX_IFACES.0 as usize;
 /// Maglev ring value of an empty slot.
 pub const NO_BACKEND: u32 = types::lb_ring_values::LB_NO_BACKEND.0;
-
-/// bpffs magic number (statfs f_type).
-const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
 /// A data-plane error.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +52,15 @@ pub enum DataplaneError {
          state: stop lbd with --detach-on-exit (drops tracked flows) and start again to apply"
     )]
     Incompatible { map: String, detail: String },
+}
+
+impl From<bpffs::Error> for DataplaneError {
+    fn from(e: bpffs::Error) -> Self {
+        DataplaneError::Io {
+            what: e.what,
+            source: e.source,
+        }
+    }
 }
 
 pub(crate) fn bpf_err(what: impl Into<String>) -> impl FnOnce(libbpf_rs::Error) -> DataplaneError {
@@ -359,98 +369,13 @@ impl Dataplane {
     }
 }
 
-/// Pins a BPF object (here a link) at `path`.
-fn pin_fd(fd: &OwnedFd, path: &Path) -> io::Result<()> {
-    let c =
-        std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
-    // SAFETY: a valid fd and a NUL-terminated path that lives across the call.
-    let rc = unsafe { libbpf_sys::bpf_obj_pin(fd.as_raw_fd(), c.as_ptr()) };
-    if rc < 0 {
-        return Err(io::Error::from_raw_os_error(-rc));
-    }
-    Ok(())
-}
-
 /// Opens the link pinned at `path` and makes it run `prog_fd` (an atomic program swap).
 fn replace_pinned_link(path: &Path, prog_fd: i32) -> io::Result<OwnedFd> {
-    let c =
-        std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
-    // SAFETY: a NUL-terminated path that lives across the call.
-    let fd = unsafe { libbpf_sys::bpf_obj_get(c.as_ptr()) };
-    if fd < 0 {
-        return Err(io::Error::from_raw_os_error(-fd));
-    }
-    // SAFETY: a non-negative return is a new fd that we own.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let fd = bpffs::obj_get(path)?;
     // SAFETY: both fds are valid; no options.
     let rc = unsafe { libbpf_sys::bpf_link_update(fd.as_raw_fd(), prog_fd, std::ptr::null()) };
     if rc < 0 {
         return Err(io::Error::from_raw_os_error(-rc));
     }
     Ok(fd)
-}
-
-pub(crate) fn link_xdp(prog_fd: i32, ifindex: u32, flags: u32) -> io::Result<OwnedFd> {
-    // SAFETY: an all-zero bpf_link_create_opts is the documented "no options" value; sz is set below.
-    let mut opts: libbpf_sys::bpf_link_create_opts = unsafe { std::mem::zeroed() };
-    opts.sz = std::mem::size_of::<libbpf_sys::bpf_link_create_opts>() as _;
-    opts.flags = flags;
-    // SAFETY: prog_fd is a loaded program's fd; opts lives across the call.
-    let fd =
-        unsafe { libbpf_sys::bpf_link_create(prog_fd, ifindex as i32, libbpf_sys::BPF_XDP, &opts) };
-    if fd < 0 {
-        return Err(io::Error::from_raw_os_error(-fd));
-    }
-    // SAFETY: a non-negative return is a new fd that we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// Makes sure `dir` can hold pins: mounts bpffs on /sys/fs/bpf if nothing is mounted there
-/// (as after `ip netns exec`, which remounts /sys), then creates `dir`.
-pub(crate) fn ensure_bpffs(dir: &Path) -> Result<(), DataplaneError> {
-    let root = Path::new("/sys/fs/bpf");
-    if dir.starts_with(root) && !is_bpffs(root) {
-        std::fs::create_dir_all(root).map_err(io_err("creating /sys/fs/bpf"))?;
-        nix::mount::mount(
-            Some("bpf"),
-            root,
-            Some("bpf"),
-            nix::mount::MsFlags::empty(),
-            None::<&str>,
-        )
-        .map_err(|e| DataplaneError::Io {
-            what: "mounting bpffs on /sys/fs/bpf".into(),
-            source: e.into(),
-        })?;
-        tracing::info!("mounted bpffs on /sys/fs/bpf");
-    }
-    std::fs::create_dir_all(dir)
-        .map_err(io_err(format!("creating pin directory {}", dir.display())))?;
-    if !is_bpffs(dir) {
-        return Err(DataplaneError::Io {
-            what: format!("pin directory {}", dir.display()),
-            source: io::Error::other("not on a bpffs (mount -t bpf bpf /sys/fs/bpf)"),
-        });
-    }
-    Ok(())
-}
-
-pub(crate) fn is_bpffs(path: &Path) -> bool {
-    nix::sys::statfs::statfs(path)
-        .map(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
-        .unwrap_or(false)
-}
-
-/// Removes every pin in `dir` and the directory itself.
-pub fn remove_pins(dir: &Path) -> Result<(), DataplaneError> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(io_err(format!("reading {}", dir.display()))(e)),
-    };
-    for entry in entries.flatten() {
-        std::fs::remove_file(entry.path())
-            .map_err(io_err(format!("unpinning {}", entry.path().display())))?;
-    }
-    std::fs::remove_dir(dir).map_err(io_err(format!("removing {}", dir.display())))
 }

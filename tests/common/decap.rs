@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use anyhow::{Context, Result};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, OpenObject};
-use xdplb::decap_skel::{types, DecapSkel, DecapSkelBuilder};
+use xdplb_backend::decap_skel::{types, DecapSkel, DecapSkelBuilder};
 
 use xdplb_testkit::{run_xdp, Run};
 

@@ -1,4 +1,6 @@
-//! Backend-side preparation for a DSR VIP, what `lbctl backend-setup` runs on a real server.
+//! xdplb-backend: prepares a host as a DSR backend of a VIP (what `lbctl backend-setup` runs,
+//! through the `xdplb-backend-setup` binary), and owns the decap program and its skeleton.
+//! It runs on the backend itself: no lbd, no dependency on the `xdplb` crate.
 //!
 //! Under L2 DSR and IPIP DSR the client's packet reaches the backend still addressed to the VIP,
 //! and the backend answers the client directly, from the VIP. So the backend needs:
@@ -8,7 +10,7 @@
 //! - `arp_ignore=1` and `arp_announce=2` (on `all`, the traffic interface and `lo`), so that it
 //!   never answers ARP for the VIP nor announces it: on the LB's segment that would steal the
 //!   VIP from the load balancer. They are set *before* the VIP goes on `lo`;
-//! - for IPIP, the decapsulation program `bpf/decap.bpf.c` on the traffic interface (XDP, native
+//! - for IPIP, the decapsulation program `backend/bpf/decap.bpf.c` on the traffic interface (XDP, native
 //!   or else generic) through a bpf_link pinned in `/sys/fs/bpf/xdplb-decap/<dev>/` with its maps,
 //!   so that it outlives the process that installed it; the VIPs it decapsulates are the keys of
 //!   the pinned `decap_vips` map, and setting up another VIP on the same interface only adds a
@@ -22,13 +24,11 @@
 //! pins of two namespaces that use the same interface name collide; [`setup`] notices (the
 //! pinned program is not the one attached to this namespace's interface) and refuses.
 
-use std::ffi::CString;
 use std::fmt;
 use std::io;
 use std::mem::MaybeUninit;
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -37,8 +37,21 @@ use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 
-use crate::dataplane::{self, DataplaneError};
+use xdplb_bpffs as bpffs;
+
 use crate::decap_skel::DecapSkelBuilder;
+
+pub mod decap_skel {
+    //! The libbpf skeleton generated from `bpf/decap.bpf.c`, the backend-side IPIP decapsulator.
+    #![allow(
+        clippy::all,
+        missing_docs,
+        non_camel_case_types,
+        dead_code,
+        unused_imports
+    )]
+    include!(concat!(env!("OUT_DIR"), "/decap.skel.rs"));
+}
 
 /// Where the decap program's link and maps are pinned, one directory per interface.
 pub const DECAP_PIN_ROOT: &str = "/sys/fs/bpf/xdplb-decap";
@@ -122,7 +135,7 @@ pub enum SetupError {
         source: libbpf_rs::Error,
     },
     #[error(transparent)]
-    Dataplane(#[from] DataplaneError),
+    Bpffs(#[from] bpffs::Error),
     #[error("attaching the decap program to {dev}: native XDP: {native}; generic XDP: {generic}")]
     Attach {
         dev: String,
@@ -404,25 +417,9 @@ enum Pinned {
     Elsewhere,
 }
 
-fn cpath(path: &Path) -> Result<CString> {
-    CString::new(path.as_os_str().as_bytes()).map_err(|_| SetupError::Io {
-        what: format!("path {}", path.display()),
-        source: io::Error::new(io::ErrorKind::InvalidInput, "contains a NUL byte"),
-    })
-}
-
 /// Opens a pinned bpf object.
 fn obj_get(path: &Path) -> Result<OwnedFd> {
-    let c = cpath(path)?;
-    // SAFETY: c is a valid NUL-terminated path that lives across the call.
-    let fd = unsafe { libbpf_sys::bpf_obj_get(c.as_ptr()) };
-    if fd < 0 {
-        return Err(io_err(format!("opening pinned {}", path.display()))(
-            io::Error::from_raw_os_error(-fd),
-        ));
-    }
-    // SAFETY: a non-negative return is a new fd that we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    bpffs::obj_get(path).map_err(io_err(format!("opening pinned {}", path.display())))
 }
 
 /// (program id, ifindex) of an XDP bpf_link; ifindex is 0 once its interface is gone.
@@ -488,8 +485,8 @@ fn pinned_state(dir: &Path, ifindex: u32) -> Result<Pinned> {
 /// namespace other than our parent's (ip netns exec and unshare exec us in place) or pid 1's
 /// (when readable) gives it away.
 fn check_bpffs_is_shared() -> Result<()> {
-    let root = Path::new("/sys/fs/bpf");
-    if dataplane::is_bpffs(root) {
+    let root = Path::new(bpffs::BPFFS_ROOT);
+    if bpffs::is_bpffs(root) {
         return Ok(());
     }
     let Ok(ours) = std::fs::read_link("/proc/self/ns/mnt") else {
@@ -510,8 +507,8 @@ fn check_bpffs_is_shared() -> Result<()> {
 /// and that `vip` is one of its VIPs.
 fn decap_add(vip: Ipv4Addr, dev: &str, ifindex: u32, out: &mut Vec<String>) -> Result<()> {
     check_bpffs_is_shared()?;
-    let root = Path::new("/sys/fs/bpf");
-    let mounted_before = dataplane::is_bpffs(root);
+    let root = Path::new(bpffs::BPFFS_ROOT);
+    let mounted_before = bpffs::is_bpffs(root);
     let dir = decap_pin_dir(dev);
     match pinned_state(&dir, ifindex)? {
         Pinned::Live => out.push(format!(
@@ -526,13 +523,13 @@ fn decap_add(vip: Ipv4Addr, dev: &str, ifindex: u32, out: &mut Vec<String>) -> R
         }
         state => {
             if matches!(state, Pinned::Stale) {
-                dataplane::remove_pins(&dir)?;
+                bpffs::remove_pins(&dir)?;
                 out.push(format!(
                     "removed stale pins in {} (their interface is gone)",
                     dir.display()
                 ));
             }
-            dataplane::ensure_bpffs(&dir)?;
+            bpffs::ensure_bpffs(&dir)?;
             if !mounted_before {
                 out.push("mounted bpffs on /sys/fs/bpf".to_string());
             }
@@ -544,7 +541,7 @@ fn decap_add(vip: Ipv4Addr, dev: &str, ifindex: u32, out: &mut Vec<String>) -> R
                 )),
                 Err(e) => {
                     // Leave nothing half-made behind.
-                    let _ = dataplane::remove_pins(&dir);
+                    let _ = bpffs::remove_pins(&dir);
                     return Err(e);
                 }
             }
@@ -591,35 +588,27 @@ fn attach_decap(dev: &str, ifindex: u32, dir: &Path) -> Result<bool> {
     // libbpf pins both maps while loading.
     let skel = open.load().map_err(bpf_err("loading the decap program"))?;
     let prog_fd = skel.progs.xdplb_decap.as_fd().as_raw_fd();
-    let (link, generic) =
-        match dataplane::link_xdp(prog_fd, ifindex, libbpf_sys::XDP_FLAGS_DRV_MODE) {
-            Ok(fd) => (fd, false),
-            Err(native) => {
-                match dataplane::link_xdp(prog_fd, ifindex, libbpf_sys::XDP_FLAGS_SKB_MODE) {
-                    Ok(fd) => (fd, true),
-                    Err(_) if matches!(native.raw_os_error(), Some(libc::EBUSY | libc::EEXIST)) => {
-                        return Err(SetupError::XdpBusy(dev.to_string()))
-                    }
-                    Err(generic) => {
-                        return Err(SetupError::Attach {
-                            dev: dev.to_string(),
-                            native,
-                            generic,
-                        })
-                    }
-                }
+    let (link, generic) = match bpffs::link_xdp(prog_fd, ifindex, libbpf_sys::XDP_FLAGS_DRV_MODE) {
+        Ok(fd) => (fd, false),
+        Err(native) => match bpffs::link_xdp(prog_fd, ifindex, libbpf_sys::XDP_FLAGS_SKB_MODE) {
+            Ok(fd) => (fd, true),
+            Err(_) if matches!(native.raw_os_error(), Some(libc::EBUSY | libc::EEXIST)) => {
+                return Err(SetupError::XdpBusy(dev.to_string()))
             }
-        };
+            Err(generic) => {
+                return Err(SetupError::Attach {
+                    dev: dev.to_string(),
+                    native,
+                    generic,
+                })
+            }
+        },
+    };
     let link_path = dir.join(LINK_PIN);
-    let c = cpath(&link_path)?;
-    // SAFETY: link is a bpf_link fd we own; c is a valid NUL-terminated path.
-    let ret = unsafe { libbpf_sys::bpf_obj_pin(link.as_raw_fd(), c.as_ptr()) };
-    if ret < 0 {
-        return Err(io_err(format!(
-            "pinning the link at {}",
-            link_path.display()
-        ))(io::Error::from_raw_os_error(-ret)));
-    }
+    bpffs::pin(&link, &link_path).map_err(io_err(format!(
+        "pinning the link at {}",
+        link_path.display()
+    )))?;
     // Dropping `link` and `skel` closes our fds; the pins keep the link (and so the program)
     // and the maps alive.
     Ok(generic)
@@ -661,7 +650,7 @@ fn decap_remove(vip: Ipv4Addr, dev: &str, out: &mut Vec<String>) -> Result<()> {
             return Ok(());
         }
         Pinned::Stale => {
-            dataplane::remove_pins(&dir)?;
+            bpffs::remove_pins(&dir)?;
             out.push(format!(
                 "removed stale pins in {} (their interface is gone)",
                 dir.display()
@@ -705,7 +694,7 @@ fn decap_remove(vip: Ipv4Addr, dev: &str, out: &mut Vec<String>) -> Result<()> {
     }
     let counts = decap_counts(&dir);
     // Unpinning the link drops its last reference: the kernel detaches the program.
-    dataplane::remove_pins(&dir)?;
+    bpffs::remove_pins(&dir)?;
     let mut line = format!(
         "no VIP left: detached the decap program from {dev} and removed {}",
         dir.display()
