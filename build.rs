@@ -1,5 +1,5 @@
-//! Build script: compiles the XDP programs in `bpf/` into libbpf skeletons and the gRPC API in `proto/`
-//! into tonic server and client code.
+//! Build script: compiles the XDP programs in `bpf/` into libbpf skeletons (the gRPC API is built by
+//! the xdplb-proto crate in `proto/`).
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -44,20 +44,6 @@ fn main() {
     }
     println!("cargo:rerun-if-changed=bpf");
     println!("cargo:rerun-if-env-changed=CLANG");
-
-    // Every .proto in proto/ (package xdplb.v1), one file per concern.
-    let mut protos: Vec<PathBuf> = std::fs::read_dir("proto")
-        .expect("reading proto/")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "proto"))
-        .collect();
-    protos.sort();
-    tonic_prost_build::configure()
-        .build_client(true)
-        .build_server(true)
-        .compile_protos(&protos, &[PathBuf::from("proto")])
-        .expect("compiling proto/*.proto");
-    println!("cargo:rerun-if-changed=proto");
 }
 
 /// `-I/usr/include/<multiarch triple>` for the target being built (Debian keeps `asm/types.h`

@@ -18,9 +18,9 @@ use anyhow::{ensure, Context, Result};
 use ipnet::Ipv4Net;
 use xdplb::dataplane::maps::RuntimeConfig;
 use xdplb::dataplane::{Dataplane, LoadOptions};
-use xdplb::firewall::{Action, RuleBatch, Scope};
 use xdplb::reconcile::Reconciler;
-use xdplb::state::{Protocol, State};
+use xdplb_model::firewall::{Action, RuleBatch, Scope};
+use xdplb_model::state::{Protocol, State};
 
 use common::lab::{
     config, setup_net, Lb, Net, BACKEND1, BACKEND2, CLIENT_MAC, LB_ADDR, RING_SIZE, VETH0_MAC,

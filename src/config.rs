@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::maglev;
-use crate::state::{Mode, Protocol};
+use xdplb_model::state::{Mode, Protocol, State, StateError, VipKey};
 
 /// Where `lbd` keeps its gRPC socket unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/xdplb/lbd.sock";
@@ -191,7 +191,7 @@ impl Config {
 #[serde(deny_unknown_fields, default)]
 pub struct FirewallConfig {
     /// `vips`: only packets addressed to a VIP; `all`: every IPv4 packet on lbd's interfaces.
-    pub scope: crate::firewall::Scope,
+    pub scope: xdplb_model::firewall::Scope,
     /// Most rules (also the per-CPU hit counters: 8 bytes per rule per CPU); 0 turns the
     /// firewall off and frees its tables (the /24 table alone is 64 MiB).
     pub capacity: u32,
@@ -200,8 +200,8 @@ pub struct FirewallConfig {
 impl Default for FirewallConfig {
     fn default() -> Self {
         Self {
-            scope: crate::firewall::Scope::default(),
-            capacity: crate::firewall::DEFAULT_CAPACITY,
+            scope: xdplb_model::firewall::Scope::default(),
+            capacity: xdplb_model::firewall::DEFAULT_CAPACITY,
         }
     }
 }
@@ -219,7 +219,7 @@ pub struct RateLimitConfig {
 impl Default for RateLimitConfig {
     fn default() -> Self {
         Self {
-            clients: crate::ratelimit::DEFAULT_CLIENTS,
+            clients: xdplb_model::ratelimit::DEFAULT_CLIENTS,
         }
     }
 }
@@ -297,7 +297,7 @@ pub struct HealthConfig {
     /// Failed probes in a row that take a backend out (1..=100).
     pub fall: Option<u32>,
     /// When every backend is down: `fail-open` (keep them all) or `drop`.
-    pub all_down: Option<crate::health::AllDown>,
+    pub all_down: Option<xdplb_model::health::AllDown>,
     /// The status an `http` check expects (default 200).
     pub http_status: Option<u16>,
     /// What a `udp` check sends (default "ping").
@@ -307,8 +307,8 @@ pub struct HealthConfig {
 impl HealthConfig {
     /// The health check this table describes, validated; errors name the key below `key`
     /// (e.g. `vip[0].health.interval`).
-    pub fn to_check(&self, key: &str) -> Result<crate::health::HealthCheck, ConfigError> {
-        use crate::health::{HealthCheck, HealthKind};
+    pub fn to_check(&self, key: &str) -> Result<xdplb_model::health::HealthCheck, ConfigError> {
+        use xdplb_model::health::{HealthCheck, HealthKind};
         let d = HealthCheck::default();
         let proto = self.proto.trim();
         let kind = match proto.split_once(':') {
@@ -361,7 +361,7 @@ impl HealthConfig {
             all_down: self.all_down.unwrap_or(d.all_down),
         };
         check.validate().map_err(|e| match e {
-            crate::state::StateError::InvalidArgument { field, message } => {
+            xdplb_model::state::StateError::InvalidArgument { field, message } => {
                 let name = match field {
                     "health.interval_ms" => "interval",
                     "health.timeout_ms" => "timeout",
@@ -383,9 +383,9 @@ impl HealthConfig {
 impl VipConfig {
     /// The VIP's health check (`[vip.health]`, already validated by [`Config::parse`]); the
     /// default, unchecked, when the table is absent.
-    pub fn health_check(&self) -> Result<crate::health::HealthCheck, ConfigError> {
+    pub fn health_check(&self) -> Result<xdplb_model::health::HealthCheck, ConfigError> {
         self.health.as_ref().map_or_else(
-            || Ok(crate::health::HealthCheck::default()),
+            || Ok(xdplb_model::health::HealthCheck::default()),
             |h| h.to_check("vip.health"),
         )
     }
@@ -401,10 +401,31 @@ pub struct BackendConfig {
 }
 
 fn default_weight() -> u32 {
-    crate::state::DEFAULT_WEIGHT
+    xdplb_model::state::DEFAULT_WEIGHT
 }
 
 impl Config {
+    /// Builds the initial desired state from the `[[vip]]` tables (the data plane's limits are
+    /// checked by `reconcile::check_limits`).
+    pub fn initial_state(&self) -> Result<State, StateError> {
+        let mut state = State::default();
+        for vip in &self.vips {
+            let key = VipKey {
+                addr: vip.address,
+                proto: vip.proto,
+            };
+            state.add_vip(key, vip.mode)?;
+            let health = vip
+                .health_check()
+                .map_err(|e| xdplb_model::state::invalid("vip.health", e.to_string()))?;
+            state.set_health(&key, health)?;
+            for be in &vip.backends {
+                state.add_backend(&key, be.address, be.weight)?;
+            }
+        }
+        Ok(state)
+    }
+
     /// Reads and validates a configuration file. Every error names the file, the line and
     /// column, and the key (`vip[1].backend[0].weight`); nothing else is touched on the way.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -567,12 +588,12 @@ impl Config {
             ));
         }
         let cap = self.firewall.capacity;
-        if cap > crate::firewall::MAX_CAPACITY {
+        if cap > xdplb_model::firewall::MAX_CAPACITY {
             return Err(invalid(
                 "firewall.capacity",
                 format!(
                     "{cap} is outside 0..={} (0 turns the firewall off)",
-                    crate::firewall::MAX_CAPACITY
+                    xdplb_model::firewall::MAX_CAPACITY
                 ),
             ));
         }
@@ -585,7 +606,7 @@ impl Config {
         }
         for (i, vip) in self.vips.iter().enumerate() {
             let key = format!("vip[{i}]");
-            crate::state::validate_vip_addr(&vip.address)
+            xdplb_model::state::validate_vip_addr(&vip.address)
                 .map_err(|m| invalid(format!("{key}.address"), m))?;
             if self.vips[..i]
                 .iter()
@@ -600,7 +621,7 @@ impl Config {
                 h.to_check(&format!("{key}.health"))?;
             }
             for (j, be) in vip.backends.iter().enumerate() {
-                crate::state::validate_backend_addr(&be.address)
+                xdplb_model::state::validate_backend_addr(&be.address)
                     .map_err(|m| invalid(format!("{key}.backend[{j}].address"), m))?;
                 if vip.backends[..j].iter().any(|b| b.address == be.address) {
                     return Err(invalid(
@@ -617,7 +638,7 @@ impl Config {
     /// state refuses (a DSR backend on another port, too many VIPs or backends, a weight out
     /// of range) is reported here, at its key, before lbd touches anything.
     fn validate_as_state(&self) -> Result<(), ConfigError> {
-        use crate::state::{State, StateError, VipKey};
+        use xdplb_model::state::{State, StateError, VipKey};
         let mut state = State::default();
         let name = |prefix: &str, e: StateError| match e {
             StateError::InvalidArgument { field, message } => {
@@ -767,8 +788,8 @@ mod tests {
     fn example_config_in_repo_parses() {
         let text = include_str!("../examples/lbd.toml");
         let c = Config::parse(text).expect("examples/lbd.toml parses");
-        assert_eq!(c.firewall.capacity, crate::firewall::DEFAULT_CAPACITY);
-        assert_eq!(c.ratelimit.clients, crate::ratelimit::DEFAULT_CLIENTS);
+        assert_eq!(c.firewall.capacity, xdplb_model::firewall::DEFAULT_CAPACITY);
+        assert_eq!(c.ratelimit.clients, xdplb_model::ratelimit::DEFAULT_CLIENTS);
         assert_eq!(c.vips.len(), 2);
         assert_eq!(c.vips[0].backends.len(), 2);
         assert!(c.vips[0].health_check().expect("valid").is_checked());
@@ -864,13 +885,13 @@ mod tests {
     #[test]
     fn firewall_table_defaults_and_limits() {
         let c = Config::parse(MINIMAL).expect("minimal config parses");
-        assert_eq!(c.firewall.scope, crate::firewall::Scope::Vips);
+        assert_eq!(c.firewall.scope, xdplb_model::firewall::Scope::Vips);
         assert_eq!(c.firewall.capacity, 1_000_000);
         let c = Config::parse(&format!(
             "{MINIMAL}[firewall]\nscope = \"all\"\ncapacity = 4096\n"
         ))
         .expect("firewall table parses");
-        assert_eq!(c.firewall.scope, crate::firewall::Scope::All);
+        assert_eq!(c.firewall.scope, xdplb_model::firewall::Scope::All);
         assert_eq!(c.firewall.capacity, 4096);
         let off = Config::parse(&format!("{MINIMAL}[firewall]\ncapacity = 0\n"))
             .expect("capacity 0 turns the firewall off");
@@ -903,7 +924,7 @@ mod tests {
 
     #[test]
     fn vip_health_table() {
-        use crate::health::{AllDown, HealthCheck, HealthKind};
+        use xdplb_model::health::{AllDown, HealthCheck, HealthKind};
         let c = Config::parse(&with_health(
             "proto = \"http:/healthz\"\ninterval = \"200ms\"\ntimeout = \"100ms\"\nrise = 4\nfall = 5\nall_down = \"drop\"\nhttp_status = 204",
         ))
@@ -934,7 +955,7 @@ mod tests {
                 ..HealthCheck::default()
             }
         );
-        let state = crate::state::State::from_config(&c).expect("state");
+        let state = c.initial_state().expect("state");
         assert_eq!(
             state.vips.values().next().map(|v| v.health.clone()),
             Some(h)

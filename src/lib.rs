@@ -2,18 +2,14 @@
 //! configuration, desired state, Maglev, the reconciler that writes BPF maps, and the gRPC API.
 
 pub mod api;
-pub mod cidr;
 pub mod config;
 pub mod dataplane;
-pub mod firewall;
 pub mod health;
 pub mod maglev;
 pub mod metrics;
 pub mod neighbor;
 pub mod persist;
-pub mod ratelimit;
 pub mod reconcile;
-pub mod state;
 
 pub mod skel {
     //! The libbpf skeleton generated from `bpf/lb.bpf.c`; `types` holds the C structs of `bpf/xdplb.h`.

@@ -212,7 +212,7 @@ pub fn walk_reuse(took: Duration) -> Duration {
 
 /// The counters of every VIP and backend and the global ones (under the controller's lock).
 fn read_counters(
-    state: &crate::state::State,
+    state: &xdplb_model::state::State,
     r: &crate::reconcile::Reconciler,
 ) -> Result<(Sample, Ids, Telemetry), DataplaneError> {
     let dp = r.dataplane();

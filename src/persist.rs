@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 
 use crate::reconcile::AppliedIds;
-use crate::state::State;
+use xdplb_model::state::State;
 
 /// Format version of the file; bump it when the layout changes incompatibly.
 pub const STATE_FILE_VERSION: u32 = 1;
@@ -314,33 +314,10 @@ fn fnv1a64(data: &[u8]) -> u64 {
     })
 }
 
-/// (De)serialises a map whose keys are not strings as a list of `[key, value]` pairs.
-pub mod vec_map {
-    use std::collections::BTreeMap;
-
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    pub fn serialize<K: Serialize, V: Serialize, S: Serializer>(
-        m: &BTreeMap<K, V>,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
-        s.collect_seq(m.iter())
-    }
-
-    pub fn deserialize<'de, K, V, D>(d: D) -> Result<BTreeMap<K, V>, D::Error>
-    where
-        K: Deserialize<'de> + Ord,
-        V: Deserialize<'de>,
-        D: Deserializer<'de>,
-    {
-        Ok(Vec::<(K, V)>::deserialize(d)?.into_iter().collect())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{Mode, Protocol, VipKey};
+    use xdplb_model::state::{Mode, Protocol, VipKey};
 
     fn sample() -> (State, AppliedIds) {
         let mut s = State::default();

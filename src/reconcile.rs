@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use crate::dataplane::{Dataplane, DataplaneError, MAX_BACKENDS, MAX_VIPS};
 use crate::maglev::{self, MaglevBackend};
-use crate::state::{Mode, State, VipKey};
+use xdplb_model::state::{invalid, Mode, State, StateError, VipKey};
 
 mod firewall;
 pub use firewall::AppliedFirewall;
@@ -99,6 +99,15 @@ struct AppliedVip {
     members: Vec<(u32, SocketAddrV4, u32)>,
     /// Adopted from a previous lbd: the VIP entry and ring are rewritten on the next reconcile.
     adopted: bool,
+}
+
+/// Refuses a state the data plane cannot hold (more VIPs than it has ids for), as an invalid
+/// argument naming `vip`, before the reconciler is asked to apply it.
+pub fn check_limits(state: &State) -> Result<(), StateError> {
+    if state.vips.len() > MAX_VIPS {
+        return Err(invalid("vip", format!("at most {MAX_VIPS} VIPs")));
+    }
+    Ok(())
 }
 
 /// Owns the data plane and what has been applied to it.
@@ -361,7 +370,7 @@ impl Reconciler {
         &self,
         key: &VipKey,
         vip: &AppliedVip,
-        all_down: crate::health::AllDown,
+        all_down: xdplb_model::health::AllDown,
     ) -> Vec<(u32, SocketAddrV4, u32)> {
         let weighted: Vec<(SocketAddrV4, (u32, u32))> = vip
             .backends

@@ -30,15 +30,15 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::{Channel, Endpoint, Server};
 use tonic::Code;
 
-use xdplb::api::pb;
-use xdplb::api::pb::{
-    backends_client::BackendsClient, firewall_client::FirewallClient,
-    rate_limits_client::RateLimitsClient, stats_client::StatsClient, vips_client::VipsClient,
-};
 use xdplb::api::Controller;
 use xdplb::dataplane::{Dataplane, LoadOptions};
 use xdplb::reconcile::Reconciler;
-use xdplb::state::State;
+use xdplb_model::state::State;
+use xdplb_proto::pb;
+use xdplb_proto::pb::{
+    backends_client::BackendsClient, firewall_client::FirewallClient,
+    rate_limits_client::RateLimitsClient, stats_client::StatsClient, vips_client::VipsClient,
+};
 
 use common::lab::{config, RING_SIZE};
 use xdplb_testkit::netns::NetNs;

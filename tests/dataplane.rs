@@ -17,7 +17,7 @@ use anyhow::{ensure, Context, Result};
 use xdplb::dataplane::{Counters, Dataplane};
 use xdplb::maglev;
 use xdplb::skel::types::lb_reason as R;
-use xdplb::state::{Protocol, VipKey};
+use xdplb_model::state::{Protocol, VipKey};
 
 use common::expect::*;
 use common::lab::*;
@@ -1576,8 +1576,13 @@ fn tracked_flows_follow_their_vip_and_its_id() {
         // Another VIP on the same address takes the id over (the reconciler hands ids out again
         // once all are used; written here the way it writes a VIP).
         let other = sa(*VIP.ip(), 8443);
-        lb.maps()
-            .put_vip(other, Protocol::Tcp, id, xdplb::state::Mode::Nat, RING_SIZE)?;
+        lb.maps().put_vip(
+            other,
+            Protocol::Tcp,
+            id,
+            xdplb_model::state::Mode::Nat,
+            RING_SIZE,
+        )?;
         ensure!(
             lb.maps().vip_of_id(id)? == Some((other, Protocol::Tcp.number())),
             "vip_ids[{id}] does not name the VIP that took the id over"

@@ -14,7 +14,7 @@ use anyhow::{ensure, Context, Result};
 use xdplb::dataplane::maps::RuntimeConfig;
 use xdplb::maglev;
 use xdplb::skel::types::lb_reason as R;
-use xdplb::state::{Mode, Protocol, VipKey};
+use xdplb_model::state::{Mode, Protocol, VipKey};
 
 use common::decap::{Decap, DecapStats};
 use common::expect::*;

@@ -23,9 +23,9 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config as PtConfig, TestCaseError, TestRunner};
 use xdplb::dataplane::firewall::tables::Tables;
 use xdplb::dataplane::{Dataplane, LoadOptions};
-use xdplb::firewall::{Action, RuleBatch, Scope};
 use xdplb::skel::types::{self, lb_reason as R};
-use xdplb::state::{Protocol, State, VipKey};
+use xdplb_model::firewall::{Action, RuleBatch, Scope};
+use xdplb_model::state::{Protocol, State, VipKey};
 
 use common::lab::*;
 use xdplb_testkit::packet::*;
@@ -1040,7 +1040,7 @@ fn capacity_zero_turns_the_firewall_off() {
             .add(&batch(&[("10.1.0.50/32", Action::Block)]), 0)
             .expect_err("rules with the firewall off");
         ensure!(
-            matches!(e, xdplb::state::StateError::FailedPrecondition(_))
+            matches!(e, xdplb_model::state::StateError::FailedPrecondition(_))
                 && e.to_string()
                     .contains("the firewall is off ([firewall] capacity = 0)"),
             "{e}"

@@ -16,8 +16,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, ensure, Context, Result};
-use xdplb::ratelimit::{Policy, Scope};
-use xdplb::state::{Mode, Protocol};
+use xdplb_model::ratelimit::{Policy, Scope};
+use xdplb_model::state::{Mode, Protocol};
 
 use common::decap::Decap;
 use common::fuzz::*;

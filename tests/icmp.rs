@@ -15,7 +15,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use anyhow::{ensure, Context, Result};
 use xdplb::skel::types::{self, lb_reason as R};
-use xdplb::state::{Mode, Protocol, VipKey};
+use xdplb_model::state::{Mode, Protocol, VipKey};
 
 use common::expect::*;
 use common::lab::*;

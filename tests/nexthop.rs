@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use xdplb::dataplane::maps::RuntimeConfig;
 use xdplb::skel::types::lb_reason as R;
-use xdplb::state::{Mode, Protocol, VipKey};
+use xdplb_model::state::{Mode, Protocol, VipKey};
 
 use common::expect::*;
 use common::lab::*;

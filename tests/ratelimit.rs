@@ -15,10 +15,10 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use ipnet::Ipv4Net;
 use xdplb::dataplane::ratelimit::{top_clients, PolicyCounters};
-use xdplb::firewall::{Action, RuleBatch};
-use xdplb::ratelimit::{Policy, Scope};
 use xdplb::skel::types::{self, lb_reason as R};
-use xdplb::state::{Protocol, VipKey};
+use xdplb_model::firewall::{Action, RuleBatch};
+use xdplb_model::ratelimit::{Policy, Scope};
+use xdplb_model::state::{Protocol, VipKey};
 
 use common::lab::*;
 use xdplb_testkit::packet::*;

@@ -9,7 +9,7 @@ use anyhow::{ensure, Context, Result};
 use xdplb::dataplane::{Dataplane, LoadOptions};
 use xdplb::maglev::{self, MaglevBackend};
 use xdplb::reconcile::{Reconciler, RingUpdates};
-use xdplb::state::{Mode, Protocol, State, VipKey};
+use xdplb_model::state::{Mode, Protocol, State, VipKey};
 
 /// A prime ring size smaller than the default, so that the checks read fewer slots.
 const RING_SIZE: u32 = 4099;

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint};
-use xdplb::api::pb;
 use xdplb::maglev::{build_table, MaglevBackend, DEFAULT_TABLE_SIZE};
 use xdplb_integration::topology::unique_pin_path;
 use xdplb_integration::{lbd_config, veth, Lbd, NetNs};
+use xdplb_proto::pb;
 
 use crate::report::{Report, Section};
 use crate::scaling::Rng;
@@ -219,7 +219,7 @@ fn in_process(quick: bool) -> Result<InProcess> {
     use xdplb::dataplane::{Dataplane, LoadOptions};
     use xdplb::persist::StateStore;
     use xdplb::reconcile::Reconciler;
-    use xdplb::state::{Mode, Protocol, State, VipKey};
+    use xdplb_model::state::{Mode, Protocol, State, VipKey};
     let dp = Dataplane::load(&LoadOptions {
         conntrack_size: 1 << 16,
         firewall_capacity: 4096,

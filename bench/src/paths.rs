@@ -5,10 +5,10 @@ use std::net::Ipv4Addr;
 
 use anyhow::{Context, Result};
 use ipnet::Ipv4Net;
-use xdplb::firewall::{Action, RuleBatch};
-use xdplb::ratelimit::{Policy, Scope};
 use xdplb::skel::types::lb_reason as R;
-use xdplb::state::Mode;
+use xdplb_model::firewall::{Action, RuleBatch};
+use xdplb_model::ratelimit::{Policy, Scope};
+use xdplb_model::state::Mode;
 
 use crate::common::lab::{setup_net, CLIENT, LB_ADDR, VETH0_MAC, XDP_DROP, XDP_PASS, XDP_TX};
 use crate::report::{Report, Section};

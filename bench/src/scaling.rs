@@ -10,11 +10,11 @@ use anyhow::{ensure, Context, Result};
 use ipnet::Ipv4Net;
 use libbpf_rs::{MapCore, MapFlags};
 use xdplb::dataplane::LoadOptions;
-use xdplb::firewall::{Action, RuleBatch};
-use xdplb::ratelimit::{clock_units, Policy, Scope};
 use xdplb::skel::types;
 use xdplb::skel::types::lb_reason as R;
-use xdplb::state::Mode;
+use xdplb_model::firewall::{Action, RuleBatch};
+use xdplb_model::ratelimit::{clock_units, Policy, Scope};
+use xdplb_model::state::Mode;
 
 use crate::common::lab::{setup_net, Lb, Net, XDP_DROP, XDP_TX};
 use crate::probes;
@@ -357,7 +357,7 @@ fn fw_lines(maps: &FwMaps, src: Ipv4Addr) -> Result<Vec<u32>> {
     }
     ensure!(
         word >> types::fw_verdict_bits::FW_VERDICT_ACTION_SHIFT.0
-            == u32::from(Action::Block.value()),
+            == u32::from(xdplb::dataplane::firewall::action_value(Action::Block)),
         "{src} is not blocked by the tables"
     );
     let id = word & types::fw_verdict_bits::FW_VERDICT_ID_MASK.0;
@@ -376,7 +376,7 @@ struct FwMaps {
 /// One firewall table loaded with `nets` (all block rules), a NAT VIP and the gaps' flows open.
 struct FwTable {
     lb: Lb,
-    nat: xdplb::state::VipKey,
+    nat: xdplb_model::state::VipKey,
     maps: FwMaps,
     prefixes: usize,
 }

@@ -6,7 +6,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use anyhow::{ensure, Context, Result};
 use xdplb::dataplane::LoadOptions;
-use xdplb::state::{Mode, Protocol, VipKey};
+use xdplb_model::state::{Mode, Protocol, VipKey};
 
 use crate::common::lab::{
     config, data_segment, neighbour_mac, Lb, Net, BACKEND1, BACKEND2, CLIENT, VETH0_MAC,

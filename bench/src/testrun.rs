@@ -17,7 +17,7 @@ use libbpf_rs::{MapCore, MapFlags, MapHandle, OpenObject, ProgramMut};
 use xdplb::dataplane::maps::{reason_name, verdict_name};
 use xdplb::dataplane::GlobalCounters;
 use xdplb::skel::types;
-use xdplb::state::VipKey;
+use xdplb_model::state::VipKey;
 pub use xdplb_testkit::Runner;
 
 use crate::common::lab::Lb;

@@ -4,10 +4,11 @@ use std::net::SocketAddrV4;
 
 use tonic::{Request, Response, Status};
 
-use super::pb::{self, backends_server::Backends};
-use super::{invalid, parse_ipv4, parse_port, parse_vip_key, ApiError, Controller};
+use super::{invalid, ApiError, Controller};
 use crate::reconcile::{ReconcileError, Reconciler};
-use crate::state::{State, StateError, VipKey, DEFAULT_WEIGHT, MAX_WEIGHT};
+use xdplb_model::state::{State, StateError, VipKey, DEFAULT_WEIGHT, MAX_WEIGHT};
+use xdplb_proto::convert::{parse_ipv4, parse_port, parse_vip_key};
+use xdplb_proto::pb::{self, backends_server::Backends};
 
 pub struct BackendsService {
     ctl: Controller,
@@ -48,7 +49,7 @@ fn pb_backend(s: &State, r: &Reconciler, vip: &VipKey, addr: SocketAddrV4) -> pb
 fn parse_backend(field: &str, address: &str, port: u32) -> Result<SocketAddrV4, ApiError> {
     let ip = parse_ipv4(&format!("{field}address"), address)?;
     // What AddBackend would refuse is refused by every RPC naming a backend (not NotFound).
-    crate::state::validate_backend_addr(&SocketAddrV4::new(ip, 1))
+    xdplb_model::state::validate_backend_addr(&SocketAddrV4::new(ip, 1))
         .map_err(|m| invalid(format!("{field}address"), m))?;
     Ok(SocketAddrV4::new(
         ip,
@@ -150,7 +151,7 @@ impl Backends for BackendsService {
             .read(|s, _| s.vip(&vip).map(|v| v.mode))
             .await
             .map_err(ApiError::from)?;
-        if mode == crate::state::Mode::L2dsr {
+        if mode == xdplb_model::state::Mode::L2dsr {
             super::vips::check_l2dsr_backends(|_| "backend.address".to_string(), &[addr]).await?;
         }
         self.ctl
@@ -173,7 +174,7 @@ impl Backends for BackendsService {
             .read(|s, _| s.vip(&vip).map(|v| v.mode))
             .await
             .map_err(ApiError::from)?;
-        if mode == crate::state::Mode::L2dsr {
+        if mode == xdplb_model::state::Mode::L2dsr {
             let addrs: Vec<SocketAddrV4> = backends.iter().map(|(a, _)| *a).collect();
             super::vips::check_l2dsr_backends(|i| format!("backends[{i}].address"), &addrs).await?;
         }

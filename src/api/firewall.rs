@@ -8,10 +8,11 @@ use futures::Stream;
 use ipnet::Ipv4Net;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::pb::{self, firewall_server::Firewall};
 use super::{invalid, ApiError, Controller};
-use crate::firewall::{parse_cidr, Action, RuleBatch};
 use crate::reconcile::ReconcileError;
+use xdplb_model::firewall::{parse_cidr, Action, RuleBatch};
+use xdplb_proto::convert::parse_action;
+use xdplb_proto::pb::{self, firewall_server::Firewall};
 
 /// Rules per ListRules reply message (~30 bytes each on the wire).
 const LIST_CHUNK: usize = 8192;
@@ -32,27 +33,11 @@ impl FirewallService {
     }
 }
 
-/// The action of a rule; UNSPECIFIED is refused.
-fn parse_action(field: impl Into<String>, raw: i32) -> Result<Action, ApiError> {
-    match pb::FirewallAction::try_from(raw) {
-        Ok(pb::FirewallAction::Block) => Ok(Action::Block),
-        Ok(pb::FirewallAction::Allow) => Ok(Action::Allow),
-        _ => Err(invalid(field, "must be BLOCK or ALLOW")),
-    }
-}
-
 /// An optional action filter: UNSPECIFIED means none.
 fn parse_filter(field: &str, raw: i32) -> Result<Option<Action>, ApiError> {
     match raw {
         0 => Ok(None),
-        _ => parse_action(field, raw).map(Some),
-    }
-}
-
-pub fn pb_action(a: Action) -> pb::FirewallAction {
-    match a {
-        Action::Block => pb::FirewallAction::Block,
-        Action::Allow => pb::FirewallAction::Allow,
+        _ => Ok(Some(parse_action(field, raw)?)),
     }
 }
 
@@ -83,7 +68,7 @@ impl Collector {
                 .push(i, net, action)
                 .map_err(|e| invalid(format!("rules[{}].{}", e.index, e.field), e.message))?;
             if self.capacity == 0 {
-                return Err(crate::firewall::off_error().into());
+                return Err(xdplb_model::firewall::off_error().into());
             }
             if self.batch.len() > self.capacity {
                 return Err(invalid(
@@ -112,7 +97,7 @@ fn count(n: usize) -> u32 {
 fn pb_rule(net: Ipv4Net, action: Action, id: u32, hits: u64) -> pb::FirewallRule {
     pb::FirewallRule {
         cidr: net.to_string(),
-        action: pb_action(action) as i32,
+        action: pb::FirewallAction::from(action) as i32,
         id,
         hits,
     }

@@ -11,13 +11,13 @@ use tokio::net::UnixListener;
 use tonic::transport::server::Router;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
-use super::pb::{
-    backends_server::BackendsServer, firewall_server::FirewallServer,
-    rate_limits_server::RateLimitsServer, stats_server::StatsServer, vips_server::VipsServer,
-};
 use super::{
     backends::BackendsService, firewall::FirewallService, ratelimit::RateLimitsService,
     stats::StatsService, vips::VipsService, Controller,
+};
+use xdplb_proto::pb::{
+    backends_server::BackendsServer, firewall_server::FirewallServer,
+    rate_limits_server::RateLimitsServer, stats_server::StatsServer, vips_server::VipsServer,
 };
 
 /// A client that connects but does not finish the TLS handshake is dropped after this long.

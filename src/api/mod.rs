@@ -9,20 +9,15 @@ pub mod stats;
 pub mod vips;
 
 use std::collections::HashSet;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use tokio::sync::Mutex;
 use tonic::Status;
 
 use crate::reconcile::{ReconcileError, Reconciler};
-use crate::state::{Protocol, State, StateError, VipKey};
-
-/// Code generated from `proto/xdplb.proto`.
-pub mod pb {
-    #![allow(clippy::all, missing_docs)]
-    tonic::include_proto!("xdplb.v1");
-}
+use xdplb_model::state::{State, StateError, VipKey};
+use xdplb_proto::convert::FieldError;
 
 /// Everything an API call can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +30,12 @@ pub enum ApiError {
     Reconcile(#[from] ReconcileError),
     #[error("saving the state: {0}")]
     Persist(#[from] crate::persist::PersistError),
+}
+
+impl From<FieldError> for ApiError {
+    fn from(FieldError { field, message }: FieldError) -> Self {
+        ApiError::InvalidArgument { field, message }
+    }
 }
 
 impl From<ApiError> for Status {
@@ -62,57 +63,6 @@ pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> ApiError
     ApiError::InvalidArgument {
         field: field.into(),
         message: message.into(),
-    }
-}
-
-/// Parses an IPv4 address field.
-pub fn parse_ipv4(field: &str, s: &str) -> Result<Ipv4Addr, ApiError> {
-    s.parse()
-        .map_err(|_| invalid(field, format!("'{s}' is not an IPv4 address")))
-}
-
-/// Parses a port field (1..=65535).
-pub fn parse_port(field: &str, p: u32) -> Result<u16, ApiError> {
-    match u16::try_from(p) {
-        Ok(p) if p > 0 => Ok(p),
-        _ => Err(invalid(field, format!("{p} is not a port (1..=65535)"))),
-    }
-}
-
-/// Parses the `VipKey` message found in field `field`.
-pub fn parse_vip_key(field: &str, key: Option<&pb::VipKey>) -> Result<VipKey, ApiError> {
-    let key = key.ok_or_else(|| invalid(field, "missing"))?;
-    let ip = parse_ipv4(&format!("{field}.address"), &key.address)?;
-    // Every RPC refuses what AddVip would refuse, so a remove or a list of a VIP that could
-    // never exist is InvalidArgument rather than NotFound.
-    crate::state::validate_vip_addr(&SocketAddrV4::new(ip, 1))
-        .map_err(|m| invalid(format!("{field}.address"), m))?;
-    let port = parse_port(&format!("{field}.port"), key.port)?;
-    let proto = match pb::Protocol::try_from(key.protocol) {
-        Ok(pb::Protocol::Tcp) => Protocol::Tcp,
-        Ok(pb::Protocol::Udp) => Protocol::Udp,
-        _ => return Err(invalid(format!("{field}.protocol"), "must be TCP or UDP")),
-    };
-    Ok(VipKey {
-        addr: SocketAddrV4::new(ip, port),
-        proto,
-    })
-}
-
-/// The protocol enum of the API.
-pub fn pb_protocol(p: Protocol) -> pb::Protocol {
-    match p {
-        Protocol::Tcp => pb::Protocol::Tcp,
-        Protocol::Udp => pb::Protocol::Udp,
-    }
-}
-
-/// The `VipKey` message of a VIP.
-pub fn pb_vip_key(k: &VipKey) -> pb::VipKey {
-    pb::VipKey {
-        address: k.addr.ip().to_string(),
-        port: u32::from(k.addr.port()),
-        protocol: pb_protocol(k.proto) as i32,
     }
 }
 
@@ -211,6 +161,7 @@ impl Controller {
         let mut inner = self.inner.lock().await;
         let mut next = inner.state.clone();
         let out = f(&mut next).map_err(Into::into)?;
+        crate::reconcile::check_limits(&next)?;
         let applied = inner
             .reconciler
             .reconcile(&next)

@@ -4,11 +4,12 @@
 use ipnet::Ipv4Net;
 use tonic::{Request, Response, Status};
 
-use super::pb::{self, rate_limits_server::RateLimits};
 use super::{invalid, ApiError, Controller};
 use crate::dataplane::ratelimit::{top_clients, PolicyCounters};
-use crate::ratelimit::{parse_cidr, Policy, Scope, MAX_BURST, MAX_RATE};
 use crate::reconcile::ReconcileError;
+use xdplb_model::ratelimit::{parse_cidr, Policy, MAX_BURST, MAX_RATE};
+use xdplb_proto::convert::parse_scope;
+use xdplb_proto::pb::{self, rate_limits_server::RateLimits};
 
 /// Clients TopLimitedClients returns when the request says 0.
 pub const DEFAULT_TOP: usize = 20;
@@ -33,17 +34,6 @@ fn parse_target(field: &str, cidr: &str) -> Result<Option<Ipv4Net>, ApiError> {
     parse_cidr(cidr)
         .map(Some)
         .map_err(|e| invalid(field, e.to_string()))
-}
-
-fn parse_scope(field: &str, raw: i32) -> Result<Scope, ApiError> {
-    match pb::RateLimitScope::try_from(raw) {
-        Ok(pb::RateLimitScope::Unspecified | pb::RateLimitScope::All) => Ok(Scope::All),
-        Ok(pb::RateLimitScope::NewFlows) => Ok(Scope::NewFlows),
-        Err(_) => Err(invalid(
-            field,
-            format!("unknown scope {raw} (ALL or NEW_FLOWS)"),
-        )),
-    }
 }
 
 fn parse_count(field: &str, v: i64, max: u64, unit: &str) -> Result<u64, ApiError> {
@@ -73,20 +63,13 @@ fn validate_set(req: &pb::SetRateLimitRequest) -> Result<(Option<Ipv4Net>, Polic
     Ok((cidr, Policy { rate, burst, scope }))
 }
 
-pub fn pb_scope(s: Scope) -> pb::RateLimitScope {
-    match s {
-        Scope::All => pb::RateLimitScope::All,
-        Scope::NewFlows => pb::RateLimitScope::NewFlows,
-    }
-}
-
 fn pb_rate_limit(cidr: Option<&Ipv4Net>, p: &Policy, id: u32, c: PolicyCounters) -> pb::RateLimit {
     pb::RateLimit {
         policy: Some(pb::RateLimitPolicy {
             cidr: cidr.map(ToString::to_string).unwrap_or_default(),
             rate: i64::try_from(p.rate).unwrap_or(i64::MAX),
             burst: i64::try_from(p.burst).unwrap_or(i64::MAX),
-            scope: pb_scope(p.scope) as i32,
+            scope: pb::RateLimitScope::from(p.scope) as i32,
         }),
         id,
         allowed: c.allowed,
@@ -221,6 +204,7 @@ impl RateLimits for RateLimitsService {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use xdplb_model::ratelimit::Scope;
 
     fn set(cidr: &str, rate: i64, burst: i64, scope: i32) -> pb::SetRateLimitRequest {
         pb::SetRateLimitRequest {

@@ -8,11 +8,11 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::pb::{self, stats_server::Stats};
-use super::{invalid, pb_vip_key, ApiError, Controller};
+use super::{invalid, ApiError, Controller};
 use crate::dataplane::maps::{reason_name, verdict_name};
 use crate::dataplane::telemetry::clock_ns;
 use crate::dataplane::Counters;
+use xdplb_proto::pb::{self, stats_server::Stats};
 
 /// Shortest `WatchStats` interval: each snapshot takes the controller's lock briefly.
 pub const MIN_WATCH_INTERVAL_MS: u32 = 100;
@@ -70,7 +70,7 @@ pub async fn snapshot(ctl: &Controller) -> Result<pb::GetStatsResponse, ApiError
                 });
             }
             vips.push(pb::VipStats {
-                vip: Some(pb_vip_key(key)),
+                vip: Some(pb::VipKey::from(key)),
                 counters: Some(pb_counters(maps.vip_counters(id).map_err(dp_err)?)),
                 backends,
             });

@@ -2,10 +2,11 @@
 
 use tonic::{Request, Response, Status};
 
-use super::pb::{self, vips_server::Vips};
-use super::{invalid, parse_vip_key, pb_vip_key, ApiError, Controller};
-use crate::health::HealthCheck;
-use crate::state::{Mode, VipKey};
+use super::{invalid, ApiError, Controller};
+use xdplb_model::health::HealthCheck;
+use xdplb_model::state::{Mode, VipKey};
+use xdplb_proto::convert::{parse_mode, parse_vip_key};
+use xdplb_proto::pb::{self, vips_server::Vips};
 
 pub struct VipsService {
     ctl: Controller,
@@ -17,29 +18,12 @@ impl VipsService {
     }
 }
 
-fn parse_mode(m: i32) -> Result<Mode, ApiError> {
-    match pb::ForwardingMode::try_from(m) {
-        Ok(pb::ForwardingMode::Unspecified | pb::ForwardingMode::Nat) => Ok(Mode::Nat),
-        Ok(pb::ForwardingMode::L2dsr) => Ok(Mode::L2dsr),
-        Ok(pb::ForwardingMode::Ipip) => Ok(Mode::Ipip),
-        Err(_) => Err(invalid("mode", format!("unknown forwarding mode {m}"))),
-    }
-}
-
-pub fn pb_mode(m: Mode) -> pb::ForwardingMode {
-    match m {
-        Mode::Nat => pb::ForwardingMode::Nat,
-        Mode::L2dsr => pb::ForwardingMode::L2dsr,
-        Mode::Ipip => pb::ForwardingMode::Ipip,
-    }
-}
-
 fn validate_add(req: &pb::AddVipRequest) -> Result<(VipKey, Mode, HealthCheck), ApiError> {
     Ok((
         parse_vip_key("vip", req.vip.as_ref())?,
         parse_mode(req.mode)?,
         match &req.health {
-            Some(h) => HealthCheck::from_pb(h)?,
+            Some(h) => HealthCheck::try_from(h)?,
             None => HealthCheck::default(),
         },
     ))
@@ -55,7 +39,7 @@ impl Vips for VipsService {
         // Logged once, by the reconciler, with the id it handed out ("vip added to the data
         // plane"): the same line covers VIPs from the config and the state file.
         let checked = health.to_string();
-        let pb_health = health.to_pb();
+        let pb_health = pb::HealthCheck::from(&health);
         self.ctl
             .change(|s| {
                 s.add_vip(key, mode)?;
@@ -71,8 +55,8 @@ impl Vips for VipsService {
             .await;
         Ok(Response::new(pb::AddVipResponse {
             vip: Some(pb::Vip {
-                key: Some(pb_vip_key(&key)),
-                mode: pb_mode(mode) as i32,
+                key: Some(pb::VipKey::from(&key)),
+                mode: pb::ForwardingMode::from(mode) as i32,
                 id,
                 backends: 0,
                 health: Some(pb_health),
@@ -114,11 +98,11 @@ impl Vips for VipsService {
             .ctl
             .read(|s, r| {
                 s.vips.get(&key).map(|v| pb::Vip {
-                    key: Some(pb_vip_key(&key)),
-                    mode: pb_mode(v.mode) as i32,
+                    key: Some(pb::VipKey::from(&key)),
+                    mode: pb::ForwardingMode::from(v.mode) as i32,
                     id: r.vip_id(&key).unwrap_or_default(),
                     backends: v.backends.len() as u32,
-                    health: Some(v.health.to_pb()),
+                    health: Some(pb::HealthCheck::from(&v.health)),
                 })
             })
             .await;
@@ -142,7 +126,7 @@ impl Vips for VipsService {
             .health
             .as_ref()
             .ok_or_else(|| invalid("health", "missing"))?;
-        let health = HealthCheck::from_pb(health).map_err(ApiError::from)?;
+        let health = HealthCheck::try_from(health).map_err(ApiError::from)?;
         let shown = health.to_string();
         self.ctl.change(|s| s.set_health(&key, health)).await?;
         tracing::info!(vip = %key, health = %shown, "vip health check set: backends keep their status, counting starts over");
@@ -150,11 +134,11 @@ impl Vips for VipsService {
             .ctl
             .read(|s, r| {
                 s.vips.get(&key).map(|v| pb::Vip {
-                    key: Some(pb_vip_key(&key)),
-                    mode: pb_mode(v.mode) as i32,
+                    key: Some(pb::VipKey::from(&key)),
+                    mode: pb::ForwardingMode::from(v.mode) as i32,
                     id: r.vip_id(&key).unwrap_or_default(),
                     backends: v.backends.len() as u32,
-                    health: Some(v.health.to_pb()),
+                    health: Some(pb::HealthCheck::from(&v.health)),
                 })
             })
             .await;
@@ -172,11 +156,11 @@ impl Vips for VipsService {
                     .vips
                     .iter()
                     .map(|(key, v)| pb::Vip {
-                        key: Some(pb_vip_key(key)),
-                        mode: pb_mode(v.mode) as i32,
+                        key: Some(pb::VipKey::from(key)),
+                        mode: pb::ForwardingMode::from(v.mode) as i32,
                         id: r.vip_id(key).unwrap_or_default(),
                         backends: v.backends.len() as u32,
-                        health: Some(v.health.to_pb()),
+                        health: Some(pb::HealthCheck::from(&v.health)),
                     })
                     .collect()
             })

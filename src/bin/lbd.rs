@@ -18,7 +18,6 @@ use xdplb::dataplane::{Dataplane, LoadOptions};
 use xdplb::metrics::MetricsServer;
 use xdplb::persist::StateStore;
 use xdplb::reconcile::Reconciler;
-use xdplb::state::State;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum LogFormat {
@@ -169,10 +168,13 @@ async fn run(args: Args) -> Result<()> {
             tracing::info!(state_file = %store.path().display(), vips = file.state.vips.len(), "restoring the saved state");
             file.state.clone()
         }
-        None => State::from_config(&config).context("invalid [[vip]] in the configuration")?,
+        None => config
+            .initial_state()
+            .and_then(|s| xdplb::reconcile::check_limits(&s).map(|()| s))
+            .context("invalid [[vip]] in the configuration")?,
     };
     for (key, vip) in &state.vips {
-        if vip.mode == xdplb::state::Mode::L2dsr {
+        if vip.mode == xdplb_model::state::Mode::L2dsr {
             for be in vip.backends.keys() {
                 if let Err(m) = xdplb::neighbor::check_on_link(*be.ip()).await {
                     bail!("vip {key}, backend {be}: {m}");

@@ -12,9 +12,22 @@ use libbpf_rs::{MapCore, MapFlags};
 
 use super::maps::{bytes_of, from_bytes};
 use super::{bpf_err, Dataplane, DataplaneError};
-use crate::firewall::{Action, Scope};
 use crate::skel::{types, OpenLbSkel};
 use tables::{Plan, Slots, Tables, DEEPER, L2_ENTRIES, SLOTS};
+use xdplb_model::firewall::{Action, Scope};
+
+// The model's limits are the data plane's: they must agree with bpf/xdplb.h.
+const _: () =
+    assert!(xdplb_model::firewall::DEFAULT_CAPACITY == types::fw_limits::FW_DEFAULT_RULES.0);
+
+/// The `enum fw_action` value the data plane reads for `action`.
+pub fn action_value(action: Action) -> u8 {
+    let a = match action {
+        Action::Block => types::fw_action::FW_BLOCK,
+        Action::Allow => types::fw_action::FW_ALLOW,
+    };
+    a.0 as u8
+}
 
 /// Entries written, deleted or read per batch syscall.
 const BATCH: usize = 4096;
@@ -193,7 +206,7 @@ fn rule_def(rule: Option<(Ipv4Net, Action)>) -> types::fw_rule_def {
         Some((net, action)) => types::fw_rule_def {
             addr: net.network().octets(),
             prefixlen: net.prefix_len(),
-            action: action.value(),
+            action: action_value(action),
             pad: [0; 2],
         },
         None => types::fw_rule_def::default(),
@@ -202,9 +215,9 @@ fn rule_def(rule: Option<(Ipv4Net, Action)>) -> types::fw_rule_def {
 
 /// The rule of a `fw_rules` value (None: the id is not in use, or the value is not a rule).
 pub fn decode_rule_def(v: &types::fw_rule_def) -> Option<(Ipv4Net, Action)> {
-    let action = if v.action == Action::Block.value() {
+    let action = if v.action == action_value(Action::Block) {
         Action::Block
-    } else if v.action == Action::Allow.value() {
+    } else if v.action == action_value(Action::Allow) {
         Action::Allow
     } else {
         return None;

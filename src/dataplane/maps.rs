@@ -10,7 +10,7 @@ use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
 use super::{bpf_err, DataplaneError};
 use crate::skel::types;
 use crate::skel::LbMaps;
-use crate::state::{Mode, Protocol};
+use xdplb_model::state::{Mode, Protocol};
 
 /// Views a map key or value as bytes.
 ///

@@ -122,7 +122,7 @@ pub struct LoadOptions {
     /// Most firewall rules (entries of the LPM trie and of the per-CPU hit counters).
     pub firewall_capacity: u32,
     /// Which packets the firewall sees.
-    pub firewall_scope: crate::firewall::Scope,
+    pub firewall_scope: xdplb_model::firewall::Scope,
     /// Client buckets of the rate limiter (an LRU table: the least recent client is evicted).
     pub ratelimit_clients: u32,
 }
@@ -132,9 +132,9 @@ impl Default for LoadOptions {
         Self {
             conntrack_size: types::lb_limits::LB_DEFAULT_CT_SIZE.0,
             pin_dir: None,
-            firewall_capacity: crate::firewall::DEFAULT_CAPACITY,
-            firewall_scope: crate::firewall::Scope::default(),
-            ratelimit_clients: crate::ratelimit::DEFAULT_CLIENTS,
+            firewall_capacity: xdplb_model::firewall::DEFAULT_CAPACITY,
+            firewall_scope: xdplb_model::firewall::Scope::default(),
+            ratelimit_clients: xdplb_model::ratelimit::DEFAULT_CLIENTS,
         }
     }
 }

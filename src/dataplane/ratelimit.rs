@@ -9,8 +9,24 @@ use libbpf_rs::{MapCore, MapFlags, MapHandle};
 
 use super::maps::{addr_v4, bytes_of, from_bytes, v4_of};
 use super::{bpf_err, Dataplane, DataplaneError};
-use crate::ratelimit::Policy;
 use crate::skel::{types, OpenLbSkel};
+use xdplb_model::ratelimit::{Policy, Scope};
+
+// The model's limits are the data plane's: they must agree with bpf/xdplb.h.
+const _: () = {
+    use xdplb_model::ratelimit::{DEFAULT_CLIENTS, MAX_POLICIES, TIME_SHIFT};
+    assert!(MAX_POLICIES == types::rl_limits::RL_MAX_POLICIES.0 as usize);
+    assert!(DEFAULT_CLIENTS == types::rl_limits::RL_DEFAULT_CLIENTS.0);
+    assert!(TIME_SHIFT == types::rl_limits::RL_TIME_SHIFT.0);
+};
+
+/// The `enum rl_scope` value the data plane reads for `scope`.
+pub fn scope_value(scope: Scope) -> u32 {
+    match scope {
+        Scope::All => types::rl_scope::RL_SCOPE_ALL.0,
+        Scope::NewFlows => types::rl_scope::RL_SCOPE_NEW_FLOWS.0,
+    }
+}
 
 /// Client entries read per batch syscall when walking `rl_clients`.
 const WALK_BATCH: u32 = 4096;
@@ -46,7 +62,7 @@ pub fn policy_value(policy: &Policy, overrides: bool) -> types::rl_policy {
     types::rl_policy {
         interval: bucket.map_or(0, |b| b.interval),
         burst_time: bucket.map_or(0, |b| b.burst_time),
-        scope: policy.scope.value(),
+        scope: scope_value(policy.scope),
         flags: if overrides {
             types::rl_policy_flags::RL_POLICY_F_OVERRIDES.0
         } else {
@@ -261,7 +277,7 @@ pub fn top_clients(clients: &MapHandle, n: usize) -> Result<TopClients, Dataplan
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ratelimit::{Scope, UNITS_PER_SEC};
+    use xdplb_model::ratelimit::{Scope, UNITS_PER_SEC};
 
     #[test]
     fn keys_are_in_network_byte_order() {

@@ -504,8 +504,8 @@ fn top_rules(
         let def: types::fw_rule_def = from_bytes(&v);
         if let Some((net, action)) = super::firewall::decode_rule_def(&def) {
             let action = match action {
-                crate::firewall::Action::Block => "block",
-                crate::firewall::Action::Allow => "allow",
+                xdplb_model::firewall::Action::Block => "block",
+                xdplb_model::firewall::Action::Allow => "allow",
             };
             all.push(RuleHits {
                 net,

@@ -15,7 +15,7 @@ use super::{IdPool, ReconcileError};
 use crate::dataplane::firewall::tables::{self, Rules, Tables};
 use crate::dataplane::firewall::{FirewallMaps, RuleEntry};
 use crate::dataplane::{Dataplane, DataplaneError};
-use crate::firewall::{Action, Firewall};
+use xdplb_model::firewall::{Action, Firewall};
 
 /// Changes listed one by one in the log when there are at most this many.
 const LOG_EACH: usize = 8;

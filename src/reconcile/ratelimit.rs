@@ -9,7 +9,7 @@ use ipnet::Ipv4Net;
 use super::ReconcileError;
 use crate::dataplane::ratelimit::RateLimitMaps;
 use crate::dataplane::Dataplane;
-use crate::ratelimit::{Policy, RateLimits, MAX_POLICIES};
+use xdplb_model::ratelimit::{Policy, RateLimits, MAX_POLICIES};
 
 /// Override policy ids (1..MAX_POLICIES; 0 is the default policy). A freed id goes to the back of
 /// the queue, so it is reused as late as possible.

@@ -18,7 +18,7 @@ use xdplb::dataplane::{Counters, Dataplane, GlobalCounters, LoadOptions};
 use xdplb::maglev;
 use xdplb::reconcile::Reconciler;
 use xdplb::skel::types;
-use xdplb::state::{Mode, Protocol, State, VipKey};
+use xdplb_model::state::{Mode, Protocol, State, VipKey};
 
 use xdplb_testkit::packet::{mac_str, Mac, Packet, TCP_ACK, TCP_PSH, TCP_SYN};
 pub use xdplb_testkit::{run_xdp, NetNs, PinDir, Run};
@@ -305,9 +305,9 @@ impl Lb {
     /// Adds a firewall block rule for `net` through the desired state and reconciles, as the
     /// AddRules handler does (capacity: the 4096 rules [`Lb::new`] loads with).
     pub fn block(&mut self, net: ipnet::Ipv4Net) -> Result<()> {
-        let mut batch = xdplb::firewall::RuleBatch::default();
+        let mut batch = xdplb_model::firewall::RuleBatch::default();
         batch
-            .push(0, net, xdplb::firewall::Action::Block)
+            .push(0, net, xdplb_model::firewall::Action::Block)
             .with_context(|| format!("a block rule for {net}"))?;
         self.state
             .firewall

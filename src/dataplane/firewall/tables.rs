@@ -16,8 +16,8 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 
 use super::RuleEntry;
-use crate::firewall::Action;
 use crate::skel::types;
+use xdplb_model::firewall::Action;
 
 /// Words per chunk (one per /24 of a /16).
 pub const SLOTS: usize = types::fw_limits::FW_L2_SLOTS.0 as usize;
@@ -50,15 +50,15 @@ pub type Slots = [u32; SLOTS];
 
 /// The verdict word of a rule (never 0: the action is never 0).
 pub fn word(rule: RuleEntry) -> u32 {
-    (u32::from(rule.action.value()) << ACTION_SHIFT) | (rule.id & ID_MASK)
+    (u32::from(super::action_value(rule.action)) << ACTION_SHIFT) | (rule.id & ID_MASK)
 }
 
 /// The rule a word names, without its [`DEEPER`] bits (None: no rule).
 pub fn decode(word: u32) -> Option<RuleEntry> {
     let action = (word >> ACTION_SHIFT) as u8;
-    let action = if action == Action::Block.value() {
+    let action = if action == super::action_value(Action::Block) {
         Action::Block
-    } else if action == Action::Allow.value() {
+    } else if action == super::action_value(Action::Allow) {
         Action::Allow
     } else {
         return None;

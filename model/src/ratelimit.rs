@@ -9,21 +9,23 @@ use std::str::FromStr;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use crate::skel::types;
-use crate::state::StateError;
+use crate::state::{invalid, StateError};
 
 /// Highest rate accepted, in packets per second per client.
 pub const MAX_RATE: u64 = 10_000_000;
 /// Largest burst accepted, in packets.
 pub const MAX_BURST: u64 = 1_000_000;
+/// (`MAX_POLICIES`, `DEFAULT_CLIENTS` and `TIME_SHIFT` are `bpf/xdplb.h`'s `RL_*` limits; the
+/// data plane asserts they agree.)
+///
 /// Policy ids the data plane has; id 0 is the default policy, the rest are overrides.
-pub const MAX_POLICIES: usize = types::rl_limits::RL_MAX_POLICIES.0 as usize;
+pub const MAX_POLICIES: usize = 4096;
 /// Most per-CIDR overrides.
 pub const MAX_OVERRIDES: usize = MAX_POLICIES - 1;
 /// Client buckets the data plane keeps unless `[ratelimit] clients` says otherwise.
-pub const DEFAULT_CLIENTS: u32 = types::rl_limits::RL_DEFAULT_CLIENTS.0;
+pub const DEFAULT_CLIENTS: u32 = 1_000_000;
 /// The bucket clock runs `1 << TIME_SHIFT` units per nanosecond of `bpf_ktime_get_ns()`.
-pub const TIME_SHIFT: u32 = types::rl_limits::RL_TIME_SHIFT.0;
+pub const TIME_SHIFT: u32 = 4;
 /// Bucket clock units per second.
 pub const UNITS_PER_SEC: u64 = 1_000_000_000 << TIME_SHIFT;
 
@@ -37,16 +39,6 @@ pub enum Scope {
     /// Only packets that start a flow (a TCP SYN, a UDP packet of an unknown flow, and any other
     /// packet that finds no live flow); packets of established flows always pass.
     NewFlows,
-}
-
-impl Scope {
-    /// The `enum rl_scope` value the data plane reads.
-    pub fn value(self) -> u32 {
-        match self {
-            Scope::All => types::rl_scope::RL_SCOPE_ALL.0,
-            Scope::NewFlows => types::rl_scope::RL_SCOPE_NEW_FLOWS.0,
-        }
-    }
 }
 
 impl fmt::Display for Scope {
@@ -76,13 +68,6 @@ pub struct Policy {
     pub rate: u64,
     pub burst: u64,
     pub scope: Scope,
-}
-
-fn invalid(field: &'static str, message: impl Into<String>) -> StateError {
-    StateError::InvalidArgument {
-        field,
-        message: message.into(),
-    }
 }
 
 impl Policy {

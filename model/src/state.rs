@@ -25,8 +25,8 @@ impl Protocol {
     /// The IP protocol number.
     pub fn number(self) -> u8 {
         match self {
-            Protocol::Tcp => libc::IPPROTO_TCP as u8,
-            Protocol::Udp => libc::IPPROTO_UDP as u8,
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
         }
     }
 }
@@ -122,7 +122,7 @@ pub struct VipState {
 /// Everything an operator can set. One owner changes it (see `api`); the reconciler applies it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
-    #[serde(with = "crate::persist::vec_map")]
+    #[serde(with = "vec_map")]
     pub vips: BTreeMap<VipKey, VipState>,
     /// Firewall rules (source prefix -> block or allow).
     #[serde(default)]
@@ -150,7 +150,8 @@ pub enum StateError {
     FailedPrecondition(String),
 }
 
-fn invalid(field: &'static str, message: impl Into<String>) -> StateError {
+/// An `InvalidArgument` naming `field`.
+pub fn invalid(field: &'static str, message: impl Into<String>) -> StateError {
     StateError::InvalidArgument {
         field,
         message: message.into(),
@@ -178,26 +179,6 @@ pub fn validate_backend_addr(addr: &SocketAddrV4) -> Result<(), String> {
 }
 
 impl State {
-    /// Builds the initial state from the `[[vip]]` tables of a configuration.
-    pub fn from_config(config: &crate::config::Config) -> Result<Self, StateError> {
-        let mut state = State::default();
-        for vip in &config.vips {
-            let key = VipKey {
-                addr: vip.address,
-                proto: vip.proto,
-            };
-            state.add_vip(key, vip.mode)?;
-            let health = vip
-                .health_check()
-                .map_err(|e| invalid("vip.health", e.to_string()))?;
-            state.set_health(&key, health)?;
-            for be in &vip.backends {
-                state.add_backend(&key, be.address, be.weight)?;
-            }
-        }
-        Ok(state)
-    }
-
     pub fn vip(&self, key: &VipKey) -> Result<&VipState, StateError> {
         self.vips
             .get(key)
@@ -216,12 +197,6 @@ impl State {
             return Err(StateError::AlreadyExists(format!(
                 "vip {key} already exists"
             )));
-        }
-        if self.vips.len() >= crate::dataplane::MAX_VIPS {
-            return Err(invalid(
-                "vip",
-                format!("at most {} VIPs", crate::dataplane::MAX_VIPS),
-            ));
         }
         self.vips.insert(
             key,
@@ -369,6 +344,29 @@ fn validate_weight(weight: u32) -> Result<(), StateError> {
         ));
     }
     Ok(())
+}
+
+/// (De)serialises a map whose keys are not strings as a list of `[key, value]` pairs.
+mod vec_map {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<K: Serialize, V: Serialize, S: Serializer>(
+        m: &BTreeMap<K, V>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_seq(m.iter())
+    }
+
+    pub fn deserialize<'de, K, V, D>(d: D) -> Result<BTreeMap<K, V>, D::Error>
+    where
+        K: Deserialize<'de> + Ord,
+        V: Deserialize<'de>,
+        D: Deserializer<'de>,
+    {
+        Ok(Vec::<(K, V)>::deserialize(d)?.into_iter().collect())
+    }
 }
 
 #[cfg(test)]

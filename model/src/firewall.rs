@@ -10,11 +10,11 @@ use std::sync::Arc;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::skel::types;
 use crate::state::StateError;
 
-/// Rules the data plane holds unless `[firewall] capacity` says otherwise.
-pub const DEFAULT_CAPACITY: u32 = types::fw_limits::FW_DEFAULT_RULES.0;
+/// Rules the data plane holds unless `[firewall] capacity` says otherwise (`FW_DEFAULT_RULES` in
+/// `bpf/xdplb.h`; the data plane asserts they agree).
+pub const DEFAULT_CAPACITY: u32 = 1_000_000;
 /// Largest `[firewall] capacity` accepted (the per-CPU hit counters grow with it).
 pub const MAX_CAPACITY: u32 = 1 << 24;
 
@@ -26,17 +26,6 @@ pub enum Action {
     Block,
     /// Pass it on to the next stage, marked as allowed (rate limiting exempts it).
     Allow,
-}
-
-impl Action {
-    /// The `enum fw_action` value the data plane reads.
-    pub fn value(self) -> u8 {
-        let a = match self {
-            Action::Block => types::fw_action::FW_BLOCK,
-            Action::Allow => types::fw_action::FW_ALLOW,
-        };
-        a.0 as u8
-    }
 }
 
 impl fmt::Display for Action {
