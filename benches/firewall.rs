@@ -16,19 +16,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use ipnet::Ipv4Net;
-use libbpf_rs::ProgramInput;
 use xdplb::dataplane::maps::RuntimeConfig;
 use xdplb::dataplane::{Dataplane, LoadOptions};
 use xdplb::firewall::{Action, RuleBatch, Scope};
 use xdplb::reconcile::Reconciler;
-use xdplb::skel::types;
 use xdplb::state::{Protocol, State};
 
 use common::lab::{
     config, setup_net, Lb, Net, BACKEND1, BACKEND2, CLIENT_MAC, LB_ADDR, RING_SIZE, VETH0_MAC,
 };
-use common::netns::TestNetns;
-use common::packet::{Packet, TCP_SYN};
+use xdplb_testkit::packet::{Packet, TCP_SYN};
+use xdplb_testkit::{NetNs, Runner};
 
 const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 9), 80);
 const BE1: SocketAddrV4 = SocketAddrV4::new(BACKEND1, 8080);
@@ -113,33 +111,12 @@ fn mib(b: Option<u64>) -> String {
 fn per_packet(lb: &Lb, ifindex: u32, frames: &[Vec<u8>]) -> Result<(f64, BTreeSet<u32>)> {
     let mut total = Duration::ZERO;
     let mut actions = BTreeSet::new();
+    let mut runner = Runner::default();
     for frame in frames {
-        let mut ctx = types::xdp_md {
-            data: 0,
-            data_end: frame.len() as u32,
-            ingress_ifindex: ifindex,
-            ..Default::default()
-        };
-        // SAFETY: xdp_md is a repr(C) struct of six u32 (no padding); the slice covers exactly
-        // it and lives no longer than `ctx`.
-        let ctx_bytes = unsafe {
-            std::slice::from_raw_parts_mut(
-                (&mut ctx as *mut types::xdp_md).cast::<u8>(),
-                std::mem::size_of::<types::xdp_md>(),
-            )
-        };
-        let mut out = vec![0u8; frame.len() + 256];
-        let input = ProgramInput {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            context_in: Some(ctx_bytes),
-            repeat: REPEAT,
-            ..Default::default()
-        };
-        let output = lb.rec.dataplane().program().test_run(input)?;
+        let run = runner.run_frame(lb.rec.dataplane().program(), ifindex, frame, REPEAT)?;
         // The kernel reports the mean over the repeats.
-        total += output.duration;
-        actions.insert(output.return_value);
+        total += run.duration;
+        actions.insert(run.action);
     }
     Ok((total.as_nanos() as f64 / frames.len() as f64, actions))
 }
@@ -425,7 +402,7 @@ fn main() -> Result<()> {
 
     // Per packet: both programs loaded side by side, trials alternating between them.
     let sets: Vec<(String, Vec<Ipv4Net>)> = vec![("10".into(), ten), ("1,000,000".into(), million)];
-    TestNetns::run(move |ns| {
+    NetNs::within("bench", |ns| {
         let net = setup_net(ns)?;
         let mut rng = Rng(0x5eed_f12e_3a11);
         let setups: Vec<Setup> = sets

@@ -41,7 +41,7 @@ use xdplb::reconcile::Reconciler;
 use xdplb::state::State;
 
 use common::lab::{config, RING_SIZE};
-use common::netns::TestNetns;
+use xdplb_testkit::netns::NetNs;
 
 // ---------------------------------------------------------------------------------------------
 // Fields: each strategy yields (value, spoiled?) so a request knows its bad fields.
@@ -1003,7 +1003,7 @@ fn every_invalid_field_is_refused_and_changes_nothing() -> Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(40);
-    TestNetns::run(move |_ns| {
+    NetNs::within("apifuzz", move |_ns| {
         let dp = Dataplane::load(&LoadOptions {
             conntrack_size: 4096,
             pin_dir: None,
@@ -1083,7 +1083,7 @@ fn every_invalid_field_is_refused_and_changes_nothing() -> Result<()> {
 /// added whole, in one change.
 #[test]
 fn a_batch_with_one_bad_backend_is_refused_whole() -> Result<()> {
-    TestNetns::run(move |_ns| {
+    NetNs::within("apifuzz", move |_ns| {
         let dp = Dataplane::load(&LoadOptions {
             conntrack_size: 4096,
             pin_dir: None,

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 
-use common::netns::TestNetns;
+use xdplb_testkit::netns::NetNs;
 
 /// Marks the line a case expects its error on.
 const HERE: &str = "# <- error";
@@ -136,7 +136,7 @@ fn cases() -> Vec<Case> {
 }
 
 /// `ip -d link show DEV` mentions "xdp" once a program is attached.
-fn xdp_attached(ns: &TestNetns, dev: &str) -> Result<bool> {
+fn xdp_attached(ns: &NetNs, dev: &str) -> Result<bool> {
     Ok(ns.ip(&["-d", "link", "show", dev])?.contains("xdp"))
 }
 
@@ -181,7 +181,7 @@ fn run_lbd(dir: &Path, config: &str) -> Result<(std::process::ExitStatus, String
 
 #[test]
 fn bad_config_files_stop_lbd_before_the_data_plane() -> Result<()> {
-    TestNetns::run(|ns| {
+    NetNs::within("configer", |ns| {
         ns.ip(&[
             "link", "add", "eth0", "type", "veth", "peer", "name", "eth1",
         ])?;

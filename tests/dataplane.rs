@@ -4,7 +4,7 @@
 //! namespace, loads the program, configures it the way lbd does (`write_config` + `Reconciler`),
 //! runs hand-built frames through it and compares the output byte for byte with the frame it
 //! should be, built from scratch with the NATed fields (so every checksum is recomputed by
-//! `common::packet`, never copied from the program's output).
+//! `xdplb_testkit::packet`, never copied from the program's output).
 
 mod common;
 
@@ -21,8 +21,8 @@ use xdplb::state::{Protocol, VipKey};
 
 use common::expect::*;
 use common::lab::*;
-use common::netns::{current_netns, TestNetns};
-use common::packet::*;
+use xdplb_testkit::netns::{current_netns, NetNs};
+use xdplb_testkit::packet::*;
 
 const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 9), 80);
 const VIP_UDP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 9), 53);
@@ -252,21 +252,27 @@ fn checksum_helper_matches_rfc1071() {
 #[test]
 fn test_netns_is_private_and_released() {
     let host = current_netns().expect("host netns");
-    let inode = TestNetns::run(move |ns| {
+    let (inode, path) = NetNs::within("private", |ns| {
+        let inode = ns.inode()?;
         ensure!(
-            ns.inode() != host && current_netns()? == ns.inode(),
-            "not in a new namespace"
+            inode != host && current_netns()? == inode,
+            "the thread is not in a new namespace"
         );
         let net = setup_net(ns)?;
         ensure!(net.veth0 != 0 && net.veth2 != 0, "no ifindex");
-        Ok(ns.inode())
+        Ok((inode, ns.path()))
     })
     .expect("running in a test namespace");
     assert_ne!(inode, host);
     assert_eq!(
         current_netns().expect("host netns"),
         host,
-        "the test thread's namespace changed"
+        "the test thread did not come back to its namespace"
+    );
+    assert!(
+        !path.exists(),
+        "the namespace {} was not removed",
+        path.display()
     );
     // The bench's devices never appeared in this (the host's) namespace.
     let host_links = std::process::Command::new("ip")
@@ -1609,7 +1615,7 @@ fn tracked_flows_follow_their_vip_and_its_id() {
 fn vip_index_is_rebuilt_from_adopted_vips() {
     bench(|_, net| {
         let pins = PinDir::new("vipindex-test");
-        let opts = pins.options();
+        let opts = Lb::pinned_options(&pins);
         let mut first = Lb::load(net, config(PORTS), &opts)?;
         let vip = first.add_vip(VIP, Protocol::Tcp, &[(BE1, 100)])?;
         let id = first.vip_id(&vip)?;
@@ -1761,7 +1767,7 @@ fn flow_stamps_and_liveness_follow_the_data_plane_clock() {
 fn flows_stay_live_across_a_restart_on_pinned_maps() {
     bench(|_, net| {
         let pins = PinDir::new("clock-test");
-        let opts = pins.options();
+        let opts = Lb::pinned_options(&pins);
         let mut first = Lb::load(net, config(PORTS), &opts)?;
         let vip = first.add_vip(VIP, Protocol::Tcp, &[(BE1, 100), (BE2, 100)])?;
         let client = sa(CLIENT, 44000);

@@ -2,7 +2,7 @@
 //! decap program, ICMP "fragmentation needed" built in XDP, and per-VIP mode switching
 //! (BPF_PROG_TEST_RUN, one private network namespace per test, the bench of `common::lab`).
 //!
-//! Every expected frame is built from scratch by `common::packet` (outer IPv4 and ICMP checksums
+//! Every expected frame is built from scratch by `xdplb_testkit::packet` (outer IPv4 and ICMP checksums
 //! computed per RFC 1071, never copied from the program's output), and every packet is one run.
 
 mod common;
@@ -19,7 +19,7 @@ use xdplb::state::{Mode, Protocol, VipKey};
 use common::decap::{Decap, DecapStats};
 use common::expect::*;
 use common::lab::*;
-use common::packet::*;
+use xdplb_testkit::packet::*;
 
 const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 9), 80);
 /// DSR cannot translate ports: the backends listen on the VIP port.

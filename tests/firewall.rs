@@ -28,7 +28,7 @@ use xdplb::skel::types::{self, lb_reason as R};
 use xdplb::state::{Protocol, State, VipKey};
 
 use common::lab::*;
-use common::packet::*;
+use xdplb_testkit::packet::*;
 
 const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 9), 80);
 const BE1: SocketAddrV4 = SocketAddrV4::new(BACKEND1, 8080);
@@ -615,7 +615,7 @@ fn pinned_rules_are_adopted_after_a_restart() {
         let pins = PinDir::new("fwtest");
         let opts = LoadOptions {
             firewall_capacity: CAPACITY,
-            ..pins.options()
+            ..Lb::pinned_options(&pins)
         };
         let load = |net: Net| Lb::load(net, config(PORTS), &opts);
         let mut first = load(net)?;
@@ -709,7 +709,7 @@ fn slot_words_without_a_filter_send_every_address_on() {
             config(PORTS),
             &LoadOptions {
                 firewall_capacity: CAPACITY,
-                ..pins.options()
+                ..Lb::pinned_options(&pins)
             },
         )?;
         let vip = lb.add_vip(VIP, Protocol::Tcp, &[(BE1, 100), (BE2, 100)])?;
@@ -1096,7 +1096,7 @@ fn pinned_maps_of_the_hash_layout_are_refused() {
         old.pin(pins.join("fw_l2"))?;
         let e = match Dataplane::load(&LoadOptions {
             firewall_capacity: CAPACITY,
-            ..dir.options()
+            ..Lb::pinned_options(&dir)
         }) {
             Ok(_) => anyhow::bail!("the old fw_l2 was taken over"),
             Err(e) => e,

@@ -22,8 +22,8 @@ use xdplb::state::{Mode, Protocol};
 use common::decap::Decap;
 use common::fuzz::*;
 use common::lab::*;
-use common::netns::TestNetns;
-use common::packet::*;
+use xdplb_testkit::netns::NetNs;
+use xdplb_testkit::packet::*;
 
 const NAT_TCP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 9), 80);
 const NAT_UDP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 9), 53);
@@ -192,7 +192,7 @@ fn fuzz_lb_and_decap() {
     let packets = env_u64("FUZZ_PACKETS", 20_000);
     let seed = env_u64("FUZZ_SEED", 0x5eed_f00d);
     let limit = Duration::from_secs(env_u64("FUZZ_SECONDS", 600));
-    TestNetns::run(move |ns| {
+    NetNs::within("fuzz", move |ns| {
         let net = setup_net(ns).context("setting up the bench")?;
         let (lb, world) = configured_lb(net)?;
         let decap = Decap::load()?;

@@ -5,7 +5,7 @@
 //! the packet it quotes are readdressed (outer and quoted addresses, quoted ports, the outer, quoted
 //! IPv4 and quoted L4 checksums and the ICMP checksum over the quote); for DSR the error goes
 //! unchanged to the flow's backend (new MACs, or an IPIP header). Every expected frame is built from
-//! scratch by `common::packet` (all checksums computed per RFC 1071), never copied from the output.
+//! scratch by `xdplb_testkit::packet` (all checksums computed per RFC 1071), never copied from the output.
 //! Fragments addressed to a VIP (policy in docs/ARCHITECTURE.md, "Fragments") are dropped when they
 //! carry the ports and passed untouched when they do not; nothing reaches a backend.
 
@@ -19,7 +19,7 @@ use xdplb::state::{Mode, Protocol, VipKey};
 
 use common::expect::*;
 use common::lab::*;
-use common::packet::*;
+use xdplb_testkit::packet::*;
 
 const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 9), 80);
 const VIP_UDP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 9), 53);

@@ -7,7 +7,7 @@
 //! once, while the established flows keep sending to the old one until the cache lifetime has
 //! passed, then switch. A packet bigger than the cached length looks up again (and gets ICMP
 //! "fragmentation needed" when the MTU shrank); failed lookups are never cached; 0 turns the cache
-//! off. Every expected frame is built from scratch by `common::packet`.
+//! off. Every expected frame is built from scratch by `xdplb_testkit::packet`.
 
 mod common;
 
@@ -21,8 +21,8 @@ use xdplb::state::{Mode, Protocol, VipKey};
 
 use common::expect::*;
 use common::lab::*;
-use common::netns::TestNetns;
-use common::packet::*;
+use xdplb_testkit::netns::NetNs;
+use xdplb_testkit::packet::*;
 
 const NAT_VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 9), 80);
 const L2_VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 10), 80);
@@ -56,7 +56,7 @@ fn sized(pkt: Packet, tot_len: usize) -> Packet {
 }
 
 /// Points the static neighbour entry of `addr` on veth0 at `mac`.
-fn set_neighbour(ns: &TestNetns, addr: Ipv4Addr, mac: &Mac) -> Result<()> {
+fn set_neighbour(ns: &NetNs, addr: Ipv4Addr, mac: &Mac) -> Result<()> {
     ns.ip(&[
         "neigh",
         "replace",

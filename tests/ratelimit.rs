@@ -21,7 +21,7 @@ use xdplb::skel::types::{self, lb_reason as R};
 use xdplb::state::{Protocol, VipKey};
 
 use common::lab::*;
-use common::packet::*;
+use xdplb_testkit::packet::*;
 
 const VIP_TCP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 9), 80);
 const VIP_UDP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 9), 53);

@@ -18,7 +18,7 @@ use xdplb_integration::dsr::LbCounters;
 use xdplb_integration::{Lbd, NetNs, Proto, Topology, VIP};
 
 use crate::report::{Report, Section};
-use progs::{detach, ifindex, mac, Flows, Fwd, FwdTarget, GenRun, Generator, Sink, SinkCounts};
+use progs::{detach, mac, Flows, Fwd, FwdTarget, GenRun, Generator, Sink, SinkCounts};
 
 /// Generator sources: 16 addresses from here (not configured anywhere; the LB and the
 /// backends never answer them) ...
@@ -231,7 +231,7 @@ fn measure_all(lab: &mut Lab) -> Result<Figures> {
             .map(|b| {
                 let lb_if = format!("eth{}", b.index);
                 Ok(FwdTarget {
-                    ifindex: ifindex(lb, &lb_if)?,
+                    ifindex: lb.ifindex(&lb_if)?,
                     dst_mac: mac(&b.ns, "eth0")?,
                     src_mac: mac(lb, &lb_if)?,
                 })

@@ -61,8 +61,10 @@ fn main() -> Result<()> {
         bail!("the bench loads BPF programs and creates network namespaces: run it as root");
     }
     let wanted = |s: &str| args.only.is_empty() || args.only.iter().any(|o| o == s);
-    let mut report = report::Report::default();
-    report.preamble = preamble(args.quick);
+    let mut report = report::Report {
+        preamble: preamble(args.quick),
+        ..Default::default()
+    };
     let started = Instant::now();
     let mut failures = Vec::new();
     let mut section = |name: &str, f: &mut dyn FnMut(&mut report::Report) -> Result<()>| {

@@ -11,13 +11,13 @@ use xdplb::skel::types::lb_reason as R;
 use xdplb::state::Mode;
 
 use crate::common::lab::{setup_net, CLIENT, LB_ADDR, VETH0_MAC, XDP_DROP, XDP_PASS, XDP_TX};
-use crate::common::netns::TestNetns;
-use crate::common::packet::{Packet, TCP_ACK};
 use crate::report::{Report, Section};
 use crate::setup::*;
 use crate::testrun::{
     clear_map, measure, program_maps, program_size, Case, Expect, Floor, Measured, Runner,
 };
+use xdplb_testkit::packet::{Packet, TCP_ACK};
+use xdplb_testkit::NetNs;
 
 /// Flows of the established-flow cases (cycled through).
 const FLOWS: usize = 256;
@@ -72,7 +72,7 @@ pub struct Outcome {
 
 /// Measures every path; runs in a private network namespace.
 pub fn measure_paths(trials: usize, packets: usize) -> Result<Outcome> {
-    TestNetns::run(move |ns| {
+    NetNs::within("bench", |ns| {
         let net = setup_net(ns)?;
         add_routes(ns)?;
         let floor = Floor::load()?;

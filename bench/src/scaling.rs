@@ -17,13 +17,13 @@ use xdplb::skel::types::lb_reason as R;
 use xdplb::state::Mode;
 
 use crate::common::lab::{setup_net, Lb, Net, XDP_DROP, XDP_TX};
-use crate::common::netns::TestNetns;
 use crate::probes;
 use crate::report::{Plot, Report, Section, Series};
 use crate::setup::*;
 use crate::testrun::{
     clear_map, measure, pod_bytes, program_maps, Case, Expect, Floor, Measured, Runner, Spread,
 };
+use xdplb_testkit::NetNs;
 
 const TITLE: &str = "2. Scaling";
 
@@ -719,7 +719,7 @@ struct Scaling {
 }
 
 fn measure_all(quick: bool) -> Result<Scaling> {
-    TestNetns::run(move |ns| {
+    NetNs::within("bench", |ns| {
         let net = setup_net(ns)?;
         add_routes(ns)?;
         let floor = Floor::load()?;

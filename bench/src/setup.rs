@@ -2,20 +2,16 @@
 //! the `Reconciler` (the way lbd fills its maps), inside the veth bench of `tests/common/lab.rs`;
 //! plus the frames the cases send.
 
-use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use anyhow::{ensure, Context, Result};
-use xdplb::dataplane::{Dataplane, LoadOptions};
-use xdplb::reconcile::Reconciler;
-use xdplb::state::{Mode, Protocol, State, VipKey};
+use xdplb::dataplane::LoadOptions;
+use xdplb::state::{Mode, Protocol, VipKey};
 
-use crate::common::lab::{
-    config, neighbour_mac, Lb, Net, BACKEND1, BACKEND2, CLIENT, RING_SIZE, VETH0_MAC,
-};
-use crate::common::netns::TestNetns;
-use crate::common::packet::{endpoints, Packet, TCP_ACK, TCP_PSH, TCP_SYN};
+use crate::common::lab::{config, neighbour_mac, Lb, Net, BACKEND1, BACKEND2, CLIENT, VETH0_MAC};
 use crate::testrun::Runner;
+use xdplb_testkit::packet::{endpoints, Packet, TCP_ACK, TCP_PSH, TCP_SYN};
+use xdplb_testkit::NetNs;
 
 /// SNAT ports of every bench LB: the whole unprivileged range.
 pub const PORTS: (u16, u16) = (1024, 65535);
@@ -24,12 +20,10 @@ pub const PORTS: (u16, u16) = (1024, 65535);
 /// backends resolve to one neighbour.
 pub const FAR_NET: Ipv4Addr = Ipv4Addr::new(10, 3, 0, 0);
 
-pub fn sa(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
-    SocketAddrV4::new(ip, port)
-}
+pub use crate::common::lab::sa;
 
 /// The extra route of the bench (on top of `setup_net`).
-pub fn add_routes(ns: &TestNetns) -> Result<()> {
+pub fn add_routes(ns: &NetNs) -> Result<()> {
     ns.ip(&[
         "route",
         "add",
@@ -56,16 +50,7 @@ pub fn near_backends(port: u16) -> Vec<SocketAddrV4> {
 /// Loads the program with `opts`, writes the run-time config (SNAT ports 1024-65535) and hands
 /// it to a `Reconciler`, as lbd does.
 pub fn load_lb(net: Net, opts: &LoadOptions) -> Result<Lb> {
-    let dp = Dataplane::load(opts).context("loading the XDP program")?;
-    let cfg = config(PORTS);
-    dp.maps().write_config(&cfg).context("writing lb_config")?;
-    Ok(Lb {
-        rec: Reconciler::new(dp, RING_SIZE),
-        state: State::default(),
-        net,
-        cfg,
-        claimed: BTreeSet::new(),
-    })
+    Lb::load(net, config(PORTS), opts)
 }
 
 /// Load options with flow tables of `ct` entries and small firewall/rate-limit tables.

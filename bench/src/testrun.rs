@@ -13,11 +13,12 @@ use std::os::fd::{AsFd, AsRawFd};
 
 use anyhow::{bail, ensure, Context, Result};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::{MapCore, MapFlags, MapHandle, OpenObject, ProgramInput, ProgramMut};
+use libbpf_rs::{MapCore, MapFlags, MapHandle, OpenObject, ProgramMut};
 use xdplb::dataplane::maps::{reason_name, verdict_name};
 use xdplb::dataplane::GlobalCounters;
 use xdplb::skel::types;
 use xdplb::state::VipKey;
+pub use xdplb_testkit::Runner;
 
 use crate::common::lab::Lb;
 
@@ -52,83 +53,6 @@ impl Floor {
 
     pub fn program(&self) -> &ProgramMut<'static> {
         &self.skel.progs.floor_tx
-    }
-}
-
-/// Reusable buffers for test runs of frames up to 2 KiB (plus 256 bytes of headroom growth).
-pub struct Runner {
-    out: Vec<u8>,
-}
-
-impl Default for Runner {
-    fn default() -> Self {
-        Runner {
-            out: vec![0u8; 4096],
-        }
-    }
-}
-
-impl Runner {
-    /// One BPF_PROG_TEST_RUN of `frame` received on `ifindex`: (verdict, kernel-timed ns).
-    pub fn run(&mut self, prog: &ProgramMut<'_>, ifindex: u32, frame: &[u8]) -> Result<(u32, u64)> {
-        let mut ctx = types::xdp_md {
-            data: 0,
-            data_end: frame.len() as u32,
-            ingress_ifindex: ifindex,
-            ..Default::default()
-        };
-        // SAFETY: xdp_md is a repr(C) struct of six u32 (no padding); the slice covers exactly
-        // it and lives no longer than `ctx`.
-        let ctx_bytes = unsafe {
-            std::slice::from_raw_parts_mut(
-                (&mut ctx as *mut types::xdp_md).cast::<u8>(),
-                std::mem::size_of::<types::xdp_md>(),
-            )
-        };
-        let input = ProgramInput {
-            data_in: Some(frame),
-            data_out: Some(&mut self.out),
-            context_in: Some(ctx_bytes),
-            repeat: 1,
-            ..Default::default()
-        };
-        let output = prog.test_run(input).context("BPF_PROG_TEST_RUN")?;
-        Ok((output.return_value, output.duration.as_nanos() as u64))
-    }
-
-    /// One run, returning the frame the program left (to learn e.g. an SNAT port).
-    pub fn run_out(
-        &mut self,
-        prog: &ProgramMut<'_>,
-        ifindex: u32,
-        frame: &[u8],
-    ) -> Result<(u32, Vec<u8>)> {
-        let mut ctx = types::xdp_md {
-            data: 0,
-            data_end: frame.len() as u32,
-            ingress_ifindex: ifindex,
-            ..Default::default()
-        };
-        // SAFETY: as in `run`.
-        let ctx_bytes = unsafe {
-            std::slice::from_raw_parts_mut(
-                (&mut ctx as *mut types::xdp_md).cast::<u8>(),
-                std::mem::size_of::<types::xdp_md>(),
-            )
-        };
-        let mut out = vec![0u8; frame.len() + 256];
-        let input = ProgramInput {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            context_in: Some(ctx_bytes),
-            repeat: 1,
-            ..Default::default()
-        };
-        let output = prog.test_run(input).context("BPF_PROG_TEST_RUN")?;
-        let len = output.data.as_ref().map(|d| d.len()).unwrap_or(0);
-        let action = output.return_value;
-        out.truncate(len);
-        Ok((action, out))
     }
 }
 
@@ -183,6 +107,9 @@ impl Expect {
     }
 }
 
+/// Untimed work before a trial of a [`Case`].
+pub type Before<'a> = Box<dyn FnMut(&Lb, &mut Runner) -> Result<()> + 'a>;
+
 /// One measured path: frames run through a loaded load balancer.
 pub struct Case<'a> {
     pub name: String,
@@ -192,7 +119,7 @@ pub struct Case<'a> {
     /// frame per packet, each a flow never seen before.
     pub frames: Box<dyn FnMut(usize, usize) -> Vec<Vec<u8>> + 'a>,
     /// Run before each trial, untimed (emptying the flow table, priming buckets).
-    pub before: Option<Box<dyn FnMut(&Lb, &mut Runner) -> Result<()> + 'a>>,
+    pub before: Option<Before<'a>>,
     pub expect: Expect,
 }
 
@@ -229,7 +156,7 @@ impl Measured {
 /// A frame the floor runs on: any Ethernet frame of a common size.
 pub fn floor_frame() -> Vec<u8> {
     use crate::common::lab::{CLIENT, CLIENT_MAC, VETH0_MAC};
-    use crate::common::packet::{Packet, TCP_ACK};
+    use xdplb_testkit::packet::{Packet, TCP_ACK};
     Packet::tcp(
         CLIENT_MAC,
         VETH0_MAC,

@@ -32,10 +32,10 @@ use anyhow::{bail, Context, Result};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use serde_json::Value;
 
-use crate::netns::{veth, NetNs};
 use crate::peers::MAX_SOCKET_TIMEOUT;
 use crate::procs::{bin_dir, Lbd, CTL_TIMEOUT};
 use crate::topology::{link_to_lb, udp_probe, unique_pin_path, Topology};
+use xdplb_testkit::{veth, NetNs};
 
 /// Where `lbctl backend-setup --mode ipip` pins the decap program of interface `dev`.
 pub fn decap_pin_dir(dev: &str) -> PathBuf {

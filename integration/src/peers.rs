@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::netns::NetNs;
+use xdplb_testkit::NetNs;
 
 /// Upper bound for every socket timeout in the harness.
 pub const MAX_SOCKET_TIMEOUT: Duration = Duration::from_secs(2);

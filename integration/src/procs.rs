@@ -4,21 +4,17 @@ use std::fmt;
 use std::fs::File;
 use std::net::SocketAddrV4;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use serde_json::Value;
 use tempfile::TempDir;
 
-use crate::netns::{run_cmd, stale_owner_pid, NetNs};
-
-/// Prefix of every pin directory the tests hand to lbd: `/sys/fs/bpf/xdplb-<pid>-<counter>`.
-pub const PIN_PREFIX: &str = "/sys/fs/bpf/xdplb-";
+use xdplb_testkit::cmd::{terminate, wait_bounded};
+use xdplb_testkit::pins::{ensure_bpffs, sweep_stale_pins};
+use xdplb_testkit::NetNs;
 
 /// How long lbd may take to come up (socket present and `lbctl vip list` answering).
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -27,10 +23,7 @@ pub const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one lbctl call may take before it is killed.
 pub const CTL_TIMEOUT: Duration = Duration::from_secs(10);
 
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-
 static CTL_COUNTER: AtomicUsize = AtomicUsize::new(0);
-static SWEEP: Once = Once::new();
 
 /// The directory holding `lbd` and `lbctl`: `$XDPLB_BIN_DIR`, or else the parent of the
 /// directory of the running test binary (`target/debug/deps/..` = `target/debug`).
@@ -129,7 +122,7 @@ impl Lbd {
         let lbd_bin = lbd_bin.to_path_buf();
         let lbctl = binary("lbctl")?;
         ensure_bpffs()?;
-        SWEEP.call_once(sweep_stale_pins);
+        sweep_stale_pins();
         let pin_path = pin_path_of(config_toml)?;
 
         let dir = tempfile::Builder::new()
@@ -322,7 +315,7 @@ impl Lbd {
             return Ok(());
         };
         let mut problems = Vec::new();
-        match terminate(&mut child) {
+        match terminate(&mut child, "lbd", STOP_TIMEOUT) {
             Ok(status) if status.success() => {}
             Ok(status) => problems.push(format!("lbd exited with {status}")),
             Err(e) => problems.push(format!("stopping lbd: {e:#}")),
@@ -372,37 +365,6 @@ impl Drop for Lbd {
     }
 }
 
-/// SIGTERM, wait up to [`STOP_TIMEOUT`], then SIGKILL and reap.
-fn terminate(child: &mut Child) -> Result<ExitStatus> {
-    if let Some(status) = child.try_wait().context("polling lbd")? {
-        return Ok(status);
-    }
-    let pid = Pid::from_raw(i32::try_from(child.id()).context("pid out of range")?);
-    kill(pid, Signal::SIGTERM).context("sending SIGTERM to lbd")?;
-    if let Some(status) = wait_bounded(child, STOP_TIMEOUT)? {
-        return Ok(status);
-    }
-    eprintln!("warning: lbd ignored SIGTERM for {STOP_TIMEOUT:?}; killing it");
-    child.kill().context("sending SIGKILL to lbd")?;
-    child.wait().context("reaping lbd")
-}
-
-/// Polls `child` until it exits or `timeout` passes; on timeout kills it and returns `None`.
-fn wait_bounded(child: &mut Child, timeout: Duration) -> Result<Option<ExitStatus>> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().context("polling child")? {
-            return Ok(Some(status));
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Ok(None);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// The `[dataplane] pin_path` of a configuration, if present.
 fn pin_path_of(config_toml: &str) -> Result<Option<PathBuf>> {
     let value: toml::Table = toml::from_str(config_toml).context("parsing the lbd config")?;
@@ -411,33 +373,6 @@ fn pin_path_of(config_toml: &str) -> Result<Option<PathBuf>> {
         .and_then(|d| d.get("pin_path"))
         .and_then(|p| p.as_str())
         .map(PathBuf::from))
-}
-
-/// Mounts bpffs on /sys/fs/bpf unless it is there already (lbd pins its maps below it).
-pub fn ensure_bpffs() -> Result<()> {
-    let fs = nix::sys::statfs::statfs("/sys/fs/bpf").context("statfs /sys/fs/bpf")?;
-    if fs.filesystem_type().0 as i64 == BPF_FS_MAGIC {
-        return Ok(());
-    }
-    run_cmd(&["mount", "-t", "bpf", "bpf", "/sys/fs/bpf"]).context("mounting bpffs")?;
-    Ok(())
-}
-
-/// Removes pin directories of earlier test processes that died before their guard ran.
-fn sweep_stale_pins() {
-    let Ok(entries) = std::fs::read_dir("/sys/fs/bpf") else {
-        return;
-    };
-    let prefix = PIN_PREFIX.trim_start_matches("/sys/fs/bpf/");
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some(pid) = stale_owner_pid(&name, prefix) {
-            eprintln!("note: removing stale pin directory {name} of dead process {pid}");
-            if let Err(e) = std::fs::remove_dir_all(entry.path()) {
-                eprintln!("warning: removing {}: {e}", entry.path().display());
-            }
-        }
-    }
 }
 
 /// The `new_flows` counter of `vip` in the output of `lbctl --json stats`.

@@ -5,18 +5,15 @@
 //! interface the packet came in on. See `integration/README.md` for pictures.
 
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::netns::{veth, NetNs};
-use crate::xdp_pass::attach_xdp_pass;
+use xdplb_testkit::xdp::attach_xdp_pass;
+use xdplb_testkit::{veth, NetNs};
 
 /// The virtual IP of every test; configured on no interface, the client routes it to the LB.
 pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 200, 100, 1);
-
-static PIN_COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 /// Which shape a [`Topology`] has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -296,7 +293,7 @@ impl Topology {
 
 /// A veth pair between the LB's `lb_if` and `peer_if` in `peer`, with an XDP_PASS program on
 /// the peer end so that frames the LB sends back with XDP_TX are delivered at once (see
-/// [`crate::xdp_pass`]).
+/// [`xdplb_testkit::xdp`]).
 pub(crate) fn link_to_lb(lb: &NetNs, lb_if: &str, peer: &NetNs, peer_if: &str) -> Result<()> {
     veth(peer, peer_if, lb, lb_if)?;
     attach_xdp_pass(peer, peer_if)
@@ -323,8 +320,7 @@ pub(crate) fn udp_probe(addr: Ipv4Addr) -> Result<()> {
 
 /// `/sys/fs/bpf/xdplb-<pid>-<counter>`: unique per test in this process.
 pub fn unique_pin_path() -> String {
-    let n = PIN_COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("{}{}-{n}", crate::procs::PIN_PREFIX, std::process::id())
+    xdplb_testkit::pins::unique_pin_path().display().to_string()
 }
 
 /// The lbd configuration (TOML) the tests use: native XDP on `interfaces`, full NAT with

@@ -15,9 +15,9 @@ use anyhow::{anyhow, bail, Context, Result};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::dsr::ModeTopology;
-use crate::netns::NetNs;
 use crate::peers::MAX_SOCKET_TIMEOUT;
 use crate::topology::Topology;
+use xdplb_testkit::NetNs;
 
 /// Bytes per chunk.
 pub const CHUNK: usize = 1024;

@@ -12,11 +12,11 @@ use xdplb_integration::dsr::{
     backend_setup, decap_pin_dir, lbctl_in, link_packets, BackendSetup, LbCounters, LineServer,
     RoutedTopology,
 };
-use xdplb_integration::xdp_pass::attach_xdp_pass;
 use xdplb_integration::{
     all_ok, tcp_connect, tcp_exchange, tcp_name_server, tcp_requests, udp_name_server,
     udp_requests, veth, Lbd, NetNs, Proto, Reply, ServerHandle, Topology, VIP,
 };
+use xdplb_testkit::xdp::attach_xdp_pass;
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 /// Bound on one batch of requests, whatever happens.

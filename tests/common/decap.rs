@@ -9,7 +9,7 @@ use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, OpenObject};
 use xdplb_backend::decap_skel::{types, DecapSkel, DecapSkelBuilder};
 
-use super::lab::{run_xdp, Run};
+use xdplb_testkit::{run_xdp, Run};
 
 /// A loaded decap program (not attached anywhere).
 pub struct Decap {

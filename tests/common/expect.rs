@@ -5,9 +5,9 @@ use std::net::Ipv4Addr;
 
 use anyhow::{ensure, Context, Result};
 
-use super::lab::Run;
 use super::lab::{action_name, XDP_TX};
-use super::packet::*;
+use xdplb_testkit::packet::*;
+use xdplb_testkit::Run;
 
 /// Checks the verdict alone.
 pub fn expect_action(run: &Run, action: u32, what: &str) -> Result<()> {

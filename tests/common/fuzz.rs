@@ -8,7 +8,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use anyhow::{bail, ensure, Result};
 
 use super::lab::*;
-use super::packet::*;
+use xdplb_testkit::packet::*;
 
 /// splitmix64: small, fast, and the same sequence on every machine.
 #[derive(Debug, Clone)]

@@ -1,5 +1,5 @@
 //! The test bench of the data-plane tests: veth interfaces, addresses, routes and static neighbours
-//! in a [`TestNetns`], and a loaded, configured xdplb program that frames are run through with
+//! in a [`NetNs`] the test thread enters, and a loaded, configured xdplb program that frames are run through with
 //! BPF_PROG_TEST_RUN.
 //!
 //! ```text
@@ -10,11 +10,9 @@
 
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use libbpf_rs::ProgramInput;
 use xdplb::dataplane::maps::RuntimeConfig;
 use xdplb::dataplane::{Counters, Dataplane, GlobalCounters, LoadOptions};
 use xdplb::maglev;
@@ -22,8 +20,8 @@ use xdplb::reconcile::Reconciler;
 use xdplb::skel::types;
 use xdplb::state::{Mode, Protocol, State, VipKey};
 
-use super::netns::TestNetns;
-use super::packet::{mac_str, Mac};
+use xdplb_testkit::packet::{mac_str, Mac};
+pub use xdplb_testkit::{run_xdp, NetNs, PinDir, Run};
 
 pub const XDP_ABORTED: u32 = libbpf_sys::XDP_ABORTED;
 pub const XDP_DROP: u32 = libbpf_sys::XDP_DROP;
@@ -84,7 +82,7 @@ pub struct Net {
 }
 
 /// Builds the bench in `ns` (see the module documentation).
-pub fn setup_net(ns: &TestNetns) -> Result<Net> {
+pub fn setup_net(ns: &NetNs) -> Result<Net> {
     for (a, a_mac, b, b_mac) in [
         ("veth0", VETH0_MAC, "veth1", VETH1_MAC),
         ("veth2", VETH2_MAC, "veth3", VETH3_MAC),
@@ -156,51 +154,6 @@ pub fn config(ports: (u16, u16)) -> RuntimeConfig {
 /// Maglev ring size of the tests (a prime).
 pub const RING_SIZE: u32 = 4099;
 
-/// One BPF_PROG_TEST_RUN: the program's verdict and the frame it left.
-#[derive(Debug, Clone)]
-pub struct Run {
-    pub action: u32,
-    pub out: Vec<u8>,
-}
-
-/// One BPF_PROG_TEST_RUN of an XDP program: `frame` as if received on `ifindex` (0: no
-/// interface), with room for the program to grow the frame by up to 256 bytes.
-pub fn run_xdp(prog: &libbpf_rs::ProgramMut<'_>, ifindex: u32, frame: &[u8]) -> Result<Run> {
-    let mut ctx = types::xdp_md {
-        data: 0,
-        data_end: frame.len() as u32,
-        ingress_ifindex: ifindex,
-        ..Default::default()
-    };
-    // SAFETY: xdp_md is a repr(C) struct of six u32 (no padding); the slice covers exactly it
-    // and lives no longer than `ctx`.
-    let ctx_bytes = unsafe {
-        std::slice::from_raw_parts_mut(
-            (&mut ctx as *mut types::xdp_md).cast::<u8>(),
-            std::mem::size_of::<types::xdp_md>(),
-        )
-    };
-    let mut out = vec![0u8; frame.len() + 256];
-    let input = ProgramInput {
-        data_in: Some(frame),
-        data_out: Some(&mut out),
-        context_in: Some(ctx_bytes),
-        repeat: 1,
-        ..Default::default()
-    };
-    let output = prog
-        .test_run(input)
-        .with_context(|| format!("BPF_PROG_TEST_RUN of a {}-byte frame", frame.len()))?;
-    let action = output.return_value;
-    let len = output
-        .data
-        .as_ref()
-        .map(|d| d.len())
-        .context("test run returned no data")?;
-    out.truncate(len);
-    Ok(Run { action, out })
-}
-
 /// Where the data plane should send a new flow, computed the way the program does it.
 #[derive(Debug, Clone, Copy)]
 pub struct Pick {
@@ -224,49 +177,18 @@ pub fn sa(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
     SocketAddrV4::new(ip, port)
 }
 
-/// Runs `body` with the bench (veths, neighbours, routes: [`setup_net`]) set up in a private
-/// network namespace, removed afterwards; any error fails the test.
+/// Runs `body` on the calling thread inside a private network namespace with the bench
+/// (veths, neighbours, routes: [`setup_net`]) set up, removed afterwards; any error fails the
+/// test.
 pub fn bench<F>(body: F)
 where
-    F: FnOnce(&TestNetns, Net) -> Result<()> + Send + 'static,
+    F: FnOnce(&NetNs, Net) -> Result<()>,
 {
-    TestNetns::run(move |ns| {
+    NetNs::within("dp", |ns| {
         let net = setup_net(ns).context("setting up the bench")?;
         body(ns, net)
     })
     .unwrap_or_else(|e| panic!("{e:#}"));
-}
-
-/// A bpffs pin directory owned by one test (unique by tag and process), removed with every pin
-/// in it when dropped, whether the test passed or not.
-pub struct PinDir(PathBuf);
-
-impl PinDir {
-    pub fn new(tag: &str) -> PinDir {
-        PinDir(PathBuf::from(format!(
-            "/sys/fs/bpf/xdplb-{tag}-{}",
-            std::process::id()
-        )))
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-
-    /// [`Lb::options`] with the maps pinned here (a second load adopts them, like a restarted
-    /// lbd).
-    pub fn options(&self) -> LoadOptions {
-        LoadOptions {
-            pin_dir: Some(self.0.clone()),
-            ..Lb::options()
-        }
-    }
-}
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = xdplb::dataplane::remove_pins(&self.0);
-    }
 }
 
 impl Lb {
@@ -280,6 +202,15 @@ impl Lb {
             ratelimit_clients: 4096,
             firewall_capacity: 4096,
             ..LoadOptions::default()
+        }
+    }
+
+    /// [`Lb::options`] with the maps pinned in `pins` (a second load adopts them, like a
+    /// restarted lbd).
+    pub fn pinned_options(pins: &PinDir) -> LoadOptions {
+        LoadOptions {
+            pin_dir: Some(pins.path().to_path_buf()),
+            ..Lb::options()
         }
     }
 

@@ -10,9 +10,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
-use xdplb_integration::NetNs;
+use xdplb_testkit::cmd::{terminate, wait_bounded};
+use xdplb_testkit::NetNs;
 
 /// How long a daemon may take to exit after SIGTERM before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(3);
@@ -101,14 +100,7 @@ impl Daemon {
         let Some(mut child) = self.child.take() else {
             return Ok(());
         };
-        if child.try_wait().context("polling")?.is_some() {
-            return Ok(());
-        }
-        let pid = Pid::from_raw(i32::try_from(child.id()).context("pid out of range")?);
-        kill(pid, Signal::SIGTERM).with_context(|| format!("SIGTERM to {}", self.name))?;
-        if wait_bounded(&mut child, STOP_TIMEOUT)?.is_none() {
-            eprintln!("warning: {} ignored SIGTERM; killed it", self.name);
-        }
+        terminate(&mut child, &self.name, STOP_TIMEOUT)?;
         Ok(())
     }
 }
@@ -118,21 +110,5 @@ impl Drop for Daemon {
         if let Err(e) = self.stop() {
             eprintln!("warning: stopping {}: {e:#}", self.name);
         }
-    }
-}
-
-/// Polls `child` until it exits or `timeout` passes; on timeout kills and reaps it, `None`.
-fn wait_bounded(child: &mut Child, timeout: Duration) -> Result<Option<ExitStatus>> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().context("polling child")? {
-            return Ok(Some(status));
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Ok(None);
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, OpenObject};
-use xdplb_integration::NetNs;
+use xdplb_testkit::xdp::attach;
+pub use xdplb_testkit::xdp::detach;
+use xdplb_testkit::NetNs;
 
 #[allow(
     clippy::all,
@@ -63,13 +65,6 @@ fn storage() -> &'static mut MaybeUninit<OpenObject> {
     Box::leak(Box::new(MaybeUninit::uninit()))
 }
 
-/// The index of `ifname` inside `ns`.
-pub fn ifindex(ns: &NetNs, ifname: &str) -> Result<u32> {
-    let name = ifname.to_string();
-    ns.run(move || nix::net::if_::if_nametoindex(name.as_str()))?
-        .with_context(|| format!("no interface {ifname} in {}", ns.name()))
-}
-
 /// The MAC address of `ifname` inside `ns`.
 pub fn mac(ns: &NetNs, ifname: &str) -> Result<[u8; 6]> {
     let out = ns.ip(&["-j", "link", "show", "dev", ifname])?;
@@ -87,49 +82,6 @@ pub fn mac(ns: &NetNs, ifname: &str) -> Result<[u8; 6]> {
         *b = u8::from_str_radix(p, 16).with_context(|| format!("bad MAC {text:?}"))?;
     }
     Ok(mac)
-}
-
-/// Attaches `prog_fd` in native mode to `ifname` in `ns` through netlink, replacing whatever
-/// program is there (the harness's XDP_PASS). The attachment lives until [`detach`] or until
-/// the interface goes away with its namespace.
-pub fn attach(ns: &NetNs, ifname: &str, prog_fd: i32) -> Result<()> {
-    let index = ifindex(ns, ifname)?;
-    let rc = ns.run(move || {
-        // SAFETY: prog_fd is a loaded program's fd; a null opts pointer is allowed.
-        unsafe {
-            libbpf_sys::bpf_xdp_attach(
-                index as i32,
-                prog_fd,
-                libbpf_sys::XDP_FLAGS_DRV_MODE,
-                std::ptr::null(),
-            )
-        }
-    })?;
-    if rc < 0 {
-        return Err(std::io::Error::from_raw_os_error(-rc))
-            .with_context(|| format!("attaching XDP to {}:{ifname}", ns.name()));
-    }
-    Ok(())
-}
-
-/// Detaches the native-mode XDP program of `ifname` in `ns`.
-pub fn detach(ns: &NetNs, ifname: &str) -> Result<()> {
-    let index = ifindex(ns, ifname)?;
-    let rc = ns.run(move || {
-        // SAFETY: a null opts pointer is allowed.
-        unsafe {
-            libbpf_sys::bpf_xdp_detach(
-                index as i32,
-                libbpf_sys::XDP_FLAGS_DRV_MODE,
-                std::ptr::null(),
-            )
-        }
-    })?;
-    if rc < 0 {
-        return Err(std::io::Error::from_raw_os_error(-rc))
-            .with_context(|| format!("detaching XDP from {}:{ifname}", ns.name()));
-    }
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -175,7 +127,7 @@ impl Sink {
             .open(storage())
             .context("opening the e2e sink object")?;
         let skel = open.load().context("loading the e2e sink program")?;
-        attach(ns, ifname, skel.progs.e2e_sink.as_fd().as_raw_fd())?;
+        attach(ns, ifname, skel.progs.e2e_sink.as_fd())?;
         Ok(Sink { skel })
     }
 
@@ -278,7 +230,7 @@ impl Fwd {
 
     /// Attaches it to `ifname` in `ns`.
     pub fn attach(&self, ns: &NetNs, ifname: &str) -> Result<()> {
-        attach(ns, ifname, self.skel.progs.e2e_fwd.as_fd().as_raw_fd())
+        attach(ns, ifname, self.skel.progs.e2e_fwd.as_fd())
     }
 }
 
@@ -355,7 +307,7 @@ impl Generator {
         packets: u64,
         limit: Duration,
     ) -> Result<GenRun> {
-        let index = ifindex(ns, ifname)?;
+        let index = ns.ifindex(ifname)?;
         // The program object is not Send; its fd is all the sending thread needs.
         let prog_fd = self.skel.progs.e2e_gen.as_fd().as_raw_fd();
         ns.run(move || -> Result<GenRun> {

@@ -1,8 +1,11 @@
-//! `NetNs`: a uniquely named network namespace removed on drop, code run inside it, and veth wiring.
+//! [`NetNs`]: one network namespace of a test, uniquely named and removed on drop; a thread
+//! enters it with the `!Send` guard [`Inside`] (aya's `NetNsGuard`) or runs code in it with
+//! [`NetNs::run`]; veth pairs between namespaces.
 
 use std::fs::File;
+use std::marker::PhantomData;
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Once;
 use std::thread::JoinHandle;
@@ -10,7 +13,9 @@ use std::thread::JoinHandle;
 use anyhow::{bail, Context, Result};
 use nix::sched::{setns, CloneFlags};
 
-/// Prefix of every namespace this harness creates: `xlb-<pid>-<counter>-<role>`.
+use crate::cmd::run_cmd;
+
+/// Prefix of every namespace the kit creates: `xlb-<pid>-<counter>-<role>`.
 pub const NS_PREFIX: &str = "xlb-";
 
 static NS_COUNTER: AtomicUsize = AtomicUsize::new(0);
@@ -19,8 +24,8 @@ static SWEEP: Once = Once::new();
 /// A network namespace named `xlb-<pid>-<counter>-<role>`, mounted under /run/netns.
 ///
 /// Dropping it runs `ip netns del`; the kernel then destroys the namespace (and every veth end
-/// inside it, which takes the peer end with it) once the last socket or process using it is gone.
-/// Drop never panics: a failure is logged to stderr.
+/// inside it, which takes the peer end with it) once the last socket, process or thread using
+/// it is gone. Drop never panics: a failure is logged to stderr.
 #[derive(Debug)]
 pub struct NetNs {
     name: String,
@@ -38,6 +43,24 @@ impl NetNs {
         let ns = NetNs { name };
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
+    }
+
+    /// Runs `body` on the calling thread inside a new namespace `role`: the thread enters it
+    /// ([`NetNs::enter`]) for the body and comes back, and the namespace is removed, whether
+    /// the body succeeded, failed or panicked.
+    pub fn within<T>(role: &str, body: impl FnOnce(&NetNs) -> Result<T>) -> Result<T> {
+        let ns = NetNs::new(role)?;
+        let inside = ns.enter()?;
+        let result = body(&ns);
+        drop(inside);
+        result
+    }
+
+    /// The namespace's inode number (its identity, as [`current_netns`] reports it).
+    pub fn inode(&self) -> Result<u64> {
+        Ok(std::fs::metadata(self.path())
+            .with_context(|| format!("stat {}", self.path().display()))?
+            .ino())
     }
 
     /// The namespace's name (as given to `ip netns`).
@@ -70,18 +93,38 @@ impl NetNs {
             .map(|_| ())
     }
 
-    /// Runs `f` on a fresh thread that has joined this namespace, and returns its result.
+    /// The ifindex of `ifname` in the namespace.
+    pub fn ifindex(&self, ifname: &str) -> Result<u32> {
+        let name = ifname.to_string();
+        self.run(move || nix::net::if_::if_nametoindex(name.as_str()))?
+            .with_context(|| format!("no interface {ifname} in {}", self.name))
+    }
+
+    /// Moves the calling thread into this namespace until the returned guard drops.
+    ///
+    /// The guard is `!Send`: a namespace belongs to a thread, and the guard must restore the
+    /// thread it changed. Whatever the thread creates meanwhile (sockets, child processes,
+    /// devices it looks up by index, BPF_PROG_TEST_RUN's ingress interface) is in this
+    /// namespace.
+    pub fn enter(&self) -> Result<Inside<'_>> {
+        let home = File::open("/proc/thread-self/ns/net").context("opening the thread's netns")?;
+        setns(self.open()?, CloneFlags::CLONE_NEWNET)
+            .with_context(|| format!("setns into {}", self.name))?;
+        Ok(Inside {
+            ns: self,
+            home,
+            _not_send: PhantomData,
+        })
+    }
+
+    /// Runs `f` on a fresh thread that has entered this namespace, and returns its result.
     ///
     /// Sockets created by `f` belong to this namespace for their whole life, so they can be
     /// returned and used from any thread afterwards. A panic in `f` is propagated.
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
-        let file = self.open()?;
-        let name = &self.name;
         std::thread::scope(|s| {
             let worker = s.spawn(move || -> Result<T> {
-                setns(&file, CloneFlags::CLONE_NEWNET)
-                    .with_context(|| format!("setns into {name}"))?;
-                drop(file);
+                let _inside = self.enter()?;
                 Ok(f())
             });
             match worker.join() {
@@ -118,6 +161,45 @@ impl Drop for NetNs {
     }
 }
 
+/// The calling thread inside a [`NetNs`] (from [`NetNs::enter`]); dropping it moves the thread
+/// back to the namespace it came from.
+///
+/// If that fails the thread is in the wrong namespace for good: Drop panics, unless the thread
+/// is already panicking (then it only reports it: a panic while unwinding would abort).
+#[derive(Debug)]
+pub struct Inside<'a> {
+    ns: &'a NetNs,
+    home: File,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl Inside<'_> {
+    /// The namespace the thread is in.
+    pub fn ns(&self) -> &NetNs {
+        self.ns
+    }
+}
+
+impl Drop for Inside<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = setns(&self.home, CloneFlags::CLONE_NEWNET) {
+            let msg = format!("leaving network namespace {}: setns: {e}", self.ns.name);
+            if std::thread::panicking() {
+                eprintln!("error: {msg}");
+            } else {
+                panic!("{msg}");
+            }
+        }
+    }
+}
+
+/// The inode of the network namespace of the calling thread (its identity).
+pub fn current_netns() -> Result<u64> {
+    Ok(std::fs::metadata("/proc/thread-self/ns/net")
+        .context("stat /proc/thread-self/ns/net")?
+        .ino())
+}
+
 /// Creates a veth pair with `a_if` in namespace `a` and `b_if` in namespace `b`, turns TX
 /// checksum offload and TSO off and GRO on at both ends, and sets both links up.
 ///
@@ -152,26 +234,6 @@ pub fn veth(a: &NetNs, a_if: &str, b: &NetNs, b_if: &str) -> Result<()> {
     Ok(())
 }
 
-/// Runs a command to completion and returns its stdout; a non-zero exit is an error that
-/// includes the command line, the status and stderr.
-pub fn run_cmd(cmd: &[&str]) -> Result<String> {
-    let (program, args) = cmd.split_first().context("empty command")?;
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {}", cmd.join(" ")))?;
-    if !out.status.success() {
-        bail!(
-            "`{}` failed ({}): {}{}",
-            cmd.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim(),
-            String::from_utf8_lossy(&out.stdout).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 /// Removes namespaces left behind by earlier test processes that were killed before their
 /// guards could run (`xlb-<pid>-...` whose pid no longer exists). Touches nothing else.
 fn sweep_stale_namespaces() {
@@ -190,7 +252,7 @@ fn sweep_stale_namespaces() {
 }
 
 /// For a name `<prefix><pid>-...` whose pid is not a live process (and not ours), the pid.
-pub(crate) fn stale_owner_pid(name: &str, prefix: &str) -> Option<u32> {
+pub fn stale_owner_pid(name: &str, prefix: &str) -> Option<u32> {
     let rest = name.strip_prefix(prefix)?;
     let pid: u32 = rest.split('-').next()?.parse().ok()?;
     if pid == std::process::id() || PathBuf::from(format!("/proc/{pid}")).exists() {
