@@ -9,80 +9,17 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context as _};
-use clap::{Args, Subcommand};
 use serde::Serialize;
 use tonic::codegen::tokio_stream;
 
 use crate::client::{call, Lbd, RpcError};
 use crate::highargs::{ArgError, HighArgs};
+use crate::lowargs::{CidrArgs, FwCommand, RulesCommand};
 use crate::output;
 use crate::pb;
 
 /// Rules per message of a streamed list.
 pub const CHUNK: usize = 8192;
-
-const ADD_EXAMPLES: &str = "\
-Examples:
-  lbctl block add 192.0.2.0/24 198.51.100.7
-  lbctl allow add 10.1.2.0/24        # a hole in a wider block";
-
-const LOAD_EXAMPLES: &str = "\
-The file has one IPv4 prefix per line (a bare address is a /32); everything after '#' or ';'
-is a comment, so published drop lists (\"1.2.3.0/24 ; SBL123\") load as they are. '-' reads
-standard input. With --replace the file becomes the whole block (or allow) list; the rules
-with the other action stay. The data plane goes from the old list to the new one with no
-moment where neither is in force.
-
-Examples:
-  lbctl block load drop.txt --replace
-  curl -s https://www.spamhaus.org/drop/drop.txt | lbctl block load - --replace";
-
-// ---------------------------------------------------------------------------------------
-// Low arguments (clap)
-
-/// `lbctl block ...` / `lbctl allow ...`
-#[derive(Debug, Subcommand)]
-pub enum RulesCommand {
-    /// Add rules for these prefixes (a prefix that already has this action is left alone)
-    #[command(after_help = ADD_EXAMPLES)]
-    Add(CidrArgs),
-
-    /// Remove the rules of these prefixes
-    Remove(CidrArgs),
-
-    /// Add (or with --replace, replace the list with) the prefixes of a file
-    #[command(after_help = LOAD_EXAMPLES)]
-    Load(LoadArgs),
-}
-
-#[derive(Debug, Args)]
-pub struct CidrArgs {
-    /// IPv4 prefixes, e.g. 10.0.0.0/8 or 192.0.2.7 (a /32)
-    #[arg(value_name = "CIDR", required = true)]
-    pub cidrs: Vec<String>,
-}
-
-#[derive(Debug, Args)]
-pub struct LoadArgs {
-    /// File with one prefix per line ('-': standard input)
-    #[arg(value_name = "FILE")]
-    pub file: PathBuf,
-
-    /// Make the file the whole list of this action instead of adding to it
-    #[arg(long)]
-    pub replace: bool,
-}
-
-/// `lbctl fw ...`
-#[derive(Debug, Subcommand)]
-pub enum FwCommand {
-    /// List the firewall rules with their hits (packets each rule decided)
-    List {
-        /// Only the rules with this action: block or allow
-        #[arg(long, value_name = "ACTION")]
-        action: Option<String>,
-    },
-}
 
 // ---------------------------------------------------------------------------------------
 // High arguments

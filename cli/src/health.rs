@@ -3,11 +3,11 @@
 
 use std::{io::Write, net::SocketAddrV4, time::Duration};
 
-use clap::Args;
 use serde::Serialize;
 
 use crate::client::{call, Lbd};
 use crate::highargs::{parse_duration, ArgError, HighArgs, VipKey};
+use crate::lowargs::HealthArgs;
 use crate::output::{self, BackendJson, VipJson};
 use crate::pb;
 
@@ -19,50 +19,6 @@ const MAX_INTERVAL: Duration = Duration::from_secs(3600);
 const MAX_COUNT: u32 = 100;
 /// Longest HTTP path or UDP payload lbd accepts, in bytes.
 const MAX_PROBE_BYTES: usize = 1024;
-
-pub const VIP_SET_HEALTH_EXAMPLES: &str = "\
-Replaces the whole check: flags left out take their defaults. Backends keep their up/down status.
-Examples:
-  lbctl vip set-health 10.0.0.10:80 --proto tcp --health http:/healthz --fall 2
-  lbctl vip set-health 10.0.0.10:53 --proto udp --health udp --health-interval 500ms --health-timeout 200ms
-  lbctl vip set-health 10.0.0.10:80 --proto tcp --health none";
-
-/// The health-check flags shared by `vip add` and `vip set-health`.
-#[derive(Debug, Clone, Default, Args)]
-pub struct HealthArgs {
-    /// Probe each backend: tcp (connect), http:/PATH (GET, expect --http-status), udp (send
-    /// --udp-payload, expect a reply) or none
-    #[arg(long, value_name = "KIND")]
-    pub health: Option<String>,
-
-    /// Time between two probes of a backend (100ms..1h)
-    #[arg(long, value_name = "DURATION")]
-    pub health_interval: Option<String>,
-
-    /// How long one probe may take (below the interval)
-    #[arg(long, value_name = "DURATION")]
-    pub health_timeout: Option<String>,
-
-    /// Good probes in a row that bring a down backend back (1..100)
-    #[arg(long, value_name = "N")]
-    pub rise: Option<String>,
-
-    /// Failed probes in a row that take a backend out (1..100)
-    #[arg(long, value_name = "N")]
-    pub fall: Option<String>,
-
-    /// When every backend is down: fail-open (keep them all) or drop (new flows are dropped)
-    #[arg(long, value_name = "POLICY")]
-    pub all_down: Option<String>,
-
-    /// HTTP status an http check expects
-    #[arg(long, value_name = "CODE")]
-    pub http_status: Option<String>,
-
-    /// What a udp check sends
-    #[arg(long, value_name = "TEXT")]
-    pub udp_payload: Option<String>,
-}
 
 /// What a probe does.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,73 +6,13 @@ use std::io::Write;
 use std::net::Ipv4Addr;
 
 use anyhow::Context as _;
-use clap::{Args, Subcommand};
 use serde::Serialize;
 
 use crate::client::{call, Lbd};
 use crate::highargs::{ArgError, HighArgs};
+use crate::lowargs::{CidrFlag, RateLimitCommand};
 use crate::output;
 use crate::pb;
-
-const SET_EXAMPLES: &str = "\
-Every client (source address) gets its own bucket: RATE packets per second, bursts of up to
-BURST packets. A client falls under the override with the longest prefix that contains it, else
-under the default policy (no --cidr). --rate 0 means no limit (e.g. to exempt a prefix).
-
-Examples:
-  lbctl ratelimit set --rate 1000 --burst 200                    # default: every client
-  lbctl ratelimit set --rate 20 --burst 5 --scope new-flows      # limit connection attempts
-  lbctl ratelimit set --rate 0 --cidr 10.0.0.0/8                 # no limit for 10/8
-  lbctl ratelimit set --rate 50 --burst 10 --cidr 192.0.2.0/24";
-
-// ---------------------------------------------------------------------------------------
-// Low arguments (clap)
-
-/// `lbctl ratelimit ...`
-#[derive(Debug, Subcommand)]
-pub enum RateLimitCommand {
-    /// Set the default policy, or the override of a prefix (--cidr)
-    #[command(after_help = SET_EXAMPLES)]
-    Set(SetArgs),
-
-    /// Remove the override of a prefix, or (without --cidr) reset the default to no limit
-    Remove(CidrFlag),
-
-    /// List the policies with their allowed and dropped packets
-    List,
-
-    /// List the clients with the most dropped packets
-    Top {
-        /// How many clients
-        #[arg(short = 'n', long = "count", value_name = "N", default_value = "20")]
-        count: String,
-    },
-}
-
-#[derive(Debug, Args)]
-pub struct SetArgs {
-    /// Packets per second per client (0: no limit)
-    #[arg(long, value_name = "PPS", allow_negative_numbers = true)]
-    pub rate: String,
-
-    /// Packets a client may send at once (at least 1 when --rate > 0)
-    #[arg(long, value_name = "N", allow_negative_numbers = true)]
-    pub burst: Option<String>,
-
-    /// Which packets count: all, or new-flows (connection attempts only)
-    #[arg(long, value_name = "SCOPE", default_value = "all")]
-    pub scope: String,
-
-    #[command(flatten)]
-    pub cidr: CidrFlag,
-}
-
-#[derive(Debug, Args)]
-pub struct CidrFlag {
-    /// IPv4 prefix of the override, e.g. 192.0.2.0/24 (a bare address is a /32); none: the default
-    #[arg(long, value_name = "CIDR")]
-    pub cidr: Option<String>,
-}
 
 // ---------------------------------------------------------------------------------------
 // High arguments
