@@ -2,7 +2,7 @@
 //! configuration, desired state, Maglev, the reconciler that writes BPF maps, and the gRPC API.
 
 pub mod api;
-pub mod cidr;
+pub use xdplb_model::cidr;
 pub mod config;
 pub mod dataplane;
 pub mod firewall;

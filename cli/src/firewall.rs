@@ -171,19 +171,21 @@ impl PrefixError {
 }
 
 /// `A.B.C.D/LEN` without host bits, or a bare `A.B.C.D` (a /32): the same parser as lbd's
-/// ([`xdplb::cidr::parse_cidr`]), so that lbctl refuses exactly what lbd would.
+/// ([`xdplb_model::cidr::parse_cidr`]), so that lbctl refuses exactly what lbd would.
 pub fn parse_prefix(s: &str) -> Result<Prefix, PrefixError> {
-    use xdplb::cidr::CidrError;
+    use xdplb_model::cidr::CidrError;
     let prefix = |net: ipnet::Ipv4Net| Prefix {
         addr: net.addr(),
         len: net.prefix_len(),
     };
-    xdplb::cidr::parse_cidr(s).map(prefix).map_err(|e| match e {
-        CidrError::Syntax(_) => PrefixError::Syntax,
-        CidrError::Length(_) => PrefixError::Length,
-        CidrError::Ipv6(_) => PrefixError::Ipv6,
-        CidrError::HostBits { normalised, .. } => PrefixError::HostBits(prefix(normalised)),
-    })
+    xdplb_model::cidr::parse_cidr(s)
+        .map(prefix)
+        .map_err(|e| match e {
+            CidrError::Syntax(_) => PrefixError::Syntax,
+            CidrError::Length(_) => PrefixError::Length,
+            CidrError::Ipv6(_) => PrefixError::Ipv6,
+            CidrError::HostBits { normalised, .. } => PrefixError::HostBits(prefix(normalised)),
+        })
 }
 
 /// The prefixes of a list file, each with its line number (1-based).
