@@ -13,7 +13,7 @@ use serde::Serialize;
 use tonic::codegen::tokio_stream;
 
 use crate::client::{call, Lbd, RpcError};
-use crate::highargs::{ArgError, HighArgs};
+use crate::highargs::{ArgError, Globals};
 use crate::lowargs::{CidrArgs, FwCommand, RulesCommand};
 use crate::output;
 use crate::pb;
@@ -381,7 +381,7 @@ fn n_prefixes(n: u32) -> String {
 
 /// Runs one firewall command: reads and checks a list file first (no lbd needed for a bad
 /// file), then talks to lbd.
-pub async fn run(cmd: &Firewall, args: &HighArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+pub async fn run(cmd: &Firewall, args: &Globals, out: &mut dyn Write) -> anyhow::Result<()> {
     let list = match cmd {
         Firewall::Load { file, .. } => Some(read_list(file)?),
         _ => None,
@@ -562,7 +562,7 @@ mod tests {
     use tonic::{Request, Response, Status, Streaming};
 
     use super::*;
-    use crate::highargs::{Command, Target};
+    use crate::highargs::Target;
     use crate::pb::test_server::firewall_server::{Firewall as FirewallApi, FirewallServer};
 
     fn p(s: &str) -> Prefix {
@@ -754,11 +754,10 @@ mod tests {
     }
 
     async fn lbctl(socket: &Path, json: bool, cmd: Firewall) -> anyhow::Result<String> {
-        let args = HighArgs {
+        let args = Globals {
             target: Target::Unix(socket.to_path_buf()),
             json,
             timeout: Duration::from_secs(5),
-            command: Command::Firewall(cmd.clone()),
         };
         let mut buf = Vec::new();
         run(&cmd, &args, &mut buf).await?;

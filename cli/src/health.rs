@@ -6,7 +6,7 @@ use std::{io::Write, net::SocketAddrV4, time::Duration};
 use serde::Serialize;
 
 use crate::client::{call, Lbd};
-use crate::highargs::{parse_duration, ArgError, HighArgs, VipKey};
+use crate::highargs::{parse_duration, ArgError, Globals, VipKey};
 use crate::lowargs::HealthArgs;
 use crate::output::{self, BackendJson, VipJson};
 use crate::pb;
@@ -353,7 +353,7 @@ pub enum HealthCommand {
 }
 
 /// Connects to lbd, performs `cmd` and renders the reply.
-pub async fn run(cmd: &HealthCommand, args: &HighArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+pub async fn run(cmd: &HealthCommand, args: &Globals, out: &mut dyn Write) -> anyhow::Result<()> {
     let mut lbd = Lbd::connect(&args.target, args.timeout).await?;
     let t = args.timeout;
     let written = match cmd {

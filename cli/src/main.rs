@@ -3,6 +3,7 @@
 
 mod backend_setup;
 mod client;
+mod command;
 mod firewall;
 mod health;
 mod highargs;
@@ -22,7 +23,8 @@ use anyhow::Context as _;
 use clap::{CommandFactory as _, Parser as _};
 
 use crate::client::{call, Lbd};
-use crate::highargs::{Command, HighArgs};
+use crate::command::{Command, Invocation};
+use crate::highargs::Globals;
 use crate::lowargs::LowArgs;
 use crate::output::{BackendJson, BackendListJson, StatsJson, VipJson, VipKeyJson, VipListJson};
 
@@ -39,7 +41,7 @@ fn main() -> ExitCode {
             return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(EXIT_USAGE));
         }
     };
-    let high = match HighArgs::try_from(low) {
+    let high = match Invocation::try_from(low) {
         Ok(high) => high,
         Err(e) => {
             eprintln!("lbctl: {e}");
@@ -49,7 +51,7 @@ fn main() -> ExitCode {
 
     if let Command::BackendSetup { .. } = &high.command {
         // Prepares this host as a DSR backend: local work in a binary of its own, no lbd.
-        let e = backend_setup::exec(&high.command, high.json);
+        let e = backend_setup::exec(&high.command, high.globals.json);
         eprintln!("lbctl: {e:#}");
         return ExitCode::from(EXIT_FAILURE);
     }
@@ -73,7 +75,7 @@ fn main() -> ExitCode {
             .enable_all()
             .build()
             .context("cannot start the async runtime")
-            .and_then(|rt| rt.block_on(run(&high, &mut out)))
+            .and_then(|rt| rt.block_on(run(&high.command, &high.globals, &mut out)))
     };
     match result.and_then(|()| out.flush().context("cannot write to stdout")) {
         Ok(()) => ExitCode::SUCCESS,
@@ -111,24 +113,24 @@ fn read_backend_list(
 }
 
 /// Connect to lbd, perform one command, and render the reply to `out`.
-async fn run(args: &HighArgs, out: &mut dyn Write) -> anyhow::Result<()> {
-    if let Command::Firewall(cmd) = &args.command {
+async fn run(command: &Command, args: &Globals, out: &mut dyn Write) -> anyhow::Result<()> {
+    if let Command::Firewall(cmd) = command {
         // Reads and checks a list file before connecting.
         return firewall::run(cmd, args, out).await;
     }
-    if let Command::RateLimit(cmd) = &args.command {
+    if let Command::RateLimit(cmd) = command {
         return ratelimit::run(cmd, args, out).await;
     }
-    if let Command::Health(cmd) = &args.command {
+    if let Command::Health(cmd) = command {
         return health::run(cmd, args, out).await;
     }
-    if let Command::Top(cmd) = &args.command {
+    if let Command::Top(cmd) = command {
         return top::run(cmd, args, out).await;
     }
     let mut lbd = Lbd::connect(&args.target, args.timeout).await?;
     let json = args.json;
     let t = args.timeout;
-    let written = match &args.command {
+    let written = match command {
         Command::VipAdd { vip, mode, health } => {
             let req = pb::AddVipRequest {
                 vip: Some(vip.to_pb()),
@@ -471,14 +473,13 @@ mod tests {
     }
 
     async fn lbctl(socket: &Path, json: bool, command: Command) -> anyhow::Result<String> {
-        let args = HighArgs {
+        let args = Globals {
             target: Target::Unix(socket.to_path_buf()),
             json,
             timeout: Duration::from_secs(5),
-            command,
         };
         let mut buf = Vec::new();
-        run(&args, &mut buf).await?;
+        run(&command, &args, &mut buf).await?;
         Ok(String::from_utf8(buf)?)
     }
 

@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use serde::Serialize;
 
 use crate::client::{call, Lbd};
-use crate::highargs::{ArgError, HighArgs};
+use crate::highargs::{ArgError, Globals};
 use crate::lowargs::{CidrFlag, RateLimitCommand};
 use crate::output;
 use crate::pb;
@@ -237,7 +237,7 @@ fn target(cidr: &Option<Prefix>) -> String {
 // Running
 
 /// Performs one rate-limit command against lbd and renders the reply.
-pub async fn run(cmd: &RateLimit, args: &HighArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+pub async fn run(cmd: &RateLimit, args: &Globals, out: &mut dyn Write) -> anyhow::Result<()> {
     let mut lbd = Lbd::connect(&args.target, args.timeout).await?;
     let t = args.timeout;
     let json = args.json;
@@ -316,14 +316,17 @@ mod tests {
     use super::*;
     use clap::Parser;
 
-    use crate::highargs::Command;
+    use crate::command::Command;
     use crate::lowargs::LowArgs;
 
     fn parse(args: &[&str]) -> Result<RateLimit, String> {
         let mut argv = vec!["lbctl", "ratelimit"];
         argv.extend_from_slice(args);
         let low = LowArgs::try_parse_from(argv).map_err(|e| format!("clap: {e}"))?;
-        match HighArgs::try_from(low).map_err(|e| e.to_string())?.command {
+        match crate::command::Invocation::try_from(low)
+            .map_err(|e| e.to_string())?
+            .command
+        {
             Command::RateLimit(r) => Ok(r),
             other => Err(format!("not a rate-limit command: {other:?}")),
         }

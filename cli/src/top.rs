@@ -12,7 +12,7 @@ use anyhow::{bail, Context as _};
 use serde::Serialize;
 
 use crate::client::{Lbd, RpcError};
-use crate::highargs::{parse_duration, ArgError, HighArgs};
+use crate::highargs::{parse_duration, ArgError, Globals};
 use crate::lowargs::TopArgs;
 use crate::output::{proto_name, vip_label};
 use crate::pb;
@@ -344,7 +344,7 @@ pub fn render(out: &mut dyn Write, title: &str, f: &Frame) -> std::io::Result<()
 // The loop
 
 /// Watches lbd's stats and redraws until Ctrl-C, the last iteration, or an error.
-pub async fn run(cmd: &Top, args: &HighArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+pub async fn run(cmd: &Top, args: &Globals, out: &mut dyn Write) -> anyhow::Result<()> {
     let mut lbd = Lbd::connect(&args.target, args.timeout).await?;
     let interval_ms = u32::try_from(cmd.interval.as_millis()).unwrap_or(u32::MAX);
     let req = pb::WatchStatsRequest { interval_ms };
