@@ -147,7 +147,7 @@ async fn run(command: &Command, args: &Globals, out: &mut dyn Write) -> anyhow::
                 output::write_json(out, &VipJson::from(&added))
             } else {
                 let checked = if health.is_checked() {
-                    format!(", health {}", health::label(added.health.as_ref()))
+                    format!(", health {}", output::health_label(added.health.as_ref()))
                 } else {
                     String::new()
                 };
