@@ -3,62 +3,27 @@
 //! Nothing else in lbctl depends on this module but `main`, which dispatches a [`Command`] to
 //! its group.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
-use std::path::PathBuf;
+use std::net::Ipv4Addr;
 
+use crate::backend::Backend;
 use crate::firewall::{Action as FwAction, Firewall};
 use crate::highargs::{
     backend_ref, first_repeat, invalid, parse_addr_port, parse_dsr_mode, parse_ifname, parse_ipv4,
-    parse_mode, parse_weight, vip_flag, vip_positional, ArgError, Globals, Mode, VipKey,
+    parse_mode, parse_weight, vip_flag, vip_positional, ArgError, Globals, Mode,
 };
 use crate::lowargs::{
     BackendAddArgs, BackendCommand, BackendSetupArgs, LowArgs, LowCommand, SetWeightArgs,
     VipCommand,
 };
+use crate::vip::Vip;
 
 /// One fully validated command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    VipAdd {
-        vip: VipKey,
-        mode: Mode,
-        /// Kind none unless `--health` was given.
-        health: crate::health::HealthSpec,
-    },
-    VipRemove {
-        vip: VipKey,
-    },
-    VipSetMode {
-        vip: VipKey,
-        mode: Mode,
-    },
-    VipList,
-    BackendAdd {
-        vip: VipKey,
-        backend: SocketAddrV4,
-        weight: u32,
-    },
-    /// Several backends (or a list file) in one all-or-nothing AddBackends call.
-    BackendAddMany {
-        vip: VipKey,
-        /// From the command line, each with `weight`.
-        backends: Vec<SocketAddrV4>,
-        /// A list to read and check before the call (`-`: standard input).
-        file: Option<PathBuf>,
-        weight: u32,
-    },
-    BackendRemove {
-        vip: VipKey,
-        backend: SocketAddrV4,
-    },
-    BackendSetWeight {
-        vip: VipKey,
-        backend: SocketAddrV4,
-        weight: u32,
-    },
-    BackendList {
-        vip: VipKey,
-    },
+    /// `vip add`, `remove`, `set-mode`, `list`.
+    Vip(Vip),
+    /// `backend add`, `remove`, `set-weight`, `list` (and `add-backend`, `remove-backend`).
+    Backend(Backend),
     /// `block`, `allow` and `fw` commands.
     Firewall(crate::firewall::Firewall),
     /// `ratelimit` commands.
@@ -104,11 +69,11 @@ impl TryFrom<LowCommand> for Command {
 
     fn try_from(low: LowCommand) -> Result<Self, ArgError> {
         Ok(match low {
-            LowCommand::Vip(VipCommand::Add(args)) => Command::VipAdd {
+            LowCommand::Vip(VipCommand::Add(args)) => Command::Vip(Vip::Add {
                 vip: vip_positional(&args.vip)?,
                 mode: parse_mode("--mode", &args.mode)?,
                 health: crate::health::parse(&args.health, false)?,
-            },
+            }),
             LowCommand::Vip(VipCommand::SetHealth(args)) => {
                 Command::Health(crate::health::HealthCommand::SetHealth {
                     vip: vip_positional(&args.vip)?,
@@ -123,32 +88,32 @@ impl TryFrom<LowCommand> for Command {
                 let (vip, backend) = backend_ref(&args)?;
                 Command::Health(crate::health::HealthCommand::Undrain { vip, backend })
             }
-            LowCommand::Vip(VipCommand::Remove(args)) => Command::VipRemove {
+            LowCommand::Vip(VipCommand::Remove(args)) => Command::Vip(Vip::Remove {
                 vip: vip_positional(&args)?,
-            },
-            LowCommand::Vip(VipCommand::SetMode(args)) => Command::VipSetMode {
+            }),
+            LowCommand::Vip(VipCommand::SetMode(args)) => Command::Vip(Vip::SetMode {
                 vip: vip_positional(&args.vip)?,
                 mode: parse_mode("--mode", &args.mode)?,
-            },
-            LowCommand::Vip(VipCommand::List) => Command::VipList,
+            }),
+            LowCommand::Vip(VipCommand::List) => Command::Vip(Vip::List),
             LowCommand::Backend(BackendCommand::Add(args)) | LowCommand::AddBackend(args) => {
                 backend_add(&args)?
             }
             LowCommand::Backend(BackendCommand::Remove(args)) | LowCommand::RemoveBackend(args) => {
                 let (vip, backend) = backend_ref(&args)?;
-                Command::BackendRemove { vip, backend }
+                Command::Backend(Backend::Remove { vip, backend })
             }
             LowCommand::Backend(BackendCommand::SetWeight(SetWeightArgs { target, weight })) => {
                 let (vip, backend) = backend_ref(&target)?;
-                Command::BackendSetWeight {
+                Command::Backend(Backend::SetWeight {
                     vip,
                     backend,
                     weight: parse_weight("--weight", &weight)?,
-                }
+                })
             }
-            LowCommand::Backend(BackendCommand::List(args)) => Command::BackendList {
+            LowCommand::Backend(BackendCommand::List(args)) => Command::Backend(Backend::List {
                 vip: vip_flag(&args)?,
-            },
+            }),
             LowCommand::Block(c) => Command::Firewall(Firewall::rules(FwAction::Block, c)?),
             LowCommand::Allow(c) => Command::Firewall(Firewall::rules(FwAction::Allow, c)?),
             LowCommand::Fw(c) => Command::Firewall(Firewall::fw(c)?),
@@ -174,17 +139,17 @@ fn backend_add(args: &BackendAddArgs) -> Result<Command, ArgError> {
         return Err(invalid("BACKEND", &dup.to_string(), "each backend once"));
     }
     Ok(match (backends.as_slice(), &args.file) {
-        ([backend], None) => Command::BackendAdd {
+        ([backend], None) => Command::Backend(Backend::Add {
             vip,
             backend: *backend,
             weight,
-        },
-        _ => Command::BackendAddMany {
+        }),
+        _ => Command::Backend(Backend::AddMany {
             vip,
             backends,
             file: args.file.clone(),
             weight,
-        },
+        }),
     })
 }
 
@@ -203,6 +168,8 @@ mod tests {
     use crate::highargs::*;
     use crate::pb;
     use clap::{CommandFactory, Parser};
+    use std::net::SocketAddrV4;
+    use std::path::PathBuf;
     use std::time::Duration;
 
     fn parse(args: &[&str]) -> Result<Invocation, String> {
@@ -254,11 +221,11 @@ mod tests {
     fn vip_add_defaults_to_nat() {
         assert_eq!(
             cmd(&["vip", "add", "10.0.0.10:80", "--proto", "tcp"]),
-            Command::VipAdd {
+            Command::Vip(Vip::Add {
                 vip: vip("10.0.0.10:80", Proto::Tcp),
                 mode: Mode::Nat,
                 health: crate::health::HealthSpec::default(),
-            }
+            })
         );
     }
 
@@ -285,7 +252,7 @@ mod tests {
             "--all-down",
             "drop",
         ]) {
-            Command::VipAdd { health, .. } => assert_eq!(
+            Command::Vip(Vip::Add { health, .. }) => assert_eq!(
                 health,
                 HealthSpec {
                     kind: Kind::Http {
@@ -384,18 +351,18 @@ mod tests {
                     "--mode",
                     mode
                 ]),
-                Command::VipAdd {
+                Command::Vip(Vip::Add {
                     vip: vip("10.0.0.10:53", Proto::Udp),
                     mode: want,
                     health: crate::health::HealthSpec::default(),
-                }
+                })
             );
         }
         assert_eq!(
             cmd(&["vip", "remove", "10.0.0.10:80", "--proto", "Tcp"]),
-            Command::VipRemove {
+            Command::Vip(Vip::Remove {
                 vip: vip("10.0.0.10:80", Proto::Tcp)
-            }
+            })
         );
     }
 
@@ -491,11 +458,11 @@ mod tests {
         assert_eq!(a, b);
         assert_eq!(
             a,
-            Command::BackendAdd {
+            Command::Backend(Backend::Add {
                 vip: vip("10.0.0.10:80", Proto::Tcp),
                 backend: "10.0.2.1:8080".parse().expect("test address"),
                 weight: 100,
-            }
+            })
         );
         // Flags may come after the positional, too.
         let c = cmd(&[
@@ -518,21 +485,21 @@ mod tests {
         let b = |s: &str| -> SocketAddrV4 { s.parse().expect("test address") };
         assert_eq!(
             cmd(&[&base[..], &["10.0.2.1:80", "10.0.2.2:80", "--weight", "7"]].concat()),
-            Command::BackendAddMany {
+            Command::Backend(Backend::AddMany {
                 vip: vip("10.0.0.10:80", Proto::Tcp),
                 backends: vec![b("10.0.2.1:80"), b("10.0.2.2:80")],
                 file: None,
                 weight: 7,
-            }
+            })
         );
         assert_eq!(
             cmd(&[&base[..], &["--file", "list.txt"]].concat()),
-            Command::BackendAddMany {
+            Command::Backend(Backend::AddMany {
                 vip: vip("10.0.0.10:80", Proto::Tcp),
                 backends: vec![],
                 file: Some(PathBuf::from("list.txt")),
                 weight: 100,
-            }
+            })
         );
         // A bad one among several refuses the command before any RPC.
         assert_eq!(
@@ -583,10 +550,10 @@ mod tests {
         assert_eq!(a, b);
         assert_eq!(
             a,
-            Command::BackendRemove {
+            Command::Backend(Backend::Remove {
                 vip: vip("10.0.0.10:53", Proto::Udp),
                 backend: "10.0.2.1:53".parse().expect("test address"),
-            }
+            })
         );
     }
 
@@ -594,7 +561,7 @@ mod tests {
     fn weights() {
         let base = ["backend", "add", "--vip", "10.0.0.10:80", "--proto", "tcp"];
         let weight_of = |extra: &[&str]| match cmd(&[&base[..], &["10.0.2.1:80"], extra].concat()) {
-            Command::BackendAdd { weight, .. } => weight,
+            Command::Backend(Backend::Add { weight, .. }) => weight,
             other => panic!("unexpected {other:?}"),
         };
         assert_eq!(weight_of(&[]), 100);
@@ -620,11 +587,11 @@ mod tests {
                 "--weight",
                 "0"
             ]),
-            Command::BackendSetWeight {
+            Command::Backend(Backend::SetWeight {
                 vip: vip("10.0.0.10:80", Proto::Tcp),
                 backend: "10.0.2.1:80".parse().expect("test address"),
                 weight: 0,
-            }
+            })
         );
     }
 
@@ -764,10 +731,10 @@ mod tests {
                 "--mode",
                 "IPIP"
             ]),
-            Command::VipSetMode {
+            Command::Vip(Vip::SetMode {
                 vip: vip("10.0.0.10:80", Proto::Tcp),
                 mode: Mode::Ipip
-            }
+            })
         );
         assert_eq!(
             err(&[

@@ -316,18 +316,14 @@ mod tests {
     use super::*;
     use clap::Parser;
 
-    use crate::command::Command;
-    use crate::lowargs::LowArgs;
+    use crate::lowargs::{LowArgs, LowCommand};
 
     fn parse(args: &[&str]) -> Result<RateLimit, String> {
         let mut argv = vec!["lbctl", "ratelimit"];
         argv.extend_from_slice(args);
         let low = LowArgs::try_parse_from(argv).map_err(|e| format!("clap: {e}"))?;
-        match crate::command::Invocation::try_from(low)
-            .map_err(|e| e.to_string())?
-            .command
-        {
-            Command::RateLimit(r) => Ok(r),
+        match low.command {
+            LowCommand::RateLimit(c) => RateLimit::try_from(c).map_err(|e| e.to_string()),
             other => Err(format!("not a rate-limit command: {other:?}")),
         }
     }
