@@ -4,7 +4,6 @@
 
 use std::fmt;
 use std::io::{Read, Write};
-use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -13,7 +12,7 @@ use serde::Serialize;
 use tonic::codegen::tokio_stream;
 
 use crate::client::{call, Lbd, RpcError};
-use crate::highargs::{ArgError, Globals};
+use crate::highargs::{parse_prefix, ArgError, Globals, Prefix};
 use crate::lowargs::{CidrArgs, FwCommand, RulesCommand};
 use crate::output;
 use crate::pb;
@@ -44,19 +43,6 @@ impl Action {
             Action::Block => "block",
             Action::Allow => "allow",
         }
-    }
-}
-
-/// An IPv4 prefix without host bits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Prefix {
-    pub addr: Ipv4Addr,
-    pub len: u8,
-}
-
-impl fmt::Display for Prefix {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.len)
     }
 }
 
@@ -133,59 +119,6 @@ fn parse_action(s: &str) -> Result<Action, ArgError> {
             expected: "block or allow".into(),
         }),
     }
-}
-
-/// Why a string is not a usable prefix.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PrefixError {
-    Syntax,
-    Length,
-    Ipv6,
-    HostBits(Prefix),
-}
-
-impl PrefixError {
-    /// The "expected ..." part of an [`ArgError`].
-    fn expected(&self) -> String {
-        match self {
-            PrefixError::Syntax => "an IPv4 prefix A.B.C.D/LEN or an address A.B.C.D".into(),
-            PrefixError::Length => "an IPv4 prefix with a length of 0..32".into(),
-            PrefixError::Ipv6 => "an IPv4 prefix (IPv6 is not supported yet)".into(),
-            PrefixError::HostBits(p) => {
-                format!("a prefix without host bits set (did you mean {p}?)")
-            }
-        }
-    }
-
-    /// The message for a list file line about `s`.
-    fn describe(&self, s: &str) -> String {
-        match self {
-            PrefixError::Syntax => {
-                format!("'{s}' is not an IPv4 prefix (expected A.B.C.D/LEN or A.B.C.D)")
-            }
-            PrefixError::Length => format!("'{s}': the prefix length must be 0..32"),
-            PrefixError::Ipv6 => format!("'{s}' is an IPv6 prefix; only IPv4 is supported yet"),
-            PrefixError::HostBits(p) => format!("'{s}' has host bits set; did you mean {p}?"),
-        }
-    }
-}
-
-/// `A.B.C.D/LEN` without host bits, or a bare `A.B.C.D` (a /32): the same parser as lbd's
-/// ([`xdplb_model::cidr::parse_cidr`]), so that lbctl refuses exactly what lbd would.
-pub fn parse_prefix(s: &str) -> Result<Prefix, PrefixError> {
-    use xdplb_model::cidr::CidrError;
-    let prefix = |net: ipnet::Ipv4Net| Prefix {
-        addr: net.addr(),
-        len: net.prefix_len(),
-    };
-    xdplb_model::cidr::parse_cidr(s)
-        .map(prefix)
-        .map_err(|e| match e {
-            CidrError::Syntax(_) => PrefixError::Syntax,
-            CidrError::Length(_) => PrefixError::Length,
-            CidrError::Ipv6(_) => PrefixError::Ipv6,
-            CidrError::HostBits { normalised, .. } => PrefixError::HostBits(prefix(normalised)),
-        })
 }
 
 /// The prefixes of a list file, each with its line number (1-based).
@@ -557,6 +490,10 @@ fn past(action: Action) -> &'static str {
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
+
+    use std::net::Ipv4Addr;
+
+    use crate::highargs::PrefixError;
 
     use ::tokio_stream::wrappers::UnixListenerStream;
     use tonic::{Request, Response, Status, Streaming};

@@ -112,6 +112,72 @@ impl fmt::Display for VipKey {
     }
 }
 
+/// An IPv4 prefix without host bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Prefix {
+    pub addr: Ipv4Addr,
+    pub len: u8,
+}
+
+impl fmt::Display for Prefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+/// Why a string is not a usable prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PrefixError {
+    Syntax,
+    Length,
+    Ipv6,
+    HostBits(Prefix),
+}
+
+impl PrefixError {
+    /// The "expected ..." part of an [`ArgError`].
+    pub fn expected(&self) -> String {
+        match self {
+            PrefixError::Syntax => "an IPv4 prefix A.B.C.D/LEN or an address A.B.C.D".into(),
+            PrefixError::Length => "an IPv4 prefix with a length of 0..32".into(),
+            PrefixError::Ipv6 => "an IPv4 prefix (IPv6 is not supported yet)".into(),
+            PrefixError::HostBits(p) => {
+                format!("a prefix without host bits set (did you mean {p}?)")
+            }
+        }
+    }
+
+    /// The message for a list file line about `s`.
+    pub fn describe(&self, s: &str) -> String {
+        match self {
+            PrefixError::Syntax => {
+                format!("'{s}' is not an IPv4 prefix (expected A.B.C.D/LEN or A.B.C.D)")
+            }
+            PrefixError::Length => format!("'{s}': the prefix length must be 0..32"),
+            PrefixError::Ipv6 => format!("'{s}' is an IPv6 prefix; only IPv4 is supported yet"),
+            PrefixError::HostBits(p) => format!("'{s}' has host bits set; did you mean {p}?"),
+        }
+    }
+}
+
+/// `A.B.C.D/LEN` without host bits, or a bare `A.B.C.D` (a /32): the same parser as lbd's
+/// ([`xdplb_model::cidr::parse_cidr`]), so that lbctl refuses exactly what lbd would.
+pub fn parse_prefix(s: &str) -> Result<Prefix, PrefixError> {
+    use xdplb_model::cidr::CidrError;
+    let prefix = |net: ipnet::Ipv4Net| Prefix {
+        addr: net.addr(),
+        len: net.prefix_len(),
+    };
+    xdplb_model::cidr::parse_cidr(s)
+        .map(prefix)
+        .map_err(|e| match e {
+            CidrError::Syntax(_) => PrefixError::Syntax,
+            CidrError::Length(_) => PrefixError::Length,
+            CidrError::Ipv6(_) => PrefixError::Ipv6,
+            CidrError::HostBits { normalised, .. } => PrefixError::HostBits(prefix(normalised)),
+        })
+}
+
 /// The global options, checked: where lbd is, output format, timeout. Every command group
 /// takes these.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,15 +1,13 @@
 //! lbctl's rate-limit commands: `ratelimit set`, `remove`, `list` and `top`. Values are checked
 //! here before anything reaches lbd; lbd checks them again (and the maxima) with the field named.
 
-use std::fmt;
 use std::io::Write;
-use std::net::Ipv4Addr;
 
 use anyhow::Context as _;
 use serde::Serialize;
 
 use crate::client::{call, Lbd};
-use crate::highargs::{ArgError, Globals};
+use crate::highargs::{self, ArgError, Globals, Prefix, PrefixError};
 use crate::lowargs::{CidrFlag, RateLimitCommand};
 use crate::output;
 use crate::pb;
@@ -29,19 +27,6 @@ impl Scope {
             Scope::All => pb::RateLimitScope::All,
             Scope::NewFlows => pb::RateLimitScope::NewFlows,
         }
-    }
-}
-
-/// An IPv4 prefix without host bits (not /0: that is the default policy).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Prefix {
-    pub addr: Ipv4Addr,
-    pub len: u8,
-}
-
-impl fmt::Display for Prefix {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.len)
     }
 }
 
@@ -74,22 +59,15 @@ fn invalid(what: &'static str, value: &str, expected: impl Into<String>) -> ArgE
 /// `192.0.2.0/24` or a bare address (a /32); no host bits, not /0.
 pub fn parse_prefix(what: &'static str, s: &str) -> Result<Prefix, ArgError> {
     let expected = "an IPv4 prefix like 192.0.2.0/24 without host bits (not /0: omit --cidr)";
-    let (addr, len) = s.split_once('/').unwrap_or((s, "32"));
-    let addr: Ipv4Addr = addr.parse().map_err(|_| invalid(what, s, expected))?;
-    let len: u8 = match len.parse() {
-        Ok(n) if (1..=32).contains(&n) && len.bytes().all(|b| b.is_ascii_digit()) => n,
-        _ => return Err(invalid(what, s, expected)),
-    };
-    let mask = u32::MAX << (32 - u32::from(len));
-    let network = Ipv4Addr::from(u32::from(addr) & mask);
-    if network != addr {
-        return Err(invalid(
+    match highargs::parse_prefix(s) {
+        Ok(p) if p.len > 0 => Ok(p),
+        Err(PrefixError::HostBits(p)) if p.len > 0 => Err(invalid(
             what,
             s,
-            format!("a prefix without host bits (did you mean {network}/{len}?)"),
-        ));
+            format!("a prefix without host bits (did you mean {p}?)"),
+        )),
+        _ => Err(invalid(what, s, expected)),
     }
-    Ok(Prefix { addr, len })
 }
 
 fn parse_count(what: &'static str, s: &str) -> Result<u64, ArgError> {
