@@ -12,6 +12,7 @@ RULES=(
 	"xdplb-proto:libbpf-rs libbpf-sys libbpf-cargo xdplb xdplb-backend"
 	"lbctl:libbpf-rs libbpf-sys libbpf-cargo xdplb xdplb-backend xdplb-testkit"
 	"xdplb-backend:xdplb xdplb-proto tonic"
+	"xdplb-bpffs:xdplb xdplb-backend xdplb-model xdplb-proto tokio tonic prost"
 	"xdplb-testkit:xdplb lbctl"
 	"xdplb:lbctl xdplb-backend xdplb-testkit xdplb-integration xdplb-bench"
 )
