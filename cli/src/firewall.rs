@@ -8,13 +8,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context as _};
-use serde::Serialize;
 use tonic::codegen::tokio_stream;
 
 use crate::client::{call, Lbd, RpcError};
 use crate::highargs::{parse_prefix, ArgError, Globals, Prefix};
 use crate::lowargs::{CidrArgs, FwCommand, RulesCommand};
-use crate::output;
+use crate::output::{self, action_name, n_prefixes, RuleJson, RuleListJson};
 use crate::pb;
 
 /// Rules per message of a streamed list.
@@ -272,40 +271,6 @@ fn locate(err: RpcError, file: &Path, lines: &[usize]) -> anyhow::Error {
     match located {
         Some(m) => anyhow!(m),
         None => anyhow::Error::new(err),
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// JSON views
-
-#[derive(Debug, Serialize)]
-struct RuleJson {
-    action: String,
-    cidr: String,
-    hits: u64,
-    id: u32,
-}
-
-#[derive(Debug, Serialize)]
-struct RuleListJson {
-    rules: Vec<RuleJson>,
-}
-
-fn action_name(raw: i32) -> String {
-    match pb::FirewallAction::try_from(raw) {
-        Ok(pb::FirewallAction::Block) => "block".into(),
-        Ok(pb::FirewallAction::Allow) => "allow".into(),
-        Ok(pb::FirewallAction::Unspecified) => "unspecified".into(),
-        Err(_) => format!("unknown({raw})"),
-    }
-}
-
-/// "prefix" / "prefixes"
-fn n_prefixes(n: u32) -> String {
-    if n == 1 {
-        "1 prefix".into()
-    } else {
-        format!("{n} prefixes")
     }
 }
 

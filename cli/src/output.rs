@@ -304,6 +304,116 @@ impl From<&pb::HealthCheck> for HealthJson {
 }
 
 // ---------------------------------------------------------------------------------------
+// Firewall
+
+#[derive(Debug, Serialize)]
+pub struct RuleJson {
+    pub action: String,
+    pub cidr: String,
+    pub hits: u64,
+    pub id: u32,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RuleListJson {
+    pub rules: Vec<RuleJson>,
+}
+
+pub fn action_name(raw: i32) -> String {
+    match pb::FirewallAction::try_from(raw) {
+        Ok(pb::FirewallAction::Block) => "block".into(),
+        Ok(pb::FirewallAction::Allow) => "allow".into(),
+        Ok(pb::FirewallAction::Unspecified) => "unspecified".into(),
+        Err(_) => format!("unknown({raw})"),
+    }
+}
+
+/// "prefix" / "prefixes"
+pub fn n_prefixes(n: u32) -> String {
+    if n == 1 {
+        "1 prefix".into()
+    } else {
+        format!("{n} prefixes")
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Rate limits
+
+/// A policy as `--json` shows it (scope spelled as lbctl accepts it).
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct RateLimitJson {
+    /// `null` for the default policy.
+    pub cidr: Option<String>,
+    pub rate: i64,
+    pub burst: i64,
+    pub scope: String,
+    pub id: u32,
+    pub allowed: u64,
+    pub dropped: u64,
+}
+
+impl From<&pb::RateLimit> for RateLimitJson {
+    fn from(r: &pb::RateLimit) -> Self {
+        let p = r.policy.clone().unwrap_or_default();
+        RateLimitJson {
+            cidr: (!p.cidr.is_empty()).then_some(p.cidr),
+            rate: p.rate,
+            burst: p.burst,
+            scope: scope_name(p.scope),
+            id: r.id,
+            allowed: r.allowed,
+            dropped: r.dropped,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct RateLimitListJson {
+    pub rate_limits: Vec<RateLimitJson>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LimitedClientJson {
+    pub address: String,
+    pub dropped: u64,
+    /// The override the client falls under; `null` for the default policy.
+    pub cidr: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TopJson {
+    pub clients: Vec<LimitedClientJson>,
+    pub tracked: u64,
+}
+
+impl From<&pb::TopLimitedClientsResponse> for TopJson {
+    fn from(r: &pb::TopLimitedClientsResponse) -> Self {
+        TopJson {
+            clients: r
+                .clients
+                .iter()
+                .map(|c| LimitedClientJson {
+                    address: c.address.clone(),
+                    dropped: c.dropped,
+                    cidr: (!c.cidr.is_empty()).then(|| c.cidr.clone()),
+                })
+                .collect(),
+            tracked: r.tracked,
+        }
+    }
+}
+
+/// Scope as a word: "all", "new-flows", or "unknown(N)".
+pub fn scope_name(raw: i32) -> String {
+    match pb::RateLimitScope::try_from(raw) {
+        Ok(pb::RateLimitScope::All | pb::RateLimitScope::Unspecified) => "all".into(),
+        Ok(pb::RateLimitScope::NewFlows) => "new-flows".into(),
+        Err(_) => format!("unknown({raw})"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // Human tables
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
