@@ -6,7 +6,7 @@ use std::ffi::OsString;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 
-use crate::highargs::Command;
+use crate::command::Command;
 
 /// The binary that does the work; `make dist` installs it next to lbctl.
 pub const BINARY: &str = "xdplb-backend-setup";

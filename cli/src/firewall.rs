@@ -4,85 +4,20 @@
 
 use std::fmt;
 use std::io::{Read, Write};
-use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context as _};
-use clap::{Args, Subcommand};
-use serde::Serialize;
 use tonic::codegen::tokio_stream;
 
 use crate::client::{call, Lbd, RpcError};
-use crate::highargs::{ArgError, HighArgs};
-use crate::output;
+use crate::highargs::{parse_prefix, ArgError, Globals, Prefix};
+use crate::lowargs::{CidrArgs, FwCommand, RulesCommand};
+use crate::output::{self, action_name, n_prefixes, RuleJson, RuleListJson};
 use crate::pb;
 
 /// Rules per message of a streamed list.
 pub const CHUNK: usize = 8192;
-
-const ADD_EXAMPLES: &str = "\
-Examples:
-  lbctl block add 192.0.2.0/24 198.51.100.7
-  lbctl allow add 10.1.2.0/24        # a hole in a wider block";
-
-const LOAD_EXAMPLES: &str = "\
-The file has one IPv4 prefix per line (a bare address is a /32); everything after '#' or ';'
-is a comment, so published drop lists (\"1.2.3.0/24 ; SBL123\") load as they are. '-' reads
-standard input. With --replace the file becomes the whole block (or allow) list; the rules
-with the other action stay. The data plane goes from the old list to the new one with no
-moment where neither is in force.
-
-Examples:
-  lbctl block load drop.txt --replace
-  curl -s https://www.spamhaus.org/drop/drop.txt | lbctl block load - --replace";
-
-// ---------------------------------------------------------------------------------------
-// Low arguments (clap)
-
-/// `lbctl block ...` / `lbctl allow ...`
-#[derive(Debug, Subcommand)]
-pub enum RulesCommand {
-    /// Add rules for these prefixes (a prefix that already has this action is left alone)
-    #[command(after_help = ADD_EXAMPLES)]
-    Add(CidrArgs),
-
-    /// Remove the rules of these prefixes
-    Remove(CidrArgs),
-
-    /// Add (or with --replace, replace the list with) the prefixes of a file
-    #[command(after_help = LOAD_EXAMPLES)]
-    Load(LoadArgs),
-}
-
-#[derive(Debug, Args)]
-pub struct CidrArgs {
-    /// IPv4 prefixes, e.g. 10.0.0.0/8 or 192.0.2.7 (a /32)
-    #[arg(value_name = "CIDR", required = true)]
-    pub cidrs: Vec<String>,
-}
-
-#[derive(Debug, Args)]
-pub struct LoadArgs {
-    /// File with one prefix per line ('-': standard input)
-    #[arg(value_name = "FILE")]
-    pub file: PathBuf,
-
-    /// Make the file the whole list of this action instead of adding to it
-    #[arg(long)]
-    pub replace: bool,
-}
-
-/// `lbctl fw ...`
-#[derive(Debug, Subcommand)]
-pub enum FwCommand {
-    /// List the firewall rules with their hits (packets each rule decided)
-    List {
-        /// Only the rules with this action: block or allow
-        #[arg(long, value_name = "ACTION")]
-        action: Option<String>,
-    },
-}
 
 // ---------------------------------------------------------------------------------------
 // High arguments
@@ -107,19 +42,6 @@ impl Action {
             Action::Block => "block",
             Action::Allow => "allow",
         }
-    }
-}
-
-/// An IPv4 prefix without host bits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Prefix {
-    pub addr: Ipv4Addr,
-    pub len: u8,
-}
-
-impl fmt::Display for Prefix {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.len)
     }
 }
 
@@ -196,59 +118,6 @@ fn parse_action(s: &str) -> Result<Action, ArgError> {
             expected: "block or allow".into(),
         }),
     }
-}
-
-/// Why a string is not a usable prefix.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PrefixError {
-    Syntax,
-    Length,
-    Ipv6,
-    HostBits(Prefix),
-}
-
-impl PrefixError {
-    /// The "expected ..." part of an [`ArgError`].
-    fn expected(&self) -> String {
-        match self {
-            PrefixError::Syntax => "an IPv4 prefix A.B.C.D/LEN or an address A.B.C.D".into(),
-            PrefixError::Length => "an IPv4 prefix with a length of 0..32".into(),
-            PrefixError::Ipv6 => "an IPv4 prefix (IPv6 is not supported yet)".into(),
-            PrefixError::HostBits(p) => {
-                format!("a prefix without host bits set (did you mean {p}?)")
-            }
-        }
-    }
-
-    /// The message for a list file line about `s`.
-    fn describe(&self, s: &str) -> String {
-        match self {
-            PrefixError::Syntax => {
-                format!("'{s}' is not an IPv4 prefix (expected A.B.C.D/LEN or A.B.C.D)")
-            }
-            PrefixError::Length => format!("'{s}': the prefix length must be 0..32"),
-            PrefixError::Ipv6 => format!("'{s}' is an IPv6 prefix; only IPv4 is supported yet"),
-            PrefixError::HostBits(p) => format!("'{s}' has host bits set; did you mean {p}?"),
-        }
-    }
-}
-
-/// `A.B.C.D/LEN` without host bits, or a bare `A.B.C.D` (a /32): the same parser as lbd's
-/// ([`xdplb_model::cidr::parse_cidr`]), so that lbctl refuses exactly what lbd would.
-pub fn parse_prefix(s: &str) -> Result<Prefix, PrefixError> {
-    use xdplb_model::cidr::CidrError;
-    let prefix = |net: ipnet::Ipv4Net| Prefix {
-        addr: net.addr(),
-        len: net.prefix_len(),
-    };
-    xdplb_model::cidr::parse_cidr(s)
-        .map(prefix)
-        .map_err(|e| match e {
-            CidrError::Syntax(_) => PrefixError::Syntax,
-            CidrError::Length(_) => PrefixError::Length,
-            CidrError::Ipv6(_) => PrefixError::Ipv6,
-            CidrError::HostBits { normalised, .. } => PrefixError::HostBits(prefix(normalised)),
-        })
 }
 
 /// The prefixes of a list file, each with its line number (1-based).
@@ -406,45 +275,11 @@ fn locate(err: RpcError, file: &Path, lines: &[usize]) -> anyhow::Error {
 }
 
 // ---------------------------------------------------------------------------------------
-// JSON views
-
-#[derive(Debug, Serialize)]
-struct RuleJson {
-    action: String,
-    cidr: String,
-    hits: u64,
-    id: u32,
-}
-
-#[derive(Debug, Serialize)]
-struct RuleListJson {
-    rules: Vec<RuleJson>,
-}
-
-fn action_name(raw: i32) -> String {
-    match pb::FirewallAction::try_from(raw) {
-        Ok(pb::FirewallAction::Block) => "block".into(),
-        Ok(pb::FirewallAction::Allow) => "allow".into(),
-        Ok(pb::FirewallAction::Unspecified) => "unspecified".into(),
-        Err(_) => format!("unknown({raw})"),
-    }
-}
-
-/// "prefix" / "prefixes"
-fn n_prefixes(n: u32) -> String {
-    if n == 1 {
-        "1 prefix".into()
-    } else {
-        format!("{n} prefixes")
-    }
-}
-
-// ---------------------------------------------------------------------------------------
 // Running
 
 /// Runs one firewall command: reads and checks a list file first (no lbd needed for a bad
 /// file), then talks to lbd.
-pub async fn run(cmd: &Firewall, args: &HighArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+pub async fn run(cmd: &Firewall, args: &Globals, out: &mut dyn Write) -> anyhow::Result<()> {
     let list = match cmd {
         Firewall::Load { file, .. } => Some(read_list(file)?),
         _ => None,
@@ -621,11 +456,15 @@ fn past(action: Action) -> &'static str {
 mod tests {
     use std::sync::Mutex;
 
+    use std::net::Ipv4Addr;
+
+    use crate::highargs::PrefixError;
+
     use ::tokio_stream::wrappers::UnixListenerStream;
     use tonic::{Request, Response, Status, Streaming};
 
     use super::*;
-    use crate::highargs::{Command, Target};
+    use crate::highargs::Target;
     use crate::pb::test_server::firewall_server::{Firewall as FirewallApi, FirewallServer};
 
     fn p(s: &str) -> Prefix {
@@ -817,11 +656,10 @@ mod tests {
     }
 
     async fn lbctl(socket: &Path, json: bool, cmd: Firewall) -> anyhow::Result<String> {
-        let args = HighArgs {
+        let args = Globals {
             target: Target::Unix(socket.to_path_buf()),
             json,
             timeout: Duration::from_secs(5),
-            command: Command::Firewall(cmd.clone()),
         };
         let mut buf = Vec::new();
         run(&cmd, &args, &mut buf).await?;

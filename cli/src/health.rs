@@ -3,12 +3,10 @@
 
 use std::{io::Write, net::SocketAddrV4, time::Duration};
 
-use clap::Args;
-use serde::Serialize;
-
 use crate::client::{call, Lbd};
-use crate::highargs::{parse_duration, ArgError, HighArgs, VipKey};
-use crate::output::{self, BackendJson, VipJson};
+use crate::highargs::{parse_duration, ArgError, Globals, VipKey};
+use crate::lowargs::HealthArgs;
+use crate::output::{self, health_label, show_duration, BackendJson, VipJson};
 use crate::pb;
 
 /// Shortest probe interval lbd accepts.
@@ -19,50 +17,6 @@ const MAX_INTERVAL: Duration = Duration::from_secs(3600);
 const MAX_COUNT: u32 = 100;
 /// Longest HTTP path or UDP payload lbd accepts, in bytes.
 const MAX_PROBE_BYTES: usize = 1024;
-
-pub const VIP_SET_HEALTH_EXAMPLES: &str = "\
-Replaces the whole check: flags left out take their defaults. Backends keep their up/down status.
-Examples:
-  lbctl vip set-health 10.0.0.10:80 --proto tcp --health http:/healthz --fall 2
-  lbctl vip set-health 10.0.0.10:53 --proto udp --health udp --health-interval 500ms --health-timeout 200ms
-  lbctl vip set-health 10.0.0.10:80 --proto tcp --health none";
-
-/// The health-check flags shared by `vip add` and `vip set-health`.
-#[derive(Debug, Clone, Default, Args)]
-pub struct HealthArgs {
-    /// Probe each backend: tcp (connect), http:/PATH (GET, expect --http-status), udp (send
-    /// --udp-payload, expect a reply) or none
-    #[arg(long, value_name = "KIND")]
-    pub health: Option<String>,
-
-    /// Time between two probes of a backend (100ms..1h)
-    #[arg(long, value_name = "DURATION")]
-    pub health_interval: Option<String>,
-
-    /// How long one probe may take (below the interval)
-    #[arg(long, value_name = "DURATION")]
-    pub health_timeout: Option<String>,
-
-    /// Good probes in a row that bring a down backend back (1..100)
-    #[arg(long, value_name = "N")]
-    pub rise: Option<String>,
-
-    /// Failed probes in a row that take a backend out (1..100)
-    #[arg(long, value_name = "N")]
-    pub fall: Option<String>,
-
-    /// When every backend is down: fail-open (keep them all) or drop (new flows are dropped)
-    #[arg(long, value_name = "POLICY")]
-    pub all_down: Option<String>,
-
-    /// HTTP status an http check expects
-    #[arg(long, value_name = "CODE")]
-    pub http_status: Option<String>,
-
-    /// What a udp check sends
-    #[arg(long, value_name = "TEXT")]
-    pub udp_payload: Option<String>,
-}
 
 /// What a probe does.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -188,7 +142,10 @@ pub fn parse(args: &HealthArgs, required: bool) -> Result<HealthSpec, ArgError> 
         return Err(invalid(
             "--health-timeout",
             s,
-            format!("a duration below the interval ({})", show(interval)),
+            format!(
+                "a duration below the interval ({})",
+                show_duration(interval)
+            ),
         ));
     }
     let count = |what: &'static str, v: &Option<String>, default: u32| match v {
@@ -306,88 +263,6 @@ fn parse_kind(s: &str) -> Result<Kind, ArgError> {
     }
 }
 
-fn show(d: Duration) -> String {
-    if d.subsec_millis() == 0 {
-        format!("{}s", d.as_secs())
-    } else {
-        format!("{}ms", d.as_millis())
-    }
-}
-
-/// A health check in one short line: `tcp 1s/500ms 2/3 fail-open`, or `none`.
-pub fn label(h: Option<&pb::HealthCheck>) -> String {
-    let Some(h) = h else {
-        return "none".into();
-    };
-    let kind = match pb::HealthCheckKind::try_from(h.kind) {
-        Ok(pb::HealthCheckKind::None) => return "none".into(),
-        Ok(pb::HealthCheckKind::Tcp) => "tcp".to_string(),
-        Ok(pb::HealthCheckKind::Http) if h.http_expect_status == 200 => {
-            format!("http:{}", h.http_path)
-        }
-        Ok(pb::HealthCheckKind::Http) => format!("http:{}={}", h.http_path, h.http_expect_status),
-        Ok(pb::HealthCheckKind::Udp) => "udp".to_string(),
-        Err(_) => format!("unknown({})", h.kind),
-    };
-    let all_down = match pb::AllDownPolicy::try_from(h.all_down) {
-        Ok(pb::AllDownPolicy::Drop) => "drop",
-        _ => "fail-open",
-    };
-    format!(
-        "{kind} {}/{} rise {} fall {} {all_down}",
-        show(Duration::from_millis(u64::from(h.interval_ms))),
-        show(Duration::from_millis(u64::from(h.timeout_ms))),
-        h.rise,
-        h.fall
-    )
-}
-
-/// The JSON view of a health check.
-#[derive(Debug, Serialize, PartialEq, Eq)]
-pub struct HealthJson {
-    /// `none`, `tcp`, `http` or `udp`.
-    pub kind: String,
-    pub interval_ms: u32,
-    pub timeout_ms: u32,
-    pub rise: u32,
-    pub fall: u32,
-    /// `fail-open` or `drop`.
-    pub all_down: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub http_path: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub http_expect_status: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub udp_payload: Option<String>,
-}
-
-impl From<&pb::HealthCheck> for HealthJson {
-    fn from(h: &pb::HealthCheck) -> Self {
-        let kind = pb::HealthCheckKind::try_from(h.kind);
-        HealthJson {
-            kind: match kind {
-                Ok(pb::HealthCheckKind::None) => "none".into(),
-                Ok(pb::HealthCheckKind::Tcp) => "tcp".into(),
-                Ok(pb::HealthCheckKind::Http) => "http".into(),
-                Ok(pb::HealthCheckKind::Udp) => "udp".into(),
-                Err(_) => format!("unknown({})", h.kind),
-            },
-            interval_ms: h.interval_ms,
-            timeout_ms: h.timeout_ms,
-            rise: h.rise,
-            fall: h.fall,
-            all_down: match pb::AllDownPolicy::try_from(h.all_down) {
-                Ok(pb::AllDownPolicy::Drop) => "drop".into(),
-                _ => "fail-open".into(),
-            },
-            http_path: (kind == Ok(pb::HealthCheckKind::Http)).then(|| h.http_path.clone()),
-            http_expect_status: (kind == Ok(pb::HealthCheckKind::Http))
-                .then_some(h.http_expect_status),
-            udp_payload: (kind == Ok(pb::HealthCheckKind::Udp)).then(|| h.udp_payload.clone()),
-        }
-    }
-}
-
 /// `vip set-health`, `backend drain` and `backend undrain`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HealthCommand {
@@ -397,7 +272,7 @@ pub enum HealthCommand {
 }
 
 /// Connects to lbd, performs `cmd` and renders the reply.
-pub async fn run(cmd: &HealthCommand, args: &HighArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+pub async fn run(cmd: &HealthCommand, args: &Globals, out: &mut dyn Write) -> anyhow::Result<()> {
     let mut lbd = Lbd::connect(&args.target, args.timeout).await?;
     let t = args.timeout;
     let written = match cmd {
@@ -418,7 +293,7 @@ pub async fn run(cmd: &HealthCommand, args: &HighArgs, out: &mut dyn Write) -> a
                 writeln!(
                     out,
                     "vip {vip} health check: {}",
-                    label(set.health.as_ref())
+                    health_label(set.health.as_ref())
                 )
             } else {
                 writeln!(
@@ -471,6 +346,7 @@ pub async fn run(cmd: &HealthCommand, args: &HighArgs, out: &mut dyn Write) -> a
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::output::HealthJson;
 
     fn args(health: Option<&str>) -> HealthArgs {
         HealthArgs {
@@ -600,13 +476,13 @@ mod tests {
 
     #[test]
     fn labels() {
-        assert_eq!(label(None), "none");
+        assert_eq!(health_label(None), "none");
         let spec = HealthSpec {
             kind: Kind::Tcp,
             ..HealthSpec::default()
         };
         assert_eq!(
-            label(Some(&spec.to_pb())),
+            health_label(Some(&spec.to_pb())),
             "tcp 1s/500ms rise 2 fall 3 fail-open"
         );
         let spec = HealthSpec {
@@ -620,7 +496,7 @@ mod tests {
             ..HealthSpec::default()
         };
         assert_eq!(
-            label(Some(&spec.to_pb())),
+            health_label(Some(&spec.to_pb())),
             "http:/h=204 200ms/100ms rise 2 fall 3 drop"
         );
         let j = HealthJson::from(&spec.to_pb());

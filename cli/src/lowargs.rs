@@ -1,5 +1,7 @@
-//! "Low" arguments: the clap command tree exactly as typed, values kept as raw strings.
-//! Nothing here is validated beyond shape; `highargs` turns this into checked values.
+//! "Low" arguments: the whole clap command tree of every command group, in this one place,
+//! exactly as typed, values kept as raw strings. Nothing here is validated beyond shape (and
+//! nothing here depends on another lbctl module); `highargs` and each group's module turn this
+//! into checked values.
 
 use std::path::PathBuf;
 
@@ -122,19 +124,19 @@ pub enum LowCommand {
 
     /// Firewall: block source prefixes (add, remove, load a list)
     #[command(subcommand)]
-    Block(crate::firewall::RulesCommand),
+    Block(RulesCommand),
 
     /// Firewall: allow source prefixes, e.g. a hole in a wider block (add, remove, load a list)
     #[command(subcommand)]
-    Allow(crate::firewall::RulesCommand),
+    Allow(RulesCommand),
 
     /// Firewall: list the rules with their hits
     #[command(subcommand)]
-    Fw(crate::firewall::FwCommand),
+    Fw(FwCommand),
 
     /// Per-client rate limits: set, remove and list policies, show the top offenders
     #[command(subcommand, name = "ratelimit")]
-    RateLimit(crate::ratelimit::RateLimitCommand),
+    RateLimit(RateLimitCommand),
 
     /// Show packet, byte and flow counters per VIP and backend, per reason and per verdict
     Stats,
@@ -144,7 +146,7 @@ pub enum LowCommand {
     BackendSetup(BackendSetupArgs),
 
     /// Live packets/s, bits/s and new flows/s per VIP and backend, redrawn in place (Ctrl-C quits)
-    Top(crate::top::TopArgs),
+    Top(TopArgs),
 
     /// Print a shell completion script to stdout
     Completions {
@@ -176,7 +178,7 @@ pub enum VipCommand {
 
     /// Set a VIP's health check (tcp, http, udp or none), its interval, timeout, rise and fall
     #[command(
-        after_help = crate::health::VIP_SET_HEALTH_EXAMPLES,
+        after_help = VIP_SET_HEALTH_EXAMPLES,
         mut_arg("health", |a| a.required(true))
     )]
     SetHealth(VipSetHealthArgs),
@@ -219,7 +221,7 @@ pub struct VipAddArgs {
     pub mode: String,
 
     #[command(flatten)]
-    pub health: crate::health::HealthArgs,
+    pub health: HealthArgs,
 }
 
 /// `vip set-health ADDR:PORT --proto P --health KIND [...]`
@@ -229,7 +231,7 @@ pub struct VipSetHealthArgs {
     pub vip: VipPositional,
 
     #[command(flatten)]
-    pub health: crate::health::HealthArgs,
+    pub health: HealthArgs,
 }
 
 /// `vip set-mode ADDR:PORT --proto P --mode M`
@@ -333,4 +335,190 @@ pub struct SetWeightArgs {
     /// New relative weight; 0 drains the backend (no new flows)
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub weight: String,
+}
+
+// ---------------------------------------------------------------------------------------
+// Health checks (vip add, vip set-health)
+
+pub const VIP_SET_HEALTH_EXAMPLES: &str = "\
+Replaces the whole check: flags left out take their defaults. Backends keep their up/down status.
+Examples:
+  lbctl vip set-health 10.0.0.10:80 --proto tcp --health http:/healthz --fall 2
+  lbctl vip set-health 10.0.0.10:53 --proto udp --health udp --health-interval 500ms --health-timeout 200ms
+  lbctl vip set-health 10.0.0.10:80 --proto tcp --health none";
+
+/// The health-check flags shared by `vip add` and `vip set-health`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct HealthArgs {
+    /// Probe each backend: tcp (connect), http:/PATH (GET, expect --http-status), udp (send
+    /// --udp-payload, expect a reply) or none
+    #[arg(long, value_name = "KIND")]
+    pub health: Option<String>,
+
+    /// Time between two probes of a backend (100ms..1h)
+    #[arg(long, value_name = "DURATION")]
+    pub health_interval: Option<String>,
+
+    /// How long one probe may take (below the interval)
+    #[arg(long, value_name = "DURATION")]
+    pub health_timeout: Option<String>,
+
+    /// Good probes in a row that bring a down backend back (1..100)
+    #[arg(long, value_name = "N")]
+    pub rise: Option<String>,
+
+    /// Failed probes in a row that take a backend out (1..100)
+    #[arg(long, value_name = "N")]
+    pub fall: Option<String>,
+
+    /// When every backend is down: fail-open (keep them all) or drop (new flows are dropped)
+    #[arg(long, value_name = "POLICY")]
+    pub all_down: Option<String>,
+
+    /// HTTP status an http check expects
+    #[arg(long, value_name = "CODE")]
+    pub http_status: Option<String>,
+
+    /// What a udp check sends
+    #[arg(long, value_name = "TEXT")]
+    pub udp_payload: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------
+// Firewall (block, allow, fw)
+
+const FW_ADD_EXAMPLES: &str = "\
+Examples:
+  lbctl block add 192.0.2.0/24 198.51.100.7
+  lbctl allow add 10.1.2.0/24        # a hole in a wider block";
+
+const FW_LOAD_EXAMPLES: &str = "\
+The file has one IPv4 prefix per line (a bare address is a /32); everything after '#' or ';'
+is a comment, so published drop lists (\"1.2.3.0/24 ; SBL123\") load as they are. '-' reads
+standard input. With --replace the file becomes the whole block (or allow) list; the rules
+with the other action stay. The data plane goes from the old list to the new one with no
+moment where neither is in force.
+
+Examples:
+  lbctl block load drop.txt --replace
+  curl -s https://www.spamhaus.org/drop/drop.txt | lbctl block load - --replace";
+
+/// `lbctl block ...` / `lbctl allow ...`
+#[derive(Debug, Subcommand)]
+pub enum RulesCommand {
+    /// Add rules for these prefixes (a prefix that already has this action is left alone)
+    #[command(after_help = FW_ADD_EXAMPLES)]
+    Add(CidrArgs),
+
+    /// Remove the rules of these prefixes
+    Remove(CidrArgs),
+
+    /// Add (or with --replace, replace the list with) the prefixes of a file
+    #[command(after_help = FW_LOAD_EXAMPLES)]
+    Load(LoadArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CidrArgs {
+    /// IPv4 prefixes, e.g. 10.0.0.0/8 or 192.0.2.7 (a /32)
+    #[arg(value_name = "CIDR", required = true)]
+    pub cidrs: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// File with one prefix per line ('-': standard input)
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+
+    /// Make the file the whole list of this action instead of adding to it
+    #[arg(long)]
+    pub replace: bool,
+}
+
+/// `lbctl fw ...`
+#[derive(Debug, Subcommand)]
+pub enum FwCommand {
+    /// List the firewall rules with their hits (packets each rule decided)
+    List {
+        /// Only the rules with this action: block or allow
+        #[arg(long, value_name = "ACTION")]
+        action: Option<String>,
+    },
+}
+
+// ---------------------------------------------------------------------------------------
+// Rate limits (ratelimit)
+
+const RATELIMIT_SET_EXAMPLES: &str = "\
+Every client (source address) gets its own bucket: RATE packets per second, bursts of up to
+BURST packets. A client falls under the override with the longest prefix that contains it, else
+under the default policy (no --cidr). --rate 0 means no limit (e.g. to exempt a prefix).
+
+Examples:
+  lbctl ratelimit set --rate 1000 --burst 200                    # default: every client
+  lbctl ratelimit set --rate 20 --burst 5 --scope new-flows      # limit connection attempts
+  lbctl ratelimit set --rate 0 --cidr 10.0.0.0/8                 # no limit for 10/8
+  lbctl ratelimit set --rate 50 --burst 10 --cidr 192.0.2.0/24";
+
+/// `lbctl ratelimit ...`
+#[derive(Debug, Subcommand)]
+pub enum RateLimitCommand {
+    /// Set the default policy, or the override of a prefix (--cidr)
+    #[command(after_help = RATELIMIT_SET_EXAMPLES)]
+    Set(RateLimitSetArgs),
+
+    /// Remove the override of a prefix, or (without --cidr) reset the default to no limit
+    Remove(CidrFlag),
+
+    /// List the policies with their allowed and dropped packets
+    List,
+
+    /// List the clients with the most dropped packets
+    Top {
+        /// How many clients
+        #[arg(short = 'n', long = "count", value_name = "N", default_value = "20")]
+        count: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RateLimitSetArgs {
+    /// Packets per second per client (0: no limit)
+    #[arg(long, value_name = "PPS", allow_negative_numbers = true)]
+    pub rate: String,
+
+    /// Packets a client may send at once (at least 1 when --rate > 0)
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub burst: Option<String>,
+
+    /// Which packets count: all, or new-flows (connection attempts only)
+    #[arg(long, value_name = "SCOPE", default_value = "all")]
+    pub scope: String,
+
+    #[command(flatten)]
+    pub cidr: CidrFlag,
+}
+
+#[derive(Debug, Args)]
+pub struct CidrFlag {
+    /// IPv4 prefix of the override, e.g. 192.0.2.0/24 (a bare address is a /32); none: the default
+    #[arg(long, value_name = "CIDR")]
+    pub cidr: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------
+// top
+
+/// `lbctl top [--interval D] [--iterations N]`
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// Refresh interval, 100ms..1m (e.g. 1s, 500ms)
+    #[arg(long, value_name = "DURATION", default_value = "1s")]
+    pub interval: String,
+
+    /// Stop after N updates (each update needs one more snapshot than the last); default: run
+    /// until Ctrl-C
+    #[arg(long, short = 'n', value_name = "N")]
+    pub iterations: Option<String>,
 }

@@ -1,8 +1,10 @@
 //! lbctl: command-line client for lbd, the xdplb daemon. This module owns the process
 //! edges (argument parsing, exit codes, error lines) and dispatches one command to lbd.
 
+mod backend;
 mod backend_setup;
 mod client;
+mod command;
 mod firewall;
 mod health;
 mod highargs;
@@ -11,7 +13,9 @@ mod man;
 mod output;
 mod pb;
 mod ratelimit;
+mod stats;
 mod top;
+mod vip;
 
 use std::{
     io::{self, Write},
@@ -21,10 +25,9 @@ use std::{
 use anyhow::Context as _;
 use clap::{CommandFactory as _, Parser as _};
 
-use crate::client::{call, Lbd};
-use crate::highargs::{Command, HighArgs};
+use crate::command::{Command, Invocation};
+use crate::highargs::Globals;
 use crate::lowargs::LowArgs;
-use crate::output::{BackendJson, BackendListJson, StatsJson, VipJson, VipKeyJson, VipListJson};
 
 /// Exit status for RPC and connection failures (usage errors are 2, as with clap).
 const EXIT_FAILURE: u8 = 1;
@@ -39,7 +42,7 @@ fn main() -> ExitCode {
             return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(EXIT_USAGE));
         }
     };
-    let high = match HighArgs::try_from(low) {
+    let high = match Invocation::try_from(low) {
         Ok(high) => high,
         Err(e) => {
             eprintln!("lbctl: {e}");
@@ -49,7 +52,7 @@ fn main() -> ExitCode {
 
     if let Command::BackendSetup { .. } = &high.command {
         // Prepares this host as a DSR backend: local work in a binary of its own, no lbd.
-        let e = backend_setup::exec(&high.command, high.json);
+        let e = backend_setup::exec(&high.command, high.globals.json);
         eprintln!("lbctl: {e:#}");
         return ExitCode::from(EXIT_FAILURE);
     }
@@ -73,7 +76,7 @@ fn main() -> ExitCode {
             .enable_all()
             .build()
             .context("cannot start the async runtime")
-            .and_then(|rt| rt.block_on(run(&high, &mut out)))
+            .and_then(|rt| rt.block_on(run(&high.command, &high.globals, &mut out)))
     };
     match result.and_then(|()| out.flush().context("cannot write to stdout")) {
         Ok(()) => ExitCode::SUCCESS,
@@ -93,272 +96,21 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
-/// Reads and checks a backend list (`-`: standard input) before anything is sent.
-fn read_backend_list(
-    file: &std::path::Path,
-    weight: u32,
-) -> anyhow::Result<Vec<(std::net::SocketAddrV4, u32)>> {
-    let text = if file == std::path::Path::new("-") {
-        let mut s = String::new();
-        io::Read::read_to_string(&mut io::stdin(), &mut s)
-            .context("cannot read the backend list from standard input")?;
-        s
-    } else {
-        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?
-    };
-    highargs::parse_backend_list(&text, weight)
-        .map_err(|(line, e)| anyhow::anyhow!("{}:{line}: {e}; nothing was added", file.display()))
-}
-
-/// Connect to lbd, perform one command, and render the reply to `out`.
-async fn run(args: &HighArgs, out: &mut dyn Write) -> anyhow::Result<()> {
-    if let Command::Firewall(cmd) = &args.command {
+/// Performs one command through its group (args -> request -> RPC -> view) and renders the
+/// reply to `out`.
+async fn run(command: &Command, args: &Globals, out: &mut dyn Write) -> anyhow::Result<()> {
+    match command {
+        Command::Vip(cmd) => vip::run(cmd, args, out).await,
+        Command::Backend(cmd) => backend::run(cmd, args, out).await,
+        Command::Stats => stats::run(args, out).await,
         // Reads and checks a list file before connecting.
-        return firewall::run(cmd, args, out).await;
+        Command::Firewall(cmd) => firewall::run(cmd, args, out).await,
+        Command::RateLimit(cmd) => ratelimit::run(cmd, args, out).await,
+        Command::Health(cmd) => health::run(cmd, args, out).await,
+        Command::Top(cmd) => top::run(cmd, args, out).await,
+        // Handled in main: local, no lbd.
+        Command::BackendSetup { .. } | Command::Completions(_) | Command::Man(_) => Ok(()),
     }
-    if let Command::RateLimit(cmd) = &args.command {
-        return ratelimit::run(cmd, args, out).await;
-    }
-    if let Command::Health(cmd) = &args.command {
-        return health::run(cmd, args, out).await;
-    }
-    if let Command::Top(cmd) = &args.command {
-        return top::run(cmd, args, out).await;
-    }
-    let mut lbd = Lbd::connect(&args.target, args.timeout).await?;
-    let json = args.json;
-    let t = args.timeout;
-    let written = match &args.command {
-        Command::VipAdd { vip, mode, health } => {
-            let req = pb::AddVipRequest {
-                vip: Some(vip.to_pb()),
-                mode: mode.to_pb() as i32,
-                health: health.is_checked().then(|| health.to_pb()),
-            };
-            let added = call(t, lbd.vips.add_vip(req)).await?;
-            let added = added.vip.unwrap_or_else(|| pb::Vip {
-                key: Some(vip.to_pb()),
-                mode: mode.to_pb() as i32,
-                ..Default::default()
-            });
-            if json {
-                output::write_json(out, &VipJson::from(&added))
-            } else {
-                let checked = if health.is_checked() {
-                    format!(", health {}", health::label(added.health.as_ref()))
-                } else {
-                    String::new()
-                };
-                writeln!(
-                    out,
-                    "added vip {} (mode {}, id {}{checked})",
-                    output::vip_label(&added.key.clone().unwrap_or_else(|| vip.to_pb())),
-                    output::mode_name(added.mode),
-                    added.id
-                )
-            }
-        }
-        Command::VipRemove { vip } => {
-            let req = pb::RemoveVipRequest {
-                vip: Some(vip.to_pb()),
-            };
-            call(t, lbd.vips.remove_vip(req)).await?;
-            if json {
-                output::write_json(out, &serde_json::json!({}))
-            } else {
-                writeln!(out, "removed vip {vip}")
-            }
-        }
-        Command::VipSetMode { vip, mode } => {
-            let req = pb::SetVipModeRequest {
-                vip: Some(vip.to_pb()),
-                mode: mode.to_pb() as i32,
-            };
-            let resp = call(t, lbd.vips.set_vip_mode(req)).await?;
-            let set = resp.vip.unwrap_or_else(|| pb::Vip {
-                key: Some(vip.to_pb()),
-                mode: mode.to_pb() as i32,
-                ..Default::default()
-            });
-            if json {
-                output::write_json(out, &VipJson::from(&set))
-            } else {
-                writeln!(
-                    out,
-                    "vip {} now uses {} for new flows (tracked flows keep their mode)",
-                    output::vip_label(&set.key.clone().unwrap_or_else(|| vip.to_pb())),
-                    output::mode_name(set.mode)
-                )
-            }
-        }
-        Command::VipList => {
-            let resp = call(t, lbd.vips.list_vips(pb::ListVipsRequest {})).await?;
-            if json {
-                let vips = resp.vips.iter().map(VipJson::from).collect();
-                output::write_json(out, &VipListJson { vips })
-            } else {
-                output::vip_list(out, &resp.vips)
-            }
-        }
-        Command::BackendAdd {
-            vip,
-            backend,
-            weight,
-        } => {
-            let requested = pb::Backend {
-                address: backend.ip().to_string(),
-                port: u32::from(backend.port()),
-                weight: Some(*weight),
-                id: 0,
-                ..Default::default()
-            };
-            let req = pb::AddBackendRequest {
-                vip: Some(vip.to_pb()),
-                backend: Some(requested.clone()),
-            };
-            let resp = call(t, lbd.backends.add_backend(req)).await?;
-            let added = resp.backend.unwrap_or(requested);
-            if json {
-                output::write_json(out, &BackendJson::from(&added))
-            } else {
-                writeln!(
-                    out,
-                    "added backend {}:{} (weight {}) to {vip}",
-                    added.address,
-                    added.port,
-                    added.weight.unwrap_or_default()
-                )
-            }
-        }
-        Command::BackendAddMany {
-            vip,
-            backends,
-            file,
-            weight,
-        } => {
-            let mut all: Vec<(std::net::SocketAddrV4, u32)> =
-                backends.iter().map(|b| (*b, *weight)).collect();
-            if let Some(file) = file {
-                all.extend(read_backend_list(file, *weight)?);
-            }
-            let addrs: Vec<_> = all.iter().map(|(a, _)| *a).collect();
-            if let Some(dup) = highargs::first_repeat(&addrs) {
-                anyhow::bail!("backend {dup} is listed twice; nothing was added");
-            }
-            let req = pb::AddBackendsRequest {
-                vip: Some(vip.to_pb()),
-                backends: all
-                    .iter()
-                    .map(|(a, w)| pb::Backend {
-                        address: a.ip().to_string(),
-                        port: u32::from(a.port()),
-                        weight: Some(*w),
-                        ..Default::default()
-                    })
-                    .collect(),
-            };
-            // About 10 us a backend on lbd's side; allow for big lists on a slow link.
-            let timeout = t + std::time::Duration::from_millis(all.len() as u64);
-            let resp = call(timeout, lbd.backends.add_backends(req)).await?;
-            if json {
-                output::write_json(
-                    out,
-                    &BackendListJson {
-                        vip: VipKeyJson::from(&vip.to_pb()),
-                        backends: resp.backends.iter().map(BackendJson::from).collect(),
-                    },
-                )
-            } else {
-                writeln!(out, "added {} backends to {vip}", resp.backends.len())
-            }
-        }
-        Command::BackendRemove { vip, backend } => {
-            let req = pb::RemoveBackendRequest {
-                vip: Some(vip.to_pb()),
-                address: backend.ip().to_string(),
-                port: u32::from(backend.port()),
-            };
-            call(t, lbd.backends.remove_backend(req)).await?;
-            if json {
-                output::write_json(out, &serde_json::json!({}))
-            } else {
-                writeln!(out, "removed backend {backend} from {vip}")
-            }
-        }
-        Command::BackendSetWeight {
-            vip,
-            backend,
-            weight,
-        } => {
-            let req = pb::SetBackendWeightRequest {
-                vip: Some(vip.to_pb()),
-                address: backend.ip().to_string(),
-                port: u32::from(backend.port()),
-                weight: *weight,
-            };
-            let resp = call(t, lbd.backends.set_backend_weight(req)).await?;
-            let updated = resp.backend.unwrap_or_else(|| pb::Backend {
-                address: backend.ip().to_string(),
-                port: u32::from(backend.port()),
-                weight: Some(*weight),
-                id: 0,
-                ..Default::default()
-            });
-            if json {
-                output::write_json(out, &BackendJson::from(&updated))
-            } else {
-                let drained = if updated.weight.unwrap_or_default() == 0 {
-                    " (drained)"
-                } else {
-                    ""
-                };
-                writeln!(
-                    out,
-                    "set weight of backend {}:{} on {vip} to {}{drained}",
-                    updated.address,
-                    updated.port,
-                    updated.weight.unwrap_or_default()
-                )
-            }
-        }
-        Command::BackendList { vip } => {
-            let req = pb::ListBackendsRequest {
-                vip: Some(vip.to_pb()),
-            };
-            let resp = call(t, lbd.backends.list_backends(req)).await?;
-            if json {
-                let backends = resp
-                    .backends
-                    .iter()
-                    .map(|b| BackendJson {
-                        tracked_flows: Some(b.tracked_flows),
-                        ..BackendJson::from(b)
-                    })
-                    .collect();
-                let vip = VipKeyJson::from(&vip.to_pb());
-                output::write_json(out, &BackendListJson { vip, backends })
-            } else {
-                output::backend_list(out, &vip.to_string(), &resp.backends)
-            }
-        }
-        // Handled in main: runs locally, needs no lbd.
-        Command::BackendSetup { .. } => Ok(()),
-        Command::Stats => {
-            let resp = call(t, lbd.stats.get_stats(pb::GetStatsRequest {})).await?;
-            if json {
-                output::write_json(out, &StatsJson::from(&resp))
-            } else {
-                output::stats(out, &resp)
-            }
-        }
-        Command::Completions(_) => Ok(()), // handled in main, needs no lbd
-        Command::Man(_) => Ok(()),         // handled in main, needs no lbd
-        Command::Firewall(_) => Ok(()),    // handled above
-        Command::RateLimit(_) => Ok(()),   // handled above
-        Command::Health(_) => Ok(()),      // handled above
-        Command::Top(_) => Ok(()),         // handled above
-    };
-    written.context("cannot write to stdout")
 }
 
 #[cfg(test)]
@@ -372,7 +124,10 @@ mod tests {
 
     use super::*;
     use crate::highargs::{Mode, Proto, Target, VipKey};
+    use crate::output;
+    use crate::pb;
     use crate::pb::test_server::vips_server::{Vips, VipsServer};
+    use crate::vip::Vip;
 
     /// Just enough of lbd's Vips service to list, add and remove.
     #[derive(Default)]
@@ -471,14 +226,13 @@ mod tests {
     }
 
     async fn lbctl(socket: &Path, json: bool, command: Command) -> anyhow::Result<String> {
-        let args = HighArgs {
+        let args = Globals {
             target: Target::Unix(socket.to_path_buf()),
             json,
             timeout: Duration::from_secs(5),
-            command,
         };
         let mut buf = Vec::new();
-        run(&args, &mut buf).await?;
+        run(&command, &args, &mut buf).await?;
         Ok(String::from_utf8(buf)?)
     }
 
@@ -510,20 +264,20 @@ mod tests {
         let added = lbctl(
             &socket,
             false,
-            Command::VipAdd {
+            Command::Vip(Vip::Add {
                 vip: VipKey {
                     addr: "10.0.0.11:53".parse().expect("addr"),
                     proto: Proto::Udp,
                 },
                 mode: Mode::L2Dsr,
                 health: crate::health::HealthSpec::default(),
-            },
+            }),
         )
         .await
         .expect("vip add");
         assert_eq!(added, "added vip 10.0.0.11:53/udp (mode l2dsr, id 2)\n");
 
-        let human = lbctl(&socket, false, Command::VipList)
+        let human = lbctl(&socket, false, Command::Vip(Vip::List))
             .await
             .expect("vip list");
         assert_eq!(
@@ -559,7 +313,7 @@ mod tests {
             "vip 10.0.0.11:53/udp health check: udp 200ms/100ms rise 2 fall 3 drop\n"
         );
 
-        let json = lbctl(&socket, true, Command::VipList)
+        let json = lbctl(&socket, true, Command::Vip(Vip::List))
             .await
             .expect("vip list --json");
         let v: serde_json::Value = serde_json::from_str(&json).expect("one JSON document");
@@ -574,13 +328,13 @@ mod tests {
         let switched = lbctl(
             &socket,
             false,
-            Command::VipSetMode {
+            Command::Vip(Vip::SetMode {
                 vip: VipKey {
                     addr: "10.0.0.10:80".parse().expect("addr"),
                     proto: Proto::Tcp,
                 },
                 mode: Mode::Ipip,
-            },
+            }),
         )
         .await
         .expect("vip set-mode");
@@ -591,13 +345,13 @@ mod tests {
         let json = lbctl(
             &socket,
             true,
-            Command::VipSetMode {
+            Command::Vip(Vip::SetMode {
                 vip: VipKey {
                     addr: "10.0.0.10:80".parse().expect("addr"),
                     proto: Proto::Tcp,
                 },
                 mode: Mode::Nat,
-            },
+            }),
         )
         .await
         .expect("vip set-mode --json");
@@ -605,12 +359,12 @@ mod tests {
         assert_eq!(v["mode"], "nat");
         assert_eq!(v["backends"], 2);
 
-        let missing = Command::VipRemove {
+        let missing = Command::Vip(Vip::Remove {
             vip: VipKey {
                 addr: "10.0.0.1:80".parse().expect("addr"),
                 proto: Proto::Tcp,
             },
-        };
+        });
         let err = lbctl(&socket, false, missing).await.expect_err("not found");
         assert_eq!(
             format!("{err:#}"),

@@ -2,6 +2,7 @@
 //! of the protobuf messages, with enums spelled as lbctl accepts them: "tcp", "nat", ...).
 
 use std::io::{self, Write};
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -69,7 +70,7 @@ pub struct VipJson {
     pub mode: String,
     pub id: u32,
     pub backends: u32,
-    pub health: crate::health::HealthJson,
+    pub health: HealthJson,
 }
 
 impl From<&pb::Vip> for VipJson {
@@ -82,7 +83,7 @@ impl From<&pb::Vip> for VipJson {
             mode: mode_name(v.mode),
             id: v.id,
             backends: v.backends,
-            health: crate::health::HealthJson::from(&v.health.clone().unwrap_or_default()),
+            health: HealthJson::from(&v.health.clone().unwrap_or_default()),
         }
     }
 }
@@ -217,6 +218,202 @@ pub fn write_json<T: Serialize>(out: &mut dyn Write, value: &T) -> io::Result<()
 }
 
 // ---------------------------------------------------------------------------------------
+// Health checks
+
+/// A duration as typed: `1s`, `500ms`.
+pub fn show_duration(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+/// A health check in one short line: `tcp 1s/500ms 2/3 fail-open`, or `none`.
+pub fn health_label(h: Option<&pb::HealthCheck>) -> String {
+    let Some(h) = h else {
+        return "none".into();
+    };
+    let kind = match pb::HealthCheckKind::try_from(h.kind) {
+        Ok(pb::HealthCheckKind::None) => return "none".into(),
+        Ok(pb::HealthCheckKind::Tcp) => "tcp".to_string(),
+        Ok(pb::HealthCheckKind::Http) if h.http_expect_status == 200 => {
+            format!("http:{}", h.http_path)
+        }
+        Ok(pb::HealthCheckKind::Http) => format!("http:{}={}", h.http_path, h.http_expect_status),
+        Ok(pb::HealthCheckKind::Udp) => "udp".to_string(),
+        Err(_) => format!("unknown({})", h.kind),
+    };
+    let all_down = match pb::AllDownPolicy::try_from(h.all_down) {
+        Ok(pb::AllDownPolicy::Drop) => "drop",
+        _ => "fail-open",
+    };
+    format!(
+        "{kind} {}/{} rise {} fall {} {all_down}",
+        show_duration(Duration::from_millis(u64::from(h.interval_ms))),
+        show_duration(Duration::from_millis(u64::from(h.timeout_ms))),
+        h.rise,
+        h.fall
+    )
+}
+
+/// The JSON view of a health check.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct HealthJson {
+    /// `none`, `tcp`, `http` or `udp`.
+    pub kind: String,
+    pub interval_ms: u32,
+    pub timeout_ms: u32,
+    pub rise: u32,
+    pub fall: u32,
+    /// `fail-open` or `drop`.
+    pub all_down: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_expect_status: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub udp_payload: Option<String>,
+}
+
+impl From<&pb::HealthCheck> for HealthJson {
+    fn from(h: &pb::HealthCheck) -> Self {
+        let kind = pb::HealthCheckKind::try_from(h.kind);
+        HealthJson {
+            kind: match kind {
+                Ok(pb::HealthCheckKind::None) => "none".into(),
+                Ok(pb::HealthCheckKind::Tcp) => "tcp".into(),
+                Ok(pb::HealthCheckKind::Http) => "http".into(),
+                Ok(pb::HealthCheckKind::Udp) => "udp".into(),
+                Err(_) => format!("unknown({})", h.kind),
+            },
+            interval_ms: h.interval_ms,
+            timeout_ms: h.timeout_ms,
+            rise: h.rise,
+            fall: h.fall,
+            all_down: match pb::AllDownPolicy::try_from(h.all_down) {
+                Ok(pb::AllDownPolicy::Drop) => "drop".into(),
+                _ => "fail-open".into(),
+            },
+            http_path: (kind == Ok(pb::HealthCheckKind::Http)).then(|| h.http_path.clone()),
+            http_expect_status: (kind == Ok(pb::HealthCheckKind::Http))
+                .then_some(h.http_expect_status),
+            udp_payload: (kind == Ok(pb::HealthCheckKind::Udp)).then(|| h.udp_payload.clone()),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Firewall
+
+#[derive(Debug, Serialize)]
+pub struct RuleJson {
+    pub action: String,
+    pub cidr: String,
+    pub hits: u64,
+    pub id: u32,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RuleListJson {
+    pub rules: Vec<RuleJson>,
+}
+
+pub fn action_name(raw: i32) -> String {
+    match pb::FirewallAction::try_from(raw) {
+        Ok(pb::FirewallAction::Block) => "block".into(),
+        Ok(pb::FirewallAction::Allow) => "allow".into(),
+        Ok(pb::FirewallAction::Unspecified) => "unspecified".into(),
+        Err(_) => format!("unknown({raw})"),
+    }
+}
+
+/// "prefix" / "prefixes"
+pub fn n_prefixes(n: u32) -> String {
+    if n == 1 {
+        "1 prefix".into()
+    } else {
+        format!("{n} prefixes")
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Rate limits
+
+/// A policy as `--json` shows it (scope spelled as lbctl accepts it).
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct RateLimitJson {
+    /// `null` for the default policy.
+    pub cidr: Option<String>,
+    pub rate: i64,
+    pub burst: i64,
+    pub scope: String,
+    pub id: u32,
+    pub allowed: u64,
+    pub dropped: u64,
+}
+
+impl From<&pb::RateLimit> for RateLimitJson {
+    fn from(r: &pb::RateLimit) -> Self {
+        let p = r.policy.clone().unwrap_or_default();
+        RateLimitJson {
+            cidr: (!p.cidr.is_empty()).then_some(p.cidr),
+            rate: p.rate,
+            burst: p.burst,
+            scope: scope_name(p.scope),
+            id: r.id,
+            allowed: r.allowed,
+            dropped: r.dropped,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct RateLimitListJson {
+    pub rate_limits: Vec<RateLimitJson>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LimitedClientJson {
+    pub address: String,
+    pub dropped: u64,
+    /// The override the client falls under; `null` for the default policy.
+    pub cidr: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TopJson {
+    pub clients: Vec<LimitedClientJson>,
+    pub tracked: u64,
+}
+
+impl From<&pb::TopLimitedClientsResponse> for TopJson {
+    fn from(r: &pb::TopLimitedClientsResponse) -> Self {
+        TopJson {
+            clients: r
+                .clients
+                .iter()
+                .map(|c| LimitedClientJson {
+                    address: c.address.clone(),
+                    dropped: c.dropped,
+                    cidr: (!c.cidr.is_empty()).then(|| c.cidr.clone()),
+                })
+                .collect(),
+            tracked: r.tracked,
+        }
+    }
+}
+
+/// Scope as a word: "all", "new-flows", or "unknown(N)".
+pub fn scope_name(raw: i32) -> String {
+    match pb::RateLimitScope::try_from(raw) {
+        Ok(pb::RateLimitScope::All | pb::RateLimitScope::Unspecified) => "all".into(),
+        Ok(pb::RateLimitScope::NewFlows) => "new-flows".into(),
+        Err(_) => format!("unknown({raw})"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // Human tables
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -293,7 +490,7 @@ pub fn vip_list(out: &mut dyn Write, vips: &[pb::Vip]) -> io::Result<()> {
             mode_name(v.mode),
             v.backends.to_string(),
             v.id.to_string(),
-            crate::health::label(v.health.as_ref()),
+            health_label(v.health.as_ref()),
         ]);
     }
     t.write(out)

@@ -1,78 +1,15 @@
 //! lbctl's rate-limit commands: `ratelimit set`, `remove`, `list` and `top`. Values are checked
 //! here before anything reaches lbd; lbd checks them again (and the maxima) with the field named.
 
-use std::fmt;
 use std::io::Write;
-use std::net::Ipv4Addr;
 
 use anyhow::Context as _;
-use clap::{Args, Subcommand};
-use serde::Serialize;
 
 use crate::client::{call, Lbd};
-use crate::highargs::{ArgError, HighArgs};
-use crate::output;
+use crate::highargs::{self, ArgError, Globals, Prefix, PrefixError};
+use crate::lowargs::{CidrFlag, RateLimitCommand};
+use crate::output::{self, scope_name, RateLimitJson, RateLimitListJson, TopJson};
 use crate::pb;
-
-const SET_EXAMPLES: &str = "\
-Every client (source address) gets its own bucket: RATE packets per second, bursts of up to
-BURST packets. A client falls under the override with the longest prefix that contains it, else
-under the default policy (no --cidr). --rate 0 means no limit (e.g. to exempt a prefix).
-
-Examples:
-  lbctl ratelimit set --rate 1000 --burst 200                    # default: every client
-  lbctl ratelimit set --rate 20 --burst 5 --scope new-flows      # limit connection attempts
-  lbctl ratelimit set --rate 0 --cidr 10.0.0.0/8                 # no limit for 10/8
-  lbctl ratelimit set --rate 50 --burst 10 --cidr 192.0.2.0/24";
-
-// ---------------------------------------------------------------------------------------
-// Low arguments (clap)
-
-/// `lbctl ratelimit ...`
-#[derive(Debug, Subcommand)]
-pub enum RateLimitCommand {
-    /// Set the default policy, or the override of a prefix (--cidr)
-    #[command(after_help = SET_EXAMPLES)]
-    Set(SetArgs),
-
-    /// Remove the override of a prefix, or (without --cidr) reset the default to no limit
-    Remove(CidrFlag),
-
-    /// List the policies with their allowed and dropped packets
-    List,
-
-    /// List the clients with the most dropped packets
-    Top {
-        /// How many clients
-        #[arg(short = 'n', long = "count", value_name = "N", default_value = "20")]
-        count: String,
-    },
-}
-
-#[derive(Debug, Args)]
-pub struct SetArgs {
-    /// Packets per second per client (0: no limit)
-    #[arg(long, value_name = "PPS", allow_negative_numbers = true)]
-    pub rate: String,
-
-    /// Packets a client may send at once (at least 1 when --rate > 0)
-    #[arg(long, value_name = "N", allow_negative_numbers = true)]
-    pub burst: Option<String>,
-
-    /// Which packets count: all, or new-flows (connection attempts only)
-    #[arg(long, value_name = "SCOPE", default_value = "all")]
-    pub scope: String,
-
-    #[command(flatten)]
-    pub cidr: CidrFlag,
-}
-
-#[derive(Debug, Args)]
-pub struct CidrFlag {
-    /// IPv4 prefix of the override, e.g. 192.0.2.0/24 (a bare address is a /32); none: the default
-    #[arg(long, value_name = "CIDR")]
-    pub cidr: Option<String>,
-}
 
 // ---------------------------------------------------------------------------------------
 // High arguments
@@ -89,19 +26,6 @@ impl Scope {
             Scope::All => pb::RateLimitScope::All,
             Scope::NewFlows => pb::RateLimitScope::NewFlows,
         }
-    }
-}
-
-/// An IPv4 prefix without host bits (not /0: that is the default policy).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Prefix {
-    pub addr: Ipv4Addr,
-    pub len: u8,
-}
-
-impl fmt::Display for Prefix {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.len)
     }
 }
 
@@ -134,22 +58,15 @@ fn invalid(what: &'static str, value: &str, expected: impl Into<String>) -> ArgE
 /// `192.0.2.0/24` or a bare address (a /32); no host bits, not /0.
 pub fn parse_prefix(what: &'static str, s: &str) -> Result<Prefix, ArgError> {
     let expected = "an IPv4 prefix like 192.0.2.0/24 without host bits (not /0: omit --cidr)";
-    let (addr, len) = s.split_once('/').unwrap_or((s, "32"));
-    let addr: Ipv4Addr = addr.parse().map_err(|_| invalid(what, s, expected))?;
-    let len: u8 = match len.parse() {
-        Ok(n) if (1..=32).contains(&n) && len.bytes().all(|b| b.is_ascii_digit()) => n,
-        _ => return Err(invalid(what, s, expected)),
-    };
-    let mask = u32::MAX << (32 - u32::from(len));
-    let network = Ipv4Addr::from(u32::from(addr) & mask);
-    if network != addr {
-        return Err(invalid(
+    match highargs::parse_prefix(s) {
+        Ok(p) if p.len > 0 => Ok(p),
+        Err(PrefixError::HostBits(p)) if p.len > 0 => Err(invalid(
             what,
             s,
-            format!("a prefix without host bits (did you mean {network}/{len}?)"),
-        ));
+            format!("a prefix without host bits (did you mean {p}?)"),
+        )),
+        _ => Err(invalid(what, s, expected)),
     }
-    Ok(Prefix { addr, len })
 }
 
 fn parse_count(what: &'static str, s: &str) -> Result<u64, ArgError> {
@@ -209,82 +126,6 @@ impl TryFrom<RateLimitCommand> for RateLimit {
     }
 }
 
-// ---------------------------------------------------------------------------------------
-// JSON views
-
-/// A policy as `--json` shows it (scope spelled as lbctl accepts it).
-#[derive(Debug, Serialize, PartialEq, Eq)]
-pub struct RateLimitJson {
-    /// `null` for the default policy.
-    pub cidr: Option<String>,
-    pub rate: i64,
-    pub burst: i64,
-    pub scope: String,
-    pub id: u32,
-    pub allowed: u64,
-    pub dropped: u64,
-}
-
-impl From<&pb::RateLimit> for RateLimitJson {
-    fn from(r: &pb::RateLimit) -> Self {
-        let p = r.policy.clone().unwrap_or_default();
-        RateLimitJson {
-            cidr: (!p.cidr.is_empty()).then_some(p.cidr),
-            rate: p.rate,
-            burst: p.burst,
-            scope: scope_name(p.scope),
-            id: r.id,
-            allowed: r.allowed,
-            dropped: r.dropped,
-        }
-    }
-}
-
-#[derive(Debug, Serialize)]
-pub struct RateLimitListJson {
-    pub rate_limits: Vec<RateLimitJson>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct LimitedClientJson {
-    pub address: String,
-    pub dropped: u64,
-    /// The override the client falls under; `null` for the default policy.
-    pub cidr: Option<String>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct TopJson {
-    pub clients: Vec<LimitedClientJson>,
-    pub tracked: u64,
-}
-
-impl From<&pb::TopLimitedClientsResponse> for TopJson {
-    fn from(r: &pb::TopLimitedClientsResponse) -> Self {
-        TopJson {
-            clients: r
-                .clients
-                .iter()
-                .map(|c| LimitedClientJson {
-                    address: c.address.clone(),
-                    dropped: c.dropped,
-                    cidr: (!c.cidr.is_empty()).then(|| c.cidr.clone()),
-                })
-                .collect(),
-            tracked: r.tracked,
-        }
-    }
-}
-
-/// Scope as a word: "all", "new-flows", or "unknown(N)".
-pub fn scope_name(raw: i32) -> String {
-    match pb::RateLimitScope::try_from(raw) {
-        Ok(pb::RateLimitScope::All | pb::RateLimitScope::Unspecified) => "all".into(),
-        Ok(pb::RateLimitScope::NewFlows) => "new-flows".into(),
-        Err(_) => format!("unknown({raw})"),
-    }
-}
-
 /// "the default policy" or "the override of 192.0.2.0/24".
 fn target(cidr: &Option<Prefix>) -> String {
     match cidr {
@@ -297,7 +138,7 @@ fn target(cidr: &Option<Prefix>) -> String {
 // Running
 
 /// Performs one rate-limit command against lbd and renders the reply.
-pub async fn run(cmd: &RateLimit, args: &HighArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+pub async fn run(cmd: &RateLimit, args: &Globals, out: &mut dyn Write) -> anyhow::Result<()> {
     let mut lbd = Lbd::connect(&args.target, args.timeout).await?;
     let t = args.timeout;
     let json = args.json;
@@ -376,15 +217,14 @@ mod tests {
     use super::*;
     use clap::Parser;
 
-    use crate::highargs::Command;
-    use crate::lowargs::LowArgs;
+    use crate::lowargs::{LowArgs, LowCommand};
 
     fn parse(args: &[&str]) -> Result<RateLimit, String> {
         let mut argv = vec!["lbctl", "ratelimit"];
         argv.extend_from_slice(args);
         let low = LowArgs::try_parse_from(argv).map_err(|e| format!("clap: {e}"))?;
-        match HighArgs::try_from(low).map_err(|e| e.to_string())?.command {
-            Command::RateLimit(r) => Ok(r),
+        match low.command {
+            LowCommand::RateLimit(c) => RateLimit::try_from(c).map_err(|e| e.to_string()),
             other => Err(format!("not a rate-limit command: {other:?}")),
         }
     }

@@ -9,11 +9,11 @@ use std::io::{IsTerminal as _, Write};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use clap::Args;
 use serde::Serialize;
 
 use crate::client::{Lbd, RpcError};
-use crate::highargs::{parse_duration, ArgError, HighArgs};
+use crate::highargs::{parse_duration, ArgError, Globals};
+use crate::lowargs::TopArgs;
 use crate::output::{proto_name, vip_label};
 use crate::pb;
 
@@ -23,22 +23,6 @@ const MAX_INTERVAL: Duration = Duration::from_secs(60);
 
 /// ANSI: cursor home, clear the screen.
 const CLEAR: &str = "\x1b[H\x1b[2J";
-
-// ---------------------------------------------------------------------------------------
-// Arguments
-
-/// `lbctl top [--interval D] [--iterations N]`
-#[derive(Debug, Args)]
-pub struct TopArgs {
-    /// Refresh interval, 100ms..1m (e.g. 1s, 500ms)
-    #[arg(long, value_name = "DURATION", default_value = "1s")]
-    pub interval: String,
-
-    /// Stop after N updates (each update needs one more snapshot than the last); default: run
-    /// until Ctrl-C
-    #[arg(long, short = 'n', value_name = "N")]
-    pub iterations: Option<String>,
-}
 
 /// `lbctl top`, checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -360,7 +344,7 @@ pub fn render(out: &mut dyn Write, title: &str, f: &Frame) -> std::io::Result<()
 // The loop
 
 /// Watches lbd's stats and redraws until Ctrl-C, the last iteration, or an error.
-pub async fn run(cmd: &Top, args: &HighArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+pub async fn run(cmd: &Top, args: &Globals, out: &mut dyn Write) -> anyhow::Result<()> {
     let mut lbd = Lbd::connect(&args.target, args.timeout).await?;
     let interval_ms = u32::try_from(cmd.interval.as_millis()).unwrap_or(u32::MAX);
     let req = pb::WatchStatsRequest { interval_ms };

@@ -1,0 +1,112 @@
+//! `lbctl vip add|remove|set-mode|list`: the checked [`Vip`] command, its request to lbd's
+//! Vips service, and the reply through `output`.
+
+use std::io::Write;
+
+use anyhow::Context as _;
+
+use crate::client::{call, Lbd};
+use crate::highargs::Globals;
+use crate::highargs::{Mode, VipKey};
+use crate::output::{self, VipJson, VipListJson};
+use crate::pb;
+
+/// A checked `vip` command (`vip set-health` is a health command).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Vip {
+    Add {
+        vip: VipKey,
+        mode: Mode,
+        /// Kind none unless `--health` was given.
+        health: crate::health::HealthSpec,
+    },
+    Remove {
+        vip: VipKey,
+    },
+    SetMode {
+        vip: VipKey,
+        mode: Mode,
+    },
+    List,
+}
+
+/// Sends `cmd` to lbd and renders the reply.
+pub async fn run(cmd: &Vip, args: &Globals, out: &mut dyn Write) -> anyhow::Result<()> {
+    let mut lbd = Lbd::connect(&args.target, args.timeout).await?;
+    let json = args.json;
+    let t = args.timeout;
+    let written = match cmd {
+        Vip::Add { vip, mode, health } => {
+            let req = pb::AddVipRequest {
+                vip: Some(vip.to_pb()),
+                mode: mode.to_pb() as i32,
+                health: health.is_checked().then(|| health.to_pb()),
+            };
+            let added = call(t, lbd.vips.add_vip(req)).await?;
+            let added = added.vip.unwrap_or_else(|| pb::Vip {
+                key: Some(vip.to_pb()),
+                mode: mode.to_pb() as i32,
+                ..Default::default()
+            });
+            if json {
+                output::write_json(out, &VipJson::from(&added))
+            } else {
+                let checked = if health.is_checked() {
+                    format!(", health {}", output::health_label(added.health.as_ref()))
+                } else {
+                    String::new()
+                };
+                writeln!(
+                    out,
+                    "added vip {} (mode {}, id {}{checked})",
+                    output::vip_label(&added.key.clone().unwrap_or_else(|| vip.to_pb())),
+                    output::mode_name(added.mode),
+                    added.id
+                )
+            }
+        }
+        Vip::Remove { vip } => {
+            let req = pb::RemoveVipRequest {
+                vip: Some(vip.to_pb()),
+            };
+            call(t, lbd.vips.remove_vip(req)).await?;
+            if json {
+                output::write_json(out, &serde_json::json!({}))
+            } else {
+                writeln!(out, "removed vip {vip}")
+            }
+        }
+        Vip::SetMode { vip, mode } => {
+            let req = pb::SetVipModeRequest {
+                vip: Some(vip.to_pb()),
+                mode: mode.to_pb() as i32,
+            };
+            let resp = call(t, lbd.vips.set_vip_mode(req)).await?;
+            let set = resp.vip.unwrap_or_else(|| pb::Vip {
+                key: Some(vip.to_pb()),
+                mode: mode.to_pb() as i32,
+                ..Default::default()
+            });
+            if json {
+                output::write_json(out, &VipJson::from(&set))
+            } else {
+                writeln!(
+                    out,
+                    "vip {} now uses {} for new flows (tracked flows keep their mode)",
+                    output::vip_label(&set.key.clone().unwrap_or_else(|| vip.to_pb())),
+                    output::mode_name(set.mode)
+                )
+            }
+        }
+        Vip::List => {
+            let resp = call(t, lbd.vips.list_vips(pb::ListVipsRequest {})).await?;
+            if json {
+                let vips = resp.vips.iter().map(VipJson::from).collect();
+                output::write_json(out, &VipListJson { vips })
+            } else {
+                output::vip_list(out, &resp.vips)
+            }
+        }
+    };
+    written.context("cannot write to stdout")
+}
