@@ -374,7 +374,7 @@ pub fn udp_request(
     timeout: Duration,
     tries: usize,
 ) -> Result<Reply> {
-    ns.run(|| udp_request_here(from, to, timeout, tries))?
+    ns.run(|| udp_request_here(from, to, timeout, tries).0)?
 }
 
 /// `count` UDP requests from inside `ns`, each from a new socket (fresh source port unless
@@ -392,12 +392,16 @@ pub fn udp_requests(
     ns.run(|| {
         let deadline = Instant::now() + overall;
         let mut results = Vec::with_capacity(count);
+        let mut open = Vec::with_capacity(count);
         let mut failures_in_a_row = 0;
         for src in sources {
             if Instant::now() >= deadline || failures_in_a_row >= MAX_CONSECUTIVE_FAILURES {
                 break;
             }
-            let result = udp_request_here(src, to, timeout, tries);
+            let (result, socket) = udp_request_here(src, to, timeout, tries);
+            // Held to the end, so that no later request of the batch gets this port: each
+            // request is a flow of its own.
+            open.extend(socket);
             failures_in_a_row = if result.is_ok() {
                 0
             } else {
@@ -409,14 +413,28 @@ pub fn udp_requests(
     })
 }
 
+/// One request (see [`udp_request`]), with its socket if it was bound, for the caller to hold.
 fn udp_request_here(
     from: Option<SocketAddrV4>,
     to: SocketAddrV4,
     timeout: Duration,
     tries: usize,
-) -> Result<Reply> {
+) -> (Result<Reply>, Option<UdpSocket>) {
     let bind = from.unwrap_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
-    let socket = UdpSocket::bind(bind).with_context(|| format!("binding UDP {bind}"))?;
+    let socket = match UdpSocket::bind(bind).with_context(|| format!("binding UDP {bind}")) {
+        Ok(s) => s,
+        Err(e) => return (Err(e), None),
+    };
+    let result = udp_exchange(&socket, to, timeout, tries);
+    (result, Some(socket))
+}
+
+fn udp_exchange(
+    socket: &UdpSocket,
+    to: SocketAddrV4,
+    timeout: Duration,
+    tries: usize,
+) -> Result<Reply> {
     socket
         .connect(to)
         .with_context(|| format!("connecting UDP socket to {to}"))?;
