@@ -240,6 +240,24 @@ pub struct ApiConfig {
     pub tls_client_ca: Option<PathBuf>,
 }
 
+/// Where lbd serves metrics unless told otherwise (loopback only).
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9469";
+
+/// A metrics listen value that is neither `ADDR:PORT` nor `none`.
+#[derive(Debug, thiserror::Error)]
+#[error("'{0}' is not ADDR:PORT (or \"none\" to disable metrics)")]
+pub struct BadListen(String);
+
+/// Parses a `--metrics-listen` / `[metrics] listen` value: `ADDR:PORT`, or `none` / empty to
+/// disable the endpoint.
+pub fn parse_metrics_listen(s: &str) -> Result<Option<std::net::SocketAddr>, BadListen> {
+    let s = s.trim();
+    if s.is_empty() || s.eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    s.parse().map(Some).map_err(|_| BadListen(s.to_string()))
+}
+
 /// The Prometheus endpoint (`GET /metrics`, see `crate::metrics`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -251,7 +269,7 @@ pub struct MetricsConfig {
 impl Default for MetricsConfig {
     fn default() -> Self {
         Self {
-            listen: crate::metrics::DEFAULT_LISTEN.to_string(),
+            listen: DEFAULT_METRICS_LISTEN.to_string(),
         }
     }
 }
@@ -259,8 +277,7 @@ impl Default for MetricsConfig {
 impl MetricsConfig {
     /// The address to serve metrics on; `None` when disabled.
     pub fn listen_addr(&self) -> Result<Option<std::net::SocketAddr>, ConfigError> {
-        crate::metrics::parse_listen(&self.listen)
-            .map_err(|e| invalid("metrics.listen", e.to_string()))
+        parse_metrics_listen(&self.listen).map_err(|e| invalid("metrics.listen", e.to_string()))
     }
 }
 
@@ -800,9 +817,25 @@ mod tests {
     }
 
     #[test]
+    fn listen_values() {
+        assert_eq!(
+            parse_metrics_listen("127.0.0.1:9469").expect("valid"),
+            Some("127.0.0.1:9469".parse().expect("addr"))
+        );
+        assert_eq!(parse_metrics_listen("none").expect("valid"), None);
+        assert_eq!(parse_metrics_listen("").expect("valid"), None);
+        assert_eq!(
+            parse_metrics_listen("[::1]:9469").expect("valid"),
+            Some("[::1]:9469".parse().expect("addr"))
+        );
+        assert!(parse_metrics_listen("localhost").is_err());
+        assert!(parse_metrics_listen("9469").is_err());
+    }
+
+    #[test]
     fn metrics_listen() {
         let c = Config::parse(MINIMAL).expect("minimal config parses");
-        assert_eq!(c.metrics.listen, crate::metrics::DEFAULT_LISTEN);
+        assert_eq!(c.metrics.listen, DEFAULT_METRICS_LISTEN);
         let with = |v: &str| format!("{MINIMAL}[metrics]\nlisten = \"{v}\"\n");
         let off = Config::parse(&with("none")).expect("none disables");
         assert_eq!(off.metrics.listen_addr().expect("valid"), None);

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod config;
+pub mod controller;
 pub mod dataplane;
 pub mod health;
 pub mod maglev;

@@ -120,7 +120,7 @@ pub struct Reconciler {
     firewall: AppliedFirewall,
     ratelimit: AppliedRateLimits,
     /// Backends the health checker marked down: left out of the Maglev tables.
-    health: crate::health::HealthView,
+    health: crate::health::view::HealthView,
     /// Memory mappings of the rings, for changes written in place.
     live: ring::LiveRings,
     ring_updates: RingUpdates,
@@ -147,7 +147,7 @@ impl Reconciler {
             applied: BTreeMap::new(),
             vip_ids: IdPool::new("vip", MAX_VIPS),
             backend_ids: IdPool::new("backend", MAX_BACKENDS),
-            health: crate::health::HealthView::default(),
+            health: crate::health::view::HealthView::default(),
             live: ring::LiveRings::default(),
             ring_updates: RingUpdates::default(),
         }
@@ -165,7 +165,7 @@ impl Reconciler {
     }
 
     /// The live health view.
-    pub fn health(&self) -> &crate::health::HealthView {
+    pub fn health(&self) -> &crate::health::view::HealthView {
         &self.health
     }
 
@@ -378,7 +378,7 @@ impl Reconciler {
             .filter(|(_, (_, w))| *w > 0)
             .map(|(addr, b)| (*addr, *b))
             .collect();
-        crate::health::ring_members(&weighted, |a| self.health.is_down(key, a), all_down)
+        crate::health::view::ring_members(&weighted, |a| self.health.is_down(key, a), all_down)
             .into_iter()
             .map(|(addr, (id, w))| (id, addr, w))
             .collect()

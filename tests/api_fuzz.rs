@@ -30,7 +30,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::{Channel, Endpoint, Server};
 use tonic::Code;
 
-use xdplb::api::Controller;
+use xdplb::controller::Controller;
 use xdplb::dataplane::{Dataplane, LoadOptions};
 use xdplb::reconcile::Reconciler;
 use xdplb_model::state::State;

@@ -4,7 +4,8 @@ use std::net::SocketAddrV4;
 
 use tonic::{Request, Response, Status};
 
-use super::{invalid, ApiError, Controller};
+use super::{invalid, ApiError};
+use crate::controller::Controller;
 use crate::reconcile::{ReconcileError, Reconciler};
 use xdplb_model::state::{State, StateError, VipKey, DEFAULT_WEIGHT, MAX_WEIGHT};
 use xdplb_proto::convert::{parse_ipv4, parse_port, parse_vip_key};

@@ -8,7 +8,8 @@ use futures::Stream;
 use ipnet::Ipv4Net;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{invalid, ApiError, Controller};
+use super::{invalid, ApiError};
+use crate::controller::Controller;
 use crate::reconcile::ReconcileError;
 use xdplb_model::firewall::{parse_cidr, Action, RuleBatch};
 use xdplb_proto::convert::parse_action;

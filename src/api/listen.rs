@@ -13,8 +13,9 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use super::{
     backends::BackendsService, firewall::FirewallService, ratelimit::RateLimitsService,
-    stats::StatsService, vips::VipsService, Controller,
+    stats::StatsService, vips::VipsService,
 };
+use crate::controller::Controller;
 use xdplb_proto::pb::{
     backends_server::BackendsServer, firewall_server::FirewallServer,
     rate_limits_server::RateLimitsServer, stats_server::StatsServer, vips_server::VipsServer,

@@ -4,7 +4,8 @@
 use ipnet::Ipv4Net;
 use tonic::{Request, Response, Status};
 
-use super::{invalid, ApiError, Controller};
+use super::{invalid, ApiError};
+use crate::controller::Controller;
 use crate::dataplane::ratelimit::{top_clients, PolicyCounters};
 use crate::reconcile::ReconcileError;
 use xdplb_model::ratelimit::{parse_cidr, Policy, MAX_BURST, MAX_RATE};

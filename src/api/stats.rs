@@ -8,7 +8,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::{invalid, ApiError, Controller};
+use super::{invalid, ApiError};
+use crate::controller::Controller;
 use crate::dataplane::maps::{reason_name, verdict_name};
 use crate::dataplane::telemetry::clock_ns;
 use crate::dataplane::Counters;

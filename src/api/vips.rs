@@ -2,7 +2,8 @@
 
 use tonic::{Request, Response, Status};
 
-use super::{invalid, ApiError, Controller};
+use super::{invalid, ApiError};
+use crate::controller::Controller;
 use xdplb_model::health::HealthCheck;
 use xdplb_model::state::{Mode, VipKey};
 use xdplb_proto::convert::{parse_mode, parse_vip_key};

@@ -11,11 +11,11 @@ use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic::transport::{Server, ServerTlsConfig};
 
 use xdplb::api::listen::{self, ListenError, TlsFiles};
-use xdplb::api::Controller;
 use xdplb::config::{self, Config};
+use xdplb::controller::Controller;
 use xdplb::dataplane::maps::RuntimeConfig;
 use xdplb::dataplane::{Dataplane, LoadOptions};
-use xdplb::metrics::MetricsServer;
+use xdplb::metrics::server::MetricsServer;
 use xdplb::persist::StateStore;
 use xdplb::reconcile::Reconciler;
 
@@ -147,7 +147,7 @@ async fn run(args: Args) -> Result<()> {
         }
     };
     let metrics_listen = match &args.metrics_listen {
-        Some(s) => xdplb::metrics::parse_listen(s).context("--metrics-listen")?,
+        Some(s) => config::parse_metrics_listen(s).context("--metrics-listen")?,
         None => config
             .metrics
             .listen_addr()
@@ -234,7 +234,7 @@ async fn run(args: Args) -> Result<()> {
     ctl.warm_next_hops().await;
     // Probes backends of VIPs with a health check, from this namespace, and marks them up or
     // down through the controller; stopped before the controller is taken apart.
-    let health = xdplb::health::HealthChecker::spawn(ctl.clone());
+    let health = xdplb::health::checker::HealthChecker::spawn(ctl.clone());
 
     let socket = args
         .socket

@@ -1,0 +1,202 @@
+//! The one owner of the desired state: [`Controller`] holds the [`State`], the [`Reconciler`]
+//! that makes the maps match it, the store every accepted change is saved to, and the next-hop
+//! warmer. The API, the health checker and the metrics reach the data plane only through it.
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use tokio::sync::Mutex;
+
+use crate::persist::{PersistError, StateStore};
+use crate::reconcile::{ReconcileError, Reconciler};
+use xdplb_model::state::{State, StateError, VipKey};
+
+/// What the controller itself can fail with while applying a change.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("data plane: {0}")]
+    Reconcile(#[from] ReconcileError),
+    #[error("saving the state: {0}")]
+    Persist(#[from] PersistError),
+}
+
+/// Why [`Controller::change`] failed: the change itself refused (`E`, from the caller's closure),
+/// or applying it did.
+#[derive(Debug)]
+pub enum ChangeError<E> {
+    Refused(E),
+    Control(ControlError),
+}
+
+struct Inner {
+    state: State,
+    reconciler: Reconciler,
+    /// Backend addresses whose next hop is already a managed neighbour.
+    warmed: HashSet<Ipv4Addr>,
+    /// The next hops made managed neighbours (one per router, not one per backend).
+    warmer: crate::neighbor::NextHopWarmer,
+    /// Where every accepted change is saved before it is acknowledged (None: not persisted).
+    store: Option<StateStore>,
+}
+
+/// The one owner of the desired state. Every change goes through [`Controller::change`]:
+/// apply to a copy, make the maps match, and only then keep the copy.
+#[derive(Clone)]
+pub struct Controller {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl Controller {
+    /// Takes the reconciler and applies `state` to it.
+    pub fn new(state: State, mut reconciler: Reconciler) -> Result<Self, ReconcileError> {
+        reconciler.reconcile(&state)?;
+        Ok(Self {
+            inner: Arc::new(Mutex::new(Inner {
+                state,
+                reconciler,
+                warmed: HashSet::new(),
+                warmer: crate::neighbor::NextHopWarmer::default(),
+                store: None,
+            })),
+        })
+    }
+
+    /// Saves every accepted change to `store` before acknowledging it, starting with the state
+    /// as it is now.
+    pub async fn persist_to(&self, store: StateStore) -> Result<(), ControlError> {
+        let mut inner = self.inner.lock().await;
+        store.save(&inner.state, &inner.reconciler.ids())?;
+        inner.store = Some(store);
+        Ok(())
+    }
+
+    /// Makes the next hop of every backend not yet seen a kernel-managed neighbour, so the XDP
+    /// program's FIB lookups resolve from the first packet. Failures are logged, not returned.
+    pub async fn warm_next_hops(&self) {
+        let mut inner = self.inner.lock().await;
+        let todo: Vec<Ipv4Addr> = inner
+            .state
+            .vips
+            .values()
+            .flat_map(|v| v.backends.keys().map(|a| *a.ip()))
+            .filter(|ip| !inner.warmed.contains(ip))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if todo.is_empty() {
+            return;
+        }
+        let warmed = inner.warmer.warm(&todo).await;
+        match warmed {
+            Ok(hops) => {
+                let attached: Vec<u32> = inner
+                    .reconciler
+                    .dataplane()
+                    .links()
+                    .iter()
+                    .map(|l| l.ifindex)
+                    .collect();
+                for hop in &hops {
+                    if !attached.contains(&hop.ifindex) {
+                        tracing::warn!(
+                            backend = %hop.dst, ifindex = hop.ifindex,
+                            "the route to this backend leaves through an interface lbd is not attached to: \
+                             its packets go to the kernel (pass_egress_not_attached); add it to dataplane.interfaces"
+                        );
+                    }
+                }
+                tracing::info!(next_hops = ?hops, "next hops are kernel-managed neighbours");
+            }
+            Err(e) => {
+                tracing::warn!(backends = ?todo, error = %e, "could not warm every next hop; pass_fib_no_neigh will count misses")
+            }
+        }
+        inner.warmed.extend(todo);
+    }
+
+    /// Runs `f` on a copy of the state; if it succeeds, applies the copy to the data plane and
+    /// keeps it. If anything fails, the state and the maps stay as they were.
+    pub async fn change<T, E>(
+        &self,
+        f: impl FnOnce(&mut State) -> Result<T, E>,
+    ) -> Result<T, ChangeError<E>> {
+        let mut inner = self.inner.lock().await;
+        let mut next = inner.state.clone();
+        let out = f(&mut next).map_err(ChangeError::Refused)?;
+        crate::reconcile::check_limits(&next)
+            .map_err(|e| ChangeError::Control(ControlError::from(e)))?;
+        let applied = inner
+            .reconciler
+            .reconcile(&next)
+            .map_err(ControlError::from)
+            .and_then(|()| match &inner.store {
+                Some(store) => store
+                    .save(&next, &inner.reconciler.ids())
+                    .map_err(ControlError::from),
+                None => Ok(()),
+            });
+        if let Err(e) = applied {
+            let previous = inner.state.clone();
+            if let Err(rollback) = inner.reconciler.reconcile(&previous) {
+                tracing::error!(error = %rollback, "rolling the data plane back failed");
+            }
+            return Err(ChangeError::Control(e));
+        }
+        inner.state = next;
+        drop(inner);
+        self.warm_next_hops().await;
+        Ok(out)
+    }
+
+    /// The health checker's input: marks a backend of a VIP up or down in the live view and, if
+    /// that changes anything, makes the maps match the current state again (the VIP's Maglev
+    /// table is rebuilt with or without the backend). Nothing is persisted: health is live.
+    /// Returns whether the view changed; a backend the state no longer has is ignored.
+    pub async fn set_health(
+        &self,
+        vip: &VipKey,
+        addr: std::net::SocketAddrV4,
+        up: bool,
+    ) -> Result<bool, ControlError> {
+        let mut inner = self.inner.lock().await;
+        let inner = &mut *inner;
+        let Some(v) = inner.state.vips.get(vip).filter(|v| v.health.is_checked()) else {
+            return Ok(false);
+        };
+        if !v.backends.contains_key(&addr) || !inner.reconciler.set_backend_health(*vip, addr, up) {
+            return Ok(false);
+        }
+        if let Err(e) = inner.reconciler.reconcile(&inner.state) {
+            // Undo the mark, so that the view still says what the maps hold and the checker,
+            // which keeps the view in line with its counters, tries again next round.
+            inner.reconciler.set_backend_health(*vip, addr, !up);
+            return Err(e.into());
+        }
+        let weighted: Vec<_> = v.backends.iter().filter(|(_, w)| **w > 0).collect();
+        if !up
+            && !weighted.is_empty()
+            && weighted
+                .iter()
+                .all(|(a, _)| inner.reconciler.health().is_down(vip, a))
+        {
+            tracing::warn!(%vip, all_down = %v.health.all_down, "{}", crate::health::view::all_down_note(v.health.all_down));
+        }
+        Ok(true)
+    }
+
+    /// Reads the state and the reconciler (ids, counters) under the lock.
+    pub async fn read<T>(&self, f: impl FnOnce(&State, &Reconciler) -> T) -> T {
+        let inner = self.inner.lock().await;
+        f(&inner.state, &inner.reconciler)
+    }
+
+    /// Takes the reconciler out for shutdown, if this is the last handle.
+    pub fn into_reconciler(self) -> Option<Reconciler> {
+        Arc::try_unwrap(self.inner)
+            .ok()
+            .map(|m| m.into_inner().reconciler)
+    }
+}
