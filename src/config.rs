@@ -97,6 +97,16 @@ pub struct DataplaneConfig {
     pub pin_path: PathBuf,
 }
 
+impl From<XdpMode> for crate::dataplane::XdpMode {
+    fn from(m: XdpMode) -> Self {
+        match m {
+            XdpMode::Native => Self::Native,
+            XdpMode::Generic => Self::Generic,
+            XdpMode::Auto => Self::Auto,
+        }
+    }
+}
+
 fn default_xdp_mode() -> XdpMode {
     XdpMode::Native
 }

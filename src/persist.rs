@@ -22,13 +22,21 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::net::SocketAddrV4;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use crate::reconcile::AppliedIds;
-use xdplb_model::state::State;
+use xdplb_model::state::{State, VipKey};
+
+/// The ids the reconciler handed out: persisted with the state, so that a restarted lbd keeps
+/// every id that the pinned maps (rings, conntrack entries, counters) still refer to.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AppliedIds {
+    pub vips: Vec<(VipKey, u32)>,
+    pub backends: Vec<(VipKey, SocketAddrV4, u32)>,
+}
 
 /// Format version of the file; bump it when the layout changes incompatibly.
 pub const STATE_FILE_VERSION: u32 = 1;

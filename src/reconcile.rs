@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use crate::dataplane::{Dataplane, DataplaneError, MAX_BACKENDS, MAX_VIPS};
 use crate::maglev::{self, MaglevBackend};
+use crate::persist::AppliedIds;
 use xdplb_model::state::{invalid, Mode, State, StateError, VipKey};
 
 mod firewall;
@@ -74,14 +75,6 @@ impl IdPool {
             self.free.retain(|f| *f != id);
         }
     }
-}
-
-/// The ids the reconciler handed out: persisted with the state, so that a restarted lbd keeps
-/// every id that the pinned maps (rings, conntrack entries, counters) still refer to.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct AppliedIds {
-    pub vips: Vec<(VipKey, u32)>,
-    pub backends: Vec<(VipKey, SocketAddrV4, u32)>,
 }
 
 /// What the maps currently hold for one VIP.

@@ -289,7 +289,7 @@ fn attach_all(dp: &mut Dataplane, config: &Config) -> Result<()> {
     for ifname in &config.dataplane.interfaces {
         enable_forwarding(ifname)?;
         let link = dp
-            .attach(ifname, config.dataplane.xdp_mode)
+            .attach(ifname, config.dataplane.xdp_mode.into())
             .with_context(|| format!("attaching to {ifname}"))?;
         tracing::info!(interface = %link.ifname, ifindex = link.ifindex, generic = link.generic, "XDP attached");
     }

@@ -14,7 +14,6 @@ use std::path::{Path, PathBuf};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{MapCore, OpenObject};
 
-use crate::config::XdpMode;
 use crate::skel::types;
 use crate::skel::{LbSkel, LbSkelBuilder};
 
@@ -110,6 +109,17 @@ pub fn program_maps(
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> DataplaneError {
     let what = what.into();
     move |source| DataplaneError::Io { what, source }
+}
+
+/// How the program is attached to an interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XdpMode {
+    /// In the driver.
+    Native,
+    /// In the generic (skb) path.
+    Generic,
+    /// Native where the driver supports it, generic otherwise.
+    Auto,
 }
 
 /// How to load the program.

@@ -183,7 +183,7 @@ impl Dataplane {
 
 impl Telemetry {
     /// Reads the firewall's hit counters only below rule id `bound` (the reconciler's
-    /// [`id_bound`](crate::reconcile::AppliedFirewall::id_bound)): a walk with ten rules reads
+    /// `AppliedFirewall::id_bound`): a walk with ten rules reads
     /// ten counters, not the million slots of a full-capacity `fw_hits`.
     pub fn with_firewall_ids(mut self, bound: u32) -> Self {
         self.firewall_ids = Some(bound);
