@@ -81,14 +81,14 @@ fn batch(nets: &[Ipv4Net]) -> Result<RuleBatch> {
 }
 
 fn load(capacity: u32) -> Result<Dataplane> {
-    let dp = Dataplane::load(&LoadOptions {
+    let mut dp = Dataplane::load(&LoadOptions {
         conntrack_size: 4096,
         firewall_capacity: capacity,
         firewall_scope: Scope::All,
         ..LoadOptions::default()
     })
     .context("loading the XDP program")?;
-    dp.maps().write_config(&RuntimeConfig {
+    dp.maps_mut().write_config(&RuntimeConfig {
         snat_addr: Ipv4Addr::new(10, 1, 0, 1),
         snat_ports: (20000, 20999),
         tcp_timeout: Duration::from_secs(300),
@@ -219,13 +219,13 @@ struct Setup {
 
 fn setup(net: Net, nets: &[Ipv4Net], rng: &mut Rng) -> Result<Setup> {
     let cfg = config((20000, 29999));
-    let dp = Dataplane::load(&LoadOptions {
+    let mut dp = Dataplane::load(&LoadOptions {
         conntrack_size: 4096,
         firewall_capacity: MILLION,
         firewall_scope: Scope::All,
         ..LoadOptions::default()
     })?;
-    dp.maps().write_config(&cfg)?;
+    dp.maps_mut().write_config(&cfg)?;
     let mut lb = Lb {
         rec: Reconciler::new(dp, RING_SIZE),
         state: State::default(),

@@ -194,6 +194,20 @@ impl Config {
             ipnet::Ipv4Net::new(self.nat.snat_address, 32).expect("/32 is a valid prefix")
         })
     }
+
+    /// The data plane's run-time settings (`lb_config`) this configuration asks for.
+    pub fn runtime(&self) -> crate::dataplane::maps::RuntimeConfig {
+        let [lo, hi] = self.nat.port_range;
+        crate::dataplane::maps::RuntimeConfig {
+            snat_addr: self.nat.snat_address,
+            snat_ports: (lo, hi),
+            tcp_timeout: self.timeouts.tcp,
+            tcp_closing_timeout: self.timeouts.tcp_closing,
+            udp_timeout: self.timeouts.udp,
+            ipip_source: self.ipip_source(),
+            nexthop_cache: self.timeouts.nexthop_cache,
+        }
+    }
 }
 
 /// The CIDR firewall: which packets it sees and how many rules it can hold.

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use tokio::sync::Mutex;
 
 use crate::persist::{PersistError, StateStore};
+pub use crate::reconcile::{Counters, NamedCounts, PolicyCounters, Reader};
 use crate::reconcile::{ReconcileError, Reconciler};
 use xdplb_model::state::{State, StateError, VipKey};
 
@@ -187,10 +188,11 @@ impl Controller {
         Ok(true)
     }
 
-    /// Reads the state and the reconciler (ids, counters) under the lock.
-    pub async fn read<T>(&self, f: impl FnOnce(&State, &Reconciler) -> T) -> T {
+    /// Reads the state and, through a [`Reader`] that cannot write, the reconciler's ids, the
+    /// health view and the counters, under the lock.
+    pub async fn read<T>(&self, f: impl FnOnce(&State, &Reader<'_>) -> T) -> T {
         let inner = self.inner.lock().await;
-        f(&inner.state, &inner.reconciler)
+        f(&inner.state, &Reader::new(&inner.reconciler))
     }
 
     /// Takes the reconciler out for shutdown, if this is the last handle.

@@ -7,6 +7,7 @@ use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::dataplane::maps::RuntimeConfig;
 use crate::dataplane::{Dataplane, DataplaneError, MAX_BACKENDS, MAX_VIPS};
 use crate::maglev::{self, MaglevBackend};
 use crate::persist::AppliedIds;
@@ -16,6 +17,8 @@ mod firewall;
 pub use firewall::AppliedFirewall;
 mod ratelimit;
 pub use ratelimit::AppliedRateLimits;
+mod reader;
+pub use reader::{Counters, NamedCounts, PolicyCounters, Reader};
 mod ring;
 
 /// Why the maps could not be made to match.
@@ -146,6 +149,11 @@ impl Reconciler {
         }
     }
 
+    /// Writes the data plane's run-time settings (`lb_config`: SNAT, timeouts, IPIP source).
+    pub fn set_runtime_config(&mut self, c: &RuntimeConfig) -> Result<(), ReconcileError> {
+        Ok(self.dp.maps_mut().write_config(c)?)
+    }
+
     /// How the Maglev rings were written so far.
     pub fn ring_updates(&self) -> RingUpdates {
         self.ring_updates
@@ -240,12 +248,11 @@ impl Reconciler {
     /// state to roll back (what `api::Controller` does).
     pub fn reconcile(&mut self, desired: &State) -> Result<(), ReconcileError> {
         // 0. Firewall rules first: a VIP must not go live before its block rules do.
-        self.firewall.apply(&self.dp, &desired.firewall)?;
+        self.firewall.apply(&mut self.dp, &desired.firewall)?;
         // Rate limits too: a VIP goes live already limited.
-        self.ratelimit.apply(&self.dp, &desired.ratelimit)?;
+        self.ratelimit.apply(&mut self.dp, &desired.ratelimit)?;
         // Health marks of backends, or VIPs, that went away or are no longer checked.
         self.health.retain(desired);
-        let maps = self.dp.maps();
         // 1. VIPs that went away: hide the VIP first, then free what it used.
         let gone: Vec<VipKey> = self
             .applied
@@ -257,9 +264,9 @@ impl Reconciler {
             let Some(old) = self.applied.remove(&key) else {
                 continue;
             };
-            maps.delete_vip(key.addr, key.proto)?;
+            self.dp.maps_mut().delete_vip(key.addr, key.proto)?;
             self.live.forget(old.id);
-            maps.delete_ring(old.id)?;
+            self.dp.maps_mut().delete_ring(old.id)?;
             for (id, _) in old.backends.values() {
                 self.backend_ids.give_back(*id);
             }
@@ -273,7 +280,7 @@ impl Reconciler {
                 Some(a) => a.clone(),
                 None => {
                     let id = self.vip_ids.take()?;
-                    maps.reset_vip_counters(id)?;
+                    self.dp.maps_mut().reset_vip_counters(id)?;
                     AppliedVip {
                         id,
                         mode: want.mode,
@@ -303,8 +310,8 @@ impl Reconciler {
                     Some(b) => b.1 = *weight,
                     None => {
                         let id = self.backend_ids.take()?;
-                        maps.reset_backend_counters(id)?;
-                        maps.put_backend(id, *addr)?;
+                        self.dp.maps_mut().reset_backend_counters(id)?;
+                        self.dp.maps_mut().put_backend(id, *addr)?;
                         cur.backends.insert(*addr, (id, *weight));
                     }
                 }
@@ -319,7 +326,7 @@ impl Reconciler {
                 if ring != cur.ring || adopted {
                     let leaving = leaves(&cur.members, &members);
                     written = write_ring(
-                        &self.dp,
+                        &mut self.dp,
                         &mut self.live,
                         cur.id,
                         cur.ring.as_deref().filter(|_| !adopted && !leaving),
@@ -347,7 +354,13 @@ impl Reconciler {
             }
             if is_new || adopted || cur.mode != want.mode {
                 cur.mode = want.mode;
-                maps.put_vip(key.addr, key.proto, cur.id, cur.mode, self.ring_size)?;
+                self.dp.maps_mut().put_vip(
+                    key.addr,
+                    key.proto,
+                    cur.id,
+                    cur.mode,
+                    self.ring_size,
+                )?;
             }
             if is_new {
                 tracing::info!(vip = %key, id = cur.id, mode = %cur.mode, "vip added to the data plane");
@@ -406,7 +419,7 @@ fn leaves(old: &[(u32, SocketAddrV4, u32)], new: &[(u32, SocketAddrV4, u32)]) ->
 /// period. Otherwise (first ring, adopted rings, a backend leaving, a ring that cannot be
 /// mapped) a new ring is swapped in, and when that returns no packet still reads the old one.
 fn write_ring(
-    dp: &Dataplane,
+    dp: &mut Dataplane,
     live: &mut ring::LiveRings,
     vip_id: u32,
     old: Option<&[u32]>,
@@ -414,7 +427,7 @@ fn write_ring(
 ) -> Result<RingWrite, ReconcileError> {
     let Some(new) = new else {
         live.forget(vip_id);
-        dp.maps().delete_ring(vip_id)?;
+        dp.maps_mut().delete_ring(vip_id)?;
         return Ok(RingWrite::Deleted);
     };
     if let Some(old) = old {
@@ -423,7 +436,7 @@ fn write_ring(
         }
     }
     live.forget(vip_id);
-    dp.maps().set_ring(vip_id, new)?;
+    dp.maps_mut().set_ring(vip_id, new)?;
     // The swap is done and correct; a ring that cannot be mapped only means the next change
     // of this VIP swaps again.
     if let Err(e) = live.open(dp.program().as_fd(), vip_id, new.len()) {

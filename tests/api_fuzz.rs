@@ -1004,14 +1004,14 @@ fn every_invalid_field_is_refused_and_changes_nothing() -> Result<()> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(40);
     NetNs::within("apifuzz", move |_ns| {
-        let dp = Dataplane::load(&LoadOptions {
+        let mut dp = Dataplane::load(&LoadOptions {
             conntrack_size: 4096,
             pin_dir: None,
             firewall_capacity: 4096,
             ratelimit_clients: 4096,
             ..LoadOptions::default()
         })?;
-        dp.maps().write_config(&config((20000, 20999)))?;
+        dp.maps_mut().write_config(&config((20000, 20999)))?;
         let ctl = Controller::new(State::default(), Reconciler::new(dp, RING_SIZE))
             .map_err(|e| anyhow::anyhow!("controller: {e}"))?;
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -1084,14 +1084,14 @@ fn every_invalid_field_is_refused_and_changes_nothing() -> Result<()> {
 #[test]
 fn a_batch_with_one_bad_backend_is_refused_whole() -> Result<()> {
     NetNs::within("apifuzz", move |_ns| {
-        let dp = Dataplane::load(&LoadOptions {
+        let mut dp = Dataplane::load(&LoadOptions {
             conntrack_size: 4096,
             pin_dir: None,
             firewall_capacity: 4096,
             ratelimit_clients: 4096,
             ..LoadOptions::default()
         })?;
-        dp.maps().write_config(&config((20000, 20999)))?;
+        dp.maps_mut().write_config(&config((20000, 20999)))?;
         let ctl = Controller::new(State::default(), Reconciler::new(dp, RING_SIZE))
             .map_err(|e| anyhow::anyhow!("controller: {e}"))?;
         let rt = tokio::runtime::Builder::new_current_thread()

@@ -1094,7 +1094,7 @@ fn two_arm_redirects() {
             action_name(run.action)
         );
         // Once it is, the retransmitted SYN of that flow and a new flow are redirected.
-        lb.maps().add_tx_port(net.veth0)?;
+        lb.maps_mut().add_tx_port(net.veth0)?;
         let flow = Flow {
             client: sa(FAR_CLIENT, 33333),
             vip: VIP,
@@ -1109,7 +1109,7 @@ fn two_arm_redirects() {
         );
         let (flow2, _) = new_flow(&mut lb, &vip, &far_syn(33334), net.veth2, XDP_REDIRECT)?;
         // The replies go back out of veth2: redirects too, once veth2 is a tx port.
-        lb.maps().add_tx_port(net.veth2)?;
+        lb.maps_mut().add_tx_port(net.veth2)?;
         for f in [&flow, &flow2] {
             let run = expect_restored(&lb, f, &reply(f, Protocol::Tcp), VETH2_MAC, XDP_REDIRECT)?;
             ensure!(
@@ -1576,7 +1576,7 @@ fn tracked_flows_follow_their_vip_and_its_id() {
         // Another VIP on the same address takes the id over (the reconciler hands ids out again
         // once all are used; written here the way it writes a VIP).
         let other = sa(*VIP.ip(), 8443);
-        lb.maps().put_vip(
+        lb.maps_mut().put_vip(
             other,
             Protocol::Tcp,
             id,
@@ -1593,7 +1593,7 @@ fn tracked_flows_follow_their_vip_and_its_id() {
             &ack(client, VIP).build(),
             "ACK of a removed VIP's flow, its id now another VIP's",
         )?;
-        lb.maps().delete_vip(other, Protocol::Tcp)?;
+        lb.maps_mut().delete_vip(other, Protocol::Tcp)?;
         ensure!(
             lb.maps().vip_of_id(id)?.is_none(),
             "vip_ids[{id}] still names a deleted VIP"

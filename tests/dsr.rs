@@ -260,7 +260,7 @@ fn l2dsr_changes_only_the_macs() {
         }
 
         // Two-arm (client behind veth2, backends on veth0, veth0 a tx port): XDP_REDIRECT.
-        lb.maps().add_tx_port(net.veth0)?;
+        lb.maps_mut().add_tx_port(net.veth0)?;
         let pick = lb.pick(&vip, sa(FAR_CLIENT, 40200))?;
         for (what, pkt) in [("SYN", far_syn(40200, VIP)), ("data", far_data(40200, VIP))] {
             let frame = pkt.build();
@@ -392,7 +392,7 @@ fn ipip_output_is_outer_header_plus_original_packet() {
         ])?;
         let far_vip = sa(Ipv4Addr::new(10, 9, 9, 10), 80);
         lb.add_vip_mode(far_vip, Protocol::Tcp, Mode::Ipip, &[(FAR_BACKEND, 100)])?;
-        lb.maps().add_tx_port(net.veth2)?;
+        lb.maps_mut().add_tx_port(net.veth2)?;
         for (what, pkt) in [
             ("SYN", client_syn(sa(CLIENT, 41020), far_vip)),
             ("data", data(sa(CLIENT, 41020), far_vip)),

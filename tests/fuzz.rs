@@ -78,8 +78,8 @@ fn configured_lb(net: Net) -> Result<(Lb, World)> {
         )
         .context("rate limit")?;
     lb.reconcile()?;
-    lb.maps().add_tx_port(net.veth0)?;
-    lb.maps().add_tx_port(net.veth2)?;
+    lb.maps_mut().add_tx_port(net.veth0)?;
+    lb.maps_mut().add_tx_port(net.veth2)?;
     let vip = |addr, proto| FuzzVip { addr, proto };
     let world = World {
         vips: vec![

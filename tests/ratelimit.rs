@@ -258,7 +258,8 @@ fn longest_prefix_override_beats_the_default() {
         expect_n(&lb, &b, 3, XDP_TX, "client under the /24")?;
         expect_n(&lb, &b, 1, XDP_DROP, "client under the /24, 4th")?;
         // 10.2.0.50 (behind veth2): the default, burst 1. Redirected out of veth0.
-        lb.maps().add_tx_port(lb.net.veth0)?;
+        let veth0 = lb.net.veth0;
+        lb.maps_mut().add_tx_port(veth0)?;
         let far = Packet::udp(FAR_CLIENT_MAC, VETH2_MAC, sa(FAR_CLIENT, 4000), VIP_UDP)
             .with_payload(b"query")
             .build();

@@ -6,7 +6,8 @@ use tonic::{Request, Response, Status};
 
 use super::{invalid, ApiError};
 use crate::controller::Controller;
-use crate::reconcile::{ReconcileError, Reconciler};
+use crate::controller::Reader;
+use crate::reconcile::ReconcileError;
 use xdplb_model::state::{State, StateError, VipKey, DEFAULT_WEIGHT, MAX_WEIGHT};
 use xdplb_proto::convert::{parse_ipv4, parse_port, parse_vip_key};
 use xdplb_proto::pb::{self, backends_server::Backends};
@@ -27,7 +28,7 @@ impl BackendsService {
 
 /// A backend as the API shows it: weight, id, health and the weight a drain remembered (no flow
 /// count: that takes a walk of the flow table, done by ListBackends only).
-fn pb_backend(s: &State, r: &Reconciler, vip: &VipKey, addr: SocketAddrV4) -> pb::Backend {
+fn pb_backend(s: &State, r: &Reader<'_>, vip: &VipKey, addr: SocketAddrV4) -> pb::Backend {
     let v = s.vips.get(vip);
     pb::Backend {
         address: addr.ip().to_string(),
@@ -240,7 +241,7 @@ impl Backends for BackendsService {
                     .keys()
                     .map(|addr| pb_backend(s, r, &vip, *addr))
                     .collect();
-                let telemetry = r.dataplane().telemetry().map_err(ReconcileError::from)?;
+                let telemetry = r.telemetry()?;
                 Ok((backends, telemetry))
             })
             .await?;

@@ -10,7 +10,6 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::{invalid, ApiError};
 use crate::controller::Controller;
-use crate::reconcile::ReconcileError;
 use xdplb_model::firewall::{parse_cidr, Action, RuleBatch};
 use xdplb_proto::convert::parse_action;
 use xdplb_proto::pb::{self, firewall_server::Firewall};
@@ -30,7 +29,7 @@ impl FirewallService {
     }
 
     async fn capacity(&self) -> usize {
-        self.ctl.read(|_, r| r.firewall().capacity()).await
+        self.ctl.read(|_, r| r.firewall_capacity()).await
     }
 }
 
@@ -215,18 +214,13 @@ impl Firewall for FirewallService {
             .ctl
             .read(
                 |s, r| -> Result<Vec<(Ipv4Net, Action, u32, u64)>, ApiError> {
-                    let applied = r.firewall();
-                    let hits = r
-                        .dataplane()
-                        .firewall()
-                        .all_hits(applied.id_limit())
-                        .map_err(ReconcileError::from)?;
+                    let hits = r.firewall_hits()?;
                     Ok(s.firewall
                         .rules()
                         .iter()
                         .filter(|(_, a)| filter.is_none_or(|f| f == **a))
                         .map(|(net, action)| {
-                            let id = applied.rule(net).map(|e| e.id).unwrap_or_default();
+                            let id = r.firewall_rule_id(net).unwrap_or_default();
                             let h = hits.get(id as usize).copied().unwrap_or_default();
                             (*net, *action, id, h)
                         })

@@ -5,8 +5,7 @@ use ipnet::Ipv4Net;
 use tonic::{Request, Response, Status};
 
 use super::{invalid, ApiError};
-use crate::controller::Controller;
-use crate::dataplane::ratelimit::{top_clients, PolicyCounters};
+use crate::controller::{Controller, PolicyCounters};
 use crate::reconcile::ReconcileError;
 use xdplb_model::ratelimit::{parse_cidr, Policy, MAX_BURST, MAX_RATE};
 use xdplb_proto::convert::parse_scope;
@@ -85,15 +84,11 @@ impl RateLimitsService {
             .read(|state, r| -> Result<Option<pb::RateLimit>, ApiError> {
                 let (Some(p), Some(id)) = (
                     state.ratelimit.get(cidr.as_ref()),
-                    r.ratelimit().id_of(cidr.as_ref()),
+                    r.ratelimit_id(cidr.as_ref()),
                 ) else {
                     return Ok(None);
                 };
-                let c = r
-                    .dataplane()
-                    .ratelimit()
-                    .counters(id)
-                    .map_err(ReconcileError::from)?;
+                let c = r.ratelimit_counters(id)?;
                 Ok(Some(pb_rate_limit(cidr.as_ref(), p, id, c)))
             })
             .await
@@ -137,16 +132,15 @@ impl RateLimits for RateLimitsService {
         let rate_limits = self
             .ctl
             .read(|state, r| -> Result<Vec<pb::RateLimit>, ApiError> {
-                let maps = r.dataplane().ratelimit();
                 let rl = &state.ratelimit;
                 let targets = std::iter::once((None, &rl.default))
                     .chain(rl.overrides.iter().map(|(n, p)| (Some(n), p)));
                 let mut out = Vec::new();
                 for (cidr, p) in targets {
-                    let Some(id) = r.ratelimit().id_of(cidr) else {
+                    let Some(id) = r.ratelimit_id(cidr) else {
                         continue;
                     };
-                    let c = maps.counters(id).map_err(ReconcileError::from)?;
+                    let c = r.ratelimit_counters(id)?;
                     out.push(pb_rate_limit(cidr, p, id, c));
                 }
                 Ok(out)
@@ -168,12 +162,12 @@ impl RateLimits for RateLimitsService {
         };
         // Take a handle of our own, then walk (up to a million buckets) off the async runtime
         // and without the controller's lock.
-        let handle = self
+        let buckets = self
             .ctl
-            .read(|_, r| r.dataplane().ratelimit().clients_handle())
+            .read(|_, r| r.ratelimit_clients())
             .await
-            .map_err(|e| ApiError::from(ReconcileError::from(e)))?;
-        let top = tokio::task::spawn_blocking(move || top_clients(&handle, n))
+            .map_err(ApiError::from)?;
+        let top = tokio::task::spawn_blocking(move || buckets.top(n))
             .await
             .map_err(|e| Status::internal(format!("walking the client buckets: {e}")))?
             .map_err(|e| ApiError::from(ReconcileError::from(e)))?;

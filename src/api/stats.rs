@@ -9,10 +9,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::{invalid, ApiError};
-use crate::controller::Controller;
-use crate::dataplane::maps::{reason_name, verdict_name};
-use crate::dataplane::telemetry::clock_ns;
-use crate::dataplane::Counters;
+use crate::controller::{Controller, Counters};
 use xdplb_proto::pb::{self, stats_server::Stats};
 
 /// Shortest `WatchStats` interval: each snapshot takes the controller's lock briefly.
@@ -49,8 +46,6 @@ fn pb_counters(c: Counters) -> pb::Counters {
 /// One snapshot of every counter (what `GetStats` answers and `WatchStats` streams).
 pub async fn snapshot(ctl: &Controller) -> Result<pb::GetStatsResponse, ApiError> {
     ctl.read(|state, r| -> Result<pb::GetStatsResponse, ApiError> {
-        let maps = r.dataplane().maps();
-        let dp_err = crate::reconcile::ReconcileError::from;
         let mut vips = Vec::new();
         for (key, v) in &state.vips {
             let Some(id) = r.vip_id(key) else { continue };
@@ -67,33 +62,28 @@ pub async fn snapshot(ctl: &Controller) -> Result<pb::GetStatsResponse, ApiError
                         id: bid,
                         ..Default::default()
                     }),
-                    counters: Some(pb_counters(maps.backend_counters(bid).map_err(dp_err)?)),
+                    counters: Some(pb_counters(r.backend_counters(bid)?)),
                 });
             }
             vips.push(pb::VipStats {
                 vip: Some(pb::VipKey::from(key)),
-                counters: Some(pb_counters(maps.vip_counters(id).map_err(dp_err)?)),
+                counters: Some(pb_counters(r.vip_counters(id)?)),
                 backends,
             });
         }
-        let g = maps.global_counters().map_err(dp_err)?;
-        let monotonic_ns = clock_ns(libc::CLOCK_MONOTONIC);
+        let g = r.global_counts()?;
+        let monotonic_ns = r.monotonic_ns();
         let reasons = g
             .reasons
-            .iter()
-            .enumerate()
-            .map(|(i, n)| pb::ReasonCount {
-                reason: reason_name(i),
-                packets: *n,
-            })
+            .into_iter()
+            .map(|(reason, packets)| pb::ReasonCount { reason, packets })
             .collect();
         let verdicts = g
             .verdicts
-            .iter()
-            .enumerate()
-            .map(|(i, n)| pb::ReasonCount {
-                reason: verdict_name(i).to_string(),
-                packets: *n,
+            .into_iter()
+            .map(|(v, packets)| pb::ReasonCount {
+                reason: v.to_string(),
+                packets,
             })
             .collect();
         Ok(pb::GetStatsResponse {

@@ -13,7 +13,6 @@ use tonic::transport::{Server, ServerTlsConfig};
 use xdplb::api::listen::{self, ListenError, TlsFiles};
 use xdplb::config::{self, Config};
 use xdplb::controller::Controller;
-use xdplb::dataplane::maps::RuntimeConfig;
 use xdplb::dataplane::{Dataplane, LoadOptions};
 use xdplb::metrics::server::MetricsServer;
 use xdplb::persist::StateStore;
@@ -191,22 +190,13 @@ async fn run(args: Args) -> Result<()> {
         ratelimit_clients: config.ratelimit.clients,
     })
     .context("loading the XDP program")?;
-    let [lo, hi] = config.nat.port_range;
-    dp.maps()
-        .write_config(&RuntimeConfig {
-            snat_addr: config.nat.snat_address,
-            snat_ports: (lo, hi),
-            tcp_timeout: config.timeouts.tcp,
-            tcp_closing_timeout: config.timeouts.tcp_closing,
-            udp_timeout: config.timeouts.udp,
-            ipip_source: config.ipip_source(),
-            nexthop_cache: config.timeouts.nexthop_cache,
-        })
-        .context("writing the run-time configuration")?;
-    warn_on_port_overlap(lo, hi);
-
     let adopted = dp.adopted();
     let mut reconciler = Reconciler::new(dp, config.tables.maglev_size);
+    reconciler
+        .set_runtime_config(&config.runtime())
+        .context("writing the run-time configuration")?;
+    let [lo, hi] = config.nat.port_range;
+    warn_on_port_overlap(lo, hi);
     match (&saved, adopted) {
         (Some(file), true) => reconciler.adopt_ids(&file.ids),
         (None, true) => {

@@ -104,6 +104,11 @@ impl Dataplane {
             hits: &m.fw_hits,
         }
     }
+
+    /// The firewall's maps, to write.
+    pub fn firewall_mut(&mut self) -> FirewallWriter<'_> {
+        FirewallWriter { r: self.firewall() }
+    }
 }
 
 /// Typed view of the firewall maps of a loaded program.
@@ -236,19 +241,6 @@ impl FirewallMaps<'_> {
         self.rules.max_entries()
     }
 
-    /// Writes the record of rules: `(id, Some(rule))` for rules in use, `(id, None)` for ids
-    /// given back.
-    pub fn write_rules(
-        &self,
-        rules: &[(u32, Option<(Ipv4Net, Action)>)],
-    ) -> Result<(), DataplaneError> {
-        let entries: Vec<(Vec<u8>, Vec<u8>)> = rules
-            .iter()
-            .map(|(id, r)| (id.to_ne_bytes().to_vec(), bytes_of(&rule_def(*r)).to_vec()))
-            .collect();
-        put(self.rules, &entries, |i| format!("rule id {}", rules[i].0))
-    }
-
     /// Every rule of the record, by id (maps pinned by an earlier lbd hold some at start).
     pub fn rules(&self) -> Result<Vec<(u32, Ipv4Net, Action)>, DataplaneError> {
         let mut out = Vec::new();
@@ -259,43 +251,6 @@ impl FirewallMaps<'_> {
             }
         })?;
         Ok(out)
-    }
-
-    /// Carries out `plan`: new `fw_l3` entries first, then the chunks that lead to them
-    /// (rewritten in place, a word at a time as packets read them), then (after a grace period)
-    /// the deletion of the `fw_l3` entries no slot leads to any more.
-    pub fn apply(&self, plan: &Plan) -> Result<(), DataplaneError> {
-        let exact: Vec<(Vec<u8>, Vec<u8>)> = plan
-            .l3_put
-            .iter()
-            .map(|(a, w)| (a.to_be_bytes().to_vec(), w.to_ne_bytes().to_vec()))
-            .collect();
-        put(self.l3, &exact, |i| {
-            format!("address {}", Ipv4Addr::from(plan.l3_put[i].0))
-        })?;
-        // Batch by batch: a /0 rewrites all 65,536 chunks (64 MiB).
-        for (c, part) in plan.l2_put.chunks(BATCH).enumerate() {
-            let chunks: Vec<(Vec<u8>, Vec<u8>)> = part
-                .iter()
-                .map(|(h, s)| {
-                    let value = types::fw_chunk { slot: **s };
-                    (h.to_ne_bytes().to_vec(), bytes_of(&value).to_vec())
-                })
-                .collect();
-            put(self.l2, &chunks, |i| {
-                format!("chunk of {}", net16(plan.l2_put[c * BATCH + i].0))
-            })?;
-        }
-        if plan.deletes() {
-            grace_period();
-            let exact: Vec<Vec<u8>> = plan
-                .l3_del
-                .iter()
-                .map(|a| a.to_be_bytes().to_vec())
-                .collect();
-            delete(self.l3, &exact)?;
-        }
-        Ok(())
     }
 
     /// What the two tables hold (to take over the maps of an earlier lbd, or to resume after
@@ -492,6 +447,71 @@ impl FirewallMaps<'_> {
             }
         }
         Ok(out)
+    }
+}
+
+/// Writes to the firewall maps: only from `&mut Dataplane` ([`Dataplane::firewall_mut`]).
+pub struct FirewallWriter<'a> {
+    r: FirewallMaps<'a>,
+}
+
+impl<'a> std::ops::Deref for FirewallWriter<'a> {
+    type Target = FirewallMaps<'a>;
+
+    fn deref(&self) -> &FirewallMaps<'a> {
+        &self.r
+    }
+}
+
+impl FirewallWriter<'_> {
+    /// Writes the record of rules: `(id, Some(rule))` for rules in use, `(id, None)` for ids
+    /// given back.
+    pub fn write_rules(
+        &self,
+        rules: &[(u32, Option<(Ipv4Net, Action)>)],
+    ) -> Result<(), DataplaneError> {
+        let entries: Vec<(Vec<u8>, Vec<u8>)> = rules
+            .iter()
+            .map(|(id, r)| (id.to_ne_bytes().to_vec(), bytes_of(&rule_def(*r)).to_vec()))
+            .collect();
+        put(self.rules, &entries, |i| format!("rule id {}", rules[i].0))
+    }
+
+    /// Carries out `plan`: new `fw_l3` entries first, then the chunks that lead to them
+    /// (rewritten in place, a word at a time as packets read them), then (after a grace period)
+    /// the deletion of the `fw_l3` entries no slot leads to any more.
+    pub fn apply(&self, plan: &Plan) -> Result<(), DataplaneError> {
+        let exact: Vec<(Vec<u8>, Vec<u8>)> = plan
+            .l3_put
+            .iter()
+            .map(|(a, w)| (a.to_be_bytes().to_vec(), w.to_ne_bytes().to_vec()))
+            .collect();
+        put(self.l3, &exact, |i| {
+            format!("address {}", Ipv4Addr::from(plan.l3_put[i].0))
+        })?;
+        // Batch by batch: a /0 rewrites all 65,536 chunks (64 MiB).
+        for (c, part) in plan.l2_put.chunks(BATCH).enumerate() {
+            let chunks: Vec<(Vec<u8>, Vec<u8>)> = part
+                .iter()
+                .map(|(h, s)| {
+                    let value = types::fw_chunk { slot: **s };
+                    (h.to_ne_bytes().to_vec(), bytes_of(&value).to_vec())
+                })
+                .collect();
+            put(self.l2, &chunks, |i| {
+                format!("chunk of {}", net16(plan.l2_put[c * BATCH + i].0))
+            })?;
+        }
+        if plan.deletes() {
+            grace_period();
+            let exact: Vec<Vec<u8>> = plan
+                .l3_del
+                .iter()
+                .map(|a| a.to_be_bytes().to_vec())
+                .collect();
+            delete(self.l3, &exact)?;
+        }
+        Ok(())
     }
 
     /// Zeroes the hit counter of rule `id` (when the id is handed out again).

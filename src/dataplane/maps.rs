@@ -186,6 +186,130 @@ impl<'a> Maps<'a> {
         Self { m }
     }
 
+    /// The VIP (address, IP protocol number) that `vip_ids` names for `id`; `None`: no VIP.
+    pub fn vip_of_id(&self, id: u32) -> Result<Option<(SocketAddrV4, u8)>, DataplaneError> {
+        let Some(v) = self
+            .m
+            .vip_ids
+            .lookup(&id.to_ne_bytes(), MapFlags::ANY)
+            .map_err(bpf_err("reading vip_ids"))?
+        else {
+            return Ok(None);
+        };
+        let k: types::vip_key = from_bytes(&v);
+        if k.family == 0 {
+            return Ok(None);
+        }
+        let addr = SocketAddrV4::new(v4_of(&k.addr), u16::from_be(k.port_be));
+        Ok(Some((addr, k.proto)))
+    }
+
+    /// The prefilter (`vip_filter`) as the program reads it: one word per 64 bits.
+    pub fn read_vip_filter(&self) -> Result<Vec<u64>, DataplaneError> {
+        let v = self
+            .m
+            .vip_filter
+            .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
+            .map_err(bpf_err("reading vip_filter"))?
+            .unwrap_or_default();
+        let mut words: Vec<u64> = v
+            .chunks_exact(8)
+            .map(|c| u64::from_ne_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+            .collect();
+        words.resize(FILTER_WORDS, 0);
+        Ok(words)
+    }
+
+    /// The VIPs of `vips`: (key, id).
+    fn vips(&self) -> Result<Vec<(types::vip_key, u32)>, DataplaneError> {
+        let mut out = Vec::new();
+        super::telemetry::for_each_batch(&self.m.vips, VIP_SLOTS, |k, v| {
+            let meta: types::vip_meta = from_bytes(v);
+            out.push((from_bytes(k), meta.vip_id));
+            std::ops::ControlFlow::Continue(())
+        })?;
+        Ok(out)
+    }
+
+    /// The backend ids of a VIP's ring as the data plane sees them (tests, diagnostics).
+    pub fn read_ring(&self, vip_id: u32) -> Result<Option<Vec<u32>>, DataplaneError> {
+        let Some(v) = self
+            .m
+            .maglev_rings
+            .lookup(&vip_id.to_ne_bytes(), MapFlags::ANY)
+            .map_err(bpf_err("reading maglev_rings"))?
+        else {
+            return Ok(None);
+        };
+        let id = u32::from_ne_bytes([v[0], v[1], v[2], v[3]]);
+        let ring = MapHandle::from_map_id(id).map_err(bpf_err("opening a Maglev ring"))?;
+        let mut out = Vec::with_capacity(ring.max_entries() as usize);
+        for k in 0..ring.max_entries() {
+            let v = ring
+                .lookup(&k.to_ne_bytes(), MapFlags::ANY)
+                .map_err(bpf_err("reading a Maglev ring"))?
+                .unwrap_or_default();
+            out.push(from_bytes::<u32>(&v));
+        }
+        Ok(Some(out))
+    }
+
+    pub fn vip_counters(&self, id: u32) -> Result<Counters, DataplaneError> {
+        sum_counters(&self.m.vip_stats, id)
+    }
+
+    pub fn backend_counters(&self, id: u32) -> Result<Counters, DataplaneError> {
+        sum_counters(&self.m.backend_stats, id)
+    }
+
+    pub fn global_counters(&self) -> Result<GlobalCounters, DataplaneError> {
+        let per_cpu = self
+            .m
+            .global_stats
+            .lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY)
+            .map_err(bpf_err("reading global_stats"))?
+            .unwrap_or_default();
+        let mut g = GlobalCounters {
+            reasons: vec![0; REASON_COUNT],
+            verdicts: vec![0; 5],
+        };
+        for cpu in per_cpu {
+            let s: types::lb_global_stats = from_bytes(&cpu);
+            for (acc, v) in g.reasons.iter_mut().zip(s.reasons) {
+                *acc += v;
+            }
+            for (acc, v) in g.verdicts.iter_mut().zip(s.verdicts) {
+                *acc += v;
+            }
+        }
+        Ok(g)
+    }
+
+    /// Number of live entries in the forward conntrack table (walks the keys).
+    pub fn conntrack_entries(&self) -> usize {
+        self.m.ct_fwd.keys().count()
+    }
+}
+
+/// Writes to the maps: only from `&mut Dataplane` ([`super::Dataplane::maps_mut`]), so only the
+/// owner of the data plane (the reconciler; lbd before it starts) can change what the program sees.
+pub struct MapWriter<'a> {
+    r: Maps<'a>,
+}
+
+impl<'a> std::ops::Deref for MapWriter<'a> {
+    type Target = Maps<'a>;
+
+    fn deref(&self) -> &Maps<'a> {
+        &self.r
+    }
+}
+
+impl<'a> MapWriter<'a> {
+    pub(super) fn new(m: &'a LbMaps<'static>) -> Self {
+        Self { r: Maps::new(m) }
+    }
+
     pub fn write_config(&self, c: &RuntimeConfig) -> Result<(), DataplaneError> {
         let v = types::lb_config {
             snat_addr: addr_v4(c.snat_addr),
@@ -252,45 +376,11 @@ impl<'a> Maps<'a> {
         self.rebuild_vip_filter()
     }
 
-    /// The VIP (address, IP protocol number) that `vip_ids` names for `id`; `None`: no VIP.
-    pub fn vip_of_id(&self, id: u32) -> Result<Option<(SocketAddrV4, u8)>, DataplaneError> {
-        let Some(v) = self
-            .m
-            .vip_ids
-            .lookup(&id.to_ne_bytes(), MapFlags::ANY)
-            .map_err(bpf_err("reading vip_ids"))?
-        else {
-            return Ok(None);
-        };
-        let k: types::vip_key = from_bytes(&v);
-        if k.family == 0 {
-            return Ok(None);
-        }
-        let addr = SocketAddrV4::new(v4_of(&k.addr), u16::from_be(k.port_be));
-        Ok(Some((addr, k.proto)))
-    }
-
     fn set_vip_id(&self, id: u32, key: &types::vip_key) -> Result<(), DataplaneError> {
         self.m
             .vip_ids
             .update(&id.to_ne_bytes(), bytes_of(key), MapFlags::ANY)
             .map_err(bpf_err(format!("writing vip_ids[{id}]")))
-    }
-
-    /// The prefilter (`vip_filter`) as the program reads it: one word per 64 bits.
-    pub fn read_vip_filter(&self) -> Result<Vec<u64>, DataplaneError> {
-        let v = self
-            .m
-            .vip_filter
-            .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
-            .map_err(bpf_err("reading vip_filter"))?
-            .unwrap_or_default();
-        let mut words: Vec<u64> = v
-            .chunks_exact(8)
-            .map(|c| u64::from_ne_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
-            .collect();
-        words.resize(FILTER_WORDS, 0);
-        Ok(words)
     }
 
     fn write_vip_filter(&self, words: &[u64]) -> Result<(), DataplaneError> {
@@ -312,17 +402,6 @@ impl<'a> Maps<'a> {
             return Ok(());
         }
         self.write_vip_filter(&words)
-    }
-
-    /// The VIPs of `vips`: (key, id).
-    fn vips(&self) -> Result<Vec<(types::vip_key, u32)>, DataplaneError> {
-        let mut out = Vec::new();
-        super::telemetry::for_each_batch(&self.m.vips, VIP_SLOTS, |k, v| {
-            let meta: types::vip_meta = from_bytes(v);
-            out.push((from_bytes(k), meta.vip_id));
-            std::ops::ControlFlow::Continue(())
-        })?;
-        Ok(out)
     }
 
     /// Recomputes the prefilter from the addresses in `vips` (after a VIP left).
@@ -413,29 +492,6 @@ impl<'a> Maps<'a> {
         delete_if_present(&self.m.maglev_rings, &vip_id.to_ne_bytes(), "maglev_rings")
     }
 
-    /// The backend ids of a VIP's ring as the data plane sees them (tests, diagnostics).
-    pub fn read_ring(&self, vip_id: u32) -> Result<Option<Vec<u32>>, DataplaneError> {
-        let Some(v) = self
-            .m
-            .maglev_rings
-            .lookup(&vip_id.to_ne_bytes(), MapFlags::ANY)
-            .map_err(bpf_err("reading maglev_rings"))?
-        else {
-            return Ok(None);
-        };
-        let id = u32::from_ne_bytes([v[0], v[1], v[2], v[3]]);
-        let ring = MapHandle::from_map_id(id).map_err(bpf_err("opening a Maglev ring"))?;
-        let mut out = Vec::with_capacity(ring.max_entries() as usize);
-        for k in 0..ring.max_entries() {
-            let v = ring
-                .lookup(&k.to_ne_bytes(), MapFlags::ANY)
-                .map_err(bpf_err("reading a Maglev ring"))?
-                .unwrap_or_default();
-            out.push(from_bytes::<u32>(&v));
-        }
-        Ok(Some(out))
-    }
-
     pub fn add_tx_port(&self, ifindex: u32) -> Result<(), DataplaneError> {
         self.m
             .tx_ports
@@ -447,14 +503,6 @@ impl<'a> Maps<'a> {
             .map_err(bpf_err(format!("adding ifindex {ifindex} to tx_ports")))
     }
 
-    pub fn vip_counters(&self, id: u32) -> Result<Counters, DataplaneError> {
-        sum_counters(&self.m.vip_stats, id)
-    }
-
-    pub fn backend_counters(&self, id: u32) -> Result<Counters, DataplaneError> {
-        sum_counters(&self.m.backend_stats, id)
-    }
-
     /// Zeroes a VIP's counters (when its id is handed out again).
     pub fn reset_vip_counters(&self, id: u32) -> Result<(), DataplaneError> {
         zero_percpu(&self.m.vip_stats, id)
@@ -463,34 +511,6 @@ impl<'a> Maps<'a> {
     /// Zeroes a backend's counters (when its id is handed out again).
     pub fn reset_backend_counters(&self, id: u32) -> Result<(), DataplaneError> {
         zero_percpu(&self.m.backend_stats, id)
-    }
-
-    pub fn global_counters(&self) -> Result<GlobalCounters, DataplaneError> {
-        let per_cpu = self
-            .m
-            .global_stats
-            .lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY)
-            .map_err(bpf_err("reading global_stats"))?
-            .unwrap_or_default();
-        let mut g = GlobalCounters {
-            reasons: vec![0; REASON_COUNT],
-            verdicts: vec![0; 5],
-        };
-        for cpu in per_cpu {
-            let s: types::lb_global_stats = from_bytes(&cpu);
-            for (acc, v) in g.reasons.iter_mut().zip(s.reasons) {
-                *acc += v;
-            }
-            for (acc, v) in g.verdicts.iter_mut().zip(s.verdicts) {
-                *acc += v;
-            }
-        }
-        Ok(g)
-    }
-
-    /// Number of live entries in the forward conntrack table (walks the keys).
-    pub fn conntrack_entries(&self) -> usize {
-        self.m.ct_fwd.keys().count()
     }
 }
 

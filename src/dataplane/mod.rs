@@ -249,7 +249,7 @@ impl Dataplane {
         if adopted {
             tracing::info!("reusing the pinned maps of an earlier lbd: tracked flows carry on");
         }
-        let dp = Self {
+        let mut dp = Self {
             skel,
             links: Vec::new(),
             pin_dir: opts.pin_dir.clone(),
@@ -257,7 +257,7 @@ impl Dataplane {
         };
         // Adopted VIPs must pass the prefilter (and their flows find them) before the program
         // is attached.
-        dp.maps().rebuild_vip_index()?;
+        dp.maps_mut().rebuild_vip_index()?;
         Ok(dp)
     }
 
@@ -266,9 +266,14 @@ impl Dataplane {
         self.adopted
     }
 
-    /// The maps, typed.
+    /// The maps, typed, to read.
     pub fn maps(&self) -> maps::Maps<'_> {
         maps::Maps::new(&self.skel.maps)
+    }
+
+    /// The maps, typed, to write: only the owner of the data plane can.
+    pub fn maps_mut(&mut self) -> maps::MapWriter<'_> {
+        maps::MapWriter::new(&self.skel.maps)
     }
 
     /// The program, for BPF_PROG_TEST_RUN.
@@ -291,7 +296,7 @@ impl Dataplane {
                 "updating the XDP link on {ifname} ({})",
                 pin.display()
             )))?;
-            self.maps().add_tx_port(ifindex)?;
+            self.maps_mut().add_tx_port(ifindex)?;
             tracing::info!(
                 interface = ifname,
                 "took over the pinned XDP link: program replaced atomically"
@@ -328,7 +333,7 @@ impl Dataplane {
         if let Some(pin) = &pin {
             pin_fd(&fd, pin).map_err(io_err(format!("pinning the XDP link of {ifname}")))?;
         }
-        self.maps().add_tx_port(ifindex)?;
+        self.maps_mut().add_tx_port(ifindex)?;
         self.links.push(XdpLink {
             ifname: ifname.to_string(),
             ifindex,

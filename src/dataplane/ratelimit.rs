@@ -107,6 +107,13 @@ impl Dataplane {
             clients: &self.skel.maps.rl_clients,
         }
     }
+
+    /// The rate limiter's maps, to write.
+    pub fn ratelimit_mut(&mut self) -> RateLimitWriter<'_> {
+        RateLimitWriter {
+            r: self.ratelimit(),
+        }
+    }
 }
 
 /// Typed view of the rate limiter's maps of a loaded program.
@@ -118,22 +125,6 @@ pub struct RateLimitMaps<'a> {
 }
 
 impl RateLimitMaps<'_> {
-    /// Writes policy `id` (one map update).
-    pub fn put_policy(
-        &self,
-        id: u32,
-        policy: &Policy,
-        overrides: bool,
-    ) -> Result<(), DataplaneError> {
-        self.policies
-            .update(
-                &id.to_ne_bytes(),
-                bytes_of(&policy_value(policy, overrides)),
-                MapFlags::ANY,
-            )
-            .map_err(bpf_err(format!("writing rate-limit policy {id}")))
-    }
-
     /// The policy `id` as the data plane holds it.
     pub fn policy(&self, id: u32) -> Result<types::rl_policy, DataplaneError> {
         let v = self
@@ -142,22 +133,6 @@ impl RateLimitMaps<'_> {
             .map_err(bpf_err(format!("reading rate-limit policy {id}")))?
             .unwrap_or_default();
         Ok(from_bytes(&v))
-    }
-
-    /// Points the clients of `net` to policy `id` (an atomic update of the trie).
-    pub fn put_prefix(&self, net: Ipv4Net, id: u32) -> Result<(), DataplaneError> {
-        self.prefixes
-            .update(bytes_of(&lpm_key(net)), &id.to_ne_bytes(), MapFlags::ANY)
-            .map_err(bpf_err(format!("writing rate-limit override {net}")))
-    }
-
-    /// Removes the override of `net`; one that is not there counts as removed.
-    pub fn delete_prefix(&self, net: Ipv4Net) -> Result<(), DataplaneError> {
-        match self.prefixes.delete(bytes_of(&lpm_key(net))) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(bpf_err(format!("deleting rate-limit override {net}"))(e)),
-        }
     }
 
     /// The policy id of exactly `net` (not a longest-prefix match).
@@ -207,17 +182,6 @@ impl RateLimitMaps<'_> {
             }))
     }
 
-    /// Zeroes the counters of policy `id` (when the id is handed out again).
-    pub fn reset_counters(&self, id: u32) -> Result<(), DataplaneError> {
-        let cpus = libbpf_rs::num_possible_cpus().map_err(bpf_err("counting CPUs"))?;
-        let zero = vec![vec![0u8; self.stats.value_size() as usize]; cpus];
-        self.stats
-            .update_percpu(&id.to_ne_bytes(), &zero, MapFlags::ANY)
-            .map_err(bpf_err(format!(
-                "zeroing the counters of rate-limit policy {id}"
-            )))
-    }
-
     /// The bucket of one client, if it has one.
     pub fn client(&self, addr: Ipv4Addr) -> Result<Option<ClientEntry>, DataplaneError> {
         let key = client_key(addr);
@@ -230,8 +194,82 @@ impl RateLimitMaps<'_> {
 
     /// A handle of its own on `rl_clients`, so that a long walk ([`top_clients`]) can run
     /// without borrowing the data plane (and without holding the controller's lock).
+    pub fn client_buckets(&self) -> Result<ClientBuckets, DataplaneError> {
+        self.clients_handle().map(ClientBuckets)
+    }
+
+    /// A handle of its own on `rl_clients`.
     pub fn clients_handle(&self) -> Result<MapHandle, DataplaneError> {
         MapHandle::try_from(self.clients).map_err(bpf_err("duplicating the rl_clients handle"))
+    }
+}
+
+/// Writes to the rate limiter's maps: only from `&mut Dataplane` ([`Dataplane::ratelimit_mut`]).
+pub struct RateLimitWriter<'a> {
+    r: RateLimitMaps<'a>,
+}
+
+impl<'a> std::ops::Deref for RateLimitWriter<'a> {
+    type Target = RateLimitMaps<'a>;
+
+    fn deref(&self) -> &RateLimitMaps<'a> {
+        &self.r
+    }
+}
+
+impl RateLimitWriter<'_> {
+    /// Writes policy `id` (one map update).
+    pub fn put_policy(
+        &self,
+        id: u32,
+        policy: &Policy,
+        overrides: bool,
+    ) -> Result<(), DataplaneError> {
+        self.policies
+            .update(
+                &id.to_ne_bytes(),
+                bytes_of(&policy_value(policy, overrides)),
+                MapFlags::ANY,
+            )
+            .map_err(bpf_err(format!("writing rate-limit policy {id}")))
+    }
+
+    /// Points the clients of `net` to policy `id` (an atomic update of the trie).
+    pub fn put_prefix(&self, net: Ipv4Net, id: u32) -> Result<(), DataplaneError> {
+        self.prefixes
+            .update(bytes_of(&lpm_key(net)), &id.to_ne_bytes(), MapFlags::ANY)
+            .map_err(bpf_err(format!("writing rate-limit override {net}")))
+    }
+
+    /// Removes the override of `net`; one that is not there counts as removed.
+    pub fn delete_prefix(&self, net: Ipv4Net) -> Result<(), DataplaneError> {
+        match self.prefixes.delete(bytes_of(&lpm_key(net))) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(bpf_err(format!("deleting rate-limit override {net}"))(e)),
+        }
+    }
+
+    /// Zeroes the counters of policy `id` (when the id is handed out again).
+    pub fn reset_counters(&self, id: u32) -> Result<(), DataplaneError> {
+        let cpus = libbpf_rs::num_possible_cpus().map_err(bpf_err("counting CPUs"))?;
+        let zero = vec![vec![0u8; self.stats.value_size() as usize]; cpus];
+        self.stats
+            .update_percpu(&id.to_ne_bytes(), &zero, MapFlags::ANY)
+            .map_err(bpf_err(format!(
+                "zeroing the counters of rate-limit policy {id}"
+            )))
+    }
+}
+
+/// The rate limiter's client buckets on a map handle of their own, to walk outside any lock;
+/// nothing but [`ClientBuckets::top`] is offered on it.
+pub struct ClientBuckets(MapHandle);
+
+impl ClientBuckets {
+    /// The `n` clients with the most drops (see [`top_clients`]).
+    pub fn top(&self, n: usize) -> Result<TopClients, DataplaneError> {
+        top_clients(&self.0, n)
     }
 }
 

@@ -11,10 +11,10 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 use super::render::{encode_sample, BackendSample, HealthSample, Sample, VipSample};
-use crate::controller::Controller;
-use crate::dataplane::maps::{reason_name, verdict_name};
+use crate::controller::{Controller, Reader};
 use crate::dataplane::telemetry::{Telemetry, Walk};
 use crate::dataplane::DataplaneError;
+use crate::reconcile::ReconcileError;
 
 /// The longest a map walk is reused.
 pub const MAX_WALK_REUSE: Duration = Duration::from_secs(10);
@@ -46,7 +46,7 @@ impl std::fmt::Debug for LbCollector {
 
 impl LbCollector {
     /// Reads the counters under the lock, then walks the maps (or reuses the last walk).
-    fn sample(&self) -> Result<Sample, DataplaneError> {
+    fn sample(&self) -> Result<Sample, ReconcileError> {
         // The collector runs on a blocking thread (see `render`), where waiting is allowed.
         let (mut sample, ids, telemetry) =
             futures::executor::block_on(self.ctl.read(read_counters))?;
@@ -95,10 +95,8 @@ pub fn walk_reuse(took: Duration) -> Duration {
 /// The counters of every VIP and backend and the global ones (under the controller's lock).
 fn read_counters(
     state: &xdplb_model::state::State,
-    r: &crate::reconcile::Reconciler,
-) -> Result<(Sample, Ids, Telemetry), DataplaneError> {
-    let dp = r.dataplane();
-    let maps = dp.maps();
+    r: &Reader<'_>,
+) -> Result<(Sample, Ids, Telemetry), ReconcileError> {
     let mut sample = Sample::default();
     let mut ids = Ids { vips: Vec::new() };
     for (key, v) in &state.vips {
@@ -119,7 +117,7 @@ fn read_counters(
             backends.push(BackendSample {
                 backend: addr.to_string(),
                 weight: *weight,
-                counters: maps.backend_counters(id)?,
+                counters: r.backend_counters(id)?,
                 tracked_flows: 0,
                 health,
             });
@@ -129,27 +127,21 @@ fn read_counters(
             vip: key.addr.to_string(),
             proto: key.proto.to_string(),
             mode: v.mode.to_string(),
-            counters: maps.vip_counters(vip_id)?,
+            counters: r.vip_counters(vip_id)?,
             tracked_flows: 0,
             backends,
         });
         ids.vips.push((vip_id, backend_ids));
     }
-    let g = maps.global_counters()?;
-    sample.reasons = g
-        .reasons
-        .iter()
-        .enumerate()
-        .map(|(i, n)| (reason_name(i), *n))
-        .collect();
+    let g = r.global_counts()?;
+    sample.reasons = g.reasons;
     sample.verdicts = g
         .verdicts
-        .iter()
-        .enumerate()
-        .map(|(i, n)| (verdict_name(i).to_string(), *n))
+        .into_iter()
+        .map(|(v, n)| (v.to_string(), n))
         .collect();
     // The walk reads the hit counters of the rule ids in use only.
-    let telemetry = dp.telemetry()?.with_firewall_ids(r.firewall().id_bound());
+    let telemetry = r.telemetry()?;
     Ok((sample, ids, telemetry))
 }
 

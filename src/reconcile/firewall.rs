@@ -13,7 +13,7 @@ use ipnet::Ipv4Net;
 
 use super::{IdPool, ReconcileError};
 use crate::dataplane::firewall::tables::{self, Rules, Tables};
-use crate::dataplane::firewall::{FirewallMaps, RuleEntry};
+use crate::dataplane::firewall::{FirewallWriter, RuleEntry};
 use crate::dataplane::{Dataplane, DataplaneError};
 use xdplb_model::firewall::{Action, Firewall};
 
@@ -98,10 +98,10 @@ impl AppliedFirewall {
     /// call (the controller's rollback) reads them back and finishes or undoes the work.
     pub(super) fn apply(
         &mut self,
-        dp: &Dataplane,
+        dp: &mut Dataplane,
         desired: &Firewall,
     ) -> Result<(), ReconcileError> {
-        let maps = dp.firewall();
+        let maps = dp.firewall_mut();
         if desired.len() > self.capacity {
             // A state saved with rules, restored by an lbd whose capacity is smaller (or 0).
             return Err(DataplaneError::Full(format!(
@@ -158,7 +158,7 @@ impl AppliedFirewall {
     /// ids of removed rules are given back.
     fn change(
         &mut self,
-        maps: &FirewallMaps<'_>,
+        maps: &FirewallWriter<'_>,
         puts: &[(Ipv4Net, Action)],
         dels: &[Ipv4Net],
     ) -> Result<(), ReconcileError> {
@@ -176,7 +176,7 @@ impl AppliedFirewall {
 
     fn change_tables(
         &mut self,
-        maps: &FirewallMaps<'_>,
+        maps: &FirewallWriter<'_>,
         puts: &[(Ipv4Net, Action)],
         dels: &[Ipv4Net],
         freed: &mut Vec<u32>,
@@ -225,7 +225,7 @@ impl AppliedFirewall {
     }
 
     /// After a change stopped part-way: makes the record say `applied` and the tables match it.
-    fn resync(&mut self, maps: &FirewallMaps<'_>) -> Result<(), ReconcileError> {
+    fn resync(&mut self, maps: &FirewallWriter<'_>) -> Result<(), ReconcileError> {
         let mut writes: Vec<(u32, Option<(Ipv4Net, Action)>)> = Vec::new();
         let wanted: HashMap<u32, (Ipv4Net, Action)> = self
             .applied
@@ -254,7 +254,7 @@ impl AppliedFirewall {
 
     /// Takes over the rules of maps pinned by an earlier lbd, with their ids: the firewall keeps
     /// working across a restart, and the first apply then changes only what differs.
-    fn adopt(&mut self, maps: &FirewallMaps<'_>) -> Result<(), ReconcileError> {
+    fn adopt(&mut self, maps: &FirewallWriter<'_>) -> Result<(), ReconcileError> {
         let mut stale = Vec::new();
         let mut used = HashSet::new();
         for (id, net, action) in maps.rules()? {
@@ -302,7 +302,7 @@ impl AppliedFirewall {
     }
 
     /// A rule id whose hit counter reads zero.
-    fn take_id(&mut self, maps: &FirewallMaps<'_>) -> Result<u32, ReconcileError> {
+    fn take_id(&mut self, maps: &FirewallWriter<'_>) -> Result<u32, ReconcileError> {
         let fresh = self.ids.next;
         let id = self.ids.take()?;
         // Never-used ids still hold the zeroes of the map's creation (unless adopted).

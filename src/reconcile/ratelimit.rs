@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, VecDeque};
 use ipnet::Ipv4Net;
 
 use super::ReconcileError;
-use crate::dataplane::ratelimit::RateLimitMaps;
+use crate::dataplane::ratelimit::RateLimitWriter;
 use crate::dataplane::Dataplane;
 use xdplb_model::ratelimit::{Policy, RateLimits, MAX_POLICIES};
 
@@ -87,11 +87,15 @@ impl AppliedRateLimits {
 
     /// Applies `desired`. On error the maps may be partly changed, and what is recorded here
     /// says exactly how far it got: applying the previous state rolls back.
-    pub fn apply(&mut self, dp: &Dataplane, desired: &RateLimits) -> Result<(), ReconcileError> {
-        let maps = dp.ratelimit();
+    pub fn apply(
+        &mut self,
+        dp: &mut Dataplane,
+        desired: &RateLimits,
+    ) -> Result<(), ReconcileError> {
         if self.default.is_none() {
             self.adopt(dp, desired)?;
         }
+        let maps = dp.ratelimit_mut();
         let overrides = !desired.overrides.is_empty();
         // The program searches the trie only when the default policy says so: raise the flag
         // before the first prefix goes in, lower it after the last one is gone.
@@ -146,7 +150,7 @@ impl AppliedRateLimits {
 
     fn put_default(
         &mut self,
-        maps: &RateLimitMaps<'_>,
+        maps: &RateLimitWriter<'_>,
         policy: &Policy,
         overrides: bool,
     ) -> Result<(), ReconcileError> {
@@ -166,8 +170,8 @@ impl AppliedRateLimits {
     /// First apply: maps pinned by a previous lbd may hold prefixes already. Those still wanted
     /// keep their ids (their policies are rewritten next); the others are removed at once, so
     /// that no id is handed out while a stale prefix still points to it.
-    fn adopt(&mut self, dp: &Dataplane, desired: &RateLimits) -> Result<(), ReconcileError> {
-        let maps = dp.ratelimit();
+    fn adopt(&mut self, dp: &mut Dataplane, desired: &RateLimits) -> Result<(), ReconcileError> {
+        let maps = dp.ratelimit_mut();
         for (net, id) in maps.prefixes()? {
             let usable = id != 0 && (id as usize) < MAX_POLICIES;
             let free = !self.overrides.values().any(|(i, _)| *i == id);

@@ -237,9 +237,10 @@ impl Lb {
     /// does) and writes `cfg`.
     pub fn load(net: Net, cfg: RuntimeConfig, opts: &LoadOptions) -> Result<Lb> {
         let dp = Dataplane::load(opts).context("loading the XDP program")?;
-        dp.maps().write_config(&cfg).context("writing lb_config")?;
+        let mut rec = Reconciler::new(dp, RING_SIZE);
+        rec.set_runtime_config(&cfg).context("writing lb_config")?;
         Ok(Lb {
-            rec: Reconciler::new(dp, RING_SIZE),
+            rec,
             state: State::default(),
             net,
             cfg,
@@ -295,8 +296,8 @@ impl Lb {
 
     /// Writes a new run-time configuration (lb_config), as lbd does on a reload.
     pub fn set_config(&mut self, cfg: RuntimeConfig) -> Result<()> {
-        self.maps()
-            .write_config(&cfg)
+        self.rec
+            .set_runtime_config(&cfg)
             .context("writing lb_config")?;
         self.cfg = cfg;
         Ok(())
@@ -322,6 +323,11 @@ impl Lb {
 
     pub fn maps(&self) -> xdplb::dataplane::maps::Maps<'_> {
         self.rec.dataplane().maps()
+    }
+
+    /// The maps, to write behind the reconciler's back (tests of the data plane only).
+    pub fn maps_mut(&mut self) -> xdplb::dataplane::maps::MapWriter<'_> {
+        self.rec.dataplane_mut().maps_mut()
     }
 
     pub fn vip_id(&self, vip: &VipKey) -> Result<u32> {
