@@ -12,7 +12,7 @@ use xdplb_model::state::{Mode, Protocol, State, StateError, VipKey};
 /// Where `lbd` keeps its gRPC socket unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/xdplb/lbd.sock";
 /// The bpffs directory for pinned maps unless told otherwise.
-pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/xdplb";
+pub(crate) const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/xdplb";
 
 /// A configuration error, always naming the key it is about.
 #[derive(Debug, thiserror::Error)]
@@ -57,13 +57,13 @@ pub struct Config {
     #[serde(default)]
     pub tables: TablesConfig,
     #[serde(default)]
-    pub timeouts: TimeoutsConfig,
+    pub(crate) timeouts: TimeoutsConfig,
     #[serde(default)]
     pub api: ApiConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
     #[serde(default)]
-    pub ipip: IpipConfig,
+    pub(crate) ipip: IpipConfig,
     #[serde(default)]
     pub firewall: FirewallConfig,
     #[serde(default)]
@@ -119,7 +119,7 @@ fn default_pin_path() -> PathBuf {
 #[serde(deny_unknown_fields)]
 pub struct NatConfig {
     /// Source address of NATed packets towards backends (an address of this host).
-    pub snat_address: Ipv4Addr,
+    pub(crate) snat_address: Ipv4Addr,
     /// Inclusive range of source ports used towards backends.
     #[serde(default = "default_port_range")]
     pub port_range: [u16; 2],
@@ -149,21 +149,21 @@ impl Default for TablesConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct TimeoutsConfig {
+pub(crate) struct TimeoutsConfig {
     /// Idle timeout of an established TCP flow.
     #[serde(with = "humantime_serde")]
-    pub tcp: Duration,
+    pub(crate) tcp: Duration,
     /// Idle timeout of a TCP flow after FIN or RST.
     #[serde(with = "humantime_serde")]
-    pub tcp_closing: Duration,
+    pub(crate) tcp_closing: Duration,
     /// Idle timeout of a UDP flow.
     #[serde(with = "humantime_serde")]
-    pub udp: Duration,
+    pub(crate) udp: Duration,
     /// How long a flow reuses the next hop (egress interface, MACs) it looked up before looking
     /// it up again; a neighbour or route change reaches established flows within this time.
     /// 0 turns the cache off (one FIB lookup per packet).
     #[serde(with = "humantime_serde")]
-    pub nexthop_cache: Duration,
+    pub(crate) nexthop_cache: Duration,
 }
 
 impl Default for TimeoutsConfig {
@@ -180,16 +180,16 @@ impl Default for TimeoutsConfig {
 /// IPIP DSR settings.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct IpipConfig {
+pub(crate) struct IpipConfig {
     /// Outer source of IPIP packets: an address of this host (`10.0.1.1/32`), or a prefix whose
     /// host bits vary per flow so that receivers spread flows across queues (`10.0.9.0/24`).
     /// Defaults to `nat.snat_address`/32.
-    pub source: Option<ipnet::Ipv4Net>,
+    pub(crate) source: Option<ipnet::Ipv4Net>,
 }
 
 impl Config {
     /// The IPIP outer source prefix in force.
-    pub fn ipip_source(&self) -> ipnet::Ipv4Net {
+    pub(crate) fn ipip_source(&self) -> ipnet::Ipv4Net {
         self.ipip.source.unwrap_or_else(|| {
             ipnet::Ipv4Net::new(self.nat.snat_address, 32).expect("/32 is a valid prefix")
         })
@@ -265,7 +265,7 @@ pub struct ApiConfig {
 }
 
 /// Where lbd serves metrics unless told otherwise (loopback only).
-pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9469";
+pub(crate) const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9469";
 
 /// A metrics listen value that is neither `ADDR:PORT` nor `none`.
 #[derive(Debug, thiserror::Error)]
@@ -287,7 +287,7 @@ pub fn parse_metrics_listen(s: &str) -> Result<Option<std::net::SocketAddr>, Bad
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
     /// `ADDR:PORT` to serve `/metrics` on, or `"none"` (or empty) for no endpoint.
-    pub listen: String,
+    pub(crate) listen: String,
 }
 
 impl Default for MetricsConfig {
@@ -309,46 +309,49 @@ impl MetricsConfig {
 #[serde(deny_unknown_fields)]
 pub struct VipConfig {
     /// "ADDR:PORT"
-    pub address: SocketAddrV4,
-    pub proto: Protocol,
+    pub(crate) address: SocketAddrV4,
+    pub(crate) proto: Protocol,
     #[serde(default)]
-    pub mode: Mode,
+    pub(crate) mode: Mode,
     /// `[vip.health]`: the VIP's health check; none when absent.
     #[serde(default)]
-    pub health: Option<HealthConfig>,
+    pub(crate) health: Option<HealthConfig>,
     #[serde(default, rename = "backend")]
-    pub backends: Vec<BackendConfig>,
+    pub(crate) backends: Vec<BackendConfig>,
 }
 
 /// `[vip.health]`: the fields of `lbctl vip add --health ...`, each with lbctl's default.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct HealthConfig {
+pub(crate) struct HealthConfig {
     /// The probe: `tcp` (connect), `http:/PATH` (GET, expect `http_status`), `udp` (send
     /// `udp_payload`, expect a reply) or `none`.
-    pub proto: String,
+    pub(crate) proto: String,
     /// Time between two probes of one backend (100ms..=1h).
     #[serde(default, with = "humantime_serde")]
-    pub interval: Option<Duration>,
+    pub(crate) interval: Option<Duration>,
     /// How long one probe may take (below the interval).
     #[serde(default, with = "humantime_serde")]
-    pub timeout: Option<Duration>,
+    pub(crate) timeout: Option<Duration>,
     /// Good probes in a row that bring a down backend back (1..=100).
-    pub rise: Option<u32>,
+    pub(crate) rise: Option<u32>,
     /// Failed probes in a row that take a backend out (1..=100).
-    pub fall: Option<u32>,
+    pub(crate) fall: Option<u32>,
     /// When every backend is down: `fail-open` (keep them all) or `drop`.
-    pub all_down: Option<xdplb_model::health::AllDown>,
+    pub(crate) all_down: Option<xdplb_model::health::AllDown>,
     /// The status an `http` check expects (default 200).
-    pub http_status: Option<u16>,
+    pub(crate) http_status: Option<u16>,
     /// What a `udp` check sends (default "ping").
-    pub udp_payload: Option<String>,
+    pub(crate) udp_payload: Option<String>,
 }
 
 impl HealthConfig {
     /// The health check this table describes, validated; errors name the key below `key`
     /// (e.g. `vip[0].health.interval`).
-    pub fn to_check(&self, key: &str) -> Result<xdplb_model::health::HealthCheck, ConfigError> {
+    pub(crate) fn to_check(
+        &self,
+        key: &str,
+    ) -> Result<xdplb_model::health::HealthCheck, ConfigError> {
         use xdplb_model::health::{HealthCheck, HealthKind};
         let d = HealthCheck::default();
         let proto = self.proto.trim();
@@ -424,7 +427,7 @@ impl HealthConfig {
 impl VipConfig {
     /// The VIP's health check (`[vip.health]`, already validated by [`Config::parse`]); the
     /// default, unchecked, when the table is absent.
-    pub fn health_check(&self) -> Result<xdplb_model::health::HealthCheck, ConfigError> {
+    pub(crate) fn health_check(&self) -> Result<xdplb_model::health::HealthCheck, ConfigError> {
         self.health.as_ref().map_or_else(
             || Ok(xdplb_model::health::HealthCheck::default()),
             |h| h.to_check("vip.health"),
@@ -434,11 +437,11 @@ impl VipConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct BackendConfig {
+pub(crate) struct BackendConfig {
     /// "ADDR:PORT"
-    pub address: SocketAddrV4,
+    pub(crate) address: SocketAddrV4,
     #[serde(default = "default_weight")]
-    pub weight: u32,
+    pub(crate) weight: u32,
 }
 
 fn default_weight() -> u32 {
@@ -478,7 +481,8 @@ impl Config {
     }
 
     /// Parses and validates configuration text (errors without a place in a file).
-    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+    #[cfg(test)]
+    pub(crate) fn parse(text: &str) -> Result<Self, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: PathBuf::from("<config>"),
             message: e.to_string().trim_end().replace('\n', " "),
@@ -491,7 +495,7 @@ impl Config {
     /// type error where toml found it (the key is the one whose key or value holds that
     /// place), a semantic error at the key it names (the line of its value; of the closest
     /// enclosing key when the key itself is not in the file, e.g. a missing default).
-    pub fn parse_located(text: &str, path: &Path) -> Result<Self, ConfigError> {
+    pub(crate) fn parse_located(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let doc = toml::de::DeTable::parse(text).ok();
         let at = |offset: usize, key: Option<String>, message: String| {
             let (line, column) = line_col(text, offset);

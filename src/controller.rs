@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tokio::sync::Mutex;
 
 use crate::persist::{PersistError, StateStore};
-pub use crate::reconcile::{Counters, NamedCounts, PolicyCounters, Reader};
+pub(crate) use crate::reconcile::{Counters, PolicyCounters, Reader};
 use crate::reconcile::{ReconcileError, Reconciler};
 use xdplb_model::state::{State, StateError, VipKey};
 
@@ -27,7 +27,7 @@ pub enum ControlError {
 /// Why [`Controller::change`] failed: the change itself refused (`E`, from the caller's closure),
 /// or applying it did.
 #[derive(Debug)]
-pub enum ChangeError<E> {
+pub(crate) enum ChangeError<E> {
     Refused(E),
     Control(ControlError),
 }
@@ -120,7 +120,7 @@ impl Controller {
 
     /// Runs `f` on a copy of the state; if it succeeds, applies the copy to the data plane and
     /// keeps it. If anything fails, the state and the maps stay as they were.
-    pub async fn change<T, E>(
+    pub(crate) async fn change<T, E>(
         &self,
         f: impl FnOnce(&mut State) -> Result<T, E>,
     ) -> Result<T, ChangeError<E>> {
@@ -156,7 +156,7 @@ impl Controller {
     /// that changes anything, makes the maps match the current state again (the VIP's Maglev
     /// table is rebuilt with or without the backend). Nothing is persisted: health is live.
     /// Returns whether the view changed; a backend the state no longer has is ignored.
-    pub async fn set_health(
+    pub(crate) async fn set_health(
         &self,
         vip: &VipKey,
         addr: std::net::SocketAddrV4,
@@ -190,7 +190,7 @@ impl Controller {
 
     /// Reads the state and, through a [`Reader`] that cannot write, the reconciler's ids, the
     /// health view and the counters, under the lock.
-    pub async fn read<T>(&self, f: impl FnOnce(&State, &Reader<'_>) -> T) -> T {
+    pub(crate) async fn read<T>(&self, f: impl FnOnce(&State, &Reader<'_>) -> T) -> T {
         let inner = self.inner.lock().await;
         f(&inner.state, &Reader::new(&inner.reconciler))
     }

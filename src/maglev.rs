@@ -72,16 +72,16 @@ pub const DEFAULT_TABLE_SIZE: u32 = 65537;
 
 /// Table entry meaning "no backend": the XDP program must not forward such flows.
 /// It is reserved and cannot be used as a backend id.
-pub const NO_BACKEND: u32 = u32::MAX;
+pub(crate) const NO_BACKEND: u32 = u32::MAX;
 
 /// Largest accepted table size: the largest prime below 2^24 (a 64 MiB table).
 /// Larger tables bring no benefit and would only exhaust memory.
-pub const MAX_TABLE_SIZE: u32 = 16_777_213;
+pub(crate) const MAX_TABLE_SIZE: u32 = 16_777_213;
 
 /// FNV-1a 32-bit offset basis (`FNV32_OFFSET` in `bpf/maglev.h`).
-pub const FNV32_OFFSET: u32 = 2_166_136_261;
+pub(crate) const FNV32_OFFSET: u32 = 2_166_136_261;
 /// FNV-1a 32-bit prime (`FNV32_PRIME` in `bpf/maglev.h`).
-pub const FNV32_PRIME: u32 = 16_777_619;
+pub(crate) const FNV32_PRIME: u32 = 16_777_619;
 
 const FNV64_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV64_PRIME: u64 = 0x0000_0100_0000_01b3;
@@ -203,7 +203,8 @@ pub fn build_table(backends: &[MaglevBackend], size: u32) -> Result<Vec<u32>, Ma
 
 /// Returns the backend id for `flow_hash`, as the XDP program does
 /// (`table[flow_hash % size]`), or [`NO_BACKEND`] for an empty table.
-pub fn lookup(table: &[u32], flow_hash: u32) -> u32 {
+#[cfg(test)]
+pub(crate) fn lookup(table: &[u32], flow_hash: u32) -> u32 {
     if table.is_empty() {
         return NO_BACKEND;
     }
@@ -215,7 +216,7 @@ pub fn lookup(table: &[u32], flow_hash: u32) -> u32 {
 
 /// Returns whether `n` is prime (deterministic trial division; at most ~22k
 /// divisions for any `u32`).
-pub fn is_prime(n: u32) -> bool {
+pub(crate) fn is_prime(n: u32) -> bool {
     if n < 2 {
         return false;
     }
@@ -237,7 +238,7 @@ pub fn is_prime(n: u32) -> bool {
 }
 
 /// 32-bit FNV-1a of `data` (the hash function of the data plane).
-pub fn fnv1a32(data: &[u8]) -> u32 {
+pub(crate) fn fnv1a32(data: &[u8]) -> u32 {
     data.iter().fold(FNV32_OFFSET, |h, &b| {
         (h ^ u32::from(b)).wrapping_mul(FNV32_PRIME)
     })

@@ -13,7 +13,7 @@ use rtnetlink::RouteMessageBuilder;
 /// Why a next hop could not be warmed (logged, never fatal: the data plane counts
 /// `pass_fib_no_neigh` while a neighbour is unresolved).
 #[derive(Debug, thiserror::Error)]
-pub enum NeighborError {
+pub(crate) enum NeighborError {
     #[error("netlink: {0}")]
     Netlink(#[from] rtnetlink::Error),
     #[error("netlink socket: {0}")]
@@ -54,22 +54,17 @@ async fn next_hop(
 
 /// A backend's way out, as the kernel routes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NextHop {
-    pub dst: Ipv4Addr,
-    pub ifindex: u32,
-    pub via: Ipv4Addr,
-}
-
-/// Makes the next hop of each of `dsts` a kernel-managed neighbour. Returns the next hops set up.
-pub async fn warm(dsts: &[Ipv4Addr]) -> Result<Vec<NextHop>, NeighborError> {
-    NextHopWarmer::default().warm(dsts).await
+pub(crate) struct NextHop {
+    pub(crate) dst: Ipv4Addr,
+    pub(crate) ifindex: u32,
+    pub(crate) via: Ipv4Addr,
 }
 
 /// Remembers the next hops it made managed neighbours, so that a backend behind a next hop
 /// already warmed costs one route lookup, not another neighbour update: adding 1,000 backends
 /// behind one router installs one neighbour.
 #[derive(Debug, Default)]
-pub struct NextHopWarmer {
+pub(crate) struct NextHopWarmer {
     managed: HashSet<(u32, Ipv4Addr)>,
 }
 
@@ -77,7 +72,7 @@ impl NextHopWarmer {
     /// Makes the next hop of each of `dsts` a kernel-managed neighbour, unless an earlier call
     /// did. Returns the next hop of every destination it could route (one netlink socket for
     /// all of them); the first error, if any, after trying every destination.
-    pub async fn warm(&mut self, dsts: &[Ipv4Addr]) -> Result<Vec<NextHop>, NeighborError> {
+    pub(crate) async fn warm(&mut self, dsts: &[Ipv4Addr]) -> Result<Vec<NextHop>, NeighborError> {
         let (conn, handle, _) = rtnetlink::new_connection()?;
         let task = tokio::spawn(conn);
         let mut done = Vec::with_capacity(dsts.len());
@@ -136,7 +131,7 @@ pub async fn check_on_link(dst: Ipv4Addr) -> Result<(), String> {
 
 /// [`check_on_link`] for every one of `dsts` over one netlink socket; the first refused
 /// destination as (its index, the message).
-pub async fn check_all_on_link(dsts: &[Ipv4Addr]) -> Result<(), (usize, String)> {
+pub(crate) async fn check_all_on_link(dsts: &[Ipv4Addr]) -> Result<(), (usize, String)> {
     if dsts.is_empty() {
         return Ok(());
     }

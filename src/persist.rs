@@ -34,18 +34,18 @@ use xdplb_model::state::{State, VipKey};
 /// every id that the pinned maps (rings, conntrack entries, counters) still refer to.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AppliedIds {
-    pub vips: Vec<(VipKey, u32)>,
-    pub backends: Vec<(VipKey, SocketAddrV4, u32)>,
+    pub(crate) vips: Vec<(VipKey, u32)>,
+    pub(crate) backends: Vec<(VipKey, SocketAddrV4, u32)>,
 }
 
 /// Format version of the file; bump it when the layout changes incompatibly.
-pub const STATE_FILE_VERSION: u32 = 1;
+pub(crate) const STATE_FILE_VERSION: u32 = 1;
 /// Name of the state file inside the state directory.
-pub const STATE_FILE: &str = "state.json";
+pub(crate) const STATE_FILE: &str = "state.json";
 /// Name of the journal of saves since `state.json` was last written.
-pub const JOURNAL_FILE: &str = "state.journal";
+pub(crate) const JOURNAL_FILE: &str = "state.journal";
 /// Size past which the next save rewrites `state.json` and empties the journal.
-pub const JOURNAL_LIMIT: u64 = 8 << 20;
+pub(crate) const JOURNAL_LIMIT: u64 = 8 << 20;
 
 /// Why the state could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -73,13 +73,13 @@ pub enum PersistError {
 /// What the file holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StateFile {
-    pub version: u32,
+    pub(crate) version: u32,
     pub state: State,
     /// Data-plane ids in use, so a restarted lbd adopts the pinned maps without renumbering.
     pub ids: AppliedIds,
     /// Number of the save that wrote this state (0 in files written before the journal).
     #[serde(default)]
-    pub seq: u64,
+    pub(crate) seq: u64,
 }
 
 /// What `save` writes: a [`StateFile`] borrowing its parts (no copy of the state per save).

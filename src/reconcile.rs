@@ -14,11 +14,11 @@ use crate::persist::AppliedIds;
 use xdplb_model::state::{invalid, Mode, State, StateError, VipKey};
 
 mod firewall;
-pub use firewall::AppliedFirewall;
+pub(crate) use firewall::AppliedFirewall;
 mod ratelimit;
-pub use ratelimit::AppliedRateLimits;
+pub(crate) use ratelimit::AppliedRateLimits;
 mod reader;
-pub use reader::{Counters, NamedCounts, PolicyCounters, Reader};
+pub(crate) use reader::{Counters, PolicyCounters, Reader};
 mod ring;
 
 /// Why the maps could not be made to match.
@@ -161,12 +161,12 @@ impl Reconciler {
 
     /// Marks a backend up or down in the live health view; returns whether that changed
     /// anything. Takes effect on the next `reconcile` (a backend never marked counts as up).
-    pub fn set_backend_health(&mut self, vip: VipKey, addr: SocketAddrV4, up: bool) -> bool {
+    pub(crate) fn set_backend_health(&mut self, vip: VipKey, addr: SocketAddrV4, up: bool) -> bool {
         self.health.set(vip, addr, up)
     }
 
     /// The live health view.
-    pub fn health(&self) -> &crate::health::view::HealthView {
+    pub(crate) fn health(&self) -> &crate::health::view::HealthView {
         &self.health
     }
 

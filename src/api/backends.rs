@@ -12,12 +12,12 @@ use xdplb_model::state::{State, StateError, VipKey, DEFAULT_WEIGHT, MAX_WEIGHT};
 use xdplb_proto::convert::{parse_ipv4, parse_port, parse_vip_key};
 use xdplb_proto::pb::{self, backends_server::Backends};
 
-pub struct BackendsService {
+pub(crate) struct BackendsService {
     ctl: Controller,
 }
 
 impl BackendsService {
-    pub fn new(ctl: Controller) -> Self {
+    pub(crate) fn new(ctl: Controller) -> Self {
         Self { ctl }
     }
 
@@ -70,7 +70,7 @@ fn validate_weight(field: &str, w: u32) -> Result<u32, ApiError> {
 }
 
 /// Most backends one AddBackends call takes (a request of this many is about 400 KB).
-pub const MAX_BATCH: usize = 10_000;
+pub(crate) const MAX_BATCH: usize = 10_000;
 
 /// Checks an AddBackends request as a whole before anything changes: the VIP key, then every
 /// backend (address, port, weight), no backend twice. Errors name `backends[i].field`.

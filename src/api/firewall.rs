@@ -19,12 +19,12 @@ const LIST_CHUNK: usize = 8192;
 /// Prefixes named one by one in the log when a request has at most this many.
 const LOG_EACH: usize = 8;
 
-pub struct FirewallService {
+pub(crate) struct FirewallService {
     ctl: Controller,
 }
 
 impl FirewallService {
-    pub fn new(ctl: Controller) -> Self {
+    pub(crate) fn new(ctl: Controller) -> Self {
         Self { ctl }
     }
 

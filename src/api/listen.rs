@@ -22,7 +22,7 @@ use xdplb_proto::pb::{
 };
 
 /// A client that connects but does not finish the TLS handshake is dropped after this long.
-pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Every gRPC service of lbd on `builder` (plain, or with TLS), sharing one controller.
 /// `WatchStats` streams end when `stop` turns true, so a graceful shutdown does not wait for
@@ -91,9 +91,9 @@ pub enum ListenError {
 /// that client certificates must be signed by.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    pub client_ca: PathBuf,
+    pub(crate) cert: PathBuf,
+    pub(crate) key: PathBuf,
+    pub(crate) client_ca: PathBuf,
 }
 
 impl TlsFiles {

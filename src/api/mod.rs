@@ -2,12 +2,12 @@
 //! from errors to gRPC statuses. The desired state itself is owned by
 //! [`crate::controller::Controller`].
 
-pub mod backends;
-pub mod firewall;
+pub(crate) mod backends;
+pub(crate) mod firewall;
 pub mod listen;
-pub mod ratelimit;
-pub mod stats;
-pub mod vips;
+pub(crate) mod ratelimit;
+pub(crate) mod stats;
+pub(crate) mod vips;
 
 use tonic::Status;
 
@@ -18,7 +18,7 @@ use xdplb_proto::convert::FieldError;
 
 /// Everything an API call can fail with.
 #[derive(Debug, thiserror::Error)]
-pub enum ApiError {
+pub(crate) enum ApiError {
     #[error("{field}: {message}")]
     InvalidArgument { field: String, message: String },
     #[error(transparent)]
@@ -81,7 +81,7 @@ impl<E: Into<ApiError>> From<ChangeError<E>> for Status {
 }
 
 /// An `InvalidArgument` naming `field`.
-pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> ApiError {
+pub(crate) fn invalid(field: impl Into<String>, message: impl Into<String>) -> ApiError {
     ApiError::InvalidArgument {
         field: field.into(),
         message: message.into(),

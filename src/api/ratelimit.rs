@@ -12,16 +12,16 @@ use xdplb_proto::convert::parse_scope;
 use xdplb_proto::pb::{self, rate_limits_server::RateLimits};
 
 /// Clients TopLimitedClients returns when the request says 0.
-pub const DEFAULT_TOP: usize = 20;
+pub(crate) const DEFAULT_TOP: usize = 20;
 /// Most clients TopLimitedClients returns.
-pub const MAX_TOP: usize = 10_000;
+pub(crate) const MAX_TOP: usize = 10_000;
 
-pub struct RateLimitsService {
+pub(crate) struct RateLimitsService {
     ctl: Controller,
 }
 
 impl RateLimitsService {
-    pub fn new(ctl: Controller) -> Self {
+    pub(crate) fn new(ctl: Controller) -> Self {
         Self { ctl }
     }
 }

@@ -13,23 +13,23 @@ use crate::controller::{Controller, Counters};
 use xdplb_proto::pb::{self, stats_server::Stats};
 
 /// Shortest `WatchStats` interval: each snapshot takes the controller's lock briefly.
-pub const MIN_WATCH_INTERVAL_MS: u32 = 100;
+pub(crate) const MIN_WATCH_INTERVAL_MS: u32 = 100;
 /// Longest `WatchStats` interval.
-pub const MAX_WATCH_INTERVAL_MS: u32 = 60_000;
+pub(crate) const MAX_WATCH_INTERVAL_MS: u32 = 60_000;
 
-pub struct StatsService {
+pub(crate) struct StatsService {
     ctl: Controller,
     stop: Option<watch::Receiver<bool>>,
 }
 
 impl StatsService {
-    pub fn new(ctl: Controller) -> Self {
+    pub(crate) fn new(ctl: Controller) -> Self {
         Self { ctl, stop: None }
     }
 
     /// Ends every `WatchStats` stream (with `Unavailable`) once `stop` turns true, so that a
     /// graceful shutdown of the gRPC server does not wait for clients that watch forever.
-    pub fn with_shutdown(mut self, stop: watch::Receiver<bool>) -> Self {
+    pub(crate) fn with_shutdown(mut self, stop: watch::Receiver<bool>) -> Self {
         self.stop = Some(stop);
         self
     }
@@ -44,7 +44,7 @@ fn pb_counters(c: Counters) -> pb::Counters {
 }
 
 /// One snapshot of every counter (what `GetStats` answers and `WatchStats` streams).
-pub async fn snapshot(ctl: &Controller) -> Result<pb::GetStatsResponse, ApiError> {
+pub(crate) async fn snapshot(ctl: &Controller) -> Result<pb::GetStatsResponse, ApiError> {
     ctl.read(|state, r| -> Result<pb::GetStatsResponse, ApiError> {
         let mut vips = Vec::new();
         for (key, v) in &state.vips {
@@ -97,7 +97,7 @@ pub async fn snapshot(ctl: &Controller) -> Result<pb::GetStatsResponse, ApiError
 }
 
 /// The interval of a `WatchStats` request.
-pub fn validate_watch(req: &pb::WatchStatsRequest) -> Result<Duration, ApiError> {
+pub(crate) fn validate_watch(req: &pb::WatchStatsRequest) -> Result<Duration, ApiError> {
     let ms = req.interval_ms;
     if !(MIN_WATCH_INTERVAL_MS..=MAX_WATCH_INTERVAL_MS).contains(&ms) {
         return Err(invalid(

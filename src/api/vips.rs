@@ -9,12 +9,12 @@ use xdplb_model::state::{Mode, VipKey};
 use xdplb_proto::convert::{parse_mode, parse_vip_key};
 use xdplb_proto::pb::{self, vips_server::Vips};
 
-pub struct VipsService {
+pub(crate) struct VipsService {
     ctl: Controller,
 }
 
 impl VipsService {
-    pub fn new(ctl: Controller) -> Self {
+    pub(crate) fn new(ctl: Controller) -> Self {
         Self { ctl }
     }
 }
@@ -172,7 +172,7 @@ impl Vips for VipsService {
 
 /// Refuses L2 DSR backends that are not on a directly connected subnet (they would loop),
 /// naming `field(i)` for the first refused `backends[i]`. One netlink socket for all of them.
-pub async fn check_l2dsr_backends(
+pub(crate) async fn check_l2dsr_backends(
     field: impl Fn(usize) -> String,
     backends: &[std::net::SocketAddrV4],
 ) -> Result<(), ApiError> {

@@ -106,7 +106,7 @@ impl Dataplane {
     }
 
     /// The firewall's maps, to write.
-    pub fn firewall_mut(&mut self) -> FirewallWriter<'_> {
+    pub(crate) fn firewall_mut(&mut self) -> FirewallWriter<'_> {
         FirewallWriter { r: self.firewall() }
     }
 }
@@ -219,7 +219,7 @@ fn rule_def(rule: Option<(Ipv4Net, Action)>) -> types::fw_rule_def {
 }
 
 /// The rule of a `fw_rules` value (None: the id is not in use, or the value is not a rule).
-pub fn decode_rule_def(v: &types::fw_rule_def) -> Option<(Ipv4Net, Action)> {
+pub(crate) fn decode_rule_def(v: &types::fw_rule_def) -> Option<(Ipv4Net, Action)> {
     let action = if v.action == action_value(Action::Block) {
         Action::Block
     } else if v.action == action_value(Action::Allow) {
@@ -451,7 +451,7 @@ impl FirewallMaps<'_> {
 }
 
 /// Writes to the firewall maps: only from `&mut Dataplane` ([`Dataplane::firewall_mut`]).
-pub struct FirewallWriter<'a> {
+pub(crate) struct FirewallWriter<'a> {
     r: FirewallMaps<'a>,
 }
 
@@ -466,7 +466,7 @@ impl<'a> std::ops::Deref for FirewallWriter<'a> {
 impl FirewallWriter<'_> {
     /// Writes the record of rules: `(id, Some(rule))` for rules in use, `(id, None)` for ids
     /// given back.
-    pub fn write_rules(
+    pub(crate) fn write_rules(
         &self,
         rules: &[(u32, Option<(Ipv4Net, Action)>)],
     ) -> Result<(), DataplaneError> {
@@ -480,7 +480,7 @@ impl FirewallWriter<'_> {
     /// Carries out `plan`: new `fw_l3` entries first, then the chunks that lead to them
     /// (rewritten in place, a word at a time as packets read them), then (after a grace period)
     /// the deletion of the `fw_l3` entries no slot leads to any more.
-    pub fn apply(&self, plan: &Plan) -> Result<(), DataplaneError> {
+    pub(crate) fn apply(&self, plan: &Plan) -> Result<(), DataplaneError> {
         let exact: Vec<(Vec<u8>, Vec<u8>)> = plan
             .l3_put
             .iter()
@@ -515,7 +515,7 @@ impl FirewallWriter<'_> {
     }
 
     /// Zeroes the hit counter of rule `id` (when the id is handed out again).
-    pub fn reset_hits(&self, id: u32) -> Result<(), DataplaneError> {
+    pub(crate) fn reset_hits(&self, id: u32) -> Result<(), DataplaneError> {
         let cpus = libbpf_rs::num_possible_cpus().map_err(bpf_err("counting CPUs"))?;
         let zero = vec![vec![0u8; self.hits.value_size() as usize]; cpus];
         self.hits

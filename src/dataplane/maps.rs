@@ -41,14 +41,14 @@ pub fn addr_v4(ip: Ipv4Addr) -> types::lb_addr {
 }
 
 /// The IPv4 address held in a map address.
-pub fn v4_of(a: &types::lb_addr) -> Ipv4Addr {
+pub(crate) fn v4_of(a: &types::lb_addr) -> Ipv4Addr {
     // SAFETY: every variant of the union is plain bytes.
     let b = unsafe { a.bytes };
     Ipv4Addr::new(b[0], b[1], b[2], b[3])
 }
 
 /// The `vips` map key of a VIP.
-pub fn vip_key(addr: SocketAddrV4, proto: Protocol) -> types::vip_key {
+pub(crate) fn vip_key(addr: SocketAddrV4, proto: Protocol) -> types::vip_key {
     types::vip_key {
         addr: addr_v4(*addr.ip()),
         port_be: addr.port().to_be(),
@@ -160,7 +160,7 @@ pub fn reason_name(index: usize) -> String {
 }
 
 /// Number of reasons the program counts.
-pub const REASON_COUNT: usize = types::lb_reason::LB_REASON_MAX.0 as usize;
+pub(crate) const REASON_COUNT: usize = types::lb_reason::LB_REASON_MAX.0 as usize;
 
 /// Name of an XDP verdict.
 pub fn verdict_name(index: usize) -> &'static str {
@@ -405,7 +405,7 @@ impl<'a> MapWriter<'a> {
     }
 
     /// Recomputes the prefilter from the addresses in `vips` (after a VIP left).
-    pub fn rebuild_vip_filter(&self) -> Result<(), DataplaneError> {
+    pub(crate) fn rebuild_vip_filter(&self) -> Result<(), DataplaneError> {
         let mut words = vec![0u64; FILTER_WORDS];
         for (key, _) in self.vips()? {
             set_filter_bit(&mut words, v4_of(&key.addr));
@@ -444,7 +444,7 @@ impl<'a> MapWriter<'a> {
         self.rebuild_vip_filter()
     }
 
-    pub fn put_backend(&self, id: u32, addr: SocketAddrV4) -> Result<(), DataplaneError> {
+    pub(crate) fn put_backend(&self, id: u32, addr: SocketAddrV4) -> Result<(), DataplaneError> {
         let be = types::backend {
             addr: addr_v4(*addr.ip()),
             port_be: addr.port().to_be(),
@@ -461,7 +461,7 @@ impl<'a> MapWriter<'a> {
     /// outer map, so the XDP program sees the old table or the new one, never a mix. The kernel
     /// waits for an RCU grace period inside that update (map-in-map), so when this returns no
     /// packet is still reading the old ring.
-    pub fn set_ring(&self, vip_id: u32, table: &[u32]) -> Result<(), DataplaneError> {
+    pub(crate) fn set_ring(&self, vip_id: u32, table: &[u32]) -> Result<(), DataplaneError> {
         let ring = mmapped_ring(table)?;
         let swapped = match self.swap_ring(vip_id, &ring) {
             // Rings pinned by an lbd whose inner-map template was not mmapable refuse an
@@ -488,7 +488,7 @@ impl<'a> MapWriter<'a> {
             .update(&vip_id.to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY)
     }
 
-    pub fn delete_ring(&self, vip_id: u32) -> Result<(), DataplaneError> {
+    pub(crate) fn delete_ring(&self, vip_id: u32) -> Result<(), DataplaneError> {
         delete_if_present(&self.m.maglev_rings, &vip_id.to_ne_bytes(), "maglev_rings")
     }
 
@@ -504,12 +504,12 @@ impl<'a> MapWriter<'a> {
     }
 
     /// Zeroes a VIP's counters (when its id is handed out again).
-    pub fn reset_vip_counters(&self, id: u32) -> Result<(), DataplaneError> {
+    pub(crate) fn reset_vip_counters(&self, id: u32) -> Result<(), DataplaneError> {
         zero_percpu(&self.m.vip_stats, id)
     }
 
     /// Zeroes a backend's counters (when its id is handed out again).
-    pub fn reset_backend_counters(&self, id: u32) -> Result<(), DataplaneError> {
+    pub(crate) fn reset_backend_counters(&self, id: u32) -> Result<(), DataplaneError> {
         zero_percpu(&self.m.backend_stats, id)
     }
 }

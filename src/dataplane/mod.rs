@@ -24,13 +24,9 @@ pub(crate) use bpffs::{ensure_bpffs, link_xdp, pin as pin_fd};
 use xdplb_bpffs as bpffs;
 
 /// Most VIPs the data plane holds (from `enum lb_limits` in `bpf/xdplb.h`).
-pub const MAX_VIPS: usize = types::lb_limits::LB_MAX_VIPS.0 as usize;
+pub(crate) const MAX_VIPS: usize = types::lb_limits::LB_MAX_VIPS.0 as usize;
 /// Most backends (over all VIPs) the data plane holds.
-pub const MAX_BACKENDS: usize = types::lb_limits::LB_MAX_BACKENDS.0 as usize;
-/// Most interfaces lbd attaches to.
-pub const MAX_IFACES: usize = types::lb_limits::LB_MAX_IFACES.0 as usize;
-/// Maglev ring value of an empty slot.
-pub const NO_BACKEND: u32 = types::lb_ring_values::LB_NO_BACKEND.0;
+pub(crate) const MAX_BACKENDS: usize = types::lb_limits::LB_MAX_BACKENDS.0 as usize;
 
 /// A data-plane error.
 #[derive(Debug, thiserror::Error)]
@@ -344,7 +340,7 @@ impl Dataplane {
     }
 
     /// Interfaces the program is attached to.
-    pub fn links(&self) -> &[XdpLink] {
+    pub(crate) fn links(&self) -> &[XdpLink] {
         &self.links
     }
 

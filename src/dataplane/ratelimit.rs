@@ -21,7 +21,7 @@ const _: () = {
 };
 
 /// The `enum rl_scope` value the data plane reads for `scope`.
-pub fn scope_value(scope: Scope) -> u32 {
+pub(crate) fn scope_value(scope: Scope) -> u32 {
     match scope {
         Scope::All => types::rl_scope::RL_SCOPE_ALL.0,
         Scope::NewFlows => types::rl_scope::RL_SCOPE_NEW_FLOWS.0,
@@ -40,7 +40,7 @@ pub(super) fn prepare(open: &mut OpenLbSkel<'_>, clients: u32) -> Result<(), Dat
 }
 
 /// The `rl_v4` key of a prefix: the address bytes in network order, as the trie compares them.
-pub fn lpm_key(net: Ipv4Net) -> types::lpm_v4_key {
+pub(crate) fn lpm_key(net: Ipv4Net) -> types::lpm_v4_key {
     types::lpm_v4_key {
         prefixlen: u32::from(net.prefix_len()),
         addr: net.network().octets(),
@@ -57,7 +57,7 @@ pub fn client_key(addr: Ipv4Addr) -> types::rl_client_key {
 
 /// The `rl_policies` value of a policy. `overrides` is only meaningful on the default policy
 /// (id 0): it tells the program that `rl_v4` must be searched.
-pub fn policy_value(policy: &Policy, overrides: bool) -> types::rl_policy {
+pub(crate) fn policy_value(policy: &Policy, overrides: bool) -> types::rl_policy {
     let bucket = policy.bucket();
     types::rl_policy {
         interval: bucket.map_or(0, |b| b.interval),
@@ -83,7 +83,7 @@ pub struct PolicyCounters {
 pub struct ClientEntry {
     pub addr: Ipv4Addr,
     /// GCRA theoretical arrival time, in bucket clock units.
-    pub tat: u64,
+    pub(crate) tat: u64,
     /// Packets dropped since the entry was created.
     pub dropped: u64,
 }
@@ -109,7 +109,7 @@ impl Dataplane {
     }
 
     /// The rate limiter's maps, to write.
-    pub fn ratelimit_mut(&mut self) -> RateLimitWriter<'_> {
+    pub(crate) fn ratelimit_mut(&mut self) -> RateLimitWriter<'_> {
         RateLimitWriter {
             r: self.ratelimit(),
         }
@@ -125,25 +125,6 @@ pub struct RateLimitMaps<'a> {
 }
 
 impl RateLimitMaps<'_> {
-    /// The policy `id` as the data plane holds it.
-    pub fn policy(&self, id: u32) -> Result<types::rl_policy, DataplaneError> {
-        let v = self
-            .policies
-            .lookup(&id.to_ne_bytes(), MapFlags::ANY)
-            .map_err(bpf_err(format!("reading rate-limit policy {id}")))?
-            .unwrap_or_default();
-        Ok(from_bytes(&v))
-    }
-
-    /// The policy id of exactly `net` (not a longest-prefix match).
-    pub fn prefix(&self, net: Ipv4Net) -> Result<Option<u32>, DataplaneError> {
-        Ok(self
-            .prefixes
-            .lookup(bytes_of(&lpm_key(net)), MapFlags::ANY)
-            .map_err(bpf_err(format!("reading rate-limit override {net}")))?
-            .map(|v| from_bytes::<u32>(&v)))
-    }
-
     /// Every prefix the trie holds, with its policy id.
     pub fn prefixes(&self) -> Result<Vec<(Ipv4Net, u32)>, DataplaneError> {
         let mut out = Vec::new();
@@ -194,7 +175,7 @@ impl RateLimitMaps<'_> {
 
     /// A handle of its own on `rl_clients`, so that a long walk ([`top_clients`]) can run
     /// without borrowing the data plane (and without holding the controller's lock).
-    pub fn client_buckets(&self) -> Result<ClientBuckets, DataplaneError> {
+    pub(crate) fn client_buckets(&self) -> Result<ClientBuckets, DataplaneError> {
         self.clients_handle().map(ClientBuckets)
     }
 
@@ -205,7 +186,7 @@ impl RateLimitMaps<'_> {
 }
 
 /// Writes to the rate limiter's maps: only from `&mut Dataplane` ([`Dataplane::ratelimit_mut`]).
-pub struct RateLimitWriter<'a> {
+pub(crate) struct RateLimitWriter<'a> {
     r: RateLimitMaps<'a>,
 }
 
@@ -219,7 +200,7 @@ impl<'a> std::ops::Deref for RateLimitWriter<'a> {
 
 impl RateLimitWriter<'_> {
     /// Writes policy `id` (one map update).
-    pub fn put_policy(
+    pub(crate) fn put_policy(
         &self,
         id: u32,
         policy: &Policy,
@@ -235,14 +216,14 @@ impl RateLimitWriter<'_> {
     }
 
     /// Points the clients of `net` to policy `id` (an atomic update of the trie).
-    pub fn put_prefix(&self, net: Ipv4Net, id: u32) -> Result<(), DataplaneError> {
+    pub(crate) fn put_prefix(&self, net: Ipv4Net, id: u32) -> Result<(), DataplaneError> {
         self.prefixes
             .update(bytes_of(&lpm_key(net)), &id.to_ne_bytes(), MapFlags::ANY)
             .map_err(bpf_err(format!("writing rate-limit override {net}")))
     }
 
     /// Removes the override of `net`; one that is not there counts as removed.
-    pub fn delete_prefix(&self, net: Ipv4Net) -> Result<(), DataplaneError> {
+    pub(crate) fn delete_prefix(&self, net: Ipv4Net) -> Result<(), DataplaneError> {
         match self.prefixes.delete(bytes_of(&lpm_key(net))) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
@@ -251,7 +232,7 @@ impl RateLimitWriter<'_> {
     }
 
     /// Zeroes the counters of policy `id` (when the id is handed out again).
-    pub fn reset_counters(&self, id: u32) -> Result<(), DataplaneError> {
+    pub(crate) fn reset_counters(&self, id: u32) -> Result<(), DataplaneError> {
         let cpus = libbpf_rs::num_possible_cpus().map_err(bpf_err("counting CPUs"))?;
         let zero = vec![vec![0u8; self.stats.value_size() as usize]; cpus];
         self.stats
@@ -264,11 +245,11 @@ impl RateLimitWriter<'_> {
 
 /// The rate limiter's client buckets on a map handle of their own, to walk outside any lock;
 /// nothing but [`ClientBuckets::top`] is offered on it.
-pub struct ClientBuckets(MapHandle);
+pub(crate) struct ClientBuckets(MapHandle);
 
 impl ClientBuckets {
     /// The `n` clients with the most drops (see [`top_clients`]).
-    pub fn top(&self, n: usize) -> Result<TopClients, DataplaneError> {
+    pub(crate) fn top(&self, n: usize) -> Result<TopClients, DataplaneError> {
         top_clients(&self.0, n)
     }
 }

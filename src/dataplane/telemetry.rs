@@ -25,59 +25,59 @@ const BATCH: usize = 4096;
 /// Largest batch tried before a walk gives up on batching.
 const MAX_BATCH: usize = 1 << 20;
 /// Firewall rules exported with their own series: the ones with the most hits.
-pub const TOP_RULES: usize = 20;
+pub(crate) const TOP_RULES: usize = 20;
 
 /// How full one map is.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Occupancy {
+pub(crate) struct Occupancy {
     /// The map's name in `bpf/maps.h` (`ct_fwd`, `fw_v4`, ...).
-    pub map: String,
+    pub(crate) map: String,
     /// `hash`, `lru_hash` or `lpm_trie` (and the per-CPU hash variants).
-    pub kind: &'static str,
+    pub(crate) kind: &'static str,
     /// Entries seen by the walk (at most `capacity`).
-    pub entries: u64,
+    pub(crate) entries: u64,
     /// `max_entries`.
-    pub capacity: u64,
+    pub(crate) capacity: u64,
 }
 
 /// Live flows (not idle past their timeout) of the flow table, by VIP id and by backend id.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Flows {
     pub by_vip: HashMap<u32, u64>,
-    pub by_backend: HashMap<u32, u64>,
+    pub(crate) by_backend: HashMap<u32, u64>,
     /// Entries of `ct_fwd` that are idle past their timeout but not evicted yet.
     pub expired: u64,
 }
 
 /// One firewall rule and the packets it decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RuleHits {
-    pub net: Ipv4Net,
+pub(crate) struct RuleHits {
+    pub(crate) net: Ipv4Net,
     /// `block` or `allow`.
-    pub action: &'static str,
-    pub packets: u64,
+    pub(crate) action: &'static str,
+    pub(crate) packets: u64,
 }
 
 /// One rate-limit policy (the default one has no prefix) and what its limiter decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PolicyCounts {
+pub(crate) struct PolicyCounts {
     /// The client prefix the policy applies to; `None` for the default policy (id 0).
-    pub net: Option<Ipv4Net>,
-    pub allowed: u64,
-    pub dropped: u64,
+    pub(crate) net: Option<Ipv4Net>,
+    pub(crate) allowed: u64,
+    pub(crate) dropped: u64,
 }
 
 /// The result of one walk.
 #[derive(Debug, Clone, Default)]
 pub struct Walk {
     /// Every hash, LRU and LPM-trie map of the program, by name.
-    pub maps: Vec<Occupancy>,
-    pub flows: Flows,
+    pub(crate) maps: Vec<Occupancy>,
+    pub(crate) flows: Flows,
     /// The [`TOP_RULES`] rules with the most hits (only rules with hits), most first; `None`
     /// when the program has no firewall maps.
-    pub firewall: Option<Vec<RuleHits>>,
+    pub(crate) firewall: Option<Vec<RuleHits>>,
     /// Every policy in use, the default first; `None` when the program has no rate limiter.
-    pub ratelimit: Option<Vec<PolicyCounts>>,
+    pub(crate) ratelimit: Option<Vec<PolicyCounts>>,
     /// How long the walk took.
     pub took: Duration,
 }
@@ -271,16 +271,16 @@ fn walked_kind(t: MapType) -> Option<&'static str> {
 
 /// The idle timeouts of `lb_config`, to tell live flows from expired ones as the program does.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Timeouts {
-    pub tcp_ns: u64,
-    pub tcp_closing_ns: u64,
-    pub udp_ns: u64,
+pub(crate) struct Timeouts {
+    pub(crate) tcp_ns: u64,
+    pub(crate) tcp_closing_ns: u64,
+    pub(crate) udp_ns: u64,
 }
 
 impl Timeouts {
     /// `!ct_expired()` of `bpf/flow.h`: idle for at most the timeout of its protocol and state.
     /// With no configuration written yet (all zero) every entry counts as live.
-    pub fn is_live(&self, proto: u8, flags: u16, last_seen_ns: u64, now_ns: u64) -> bool {
+    pub(crate) fn is_live(&self, proto: u8, flags: u16, last_seen_ns: u64, now_ns: u64) -> bool {
         if *self == Timeouts::default() {
             return true;
         }

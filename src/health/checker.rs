@@ -19,13 +19,13 @@ use xdplb_model::health::HealthCheck;
 use xdplb_model::state::VipKey;
 
 /// Probes in flight at once, over all backends of all VIPs.
-pub const MAX_CONCURRENT_PROBES: usize = 64;
+pub(crate) const MAX_CONCURRENT_PROBES: usize = 64;
 /// How often the checker looks for due probes and re-reads the state.
 const TICK: Duration = Duration::from_millis(50);
 
 /// A backend's status as its probes tell it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
+pub(crate) enum Status {
     /// Not decided yet (counts as up).
     Unknown,
     Up,
@@ -34,7 +34,7 @@ pub enum Status {
 
 /// Counts consecutive good and failed probes of one backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Tracker {
+pub(crate) struct Tracker {
     rise: u32,
     fall: u32,
     successes: u32,
@@ -43,7 +43,7 @@ pub struct Tracker {
 }
 
 impl Tracker {
-    pub fn new(rise: u32, fall: u32) -> Self {
+    pub(crate) fn new(rise: u32, fall: u32) -> Self {
         Self {
             rise: rise.max(1),
             fall: fall.max(1),
@@ -53,12 +53,12 @@ impl Tracker {
         }
     }
 
-    pub fn status(&self) -> Status {
+    pub(crate) fn status(&self) -> Status {
         self.status
     }
 
     /// New counts (the check changed): the status stays, the counting starts over.
-    pub fn reconfigure(&mut self, rise: u32, fall: u32) {
+    pub(crate) fn reconfigure(&mut self, rise: u32, fall: u32) {
         self.rise = rise.max(1);
         self.fall = fall.max(1);
         self.successes = 0;
@@ -66,7 +66,7 @@ impl Tracker {
     }
 
     /// Records one probe; returns the new status when it changes.
-    pub fn record(&mut self, ok: bool) -> Option<Status> {
+    pub(crate) fn record(&mut self, ok: bool) -> Option<Status> {
         let next = if ok {
             self.failures = 0;
             self.successes = self.successes.saturating_add(1);
@@ -86,7 +86,7 @@ impl Tracker {
     }
 
     /// Probes in a row behind the current status (for the transition log).
-    pub fn streak(&self) -> u32 {
+    pub(crate) fn streak(&self) -> u32 {
         self.successes.max(self.failures)
     }
 }

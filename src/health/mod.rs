@@ -13,5 +13,5 @@
 //! `xdplb_model::health`.
 
 pub mod checker;
-pub mod probe;
-pub mod view;
+pub(crate) mod probe;
+pub(crate) mod view;

@@ -11,7 +11,7 @@ const MAX_STATUS_LINE: usize = 512;
 
 /// Why a probe failed.
 #[derive(Debug, thiserror::Error)]
-pub enum ProbeError {
+pub(crate) enum ProbeError {
     #[error("no answer within {0:?}")]
     Timeout(Duration),
     #[error("connect: {0}")]
@@ -25,7 +25,7 @@ pub enum ProbeError {
 }
 
 /// Probes `addr` once as `kind` says, within `timeout`.
-pub async fn probe(
+pub(crate) async fn probe(
     kind: &HealthKind,
     addr: SocketAddrV4,
     timeout: Duration,
@@ -81,7 +81,7 @@ async fn probe_http(addr: SocketAddrV4, path: &str, expect: u16) -> Result<(), P
 }
 
 /// The status code of an HTTP/1.x status line (`HTTP/1.1 200 OK`).
-pub fn parse_status_line(head: &[u8]) -> Result<u16, ProbeError> {
+pub(crate) fn parse_status_line(head: &[u8]) -> Result<u16, ProbeError> {
     let line_end = head.iter().position(|b| *b == b'\n').unwrap_or(head.len());
     let line = String::from_utf8_lossy(&head[..line_end]);
     let line = line.trim_end();

@@ -11,7 +11,7 @@ use xdplb_model::state::{State, VipKey};
 
 /// A backend's health as operators see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BackendHealth {
+pub(crate) enum BackendHealth {
     /// Checked and not marked down (also: not probed yet).
     Up,
     /// Marked down by the checker: not in the Maglev table (unless every backend is down and the
@@ -22,7 +22,7 @@ pub enum BackendHealth {
 }
 
 impl BackendHealth {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             BackendHealth::Up => "up",
             BackendHealth::Down => "down",
@@ -34,7 +34,7 @@ impl BackendHealth {
 /// The live view the reconciler consults when it builds Maglev tables: which backends the checker
 /// marked down. Never persisted: a restarted lbd counts every backend as up until probed.
 #[derive(Debug, Default)]
-pub struct HealthView {
+pub(crate) struct HealthView {
     down: BTreeMap<VipKey, BTreeSet<SocketAddrV4>>,
     went_down: u64,
     came_up: u64,
@@ -44,19 +44,19 @@ pub struct HealthView {
 /// What the checker counted for one backend of a VIP since lbd started (or since the backend
 /// was added or its VIP got a check): the metrics export these.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct HealthCounts {
+pub(crate) struct HealthCounts {
     /// Transitions to down (the first verdict of a backend that never answered included).
-    pub went_down: u64,
+    pub(crate) went_down: u64,
     /// Transitions from down back to up.
-    pub came_up: u64,
+    pub(crate) came_up: u64,
     /// Probes that failed (refused, timed out, wrong status, no reply).
-    pub probe_failures: u64,
+    pub(crate) probe_failures: u64,
 }
 
 /// The checker's per-backend counters, shared between the checker (which writes them without
 /// the controller's lock) and the [`HealthView`] (through which the metrics read them).
 #[derive(Debug, Clone, Default)]
-pub struct HealthStats(Arc<Mutex<BTreeMap<(VipKey, SocketAddrV4), HealthCounts>>>);
+pub(crate) struct HealthStats(Arc<Mutex<BTreeMap<(VipKey, SocketAddrV4), HealthCounts>>>);
 
 impl HealthStats {
     pub(crate) fn update(&self, key: (VipKey, SocketAddrV4), f: impl FnOnce(&mut HealthCounts)) {
@@ -65,7 +65,7 @@ impl HealthStats {
     }
 
     /// The counters of one backend (zero if nothing was counted).
-    pub fn get(&self, vip: &VipKey, addr: &SocketAddrV4) -> HealthCounts {
+    pub(crate) fn get(&self, vip: &VipKey, addr: &SocketAddrV4) -> HealthCounts {
         let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
         map.get(&(*vip, *addr)).copied().unwrap_or_default()
     }
@@ -83,7 +83,7 @@ impl HealthStats {
 
 impl HealthView {
     /// Marks a backend up or down; returns whether that changed anything.
-    pub fn set(&mut self, vip: VipKey, addr: SocketAddrV4, up: bool) -> bool {
+    pub(crate) fn set(&mut self, vip: VipKey, addr: SocketAddrV4, up: bool) -> bool {
         let changed = if up {
             let removed = self.down.get_mut(&vip).is_some_and(|s| s.remove(&addr));
             if self.down.get(&vip).is_some_and(BTreeSet::is_empty) {
@@ -103,12 +103,12 @@ impl HealthView {
         changed
     }
 
-    pub fn is_down(&self, vip: &VipKey, addr: &SocketAddrV4) -> bool {
+    pub(crate) fn is_down(&self, vip: &VipKey, addr: &SocketAddrV4) -> bool {
         self.down.get(vip).is_some_and(|s| s.contains(addr))
     }
 
     /// Every backend marked down.
-    pub fn down(&self) -> BTreeSet<(VipKey, SocketAddrV4)> {
+    pub(crate) fn down(&self) -> BTreeSet<(VipKey, SocketAddrV4)> {
         self.down
             .iter()
             .flat_map(|(vip, s)| s.iter().map(|a| (*vip, *a)))
@@ -117,7 +117,7 @@ impl HealthView {
 
     /// Forgets marks (and counters) of VIPs and backends `desired` no longer has, or no longer
     /// checks.
-    pub fn retain(&mut self, desired: &State) {
+    pub(crate) fn retain(&mut self, desired: &State) {
         self.stats.retain(desired);
         self.down.retain(|vip, set| match desired.vips.get(vip) {
             Some(v) if v.health.is_checked() => {
@@ -129,7 +129,12 @@ impl HealthView {
     }
 
     /// How a backend of a VIP with health check `check` shows.
-    pub fn status(&self, vip: &VipKey, check: &HealthCheck, addr: &SocketAddrV4) -> BackendHealth {
+    pub(crate) fn status(
+        &self,
+        vip: &VipKey,
+        check: &HealthCheck,
+        addr: &SocketAddrV4,
+    ) -> BackendHealth {
         if !check.is_checked() {
             BackendHealth::Unchecked
         } else if self.is_down(vip, addr) {
@@ -140,19 +145,20 @@ impl HealthView {
     }
 
     /// The checker's per-backend counters (a shared handle).
-    pub fn stats(&self) -> HealthStats {
+    pub(crate) fn stats(&self) -> HealthStats {
         self.stats.clone()
     }
 
     /// How many times a backend was marked down, and up again, since lbd started.
-    pub fn transitions(&self) -> (u64, u64) {
+    #[cfg(test)]
+    pub(crate) fn transitions(&self) -> (u64, u64) {
         (self.went_down, self.came_up)
     }
 }
 
 /// The backends that go into a VIP's Maglev table, from those with a weight: the ones not marked
 /// down; when every one is down, all of them (fail-open) or none (drop).
-pub fn ring_members<T: Copy>(
+pub(crate) fn ring_members<T: Copy>(
     weighted: &[(SocketAddrV4, T)],
     is_down: impl Fn(&SocketAddrV4) -> bool,
     all_down: AllDown,
@@ -169,7 +175,7 @@ pub fn ring_members<T: Copy>(
 }
 
 /// What happens to a VIP whose every weighted backend is down, for the log.
-pub fn all_down_note(all_down: AllDown) -> &'static str {
+pub(crate) fn all_down_note(all_down: AllDown) -> &'static str {
     match all_down {
         AllDown::FailOpen => {
             "every backend of the vip is down: failing open, all stay in the Maglev table"

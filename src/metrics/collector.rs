@@ -17,7 +17,7 @@ use crate::dataplane::DataplaneError;
 use crate::reconcile::ReconcileError;
 
 /// The longest a map walk is reused.
-pub const MAX_WALK_REUSE: Duration = Duration::from_secs(10);
+pub(crate) const MAX_WALK_REUSE: Duration = Duration::from_secs(10);
 /// A walk is reused for this many times as long as it took.
 const WALK_REUSE_FACTOR: u32 = 50;
 
@@ -32,7 +32,7 @@ struct CachedWalk {
 }
 
 /// Reads the data plane at every scrape (see the module docs).
-pub struct LbCollector {
+pub(crate) struct LbCollector {
     ctl: Controller,
     walk: Mutex<Option<CachedWalk>>,
     read_errors: Counter,
@@ -88,7 +88,7 @@ impl LbCollector {
 }
 
 /// How long a walk that took `took` is reused.
-pub fn walk_reuse(took: Duration) -> Duration {
+pub(crate) fn walk_reuse(took: Duration) -> Duration {
     took.saturating_mul(WALK_REUSE_FACTOR).min(MAX_WALK_REUSE)
 }
 
@@ -160,7 +160,7 @@ impl Collector for LbCollector {
 }
 
 /// The registry lbd serves: build info, the read-error counter, and an [`LbCollector`] on `ctl`.
-pub fn registry(ctl: Controller) -> Registry {
+pub(crate) fn registry(ctl: Controller) -> Registry {
     let mut registry = Registry::with_prefix("xdplb");
     registry.register(
         "build",

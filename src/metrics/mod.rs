@@ -22,6 +22,6 @@
 //! and formats a [`render::Sample`], [`server`] is the HTTP endpoint. The listen address is
 //! parsed by `crate::config` (it is part of the configuration).
 
-pub mod collector;
-pub mod render;
+pub(crate) mod collector;
+pub(crate) mod render;
 pub mod server;

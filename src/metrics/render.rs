@@ -12,50 +12,50 @@ use crate::dataplane::Counters;
 
 /// Counters of one backend of a VIP.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct BackendSample {
+pub(crate) struct BackendSample {
     /// `ADDR:PORT`.
-    pub backend: String,
-    pub weight: u32,
-    pub counters: Counters,
+    pub(crate) backend: String,
+    pub(crate) weight: u32,
+    pub(crate) counters: Counters,
     /// Live flows to this backend (from the last walk).
-    pub tracked_flows: u64,
+    pub(crate) tracked_flows: u64,
     /// Its health, when the VIP has a health check.
-    pub health: Option<HealthSample>,
+    pub(crate) health: Option<HealthSample>,
 }
 
 /// A checked backend's health: whether it is marked down, and the checker's counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct HealthSample {
-    pub up: bool,
-    pub counts: crate::health::view::HealthCounts,
+pub(crate) struct HealthSample {
+    pub(crate) up: bool,
+    pub(crate) counts: crate::health::view::HealthCounts,
 }
 
 /// Counters of one VIP and its backends.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct VipSample {
+pub(crate) struct VipSample {
     /// `ADDR:PORT`.
-    pub vip: String,
+    pub(crate) vip: String,
     /// `tcp` or `udp`.
-    pub proto: String,
+    pub(crate) proto: String,
     /// `nat`, `l2dsr` or `ipip`.
-    pub mode: String,
-    pub counters: Counters,
+    pub(crate) mode: String,
+    pub(crate) counters: Counters,
     /// Live flows of this VIP (from the last walk).
-    pub tracked_flows: u64,
-    pub backends: Vec<BackendSample>,
+    pub(crate) tracked_flows: u64,
+    pub(crate) backends: Vec<BackendSample>,
 }
 
 /// Everything one scrape exports, as plain data (so that naming and formatting are testable
 /// without a data plane).
 #[derive(Debug, Clone, Default)]
-pub struct Sample {
-    pub vips: Vec<VipSample>,
+pub(crate) struct Sample {
+    pub(crate) vips: Vec<VipSample>,
     /// Packets per `enum lb_reason`, by name.
-    pub reasons: Vec<(String, u64)>,
+    pub(crate) reasons: Vec<(String, u64)>,
     /// Packets per XDP verdict, by name.
-    pub verdicts: Vec<(String, u64)>,
+    pub(crate) verdicts: Vec<(String, u64)>,
     /// The last map walk; `None` if it failed.
-    pub walk: Option<Walk>,
+    pub(crate) walk: Option<Walk>,
 }
 
 /// Label sets, in the order they are written.
@@ -90,7 +90,7 @@ fn gauge(v: u64) -> ConstGauge<u64> {
 }
 
 /// Writes every metric of `s` (names get the registry's `xdplb_` prefix).
-pub fn encode_sample(s: &Sample, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+pub(crate) fn encode_sample(s: &Sample, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
     let bytes = Unit::Bytes;
     fn vip(v: &VipSample) -> Labels<'_> {
         vec![("vip", &v.vip), ("proto", &v.proto)]
@@ -365,7 +365,7 @@ pub fn encode_sample(s: &Sample, mut e: DescriptorEncoder) -> Result<(), std::fm
 }
 
 /// The registry as text: OpenMetrics, or else the Prometheus text format 0.0.4.
-pub fn render(registry: &Registry, openmetrics: bool) -> Result<String, std::fmt::Error> {
+pub(crate) fn render(registry: &Registry, openmetrics: bool) -> Result<String, std::fmt::Error> {
     let mut out = String::new();
     if openmetrics {
         prometheus_client::encoding::text::encode(&mut out, registry)?;

@@ -52,7 +52,7 @@ pub struct MetricsServer {
 
 impl MetricsServer {
     /// Binds `addr` and serves `registry` there.
-    pub async fn start(addr: SocketAddr, registry: Registry) -> Result<Self, MetricsError> {
+    pub(crate) async fn start(addr: SocketAddr, registry: Registry) -> Result<Self, MetricsError> {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| MetricsError::Bind { addr, source })?;
@@ -79,7 +79,7 @@ impl MetricsServer {
     }
 
     /// The address actually bound (port 0 picks one).
-    pub fn local_addr(&self) -> SocketAddr {
+    pub(crate) fn local_addr(&self) -> SocketAddr {
         self.addr
     }
 

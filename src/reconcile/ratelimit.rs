@@ -69,7 +69,7 @@ impl Default for AppliedRateLimits {
 }
 
 impl AppliedRateLimits {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             default: None,
             overrides: BTreeMap::new(),
@@ -87,7 +87,7 @@ impl AppliedRateLimits {
 
     /// Applies `desired`. On error the maps may be partly changed, and what is recorded here
     /// says exactly how far it got: applying the previous state rolls back.
-    pub fn apply(
+    pub(crate) fn apply(
         &mut self,
         dp: &mut Dataplane,
         desired: &RateLimits,

@@ -9,22 +9,22 @@ use ipnet::Ipv4Net;
 
 use super::{ReconcileError, Reconciler};
 use crate::dataplane::ratelimit::ClientBuckets;
-pub use crate::dataplane::ratelimit::PolicyCounters;
+pub(crate) use crate::dataplane::ratelimit::PolicyCounters;
 use crate::dataplane::telemetry::Telemetry;
-pub use crate::dataplane::Counters;
+pub(crate) use crate::dataplane::Counters;
 use crate::health::view::HealthView;
 use xdplb_model::state::VipKey;
 
 /// Packets per `enum lb_reason` and per XDP verdict, by name, summed over CPUs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct NamedCounts {
-    pub reasons: Vec<(String, u64)>,
-    pub verdicts: Vec<(&'static str, u64)>,
+pub(crate) struct NamedCounts {
+    pub(crate) reasons: Vec<(String, u64)>,
+    pub(crate) verdicts: Vec<(&'static str, u64)>,
 }
 
 /// A read-only view of the reconciler (see the module docs).
 #[derive(Clone, Copy)]
-pub struct Reader<'a> {
+pub(crate) struct Reader<'a> {
     r: &'a Reconciler,
 }
 
@@ -34,69 +34,69 @@ impl<'a> Reader<'a> {
     }
 
     /// The data-plane id of a VIP.
-    pub fn vip_id(&self, key: &VipKey) -> Option<u32> {
+    pub(crate) fn vip_id(&self, key: &VipKey) -> Option<u32> {
         self.r.vip_id(key)
     }
 
     /// The data-plane id of a backend of a VIP.
-    pub fn backend_id(&self, key: &VipKey, addr: &SocketAddrV4) -> Option<u32> {
+    pub(crate) fn backend_id(&self, key: &VipKey, addr: &SocketAddrV4) -> Option<u32> {
         self.r.backend_id(key, addr)
     }
 
     /// Which backends the checker marked down, and its counters.
-    pub fn health(&self) -> &'a HealthView {
+    pub(crate) fn health(&self) -> &'a HealthView {
         self.r.health()
     }
 
     /// Most firewall rules the data plane holds.
-    pub fn firewall_capacity(&self) -> usize {
+    pub(crate) fn firewall_capacity(&self) -> usize {
         self.r.firewall().capacity()
     }
 
     /// The id of the firewall rule the data plane holds for exactly `net`.
-    pub fn firewall_rule_id(&self, net: &Ipv4Net) -> Option<u32> {
+    pub(crate) fn firewall_rule_id(&self, net: &Ipv4Net) -> Option<u32> {
         self.r.firewall().rule(net).map(|e| e.id)
     }
 
     /// One more than the highest firewall rule id in use (0: none).
-    pub fn firewall_id_bound(&self) -> u32 {
+    pub(crate) fn firewall_id_bound(&self) -> u32 {
         self.r.firewall().id_bound()
     }
 
     /// Packets that hit each firewall rule id handed out so far, by id.
-    pub fn firewall_hits(&self) -> Result<Vec<u64>, ReconcileError> {
+    pub(crate) fn firewall_hits(&self) -> Result<Vec<u64>, ReconcileError> {
         let limit = self.r.firewall().id_limit();
         Ok(self.r.dataplane().firewall().all_hits(limit)?)
     }
 
     /// The id of the rate-limit policy of `cidr` (None: the default policy).
-    pub fn ratelimit_id(&self, cidr: Option<&Ipv4Net>) -> Option<u32> {
+    pub(crate) fn ratelimit_id(&self, cidr: Option<&Ipv4Net>) -> Option<u32> {
         self.r.ratelimit().id_of(cidr)
     }
 
     /// Packets rate-limit policy `id` allowed and dropped.
-    pub fn ratelimit_counters(&self, id: u32) -> Result<PolicyCounters, ReconcileError> {
+    pub(crate) fn ratelimit_counters(&self, id: u32) -> Result<PolicyCounters, ReconcileError> {
         Ok(self.r.dataplane().ratelimit().counters(id)?)
     }
 
     /// The client buckets of the rate limiter, on a handle of their own: walk them outside the
     /// lock.
-    pub fn ratelimit_clients(&self) -> Result<ClientBuckets, ReconcileError> {
+    pub(crate) fn ratelimit_clients(&self) -> Result<ClientBuckets, ReconcileError> {
         Ok(self.r.dataplane().ratelimit().client_buckets()?)
     }
 
     /// Counters of VIP `id`.
-    pub fn vip_counters(&self, id: u32) -> Result<Counters, ReconcileError> {
+    pub(crate) fn vip_counters(&self, id: u32) -> Result<Counters, ReconcileError> {
         Ok(self.r.dataplane().maps().vip_counters(id)?)
     }
 
     /// Counters of backend `id`.
-    pub fn backend_counters(&self, id: u32) -> Result<Counters, ReconcileError> {
+    pub(crate) fn backend_counters(&self, id: u32) -> Result<Counters, ReconcileError> {
         Ok(self.r.dataplane().maps().backend_counters(id)?)
     }
 
     /// Packets per reason and per verdict, by name.
-    pub fn global_counts(&self) -> Result<NamedCounts, ReconcileError> {
+    pub(crate) fn global_counts(&self) -> Result<NamedCounts, ReconcileError> {
         let g = self.r.dataplane().maps().global_counters()?;
         Ok(NamedCounts {
             reasons: g
@@ -116,7 +116,7 @@ impl<'a> Reader<'a> {
 
     /// Handles of the tables' own for a walk outside the lock (occupancy, live flows, firewall
     /// hits of the rule ids in use, rate-limit counters).
-    pub fn telemetry(&self) -> Result<Telemetry, ReconcileError> {
+    pub(crate) fn telemetry(&self) -> Result<Telemetry, ReconcileError> {
         Ok(self
             .r
             .dataplane()
@@ -125,7 +125,7 @@ impl<'a> Reader<'a> {
     }
 
     /// lbd's `CLOCK_MONOTONIC` in nanoseconds (what stats snapshots are stamped with).
-    pub fn monotonic_ns(&self) -> u64 {
+    pub(crate) fn monotonic_ns(&self) -> u64 {
         crate::dataplane::telemetry::clock_ns(libc::CLOCK_MONOTONIC)
     }
 }

@@ -20,18 +20,18 @@ use crate::skel::types;
 use xdplb_model::firewall::Action;
 
 /// Words per chunk (one per /24 of a /16).
-pub const SLOTS: usize = types::fw_limits::FW_L2_SLOTS.0 as usize;
+pub(crate) const SLOTS: usize = types::fw_limits::FW_L2_SLOTS.0 as usize;
 /// Chunks of `fw_l2` (one per /16).
-pub const L2_ENTRIES: usize = types::fw_limits::FW_L2_ENTRIES.0 as usize;
+pub(crate) const L2_ENTRIES: usize = types::fw_limits::FW_L2_ENTRIES.0 as usize;
 /// A slot's bit that sends the lookup on to `fw_l3`.
-pub const DEEPER: u32 = types::fw_verdict_bits::FW_VERDICT_DEEPER.0;
+pub(crate) const DEEPER: u32 = types::fw_verdict_bits::FW_VERDICT_DEEPER.0;
 const DEEPER_SHIFT: u32 = types::fw_verdict_bits::FW_VERDICT_DEEPER_SHIFT.0;
 const DEEPER_BITS: u32 = types::fw_verdict_bits::FW_VERDICT_DEEPER_BITS.0;
 const DEEPER_ANY: u32 = types::fw_verdict_bits::FW_VERDICT_DEEPER_ANY.0;
 
 /// The bits a slot gets for an `fw_l3` entry of `addr` (host order): "this /24 holds longer
 /// rules" and `addr`'s bit of the filter.
-pub fn deeper_bit(addr: u32) -> u32 {
+pub(crate) fn deeper_bit(addr: u32) -> u32 {
     DEEPER_ANY | 1 << (DEEPER_SHIFT + (addr & 0xff) % DEEPER_BITS)
 }
 
@@ -46,15 +46,15 @@ const ACTION_SHIFT: u32 = types::fw_verdict_bits::FW_VERDICT_ACTION_SHIFT.0;
 const ID_MASK: u32 = types::fw_verdict_bits::FW_VERDICT_ID_MASK.0;
 
 /// The words of the 256 /24s of one /16.
-pub type Slots = [u32; SLOTS];
+pub(crate) type Slots = [u32; SLOTS];
 
 /// The verdict word of a rule (never 0: the action is never 0).
-pub fn word(rule: RuleEntry) -> u32 {
+pub(crate) fn word(rule: RuleEntry) -> u32 {
     (u32::from(super::action_value(rule.action)) << ACTION_SHIFT) | (rule.id & ID_MASK)
 }
 
 /// The rule a word names, without its [`DEEPER`] bits (None: no rule).
-pub fn decode(word: u32) -> Option<RuleEntry> {
+pub(crate) fn decode(word: u32) -> Option<RuleEntry> {
     let action = (word >> ACTION_SHIFT) as u8;
     let action = if action == super::action_value(Action::Block) {
         Action::Block
@@ -70,14 +70,14 @@ pub fn decode(word: u32) -> Option<RuleEntry> {
 }
 
 /// Rule ids must fit a word's id bits.
-pub const MAX_RULE_ID: u32 = ID_MASK;
+pub(crate) const MAX_RULE_ID: u32 = ID_MASK;
 
 /// One /16 that holds rules longer than /16: its slots and the `fw_l3` entries of its addresses
 /// (ascending, host order).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chunk {
-    pub slots: Box<Slots>,
-    pub exact: Vec<(u32, u32)>,
+    pub(crate) slots: Box<Slots>,
+    pub(crate) exact: Vec<(u32, u32)>,
 }
 
 /// What the two tables hold (or must hold).
@@ -86,7 +86,7 @@ pub struct Tables {
     /// By /16 (source >> 16), for the /16s not in `chunks`: the word all 256 slots of its
     /// `fw_l2` chunk hold (the longest rule <= /16 covering it, 0: none). 0 for the /16s in
     /// `chunks`.
-    pub uniform: Vec<u32>,
+    pub(crate) uniform: Vec<u32>,
     /// The /16s with rules longer than /16: their `fw_l2` slots and `fw_l3` entries.
     pub chunks: BTreeMap<u16, Chunk>,
 }
@@ -105,28 +105,29 @@ impl Default for Tables {
 /// a grace period) before it is deleted, so a packet never sees a verdict of neither state.
 /// Chunks are rewritten in place: each slot is a word that a packet reads old or new.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Plan {
+pub(crate) struct Plan {
     /// 1. New and changed `fw_l3` entries (address host order, word).
-    pub l3_put: Vec<(u32, u32)>,
+    pub(crate) l3_put: Vec<(u32, u32)>,
     /// 2. Changed `fw_l2` chunks (/16 index, all 256 slots).
-    pub l2_put: Vec<(u32, Box<Slots>)>,
+    pub(crate) l2_put: Vec<(u32, Box<Slots>)>,
     /// 3. (after a grace period) `fw_l3` entries no slot points to any more.
-    pub l3_del: Vec<u32>,
+    pub(crate) l3_del: Vec<u32>,
 }
 
 impl Plan {
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.l3_put.is_empty() && self.l2_put.is_empty() && self.l3_del.is_empty()
     }
 
     /// Whether something is deleted (and readers must be waited for first).
-    pub fn deletes(&self) -> bool {
+    pub(crate) fn deletes(&self) -> bool {
         !self.l3_del.is_empty()
     }
 }
 
 /// Rules of a set, as the tables need them.
-pub type Rules = BTreeMap<Ipv4Net, RuleEntry>;
+pub(crate) type Rules = BTreeMap<Ipv4Net, RuleEntry>;
 
 fn base(net: &Ipv4Net) -> u32 {
     u32::from(net.network())
@@ -180,7 +181,8 @@ impl Tables {
 
     /// The word of the longest rule covering `addr`, as the data plane looks it up (without
     /// [`DEEPER`]; 0: no rule).
-    pub fn verdict(&self, addr: Ipv4Addr) -> u32 {
+    #[cfg(test)]
+    pub(crate) fn verdict(&self, addr: Ipv4Addr) -> u32 {
         let a = u32::from(addr);
         let h = (a >> 16) as u16;
         let Some(chunk) = self.chunks.get(&h) else {
@@ -197,7 +199,8 @@ impl Tables {
     }
 
     /// The 256 slots `fw_l2` holds for /16 `h`.
-    pub fn slots(&self, h: u16) -> Box<Slots> {
+    #[cfg(test)]
+    pub(crate) fn slots(&self, h: u16) -> Box<Slots> {
         match self.chunks.get(&h) {
             Some(c) => c.slots.clone(),
             None => Box::new([self.uniform[usize::from(h)]; SLOTS]),
@@ -206,7 +209,7 @@ impl Tables {
 
     /// Makes these tables those of `rules`, recomputing only the /16s in `touched` (every /16
     /// when None), and returns the writes that take the maps from the old tables to the new.
-    pub fn update(&mut self, rules: &Rules, touched: Option<&[u16]>) -> Plan {
+    pub(crate) fn update(&mut self, rules: &Rules, touched: Option<&[u16]>) -> Plan {
         let fresh;
         let regions: Vec<(u16, u32, Option<Chunk>)> = match touched {
             Some(hs) => hs
@@ -266,7 +269,7 @@ impl Tables {
 }
 
 /// The /16s whose tables a change of `net` touches (ascending).
-pub fn touched(net: &Ipv4Net) -> std::ops::RangeInclusive<u16> {
+pub(crate) fn touched(net: &Ipv4Net) -> std::ops::RangeInclusive<u16> {
     let first = (base(net) >> 16) as u16;
     let n = if net.prefix_len() >= 16 {
         1
