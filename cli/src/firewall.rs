@@ -465,7 +465,7 @@ mod tests {
 
     use super::*;
     use crate::highargs::Target;
-    use crate::pb::test_server::firewall_server::{Firewall as FirewallApi, FirewallServer};
+    use crate::pb::firewall_server::{Firewall as FirewallApi, FirewallServer};
 
     fn p(s: &str) -> Prefix {
         parse_prefix(s).expect("test prefix")

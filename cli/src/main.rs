@@ -11,11 +11,13 @@ mod highargs;
 mod lowargs;
 mod man;
 mod output;
-mod pb;
 mod ratelimit;
 mod stats;
 mod top;
 mod vip;
+
+/// lbd's API (messages, clients, and the servers the unit tests fake lbd with).
+use xdplb_proto::pb;
 
 use std::{
     io::{self, Write},
@@ -126,7 +128,7 @@ mod tests {
     use crate::highargs::{Mode, Proto, Target, VipKey};
     use crate::output;
     use crate::pb;
-    use crate::pb::test_server::vips_server::{Vips, VipsServer};
+    use crate::pb::vips_server::{Vips, VipsServer};
     use crate::vip::Vip;
 
     /// Just enough of lbd's Vips service to list, add and remove.
