@@ -224,15 +224,16 @@ mod tests {
             Command::Vip(Vip::Add {
                 vip: vip("10.0.0.10:80", Proto::Tcp),
                 mode: Mode::Nat,
-                health: crate::health::HealthSpec::default(),
+                health: xdplb_model::health::HealthCheck::default(),
             })
         );
     }
 
     #[test]
     fn health_flags_drain_and_undrain() {
-        use crate::health::{HealthCommand, HealthSpec, Kind};
+        use crate::health::HealthCommand;
         use std::time::Duration;
+        use xdplb_model::health::{AllDown, HealthCheck, HealthKind};
         match cmd(&[
             "vip",
             "add",
@@ -254,8 +255,8 @@ mod tests {
         ]) {
             Command::Vip(Vip::Add { health, .. }) => assert_eq!(
                 health,
-                HealthSpec {
-                    kind: Kind::Http {
+                HealthCheck {
+                    kind: HealthKind::Http {
                         path: "/healthz".into(),
                         expect_status: 200
                     },
@@ -263,7 +264,7 @@ mod tests {
                     timeout: Duration::from_millis(100),
                     rise: 1,
                     fall: 2,
-                    drop_when_all_down: true,
+                    all_down: AllDown::Drop,
                 }
             ),
             other => panic!("{other:?}"),
@@ -280,11 +281,11 @@ mod tests {
             ]),
             Command::Health(HealthCommand::SetHealth {
                 vip: vip("10.0.0.10:53", Proto::Udp),
-                health: HealthSpec {
-                    kind: Kind::Udp {
+                health: HealthCheck {
+                    kind: HealthKind::Udp {
                         payload: "ping".into()
                     },
-                    ..HealthSpec::default()
+                    ..HealthCheck::default()
                 },
             })
         );
@@ -354,7 +355,7 @@ mod tests {
                 Command::Vip(Vip::Add {
                     vip: vip("10.0.0.10:53", Proto::Udp),
                     mode: want,
-                    health: crate::health::HealthSpec::default(),
+                    health: xdplb_model::health::HealthCheck::default(),
                 })
             );
         }

@@ -8,10 +8,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context as _};
+use ipnet::Ipv4Net;
 use tonic::codegen::tokio_stream;
+use xdplb_model::cidr::{parse_cidr, CidrError};
 
 use crate::client::{call, Lbd, RpcError};
-use crate::highargs::{parse_prefix, ArgError, Globals, Prefix};
+use crate::highargs::{ArgError, Globals};
 use crate::lowargs::{CidrArgs, FwCommand, RulesCommand};
 use crate::output::{self, action_name, n_prefixes, RuleJson, RuleListJson};
 use crate::pb;
@@ -50,11 +52,11 @@ impl Action {
 pub enum Firewall {
     Add {
         action: Action,
-        prefixes: Vec<Prefix>,
+        prefixes: Vec<Ipv4Net>,
     },
     Remove {
         action: Action,
-        prefixes: Vec<Prefix>,
+        prefixes: Vec<Ipv4Net>,
     },
     Load {
         action: Action,
@@ -69,11 +71,11 @@ pub enum Firewall {
 impl Firewall {
     /// `block`/`allow` subcommands.
     pub fn rules(action: Action, low: RulesCommand) -> Result<Self, ArgError> {
-        let prefixes = |args: &CidrArgs| -> Result<Vec<Prefix>, ArgError> {
+        let prefixes = |args: &CidrArgs| -> Result<Vec<Ipv4Net>, ArgError> {
             args.cidrs
                 .iter()
                 .map(|s| {
-                    parse_prefix(s).map_err(|e| ArgError {
+                    parse_cidr(s).map_err(|e| ArgError {
                         what: "CIDR",
                         value: s.clone(),
                         expected: e.expected(),
@@ -123,7 +125,7 @@ fn parse_action(s: &str) -> Result<Action, ArgError> {
 /// The prefixes of a list file, each with its line number (1-based).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct List {
-    pub prefixes: Vec<Prefix>,
+    pub prefixes: Vec<Ipv4Net>,
     pub lines: Vec<usize>,
 }
 
@@ -169,14 +171,14 @@ pub fn parse_list(text: &str) -> Result<List, ListError> {
             ));
             continue;
         };
-        match parse_prefix(word) {
+        match parse_cidr(word) {
             Ok(p) => {
                 list.prefixes.push(p);
                 list.lines.push(line);
             }
             Err(e) => {
                 bad += 1;
-                first.get_or_insert((line, e.describe(word)));
+                first.get_or_insert((line, describe(&e)));
             }
         }
     }
@@ -187,6 +189,20 @@ pub fn parse_list(text: &str) -> Result<List, ListError> {
             message,
             bad_lines: bad,
         }),
+    }
+}
+
+/// The message for a list file line that is not a prefix (the line number is added by the caller).
+fn describe(e: &CidrError) -> String {
+    match e {
+        CidrError::Syntax(s) => {
+            format!("'{s}' is not an IPv4 prefix (expected A.B.C.D/LEN or A.B.C.D)")
+        }
+        CidrError::Length(s) => format!("'{s}': the prefix length must be 0..32"),
+        CidrError::Ipv6(s) => format!("'{s}' is an IPv6 prefix; only IPv4 is supported yet"),
+        CidrError::HostBits { given, normalised } => {
+            format!("'{given}' has host bits set; did you mean {normalised}?")
+        }
     }
 }
 
@@ -221,7 +237,7 @@ fn bulk_timeout(base: Duration, prefixes: usize) -> Duration {
 /// message even for an empty list (a replace must still say which list it replaces).
 fn chunked<T: Send + 'static>(
     action: Action,
-    prefixes: Vec<Prefix>,
+    prefixes: Vec<Ipv4Net>,
     make: impl Fn(Vec<pb::FirewallRule>, bool) -> T + Send + 'static,
 ) -> impl tokio_stream::Stream<Item = T> + Send + 'static {
     let mut rest = prefixes.into_iter().peekable();
@@ -458,8 +474,6 @@ mod tests {
 
     use std::net::Ipv4Addr;
 
-    use crate::highargs::PrefixError;
-
     use ::tokio_stream::wrappers::UnixListenerStream;
     use tonic::{Request, Response, Status, Streaming};
 
@@ -467,8 +481,8 @@ mod tests {
     use crate::highargs::Target;
     use crate::pb::firewall_server::{Firewall as FirewallApi, FirewallServer};
 
-    fn p(s: &str) -> Prefix {
-        parse_prefix(s).expect("test prefix")
+    fn p(s: &str) -> Ipv4Net {
+        parse_cidr(s).expect("test prefix")
     }
 
     #[test]
@@ -476,16 +490,20 @@ mod tests {
         assert_eq!(p("10.0.0.0/8").to_string(), "10.0.0.0/8");
         assert_eq!(p("192.0.2.7").to_string(), "192.0.2.7/32");
         assert_eq!(p("0.0.0.0/0").to_string(), "0.0.0.0/0");
-        assert_eq!(
-            parse_prefix("10.0.0.1/8"),
-            Err(PrefixError::HostBits(p("10.0.0.0/8")))
-        );
-        assert_eq!(
-            parse_prefix("1.2.3.4/0"),
-            Err(PrefixError::HostBits(p("0.0.0.0/0")))
-        );
-        assert_eq!(parse_prefix("10.0.0.0/33"), Err(PrefixError::Length));
-        assert_eq!(parse_prefix("2001:db8::/32"), Err(PrefixError::Ipv6));
+        let host_bits = |s: &str| match parse_cidr(s) {
+            Err(CidrError::HostBits { normalised, .. }) => normalised,
+            other => panic!("{s}: {other:?}"),
+        };
+        assert_eq!(host_bits("10.0.0.1/8"), p("10.0.0.0/8"));
+        assert_eq!(host_bits("1.2.3.4/0"), p("0.0.0.0/0"));
+        assert!(matches!(
+            parse_cidr("10.0.0.0/33"),
+            Err(CidrError::Length(_))
+        ));
+        assert!(matches!(
+            parse_cidr("2001:db8::/32"),
+            Err(CidrError::Ipv6(_))
+        ));
         for bad in [
             "",
             "10.0.0/8",
@@ -494,7 +512,10 @@ mod tests {
             "10.0.0.0/+8",
             "a.b.c.d",
         ] {
-            assert_eq!(parse_prefix(bad), Err(PrefixError::Syntax), "{bad:?}");
+            assert!(
+                matches!(parse_cidr(bad), Err(CidrError::Syntax(_))),
+                "{bad:?}"
+            );
         }
     }
 

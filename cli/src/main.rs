@@ -272,7 +272,7 @@ mod tests {
                     proto: Proto::Udp,
                 },
                 mode: Mode::L2Dsr,
-                health: crate::health::HealthSpec::default(),
+                health: xdplb_model::health::HealthCheck::default(),
             }),
         )
         .await
@@ -297,13 +297,13 @@ mod tests {
                     addr: "10.0.0.11:53".parse().expect("addr"),
                     proto: Proto::Udp,
                 },
-                health: crate::health::HealthSpec {
-                    kind: crate::health::Kind::Udp {
+                health: xdplb_model::health::HealthCheck {
+                    kind: xdplb_model::health::HealthKind::Udp {
                         payload: "ping".into(),
                     },
                     interval: Duration::from_millis(200),
                     timeout: Duration::from_millis(100),
-                    drop_when_all_down: true,
+                    all_down: xdplb_model::health::AllDown::Drop,
                     ..Default::default()
                 },
             }),

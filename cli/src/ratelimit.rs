@@ -6,7 +6,10 @@ use std::io::Write;
 use anyhow::Context as _;
 
 use crate::client::{call, Lbd};
-use crate::highargs::{self, ArgError, Globals, Prefix, PrefixError};
+use ipnet::Ipv4Net;
+use xdplb_model::cidr::{parse_cidr, CidrError};
+
+use crate::highargs::{invalid, ArgError, Globals};
 use crate::lowargs::{CidrFlag, RateLimitCommand};
 use crate::output::{self, scope_name, RateLimitJson, RateLimitListJson, TopJson};
 use crate::pb;
@@ -33,13 +36,13 @@ impl Scope {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RateLimit {
     Set {
-        cidr: Option<Prefix>,
+        cidr: Option<Ipv4Net>,
         rate: u64,
         burst: u64,
         scope: Scope,
     },
     Remove {
-        cidr: Option<Prefix>,
+        cidr: Option<Ipv4Net>,
     },
     List,
     Top {
@@ -47,20 +50,12 @@ pub enum RateLimit {
     },
 }
 
-fn invalid(what: &'static str, value: &str, expected: impl Into<String>) -> ArgError {
-    ArgError {
-        what,
-        value: value.to_owned(),
-        expected: expected.into(),
-    }
-}
-
 /// `192.0.2.0/24` or a bare address (a /32); no host bits, not /0.
-pub fn parse_prefix(what: &'static str, s: &str) -> Result<Prefix, ArgError> {
+pub fn parse_prefix(what: &'static str, s: &str) -> Result<Ipv4Net, ArgError> {
     let expected = "an IPv4 prefix like 192.0.2.0/24 without host bits (not /0: omit --cidr)";
-    match highargs::parse_prefix(s) {
-        Ok(p) if p.len > 0 => Ok(p),
-        Err(PrefixError::HostBits(p)) if p.len > 0 => Err(invalid(
+    match parse_cidr(s) {
+        Ok(p) if p.prefix_len() > 0 => Ok(p),
+        Err(CidrError::HostBits { normalised: p, .. }) if p.prefix_len() > 0 => Err(invalid(
             what,
             s,
             format!("a prefix without host bits (did you mean {p}?)"),
@@ -127,7 +122,7 @@ impl TryFrom<RateLimitCommand> for RateLimit {
 }
 
 /// "the default policy" or "the override of 192.0.2.0/24".
-fn target(cidr: &Option<Prefix>) -> String {
+fn target(cidr: &Option<Ipv4Net>) -> String {
     match cidr {
         None => "the default policy".into(),
         Some(p) => format!("the override of {p}"),
@@ -229,7 +224,7 @@ mod tests {
         }
     }
 
-    fn prefix(s: &str) -> Option<Prefix> {
+    fn prefix(s: &str) -> Option<Ipv4Net> {
         Some(parse_prefix("--cidr", s).expect("test prefix"))
     }
 

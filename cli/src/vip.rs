@@ -18,7 +18,7 @@ pub enum Vip {
         vip: VipKey,
         mode: Mode,
         /// Kind none unless `--health` was given.
-        health: crate::health::HealthSpec,
+        health: xdplb_model::health::HealthCheck,
     },
     Remove {
         vip: VipKey,
@@ -40,7 +40,7 @@ pub async fn run(cmd: &Vip, args: &Globals, out: &mut dyn Write) -> anyhow::Resu
             let req = pb::AddVipRequest {
                 vip: Some(vip.to_pb()),
                 mode: mode.to_pb() as i32,
-                health: health.is_checked().then(|| health.to_pb()),
+                health: health.is_checked().then(|| pb::HealthCheck::from(health)),
             };
             let added = call(t, lbd.vips.add_vip(req)).await?;
             let added = added.vip.unwrap_or_else(|| pb::Vip {
