@@ -60,6 +60,16 @@ fn read_backend_list(file: &Path, weight: u32) -> anyhow::Result<Vec<(SocketAddr
         .map_err(|(line, e)| anyhow::anyhow!("{}:{line}: {e}; nothing was added", file.display()))
 }
 
+/// The message of a backend as a request names it (lbd assigns the id).
+fn requested(addr: &SocketAddrV4, weight: u32) -> pb::Backend {
+    pb::Backend {
+        address: addr.ip().to_string(),
+        port: u32::from(addr.port()),
+        weight: Some(weight),
+        ..Default::default()
+    }
+}
+
 /// Sends `cmd` to lbd and renders the reply.
 pub async fn run(cmd: &Backend, args: &Globals, out: &mut dyn Write) -> anyhow::Result<()> {
     let mut lbd = Lbd::connect(&args.target, args.timeout).await?;
@@ -71,13 +81,7 @@ pub async fn run(cmd: &Backend, args: &Globals, out: &mut dyn Write) -> anyhow::
             backend,
             weight,
         } => {
-            let requested = pb::Backend {
-                address: backend.ip().to_string(),
-                port: u32::from(backend.port()),
-                weight: Some(*weight),
-                id: 0,
-                ..Default::default()
-            };
+            let requested = requested(backend, *weight);
             let req = pb::AddBackendRequest {
                 vip: Some(vip.to_pb()),
                 backend: Some(requested.clone()),
@@ -113,15 +117,7 @@ pub async fn run(cmd: &Backend, args: &Globals, out: &mut dyn Write) -> anyhow::
             }
             let req = pb::AddBackendsRequest {
                 vip: Some(vip.to_pb()),
-                backends: all
-                    .iter()
-                    .map(|(a, w)| pb::Backend {
-                        address: a.ip().to_string(),
-                        port: u32::from(a.port()),
-                        weight: Some(*w),
-                        ..Default::default()
-                    })
-                    .collect(),
+                backends: all.iter().map(|(a, w)| requested(a, *w)).collect(),
             };
             // About 10 us a backend on lbd's side; allow for big lists on a slow link.
             let timeout = t + std::time::Duration::from_millis(all.len() as u64);
@@ -163,13 +159,7 @@ pub async fn run(cmd: &Backend, args: &Globals, out: &mut dyn Write) -> anyhow::
                 weight: *weight,
             };
             let resp = call(t, lbd.backends.set_backend_weight(req)).await?;
-            let updated = resp.backend.unwrap_or_else(|| pb::Backend {
-                address: backend.ip().to_string(),
-                port: u32::from(backend.port()),
-                weight: Some(*weight),
-                id: 0,
-                ..Default::default()
-            });
+            let updated = resp.backend.unwrap_or_else(|| requested(backend, *weight));
             if json {
                 output::write_json(out, &BackendJson::from(&updated))
             } else {

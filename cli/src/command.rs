@@ -451,19 +451,26 @@ mod tests {
         assert!(err(&["vip", "add", "[::1]:80", "--proto", "tcp"]).contains("IPv6"));
     }
 
+    /// `old-name TAIL` and `backend new TAIL` parse to `want`.
+    fn same_command(old: &str, new: &str, tail: &[&str], want: Command) -> Command {
+        let a = cmd(&[&[old][..], tail].concat());
+        let b = cmd(&[&["backend", new][..], tail].concat());
+        assert_eq!(a, b);
+        assert_eq!(a, want);
+        a
+    }
+
     #[test]
     fn add_backend_and_backend_add_are_the_same_command() {
-        let tail = ["--vip", "10.0.0.10:80", "--proto", "tcp", "10.0.2.1:8080"];
-        let a = cmd(&[&["add-backend"][..], &tail].concat());
-        let b = cmd(&[&["backend", "add"][..], &tail].concat());
-        assert_eq!(a, b);
-        assert_eq!(
-            a,
+        let a = same_command(
+            "add-backend",
+            "add",
+            &["--vip", "10.0.0.10:80", "--proto", "tcp", "10.0.2.1:8080"],
             Command::Backend(Backend::Add {
                 vip: vip("10.0.0.10:80", Proto::Tcp),
                 backend: "10.0.2.1:8080".parse().expect("test address"),
                 weight: 100,
-            })
+            }),
         );
         // Flags may come after the positional, too.
         let c = cmd(&[
@@ -545,16 +552,14 @@ mod tests {
 
     #[test]
     fn remove_backend_and_backend_remove_are_the_same_command() {
-        let tail = ["--vip", "10.0.0.10:53", "--proto", "udp", "10.0.2.1:53"];
-        let a = cmd(&[&["remove-backend"][..], &tail].concat());
-        let b = cmd(&[&["backend", "remove"][..], &tail].concat());
-        assert_eq!(a, b);
-        assert_eq!(
-            a,
+        same_command(
+            "remove-backend",
+            "remove",
+            &["--vip", "10.0.0.10:53", "--proto", "udp", "10.0.2.1:53"],
             Command::Backend(Backend::Remove {
                 vip: vip("10.0.0.10:53", Proto::Udp),
                 backend: "10.0.2.1:53".parse().expect("test address"),
-            })
+            }),
         );
     }
 

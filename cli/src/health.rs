@@ -216,35 +216,38 @@ pub async fn run(cmd: &HealthCommand, args: &Globals, out: &mut dyn Write) -> an
                 )
             }
         }
-        HealthCommand::Drain { vip, backend } => {
-            let req = pb::DrainBackendRequest {
-                vip: Some(vip.to_pb()),
-                address: backend.ip().to_string(),
-                port: u32::from(backend.port()),
-            };
-            let resp = call(t, lbd.backends.drain_backend(req)).await?;
-            let b = resp.backend.unwrap_or_default();
+        HealthCommand::Drain { vip, backend } | HealthCommand::Undrain { vip, backend } => {
+            let drain = matches!(cmd, HealthCommand::Drain { .. });
+            let (key, address, port) = (
+                Some(vip.to_pb()),
+                backend.ip().to_string(),
+                u32::from(backend.port()),
+            );
+            let b = if drain {
+                let req = pb::DrainBackendRequest {
+                    vip: key,
+                    address,
+                    port,
+                };
+                call(t, lbd.backends.drain_backend(req)).await?.backend
+            } else {
+                let req = pb::UndrainBackendRequest {
+                    vip: key,
+                    address,
+                    port,
+                };
+                call(t, lbd.backends.undrain_backend(req)).await?.backend
+            }
+            .unwrap_or_default();
             if args.json {
                 output::write_json(out, &BackendJson::from(&b))
-            } else {
+            } else if drain {
                 writeln!(
                     out,
                     "drained backend {backend} of {vip}: no new flows, tracked flows go on \
                      (watch FLOWS in `lbctl backend list`); undrain restores weight {}",
                     b.drained_from
                 )
-            }
-        }
-        HealthCommand::Undrain { vip, backend } => {
-            let req = pb::UndrainBackendRequest {
-                vip: Some(vip.to_pb()),
-                address: backend.ip().to_string(),
-                port: u32::from(backend.port()),
-            };
-            let resp = call(t, lbd.backends.undrain_backend(req)).await?;
-            let b = resp.backend.unwrap_or_default();
-            if args.json {
-                output::write_json(out, &BackendJson::from(&b))
             } else {
                 writeln!(
                     out,

@@ -135,6 +135,28 @@ mod tests {
     #[derive(Default)]
     struct FakeVips(Mutex<Vec<pb::Vip>>);
 
+    fn no_such_vip(key: &pb::VipKey) -> Status {
+        Status::not_found(format!("vip {} does not exist", output::vip_label(key)))
+    }
+
+    impl FakeVips {
+        /// Changes the VIP of `key` with `f`; the VIP as it is afterwards.
+        fn update(
+            &self,
+            key: Option<pb::VipKey>,
+            f: impl FnOnce(&mut pb::Vip),
+        ) -> Result<pb::Vip, Status> {
+            let key = key.unwrap_or_default();
+            let mut vips = self.0.lock().map_err(|_| Status::internal("poisoned"))?;
+            let vip = vips
+                .iter_mut()
+                .find(|v| v.key.as_ref() == Some(&key))
+                .ok_or_else(|| no_such_vip(&key))?;
+            f(vip);
+            Ok(vip.clone())
+        }
+    }
+
     #[tonic::async_trait]
     impl Vips for FakeVips {
         async fn add_vip(
@@ -163,10 +185,7 @@ mod tests {
             let before = vips.len();
             vips.retain(|v| v.key.as_ref() != Some(&key));
             if vips.len() == before {
-                return Err(Status::not_found(format!(
-                    "vip {} does not exist",
-                    output::vip_label(&key)
-                )));
+                return Err(no_such_vip(&key));
             }
             Ok(Response::new(pb::RemoveVipResponse {}))
         }
@@ -176,18 +195,8 @@ mod tests {
             req: Request<pb::SetVipHealthRequest>,
         ) -> Result<Response<pb::SetVipHealthResponse>, Status> {
             let req = req.into_inner();
-            let key = req.vip.unwrap_or_default();
-            let mut vips = self.0.lock().map_err(|_| Status::internal("poisoned"))?;
-            let vip = vips
-                .iter_mut()
-                .find(|v| v.key.as_ref() == Some(&key))
-                .ok_or_else(|| {
-                    Status::not_found(format!("vip {} does not exist", output::vip_label(&key)))
-                })?;
-            vip.health = req.health;
-            Ok(Response::new(pb::SetVipHealthResponse {
-                vip: Some(vip.clone()),
-            }))
+            let vip = self.update(req.vip, |v| v.health = req.health)?;
+            Ok(Response::new(pb::SetVipHealthResponse { vip: Some(vip) }))
         }
 
         async fn set_vip_mode(
@@ -195,18 +204,8 @@ mod tests {
             req: Request<pb::SetVipModeRequest>,
         ) -> Result<Response<pb::SetVipModeResponse>, Status> {
             let req = req.into_inner();
-            let key = req.vip.unwrap_or_default();
-            let mut vips = self.0.lock().map_err(|_| Status::internal("poisoned"))?;
-            let vip = vips
-                .iter_mut()
-                .find(|v| v.key.as_ref() == Some(&key))
-                .ok_or_else(|| {
-                    Status::not_found(format!("vip {} does not exist", output::vip_label(&key)))
-                })?;
-            vip.mode = req.mode;
-            Ok(Response::new(pb::SetVipModeResponse {
-                vip: Some(vip.clone()),
-            }))
+            let vip = self.update(req.vip, |v| v.mode = req.mode)?;
+            Ok(Response::new(pb::SetVipModeResponse { vip: Some(vip) }))
         }
 
         async fn list_vips(

@@ -4,11 +4,11 @@
 use std::io::Write;
 
 use anyhow::Context as _;
-
-use crate::client::{call, Lbd};
 use ipnet::Ipv4Net;
 use xdplb_model::cidr::{parse_cidr, CidrError};
+use xdplb_model::ratelimit::{CidrPolicy, Policy, Scope};
 
+use crate::client::{call, Lbd};
 use crate::highargs::{invalid, ArgError, Globals};
 use crate::lowargs::{CidrFlag, RateLimitCommand};
 use crate::output::{self, scope_name, RateLimitJson, RateLimitListJson, TopJson};
@@ -16,21 +16,6 @@ use crate::pb;
 
 // ---------------------------------------------------------------------------------------
 // High arguments
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scope {
-    All,
-    NewFlows,
-}
-
-impl Scope {
-    pub fn to_pb(self) -> pb::RateLimitScope {
-        match self {
-            Scope::All => pb::RateLimitScope::All,
-            Scope::NewFlows => pb::RateLimitScope::NewFlows,
-        }
-    }
-}
 
 /// One validated rate-limit command.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,13 +129,16 @@ pub async fn run(cmd: &RateLimit, args: &Globals, out: &mut dyn Write) -> anyhow
             burst,
             scope,
         } => {
+            let policy = CidrPolicy {
+                cidr: *cidr,
+                policy: Policy {
+                    rate: *rate,
+                    burst: *burst,
+                    scope: *scope,
+                },
+            };
             let req = pb::SetRateLimitRequest {
-                policy: Some(pb::RateLimitPolicy {
-                    cidr: cidr.map(|p| p.to_string()).unwrap_or_default(),
-                    rate: i64::try_from(*rate).unwrap_or(i64::MAX),
-                    burst: i64::try_from(*burst).unwrap_or(i64::MAX),
-                    scope: scope.to_pb() as i32,
-                }),
+                policy: Some(pb::RateLimitPolicy::from(&policy)),
             };
             let r = call(t, lbd.ratelimits.set_rate_limit(req)).await?;
             match (json, r.rate_limit) {
@@ -163,7 +151,7 @@ pub async fn run(cmd: &RateLimit, args: &Globals, out: &mut dyn Write) -> anyhow
                     out,
                     "set {}: {rate} packets/s per client, burst {burst}, scope {}",
                     target(cidr),
-                    scope_name(scope.to_pb() as i32)
+                    scope_name(pb::RateLimitScope::from(*scope) as i32)
                 ),
             }
         }

@@ -30,6 +30,20 @@ pub enum Vip {
     List,
 }
 
+/// The VIP in lbd's reply, or the requested one when the reply carries none.
+fn or_requested(reply: Option<pb::Vip>, vip: &VipKey, mode: Mode) -> pb::Vip {
+    reply.unwrap_or_else(|| pb::Vip {
+        key: Some(vip.to_pb()),
+        mode: mode.to_pb() as i32,
+        ..Default::default()
+    })
+}
+
+/// `10.0.0.10:80/tcp` of the VIP in a reply (the requested key if the reply has none).
+fn label(reply: &pb::Vip, vip: &VipKey) -> String {
+    output::vip_label(&reply.key.clone().unwrap_or_else(|| vip.to_pb()))
+}
+
 /// Sends `cmd` to lbd and renders the reply.
 pub async fn run(cmd: &Vip, args: &Globals, out: &mut dyn Write) -> anyhow::Result<()> {
     let mut lbd = Lbd::connect(&args.target, args.timeout).await?;
@@ -43,11 +57,7 @@ pub async fn run(cmd: &Vip, args: &Globals, out: &mut dyn Write) -> anyhow::Resu
                 health: health.is_checked().then(|| pb::HealthCheck::from(health)),
             };
             let added = call(t, lbd.vips.add_vip(req)).await?;
-            let added = added.vip.unwrap_or_else(|| pb::Vip {
-                key: Some(vip.to_pb()),
-                mode: mode.to_pb() as i32,
-                ..Default::default()
-            });
+            let added = or_requested(added.vip, vip, *mode);
             if json {
                 output::write_json(out, &VipJson::from(&added))
             } else {
@@ -59,7 +69,7 @@ pub async fn run(cmd: &Vip, args: &Globals, out: &mut dyn Write) -> anyhow::Resu
                 writeln!(
                     out,
                     "added vip {} (mode {}, id {}{checked})",
-                    output::vip_label(&added.key.clone().unwrap_or_else(|| vip.to_pb())),
+                    label(&added, vip),
                     output::mode_name(added.mode),
                     added.id
                 )
@@ -82,18 +92,14 @@ pub async fn run(cmd: &Vip, args: &Globals, out: &mut dyn Write) -> anyhow::Resu
                 mode: mode.to_pb() as i32,
             };
             let resp = call(t, lbd.vips.set_vip_mode(req)).await?;
-            let set = resp.vip.unwrap_or_else(|| pb::Vip {
-                key: Some(vip.to_pb()),
-                mode: mode.to_pb() as i32,
-                ..Default::default()
-            });
+            let set = or_requested(resp.vip, vip, *mode);
             if json {
                 output::write_json(out, &VipJson::from(&set))
             } else {
                 writeln!(
                     out,
                     "vip {} now uses {} for new flows (tracked flows keep their mode)",
-                    output::vip_label(&set.key.clone().unwrap_or_else(|| vip.to_pb())),
+                    label(&set, vip),
                     output::mode_name(set.mode)
                 )
             }
