@@ -83,7 +83,7 @@ pub async fn run(cmd: &Backend, args: &Globals, out: &mut dyn Write) -> anyhow::
         } => {
             let requested = requested(backend, *weight);
             let req = pb::AddBackendRequest {
-                vip: Some(vip.to_pb()),
+                vip: Some(pb::VipKey::from(vip)),
                 backend: Some(requested.clone()),
             };
             let resp = call(t, lbd.backends.add_backend(req)).await?;
@@ -116,7 +116,7 @@ pub async fn run(cmd: &Backend, args: &Globals, out: &mut dyn Write) -> anyhow::
                 anyhow::bail!("backend {dup} is listed twice; nothing was added");
             }
             let req = pb::AddBackendsRequest {
-                vip: Some(vip.to_pb()),
+                vip: Some(pb::VipKey::from(vip)),
                 backends: all.iter().map(|(a, w)| requested(a, *w)).collect(),
             };
             // About 10 us a backend on lbd's side; allow for big lists on a slow link.
@@ -126,7 +126,7 @@ pub async fn run(cmd: &Backend, args: &Globals, out: &mut dyn Write) -> anyhow::
                 output::write_json(
                     out,
                     &BackendListJson {
-                        vip: VipKeyJson::from(&vip.to_pb()),
+                        vip: VipKeyJson::from(&pb::VipKey::from(vip)),
                         backends: resp.backends.iter().map(BackendJson::from).collect(),
                     },
                 )
@@ -136,7 +136,7 @@ pub async fn run(cmd: &Backend, args: &Globals, out: &mut dyn Write) -> anyhow::
         }
         Backend::Remove { vip, backend } => {
             let req = pb::RemoveBackendRequest {
-                vip: Some(vip.to_pb()),
+                vip: Some(pb::VipKey::from(vip)),
                 address: backend.ip().to_string(),
                 port: u32::from(backend.port()),
             };
@@ -153,7 +153,7 @@ pub async fn run(cmd: &Backend, args: &Globals, out: &mut dyn Write) -> anyhow::
             weight,
         } => {
             let req = pb::SetBackendWeightRequest {
-                vip: Some(vip.to_pb()),
+                vip: Some(pb::VipKey::from(vip)),
                 address: backend.ip().to_string(),
                 port: u32::from(backend.port()),
                 weight: *weight,
@@ -179,7 +179,7 @@ pub async fn run(cmd: &Backend, args: &Globals, out: &mut dyn Write) -> anyhow::
         }
         Backend::List { vip } => {
             let req = pb::ListBackendsRequest {
-                vip: Some(vip.to_pb()),
+                vip: Some(pb::VipKey::from(vip)),
             };
             let resp = call(t, lbd.backends.list_backends(req)).await?;
             if json {
@@ -191,7 +191,7 @@ pub async fn run(cmd: &Backend, args: &Globals, out: &mut dyn Write) -> anyhow::
                         ..BackendJson::from(b)
                     })
                     .collect();
-                let vip = VipKeyJson::from(&vip.to_pb());
+                let vip = VipKeyJson::from(&pb::VipKey::from(vip));
                 output::write_json(out, &BackendListJson { vip, backends })
             } else {
                 output::backend_list(out, &vip.to_string(), &resp.backends)

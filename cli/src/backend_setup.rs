@@ -26,7 +26,7 @@ pub fn args(cmd: &Command, json: bool) -> Vec<OsString> {
         "--vip".into(),
         vip.to_string().into(),
         "--mode".into(),
-        mode.as_str().into(),
+        mode.to_string().into(),
         "--dev".into(),
         dev.into(),
     ];
@@ -99,7 +99,7 @@ mod tests {
         );
         let cmd = Command::BackendSetup {
             vip: "10.0.0.10".parse().expect("ip"),
-            mode: Mode::L2Dsr,
+            mode: Mode::L2dsr,
             dev: "eth1".into(),
             undo: false,
         };

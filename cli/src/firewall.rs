@@ -11,6 +11,7 @@ use anyhow::{anyhow, Context as _};
 use ipnet::Ipv4Net;
 use tonic::codegen::tokio_stream;
 use xdplb_model::cidr::{parse_cidr, CidrError};
+use xdplb_model::firewall::Action;
 
 use crate::client::{call, Lbd, RpcError};
 use crate::highargs::{invalid, ArgError, Globals};
@@ -23,29 +24,6 @@ pub const CHUNK: usize = 8192;
 
 // ---------------------------------------------------------------------------------------
 // High arguments
-
-/// What a rule does with a matching source.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    Block,
-    Allow,
-}
-
-impl Action {
-    pub fn to_pb(self) -> pb::FirewallAction {
-        match self {
-            Action::Block => pb::FirewallAction::Block,
-            Action::Allow => pb::FirewallAction::Allow,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Action::Block => "block",
-            Action::Allow => "allow",
-        }
-    }
-}
 
 /// One validated firewall command.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -241,7 +219,7 @@ fn chunked<T: Send + 'static>(
             .take(CHUNK)
             .map(|p| pb::FirewallRule {
                 cidr: p.to_string(),
-                action: action.to_pb() as i32,
+                action: pb::FirewallAction::from(action) as i32,
                 ..Default::default()
             })
             .collect();
@@ -337,7 +315,7 @@ pub async fn run(cmd: &Firewall, args: &Globals, out: &mut dyn Write) -> anyhow:
                     out,
                     "removed {} {} {}; {} rules in total",
                     r.removed,
-                    action.as_str(),
+                    action,
                     if r.removed == 1 { "rule" } else { "rules" },
                     r.total
                 )
@@ -353,7 +331,7 @@ pub async fn run(cmd: &Firewall, args: &Globals, out: &mut dyn Write) -> anyhow:
             let timeout = bulk_timeout(t, n);
             let label = file_label(file);
             if *replace {
-                let only = action.to_pb() as i32;
+                let only = pb::FirewallAction::from(*action) as i32;
                 let stream = chunked(*action, list.prefixes, move |rules, first| {
                     pb::ReplaceFirewallRulesRequest {
                         only: if first { only } else { 0 },
@@ -375,7 +353,7 @@ pub async fn run(cmd: &Firewall, args: &Globals, out: &mut dyn Write) -> anyhow:
                     writeln!(
                         out,
                         "replaced the {} list with {} from {label}: {} added, {} changed, {} removed, {} unchanged; {} rules in total",
-                        action.as_str(),
+                        action,
                         n_prefixes(count(n)),
                         r.added,
                         r.changed,
@@ -413,7 +391,7 @@ pub async fn run(cmd: &Firewall, args: &Globals, out: &mut dyn Write) -> anyhow:
         }
         Firewall::List { action } => {
             let req = pb::ListFirewallRulesRequest {
-                action: action.map_or(0, |a| a.to_pb() as i32),
+                action: action.map_or(0, |a| pb::FirewallAction::from(a) as i32),
             };
             let mut stream = call(t, lbd.firewall.list_rules(req)).await?;
             let mut rules = Vec::new();

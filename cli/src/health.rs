@@ -192,12 +192,12 @@ pub async fn run(cmd: &HealthCommand, args: &Globals, out: &mut dyn Write) -> an
     let written = match cmd {
         HealthCommand::SetHealth { vip, health } => {
             let req = pb::SetVipHealthRequest {
-                vip: Some(vip.to_pb()),
+                vip: Some(pb::VipKey::from(vip)),
                 health: Some(pb::HealthCheck::from(health)),
             };
             let resp = call(t, lbd.vips.set_vip_health(req)).await?;
             let set = resp.vip.unwrap_or_else(|| pb::Vip {
-                key: Some(vip.to_pb()),
+                key: Some(pb::VipKey::from(vip)),
                 health: Some(pb::HealthCheck::from(health)),
                 ..Default::default()
             });
@@ -219,7 +219,7 @@ pub async fn run(cmd: &HealthCommand, args: &Globals, out: &mut dyn Write) -> an
         HealthCommand::Drain { vip, backend } | HealthCommand::Undrain { vip, backend } => {
             let drain = matches!(cmd, HealthCommand::Drain { .. });
             let (key, address, port) = (
-                Some(vip.to_pb()),
+                Some(pb::VipKey::from(vip)),
                 backend.ip().to_string(),
                 u32::from(backend.port()),
             );

@@ -125,7 +125,7 @@ mod tests {
     use tonic::{Request, Response, Status};
 
     use super::*;
-    use crate::highargs::{Mode, Proto, Target, VipKey};
+    use crate::highargs::{Mode, Protocol, Target, VipKey};
     use crate::output;
     use crate::pb;
     use crate::pb::vips_server::{Vips, VipsServer};
@@ -268,9 +268,9 @@ mod tests {
             Command::Vip(Vip::Add {
                 vip: VipKey {
                     addr: "10.0.0.11:53".parse().expect("addr"),
-                    proto: Proto::Udp,
+                    proto: Protocol::Udp,
                 },
-                mode: Mode::L2Dsr,
+                mode: Mode::L2dsr,
                 health: xdplb_model::health::HealthCheck::default(),
             }),
         )
@@ -294,7 +294,7 @@ mod tests {
             Command::Health(crate::health::HealthCommand::SetHealth {
                 vip: VipKey {
                     addr: "10.0.0.11:53".parse().expect("addr"),
-                    proto: Proto::Udp,
+                    proto: Protocol::Udp,
                 },
                 health: xdplb_model::health::HealthCheck {
                     kind: xdplb_model::health::HealthKind::Udp {
@@ -332,7 +332,7 @@ mod tests {
             Command::Vip(Vip::SetMode {
                 vip: VipKey {
                     addr: "10.0.0.10:80".parse().expect("addr"),
-                    proto: Proto::Tcp,
+                    proto: Protocol::Tcp,
                 },
                 mode: Mode::Ipip,
             }),
@@ -349,7 +349,7 @@ mod tests {
             Command::Vip(Vip::SetMode {
                 vip: VipKey {
                     addr: "10.0.0.10:80".parse().expect("addr"),
-                    proto: Proto::Tcp,
+                    proto: Protocol::Tcp,
                 },
                 mode: Mode::Nat,
             }),
@@ -363,7 +363,7 @@ mod tests {
         let missing = Command::Vip(Vip::Remove {
             vip: VipKey {
                 addr: "10.0.0.1:80".parse().expect("addr"),
-                proto: Proto::Tcp,
+                proto: Protocol::Tcp,
             },
         });
         let err = lbctl(&socket, false, missing).await.expect_err("not found");

@@ -33,15 +33,15 @@ pub enum Vip {
 /// The VIP in lbd's reply, or the requested one when the reply carries none.
 fn or_requested(reply: Option<pb::Vip>, vip: &VipKey, mode: Mode) -> pb::Vip {
     reply.unwrap_or_else(|| pb::Vip {
-        key: Some(vip.to_pb()),
-        mode: mode.to_pb() as i32,
+        key: Some(pb::VipKey::from(vip)),
+        mode: pb::ForwardingMode::from(mode) as i32,
         ..Default::default()
     })
 }
 
 /// `10.0.0.10:80/tcp` of the VIP in a reply (the requested key if the reply has none).
 fn label(reply: &pb::Vip, vip: &VipKey) -> String {
-    output::vip_label(&reply.key.clone().unwrap_or_else(|| vip.to_pb()))
+    output::vip_label(&reply.key.clone().unwrap_or_else(|| pb::VipKey::from(vip)))
 }
 
 /// Sends `cmd` to lbd and renders the reply.
@@ -52,8 +52,8 @@ pub async fn run(cmd: &Vip, args: &Globals, out: &mut dyn Write) -> anyhow::Resu
     let written = match cmd {
         Vip::Add { vip, mode, health } => {
             let req = pb::AddVipRequest {
-                vip: Some(vip.to_pb()),
-                mode: mode.to_pb() as i32,
+                vip: Some(pb::VipKey::from(vip)),
+                mode: pb::ForwardingMode::from(*mode) as i32,
                 health: health.is_checked().then(|| pb::HealthCheck::from(health)),
             };
             let added = call(t, lbd.vips.add_vip(req)).await?;
@@ -77,7 +77,7 @@ pub async fn run(cmd: &Vip, args: &Globals, out: &mut dyn Write) -> anyhow::Resu
         }
         Vip::Remove { vip } => {
             let req = pb::RemoveVipRequest {
-                vip: Some(vip.to_pb()),
+                vip: Some(pb::VipKey::from(vip)),
             };
             call(t, lbd.vips.remove_vip(req)).await?;
             if json {
@@ -88,8 +88,8 @@ pub async fn run(cmd: &Vip, args: &Globals, out: &mut dyn Write) -> anyhow::Resu
         }
         Vip::SetMode { vip, mode } => {
             let req = pb::SetVipModeRequest {
-                vip: Some(vip.to_pb()),
-                mode: mode.to_pb() as i32,
+                vip: Some(pb::VipKey::from(vip)),
+                mode: pb::ForwardingMode::from(*mode) as i32,
             };
             let resp = call(t, lbd.vips.set_vip_mode(req)).await?;
             let set = or_requested(resp.vip, vip, *mode);
