@@ -442,11 +442,10 @@ mod tests {
 
     use std::net::Ipv4Addr;
 
-    use ::tokio_stream::wrappers::UnixListenerStream;
+    use tonic::service::Routes;
     use tonic::{Request, Response, Status, Streaming};
 
     use super::*;
-    use crate::highargs::Target;
     use crate::pb::firewall_server::{Firewall as FirewallApi, FirewallServer};
 
     fn p(s: &str) -> Ipv4Net {
@@ -615,13 +614,8 @@ mod tests {
     }
 
     async fn lbctl(socket: &Path, json: bool, cmd: Firewall) -> anyhow::Result<String> {
-        let args = Globals {
-            target: Target::Unix(socket.to_path_buf()),
-            json,
-            timeout: Duration::from_secs(5),
-        };
         let mut buf = Vec::new();
-        run(&cmd, &args, &mut buf).await?;
+        run(&cmd, &crate::testlbd::globals(socket, json), &mut buf).await?;
         Ok(String::from_utf8(buf)?)
     }
 
@@ -629,13 +623,8 @@ mod tests {
     async fn lists_are_streamed_in_chunks_and_rules_listed() {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("lbd.sock");
-        let listener = tokio::net::UnixListener::bind(&socket).expect("bind");
         let fake = std::sync::Arc::new(FakeFirewall::default());
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(FirewallServer::from_arc(fake.clone()))
-                .serve_with_incoming(UnixListenerStream::new(listener)),
-        );
+        crate::testlbd::serve(&socket, Routes::new(FirewallServer::from_arc(fake.clone())));
 
         // 20,000 /32s: three messages, the first carrying the list being replaced.
         let file = dir.path().join("drop.txt");

@@ -13,6 +13,8 @@ mod man;
 mod output;
 mod ratelimit;
 mod stats;
+#[cfg(test)]
+mod testlbd;
 mod top;
 mod vip;
 
@@ -121,11 +123,11 @@ mod tests {
 
     use std::{path::Path, sync::Mutex, time::Duration};
 
-    use tokio_stream::wrappers::UnixListenerStream;
+    use tonic::service::Routes;
     use tonic::{Request, Response, Status};
 
     use super::*;
-    use crate::highargs::{Mode, Protocol, Target, VipKey};
+    use crate::highargs::{Mode, Protocol, VipKey};
     use crate::output;
     use crate::pb;
     use crate::pb::vips_server::{Vips, VipsServer};
@@ -217,23 +219,9 @@ mod tests {
         }
     }
 
-    fn serve(path: &Path, fake: FakeVips) {
-        let listener = tokio::net::UnixListener::bind(path).expect("bind test socket");
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(VipsServer::new(fake))
-                .serve_with_incoming(UnixListenerStream::new(listener)),
-        );
-    }
-
     async fn lbctl(socket: &Path, json: bool, command: Command) -> anyhow::Result<String> {
-        let args = Globals {
-            target: Target::Unix(socket.to_path_buf()),
-            json,
-            timeout: Duration::from_secs(5),
-        };
         let mut buf = Vec::new();
-        run(&command, &args, &mut buf).await?;
+        run(&command, &testlbd::globals(socket, json), &mut buf).await?;
         Ok(String::from_utf8(buf)?)
     }
 
@@ -260,7 +248,7 @@ mod tests {
                 ..Default::default()
             }),
         });
-        serve(&socket, fake);
+        testlbd::serve(&socket, Routes::new(VipsServer::new(fake)));
 
         let added = lbctl(
             &socket,
