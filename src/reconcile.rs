@@ -47,9 +47,14 @@ struct IdPool {
 
 impl IdPool {
     fn new(what: &'static str, limit: usize) -> Self {
+        Self::starting_at(what, 0, limit)
+    }
+
+    /// A pool of the ids `first..limit`.
+    fn starting_at(what: &'static str, first: u32, limit: usize) -> Self {
         Self {
             what,
-            next: 0,
+            next: first,
             limit: limit as u32,
             free: VecDeque::new(),
         }

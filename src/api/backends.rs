@@ -6,7 +6,7 @@ use tonic::{Request, Response, Status};
 
 use super::{invalid, ApiError};
 use crate::controller::Controller;
-use crate::controller::Reader;
+use crate::controller::{ChangeError, Reader};
 use crate::reconcile::ReconcileError;
 use xdplb_model::state::{State, StateError, VipKey, DEFAULT_WEIGHT, MAX_WEIGHT};
 use xdplb_proto::convert::{parse_ipv4, parse_port, parse_vip_key};
@@ -23,6 +23,32 @@ impl BackendsService {
 
     async fn describe(&self, vip: VipKey, addr: SocketAddrV4) -> pb::Backend {
         self.ctl.read(|s, r| pb_backend(s, r, &vip, addr)).await
+    }
+
+    /// A VIP that must exist; when it is an L2 DSR VIP, `addrs` must be on a directly connected
+    /// subnet (naming `field(i)` for the first that is not).
+    async fn check_l2dsr(
+        &self,
+        vip: &VipKey,
+        field: impl Fn(usize) -> String,
+        addrs: &[SocketAddrV4],
+    ) -> Result<(), ApiError> {
+        let mode = self.ctl.read(|s, _| s.vip(vip).map(|v| v.mode)).await?;
+        if mode == xdplb_model::state::Mode::L2dsr {
+            super::vips::check_l2dsr_backends(field, addrs).await?;
+        }
+        Ok(())
+    }
+
+    /// Makes the change `f` to backend `addr` of `vip`, then describes the backend as it is now.
+    async fn change_backend<T, E>(
+        &self,
+        vip: VipKey,
+        addr: SocketAddrV4,
+        f: impl FnOnce(&mut State) -> Result<T, E>,
+    ) -> Result<(T, pb::Backend), ChangeError<E>> {
+        let out = self.ctl.change(f).await?;
+        Ok((out, self.describe(vip, addr).await))
     }
 }
 
@@ -56,6 +82,18 @@ fn parse_backend(field: &str, address: &str, port: u32) -> Result<SocketAddrV4, 
     Ok(SocketAddrV4::new(
         ip,
         parse_port(&format!("{field}port"), port)?,
+    ))
+}
+
+/// The VIP and backend a request names (`vip`, `address`, `port`).
+fn parse_target(
+    vip: Option<&pb::VipKey>,
+    address: &str,
+    port: u32,
+) -> Result<(VipKey, SocketAddrV4), ApiError> {
+    Ok((
+        parse_vip_key("vip", vip)?,
+        parse_backend("", address, port)?,
     ))
 }
 
@@ -148,18 +186,11 @@ impl Backends for BackendsService {
         request: Request<pb::AddBackendRequest>,
     ) -> Result<Response<pb::AddBackendResponse>, Status> {
         let (vip, addr, weight) = validate_add(request.get_ref())?;
-        let mode = self
-            .ctl
-            .read(|s, _| s.vip(&vip).map(|v| v.mode))
-            .await
-            .map_err(ApiError::from)?;
-        if mode == xdplb_model::state::Mode::L2dsr {
-            super::vips::check_l2dsr_backends(|_| "backend.address".to_string(), &[addr]).await?;
-        }
-        self.ctl
-            .change(|s| s.add_backend(&vip, addr, weight))
+        self.check_l2dsr(&vip, |_| "backend.address".to_string(), &[addr])
             .await?;
-        let backend = self.describe(vip, addr).await;
+        let ((), backend) = self
+            .change_backend(vip, addr, |s| s.add_backend(&vip, addr, weight))
+            .await?;
         tracing::info!(%vip, backend = %addr, weight, id = backend.id, "backend added");
         Ok(Response::new(pb::AddBackendResponse {
             backend: Some(backend),
@@ -171,15 +202,9 @@ impl Backends for BackendsService {
         request: Request<pb::AddBackendsRequest>,
     ) -> Result<Response<pb::AddBackendsResponse>, Status> {
         let (vip, backends) = validate_add_many(request.get_ref())?;
-        let mode = self
-            .ctl
-            .read(|s, _| s.vip(&vip).map(|v| v.mode))
-            .await
-            .map_err(ApiError::from)?;
-        if mode == xdplb_model::state::Mode::L2dsr {
-            let addrs: Vec<SocketAddrV4> = backends.iter().map(|(a, _)| *a).collect();
-            super::vips::check_l2dsr_backends(|i| format!("backends[{i}].address"), &addrs).await?;
-        }
+        let addrs: Vec<SocketAddrV4> = backends.iter().map(|(a, _)| *a).collect();
+        self.check_l2dsr(&vip, |i| format!("backends[{i}].address"), &addrs)
+            .await?;
         // One change: applied to a copy of the state, reconciled once (one Maglev rebuild, one
         // ring update), saved once; any refusal leaves state, maps and file as they were.
         self.ctl.change(|s| add_many(s, &vip, &backends)).await?;
@@ -201,8 +226,7 @@ impl Backends for BackendsService {
         request: Request<pb::RemoveBackendRequest>,
     ) -> Result<Response<pb::RemoveBackendResponse>, Status> {
         let req = request.get_ref();
-        let vip = parse_vip_key("vip", req.vip.as_ref())?;
-        let addr = parse_backend("", &req.address, req.port)?;
+        let (vip, addr) = parse_target(req.vip.as_ref(), &req.address, req.port)?;
         let id = self.ctl.read(|_, r| r.backend_id(&vip, &addr)).await;
         self.ctl.change(|s| s.remove_backend(&vip, addr)).await?;
         tracing::info!(%vip, backend = %addr, id = id.unwrap_or_default(), "backend removed");
@@ -214,13 +238,11 @@ impl Backends for BackendsService {
         request: Request<pb::SetBackendWeightRequest>,
     ) -> Result<Response<pb::SetBackendWeightResponse>, Status> {
         let req = request.get_ref();
-        let vip = parse_vip_key("vip", req.vip.as_ref())?;
-        let addr = parse_backend("", &req.address, req.port)?;
+        let (vip, addr) = parse_target(req.vip.as_ref(), &req.address, req.port)?;
         let weight = validate_weight("weight", req.weight)?;
-        self.ctl
-            .change(|s| s.set_weight(&vip, addr, weight))
+        let ((), backend) = self
+            .change_backend(vip, addr, |s| s.set_weight(&vip, addr, weight))
             .await?;
-        let backend = self.describe(vip, addr).await;
         tracing::info!(%vip, backend = %addr, weight, id = backend.id, "backend weight set");
         Ok(Response::new(pb::SetBackendWeightResponse {
             backend: Some(backend),
@@ -263,10 +285,10 @@ impl Backends for BackendsService {
         request: Request<pb::DrainBackendRequest>,
     ) -> Result<Response<pb::DrainBackendResponse>, Status> {
         let req = request.get_ref();
-        let vip = parse_vip_key("vip", req.vip.as_ref())?;
-        let addr = parse_backend("", &req.address, req.port)?;
-        let before = self.ctl.change(|s| s.drain(&vip, addr)).await?;
-        let backend = self.describe(vip, addr).await;
+        let (vip, addr) = parse_target(req.vip.as_ref(), &req.address, req.port)?;
+        let (before, backend) = self
+            .change_backend(vip, addr, |s| s.drain(&vip, addr))
+            .await?;
         tracing::info!(%vip, backend = %addr, weight_before = before, id = backend.id,
             "backend drained: no new flows, tracked flows go on until they end");
         Ok(Response::new(pb::DrainBackendResponse {
@@ -279,10 +301,10 @@ impl Backends for BackendsService {
         request: Request<pb::UndrainBackendRequest>,
     ) -> Result<Response<pb::UndrainBackendResponse>, Status> {
         let req = request.get_ref();
-        let vip = parse_vip_key("vip", req.vip.as_ref())?;
-        let addr = parse_backend("", &req.address, req.port)?;
-        let weight = self.ctl.change(|s| s.undrain(&vip, addr)).await?;
-        let backend = self.describe(vip, addr).await;
+        let (vip, addr) = parse_target(req.vip.as_ref(), &req.address, req.port)?;
+        let (weight, backend) = self
+            .change_backend(vip, addr, |s| s.undrain(&vip, addr))
+            .await?;
         tracing::info!(%vip, backend = %addr, weight, id = backend.id, "backend undrained: weight restored");
         Ok(Response::new(pb::UndrainBackendResponse {
             backend: Some(backend),

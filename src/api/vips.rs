@@ -3,9 +3,9 @@
 use tonic::{Request, Response, Status};
 
 use super::{invalid, ApiError};
-use crate::controller::Controller;
+use crate::controller::{Controller, Reader};
 use xdplb_model::health::HealthCheck;
-use xdplb_model::state::{Mode, VipKey};
+use xdplb_model::state::{Mode, VipKey, VipState};
 use xdplb_proto::convert::{parse_mode, parse_vip_key};
 use xdplb_proto::pb::{self, vips_server::Vips};
 
@@ -16,6 +16,24 @@ pub(crate) struct VipsService {
 impl VipsService {
     pub(crate) fn new(ctl: Controller) -> Self {
         Self { ctl }
+    }
+
+    /// The VIP `key` as it is now (None: there is none).
+    async fn describe(&self, key: &VipKey) -> Option<pb::Vip> {
+        self.ctl
+            .read(|s, r| s.vips.get(key).map(|v| pb_vip(key, v, r)))
+            .await
+    }
+}
+
+/// A VIP as the API shows it.
+fn pb_vip(key: &VipKey, v: &VipState, r: &Reader<'_>) -> pb::Vip {
+    pb::Vip {
+        key: Some(pb::VipKey::from(key)),
+        mode: pb::ForwardingMode::from(v.mode) as i32,
+        id: r.vip_id(key).unwrap_or_default(),
+        backends: v.backends.len() as u32,
+        health: Some(pb::HealthCheck::from(&v.health)),
     }
 }
 
@@ -95,18 +113,7 @@ impl Vips for VipsService {
         }
         let from = self.ctl.read(|s, _| s.vips.get(&key).map(|v| v.mode)).await;
         self.ctl.change(|s| s.set_mode(&key, mode)).await?;
-        let vip = self
-            .ctl
-            .read(|s, r| {
-                s.vips.get(&key).map(|v| pb::Vip {
-                    key: Some(pb::VipKey::from(&key)),
-                    mode: pb::ForwardingMode::from(v.mode) as i32,
-                    id: r.vip_id(&key).unwrap_or_default(),
-                    backends: v.backends.len() as u32,
-                    health: Some(pb::HealthCheck::from(&v.health)),
-                })
-            })
-            .await;
+        let vip = self.describe(&key).await;
         tracing::info!(
             vip = %key,
             id = vip.as_ref().map(|v| v.id).unwrap_or_default(),
@@ -131,18 +138,7 @@ impl Vips for VipsService {
         let shown = health.to_string();
         self.ctl.change(|s| s.set_health(&key, health)).await?;
         tracing::info!(vip = %key, health = %shown, "vip health check set: backends keep their status, counting starts over");
-        let vip = self
-            .ctl
-            .read(|s, r| {
-                s.vips.get(&key).map(|v| pb::Vip {
-                    key: Some(pb::VipKey::from(&key)),
-                    mode: pb::ForwardingMode::from(v.mode) as i32,
-                    id: r.vip_id(&key).unwrap_or_default(),
-                    backends: v.backends.len() as u32,
-                    health: Some(pb::HealthCheck::from(&v.health)),
-                })
-            })
-            .await;
+        let vip = self.describe(&key).await;
         Ok(Response::new(pb::SetVipHealthResponse { vip }))
     }
 
@@ -156,13 +152,7 @@ impl Vips for VipsService {
                 state
                     .vips
                     .iter()
-                    .map(|(key, v)| pb::Vip {
-                        key: Some(pb::VipKey::from(key)),
-                        mode: pb::ForwardingMode::from(v.mode) as i32,
-                        id: r.vip_id(key).unwrap_or_default(),
-                        backends: v.backends.len() as u32,
-                        health: Some(pb::HealthCheck::from(&v.health)),
-                    })
+                    .map(|(key, v)| pb_vip(key, v, r))
                     .collect()
             })
             .await;

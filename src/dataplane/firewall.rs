@@ -11,7 +11,7 @@ use ipnet::Ipv4Net;
 use libbpf_rs::{MapCore, MapFlags};
 
 use super::maps::{bytes_of, from_bytes};
-use super::{bpf_err, Dataplane, DataplaneError};
+use super::{bpf_err, size_map, Dataplane, DataplaneError};
 use crate::skel::{types, OpenLbSkel};
 use tables::{Plan, Slots, Tables, DEEPER, L2_ENTRIES, SLOTS};
 use xdplb_model::firewall::{Action, Scope};
@@ -45,26 +45,15 @@ pub(super) fn prepare(
 ) -> Result<(), DataplaneError> {
     let off = capacity == 0;
     let rules = capacity.max(1);
-    open.maps
-        .fw_l2
-        .set_max_entries(if off { 1 } else { L2_ENTRIES as u32 })
-        .map_err(bpf_err("sizing fw_l2"))?;
-    open.maps
-        .fw_rules
-        .set_max_entries(rules)
-        .map_err(bpf_err("sizing fw_rules"))?;
-    open.maps
-        .fw_l3
-        .set_max_entries(rules.saturating_mul(2))
-        .map_err(bpf_err("sizing fw_l3"))?;
-    open.maps
-        .fw_v6
-        .set_max_entries(rules)
-        .map_err(bpf_err("sizing fw_v6"))?;
-    open.maps
-        .fw_hits
-        .set_max_entries(rules)
-        .map_err(bpf_err("sizing fw_hits"))?;
+    size_map(
+        &mut open.maps.fw_l2,
+        if off { 1 } else { L2_ENTRIES as u32 },
+        "fw_l2",
+    )?;
+    size_map(&mut open.maps.fw_rules, rules, "fw_rules")?;
+    size_map(&mut open.maps.fw_l3, rules.saturating_mul(2), "fw_l3")?;
+    size_map(&mut open.maps.fw_v6, rules, "fw_v6")?;
+    size_map(&mut open.maps.fw_hits, rules, "fw_hits")?;
     let rodata = open
         .maps
         .rodata_data
@@ -455,13 +444,7 @@ pub(crate) struct FirewallWriter<'a> {
     r: FirewallMaps<'a>,
 }
 
-impl<'a> std::ops::Deref for FirewallWriter<'a> {
-    type Target = FirewallMaps<'a>;
-
-    fn deref(&self) -> &FirewallMaps<'a> {
-        &self.r
-    }
-}
+super::derefs_to_reader!(FirewallWriter => FirewallMaps);
 
 impl FirewallWriter<'_> {
     /// Writes the record of rules: `(id, Some(rule))` for rules in use, `(id, None)` for ids

@@ -297,13 +297,7 @@ pub struct MapWriter<'a> {
     r: Maps<'a>,
 }
 
-impl<'a> std::ops::Deref for MapWriter<'a> {
-    type Target = Maps<'a>;
-
-    fn deref(&self) -> &Maps<'a> {
-        &self.r
-    }
-}
+super::derefs_to_reader!(MapWriter => Maps);
 
 impl<'a> MapWriter<'a> {
     pub(super) fn new(m: &'a LbMaps<'static>) -> Self {

@@ -1,6 +1,20 @@
 //! The loaded XDP program: opening the skeleton, sizing and pinning its maps, attaching it to
 //! interfaces through bpf_links, and detaching and unpinning on shutdown.
 
+/// A map writer derefs to its reader: whoever may write may also read.
+macro_rules! derefs_to_reader {
+    ($writer:ident => $reader:ident) => {
+        impl<'a> std::ops::Deref for $writer<'a> {
+            type Target = $reader<'a>;
+
+            fn deref(&self) -> &$reader<'a> {
+                &self.r
+            }
+        }
+    };
+}
+pub(crate) use derefs_to_reader;
+
 pub mod firewall;
 pub mod maps;
 pub mod ratelimit;
@@ -102,6 +116,16 @@ pub fn program_maps(
     Ok(out)
 }
 
+/// Sets how many entries a map gets, before the program is loaded.
+pub(crate) fn size_map(
+    map: &mut libbpf_rs::OpenMapMut<'_>,
+    entries: u32,
+    name: &str,
+) -> Result<(), DataplaneError> {
+    map.set_max_entries(entries)
+        .map_err(bpf_err(format!("sizing {name}")))
+}
+
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> DataplaneError {
     let what = what.into();
     move |source| DataplaneError::Io { what, source }
@@ -181,14 +205,8 @@ impl Dataplane {
             .open(storage)
             .map_err(bpf_err("opening the BPF object"))?;
         let ct = opts.conntrack_size;
-        open.maps
-            .ct_fwd
-            .set_max_entries(ct)
-            .map_err(bpf_err("sizing ct_fwd"))?;
-        open.maps
-            .ct_rev
-            .set_max_entries(ct)
-            .map_err(bpf_err("sizing ct_rev"))?;
+        size_map(&mut open.maps.ct_fwd, ct, "ct_fwd")?;
+        size_map(&mut open.maps.ct_rev, ct, "ct_rev")?;
         firewall::prepare(&mut open, opts.firewall_capacity, opts.firewall_scope)?;
         ratelimit::prepare(&mut open, opts.ratelimit_clients)?;
         let mut adopted = false;

@@ -190,13 +190,7 @@ pub(crate) struct RateLimitWriter<'a> {
     r: RateLimitMaps<'a>,
 }
 
-impl<'a> std::ops::Deref for RateLimitWriter<'a> {
-    type Target = RateLimitMaps<'a>;
-
-    fn deref(&self) -> &RateLimitMaps<'a> {
-        &self.r
-    }
-}
+super::derefs_to_reader!(RateLimitWriter => RateLimitMaps);
 
 impl RateLimitWriter<'_> {
     /// Writes policy `id` (one map update).

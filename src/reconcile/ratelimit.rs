@@ -2,54 +2,18 @@
 //! policies written before the prefixes that point to them, prefixes removed before their ids
 //! are freed.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
 use ipnet::Ipv4Net;
 
-use super::ReconcileError;
+use super::{IdPool, ReconcileError};
 use crate::dataplane::ratelimit::RateLimitWriter;
 use crate::dataplane::Dataplane;
 use xdplb_model::ratelimit::{Policy, RateLimits, MAX_POLICIES};
 
-/// Override policy ids (1..MAX_POLICIES; 0 is the default policy). A freed id goes to the back of
-/// the queue, so it is reused as late as possible.
-#[derive(Debug)]
-struct PolicyIds {
-    next: u32,
-    free: VecDeque<u32>,
-}
-
-impl PolicyIds {
-    fn new() -> Self {
-        Self {
-            next: 1,
-            free: VecDeque::new(),
-        }
-    }
-
-    fn take(&mut self) -> Result<u32, ReconcileError> {
-        if (self.next as usize) < MAX_POLICIES {
-            self.next += 1;
-            return Ok(self.next - 1);
-        }
-        self.free
-            .pop_front()
-            .ok_or(ReconcileError::NoFreeId("rate-limit policy"))
-    }
-
-    fn give_back(&mut self, id: u32) {
-        self.free.push_back(id);
-    }
-
-    /// Marks `id` as in use (a prefix a previous lbd left in pinned maps).
-    fn reserve(&mut self, id: u32) {
-        if id >= self.next {
-            self.free.extend(self.next..id);
-            self.next = id + 1;
-        } else {
-            self.free.retain(|f| *f != id);
-        }
-    }
+/// Override policy ids (1..MAX_POLICIES; 0 is the default policy), reused as late as possible.
+fn policy_ids() -> IdPool {
+    IdPool::starting_at("rate-limit policy", 1, MAX_POLICIES)
 }
 
 /// What the rate limiter's maps hold.
@@ -59,7 +23,7 @@ pub struct AppliedRateLimits {
     default: Option<(Policy, bool)>,
     /// Prefix -> (policy id, policy written; `None`: adopted from pinned maps, to be rewritten).
     overrides: BTreeMap<Ipv4Net, (u32, Option<Policy>)>,
-    ids: PolicyIds,
+    ids: IdPool,
 }
 
 impl Default for AppliedRateLimits {
@@ -73,7 +37,7 @@ impl AppliedRateLimits {
         Self {
             default: None,
             overrides: BTreeMap::new(),
-            ids: PolicyIds::new(),
+            ids: policy_ids(),
         }
     }
 
@@ -194,7 +158,7 @@ mod tests {
 
     #[test]
     fn policy_ids_skip_the_default_and_reuse_late() {
-        let mut p = PolicyIds::new();
+        let mut p = policy_ids();
         assert_eq!(p.take().ok(), Some(1));
         assert_eq!(p.take().ok(), Some(2));
         p.give_back(1);
@@ -202,7 +166,7 @@ mod tests {
         p.reserve(7);
         let next: Vec<u32> = (0..5).filter_map(|_| p.take().ok()).collect();
         assert_eq!(next, vec![8, 9, 10, 11, 12]);
-        let mut full = PolicyIds::new();
+        let mut full = policy_ids();
         for _ in 1..MAX_POLICIES {
             full.take().expect("room");
         }
