@@ -2,7 +2,8 @@
 //! The only place where map keys and values are turned into bytes.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::ptr::NonNull;
 use std::time::Duration;
 
 use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
@@ -536,40 +537,55 @@ fn mmapped_ring(table: &[u32]) -> Result<MapHandle, DataplaneError> {
     let len = table.len() as u32;
     let ring = new_ring(len, libbpf_sys::BPF_F_MMAPABLE)
         .map_err(bpf_err(format!("creating a Maglev ring of {len} slots")))?;
-    // An array map stores each value in round_up(value_size, 8) bytes: slot i is the first 4
-    // bytes of the 8 at offset 8 * i (the other 4 stay zero, as created).
-    const ELEM: usize = 8;
+    let (p, size) = mmap_ring(ring.as_fd(), table.len())?;
+    // SAFETY: the mapping is `size >= table.len() * RING_ELEM` bytes, page-aligned (so
+    // u32-aligned), writable and private to this function until munmap.
+    unsafe {
+        let slots = p.as_ptr().cast::<u32>();
+        for (i, id) in table.iter().enumerate() {
+            slots.add(i * (RING_ELEM / 4)).write(*id);
+        }
+        libc::munmap(p.as_ptr().cast(), size);
+    }
+    Ok(ring)
+}
+
+/// Bytes per slot of a ring map: an array map stores each value in round_up(value_size, 8)
+/// bytes, so slot i is the first 4 bytes of the 8 at offset 8 * i (the other 4 stay zero).
+pub(crate) const RING_ELEM: usize = 8;
+
+/// Maps the whole value area of the mmapable ring map `fd` of `slots` slots, read-write and
+/// shared; returns the mapping and its length (page-rounded, as the kernel requires), for the
+/// caller to `munmap`.
+pub(crate) fn mmap_ring(
+    fd: BorrowedFd<'_>,
+    slots: usize,
+) -> Result<(NonNull<u8>, usize), DataplaneError> {
+    let failed = |source| DataplaneError::Io {
+        what: "mapping a Maglev ring into memory".into(),
+        source,
+    };
     // SAFETY: sysconf has no preconditions.
     let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
-    let size = (table.len() * ELEM).div_ceil(page) * page;
-    // SAFETY: maps `size` bytes (the map's whole value area, page-rounded as the kernel
-    // requires) of a map fd we own; checked for MAP_FAILED below and unmapped before return.
+    let len = (slots * RING_ELEM).div_ceil(page) * page;
+    // SAFETY: maps `len` bytes (the map's whole value area, page-rounded) of a valid map fd;
+    // checked for MAP_FAILED below; the caller unmaps it.
     let p = unsafe {
         libc::mmap(
             std::ptr::null_mut(),
-            size,
+            len,
             libc::PROT_READ | libc::PROT_WRITE,
             libc::MAP_SHARED,
-            ring.as_fd().as_raw_fd(),
+            fd.as_raw_fd(),
             0,
         )
     };
     if p == libc::MAP_FAILED {
-        return Err(DataplaneError::Io {
-            what: "mapping a Maglev ring into memory".into(),
-            source: std::io::Error::last_os_error(),
-        });
+        return Err(failed(std::io::Error::last_os_error()));
     }
-    // SAFETY: the mapping is `size >= table.len() * ELEM` bytes, page-aligned (so u32-aligned),
-    // writable and private to this function until munmap.
-    unsafe {
-        let slots = p.cast::<u32>();
-        for (i, id) in table.iter().enumerate() {
-            slots.add(i * (ELEM / 4)).write(*id);
-        }
-        libc::munmap(p, size);
-    }
-    Ok(ring)
+    let base = NonNull::new(p.cast::<u8>())
+        .ok_or_else(|| failed(std::io::Error::other("mmap returned a null pointer")))?;
+    Ok((base, len))
 }
 
 /// A ring filled by one batch update (the kernel still updates slot by slot: ~28 ms for 65,537

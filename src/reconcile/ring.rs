@@ -19,19 +19,17 @@
 //! not mmapable cannot be mapped: those VIPs keep the swap path.
 
 use std::collections::HashMap;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
 
+use crate::dataplane::maps::{mmap_ring, RING_ELEM as ELEM};
 use crate::dataplane::{bpf_err, DataplaneError};
 
 /// Name of the outer map in `bpf/maps.h`.
 const OUTER: &str = "maglev_rings";
-/// Bytes per slot in an array map's value area: `round_up(value_size, 8)` for 4-byte values;
-/// slot `i` is the first 4 bytes of the 8 at offset `8 * i`.
-const ELEM: usize = 8;
 
 /// The mapped rings, by VIP id.
 #[derive(Default)]
@@ -162,31 +160,8 @@ unsafe impl Send for MappedRing {}
 
 impl MappedRing {
     fn new(map: MapHandle, map_id: u32, slots: usize) -> Result<Self, DataplaneError> {
-        // SAFETY: sysconf has no preconditions.
-        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
-        let len = (slots * ELEM).div_ceil(page) * page;
-        // SAFETY: maps `len` bytes (the map's whole value area, page-rounded as the kernel
-        // requires) of a map fd we hold; checked for MAP_FAILED below, unmapped in Drop.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                map.as_fd().as_raw_fd(),
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(DataplaneError::Io {
-                what: "mapping a Maglev ring into memory".into(),
-                source: std::io::Error::last_os_error(),
-            });
-        }
-        let base = NonNull::new(p.cast::<u8>()).ok_or_else(|| DataplaneError::Io {
-            what: "mapping a Maglev ring into memory".into(),
-            source: std::io::Error::other("mmap returned a null pointer"),
-        })?;
+        // Unmapped in Drop.
+        let (base, len) = mmap_ring(map.as_fd(), slots)?;
         Ok(Self {
             _map: map,
             map_id,
