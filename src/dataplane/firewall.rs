@@ -439,12 +439,10 @@ impl FirewallMaps<'_> {
     }
 }
 
-/// Writes to the firewall maps: only from `&mut Dataplane` ([`Dataplane::firewall_mut`]).
-pub(crate) struct FirewallWriter<'a> {
-    r: FirewallMaps<'a>,
+super::map_writer! {
+    /// Writes to the firewall maps: only from `&mut Dataplane` ([`Dataplane::firewall_mut`]).
+    pub(crate) struct FirewallWriter => FirewallMaps
 }
-
-super::derefs_to_reader!(FirewallWriter => FirewallMaps);
 
 impl FirewallWriter<'_> {
     /// Writes the record of rules: `(id, Some(rule))` for rules in use, `(id, None)` for ids

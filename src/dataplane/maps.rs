@@ -292,13 +292,11 @@ impl<'a> Maps<'a> {
     }
 }
 
-/// Writes to the maps: only from `&mut Dataplane` ([`super::Dataplane::maps_mut`]), so only the
-/// owner of the data plane (the reconciler; lbd before it starts) can change what the program sees.
-pub struct MapWriter<'a> {
-    r: Maps<'a>,
+super::map_writer! {
+    /// Writes to the maps: only from `&mut Dataplane` ([`super::Dataplane::maps_mut`]), so only the
+    /// owner of the data plane (the reconciler; lbd before it starts) can change what the program sees.
+    pub struct MapWriter => Maps
 }
-
-super::derefs_to_reader!(MapWriter => Maps);
 
 impl<'a> MapWriter<'a> {
     pub(super) fn new(m: &'a LbMaps<'static>) -> Self {

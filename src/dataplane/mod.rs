@@ -1,9 +1,15 @@
 //! The loaded XDP program: opening the skeleton, sizing and pinning its maps, attaching it to
 //! interfaces through bpf_links, and detaching and unpinning on shutdown.
 
-/// A map writer derefs to its reader: whoever may write may also read.
-macro_rules! derefs_to_reader {
-    ($writer:ident => $reader:ident) => {
+/// Declares the writer of a typed map view: it holds the reader and derefs to it (whoever may
+/// write may also read); only `&mut Dataplane` hands one out.
+macro_rules! map_writer {
+    ($(#[$m:meta])* $vis:vis struct $writer:ident => $reader:ident) => {
+        $(#[$m])*
+        $vis struct $writer<'a> {
+            r: $reader<'a>,
+        }
+
         impl<'a> std::ops::Deref for $writer<'a> {
             type Target = $reader<'a>;
 
@@ -13,7 +19,7 @@ macro_rules! derefs_to_reader {
         }
     };
 }
-pub(crate) use derefs_to_reader;
+pub(crate) use map_writer;
 
 pub mod firewall;
 pub mod maps;

@@ -185,12 +185,10 @@ impl RateLimitMaps<'_> {
     }
 }
 
-/// Writes to the rate limiter's maps: only from `&mut Dataplane` ([`Dataplane::ratelimit_mut`]).
-pub(crate) struct RateLimitWriter<'a> {
-    r: RateLimitMaps<'a>,
+super::map_writer! {
+    /// Writes to the rate limiter's maps: only from `&mut Dataplane` ([`Dataplane::ratelimit_mut`]).
+    pub(crate) struct RateLimitWriter => RateLimitMaps
 }
-
-super::derefs_to_reader!(RateLimitWriter => RateLimitMaps);
 
 impl RateLimitWriter<'_> {
     /// Writes policy `id` (one map update).
