@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::{invalid, ApiError};
 use crate::controller::Controller;
-use xdplb_model::firewall::{parse_cidr, Action, RuleBatch};
+use xdplb_model::firewall::{Action, Rule, RuleBatch};
 use xdplb_proto::convert::parse_action;
 use xdplb_proto::pb::{self, firewall_server::Firewall};
 
@@ -61,9 +61,8 @@ impl Collector {
     fn take(&mut self, rules: &[pb::FirewallRule]) -> Result<(), ApiError> {
         for rule in rules {
             let i = self.next_index;
-            let net = parse_cidr(&rule.cidr)
-                .map_err(|e| invalid(format!("rules[{i}].cidr"), e.to_string()))?;
-            let action = parse_action(format!("rules[{i}].action"), rule.action)?;
+            let Rule { net, action } =
+                Rule::try_from(rule).map_err(|e| e.within(&format!("rules[{i}]")))?;
             self.batch
                 .push(i, net, action)
                 .map_err(|e| invalid(format!("rules[{}].{}", e.index, e.field), e.message))?;

@@ -7,8 +7,8 @@ use tonic::{Request, Response, Status};
 use super::{invalid, ApiError};
 use crate::controller::{Controller, PolicyCounters};
 use crate::reconcile::ReconcileError;
-use xdplb_model::ratelimit::{parse_cidr, Policy, MAX_BURST, MAX_RATE};
-use xdplb_proto::convert::parse_scope;
+use xdplb_model::ratelimit::{CidrPolicy, Policy};
+use xdplb_proto::convert::parse_rate_limit_cidr;
 use xdplb_proto::pb::{self, rate_limits_server::RateLimits};
 
 /// Clients TopLimitedClients returns when the request says 0.
@@ -26,51 +26,12 @@ impl RateLimitsService {
     }
 }
 
-/// `""` is the default policy; anything else must be a prefix an override can use.
-fn parse_target(field: &str, cidr: &str) -> Result<Option<Ipv4Net>, ApiError> {
-    if cidr.is_empty() {
-        return Ok(None);
-    }
-    parse_cidr(cidr)
-        .map(Some)
-        .map_err(|e| invalid(field, e.to_string()))
-}
-
-fn parse_count(field: &str, v: i64, max: u64, unit: &str) -> Result<u64, ApiError> {
-    let n = u64::try_from(v).map_err(|_| invalid(field, format!("{v} is negative")))?;
-    if n > max {
-        return Err(invalid(
-            field,
-            format!("{n} is above the maximum {max} {unit}"),
-        ));
-    }
-    Ok(n)
-}
-
-/// Checks the whole request before anything changes.
-fn validate_set(req: &pb::SetRateLimitRequest) -> Result<(Option<Ipv4Net>, Policy), ApiError> {
-    let p = req
-        .policy
-        .as_ref()
-        .ok_or_else(|| invalid("policy", "missing"))?;
-    let cidr = parse_target("policy.cidr", &p.cidr)?;
-    let rate = parse_count("policy.rate", p.rate, MAX_RATE, "packets/s")?;
-    let burst = parse_count("policy.burst", p.burst, MAX_BURST, "packets")?;
-    if rate > 0 && burst < 1 {
-        return Err(invalid("policy.burst", "must be at least 1 when rate > 0"));
-    }
-    let scope = parse_scope("policy.scope", p.scope)?;
-    Ok((cidr, Policy { rate, burst, scope }))
-}
-
 fn pb_rate_limit(cidr: Option<&Ipv4Net>, p: &Policy, id: u32, c: PolicyCounters) -> pb::RateLimit {
     pb::RateLimit {
-        policy: Some(pb::RateLimitPolicy {
-            cidr: cidr.map(ToString::to_string).unwrap_or_default(),
-            rate: i64::try_from(p.rate).unwrap_or(i64::MAX),
-            burst: i64::try_from(p.burst).unwrap_or(i64::MAX),
-            scope: pb::RateLimitScope::from(p.scope) as i32,
-        }),
+        policy: Some(pb::RateLimitPolicy::from(&CidrPolicy {
+            cidr: cidr.copied(),
+            policy: *p,
+        })),
         id,
         allowed: c.allowed,
         dropped: c.dropped,
@@ -101,7 +62,7 @@ impl RateLimits for RateLimitsService {
         &self,
         request: Request<pb::SetRateLimitRequest>,
     ) -> Result<Response<pb::SetRateLimitResponse>, Status> {
-        let (cidr, policy) = validate_set(request.get_ref())?;
+        let CidrPolicy { cidr, policy } = CidrPolicy::try_from(request.get_ref())?;
         self.ctl.change(|s| s.ratelimit.set(cidr, policy)).await?;
         match cidr {
             Some(net) => tracing::info!(cidr = %net, %policy, "rate-limit override set"),
@@ -116,7 +77,7 @@ impl RateLimits for RateLimitsService {
         &self,
         request: Request<pb::RemoveRateLimitRequest>,
     ) -> Result<Response<pb::RemoveRateLimitResponse>, Status> {
-        let cidr = parse_target("cidr", &request.get_ref().cidr)?;
+        let cidr = parse_rate_limit_cidr("cidr", &request.get_ref().cidr)?;
         self.ctl.change(|s| s.ratelimit.remove(cidr)).await?;
         match cidr {
             Some(net) => tracing::info!(cidr = %net, "rate-limit override removed"),
@@ -193,85 +154,5 @@ impl RateLimits for RateLimitsService {
             clients,
             tracked: top.tracked as u64,
         }))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use xdplb_model::ratelimit::Scope;
-
-    fn set(cidr: &str, rate: i64, burst: i64, scope: i32) -> pb::SetRateLimitRequest {
-        pb::SetRateLimitRequest {
-            policy: Some(pb::RateLimitPolicy {
-                cidr: cidr.into(),
-                rate,
-                burst,
-                scope,
-            }),
-        }
-    }
-
-    fn field_of(e: ApiError) -> String {
-        match e {
-            ApiError::InvalidArgument { field, .. } => field,
-            other => panic!("expected InvalidArgument, got {other}"),
-        }
-    }
-
-    #[test]
-    fn good_requests() {
-        let all = pb::RateLimitScope::All as i32;
-        let (cidr, p) = validate_set(&set("", 100, 10, all)).expect("default");
-        assert_eq!(cidr, None);
-        assert_eq!(
-            p,
-            Policy {
-                rate: 100,
-                burst: 10,
-                scope: Scope::All
-            }
-        );
-        let (cidr, p) = validate_set(&set(
-            "10.1.0.0/16",
-            5,
-            1,
-            pb::RateLimitScope::NewFlows as i32,
-        ))
-        .expect("override");
-        assert_eq!(cidr, Some("10.1.0.0/16".parse().expect("prefix")));
-        assert_eq!(p.scope, Scope::NewFlows);
-        // Unspecified scope is "all"; rate 0 needs no burst.
-        let (_, p) = validate_set(&set("10.2.0.0/16", 0, 0, 0)).expect("no limit");
-        assert_eq!((p.rate, p.scope), (0, Scope::All));
-    }
-
-    #[test]
-    fn bad_requests_name_the_field() {
-        let all = pb::RateLimitScope::All as i32;
-        for (req, field) in [
-            (set("", -1, 10, all), "policy.rate"),
-            (set("", 10, -5, all), "policy.burst"),
-            (set("", 10, 0, all), "policy.burst"),
-            (set("", 10_000_001, 10, all), "policy.rate"),
-            (set("", 10, 1_000_001, all), "policy.burst"),
-            (set("", 10, 1, 9), "policy.scope"),
-            (set("10.0.0.1/8", 10, 1, all), "policy.cidr"),
-            (set("0.0.0.0/0", 10, 1, all), "policy.cidr"),
-            (set("nonsense", 10, 1, all), "policy.cidr"),
-            (pb::SetRateLimitRequest { policy: None }, "policy"),
-        ] {
-            let e = validate_set(&req).expect_err("refused");
-            assert_eq!(field_of(e), field, "{req:?}");
-        }
-        let e = validate_set(&set("10.0.0.1/8", 10, 1, all)).expect_err("host bits");
-        assert_eq!(
-            e.to_string(),
-            "policy.cidr: 10.0.0.1/8 has host bits set; did you mean 10.0.0.0/8?"
-        );
-        assert_eq!(
-            field_of(parse_target("cidr", "10.0.0.1/8").expect_err("host bits")),
-            "cidr"
-        );
     }
 }
