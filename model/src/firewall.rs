@@ -475,6 +475,13 @@ mod tests {
         b
     }
 
+    /// A firewall holding `rules`, added as one batch with room for ten.
+    fn with(rules: &[(&str, Action)]) -> Firewall {
+        let mut fw = Firewall::default();
+        fw.add(&batch(rules), 10).expect("add");
+        fw
+    }
+
     #[test]
     fn prefixes_parse_and_normalise() {
         assert_eq!(parse_cidr("10.0.0.0/8"), Ok(net("10.0.0.0/8")));
@@ -602,15 +609,10 @@ mod tests {
 
     #[test]
     fn remove_needs_every_rule_to_exist() {
-        let mut fw = Firewall::default();
-        fw.add(
-            &batch(&[
-                ("10.0.0.0/8", Action::Block),
-                ("10.1.2.0/24", Action::Allow),
-            ]),
-            10,
-        )
-        .expect("add");
+        let mut fw = with(&[
+            ("10.0.0.0/8", Action::Block),
+            ("10.1.2.0/24", Action::Allow),
+        ]);
         let before = fw.clone();
         let e = fw
             .remove(&batch(&[
@@ -645,16 +647,11 @@ mod tests {
 
     #[test]
     fn replace_of_one_list_keeps_the_other() {
-        let mut fw = Firewall::default();
-        fw.add(
-            &batch(&[
-                ("10.0.0.0/8", Action::Block),
-                ("172.16.0.0/12", Action::Block),
-                ("10.1.2.0/24", Action::Allow),
-            ]),
-            10,
-        )
-        .expect("add");
+        let mut fw = with(&[
+            ("10.0.0.0/8", Action::Block),
+            ("172.16.0.0/12", Action::Block),
+            ("10.1.2.0/24", Action::Allow),
+        ]);
         let out = fw
             .replace(
                 Some(Action::Block),
@@ -719,15 +716,10 @@ mod tests {
 
     #[test]
     fn state_round_trips_through_json() {
-        let mut fw = Firewall::default();
-        fw.add(
-            &batch(&[
-                ("10.0.0.0/8", Action::Block),
-                ("10.1.2.0/24", Action::Allow),
-            ]),
-            10,
-        )
-        .expect("add");
+        let mut fw = with(&[
+            ("10.0.0.0/8", Action::Block),
+            ("10.1.2.0/24", Action::Allow),
+        ]);
         let text = serde_json::to_string(&fw).expect("serialise");
         assert_eq!(text, r#"{"10.0.0.0/8":"block","10.1.2.0/24":"allow"}"#);
         let back: Firewall = serde_json::from_str(&text).expect("deserialise");
