@@ -22,12 +22,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use hyper_util::rt::TokioIo;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as PtConfig, TestCaseError, TestRunner};
 use prost::Message;
 use tokio_stream::wrappers::UnixListenerStream;
-use tonic::transport::{Channel, Endpoint, Server};
+use tonic::transport::{Channel, Server};
 use tonic::Code;
 
 use xdplb::api::Controller;
@@ -39,6 +38,7 @@ use xdplb_proto::pb::{
     backends_client::BackendsClient, firewall_client::FirewallClient,
     rate_limits_client::RateLimitsClient, stats_client::StatsClient, vips_client::VipsClient,
 };
+use xdplb_testkit::grpc::unix_channel;
 
 use common::lab::{config, RING_SIZE};
 use xdplb_testkit::netns::NetNs;
@@ -745,15 +745,7 @@ struct Clients {
 }
 
 async fn connect(socket: &Path) -> Result<Clients> {
-    let path = socket.to_path_buf();
-    let channel = Endpoint::from_static("http://[::]:50051")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move {
-                let s = tokio::net::UnixStream::connect(path).await?;
-                Ok::<_, std::io::Error>(TokioIo::new(s))
-            }
-        }))
+    let channel = unix_channel(socket)
         .await
         .context("connecting to the in-process server")?;
     Ok(Clients {
