@@ -338,11 +338,7 @@ fn syn_to_vip_is_natted() {
             "counters by predicted backend id"
         );
         lb.expect_global(&[(R::LB_REASON_TX_NAT_FORWARD, 1)], &[(XDP_TX, 1)])?;
-        ensure!(
-            lb.maps().conntrack_entries() == 1,
-            "{} conntrack entries",
-            lb.maps().conntrack_entries()
-        );
+        lb.expect_flow_entries(1, "after the flow")?;
         Ok(())
     });
 }
@@ -366,11 +362,7 @@ fn established_flow_keeps_backend_and_port() {
             lb.backend_counters(&vip, flow.backend)? == counters(2, bytes, 1),
             "backend counters"
         );
-        ensure!(
-            lb.maps().conntrack_entries() == 1,
-            "{} conntrack entries",
-            lb.maps().conntrack_entries()
-        );
+        lb.expect_flow_entries(1, "after the flow")?;
 
         // Drain the flow's backend: new flows avoid it, the established flow stays (conntrack, not
         // the ring, decides).
@@ -595,11 +587,7 @@ fn same_client_port_two_clients() {
         let b = sa(CLIENT_B, 40000);
         let (fa, _) = new_flow(&mut lb, &vip, &client_syn(a, VIP), net.veth0, XDP_TX)?;
         let (fb, _) = new_flow(&mut lb, &vip, &client_syn(b, VIP), net.veth0, XDP_TX)?;
-        ensure!(
-            lb.maps().conntrack_entries() == 2,
-            "{} conntrack entries, expected 2",
-            lb.maps().conntrack_entries()
-        );
+        lb.expect_flow_entries(2, "two clients, one port")?;
         if fa.backend == fb.backend {
             ensure!(
                 fa.snat.port() != fb.snat.port(),
@@ -648,11 +636,7 @@ fn same_client_port_two_clients() {
         );
         expect_restored(&lb, &fb2, &reply(&fb2, Protocol::Tcp), VETH0_MAC, XDP_TX)?;
         expect_restored(&lb, &fa2, &reply(&fa2, Protocol::Tcp), VETH0_MAC, XDP_TX)?;
-        ensure!(
-            lb.maps().conntrack_entries() == 4,
-            "{} conntrack entries, expected 4",
-            lb.maps().conntrack_entries()
-        );
+        lb.expect_flow_entries(4, "four flows")?;
         lb.expect_global(
             &[
                 (R::LB_REASON_TX_NAT_FORWARD, 6),
@@ -713,10 +697,7 @@ fn non_vip_passes_unchanged() {
         // Into the SNAT port range of the SNAT address, but no flow: not tracked.
         let stray = Packet::tcp(CLIENT_MAC, VETH0_MAC, client, sa(LB_ADDR, 20500), TCP_SYN).build();
         expect_untouched(&lb, net.veth0, &stray, "TCP to an unused SNAT port")?;
-        ensure!(
-            lb.maps().conntrack_entries() == 0,
-            "conntrack entries were created"
-        );
+        lb.expect_flow_entries(0, "packets that are not to a VIP")?;
         ensure!(
             lb.vip_counters(&vip)? == Counters::default(),
             "the VIP counted something"
@@ -863,11 +844,7 @@ fn truncated_packets_never_forwarded() {
             refresh_ip_checksum(&mut b, l3);
             never_forwarded(&lb, &b, what)?;
         }
-        ensure!(
-            lb.maps().conntrack_entries() == 0,
-            "malformed packets created {} conntrack entries",
-            lb.maps().conntrack_entries()
-        );
+        lb.expect_flow_entries(0, "malformed packets")?;
         let g = lb.global()?;
         ensure!(
             g.verdicts[XDP_TX as usize] == 0 && g.verdicts[XDP_REDIRECT as usize] == 0,
@@ -1028,10 +1005,7 @@ fn no_backend_drops() {
                 action_name(run.action)
             );
         }
-        ensure!(
-            lb.maps().conntrack_entries() == 0,
-            "conntrack entries created for dropped flows"
-        );
+        lb.expect_flow_entries(0, "dropped flows")?;
         lb.expect_global(&[(R::LB_REASON_DROP_NO_BACKEND, 2)], &[(XDP_DROP, 2)])?;
 
         // Draining the last backend drops new flows only.
@@ -1154,11 +1128,7 @@ fn port_range_exhaustion_is_counted() {
             ],
             &[(XDP_TX, 1), (XDP_DROP, 1)],
         )?;
-        ensure!(
-            lb.maps().conntrack_entries() == 1,
-            "{} conntrack entries",
-            lb.maps().conntrack_entries()
-        );
+        lb.expect_flow_entries(1, "after the flow")?;
         ensure!(
             lb.backend_counters(&vip, BE1)?
                 == counters(1, client_syn(a, VIP).build().len() as u64, 1),
@@ -1807,11 +1777,7 @@ fn flows_stay_live_across_a_restart_on_pinned_maps() {
         // A flow started anew would have claimed another SNAT port (the flow's own is held
         // by its live reverse entry): the same port and backend mean the same flow.
         flow_packet(&second, &flow, &ack(client, VIP), net.veth0, XDP_TX)?;
-        ensure!(
-            second.maps().conntrack_entries() == 1,
-            "{} flow entries after the restart",
-            second.maps().conntrack_entries()
-        );
+        second.expect_flow_entries(1, "after the restart")?;
         Ok(())
     });
 }

@@ -292,11 +292,7 @@ fn l2dsr_error_goes_to_the_flows_backend_unchanged() {
             reason(&lb, R::LB_REASON_TX_ICMP_ERROR)? == 16,
             "tx_icmp_error counter"
         );
-        ensure!(
-            lb.maps().conntrack_entries() == 8,
-            "ICMP errors created flow entries ({} entries for 8 SYNs)",
-            lb.maps().conntrack_entries()
-        );
+        lb.expect_flow_entries(8, "ICMP errors must not create flow entries (8 SYNs)")?;
         Ok(())
     });
 }
@@ -330,15 +326,7 @@ fn ipip_error_is_encapsulated_to_the_flows_backend() {
                 &quote(&big_segment(VIP, client), LINUX_QUOTE),
             );
             // RFC 2003 outer header: TOS and DF copied, id 0, TTL 64, from the IPIP source (/32).
-            let outer = Ipv4Header {
-                tos: err.tos,
-                id: 0,
-                frag: err.frag & IP_DF,
-                ttl: 64,
-                proto: IPPROTO_IPIP,
-                src: LB_ADDR,
-                dst: *pick.backend.ip(),
-            };
+            let outer = ipip_outer(&err, LB_ADDR, *pick.backend.ip());
             let want = ipip_frame(
                 &neighbour_mac(*pick.backend.ip()),
                 &VETH0_MAC,
@@ -466,11 +454,7 @@ fn fragments_to_a_vip_never_reach_a_backend() {
             reason(&lb, R::LB_REASON_DROP_FRAGMENT)? == 2,
             "drop_fragment counter"
         );
-        ensure!(
-            lb.maps().conntrack_entries() == 0,
-            "fragments created {} flow entries",
-            lb.maps().conntrack_entries()
-        );
+        lb.expect_flow_entries(0, "fragments must not create flow entries")?;
 
         // Later fragments carry no ports: untouched, to the kernel.
         for frag in [1u16, IP_MF | 185] {
@@ -520,10 +504,7 @@ fn packets_from_the_vip_to_itself_are_dropped() {
             reason(&lb, R::LB_REASON_DROP_LAND)? == 2,
             "drop_land counter"
         );
-        ensure!(
-            lb.maps().conntrack_entries() == 0,
-            "land packets created flows"
-        );
+        lb.expect_flow_entries(0, "land packets must not create flows")?;
         Ok(())
     });
 }

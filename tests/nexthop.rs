@@ -119,15 +119,7 @@ impl Flow {
                 f
             }
             Mode::Ipip => {
-                let outer = Ipv4Header {
-                    tos: pkt.tos,
-                    id: 0,
-                    frag: pkt.frag & IP_DF,
-                    ttl: 64,
-                    proto: IPPROTO_IPIP,
-                    src: LB_ADDR,
-                    dst: BACKEND1,
-                };
+                let outer = ipip_outer(pkt, LB_ADDR, BACKEND1);
                 ipip_frame(mac, &VETH0_MAC, &[], &outer, &pkt.ip_bytes())
             }
         }

@@ -7,11 +7,13 @@
 //! - [`procs`]: the [`Lbd`] daemon guard and lbctl calls;
 //! - [`peers`]: name servers on the backends and bounded clients;
 //! - [`transfer`]: an echo server and a long, byte-checked TCP transfer (restarts, upgrades);
-//! - [`upgrade`]: the variant build of lbd and what a pinned XDP link runs.
+//! - [`upgrade`]: the variant build of lbd and what a pinned XDP link runs;
+//! - [`server`]: a thread stopped by its guard, and the TCP accept loop of every server here.
 
 pub mod dsr;
 pub mod peers;
 pub mod procs;
+pub mod server;
 pub mod topology;
 pub mod transfer;
 pub mod upgrade;

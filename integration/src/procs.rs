@@ -280,14 +280,7 @@ impl Lbd {
         proto: Proto,
         backend: SocketAddrV4,
     ) -> Result<String> {
-        self.ctl(&[
-            "add-backend",
-            "--vip",
-            &vip.to_string(),
-            "--proto",
-            proto.as_str(),
-            &backend.to_string(),
-        ])
+        self.backend_ctl("add-backend", vip, proto, backend)
     }
 
     /// `lbctl remove-backend --vip <vip> --proto <proto> <backend>`.
@@ -297,14 +290,19 @@ impl Lbd {
         proto: Proto,
         backend: SocketAddrV4,
     ) -> Result<String> {
-        self.ctl(&[
-            "remove-backend",
-            "--vip",
-            &vip.to_string(),
-            "--proto",
-            proto.as_str(),
-            &backend.to_string(),
-        ])
+        self.backend_ctl("remove-backend", vip, proto, backend)
+    }
+
+    /// `lbctl <verb> --vip <vip> --proto <proto> <backend>`.
+    fn backend_ctl(
+        &self,
+        verb: &str,
+        vip: SocketAddrV4,
+        proto: Proto,
+        backend: SocketAddrV4,
+    ) -> Result<String> {
+        let (vip, backend) = (vip.to_string(), backend.to_string());
+        self.ctl(&[verb, "--vip", &vip, "--proto", proto.as_str(), &backend])
     }
 
     /// Stops lbd (SIGTERM, then SIGKILL after [`STOP_TIMEOUT`]) and checks that it exited

@@ -8,14 +8,14 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
-use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use xdplb_integration::dsr::{backend_setup, LbCounters, LineServer, ModeTopology, RoutedTopology};
+use xdplb_integration::server::{tcp_server, Stoppable};
 use xdplb_integration::{
     all_ok, tcp_connect, tcp_exchange, tcp_name_server, tcp_request, tcp_requests, udp_name_server,
     udp_requests, Lbd, NetNs, Proto, Reply, ServerHandle, Topology, VIP,
@@ -460,65 +460,46 @@ fn nat_udp_check() {
 struct HttpServer {
     healthy: Arc<AtomicBool>,
     requests: Arc<Mutex<Vec<String>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    _server: Stoppable,
 }
 
 impl HttpServer {
     fn start(ns: &NetNs, addr: SocketAddrV4) -> Result<HttpServer> {
-        let listener = ns.run(|| TcpListener::bind(addr))??;
-        listener.set_nonblocking(true)?;
         let healthy = Arc::new(AtomicBool::new(true));
         let requests = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let (healthy, requests, stop) = (healthy.clone(), requests.clone(), stop.clone());
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::SeqCst) {
-                    let Ok((stream, _)) = listener.accept() else {
-                        std::thread::sleep(Duration::from_millis(10));
-                        continue;
-                    };
-                    let _ = stream.set_nonblocking(false);
-                    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
-                    let mut head = String::new();
-                    let mut reader = BufReader::new(&stream);
-                    for _ in 0..32 {
-                        let mut line = String::new();
-                        match reader.read_line(&mut line) {
-                            Ok(n) if n > 0 && line != "\r\n" => head.push_str(&line),
-                            _ => break,
-                        }
+        let server = {
+            let (healthy, requests) = (healthy.clone(), requests.clone());
+            tcp_server(ns, addr, "http", move |stream, _, _| {
+                let _ = stream.set_nonblocking(false);
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+                let mut head = String::new();
+                let mut reader = BufReader::new(&stream);
+                for _ in 0..32 {
+                    let mut line = String::new();
+                    match reader.read_line(&mut line) {
+                        Ok(n) if n > 0 && line != "\r\n" => head.push_str(&line),
+                        _ => break,
                     }
-                    if let Ok(mut r) = requests.lock() {
-                        r.push(head);
-                    }
-                    let status = if healthy.load(Ordering::SeqCst) {
-                        "200 OK"
-                    } else {
-                        "503 Service Unavailable"
-                    };
-                    let _ = (&stream).write_all(
-                        format!("HTTP/1.0 {status}\r\nContent-Length: 0\r\n\r\n").as_bytes(),
-                    );
                 }
-            })
+                if let Ok(mut r) = requests.lock() {
+                    r.push(head);
+                }
+                let status = if healthy.load(Ordering::SeqCst) {
+                    "200 OK"
+                } else {
+                    "503 Service Unavailable"
+                };
+                let _ = (&stream).write_all(
+                    format!("HTTP/1.0 {status}\r\nContent-Length: 0\r\n\r\n").as_bytes(),
+                );
+                Ok(())
+            })?
         };
         Ok(HttpServer {
             healthy,
             requests,
-            stop,
-            thread: Some(thread),
+            _server: server,
         })
-    }
-}
-
-impl Drop for HttpServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

@@ -413,6 +413,13 @@ impl Lb {
         Ok(self.maps().global_counters()?)
     }
 
+    /// Checks that the flow table holds exactly `n` entries; `what` says when, for the message.
+    pub fn expect_flow_entries(&self, n: usize, what: &str) -> Result<()> {
+        let got = self.maps().conntrack_entries();
+        ensure!(got == n, "{what}: {got} flow-table entries, expected {n}");
+        Ok(())
+    }
+
     /// Checks the global counters: exactly `reasons` (reason, count) and `verdicts` (action,
     /// count), every other counter zero.
     pub fn expect_global(
