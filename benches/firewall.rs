@@ -23,15 +23,11 @@ use xdplb_model::firewall::{Action, RuleBatch, Scope};
 use xdplb_model::state::{Protocol, State};
 
 use common::lab::{
-    config, setup_net, Lb, Net, BACKEND1, BACKEND2, CLIENT_MAC, LB_ADDR, RING_SIZE, VETH0_MAC,
+    config, setup_net, Lb, Net, BE1, BE2, CLIENT_MAC, LB_ADDR, RING_SIZE, VETH0_MAC, VIP,
 };
 use xdplb_testkit::gen::{block_list, Rng};
 use xdplb_testkit::packet::{Packet, TCP_SYN};
 use xdplb_testkit::{NetNs, Runner};
-
-const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 9), 80);
-const BE1: SocketAddrV4 = SocketAddrV4::new(BACKEND1, 8080);
-const BE2: SocketAddrV4 = SocketAddrV4::new(BACKEND2, 8080);
 
 const MILLION: u32 = 1_000_000;
 /// Repeats of each frame in one BPF_PROG_TEST_RUN (the verdicts measured leave it untouched).

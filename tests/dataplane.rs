@@ -24,14 +24,6 @@ use common::lab::*;
 use xdplb_testkit::netns::{current_netns, NetNs};
 use xdplb_testkit::packet::*;
 
-const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 9), 80);
-const VIP_UDP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 9), 53);
-const BE1: SocketAddrV4 = SocketAddrV4::new(BACKEND1, 8080);
-const BE2: SocketAddrV4 = SocketAddrV4::new(BACKEND2, 8080);
-const BE1_UDP: SocketAddrV4 = SocketAddrV4::new(BACKEND1, 5353);
-const BE2_UDP: SocketAddrV4 = SocketAddrV4::new(BACKEND2, 5353);
-const PORTS: (u16, u16) = (20000, 20999);
-
 /// An LB with the TCP VIP 10.9.9.9:80 -> 10.1.0.2:8080, 10.1.0.3:8080 and SNAT ports 20000..=20999.
 fn tcp_lb(net: Net) -> Result<(Lb, VipKey)> {
     let mut lb = Lb::new(net, config(PORTS))?;

@@ -21,11 +21,9 @@ use common::expect::*;
 use common::lab::*;
 use xdplb_testkit::packet::*;
 
-const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 9), 80);
 /// DSR cannot translate ports: the backends listen on the VIP port.
 const BE1: SocketAddrV4 = SocketAddrV4::new(BACKEND1, 80);
 const BE2: SocketAddrV4 = SocketAddrV4::new(BACKEND2, 80);
-const PORTS: (u16, u16) = (20000, 20999);
 
 /// A router on veth2's segment towards the far backend subnet 10.5.0.0/24.
 const ROUTER: Ipv4Addr = Ipv4Addr::new(10, 2, 0, 254);

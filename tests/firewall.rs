@@ -31,10 +31,6 @@ use common::lab::*;
 use xdplb_testkit::packet::*;
 use xdplb_testkit::run_xdp_fd;
 
-const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 9), 80);
-const BE1: SocketAddrV4 = SocketAddrV4::new(BACKEND1, 8080);
-const BE2: SocketAddrV4 = SocketAddrV4::new(BACKEND2, 8080);
-const PORTS: (u16, u16) = (20000, 20999);
 /// Rules the test programs hold (small: the per-CPU hit counters are allocated up front).
 const CAPACITY: u32 = 4096;
 

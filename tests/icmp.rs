@@ -21,16 +21,6 @@ use common::expect::*;
 use common::lab::*;
 use xdplb_testkit::packet::*;
 
-const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 9), 80);
-const VIP_UDP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 9), 53);
-const BE1: SocketAddrV4 = SocketAddrV4::new(BACKEND1, 8080);
-const BE2: SocketAddrV4 = SocketAddrV4::new(BACKEND2, 8080);
-const BE1_UDP: SocketAddrV4 = SocketAddrV4::new(BACKEND1, 5353);
-/// DSR backends listen on the VIP port.
-const DSR1: SocketAddrV4 = SocketAddrV4::new(BACKEND1, 80);
-const DSR2: SocketAddrV4 = SocketAddrV4::new(BACKEND2, 80);
-const PORTS: (u16, u16) = (20000, 20999);
-
 /// A router on the client side of the LB (the sender of errors about packets to clients).
 const ROUTER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 const ROUTER_MAC: Mac = [0x02, 0, 0, 0, 0, 0xfe];

@@ -25,12 +25,8 @@ use xdplb_testkit::packet::*;
 use xdplb_testkit::run_xdp_fd;
 
 const VIP_TCP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 9), 80);
-const VIP_UDP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 9), 53);
 /// A VIP without backends: an allowed packet is dropped as "no backend", untouched.
 const VIP_EMPTY: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 10), 53);
-const BE1: SocketAddrV4 = SocketAddrV4::new(BACKEND1, 8080);
-const BE1_UDP: SocketAddrV4 = SocketAddrV4::new(BACKEND1, 5353);
-const PORTS: (u16, u16) = (20000, 20999);
 
 fn prefix(s: &str) -> Ipv4Net {
     s.parse().expect("test prefix")

@@ -1,6 +1,5 @@
 //! The lbd daemon under test (started inside the LB namespace, stopped on drop) and lbctl calls.
 
-use std::fmt;
 use std::fs::File;
 use std::net::SocketAddrV4;
 use std::path::{Path, PathBuf};
@@ -49,28 +48,8 @@ fn binary(name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// L4 protocol of a VIP, as lbctl spells it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Proto {
-    Tcp,
-    Udp,
-}
-
-impl Proto {
-    /// `"tcp"` or `"udp"`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Proto::Tcp => "tcp",
-            Proto::Udp => "udp",
-        }
-    }
-}
-
-impl fmt::Display for Proto {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// L4 protocol of a VIP: the model's, which displays as lbctl spells it (`tcp`, `udp`).
+pub use xdplb_model::state::Protocol as Proto;
 
 /// A running lbd. Dropping it sends SIGTERM, waits up to [`STOP_TIMEOUT`], then SIGKILLs; it
 /// prints lbd's log if the test is panicking and removes a pin directory lbd left behind.
@@ -94,6 +73,25 @@ pub struct StartOptions {
     pub state_dir: Option<PathBuf>,
     /// Leave the program attached and the maps pinned on exit (no --detach-on-exit).
     pub keep_pins: bool,
+}
+
+impl StartOptions {
+    /// lbd on the state directory `dir` (the lbds of a restart test share it), detaching and
+    /// removing its pins on exit.
+    pub fn state(dir: &Path) -> StartOptions {
+        StartOptions {
+            state_dir: Some(dir.to_owned()),
+            keep_pins: false,
+        }
+    }
+
+    /// [`StartOptions::state`], leaving the program attached and the maps pinned on exit.
+    pub fn keep(dir: &Path) -> StartOptions {
+        StartOptions {
+            keep_pins: true,
+            ..StartOptions::state(dir)
+        }
+    }
 }
 
 impl Lbd {
@@ -270,7 +268,13 @@ impl Lbd {
 
     /// `lbctl vip add <vip> --proto <proto>`.
     pub fn add_vip(&self, vip: SocketAddrV4, proto: Proto) -> Result<String> {
-        self.ctl(&["vip", "add", &vip.to_string(), "--proto", proto.as_str()])
+        self.ctl(&[
+            "vip",
+            "add",
+            &vip.to_string(),
+            "--proto",
+            &proto.to_string(),
+        ])
     }
 
     /// `lbctl add-backend --vip <vip> --proto <proto> <backend>`.
@@ -302,7 +306,7 @@ impl Lbd {
         backend: SocketAddrV4,
     ) -> Result<String> {
         let (vip, backend) = (vip.to_string(), backend.to_string());
-        self.ctl(&[verb, "--vip", &vip, "--proto", proto.as_str(), &backend])
+        self.ctl(&[verb, "--vip", &vip, "--proto", &proto.to_string(), &backend])
     }
 
     /// Stops lbd (SIGTERM, then SIGKILL after [`STOP_TIMEOUT`]) and checks that it exited

@@ -5,6 +5,7 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddrV4, TcpStream};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -14,8 +15,9 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use crate::dsr::ModeTopology;
 use crate::peers::MAX_SOCKET_TIMEOUT;
+use crate::procs::{Lbd, Proto, StartOptions};
 use crate::server::{tcp_server, Stoppable};
-use crate::topology::Topology;
+use crate::topology::{Topology, VIP};
 use xdplb_testkit::NetNs;
 
 /// Bytes per chunk.
@@ -253,6 +255,17 @@ impl TransferLab {
     /// The echo server.
     pub fn server(&self) -> &EchoServer {
         &self.server
+    }
+
+    /// Starts an lbd on the state directory `state` that keeps its pins on exit (the first lbd
+    /// of a restart), with the VIP `VIP:80` (TCP, default mode) and the lab's backend.
+    pub fn start_lbd_with_vip(&self, state: &Path) -> Result<Lbd> {
+        let lbd = Lbd::start_with(self.lb(), self.config(), &StartOptions::keep(state))?;
+        let vip = SocketAddrV4::new(VIP, 80);
+        lbd.add_vip(vip, Proto::Tcp).context("vip add")?;
+        lbd.add_backend(vip, Proto::Tcp, self.backend)
+            .context("backend add")?;
+        Ok(lbd)
     }
 
     /// The lbd configuration, the same (pin path included) for every lbd of the test.

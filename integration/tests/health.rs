@@ -59,7 +59,7 @@ fn health_flags<'a>(kind: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
 }
 
 fn vip_add(lbd: &Lbd, vip: SocketAddrV4, proto: Proto, mode: &str, health: &[&str]) {
-    let vip = vip.to_string();
+    let (vip, proto) = (vip.to_string(), proto.to_string());
     let mut args = vec![
         "vip",
         "add",
@@ -89,7 +89,7 @@ fn backends(lbd: &Lbd, vip: SocketAddrV4, proto: Proto) -> Result<BTreeMap<Socke
         "--vip",
         &vip.to_string(),
         "--proto",
-        proto.as_str(),
+        &proto.to_string(),
     ])?;
     let mut rows = BTreeMap::new();
     for b in v["backends"].as_array().context("no backends array")? {

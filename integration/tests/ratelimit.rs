@@ -506,15 +506,8 @@ fn policies_and_buckets_survive_a_restart() {
     let [a, b] = topo.client_addrs();
     let cidr_b = format!("{b}/32");
 
-    let mut first = Lbd::start_with(
-        topo.lb(),
-        &config,
-        &StartOptions {
-            state_dir: Some(state.path().to_owned()),
-            keep_pins: true,
-        },
-    )
-    .expect("first lbd");
+    let mut first =
+        Lbd::start_with(topo.lb(), &config, &StartOptions::keep(state.path())).expect("first lbd");
     let ctl = |lbd: &Lbd, args: &[&str]| {
         lbd.ctl(args)
             .unwrap_or_else(|e| panic!("lbctl {args:?}: {e:#}"))
@@ -554,15 +547,8 @@ fn policies_and_buckets_survive_a_restart() {
 
     let restart = Instant::now();
     first.stop().expect("first lbd stops, keeping its pins");
-    let second = Lbd::start_with(
-        topo.lb(),
-        &config,
-        &StartOptions {
-            state_dir: Some(state.path().to_owned()),
-            keep_pins: false,
-        },
-    )
-    .expect("second lbd");
+    let second = Lbd::start_with(topo.lb(), &config, &StartOptions::state(state.path()))
+        .expect("second lbd");
     // Same policies, same ids, counters kept (the maps were adopted, not recreated).
     let after = second
         .ctl_json(&["ratelimit", "list"])

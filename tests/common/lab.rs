@@ -56,6 +56,19 @@ pub const CLIENT_B_MAC: Mac = [0x02, 0, 0, 0, 0, 0x51];
 pub const FAR_CLIENT: Ipv4Addr = Ipv4Addr::new(10, 2, 0, 50);
 pub const FAR_CLIENT_MAC: Mac = [0x02, 0, 0, 0, 0x02, 0x50];
 
+/// The VIP of the suites (TCP port 80, UDP port 53) and its backends: NAT backends listen on
+/// 8080 (TCP) and 5353 (UDP); DSR backends, which cannot translate ports, on the VIP port.
+pub const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 9), 80);
+pub const VIP_UDP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 9), 53);
+pub const BE1: SocketAddrV4 = SocketAddrV4::new(BACKEND1, 8080);
+pub const BE2: SocketAddrV4 = SocketAddrV4::new(BACKEND2, 8080);
+pub const BE1_UDP: SocketAddrV4 = SocketAddrV4::new(BACKEND1, 5353);
+pub const BE2_UDP: SocketAddrV4 = SocketAddrV4::new(BACKEND2, 5353);
+pub const DSR1: SocketAddrV4 = SocketAddrV4::new(BACKEND1, 80);
+pub const DSR2: SocketAddrV4 = SocketAddrV4::new(BACKEND2, 80);
+/// The SNAT port range of the suites' configurations.
+pub const PORTS: (u16, u16) = (20000, 20999);
+
 /// The static neighbours of the bench: (address, MAC, device).
 const NEIGHBOURS: [(Ipv4Addr, Mac, &str); 5] = [
     (BACKEND1, BACKEND1_MAC, "veth0"),
