@@ -60,6 +60,16 @@ fn read_backend_list(file: &Path, weight: u32) -> anyhow::Result<Vec<(SocketAddr
         .map_err(|(line, e)| anyhow::anyhow!("{}:{line}: {e}; nothing was added", file.display()))
 }
 
+/// The message of a backend as a request names it (lbd assigns the id).
+fn requested(addr: &SocketAddrV4, weight: u32) -> pb::Backend {
+    pb::Backend {
+        address: addr.ip().to_string(),
+        port: u32::from(addr.port()),
+        weight: Some(weight),
+        ..Default::default()
+    }
+}
+
 /// Sends `cmd` to lbd and renders the reply.
 pub async fn run(cmd: &Backend, args: &Globals, out: &mut dyn Write) -> anyhow::Result<()> {
     let mut lbd = Lbd::connect(&args.target, args.timeout).await?;
@@ -71,15 +81,9 @@ pub async fn run(cmd: &Backend, args: &Globals, out: &mut dyn Write) -> anyhow::
             backend,
             weight,
         } => {
-            let requested = pb::Backend {
-                address: backend.ip().to_string(),
-                port: u32::from(backend.port()),
-                weight: Some(*weight),
-                id: 0,
-                ..Default::default()
-            };
+            let requested = requested(backend, *weight);
             let req = pb::AddBackendRequest {
-                vip: Some(vip.to_pb()),
+                vip: Some(pb::VipKey::from(vip)),
                 backend: Some(requested.clone()),
             };
             let resp = call(t, lbd.backends.add_backend(req)).await?;
@@ -112,16 +116,8 @@ pub async fn run(cmd: &Backend, args: &Globals, out: &mut dyn Write) -> anyhow::
                 anyhow::bail!("backend {dup} is listed twice; nothing was added");
             }
             let req = pb::AddBackendsRequest {
-                vip: Some(vip.to_pb()),
-                backends: all
-                    .iter()
-                    .map(|(a, w)| pb::Backend {
-                        address: a.ip().to_string(),
-                        port: u32::from(a.port()),
-                        weight: Some(*w),
-                        ..Default::default()
-                    })
-                    .collect(),
+                vip: Some(pb::VipKey::from(vip)),
+                backends: all.iter().map(|(a, w)| requested(a, *w)).collect(),
             };
             // About 10 us a backend on lbd's side; allow for big lists on a slow link.
             let timeout = t + std::time::Duration::from_millis(all.len() as u64);
@@ -130,7 +126,7 @@ pub async fn run(cmd: &Backend, args: &Globals, out: &mut dyn Write) -> anyhow::
                 output::write_json(
                     out,
                     &BackendListJson {
-                        vip: VipKeyJson::from(&vip.to_pb()),
+                        vip: VipKeyJson::from(&pb::VipKey::from(vip)),
                         backends: resp.backends.iter().map(BackendJson::from).collect(),
                     },
                 )
@@ -140,7 +136,7 @@ pub async fn run(cmd: &Backend, args: &Globals, out: &mut dyn Write) -> anyhow::
         }
         Backend::Remove { vip, backend } => {
             let req = pb::RemoveBackendRequest {
-                vip: Some(vip.to_pb()),
+                vip: Some(pb::VipKey::from(vip)),
                 address: backend.ip().to_string(),
                 port: u32::from(backend.port()),
             };
@@ -157,19 +153,13 @@ pub async fn run(cmd: &Backend, args: &Globals, out: &mut dyn Write) -> anyhow::
             weight,
         } => {
             let req = pb::SetBackendWeightRequest {
-                vip: Some(vip.to_pb()),
+                vip: Some(pb::VipKey::from(vip)),
                 address: backend.ip().to_string(),
                 port: u32::from(backend.port()),
                 weight: *weight,
             };
             let resp = call(t, lbd.backends.set_backend_weight(req)).await?;
-            let updated = resp.backend.unwrap_or_else(|| pb::Backend {
-                address: backend.ip().to_string(),
-                port: u32::from(backend.port()),
-                weight: Some(*weight),
-                id: 0,
-                ..Default::default()
-            });
+            let updated = resp.backend.unwrap_or_else(|| requested(backend, *weight));
             if json {
                 output::write_json(out, &BackendJson::from(&updated))
             } else {
@@ -189,7 +179,7 @@ pub async fn run(cmd: &Backend, args: &Globals, out: &mut dyn Write) -> anyhow::
         }
         Backend::List { vip } => {
             let req = pb::ListBackendsRequest {
-                vip: Some(vip.to_pb()),
+                vip: Some(pb::VipKey::from(vip)),
             };
             let resp = call(t, lbd.backends.list_backends(req)).await?;
             if json {
@@ -201,7 +191,7 @@ pub async fn run(cmd: &Backend, args: &Globals, out: &mut dyn Write) -> anyhow::
                         ..BackendJson::from(b)
                     })
                     .collect();
-                let vip = VipKeyJson::from(&vip.to_pb());
+                let vip = VipKeyJson::from(&pb::VipKey::from(vip));
                 output::write_json(out, &BackendListJson { vip, backends })
             } else {
                 output::backend_list(out, &vip.to_string(), &resp.backends)

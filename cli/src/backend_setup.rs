@@ -26,7 +26,7 @@ pub fn args(cmd: &Command, json: bool) -> Vec<OsString> {
         "--vip".into(),
         vip.to_string().into(),
         "--mode".into(),
-        mode.as_str().into(),
+        mode.to_string().into(),
         "--dev".into(),
         dev.into(),
     ];
@@ -77,36 +77,31 @@ mod tests {
 
     #[test]
     fn flags_pass_through() {
-        let cmd = Command::BackendSetup {
-            vip: "10.0.0.10".parse().expect("ip"),
-            mode: Mode::Ipip,
-            dev: "eth0".into(),
-            undo: true,
-        };
-        assert_eq!(
-            args(&cmd, true),
-            [
-                "--vip",
-                "10.0.0.10",
-                "--mode",
-                "ipip",
-                "--dev",
+        for (mode, dev, undo, json, want) in [
+            (
+                Mode::Ipip,
                 "eth0",
-                "--undo",
-                "--json"
-            ]
-            .map(OsString::from)
-        );
-        let cmd = Command::BackendSetup {
-            vip: "10.0.0.10".parse().expect("ip"),
-            mode: Mode::L2Dsr,
-            dev: "eth1".into(),
-            undo: false,
-        };
-        assert_eq!(
-            args(&cmd, false),
-            ["--vip", "10.0.0.10", "--mode", "l2dsr", "--dev", "eth1"].map(OsString::from)
-        );
+                true,
+                true,
+                "--vip 10.0.0.10 --mode ipip --dev eth0 --undo --json",
+            ),
+            (
+                Mode::L2dsr,
+                "eth1",
+                false,
+                false,
+                "--vip 10.0.0.10 --mode l2dsr --dev eth1",
+            ),
+        ] {
+            let cmd = Command::BackendSetup {
+                vip: "10.0.0.10".parse().expect("ip"),
+                mode,
+                dev: dev.into(),
+                undo,
+            };
+            let want: Vec<OsString> = want.split(' ').map(OsString::from).collect();
+            assert_eq!(args(&cmd, json), want);
+        }
     }
 
     #[test]

@@ -5,8 +5,10 @@
 
 use std::net::Ipv4Addr;
 
+use xdplb_model::firewall::Action as FwAction;
+
 use crate::backend::Backend;
-use crate::firewall::{Action as FwAction, Firewall};
+use crate::firewall::Firewall;
 use crate::highargs::{
     backend_ref, first_repeat, invalid, parse_addr_port, parse_dsr_mode, parse_ifname, parse_ipv4,
     parse_mode, parse_weight, vip_flag, vip_positional, ArgError, Globals, Mode,
@@ -205,7 +207,7 @@ mod tests {
         }
     }
 
-    fn vip(s: &str, proto: Proto) -> VipKey {
+    fn vip(s: &str, proto: Protocol) -> VipKey {
         VipKey {
             addr: s.parse().expect("test address"),
             proto,
@@ -222,17 +224,18 @@ mod tests {
         assert_eq!(
             cmd(&["vip", "add", "10.0.0.10:80", "--proto", "tcp"]),
             Command::Vip(Vip::Add {
-                vip: vip("10.0.0.10:80", Proto::Tcp),
+                vip: vip("10.0.0.10:80", Protocol::Tcp),
                 mode: Mode::Nat,
-                health: crate::health::HealthSpec::default(),
+                health: xdplb_model::health::HealthCheck::default(),
             })
         );
     }
 
     #[test]
     fn health_flags_drain_and_undrain() {
-        use crate::health::{HealthCommand, HealthSpec, Kind};
+        use crate::health::HealthCommand;
         use std::time::Duration;
+        use xdplb_model::health::{AllDown, HealthCheck, HealthKind};
         match cmd(&[
             "vip",
             "add",
@@ -254,8 +257,8 @@ mod tests {
         ]) {
             Command::Vip(Vip::Add { health, .. }) => assert_eq!(
                 health,
-                HealthSpec {
-                    kind: Kind::Http {
+                HealthCheck {
+                    kind: HealthKind::Http {
                         path: "/healthz".into(),
                         expect_status: 200
                     },
@@ -263,7 +266,7 @@ mod tests {
                     timeout: Duration::from_millis(100),
                     rise: 1,
                     fall: 2,
-                    drop_when_all_down: true,
+                    all_down: AllDown::Drop,
                 }
             ),
             other => panic!("{other:?}"),
@@ -279,12 +282,12 @@ mod tests {
                 "udp"
             ]),
             Command::Health(HealthCommand::SetHealth {
-                vip: vip("10.0.0.10:53", Proto::Udp),
-                health: HealthSpec {
-                    kind: Kind::Udp {
+                vip: vip("10.0.0.10:53", Protocol::Udp),
+                health: HealthCheck {
+                    kind: HealthKind::Udp {
                         payload: "ping".into()
                     },
-                    ..HealthSpec::default()
+                    ..HealthCheck::default()
                 },
             })
         );
@@ -313,7 +316,7 @@ mod tests {
                 "10.0.2.1:8080"
             ]),
             Command::Health(HealthCommand::Drain {
-                vip: vip("10.0.0.10:80", Proto::Tcp),
+                vip: vip("10.0.0.10:80", Protocol::Tcp),
                 backend: be
             })
         );
@@ -328,7 +331,7 @@ mod tests {
                 "10.0.2.1:8080"
             ]),
             Command::Health(HealthCommand::Undrain {
-                vip: vip("10.0.0.10:80", Proto::Tcp),
+                vip: vip("10.0.0.10:80", Protocol::Tcp),
                 backend: be
             })
         );
@@ -338,7 +341,7 @@ mod tests {
     fn proto_and_mode_are_case_insensitive() {
         for (mode, want) in [
             ("nat", Mode::Nat),
-            ("L2DSR", Mode::L2Dsr),
+            ("L2DSR", Mode::L2dsr),
             ("IpIp", Mode::Ipip),
         ] {
             assert_eq!(
@@ -352,16 +355,16 @@ mod tests {
                     mode
                 ]),
                 Command::Vip(Vip::Add {
-                    vip: vip("10.0.0.10:53", Proto::Udp),
+                    vip: vip("10.0.0.10:53", Protocol::Udp),
                     mode: want,
-                    health: crate::health::HealthSpec::default(),
+                    health: xdplb_model::health::HealthCheck::default(),
                 })
             );
         }
         assert_eq!(
             cmd(&["vip", "remove", "10.0.0.10:80", "--proto", "Tcp"]),
             Command::Vip(Vip::Remove {
-                vip: vip("10.0.0.10:80", Proto::Tcp)
+                vip: vip("10.0.0.10:80", Protocol::Tcp)
             })
         );
     }
@@ -450,19 +453,26 @@ mod tests {
         assert!(err(&["vip", "add", "[::1]:80", "--proto", "tcp"]).contains("IPv6"));
     }
 
+    /// `old-name TAIL` and `backend new TAIL` parse to `want`.
+    fn same_command(old: &str, new: &str, tail: &[&str], want: Command) -> Command {
+        let a = cmd(&[&[old][..], tail].concat());
+        let b = cmd(&[&["backend", new][..], tail].concat());
+        assert_eq!(a, b);
+        assert_eq!(a, want);
+        a
+    }
+
     #[test]
     fn add_backend_and_backend_add_are_the_same_command() {
-        let tail = ["--vip", "10.0.0.10:80", "--proto", "tcp", "10.0.2.1:8080"];
-        let a = cmd(&[&["add-backend"][..], &tail].concat());
-        let b = cmd(&[&["backend", "add"][..], &tail].concat());
-        assert_eq!(a, b);
-        assert_eq!(
-            a,
+        let a = same_command(
+            "add-backend",
+            "add",
+            &["--vip", "10.0.0.10:80", "--proto", "tcp", "10.0.2.1:8080"],
             Command::Backend(Backend::Add {
-                vip: vip("10.0.0.10:80", Proto::Tcp),
+                vip: vip("10.0.0.10:80", Protocol::Tcp),
                 backend: "10.0.2.1:8080".parse().expect("test address"),
                 weight: 100,
-            })
+            }),
         );
         // Flags may come after the positional, too.
         let c = cmd(&[
@@ -486,7 +496,7 @@ mod tests {
         assert_eq!(
             cmd(&[&base[..], &["10.0.2.1:80", "10.0.2.2:80", "--weight", "7"]].concat()),
             Command::Backend(Backend::AddMany {
-                vip: vip("10.0.0.10:80", Proto::Tcp),
+                vip: vip("10.0.0.10:80", Protocol::Tcp),
                 backends: vec![b("10.0.2.1:80"), b("10.0.2.2:80")],
                 file: None,
                 weight: 7,
@@ -495,7 +505,7 @@ mod tests {
         assert_eq!(
             cmd(&[&base[..], &["--file", "list.txt"]].concat()),
             Command::Backend(Backend::AddMany {
-                vip: vip("10.0.0.10:80", Proto::Tcp),
+                vip: vip("10.0.0.10:80", Protocol::Tcp),
                 backends: vec![],
                 file: Some(PathBuf::from("list.txt")),
                 weight: 100,
@@ -544,16 +554,14 @@ mod tests {
 
     #[test]
     fn remove_backend_and_backend_remove_are_the_same_command() {
-        let tail = ["--vip", "10.0.0.10:53", "--proto", "udp", "10.0.2.1:53"];
-        let a = cmd(&[&["remove-backend"][..], &tail].concat());
-        let b = cmd(&[&["backend", "remove"][..], &tail].concat());
-        assert_eq!(a, b);
-        assert_eq!(
-            a,
+        same_command(
+            "remove-backend",
+            "remove",
+            &["--vip", "10.0.0.10:53", "--proto", "udp", "10.0.2.1:53"],
             Command::Backend(Backend::Remove {
-                vip: vip("10.0.0.10:53", Proto::Udp),
+                vip: vip("10.0.0.10:53", Protocol::Udp),
                 backend: "10.0.2.1:53".parse().expect("test address"),
-            })
+            }),
         );
     }
 
@@ -588,7 +596,7 @@ mod tests {
                 "0"
             ]),
             Command::Backend(Backend::SetWeight {
-                vip: vip("10.0.0.10:80", Proto::Tcp),
+                vip: vip("10.0.0.10:80", Protocol::Tcp),
                 backend: "10.0.2.1:80".parse().expect("test address"),
                 weight: 0,
             })
@@ -732,7 +740,7 @@ mod tests {
                 "IPIP"
             ]),
             Command::Vip(Vip::SetMode {
-                vip: vip("10.0.0.10:80", Proto::Tcp),
+                vip: vip("10.0.0.10:80", Protocol::Tcp),
                 mode: Mode::Ipip
             })
         );
@@ -770,7 +778,7 @@ mod tests {
             ]),
             Command::BackendSetup {
                 vip: Ipv4Addr::new(10, 0, 0, 10),
-                mode: Dsr::L2Dsr,
+                mode: Dsr::L2dsr,
                 dev: "eth0".into(),
                 undo: false,
             }
@@ -830,15 +838,21 @@ mod tests {
 
     #[test]
     fn pb_mapping() {
-        let k = vip("10.0.0.10:80", Proto::Udp).to_pb();
+        let k = pb::VipKey::from(&vip("10.0.0.10:80", Protocol::Udp));
         assert_eq!(k.address, "10.0.0.10");
         assert_eq!(k.port, 80);
         assert_eq!(k.protocol(), pb::Protocol::Udp);
-        assert_eq!(Mode::L2Dsr.to_pb(), pb::ForwardingMode::L2dsr);
-        assert_eq!(Mode::Ipip.to_pb(), pb::ForwardingMode::Ipip);
-        assert_eq!(Mode::Nat.to_pb(), pb::ForwardingMode::Nat);
         assert_eq!(
-            vip("10.0.0.10:80", Proto::Tcp).to_string(),
+            pb::ForwardingMode::from(Mode::L2dsr),
+            pb::ForwardingMode::L2dsr
+        );
+        assert_eq!(
+            pb::ForwardingMode::from(Mode::Ipip),
+            pb::ForwardingMode::Ipip
+        );
+        assert_eq!(pb::ForwardingMode::from(Mode::Nat), pb::ForwardingMode::Nat);
+        assert_eq!(
+            vip("10.0.0.10:80", Protocol::Tcp).to_string(),
             "10.0.0.10:80/tcp"
         );
     }

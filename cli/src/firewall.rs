@@ -8,10 +8,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context as _};
+use ipnet::Ipv4Net;
 use tonic::codegen::tokio_stream;
+use xdplb_model::cidr::{parse_cidr, CidrError};
+use xdplb_model::firewall::Action;
 
 use crate::client::{call, Lbd, RpcError};
-use crate::highargs::{parse_prefix, ArgError, Globals, Prefix};
+use crate::highargs::{invalid, ArgError, Globals};
 use crate::lowargs::{CidrArgs, FwCommand, RulesCommand};
 use crate::output::{self, action_name, n_prefixes, RuleJson, RuleListJson};
 use crate::pb;
@@ -22,39 +25,16 @@ pub const CHUNK: usize = 8192;
 // ---------------------------------------------------------------------------------------
 // High arguments
 
-/// What a rule does with a matching source.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    Block,
-    Allow,
-}
-
-impl Action {
-    pub fn to_pb(self) -> pb::FirewallAction {
-        match self {
-            Action::Block => pb::FirewallAction::Block,
-            Action::Allow => pb::FirewallAction::Allow,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Action::Block => "block",
-            Action::Allow => "allow",
-        }
-    }
-}
-
 /// One validated firewall command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Firewall {
     Add {
         action: Action,
-        prefixes: Vec<Prefix>,
+        prefixes: Vec<Ipv4Net>,
     },
     Remove {
         action: Action,
-        prefixes: Vec<Prefix>,
+        prefixes: Vec<Ipv4Net>,
     },
     Load {
         action: Action,
@@ -69,16 +49,10 @@ pub enum Firewall {
 impl Firewall {
     /// `block`/`allow` subcommands.
     pub fn rules(action: Action, low: RulesCommand) -> Result<Self, ArgError> {
-        let prefixes = |args: &CidrArgs| -> Result<Vec<Prefix>, ArgError> {
+        let prefixes = |args: &CidrArgs| -> Result<Vec<Ipv4Net>, ArgError> {
             args.cidrs
                 .iter()
-                .map(|s| {
-                    parse_prefix(s).map_err(|e| ArgError {
-                        what: "CIDR",
-                        value: s.clone(),
-                        expected: e.expected(),
-                    })
-                })
+                .map(|s| parse_cidr(s).map_err(|e| invalid("CIDR", s, e.expected())))
                 .collect()
         };
         Ok(match low {
@@ -112,18 +86,14 @@ fn parse_action(s: &str) -> Result<Action, ArgError> {
     match s.to_ascii_lowercase().as_str() {
         "block" => Ok(Action::Block),
         "allow" => Ok(Action::Allow),
-        _ => Err(ArgError {
-            what: "--action",
-            value: s.to_owned(),
-            expected: "block or allow".into(),
-        }),
+        _ => Err(invalid("--action", s, "block or allow")),
     }
 }
 
 /// The prefixes of a list file, each with its line number (1-based).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct List {
-    pub prefixes: Vec<Prefix>,
+    pub prefixes: Vec<Ipv4Net>,
     pub lines: Vec<usize>,
 }
 
@@ -169,14 +139,14 @@ pub fn parse_list(text: &str) -> Result<List, ListError> {
             ));
             continue;
         };
-        match parse_prefix(word) {
+        match parse_cidr(word) {
             Ok(p) => {
                 list.prefixes.push(p);
                 list.lines.push(line);
             }
             Err(e) => {
                 bad += 1;
-                first.get_or_insert((line, e.describe(word)));
+                first.get_or_insert((line, describe(&e)));
             }
         }
     }
@@ -187,6 +157,20 @@ pub fn parse_list(text: &str) -> Result<List, ListError> {
             message,
             bad_lines: bad,
         }),
+    }
+}
+
+/// The message for a list file line that is not a prefix (the line number is added by the caller).
+fn describe(e: &CidrError) -> String {
+    match e {
+        CidrError::Syntax(s) => {
+            format!("'{s}' is not an IPv4 prefix (expected A.B.C.D/LEN or A.B.C.D)")
+        }
+        CidrError::Length(s) => format!("'{s}': the prefix length must be 0..32"),
+        CidrError::Ipv6(s) => format!("'{s}' is an IPv6 prefix; only IPv4 is supported yet"),
+        CidrError::HostBits { given, normalised } => {
+            format!("'{given}' has host bits set; did you mean {normalised}?")
+        }
     }
 }
 
@@ -221,7 +205,7 @@ fn bulk_timeout(base: Duration, prefixes: usize) -> Duration {
 /// message even for an empty list (a replace must still say which list it replaces).
 fn chunked<T: Send + 'static>(
     action: Action,
-    prefixes: Vec<Prefix>,
+    prefixes: Vec<Ipv4Net>,
     make: impl Fn(Vec<pb::FirewallRule>, bool) -> T + Send + 'static,
 ) -> impl tokio_stream::Stream<Item = T> + Send + 'static {
     let mut rest = prefixes.into_iter().peekable();
@@ -235,7 +219,7 @@ fn chunked<T: Send + 'static>(
             .take(CHUNK)
             .map(|p| pb::FirewallRule {
                 cidr: p.to_string(),
-                action: action.to_pb() as i32,
+                action: pb::FirewallAction::from(action) as i32,
                 ..Default::default()
             })
             .collect();
@@ -331,7 +315,7 @@ pub async fn run(cmd: &Firewall, args: &Globals, out: &mut dyn Write) -> anyhow:
                     out,
                     "removed {} {} {}; {} rules in total",
                     r.removed,
-                    action.as_str(),
+                    action,
                     if r.removed == 1 { "rule" } else { "rules" },
                     r.total
                 )
@@ -347,7 +331,7 @@ pub async fn run(cmd: &Firewall, args: &Globals, out: &mut dyn Write) -> anyhow:
             let timeout = bulk_timeout(t, n);
             let label = file_label(file);
             if *replace {
-                let only = action.to_pb() as i32;
+                let only = pb::FirewallAction::from(*action) as i32;
                 let stream = chunked(*action, list.prefixes, move |rules, first| {
                     pb::ReplaceFirewallRulesRequest {
                         only: if first { only } else { 0 },
@@ -369,7 +353,7 @@ pub async fn run(cmd: &Firewall, args: &Globals, out: &mut dyn Write) -> anyhow:
                     writeln!(
                         out,
                         "replaced the {} list with {} from {label}: {} added, {} changed, {} removed, {} unchanged; {} rules in total",
-                        action.as_str(),
+                        action,
                         n_prefixes(count(n)),
                         r.added,
                         r.changed,
@@ -407,7 +391,7 @@ pub async fn run(cmd: &Firewall, args: &Globals, out: &mut dyn Write) -> anyhow:
         }
         Firewall::List { action } => {
             let req = pb::ListFirewallRulesRequest {
-                action: action.map_or(0, |a| a.to_pb() as i32),
+                action: action.map_or(0, |a| pb::FirewallAction::from(a) as i32),
             };
             let mut stream = call(t, lbd.firewall.list_rules(req)).await?;
             let mut rules = Vec::new();
@@ -458,44 +442,14 @@ mod tests {
 
     use std::net::Ipv4Addr;
 
-    use crate::highargs::PrefixError;
-
-    use ::tokio_stream::wrappers::UnixListenerStream;
+    use tonic::service::Routes;
     use tonic::{Request, Response, Status, Streaming};
 
     use super::*;
-    use crate::highargs::Target;
-    use crate::pb::test_server::firewall_server::{Firewall as FirewallApi, FirewallServer};
+    use crate::pb::firewall_server::{Firewall as FirewallApi, FirewallServer};
 
-    fn p(s: &str) -> Prefix {
-        parse_prefix(s).expect("test prefix")
-    }
-
-    #[test]
-    fn prefixes_parse_like_lbd_parses_them() {
-        assert_eq!(p("10.0.0.0/8").to_string(), "10.0.0.0/8");
-        assert_eq!(p("192.0.2.7").to_string(), "192.0.2.7/32");
-        assert_eq!(p("0.0.0.0/0").to_string(), "0.0.0.0/0");
-        assert_eq!(
-            parse_prefix("10.0.0.1/8"),
-            Err(PrefixError::HostBits(p("10.0.0.0/8")))
-        );
-        assert_eq!(
-            parse_prefix("1.2.3.4/0"),
-            Err(PrefixError::HostBits(p("0.0.0.0/0")))
-        );
-        assert_eq!(parse_prefix("10.0.0.0/33"), Err(PrefixError::Length));
-        assert_eq!(parse_prefix("2001:db8::/32"), Err(PrefixError::Ipv6));
-        for bad in [
-            "",
-            "10.0.0/8",
-            "10.0.0.0/",
-            "10.0.0.0/x",
-            "10.0.0.0/+8",
-            "a.b.c.d",
-        ] {
-            assert_eq!(parse_prefix(bad), Err(PrefixError::Syntax), "{bad:?}");
-        }
+    fn p(s: &str) -> Ipv4Net {
+        parse_cidr(s).expect("test prefix")
     }
 
     #[test]
@@ -575,21 +529,33 @@ mod tests {
         messages: Mutex<Vec<(i32, Vec<pb::FirewallRule>)>>,
     }
 
+    impl FakeFirewall {
+        /// Records each message of `stream` as (only, rules); the number of rules seen.
+        async fn record<M>(
+            &self,
+            mut stream: Streaming<M>,
+            split: impl Fn(M) -> (i32, Vec<pb::FirewallRule>),
+        ) -> Result<u32, Status> {
+            let mut n = 0;
+            while let Some(m) = stream.message().await? {
+                let (only, rules) = split(m);
+                n += rules.len() as u32;
+                self.messages
+                    .lock()
+                    .map_err(|_| Status::internal("poisoned"))?
+                    .push((only, rules));
+            }
+            Ok(n)
+        }
+    }
+
     #[tonic::async_trait]
     impl FirewallApi for FakeFirewall {
         async fn add_rules(
             &self,
             req: Request<Streaming<pb::AddFirewallRulesRequest>>,
         ) -> Result<Response<pb::AddFirewallRulesResponse>, Status> {
-            let mut s = req.into_inner();
-            let mut n = 0;
-            while let Some(m) = s.message().await? {
-                n += m.rules.len() as u32;
-                self.messages
-                    .lock()
-                    .map_err(|_| Status::internal("poisoned"))?
-                    .push((0, m.rules));
-            }
+            let n = self.record(req.into_inner(), |m| (0, m.rules)).await?;
             Ok(Response::new(pb::AddFirewallRulesResponse {
                 added: n,
                 unchanged: 0,
@@ -610,15 +576,7 @@ mod tests {
             &self,
             req: Request<Streaming<pb::ReplaceFirewallRulesRequest>>,
         ) -> Result<Response<pb::ReplaceFirewallRulesResponse>, Status> {
-            let mut s = req.into_inner();
-            let mut n = 0;
-            while let Some(m) = s.message().await? {
-                n += m.rules.len() as u32;
-                self.messages
-                    .lock()
-                    .map_err(|_| Status::internal("poisoned"))?
-                    .push((m.only, m.rules));
-            }
+            let n = self.record(req.into_inner(), |m| (m.only, m.rules)).await?;
             Ok(Response::new(pb::ReplaceFirewallRulesResponse {
                 added: n,
                 total: n,
@@ -656,13 +614,8 @@ mod tests {
     }
 
     async fn lbctl(socket: &Path, json: bool, cmd: Firewall) -> anyhow::Result<String> {
-        let args = Globals {
-            target: Target::Unix(socket.to_path_buf()),
-            json,
-            timeout: Duration::from_secs(5),
-        };
         let mut buf = Vec::new();
-        run(&cmd, &args, &mut buf).await?;
+        run(&cmd, &crate::testlbd::globals(socket, json), &mut buf).await?;
         Ok(String::from_utf8(buf)?)
     }
 
@@ -670,13 +623,8 @@ mod tests {
     async fn lists_are_streamed_in_chunks_and_rules_listed() {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("lbd.sock");
-        let listener = tokio::net::UnixListener::bind(&socket).expect("bind");
         let fake = std::sync::Arc::new(FakeFirewall::default());
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(FirewallServer::from_arc(fake.clone()))
-                .serve_with_incoming(UnixListenerStream::new(listener)),
-        );
+        crate::testlbd::serve(&socket, Routes::new(FirewallServer::from_arc(fake.clone())));
 
         // 20,000 /32s: three messages, the first carrying the list being replaced.
         let file = dir.path().join("drop.txt");

@@ -1,108 +1,22 @@
 //! Health checks and draining: the `--health` flags of `vip add` and `vip set-health`, checked
 //! before any RPC, and the `vip set-health`, `backend drain` and `backend undrain` commands.
 
-use std::{io::Write, net::SocketAddrV4, time::Duration};
+use std::{io::Write, net::SocketAddrV4};
+
+use xdplb_model::health::{
+    default_payload, AllDown, HealthCheck, HealthKind, MAX_COUNT, MAX_INTERVAL, MAX_PROBE_BYTES,
+    MIN_INTERVAL,
+};
 
 use crate::client::{call, Lbd};
-use crate::highargs::{parse_duration, ArgError, Globals, VipKey};
+use crate::highargs::{invalid, parse_duration, ArgError, Globals, VipKey};
 use crate::lowargs::HealthArgs;
 use crate::output::{self, health_label, show_duration, BackendJson, VipJson};
 use crate::pb;
 
-/// Shortest probe interval lbd accepts.
-const MIN_INTERVAL: Duration = Duration::from_millis(100);
-/// Longest probe interval lbd accepts.
-const MAX_INTERVAL: Duration = Duration::from_secs(3600);
-/// Largest rise or fall count lbd accepts.
-const MAX_COUNT: u32 = 100;
-/// Longest HTTP path or UDP payload lbd accepts, in bytes.
-const MAX_PROBE_BYTES: usize = 1024;
-
-/// What a probe does.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Kind {
-    None,
-    Tcp,
-    Http { path: String, expect_status: u16 },
-    Udp { payload: String },
-}
-
-/// A validated health check.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HealthSpec {
-    pub kind: Kind,
-    pub interval: Duration,
-    pub timeout: Duration,
-    pub rise: u32,
-    pub fall: u32,
-    /// Drop when every backend is down (else fail open).
-    pub drop_when_all_down: bool,
-}
-
-impl Default for HealthSpec {
-    fn default() -> Self {
-        HealthSpec {
-            kind: Kind::None,
-            interval: Duration::from_secs(1),
-            timeout: Duration::from_millis(500),
-            rise: 2,
-            fall: 3,
-            drop_when_all_down: false,
-        }
-    }
-}
-
-impl HealthSpec {
-    pub fn is_checked(&self) -> bool {
-        self.kind != Kind::None
-    }
-
-    pub fn to_pb(&self) -> pb::HealthCheck {
-        let ms = |d: Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
-        let mut m = pb::HealthCheck {
-            kind: pb::HealthCheckKind::None as i32,
-            interval_ms: ms(self.interval),
-            timeout_ms: ms(self.timeout),
-            rise: self.rise,
-            fall: self.fall,
-            all_down: if self.drop_when_all_down {
-                pb::AllDownPolicy::Drop
-            } else {
-                pb::AllDownPolicy::FailOpen
-            } as i32,
-            ..Default::default()
-        };
-        match &self.kind {
-            Kind::None => {}
-            Kind::Tcp => m.kind = pb::HealthCheckKind::Tcp as i32,
-            Kind::Http {
-                path,
-                expect_status,
-            } => {
-                m.kind = pb::HealthCheckKind::Http as i32;
-                m.http_path = path.clone();
-                m.http_expect_status = u32::from(*expect_status);
-            }
-            Kind::Udp { payload } => {
-                m.kind = pb::HealthCheckKind::Udp as i32;
-                m.udp_payload = payload.clone();
-            }
-        }
-        m
-    }
-}
-
-fn invalid(what: &'static str, value: &str, expected: impl Into<String>) -> ArgError {
-    ArgError {
-        what,
-        value: value.to_owned(),
-        expected: expected.into(),
-    }
-}
-
 /// Checks the health flags. Without `--health`, no other health flag may be given (`vip add`:
 /// the VIP is not checked); `required` makes `--health` mandatory (`vip set-health`).
-pub fn parse(args: &HealthArgs, required: bool) -> Result<HealthSpec, ArgError> {
+pub fn parse(args: &HealthArgs, required: bool) -> Result<HealthCheck, ArgError> {
     let Some(kind) = args.health.as_deref() else {
         let given = [
             ("--health-interval", &args.health_interval),
@@ -121,9 +35,9 @@ pub fn parse(args: &HealthArgs, required: bool) -> Result<HealthSpec, ArgError> 
         if let Some((flag, v)) = given {
             return Err(invalid(flag, v, "--health too (tcp, http:/PATH or udp)"));
         }
-        return Ok(HealthSpec::default());
+        return Ok(HealthCheck::default());
     };
-    let d = HealthSpec::default();
+    let d = HealthCheck::default();
     let interval = match &args.health_interval {
         Some(s) => parse_duration("--health-interval", s)?,
         None => d.interval,
@@ -157,14 +71,14 @@ pub fn parse(args: &HealthArgs, required: bool) -> Result<HealthSpec, ArgError> 
     };
     let rise = count("--rise", &args.rise, d.rise)?;
     let fall = count("--fall", &args.fall, d.fall)?;
-    let drop_when_all_down = match args
+    let all_down = match args
         .all_down
         .as_deref()
         .map(str::to_ascii_lowercase)
         .as_deref()
     {
-        None | Some("fail-open") => false,
-        Some("drop") => true,
+        None | Some("fail-open") => AllDown::FailOpen,
+        Some("drop") => AllDown::Drop,
         Some(_) => {
             let s = args.all_down.as_deref().unwrap_or_default();
             return Err(invalid("--all-down", s, "fail-open or drop"));
@@ -172,7 +86,7 @@ pub fn parse(args: &HealthArgs, required: bool) -> Result<HealthSpec, ArgError> 
     };
     let kind = parse_kind(kind)?;
     let kind = match kind {
-        Kind::Http { path, .. } => {
+        HealthKind::Http { path, .. } => {
             let expect_status = match &args.http_status {
                 None => 200,
                 Some(s) => match s.parse::<u16>() {
@@ -180,14 +94,14 @@ pub fn parse(args: &HealthArgs, required: bool) -> Result<HealthSpec, ArgError> 
                     _ => return Err(invalid("--http-status", s, "an HTTP status in 100..599")),
                 },
             };
-            Kind::Http {
+            HealthKind::Http {
                 path,
                 expect_status,
             }
         }
-        Kind::Udp { .. } => Kind::Udp {
+        HealthKind::Udp { .. } => HealthKind::Udp {
             payload: match &args.udp_payload {
-                None => "ping".to_string(),
+                None => default_payload(),
                 Some(p) if !p.is_empty() && p.len() <= MAX_PROBE_BYTES => p.clone(),
                 Some(p) => {
                     return Err(invalid(
@@ -201,8 +115,8 @@ pub fn parse(args: &HealthArgs, required: bool) -> Result<HealthSpec, ArgError> 
         other => other,
     };
     let misplaced = match &kind {
-        Kind::Http { .. } => args.udp_payload.as_ref().map(|v| ("--udp-payload", v)),
-        Kind::Udp { .. } => args.http_status.as_ref().map(|v| ("--http-status", v)),
+        HealthKind::Http { .. } => args.udp_payload.as_ref().map(|v| ("--udp-payload", v)),
+        HealthKind::Udp { .. } => args.http_status.as_ref().map(|v| ("--http-status", v)),
         _ => args
             .http_status
             .as_ref()
@@ -219,18 +133,18 @@ pub fn parse(args: &HealthArgs, required: bool) -> Result<HealthSpec, ArgError> 
             ),
         ));
     }
-    Ok(HealthSpec {
+    Ok(HealthCheck {
         kind,
         interval,
         timeout,
         rise,
         fall,
-        drop_when_all_down,
+        all_down,
     })
 }
 
 /// `tcp`, `http:/PATH`, `udp`, `none` (any case for the word).
-fn parse_kind(s: &str) -> Result<Kind, ArgError> {
+fn parse_kind(s: &str) -> Result<HealthKind, ArgError> {
     let expected = "tcp, http:/PATH, udp or none";
     if let Some((word, path)) = s.split_once(':') {
         if !word.eq_ignore_ascii_case("http") {
@@ -244,18 +158,18 @@ fn parse_kind(s: &str) -> Result<Kind, ArgError> {
                 "http:/PATH with a PATH that starts with '/' (no spaces)",
             ));
         }
-        return Ok(Kind::Http {
+        return Ok(HealthKind::Http {
             path: path.to_string(),
             expect_status: 200,
         });
     }
     match s.to_ascii_lowercase().as_str() {
-        "tcp" => Ok(Kind::Tcp),
-        "udp" => Ok(Kind::Udp {
+        "tcp" => Ok(HealthKind::Tcp),
+        "udp" => Ok(HealthKind::Udp {
             payload: String::new(),
         }),
-        "none" => Ok(Kind::None),
-        "http" => Ok(Kind::Http {
+        "none" => Ok(HealthKind::None),
+        "http" => Ok(HealthKind::Http {
             path: "/".into(),
             expect_status: 200,
         }),
@@ -266,7 +180,7 @@ fn parse_kind(s: &str) -> Result<Kind, ArgError> {
 /// `vip set-health`, `backend drain` and `backend undrain`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HealthCommand {
-    SetHealth { vip: VipKey, health: HealthSpec },
+    SetHealth { vip: VipKey, health: HealthCheck },
     Drain { vip: VipKey, backend: SocketAddrV4 },
     Undrain { vip: VipKey, backend: SocketAddrV4 },
 }
@@ -278,13 +192,13 @@ pub async fn run(cmd: &HealthCommand, args: &Globals, out: &mut dyn Write) -> an
     let written = match cmd {
         HealthCommand::SetHealth { vip, health } => {
             let req = pb::SetVipHealthRequest {
-                vip: Some(vip.to_pb()),
-                health: Some(health.to_pb()),
+                vip: Some(pb::VipKey::from(vip)),
+                health: Some(pb::HealthCheck::from(health)),
             };
             let resp = call(t, lbd.vips.set_vip_health(req)).await?;
             let set = resp.vip.unwrap_or_else(|| pb::Vip {
-                key: Some(vip.to_pb()),
-                health: Some(health.to_pb()),
+                key: Some(pb::VipKey::from(vip)),
+                health: Some(pb::HealthCheck::from(health)),
                 ..Default::default()
             });
             if args.json {
@@ -302,35 +216,38 @@ pub async fn run(cmd: &HealthCommand, args: &Globals, out: &mut dyn Write) -> an
                 )
             }
         }
-        HealthCommand::Drain { vip, backend } => {
-            let req = pb::DrainBackendRequest {
-                vip: Some(vip.to_pb()),
-                address: backend.ip().to_string(),
-                port: u32::from(backend.port()),
-            };
-            let resp = call(t, lbd.backends.drain_backend(req)).await?;
-            let b = resp.backend.unwrap_or_default();
+        HealthCommand::Drain { vip, backend } | HealthCommand::Undrain { vip, backend } => {
+            let drain = matches!(cmd, HealthCommand::Drain { .. });
+            let (key, address, port) = (
+                Some(pb::VipKey::from(vip)),
+                backend.ip().to_string(),
+                u32::from(backend.port()),
+            );
+            let b = if drain {
+                let req = pb::DrainBackendRequest {
+                    vip: key,
+                    address,
+                    port,
+                };
+                call(t, lbd.backends.drain_backend(req)).await?.backend
+            } else {
+                let req = pb::UndrainBackendRequest {
+                    vip: key,
+                    address,
+                    port,
+                };
+                call(t, lbd.backends.undrain_backend(req)).await?.backend
+            }
+            .unwrap_or_default();
             if args.json {
                 output::write_json(out, &BackendJson::from(&b))
-            } else {
+            } else if drain {
                 writeln!(
                     out,
                     "drained backend {backend} of {vip}: no new flows, tracked flows go on \
                      (watch FLOWS in `lbctl backend list`); undrain restores weight {}",
                     b.drained_from
                 )
-            }
-        }
-        HealthCommand::Undrain { vip, backend } => {
-            let req = pb::UndrainBackendRequest {
-                vip: Some(vip.to_pb()),
-                address: backend.ip().to_string(),
-                port: u32::from(backend.port()),
-            };
-            let resp = call(t, lbd.backends.undrain_backend(req)).await?;
-            let b = resp.backend.unwrap_or_default();
-            if args.json {
-                output::write_json(out, &BackendJson::from(&b))
             } else {
                 writeln!(
                     out,
@@ -345,6 +262,8 @@ pub async fn run(cmd: &HealthCommand, args: &Globals, out: &mut dyn Write) -> an
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::output::HealthJson;
 
@@ -361,12 +280,12 @@ mod tests {
 
     #[test]
     fn kinds_and_defaults() {
-        assert_eq!(parse(&args(None), false), Ok(HealthSpec::default()));
+        assert_eq!(parse(&args(None), false), Ok(HealthCheck::default()));
         assert!(!parse(&args(Some("none")), false)
             .expect("none")
             .is_checked());
         let tcp = parse(&args(Some("TCP")), false).expect("tcp");
-        assert_eq!(tcp.kind, Kind::Tcp);
+        assert_eq!(tcp.kind, HealthKind::Tcp);
         assert_eq!(
             (tcp.interval, tcp.timeout, tcp.rise, tcp.fall),
             (Duration::from_secs(1), Duration::from_millis(500), 2, 3)
@@ -375,14 +294,14 @@ mod tests {
             parse(&args(Some("http:/healthz?x=1")), false)
                 .expect("http")
                 .kind,
-            Kind::Http {
+            HealthKind::Http {
                 path: "/healthz?x=1".into(),
                 expect_status: 200
             }
         );
         assert_eq!(
             parse(&args(Some("udp")), false).expect("udp").kind,
-            Kind::Udp {
+            HealthKind::Udp {
                 payload: "ping".into()
             }
         );
@@ -399,8 +318,8 @@ mod tests {
         let spec = parse(&full, true).expect("all flags");
         assert_eq!(
             spec,
-            HealthSpec {
-                kind: Kind::Http {
+            HealthCheck {
+                kind: HealthKind::Http {
                     path: "/ready".into(),
                     expect_status: 204
                 },
@@ -408,10 +327,10 @@ mod tests {
                 timeout: Duration::from_millis(150),
                 rise: 1,
                 fall: 5,
-                drop_when_all_down: true,
+                all_down: AllDown::Drop,
             }
         );
-        let m = spec.to_pb();
+        let m = pb::HealthCheck::from(&spec);
         assert_eq!(
             (m.kind, m.interval_ms, m.timeout_ms, m.http_expect_status),
             (pb::HealthCheckKind::Http as i32, 200, 150, 204)
@@ -477,29 +396,29 @@ mod tests {
     #[test]
     fn labels() {
         assert_eq!(health_label(None), "none");
-        let spec = HealthSpec {
-            kind: Kind::Tcp,
-            ..HealthSpec::default()
+        let spec = HealthCheck {
+            kind: HealthKind::Tcp,
+            ..HealthCheck::default()
         };
         assert_eq!(
-            health_label(Some(&spec.to_pb())),
+            health_label(Some(&pb::HealthCheck::from(&spec))),
             "tcp 1s/500ms rise 2 fall 3 fail-open"
         );
-        let spec = HealthSpec {
-            kind: Kind::Http {
+        let spec = HealthCheck {
+            kind: HealthKind::Http {
                 path: "/h".into(),
                 expect_status: 204,
             },
             interval: Duration::from_millis(200),
             timeout: Duration::from_millis(100),
-            drop_when_all_down: true,
-            ..HealthSpec::default()
+            all_down: AllDown::Drop,
+            ..HealthCheck::default()
         };
         assert_eq!(
-            health_label(Some(&spec.to_pb())),
+            health_label(Some(&pb::HealthCheck::from(&spec))),
             "http:/h=204 200ms/100ms rise 2 fall 3 drop"
         );
-        let j = HealthJson::from(&spec.to_pb());
+        let j = HealthJson::from(&pb::HealthCheck::from(&spec));
         assert_eq!(
             (
                 j.kind.as_str(),

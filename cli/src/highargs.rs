@@ -10,8 +10,10 @@ use std::{
     time::Duration,
 };
 
+// The VIP types are the model's (their pb messages come from xdplb-proto's conversions).
+pub use xdplb_model::state::{Mode, Protocol, VipKey};
+
 use crate::lowargs::{BackendRefArgs, LowArgs, VipFlag, VipPositional};
-use crate::pb;
 
 /// Where lbd listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,142 +42,6 @@ impl fmt::Display for Target {
             Target::Tcp(url) | Target::Tls { url, .. } => f.write_str(url),
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Proto {
-    Tcp,
-    Udp,
-}
-
-impl Proto {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Proto::Tcp => "tcp",
-            Proto::Udp => "udp",
-        }
-    }
-
-    pub fn to_pb(self) -> pb::Protocol {
-        match self {
-            Proto::Tcp => pb::Protocol::Tcp,
-            Proto::Udp => pb::Protocol::Udp,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    Nat,
-    L2Dsr,
-    Ipip,
-}
-
-impl Mode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Nat => "nat",
-            Mode::L2Dsr => "l2dsr",
-            Mode::Ipip => "ipip",
-        }
-    }
-
-    pub fn to_pb(self) -> pb::ForwardingMode {
-        match self {
-            Mode::Nat => pb::ForwardingMode::Nat,
-            Mode::L2Dsr => pb::ForwardingMode::L2dsr,
-            Mode::Ipip => pb::ForwardingMode::Ipip,
-        }
-    }
-}
-
-/// A VIP: IPv4 address, port (1..65535) and protocol.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct VipKey {
-    pub addr: SocketAddrV4,
-    pub proto: Proto,
-}
-
-impl VipKey {
-    pub fn to_pb(self) -> pb::VipKey {
-        pb::VipKey {
-            address: self.addr.ip().to_string(),
-            port: u32::from(self.addr.port()),
-            protocol: self.proto.to_pb() as i32,
-        }
-    }
-}
-
-impl fmt::Display for VipKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.proto.as_str())
-    }
-}
-
-/// An IPv4 prefix without host bits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Prefix {
-    pub addr: Ipv4Addr,
-    pub len: u8,
-}
-
-impl fmt::Display for Prefix {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.len)
-    }
-}
-
-/// Why a string is not a usable prefix.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PrefixError {
-    Syntax,
-    Length,
-    Ipv6,
-    HostBits(Prefix),
-}
-
-impl PrefixError {
-    /// The "expected ..." part of an [`ArgError`].
-    pub fn expected(&self) -> String {
-        match self {
-            PrefixError::Syntax => "an IPv4 prefix A.B.C.D/LEN or an address A.B.C.D".into(),
-            PrefixError::Length => "an IPv4 prefix with a length of 0..32".into(),
-            PrefixError::Ipv6 => "an IPv4 prefix (IPv6 is not supported yet)".into(),
-            PrefixError::HostBits(p) => {
-                format!("a prefix without host bits set (did you mean {p}?)")
-            }
-        }
-    }
-
-    /// The message for a list file line about `s`.
-    pub fn describe(&self, s: &str) -> String {
-        match self {
-            PrefixError::Syntax => {
-                format!("'{s}' is not an IPv4 prefix (expected A.B.C.D/LEN or A.B.C.D)")
-            }
-            PrefixError::Length => format!("'{s}': the prefix length must be 0..32"),
-            PrefixError::Ipv6 => format!("'{s}' is an IPv6 prefix; only IPv4 is supported yet"),
-            PrefixError::HostBits(p) => format!("'{s}' has host bits set; did you mean {p}?"),
-        }
-    }
-}
-
-/// `A.B.C.D/LEN` without host bits, or a bare `A.B.C.D` (a /32): the same parser as lbd's
-/// ([`xdplb_model::cidr::parse_cidr`]), so that lbctl refuses exactly what lbd would.
-pub fn parse_prefix(s: &str) -> Result<Prefix, PrefixError> {
-    use xdplb_model::cidr::CidrError;
-    let prefix = |net: ipnet::Ipv4Net| Prefix {
-        addr: net.addr(),
-        len: net.prefix_len(),
-    };
-    xdplb_model::cidr::parse_cidr(s)
-        .map(prefix)
-        .map_err(|e| match e {
-            CidrError::Syntax(_) => PrefixError::Syntax,
-            CidrError::Length(_) => PrefixError::Length,
-            CidrError::Ipv6(_) => PrefixError::Ipv6,
-            CidrError::HostBits { normalised, .. } => PrefixError::HostBits(prefix(normalised)),
-        })
 }
 
 /// The global options, checked: where lbd is, output format, timeout. Every command group
@@ -304,7 +170,7 @@ pub fn parse_ipv4(what: &'static str, s: &str) -> Result<Ipv4Addr, ArgError> {
 /// `l2dsr` / `ipip`, any case: the modes whose backends need preparing.
 pub fn parse_dsr_mode(what: &'static str, s: &str) -> Result<Mode, ArgError> {
     match parse_mode(what, s) {
-        Ok(mode @ (Mode::L2Dsr | Mode::Ipip)) => Ok(mode),
+        Ok(mode @ (Mode::L2dsr | Mode::Ipip)) => Ok(mode),
         Ok(Mode::Nat) => Err(invalid(
             what,
             s,
@@ -362,10 +228,10 @@ pub fn parse_addr_port(what: &'static str, s: &str) -> Result<SocketAddrV4, ArgE
 }
 
 /// `tcp` / `udp`, any case.
-pub fn parse_proto(what: &'static str, s: &str) -> Result<Proto, ArgError> {
+pub fn parse_proto(what: &'static str, s: &str) -> Result<Protocol, ArgError> {
     match s.to_ascii_lowercase().as_str() {
-        "tcp" => Ok(Proto::Tcp),
-        "udp" => Ok(Proto::Udp),
+        "tcp" => Ok(Protocol::Tcp),
+        "udp" => Ok(Protocol::Udp),
         _ => Err(invalid(what, s, "tcp or udp")),
     }
 }
@@ -374,7 +240,7 @@ pub fn parse_proto(what: &'static str, s: &str) -> Result<Proto, ArgError> {
 pub fn parse_mode(what: &'static str, s: &str) -> Result<Mode, ArgError> {
     match s.to_ascii_lowercase().as_str() {
         "nat" => Ok(Mode::Nat),
-        "l2dsr" => Ok(Mode::L2Dsr),
+        "l2dsr" => Ok(Mode::L2dsr),
         "ipip" => Ok(Mode::Ipip),
         _ => Err(invalid(what, s, "nat, l2dsr or ipip")),
     }

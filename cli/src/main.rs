@@ -11,11 +11,15 @@ mod highargs;
 mod lowargs;
 mod man;
 mod output;
-mod pb;
 mod ratelimit;
 mod stats;
+#[cfg(test)]
+mod testlbd;
 mod top;
 mod vip;
+
+/// lbd's API (messages, clients, and the servers the unit tests fake lbd with).
+use xdplb_proto::pb;
 
 use std::{
     io::{self, Write},
@@ -119,19 +123,41 @@ mod tests {
 
     use std::{path::Path, sync::Mutex, time::Duration};
 
-    use tokio_stream::wrappers::UnixListenerStream;
+    use tonic::service::Routes;
     use tonic::{Request, Response, Status};
 
     use super::*;
-    use crate::highargs::{Mode, Proto, Target, VipKey};
+    use crate::highargs::{Mode, Protocol, VipKey};
     use crate::output;
     use crate::pb;
-    use crate::pb::test_server::vips_server::{Vips, VipsServer};
+    use crate::pb::vips_server::{Vips, VipsServer};
     use crate::vip::Vip;
 
     /// Just enough of lbd's Vips service to list, add and remove.
     #[derive(Default)]
     struct FakeVips(Mutex<Vec<pb::Vip>>);
+
+    fn no_such_vip(key: &pb::VipKey) -> Status {
+        Status::not_found(format!("vip {} does not exist", output::vip_label(key)))
+    }
+
+    impl FakeVips {
+        /// Changes the VIP of `key` with `f`; the VIP as it is afterwards.
+        fn update(
+            &self,
+            key: Option<pb::VipKey>,
+            f: impl FnOnce(&mut pb::Vip),
+        ) -> Result<pb::Vip, Status> {
+            let key = key.unwrap_or_default();
+            let mut vips = self.0.lock().map_err(|_| Status::internal("poisoned"))?;
+            let vip = vips
+                .iter_mut()
+                .find(|v| v.key.as_ref() == Some(&key))
+                .ok_or_else(|| no_such_vip(&key))?;
+            f(vip);
+            Ok(vip.clone())
+        }
+    }
 
     #[tonic::async_trait]
     impl Vips for FakeVips {
@@ -161,10 +187,7 @@ mod tests {
             let before = vips.len();
             vips.retain(|v| v.key.as_ref() != Some(&key));
             if vips.len() == before {
-                return Err(Status::not_found(format!(
-                    "vip {} does not exist",
-                    output::vip_label(&key)
-                )));
+                return Err(no_such_vip(&key));
             }
             Ok(Response::new(pb::RemoveVipResponse {}))
         }
@@ -174,18 +197,8 @@ mod tests {
             req: Request<pb::SetVipHealthRequest>,
         ) -> Result<Response<pb::SetVipHealthResponse>, Status> {
             let req = req.into_inner();
-            let key = req.vip.unwrap_or_default();
-            let mut vips = self.0.lock().map_err(|_| Status::internal("poisoned"))?;
-            let vip = vips
-                .iter_mut()
-                .find(|v| v.key.as_ref() == Some(&key))
-                .ok_or_else(|| {
-                    Status::not_found(format!("vip {} does not exist", output::vip_label(&key)))
-                })?;
-            vip.health = req.health;
-            Ok(Response::new(pb::SetVipHealthResponse {
-                vip: Some(vip.clone()),
-            }))
+            let vip = self.update(req.vip, |v| v.health = req.health)?;
+            Ok(Response::new(pb::SetVipHealthResponse { vip: Some(vip) }))
         }
 
         async fn set_vip_mode(
@@ -193,18 +206,8 @@ mod tests {
             req: Request<pb::SetVipModeRequest>,
         ) -> Result<Response<pb::SetVipModeResponse>, Status> {
             let req = req.into_inner();
-            let key = req.vip.unwrap_or_default();
-            let mut vips = self.0.lock().map_err(|_| Status::internal("poisoned"))?;
-            let vip = vips
-                .iter_mut()
-                .find(|v| v.key.as_ref() == Some(&key))
-                .ok_or_else(|| {
-                    Status::not_found(format!("vip {} does not exist", output::vip_label(&key)))
-                })?;
-            vip.mode = req.mode;
-            Ok(Response::new(pb::SetVipModeResponse {
-                vip: Some(vip.clone()),
-            }))
+            let vip = self.update(req.vip, |v| v.mode = req.mode)?;
+            Ok(Response::new(pb::SetVipModeResponse { vip: Some(vip) }))
         }
 
         async fn list_vips(
@@ -216,23 +219,9 @@ mod tests {
         }
     }
 
-    fn serve(path: &Path, fake: FakeVips) {
-        let listener = tokio::net::UnixListener::bind(path).expect("bind test socket");
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(VipsServer::new(fake))
-                .serve_with_incoming(UnixListenerStream::new(listener)),
-        );
-    }
-
     async fn lbctl(socket: &Path, json: bool, command: Command) -> anyhow::Result<String> {
-        let args = Globals {
-            target: Target::Unix(socket.to_path_buf()),
-            json,
-            timeout: Duration::from_secs(5),
-        };
         let mut buf = Vec::new();
-        run(&command, &args, &mut buf).await?;
+        run(&command, &testlbd::globals(socket, json), &mut buf).await?;
         Ok(String::from_utf8(buf)?)
     }
 
@@ -259,7 +248,7 @@ mod tests {
                 ..Default::default()
             }),
         });
-        serve(&socket, fake);
+        testlbd::serve(&socket, Routes::new(VipsServer::new(fake)));
 
         let added = lbctl(
             &socket,
@@ -267,10 +256,10 @@ mod tests {
             Command::Vip(Vip::Add {
                 vip: VipKey {
                     addr: "10.0.0.11:53".parse().expect("addr"),
-                    proto: Proto::Udp,
+                    proto: Protocol::Udp,
                 },
-                mode: Mode::L2Dsr,
-                health: crate::health::HealthSpec::default(),
+                mode: Mode::L2dsr,
+                health: xdplb_model::health::HealthCheck::default(),
             }),
         )
         .await
@@ -293,15 +282,15 @@ mod tests {
             Command::Health(crate::health::HealthCommand::SetHealth {
                 vip: VipKey {
                     addr: "10.0.0.11:53".parse().expect("addr"),
-                    proto: Proto::Udp,
+                    proto: Protocol::Udp,
                 },
-                health: crate::health::HealthSpec {
-                    kind: crate::health::Kind::Udp {
+                health: xdplb_model::health::HealthCheck {
+                    kind: xdplb_model::health::HealthKind::Udp {
                         payload: "ping".into(),
                     },
                     interval: Duration::from_millis(200),
                     timeout: Duration::from_millis(100),
-                    drop_when_all_down: true,
+                    all_down: xdplb_model::health::AllDown::Drop,
                     ..Default::default()
                 },
             }),
@@ -331,7 +320,7 @@ mod tests {
             Command::Vip(Vip::SetMode {
                 vip: VipKey {
                     addr: "10.0.0.10:80".parse().expect("addr"),
-                    proto: Proto::Tcp,
+                    proto: Protocol::Tcp,
                 },
                 mode: Mode::Ipip,
             }),
@@ -348,7 +337,7 @@ mod tests {
             Command::Vip(Vip::SetMode {
                 vip: VipKey {
                     addr: "10.0.0.10:80".parse().expect("addr"),
-                    proto: Proto::Tcp,
+                    proto: Protocol::Tcp,
                 },
                 mode: Mode::Nat,
             }),
@@ -362,7 +351,7 @@ mod tests {
         let missing = Command::Vip(Vip::Remove {
             vip: VipKey {
                 addr: "10.0.0.1:80".parse().expect("addr"),
-                proto: Proto::Tcp,
+                proto: Protocol::Tcp,
             },
         });
         let err = lbctl(&socket, false, missing).await.expect_err("not found");

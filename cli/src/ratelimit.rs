@@ -4,9 +4,12 @@
 use std::io::Write;
 
 use anyhow::Context as _;
+use ipnet::Ipv4Net;
+use xdplb_model::cidr::{parse_cidr, CidrError};
+use xdplb_model::ratelimit::{CidrPolicy, Policy, Scope};
 
 use crate::client::{call, Lbd};
-use crate::highargs::{self, ArgError, Globals, Prefix, PrefixError};
+use crate::highargs::{invalid, ArgError, Globals};
 use crate::lowargs::{CidrFlag, RateLimitCommand};
 use crate::output::{self, scope_name, RateLimitJson, RateLimitListJson, TopJson};
 use crate::pb;
@@ -14,32 +17,17 @@ use crate::pb;
 // ---------------------------------------------------------------------------------------
 // High arguments
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scope {
-    All,
-    NewFlows,
-}
-
-impl Scope {
-    pub fn to_pb(self) -> pb::RateLimitScope {
-        match self {
-            Scope::All => pb::RateLimitScope::All,
-            Scope::NewFlows => pb::RateLimitScope::NewFlows,
-        }
-    }
-}
-
 /// One validated rate-limit command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RateLimit {
     Set {
-        cidr: Option<Prefix>,
+        cidr: Option<Ipv4Net>,
         rate: u64,
         burst: u64,
         scope: Scope,
     },
     Remove {
-        cidr: Option<Prefix>,
+        cidr: Option<Ipv4Net>,
     },
     List,
     Top {
@@ -47,20 +35,12 @@ pub enum RateLimit {
     },
 }
 
-fn invalid(what: &'static str, value: &str, expected: impl Into<String>) -> ArgError {
-    ArgError {
-        what,
-        value: value.to_owned(),
-        expected: expected.into(),
-    }
-}
-
 /// `192.0.2.0/24` or a bare address (a /32); no host bits, not /0.
-pub fn parse_prefix(what: &'static str, s: &str) -> Result<Prefix, ArgError> {
+pub fn parse_prefix(what: &'static str, s: &str) -> Result<Ipv4Net, ArgError> {
     let expected = "an IPv4 prefix like 192.0.2.0/24 without host bits (not /0: omit --cidr)";
-    match highargs::parse_prefix(s) {
-        Ok(p) if p.len > 0 => Ok(p),
-        Err(PrefixError::HostBits(p)) if p.len > 0 => Err(invalid(
+    match parse_cidr(s) {
+        Ok(p) if p.prefix_len() > 0 => Ok(p),
+        Err(CidrError::HostBits { normalised: p, .. }) if p.prefix_len() > 0 => Err(invalid(
             what,
             s,
             format!("a prefix without host bits (did you mean {p}?)"),
@@ -127,7 +107,7 @@ impl TryFrom<RateLimitCommand> for RateLimit {
 }
 
 /// "the default policy" or "the override of 192.0.2.0/24".
-fn target(cidr: &Option<Prefix>) -> String {
+fn target(cidr: &Option<Ipv4Net>) -> String {
     match cidr {
         None => "the default policy".into(),
         Some(p) => format!("the override of {p}"),
@@ -149,13 +129,16 @@ pub async fn run(cmd: &RateLimit, args: &Globals, out: &mut dyn Write) -> anyhow
             burst,
             scope,
         } => {
+            let policy = CidrPolicy {
+                cidr: *cidr,
+                policy: Policy {
+                    rate: *rate,
+                    burst: *burst,
+                    scope: *scope,
+                },
+            };
             let req = pb::SetRateLimitRequest {
-                policy: Some(pb::RateLimitPolicy {
-                    cidr: cidr.map(|p| p.to_string()).unwrap_or_default(),
-                    rate: i64::try_from(*rate).unwrap_or(i64::MAX),
-                    burst: i64::try_from(*burst).unwrap_or(i64::MAX),
-                    scope: scope.to_pb() as i32,
-                }),
+                policy: Some(pb::RateLimitPolicy::from(&policy)),
             };
             let r = call(t, lbd.ratelimits.set_rate_limit(req)).await?;
             match (json, r.rate_limit) {
@@ -168,7 +151,7 @@ pub async fn run(cmd: &RateLimit, args: &Globals, out: &mut dyn Write) -> anyhow
                     out,
                     "set {}: {rate} packets/s per client, burst {burst}, scope {}",
                     target(cidr),
-                    scope_name(scope.to_pb() as i32)
+                    scope_name(pb::RateLimitScope::from(*scope) as i32)
                 ),
             }
         }
@@ -229,7 +212,7 @@ mod tests {
         }
     }
 
-    fn prefix(s: &str) -> Option<Prefix> {
+    fn prefix(s: &str) -> Option<Ipv4Net> {
         Some(parse_prefix("--cidr", s).expect("test prefix"))
     }
 

@@ -12,7 +12,7 @@ use anyhow::{bail, Context as _};
 use serde::Serialize;
 
 use crate::client::{Lbd, RpcError};
-use crate::highargs::{parse_duration, ArgError, Globals};
+use crate::highargs::{invalid, parse_duration, ArgError, Globals};
 use crate::lowargs::TopArgs;
 use crate::output::{proto_name, vip_label};
 use crate::pb;
@@ -38,23 +38,17 @@ impl TryFrom<TopArgs> for Top {
     fn try_from(low: TopArgs) -> Result<Self, ArgError> {
         let interval = parse_duration("--interval", &low.interval)?;
         if !(MIN_INTERVAL..=MAX_INTERVAL).contains(&interval) {
-            return Err(ArgError {
-                what: "--interval",
-                value: low.interval,
-                expected: "a duration from 100ms to 1m".into(),
-            });
+            return Err(invalid(
+                "--interval",
+                &low.interval,
+                "a duration from 100ms to 1m",
+            ));
         }
         let iterations = match low.iterations {
             None => None,
             Some(s) => match s.parse::<u64>() {
                 Ok(n) if n > 0 => Some(n),
-                _ => {
-                    return Err(ArgError {
-                        what: "--iterations",
-                        value: s,
-                        expected: "a positive integer".into(),
-                    })
-                }
+                _ => return Err(invalid("--iterations", &s, "a positive integer")),
             },
         };
         Ok(Top {

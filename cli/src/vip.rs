@@ -18,7 +18,7 @@ pub enum Vip {
         vip: VipKey,
         mode: Mode,
         /// Kind none unless `--health` was given.
-        health: crate::health::HealthSpec,
+        health: xdplb_model::health::HealthCheck,
     },
     Remove {
         vip: VipKey,
@@ -30,6 +30,20 @@ pub enum Vip {
     List,
 }
 
+/// The VIP in lbd's reply, or the requested one when the reply carries none.
+fn or_requested(reply: Option<pb::Vip>, vip: &VipKey, mode: Mode) -> pb::Vip {
+    reply.unwrap_or_else(|| pb::Vip {
+        key: Some(pb::VipKey::from(vip)),
+        mode: pb::ForwardingMode::from(mode) as i32,
+        ..Default::default()
+    })
+}
+
+/// `10.0.0.10:80/tcp` of the VIP in a reply (the requested key if the reply has none).
+fn label(reply: &pb::Vip, vip: &VipKey) -> String {
+    output::vip_label(&reply.key.clone().unwrap_or_else(|| pb::VipKey::from(vip)))
+}
+
 /// Sends `cmd` to lbd and renders the reply.
 pub async fn run(cmd: &Vip, args: &Globals, out: &mut dyn Write) -> anyhow::Result<()> {
     let mut lbd = Lbd::connect(&args.target, args.timeout).await?;
@@ -38,16 +52,12 @@ pub async fn run(cmd: &Vip, args: &Globals, out: &mut dyn Write) -> anyhow::Resu
     let written = match cmd {
         Vip::Add { vip, mode, health } => {
             let req = pb::AddVipRequest {
-                vip: Some(vip.to_pb()),
-                mode: mode.to_pb() as i32,
-                health: health.is_checked().then(|| health.to_pb()),
+                vip: Some(pb::VipKey::from(vip)),
+                mode: pb::ForwardingMode::from(*mode) as i32,
+                health: health.is_checked().then(|| pb::HealthCheck::from(health)),
             };
             let added = call(t, lbd.vips.add_vip(req)).await?;
-            let added = added.vip.unwrap_or_else(|| pb::Vip {
-                key: Some(vip.to_pb()),
-                mode: mode.to_pb() as i32,
-                ..Default::default()
-            });
+            let added = or_requested(added.vip, vip, *mode);
             if json {
                 output::write_json(out, &VipJson::from(&added))
             } else {
@@ -59,7 +69,7 @@ pub async fn run(cmd: &Vip, args: &Globals, out: &mut dyn Write) -> anyhow::Resu
                 writeln!(
                     out,
                     "added vip {} (mode {}, id {}{checked})",
-                    output::vip_label(&added.key.clone().unwrap_or_else(|| vip.to_pb())),
+                    label(&added, vip),
                     output::mode_name(added.mode),
                     added.id
                 )
@@ -67,7 +77,7 @@ pub async fn run(cmd: &Vip, args: &Globals, out: &mut dyn Write) -> anyhow::Resu
         }
         Vip::Remove { vip } => {
             let req = pb::RemoveVipRequest {
-                vip: Some(vip.to_pb()),
+                vip: Some(pb::VipKey::from(vip)),
             };
             call(t, lbd.vips.remove_vip(req)).await?;
             if json {
@@ -78,22 +88,18 @@ pub async fn run(cmd: &Vip, args: &Globals, out: &mut dyn Write) -> anyhow::Resu
         }
         Vip::SetMode { vip, mode } => {
             let req = pb::SetVipModeRequest {
-                vip: Some(vip.to_pb()),
-                mode: mode.to_pb() as i32,
+                vip: Some(pb::VipKey::from(vip)),
+                mode: pb::ForwardingMode::from(*mode) as i32,
             };
             let resp = call(t, lbd.vips.set_vip_mode(req)).await?;
-            let set = resp.vip.unwrap_or_else(|| pb::Vip {
-                key: Some(vip.to_pb()),
-                mode: mode.to_pb() as i32,
-                ..Default::default()
-            });
+            let set = or_requested(resp.vip, vip, *mode);
             if json {
                 output::write_json(out, &VipJson::from(&set))
             } else {
                 writeln!(
                     out,
                     "vip {} now uses {} for new flows (tracked flows keep their mode)",
-                    output::vip_label(&set.key.clone().unwrap_or_else(|| vip.to_pb())),
+                    label(&set, vip),
                     output::mode_name(set.mode)
                 )
             }

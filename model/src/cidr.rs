@@ -18,6 +18,21 @@ pub enum CidrError {
     HostBits { given: String, normalised: Ipv4Net },
 }
 
+impl CidrError {
+    /// What would have been accepted instead, for a message that names the flag the prefix came
+    /// from (lbctl: `invalid CIDR '10.0.0.1/8': expected {this}`).
+    pub fn expected(&self) -> String {
+        match self {
+            CidrError::Syntax(_) => "an IPv4 prefix A.B.C.D/LEN or an address A.B.C.D".into(),
+            CidrError::Length(_) => "an IPv4 prefix with a length of 0..32".into(),
+            CidrError::Ipv6(_) => "an IPv4 prefix (IPv6 is not supported yet)".into(),
+            CidrError::HostBits { normalised, .. } => {
+                format!("a prefix without host bits set (did you mean {normalised}?)")
+            }
+        }
+    }
+}
+
 /// Parses a prefix: `A.B.C.D/LEN` with no host bits set, or a bare `A.B.C.D` (a /32).
 ///
 /// `10.0.0.1/8` is refused rather than silently widened: the suggestion in the error is the
@@ -50,4 +65,30 @@ pub fn parse_cidr(s: &str) -> Result<Ipv4Net, CidrError> {
         });
     }
     Ok(net)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expected_says_what_would_have_been_accepted() {
+        let expected = |s: &str| parse_cidr(s).expect_err("refused").expected();
+        assert_eq!(
+            expected("10.0.0.1/8"),
+            "a prefix without host bits set (did you mean 10.0.0.0/8?)"
+        );
+        assert_eq!(
+            expected("10.0.0.0/33"),
+            "an IPv4 prefix with a length of 0..32"
+        );
+        assert_eq!(
+            expected("2001:db8::/32"),
+            "an IPv4 prefix (IPv6 is not supported yet)"
+        );
+        assert_eq!(
+            expected("10.0.0/8"),
+            "an IPv4 prefix A.B.C.D/LEN or an address A.B.C.D"
+        );
+    }
 }

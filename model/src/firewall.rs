@@ -59,6 +59,13 @@ impl fmt::Display for Scope {
 
 pub use crate::cidr::{parse_cidr, CidrError};
 
+/// One rule as a request names it: a prefix and what happens to packets from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rule {
+    pub net: Ipv4Net,
+    pub action: Action,
+}
+
 /// The rules of one request, validated and de-duplicated; each prefix remembers the index of
 /// its first occurrence so that later refusals can name it (`rules[3]`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

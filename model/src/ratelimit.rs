@@ -70,6 +70,13 @@ pub struct Policy {
     pub scope: Scope,
 }
 
+/// A policy and the clients it is for: an override's prefix, or `None` for the default policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CidrPolicy {
+    pub cidr: Option<Ipv4Net>,
+    pub policy: Policy,
+}
+
 impl Policy {
     /// No limit.
     pub const UNLIMITED: Policy = Policy {

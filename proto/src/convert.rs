@@ -5,9 +5,10 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
-use xdplb_model::firewall::Action;
+use ipnet::Ipv4Net;
+use xdplb_model::firewall::{Action, Rule};
 use xdplb_model::health::{default_payload, AllDown, HealthCheck, HealthKind};
-use xdplb_model::ratelimit::Scope;
+use xdplb_model::ratelimit::{CidrPolicy, Policy, Scope, MAX_BURST, MAX_RATE};
 use xdplb_model::state::{invalid, Mode, Protocol, StateError, VipKey};
 
 use crate::pb;
@@ -23,6 +24,16 @@ pub struct FieldError {
 impl From<FieldError> for tonic::Status {
     fn from(e: FieldError) -> Self {
         tonic::Status::invalid_argument(e.to_string())
+    }
+}
+
+impl FieldError {
+    /// The same error one message further out: `cidr` within `rules[3]` is `rules[3].cidr`.
+    pub fn within(self, outer: &str) -> FieldError {
+        FieldError {
+            field: format!("{outer}.{}", self.field),
+            message: self.message,
+        }
     }
 }
 
@@ -159,6 +170,109 @@ impl From<Scope> for pb::RateLimitScope {
         match s {
             Scope::All => pb::RateLimitScope::All,
             Scope::NewFlows => pb::RateLimitScope::NewFlows,
+        }
+    }
+}
+
+/// A prefix field, read with the model's strict parser ([`xdplb_model::cidr::parse_cidr`]); a
+/// refusal names `field` (`rules[3].cidr: 10.0.0.1/8 has host bits set; did you mean 10.0.0.0/8?`).
+pub fn parse_cidr(field: impl Into<String>, s: &str) -> Result<Ipv4Net, FieldError> {
+    xdplb_model::cidr::parse_cidr(s).map_err(|e| field_error(field, e.to_string()))
+}
+
+/// The clients field of a rate-limit policy: `""` is the default policy, anything else an
+/// override's prefix ([`xdplb_model::ratelimit::parse_cidr`]: not /0).
+pub fn parse_rate_limit_cidr(field: &str, s: &str) -> Result<Option<Ipv4Net>, FieldError> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    xdplb_model::ratelimit::parse_cidr(s)
+        .map(Some)
+        .map_err(|e| field_error(field, e.to_string()))
+}
+
+/// A packet count field: not negative, at most `max` (in `unit`).
+fn parse_count(field: &str, v: i64, max: u64, unit: &str) -> Result<u64, FieldError> {
+    let n = u64::try_from(v).map_err(|_| field_error(field, format!("{v} is negative")))?;
+    if n > max {
+        return Err(field_error(
+            field,
+            format!("{n} is above the maximum {max} {unit}"),
+        ));
+    }
+    Ok(n)
+}
+
+impl TryFrom<&pb::FirewallRule> for Rule {
+    type Error = FieldError;
+
+    /// A rule of a request; `id` and `hits` are for replies and ignored. Errors name `cidr` or
+    /// `action`: place them in the request with [`FieldError::within`] (`rules[3]`).
+    fn try_from(r: &pb::FirewallRule) -> Result<Self, FieldError> {
+        let pb::FirewallRule {
+            cidr,
+            action,
+            id: _,
+            hits: _,
+        } = r;
+        Ok(Rule {
+            net: parse_cidr("cidr", cidr)?,
+            action: parse_action("action", *action)?,
+        })
+    }
+}
+
+impl TryFrom<&pb::RateLimitPolicy> for CidrPolicy {
+    type Error = FieldError;
+
+    /// A policy as SetRateLimit sends it, checked whole (UNSPECIFIED scope: ALL). Errors name the
+    /// field of the message: place them with [`FieldError::within`] (`policy`).
+    fn try_from(p: &pb::RateLimitPolicy) -> Result<Self, FieldError> {
+        let pb::RateLimitPolicy {
+            cidr,
+            rate,
+            burst,
+            scope,
+        } = p;
+        let cidr = parse_rate_limit_cidr("cidr", cidr)?;
+        let rate = parse_count("rate", *rate, MAX_RATE, "packets/s")?;
+        let burst = parse_count("burst", *burst, MAX_BURST, "packets")?;
+        if rate > 0 && burst < 1 {
+            return Err(field_error("burst", "must be at least 1 when rate > 0"));
+        }
+        let scope = parse_scope("scope", *scope)?;
+        Ok(CidrPolicy {
+            cidr,
+            policy: Policy { rate, burst, scope },
+        })
+    }
+}
+
+impl TryFrom<&pb::SetRateLimitRequest> for CidrPolicy {
+    type Error = FieldError;
+
+    /// The policy of a SetRateLimit request, checked whole before anything changes.
+    fn try_from(req: &pb::SetRateLimitRequest) -> Result<Self, FieldError> {
+        let pb::SetRateLimitRequest { policy } = req;
+        let p = policy
+            .as_ref()
+            .ok_or_else(|| field_error("policy", "missing"))?;
+        CidrPolicy::try_from(p).map_err(|e| e.within("policy"))
+    }
+}
+
+impl From<&CidrPolicy> for pb::RateLimitPolicy {
+    /// The API message of a policy (counts above `i64::MAX` cannot be set, so cannot occur).
+    fn from(c: &CidrPolicy) -> Self {
+        let CidrPolicy {
+            cidr,
+            policy: Policy { rate, burst, scope },
+        } = c;
+        pb::RateLimitPolicy {
+            cidr: cidr.map(|n| n.to_string()).unwrap_or_default(),
+            rate: i64::try_from(*rate).unwrap_or(i64::MAX),
+            burst: i64::try_from(*burst).unwrap_or(i64::MAX),
+            scope: pb::RateLimitScope::from(*scope) as i32,
         }
     }
 }
@@ -436,5 +550,153 @@ mod tests {
             ..with(udp)
         })
         .expect("udp payload on a udp check");
+    }
+
+    fn rule(cidr: &str, action: pb::FirewallAction) -> pb::FirewallRule {
+        pb::FirewallRule {
+            cidr: cidr.into(),
+            action: action as i32,
+            id: 7,
+            hits: 9,
+        }
+    }
+
+    #[test]
+    fn firewall_rules_read_and_refusals_name_the_field() {
+        assert_eq!(
+            Rule::try_from(&rule("10.0.0.0/8", pb::FirewallAction::Block)),
+            Ok(Rule {
+                net: "10.0.0.0/8".parse().expect("prefix"),
+                action: Action::Block
+            })
+        );
+        assert_eq!(
+            Rule::try_from(&rule("192.0.2.7", pb::FirewallAction::Allow)).map(|r| r.net),
+            Ok("192.0.2.7/32".parse().expect("prefix"))
+        );
+        let refusal = |r: pb::FirewallRule| {
+            Rule::try_from(&r)
+                .expect_err("refused")
+                .within("rules[3]")
+                .to_string()
+        };
+        assert_eq!(
+            refusal(rule("10.0.0.1/8", pb::FirewallAction::Block)),
+            "rules[3].cidr: 10.0.0.1/8 has host bits set; did you mean 10.0.0.0/8?"
+        );
+        assert_eq!(
+            refusal(rule("10.0.0.0/8", pb::FirewallAction::Unspecified)),
+            "rules[3].action: must be BLOCK or ALLOW"
+        );
+        assert_eq!(
+            refusal(rule("nonsense", pb::FirewallAction::Unspecified)),
+            "rules[3].cidr: 'nonsense' is not an IPv4 prefix (expected A.B.C.D/LEN or A.B.C.D)",
+            "the prefix is checked first"
+        );
+    }
+
+    fn set(cidr: &str, rate: i64, burst: i64, scope: i32) -> pb::SetRateLimitRequest {
+        pb::SetRateLimitRequest {
+            policy: Some(pb::RateLimitPolicy {
+                cidr: cidr.into(),
+                rate,
+                burst,
+                scope,
+            }),
+        }
+    }
+
+    #[test]
+    fn rate_limit_policies_read_and_round_trip() {
+        let all = pb::RateLimitScope::All as i32;
+        let c = CidrPolicy::try_from(&set("", 100, 10, all)).expect("default");
+        assert_eq!(
+            c,
+            CidrPolicy {
+                cidr: None,
+                policy: Policy {
+                    rate: 100,
+                    burst: 10,
+                    scope: Scope::All
+                }
+            }
+        );
+        let c = CidrPolicy::try_from(&set(
+            "10.1.0.0/16",
+            5,
+            1,
+            pb::RateLimitScope::NewFlows as i32,
+        ))
+        .expect("override");
+        assert_eq!(c.cidr, Some("10.1.0.0/16".parse().expect("prefix")));
+        assert_eq!(c.policy.scope, Scope::NewFlows);
+        assert_eq!(
+            CidrPolicy::try_from(&pb::RateLimitPolicy::from(&c)),
+            Ok(c),
+            "round trip"
+        );
+        // Unspecified scope is "all"; rate 0 needs no burst.
+        let c = CidrPolicy::try_from(&set("10.2.0.0/16", 0, 0, 0)).expect("no limit");
+        assert_eq!((c.policy.rate, c.policy.scope), (0, Scope::All));
+    }
+
+    #[test]
+    fn rate_limit_refusals_name_the_field_as_lbd_did() {
+        let all = pb::RateLimitScope::All as i32;
+        for (req, field) in [
+            (set("", -1, 10, all), "policy.rate"),
+            (set("", 10, -5, all), "policy.burst"),
+            (set("", 10, 0, all), "policy.burst"),
+            (set("", 10_000_001, 10, all), "policy.rate"),
+            (set("", 10, 1_000_001, all), "policy.burst"),
+            (set("", 10, 1, 9), "policy.scope"),
+            (set("10.0.0.1/8", 10, 1, all), "policy.cidr"),
+            (set("0.0.0.0/0", 10, 1, all), "policy.cidr"),
+            (set("nonsense", 10, 1, all), "policy.cidr"),
+            (pb::SetRateLimitRequest { policy: None }, "policy"),
+        ] {
+            let e = CidrPolicy::try_from(&req).expect_err("refused");
+            assert_eq!(e.field, field, "{req:?}");
+        }
+        let message = |req: pb::SetRateLimitRequest| {
+            CidrPolicy::try_from(&req).expect_err("refused").to_string()
+        };
+        for (req, want) in [
+            (
+                set("10.0.0.1/8", 10, 1, all),
+                "policy.cidr: 10.0.0.1/8 has host bits set; did you mean 10.0.0.0/8?",
+            ),
+            (
+                set("0.0.0.0/0", 10, 1, all),
+                "policy.cidr: 0.0.0.0/0 is every client: set the default policy instead (no cidr)",
+            ),
+            (set("", -1, 10, all), "policy.rate: -1 is negative"),
+            (
+                set("", 10_000_001, 10, all),
+                "policy.rate: 10000001 is above the maximum 10000000 packets/s",
+            ),
+            (
+                set("", 10, 1_000_001, all),
+                "policy.burst: 1000001 is above the maximum 1000000 packets",
+            ),
+            (
+                set("", 10, 0, all),
+                "policy.burst: must be at least 1 when rate > 0",
+            ),
+            (
+                set("", 10, 1, 9),
+                "policy.scope: unknown scope 9 (ALL or NEW_FLOWS)",
+            ),
+            (pb::SetRateLimitRequest { policy: None }, "policy: missing"),
+        ] {
+            assert_eq!(message(req), want);
+        }
+        assert_eq!(
+            parse_rate_limit_cidr("cidr", "10.0.0.1/8")
+                .expect_err("host bits")
+                .field,
+            "cidr"
+        );
+        assert_eq!(parse_rate_limit_cidr("cidr", ""), Ok(None));
     }
 }
