@@ -3,16 +3,18 @@
 //! changes that only give slots to backends are written in place, changes in which a backend
 //! leaves the ring swap a new ring in.
 
+mod common;
+
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use anyhow::{ensure, Context, Result};
-use xdplb::dataplane::{Dataplane, LoadOptions};
+use xdplb::dataplane::Dataplane;
 use xdplb::maglev::{self, MaglevBackend};
 use xdplb::reconcile::Reconciler;
 use xdplb_model::state::{Mode, Protocol, State, VipKey};
 
-/// A prime ring size smaller than the default, so that the checks read fewer slots.
-const RING_SIZE: u32 = 4099;
+// RING_SIZE: a prime ring size smaller than the default, so that the checks read fewer slots.
+use common::lab::{Lb, RING_SIZE};
 
 fn backend(i: u8) -> SocketAddrV4 {
     SocketAddrV4::new(Ipv4Addr::new(10, 9, 1, i), 8080)
@@ -68,13 +70,7 @@ fn apply(
 
 #[test]
 fn rings_follow_backend_changes_in_place_and_by_swap() -> Result<()> {
-    let dp = Dataplane::load(&LoadOptions {
-        conntrack_size: 4096,
-        firewall_capacity: 1024,
-        ratelimit_clients: 1024,
-        ..LoadOptions::default()
-    })
-    .context("loading the XDP program (needs root)")?;
+    let dp = Dataplane::load(&Lb::options()).context("loading the XDP program (needs root)")?;
     let mut rec = Reconciler::new(dp, RING_SIZE);
     let mut state = State::default();
     let vip = VipKey {

@@ -15,6 +15,7 @@ use xdplb_proto::pb;
 use xdplb_testkit::gen::Rng;
 use xdplb_testkit::grpc::unix_channel;
 
+use crate::common::lab::Lb;
 use crate::report::{Report, Section};
 use crate::testrun::Spread;
 
@@ -204,9 +205,7 @@ fn in_process(quick: bool) -> Result<InProcess> {
     use xdplb_model::state::{Mode, Protocol, State, VipKey};
     let dp = Dataplane::load(&LoadOptions {
         conntrack_size: 1 << 16,
-        firewall_capacity: 4096,
-        ratelimit_clients: 4096,
-        ..LoadOptions::default()
+        ..Lb::options()
     })
     .context("loading the XDP program")?;
     let mut rec = Reconciler::new(dp, DEFAULT_TABLE_SIZE);
