@@ -19,8 +19,8 @@ pub mod transfer;
 pub mod upgrade;
 
 pub use peers::{
-    all_ok, tcp_connect, tcp_exchange, tcp_name_server, tcp_request, tcp_requests, udp_name_server,
-    udp_request, udp_requests, Reply, ServerHandle,
+    all_ok, assert_spread, count_by_name, tcp_connect, tcp_exchange, tcp_name_server, tcp_request,
+    tcp_requests, udp_name_server, udp_request, udp_requests, Reply, ServerHandle,
 };
 pub use procs::{vip_new_flows, Lbd, Proto, StartOptions};
 pub use topology::{lbd_config, Topology, VIP};

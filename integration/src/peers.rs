@@ -3,8 +3,10 @@
 //! A name server answers each request with `"<name> <peer address>\n"`, so a test learns which
 //! backend answered and which source address that backend saw (the SNAT address under full NAT).
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, ErrorKind, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
+use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -390,6 +392,35 @@ fn udp_exchange(
             Err(e).with_context(|| format!("{local} -> {to}: no UDP answer in {tries} tries"))
         }
         None => bail!("{local} -> {to}: no UDP answer"),
+    }
+}
+
+/// How many replies each server gave, by name.
+pub fn count_by_name(replies: &[Reply]) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for r in replies {
+        *counts.entry(r.name.clone()).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// Asserts that each of `names` answered a number of the `total` requests within `share` (in
+/// per cent, inclusive): the spread of a balanced VIP.
+pub fn assert_spread(
+    counts: &BTreeMap<String, usize>,
+    names: &[&str],
+    total: usize,
+    share: RangeInclusive<usize>,
+) {
+    let (lo, hi) = (total * share.start() / 100, total * share.end() / 100);
+    for name in names {
+        let n = counts.get(*name).copied().unwrap_or(0);
+        assert!(
+            (lo..=hi).contains(&n),
+            "{name} got {n} of {total} (want {}-{} %): {counts:?}",
+            share.start(),
+            share.end()
+        );
     }
 }
 

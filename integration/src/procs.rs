@@ -66,6 +66,31 @@ pub struct Lbd {
     dir: TempDir,
 }
 
+/// The health checks of the suites: fast, so the tests are ([`health_flags`] spells them).
+pub const HEALTH_INTERVAL: Duration = Duration::from_millis(200);
+pub const HEALTH_TIMEOUT: Duration = Duration::from_millis(100);
+pub const HEALTH_RISE: u32 = 2;
+pub const HEALTH_FALL: u32 = 3;
+
+/// `--health KIND` with [`HEALTH_INTERVAL`], [`HEALTH_TIMEOUT`], [`HEALTH_RISE`] and
+/// [`HEALTH_FALL`], plus `extra`: flags of `lbctl vip add` and `vip set-health`.
+pub fn health_flags<'a>(kind: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec![
+        "--health",
+        kind,
+        "--health-interval",
+        "200ms",
+        "--health-timeout",
+        "100ms",
+        "--rise",
+        "2",
+        "--fall",
+        "3",
+    ];
+    v.extend_from_slice(extra);
+    v
+}
+
 /// How [`Lbd::start_with`] runs lbd.
 #[derive(Debug, Clone, Default)]
 pub struct StartOptions {
@@ -268,13 +293,16 @@ impl Lbd {
 
     /// `lbctl vip add <vip> --proto <proto>`.
     pub fn add_vip(&self, vip: SocketAddrV4, proto: Proto) -> Result<String> {
-        self.ctl(&[
-            "vip",
-            "add",
-            &vip.to_string(),
-            "--proto",
-            &proto.to_string(),
-        ])
+        self.add_vip_with(vip, proto, &[])
+    }
+
+    /// `lbctl vip add <vip> --proto <proto> <flags>...` (a mode, a health check: see
+    /// [`health_flags`]).
+    pub fn add_vip_with(&self, vip: SocketAddrV4, proto: Proto, flags: &[&str]) -> Result<String> {
+        let (vip, proto) = (vip.to_string(), proto.to_string());
+        let mut args = vec!["vip", "add", &vip, "--proto", &proto];
+        args.extend_from_slice(flags);
+        self.ctl(&args)
     }
 
     /// `lbctl add-backend --vip <vip> --proto <proto> <backend>`.

@@ -258,14 +258,20 @@ impl TransferLab {
     }
 
     /// Starts an lbd on the state directory `state` that keeps its pins on exit (the first lbd
-    /// of a restart), with the VIP `VIP:80` (TCP, default mode) and the lab's backend.
-    pub fn start_lbd_with_vip(&self, state: &Path) -> Result<Lbd> {
+    /// of a restart), with the VIP `VIP:80` (TCP, default mode) and the lab's backend, and a
+    /// [`Transfer`] of `duration` through it.
+    pub fn start_lbd_under_transfer(
+        &self,
+        state: &Path,
+        duration: Duration,
+    ) -> Result<(Lbd, Transfer)> {
         let lbd = Lbd::start_with(self.lb(), self.config(), &StartOptions::keep(state))?;
         let vip = SocketAddrV4::new(VIP, 80);
         lbd.add_vip(vip, Proto::Tcp).context("vip add")?;
         lbd.add_backend(vip, Proto::Tcp, self.backend)
             .context("backend add")?;
-        Ok(lbd)
+        let transfer = Transfer::start(self.client(), vip, duration).context("transfer")?;
+        Ok((lbd, transfer))
     }
 
     /// The lbd configuration, the same (pin path included) for every lbd of the test.

@@ -15,20 +15,19 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use xdplb_integration::dsr::{backend_setup, LbCounters, LineServer, ModeTopology, RoutedTopology};
+use xdplb_integration::procs::{
+    health_flags, HEALTH_FALL as FALL, HEALTH_INTERVAL as INTERVAL, HEALTH_RISE as RISE,
+    HEALTH_TIMEOUT as PROBE_TIMEOUT,
+};
 use xdplb_integration::server::{tcp_server, Stoppable};
 use xdplb_integration::{
-    all_ok, tcp_connect, tcp_exchange, tcp_name_server, tcp_request, tcp_requests, udp_name_server,
-    udp_requests, Lbd, NetNs, Proto, Reply, ServerHandle, Topology, VIP,
+    all_ok, count_by_name, tcp_connect, tcp_exchange, tcp_name_server, tcp_request, tcp_requests,
+    udp_name_server, udp_requests, Lbd, NetNs, Proto, ServerHandle, Topology, VIP,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 /// Bound on one batch of requests, whatever happens.
 const BATCH_LIMIT: Duration = Duration::from_secs(60);
-/// The checks of these tests: fast, so the tests are.
-const INTERVAL: Duration = Duration::from_millis(200);
-const PROBE_TIMEOUT: Duration = Duration::from_millis(100);
-const RISE: u32 = 2;
-const FALL: u32 = 3;
 /// On top of the bound the check promises: the checker's 50 ms tick, the reconcile, and lbctl
 /// starting up for every poll.
 const SLACK: Duration = Duration::from_millis(1200);
@@ -40,37 +39,9 @@ fn vip_tcp() -> SocketAddrV4 {
     SocketAddrV4::new(VIP, 80)
 }
 
-/// `--health KIND` with this file's interval, timeout, rise and fall, plus `extra`.
-fn health_flags<'a>(kind: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut v = vec![
-        "--health",
-        kind,
-        "--health-interval",
-        "200ms",
-        "--health-timeout",
-        "100ms",
-        "--rise",
-        "2",
-        "--fall",
-        "3",
-    ];
-    v.extend_from_slice(extra);
-    v
-}
-
 fn vip_add(lbd: &Lbd, vip: SocketAddrV4, proto: Proto, mode: &str, health: &[&str]) {
-    let (vip, proto) = (vip.to_string(), proto.to_string());
-    let mut args = vec![
-        "vip",
-        "add",
-        vip.as_str(),
-        "--proto",
-        proto.as_str(),
-        "--mode",
-        mode,
-    ];
-    args.extend_from_slice(health);
-    lbd.ctl(&args).expect("lbctl vip add");
+    lbd.add_vip_with(vip, proto, &[&["--mode", mode], health].concat())
+        .expect("lbctl vip add");
 }
 
 /// One row of `lbctl --json backend list`.
@@ -142,14 +113,6 @@ fn tcp_batch(client: &NetNs, vip: SocketAddrV4, count: usize) -> BTreeMap<String
     let results =
         tcp_requests(client, None, vip, count, TIMEOUT, BATCH_LIMIT).expect("client runs");
     count_by_name(&all_ok(results, count))
-}
-
-fn count_by_name(replies: &[Reply]) -> BTreeMap<String, usize> {
-    let mut counts = BTreeMap::new();
-    for r in replies {
-        *counts.entry(r.name.clone()).or_insert(0) += 1;
-    }
-    counts
 }
 
 /// The bound a check promises for taking a dead backend out: `fall` probes, one interval apart,

@@ -12,6 +12,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use xdplb_integration::procs::health_flags;
 use xdplb_integration::server::Stoppable;
 use xdplb_integration::{
     tcp_name_server, tcp_requests, udp_name_server, udp_requests, Lbd, NetNs, Proto, Reply,
@@ -594,23 +595,11 @@ fn health_metrics_follow_a_dead_backend() {
         .collect();
     let lbd = Lbd::start(topo.lb(), &topo.lbd_config()).expect("lbd starts");
     let vip = SocketAddrV4::new(VIP, 80).to_string();
-    lbd.ctl(&[
-        "vip",
-        "add",
-        &vip,
-        "--proto",
-        "tcp",
-        "--health",
-        "tcp",
-        "--health-interval",
-        "200ms",
-        "--health-timeout",
-        "100ms",
-        "--rise",
-        "2",
-        "--fall",
-        "3",
-    ])
+    lbd.add_vip_with(
+        SocketAddrV4::new(VIP, 80),
+        Proto::Tcp,
+        &health_flags("tcp", &[]),
+    )
     .expect("vip add");
     for a in &addrs {
         lbd.add_backend(SocketAddrV4::new(VIP, 80), Proto::Tcp, *a)

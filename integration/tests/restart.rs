@@ -162,11 +162,9 @@ fn damaged_state_file_refuses_to_start(damage: impl Fn(Vec<u8>) -> Vec<u8>) {
     let lab = TransferLab::build("nat").expect("topology");
     let (lb, config) = (lab.lb(), lab.config());
     let state = tempfile::tempdir().expect("state dir");
-    let mut first = lab
-        .start_lbd_with_vip(state.path())
-        .expect("first lbd with the VIP");
-    let transfer =
-        Transfer::start(lab.client(), vip80(), Duration::from_secs(5)).expect("transfer starts");
+    let (mut first, transfer) = lab
+        .start_lbd_under_transfer(state.path(), Duration::from_secs(5))
+        .expect("first lbd with the VIP, a transfer through it");
     first.stop().expect("first lbd stops");
 
     let file = state.path().join("state.json");

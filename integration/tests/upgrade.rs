@@ -153,12 +153,10 @@ fn changed_map_layout_is_refused() {
     let lab = TransferLab::build("nat").expect("topology");
     let (lb, config) = (lab.lb(), lab.config());
     let state = tempfile::tempdir().expect("state dir");
-    let mut first = lab
-        .start_lbd_with_vip(state.path())
-        .expect("first lbd with the VIP");
+    let (mut first, transfer) = lab
+        .start_lbd_under_transfer(state.path(), Duration::from_secs(5))
+        .expect("first lbd with the VIP, a transfer through it");
     let original = programs(&lab);
-    let transfer =
-        Transfer::start(lab.client(), vip80(), Duration::from_secs(5)).expect("transfer starts");
     first.stop().expect("first lbd stops");
 
     assert!(!config.contains("conntrack_size"), "{config}");
