@@ -989,13 +989,19 @@ fn check(
     Ok(())
 }
 
-#[test]
-fn every_invalid_field_is_refused_and_changes_nothing() -> Result<()> {
-    let cases: u32 = std::env::var("API_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(40);
-    NetNs::within("apifuzz", move |_ns| {
+/// The API served in process as lbd serves it (on a Unix socket in a temporary directory), over
+/// a program loaded in the calling thread's namespace.
+struct Served {
+    rt: tokio::runtime::Runtime,
+    ctl: Controller,
+    socket: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+    stop_tx: tokio::sync::watch::Sender<bool>,
+    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl Served {
+    fn start() -> Result<Served> {
         let dp = Dataplane::load(&LoadOptions {
             conntrack_size: 4096,
             pin_dir: None,
@@ -1024,6 +1030,35 @@ fn every_invalid_field_is_refused_and_changes_nothing() -> Result<()> {
                 },
             ))
         };
+        Ok(Served {
+            rt,
+            ctl,
+            socket,
+            _dir: dir,
+            stop_tx,
+            server,
+        })
+    }
+
+    /// Shuts the server down (its clients dropped first), then the runtime (within 2 s) and
+    /// the controller.
+    fn stop(self) {
+        let _ = self.stop_tx.send(true);
+        let _ = self.rt.block_on(self.server);
+        self.rt.shutdown_timeout(Duration::from_secs(2));
+        drop(self.ctl);
+    }
+}
+
+#[test]
+fn every_invalid_field_is_refused_and_changes_nothing() -> Result<()> {
+    let cases: u32 = std::env::var("API_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(40);
+    NetNs::within("apifuzz", move |_ns| {
+        let api = Served::start()?;
+        let (rt, socket) = (&api.rt, api.socket.clone());
         let clients = std::cell::RefCell::new(rt.block_on(connect(&socket))?);
 
         let mut runner = TestRunner::new(PtConfig {
@@ -1037,11 +1072,8 @@ fn every_invalid_field_is_refused_and_changes_nothing() -> Result<()> {
         let outcome = runner.run(&seqs, |seq| {
             check(&clients, &rt, seq, &mut tally.borrow_mut())
         });
-        let _ = stop_tx.send(true);
         drop(clients);
-        let _ = rt.block_on(server);
-        rt.shutdown_timeout(Duration::from_secs(2));
-        drop(ctl);
+        api.stop();
         let t = tally.into_inner();
         eprintln!(
             "api fuzz: {} requests ({} with an invalid field), {} accepted, {} refused by state (not found, exists, precondition), {} refused as invalid by state- or cross-field rules",
@@ -1076,34 +1108,8 @@ fn every_invalid_field_is_refused_and_changes_nothing() -> Result<()> {
 #[test]
 fn a_batch_with_one_bad_backend_is_refused_whole() -> Result<()> {
     NetNs::within("apifuzz", move |_ns| {
-        let dp = Dataplane::load(&LoadOptions {
-            conntrack_size: 4096,
-            pin_dir: None,
-            firewall_capacity: 4096,
-            ratelimit_clients: 4096,
-            ..LoadOptions::default()
-        })?;
-        dp.maps().write_config(&config((20000, 20999)))?;
-        let ctl = Controller::new(State::default(), Reconciler::new(dp, RING_SIZE))
-            .map_err(|e| anyhow::anyhow!("controller: {e}"))?;
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let dir = tempfile::tempdir()?;
-        let socket = dir.path().join("lbd.sock");
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let server = {
-            let _guard = rt.enter();
-            let listener = xdplb::api::listen::bind_unix(&socket)?;
-            let router = xdplb::api::listen::router(Server::builder(), &ctl, stop_rx.clone());
-            let mut stop = stop_rx.clone();
-            rt.spawn(router.serve_with_incoming_shutdown(
-                UnixListenerStream::new(listener),
-                async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                },
-            ))
-        };
+        let api = Served::start()?;
+        let (rt, socket) = (&api.rt, api.socket.clone());
         let result = rt.block_on(async {
             let mut c = connect(&socket).await?;
             let vip = pb::VipKey {
@@ -1217,10 +1223,7 @@ fn a_batch_with_one_bad_backend_is_refused_whole() -> Result<()> {
             );
             anyhow::Ok(())
         });
-        let _ = stop_tx.send(true);
-        let _ = rt.block_on(server);
-        rt.shutdown_timeout(Duration::from_secs(2));
-        drop(ctl);
+        api.stop();
         result
     })
 }
