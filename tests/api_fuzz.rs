@@ -1070,7 +1070,7 @@ fn every_invalid_field_is_refused_and_changes_nothing() -> Result<()> {
         let tally = std::cell::RefCell::new(Tally::default());
         let seqs = proptest::collection::vec(case(), 60..=100);
         let outcome = runner.run(&seqs, |seq| {
-            check(&clients, &rt, seq, &mut tally.borrow_mut())
+            check(&clients, rt, seq, &mut tally.borrow_mut())
         });
         drop(clients);
         api.stop();
