@@ -22,9 +22,7 @@ use xdplb::reconcile::Reconciler;
 use xdplb_model::firewall::{Action, RuleBatch, Scope};
 use xdplb_model::state::{Protocol, State};
 
-use common::lab::{
-    config, setup_net, Lb, Net, BE1, BE2, CLIENT_MAC, LB_ADDR, RING_SIZE, VETH0_MAC, VIP,
-};
+use common::lab::{config, setup_net, Lb, Net, BE1, BE2, CLIENT_MAC, LB_ADDR, VETH0_MAC, VIP};
 use xdplb_testkit::gen::{block_list, Rng};
 use xdplb_testkit::packet::{Packet, TCP_SYN};
 use xdplb_testkit::{NetNs, Runner};
@@ -184,20 +182,13 @@ struct Setup {
 
 fn setup(net: Net, nets: &[Ipv4Net], rng: &mut Rng) -> Result<Setup> {
     let cfg = config((20000, 29999));
-    let dp = Dataplane::load(&LoadOptions {
+    let opts = LoadOptions {
         conntrack_size: 4096,
         firewall_capacity: MILLION,
         firewall_scope: Scope::All,
         ..LoadOptions::default()
-    })?;
-    dp.maps().write_config(&cfg)?;
-    let mut lb = Lb {
-        rec: Reconciler::new(dp, RING_SIZE),
-        state: State::default(),
-        net,
-        cfg,
-        claimed: BTreeSet::new(),
     };
+    let mut lb = Lb::load(net, cfg, &opts)?;
     lb.add_vip(VIP, Protocol::Tcp, &[(BE1, 100), (BE2, 100)])?;
     // Every k-th prefix is an allow rule (k = 2 for 10 prefixes, 1,000 for a million).
     let k = (nets.len() / 1000).max(2);

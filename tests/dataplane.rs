@@ -1740,8 +1740,7 @@ fn flow_stamps_and_liveness_follow_the_data_plane_clock() {
 fn flows_stay_live_across_a_restart_on_pinned_maps() {
     bench(|_, net| {
         let pins = PinDir::new("clock-test");
-        let opts = Lb::pinned_options(&pins);
-        let mut first = Lb::load(net, config(PORTS), &opts)?;
+        let mut first = Lb::load(net, config(PORTS), &Lb::pinned_options(&pins))?;
         let vip = first.add_vip(VIP, Protocol::Tcp, &[(BE1, 100), (BE2, 100)])?;
         let client = sa(CLIENT, 44000);
         let (flow, _) = new_flow(
@@ -1752,14 +1751,7 @@ fn flows_stay_live_across_a_restart_on_pinned_maps() {
             XDP_TX,
         )?;
         let id = first.vip_id(&vip)?;
-        drop(first); // like a stopped lbd that leaves its pins for the next one
-
-        let mut second =
-            Lb::load(net, config(PORTS), &opts).context("loading again on the pinned maps")?;
-        ensure!(
-            second.rec.dataplane().adopted(),
-            "the pinned maps were not reused"
-        );
+        let mut second = first.restart()?;
         let flows = second.rec.dataplane().telemetry()?.live_flows()?;
         ensure!(
             flows.by_vip.get(&id) == Some(&1) && flows.expired == 0,

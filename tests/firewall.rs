@@ -584,8 +584,7 @@ fn pinned_rules_are_adopted_after_a_restart() {
             firewall_capacity: CAPACITY,
             ..Lb::pinned_options(&pins)
         };
-        let load = |net: Net| Lb::load(net, config(PORTS), &opts);
-        let mut first = load(net)?;
+        let mut first = Lb::load(net, config(PORTS), &opts)?;
         first.add_vip(VIP, Protocol::Tcp, &[(BE1, 100)])?;
         add_rules(
             &mut first,
@@ -602,13 +601,7 @@ fn pinned_rules_are_adopted_after_a_restart() {
             .rule(&pfx("10.1.0.50/32"))
             .context("rule")?
             .id;
-        drop(first); // like a stopped lbd that leaves its pins for the next one
-
-        let mut second = load(net)?;
-        ensure!(
-            second.rec.dataplane().adopted(),
-            "the pinned maps were not reused"
-        );
+        let mut second = first.restart()?;
         expect_dropped(
             &second,
             &syn(sa(CLIENT, 49001), VIP),

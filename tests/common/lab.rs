@@ -197,6 +197,8 @@ pub struct Lb {
     pub cfg: RuntimeConfig,
     /// (backend, SNAT port) pairs handed out so far, as the tests predict them.
     pub claimed: BTreeSet<(SocketAddrV4, u16)>,
+    /// What the program was loaded with ([`Lb::restart`] loads with them again).
+    pub opts: LoadOptions,
 }
 
 /// `ip:port`.
@@ -257,7 +259,22 @@ impl Lb {
             net,
             cfg,
             claimed: BTreeSet::new(),
+            opts: opts.clone(),
         })
+    }
+
+    /// Drops this program like a stopped lbd that leaves its pins for the next one, and loads
+    /// it again with the same options and configuration: the new one must adopt the pinned maps.
+    /// The state starts empty, as lbd's before it reads its state file.
+    pub fn restart(self) -> Result<Lb> {
+        let (net, cfg, opts) = (self.net, self.cfg.clone(), self.opts.clone());
+        drop(self);
+        let second = Lb::load(net, cfg, &opts).context("loading again on the pinned maps")?;
+        ensure!(
+            second.rec.dataplane().adopted(),
+            "the pinned maps were not reused"
+        );
+        Ok(second)
     }
 
     /// Adds a NAT VIP with `backends` (address, weight) and reconciles.
