@@ -206,6 +206,20 @@ impl Topology {
             .collect()
     }
 
+    /// [`Topology::name_servers`], each in an `Option` so that a test can stop one (set it to
+    /// `None`) and start it again.
+    pub fn stoppable_name_servers(
+        &self,
+        port: u16,
+        start: fn(&NetNs, SocketAddrV4, &str) -> Result<crate::peers::ServerHandle>,
+    ) -> Result<Vec<Option<crate::peers::ServerHandle>>> {
+        Ok(self
+            .name_servers(port, start)?
+            .into_iter()
+            .map(Some)
+            .collect())
+    }
+
     /// A server named `b<index>` on every backend at `port`, started by `start`
     /// ([`crate::tcp_name_server`] or [`crate::udp_name_server`]), in backend order.
     pub fn name_servers(

@@ -222,11 +222,8 @@ fn nat_tcp_check_takes_a_dead_backend_out_and_back() {
     let topo = Topology::two_arm(3).expect("topology");
     let addrs: Vec<SocketAddrV4> = topo.backend_addrs(NAT_PORT);
     let mut servers: Vec<Option<ServerHandle>> = topo
-        .name_servers(addrs[0].port(), tcp_name_server)
-        .expect("servers")
-        .into_iter()
-        .map(Some)
-        .collect();
+        .stoppable_name_servers(addrs[0].port(), tcp_name_server)
+        .expect("servers");
     let lbd = Lbd::start(topo.lb(), &topo.lbd_config()).expect("lbd starts");
     vip_add(
         &lbd,
@@ -373,11 +370,8 @@ fn nat_udp_check() {
     let vip = SocketAddrV4::new(VIP, 53);
     let addrs: Vec<SocketAddrV4> = topo.backend_addrs(5353);
     let mut servers: Vec<Option<ServerHandle>> = topo
-        .name_servers(addrs[0].port(), udp_name_server)
-        .expect("servers")
-        .into_iter()
-        .map(Some)
-        .collect();
+        .stoppable_name_servers(addrs[0].port(), udp_name_server)
+        .expect("servers");
     let lbd = Lbd::start(topo.lb(), &topo.lbd_config()).expect("lbd starts");
     vip_add(&lbd, vip, Proto::Udp, "nat", &health_flags("udp", &[]));
     for a in &addrs {

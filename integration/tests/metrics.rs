@@ -588,11 +588,8 @@ fn health_metrics_follow_a_dead_backend() {
     let topo = Topology::two_arm(2).expect("topology");
     let addrs: Vec<SocketAddrV4> = topo.backend_addrs(8080);
     let mut servers: Vec<Option<ServerHandle>> = topo
-        .name_servers(addrs[0].port(), tcp_name_server)
-        .expect("servers")
-        .into_iter()
-        .map(Some)
-        .collect();
+        .stoppable_name_servers(addrs[0].port(), tcp_name_server)
+        .expect("servers");
     let lbd = Lbd::start(topo.lb(), &topo.lbd_config()).expect("lbd starts");
     let vip = SocketAddrV4::new(VIP, 80).to_string();
     lbd.add_vip_with(

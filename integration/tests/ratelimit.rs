@@ -404,34 +404,17 @@ fn bad_values_are_refused_and_change_nothing() {
     let lab = Lab::start();
     lab.ctl(&["ratelimit", "set", "--rate", "100", "--burst", "10"]);
     let before = lab.ctl_json(&["ratelimit", "list"]);
-    for args in [
-        &["ratelimit", "set", "--rate", "-1", "--burst", "10"][..],
-        &["ratelimit", "set", "--rate", "10", "--burst", "0"][..],
-        &[
-            "ratelimit",
-            "set",
-            "--rate",
-            "10",
-            "--burst",
-            "1",
-            "--scope",
-            "syn",
-        ][..],
-        &[
-            "ratelimit",
-            "set",
-            "--rate",
-            "10",
-            "--burst",
-            "1",
-            "--cidr",
-            "10.0.0.1/8",
-        ][..],
+    for line in [
+        "ratelimit set --rate -1 --burst 10",
+        "ratelimit set --rate 10 --burst 0",
+        "ratelimit set --rate 10 --burst 1 --scope syn",
+        "ratelimit set --rate 10 --burst 1 --cidr 10.0.0.1/8",
         // Only lbd knows the maxima.
-        &["ratelimit", "set", "--rate", "10000001", "--burst", "1"][..],
-        &["ratelimit", "remove", "--cidr", "10.9.0.0/16"][..],
+        "ratelimit set --rate 10000001 --burst 1",
+        "ratelimit remove --cidr 10.9.0.0/16",
     ] {
-        let err = lab.lbd.ctl(args).expect_err("refused");
+        let args: Vec<&str> = line.split_whitespace().collect();
+        let err = lab.lbd.ctl(&args).expect_err("refused");
         let text = format!("{err:#}");
         assert!(
             [
