@@ -1,10 +1,8 @@
 //! Build script: compiles the backend-side IPIP decapsulator `bpf/decap.bpf.c` into a libbpf
-//! skeleton, the way every BPF program of the workspace is built (testkit/build/skeletons.rs);
-//! it includes the data plane's shared headers (`xdplb.h`, `parse.h`) from `../bpf`.
-
-include!("../testkit/build/skeletons.rs");
+//! skeleton, the way every BPF program of the workspace is built (`xdplb-buildkit`); it includes
+//! the data plane's shared headers (`xdplb.h`, `parse.h`) from `../bpf`.
 
 fn main() {
-    build_skeletons("bpf", &["-I../bpf"]);
+    xdplb_buildkit::build_skeletons("bpf", &["-I../bpf".into()]);
     println!("cargo:rerun-if-changed=../bpf");
 }

@@ -22,15 +22,10 @@ use xdplb::reconcile::Reconciler;
 use xdplb_model::firewall::{Action, RuleBatch, Scope};
 use xdplb_model::state::{Protocol, State};
 
-use common::lab::{
-    config, setup_net, Lb, Net, BACKEND1, BACKEND2, CLIENT_MAC, LB_ADDR, RING_SIZE, VETH0_MAC,
-};
+use common::lab::{config, setup_net, Lb, Net, BE1, BE2, CLIENT_MAC, LB_ADDR, VETH0_MAC, VIP};
+use xdplb_testkit::gen::{block_list, Rng};
 use xdplb_testkit::packet::{Packet, TCP_SYN};
 use xdplb_testkit::{NetNs, Runner};
-
-const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 9), 80);
-const BE1: SocketAddrV4 = SocketAddrV4::new(BACKEND1, 8080);
-const BE2: SocketAddrV4 = SocketAddrV4::new(BACKEND2, 8080);
 
 const MILLION: u32 = 1_000_000;
 /// Repeats of each frame in one BPF_PROG_TEST_RUN (the verdicts measured leave it untouched).
@@ -39,38 +34,6 @@ const REPEAT: u32 = 500;
 const SOURCES: usize = 64;
 /// Trials per figure (alternating between the rule sets).
 const TRIALS: usize = 9;
-
-/// xorshift64*: reproducible pseudo-random numbers without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
-
-/// `n` distinct prefixes shaped like a large block list (half /24, a third /32, the rest
-/// /16../23) in 1.0.0.0-99.255.255.255; 100.64.0.0/10 stays free for sources that match nothing.
-fn prefixes(n: usize, seed: u64) -> Vec<Ipv4Net> {
-    let mut rng = Rng(seed);
-    let mut out = BTreeSet::new();
-    while out.len() < n {
-        let r = rng.next();
-        let addr = 0x0100_0000 + (r as u32) % (99 << 24);
-        let len = match (r >> 32) % 6 {
-            0..=2 => 24,
-            3 | 4 => 32,
-            _ => 16 + ((r >> 40) % 8) as u8,
-        };
-        if let Ok(net) = Ipv4Net::new(Ipv4Addr::from(addr), len) {
-            out.insert(net.trunc());
-        }
-    }
-    out.into_iter().collect()
-}
 
 fn batch(nets: &[Ipv4Net]) -> Result<RuleBatch> {
     let mut b = RuleBatch::default();
@@ -219,20 +182,13 @@ struct Setup {
 
 fn setup(net: Net, nets: &[Ipv4Net], rng: &mut Rng) -> Result<Setup> {
     let cfg = config((20000, 29999));
-    let mut dp = Dataplane::load(&LoadOptions {
+    let opts = LoadOptions {
         conntrack_size: 4096,
         firewall_capacity: MILLION,
         firewall_scope: Scope::All,
         ..LoadOptions::default()
-    })?;
-    dp.maps_mut().write_config(&cfg)?;
-    let mut lb = Lb {
-        rec: Reconciler::new(dp, RING_SIZE),
-        state: State::default(),
-        net,
-        cfg,
-        claimed: BTreeSet::new(),
     };
+    let mut lb = Lb::load(net, cfg, &opts)?;
     lb.add_vip(VIP, Protocol::Tcp, &[(BE1, 100), (BE2, 100)])?;
     // Every k-th prefix is an allow rule (k = 2 for 10 prefixes, 1,000 for a million).
     let k = (nets.len() / 1000).max(2);
@@ -316,7 +272,7 @@ fn main() -> Result<()> {
         drop(dp);
     }
 
-    let million = prefixes(MILLION as usize, 7);
+    let million = block_list(MILLION as usize, 7);
     // Ten spread over the range, five /16../24 and five /32 in an order that gives each action
     // both kinds (every other one is an allow rule: see `setup`).
     let (mut short, mut long) = (Vec::new(), Vec::new());
@@ -353,7 +309,7 @@ fn main() -> Result<()> {
         let old: BTreeSet<Ipv4Net> = nets.iter().copied().collect();
         let mut next: Vec<Ipv4Net> = nets[nets.len() / 2..].to_vec();
         next.extend(
-            prefixes(nets.len() / 2, 99)
+            block_list(nets.len() / 2, 99)
                 .into_iter()
                 .filter(|n| !old.contains(n)),
         );

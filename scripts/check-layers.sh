@@ -14,6 +14,7 @@ RULES=(
 	"xdplb-backend:xdplb xdplb-proto tonic"
 	"xdplb-bpffs:xdplb xdplb-backend xdplb-model xdplb-proto tokio tonic prost"
 	"xdplb-testkit:xdplb lbctl"
+	"xdplb-buildkit:xdplb lbctl tokio tonic"
 	"xdplb:lbctl xdplb-backend xdplb-testkit xdplb-integration xdplb-bench"
 )
 

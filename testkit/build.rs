@@ -1,7 +1,6 @@
-//! Build script: the XDP_PASS program (`bpf/xdp_pass.bpf.c`) into a libbpf skeleton.
-
-include!("build/skeletons.rs");
+//! Build script: the XDP_PASS program (`bpf/xdp_pass.bpf.c`) into a libbpf skeleton, with the
+//! workspace's BPF build (`xdplb-buildkit`).
 
 fn main() {
-    build_skeletons("bpf", &[]);
+    xdplb_buildkit::build_skeletons("bpf", &[]);
 }

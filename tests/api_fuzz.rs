@@ -22,12 +22,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use hyper_util::rt::TokioIo;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as PtConfig, TestCaseError, TestRunner};
 use prost::Message;
 use tokio_stream::wrappers::UnixListenerStream;
-use tonic::transport::{Channel, Endpoint, Server};
+use tonic::transport::{Channel, Server};
 use tonic::Code;
 
 use xdplb::controller::Controller;
@@ -39,6 +38,7 @@ use xdplb_proto::pb::{
     backends_client::BackendsClient, firewall_client::FirewallClient,
     rate_limits_client::RateLimitsClient, stats_client::StatsClient, vips_client::VipsClient,
 };
+use xdplb_testkit::grpc::unix_channel;
 
 use common::lab::{config, RING_SIZE};
 use xdplb_testkit::netns::NetNs;
@@ -745,15 +745,7 @@ struct Clients {
 }
 
 async fn connect(socket: &Path) -> Result<Clients> {
-    let path = socket.to_path_buf();
-    let channel = Endpoint::from_static("http://[::]:50051")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move {
-                let s = tokio::net::UnixStream::connect(path).await?;
-                Ok::<_, std::io::Error>(TokioIo::new(s))
-            }
-        }))
+    let channel = unix_channel(socket)
         .await
         .context("connecting to the in-process server")?;
     Ok(Clients {
@@ -997,13 +989,19 @@ fn check(
     Ok(())
 }
 
-#[test]
-fn every_invalid_field_is_refused_and_changes_nothing() -> Result<()> {
-    let cases: u32 = std::env::var("API_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(40);
-    NetNs::within("apifuzz", move |_ns| {
+/// The API served in process as lbd serves it (on a Unix socket in a temporary directory), over
+/// a program loaded in the calling thread's namespace.
+struct Served {
+    rt: tokio::runtime::Runtime,
+    ctl: Controller,
+    socket: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+    stop_tx: tokio::sync::watch::Sender<bool>,
+    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl Served {
+    fn start() -> Result<Served> {
         let mut dp = Dataplane::load(&LoadOptions {
             conntrack_size: 4096,
             pin_dir: None,
@@ -1032,6 +1030,35 @@ fn every_invalid_field_is_refused_and_changes_nothing() -> Result<()> {
                 },
             ))
         };
+        Ok(Served {
+            rt,
+            ctl,
+            socket,
+            _dir: dir,
+            stop_tx,
+            server,
+        })
+    }
+
+    /// Shuts the server down (its clients dropped first), then the runtime (within 2 s) and
+    /// the controller.
+    fn stop(self) {
+        let _ = self.stop_tx.send(true);
+        let _ = self.rt.block_on(self.server);
+        self.rt.shutdown_timeout(Duration::from_secs(2));
+        drop(self.ctl);
+    }
+}
+
+#[test]
+fn every_invalid_field_is_refused_and_changes_nothing() -> Result<()> {
+    let cases: u32 = std::env::var("API_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(40);
+    NetNs::within("apifuzz", move |_ns| {
+        let api = Served::start()?;
+        let (rt, socket) = (&api.rt, api.socket.clone());
         let clients = std::cell::RefCell::new(rt.block_on(connect(&socket))?);
 
         let mut runner = TestRunner::new(PtConfig {
@@ -1043,13 +1070,10 @@ fn every_invalid_field_is_refused_and_changes_nothing() -> Result<()> {
         let tally = std::cell::RefCell::new(Tally::default());
         let seqs = proptest::collection::vec(case(), 60..=100);
         let outcome = runner.run(&seqs, |seq| {
-            check(&clients, &rt, seq, &mut tally.borrow_mut())
+            check(&clients, rt, seq, &mut tally.borrow_mut())
         });
-        let _ = stop_tx.send(true);
         drop(clients);
-        let _ = rt.block_on(server);
-        rt.shutdown_timeout(Duration::from_secs(2));
-        drop(ctl);
+        api.stop();
         let t = tally.into_inner();
         eprintln!(
             "api fuzz: {} requests ({} with an invalid field), {} accepted, {} refused by state (not found, exists, precondition), {} refused as invalid by state- or cross-field rules",
@@ -1084,34 +1108,8 @@ fn every_invalid_field_is_refused_and_changes_nothing() -> Result<()> {
 #[test]
 fn a_batch_with_one_bad_backend_is_refused_whole() -> Result<()> {
     NetNs::within("apifuzz", move |_ns| {
-        let mut dp = Dataplane::load(&LoadOptions {
-            conntrack_size: 4096,
-            pin_dir: None,
-            firewall_capacity: 4096,
-            ratelimit_clients: 4096,
-            ..LoadOptions::default()
-        })?;
-        dp.maps_mut().write_config(&config((20000, 20999)))?;
-        let ctl = Controller::new(State::default(), Reconciler::new(dp, RING_SIZE))
-            .map_err(|e| anyhow::anyhow!("controller: {e}"))?;
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let dir = tempfile::tempdir()?;
-        let socket = dir.path().join("lbd.sock");
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let server = {
-            let _guard = rt.enter();
-            let listener = xdplb::api::listen::bind_unix(&socket)?;
-            let router = xdplb::api::listen::router(Server::builder(), &ctl, stop_rx.clone());
-            let mut stop = stop_rx.clone();
-            rt.spawn(router.serve_with_incoming_shutdown(
-                UnixListenerStream::new(listener),
-                async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                },
-            ))
-        };
+        let api = Served::start()?;
+        let (rt, socket) = (&api.rt, api.socket.clone());
         let result = rt.block_on(async {
             let mut c = connect(&socket).await?;
             let vip = pb::VipKey {
@@ -1225,10 +1223,7 @@ fn a_batch_with_one_bad_backend_is_refused_whole() -> Result<()> {
             );
             anyhow::Ok(())
         });
-        let _ = stop_tx.send(true);
-        let _ = rt.block_on(server);
-        rt.shutdown_timeout(Duration::from_secs(2));
-        drop(ctl);
+        api.stop();
         result
     })
 }

@@ -24,14 +24,6 @@ use common::lab::*;
 use xdplb_testkit::netns::{current_netns, NetNs};
 use xdplb_testkit::packet::*;
 
-const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 9), 80);
-const VIP_UDP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 9), 53);
-const BE1: SocketAddrV4 = SocketAddrV4::new(BACKEND1, 8080);
-const BE2: SocketAddrV4 = SocketAddrV4::new(BACKEND2, 8080);
-const BE1_UDP: SocketAddrV4 = SocketAddrV4::new(BACKEND1, 5353);
-const BE2_UDP: SocketAddrV4 = SocketAddrV4::new(BACKEND2, 5353);
-const PORTS: (u16, u16) = (20000, 20999);
-
 /// An LB with the TCP VIP 10.9.9.9:80 -> 10.1.0.2:8080, 10.1.0.3:8080 and SNAT ports 20000..=20999.
 fn tcp_lb(net: Net) -> Result<(Lb, VipKey)> {
     let mut lb = Lb::new(net, config(PORTS))?;
@@ -141,6 +133,12 @@ fn new_flow(
     Ok((flow, run))
 }
 
+/// [`new_flow`] of a packet received on veth0 that must leave with XDP_TX.
+fn new_tx_flow(lb: &mut Lb, vip: &VipKey, pkt: &Packet) -> Result<(Flow, Run)> {
+    let ingress = lb.net.veth0;
+    new_flow(lb, vip, pkt, ingress, XDP_TX)
+}
+
 /// Runs a later client packet of `flow` and checks it is NATed exactly like the first one.
 fn flow_packet(lb: &Lb, flow: &Flow, pkt: &Packet, ingress: u32, action: u32) -> Result<Run> {
     let run = lb.run(ingress, &pkt.build())?;
@@ -157,6 +155,11 @@ fn flow_packet(lb: &Lb, flow: &Flow, pkt: &Packet, ingress: u32, action: u32) ->
         &format!("packet of the tracked flow {} -> {}", flow.client, flow.vip),
     )?;
     Ok(run)
+}
+
+/// [`flow_packet`] received on veth0 that must leave with XDP_TX.
+fn tx_flow_packet(lb: &Lb, flow: &Flow, pkt: &Packet) -> Result<Run> {
+    flow_packet(lb, flow, pkt, lb.net.veth0, XDP_TX)
 }
 
 /// The backend's reply (SYN-ACK or a UDP answer) to the SNAT address of `flow`, received on veth0.
@@ -280,7 +283,7 @@ fn syn_to_vip_is_natted() {
         let client = sa(CLIENT, 12345);
         let pkt = client_syn(client, VIP);
         let frame = pkt.build();
-        let (flow, run) = new_flow(&mut lb, &vip, &pkt, net.veth0, XDP_TX)?;
+        let (flow, run) = new_tx_flow(&mut lb, &vip, &pkt)?;
 
         // The same facts new_flow checked through the whole expected frame, spelled out.
         let out = &run.out;
@@ -338,11 +341,7 @@ fn syn_to_vip_is_natted() {
             "counters by predicted backend id"
         );
         lb.expect_global(&[(R::LB_REASON_TX_NAT_FORWARD, 1)], &[(XDP_TX, 1)])?;
-        ensure!(
-            lb.maps().conntrack_entries() == 1,
-            "{} conntrack entries",
-            lb.maps().conntrack_entries()
-        );
+        lb.expect_flow_entries(1, "after the flow")?;
         Ok(())
     });
 }
@@ -353,9 +352,9 @@ fn established_flow_keeps_backend_and_port() {
         let (mut lb, vip) = tcp_lb(net)?;
         let client = sa(CLIENT, 12345);
         let first = client_syn(client, VIP);
-        let (flow, _) = new_flow(&mut lb, &vip, &first, net.veth0, XDP_TX)?;
+        let (flow, _) = new_tx_flow(&mut lb, &vip, &first)?;
         let second = ack(client, VIP);
-        flow_packet(&lb, &flow, &second, net.veth0, XDP_TX)?;
+        tx_flow_packet(&lb, &flow, &second)?;
         let bytes = (first.build().len() + second.build().len()) as u64;
         ensure!(
             lb.vip_counters(&vip)? == counters(2, bytes, 1),
@@ -366,11 +365,7 @@ fn established_flow_keeps_backend_and_port() {
             lb.backend_counters(&vip, flow.backend)? == counters(2, bytes, 1),
             "backend counters"
         );
-        ensure!(
-            lb.maps().conntrack_entries() == 1,
-            "{} conntrack entries",
-            lb.maps().conntrack_entries()
-        );
+        lb.expect_flow_entries(1, "after the flow")?;
 
         // Drain the flow's backend: new flows avoid it, the established flow stays (conntrack, not
         // the ring, decides).
@@ -378,14 +373,8 @@ fn established_flow_keeps_backend_and_port() {
         let third = ack(client, VIP)
             .with_seq_ack(0x1234_5690, 0x7000_0100)
             .with_payload(b"more");
-        flow_packet(&lb, &flow, &third, net.veth0, XDP_TX)?;
-        let (other, _) = new_flow(
-            &mut lb,
-            &vip,
-            &client_syn(sa(CLIENT, 12346), VIP),
-            net.veth0,
-            XDP_TX,
-        )?;
+        tx_flow_packet(&lb, &flow, &third)?;
+        let (other, _) = new_tx_flow(&mut lb, &vip, &client_syn(sa(CLIENT, 12346), VIP))?;
         ensure!(
             other.backend != flow.backend,
             "a new flow went to the drained backend {}",
@@ -409,7 +398,7 @@ fn reply_is_restored() {
     bench(|_, net| {
         let (mut lb, vip) = tcp_lb(net)?;
         let client = sa(CLIENT, 12345);
-        let (flow, _) = new_flow(&mut lb, &vip, &client_syn(client, VIP), net.veth0, XDP_TX)?;
+        let (flow, _) = new_tx_flow(&mut lb, &vip, &client_syn(client, VIP))?;
         let synack = reply(&flow, Protocol::Tcp);
         let run = expect_restored(&lb, &flow, &synack, VETH0_MAC, XDP_TX)?;
         let (src, dst) = endpoints(&run.out)?;
@@ -481,7 +470,7 @@ fn udp_zero_checksum_stays_zero() {
             get_be16(&q.build(), 34 + 6) == 0,
             "test packet should carry no UDP checksum"
         );
-        let (flow, run) = new_flow(&mut lb, &vip, &q, net.veth0, XDP_TX)?;
+        let (flow, run) = new_tx_flow(&mut lb, &vip, &q)?;
         ensure!(
             get_be16(&run.out, 34 + 6) == 0,
             "a zero UDP checksum became {:#06x}",
@@ -514,13 +503,7 @@ fn udp_zero_checksum_stays_zero() {
 fn udp_checksum_updated() {
     bench(|_, net| {
         let (mut lb, vip) = udp_lb(net)?;
-        let (flow, run) = new_flow(
-            &mut lb,
-            &vip,
-            &query(sa(CLIENT, 5000), VIP_UDP),
-            net.veth0,
-            XDP_TX,
-        )?;
+        let (flow, run) = new_tx_flow(&mut lb, &vip, &query(sa(CLIENT, 5000), VIP_UDP))?;
         ensure!(
             get_be16(&run.out, 34 + 6) != 0,
             "UDP checksum dropped to zero"
@@ -593,13 +576,9 @@ fn same_client_port_two_clients() {
         let (mut lb, vip) = tcp_lb(net)?;
         let a = sa(CLIENT, 40000);
         let b = sa(CLIENT_B, 40000);
-        let (fa, _) = new_flow(&mut lb, &vip, &client_syn(a, VIP), net.veth0, XDP_TX)?;
-        let (fb, _) = new_flow(&mut lb, &vip, &client_syn(b, VIP), net.veth0, XDP_TX)?;
-        ensure!(
-            lb.maps().conntrack_entries() == 2,
-            "{} conntrack entries, expected 2",
-            lb.maps().conntrack_entries()
-        );
+        let (fa, _) = new_tx_flow(&mut lb, &vip, &client_syn(a, VIP))?;
+        let (fb, _) = new_tx_flow(&mut lb, &vip, &client_syn(b, VIP))?;
+        lb.expect_flow_entries(2, "two clients, one port")?;
         if fa.backend == fb.backend {
             ensure!(
                 fa.snat.port() != fb.snat.port(),
@@ -609,8 +588,8 @@ fn same_client_port_two_clients() {
             );
         }
         // Later packets keep their own translation; replies find their own client.
-        flow_packet(&lb, &fb, &ack(b, VIP), net.veth0, XDP_TX)?;
-        flow_packet(&lb, &fa, &ack(a, VIP), net.veth0, XDP_TX)?;
+        tx_flow_packet(&lb, &fb, &ack(b, VIP))?;
+        tx_flow_packet(&lb, &fa, &ack(a, VIP))?;
         expect_restored(&lb, &fb, &reply(&fb, Protocol::Tcp), VETH0_MAC, XDP_TX)?;
         expect_restored(&lb, &fa, &reply(&fa, Protocol::Tcp), VETH0_MAC, XDP_TX)?;
 
@@ -621,7 +600,7 @@ fn same_client_port_two_clients() {
             Protocol::Tcp,
             &[(BE1, 100)],
         )?;
-        let (fa2, _) = new_flow(&mut lb, &vip2, &client_syn(a, vip2.addr), net.veth0, XDP_TX)?;
+        let (fa2, _) = new_tx_flow(&mut lb, &vip2, &client_syn(a, vip2.addr))?;
         let clash = (1..=u16::MAX)
             .map(|p| sa(CLIENT_B, p))
             .find(|c| {
@@ -635,24 +614,14 @@ fn same_client_port_two_clients() {
                 lb.candidate_port(h, 0) == fa2.snat.port()
             })
             .context("no client port clashes")?;
-        let (fb2, _) = new_flow(
-            &mut lb,
-            &vip2,
-            &client_syn(clash, vip2.addr),
-            net.veth0,
-            XDP_TX,
-        )?;
+        let (fb2, _) = new_tx_flow(&mut lb, &vip2, &client_syn(clash, vip2.addr))?;
         ensure!(
             fa2.backend == fb2.backend && fa2.snat != fb2.snat,
             "clashing flows {fa2:?} and {fb2:?}"
         );
         expect_restored(&lb, &fb2, &reply(&fb2, Protocol::Tcp), VETH0_MAC, XDP_TX)?;
         expect_restored(&lb, &fa2, &reply(&fa2, Protocol::Tcp), VETH0_MAC, XDP_TX)?;
-        ensure!(
-            lb.maps().conntrack_entries() == 4,
-            "{} conntrack entries, expected 4",
-            lb.maps().conntrack_entries()
-        );
+        lb.expect_flow_entries(4, "four flows")?;
         lb.expect_global(
             &[
                 (R::LB_REASON_TX_NAT_FORWARD, 6),
@@ -713,10 +682,7 @@ fn non_vip_passes_unchanged() {
         // Into the SNAT port range of the SNAT address, but no flow: not tracked.
         let stray = Packet::tcp(CLIENT_MAC, VETH0_MAC, client, sa(LB_ADDR, 20500), TCP_SYN).build();
         expect_untouched(&lb, net.veth0, &stray, "TCP to an unused SNAT port")?;
-        ensure!(
-            lb.maps().conntrack_entries() == 0,
-            "conntrack entries were created"
-        );
+        lb.expect_flow_entries(0, "packets that are not to a VIP")?;
         ensure!(
             lb.vip_counters(&vip)? == Counters::default(),
             "the VIP counted something"
@@ -863,11 +829,7 @@ fn truncated_packets_never_forwarded() {
             refresh_ip_checksum(&mut b, l3);
             never_forwarded(&lb, &b, what)?;
         }
-        ensure!(
-            lb.maps().conntrack_entries() == 0,
-            "malformed packets created {} conntrack entries",
-            lb.maps().conntrack_entries()
-        );
+        lb.expect_flow_entries(0, "malformed packets")?;
         let g = lb.global()?;
         ensure!(
             g.verdicts[XDP_TX as usize] == 0 && g.verdicts[XDP_REDIRECT as usize] == 0,
@@ -883,7 +845,7 @@ fn truncated_packets_never_forwarded() {
         for pkt in [&plain, &tagged, &optioned] {
             new_flow(&mut lb, &vip, pkt, net.veth0, XDP_TX)?;
         }
-        new_flow(&mut lb, &udp_vip, &udp, net.veth0, XDP_TX)?;
+        new_tx_flow(&mut lb, &udp_vip, &udp)?;
         let padded = client_syn(sa(CLIENT, 23460), VIP);
         let pick = lb.pick(&vip, sa(CLIENT, 23460))?;
         let port = lb
@@ -913,7 +875,7 @@ fn vlan_tagged_syn_is_natted() {
         let (mut lb, vip) = tcp_lb(net)?;
         let client = sa(CLIENT, 12345);
         let pkt = client_syn(client, VIP).with_vlan(ETH_P_8021Q, 100);
-        let (flow, run) = new_flow(&mut lb, &vip, &pkt, net.veth0, XDP_TX)?;
+        let (flow, run) = new_tx_flow(&mut lb, &vip, &pkt)?;
         ensure!(
             run.out[12..16] == [0x81, 0x00, 0x00, 100],
             "802.1Q tag not kept: {:02x?}",
@@ -926,12 +888,10 @@ fn vlan_tagged_syn_is_natted() {
             "802.1Q tag of the reply not kept"
         );
         // An 802.1ad (S-tag) frame is handled the same way.
-        new_flow(
+        new_tx_flow(
             &mut lb,
             &vip,
             &client_syn(sa(CLIENT, 12346), VIP).with_vlan(ETH_P_8021AD, 0x2007),
-            net.veth0,
-            XDP_TX,
         )?;
         // Two tags (QinQ) are not parsed: left to the kernel.
         let qinq = client_syn(sa(CLIENT, 12347), VIP)
@@ -956,12 +916,10 @@ fn ip_options_are_kept() {
     bench(|_, net| {
         let (mut lb, vip) = tcp_lb(net)?;
         let nops = [1, 1, 1, 0];
-        let (flow, run) = new_flow(
+        let (flow, run) = new_tx_flow(
             &mut lb,
             &vip,
             &client_syn(sa(CLIENT, 12345), VIP).with_ip_options(&nops),
-            net.veth0,
-            XDP_TX,
         )?;
         ensure!(run.out[14] == 0x46, "ihl changed: {:#04x}", run.out[14]);
         ensure!(
@@ -977,12 +935,10 @@ fn ip_options_are_kept() {
         // The longest header (ihl 15, 40 option bytes: a timestamp option and NOPs), both ways.
         let mut long = vec![68, 12, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0];
         long.resize(40, 1);
-        let (flow, run) = new_flow(
+        let (flow, run) = new_tx_flow(
             &mut lb,
             &vip,
             &client_syn(sa(CLIENT, 12346), VIP).with_ip_options(&long),
-            net.veth0,
-            XDP_TX,
         )?;
         ensure!(
             run.out[34..74] == long[..],
@@ -1028,10 +984,7 @@ fn no_backend_drops() {
                 action_name(run.action)
             );
         }
-        ensure!(
-            lb.maps().conntrack_entries() == 0,
-            "conntrack entries created for dropped flows"
-        );
+        lb.expect_flow_entries(0, "dropped flows")?;
         lb.expect_global(&[(R::LB_REASON_DROP_NO_BACKEND, 2)], &[(XDP_DROP, 2)])?;
 
         // Draining the last backend drops new flows only.
@@ -1041,15 +994,9 @@ fn no_backend_drops() {
             &[(BE2, 100)],
         )?;
         let client = sa(CLIENT, 1001);
-        let (flow, _) = new_flow(
-            &mut lb,
-            &vip,
-            &client_syn(client, vip.addr),
-            net.veth0,
-            XDP_TX,
-        )?;
+        let (flow, _) = new_tx_flow(&mut lb, &vip, &client_syn(client, vip.addr))?;
         lb.set_weight(&vip, BE2, 0)?;
-        flow_packet(&lb, &flow, &ack(client, vip.addr), net.veth0, XDP_TX)?;
+        tx_flow_packet(&lb, &flow, &ack(client, vip.addr))?;
         let run = lb.run(net.veth0, &client_syn(sa(CLIENT, 1002), vip.addr).build())?;
         ensure!(
             run.action == XDP_DROP,
@@ -1138,7 +1085,7 @@ fn port_range_exhaustion_is_counted() {
         let mut lb = Lb::new(net, config((20000, 20000)))?;
         let vip = lb.add_vip(VIP, Protocol::Tcp, &[(BE1, 100)])?;
         let a = sa(CLIENT, 1111);
-        let (flow, _) = new_flow(&mut lb, &vip, &client_syn(a, VIP), net.veth0, XDP_TX)?;
+        let (flow, _) = new_tx_flow(&mut lb, &vip, &client_syn(a, VIP))?;
         ensure!(flow.snat.port() == 20000, "SNAT port {}", flow.snat.port());
         let second = client_syn(sa(CLIENT_B, 2222), VIP).build();
         let run = lb.run(net.veth0, &second)?;
@@ -1154,30 +1101,20 @@ fn port_range_exhaustion_is_counted() {
             ],
             &[(XDP_TX, 1), (XDP_DROP, 1)],
         )?;
-        ensure!(
-            lb.maps().conntrack_entries() == 1,
-            "{} conntrack entries",
-            lb.maps().conntrack_entries()
-        );
+        lb.expect_flow_entries(1, "after the flow")?;
         ensure!(
             lb.backend_counters(&vip, BE1)?
                 == counters(1, client_syn(a, VIP).build().len() as u64, 1),
             "backend counted the dropped flow"
         );
         // The first flow is unaffected, and the port is per backend: another backend has it free.
-        flow_packet(&lb, &flow, &ack(a, VIP), net.veth0, XDP_TX)?;
+        tx_flow_packet(&lb, &flow, &ack(a, VIP))?;
         let vip2 = lb.add_vip(
             sa(Ipv4Addr::new(10, 9, 9, 10), 80),
             Protocol::Tcp,
             &[(BE2, 100)],
         )?;
-        let (f2, _) = new_flow(
-            &mut lb,
-            &vip2,
-            &client_syn(sa(CLIENT_B, 2222), vip2.addr),
-            net.veth0,
-            XDP_TX,
-        )?;
+        let (f2, _) = new_tx_flow(&mut lb, &vip2, &client_syn(sa(CLIENT_B, 2222), vip2.addr))?;
         ensure!(
             f2.snat.port() == 20000,
             "SNAT port towards the other backend {}",
@@ -1230,7 +1167,7 @@ fn active_flow_within_timeout_keeps_its_backend() {
         let mut lb = Lb::new(net, cfg)?;
         let vip = lb.add_vip(VIP_UDP, Protocol::Udp, &[(BE1_UDP, 100), (BE2_UDP, 100)])?;
         let client = sa(CLIENT, 7000);
-        let (flow, _) = new_flow(&mut lb, &vip, &query(client, VIP_UDP), net.veth0, XDP_TX)?;
+        let (flow, _) = new_tx_flow(&mut lb, &vip, &query(client, VIP_UDP))?;
         lb.set_weight(&vip, flow.backend, 0)?;
         for i in 1..=2 {
             sleep(Duration::from_millis(600));
@@ -1262,10 +1199,10 @@ fn one_way_flow_keeps_its_snat_port() {
         let mut lb = Lb::new(net, cfg)?;
         let vip = lb.add_vip(VIP_UDP, Protocol::Udp, &[(BE1_UDP, 100)])?;
         let a = sa(CLIENT, 1111);
-        let (flow, _) = new_flow(&mut lb, &vip, &query(a, VIP_UDP), net.veth0, XDP_TX)?;
+        let (flow, _) = new_tx_flow(&mut lb, &vip, &query(a, VIP_UDP))?;
         for _ in 0..3 {
             sleep(Duration::from_millis(800));
-            flow_packet(&lb, &flow, &query(a, VIP_UDP), net.veth0, XDP_TX)?;
+            tx_flow_packet(&lb, &flow, &query(a, VIP_UDP))?;
         }
         // 2.4 s after the flow began, 0 s after its last packet.
         sleep(Duration::from_millis(100));
@@ -1297,13 +1234,7 @@ fn port_retries_try_other_ports() {
     bench(|_, net| {
         let mut lb = Lb::new(net, config((20000, 20002)))?;
         let vip = lb.add_vip(VIP, Protocol::Tcp, &[(BE1, 100)])?;
-        let (fa, _) = new_flow(
-            &mut lb,
-            &vip,
-            &client_syn(sa(CLIENT, 1111), VIP),
-            net.veth0,
-            XDP_TX,
-        )?;
+        let (fa, _) = new_tx_flow(&mut lb, &vip, &client_syn(sa(CLIENT, 1111), VIP))?;
         let clash = (1..=u16::MAX)
             .map(|p| sa(CLIENT_B, p))
             .find(|c| {
@@ -1363,20 +1294,14 @@ fn oversize_nat_packets_get_icmp_frag_needed() {
         ns.ip(&["link", "set", "veth0", "mtu", "1400"])?;
         let (mut lb, vip) = tcp_lb(net)?;
         let client = sa(CLIENT, 23456);
-        let (flow, _) = new_flow(&mut lb, &vip, &client_syn(client, VIP), net.veth0, XDP_TX)?;
+        let (flow, _) = new_tx_flow(&mut lb, &vip, &client_syn(client, VIP))?;
 
         // Client -> VIP, 1401 bytes with DF: ICMP from the VIP with next-hop MTU 1400.
         let big = sized(ack(client, VIP), 1401);
         let run = lb.run(net.veth0, &big.build())?;
         expect_frag_needed(&run, &big, 1400, "client packet of 1401 bytes")?;
         // Exactly 1400 bytes fit and are NATed as usual.
-        flow_packet(
-            &lb,
-            &flow,
-            &sized(ack(client, VIP), 1400),
-            net.veth0,
-            XDP_TX,
-        )?;
+        tx_flow_packet(&lb, &flow, &sized(ack(client, VIP), 1400))?;
         // Without DF: dropped, counted as too big.
         let mut no_df = sized(ack(client, VIP), 1500);
         no_df.frag = 0;
@@ -1444,13 +1369,7 @@ fn prefilter_follows_vips() {
             "after one VIP: the prefilter should hold the VIP's address only ({} bits)",
             filter_bits(&lb)?
         );
-        let (flow, _) = new_flow(
-            &mut lb,
-            &vip,
-            &client_syn(sa(CLIENT, 41000), VIP),
-            net.veth0,
-            XDP_TX,
-        )?;
+        let (flow, _) = new_tx_flow(&mut lb, &vip, &client_syn(sa(CLIENT, 41000), VIP))?;
         let run = lb.run(net.veth0, &reply(&flow, Protocol::Tcp).build())?;
         ensure!(
             run.action == XDP_TX,
@@ -1463,13 +1382,7 @@ fn prefilter_follows_vips() {
             filter_has(&lb.maps(), *other.ip())? && filter_bits(&lb)? == 2,
             "the second VIP's address is not in the prefilter"
         );
-        new_flow(
-            &mut lb,
-            &other_vip,
-            &client_syn(sa(CLIENT, 41001), other),
-            net.veth0,
-            XDP_TX,
-        )?;
+        new_tx_flow(&mut lb, &other_vip, &client_syn(sa(CLIENT, 41001), other))?;
 
         lb.state.remove_vip(&vip)?;
         lb.reconcile()?;
@@ -1479,26 +1392,14 @@ fn prefilter_follows_vips() {
         );
         let to_removed = client_syn(sa(CLIENT, 41002), VIP).build();
         expect_untouched(&lb, net.veth0, &to_removed, "SYN to a removed VIP")?;
-        new_flow(
-            &mut lb,
-            &other_vip,
-            &client_syn(sa(CLIENT, 41003), other),
-            net.veth0,
-            XDP_TX,
-        )?;
+        new_tx_flow(&mut lb, &other_vip, &client_syn(sa(CLIENT, 41003), other))?;
 
         let vip = lb.add_vip(VIP, Protocol::Tcp, &[(BE1, 100), (BE2, 100)])?;
         ensure!(
             filter_has(&lb.maps(), *VIP.ip())?,
             "the re-added VIP is not in the prefilter"
         );
-        new_flow(
-            &mut lb,
-            &vip,
-            &client_syn(sa(CLIENT, 41004), VIP),
-            net.veth0,
-            XDP_TX,
-        )?;
+        new_tx_flow(&mut lb, &vip, &client_syn(sa(CLIENT, 41004), VIP))?;
         lb.expect_global(
             &[
                 (R::LB_REASON_TX_NAT_FORWARD, 4),
@@ -1530,13 +1431,7 @@ fn prefilter_false_positive_passes_untouched() {
             &frame,
             &format!("SYN to {twin} (the VIP's bit)"),
         )?;
-        new_flow(
-            &mut lb,
-            &vip,
-            &client_syn(sa(CLIENT, 42001), VIP),
-            net.veth0,
-            XDP_TX,
-        )?;
+        new_tx_flow(&mut lb, &vip, &client_syn(sa(CLIENT, 42001), VIP))?;
         lb.expect_global(
             &[
                 (R::LB_REASON_PASS_NOT_VIP, 1),
@@ -1556,8 +1451,8 @@ fn tracked_flows_follow_their_vip_and_its_id() {
     bench(|_, net| {
         let (mut lb, vip) = tcp_lb(net)?;
         let client = sa(CLIENT, 45000);
-        let (flow, _) = new_flow(&mut lb, &vip, &client_syn(client, VIP), net.veth0, XDP_TX)?;
-        flow_packet(&lb, &flow, &ack(client, VIP), net.veth0, XDP_TX)?;
+        let (flow, _) = new_tx_flow(&mut lb, &vip, &client_syn(client, VIP))?;
+        tx_flow_packet(&lb, &flow, &ack(client, VIP))?;
         let id = lb.vip_id(&vip)?;
         ensure!(
             lb.maps().vip_of_id(id)? == Some((VIP, Protocol::Tcp.number())),
@@ -1601,7 +1496,7 @@ fn tracked_flows_follow_their_vip_and_its_id() {
 
         let back = lb.add_vip(VIP, Protocol::Tcp, &[(BE1, 100), (BE2, 100)])?;
         ensure!(back == vip, "re-added VIP key");
-        flow_packet(&lb, &flow, &ack(client, VIP), net.veth0, XDP_TX)?;
+        tx_flow_packet(&lb, &flow, &ack(client, VIP))?;
         lb.expect_global(
             &[
                 (R::LB_REASON_TX_NAT_FORWARD, 3),
@@ -1625,13 +1520,7 @@ fn vip_index_is_rebuilt_from_adopted_vips() {
         let vip = first.add_vip(VIP, Protocol::Tcp, &[(BE1, 100)])?;
         let id = first.vip_id(&vip)?;
         let client = sa(CLIENT, 43000);
-        let (flow, _) = new_flow(
-            &mut first,
-            &vip,
-            &client_syn(client, VIP),
-            net.veth0,
-            XDP_TX,
-        )?;
+        let (flow, _) = new_tx_flow(&mut first, &vip, &client_syn(client, VIP))?;
         drop(first); // like a stopped lbd that leaves its pins for the next one
         for map in ["vip_filter", "vip_ids"] {
             std::fs::remove_file(pins.path().join(map))
@@ -1718,7 +1607,7 @@ fn flow_stamps_and_liveness_follow_the_data_plane_clock() {
         let client = sa(CLIENT, 7100);
 
         let before = clock.now()?;
-        new_flow(&mut lb, &vip, &query(client, VIP_UDP), net.veth0, XDP_TX)?;
+        new_tx_flow(&mut lb, &vip, &query(client, VIP_UDP))?;
         let after = clock.now()?;
         let stamp = last_seen(&lb, client, VIP_UDP)?;
         ensure!(
@@ -1778,26 +1667,12 @@ fn flow_stamps_and_liveness_follow_the_data_plane_clock() {
 fn flows_stay_live_across_a_restart_on_pinned_maps() {
     bench(|_, net| {
         let pins = PinDir::new("clock-test");
-        let opts = Lb::pinned_options(&pins);
-        let mut first = Lb::load(net, config(PORTS), &opts)?;
+        let mut first = Lb::load(net, config(PORTS), &Lb::pinned_options(&pins))?;
         let vip = first.add_vip(VIP, Protocol::Tcp, &[(BE1, 100), (BE2, 100)])?;
         let client = sa(CLIENT, 44000);
-        let (flow, _) = new_flow(
-            &mut first,
-            &vip,
-            &client_syn(client, VIP),
-            net.veth0,
-            XDP_TX,
-        )?;
+        let (flow, _) = new_tx_flow(&mut first, &vip, &client_syn(client, VIP))?;
         let id = first.vip_id(&vip)?;
-        drop(first); // like a stopped lbd that leaves its pins for the next one
-
-        let mut second =
-            Lb::load(net, config(PORTS), &opts).context("loading again on the pinned maps")?;
-        ensure!(
-            second.rec.dataplane().adopted(),
-            "the pinned maps were not reused"
-        );
+        let mut second = first.restart()?;
         let flows = second.rec.dataplane().telemetry()?.live_flows()?;
         ensure!(
             flows.by_vip.get(&id) == Some(&1) && flows.expired == 0,
@@ -1806,12 +1681,8 @@ fn flows_stay_live_across_a_restart_on_pinned_maps() {
         second.add_vip(VIP, Protocol::Tcp, &[(BE1, 100), (BE2, 100)])?;
         // A flow started anew would have claimed another SNAT port (the flow's own is held
         // by its live reverse entry): the same port and backend mean the same flow.
-        flow_packet(&second, &flow, &ack(client, VIP), net.veth0, XDP_TX)?;
-        ensure!(
-            second.maps().conntrack_entries() == 1,
-            "{} flow entries after the restart",
-            second.maps().conntrack_entries()
-        );
+        tx_flow_packet(&second, &flow, &ack(client, VIP))?;
+        second.expect_flow_entries(1, "after the restart")?;
         Ok(())
     });
 }

@@ -21,11 +21,9 @@ use common::expect::*;
 use common::lab::*;
 use xdplb_testkit::packet::*;
 
-const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 9), 80);
 /// DSR cannot translate ports: the backends listen on the VIP port.
 const BE1: SocketAddrV4 = SocketAddrV4::new(BACKEND1, 80);
 const BE2: SocketAddrV4 = SocketAddrV4::new(BACKEND2, 80);
-const PORTS: (u16, u16) = (20000, 20999);
 
 /// A router on veth2's segment towards the far backend subnet 10.5.0.0/24.
 const ROUTER: Ipv4Addr = Ipv4Addr::new(10, 2, 0, 254);
@@ -71,20 +69,6 @@ fn with_macs(frame: &[u8], dst: Mac, src: Mac) -> Vec<u8> {
     f[0..6].copy_from_slice(&dst);
     f[6..12].copy_from_slice(&src);
     f
-}
-
-/// The outer header the LB must write in front of `inner`: RFC 2003 (TOS and DF copied from the
-/// inner header), id 0, TTL 64, protocol 4, `source` -> `backend`.
-fn outer_for(inner: &Packet, source: Ipv4Addr, backend: Ipv4Addr) -> Ipv4Header {
-    Ipv4Header {
-        tos: inner.tos,
-        id: 0,
-        frag: inner.frag & IP_DF,
-        ttl: 64,
-        proto: IPPROTO_IPIP,
-        src: source,
-        dst: backend,
-    }
 }
 
 /// Field-by-field check of an outer IPv4 header (20 bytes), for readable failures.
@@ -182,7 +166,7 @@ fn expect_ipip(
         &next_hop_mac,
         &egress_mac,
         &pkt.vlans,
-        &outer_for(pkt, source, backend),
+        &ipip_outer(pkt, source, backend),
         &inner,
     );
     expect_frame(run, action, &want, what)
@@ -281,11 +265,7 @@ fn l2dsr_changes_only_the_macs() {
             "vip counters {c:?}, expected {} packets and {flows} new flows",
             tx + redirect
         );
-        ensure!(
-            lb.maps().conntrack_entries() == flows as usize,
-            "{} flow-table entries, expected {flows}",
-            lb.maps().conntrack_entries()
-        );
+        lb.expect_flow_entries(flows as usize, "one entry per flow")?;
         Ok(())
     });
 }

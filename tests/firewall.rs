@@ -13,7 +13,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -29,11 +29,8 @@ use xdplb_model::state::{Protocol, State, VipKey};
 
 use common::lab::*;
 use xdplb_testkit::packet::*;
+use xdplb_testkit::run_xdp_fd;
 
-const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 9), 80);
-const BE1: SocketAddrV4 = SocketAddrV4::new(BACKEND1, 8080);
-const BE2: SocketAddrV4 = SocketAddrV4::new(BACKEND2, 8080);
-const PORTS: (u16, u16) = (20000, 20999);
 /// Rules the test programs hold (small: the per-CPU hit counters are allocated up front).
 const CAPACITY: u32 = 4096;
 
@@ -500,36 +497,6 @@ fn flipping_a_rule_keeps_its_id_and_restarts_its_hits() {
     });
 }
 
-/// One BPF_PROG_TEST_RUN on a program fd, from any thread.
-fn run_fd(prog: &OwnedFd, ifindex: u32, frame: &[u8]) -> Result<u32> {
-    let mut ctx = types::xdp_md {
-        data: 0,
-        data_end: frame.len() as u32,
-        ingress_ifindex: ifindex,
-        ..Default::default()
-    };
-    let mut out = vec![0u8; frame.len() + 256];
-    let mut opts = libbpf_sys::bpf_test_run_opts {
-        sz: std::mem::size_of::<libbpf_sys::bpf_test_run_opts>() as _,
-        data_in: frame.as_ptr().cast(),
-        data_size_in: frame.len() as u32,
-        data_out: out.as_mut_ptr().cast(),
-        data_size_out: out.len() as u32,
-        ctx_in: (&mut ctx as *mut types::xdp_md).cast(),
-        ctx_size_in: std::mem::size_of::<types::xdp_md>() as u32,
-        repeat: 1,
-        ..Default::default()
-    };
-    // SAFETY: every pointer in opts refers to a live buffer of the stated size for the call.
-    let ret = unsafe { libbpf_sys::bpf_prog_test_run_opts(prog.as_raw_fd(), &mut opts) };
-    ensure!(
-        ret == 0,
-        "BPF_PROG_TEST_RUN: {}",
-        std::io::Error::from_raw_os_error(-ret)
-    );
-    Ok(opts.retval)
-}
-
 /// Swaps two block lists back and forth while another thread keeps sending a packet from a
 /// source that both lists block (through different prefixes): it must be dropped every time.
 #[test]
@@ -565,7 +532,7 @@ fn replace_never_leaves_a_gap() {
             std::thread::spawn(move || -> Result<u64> {
                 let mut runs = 0u64;
                 while !stop.load(Ordering::Relaxed) {
-                    let action = run_fd(&prog, ifindex, &frame)?;
+                    let action = run_xdp_fd(prog.as_fd(), ifindex, &frame, 1)?;
                     ensure!(action == XDP_DROP, "run {runs}: {}", action_name(action));
                     runs += 1;
                 }
@@ -617,8 +584,7 @@ fn pinned_rules_are_adopted_after_a_restart() {
             firewall_capacity: CAPACITY,
             ..Lb::pinned_options(&pins)
         };
-        let load = |net: Net| Lb::load(net, config(PORTS), &opts);
-        let mut first = load(net)?;
+        let mut first = Lb::load(net, config(PORTS), &opts)?;
         first.add_vip(VIP, Protocol::Tcp, &[(BE1, 100)])?;
         add_rules(
             &mut first,
@@ -635,13 +601,7 @@ fn pinned_rules_are_adopted_after_a_restart() {
             .rule(&pfx("10.1.0.50/32"))
             .context("rule")?
             .id;
-        drop(first); // like a stopped lbd that leaves its pins for the next one
-
-        let mut second = load(net)?;
-        ensure!(
-            second.rec.dataplane().adopted(),
-            "the pinned maps were not reused"
-        );
+        let mut second = first.restart()?;
         expect_dropped(
             &second,
             &syn(sa(CLIENT, 49001), VIP),

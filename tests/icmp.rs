@@ -21,16 +21,6 @@ use common::expect::*;
 use common::lab::*;
 use xdplb_testkit::packet::*;
 
-const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 9), 80);
-const VIP_UDP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 9), 53);
-const BE1: SocketAddrV4 = SocketAddrV4::new(BACKEND1, 8080);
-const BE2: SocketAddrV4 = SocketAddrV4::new(BACKEND2, 8080);
-const BE1_UDP: SocketAddrV4 = SocketAddrV4::new(BACKEND1, 5353);
-/// DSR backends listen on the VIP port.
-const DSR1: SocketAddrV4 = SocketAddrV4::new(BACKEND1, 80);
-const DSR2: SocketAddrV4 = SocketAddrV4::new(BACKEND2, 80);
-const PORTS: (u16, u16) = (20000, 20999);
-
 /// A router on the client side of the LB (the sender of errors about packets to clients).
 const ROUTER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 const ROUTER_MAC: Mac = [0x02, 0, 0, 0, 0, 0xfe];
@@ -292,11 +282,7 @@ fn l2dsr_error_goes_to_the_flows_backend_unchanged() {
             reason(&lb, R::LB_REASON_TX_ICMP_ERROR)? == 16,
             "tx_icmp_error counter"
         );
-        ensure!(
-            lb.maps().conntrack_entries() == 8,
-            "ICMP errors created flow entries ({} entries for 8 SYNs)",
-            lb.maps().conntrack_entries()
-        );
+        lb.expect_flow_entries(8, "ICMP errors must not create flow entries (8 SYNs)")?;
         Ok(())
     });
 }
@@ -330,15 +316,7 @@ fn ipip_error_is_encapsulated_to_the_flows_backend() {
                 &quote(&big_segment(VIP, client), LINUX_QUOTE),
             );
             // RFC 2003 outer header: TOS and DF copied, id 0, TTL 64, from the IPIP source (/32).
-            let outer = Ipv4Header {
-                tos: err.tos,
-                id: 0,
-                frag: err.frag & IP_DF,
-                ttl: 64,
-                proto: IPPROTO_IPIP,
-                src: LB_ADDR,
-                dst: *pick.backend.ip(),
-            };
+            let outer = ipip_outer(&err, LB_ADDR, *pick.backend.ip());
             let want = ipip_frame(
                 &neighbour_mac(*pick.backend.ip()),
                 &VETH0_MAC,
@@ -466,11 +444,7 @@ fn fragments_to_a_vip_never_reach_a_backend() {
             reason(&lb, R::LB_REASON_DROP_FRAGMENT)? == 2,
             "drop_fragment counter"
         );
-        ensure!(
-            lb.maps().conntrack_entries() == 0,
-            "fragments created {} flow entries",
-            lb.maps().conntrack_entries()
-        );
+        lb.expect_flow_entries(0, "fragments must not create flow entries")?;
 
         // Later fragments carry no ports: untouched, to the kernel.
         for frag in [1u16, IP_MF | 185] {
@@ -520,10 +494,7 @@ fn packets_from_the_vip_to_itself_are_dropped() {
             reason(&lb, R::LB_REASON_DROP_LAND)? == 2,
             "drop_land counter"
         );
-        ensure!(
-            lb.maps().conntrack_entries() == 0,
-            "land packets created flows"
-        );
+        lb.expect_flow_entries(0, "land packets must not create flows")?;
         Ok(())
     });
 }

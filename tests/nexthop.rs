@@ -28,9 +28,6 @@ const NAT_VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 9), 80);
 const L2_VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 10), 80);
 const IPIP_VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 11), 80);
 /// The NAT backend; DSR backends listen on the VIP port.
-const BE1: SocketAddrV4 = SocketAddrV4::new(BACKEND1, 8080);
-const DSR1: SocketAddrV4 = SocketAddrV4::new(BACKEND1, 80);
-const PORTS: (u16, u16) = (20000, 20999);
 /// What the neighbours' MACs are changed to.
 const NEW_BACKEND_MAC: Mac = [0x02, 0, 0, 0, 0x0b, 0x02];
 const NEW_CLIENT_MAC: Mac = [0x02, 0, 0, 0, 0x0c, 0x50];
@@ -119,15 +116,7 @@ impl Flow {
                 f
             }
             Mode::Ipip => {
-                let outer = Ipv4Header {
-                    tos: pkt.tos,
-                    id: 0,
-                    frag: pkt.frag & IP_DF,
-                    ttl: 64,
-                    proto: IPPROTO_IPIP,
-                    src: LB_ADDR,
-                    dst: BACKEND1,
-                };
+                let outer = ipip_outer(pkt, LB_ADDR, BACKEND1);
                 ipip_frame(mac, &VETH0_MAC, &[], &outer, &pkt.ip_bytes())
             }
         }

@@ -8,7 +8,7 @@
 mod common;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
@@ -22,14 +22,11 @@ use xdplb_model::state::{Protocol, VipKey};
 
 use common::lab::*;
 use xdplb_testkit::packet::*;
+use xdplb_testkit::run_xdp_fd;
 
 const VIP_TCP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 9), 80);
-const VIP_UDP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 9), 53);
 /// A VIP without backends: an allowed packet is dropped as "no backend", untouched.
 const VIP_EMPTY: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 10), 53);
-const BE1: SocketAddrV4 = SocketAddrV4::new(BACKEND1, 8080);
-const BE1_UDP: SocketAddrV4 = SocketAddrV4::new(BACKEND1, 5353);
-const PORTS: (u16, u16) = (20000, 20999);
 
 fn prefix(s: &str) -> Ipv4Net {
     s.parse().expect("test prefix")
@@ -333,34 +330,6 @@ fn allow_listed_sources_are_exempt() {
     });
 }
 
-/// BPF_PROG_TEST_RUN of `frame` `repeat` times on the calling thread's CPU; the last verdict.
-fn run_repeat(prog_fd: i32, ifindex: u32, frame: &[u8], repeat: u32) -> Result<u32> {
-    let mut ctx = types::xdp_md {
-        data: 0,
-        data_end: frame.len() as u32,
-        ingress_ifindex: ifindex,
-        ..Default::default()
-    };
-    let mut opts = libbpf_sys::bpf_test_run_opts {
-        sz: std::mem::size_of::<libbpf_sys::bpf_test_run_opts>() as _,
-        data_in: frame.as_ptr().cast(),
-        data_size_in: frame.len() as u32,
-        ctx_in: (&mut ctx as *mut types::xdp_md).cast(),
-        ctx_size_in: std::mem::size_of::<types::xdp_md>() as u32,
-        repeat: repeat as i32,
-        ..Default::default()
-    };
-    // SAFETY: the pointers in opts refer to `frame` and `ctx`, which outlive the call; no output
-    // buffers are given.
-    let rc = unsafe { libbpf_sys::bpf_prog_test_run_opts(prog_fd, &mut opts) };
-    ensure!(
-        rc == 0,
-        "BPF_PROG_TEST_RUN failed: {}",
-        std::io::Error::from_raw_os_error(-rc)
-    );
-    Ok(opts.retval)
-}
-
 #[test]
 fn one_client_on_two_cpus_never_spends_a_token_twice() {
     bench(|_, net| {
@@ -370,7 +339,7 @@ fn one_client_on_two_cpus_never_spends_a_token_twice() {
         lb.add_vip(VIP_EMPTY, Protocol::Udp, &[])?;
         set(&mut lb, None, 1, BURST, Scope::All)?;
         let frame = udp(sa(CLIENT, 6000), VIP_EMPTY);
-        let fd = lb.rec.dataplane().program().as_fd().as_raw_fd();
+        let fd = lb.rec.dataplane().program().as_fd();
         let ifindex = lb.net.veth0;
         let cpus = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
@@ -391,7 +360,7 @@ fn one_client_on_two_cpus_never_spends_a_token_twice() {
                         nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
                             .context("pinning the thread")?;
                         start.wait();
-                        run_repeat(fd, ifindex, frame, REPEAT)
+                        run_xdp_fd(fd, ifindex, frame, REPEAT)
                     })
                 })
                 .collect();

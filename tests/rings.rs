@@ -3,16 +3,18 @@
 //! changes that only give slots to backends are written in place, changes in which a backend
 //! leaves the ring swap a new ring in.
 
+mod common;
+
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use anyhow::{ensure, Context, Result};
-use xdplb::dataplane::{Dataplane, LoadOptions};
+use xdplb::dataplane::Dataplane;
 use xdplb::maglev::{self, MaglevBackend};
-use xdplb::reconcile::{Reconciler, RingUpdates};
+use xdplb::reconcile::Reconciler;
 use xdplb_model::state::{Mode, Protocol, State, VipKey};
 
-/// A prime ring size smaller than the default, so that the checks read fewer slots.
-const RING_SIZE: u32 = 4099;
+// RING_SIZE: a prime ring size smaller than the default, so that the checks read fewer slots.
+use common::lab::{Lb, RING_SIZE};
 
 fn backend(i: u8) -> SocketAddrV4 {
     SocketAddrV4::new(Ipv4Addr::new(10, 9, 1, i), 8080)
@@ -36,12 +38,13 @@ fn expected(rec: &Reconciler, state: &State, vip: &VipKey) -> Result<Option<Vec<
     Ok(Some(maglev::build_table(&members, RING_SIZE)?))
 }
 
-/// Reconciles `state` and checks the kernel's ring and how it was written.
+/// Reconciles `state` and checks the kernel's ring and how it was written: the reconciler's
+/// running counts of rings updated in place and swapped.
 fn apply(
     rec: &mut Reconciler,
     state: &State,
     vip: &VipKey,
-    want: RingUpdates,
+    (in_place, swapped): (u64, u64),
     what: &str,
 ) -> Result<()> {
     rec.reconcile(state).with_context(|| what.to_string())?;
@@ -59,31 +62,15 @@ fn apply(
     );
     let got = rec.ring_updates();
     ensure!(
-        (got.in_place, got.swapped) == (want.in_place, want.swapped),
-        "{what}: ring updates {got:?}, expected in place {} and swapped {}",
-        want.in_place,
-        want.swapped
+        (got.in_place, got.swapped) == (in_place, swapped),
+        "{what}: ring updates {got:?}, expected in place {in_place} and swapped {swapped}"
     );
     Ok(())
 }
 
-fn updates(in_place: u64, swapped: u64) -> RingUpdates {
-    RingUpdates {
-        in_place,
-        swapped,
-        slots_written: 0,
-    }
-}
-
 #[test]
 fn rings_follow_backend_changes_in_place_and_by_swap() -> Result<()> {
-    let dp = Dataplane::load(&LoadOptions {
-        conntrack_size: 4096,
-        firewall_capacity: 1024,
-        ratelimit_clients: 1024,
-        ..LoadOptions::default()
-    })
-    .context("loading the XDP program (needs root)")?;
+    let dp = Dataplane::load(&Lb::options()).context("loading the XDP program (needs root)")?;
     let mut rec = Reconciler::new(dp, RING_SIZE);
     let mut state = State::default();
     let vip = VipKey {
@@ -91,21 +78,15 @@ fn rings_follow_backend_changes_in_place_and_by_swap() -> Result<()> {
         proto: Protocol::Tcp,
     };
     state.add_vip(vip, Mode::Nat)?;
-    apply(
-        &mut rec,
-        &state,
-        &vip,
-        updates(0, 0),
-        "a VIP without backends",
-    )?;
+    apply(&mut rec, &state, &vip, (0, 0), "a VIP without backends")?;
 
     // The first ring is swapped in; every further backend only takes slots: in place.
     state.add_backend(&vip, backend(1), 100)?;
-    apply(&mut rec, &state, &vip, updates(0, 1), "first backend")?;
+    apply(&mut rec, &state, &vip, (0, 1), "first backend")?;
     for i in 2..=20 {
         state.add_backend(&vip, backend(i), 100)?;
         let what = format!("backend {i} added");
-        apply(&mut rec, &state, &vip, updates(u64::from(i) - 1, 1), &what)?;
+        apply(&mut rec, &state, &vip, (u64::from(i) - 1, 1), &what)?;
     }
     let written = rec.ring_updates().slots_written;
     // Each addition moves about RING_SIZE / n slots, far fewer than the ring.
@@ -116,47 +97,41 @@ fn rings_follow_backend_changes_in_place_and_by_swap() -> Result<()> {
 
     // A new weight moves slots between members: in place.
     state.set_weight(&vip, backend(3), 300)?;
-    apply(&mut rec, &state, &vip, updates(20, 1), "weight raised")?;
+    apply(&mut rec, &state, &vip, (20, 1), "weight raised")?;
     state.set_weight(&vip, backend(3), 50)?;
-    apply(&mut rec, &state, &vip, updates(21, 1), "weight lowered")?;
+    apply(&mut rec, &state, &vip, (21, 1), "weight lowered")?;
 
     // A backend leaving the ring (drained, removed) swaps: when reconcile returns, no packet
     // can still pick it.
     state.drain(&vip, backend(4))?;
-    apply(&mut rec, &state, &vip, updates(21, 2), "backend drained")?;
+    apply(&mut rec, &state, &vip, (21, 2), "backend drained")?;
     state.undrain(&vip, backend(4))?;
-    apply(&mut rec, &state, &vip, updates(22, 2), "backend undrained")?;
+    apply(&mut rec, &state, &vip, (22, 2), "backend undrained")?;
     state.remove_backend(&vip, backend(5))?;
-    apply(&mut rec, &state, &vip, updates(22, 3), "backend removed")?;
+    apply(&mut rec, &state, &vip, (22, 3), "backend removed")?;
     // Removed and added in one change: swapped.
     state.remove_backend(&vip, backend(6))?;
     state.add_backend(&vip, backend(60), 100)?;
-    apply(&mut rec, &state, &vip, updates(22, 4), "one out, one in")?;
+    apply(&mut rec, &state, &vip, (22, 4), "one out, one in")?;
 
     // No members: no ring; the next member brings a new ring (swapped), then in place again.
     let all: Vec<SocketAddrV4> = state.vip(&vip)?.backends.keys().copied().collect();
     for addr in all {
         state.remove_backend(&vip, addr)?;
     }
-    apply(
-        &mut rec,
-        &state,
-        &vip,
-        updates(22, 4),
-        "every backend removed",
-    )?;
+    apply(&mut rec, &state, &vip, (22, 4), "every backend removed")?;
     state.add_backend(&vip, backend(7), 100)?;
-    apply(&mut rec, &state, &vip, updates(22, 5), "a backend again")?;
+    apply(&mut rec, &state, &vip, (22, 5), "a backend again")?;
     state.add_backend(&vip, backend(8), 100)?;
-    apply(&mut rec, &state, &vip, updates(23, 5), "and another")?;
+    apply(&mut rec, &state, &vip, (23, 5), "and another")?;
 
     // A VIP removed and added again (its id may come back): a fresh ring, swapped.
     state.remove_vip(&vip)?;
     rec.reconcile(&state)?;
     state.add_vip(vip, Mode::Nat)?;
     state.add_backend(&vip, backend(9), 100)?;
-    apply(&mut rec, &state, &vip, updates(23, 6), "VIP added again")?;
+    apply(&mut rec, &state, &vip, (23, 6), "VIP added again")?;
     state.add_backend(&vip, backend(10), 100)?;
-    apply(&mut rec, &state, &vip, updates(24, 6), "its second backend")?;
+    apply(&mut rec, &state, &vip, (24, 6), "its second backend")?;
     Ok(())
 }

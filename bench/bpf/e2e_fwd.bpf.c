@@ -34,27 +34,24 @@ struct {
 SEC("xdp")
 int e2e_fwd(struct xdp_md *ctx)
 {
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
-	struct ethhdr *eth = data;
-	struct iphdr *ip = (void *)(eth + 1);
+	struct e2e_frame f = e2e_frame(ctx);
 	struct udphdr *udp;
 	struct e2e_fwd_target *t;
 	__u32 slot;
 
-	if ((void *)(ip + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
+	if (!e2e_is_ipv4(&f))
 		return XDP_PASS;
-	if (ip->ihl != 5 || ip->protocol != IPPROTO_UDP)
+	if (f.ip->ihl != 5 || f.ip->protocol != IPPROTO_UDP)
 		return XDP_PASS;
-	udp = (void *)(ip + 1);
-	if ((void *)(udp + 1) > data_end)
+	udp = (void *)(f.ip + 1);
+	if ((void *)(udp + 1) > f.end)
 		return XDP_PASS;
 	slot = bpf_ntohs(udp->source) % (n_targets ? n_targets : 1);
 	t = bpf_map_lookup_elem(&e2e_fwd_targets, &slot);
 	if (!t)
 		return XDP_PASS;
-	__builtin_memcpy(eth->h_dest, t->dst_mac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, t->src_mac, ETH_ALEN);
+	__builtin_memcpy(f.eth->h_dest, t->dst_mac, ETH_ALEN);
+	__builtin_memcpy(f.eth->h_source, t->src_mac, ETH_ALEN);
 	return bpf_redirect_map(&e2e_fwd_ports, slot, 0);
 }
 

@@ -35,10 +35,9 @@ static __always_inline __u16 ip_csum(const struct iphdr *ip)
 SEC("xdp")
 int e2e_gen(struct xdp_md *ctx)
 {
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
-	struct ethhdr *eth = data;
-	struct iphdr *ip = (void *)(eth + 1);
+	struct e2e_frame f = e2e_frame(ctx);
+	struct ethhdr *eth = f.eth;
+	struct iphdr *ip = f.ip;
 	struct udphdr *udp = (void *)(ip + 1);
 	__u32 n_addrs = gen_cfg.n_addrs ? gen_cfg.n_addrs : 1;
 	__u32 n_ports = gen_cfg.n_ports ? gen_cfg.n_ports : 1;
@@ -46,9 +45,9 @@ int e2e_gen(struct xdp_md *ctx)
 	__u32 flow = (__u32)(seq % ((__u64)n_addrs * n_ports));
 	__u16 len;
 
-	if ((void *)(udp + 1) > data_end)
+	if ((void *)(udp + 1) > f.end)
 		return XDP_ABORTED;
-	len = (__u16)(data_end - (void *)ip);
+	len = (__u16)(f.end - (void *)ip);
 
 	__builtin_memcpy(eth->h_dest, gen_cfg.dst_mac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, gen_cfg.src_mac, ETH_ALEN);

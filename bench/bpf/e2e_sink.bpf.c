@@ -32,20 +32,17 @@ static __always_inline void count(__u32 which)
 SEC("xdp")
 int e2e_sink(struct xdp_md *ctx)
 {
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
-	struct ethhdr *eth = data;
-	struct iphdr *ip = (void *)(eth + 1);
+	struct e2e_frame f = e2e_frame(ctx);
 
 	/* ARP (and anything else not IPv4) goes on to the stack: the host must keep
 	 * answering its neighbours, or the LB's neighbour entry for it fails after
 	 * a while and the LB stops forwarding to it. */
-	if ((void *)(ip + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
+	if (!e2e_is_ipv4(&f))
 		return XDP_PASS;
 	count(E2E_SINK_ALL);
-	if (ip->protocol == IPPROTO_UDP)
+	if (f.ip->protocol == IPPROTO_UDP)
 		count(E2E_SINK_UDP);
-	else if (ip->protocol == IPPROTO_IPIP)
+	else if (f.ip->protocol == IPPROTO_IPIP)
 		count(E2E_SINK_IPIP);
 	return XDP_DROP;
 }

@@ -8,15 +8,15 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use hyper_util::rt::TokioIo;
-use tonic::transport::{Channel, Endpoint};
 use xdplb::maglev::{build_table, MaglevBackend, DEFAULT_TABLE_SIZE};
 use xdplb_integration::topology::unique_pin_path;
 use xdplb_integration::{lbd_config, veth, Lbd, NetNs};
 use xdplb_proto::pb;
+use xdplb_testkit::gen::Rng;
+use xdplb_testkit::grpc::unix_channel;
 
+use crate::common::lab::Lb;
 use crate::report::{Report, Section};
-use crate::scaling::Rng;
 use crate::testrun::Spread;
 
 const TITLE: &str = "5. Control plane";
@@ -26,23 +26,6 @@ const LB_ADDR: &str = "10.200.70.1";
 const PEER_ADDR: &str = "10.200.70.2";
 /// Bound on the whole gRPC run.
 const RPC_DEADLINE: Duration = Duration::from_secs(120);
-
-/// A gRPC channel to lbd's Unix socket.
-async fn connect(socket: PathBuf) -> Result<Channel> {
-    // The URI is a placeholder: the connector dials the socket.
-    let ch = Endpoint::from_static("http://[::]:50051")
-        .connect_timeout(Duration::from_secs(5))
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = socket.clone();
-            async move {
-                let stream = tokio::net::UnixStream::connect(path).await?;
-                Ok::<_, std::io::Error>(TokioIo::new(stream))
-            }
-        }))
-        .await
-        .context("connecting to lbd's socket")?;
-    Ok(ch)
-}
 
 /// The VIP the single calls fill (port 80) and the one the batch fills (port 81).
 fn vip_key_on(port: u32) -> pb::VipKey {
@@ -65,7 +48,7 @@ fn backend_addr(i: usize) -> Ipv4Addr {
 /// Adds `n` backends to a second VIP in one AddBackends call; returns its duration and the
 /// number of backends ListBackends then shows.
 async fn add_backends_batch(socket: PathBuf, n: usize) -> Result<(Duration, usize)> {
-    let ch = connect(socket).await?;
+    let ch = unix_channel(&socket).await?;
     let mut vips = pb::vips_client::VipsClient::new(ch.clone());
     let mut backends = pb::backends_client::BackendsClient::new(ch);
     vips.add_vip(pb::AddVipRequest {
@@ -113,7 +96,7 @@ async fn add_backends_batch(socket: PathBuf, n: usize) -> Result<(Duration, usiz
 
 /// Adds `n` backends one AddBackend call each; returns the total and each call's duration.
 async fn add_backends(socket: PathBuf, n: usize) -> Result<(Duration, Vec<Duration>, usize)> {
-    let ch = connect(socket).await?;
+    let ch = unix_channel(&socket).await?;
     let mut vips = pb::vips_client::VipsClient::new(ch.clone());
     let mut backends = pb::backends_client::BackendsClient::new(ch);
     vips.add_vip(pb::AddVipRequest {
@@ -222,9 +205,7 @@ fn in_process(quick: bool) -> Result<InProcess> {
     use xdplb_model::state::{Mode, Protocol, State, VipKey};
     let dp = Dataplane::load(&LoadOptions {
         conntrack_size: 1 << 16,
-        firewall_capacity: 4096,
-        ratelimit_clients: 4096,
-        ..LoadOptions::default()
+        ..Lb::options()
     })
     .context("loading the XDP program")?;
     let mut rec = Reconciler::new(dp, DEFAULT_TABLE_SIZE);
@@ -236,22 +217,18 @@ fn in_process(quick: bool) -> Result<InProcess> {
     state.add_vip(vip, Mode::Nat)?;
     rec.reconcile(&state)?;
     let mut ms = Vec::new();
-    for i in 0..RECONCILES {
+    for i in 0..1000 {
         state.add_backend(
             &vip,
             std::net::SocketAddrV4::new(backend_addr(i), 8080),
             100,
         )?;
-        let t = Instant::now();
-        rec.reconcile(&state)?;
-        ms.push(t.elapsed().as_secs_f64() * 1e3);
-    }
-    for i in RECONCILES..1000 {
-        state.add_backend(
-            &vip,
-            std::net::SocketAddrV4::new(backend_addr(i), 8080),
-            100,
-        )?;
+        // One reconcile per backend for the first RECONCILES, then one for all the rest.
+        if i < RECONCILES {
+            let t = Instant::now();
+            rec.reconcile(&state)?;
+            ms.push(t.elapsed().as_secs_f64() * 1e3);
+        }
     }
     let t = Instant::now();
     rec.reconcile(&state)?;

@@ -61,6 +61,11 @@ fn trial(
     Ok(total as f64 / packets as f64)
 }
 
+/// One trial of the floor program on its fixed frame: what every probe is measured against.
+fn floor_trial(runner: &mut Runner, floor: &Floor, ifindex: u32, packets: usize) -> Result<f64> {
+    trial(runner, floor.program(), ifindex, &[floor_frame()], packets)
+}
+
 /// Measures every probe against the floor, interleaved, in the bench namespace of `net`.
 pub fn measure(net: Net, floor: &Floor, trials: usize, packets: usize) -> Result<Vec<OpCost>> {
     let storage: &'static mut MaybeUninit<OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
@@ -124,13 +129,7 @@ pub fn measure(net: Net, floor: &Floor, trials: usize, packets: usize) -> Result
     let mut floor_t = Vec::new();
     let mut per: Vec<Vec<f64>> = vec![Vec::new(); progs.len()];
     for t in 0..trials {
-        floor_t.push(trial(
-            &mut runner,
-            floor.program(),
-            net.veth0,
-            &fixed,
-            packets,
-        )?);
+        floor_t.push(floor_trial(&mut runner, floor, net.veth0, packets)?);
         for (i, (_, prog, fresh)) in progs.iter().enumerate() {
             let frames: Vec<Vec<u8>> = if *fresh {
                 (0..packets).map(|k| syn(new_source(t, k), vip)).collect()
@@ -235,7 +234,6 @@ pub fn page_reads(
         ensure!(!f.is_empty(), "page reads {}: no frames", s.name);
     }
     let prog = &skel.progs.probe_page_reads;
-    let fixed = vec![floor_frame()];
     let mut runner = Runner::default();
     // Untimed: one pass over every set first (the trials then start from the same state).
     for f in &frames {
@@ -246,13 +244,8 @@ pub fn page_reads(
         cases: sets.iter().map(|s| (s.name.clone(), Vec::new())).collect(),
     };
     for _ in 0..trials {
-        m.floor.push(trial(
-            &mut runner,
-            floor.program(),
-            net.veth0,
-            &fixed,
-            packets,
-        )?);
+        m.floor
+            .push(floor_trial(&mut runner, floor, net.veth0, packets)?);
         for (i, f) in frames.iter().enumerate() {
             m.cases[i]
                 .1

@@ -23,25 +23,10 @@ use crate::setup::*;
 use crate::testrun::{
     clear_map, measure, pod_bytes, program_maps, Case, Expect, Floor, Measured, Runner, Spread,
 };
+use xdplb_testkit::gen::{block_list, Rng};
 use xdplb_testkit::NetNs;
 
 const TITLE: &str = "2. Scaling";
-
-/// xorshift64*: reproducible pseudo-random numbers without a dependency.
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
 
 /// One measured point of a curve: x and the path's cost above the floor.
 #[derive(Debug, Clone)]
@@ -241,26 +226,6 @@ fn backends_point(
         },
     ];
     measure(floor, ifx, &mut cases, trials, packets)
-}
-
-/// `n` distinct prefixes shaped like a large block list (half /24, a third /32, the rest
-/// /16../23) in 1.0.0.0-99.255.255.255 (the generator of `benches/firewall.rs`).
-fn prefixes(n: usize, seed: u64) -> Vec<Ipv4Net> {
-    let mut rng = Rng(seed);
-    let mut out = BTreeSet::new();
-    while out.len() < n {
-        let r = rng.next();
-        let addr = 0x0100_0000 + (r as u32) % (99 << 24);
-        let len = match (r >> 32) % 6 {
-            0..=2 => 24,
-            3 | 4 => 32,
-            _ => 16 + ((r >> 40) % 8) as u8,
-        };
-        if let Ok(net) = Ipv4Net::new(Ipv4Addr::from(addr), len) {
-            out.insert(net.trunc());
-        }
-    }
-    out.into_iter().collect()
 }
 
 /// Whether `addr` is inside any of `nets` (sorted by network address; intervals merged first).
@@ -536,7 +501,7 @@ fn firewall_all(
 ) -> Result<(Curves, Vec<SpreadRow>)> {
     let big = if quick { 100_000 } else { 1_000_000 };
     eprintln!("  scaling: generating {big} firewall prefixes");
-    let all = prefixes(big, 7);
+    let all = block_list(big, 7);
     let ten: Vec<Ipv4Net> = all.iter().step_by(big / 10).copied().collect();
     let cover = Cover::new(&all);
     let mut rng = Rng(0x5eed_f12e_3a11);

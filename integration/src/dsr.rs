@@ -19,22 +19,21 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, ErrorKind, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
-use std::os::fd::AsFd;
-use std::path::PathBuf;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use serde_json::Value;
 
 use crate::peers::MAX_SOCKET_TIMEOUT;
 use crate::procs::{bin_dir, Lbd, CTL_TIMEOUT};
-use crate::topology::{link_to_lb, udp_probe, unique_pin_path, Topology};
+use crate::server::{tcp_server, Stoppable};
+use crate::topology::{forwarding, link_to_lb, udp_probe, unique_pin_path, Topology};
+use xdplb_testkit::cmd::wait_bounded;
 use xdplb_testkit::{veth, NetNs};
 
 /// Where `lbctl backend-setup --mode ipip` pins the decap program of interface `dev`.
@@ -78,9 +77,7 @@ impl RoutedTopology {
         bridge.ip(&["link", "add", "br0", "type", "bridge"])?;
         bridge.ip(&["link", "set", "br0", "up"])?;
 
-        lb.sysctl("net.ipv4.ip_forward", "1")?;
-        lb.sysctl("net.ipv4.conf.all.rp_filter", "0")?;
-        lb.sysctl("net.ipv4.conf.default.rp_filter", "0")?;
+        forwarding(&lb)?;
         link_to_lb(&lb, "eth0", &bridge, "lb0")?;
         bridge.ip(&["link", "set", "lb0", "master", "br0"])?;
         lb.ip(&["addr", "add", "10.200.60.1/24", "dev", "eth0"])?;
@@ -93,9 +90,7 @@ impl RoutedTopology {
 
         // The router forwards the backend's replies, whose source (the VIP) it has no route
         // for: reverse-path filtering off.
-        router.sysctl("net.ipv4.ip_forward", "1")?;
-        router.sysctl("net.ipv4.conf.all.rp_filter", "0")?;
-        router.sysctl("net.ipv4.conf.default.rp_filter", "0")?;
+        forwarding(&router)?;
         veth(&router, "eth0", &bridge, "rt0")?;
         bridge.ip(&["link", "set", "rt0", "master", "br0"])?;
         router.ip(&["addr", "add", "10.200.60.254/24", "dev", "eth0"])?;
@@ -170,6 +165,12 @@ impl CtlOutput {
 /// Runs `nsenter --net=<ns> lbctl args...` (nsenter, not `ip netns exec`, which would hide
 /// /sys/fs/bpf) for at most [`CTL_TIMEOUT`]; any exit code is returned, not turned into an error.
 pub fn lbctl_in(ns: &NetNs, args: &[&str]) -> Result<CtlOutput> {
+    lbctl_at(&ns.path(), ns.name(), args)
+}
+
+/// [`lbctl_in`] by the namespace's path (`name` for the messages), for guards that outlive
+/// their borrow of the namespace.
+fn lbctl_at(ns_path: &Path, ns_name: &str, args: &[&str]) -> Result<CtlOutput> {
     let lbctl = bin_dir()?.join("lbctl");
     if !lbctl.is_file() {
         bail!(
@@ -183,35 +184,40 @@ pub fn lbctl_in(ns: &NetNs, args: &[&str]) -> Result<CtlOutput> {
         .context("temporary directory for lbctl's output")?;
     let (out_path, err_path) = (dir.path().join("out"), dir.path().join("err"));
     let mut child = Command::new("nsenter")
-        .arg(format!("--net={}", ns.path().display()))
+        .arg(format!("--net={}", ns_path.display()))
         .arg(&lbctl)
         .args(args)
         .stdin(Stdio::null())
         .stdout(File::create(&out_path)?)
         .stderr(File::create(&err_path)?)
         .spawn()
-        .with_context(|| format!("spawning lbctl in {}", ns.name()))?;
-    let deadline = Instant::now() + CTL_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().context("polling lbctl")? {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!(
-                "`lbctl {}` in {} did not finish within {CTL_TIMEOUT:?}",
-                args.join(" "),
-                ns.name()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
+        .with_context(|| format!("spawning lbctl in {ns_name}"))?;
+    let Some(status) = wait_bounded(&mut child, CTL_TIMEOUT)? else {
+        bail!(
+            "`lbctl {}` in {ns_name} did not finish within {CTL_TIMEOUT:?}",
+            args.join(" "),
+        );
     };
     Ok(CtlOutput {
         code: status.code(),
         stdout: std::fs::read_to_string(&out_path).unwrap_or_default(),
         stderr: std::fs::read_to_string(&err_path).unwrap_or_default(),
     })
+}
+
+/// [`lbctl_at`] that must exit 0: what it printed, else an error with both outputs.
+fn lbctl_ok_at(ns_path: &Path, ns_name: &str, args: &[&str]) -> Result<String> {
+    let out = lbctl_at(ns_path, ns_name, args)?;
+    if !out.success() {
+        bail!(
+            "`lbctl {}` in {ns_name} failed ({:?})\nstdout: {}\nstderr: {}",
+            args.join(" "),
+            out.code,
+            out.stdout.trim(),
+            out.stderr.trim()
+        );
+    }
+    Ok(out.stdout)
 }
 
 /// A backend prepared with `lbctl backend-setup`; dropping it runs `--undo` (a failure there is
@@ -241,47 +247,21 @@ pub fn backend_setup(ns: &NetNs, vip: Ipv4Addr, mode: &str, dev: &str) -> Result
     .map(|s| s.to_string())
     .collect();
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = lbctl_in(ns, &argv)?;
-    if !out.success() {
-        bail!(
-            "`lbctl {}` in {} failed ({:?})\nstdout: {}\nstderr: {}",
-            argv.join(" "),
-            ns.name(),
-            out.code,
-            out.stdout.trim(),
-            out.stderr.trim()
-        );
-    }
+    let output = lbctl_ok_at(&ns.path(), ns.name(), &argv)?;
     Ok(BackendSetup {
         ns_path: ns.path(),
         ns_name: ns.name().to_string(),
         args,
-        output: out.stdout,
+        output,
         armed: true,
     })
 }
 
 impl BackendSetup {
     fn run_undo(&self) -> Result<String> {
-        let lbctl = bin_dir()?.join("lbctl");
-        let out = Command::new("nsenter")
-            .arg(format!("--net={}", self.ns_path.display()))
-            .arg(&lbctl)
-            .args(&self.args)
-            .arg("--undo")
-            .stdin(Stdio::null())
-            .output()
-            .context("running lbctl backend-setup --undo")?;
-        if !out.status.success() {
-            bail!(
-                "`lbctl {} --undo` in {} failed ({}): {}",
-                self.args.join(" "),
-                self.ns_name,
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        let mut argv: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        argv.push("--undo");
+        lbctl_ok_at(&self.ns_path, &self.ns_name, &argv)
     }
 
     /// Makes dropping it do nothing (another guard undoes the same setup).
@@ -312,35 +292,34 @@ impl Drop for BackendSetup {
 /// A TCP server answering each line of a connection with `"<name> <peer>\n"` until the client
 /// closes; dropping it stops its loop and joins the thread (within ~50 ms).
 pub struct LineServer {
-    stop: Arc<AtomicBool>,
     answered: Arc<AtomicUsize>,
     peers: Arc<Mutex<Vec<SocketAddr>>>,
-    thread: Option<JoinHandle<()>>,
+    _server: Stoppable,
 }
 
 impl LineServer {
     /// Listens on `addr` inside `ns`.
     pub fn start(ns: &NetNs, addr: SocketAddrV4, name: &str) -> Result<LineServer> {
-        let listener = ns
-            .run(|| TcpListener::bind(addr))?
-            .with_context(|| format!("binding TCP {addr} in {}", ns.name()))?;
-        listener.set_nonblocking(true)?;
-        let stop = Arc::new(AtomicBool::new(false));
         let answered = Arc::new(AtomicUsize::new(0));
         let peers = Arc::new(Mutex::new(Vec::new()));
-        let thread = {
-            let (stop, answered, peers) = (stop.clone(), answered.clone(), peers.clone());
-            let name = name.to_string();
-            std::thread::Builder::new()
-                .name(format!("lines-{name}"))
-                .spawn(move || accept_loop(&listener, &name, &stop, &answered, &peers))
-                .context("spawning the line server thread")?
+        let server = {
+            let (answered, all_peers, name) = (answered.clone(), peers.clone(), name.to_string());
+            tcp_server(
+                ns,
+                addr,
+                &format!("lines-{name}"),
+                move |stream, peer, stop| {
+                    if let Ok(mut p) = all_peers.lock() {
+                        p.push(peer);
+                    }
+                    serve_lines(stream, peer, &name, stop, &answered)
+                },
+            )?
         };
         Ok(LineServer {
-            stop,
             answered,
             peers,
-            thread: Some(thread),
+            _server: server,
         })
     }
 
@@ -352,53 +331,6 @@ impl LineServer {
     /// The peer address of each accepted connection, in order.
     pub fn peers(&self) -> Vec<SocketAddr> {
         self.peers.lock().map(|p| p.clone()).unwrap_or_default()
-    }
-}
-
-impl Drop for LineServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(thread) = self.thread.take() {
-            if thread.join().is_err() {
-                eprintln!("warning: line server panicked");
-            }
-        }
-    }
-}
-
-fn accept_loop(
-    listener: &TcpListener,
-    name: &str,
-    stop: &Arc<AtomicBool>,
-    answered: &Arc<AtomicUsize>,
-    peers: &Arc<Mutex<Vec<SocketAddr>>>,
-) {
-    while !stop.load(Ordering::SeqCst) {
-        let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
-        if !matches!(poll(&mut fds, PollTimeout::from(50u16)), Ok(n) if n > 0) {
-            continue;
-        }
-        match listener.accept() {
-            Ok((stream, peer)) => {
-                if let Ok(mut p) = peers.lock() {
-                    p.push(peer);
-                }
-                let (stop, answered) = (stop.clone(), answered.clone());
-                let conn_name = name.to_string();
-                let spawned = std::thread::Builder::new()
-                    .name(format!("lines-{name}-conn"))
-                    .spawn(move || {
-                        if let Err(e) = serve_lines(stream, peer, &conn_name, &stop, &answered) {
-                            eprintln!("line server {conn_name}: connection from {peer}: {e:#}");
-                        }
-                    });
-                if let Err(e) = spawned {
-                    eprintln!("line server {name}: spawning a connection thread: {e}");
-                }
-            }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-            Err(e) => eprintln!("line server {name}: accept: {e}"),
-        }
     }
 }
 

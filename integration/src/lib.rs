@@ -7,18 +7,20 @@
 //! - [`procs`]: the [`Lbd`] daemon guard and lbctl calls;
 //! - [`peers`]: name servers on the backends and bounded clients;
 //! - [`transfer`]: an echo server and a long, byte-checked TCP transfer (restarts, upgrades);
-//! - [`upgrade`]: the variant build of lbd and what a pinned XDP link runs.
+//! - [`upgrade`]: the variant build of lbd and what a pinned XDP link runs;
+//! - [`server`]: a thread stopped by its guard, and the TCP accept loop of every server here.
 
 pub mod dsr;
 pub mod peers;
 pub mod procs;
+pub mod server;
 pub mod topology;
 pub mod transfer;
 pub mod upgrade;
 
 pub use peers::{
-    all_ok, tcp_connect, tcp_exchange, tcp_name_server, tcp_request, tcp_requests, udp_name_server,
-    udp_request, udp_requests, Reply, ServerHandle,
+    all_ok, assert_spread, count_by_name, tcp_connect, tcp_exchange, tcp_name_server, tcp_request,
+    tcp_requests, udp_name_server, udp_request, udp_requests, Reply, ServerHandle,
 };
 pub use procs::{vip_new_flows, Lbd, Proto, StartOptions};
 pub use topology::{lbd_config, Topology, VIP};

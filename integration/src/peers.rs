@@ -3,18 +3,18 @@
 //! A name server answers each request with `"<name> <peer address>\n"`, so a test learns which
 //! backend answered and which source address that backend saw (the SNAT address under full NAT).
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, ErrorKind, Write};
-use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
+use std::ops::RangeInclusive;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::server::{tcp_server, Stoppable, STOP_POLL};
 use xdplb_testkit::NetNs;
 
 /// Upper bound for every socket timeout in the harness.
@@ -22,8 +22,6 @@ pub const MAX_SOCKET_TIMEOUT: Duration = Duration::from_secs(2);
 /// A batch of requests gives up after this many failures in a row (the path is broken; the
 /// remaining requests would only burn their timeouts).
 pub const MAX_CONSECUTIVE_FAILURES: usize = 10;
-/// How often a server loop checks whether it should stop.
-const STOP_POLL: Duration = Duration::from_millis(50);
 
 fn clamp(timeout: Duration) -> Duration {
     timeout.clamp(Duration::from_millis(1), MAX_SOCKET_TIMEOUT)
@@ -76,12 +74,27 @@ impl ServerStats {
 pub struct ServerHandle {
     name: String,
     addr: SocketAddrV4,
-    stop: Arc<AtomicBool>,
     stats: Arc<ServerStats>,
-    thread: Option<JoinHandle<()>>,
+    _server: Stoppable,
 }
 
 impl ServerHandle {
+    /// The handle of the server `start` spawns with the handle's counters and its name.
+    fn start(
+        name: &str,
+        addr: SocketAddrV4,
+        start: impl FnOnce(Arc<ServerStats>, String) -> Result<Stoppable>,
+    ) -> Result<ServerHandle> {
+        let stats = Arc::new(ServerStats::default());
+        let server = start(stats.clone(), name.to_string())?;
+        Ok(ServerHandle {
+            name: name.to_string(),
+            addr,
+            stats,
+            _server: server,
+        })
+    }
+
     /// The name this server answers with.
     pub fn name(&self) -> &str {
         &self.name
@@ -107,79 +120,14 @@ impl ServerHandle {
     }
 }
 
-impl Drop for ServerHandle {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(thread) = self.thread.take() {
-            if thread.join().is_err() {
-                eprintln!(
-                    "warning: name server {} ({}) panicked",
-                    self.name, self.addr
-                );
-            }
-        }
-    }
-}
-
 /// Starts a TCP name server on `addr` inside `ns`: for each connection (on its own thread) it
 /// reads one line and answers `"<name> <peer>\n"`, then closes.
 pub fn tcp_name_server(ns: &NetNs, addr: SocketAddrV4, name: &str) -> Result<ServerHandle> {
-    let listener = ns
-        .run(|| TcpListener::bind(addr))?
-        .with_context(|| format!("binding TCP {addr} in {}", ns.name()))?;
-    listener.set_nonblocking(true)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let stats = Arc::new(ServerStats::default());
-    let thread = {
-        let (stop, stats, name) = (stop.clone(), stats.clone(), name.to_string());
-        std::thread::Builder::new()
-            .name(format!("tcp-{name}"))
-            .spawn(move || tcp_accept_loop(listener, &name, &stop, &stats))
-            .context("spawning the TCP server thread")?
-    };
-    Ok(ServerHandle {
-        name: name.to_string(),
-        addr,
-        stop,
-        stats,
-        thread: Some(thread),
+    ServerHandle::start(name, addr, |stats, name| {
+        tcp_server(ns, addr, &format!("tcp-{name}"), move |stream, peer, _| {
+            serve_tcp(stream, peer, &name, &stats)
+        })
     })
-}
-
-fn tcp_accept_loop(listener: TcpListener, name: &str, stop: &AtomicBool, stats: &Arc<ServerStats>) {
-    let poll_ms = u16::try_from(STOP_POLL.as_millis()).unwrap_or(u16::MAX);
-    while !stop.load(Ordering::SeqCst) {
-        let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, PollTimeout::from(poll_ms)) {
-            Ok(0) => continue,
-            Ok(_) => {}
-            Err(e) => {
-                eprintln!("tcp server {name}: poll: {e}");
-                std::thread::sleep(STOP_POLL);
-                continue;
-            }
-        }
-        match listener.accept() {
-            Ok((stream, peer)) => {
-                let (stats, conn_name) = (stats.clone(), name.to_string());
-                let spawned = std::thread::Builder::new()
-                    .name(format!("tcp-{name}-conn"))
-                    .spawn(move || {
-                        if let Err(e) = serve_tcp(stream, peer, &conn_name, &stats) {
-                            eprintln!("tcp server {conn_name}: connection from {peer}: {e:#}");
-                        }
-                    });
-                if let Err(e) = spawned {
-                    eprintln!("tcp server {name}: spawning a connection thread: {e}");
-                }
-            }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-            Err(e) => {
-                eprintln!("tcp server {name}: accept: {e}");
-                std::thread::sleep(STOP_POLL);
-            }
-        }
-    }
 }
 
 fn serve_tcp(stream: TcpStream, peer: SocketAddr, name: &str, stats: &ServerStats) -> Result<()> {
@@ -205,41 +153,26 @@ pub fn udp_name_server(ns: &NetNs, addr: SocketAddrV4, name: &str) -> Result<Ser
         .run(|| UdpSocket::bind(addr))?
         .with_context(|| format!("binding UDP {addr} in {}", ns.name()))?;
     socket.set_read_timeout(Some(STOP_POLL))?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let stats = Arc::new(ServerStats::default());
-    let thread = {
-        let (stop, stats, name) = (stop.clone(), stats.clone(), name.to_string());
-        std::thread::Builder::new()
-            .name(format!("udp-{name}"))
-            .spawn(move || {
-                let mut buf = [0u8; 2048];
-                while !stop.load(Ordering::SeqCst) {
-                    match socket.recv_from(&mut buf) {
-                        Ok((_, peer)) => {
-                            stats.record(peer);
-                            if let Err(e) =
-                                socket.send_to(format!("{name} {peer}\n").as_bytes(), peer)
-                            {
-                                eprintln!("udp server {name}: answering {peer}: {e}");
-                            }
-                        }
-                        Err(e)
-                            if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-                        Err(e) => {
-                            eprintln!("udp server {name}: recv: {e}");
-                            std::thread::sleep(STOP_POLL);
+    ServerHandle::start(name, addr, |stats, name| {
+        Stoppable::spawn(&format!("udp-{name}"), move |stop| {
+            let mut buf = [0u8; 2048];
+            while !stop.load(Ordering::SeqCst) {
+                match socket.recv_from(&mut buf) {
+                    Ok((_, peer)) => {
+                        stats.record(peer);
+                        if let Err(e) = socket.send_to(format!("{name} {peer}\n").as_bytes(), peer)
+                        {
+                            eprintln!("udp server {name}: answering {peer}: {e}");
                         }
                     }
+                    Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                    Err(e) => {
+                        eprintln!("udp server {name}: recv: {e}");
+                        std::thread::sleep(STOP_POLL);
+                    }
                 }
-            })
-            .context("spawning the UDP server thread")?
-    };
-    Ok(ServerHandle {
-        name: name.to_string(),
-        addr,
-        stop,
-        stats,
-        thread: Some(thread),
+            }
+        })
     })
 }
 
@@ -331,23 +264,35 @@ pub fn tcp_requests(
 ) -> Result<Vec<Result<Reply>>> {
     let sources = sources(from, count)?;
     ns.run(|| {
-        let deadline = Instant::now() + overall;
-        let mut results = Vec::with_capacity(count);
-        let mut failures_in_a_row = 0;
-        for src in sources {
-            if Instant::now() >= deadline || failures_in_a_row >= MAX_CONSECUTIVE_FAILURES {
-                break;
-            }
-            let result = connect_here(src, to, timeout).and_then(|s| tcp_exchange(&s, "hello"));
-            failures_in_a_row = if result.is_ok() {
-                0
-            } else {
-                failures_in_a_row + 1
-            };
-            results.push(result);
-        }
-        results
+        bounded_batch(sources, overall, |src| {
+            connect_here(src, to, timeout).and_then(|s| tcp_exchange(&s, "hello"))
+        })
     })
+}
+
+/// One request from each source in turn (`one`), all on the calling thread, until `overall` has
+/// passed or after [`MAX_CONSECUTIVE_FAILURES`] failures in a row.
+fn bounded_batch(
+    sources: Vec<Option<SocketAddrV4>>,
+    overall: Duration,
+    mut one: impl FnMut(Option<SocketAddrV4>) -> Result<Reply>,
+) -> Vec<Result<Reply>> {
+    let deadline = Instant::now() + overall;
+    let mut results = Vec::with_capacity(sources.len());
+    let mut failures_in_a_row = 0;
+    for src in sources {
+        if Instant::now() >= deadline || failures_in_a_row >= MAX_CONSECUTIVE_FAILURES {
+            break;
+        }
+        let result = one(src);
+        failures_in_a_row = if result.is_ok() {
+            0
+        } else {
+            failures_in_a_row + 1
+        };
+        results.push(result);
+    }
+    results
 }
 
 fn sources(from: Option<SocketAddrV4>, count: usize) -> Result<Vec<Option<SocketAddrV4>>> {
@@ -390,25 +335,15 @@ pub fn udp_requests(
 ) -> Result<Vec<Result<Reply>>> {
     let sources = sources(from, count)?;
     ns.run(|| {
-        let deadline = Instant::now() + overall;
-        let mut results = Vec::with_capacity(count);
         let mut open = Vec::with_capacity(count);
-        let mut failures_in_a_row = 0;
-        for src in sources {
-            if Instant::now() >= deadline || failures_in_a_row >= MAX_CONSECUTIVE_FAILURES {
-                break;
-            }
+        let results = bounded_batch(sources, overall, |src| {
             let (result, socket) = udp_request_here(src, to, timeout, tries);
             // Held to the end, so that no later request of the batch gets this port: each
             // request is a flow of its own.
             open.extend(socket);
-            failures_in_a_row = if result.is_ok() {
-                0
-            } else {
-                failures_in_a_row + 1
-            };
-            results.push(result);
-        }
+            result
+        });
+        drop(open);
         results
     })
 }
@@ -457,6 +392,35 @@ fn udp_exchange(
             Err(e).with_context(|| format!("{local} -> {to}: no UDP answer in {tries} tries"))
         }
         None => bail!("{local} -> {to}: no UDP answer"),
+    }
+}
+
+/// How many replies each server gave, by name.
+pub fn count_by_name(replies: &[Reply]) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for r in replies {
+        *counts.entry(r.name.clone()).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// Asserts that each of `names` answered a number of the `total` requests within `share` (in
+/// per cent, inclusive): the spread of a balanced VIP.
+pub fn assert_spread(
+    counts: &BTreeMap<String, usize>,
+    names: &[&str],
+    total: usize,
+    share: RangeInclusive<usize>,
+) {
+    let (lo, hi) = (total * share.start() / 100, total * share.end() / 100);
+    for name in names {
+        let n = counts.get(*name).copied().unwrap_or(0);
+        assert!(
+            (lo..=hi).contains(&n),
+            "{name} got {n} of {total} (want {}-{} %): {counts:?}",
+            share.start(),
+            share.end()
+        );
     }
 }
 

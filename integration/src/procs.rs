@@ -1,6 +1,5 @@
 //! The lbd daemon under test (started inside the LB namespace, stopped on drop) and lbctl calls.
 
-use std::fmt;
 use std::fs::File;
 use std::net::SocketAddrV4;
 use std::path::{Path, PathBuf};
@@ -49,28 +48,8 @@ fn binary(name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// L4 protocol of a VIP, as lbctl spells it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Proto {
-    Tcp,
-    Udp,
-}
-
-impl Proto {
-    /// `"tcp"` or `"udp"`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Proto::Tcp => "tcp",
-            Proto::Udp => "udp",
-        }
-    }
-}
-
-impl fmt::Display for Proto {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// L4 protocol of a VIP: the model's, which displays as lbctl spells it (`tcp`, `udp`).
+pub use xdplb_model::state::Protocol as Proto;
 
 /// A running lbd. Dropping it sends SIGTERM, waits up to [`STOP_TIMEOUT`], then SIGKILLs; it
 /// prints lbd's log if the test is panicking and removes a pin directory lbd left behind.
@@ -87,6 +66,31 @@ pub struct Lbd {
     dir: TempDir,
 }
 
+/// The health checks of the suites: fast, so the tests are ([`health_flags`] spells them).
+pub const HEALTH_INTERVAL: Duration = Duration::from_millis(200);
+pub const HEALTH_TIMEOUT: Duration = Duration::from_millis(100);
+pub const HEALTH_RISE: u32 = 2;
+pub const HEALTH_FALL: u32 = 3;
+
+/// `--health KIND` with [`HEALTH_INTERVAL`], [`HEALTH_TIMEOUT`], [`HEALTH_RISE`] and
+/// [`HEALTH_FALL`], plus `extra`: flags of `lbctl vip add` and `vip set-health`.
+pub fn health_flags<'a>(kind: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec![
+        "--health",
+        kind,
+        "--health-interval",
+        "200ms",
+        "--health-timeout",
+        "100ms",
+        "--rise",
+        "2",
+        "--fall",
+        "3",
+    ];
+    v.extend_from_slice(extra);
+    v
+}
+
 /// How [`Lbd::start_with`] runs lbd.
 #[derive(Debug, Clone, Default)]
 pub struct StartOptions {
@@ -94,6 +98,25 @@ pub struct StartOptions {
     pub state_dir: Option<PathBuf>,
     /// Leave the program attached and the maps pinned on exit (no --detach-on-exit).
     pub keep_pins: bool,
+}
+
+impl StartOptions {
+    /// lbd on the state directory `dir` (the lbds of a restart test share it), detaching and
+    /// removing its pins on exit.
+    pub fn state(dir: &Path) -> StartOptions {
+        StartOptions {
+            state_dir: Some(dir.to_owned()),
+            keep_pins: false,
+        }
+    }
+
+    /// [`StartOptions::state`], leaving the program attached and the maps pinned on exit.
+    pub fn keep(dir: &Path) -> StartOptions {
+        StartOptions {
+            keep_pins: true,
+            ..StartOptions::state(dir)
+        }
+    }
 }
 
 impl Lbd {
@@ -270,7 +293,16 @@ impl Lbd {
 
     /// `lbctl vip add <vip> --proto <proto>`.
     pub fn add_vip(&self, vip: SocketAddrV4, proto: Proto) -> Result<String> {
-        self.ctl(&["vip", "add", &vip.to_string(), "--proto", proto.as_str()])
+        self.add_vip_with(vip, proto, &[])
+    }
+
+    /// `lbctl vip add <vip> --proto <proto> <flags>...` (a mode, a health check: see
+    /// [`health_flags`]).
+    pub fn add_vip_with(&self, vip: SocketAddrV4, proto: Proto, flags: &[&str]) -> Result<String> {
+        let (vip, proto) = (vip.to_string(), proto.to_string());
+        let mut args = vec!["vip", "add", &vip, "--proto", &proto];
+        args.extend_from_slice(flags);
+        self.ctl(&args)
     }
 
     /// `lbctl add-backend --vip <vip> --proto <proto> <backend>`.
@@ -280,14 +312,7 @@ impl Lbd {
         proto: Proto,
         backend: SocketAddrV4,
     ) -> Result<String> {
-        self.ctl(&[
-            "add-backend",
-            "--vip",
-            &vip.to_string(),
-            "--proto",
-            proto.as_str(),
-            &backend.to_string(),
-        ])
+        self.backend_ctl("add-backend", vip, proto, backend)
     }
 
     /// `lbctl remove-backend --vip <vip> --proto <proto> <backend>`.
@@ -297,14 +322,19 @@ impl Lbd {
         proto: Proto,
         backend: SocketAddrV4,
     ) -> Result<String> {
-        self.ctl(&[
-            "remove-backend",
-            "--vip",
-            &vip.to_string(),
-            "--proto",
-            proto.as_str(),
-            &backend.to_string(),
-        ])
+        self.backend_ctl("remove-backend", vip, proto, backend)
+    }
+
+    /// `lbctl <verb> --vip <vip> --proto <proto> <backend>`.
+    fn backend_ctl(
+        &self,
+        verb: &str,
+        vip: SocketAddrV4,
+        proto: Proto,
+        backend: SocketAddrV4,
+    ) -> Result<String> {
+        let (vip, backend) = (vip.to_string(), backend.to_string());
+        self.ctl(&[verb, "--vip", &vip, "--proto", &proto.to_string(), &backend])
     }
 
     /// Stops lbd (SIGTERM, then SIGKILL after [`STOP_TIMEOUT`]) and checks that it exited

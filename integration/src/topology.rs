@@ -53,16 +53,7 @@ impl Topology {
     /// - `lb`: eth0 10.200.1.1/24, eth<i> 10.200.(10+i).1/24, forwarding on, rp_filter off;
     /// - `b<i>`: eth0 10.200.(10+i).2/24, default via 10.200.(10+i).1.
     pub fn two_arm(n_backends: usize) -> Result<Topology> {
-        let lb = NetNs::new("lb")?;
-        let client = NetNs::new("cli")?;
-        let mut topo = Topology {
-            shape: Shape::TwoArm,
-            backends: Vec::new(),
-            client,
-            bridge: None,
-            lb,
-        };
-        topo.setup_lb_sysctls()?;
+        let mut topo = Topology::with_lb(Shape::TwoArm, None)?;
         link_to_lb(&topo.lb, "eth0", &topo.client, "eth0")?;
         topo.lb
             .ip(&["addr", "add", "10.200.1.1/24", "dev", "eth0"])?;
@@ -78,20 +69,10 @@ impl Topology {
     /// `br0` in namespace `br`, the LB .1 (eth0 only), the client .2 and .3, backends .11,
     /// .12, ... with default routes via the LB.
     pub fn one_arm(n_backends: usize) -> Result<Topology> {
-        let lb = NetNs::new("lb")?;
-        let client = NetNs::new("cli")?;
-        let bridge = NetNs::new("br")?;
-        let mut topo = Topology {
-            shape: Shape::OneArm,
-            backends: Vec::new(),
-            client,
-            bridge: Some(bridge),
-            lb,
-        };
+        let mut topo = Topology::with_lb(Shape::OneArm, Some(NetNs::new("br")?))?;
         let br = topo.bridge_ns()?;
         br.ip(&["link", "add", "br0", "type", "bridge"])?;
         br.ip(&["link", "set", "br0", "up"])?;
-        topo.setup_lb_sysctls()?;
         link_to_lb(&topo.lb, "eth0", br, "lb0")?;
         br.ip(&["link", "set", "lb0", "master", "br0"])?;
         topo.lb
@@ -152,11 +133,17 @@ impl Topology {
         Ok((index, addr))
     }
 
-    fn setup_lb_sysctls(&self) -> Result<()> {
-        self.lb.sysctl("net.ipv4.ip_forward", "1")?;
-        self.lb.sysctl("net.ipv4.conf.all.rp_filter", "0")?;
-        self.lb.sysctl("net.ipv4.conf.default.rp_filter", "0")?;
-        Ok(())
+    /// The LB and client namespaces (the LB forwarding), no links yet.
+    fn with_lb(shape: Shape, bridge: Option<NetNs>) -> Result<Topology> {
+        let topo = Topology {
+            shape,
+            backends: Vec::new(),
+            client: NetNs::new("cli")?,
+            bridge,
+            lb: NetNs::new("lb")?,
+        };
+        forwarding(&topo.lb)?;
+        Ok(topo)
     }
 
     fn setup_client(&self, addr1: &str, addr2: &str, gateway: &str) -> Result<()> {
@@ -217,6 +204,20 @@ impl Topology {
             .iter()
             .map(|b| SocketAddrV4::new(b.addr, port))
             .collect()
+    }
+
+    /// [`Topology::name_servers`], each in an `Option` so that a test can stop one (set it to
+    /// `None`) and start it again.
+    pub fn stoppable_name_servers(
+        &self,
+        port: u16,
+        start: fn(&NetNs, SocketAddrV4, &str) -> Result<crate::peers::ServerHandle>,
+    ) -> Result<Vec<Option<crate::peers::ServerHandle>>> {
+        Ok(self
+            .name_servers(port, start)?
+            .into_iter()
+            .map(Some)
+            .collect())
     }
 
     /// A server named `b<index>` on every backend at `port`, started by `start`
@@ -347,4 +348,13 @@ tcp_closing = "10s"
 udp = "30s"
 "#
     )
+}
+
+/// Turns `ns` into a router that forwards whatever arrives: IPv4 forwarding on, reverse-path
+/// filtering off (replies from a VIP it has no route for must pass).
+pub(crate) fn forwarding(ns: &NetNs) -> Result<()> {
+    ns.sysctl("net.ipv4.ip_forward", "1")?;
+    ns.sysctl("net.ipv4.conf.all.rp_filter", "0")?;
+    ns.sysctl("net.ipv4.conf.default.rp_filter", "0")?;
+    Ok(())
 }

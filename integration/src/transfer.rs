@@ -4,19 +4,20 @@
 //! byte ends it with an error; [`TransferLab`], the network of such a test in each mode.
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddrV4, TcpListener, TcpStream};
-use std::os::fd::AsFd;
+use std::net::{SocketAddrV4, TcpStream};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::dsr::ModeTopology;
 use crate::peers::MAX_SOCKET_TIMEOUT;
-use crate::topology::Topology;
+use crate::procs::{Lbd, Proto, StartOptions};
+use crate::server::{tcp_server, Stoppable};
+use crate::topology::{Topology, VIP};
 use xdplb_testkit::NetNs;
 
 /// Bytes per chunk.
@@ -27,71 +28,32 @@ const PACE: Duration = Duration::from_millis(10);
 /// A TCP echo server (everything read is written back) listening inside a namespace; dropping
 /// it stops accepting and ends its connections within ~200 ms.
 pub struct EchoServer {
-    stop: Arc<AtomicBool>,
     accepted: Arc<AtomicUsize>,
-    thread: Option<JoinHandle<()>>,
+    _server: Stoppable,
 }
 
 impl EchoServer {
     /// Listens on `addr` inside `ns` (DSR backends: `0.0.0.0:PORT`, so that the VIP on `lo` is
     /// served too).
     pub fn start(ns: &NetNs, addr: SocketAddrV4) -> Result<EchoServer> {
-        let listener = ns
-            .run(|| TcpListener::bind(addr))?
-            .with_context(|| format!("binding the echo server on {addr} in {}", ns.name()))?;
-        listener.set_nonblocking(true)?;
-        let stop = Arc::new(AtomicBool::new(false));
         let accepted = Arc::new(AtomicUsize::new(0));
-        let thread = {
-            let (stop, accepted) = (stop.clone(), accepted.clone());
-            std::thread::Builder::new()
-                .name("echo".into())
-                .spawn(move || accept_loop(&listener, &stop, &accepted))
-                .context("spawning the echo server")?
+        let server = {
+            let accepted = accepted.clone();
+            tcp_server(ns, addr, "echo", move |stream, _, stop| {
+                accepted.fetch_add(1, Ordering::SeqCst);
+                echo(stream, stop);
+                Ok(())
+            })?
         };
         Ok(EchoServer {
-            stop,
             accepted,
-            thread: Some(thread),
+            _server: server,
         })
     }
 
     /// Connections accepted so far.
     pub fn accepted(&self) -> usize {
         self.accepted.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for EchoServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            if t.join().is_err() {
-                eprintln!("warning: echo server panicked");
-            }
-        }
-    }
-}
-
-fn accept_loop(listener: &TcpListener, stop: &Arc<AtomicBool>, accepted: &AtomicUsize) {
-    let mut conns = Vec::new();
-    while !stop.load(Ordering::SeqCst) {
-        let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
-        if !matches!(poll(&mut fds, PollTimeout::from(50u16)), Ok(n) if n > 0) {
-            continue;
-        }
-        match listener.accept() {
-            Ok((s, _)) => {
-                accepted.fetch_add(1, Ordering::SeqCst);
-                let stop = stop.clone();
-                conns.push(std::thread::spawn(move || echo(s, &stop)));
-            }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-            Err(e) => eprintln!("echo server: accept: {e}"),
-        }
-    }
-    for c in conns {
-        let _ = c.join();
     }
 }
 
@@ -293,6 +255,23 @@ impl TransferLab {
     /// The echo server.
     pub fn server(&self) -> &EchoServer {
         &self.server
+    }
+
+    /// Starts an lbd on the state directory `state` that keeps its pins on exit (the first lbd
+    /// of a restart), with the VIP `VIP:80` (TCP, default mode) and the lab's backend, and a
+    /// [`Transfer`] of `duration` through it.
+    pub fn start_lbd_under_transfer(
+        &self,
+        state: &Path,
+        duration: Duration,
+    ) -> Result<(Lbd, Transfer)> {
+        let lbd = Lbd::start_with(self.lb(), self.config(), &StartOptions::keep(state))?;
+        let vip = SocketAddrV4::new(VIP, 80);
+        lbd.add_vip(vip, Proto::Tcp).context("vip add")?;
+        lbd.add_backend(vip, Proto::Tcp, self.backend)
+            .context("backend add")?;
+        let transfer = Transfer::start(self.client(), vip, duration).context("transfer")?;
+        Ok((lbd, transfer))
     }
 
     /// The lbd configuration, the same (pin path included) for every lbd of the test.

@@ -10,12 +10,13 @@
 use std::net::SocketAddrV4;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use xdplb_integration::procs::bin_dir;
 use xdplb_integration::{tcp_name_server, tcp_request, Lbd, ServerHandle, Topology, VIP};
+use xdplb_testkit::cmd::wait_bounded;
 
 /// Longest one ansible-playbook run may take before it is killed.
 const PLAYBOOK_TIMEOUT: Duration = Duration::from_secs(180);
@@ -125,20 +126,11 @@ impl Lab {
         let mut child = cmd
             .spawn()
             .with_context(|| format!("spawning {}", bin.display()))?;
-        let deadline = Instant::now() + PLAYBOOK_TIMEOUT;
-        let status = loop {
-            if let Some(status) = child.try_wait().context("polling ansible-playbook")? {
-                break status;
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!(
-                    "{playbook} ran longer than {PLAYBOOK_TIMEOUT:?}; output:\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        let Some(status) = wait_bounded(&mut child, PLAYBOOK_TIMEOUT)? else {
+            bail!(
+                "{playbook} ran longer than {PLAYBOOK_TIMEOUT:?}; output:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
         };
         let output = std::fs::read_to_string(&log).context("reading the playbook log")?;
         let recap = |key: &str| -> Result<u64> {

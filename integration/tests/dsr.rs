@@ -4,7 +4,6 @@
 //! Run as root: `cargo test -p xdplb-integration --test dsr -- --test-threads=1` (the decap pins
 //! live in the one bpffs all namespaces share: two IPIP tests at once would collide).
 
-use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
@@ -13,8 +12,8 @@ use xdplb_integration::dsr::{
     RoutedTopology,
 };
 use xdplb_integration::{
-    all_ok, tcp_connect, tcp_exchange, tcp_name_server, tcp_requests, udp_name_server,
-    udp_requests, veth, Lbd, NetNs, Proto, Reply, ServerHandle, Topology, VIP,
+    all_ok, count_by_name, tcp_connect, tcp_exchange, tcp_name_server, tcp_requests,
+    udp_name_server, udp_requests, veth, Lbd, NetNs, Proto, Reply, ServerHandle, Topology, VIP,
 };
 use xdplb_testkit::xdp::attach_xdp_pass;
 
@@ -39,14 +38,6 @@ fn tcp_batch(client: &NetNs, count: usize) -> Vec<Reply> {
     let results =
         tcp_requests(client, None, vip(), count, TIMEOUT, BATCH_LIMIT).expect("client runs");
     all_ok(results, count)
-}
-
-fn count_by_name(replies: &[Reply]) -> BTreeMap<String, usize> {
-    let mut counts = BTreeMap::new();
-    for r in replies {
-        *counts.entry(r.name.clone()).or_insert(0) += 1;
-    }
-    counts
 }
 
 /// Every backend saw the client itself, with the client's own source port.

@@ -8,27 +8,26 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
-use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use xdplb_integration::dsr::{backend_setup, LbCounters, LineServer, ModeTopology, RoutedTopology};
+use xdplb_integration::procs::{
+    health_flags, HEALTH_FALL as FALL, HEALTH_INTERVAL as INTERVAL, HEALTH_RISE as RISE,
+    HEALTH_TIMEOUT as PROBE_TIMEOUT,
+};
+use xdplb_integration::server::{tcp_server, Stoppable};
 use xdplb_integration::{
-    all_ok, tcp_connect, tcp_exchange, tcp_name_server, tcp_request, tcp_requests, udp_name_server,
-    udp_requests, Lbd, NetNs, Proto, Reply, ServerHandle, Topology, VIP,
+    all_ok, count_by_name, tcp_connect, tcp_exchange, tcp_name_server, tcp_request, tcp_requests,
+    udp_name_server, udp_requests, Lbd, NetNs, Proto, ServerHandle, Topology, VIP,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 /// Bound on one batch of requests, whatever happens.
 const BATCH_LIMIT: Duration = Duration::from_secs(60);
-/// The checks of these tests: fast, so the tests are.
-const INTERVAL: Duration = Duration::from_millis(200);
-const PROBE_TIMEOUT: Duration = Duration::from_millis(100);
-const RISE: u32 = 2;
-const FALL: u32 = 3;
 /// On top of the bound the check promises: the checker's 50 ms tick, the reconcile, and lbctl
 /// starting up for every poll.
 const SLACK: Duration = Duration::from_millis(1200);
@@ -40,37 +39,9 @@ fn vip_tcp() -> SocketAddrV4 {
     SocketAddrV4::new(VIP, 80)
 }
 
-/// `--health KIND` with this file's interval, timeout, rise and fall, plus `extra`.
-fn health_flags<'a>(kind: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut v = vec![
-        "--health",
-        kind,
-        "--health-interval",
-        "200ms",
-        "--health-timeout",
-        "100ms",
-        "--rise",
-        "2",
-        "--fall",
-        "3",
-    ];
-    v.extend_from_slice(extra);
-    v
-}
-
 fn vip_add(lbd: &Lbd, vip: SocketAddrV4, proto: Proto, mode: &str, health: &[&str]) {
-    let vip = vip.to_string();
-    let mut args = vec![
-        "vip",
-        "add",
-        vip.as_str(),
-        "--proto",
-        proto.as_str(),
-        "--mode",
-        mode,
-    ];
-    args.extend_from_slice(health);
-    lbd.ctl(&args).expect("lbctl vip add");
+    lbd.add_vip_with(vip, proto, &[&["--mode", mode], health].concat())
+        .expect("lbctl vip add");
 }
 
 /// One row of `lbctl --json backend list`.
@@ -89,7 +60,7 @@ fn backends(lbd: &Lbd, vip: SocketAddrV4, proto: Proto) -> Result<BTreeMap<Socke
         "--vip",
         &vip.to_string(),
         "--proto",
-        proto.as_str(),
+        &proto.to_string(),
     ])?;
     let mut rows = BTreeMap::new();
     for b in v["backends"].as_array().context("no backends array")? {
@@ -142,14 +113,6 @@ fn tcp_batch(client: &NetNs, vip: SocketAddrV4, count: usize) -> BTreeMap<String
     let results =
         tcp_requests(client, None, vip, count, TIMEOUT, BATCH_LIMIT).expect("client runs");
     count_by_name(&all_ok(results, count))
-}
-
-fn count_by_name(replies: &[Reply]) -> BTreeMap<String, usize> {
-    let mut counts = BTreeMap::new();
-    for r in replies {
-        *counts.entry(r.name.clone()).or_insert(0) += 1;
-    }
-    counts
 }
 
 /// The bound a check promises for taking a dead backend out: `fall` probes, one interval apart,
@@ -259,11 +222,8 @@ fn nat_tcp_check_takes_a_dead_backend_out_and_back() {
     let topo = Topology::two_arm(3).expect("topology");
     let addrs: Vec<SocketAddrV4> = topo.backend_addrs(NAT_PORT);
     let mut servers: Vec<Option<ServerHandle>> = topo
-        .name_servers(addrs[0].port(), tcp_name_server)
-        .expect("servers")
-        .into_iter()
-        .map(Some)
-        .collect();
+        .stoppable_name_servers(addrs[0].port(), tcp_name_server)
+        .expect("servers");
     let lbd = Lbd::start(topo.lb(), &topo.lbd_config()).expect("lbd starts");
     vip_add(
         &lbd,
@@ -410,11 +370,8 @@ fn nat_udp_check() {
     let vip = SocketAddrV4::new(VIP, 53);
     let addrs: Vec<SocketAddrV4> = topo.backend_addrs(5353);
     let mut servers: Vec<Option<ServerHandle>> = topo
-        .name_servers(addrs[0].port(), udp_name_server)
-        .expect("servers")
-        .into_iter()
-        .map(Some)
-        .collect();
+        .stoppable_name_servers(addrs[0].port(), udp_name_server)
+        .expect("servers");
     let lbd = Lbd::start(topo.lb(), &topo.lbd_config()).expect("lbd starts");
     vip_add(&lbd, vip, Proto::Udp, "nat", &health_flags("udp", &[]));
     for a in &addrs {
@@ -460,65 +417,46 @@ fn nat_udp_check() {
 struct HttpServer {
     healthy: Arc<AtomicBool>,
     requests: Arc<Mutex<Vec<String>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    _server: Stoppable,
 }
 
 impl HttpServer {
     fn start(ns: &NetNs, addr: SocketAddrV4) -> Result<HttpServer> {
-        let listener = ns.run(|| TcpListener::bind(addr))??;
-        listener.set_nonblocking(true)?;
         let healthy = Arc::new(AtomicBool::new(true));
         let requests = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let (healthy, requests, stop) = (healthy.clone(), requests.clone(), stop.clone());
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::SeqCst) {
-                    let Ok((stream, _)) = listener.accept() else {
-                        std::thread::sleep(Duration::from_millis(10));
-                        continue;
-                    };
-                    let _ = stream.set_nonblocking(false);
-                    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
-                    let mut head = String::new();
-                    let mut reader = BufReader::new(&stream);
-                    for _ in 0..32 {
-                        let mut line = String::new();
-                        match reader.read_line(&mut line) {
-                            Ok(n) if n > 0 && line != "\r\n" => head.push_str(&line),
-                            _ => break,
-                        }
+        let server = {
+            let (healthy, requests) = (healthy.clone(), requests.clone());
+            tcp_server(ns, addr, "http", move |stream, _, _| {
+                let _ = stream.set_nonblocking(false);
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+                let mut head = String::new();
+                let mut reader = BufReader::new(&stream);
+                for _ in 0..32 {
+                    let mut line = String::new();
+                    match reader.read_line(&mut line) {
+                        Ok(n) if n > 0 && line != "\r\n" => head.push_str(&line),
+                        _ => break,
                     }
-                    if let Ok(mut r) = requests.lock() {
-                        r.push(head);
-                    }
-                    let status = if healthy.load(Ordering::SeqCst) {
-                        "200 OK"
-                    } else {
-                        "503 Service Unavailable"
-                    };
-                    let _ = (&stream).write_all(
-                        format!("HTTP/1.0 {status}\r\nContent-Length: 0\r\n\r\n").as_bytes(),
-                    );
                 }
-            })
+                if let Ok(mut r) = requests.lock() {
+                    r.push(head);
+                }
+                let status = if healthy.load(Ordering::SeqCst) {
+                    "200 OK"
+                } else {
+                    "503 Service Unavailable"
+                };
+                let _ = (&stream).write_all(
+                    format!("HTTP/1.0 {status}\r\nContent-Length: 0\r\n\r\n").as_bytes(),
+                );
+                Ok(())
+            })?
         };
         Ok(HttpServer {
             healthy,
             requests,
-            stop,
-            thread: Some(thread),
+            _server: server,
         })
-    }
-}
-
-impl Drop for HttpServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

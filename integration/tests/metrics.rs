@@ -8,15 +8,17 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddrV4, TcpStream, UdpSocket};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use xdplb_integration::procs::health_flags;
+use xdplb_integration::server::Stoppable;
 use xdplb_integration::{
     tcp_name_server, tcp_requests, udp_name_server, udp_requests, Lbd, NetNs, Proto, Reply,
     ServerHandle, Topology, VIP,
 };
+use xdplb_testkit::cmd::wait_bounded;
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 const BATCH_LIMIT: Duration = Duration::from_secs(60);
@@ -392,8 +394,7 @@ fn metrics_count_what_was_sent() {
 /// A client socket in `ns` sending `pps` datagrams of `payload` bytes per second to `to` until
 /// stopped (at most `limit`).
 struct Load {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<u64>>,
+    _sender: Stoppable,
 }
 
 impl Load {
@@ -406,14 +407,12 @@ impl Load {
             })
             .expect("in the client namespace")
             .expect("load socket");
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
+        let thread = Stoppable::spawn("load", move |stop| {
             let data = vec![b'x'; payload];
             let start = Instant::now();
             let gap = Duration::from_nanos(1_000_000_000 / pps);
             let mut sent = 0u64;
-            while !flag.load(Ordering::Relaxed) && start.elapsed() < limit {
+            while !stop.load(Ordering::Relaxed) && start.elapsed() < limit {
                 // Paced against the start, so sleeping late does not lower the rate.
                 let due = start + gap * u32::try_from(sent).unwrap_or(u32::MAX);
                 if let Some(wait) = due.checked_duration_since(Instant::now()) {
@@ -423,20 +422,9 @@ impl Load {
                     sent += 1;
                 }
             }
-            sent
         });
         Load {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Load {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            _sender: thread.expect("load thread"),
         }
     }
 }
@@ -464,20 +452,11 @@ fn under_pty(cmd: &str, limit: Duration) -> Result<String> {
         .stderr(Stdio::piped())
         .spawn()
         .context("running script (util-linux)")?;
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(s) = child.try_wait()? {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!(
-                "`{cmd}` did not finish within {limit:?}; output so far:\n{}",
-                std::fs::read_to_string(&out_path).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    let Some(status) = wait_bounded(&mut child, limit)? else {
+        bail!(
+            "`{cmd}` did not finish within {limit:?}; output so far:\n{}",
+            std::fs::read_to_string(&out_path).unwrap_or_default()
+        );
     };
     let text = std::fs::read_to_string(&out_path)?;
     if !status.success() {
@@ -609,30 +588,15 @@ fn health_metrics_follow_a_dead_backend() {
     let topo = Topology::two_arm(2).expect("topology");
     let addrs: Vec<SocketAddrV4> = topo.backend_addrs(8080);
     let mut servers: Vec<Option<ServerHandle>> = topo
-        .name_servers(addrs[0].port(), tcp_name_server)
-        .expect("servers")
-        .into_iter()
-        .map(Some)
-        .collect();
+        .stoppable_name_servers(addrs[0].port(), tcp_name_server)
+        .expect("servers");
     let lbd = Lbd::start(topo.lb(), &topo.lbd_config()).expect("lbd starts");
     let vip = SocketAddrV4::new(VIP, 80).to_string();
-    lbd.ctl(&[
-        "vip",
-        "add",
-        &vip,
-        "--proto",
-        "tcp",
-        "--health",
-        "tcp",
-        "--health-interval",
-        "200ms",
-        "--health-timeout",
-        "100ms",
-        "--rise",
-        "2",
-        "--fall",
-        "3",
-    ])
+    lbd.add_vip_with(
+        SocketAddrV4::new(VIP, 80),
+        Proto::Tcp,
+        &health_flags("tcp", &[]),
+    )
     .expect("vip add");
     for a in &addrs {
         lbd.add_backend(SocketAddrV4::new(VIP, 80), Proto::Tcp, *a)

@@ -1,13 +1,13 @@
 //! End-to-end full-NAT tests: real TCP/UDP traffic from a client namespace through lbd's XDP
 //! program to backend namespaces and back. Run as root: `cargo test -p xdplb-integration`.
 
-use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
 use xdplb_integration::{
-    all_ok, tcp_connect, tcp_exchange, tcp_name_server, tcp_request, tcp_requests, udp_name_server,
-    udp_requests, vip_new_flows, Lbd, Proto, Reply, ServerHandle, Topology, VIP,
+    all_ok, assert_spread, count_by_name, tcp_connect, tcp_exchange, tcp_name_server, tcp_request,
+    tcp_requests, udp_name_server, udp_requests, vip_new_flows, Lbd, Proto, Reply, ServerHandle,
+    Topology, VIP,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -67,14 +67,6 @@ impl Lab {
     }
 }
 
-fn count_by_name(replies: &[Reply]) -> BTreeMap<String, usize> {
-    let mut counts = BTreeMap::new();
-    for r in replies {
-        *counts.entry(r.name.clone()).or_insert(0) += 1;
-    }
-    counts
-}
-
 /// Asserts that every reply shows the SNAT address (and a port of the configured range) as the
 /// source the backend saw.
 fn assert_snat(replies: &[Reply], snat: Ipv4Addr) {
@@ -107,13 +99,7 @@ fn tcp_500_connections_balanced() {
     let replies = lab.tcp_batch(None, 500);
 
     let counts = count_by_name(&replies);
-    for name in ["b1", "b2"] {
-        let n = counts.get(name).copied().unwrap_or(0);
-        assert!(
-            (175..=325).contains(&n),
-            "{name} got {n} of 500 connections (want 35-65 %): {counts:?}"
-        );
-    }
+    assert_spread(&counts, &["b1", "b2"], 500, 35..=65);
     assert_snat(&replies, lab.topo.snat_addr());
     let mut ports: Vec<u16> = replies.iter().map(|r| r.local.port()).collect();
     ports.sort_unstable();
@@ -348,12 +334,6 @@ fn one_arm_tcp_balanced() {
     let replies = lab.tcp_batch(None, 200);
 
     let counts = count_by_name(&replies);
-    for name in ["b1", "b2"] {
-        let n = counts.get(name).copied().unwrap_or(0);
-        assert!(
-            (60..=140).contains(&n),
-            "{name} got {n} of 200 connections (want 30-70 %): {counts:?}"
-        );
-    }
+    assert_spread(&counts, &["b1", "b2"], 200, 30..=70);
     assert_snat(&replies, lab.topo.snat_addr());
 }

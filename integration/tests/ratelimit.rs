@@ -3,15 +3,15 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
-use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
+use xdplb_integration::server::{tcp_server, Stoppable};
 use xdplb_integration::{tcp_connect, Lbd, NetNs, Proto, StartOptions, Topology, VIP};
 
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -22,8 +22,7 @@ const POLL: Duration = Duration::from_millis(20);
 /// every datagram comes from the SNAT address, so the payload says which client sent it.
 struct UdpSink {
     counts: Arc<Mutex<BTreeMap<u8, usize>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    _server: Stoppable,
 }
 
 impl UdpSink {
@@ -34,10 +33,9 @@ impl UdpSink {
         socket.set_read_timeout(Some(POLL))?;
         SockRef::from(&socket).set_recv_buffer_size(4 << 20)?;
         let counts = Arc::new(Mutex::new(BTreeMap::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let (counts, stop) = (counts.clone(), stop.clone());
-            std::thread::spawn(move || {
+        let server = {
+            let counts = counts.clone();
+            Stoppable::spawn("udp-sink", move |stop| {
                 let mut buf = [0u8; 2048];
                 while !stop.load(Ordering::SeqCst) {
                     match socket.recv(&mut buf) {
@@ -52,12 +50,11 @@ impl UdpSink {
                         Err(e) => eprintln!("udp sink: {e}"),
                     }
                 }
-            })
+            })?
         };
         Ok(UdpSink {
             counts,
-            stop,
-            thread: Some(thread),
+            _server: server,
         })
     }
 
@@ -69,55 +66,26 @@ impl UdpSink {
     }
 }
 
-impl Drop for UdpSink {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 /// A TCP server that reads each connection to its end and answers with the number of bytes it
 /// read ("<n>\n").
 struct TcpSink {
     accepted: Arc<AtomicUsize>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    _server: Stoppable,
 }
 
 impl TcpSink {
     fn start(ns: &NetNs, addr: SocketAddrV4) -> Result<TcpSink> {
-        let listener = ns
-            .run(|| TcpListener::bind(addr))?
-            .with_context(|| format!("binding TCP {addr}"))?;
-        listener.set_nonblocking(true)?;
         let accepted = Arc::new(AtomicUsize::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let (accepted, stop) = (accepted.clone(), stop.clone());
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::SeqCst) {
-                    match listener.accept() {
-                        Ok((conn, _)) => {
-                            accepted.fetch_add(1, Ordering::SeqCst);
-                            std::thread::spawn(move || {
-                                let _ = count_and_answer(conn);
-                            });
-                        }
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => std::thread::sleep(POLL),
-                        Err(e) => {
-                            eprintln!("tcp sink: accept: {e}");
-                            std::thread::sleep(POLL);
-                        }
-                    }
-                }
-            })
+        let server = {
+            let accepted = accepted.clone();
+            tcp_server(ns, addr, "tcp-sink", move |conn, _, _| {
+                accepted.fetch_add(1, Ordering::SeqCst);
+                count_and_answer(conn)
+            })?
         };
         Ok(TcpSink {
             accepted,
-            stop,
-            thread: Some(thread),
+            _server: server,
         })
     }
 }
@@ -137,15 +105,6 @@ fn count_and_answer(conn: TcpStream) -> Result<()> {
     (&conn).write_all(format!("{total}\n").as_bytes())?;
     let _ = conn.shutdown(Shutdown::Write);
     Ok(())
-}
-
-impl Drop for TcpSink {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 /// lbd on a two-arm topology with one backend. Field order is drop order.
@@ -445,34 +404,17 @@ fn bad_values_are_refused_and_change_nothing() {
     let lab = Lab::start();
     lab.ctl(&["ratelimit", "set", "--rate", "100", "--burst", "10"]);
     let before = lab.ctl_json(&["ratelimit", "list"]);
-    for args in [
-        &["ratelimit", "set", "--rate", "-1", "--burst", "10"][..],
-        &["ratelimit", "set", "--rate", "10", "--burst", "0"][..],
-        &[
-            "ratelimit",
-            "set",
-            "--rate",
-            "10",
-            "--burst",
-            "1",
-            "--scope",
-            "syn",
-        ][..],
-        &[
-            "ratelimit",
-            "set",
-            "--rate",
-            "10",
-            "--burst",
-            "1",
-            "--cidr",
-            "10.0.0.1/8",
-        ][..],
+    for line in [
+        "ratelimit set --rate -1 --burst 10",
+        "ratelimit set --rate 10 --burst 0",
+        "ratelimit set --rate 10 --burst 1 --scope syn",
+        "ratelimit set --rate 10 --burst 1 --cidr 10.0.0.1/8",
         // Only lbd knows the maxima.
-        &["ratelimit", "set", "--rate", "10000001", "--burst", "1"][..],
-        &["ratelimit", "remove", "--cidr", "10.9.0.0/16"][..],
+        "ratelimit set --rate 10000001 --burst 1",
+        "ratelimit remove --cidr 10.9.0.0/16",
     ] {
-        let err = lab.lbd.ctl(args).expect_err("refused");
+        let args: Vec<&str> = line.split_whitespace().collect();
+        let err = lab.lbd.ctl(&args).expect_err("refused");
         let text = format!("{err:#}");
         assert!(
             [
@@ -506,15 +448,8 @@ fn policies_and_buckets_survive_a_restart() {
     let [a, b] = topo.client_addrs();
     let cidr_b = format!("{b}/32");
 
-    let mut first = Lbd::start_with(
-        topo.lb(),
-        &config,
-        &StartOptions {
-            state_dir: Some(state.path().to_owned()),
-            keep_pins: true,
-        },
-    )
-    .expect("first lbd");
+    let mut first =
+        Lbd::start_with(topo.lb(), &config, &StartOptions::keep(state.path())).expect("first lbd");
     let ctl = |lbd: &Lbd, args: &[&str]| {
         lbd.ctl(args)
             .unwrap_or_else(|e| panic!("lbctl {args:?}: {e:#}"))
@@ -554,15 +489,8 @@ fn policies_and_buckets_survive_a_restart() {
 
     let restart = Instant::now();
     first.stop().expect("first lbd stops, keeping its pins");
-    let second = Lbd::start_with(
-        topo.lb(),
-        &config,
-        &StartOptions {
-            state_dir: Some(state.path().to_owned()),
-            keep_pins: false,
-        },
-    )
-    .expect("second lbd");
+    let second = Lbd::start_with(topo.lb(), &config, &StartOptions::state(state.path()))
+        .expect("second lbd");
     // Same policies, same ids, counters kept (the maps were adopted, not recreated).
     let after = second
         .ctl_json(&["ratelimit", "list"])

@@ -8,7 +8,6 @@
 //! Run as root: `cargo test -p xdplb-integration --test restart -- --test-threads=1`.
 
 use std::net::{SocketAddrV4, TcpStream};
-use std::path::Path;
 use std::time::Duration;
 
 use xdplb_integration::transfer::{Transfer, TransferLab, CHUNK};
@@ -30,125 +29,45 @@ fn vip80() -> SocketAddrV4 {
 /// check and its backend at weight 7; a second VIP (UDP, NAT) with one backend and one drained;
 /// two firewall rules and two rate-limit overrides for prefixes the test traffic never uses.
 fn configure(lbd: &Lbd, lab: &TransferLab) {
-    let vip = vip80().to_string();
+    let (vip, mode, backend) = (vip80(), lab.mode(), lab.backend());
     let udp_vip = "10.200.100.1:53";
-    let backend = lab.backend().to_string();
-    for args in [
-        vec![
-            "vip",
-            "add",
-            &vip,
-            "--proto",
-            "tcp",
-            "--mode",
-            lab.mode(),
-            "--health",
-            "tcp",
-            "--health-interval",
-            "300ms",
-            "--health-timeout",
-            "200ms",
-        ],
-        vec![
-            "backend", "add", "--vip", &vip, "--proto", "tcp", &backend, "--weight", "7",
-        ],
-        vec!["vip", "add", udp_vip, "--proto", "udp"],
-        vec![
-            "backend",
-            "add",
-            "--vip",
-            udp_vip,
-            "--proto",
-            "udp",
-            "10.200.99.1:5353",
-            "--weight",
-            "3",
-        ],
-        vec![
-            "backend",
-            "add",
-            "--vip",
-            udp_vip,
-            "--proto",
-            "udp",
-            "10.200.99.2:5353",
-        ],
-        vec![
-            "backend",
-            "drain",
-            "--vip",
-            udp_vip,
-            "--proto",
-            "udp",
-            "10.200.99.2:5353",
-        ],
-        vec!["block", "add", "192.0.2.0/24"],
-        vec!["allow", "add", "192.0.2.128/25"],
-        vec![
-            "ratelimit",
-            "set",
-            "--rate",
-            "500",
-            "--burst",
-            "50",
-            "--cidr",
-            "198.51.100.0/24",
-        ],
-        vec![
-            "ratelimit",
-            "set",
-            "--rate",
-            "20",
-            "--burst",
-            "5",
-            "--scope",
-            "new-flows",
-            "--cidr",
-            "203.0.113.7",
-        ],
-    ] {
+    // One lbctl command a line, as an operator types it (no argument has a space).
+    let commands = format!(
+        "vip add {vip} --proto tcp --mode {mode} --health tcp --health-interval 300ms --health-timeout 200ms
+backend add --vip {vip} --proto tcp {backend} --weight 7
+vip add {udp_vip} --proto udp
+backend add --vip {udp_vip} --proto udp 10.200.99.1:5353 --weight 3
+backend add --vip {udp_vip} --proto udp 10.200.99.2:5353
+backend drain --vip {udp_vip} --proto udp 10.200.99.2:5353
+block add 192.0.2.0/24
+allow add 192.0.2.128/25
+ratelimit set --rate 500 --burst 50 --cidr 198.51.100.0/24
+ratelimit set --rate 20 --burst 5 --scope new-flows --cidr 203.0.113.7"
+    );
+    for line in commands.lines() {
+        let args: Vec<&str> = line.split_whitespace().collect();
         lbd.ctl(&args)
-            .unwrap_or_else(|e| panic!("lbctl {}: {e:#}", args.join(" ")));
+            .unwrap_or_else(|e| panic!("lbctl {line}: {e:#}"));
     }
 }
 
 /// What the operator sees: the four listings, as printed, one after the other.
 fn listings(lbd: &Lbd) -> String {
     let mut out = String::new();
-    for args in [
-        vec!["vip", "list"],
-        vec![
-            "backend",
-            "list",
-            "--vip",
-            "10.200.100.1:80",
-            "--proto",
-            "tcp",
-        ],
-        vec![
-            "backend",
-            "list",
-            "--vip",
-            "10.200.100.1:53",
-            "--proto",
-            "udp",
-        ],
-        vec!["fw", "list"],
-        vec!["ratelimit", "list"],
+    for line in [
+        "vip list",
+        "backend list --vip 10.200.100.1:80 --proto tcp",
+        "backend list --vip 10.200.100.1:53 --proto udp",
+        "fw list",
+        "ratelimit list",
     ] {
+        let args: Vec<&str> = line.split_whitespace().collect();
         let text = lbd
             .ctl(&args)
             .unwrap_or_else(|e| panic!("lbctl {}: {e:#}", args.join(" ")));
         out.push_str(&format!("$ lbctl {}\n{text}", args.join(" ")));
     }
     out
-}
-
-fn keep(state: &Path) -> StartOptions {
-    StartOptions {
-        state_dir: Some(state.to_owned()),
-        keep_pins: true,
-    }
 }
 
 /// The test of one mode: configure, start a transfer, SIGTERM + start, kill -9 + start; the
@@ -158,7 +77,8 @@ fn transfer_across_restarts(mode: &'static str) {
     let lab = TransferLab::build(mode).expect("topology");
     let (lb, config) = (lab.lb(), lab.config());
     let state = tempfile::tempdir().expect("state dir");
-    let mut first = Lbd::start_with(lb, config, &keep(state.path())).expect("first lbd");
+    let mut first =
+        Lbd::start_with(lb, config, &StartOptions::keep(state.path())).expect("first lbd");
     configure(&first, &lab);
     let transfer = Transfer::start(lab.client(), vip80(), TRANSFER).expect("transfer starts");
     // Taken with the transfer running: its one tracked flow is part of the picture.
@@ -177,7 +97,8 @@ fn transfer_across_restarts(mode: &'static str) {
     transfer
         .wait_progress(PROGRESS, PROGRESS_LIMIT)
         .expect("transfer with no lbd running");
-    let mut second = Lbd::start_with(lb, config, &keep(state.path())).expect("second lbd");
+    let mut second =
+        Lbd::start_with(lb, config, &StartOptions::keep(state.path())).expect("second lbd");
     assert_eq!(listings(&second), before, "after SIGTERM and a restart");
     transfer
         .wait_progress(PROGRESS, PROGRESS_LIMIT)
@@ -188,15 +109,7 @@ fn transfer_across_restarts(mode: &'static str) {
     transfer
         .wait_progress(PROGRESS, PROGRESS_LIMIT)
         .expect("transfer after kill -9");
-    let third = Lbd::start_with(
-        lb,
-        config,
-        &StartOptions {
-            state_dir: Some(state.path().to_owned()),
-            keep_pins: false,
-        },
-    )
-    .expect("third lbd");
+    let third = Lbd::start_with(lb, config, &StartOptions::state(state.path())).expect("third lbd");
     assert_eq!(listings(&third), before, "after kill -9 and a restart");
 
     let moved = transfer.finish().expect("the transfer never broke");
@@ -249,21 +162,15 @@ fn damaged_state_file_refuses_to_start(damage: impl Fn(Vec<u8>) -> Vec<u8>) {
     let lab = TransferLab::build("nat").expect("topology");
     let (lb, config) = (lab.lb(), lab.config());
     let state = tempfile::tempdir().expect("state dir");
-    let mut first = Lbd::start_with(lb, config, &keep(state.path())).expect("first lbd");
-    first
-        .ctl(&["vip", "add", "10.200.100.1:80", "--proto", "tcp"])
-        .expect("vip add");
-    first
-        .add_backend(vip80(), xdplb_integration::Proto::Tcp, lab.backend())
-        .expect("backend add");
-    let transfer =
-        Transfer::start(lab.client(), vip80(), Duration::from_secs(5)).expect("transfer starts");
+    let (mut first, transfer) = lab
+        .start_lbd_under_transfer(state.path(), Duration::from_secs(5))
+        .expect("first lbd with the VIP, a transfer through it");
     first.stop().expect("first lbd stops");
 
     let file = state.path().join("state.json");
     let good = std::fs::read(&file).expect("state file written");
     std::fs::write(&file, damage(good.clone())).expect("damage the state file");
-    let err = match Lbd::start_with(lb, config, &keep(state.path())) {
+    let err = match Lbd::start_with(lb, config, &StartOptions::keep(state.path())) {
         Ok(_) => panic!("lbd started from a damaged state file"),
         Err(e) => format!("{e:#}"),
     };
@@ -290,15 +197,8 @@ fn damaged_state_file_refuses_to_start(damage: impl Fn(Vec<u8>) -> Vec<u8>) {
 
     // Put back, a new lbd adopts (and detaches at the end).
     std::fs::write(&file, &good).expect("restore the state file");
-    let last = Lbd::start_with(
-        lb,
-        config,
-        &StartOptions {
-            state_dir: Some(state.path().to_owned()),
-            keep_pins: false,
-        },
-    )
-    .expect("lbd starts from the restored file");
+    let last = Lbd::start_with(lb, config, &StartOptions::state(state.path()))
+        .expect("lbd starts from the restored file");
     assert!(last
         .ctl(&["vip", "list"])
         .expect("vip list")

@@ -23,13 +23,6 @@ fn vip80() -> SocketAddrV4 {
     SocketAddrV4::new(VIP, 80)
 }
 
-fn keep(state: &std::path::Path) -> StartOptions {
-    StartOptions {
-        state_dir: Some(state.to_owned()),
-        keep_pins: true,
-    }
-}
-
 /// The programs the lab's links run, one per interface.
 fn programs(lab: &TransferLab) -> Vec<LinkProgram> {
     lab.link_pins()
@@ -62,7 +55,8 @@ fn upgrade_under_transfer(mode: &'static str) {
     let (lb, config) = (lab.lb(), lab.config());
     let state = tempfile::tempdir().expect("state dir");
 
-    let mut first = Lbd::start_with(lb, config, &keep(state.path())).expect("first lbd");
+    let mut first =
+        Lbd::start_with(lb, config, &StartOptions::keep(state.path())).expect("first lbd");
     first
         .ctl(&[
             "vip",
@@ -85,7 +79,7 @@ fn upgrade_under_transfer(mode: &'static str) {
 
     // Upgrade: SIGTERM, then the variant build.
     first.stop().expect("first lbd stops");
-    let mut second = Lbd::start_binary(lb, config, &keep(state.path()), &variant)
+    let mut second = Lbd::start_binary(lb, config, &StartOptions::keep(state.path()), &variant)
         .expect("the variant lbd starts");
     let upgraded = programs(&lab);
     eprintln!("{mode}: {original:?}\n -> {upgraded:?}");
@@ -116,15 +110,8 @@ fn upgrade_under_transfer(mode: &'static str) {
 
     // Back to the first build, after kill -9.
     second.kill9().expect("kill -9");
-    let third = Lbd::start_with(
-        lb,
-        config,
-        &StartOptions {
-            state_dir: Some(state.path().to_owned()),
-            keep_pins: false,
-        },
-    )
-    .expect("the first build starts again");
+    let third = Lbd::start_with(lb, config, &StartOptions::state(state.path()))
+        .expect("the first build starts again");
     let back = programs(&lab);
     assert_replaced(&upgraded, &back, "downgrade");
     for (o, b) in original.iter().zip(&back) {
@@ -166,21 +153,15 @@ fn changed_map_layout_is_refused() {
     let lab = TransferLab::build("nat").expect("topology");
     let (lb, config) = (lab.lb(), lab.config());
     let state = tempfile::tempdir().expect("state dir");
-    let mut first = Lbd::start_with(lb, config, &keep(state.path())).expect("first lbd");
-    first
-        .ctl(&["vip", "add", &vip80().to_string(), "--proto", "tcp"])
-        .expect("vip add");
-    first
-        .add_backend(vip80(), Proto::Tcp, lab.backend())
-        .expect("backend add");
+    let (mut first, transfer) = lab
+        .start_lbd_under_transfer(state.path(), Duration::from_secs(5))
+        .expect("first lbd with the VIP, a transfer through it");
     let original = programs(&lab);
-    let transfer =
-        Transfer::start(lab.client(), vip80(), Duration::from_secs(5)).expect("transfer starts");
     first.stop().expect("first lbd stops");
 
     assert!(!config.contains("conntrack_size"), "{config}");
     let resized = format!("{config}\n[tables]\nconntrack_size = 131072\n");
-    let err = match Lbd::start_with(lb, &resized, &keep(state.path())) {
+    let err = match Lbd::start_with(lb, &resized, &StartOptions::keep(state.path())) {
         Ok(_) => panic!("lbd reused pinned conntrack tables of another size"),
         Err(e) => format!("{e:#}"),
     };
@@ -202,15 +183,8 @@ fn changed_map_layout_is_refused() {
         .expect("transfer after the refusal");
     transfer.finish().expect("the transfer never broke");
 
-    let last = Lbd::start_with(
-        lb,
-        config,
-        &StartOptions {
-            state_dir: Some(state.path().to_owned()),
-            keep_pins: false,
-        },
-    )
-    .expect("the old configuration adopts the maps");
+    let last = Lbd::start_with(lb, config, &StartOptions::state(state.path()))
+        .expect("the old configuration adopts the maps");
     assert!(last.log_text().contains("reusing the pinned maps"));
     drop(last);
     drop(first);

@@ -7,11 +7,17 @@
 //! - [`pins`]: [`PinDir`], a bpffs directory removed with its pins on drop; bpffs mounting;
 //! - [`xdp`]: attaching and detaching XDP programs in a namespace, and the XDP_PASS program
 //!   the veth ends facing a load balancer carry;
-//! - [`cmd`]: running a command and its child processes with bounded waits.
+//! - [`cmd`]: running a command and its child processes with bounded waits;
+//! - [`gen`]: reproducible generated inputs ([`gen::Rng`], [`gen::block_list`]);
+//! - `grpc` (feature `grpc`): a gRPC channel to a server on a Unix socket.
 //!
-//! Nothing here knows xdplb: the crate depends on libbpf-rs and the kernel only.
+//! Nothing here knows xdplb: the crate depends on libbpf-rs and the kernel only (and on tonic
+//! with the feature `grpc`).
 
 pub mod cmd;
+pub mod gen;
+#[cfg(feature = "grpc")]
+pub mod grpc;
 pub mod netns;
 pub mod packet;
 pub mod pins;
@@ -22,7 +28,7 @@ pub use cmd::run_cmd;
 pub use netns::{veth, Inside, NetNs};
 pub use packet::Packet;
 pub use pins::PinDir;
-pub use testrun::{run_xdp, Run, Runner};
+pub use testrun::{run_xdp, run_xdp_fd, Run, Runner};
 
 /// Declares a module holding the libbpf skeleton `$OUT_DIR/<file>` that the calling crate's
 /// build script generated, with the lints a generated file cannot satisfy allowed:

@@ -569,66 +569,52 @@ pub fn layout(frame: &[u8]) -> Result<Layout> {
 pub fn verify_checksums(frame: &[u8], allow_zero_udp: bool) -> Result<()> {
     let lay = layout(frame)?;
     let mut ip = frame[lay.l3..lay.l4].to_vec();
-    let got = get_be16(&ip, 10);
-    set_be16(&mut ip, 10, 0);
-    let want = internet_checksum(&ip);
-    ensure!(
-        got == want,
-        "IPv4 header checksum is {got:#06x}, computed from scratch {want:#06x}"
-    );
+    check_sum("IPv4 header", &mut ip, 10, internet_checksum)?;
 
-    let src = Ipv4Addr::new(
-        frame[lay.l3 + 12],
-        frame[lay.l3 + 13],
-        frame[lay.l3 + 14],
-        frame[lay.l3 + 15],
-    );
-    let dst = Ipv4Addr::new(
-        frame[lay.l3 + 16],
-        frame[lay.l3 + 17],
-        frame[lay.l3 + 18],
-        frame[lay.l3 + 19],
-    );
+    let addr =
+        |off: usize| Ipv4Addr::new(frame[off], frame[off + 1], frame[off + 2], frame[off + 3]);
+    let (src, dst) = (addr(lay.l3 + 12), addr(lay.l3 + 16));
     let mut seg = frame[lay.l4..lay.l3 + lay.tot_len].to_vec();
     match lay.proto {
         IPPROTO_TCP => {
             ensure!(seg.len() >= 20, "truncated TCP header");
-            let got = get_be16(&seg, 16);
-            set_be16(&mut seg, 16, 0);
-            let want = transport_checksum(src, dst, IPPROTO_TCP, &seg);
-            ensure!(
-                got == want,
-                "TCP checksum is {got:#06x}, computed from scratch {want:#06x}"
-            );
+            check_sum("TCP", &mut seg, 16, |s| {
+                transport_checksum(src, dst, IPPROTO_TCP, s)
+            })
         }
         IPPROTO_UDP => {
             ensure!(seg.len() >= 8, "truncated UDP header");
-            let got = get_be16(&seg, 6);
-            if got == 0 {
+            if get_be16(&seg, 6) == 0 {
                 ensure!(
                     allow_zero_udp,
                     "UDP checksum is 0 (none), a checksum was expected"
                 );
                 return Ok(());
             }
-            set_be16(&mut seg, 6, 0);
-            let want = udp_wire_checksum(transport_checksum(src, dst, IPPROTO_UDP, &seg));
-            ensure!(
-                got == want,
-                "UDP checksum is {got:#06x}, computed from scratch {want:#06x}"
-            );
+            check_sum("UDP", &mut seg, 6, |s| {
+                udp_wire_checksum(transport_checksum(src, dst, IPPROTO_UDP, s))
+            })
         }
-        IPPROTO_ICMP => {
-            let got = get_be16(&seg, 2);
-            set_be16(&mut seg, 2, 0);
-            let want = internet_checksum(&seg);
-            ensure!(
-                got == want,
-                "ICMP checksum is {got:#06x}, computed from scratch {want:#06x}"
-            );
-        }
+        IPPROTO_ICMP => check_sum("ICMP", &mut seg, 2, internet_checksum),
         p => bail!("unexpected IP protocol {p}"),
     }
+}
+
+/// Checks the checksum at `off` of `bytes` against `compute` over `bytes` with that field
+/// zeroed (which it leaves zeroed).
+fn check_sum(
+    what: &str,
+    bytes: &mut [u8],
+    off: usize,
+    compute: impl FnOnce(&[u8]) -> u16,
+) -> Result<()> {
+    let got = get_be16(bytes, off);
+    set_be16(bytes, off, 0);
+    let want = compute(bytes);
+    ensure!(
+        got == want,
+        "{what} checksum is {got:#06x}, computed from scratch {want:#06x}"
+    );
     Ok(())
 }
 

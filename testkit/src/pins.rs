@@ -5,29 +5,21 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Once;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
-use crate::cmd::run_cmd;
 use crate::netns::stale_owner_pid;
 
 /// Where bpffs is mounted.
-pub const BPFFS: &str = "/sys/fs/bpf";
+pub const BPFFS: &str = xdplb_bpffs::BPFFS_ROOT;
 /// Prefix of every pin directory of the tests: `/sys/fs/bpf/xdplb-<pid>-<name>`.
 pub const PIN_PREFIX: &str = "/sys/fs/bpf/xdplb-";
-
-/// `BPF_FS_MAGIC` from linux/magic.h.
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 static PIN_COUNTER: AtomicUsize = AtomicUsize::new(0);
 static SWEEP: Once = Once::new();
 
-/// Mounts bpffs on /sys/fs/bpf unless it is there already.
+/// Mounts bpffs on /sys/fs/bpf unless it is there already (the way lbd does).
 pub fn ensure_bpffs() -> Result<()> {
-    let fs = nix::sys::statfs::statfs(BPFFS).context("statfs /sys/fs/bpf")?;
-    if fs.filesystem_type().0 as i64 == BPF_FS_MAGIC {
-        return Ok(());
-    }
-    run_cmd(&["mount", "-t", "bpf", "bpf", BPFFS]).context("mounting bpffs")?;
+    xdplb_bpffs::ensure_bpffs(Path::new(BPFFS))?;
     Ok(())
 }
 

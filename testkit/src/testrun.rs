@@ -4,8 +4,10 @@
 
 use std::time::Duration;
 
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+
 use anyhow::{Context, Result};
-use libbpf_rs::{ProgramInput, ProgramMut};
+use libbpf_rs::ProgramMut;
 
 /// Room the program may grow a frame by (bpf_xdp_adjust_head for an encapsulation).
 pub const HEADROOM: usize = 256;
@@ -87,37 +89,59 @@ impl Runner {
         if self.out.len() < frame.len() + HEADROOM {
             self.out.resize(frame.len() + HEADROOM, 0);
         }
-        let mut ctx = libbpf_sys::xdp_md {
-            data: 0,
-            data_end: frame.len() as u32,
-            data_meta: 0,
-            ingress_ifindex: ifindex,
-            rx_queue_index: 0,
-            egress_ifindex: 0,
-        };
-        // SAFETY: xdp_md is a repr(C) struct of six u32 (no padding); the slice covers exactly
-        // it and lives no longer than `ctx`.
-        let ctx_bytes = unsafe {
-            std::slice::from_raw_parts_mut(
-                (&mut ctx as *mut libbpf_sys::xdp_md).cast::<u8>(),
-                std::mem::size_of::<libbpf_sys::xdp_md>(),
-            )
-        };
-        let input = ProgramInput {
-            data_in: Some(frame),
-            data_out: Some(&mut self.out),
-            context_in: Some(ctx_bytes),
-            repeat,
-            ..Default::default()
-        };
-        let output = prog
-            .test_run(input)
-            .with_context(|| format!("BPF_PROG_TEST_RUN of a {}-byte frame", frame.len()))?;
-        let len = output
-            .data
-            .as_ref()
-            .map(|d| d.len())
-            .context("test run returned no data")?;
-        Ok((output.return_value, len, output.duration))
+        test_run(prog.as_fd(), ifindex, frame, Some(&mut self.out), repeat)
     }
+}
+
+/// `repeat` runs of `frame` on a program given by its file descriptor (from any thread: a
+/// [`ProgramMut`] cannot leave its object's), without copying the frame out; the verdict.
+pub fn run_xdp_fd(prog: BorrowedFd<'_>, ifindex: u32, frame: &[u8], repeat: u32) -> Result<u32> {
+    let (action, _, _) = test_run(prog, ifindex, frame, None, repeat)?;
+    Ok(action)
+}
+
+/// The one BPF_PROG_TEST_RUN of the kit: `frame` as if received on `ifindex`, the frame the
+/// program left copied into `out` when given; (verdict, its length, mean kernel-timed run).
+fn test_run(
+    prog: BorrowedFd<'_>,
+    ifindex: u32,
+    frame: &[u8],
+    out: Option<&mut [u8]>,
+    repeat: u32,
+) -> Result<(u32, usize, Duration)> {
+    let mut ctx = libbpf_sys::xdp_md {
+        data: 0,
+        data_end: frame.len() as u32,
+        data_meta: 0,
+        ingress_ifindex: ifindex,
+        rx_queue_index: 0,
+        egress_ifindex: 0,
+    };
+    let (data_out, data_size_out) = match out {
+        Some(o) => (o.as_mut_ptr().cast(), o.len() as u32),
+        None => (std::ptr::null_mut(), 0),
+    };
+    let mut opts = libbpf_sys::bpf_test_run_opts {
+        sz: std::mem::size_of::<libbpf_sys::bpf_test_run_opts>() as _,
+        data_in: frame.as_ptr().cast(),
+        data_size_in: frame.len() as u32,
+        data_out,
+        data_size_out,
+        ctx_in: (&mut ctx as *mut libbpf_sys::xdp_md).cast(),
+        ctx_size_in: std::mem::size_of::<libbpf_sys::xdp_md>() as u32,
+        repeat: repeat as i32,
+        ..Default::default()
+    };
+    // SAFETY: every pointer in opts refers to a live buffer of the stated size (`frame`, `out`,
+    // `ctx`), all of which outlive the call.
+    let rc = unsafe { libbpf_sys::bpf_prog_test_run_opts(prog.as_raw_fd(), &mut opts) };
+    if rc != 0 {
+        return Err(std::io::Error::from_raw_os_error(-rc))
+            .with_context(|| format!("BPF_PROG_TEST_RUN of a {}-byte frame", frame.len()));
+    }
+    Ok((
+        opts.retval,
+        opts.data_size_out as usize,
+        Duration::from_nanos(u64::from(opts.duration)),
+    ))
 }

@@ -124,3 +124,17 @@ pub fn expect_frag_needed(run: &Run, pkt: &Packet, mtu: u16, what: &str) -> Resu
     };
     expect_frame(run, XDP_TX, &want.build(), what)
 }
+
+/// The outer header the LB must write in front of `inner` for IPIP: RFC 2003 (TOS and DF copied
+/// from the inner header), id 0, TTL 64, protocol 4, `source` -> `backend`.
+pub fn ipip_outer(inner: &Packet, source: Ipv4Addr, backend: Ipv4Addr) -> Ipv4Header {
+    Ipv4Header {
+        tos: inner.tos,
+        id: 0,
+        frag: inner.frag & IP_DF,
+        ttl: 64,
+        proto: IPPROTO_IPIP,
+        src: source,
+        dst: backend,
+    }
+}

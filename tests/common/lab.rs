@@ -56,6 +56,19 @@ pub const CLIENT_B_MAC: Mac = [0x02, 0, 0, 0, 0, 0x51];
 pub const FAR_CLIENT: Ipv4Addr = Ipv4Addr::new(10, 2, 0, 50);
 pub const FAR_CLIENT_MAC: Mac = [0x02, 0, 0, 0, 0x02, 0x50];
 
+/// The VIP of the suites (TCP port 80, UDP port 53) and its backends: NAT backends listen on
+/// 8080 (TCP) and 5353 (UDP); DSR backends, which cannot translate ports, on the VIP port.
+pub const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 9), 80);
+pub const VIP_UDP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 9), 53);
+pub const BE1: SocketAddrV4 = SocketAddrV4::new(BACKEND1, 8080);
+pub const BE2: SocketAddrV4 = SocketAddrV4::new(BACKEND2, 8080);
+pub const BE1_UDP: SocketAddrV4 = SocketAddrV4::new(BACKEND1, 5353);
+pub const BE2_UDP: SocketAddrV4 = SocketAddrV4::new(BACKEND2, 5353);
+pub const DSR1: SocketAddrV4 = SocketAddrV4::new(BACKEND1, 80);
+pub const DSR2: SocketAddrV4 = SocketAddrV4::new(BACKEND2, 80);
+/// The SNAT port range of the suites' configurations.
+pub const PORTS: (u16, u16) = (20000, 20999);
+
 /// The static neighbours of the bench: (address, MAC, device).
 const NEIGHBOURS: [(Ipv4Addr, Mac, &str); 5] = [
     (BACKEND1, BACKEND1_MAC, "veth0"),
@@ -184,6 +197,8 @@ pub struct Lb {
     pub cfg: RuntimeConfig,
     /// (backend, SNAT port) pairs handed out so far, as the tests predict them.
     pub claimed: BTreeSet<(SocketAddrV4, u16)>,
+    /// What the program was loaded with ([`Lb::restart`] loads with them again).
+    pub opts: LoadOptions,
 }
 
 /// `ip:port`.
@@ -245,7 +260,22 @@ impl Lb {
             net,
             cfg,
             claimed: BTreeSet::new(),
+            opts: opts.clone(),
         })
+    }
+
+    /// Drops this program like a stopped lbd that leaves its pins for the next one, and loads
+    /// it again with the same options and configuration: the new one must adopt the pinned maps.
+    /// The state starts empty, as lbd's before it reads its state file.
+    pub fn restart(self) -> Result<Lb> {
+        let (net, cfg, opts) = (self.net, self.cfg.clone(), self.opts.clone());
+        drop(self);
+        let second = Lb::load(net, cfg, &opts).context("loading again on the pinned maps")?;
+        ensure!(
+            second.rec.dataplane().adopted(),
+            "the pinned maps were not reused"
+        );
+        Ok(second)
     }
 
     /// Adds a NAT VIP with `backends` (address, weight) and reconciles.
@@ -417,6 +447,13 @@ impl Lb {
 
     pub fn global(&self) -> Result<GlobalCounters> {
         Ok(self.maps().global_counters()?)
+    }
+
+    /// Checks that the flow table holds exactly `n` entries; `what` says when, for the message.
+    pub fn expect_flow_entries(&self, n: usize, what: &str) -> Result<()> {
+        let got = self.maps().conntrack_entries();
+        ensure!(got == n, "{what}: {got} flow-table entries, expected {n}");
+        Ok(())
     }
 
     /// Checks the global counters: exactly `reasons` (reason, count) and `verdicts` (action,

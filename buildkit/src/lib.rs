@@ -1,13 +1,15 @@
-// The BPF half of a build script, shared by `testkit/build.rs` and `bench/build.rs` (through
-// `include!`): every `<dir>/<name>.bpf.c` becomes a libbpf skeleton `$OUT_DIR/<name>.skel.rs`,
-// compiled the way the root `build.rs` compiles the load balancer (CLANG or clang-19, the
-// target's multiarch include directory, -Wall -Werror -O2 -g).
+//! `xdplb-buildkit`: the BPF half of every build script of the workspace (the root `build.rs`,
+//! `backend/`, `testkit/`, `bench/`). Every `<dir>/<name>.bpf.c` becomes a libbpf skeleton
+//! `$OUT_DIR/<name>.skel.rs`, compiled the same way everywhere: `CLANG` or clang-19, the target's
+//! multiarch include directory (from cargo's target description, not a hard-coded x86_64),
+//! `-I<dir>`, `-Wall -Werror -O2 -g`, and the crate's own extra arguments.
+
+use std::path::{Path, PathBuf};
 
 /// Builds a skeleton of every `*.bpf.c` in `dir` (sorted by name) with `extra_args` added to
-/// clang's, and tells cargo to rerun when `dir`, this file or `CLANG` change.
-fn build_skeletons(dir: &str, extra_args: &[&str]) {
-    use std::path::PathBuf;
-
+/// clang's, and tells cargo to rerun when `dir` or `CLANG` change. Panics (the build fails) when
+/// a program does not compile.
+pub fn build_skeletons(dir: &str, extra_args: &[String]) {
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR is set by cargo"));
     let clang = std::env::var("CLANG").unwrap_or_else(|_| find_clang());
     let mut clang_args = vec![
@@ -18,7 +20,7 @@ fn build_skeletons(dir: &str, extra_args: &[&str]) {
         "-O2".into(),
         "-g".into(),
     ];
-    clang_args.extend(extra_args.iter().map(|a| a.to_string()));
+    clang_args.extend(extra_args.iter().cloned());
     let mut sources: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("reading {dir}/: {e}"))
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -36,7 +38,6 @@ fn build_skeletons(dir: &str, extra_args: &[&str]) {
             .unwrap_or_else(|e| panic!("building BPF program {}: {e:#}", src.display()));
     }
     println!("cargo:rerun-if-changed={dir}");
-    println!("cargo:rerun-if-changed={}", file!());
     println!("cargo:rerun-if-env-changed=CLANG");
 }
 
@@ -58,7 +59,7 @@ fn multiarch_include() -> String {
 fn find_clang() -> String {
     ["/usr/bin/clang-19", "/usr/lib/llvm-19/bin/clang"]
         .into_iter()
-        .find(|c| std::path::Path::new(c).exists())
+        .find(|c| Path::new(c).exists())
         .unwrap_or("clang")
         .to_string()
 }
