@@ -12,14 +12,8 @@ pub mod neighbor;
 pub mod persist;
 pub mod reconcile;
 
-pub mod skel {
-    //! The libbpf skeleton generated from `bpf/lb.bpf.c`; `types` holds the C structs of `bpf/xdplb.h`.
-    #![allow(
-        clippy::all,
-        missing_docs,
-        non_camel_case_types,
-        dead_code,
-        unused_imports
-    )]
-    include!(concat!(env!("OUT_DIR"), "/lb.skel.rs"));
-}
+xdplb_bpffs::skeleton!(
+    /// The libbpf skeleton generated from `bpf/lb.bpf.c`; `types` holds the C structs of
+    /// `bpf/xdplb.h`.
+    pub mod skel = "lb.skel.rs"
+);

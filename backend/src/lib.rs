@@ -41,17 +41,10 @@ use xdplb_bpffs as bpffs;
 
 use crate::decap_skel::DecapSkelBuilder;
 
-pub mod decap_skel {
-    //! The libbpf skeleton generated from `bpf/decap.bpf.c`, the backend-side IPIP decapsulator.
-    #![allow(
-        clippy::all,
-        missing_docs,
-        non_camel_case_types,
-        dead_code,
-        unused_imports
-    )]
-    include!(concat!(env!("OUT_DIR"), "/decap.skel.rs"));
-}
+xdplb_bpffs::skeleton!(
+    /// The libbpf skeleton generated from `bpf/decap.bpf.c`, the backend-side IPIP decapsulator.
+    pub mod decap_skel = "decap.skel.rs"
+);
 
 /// Where the decap program's link and maps are pinned, one directory per interface.
 pub const DECAP_PIN_ROOT: &str = "/sys/fs/bpf/xdplb-decap";

@@ -1,11 +1,32 @@
 //! bpffs and pinned BPF objects: mounting /sys/fs/bpf, pin directories, pinning and opening
-//! objects, and XDP bpf_links in a chosen mode. Shared by lbd's data plane (`xdplb`) and
+//! objects, XDP bpf_links in a chosen mode, and the `skeleton!` declaration of a generated skeleton. Shared by lbd's data plane (`xdplb`) and
 //! backend-setup (`xdplb-backend`), so that neither crate depends on the other.
 
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
+
+/// Declares a module holding the libbpf skeleton `$OUT_DIR/<file>` that the calling crate's
+/// build script generated, with the lints a generated file cannot satisfy allowed:
+/// `xdplb_bpffs::skeleton!(/// doc; pub mod skel = "lb.skel.rs");` (the test kit re-exports it).
+#[macro_export]
+macro_rules! skeleton {
+    ($(#[$attr:meta])* $vis:vis mod $name:ident = $file:literal) => {
+        $(#[$attr])*
+        #[allow(
+            clippy::all,
+            dead_code,
+            missing_docs,
+            non_camel_case_types,
+            non_snake_case,
+            unused_imports
+        )]
+        $vis mod $name {
+            include!(concat!(env!("OUT_DIR"), "/", $file));
+        }
+    };
+}
 
 /// Where bpffs is mounted.
 pub const BPFFS_ROOT: &str = "/sys/fs/bpf";

@@ -716,7 +716,7 @@ mod tests {
 
     #[test]
     fn state_round_trips_through_json() {
-        let mut fw = with(&[
+        let fw = with(&[
             ("10.0.0.0/8", Action::Block),
             ("10.1.2.0/24", Action::Allow),
         ]);

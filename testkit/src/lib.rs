@@ -30,23 +30,4 @@ pub use packet::Packet;
 pub use pins::PinDir;
 pub use testrun::{run_xdp, run_xdp_fd, Run, Runner};
 
-/// Declares a module holding the libbpf skeleton `$OUT_DIR/<file>` that the calling crate's
-/// build script generated, with the lints a generated file cannot satisfy allowed:
-/// `xdplb_testkit::skeleton!(/// doc; mod floor_skel = "floor.skel.rs");`.
-#[macro_export]
-macro_rules! skeleton {
-    ($(#[$attr:meta])* $vis:vis mod $name:ident = $file:literal) => {
-        $(#[$attr])*
-        #[allow(
-            clippy::all,
-            dead_code,
-            missing_docs,
-            non_camel_case_types,
-            non_snake_case,
-            unused_imports
-        )]
-        $vis mod $name {
-            include!(concat!(env!("OUT_DIR"), "/", $file));
-        }
-    };
-}
+pub use xdplb_bpffs::skeleton;

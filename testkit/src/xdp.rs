@@ -17,7 +17,7 @@ use libbpf_rs::{OpenObject, Xdp, XdpFlags};
 
 use crate::netns::NetNs;
 
-crate::skeleton!(
+xdplb_bpffs::skeleton!(
     /// Skeleton of `testkit/bpf/xdp_pass.bpf.c`.
     mod pass_skel = "xdp_pass.skel.rs"
 );
