@@ -294,3 +294,15 @@ impl TransferLab {
             .collect()
     }
 }
+
+/// A NAT [`TransferLab`], a fresh state directory and the lab's first lbd in it, keeping its
+/// pins on exit and carrying a 5 s [`Transfer`]: where the tests that have a later lbd refuse to
+/// take over begin. Bound in this order, they drop from the last: transfer, lbd, state, lab.
+pub fn nat_handover() -> Result<(TransferLab, tempfile::TempDir, Lbd, Transfer)> {
+    let lab = TransferLab::build("nat").context("topology")?;
+    let state = tempfile::tempdir().context("state dir")?;
+    let (first, transfer) = lab
+        .start_lbd_under_transfer(state.path(), Duration::from_secs(5))
+        .context("first lbd with the VIP, a transfer through it")?;
+    Ok((lab, state, first, transfer))
+}

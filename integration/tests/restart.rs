@@ -10,7 +10,7 @@
 use std::net::{SocketAddrV4, TcpStream};
 use std::time::Duration;
 
-use xdplb_integration::transfer::{Transfer, TransferLab, CHUNK};
+use xdplb_integration::transfer::{nat_handover, Transfer, TransferLab, CHUNK};
 use xdplb_integration::{Lbd, StartOptions, VIP};
 
 /// How long each transfer runs: long enough for two restarts and the gaps between them.
@@ -159,12 +159,8 @@ fn ipip_transfer_survives_restart_and_kill9() {
 /// lbd refuses to start and says which file and why, while the program it would have replaced
 /// keeps forwarding the open transfer and new connections.
 fn damaged_state_file_refuses_to_start(damage: impl Fn(Vec<u8>) -> Vec<u8>) {
-    let lab = TransferLab::build("nat").expect("topology");
+    let (lab, state, mut first, transfer) = nat_handover().expect("first lbd under a transfer");
     let (lb, config) = (lab.lb(), lab.config());
-    let state = tempfile::tempdir().expect("state dir");
-    let (mut first, transfer) = lab
-        .start_lbd_under_transfer(state.path(), Duration::from_secs(5))
-        .expect("first lbd with the VIP, a transfer through it");
     first.stop().expect("first lbd stops");
 
     let file = state.path().join("state.json");

@@ -11,7 +11,7 @@
 use std::net::SocketAddrV4;
 use std::time::Duration;
 
-use xdplb_integration::transfer::{Transfer, TransferLab, CHUNK};
+use xdplb_integration::transfer::{nat_handover, Transfer, TransferLab, CHUNK};
 use xdplb_integration::upgrade::{link_program, variant_lbd, LinkProgram};
 use xdplb_integration::{Lbd, Proto, StartOptions, VIP};
 
@@ -150,12 +150,8 @@ fn ipip_upgrade_keeps_a_transfer() {
 /// do; the running program and its flows are untouched, and the old configuration adopts them.
 #[test]
 fn changed_map_layout_is_refused() {
-    let lab = TransferLab::build("nat").expect("topology");
+    let (lab, state, mut first, transfer) = nat_handover().expect("first lbd under a transfer");
     let (lb, config) = (lab.lb(), lab.config());
-    let state = tempfile::tempdir().expect("state dir");
-    let (mut first, transfer) = lab
-        .start_lbd_under_transfer(state.path(), Duration::from_secs(5))
-        .expect("first lbd with the VIP, a transfer through it");
     let original = programs(&lab);
     first.stop().expect("first lbd stops");
 
