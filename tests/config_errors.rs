@@ -140,13 +140,13 @@ fn xdp_attached(ns: &NetNs, dev: &str) -> Result<bool> {
     Ok(ns.ip(&["-d", "link", "show", dev])?.contains("xdp"))
 }
 
-/// Runs lbd on `config` (inheriting the thread's namespace); Ok(stderr) if it exits within
-/// 20 s, with its status.
-fn run_lbd(dir: &Path, config: &str) -> Result<(std::process::ExitStatus, String)> {
+/// lbd on `config` (written to `dir/lbd.toml`), its socket and state in `dir`, no metrics
+/// endpoint, detaching on exit.
+fn lbd_command(dir: &Path, config: &str) -> Result<Command> {
     let file = dir.join("lbd.toml");
     std::fs::write(&file, config).context("writing the config")?;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lbd"))
-        .arg("--config")
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lbd"));
+    cmd.arg("--config")
         .arg(&file)
         .arg("--socket")
         .arg(dir.join("lbd.sock"))
@@ -154,7 +154,14 @@ fn run_lbd(dir: &Path, config: &str) -> Result<(std::process::ExitStatus, String
         .arg(dir.join("state"))
         .arg("--detach-on-exit")
         .arg("--metrics-listen")
-        .arg("none")
+        .arg("none");
+    Ok(cmd)
+}
+
+/// Runs lbd on `config` (inheriting the thread's namespace); Ok(stderr) if it exits within
+/// 20 s, with its status.
+fn run_lbd(dir: &Path, config: &str) -> Result<(std::process::ExitStatus, String)> {
+    let mut child = lbd_command(dir, config)?
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -242,18 +249,7 @@ fn bad_config_files_stop_lbd_before_the_data_plane() -> Result<()> {
 
         // The same file, made good, does attach and pin: the checks above can see it.
         let dir = tempfile::tempdir()?;
-        let file = dir.path().join("lbd.toml");
-        std::fs::write(&file, format!("{}{NAT}", head(&pin)))?;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_lbd"))
-            .arg("--config")
-            .arg(&file)
-            .arg("--socket")
-            .arg(dir.path().join("lbd.sock"))
-            .arg("--state-dir")
-            .arg(dir.path().join("state"))
-            .arg("--detach-on-exit")
-            .arg("--metrics-listen")
-            .arg("none")
+        let mut child = lbd_command(dir.path(), &format!("{}{NAT}", head(&pin)))?
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
