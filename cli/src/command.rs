@@ -174,6 +174,11 @@ mod tests {
     use std::path::PathBuf;
     use std::time::Duration;
 
+    /// A command line's words (none of the tests' arguments holds a space).
+    fn words(line: &str) -> Vec<&str> {
+        line.split(' ').collect()
+    }
+
     fn parse(args: &[&str]) -> Result<Invocation, String> {
         let mut argv = vec!["lbctl"];
         argv.extend_from_slice(args);
@@ -236,25 +241,7 @@ mod tests {
         use crate::health::HealthCommand;
         use std::time::Duration;
         use xdplb_model::health::{AllDown, HealthCheck, HealthKind};
-        match cmd(&[
-            "vip",
-            "add",
-            "10.0.0.10:80",
-            "--proto",
-            "tcp",
-            "--health",
-            "http:/healthz",
-            "--health-interval",
-            "200ms",
-            "--health-timeout",
-            "100ms",
-            "--rise",
-            "1",
-            "--fall",
-            "2",
-            "--all-down",
-            "drop",
-        ]) {
+        match cmd(&words("vip add 10.0.0.10:80 --proto tcp --health http:/healthz --health-interval 200ms --health-timeout 100ms --rise 1 --fall 2 --all-down drop")) {
             Command::Vip(Vip::Add { health, .. }) => assert_eq!(
                 health,
                 HealthCheck {
@@ -272,15 +259,9 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(
-            cmd(&[
-                "vip",
-                "set-health",
-                "10.0.0.10:53",
-                "--proto",
-                "udp",
-                "--health",
-                "udp"
-            ]),
+            cmd(&words(
+                "vip set-health 10.0.0.10:53 --proto udp --health udp"
+            )),
             Command::Health(HealthCommand::SetHealth {
                 vip: vip("10.0.0.10:53", Protocol::Udp),
                 health: HealthCheck {
@@ -292,44 +273,24 @@ mod tests {
             })
         );
         assert!(err(&["vip", "set-health", "10.0.0.10:53", "--proto", "udp"]).contains("--health"));
-        assert!(err(&[
-            "vip",
-            "add",
-            "10.0.0.10:80",
-            "--proto",
-            "tcp",
-            "--health",
-            "tcp",
-            "--fall",
-            "0"
-        ])
+        assert!(err(&words(
+            "vip add 10.0.0.10:80 --proto tcp --health tcp --fall 0"
+        ))
         .contains("--fall '0'"));
         let be: SocketAddrV4 = "10.0.2.1:8080".parse().expect("addr");
         assert_eq!(
-            cmd(&[
-                "backend",
-                "drain",
-                "--vip",
-                "10.0.0.10:80",
-                "--proto",
-                "tcp",
-                "10.0.2.1:8080"
-            ]),
+            cmd(&words(
+                "backend drain --vip 10.0.0.10:80 --proto tcp 10.0.2.1:8080"
+            )),
             Command::Health(HealthCommand::Drain {
                 vip: vip("10.0.0.10:80", Protocol::Tcp),
                 backend: be
             })
         );
         assert_eq!(
-            cmd(&[
-                "backend",
-                "undrain",
-                "--vip",
-                "10.0.0.10:80",
-                "--proto",
-                "tcp",
-                "10.0.2.1:8080"
-            ]),
+            cmd(&words(
+                "backend undrain --vip 10.0.0.10:80 --proto tcp 10.0.2.1:8080"
+            )),
             Command::Health(HealthCommand::Undrain {
                 vip: vip("10.0.0.10:80", Protocol::Tcp),
                 backend: be
@@ -376,15 +337,7 @@ mod tests {
             "invalid --proto 'sctp': expected tcp or udp"
         );
         assert_eq!(
-            err(&[
-                "vip",
-                "add",
-                "10.0.0.10:80",
-                "--proto",
-                "tcp",
-                "--mode",
-                "dsr"
-            ]),
+            err(&words("vip add 10.0.0.10:80 --proto tcp --mode dsr")),
             "invalid --mode 'dsr': expected nat, l2dsr or ipip"
         );
     }
@@ -439,15 +392,7 @@ mod tests {
             "invalid VIP '10.0.0.1:0': expected ADDR:PORT with PORT in 1..65535"
         );
         assert_eq!(
-            err(&[
-                "backend",
-                "add",
-                "--vip",
-                "10.0.0.1:80",
-                "--proto",
-                "tcp",
-                "10.0.2.1"
-            ]),
+            err(&words("backend add --vip 10.0.0.1:80 --proto tcp 10.0.2.1")),
             "invalid BACKEND '10.0.2.1': expected ADDR:PORT"
         );
         assert!(err(&["vip", "add", "[::1]:80", "--proto", "tcp"]).contains("IPv6"));
@@ -475,17 +420,9 @@ mod tests {
             }),
         );
         // Flags may come after the positional, too.
-        let c = cmd(&[
-            "backend",
-            "add",
-            "10.0.2.1:8080",
-            "--proto",
-            "TCP",
-            "--vip",
-            "10.0.0.10:80",
-            "--weight",
-            "100",
-        ]);
+        let c = cmd(&words(
+            "backend add 10.0.2.1:8080 --proto TCP --vip 10.0.0.10:80 --weight 100",
+        ));
         assert_eq!(a, c);
     }
 
@@ -584,17 +521,9 @@ mod tests {
             );
         }
         assert_eq!(
-            cmd(&[
-                "backend",
-                "set-weight",
-                "--vip",
-                "10.0.0.10:80",
-                "--proto",
-                "tcp",
-                "10.0.2.1:80",
-                "--weight",
-                "0"
-            ]),
+            cmd(&words(
+                "backend set-weight --vip 10.0.0.10:80 --proto tcp 10.0.2.1:80 --weight 0"
+            )),
             Command::Backend(Backend::SetWeight {
                 vip: vip("10.0.0.10:80", Protocol::Tcp),
                 backend: "10.0.2.1:80".parse().expect("test address"),
@@ -613,15 +542,9 @@ mod tests {
         );
         // set-weight needs an explicit --weight.
         assert_eq!(
-            clap_err_kind(&[
-                "backend",
-                "set-weight",
-                "--vip",
-                "10.0.0.10:80",
-                "--proto",
-                "tcp",
-                "10.0.2.1:80"
-            ]),
+            clap_err_kind(&words(
+                "backend set-weight --vip 10.0.0.10:80 --proto tcp 10.0.2.1:80"
+            )),
             ErrorKind::MissingRequiredArgument
         );
         assert_eq!(
@@ -656,17 +579,7 @@ mod tests {
         if std::env::vars_os().any(|(k, _)| k.to_string_lossy().starts_with("LBCTL_")) {
             return; // the environment would mix in
         }
-        let h = parse(&[
-            "--addr",
-            "https://lb.example:50051",
-            "--tls-ca",
-            "/ca.pem",
-            "--tls-cert",
-            "/c.pem",
-            "--tls-key",
-            "/k.pem",
-            "stats",
-        ])
+        let h = parse(&words("--addr https://lb.example:50051 --tls-ca /ca.pem --tls-cert /c.pem --tls-key /k.pem stats"))
         .expect("parses");
         assert_eq!(
             h.globals.target,
@@ -692,28 +605,14 @@ mod tests {
             }
         );
         assert_eq!(
-            err(&[
-                "--addr",
-                "10.0.0.1:1",
-                "--tls-ca",
-                "/ca",
-                "--tls-cert",
-                "/c",
-                "stats"
-            ]),
+            err(&words("--addr 10.0.0.1:1 --tls-ca /ca --tls-cert /c stats")),
             "invalid --tls-cert '/c': expected --tls-key with it"
         );
         assert!(err(&["--tls-ca", "/ca", "stats"]).contains("the Unix socket never uses TLS"));
-        assert!(err(&[
-            "--addr",
-            "10.0.0.1:1",
-            "--tls-cert",
-            "/c",
-            "--tls-key",
-            "/k",
-            "stats"
-        ])
-        .contains("expected --tls-ca too"));
+        assert!(
+            err(&words("--addr 10.0.0.1:1 --tls-cert /c --tls-key /k stats"))
+                .contains("expected --tls-ca too")
+        );
     }
 
     #[test]
@@ -730,30 +629,14 @@ mod tests {
     #[test]
     fn vip_set_mode() {
         assert_eq!(
-            cmd(&[
-                "vip",
-                "set-mode",
-                "10.0.0.10:80",
-                "--proto",
-                "tcp",
-                "--mode",
-                "IPIP"
-            ]),
+            cmd(&words("vip set-mode 10.0.0.10:80 --proto tcp --mode IPIP")),
             Command::Vip(Vip::SetMode {
                 vip: vip("10.0.0.10:80", Protocol::Tcp),
                 mode: Mode::Ipip
             })
         );
         assert_eq!(
-            err(&[
-                "vip",
-                "set-mode",
-                "10.0.0.10:80",
-                "--proto",
-                "tcp",
-                "--mode",
-                "dsr"
-            ]),
+            err(&words("vip set-mode 10.0.0.10:80 --proto tcp --mode dsr")),
             "invalid --mode 'dsr': expected nat, l2dsr or ipip"
         );
         // --mode has no default here: switching needs an explicit target.
@@ -767,15 +650,9 @@ mod tests {
     fn backend_setup() {
         use Mode as Dsr;
         assert_eq!(
-            cmd(&[
-                "backend-setup",
-                "--vip",
-                "10.0.0.10",
-                "--mode",
-                "l2dsr",
-                "--dev",
-                "eth0"
-            ]),
+            cmd(&words(
+                "backend-setup --vip 10.0.0.10 --mode l2dsr --dev eth0"
+            )),
             Command::BackendSetup {
                 vip: Ipv4Addr::new(10, 0, 0, 10),
                 mode: Dsr::L2dsr,
@@ -784,16 +661,9 @@ mod tests {
             }
         );
         assert_eq!(
-            cmd(&[
-                "backend-setup",
-                "--undo",
-                "--dev",
-                "ens3f0.100",
-                "--mode",
-                "IpIp",
-                "--vip",
-                "10.0.0.10"
-            ]),
+            cmd(&words(
+                "backend-setup --undo --dev ens3f0.100 --mode IpIp --vip 10.0.0.10"
+            )),
             Command::BackendSetup {
                 vip: Ipv4Addr::new(10, 0, 0, 10),
                 mode: Dsr::Ipip,
