@@ -332,14 +332,18 @@ mod tests {
 
     #[test]
     fn bad_proto_and_mode() {
-        assert_eq!(
-            err(&["vip", "add", "10.0.0.10:80", "--proto", "sctp"]),
-            "invalid --proto 'sctp': expected tcp or udp"
-        );
-        assert_eq!(
-            err(&words("vip add 10.0.0.10:80 --proto tcp --mode dsr")),
-            "invalid --mode 'dsr': expected nat, l2dsr or ipip"
-        );
+        for (line, want) in [
+            (
+                "vip add 10.0.0.10:80 --proto sctp",
+                "invalid --proto 'sctp': expected tcp or udp",
+            ),
+            (
+                "vip add 10.0.0.10:80 --proto tcp --mode dsr",
+                "invalid --mode 'dsr': expected nat, l2dsr or ipip",
+            ),
+        ] {
+            assert_eq!(err(&words(line)), want, "{line}");
+        }
     }
 
     #[test]
@@ -383,18 +387,22 @@ mod tests {
                 "{s}: {e}"
             );
         }
-        assert_eq!(
-            err(&["backend", "list", "--vip", "10.0.0.1", "--proto", "tcp"]),
-            "invalid --vip '10.0.0.1': expected ADDR:PORT"
-        );
-        assert_eq!(
-            err(&["vip", "add", "10.0.0.1:0", "--proto", "tcp"]),
-            "invalid VIP '10.0.0.1:0': expected ADDR:PORT with PORT in 1..65535"
-        );
-        assert_eq!(
-            err(&words("backend add --vip 10.0.0.1:80 --proto tcp 10.0.2.1")),
-            "invalid BACKEND '10.0.2.1': expected ADDR:PORT"
-        );
+        for (line, want) in [
+            (
+                "backend list --vip 10.0.0.1 --proto tcp",
+                "invalid --vip '10.0.0.1': expected ADDR:PORT",
+            ),
+            (
+                "vip add 10.0.0.1:0 --proto tcp",
+                "invalid VIP '10.0.0.1:0': expected ADDR:PORT with PORT in 1..65535",
+            ),
+            (
+                "backend add --vip 10.0.0.1:80 --proto tcp 10.0.2.1",
+                "invalid BACKEND '10.0.2.1': expected ADDR:PORT",
+            ),
+        ] {
+            assert_eq!(err(&words(line)), want, "{line}");
+        }
         assert!(err(&["vip", "add", "[::1]:80", "--proto", "tcp"]).contains("IPv6"));
     }
 
