@@ -4,7 +4,7 @@
 
 mod common;
 
-use anyhow::{ensure, Result};
+use anyhow::ensure;
 use xdplb_model::state::Protocol;
 
 use common::lab::*;
