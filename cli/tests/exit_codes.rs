@@ -127,19 +127,30 @@ fn backend_setup_runs_the_binary_next_to_lbctl() {
     std::fs::write(&fake, "#!/bin/sh\necho \"$*\"\necho oops >&2\nexit 7\n").expect("script");
     std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let run = |path: &str| {
-        Command::new(&copy)
-            .args([
-                "--json",
-                "backend-setup",
-                "--vip",
-                "10.0.0.10",
-                "--mode",
-                "IPIP",
-            ])
-            .args(["--dev", "eth0", "--undo"])
-            .env("PATH", path)
-            .output()
-            .expect("run lbctl")
+        // A file just written can be busy for a moment: another test thread that forks while
+        // the write is open holds the descriptor until its child execs (ETXTBSY). Bounded retry.
+        let mut tries = 0;
+        loop {
+            let out = Command::new(&copy)
+                .args([
+                    "--json",
+                    "backend-setup",
+                    "--vip",
+                    "10.0.0.10",
+                    "--mode",
+                    "IPIP",
+                ])
+                .args(["--dev", "eth0", "--undo"])
+                .env("PATH", path)
+                .output();
+            match out {
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 50 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                out => break out.expect("run lbctl"),
+            }
+        }
     };
     let out = run("/nonexistent");
     assert_eq!(out.status.code(), Some(7), "{out:?}");
