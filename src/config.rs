@@ -132,8 +132,14 @@ fn default_port_range() -> [u16; 2] {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TablesConfig {
-    /// Entries of each NAT conntrack table (forward and reverse).
+    /// Established flows the balancer tracks: entries of the NAT established tables, and of the
+    /// DSR established tables together (one per CPU, each this divided by the CPUs).
     pub conntrack_size: u32,
+    /// Entries of the embryonic table: TCP flows whose handshake has not completed yet.
+    pub embryonic_size: u32,
+    /// The DSR new-flow guard: above this many new flows per second on one CPU, DSR VIPs stop
+    /// inserting flows (Maglev still picks the same backend). 0 turns the guard off.
+    pub new_flows_per_cpu: u32,
     /// Maglev table size per VIP (a prime).
     pub maglev_size: u32,
 }
@@ -142,6 +148,8 @@ impl Default for TablesConfig {
     fn default() -> Self {
         Self {
             conntrack_size: 1 << 20,
+            embryonic_size: 1 << 16,
+            new_flows_per_cpu: 125_000,
             maglev_size: maglev::DEFAULT_TABLE_SIZE,
         }
     }
@@ -156,6 +164,9 @@ pub(crate) struct TimeoutsConfig {
     /// Idle timeout of a TCP flow after FIN or RST.
     #[serde(with = "humantime_serde")]
     pub(crate) tcp_closing: Duration,
+    /// Idle timeout of an embryonic TCP flow (SYN seen, handshake not completed).
+    #[serde(with = "humantime_serde")]
+    pub(crate) tcp_handshake: Duration,
     /// Idle timeout of a UDP flow.
     #[serde(with = "humantime_serde")]
     pub(crate) udp: Duration,
@@ -171,6 +182,7 @@ impl Default for TimeoutsConfig {
         Self {
             tcp: Duration::from_secs(300),
             tcp_closing: Duration::from_secs(10),
+            tcp_handshake: Duration::from_secs(5),
             udp: Duration::from_secs(30),
             nexthop_cache: Duration::from_secs(1),
         }
