@@ -13,7 +13,6 @@ use xdplb_testkit::packet::{Packet, TCP_RST};
 /// In full NAT only a SYN starts a flow: an ACK without one would claim an SNAT port the
 /// backend never saw (it answers RST), so an ACK flood fills the tables and reflects RSTs.
 #[test]
-#[ignore = "issue 16: today any TCP packet creates a NAT flow"]
 fn a_nat_flow_starts_only_with_a_syn() {
     bench(|_, net| {
         let mut lb = Lb::new(net, config(PORTS))?;
@@ -49,7 +48,6 @@ fn a_nat_flow_starts_only_with_a_syn() {
 /// A SYN (without ACK) on an entry that FIN or RST marked closing starts a fresh flow rather
 /// than inheriting the closing entry's short life.
 #[test]
-#[ignore = "issue 16: today a closing entry is reused by the next SYN of its tuple"]
 fn a_syn_after_rst_starts_a_fresh_flow() {
     bench(|_, net| {
         let mut lb = Lb::new(net, config(PORTS))?;

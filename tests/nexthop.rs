@@ -200,6 +200,8 @@ fn established_flows_use_the_cached_next_hop_until_it_expires() {
         let mut lb = Lb::new(
             net,
             RuntimeConfig {
+                tcp_handshake_timeout: Duration::from_secs(5),
+                new_flows_per_cpu: 0,
                 nexthop_cache: TTL,
                 ..config(PORTS)
             },
@@ -267,6 +269,8 @@ fn zero_lifetime_turns_the_cache_off() {
         let mut lb = Lb::new(
             net,
             RuntimeConfig {
+                tcp_handshake_timeout: Duration::from_secs(5),
+                new_flows_per_cpu: 0,
                 nexthop_cache: Duration::ZERO,
                 ..config(PORTS)
             },
@@ -306,6 +310,8 @@ fn bigger_packet_than_cached_looks_up_again() {
         let mut lb = Lb::new(
             net,
             RuntimeConfig {
+                tcp_handshake_timeout: Duration::from_secs(5),
+                new_flows_per_cpu: 0,
                 nexthop_cache: Duration::from_secs(60),
                 ..config(PORTS)
             },
@@ -355,6 +361,8 @@ fn failed_lookups_are_not_cached() {
         let mut lb = Lb::new(
             net,
             RuntimeConfig {
+                tcp_handshake_timeout: Duration::from_secs(5),
+                new_flows_per_cpu: 0,
                 nexthop_cache: Duration::from_secs(60),
                 ..config(PORTS)
             },
