@@ -5,8 +5,10 @@
  *   flows_syn_v2   TCP flows of every mode until their handshake completes
  *                  (LRU, tcp_handshake timeout): a SYN flood churns only it.
  *   nat_fwd_v2     established NAT flows, client side (shared LRU).
- *   nat_rev_v2     every NAT flow's reply side; owns its SNAT port (HASH:
- *                  never evicted; expired entries taken over by one CPU).
+ *   nat_rev_v2     established NAT flows' reply side; owns their SNAT ports
+ *                  (HASH: never evicted; expired entries taken over by one
+ *                  CPU, swept by lbd).
+ *   nat_rev_syn_v2 embryonic NAT flows' reply side and ports (LRU, bounded).
  *   dsr_v2[cpu]    established DSR flows, one LRU per CPU.
  *
  * A TCP flow is promoted to its established table once its client proves
@@ -117,6 +119,14 @@ static __always_inline bool nat_pair(const struct flow_key4 *key, const struct f
 	       fwd->backend_be == rkey->saddr_be && fwd->src_be == rkey->daddr_be;
 }
 
+/* The reply table of a NAT flow in state @flags: embryonic or established. */
+static __always_inline void *nat_rev_table(__u32 flags)
+{
+	if (flags & CT_F_EMBRYONIC)
+		return &nat_rev_syn_v2;
+	return &nat_rev_v2;
+}
+
 /* The reverse entry of NAT flow @fwd (client key @key), if it is still this
  * flow's: never another flow's port. */
 static __always_inline struct nat4_rev *nat_rev_of(const struct flow_key4 *key, const struct flow4 *fwd)
@@ -125,7 +135,7 @@ static __always_inline struct nat4_rev *nat_rev_of(const struct flow_key4 *key, 
 	struct nat4_rev *rev;
 
 	nat_rev_key(&rkey, key->proto, fwd);
-	rev = bpf_map_lookup_elem(&nat_rev_v2, &rkey);
+	rev = bpf_map_lookup_elem(nat_rev_table(fwd->flags), &rkey);
 	if (rev && nat_pair(key, fwd, &rkey, rev))
 		return rev;
 	return NULL;
@@ -217,19 +227,40 @@ static __always_inline struct flow4 *flow_lookup(const struct lb_config *cfg, co
 	return NULL;
 }
 
+/* Whether reverse entry @rev (key @rkey) still owns its port: not a
+ * tombstone, and its flow is live in one direction or the other. */
+static __always_inline bool nat_rev_live(const struct lb_config *cfg, const struct flow_key4 *rkey,
+					 const struct nat4_rev *rev, __u64 now)
+{
+	__u64 seen = rev->last_seen_ns;
+
+	return seen != CT_TOMBSTONE && (!ct_expired(cfg, rkey->proto, rev->flags, seen, now) ||
+					nat_fwd_side_live(cfg, rkey, rev, now));
+}
+
+/* The live entry of reply key @rkey in @table, or NULL. */
+static __always_inline struct nat4_rev *nat_rev_live_in(void *table, const struct lb_config *cfg,
+							 const struct flow_key4 *rkey, __u64 now)
+{
+	struct nat4_rev *rev = bpf_map_lookup_elem(table, rkey);
+
+	if (rev && nat_rev_live(cfg, rkey, rev, now))
+		return rev;
+	return NULL;
+}
+
 /* Live reverse entry for a reply arriving at the SNAT address, or NULL: a
- * packet to the SNAT address is a reply only when a live flow owns its port. */
+ * packet to the SNAT address is a reply only when a live flow owns its port.
+ * Established flows first; a TCP packet may be the SYN-ACK (or later
+ * packet) of an embryonic one. */
 static __always_inline struct nat4_rev *nat_lookup_rev(const struct lb_config *cfg, const struct packet *pkt,
 						       __u64 now)
 {
-	struct nat4_rev *rev = bpf_map_lookup_elem(&nat_rev_v2, &pkt->key);
+	struct nat4_rev *rev = nat_rev_live_in(&nat_rev_v2, cfg, &pkt->key, now);
 
-	if (!rev)
-		return NULL;
-	if (ct_expired(cfg, pkt->key.proto, rev->flags, rev->last_seen_ns, now) &&
-	    !nat_fwd_side_live(cfg, &pkt->key, rev, now))
-		return NULL;
-	return rev;
+	if (rev || pkt->key.proto != IPPROTO_TCP)
+		return rev;
+	return nat_rev_live_in(&nat_rev_syn_v2, cfg, &pkt->key, now);
 }
 
 /* The IPIP outer source of a flow: the configured prefix with its host bits
@@ -266,8 +297,21 @@ static __always_inline void count_event(__u32 event)
 		g->events[event] += 1;
 }
 
+/* A full memory barrier (a compare-and-swap, fully ordered in BPF): the
+ * claim/promotion protocol writes one reply table, then reads the other, and
+ * neither side may see the other's read before its own write. */
+static __always_inline void flow_fence(void)
+{
+	__u32 zero = 0;
+	struct lb_global_stats *g = bpf_map_lookup_elem(&global_stats, &zero);
+
+	if (g)
+		__sync_val_compare_and_swap(&g->fence, 0, 0);
+}
+
 /**
- * port_take_over - take SNAT port entry @old (key @rkey) for a new flow
+ * port_take_over - take SNAT port entry @old (key @rkey, in @table) for a
+ * new flow
  * @rev: the new flow's reverse entry
  *
  * Only an entry whose flow has expired in both directions is taken, and only
@@ -276,13 +320,13 @@ static __always_inline void count_event(__u32 event)
  * tombstoning it makes it fail). The winner then replaces the entry whole.
  * Returns true if the port is now the new flow's.
  */
-static __always_inline bool port_take_over(const struct lb_config *cfg, const struct flow_key4 *rkey,
-					   struct nat4_rev *old, const struct nat4_rev *rev, __u64 now)
+static __always_inline bool port_take_over(void *table, const struct lb_config *cfg,
+					   const struct flow_key4 *rkey, struct nat4_rev *old,
+					   const struct nat4_rev *rev, __u64 now)
 {
 	__u64 seen = old->last_seen_ns;
 
-	if (seen == CT_TOMBSTONE || !ct_expired(cfg, rkey->proto, old->flags, seen, now) ||
-	    nat_fwd_side_live(cfg, rkey, old, now))
+	if (nat_rev_live(cfg, rkey, old, now))
 		return false;
 	if (__sync_val_compare_and_swap(&old->last_seen_ns, seen, now) != seen) {
 		count_event(LB_EV_PORT_RACE_LOST);
@@ -290,9 +334,53 @@ static __always_inline bool port_take_over(const struct lb_config *cfg, const st
 	}
 	/* Ours: no other CPU can pass the swap above until this entry expires
 	 * again. The update swaps in the whole new value for readers. */
-	if (bpf_map_update_elem(&nat_rev_v2, rkey, rev, BPF_EXIST) != 0)
+	if (bpf_map_update_elem(table, rkey, rev, BPF_EXIST) != 0)
 		return false;
 	count_event(LB_EV_PORT_TAKEOVER);
+	return true;
+}
+
+/* Claims reply key @rkey in @table for @rev: a fresh insert, or the take-over
+ * of an entry whose flow has expired. */
+static __always_inline bool port_claim_in(void *table, const struct lb_config *cfg,
+					  const struct flow_key4 *rkey, const struct nat4_rev *rev, __u64 now)
+{
+	struct nat4_rev *old;
+
+	if (bpf_map_update_elem(table, rkey, rev, BPF_NOEXIST) == 0)
+		return true;
+	old = bpf_map_lookup_elem(table, rkey);
+	if (!old) {
+		count_event(LB_EV_REV_FULL);
+		return false;
+	}
+	return port_take_over(table, cfg, rkey, old, rev, now);
+}
+
+/**
+ * port_claim - claim reply key @rkey (one port candidate) for new flow @rev
+ *
+ * UDP flows are established at once: one table. An embryonic TCP flow's port
+ * goes into nat_rev_syn_v2, and is its only if no live established flow holds
+ * it: checked before (cheap refusal) and after a fence (a promotion of
+ * another flow into nat_rev_v2 at the same moment: one of the two sees the
+ * other and backs out; flow_promote() does the mirror image).
+ */
+static __always_inline bool port_claim(const struct lb_config *cfg, const struct flow_key4 *rkey,
+				       const struct nat4_rev *rev, __u64 now)
+{
+	if (!(rev->flags & CT_F_EMBRYONIC))
+		return port_claim_in(&nat_rev_v2, cfg, rkey, rev, now);
+	if (nat_rev_live_in(&nat_rev_v2, cfg, rkey, now))
+		return false;
+	if (!port_claim_in(&nat_rev_syn_v2, cfg, rkey, rev, now))
+		return false;
+	flow_fence();
+	if (nat_rev_live_in(&nat_rev_v2, cfg, rkey, now)) {
+		bpf_map_delete_elem(&nat_rev_syn_v2, rkey);
+		count_event(LB_EV_PORT_RACE_LOST);
+		return false;
+	}
 	return true;
 }
 
@@ -339,24 +427,13 @@ static __always_inline int ct_claim_port(struct packet *pkt, const struct lb_con
 		/* 65537 is prime and larger than any range, so the candidates
 		 * are distinct; start < 65536 and i < 8 keep it from wrapping. */
 		__u32 step = i & (LB_PORT_RETRIES - 1);
-		struct nat4_rev *old;
 		__u16 port;
-		long err;
 
 		if (i == LB_PORT_RETRIES)
 			start = bpf_get_prandom_u32() % range;
 		port = cfg->snat_port_min + (start + step * 65537u) % range;
-
 		rkey.dport_be = bpf_htons(port);
-		err = bpf_map_update_elem(&nat_rev_v2, &rkey, &rev, BPF_NOEXIST);
-		if (err == 0)
-			goto claimed;
-		old = bpf_map_lookup_elem(&nat_rev_v2, &rkey);
-		if (!old) {
-			count_event(LB_EV_REV_FULL);
-			continue;
-		}
-		if (port_take_over(cfg, &rkey, old, &rev, now))
+		if (port_claim(cfg, &rkey, &rev, now))
 			goto claimed;
 	}
 	return verdict(pkt, LB_REASON_DROP_PORT_EXHAUSTED, XDP_DROP);
@@ -435,19 +512,52 @@ static __always_inline int flow_insert(struct packet *pkt, const struct flow_ref
 }
 
 /**
+ * nat_promote_port - move embryonic NAT flow @ct's reply entry (key @rkey)
+ * to nat_rev_v2; returns whether the flow still owns its port
+ *
+ * The mirror image of port_claim(): write nat_rev_v2, fence, then check that
+ * the embryonic entry still names this flow (an LRU may have evicted it and
+ * another flow claimed the port meanwhile); if not, back out.
+ */
+static __always_inline bool nat_promote_port(const struct lb_config *cfg, const struct packet *pkt,
+					     const struct flow4 *ct, const struct flow_key4 *rkey, __u64 now)
+{
+	struct nat4_rev *rev = bpf_map_lookup_elem(&nat_rev_syn_v2, rkey);
+	struct nat4_rev est;
+
+	if (!rev || !nat_pair(&pkt->key, ct, rkey, rev))
+		return false;
+	est = *rev;
+	est.flags &= ~CT_F_EMBRYONIC;
+	est.last_seen_ns = now;
+	if (!port_claim_in(&nat_rev_v2, cfg, rkey, &est, now))
+		return false;
+	flow_fence();
+	rev = bpf_map_lookup_elem(&nat_rev_syn_v2, rkey);
+	if (!rev || !nat_pair(&pkt->key, ct, rkey, rev)) {
+		bpf_map_delete_elem(&nat_rev_v2, rkey);
+		return false;
+	}
+	return true;
+}
+
+/**
  * flow_promote - an embryonic flow @ref->ct whose client sent a packet
  * without SYN: move it to its established table if the handshake is proven
  * (DSR: this packet; NAT: an ACK of the backend's ISN, seen on its SYN-ACK)
  *
  * The packet is sent on either way (a wrong ACK reaches the backend, which
- * answers it as TCP does); only the entry's table changes.
+ * answers it as TCP does), except when a NAT flow finds its port taken
+ * (flow_seen()) or its port was taken meanwhile (nat_promote_port()): then
+ * the flow stays embryonic until it expires.
  */
-static __always_inline void flow_promote(struct packet *pkt, struct flow_ref *ref)
+static __always_inline void flow_promote(const struct lb_config *cfg, struct packet *pkt, struct flow_ref *ref,
+					 __u64 now)
 {
 	struct flow4 *ct = ref->ct;
 	struct tcphdr *tcp = pkt->l4;
+	struct flow_key4 rkey = {};
 	void *table = ref->dsr;
-	struct nat4_rev *rev = NULL;
 	struct flow4 est;
 
 	if (pkt_closes(pkt))
@@ -460,8 +570,8 @@ static __always_inline void flow_promote(struct packet *pkt, struct flow_ref *re
 			count_event(LB_EV_SYN_BAD_ACK);
 			return;
 		}
-		rev = nat_rev_of(&pkt->key, ct);
-		if (!rev)
+		nat_rev_key(&rkey, pkt->key.proto, ct);
+		if (!nat_promote_port(cfg, pkt, ct, &rkey, now))
 			return;
 		table = &nat_fwd_v2;
 	}
@@ -471,12 +581,14 @@ static __always_inline void flow_promote(struct packet *pkt, struct flow_ref *re
 	est.flags = 0;
 	est.ack_seq_be = 0;
 	if (bpf_map_update_elem(table, &pkt->key, &est, BPF_ANY) != 0) {
+		if (ct->mode == LB_MODE_NAT)
+			bpf_map_delete_elem(&nat_rev_v2, &rkey);
 		count_event(LB_EV_PROMOTE_FAILED);
 		return;
 	}
-	if (rev)
-		rev->flags &= ~CT_F_EMBRYONIC;
 	bpf_map_delete_elem(&flows_syn_v2, &pkt->key);
+	if (ct->mode == LB_MODE_NAT)
+		bpf_map_delete_elem(&nat_rev_syn_v2, &rkey);
 	count_event(LB_EV_PROMOTED);
 }
 
@@ -506,24 +618,42 @@ static __always_inline void flow_end(struct packet *pkt, struct flow_ref *ref)
  * flow_seen - a client packet of live flow @ref->ct: refresh it, mark it
  * closing on FIN/RST (both directions: one flow, one life), promote it if it
  * is embryonic and the packet proves the handshake
+ *
+ * An embryonic NAT flow is sent on only while its reply entry still names it:
+ * an LRU may have evicted that entry and another flow claimed the port; then
+ * this flow is over (its entry deleted, the packet dropped: the client's
+ * next SYN starts afresh). An established NAT flow's port cannot be lost: its
+ * reply entry is never evicted, nor taken over while the flow lives.
+ *
+ * Returns LB_CONTINUE, or a verdict.
  */
-static __always_inline void flow_seen(const struct lb_config *cfg, struct packet *pkt, struct flow_ref *ref,
-				      __u64 now)
+static __always_inline int flow_seen(const struct lb_config *cfg, struct packet *pkt, struct flow_ref *ref,
+				     __u64 now)
 {
 	struct flow4 *ct = ref->ct;
-	struct nat4_rev *rev;
+	struct nat4_rev *rev = NULL;
 
+	if (ct->mode == LB_MODE_NAT && ref->where == FT_SYN) {
+		rev = nat_rev_of(&pkt->key, ct);
+		if (!rev) {
+			bpf_map_delete_elem(&flows_syn_v2, &pkt->key);
+			count_event(LB_EV_PORT_LOST);
+			return verdict(pkt, LB_REASON_DROP_NAT_NO_FLOW, XDP_DROP);
+		}
+	}
 	if (pkt_closes(pkt) && !(ct->flags & CT_F_CLOSING)) {
 		ct->flags |= CT_F_CLOSING;
 		if (ct->mode == LB_MODE_NAT) {
-			rev = nat_rev_of(&pkt->key, ct);
+			if (!rev)
+				rev = nat_rev_of(&pkt->key, ct);
 			if (rev)
 				rev->flags |= CT_F_CLOSING;
 		}
 	}
 	ct_refresh(cfg, pkt->key.proto, ct->flags, &ct->last_seen_ns, now);
 	if (ref->where == FT_SYN && !(pkt->tcp_flags & TCP_FLAG_SYN))
-		flow_promote(pkt, ref);
+		flow_promote(cfg, pkt, ref, now);
+	return LB_CONTINUE;
 }
 
 /**

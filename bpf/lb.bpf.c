@@ -223,7 +223,9 @@ static __always_inline int lb_to_backend(struct xdp_md *ctx, struct packet *pkt,
 		ct = NULL;
 	}
 	if (ct) {
-		flow_seen(cfg, pkt, ref, now);
+		action = flow_seen(cfg, pkt, ref, now);
+		if (action != LB_CONTINUE)
+			return action;
 	} else {
 		if (!vip)
 			return verdict(pkt, LB_REASON_DROP_NO_BACKEND, XDP_DROP);
@@ -444,7 +446,7 @@ int lb_clock(struct xdp_md *ctx)
  *    slot now names another address or port) or ended (LB_BACKEND_F_ENDED).
  * A nat_rev_v2 entry is first tombstoned by a compare-and-swap of its
  * last_seen_ns, so that no CPU takes the port over while it is deleted
- * (port_take_over() skips tombstones); a CPU that took it over first makes
+ * (nat_rev_live() counts a tombstone as dead, port_take_over() skips it); a CPU that took it over first makes
  * the swap fail and keeps it. The report goes into the frame. */
 struct gc_ctx {
 	__u64 now;
@@ -516,6 +518,7 @@ int lb_flow_gc(struct xdp_md *ctx)
 		bpf_for_each_map_elem(dsr, gc_fwd, &g, 0);
 	}
 	bpf_for_each_map_elem(&nat_rev_v2, gc_rev, &g, 0);
+	bpf_for_each_map_elem(&nat_rev_syn_v2, gc_rev, &g, 0);
 	*out = g.r;
 	return XDP_PASS;
 }

@@ -94,18 +94,35 @@ struct {
 	__type(value, struct flow4);
 } nat_fwd_v2 SEC(".maps");
 
-/* nat_rev_v2: backend -> SNAT address and port, for every NAT flow
- * (embryonic and established). A plain HASH, never an LRU: an entry owns its
- * SNAT port until its flow has expired in both directions, so no eviction
- * can hand a live port to another flow. Expired entries are taken over by a
- * compare-and-swap on last_seen_ns (one CPU wins) and swept by lbd. Sized
- * for the established and the embryonic tables together. */
+/* The reply side of NAT flows: backend -> SNAT address and port. An entry
+ * owns its SNAT port (bpf/flow.h: a port is a flow's only while its entry
+ * names that flow).
+ *
+ * nat_rev_v2: established flows (and UDP flows). A plain HASH, never an LRU:
+ * an entry keeps its port until its flow has expired in both directions, so
+ * no eviction can hand a live port to another flow. Expired entries are taken
+ * over by a compare-and-swap on last_seen_ns (one CPU wins) and swept by lbd.
+ *
+ * nat_rev_syn_v2: embryonic TCP flows, an LRU the size of flows_syn_v2: the
+ * ports a SYN flood holds are bounded by it, and a new SYN always finds one
+ * (it evicts the oldest embryonic entry). A port is free only while neither
+ * table holds a live entry for it; a claim and a promotion each write their
+ * table, fence, then re-check the other (bpf/flow.h), so they never both
+ * win. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, LB_DEFAULT_CT_SIZE + LB_DEFAULT_SYN_SIZE);
+	__uint(max_entries, LB_DEFAULT_CT_SIZE);
 	__type(key, struct flow_key4);
 	__type(value, struct nat4_rev);
 } nat_rev_v2 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, LB_DEFAULT_SYN_SIZE);
+	__uint(map_flags, BPF_F_NO_COMMON_LRU);
+	__type(key, struct flow_key4);
+	__type(value, struct nat4_rev);
+} nat_rev_syn_v2 SEC(".maps");
 
 /* dsr_v2[cpu]: established DSR flows (L2 DSR, IPIP), one LRU per CPU (no
  * shared cache line, no shared LRU lock), each conntrack_size / CPUs. A flow

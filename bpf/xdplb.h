@@ -297,6 +297,7 @@ enum lb_event {
 	LB_EV_PROMOTE_FAILED, /* the established table refused a promotion: the flow stays embryonic */
 	LB_EV_SYN_BAD_ACK, /* an ACK on a NAT embryonic flow with the wrong ack number: not promoted */
 	LB_EV_RESTARTED, /* a SYN on a closing entry: the old flow ended, a fresh one started */
+	LB_EV_PORT_LOST, /* an embryonic NAT flow whose port another flow took (its entry was evicted): ended */
 	LB_EV_MAX,
 };
 
@@ -314,6 +315,7 @@ struct lb_global_stats {
 	__u64 reasons[LB_REASON_MAX];
 	__u64 verdicts[LB_VERDICT_MAX];
 	__u64 events[LB_EV_MAX];
+	__u64 fence; /* scratch word of flow_fence() (bpf/flow.h), always 0 */
 };
 
 /* Firewall (bpf/firewall.h): fixed-depth tables of verdict words (maps.h). */

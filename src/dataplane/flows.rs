@@ -13,6 +13,7 @@ use crate::skel::{types, OpenLbSkel};
 pub(crate) const SYN_TABLE: &str = "flows_syn_v2";
 pub(crate) const NAT_FWD_TABLE: &str = "nat_fwd_v2";
 pub(crate) const NAT_REV_TABLE: &str = "nat_rev_v2";
+pub(crate) const NAT_REV_SYN_TABLE: &str = "nat_rev_syn_v2";
 pub(crate) const DSR_TABLES: &str = "dsr_v2";
 
 /// How big the flow tables are.
@@ -60,10 +61,14 @@ pub(crate) fn prepare(
             "{cpus} possible CPUs, the DSR tables have {max_cpus} slots"
         )));
     }
-    let rev = sizes.established.saturating_add(sizes.embryonic);
     size_map(&mut open.maps.flows_syn_v2, sizes.embryonic, SYN_TABLE)?;
     size_map(&mut open.maps.nat_fwd_v2, sizes.established, NAT_FWD_TABLE)?;
-    size_map(&mut open.maps.nat_rev_v2, rev, NAT_REV_TABLE)?;
+    size_map(&mut open.maps.nat_rev_v2, sizes.established, NAT_REV_TABLE)?;
+    size_map(
+        &mut open.maps.nat_rev_syn_v2,
+        sizes.embryonic,
+        NAT_REV_SYN_TABLE,
+    )?;
     // The template of dsr_v2's inner maps: one of the size lbd wants (libbpf cannot resize the
     // one the object declares); the kernel keeps what it needs of it, the fd may then close.
     let template = dsr_table(sizes.dsr_per_cpu(cpus), "xdplb_dsr_tmpl")?;

@@ -221,6 +221,7 @@ pub fn event_name(index: usize) -> String {
         (E::LB_EV_PROMOTE_FAILED, "promote_failed"),
         (E::LB_EV_SYN_BAD_ACK, "syn_bad_ack"),
         (E::LB_EV_RESTARTED, "restarted"),
+        (E::LB_EV_PORT_LOST, "port_lost"),
     ];
     all.iter()
         .find(|(e, _)| e.0 as usize == index)
@@ -391,7 +392,8 @@ impl<'a> Maps<'a> {
         Ok(found.map(|v| from_bytes(&v)))
     }
 
-    /// The NAT reply entry of backend `backend` -> SNAT address and port `snat`, if any.
+    /// The NAT reply entry of backend `backend` -> SNAT address and port `snat`, if any
+    /// (established first, then embryonic).
     pub fn nat_reply_entry(
         &self,
         backend: SocketAddrV4,
@@ -399,17 +401,21 @@ impl<'a> Maps<'a> {
         proto: Protocol,
     ) -> Result<Option<types::nat4_rev>, DataplaneError> {
         let key = flow_key4(backend, snat, proto);
-        let found = self
-            .m
-            .nat_rev_v2
-            .lookup(bytes_of(&key), MapFlags::ANY)
-            .map_err(bpf_err("reading nat_rev_v2"))?;
+        let mut found = None;
+        for table in [&self.m.nat_rev_v2, &self.m.nat_rev_syn_v2] {
+            found = table
+                .lookup(bytes_of(&key), MapFlags::ANY)
+                .map_err(bpf_err("reading the NAT reply tables"))?;
+            if found.is_some() {
+                break;
+            }
+        }
         Ok(found.map(|v| from_bytes(&v)))
     }
 
-    /// Entries of the NAT reply table (each owns one SNAT port).
+    /// Entries of the NAT reply tables (each owns one SNAT port), established and embryonic.
     pub fn nat_rev_entries(&self) -> usize {
-        self.m.nat_rev_v2.keys().count()
+        self.m.nat_rev_v2.keys().count() + self.m.nat_rev_syn_v2.keys().count()
     }
 }
 
