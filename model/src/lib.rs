@@ -5,5 +5,6 @@
 pub mod cidr;
 pub mod firewall;
 pub mod health;
+mod names;
 pub mod ratelimit;
 pub mod state;
