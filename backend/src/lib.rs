@@ -38,6 +38,7 @@ use libbpf_rs::{MapCore, MapFlags, MapHandle};
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 
 use xdplb_bpffs as bpffs;
+use xdplb_model::ifname::is_interface_name;
 
 use crate::decap_skel::DecapSkelBuilder;
 
@@ -277,12 +278,7 @@ fn check_dev_name(dev: &str) -> Result<()> {
     if dev == "lo" {
         return Err(SetupError::DevIsLoopback);
     }
-    let ok = !dev.is_empty()
-        && dev.len() <= 15
-        && dev != "."
-        && dev != ".."
-        && !dev.contains(|c: char| c == '/' || c == ':' || c.is_whitespace());
-    if ok {
+    if is_interface_name(dev) {
         Ok(())
     } else {
         Err(SetupError::NoSuchInterface(dev.to_string()))
