@@ -120,6 +120,7 @@ fn open_flow(
             snat,
             TCP_SYN | TCP_ACK,
         )
+        .with_seq_ack(0x7000_0000, 0)
         .build();
         let back = sent_on(lb, runner, &synack, &format!("flow {i}: SYN-ACK"))?;
         ensure!(
@@ -136,7 +137,10 @@ fn open_flow(
     } else {
         None
     };
-    let ack = Packet::tcp(mac, VETH0_MAC, client, vip, TCP_ACK).build();
+    // The ACK of the backend's ISN (0x7000_0000) + 1, as the client's stack sends it.
+    let ack = Packet::tcp(mac, VETH0_MAC, client, vip, TCP_ACK)
+        .with_seq_ack(0x1234_5679, 0x7000_0001)
+        .build();
     let data = data(client, vip).build();
     for (frame, what) in [(&ack, "ACK"), (&data, "data")] {
         let got = sent_on(lb, runner, frame, &format!("flow {i}: {what}"))?;
@@ -300,6 +304,7 @@ pub fn run(report: &mut Report, quick: bool) -> Result<()> {
         ("IPIP", Mode::Ipip, sa(Ipv4Addr::new(10, 9, 9, 11), 80), 80),
     ];
     let results = NetNs::within("bench-flood", |ns| {
+        crate::setup::pin_to_this_cpu()?;
         let net = setup_net(ns)?;
         add_routes(ns)?;
         let floor = Floor::load()?;

@@ -303,13 +303,13 @@ fn metrics_count_what_was_sent() {
     assert_eq!(
         m.get(
             "xdplb_map_entries",
-            &[("map", "ct_fwd"), ("type", "lru_hash")]
+            &[("map", "nat_fwd_v2"), ("type", "lru_hash")]
         ),
         n
     );
-    assert_eq!(m.get("xdplb_map_entries", &[("map", "ct_rev")]), n);
+    assert_eq!(m.get("xdplb_map_entries", &[("map", "nat_rev_v2")]), n);
     assert_eq!(
-        m.get("xdplb_map_capacity", &[("map", "ct_fwd")]),
+        m.get("xdplb_map_capacity", &[("map", "nat_fwd_v2")]),
         1_048_576.0
     );
     assert_eq!(m.get("xdplb_map_entries", &[("map", "vips")]), 1.0);
@@ -349,7 +349,7 @@ fn metrics_count_what_was_sent() {
     // Closed connections stay tracked for the closing timeout (10 s).
     assert_eq!(m.get("xdplb_vip_tracked_flows", &vip), t);
     assert_eq!(m.get("xdplb_backend_tracked_flows", &be), t);
-    assert_eq!(m.get("xdplb_map_entries", &[("map", "ct_fwd")]), n + t);
+    assert_eq!(m.get("xdplb_map_entries", &[("map", "nat_fwd_v2")]), n + t);
     // Every client packet of either VIP was forwarded, every backend packet restored.
     assert_eq!(
         m.get("xdplb_packets_total", &[("reason", "tx_nat_forward")]),

@@ -41,7 +41,7 @@ fn assert_replaced(before: &[LinkProgram], after: &[LinkProgram], what: &str) {
         );
         assert_ne!(a.prog_id, b.prog_id, "{what}: the program was not replaced");
         let (mb, ma) = (b.shared_maps(), a.shared_maps());
-        assert!(mb.contains_key("ct_fwd"), "{mb:?}");
+        assert!(mb.contains_key("nat_fwd_v2"), "{mb:?}");
         assert_eq!(
             ma, mb,
             "{what}: the new program does not use the pinned maps"

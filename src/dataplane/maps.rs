@@ -413,6 +413,22 @@ impl<'a> Maps<'a> {
         Ok(found.map(|v| from_bytes(&v)))
     }
 
+    /// Handles of every flow table (embryonic, NAT both ways, every CPU's DSR table): for walks
+    /// and for benches that empty them between trials.
+    pub fn flow_tables(&self) -> Result<Vec<libbpf_rs::MapHandle>, DataplaneError> {
+        let mut out = Vec::new();
+        for map in [
+            &self.m.flows_syn_v2,
+            &self.m.nat_fwd_v2,
+            &self.m.nat_rev_v2,
+            &self.m.nat_rev_syn_v2,
+        ] {
+            out.push(libbpf_rs::MapHandle::try_from(map).map_err(bpf_err("a flow table handle"))?);
+        }
+        out.extend(super::flows::dsr_tables(&self.m.dsr_v2)?);
+        Ok(out)
+    }
+
     /// Entries of the NAT reply tables (each owns one SNAT port), established and embryonic.
     pub fn nat_rev_entries(&self) -> usize {
         self.m.nat_rev_v2.keys().count() + self.m.nat_rev_syn_v2.keys().count()
