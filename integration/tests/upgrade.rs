@@ -165,6 +165,9 @@ fn upgrade_from_v1_tables(mode: &'static str) {
             "the new program's maps: {maps:?}"
         );
     }
+    keeps_moving(&transfer, "after the upgrade");
+    let moved = transfer.finish().expect("the transfer never broke");
+    eprintln!("{mode}: {moved} bytes verified across the upgrade from the v1 tables");
     let log = second.log_text();
     for want in [
         "copied the flows of the previous release's flow tables",
@@ -176,9 +179,7 @@ fn upgrade_from_v1_tables(mode: &'static str) {
             "the new lbd's log lacks {want:?}:\n{log}"
         );
     }
-    keeps_moving(&transfer, "after the upgrade");
-    let moved = transfer.finish().expect("the transfer never broke");
-    eprintln!("{mode}: {moved} bytes verified across the upgrade from the v1 tables");
+
     assert!(moved >= 3 * PROGRESS, "only {moved} bytes in {TRANSFER:?}");
     assert_eq!(lab.server().accepted(), 1, "the client had to reconnect");
     drop(second);
