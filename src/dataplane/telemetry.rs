@@ -203,11 +203,7 @@ impl Telemetry {
             let Some(kind) = walked_kind(map.map_type()) else {
                 continue;
             };
-            let entries = if is_client_table(name) {
-                self.flows(map, &mut walk.flows)?
-            } else {
-                count_entries(map)?
-            };
+            let entries = count_entries(map)?;
             walk.maps.push(Occupancy {
                 map: name.clone(),
                 kind,
@@ -215,12 +211,9 @@ impl Telemetry {
                 capacity: u64::from(map.max_entries()),
             });
         }
-        if let Some(outer) = self.maps.get(flows::DSR_TABLES) {
-            let (mut entries, mut capacity) = (0, 0);
-            for table in flows::dsr_tables(outer)? {
-                entries += self.flows(&table, &mut walk.flows)?;
-                capacity += u64::from(table.max_entries());
-            }
+        let (flows, dsr) = self.client_flows()?;
+        walk.flows = flows;
+        if let Some((entries, capacity)) = dsr {
             walk.maps.push(Occupancy {
                 map: flows::DSR_TABLES.into(),
                 kind: "lru_hash",
@@ -242,23 +235,14 @@ impl Telemetry {
     /// Only the live flows of the client-side flow tables, by VIP and backend (`lbctl backend
     /// list`: when a drained backend reaches zero). Run it off the async runtime.
     pub fn live_flows(&self) -> Result<Flows, DataplaneError> {
-        let mut flows = Flows::default();
-        for (name, map) in &self.maps {
-            if is_client_table(name) {
-                self.flows(map, &mut flows)?;
-            }
-        }
-        if let Some(outer) = self.maps.get(flows::DSR_TABLES) {
-            for table in flows::dsr_tables(outer)? {
-                self.flows(&table, &mut flows)?;
-            }
-        }
-        Ok(flows)
+        Ok(self.client_flows()?.0)
     }
 
-    /// Adds the live entries of one client-side flow table to `flows`, by VIP and backend;
-    /// returns how many entries it holds.
-    fn flows(&self, table: &MapHandle, flows: &mut Flows) -> Result<u64, DataplaneError> {
+    /// The live flows of every client-side table (embryonic, NAT established, each CPU's DSR
+    /// table), each flow once: a DSR flow whose packets moved between CPUs has an entry in
+    /// each CPU's table, and its state is that of the entry seen last (the one its FIN
+    /// closed, say). Also the DSR tables' (entries, capacity) together.
+    fn client_flows(&self) -> Result<(Flows, Option<(u64, u64)>), DataplaneError> {
         let timeouts = self
             .maps
             .get("lb_config_v2")
@@ -266,19 +250,64 @@ impl Telemetry {
             .transpose()?
             .unwrap_or_default();
         let now = self.clock.now()?;
-        for_each_entry(table, |k, v| {
-            let key: types::flow_key4 = from_bytes(k);
-            let fwd: types::flow4 = from_bytes(v);
-            if timeouts.is_live(key.proto, fwd.flags.into(), fwd.last_seen_ns, now) {
-                *flows.by_vip.entry(fwd.vip_id.into()).or_default() += 1;
-                *flows.by_backend.entry(fwd.backend_id).or_default() += 1;
-                if u32::from(fwd.flags) & types::ct_flags::CT_F_EMBRYONIC.0 != 0 {
+        let mut tables: Vec<MapHandle> = Vec::new();
+        for (name, map) in &self.maps {
+            if is_client_table(name) {
+                tables.push(
+                    MapHandle::try_from(map)
+                        .map_err(bpf_err(format!("duplicating the {name} handle")))?,
+                );
+            }
+        }
+        let mut dsr = None;
+        if let Some(outer) = self.maps.get(flows::DSR_TABLES) {
+            let per_cpu = flows::dsr_tables(outer)?;
+            let (mut entries, mut capacity) = (0, 0);
+            for t in &per_cpu {
+                entries += count_entries(t)?;
+                capacity += u64::from(t.max_entries());
+            }
+            dsr = Some((entries, capacity));
+            tables.extend(per_cpu);
+        }
+        // key -> (last_seen, flags, vip id, backend id, proto) of the most recent entry.
+        let mut latest: HashMap<[u8; 16], (u64, u8, u16, u32, u8)> = HashMap::new();
+        for table in &tables {
+            for_each_entry(table, |k, v| {
+                let key: types::flow_key4 = from_bytes(k);
+                let fwd: types::flow4 = from_bytes(v);
+                let mut kb = [0u8; 16];
+                kb.copy_from_slice(&k[..16.min(k.len())]);
+                let seen = (
+                    fwd.last_seen_ns,
+                    fwd.flags,
+                    fwd.vip_id,
+                    fwd.backend_id,
+                    key.proto,
+                );
+                latest
+                    .entry(kb)
+                    .and_modify(|e| {
+                        if seen.0 >= e.0 {
+                            *e = seen;
+                        }
+                    })
+                    .or_insert(seen);
+            })?;
+        }
+        let mut flows = Flows::default();
+        for (last_seen, flags, vip_id, backend_id, proto) in latest.into_values() {
+            if timeouts.is_live(proto, flags.into(), last_seen, now) {
+                *flows.by_vip.entry(vip_id.into()).or_default() += 1;
+                *flows.by_backend.entry(backend_id).or_default() += 1;
+                if u32::from(flags) & types::ct_flags::CT_F_EMBRYONIC.0 != 0 {
                     flows.embryonic += 1;
                 }
             } else {
                 flows.expired += 1;
             }
-        })
+        }
+        Ok((flows, dsr))
     }
 }
 
