@@ -14,6 +14,7 @@ use xdplb::api::listen::{self, ListenError, TlsFiles};
 use xdplb::config::{self, Config};
 use xdplb::controller::Controller;
 use xdplb::dataplane::{Dataplane, LoadOptions};
+use xdplb::hostports;
 use xdplb::metrics::server::MetricsServer;
 use xdplb::persist::StateStore;
 use xdplb::reconcile::Reconciler;
@@ -182,6 +183,9 @@ async fn run(args: Args) -> Result<()> {
         }
     }
 
+    // The SNAT range and the ports this host picks for its own connections are made disjoint
+    // (or the overlap refused) before the data plane is touched.
+    let ports = hostports::reserve(&config.nat, &args.state_dir)?;
     let dp = Dataplane::load(&LoadOptions {
         conntrack_size: config.tables.conntrack_size,
         pin_dir: Some(config.dataplane.pin_path.clone()),
@@ -189,14 +193,19 @@ async fn run(args: Args) -> Result<()> {
         firewall_scope: config.firewall.scope,
         ratelimit_clients: config.ratelimit.clients,
     })
-    .context("loading the XDP program")?;
+    .context("loading the XDP program");
+    let dp = match dp {
+        Ok(dp) => dp,
+        Err(e) => {
+            settle_ports(ports, args.detach_on_exit);
+            return Err(e);
+        }
+    };
     let adopted = dp.adopted();
     let mut reconciler = Reconciler::new(dp, config.tables.maglev_size);
     reconciler
         .set_runtime_config(&config.runtime())
         .context("writing the run-time configuration")?;
-    let [lo, hi] = config.nat.port_range;
-    warn_on_port_overlap(lo, hi);
     match (&saved, adopted) {
         (Some(file), true) => reconciler.adopt_ids(&file.ids),
         (None, true) => {
@@ -212,6 +221,7 @@ async fn run(args: Args) -> Result<()> {
     });
     if let Err(e) = attached {
         let _ = reconciler.into_dataplane().shutdown(args.detach_on_exit);
+        settle_ports(ports, args.detach_on_exit);
         return Err(e);
     }
     let ctl = match Controller::new(state, reconciler) {
@@ -248,14 +258,31 @@ async fn run(args: Args) -> Result<()> {
         tracing::info!("shutting down: XDP stays attached and maps pinned for the next lbd");
     }
     let _ = std::fs::remove_file(&socket);
-    match ctl.into_reconciler() {
+    let cleaned = match ctl.into_reconciler() {
         Some(r) => r
             .into_dataplane()
             .shutdown(args.detach_on_exit)
-            .context("cleaning up the data plane")?,
-        None => tracing::warn!("API still in use at shutdown; the data plane is released on exit"),
-    }
+            .context("cleaning up the data plane"),
+        None => {
+            tracing::warn!("API still in use at shutdown; the data plane is released on exit");
+            Ok(())
+        }
+    };
+    settle_ports(ports, args.detach_on_exit);
+    cleaned?;
     served
+}
+
+/// The reservation of the SNAT ports follows the program: removed when lbd detaches it, kept for
+/// the next lbd when it stays attached (handover). A reservation left behind (a crash, an error
+/// before this) is harmless, and the next lbd takes it over from its record.
+fn settle_ports(ports: hostports::Reservation, detached: bool) {
+    if !detached {
+        return ports.keep();
+    }
+    if let Err(e) = ports.release() {
+        tracing::warn!("{e}");
+    }
 }
 
 /// `lbd --man`: the roff man page of lbd (clap_mangen, from the same definitions as `--help`).
@@ -301,24 +328,6 @@ fn enable_forwarding(ifname: &str) -> Result<()> {
         );
     }
     Ok(())
-}
-
-fn warn_on_port_overlap(lo: u16, hi: u16) {
-    let Ok(text) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range") else {
-        return;
-    };
-    let mut it = text
-        .split_whitespace()
-        .filter_map(|s| s.parse::<u16>().ok());
-    if let (Some(a), Some(b)) = (it.next(), it.next()) {
-        if lo <= b && a <= hi {
-            tracing::warn!(
-                snat_ports = %format!("{lo}-{hi}"),
-                local_ports = %format!("{a}-{b}"),
-                "nat.port_range overlaps the kernel's ip_local_port_range: connections this host opens to a backend may collide with NAT flows"
-            );
-        }
-    }
 }
 
 async fn serve(
