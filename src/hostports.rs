@@ -401,109 +401,112 @@ mod tests {
         assert!(parse_local_range("32768").is_err());
     }
 
-    fn record_in(dir: &tempfile::TempDir) -> PathBuf {
-        dir.path().join("state").join(RECORD_FILE)
+    /// A fake namespace and a state directory.
+    struct Lab {
+        sys: FakeSys,
+        record: PathBuf,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Lab {
+        fn new(local: &str, reserved: &str) -> Lab {
+            let dir = tempfile::tempdir().expect("temporary directory");
+            Lab {
+                sys: FakeSys::new(local, reserved),
+                record: dir.path().join("state").join(RECORD_FILE),
+                _dir: dir,
+            }
+        }
+
+        fn reserve(&self, snat: RangeInclusive<u16>, reserve: bool) -> Reservation {
+            reserve_with(&self.sys, snat, reserve, &self.record).expect("reserved")
+        }
+
+        /// The message of a refusal, checked for each of `needles`.
+        fn refusal(&self, snat: RangeInclusive<u16>, reserve: bool, needles: &[&str]) {
+            let err = reserve_with(&self.sys, snat, reserve, &self.record)
+                .expect_err("refused")
+                .to_string();
+            for needle in needles {
+                assert!(err.contains(needle), "no {needle:?} in {err}");
+            }
+        }
     }
 
     #[test]
     fn overlap_is_reserved_and_released_keeping_other_entries() {
-        let dir = tempfile::tempdir().unwrap();
-        let record = record_in(&dir);
-        let sys = FakeSys::new("32768\t60999", "8080,50000-50010");
-        let r = reserve_with(&sys, 40000..=55000, true, &record).unwrap();
-        assert_eq!(sys.reserved(), "8080,40000-55000");
+        let lab = Lab::new("32768\t60999", "8080,50000-50010");
+        let r = lab.reserve(40000..=55000, true);
+        assert_eq!(lab.sys.reserved(), "8080,40000-55000");
         assert_eq!(r.added(), "40000-49999,50011-55000");
         assert_eq!(
-            std::fs::read_to_string(&record).unwrap(),
+            std::fs::read_to_string(&lab.record).unwrap(),
             "40000-49999,50011-55000\n"
         );
         // Another entry appears meanwhile: it stays.
-        sys.write(RESERVED, "8080,40000-55000,61000").unwrap();
-        r.release_with(&sys).unwrap();
-        assert_eq!(sys.reserved(), "8080,50000-50010,61000");
-        assert!(!record.exists());
+        lab.sys.write(RESERVED, "8080,40000-55000,61000").unwrap();
+        r.release_with(&lab.sys).unwrap();
+        assert_eq!(lab.sys.reserved(), "8080,50000-50010,61000");
+        assert!(!lab.record.exists());
     }
 
+    /// Restarts on the same state directory: the same range changes nothing, another range
+    /// moves the reservation, a range clear of the kernel's drops it.
     #[test]
-    fn a_second_start_changes_nothing_and_a_new_range_moves_the_reservation() {
-        let dir = tempfile::tempdir().unwrap();
-        let record = record_in(&dir);
-        let sys = FakeSys::new("32768 60999", "8080");
-        reserve_with(&sys, 40000..=45000, true, &record)
-            .unwrap()
-            .keep();
-        // The same range again (handover, or a crash): idempotent.
-        let again = reserve_with(&sys, 40000..=45000, true, &record).unwrap();
+    fn restarts_keep_move_or_drop_the_reservation() {
+        let lab = Lab::new("32768 60999", "8080");
+        lab.reserve(40000..=45000, true).keep();
+        let again = lab.reserve(40000..=45000, true);
         assert_eq!(again.added(), "40000-45000");
-        assert_eq!(sys.reserved(), "8080,40000-45000");
+        assert_eq!(lab.sys.reserved(), "8080,40000-45000");
         again.keep();
-        // Another range: the old reservation goes, the new one comes.
-        let moved = reserve_with(&sys, 44000..=50000, true, &record).unwrap();
-        assert_eq!(sys.reserved(), "8080,44000-50000");
-        moved.release_with(&sys).unwrap();
-        assert_eq!(sys.reserved(), "8080");
-    }
-
-    #[test]
-    fn no_overlap_touches_nothing_and_drops_an_earlier_reservation() {
-        let dir = tempfile::tempdir().unwrap();
-        let record = record_in(&dir);
-        let sys = FakeSys::new("32768 60999", "");
-        reserve_with(&sys, 40000..=45000, true, &record)
-            .unwrap()
-            .keep();
-        let clear = reserve_with(&sys, 20000..=32767, true, &record).unwrap();
-        assert_eq!(clear.added(), "");
-        assert_eq!(sys.reserved(), "");
-        assert!(!record.exists());
+        lab.reserve(44000..=50000, true).keep();
+        assert_eq!(lab.sys.reserved(), "8080,44000-50000");
+        let clear = lab.reserve(20000..=32767, true);
+        assert_eq!(
+            (clear.added(), lab.sys.reserved()),
+            (String::new(), "8080".into())
+        );
+        assert!(!lab.record.exists());
     }
 
     #[test]
     fn overlap_without_reserve_ports_is_refused_unless_already_reserved() {
-        let dir = tempfile::tempdir().unwrap();
-        let record = record_in(&dir);
-        let sys = FakeSys::new("32768 60999", "8080");
-        let err = reserve_with(&sys, 20000..=40000, false, &record)
-            .unwrap_err()
-            .to_string();
-        for needle in [
-            "20000-40000",
-            "32768-60999",
-            "port_range",
-            "reserve_ports = true",
-        ] {
-            assert!(err.contains(needle), "no {needle:?} in {err}");
-        }
-        assert_eq!(sys.reserved(), "8080");
+        let lab = Lab::new("32768 60999", "8080");
+        lab.refusal(
+            20000..=40000,
+            false,
+            &[
+                "20000-40000",
+                "32768-60999",
+                "port_range",
+                "reserve_ports = true",
+            ],
+        );
+        assert_eq!(lab.sys.reserved(), "8080");
         // The operator reserved the shared ports: accepted, nothing added.
-        sys.write(RESERVED, "8080,32768-40000").unwrap();
-        let ok = reserve_with(&sys, 20000..=40000, false, &record).unwrap();
-        assert_eq!(ok.added(), "");
-        assert_eq!(sys.reserved(), "8080,32768-40000");
+        lab.sys.write(RESERVED, "8080,32768-40000").unwrap();
+        assert_eq!(lab.reserve(20000..=40000, false).added(), "");
+        assert_eq!(lab.sys.reserved(), "8080,32768-40000");
     }
 
     #[test]
     fn read_only_sysctl_is_refused_and_records_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let record = record_in(&dir);
-        let mut sys = FakeSys::new("32768 60999", "");
-        sys.read_only = true;
-        let err = reserve_with(&sys, 20000..=40000, true, &record)
-            .unwrap_err()
-            .to_string();
-        for needle in [
-            "20000-40000",
-            "32768-60999",
-            "/fake/ip_local_reserved_ports",
-            "read-only",
-        ] {
-            assert!(err.contains(needle), "no {needle:?} in {err}");
-        }
-        assert!(!record.exists());
+        let mut lab = Lab::new("32768 60999", "");
+        lab.sys.read_only = true;
+        lab.refusal(
+            20000..=40000,
+            true,
+            &[
+                "20000-40000",
+                "32768-60999",
+                "/fake/ip_local_reserved_ports",
+                "read-only",
+            ],
+        );
+        assert!(!lab.record.exists());
         // Nothing to write (clear of the kernel's range): fine even read-only.
-        reserve_with(&sys, 20000..=32767, true, &record)
-            .unwrap()
-            .keep();
+        lab.reserve(20000..=32767, true).keep();
     }
 
     fn port_set() -> impl Strategy<Value = PortSet> {
@@ -527,15 +530,13 @@ mod tests {
             lo in 1u16..65535,
             len in 0u16..30000,
         ) {
-            let dir = tempfile::tempdir().unwrap();
-            let record = record_in(&dir);
-            let sys = FakeSys::new("1 65535", &format_ports(&others));
-            let r = reserve_with(&sys, lo..=lo.saturating_add(len), true, &record).unwrap();
-            let reserved = set(&sys.reserved());
-            prop_assert!(others.iter().all(|p| minus(&std::iter::once(p.clone()).collect(), &reserved).is_empty()));
+            let lab = Lab::new("1 65535", &format_ports(&others));
+            let r = lab.reserve(lo..=lo.saturating_add(len), true);
+            let reserved = set(&lab.sys.reserved());
+            prop_assert!(minus(&others, &reserved).is_empty());
             prop_assert!(reserved.contains(&lo) && reserved.contains(&lo.saturating_add(len)));
-            r.release_with(&sys).unwrap();
-            prop_assert_eq!(set(&sys.reserved()), others);
+            r.release_with(&lab.sys).unwrap();
+            prop_assert_eq!(set(&lab.sys.reserved()), others);
         }
     }
 }

@@ -69,7 +69,8 @@ struct Args {
     #[arg(long, value_name = "ADDR:PORT|none")]
     metrics_listen: Option<String>,
     /// Directory of the state file (everything set through the API, saved before each change is
-    /// acknowledged and restored at start).
+    /// acknowledged and restored at start) and of `reserved-ports` (the SNAT ports lbd added to
+    /// net.ipv4.ip_local_reserved_ports, see [nat] reserve_ports).
     #[arg(long, value_name = "DIR", default_value = "/var/lib/xdplb")]
     state_dir: PathBuf,
     /// On exit, detach the program and remove every pin (tracked flows are lost). Without it, the
