@@ -24,7 +24,7 @@ pub(crate) type PortSet = RangeInclusiveSet<u16>;
 
 /// The file of the state directory that holds the ports lbd added to the reserved list (in the
 /// kernel's list format).
-pub const RECORD_FILE: &str = "reserved-ports";
+pub(crate) const RECORD_FILE: &str = "reserved-ports";
 
 const LOCAL_RANGE: &str = "ip_local_port_range";
 const RESERVED: &str = "ip_local_reserved_ports";
@@ -256,7 +256,8 @@ pub(crate) fn reserve_with(
 
 impl Reservation {
     /// The ports lbd added (empty when it added none).
-    pub fn added(&self) -> String {
+    #[cfg(test)]
+    fn added(&self) -> String {
         format_ports(&self.added)
     }
 
