@@ -58,6 +58,8 @@ fn load(capacity: u32) -> Result<Dataplane> {
         tcp_closing_timeout: Duration::from_secs(10),
         udp_timeout: Duration::from_secs(30),
         ipip_source: Ipv4Net::new(Ipv4Addr::new(10, 1, 0, 1), 32)?,
+        tcp_handshake_timeout: Duration::from_secs(5),
+        new_flows_per_cpu: 0,
         nexthop_cache: Duration::from_secs(1),
     })?;
     Ok(dp)

@@ -1,7 +1,22 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
-/* This file contains NAT connection tracking: the forward (client side) and
- * reverse (backend side) entries, their idle timeouts, and SNAT port
- * allocation. */
+/* This file contains the flow tables v2 (maps.h): lookups, the embryonic ->
+ * established promotion, SNAT port claims, the DSR new-flow guard.
+ *
+ *   flows_syn_v2   TCP flows of every mode until their handshake completes
+ *                  (LRU, tcp_handshake timeout): a SYN flood churns only it.
+ *   nat_fwd_v2     established NAT flows, client side (shared LRU).
+ *   nat_rev_v2     established NAT flows' reply side; owns their SNAT ports
+ *                  (HASH: never evicted; expired entries taken over by one
+ *                  CPU, swept by lbd).
+ *   nat_rev_syn_v2 embryonic NAT flows' reply side and ports (LRU, bounded).
+ *   dsr_v2[cpu]    established DSR flows, one LRU per CPU.
+ *
+ * A TCP flow is promoted to its established table once its client proves
+ * the handshake: for DSR, its first packet without SYN; for NAT, an ACK
+ * carrying the backend's ISN + 1 (recorded when the backend's SYN-ACK came
+ * back through us), which no blind spoofer can send. UDP flows are
+ * established from their first packet. In NAT mode only a SYN (or a UDP
+ * packet) starts a flow. */
 #pragma once
 
 #include "clock.h"
@@ -13,12 +28,33 @@
  * packet while an active flow never looks idle. */
 #define CT_TOUCH_NS 1000000000ull
 
+/* nat_rev_v2 last_seen_ns of an entry lbd's sweep (lb_flow_gc) is deleting:
+ * expired for everyone, and never taken over (the sweep's compare-and-swap
+ * won; a claimer that sees it skips the port). */
+#define CT_TOMBSTONE 1ull
+
+/* Where a client flow's entry was found. */
+enum flow_table {
+	FT_NONE = 0,
+	FT_DSR, /* this CPU's dsr_v2 table */
+	FT_NAT, /* nat_fwd_v2 */
+	FT_SYN, /* flows_syn_v2 */
+};
+
+struct flow_ref {
+	struct flow4 *ct;
+	void *dsr; /* this CPU's dsr_v2 table (NULL if lbd has not filled its slot) */
+	__u8 where; /* enum flow_table */
+};
+
 static __always_inline __u64 ct_timeout(const struct lb_config *cfg, __u8 proto, __u32 flags)
 {
 	if (proto == IPPROTO_UDP)
 		return cfg->udp_timeout_ns;
 	if (flags & CT_F_CLOSING)
 		return cfg->tcp_closing_timeout_ns;
+	if (flags & CT_F_EMBRYONIC)
+		return cfg->tcp_handshake_timeout_ns;
 	return cfg->tcp_timeout_ns;
 }
 
@@ -28,94 +64,203 @@ static __always_inline bool ct_expired(const struct lb_config *cfg, __u8 proto, 
 	return now > last_seen && now - last_seen > ct_timeout(cfg, proto, flags);
 }
 
-/* Marks a TCP entry closing on FIN/RST and refreshes its clock. */
-static __always_inline void ct_touch(const struct lb_config *cfg, const struct packet *pkt,
-				     __u16 *flags, __u64 *last_seen, __u64 now)
+/* Refreshes an entry's clock (at most every CT_TOUCH_NS). */
+static __always_inline void ct_refresh(const struct lb_config *cfg, __u8 proto, __u32 flags,
+				       __u64 *last_seen, __u64 now)
 {
-	__u64 every;
+	__u64 every = ct_timeout(cfg, proto, flags) >> 3;
 
-	if (pkt->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST) && !(*flags & CT_F_CLOSING))
-		*flags |= CT_F_CLOSING;
-	every = ct_timeout(cfg, pkt->key.proto, *flags) >> 3;
 	if (every > CT_TOUCH_NS)
 		every = CT_TOUCH_NS;
 	if (now - *last_seen > every)
 		*last_seen = now;
 }
 
-/* The reverse key of a forward entry: backend -> SNAT address and port. */
-static __always_inline void ct_rev_key(struct flow_key *rkey, __u8 proto, const union lb_addr *backend,
-				       __u16 backend_port_be, const union lb_addr *snat, __u16 snat_port_be)
+static __always_inline bool pkt_closes(const struct packet *pkt)
 {
-	rkey->family = LB_AF_INET;
+	return pkt->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST);
+}
+
+/* A SYN without ACK: a client starting a connection. */
+static __always_inline bool pkt_is_syn(const struct packet *pkt)
+{
+	return pkt->key.proto == IPPROTO_TCP &&
+	       (pkt->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
+}
+
+/* The reverse key of a NAT flow: backend -> SNAT address and port. */
+static __always_inline void nat_rev_key(struct flow_key4 *rkey, __u8 proto, const struct flow4 *fwd)
+{
+	rkey->saddr_be = fwd->backend_be;
+	rkey->daddr_be = fwd->src_be;
+	rkey->sport_be = fwd->backend_port_be;
+	rkey->dport_be = fwd->snat_port_be;
 	rkey->proto = proto;
-	rkey->src = *backend;
-	rkey->sport_be = backend_port_be;
-	rkey->dst = *snat;
-	rkey->dport_be = snat_port_be;
+}
+
+/* The client key of a NAT flow from its reverse entry: client -> VIP. */
+static __always_inline void nat_fwd_key(struct flow_key4 *fkey, __u8 proto, const struct nat4_rev *rev)
+{
+	fkey->saddr_be = rev->client_be;
+	fkey->daddr_be = rev->vip_be;
+	fkey->sport_be = rev->client_port_be;
+	fkey->dport_be = rev->vip_port_be;
+	fkey->proto = proto;
+}
+
+/* Whether reverse entry @rev (key @rkey) names the forward entry @fwd of
+ * client key @key: the port is that flow's. */
+static __always_inline bool nat_pair(const struct flow_key4 *key, const struct flow4 *fwd,
+				     const struct flow_key4 *rkey, const struct nat4_rev *rev)
+{
+	return rev->client_be == key->saddr_be && rev->client_port_be == key->sport_be &&
+	       rev->vip_be == key->daddr_be && rev->vip_port_be == key->dport_be &&
+	       fwd->snat_port_be == rkey->dport_be && fwd->backend_port_be == rkey->sport_be &&
+	       fwd->backend_be == rkey->saddr_be && fwd->src_be == rkey->daddr_be;
+}
+
+/* The reply table of a NAT flow in state @flags: embryonic or established. */
+static __always_inline void *nat_rev_table(__u32 flags)
+{
+	if (flags & CT_F_EMBRYONIC)
+		return &nat_rev_syn_v2;
+	return &nat_rev_v2;
+}
+
+/* The reverse entry of NAT flow @fwd (client key @key), if it is still this
+ * flow's: never another flow's port. */
+static __always_inline struct nat4_rev *nat_rev_of(const struct flow_key4 *key, const struct flow4 *fwd)
+{
+	struct flow_key4 rkey = {};
+	struct nat4_rev *rev;
+
+	nat_rev_key(&rkey, key->proto, fwd);
+	rev = bpf_map_lookup_elem(nat_rev_table(fwd->flags), &rkey);
+	if (rev && nat_pair(key, fwd, &rkey, rev))
+		return rev;
+	return NULL;
+}
+
+/* The forward entry of reverse entry @rev (key @rkey), if it is still that
+ * flow's: in flows_syn_v2 while the flow is embryonic, nat_fwd_v2 after. */
+static __always_inline struct flow4 *nat_fwd_of(const struct flow_key4 *rkey, const struct nat4_rev *rev)
+{
+	struct flow_key4 fkey = {};
+	struct flow4 *fwd;
+
+	nat_fwd_key(&fkey, rkey->proto, rev);
+	if (rev->flags & CT_F_EMBRYONIC)
+		fwd = bpf_map_lookup_elem(&flows_syn_v2, &fkey);
+	else
+		fwd = bpf_map_lookup_elem(&nat_fwd_v2, &fkey);
+	if (fwd && fwd->mode == LB_MODE_NAT && nat_pair(&fkey, fwd, rkey, rev))
+		return fwd;
+	return NULL;
 }
 
 /* A flow lives while either direction is live: a one-way flow (a UDP stream
  * either way, a long download's pure ACKs being late...) only refreshes one
  * entry. These two checks run only when an entry has already timed out. */
-static __always_inline bool ct_rev_side_live(const struct lb_config *cfg, const struct flow_key *key,
-					     const struct ct_fwd *fwd, __u64 now)
+static __always_inline bool nat_rev_side_live(const struct lb_config *cfg, const struct flow_key4 *key,
+					      const struct flow4 *fwd, __u64 now)
 {
-	struct flow_key rkey = {};
-	struct ct_rev *rev;
+	struct nat4_rev *rev = nat_rev_of(key, fwd);
 
-	ct_rev_key(&rkey, key->proto, &fwd->backend_addr, fwd->backend_port_be, &fwd->snat_addr,
-		   fwd->snat_port_be);
-	rev = bpf_map_lookup_elem(&ct_rev, &rkey);
-	return rev && rev->client_addr.v4_be == key->src.v4_be && rev->client_port_be == key->sport_be &&
-	       !ct_expired(cfg, key->proto, rev->flags, rev->last_seen_ns, now);
+	return rev && !ct_expired(cfg, key->proto, rev->flags, rev->last_seen_ns, now);
 }
 
-static __always_inline bool ct_fwd_side_live(const struct lb_config *cfg, const struct flow_key *rkey,
-					     const struct ct_rev *rev, __u64 now)
+static __always_inline bool nat_fwd_side_live(const struct lb_config *cfg, const struct flow_key4 *rkey,
+					      const struct nat4_rev *rev, __u64 now)
 {
-	struct flow_key fkey = {};
-	struct ct_fwd *fwd;
+	struct flow4 *fwd = nat_fwd_of(rkey, rev);
 
-	fkey.family = LB_AF_INET;
-	fkey.proto = rkey->proto;
-	fkey.src = rev->client_addr;
-	fkey.sport_be = rev->client_port_be;
-	fkey.dst = rev->vip_addr;
-	fkey.dport_be = rev->vip_port_be;
-	fwd = bpf_map_lookup_elem(&ct_fwd, &fkey);
-	return fwd && fwd->snat_port_be == rkey->dport_be && fwd->backend_port_be == rkey->sport_be &&
-	       fwd->backend_addr.v4_be == rkey->src.v4_be &&
-	       !ct_expired(cfg, rkey->proto, fwd->flags, fwd->last_seen_ns, now);
+	return fwd && !ct_expired(cfg, rkey->proto, fwd->flags, fwd->last_seen_ns, now);
 }
 
-/* Live forward entry of this client flow, or NULL. */
-static __always_inline struct ct_fwd *ct_lookup_fwd(const struct lb_config *cfg,
-						    const struct packet *pkt, __u64 now)
+/* This CPU's established DSR table, or NULL (slot not filled by lbd). */
+static __always_inline void *dsr_table(void)
 {
-	struct ct_fwd *ct = bpf_map_lookup_elem(&ct_fwd, &pkt->key);
+	__u32 cpu = bpf_get_smp_processor_id();
 
-	if (!ct)
-		return NULL;
-	/* Only NAT flows have a reverse entry that can keep them alive. */
-	if (ct_expired(cfg, pkt->key.proto, ct->flags, ct->last_seen_ns, now) &&
-	    (ct->mode != LB_MODE_NAT || !ct_rev_side_live(cfg, &pkt->key, ct, now)))
-		return NULL;
-	return ct;
+	return bpf_map_lookup_elem(&dsr_v2, &cpu);
 }
 
-/* Live reverse entry for a reply arriving at the SNAT address, or NULL. */
-static __always_inline struct ct_rev *ct_lookup_rev(const struct lb_config *cfg,
-						    const struct packet *pkt, __u64 now)
+/**
+ * flow_lookup - the live entry of this client flow, in @ref (NULL if none)
+ *
+ * This CPU's DSR table first (no shared cache line), then the NAT
+ * established table, then the embryonic one. An expired entry is no entry;
+ * an expired NAT forward entry still lives while its reply side does.
+ */
+static __always_inline struct flow4 *flow_lookup(const struct lb_config *cfg, const struct packet *pkt,
+						 __u64 now, struct flow_ref *ref)
 {
-	struct ct_rev *ct = bpf_map_lookup_elem(&ct_rev, &pkt->key);
+	const struct flow_key4 *key = &pkt->key;
+	struct flow4 *ct;
 
-	if (!ct)
+	ref->dsr = dsr_table();
+	ref->ct = NULL;
+	ref->where = FT_NONE;
+	if (ref->dsr) {
+		ct = bpf_map_lookup_elem(ref->dsr, key);
+		if (ct && !ct_expired(cfg, key->proto, ct->flags, ct->last_seen_ns, now)) {
+			ref->where = FT_DSR;
+			ref->ct = ct;
+			return ct;
+		}
+	}
+	ct = bpf_map_lookup_elem(&nat_fwd_v2, key);
+	if (ct && (!ct_expired(cfg, key->proto, ct->flags, ct->last_seen_ns, now) ||
+		   nat_rev_side_live(cfg, key, ct, now))) {
+		ref->where = FT_NAT;
+		ref->ct = ct;
+		return ct;
+	}
+	if (key->proto != IPPROTO_TCP)
 		return NULL;
-	if (ct_expired(cfg, pkt->key.proto, ct->flags, ct->last_seen_ns, now) &&
-	    !ct_fwd_side_live(cfg, &pkt->key, ct, now))
-		return NULL;
-	return ct;
+	ct = bpf_map_lookup_elem(&flows_syn_v2, key);
+	if (ct && !ct_expired(cfg, key->proto, ct->flags, ct->last_seen_ns, now)) {
+		ref->where = FT_SYN;
+		ref->ct = ct;
+		return ct;
+	}
+	return NULL;
+}
+
+/* Whether reverse entry @rev (key @rkey) still owns its port: not a
+ * tombstone, and its flow is live in one direction or the other. */
+static __always_inline bool nat_rev_live(const struct lb_config *cfg, const struct flow_key4 *rkey,
+					 const struct nat4_rev *rev, __u64 now)
+{
+	__u64 seen = rev->last_seen_ns;
+
+	return seen != CT_TOMBSTONE && (!ct_expired(cfg, rkey->proto, rev->flags, seen, now) ||
+					nat_fwd_side_live(cfg, rkey, rev, now));
+}
+
+/* The live entry of reply key @rkey in @table, or NULL. */
+static __always_inline struct nat4_rev *nat_rev_live_in(void *table, const struct lb_config *cfg,
+							 const struct flow_key4 *rkey, __u64 now)
+{
+	struct nat4_rev *rev = bpf_map_lookup_elem(table, rkey);
+
+	if (rev && nat_rev_live(cfg, rkey, rev, now))
+		return rev;
+	return NULL;
+}
+
+/* Live reverse entry for a reply arriving at the SNAT address, or NULL: a
+ * packet to the SNAT address is a reply only when a live flow owns its port.
+ * Established flows first; a TCP packet may be the SYN-ACK (or later
+ * packet) of an embryonic one. */
+static __always_inline struct nat4_rev *nat_lookup_rev(const struct lb_config *cfg, const struct packet *pkt,
+						       __u64 now)
+{
+	struct nat4_rev *rev = nat_rev_live_in(&nat_rev_v2, cfg, &pkt->key, now);
+
+	if (rev || pkt->key.proto != IPPROTO_TCP)
+		return rev;
+	return nat_rev_live_in(&nat_rev_syn_v2, cfg, &pkt->key, now);
 }
 
 /* The IPIP outer source of a flow: the configured prefix with its host bits
@@ -131,67 +276,164 @@ static __always_inline __u32 ipip_source(const struct lb_config *cfg, __u32 hash
  * outer source); enough for the next-hop lookup, which runs before the entry
  * is inserted so that the entry goes in with its next hop cached
  */
-static __always_inline void flow_target(struct ct_fwd *fwd, const struct lb_config *cfg,
+static __always_inline void flow_target(struct flow4 *fwd, const struct lb_config *cfg,
 					const struct backend *be, __u8 mode, __u32 hash)
 {
-	fwd->backend_addr = be->addr;
+	fwd->backend_be = be->addr.v4_be;
 	fwd->backend_port_be = be->port_be;
 	fwd->mode = mode;
 	if (mode == LB_MODE_NAT)
-		fwd->snat_addr = cfg->snat_addr;
+		fwd->src_be = cfg->snat_addr.v4_be;
 	else if (mode == LB_MODE_IPIP)
-		fwd->snat_addr.v4_be = ipip_source(cfg, hash);
+		fwd->src_be = ipip_source(cfg, hash);
+}
+
+static __always_inline void count_event(__u32 event)
+{
+	__u32 zero = 0;
+	struct lb_global_stats *g = bpf_map_lookup_elem(&global_stats, &zero);
+
+	if (g && event < LB_EV_MAX)
+		g->events[event] += 1;
+}
+
+/* A full memory barrier (a compare-and-swap, fully ordered in BPF): the
+ * claim/promotion protocol writes one reply table, then reads the other, and
+ * neither side may see the other's read before its own write. */
+static __always_inline void flow_fence(void)
+{
+	__u32 zero = 0;
+	struct lb_global_stats *g = bpf_map_lookup_elem(&global_stats, &zero);
+
+	if (g)
+		__sync_val_compare_and_swap(&g->fence, 0, 0);
+}
+
+/**
+ * port_take_over - take SNAT port entry @old (key @rkey, in @table) for a
+ * new flow
+ * @rev: the new flow's reverse entry
+ *
+ * Only an entry whose flow has expired in both directions is taken, and only
+ * by one CPU: the compare-and-swap of last_seen_ns from the value this CPU
+ * read decides (another CPU taking it, a reply refreshing it or lbd's sweep
+ * tombstoning it makes it fail). The winner then replaces the entry whole.
+ * Returns true if the port is now the new flow's.
+ */
+static __always_inline bool port_take_over(void *table, const struct lb_config *cfg,
+					   const struct flow_key4 *rkey, struct nat4_rev *old,
+					   const struct nat4_rev *rev, __u64 now)
+{
+	__u64 seen = old->last_seen_ns;
+
+	if (nat_rev_live(cfg, rkey, old, now))
+		return false;
+	if (__sync_val_compare_and_swap(&old->last_seen_ns, seen, now) != seen) {
+		count_event(LB_EV_PORT_RACE_LOST);
+		return false;
+	}
+	/* Ours: no other CPU can pass the swap above until this entry expires
+	 * again. The update swaps in the whole new value for readers. */
+	if (bpf_map_update_elem(table, rkey, rev, BPF_EXIST) != 0)
+		return false;
+	count_event(LB_EV_PORT_TAKEOVER);
+	return true;
+}
+
+/* Claims reply key @rkey in @table for @rev: a fresh insert, or the take-over
+ * of an entry whose flow has expired. */
+static __always_inline bool port_claim_in(void *table, const struct lb_config *cfg,
+					  const struct flow_key4 *rkey, const struct nat4_rev *rev, __u64 now)
+{
+	struct nat4_rev *old;
+
+	if (bpf_map_update_elem(table, rkey, rev, BPF_NOEXIST) == 0)
+		return true;
+	old = bpf_map_lookup_elem(table, rkey);
+	if (!old) {
+		count_event(LB_EV_REV_FULL);
+		return false;
+	}
+	return port_take_over(table, cfg, rkey, old, rev, now);
+}
+
+/**
+ * port_claim - claim reply key @rkey (one port candidate) for new flow @rev
+ *
+ * UDP flows are established at once: one table. An embryonic TCP flow's port
+ * goes into nat_rev_syn_v2, and is its only if no live established flow holds
+ * it: checked before (cheap refusal) and after a fence (a promotion of
+ * another flow into nat_rev_v2 at the same moment: one of the two sees the
+ * other and backs out; flow_promote() does the mirror image).
+ */
+static __always_inline bool port_claim(const struct lb_config *cfg, const struct flow_key4 *rkey,
+				       const struct nat4_rev *rev, __u64 now)
+{
+	if (!(rev->flags & CT_F_EMBRYONIC))
+		return port_claim_in(&nat_rev_v2, cfg, rkey, rev, now);
+	if (nat_rev_live_in(&nat_rev_v2, cfg, rkey, now))
+		return false;
+	if (!port_claim_in(&nat_rev_syn_v2, cfg, rkey, rev, now))
+		return false;
+	flow_fence();
+	if (nat_rev_live_in(&nat_rev_v2, cfg, rkey, now)) {
+		bpf_map_delete_elem(&nat_rev_syn_v2, rkey);
+		count_event(LB_EV_PORT_RACE_LOST);
+		return false;
+	}
+	return true;
 }
 
 /**
  * ct_claim_port - give a new NAT flow its SNAT port
  * @fwd: the forward entry, its target filled in (flow_target()); gets the port
+ * @flags: the reverse entry's flags (CT_F_EMBRYONIC for a TCP flow)
  *
- * Picks an SNAT port from the configured range (starting from the flow hash,
- * LB_PORT_RETRIES candidates) and claims it by inserting the reverse entry
- * with BPF_NOEXIST, so two flows never share (backend, SNAT port); an entry
- * whose flow has expired in both directions is taken over. The reverse entry
- * goes in first: a reply can only match a port that is really ours. The
- * forward entry follows with flow_insert().
+ * Tries LB_PORT_RETRIES candidates of the configured range that start from
+ * the flow hash, then as many from a random start, so that a client whose
+ * hash candidates are all taken gets other ports on every attempt (a SYN
+ * retransmission included); claims one by inserting the reverse entry with
+ * BPF_NOEXIST, or by taking over an expired one (port_take_over()): two flows
+ * never share (backend, SNAT port). The reverse entry goes in first: a reply
+ * can only match a port that is really ours.
  *
  * Returns LB_CONTINUE, or a verdict (port exhaustion, no configuration).
  */
 static __always_inline int ct_claim_port(struct packet *pkt, const struct lb_config *cfg, __u32 backend_id,
-					 __u32 vip_id, __u32 hash, __u64 now, struct ct_fwd *fwd)
+					 __u32 vip_id, __u32 hash, __u16 flags, __u64 now, struct flow4 *fwd)
 {
 	__u32 range = (__u32)cfg->snat_port_max - cfg->snat_port_min + 1;
-	struct flow_key rkey = {};
-	struct ct_rev rev = {};
+	struct flow_key4 rkey = {};
+	struct nat4_rev rev = {};
 	__u32 i, start;
 
 	if (cfg->snat_port_min == 0 || cfg->snat_port_max < cfg->snat_port_min)
 		return verdict(pkt, LB_REASON_DROP_NO_CONFIG, XDP_DROP);
 	start = hash % range;
 
-	ct_rev_key(&rkey, pkt->key.proto, &fwd->backend_addr, fwd->backend_port_be, &fwd->snat_addr, 0);
+	nat_rev_key(&rkey, pkt->key.proto, fwd);
 
-	rev.client_addr = pkt->key.src;
+	rev.client_be = pkt->key.saddr_be;
 	rev.client_port_be = pkt->key.sport_be;
-	rev.vip_addr = pkt->key.dst;
+	rev.vip_be = pkt->key.daddr_be;
 	rev.vip_port_be = pkt->key.dport_be;
 	rev.backend_id = backend_id;
 	rev.vip_id = vip_id;
+	rev.flags = flags;
 	rev.last_seen_ns = now;
 
 #pragma clang loop unroll(disable)
-	for (i = 0; i < LB_PORT_RETRIES; i++) {
+	for (i = 0; i < 2 * LB_PORT_RETRIES; i++) {
 		/* 65537 is prime and larger than any range, so the candidates
 		 * are distinct; start < 65536 and i < 8 keep it from wrapping. */
-		__u16 port = cfg->snat_port_min + (start + i * 65537u) % range;
-		struct ct_rev *old;
+		__u32 step = i & (LB_PORT_RETRIES - 1);
+		__u16 port;
 
+		if (i == LB_PORT_RETRIES)
+			start = bpf_get_prandom_u32() % range;
+		port = cfg->snat_port_min + (start + step * 65537u) % range;
 		rkey.dport_be = bpf_htons(port);
-		if (bpf_map_update_elem(&ct_rev, &rkey, &rev, BPF_NOEXIST) == 0)
-			goto claimed;
-		old = bpf_map_lookup_elem(&ct_rev, &rkey);
-		if (old && ct_expired(cfg, rkey.proto, old->flags, old->last_seen_ns, now) &&
-		    !ct_fwd_side_live(cfg, &rkey, old, now) &&
-		    bpf_map_update_elem(&ct_rev, &rkey, &rev, BPF_EXIST) == 0)
+		if (port_claim(cfg, &rkey, &rev, now))
 			goto claimed;
 	}
 	return verdict(pkt, LB_REASON_DROP_PORT_EXHAUSTED, XDP_DROP);
@@ -201,27 +443,244 @@ claimed:
 	return LB_CONTINUE;
 }
 
+/* Gives back the SNAT port of NAT flow @fwd (client key @key) whose entry
+ * could not be stored, or that ended: the reverse entry expires now (lbd's
+ * sweep deletes it; a new claim may take it over at once). */
+static __always_inline void nat_release(const struct flow_key4 *key, const struct flow4 *fwd)
+{
+	struct nat4_rev *rev = nat_rev_of(key, fwd);
+
+	if (rev)
+		rev->last_seen_ns = 0;
+}
+
 /**
- * flow_insert - store a new flow's forward entry
- * @fwd: the entry, its target, backend and VIP ids (and NAT: its SNAT port,
- *       ct_claim_port()) filled in, maybe its next hop; completed and stored
+ * flow_guard_allows - the DSR new-flow guard: whether this CPU may record
+ * one more new flow this second (lb_config.new_flows_per_cpu, 0 = always)
+ */
+static __always_inline bool flow_guard_allows(const struct lb_config *cfg, __u64 now)
+{
+	struct lb_flow_guard *g;
+	__u32 zero = 0;
+
+	if (cfg->new_flows_per_cpu == 0)
+		return true;
+	g = bpf_map_lookup_elem(&flow_guard, &zero);
+	if (!g)
+		return true;
+	if (now - g->window_ns >= LB_NSEC_PER_SEC) {
+		g->window_ns = now;
+		g->count = 0;
+	}
+	if (g->count >= cfg->new_flows_per_cpu) {
+		count_event(LB_EV_GUARD_SKIPPED);
+		return false;
+	}
+	g->count += 1;
+	return true;
+}
+
+/**
+ * flow_insert - store a new flow's entry @fwd (its target, ids, NAT port and
+ * maybe next hop filled in) in the table it starts in: TCP flows in the
+ * embryonic table, UDP flows in their mode's established table
  *
- * DSR flows only have this entry: replies do not pass the LB. A NAT flow whose
- * entry the table refuses gives its SNAT port back.
+ * A NAT flow whose entry the table refuses gives its SNAT port back.
  * Returns LB_CONTINUE, or a verdict when the table refuses the entry.
  */
-static __always_inline int flow_insert(struct packet *pkt, __u64 now, struct ct_fwd *fwd)
+static __always_inline int flow_insert(struct packet *pkt, const struct flow_ref *ref, __u64 now,
+				       struct flow4 *fwd)
 {
-	struct flow_key rkey = {};
+	void *table = &flows_syn_v2;
 
-	fwd->flags = 0;
 	fwd->last_seen_ns = now;
-	if (bpf_map_update_elem(&ct_fwd, &pkt->key, fwd, BPF_ANY) == 0)
-		return LB_CONTINUE;
-	if (fwd->mode == LB_MODE_NAT) {
-		ct_rev_key(&rkey, pkt->key.proto, &fwd->backend_addr, fwd->backend_port_be, &fwd->snat_addr,
-			   fwd->snat_port_be);
-		bpf_map_delete_elem(&ct_rev, &rkey);
+	if (pkt->key.proto == IPPROTO_TCP) {
+		fwd->flags = CT_F_EMBRYONIC;
+		count_event(LB_EV_EMBRYONIC);
+	} else if (fwd->mode == LB_MODE_NAT) {
+		table = &nat_fwd_v2;
+	} else {
+		table = ref->dsr;
+		if (!table)
+			return LB_CONTINUE; /* lbd filled no table for this CPU: sent unrecorded */
 	}
+	if (bpf_map_update_elem(table, &pkt->key, fwd, BPF_ANY) == 0)
+		return LB_CONTINUE;
+	if (fwd->mode == LB_MODE_NAT)
+		nat_release(&pkt->key, fwd);
 	return verdict(pkt, LB_REASON_DROP_CT_FULL, XDP_DROP);
+}
+
+/**
+ * nat_promote_port - move embryonic NAT flow @ct's reply entry (key @rkey)
+ * to nat_rev_v2; returns whether the flow still owns its port
+ *
+ * The mirror image of port_claim(): write nat_rev_v2, fence, then check that
+ * the embryonic entry still names this flow (an LRU may have evicted it and
+ * another flow claimed the port meanwhile); if not, back out.
+ */
+static __always_inline bool nat_promote_port(const struct lb_config *cfg, const struct packet *pkt,
+					     const struct flow4 *ct, const struct flow_key4 *rkey, __u64 now)
+{
+	struct nat4_rev *rev = bpf_map_lookup_elem(&nat_rev_syn_v2, rkey);
+	struct nat4_rev est;
+
+	if (!rev || !nat_pair(&pkt->key, ct, rkey, rev))
+		return false;
+	est = *rev;
+	est.flags &= ~CT_F_EMBRYONIC;
+	est.last_seen_ns = now;
+	if (!port_claim_in(&nat_rev_v2, cfg, rkey, &est, now))
+		return false;
+	flow_fence();
+	rev = bpf_map_lookup_elem(&nat_rev_syn_v2, rkey);
+	if (!rev || !nat_pair(&pkt->key, ct, rkey, rev)) {
+		bpf_map_delete_elem(&nat_rev_v2, rkey);
+		return false;
+	}
+	return true;
+}
+
+/**
+ * flow_promote - an embryonic flow @ref->ct whose client sent a packet
+ * without SYN: move it to its established table if the handshake is proven
+ * (DSR: this packet; NAT: an ACK of the backend's ISN, seen on its SYN-ACK)
+ *
+ * The packet is sent on either way (a wrong ACK reaches the backend, which
+ * answers it as TCP does), except when a NAT flow finds its port taken
+ * (flow_seen()) or its port was taken meanwhile (nat_promote_port()): then
+ * the flow stays embryonic until it expires.
+ */
+static __always_inline void flow_promote(const struct lb_config *cfg, struct packet *pkt, struct flow_ref *ref,
+					 __u64 now)
+{
+	struct flow4 *ct = ref->ct;
+	struct tcphdr *tcp = pkt->l4;
+	struct flow_key4 rkey = {};
+	void *table = ref->dsr;
+	struct flow4 est;
+
+	if (pkt_closes(pkt))
+		return;
+	if (ct->mode == LB_MODE_NAT) {
+		if ((void *)(tcp + 1) > pkt->data_end)
+			return;
+		if (!(ct->flags & CT_F_SYNACK) || !(pkt->tcp_flags & TCP_FLAG_ACK) ||
+		    tcp->ack_seq != ct->ack_seq_be) {
+			count_event(LB_EV_SYN_BAD_ACK);
+			return;
+		}
+		nat_rev_key(&rkey, pkt->key.proto, ct);
+		if (!nat_promote_port(cfg, pkt, ct, &rkey, now))
+			return;
+		table = &nat_fwd_v2;
+	}
+	if (!table)
+		return;
+	est = *ct;
+	est.flags = 0;
+	est.ack_seq_be = 0;
+	if (bpf_map_update_elem(table, &pkt->key, &est, BPF_ANY) != 0) {
+		if (ct->mode == LB_MODE_NAT)
+			bpf_map_delete_elem(&nat_rev_v2, &rkey);
+		count_event(LB_EV_PROMOTE_FAILED);
+		return;
+	}
+	bpf_map_delete_elem(&flows_syn_v2, &pkt->key);
+	if (ct->mode == LB_MODE_NAT)
+		bpf_map_delete_elem(&nat_rev_syn_v2, &rkey);
+	count_event(LB_EV_PROMOTED);
+}
+
+/**
+ * flow_end - a flow whose entry @ref->ct is closing gets a new SYN: the old
+ * flow is over (its entry deleted, a NAT flow's port given back), so that the
+ * SYN starts a fresh one instead of inheriting the closing timeout
+ */
+static __always_inline void flow_end(struct packet *pkt, struct flow_ref *ref)
+{
+	struct flow4 *ct = ref->ct;
+
+	if (ct->mode == LB_MODE_NAT)
+		nat_release(&pkt->key, ct);
+	if (ref->where == FT_DSR && ref->dsr)
+		bpf_map_delete_elem(ref->dsr, &pkt->key);
+	else if (ref->where == FT_NAT)
+		bpf_map_delete_elem(&nat_fwd_v2, &pkt->key);
+	else
+		bpf_map_delete_elem(&flows_syn_v2, &pkt->key);
+	count_event(LB_EV_RESTARTED);
+	ref->ct = NULL;
+	ref->where = FT_NONE;
+}
+
+/**
+ * flow_seen - a client packet of live flow @ref->ct: refresh it, mark it
+ * closing on FIN/RST (both directions: one flow, one life), promote it if it
+ * is embryonic and the packet proves the handshake
+ *
+ * An embryonic NAT flow is sent on only while its reply entry still names it:
+ * an LRU may have evicted that entry and another flow claimed the port; then
+ * this flow is over (its entry deleted, the packet dropped: the client's
+ * next SYN starts afresh). An established NAT flow's port cannot be lost: its
+ * reply entry is never evicted, nor taken over while the flow lives.
+ *
+ * Returns LB_CONTINUE, or a verdict.
+ */
+static __always_inline int flow_seen(const struct lb_config *cfg, struct packet *pkt, struct flow_ref *ref,
+				     __u64 now)
+{
+	struct flow4 *ct = ref->ct;
+	struct nat4_rev *rev = NULL;
+
+	if (ct->mode == LB_MODE_NAT && ref->where == FT_SYN) {
+		rev = nat_rev_of(&pkt->key, ct);
+		if (!rev) {
+			bpf_map_delete_elem(&flows_syn_v2, &pkt->key);
+			count_event(LB_EV_PORT_LOST);
+			return verdict(pkt, LB_REASON_DROP_NAT_NO_FLOW, XDP_DROP);
+		}
+	}
+	if (pkt_closes(pkt) && !(ct->flags & CT_F_CLOSING)) {
+		ct->flags |= CT_F_CLOSING;
+		if (ct->mode == LB_MODE_NAT) {
+			if (!rev)
+				rev = nat_rev_of(&pkt->key, ct);
+			if (rev)
+				rev->flags |= CT_F_CLOSING;
+		}
+	}
+	ct_refresh(cfg, pkt->key.proto, ct->flags, &ct->last_seen_ns, now);
+	if (ref->where == FT_SYN && !(pkt->tcp_flags & TCP_FLAG_SYN))
+		flow_promote(cfg, pkt, ref, now);
+	return LB_CONTINUE;
+}
+
+/**
+ * reply_seen - a backend packet of NAT flow @rev (key: the packet's): refresh
+ * it, mark both directions closing on FIN/RST, and on the backend's SYN-ACK
+ * of an embryonic flow record the ack number its client must send
+ */
+static __always_inline void reply_seen(const struct lb_config *cfg, struct packet *pkt, struct nat4_rev *rev,
+				       __u64 now)
+{
+	bool closes = pkt_closes(pkt) && !(rev->flags & CT_F_CLOSING);
+	bool synack = (rev->flags & CT_F_EMBRYONIC) && (pkt->tcp_flags & TCP_FLAG_SYN);
+	struct tcphdr *tcp = pkt->l4;
+	struct flow4 *fwd;
+
+	if (closes)
+		rev->flags |= CT_F_CLOSING;
+	ct_refresh(cfg, pkt->key.proto, rev->flags, &rev->last_seen_ns, now);
+	if (!closes && !synack)
+		return;
+	fwd = nat_fwd_of(&pkt->key, rev);
+	if (!fwd)
+		return;
+	if (closes)
+		fwd->flags |= CT_F_CLOSING;
+	if (synack && (void *)(tcp + 1) <= pkt->data_end) {
+		fwd->ack_seq_be = bpf_htonl(bpf_ntohl(tcp->seq) + 1);
+		fwd->flags |= CT_F_SYNACK;
+	}
 }

@@ -6,14 +6,14 @@
  * is about; that packet was one the balancer sent, so its source is ours:
  *
  *   to a VIP          quote VIP:vport -> client:cport. The flow is the quote
- *                     reversed: its ct_fwd entry (or, for a DSR VIP without
+ *                     reversed: its flow entry (or, for a DSR VIP without
  *                     one, Maglev of that 5-tuple) names the backend. DSR: the
  *                     error goes to the backend as it is (L2 DSR, IPIP), the
  *                     backend owns the VIP and finds its socket. NAT: outer
  *                     SNAT address -> backend, quote backend:bport ->
  *                     SNAT:sport, i.e. the packet the backend really sent.
  *   to the SNAT addr  quote SNAT:sport -> backend:bport (a router between us
- *                     and a backend). The ct_rev entry names the client:
+ *                     and a backend). The nat_rev_v2 entry names the client:
  *                     outer VIP -> client, quote client:cport -> VIP:vport.
  *
  * Every rewritten word is patched into the checksums that cover it: the outer
@@ -40,7 +40,7 @@ struct icmp_quote {
 
 /* Where icmp_steer() found an error must go. */
 struct icmp_target {
-	struct ct_fwd ct; /* the flow's entry (mode, backend, IPIP source) */
+	struct flow4 ct; /* the flow's entry (mode, backend, IPIP source) */
 	/* NAT only (ct.mode == LB_MODE_NAT): the new outer source and
 	 * destination, the new quoted source and destination, wire order. */
 	__u32 o_saddr, o_daddr, q_saddr, q_daddr;
@@ -199,15 +199,16 @@ static __always_inline void icmp_nat_rewrite(struct packet *pkt, struct icmp_quo
 static __always_inline int icmp_steer(struct packet *pkt, const struct lb_config *cfg,
 				      struct icmp_target *t)
 {
-	struct ct_fwd *ct = &t->ct;
+	struct flow4 *ct = &t->ct;
+	struct flow_ref ref;
 	__u64 now = lb_now();
 	struct vip_key vkey = {};
 	struct icmp_quote q = {};
 	struct iphdr *ip = pkt->ip;
 	struct iphdr *inner;
 	struct vip_meta *vip;
-	struct ct_fwd *fwd;
-	struct ct_rev *rev;
+	struct flow4 *fwd;
+	struct nat4_rev *rev;
 	__u16 sport, dport;
 
 	if (pkt->flags & PKT_F_FRAGMENT)
@@ -225,10 +226,9 @@ static __always_inline int icmp_steer(struct packet *pkt, const struct lb_config
 	dport = q.ports[1];
 
 	/* The quoted flow, seen from its client: client -> VIP. */
-	pkt->key.family = LB_AF_INET;
 	pkt->key.proto = inner->protocol;
-	pkt->key.src.v4_be = inner->daddr;
-	pkt->key.dst.v4_be = inner->saddr;
+	pkt->key.saddr_be = inner->daddr;
+	pkt->key.daddr_be = inner->saddr;
 	pkt->key.sport_be = dport;
 	pkt->key.dport_be = sport;
 
@@ -238,7 +238,7 @@ static __always_inline int icmp_steer(struct packet *pkt, const struct lb_config
 	vkey.family = LB_AF_INET;
 	vip = bpf_map_lookup_elem(&vips, &vkey);
 	if (vip) {
-		fwd = ct_lookup_fwd(cfg, pkt, now);
+		fwd = flow_lookup(cfg, pkt, now, &ref);
 		if (fwd) {
 			*ct = *fwd;
 		} else {
@@ -257,21 +257,21 @@ static __always_inline int icmp_steer(struct packet *pkt, const struct lb_config
 			be = bpf_map_lookup_elem(&backends, &backend_id);
 			if (!be || be->family != LB_AF_INET)
 				return verdict(pkt, LB_REASON_DROP_ICMP_NO_FLOW, XDP_DROP);
-			ct->backend_addr = be->addr;
+			ct->backend_be = be->addr.v4_be;
 			ct->backend_port_be = be->port_be;
 			ct->backend_id = backend_id;
 			ct->vip_id = vip->vip_id;
 			ct->mode = vip->mode;
 			if (vip->mode == LB_MODE_IPIP)
-				ct->snat_addr.v4_be = ipip_source(cfg, hash);
+				ct->src_be = ipip_source(cfg, hash);
 		}
 		/* NAT: to the backend from the SNAT address, about the packet the
 		 * backend sent (backend -> SNAT address and port). */
-		t->o_saddr = ct->snat_addr.v4_be;
-		t->o_daddr = ct->backend_addr.v4_be;
-		t->q_saddr = ct->backend_addr.v4_be;
+		t->o_saddr = ct->src_be;
+		t->o_daddr = ct->backend_be;
+		t->q_saddr = ct->backend_be;
 		t->q_sport = ct->backend_port_be;
-		t->q_daddr = ct->snat_addr.v4_be;
+		t->q_daddr = ct->src_be;
 		t->q_dport = ct->snat_port_be;
 		return LB_CONTINUE;
 	}
@@ -281,22 +281,22 @@ static __always_inline int icmp_steer(struct packet *pkt, const struct lb_config
 	    bpf_ntohs(sport) > cfg->snat_port_max)
 		return verdict(pkt, LB_REASON_PASS_NOT_VIP, XDP_PASS);
 	/* Its reply key: backend -> SNAT address. */
-	pkt->key.src.v4_be = inner->daddr;
-	pkt->key.dst.v4_be = inner->saddr;
+	pkt->key.saddr_be = inner->daddr;
+	pkt->key.daddr_be = inner->saddr;
 	pkt->key.sport_be = dport;
 	pkt->key.dport_be = sport;
-	rev = ct_lookup_rev(cfg, pkt, now);
+	rev = nat_lookup_rev(cfg, pkt, now);
 	if (!rev)
 		return verdict(pkt, LB_REASON_PASS_NOT_TRACKED, XDP_PASS);
 	ct->mode = LB_MODE_NAT;
 	ct->backend_id = rev->backend_id;
 	ct->vip_id = rev->vip_id;
 	/* To the client from the VIP, about the packet the client sent. */
-	t->o_saddr = rev->vip_addr.v4_be;
-	t->o_daddr = rev->client_addr.v4_be;
-	t->q_saddr = rev->client_addr.v4_be;
+	t->o_saddr = rev->vip_be;
+	t->o_daddr = rev->client_be;
+	t->q_saddr = rev->client_be;
 	t->q_sport = rev->client_port_be;
-	t->q_daddr = rev->vip_addr.v4_be;
+	t->q_daddr = rev->vip_be;
 	t->q_dport = rev->vip_port_be;
 	return LB_CONTINUE;
 }

@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /* The xdplb XDP program: the pipeline, nothing else.
  *
- *   parse -> prefilter -> VIP lookup -> flow table -> Maglev -> NAT rewrite | L2 DSR | IPIP -> next hop
- *   parse -> prefilter -> flow table, its VIP unchanged (vip_ids) -> NAT rewrite | L2 DSR | IPIP -> next hop
- *   parse -> reply of a tracked NAT flow -> NAT restore -> next hop
+ *   parse -> prefilter -> VIP lookup -> flow tables -> Maglev -> NAT rewrite | L2 DSR | IPIP -> next hop
+ *   parse -> prefilter -> flow tables, its VIP unchanged (vip_ids) -> NAT rewrite | L2 DSR | IPIP -> next hop
+ *   parse -> reply of a tracked NAT flow (its port owned) -> NAT restore -> next hop
  *   parse -> ICMP error about a flow -> its backend (or client) -> next hop
  *
  * The prefilter and vip_ids (bpf/vip.h) spare the vips hash lookup to packets
@@ -11,7 +11,11 @@
  * The firewall runs once per packet: after the VIP is known (scope "vips"), or
  * right after parsing, for every IPv4 packet (scope "all"). Rate limiting
  * follows it on VIP packets; a "new-flows" limit is charged only where a
- * flow is about to be created (ratelimit_new_flow() in lb_to_backend()).
+ * flow starts (a SYN or a UDP packet without a flow: ratelimit_new_flow() in
+ * flow_new()), never where an established flow lost its entry.
+ * The flow tables (bpf/flow.h): a TCP flow waits in the embryonic table until
+ * its client proves the handshake, then moves to its mode's established
+ * table; only a SYN starts a NAT TCP flow.
  *
  * Each stage returns a verdict or LB_CONTINUE; the reason and the verdict
  * are counted once, on the way out.
@@ -53,11 +57,11 @@ static __always_inline int dsr_verdict(struct packet *pkt, int action)
  * Returns as nexthop_resolve().
  */
 static __always_inline int fwd_nexthop(struct xdp_md *ctx, struct packet *pkt, const struct lb_config *cfg,
-				       const struct ct_fwd *ct, struct lb_nexthop *cache, __u64 now,
+				       const struct flow4 *ct, struct lb_nexthop *cache, __u64 now,
 				       struct nexthop_answer *a)
 {
 	struct iphdr *ip = pkt->ip;
-	__u32 src = ct->snat_addr.v4_be;
+	__u32 src = ct->src_be;
 	__u8 proto;
 	__u16 len;
 
@@ -71,7 +75,7 @@ static __always_inline int fwd_nexthop(struct xdp_md *ctx, struct packet *pkt, c
 		len += IPIP_OVERHEAD;
 		proto = IPPROTO_IPIP;
 	}
-	return nexthop_resolve(ctx, pkt, cfg, cache, src, ct->backend_addr.v4_be, len, ip->tos, proto, now,
+	return nexthop_resolve(ctx, pkt, cfg, cache, src, ct->backend_be, len, ip->tos, proto, now,
 			       a);
 }
 
@@ -115,7 +119,7 @@ static __always_inline int send_nat(struct xdp_md *ctx, struct packet *pkt, int 
  * header to the backend; too big once encapsulated -> ICMP "fragmentation
  * needed" (DF, never about an ICMP packet) or drop. NAT: send_nat().
  */
-static __always_inline int send_fwd(struct xdp_md *ctx, struct packet *pkt, const struct ct_fwd *ct,
+static __always_inline int send_fwd(struct xdp_md *ctx, struct packet *pkt, const struct flow4 *ct,
 				    int action, const struct nexthop_answer *a, enum lb_reason ok_reason)
 {
 	struct iphdr *ip = pkt->ip;
@@ -138,69 +142,98 @@ static __always_inline int send_fwd(struct xdp_md *ctx, struct packet *pkt, cons
 		}
 		if (action != LB_CONTINUE)
 			return dsr_verdict(pkt, action);
-		action = encap_ipip(ctx, pkt, ct->snat_addr.v4_be, ct->backend_addr.v4_be);
+		action = encap_ipip(ctx, pkt, ct->src_be, ct->backend_be);
 		if (action != LB_CONTINUE)
 			return action;
 		return dsr_verdict(pkt, nexthop_send(ctx, pkt, a, ok_reason));
 	}
-	return send_nat(ctx, pkt, action, a, ct->snat_addr.v4_be, ct->backend_addr.v4_be, ct->snat_port_be,
+	return send_nat(ctx, pkt, action, a, ct->src_be, ct->backend_be, ct->snat_port_be,
 			ct->backend_port_be, ok_reason);
 }
 
 /**
  * flow_new - pick a new flow's backend and fill in its entry @fwd (NAT: with
  * its SNAT port claimed); the entry is inserted by flow_insert() once its
- * next hop is cached in it
+ * next hop is cached in it, if @record says so
+ *
+ * A flow starts with a SYN or a UDP packet: charged by the new-flows limiter.
+ * A TCP packet without SYN and without an entry belongs to a flow that lost
+ * its entry (evicted, another CPU's DSR table, an older lbd's table): in NAT
+ * mode it is dropped (its port is gone: a new one would be one the backend
+ * never saw); a DSR VIP chooses by Maglev again, which gives the same backend
+ * while the set is unchanged, and records it as embryonic (a closing packet:
+ * not recorded). The DSR new-flow guard can leave a new flow unrecorded.
  *
  * Returns LB_CONTINUE or a verdict (no backend, rate limited, no SNAT port).
  */
 static __always_inline int flow_new(struct packet *pkt, const struct lb_config *cfg,
-				    const struct vip_meta *vip, __u64 now, struct ct_fwd *fwd)
+				    const struct vip_meta *vip, __u64 now, struct flow4 *fwd, bool *record)
 {
-	__u32 hash = flow_hash_v4(&pkt->key);
-	__u32 backend_id = maglev_pick(vip, hash);
+	bool starts = pkt->key.proto != IPPROTO_TCP || pkt_is_syn(pkt);
+	__u32 hash, backend_id;
 	struct backend *be;
 	int action;
 
+	if (!starts && vip->mode == LB_MODE_NAT)
+		return verdict(pkt, LB_REASON_DROP_NAT_NO_FLOW, XDP_DROP);
+	hash = flow_hash_v4(&pkt->key);
+	backend_id = maglev_pick(vip, hash);
 	if (backend_id == LB_NO_BACKEND)
 		return verdict(pkt, LB_REASON_DROP_NO_BACKEND, XDP_DROP);
 	be = bpf_map_lookup_elem(&backends, &backend_id);
 	if (!be || be->family != LB_AF_INET)
 		return verdict(pkt, LB_REASON_DROP_NO_BACKEND, XDP_DROP);
-	action = ratelimit_new_flow(pkt);
-	if (action != LB_CONTINUE)
-		return action;
+	if (starts) {
+		action = ratelimit_new_flow(pkt);
+		if (action != LB_CONTINUE)
+			return action;
+	} else {
+		count_event(LB_EV_DSR_RECHOSEN);
+	}
 	flow_target(fwd, cfg, be, vip->mode, hash);
 	fwd->backend_id = backend_id;
 	fwd->vip_id = vip->vip_id;
-	if (vip->mode == LB_MODE_NAT)
-		return ct_claim_port(pkt, cfg, backend_id, vip->vip_id, hash, now, fwd);
+	if (vip->mode == LB_MODE_NAT) {
+		*record = true;
+		return ct_claim_port(pkt, cfg, backend_id, vip->vip_id, hash,
+				     pkt->key.proto == IPPROTO_TCP ? CT_F_EMBRYONIC : 0, now, fwd);
+	}
+	*record = !pkt_closes(pkt) && flow_guard_allows(cfg, now);
 	return LB_CONTINUE;
 }
 
-/* Client -> VIP: the flow's live entry @ct (ct_lookup_fwd()), or, if NULL, a
+/* Client -> VIP: the flow's live entry @ref (flow_lookup()), or, if none, a
  * new flow on @vip's ring; then send it the way it started (NAT, L2 DSR or
  * IPIP), whatever the VIP's mode is now. An established flow sends with its
  * cached next hop; a new one looks it up before its entry is inserted, so
- * that the entry goes in with it. */
+ * that the entry goes in with it. A SYN on a closing entry ends that flow
+ * and starts a fresh one. */
 static __always_inline int lb_to_backend(struct xdp_md *ctx, struct packet *pkt,
 					 const struct lb_config *cfg, const struct vip_meta *vip,
-					 struct ct_fwd *ct, __u64 now)
+					 struct flow_ref *ref, __u64 now)
 {
-	struct ct_fwd fresh = {};
-	bool new_flow = false;
+	struct flow4 fresh = {};
+	struct flow4 *ct = ref->ct;
+	bool new_flow = false, record = false;
 	int action;
 
+	if (ct && (ct->flags & CT_F_CLOSING) && pkt_is_syn(pkt)) {
+		/* A pure SYN always has its VIP looked up (process_packet()). */
+		flow_end(pkt, ref);
+		ct = NULL;
+	}
 	if (ct) {
-		ct_touch(cfg, pkt, &ct->flags, &ct->last_seen_ns, now);
+		action = flow_seen(cfg, pkt, ref, now);
+		if (action != LB_CONTINUE)
+			return action;
 	} else {
 		if (!vip)
 			return verdict(pkt, LB_REASON_DROP_NO_BACKEND, XDP_DROP);
-		action = flow_new(pkt, cfg, vip, now, &fresh);
+		action = flow_new(pkt, cfg, vip, now, &fresh, &record);
 		if (action != LB_CONTINUE)
 			return action;
 		ct = &fresh;
-		new_flow = true;
+		new_flow = pkt->key.proto != IPPROTO_TCP || pkt_is_syn(pkt);
 	}
 	{
 		/* Scoped here, after flow_new(), so that it shares stack with
@@ -208,8 +241,8 @@ static __always_inline int lb_to_backend(struct xdp_md *ctx, struct packet *pkt,
 		struct nexthop_answer a;
 		int nh = fwd_nexthop(ctx, pkt, cfg, ct, &ct->nh, now, &a);
 
-		if (new_flow) {
-			action = flow_insert(pkt, now, ct);
+		if (record) {
+			action = flow_insert(pkt, ref, now, ct);
 			if (action != LB_CONTINUE)
 				return action;
 		}
@@ -223,26 +256,31 @@ static __always_inline int lb_to_backend(struct xdp_md *ctx, struct packet *pkt,
 	}
 }
 
-/* Backend -> SNAT address: restore VIP -> client for a tracked flow. */
+/* Backend -> SNAT address: restore VIP -> client for a tracked flow. A packet
+ * whose port no live flow owns is the host's (its own connections, their
+ * fragments): passed untouched. */
 static __always_inline int lb_to_client(struct xdp_md *ctx, struct packet *pkt,
 					const struct lb_config *cfg)
 {
 	__u64 now = lb_now();
-	struct ct_rev *ct = ct_lookup_rev(cfg, pkt, now);
+	struct nat4_rev *rev = nat_lookup_rev(cfg, pkt, now);
 	struct nexthop_answer a;
 	struct iphdr *ip = pkt->ip;
 	int nh;
 
-	if (!ct)
+	if (!rev)
 		return verdict(pkt, LB_REASON_PASS_NOT_TRACKED, XDP_PASS);
-	ct_touch(cfg, pkt, &ct->flags, &ct->last_seen_ns, now);
-	count_flow(&backend_stats, ct->backend_id, pkt, false);
+	nh = vip_packet_sane(pkt);
+	if (nh != LB_CONTINUE)
+		return nh;
+	reply_seen(cfg, pkt, rev, now);
+	count_flow(&backend_stats, rev->backend_id, pkt, false);
 	if ((void *)(ip + 1) > pkt->data_end)
 		return verdict(pkt, LB_REASON_DROP_MALFORMED, XDP_DROP);
-	nh = nexthop_resolve(ctx, pkt, cfg, &ct->nh, ct->vip_addr.v4_be, ct->client_addr.v4_be,
-			     bpf_ntohs(ip->tot_len), ip->tos, ip->protocol, now, &a);
-	return send_nat(ctx, pkt, nh, &a, ct->vip_addr.v4_be, ct->client_addr.v4_be, ct->vip_port_be,
-			ct->client_port_be, LB_REASON_TX_NAT_REPLY);
+	nh = nexthop_resolve(ctx, pkt, cfg, &rev->nh, rev->vip_be, rev->client_be, bpf_ntohs(ip->tot_len),
+			     ip->tos, ip->protocol, now, &a);
+	return send_nat(ctx, pkt, nh, &a, rev->vip_be, rev->client_be, rev->vip_port_be, rev->client_port_be,
+			LB_REASON_TX_NAT_REPLY);
 }
 
 /* An ICMP error about a flow goes where the flow's packets go (bpf/icmp.h);
@@ -274,7 +312,7 @@ static __always_inline bool is_snat_reply(const struct packet *pkt, const struct
 {
 	__u16 port = bpf_ntohs(pkt->key.dport_be);
 
-	return pkt->key.dst.v4_be == cfg->snat_addr.v4_be && port >= cfg->snat_port_min &&
+	return pkt->key.daddr_be == cfg->snat_addr.v4_be && port >= cfg->snat_port_min &&
 	       port <= cfg->snat_port_max;
 }
 
@@ -287,12 +325,12 @@ static __always_inline int not_for_us(struct packet *pkt)
 }
 
 /* A packet to a VIP: firewall (scope "vips"), sanity, rate limit, then its
- * flow: @ct if @looked_up (live, or NULL: a new flow on @vip; @now the clock
+ * flow: @ref if @looked_up (live, or none: a new flow on @vip; @now the clock
  * it was looked up at), otherwise looked up here, after the stages, so that a
  * packet they drop (a SYN flood from a blocked source) costs no flow-table
  * lookup (nor a clock read). */
 static __always_inline int to_vip(struct xdp_md *ctx, struct packet *pkt, const struct lb_config *cfg,
-				  const struct vip_meta *vip, struct ct_fwd *ct, bool looked_up, __u64 now)
+				  const struct vip_meta *vip, struct flow_ref *ref, bool looked_up, __u64 now)
 {
 	int action;
 
@@ -307,15 +345,16 @@ static __always_inline int to_vip(struct xdp_md *ctx, struct packet *pkt, const 
 		return action;
 	if (!looked_up) {
 		now = lb_now();
-		ct = ct_lookup_fwd(cfg, pkt, now);
+		flow_lookup(cfg, pkt, now, ref);
 	}
-	return lb_to_backend(ctx, pkt, cfg, vip, ct, now);
+	return lb_to_backend(ctx, pkt, cfg, vip, ref, now);
 }
 
 static __always_inline int process_packet(struct xdp_md *ctx, struct packet *pkt)
 {
 	struct vip_meta *vip = NULL;
-	struct ct_fwd *ct = NULL;
+	struct flow_ref ref = {};
+	struct flow4 *ct = NULL;
 	struct lb_config *cfg;
 	__u32 zero = 0;
 	int action, fw;
@@ -330,7 +369,7 @@ static __always_inline int process_packet(struct xdp_md *ctx, struct packet *pkt
 	if (action != LB_CONTINUE)
 		return action;
 
-	cfg = bpf_map_lookup_elem(&lb_config, &zero);
+	cfg = bpf_map_lookup_elem(&lb_config_v2, &zero);
 	if (!cfg)
 		return verdict(pkt, LB_REASON_DROP_NO_CONFIG, XDP_DROP);
 	if (pkt->key.proto == IPPROTO_ICMP)
@@ -338,7 +377,7 @@ static __always_inline int process_packet(struct xdp_md *ctx, struct packet *pkt
 	/* Replies to the SNAT ports bypass the prefilter, which holds VIPs only
 	 * (the SNAT address is often the host's own, busy with other traffic). */
 	snat = is_snat_reply(pkt, cfg);
-	if (!snat && !vip_filter_may_match(pkt->key.dst.v4_be))
+	if (!snat && !vip_filter_may_match(pkt->key.daddr_be))
 		return not_for_us(pkt);
 
 	/* A packet of a tracked flow whose VIP is still there (with the id its
@@ -351,22 +390,19 @@ static __always_inline int process_packet(struct xdp_md *ctx, struct packet *pkt
 	now = 0;
 	if (flow_first) {
 		now = lb_now();
-		ct = ct_lookup_fwd(cfg, pkt, now);
+		ct = flow_lookup(cfg, pkt, now, &ref);
 	}
 	if (!flow_first || !ct || !flow_vip_current(pkt, ct->vip_id)) {
 		vip = vip_lookup(pkt);
 		if (!vip) {
 			if (!snat)
 				return not_for_us(pkt);
-			action = vip_packet_sane(pkt);
-			if (action != LB_CONTINUE)
-				return action;
 			return lb_to_client(ctx, pkt, cfg);
 		}
 	}
 	/* One call site for the stages after it: inlined twice, they would
 	 * make the program half as big again. */
-	return to_vip(ctx, pkt, cfg, vip, ct, flow_first, now);
+	return to_vip(ctx, pkt, cfg, vip, &ref, flow_first, now);
 }
 
 SEC("xdp")
@@ -400,6 +436,93 @@ int lb_clock(struct xdp_md *ctx)
 	return XDP_PASS;
 }
 
+/* lbd's sweep of the flow tables, run through BPF_PROG_TEST_RUN every few
+ * seconds and after a backend change (src/dataplane/sweep.rs); never
+ * attached. It deletes
+ *  - nat_rev_v2 entries whose flow expired in both directions (the table is
+ *    not an LRU: without the sweep, ports of backends no flow goes to any
+ *    more would hold entries forever);
+ *  - entries, in every table, of flows whose backend is gone (its backends
+ *    slot now names another address or port) or ended (LB_BACKEND_F_ENDED).
+ * A nat_rev_v2 entry is first tombstoned by a compare-and-swap of its
+ * last_seen_ns, so that no CPU takes the port over while it is deleted
+ * (nat_rev_live() counts a tombstone as dead, port_take_over() skips it); a CPU that took it over first makes
+ * the swap fail and keeps it. The report goes into the frame. */
+struct gc_ctx {
+	__u64 now;
+	struct lb_config *cfg;
+	struct lb_gc_report r;
+};
+
+static __always_inline bool backend_ended(__u32 id, __u32 addr_be, __u16 port_be)
+{
+	struct backend *be = bpf_map_lookup_elem(&backends, &id);
+
+	return !be || be->addr.v4_be != addr_be || be->port_be != port_be || (be->flags & LB_BACKEND_F_ENDED);
+}
+
+static long gc_rev(void *map, struct flow_key4 *rkey, struct nat4_rev *rev, struct gc_ctx *g)
+{
+	__u64 seen = rev->last_seen_ns;
+	bool ended;
+
+	g->r.seen += 1;
+	ended = backend_ended(rev->backend_id, rkey->saddr_be, rkey->sport_be);
+	if (!ended && (seen == CT_TOMBSTONE || !ct_expired(g->cfg, rkey->proto, rev->flags, seen, g->now) ||
+		       nat_fwd_side_live(g->cfg, rkey, rev, g->now)))
+		return 0;
+	if (__sync_val_compare_and_swap(&rev->last_seen_ns, seen, CT_TOMBSTONE) != seen)
+		return 0;
+	bpf_map_delete_elem(map, rkey);
+	if (ended)
+		g->r.ended += 1;
+	else
+		g->r.rev_swept += 1;
+	return 0;
+}
+
+static long gc_fwd(void *map, struct flow_key4 *key, struct flow4 *fwd, struct gc_ctx *g)
+{
+	g->r.seen += 1;
+	if (!backend_ended(fwd->backend_id, fwd->backend_be, fwd->backend_port_be))
+		return 0;
+	bpf_map_delete_elem(map, key);
+	g->r.ended += 1;
+	return 0;
+}
+
+SEC("xdp")
+int lb_flow_gc(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct lb_gc_report *out = data;
+	struct gc_ctx g = {};
+	__u32 zero = 0, cpu;
+
+	if ((void *)(out + 1) > data_end)
+		return XDP_ABORTED;
+	g.cfg = bpf_map_lookup_elem(&lb_config_v2, &zero);
+	if (!g.cfg)
+		return XDP_ABORTED;
+	g.now = lb_now();
+	/* Forward entries first: a flow of an ended backend loses its client
+	 * side, then its reply side goes with the rest. */
+	bpf_for_each_map_elem(&nat_fwd_v2, gc_fwd, &g, 0);
+	bpf_for_each_map_elem(&flows_syn_v2, gc_fwd, &g, 0);
+	for (cpu = 0; cpu < LB_MAX_CPUS; cpu++) {
+		void *dsr = bpf_map_lookup_elem(&dsr_v2, &cpu);
+
+		if (!dsr)
+			break;
+		bpf_for_each_map_elem(dsr, gc_fwd, &g, 0);
+	}
+	bpf_for_each_map_elem(&nat_rev_v2, gc_rev, &g, 0);
+	bpf_for_each_map_elem(&nat_rev_syn_v2, gc_rev, &g, 0);
+	*out = g.r;
+	return XDP_PASS;
+}
+
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 /* Never read: anchors the shared enums in BTF so that the skeleton's `types`
@@ -409,6 +532,11 @@ const volatile struct {
 	enum lb_mode mode;
 	enum lb_family family;
 	enum ct_flags ct_flags;
+	enum lb_event event;
+	enum backend_flags backend_flags;
+	struct flow_key v1_key;
+	struct ct_fwd v1_fwd;
+	struct ct_rev v1_rev;
 	enum lb_limits limits;
 	enum lb_ring_values ring_values;
 	enum fw_action fw_action;

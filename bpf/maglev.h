@@ -18,10 +18,10 @@
  * kept live (spilled to the stack) across the hash. Maglev indexes rings by
  * hash % prime, which uses every bit of the hash, so FNV-1a's weak low bits
  * do not matter. Mirrored by xdplb::maglev::flow_hash_v4. */
-static __always_inline __u32 flow_hash_v4(const struct flow_key *k)
+static __always_inline __u32 flow_hash_v4(const struct flow_key4 *k)
 {
-	__u32 s = bpf_ntohl(k->src.v4_be);
-	__u32 d = bpf_ntohl(k->dst.v4_be);
+	__u32 s = bpf_ntohl(k->saddr_be);
+	__u32 d = bpf_ntohl(k->daddr_be);
 	__u32 p = (__u32)bpf_ntohs(k->sport_be) << 16 | bpf_ntohs(k->dport_be);
 	__u32 h = FNV32_OFFSET;
 

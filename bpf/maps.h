@@ -7,13 +7,13 @@
 #include <bpf/bpf_helpers.h>
 #include "xdplb.h"
 
-/* Run-time settings (one entry), written by lbd. */
+/* Run-time settings (one entry), written by lbd at every start. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct lb_config);
-} lb_config SEC(".maps");
+} lb_config_v2 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -71,21 +71,85 @@ struct {
 	__type(value, struct backend);
 } backends SEC(".maps");
 
-/* NAT connection tracking. Shared (not per-CPU): a reply may arrive on
- * another CPU than its request. */
+/* Flow tables v2 (bpf/flow.h), every key a 16-byte struct flow_key4.
+ *
+ * flows_syn_v2: TCP flows of every mode whose handshake has not completed,
+ * with the short tcp_handshake timeout. An LRU with per-CPU LRU lists
+ * (BPF_F_NO_COMMON_LRU: no shared lock), so that a SYN flood churns only
+ * this table and can never evict an established flow. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, LB_DEFAULT_SYN_SIZE);
+	__uint(map_flags, BPF_F_NO_COMMON_LRU);
+	__type(key, struct flow_key4);
+	__type(value, struct flow4);
+} flows_syn_v2 SEC(".maps");
+
+/* nat_fwd_v2: established NAT flows, client side. Shared (replies arrive on
+ * any CPU); only flows whose client proved the handshake enter it. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, LB_DEFAULT_CT_SIZE);
-	__type(key, struct flow_key);
-	__type(value, struct ct_fwd);
-} ct_fwd SEC(".maps");
+	__type(key, struct flow_key4);
+	__type(value, struct flow4);
+} nat_fwd_v2 SEC(".maps");
+
+/* The reply side of NAT flows: backend -> SNAT address and port. An entry
+ * owns its SNAT port (bpf/flow.h: a port is a flow's only while its entry
+ * names that flow).
+ *
+ * nat_rev_v2: established flows (and UDP flows). A plain HASH, never an LRU:
+ * an entry keeps its port until its flow has expired in both directions, so
+ * no eviction can hand a live port to another flow. Expired entries are taken
+ * over by a compare-and-swap on last_seen_ns (one CPU wins) and swept by lbd.
+ *
+ * nat_rev_syn_v2: embryonic TCP flows, an LRU the size of flows_syn_v2: the
+ * ports a SYN flood holds are bounded by it, and a new SYN always finds one
+ * (it evicts the oldest embryonic entry). A port is free only while neither
+ * table holds a live entry for it; a claim and a promotion each write their
+ * table, fence, then re-check the other (bpf/flow.h), so they never both
+ * win. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, LB_DEFAULT_CT_SIZE);
+	__type(key, struct flow_key4);
+	__type(value, struct nat4_rev);
+} nat_rev_v2 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, LB_DEFAULT_SYN_SIZE);
+	__uint(map_flags, BPF_F_NO_COMMON_LRU);
+	__type(key, struct flow_key4);
+	__type(value, struct nat4_rev);
+} nat_rev_syn_v2 SEC(".maps");
+
+/* dsr_v2[cpu]: established DSR flows (L2 DSR, IPIP), one LRU per CPU (no
+ * shared cache line, no shared LRU lock), each conntrack_size / CPUs. A flow
+ * whose packets move to another CPU misses there and is chosen again by
+ * Maglev: the same backend unless the backend set changed. lbd creates the
+ * inner tables (one per possible CPU) before attaching. */
+struct dsr_table {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, LB_DEFAULT_CT_SIZE);
-	__type(key, struct flow_key);
-	__type(value, struct ct_rev);
-} ct_rev SEC(".maps");
+	__type(key, struct flow_key4);
+	__type(value, struct flow4);
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, LB_MAX_CPUS);
+	__type(key, __u32); /* CPU */
+	__array(values, struct dsr_table);
+} dsr_v2 SEC(".maps");
+
+/* The DSR new-flow guard's window on each CPU (bpf/flow.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct lb_flow_guard);
+} flow_guard SEC(".maps");
 
 /* Interfaces lbd attached to, for XDP_REDIRECT: ifindex -> ifindex. */
 struct {

@@ -32,7 +32,7 @@ struct packet {
 	struct ethhdr *eth;
 	struct iphdr *ip;
 	void *l4; /* TCP, UDP or ICMP header, checked for its full size */
-	struct flow_key key; /* wire-order 5-tuple as received */
+	struct flow_key4 key; /* wire-order 5-tuple as received */
 	__u32 len; /* frame length, for byte counters */
 	__u8 tcp_flags; /* TCP flag byte (FIN=0x01 SYN=0x02 RST=0x04 ACK=0x10) */
 	__u8 reason; /* enum lb_reason of the verdict */
@@ -129,10 +129,9 @@ static __always_inline int parse_packet(struct xdp_md *ctx, struct packet *pkt)
 	if (ip->frag_off & bpf_htons(IP_MF))
 		pkt->flags |= PKT_F_FRAGMENT;
 
-	pkt->key.family = LB_AF_INET;
 	pkt->key.proto = ip->protocol;
-	pkt->key.src.v4_be = ip->saddr;
-	pkt->key.dst.v4_be = ip->daddr;
+	pkt->key.saddr_be = ip->saddr;
+	pkt->key.daddr_be = ip->daddr;
 
 	if (ip->protocol == IPPROTO_TCP) {
 		struct tcphdr *tcp = (void *)ip + ihl_len;
@@ -184,7 +183,7 @@ static __always_inline int vip_packet_sane(struct packet *pkt)
 {
 	if (pkt->flags & PKT_F_FRAGMENT)
 		return verdict(pkt, LB_REASON_DROP_FRAGMENT, XDP_DROP);
-	if (pkt->key.src.v4_be == pkt->key.dst.v4_be)
+	if (pkt->key.saddr_be == pkt->key.daddr_be)
 		return verdict(pkt, LB_REASON_DROP_LAND, XDP_DROP);
 	return LB_CONTINUE;
 }

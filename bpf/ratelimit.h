@@ -52,7 +52,7 @@ static __always_inline struct rl_policy *rl_policy_of(const struct packet *pkt, 
 	if (!def || !(def->flags & RL_POLICY_F_OVERRIDES))
 		return def;
 	/* Network byte order, as on the wire: the trie compares from the first byte. */
-	__builtin_memcpy(key.addr, &pkt->key.src.v4_be, sizeof(key.addr));
+	__builtin_memcpy(key.addr, &pkt->key.saddr_be, sizeof(key.addr));
 	found = bpf_map_lookup_elem(&rl_v4, &key);
 	if (!found)
 		return def;
@@ -93,7 +93,7 @@ static __always_inline int rl_charge(struct packet *pkt, const struct rl_policy 
 
 	if (interval == 0)
 		return LB_CONTINUE;
-	key.addr = pkt->key.src;
+	key.addr.v4_be = pkt->key.saddr_be;
 	key.family = LB_AF_INET;
 	c = bpf_map_lookup_elem(&rl_clients, &key);
 	if (!c) {

@@ -37,7 +37,7 @@ static __always_inline struct vip_meta *vip_lookup(const struct packet *pkt)
 {
 	struct vip_key vkey = {};
 
-	vkey.addr = pkt->key.dst;
+	vkey.addr.v4_be = pkt->key.daddr_be;
 	vkey.port_be = pkt->key.dport_be;
 	vkey.proto = pkt->key.proto;
 	vkey.family = LB_AF_INET;
@@ -52,6 +52,6 @@ static __always_inline bool flow_vip_current(const struct packet *pkt, __u32 vip
 {
 	struct vip_key *k = bpf_map_lookup_elem(&vip_ids, &vip_id);
 
-	return k && k->addr.v4_be == pkt->key.dst.v4_be && k->port_be == pkt->key.dport_be &&
+	return k && k->addr.v4_be == pkt->key.daddr_be && k->port_be == pkt->key.dport_be &&
 	       k->proto == pkt->key.proto && k->family == LB_AF_INET;
 }

@@ -22,6 +22,8 @@ enum lb_limits {
 	LB_MAX_BACKENDS = 65536,
 	LB_DEFAULT_MAGLEV_SIZE = 65537,
 	LB_DEFAULT_CT_SIZE = 1048576,
+	LB_DEFAULT_SYN_SIZE = 65536, /* flows_syn_v2 */
+	LB_MAX_CPUS = 512, /* dsr_v2 slots; lbd fills one per possible CPU */
 	LB_MAX_IFACES = 64,
 	/* How many SNAT ports a new flow tries before giving up (counted). */
 	LB_PORT_RETRIES = 8,
@@ -70,22 +72,39 @@ struct backend {
 	union lb_addr addr;
 	__u16 port_be;
 	__u8 family;
-	__u8 flags; /* reserved, 0 */
+	__u8 flags; /* enum backend_flags */
 };
 
-/* A connection 5-tuple as it appears on the wire. */
-struct flow_key {
-	union lb_addr src;
-	union lb_addr dst;
+enum backend_flags {
+	/* The backend was removed or has been down past the grace: lbd's sweep
+	 * (lb_flow_gc) ends its flows. Never read on the packet path. */
+	LB_BACKEND_F_ENDED = 1,
+};
+
+/* lb_flow_gc's frame (BPF_PROG_TEST_RUN data in and out): what the sweep
+ * did. */
+struct lb_gc_report {
+	__u64 rev_swept; /* expired nat_rev_v2 entries deleted */
+	__u64 ended; /* entries of ended backends deleted (every table) */
+	__u64 seen; /* entries looked at */
+};
+
+/* An IPv4 connection 5-tuple as it appears on the wire: the key of every
+ * IPv4 flow table (16 bytes: one jhash round, half a cache line less than
+ * the v1 key). IPv6 gets tables of its own, keyed by a flow_key6. */
+struct flow_key4 {
+	__u32 saddr_be;
+	__u32 daddr_be;
 	__u16 sport_be;
 	__u16 dport_be;
 	__u8 proto;
-	__u8 family;
-	__u16 pad;
+	__u8 pad[3];
 };
 
 enum ct_flags {
 	CT_F_CLOSING = 1, /* FIN or RST seen: short timeout applies */
+	CT_F_EMBRYONIC = 2, /* TCP handshake not completed: tcp_handshake timeout */
+	CT_F_SYNACK = 4, /* NAT embryonic forward entry: the backend's SYN-ACK seen, ack_seq recorded */
 };
 
 /* A flow's cached next hop (bpf/nexthop.h): what bpf_fib_lookup answered for
@@ -101,9 +120,57 @@ struct lb_nexthop {
 	__u64 stamp_ns; /* lb_now() of the lookup that filled it (bpf/clock.h) */
 };
 
-/* ct_fwd, the flow table: client 5-tuple (client -> VIP) -> where the flow
- * goes. It holds NAT and DSR flows alike; a flow keeps the mode it started
- * in, so switching a VIP's mode only affects new flows. */
+/* Where a client flow (client -> VIP, struct flow_key4) goes: the value of
+ * flows_syn_v2 (embryonic TCP flows of every mode), nat_fwd_v2 (established
+ * NAT flows) and the per-CPU dsr_v2 tables (established DSR flows). A flow
+ * keeps the mode it started in, so switching a VIP's mode only affects new
+ * flows. One 64-byte cache line. */
+struct flow4 {
+	__u32 backend_be;
+	__u32 src_be; /* NAT: SNAT address; IPIP: outer source; L2 DSR: 0 */
+	__u16 backend_port_be;
+	__u16 snat_port_be; /* NAT only */
+	__u32 backend_id;
+	__u16 vip_id;
+	__u8 mode; /* enum lb_mode the flow started in */
+	__u8 flags; /* enum ct_flags */
+	/* NAT embryonic (CT_F_SYNACK): the ack_seq (wire order) that the
+	 * client's ACK must carry, the backend's ISN + 1: only a client that
+	 * received the SYN-ACK knows it, so blind spoofed ACKs never promote. */
+	__u32 ack_seq_be;
+	__u64 last_seen_ns; /* lb_now() (bpf/clock.h), not CLOCK_MONOTONIC */
+	struct lb_nexthop nh; /* towards the backend (IPIP: of the outer header) */
+};
+
+/* nat_rev_v2: reply 5-tuple (backend -> SNAT address and port) -> how to
+ * restore it. Its presence is what owns an SNAT port (never evicted). */
+struct nat4_rev {
+	__u32 client_be;
+	__u32 vip_be;
+	__u16 client_port_be;
+	__u16 vip_port_be;
+	__u32 backend_id;
+	__u16 vip_id;
+	__u16 flags; /* enum ct_flags */
+	__u32 pad;
+	__u64 last_seen_ns; /* changed by compare-and-swap when an expired entry is taken over */
+	struct lb_nexthop nh; /* towards the client (VIP -> client) */
+};
+
+/* The v1 flow tables (ct_fwd, ct_rev: one shared LRU each, 40-byte keys) of
+ * releases before flow tables v2. No program uses them; their layouts are
+ * here so that lbd can read flows out of an older lbd's pinned tables
+ * (src/dataplane/migrate.rs) through the skeleton's types. */
+struct flow_key {
+	union lb_addr src;
+	union lb_addr dst;
+	__u16 sport_be;
+	__u16 dport_be;
+	__u8 proto;
+	__u8 family;
+	__u16 pad;
+};
+
 struct ct_fwd {
 	union lb_addr backend_addr;
 	union lb_addr snat_addr; /* NAT: SNAT address; IPIP: outer source */
@@ -114,11 +181,10 @@ struct ct_fwd {
 	__u16 flags; /* enum ct_flags */
 	__u8 mode; /* enum lb_mode the flow started in */
 	__u8 pad;
-	__u64 last_seen_ns; /* lb_now() (bpf/clock.h), not CLOCK_MONOTONIC */
-	struct lb_nexthop nh; /* towards the backend (IPIP: of the outer header) */
+	__u64 last_seen_ns;
+	struct lb_nexthop nh;
 };
 
-/* ct_rev: reply 5-tuple (backend -> SNAT address) -> how to restore it */
 struct ct_rev {
 	union lb_addr client_addr;
 	union lb_addr vip_addr;
@@ -129,10 +195,16 @@ struct ct_rev {
 	__u16 flags; /* enum ct_flags */
 	__u16 pad;
 	__u64 last_seen_ns;
-	struct lb_nexthop nh; /* towards the client (VIP -> client) */
+	struct lb_nexthop nh;
 };
 
-/* lb_config[0]: run-time settings written by lbd. */
+/* flow_guard[0] (per CPU): new DSR flows recorded in the current second. */
+struct lb_flow_guard {
+	__u64 window_ns; /* lb_now() / 1e9 of the window the count is for */
+	__u64 count;
+};
+
+/* lb_config_v2[0]: run-time settings written by lbd. */
 struct lb_config {
 	union lb_addr snat_addr;
 	__u16 snat_port_min; /* host order, inclusive */
@@ -149,6 +221,11 @@ struct lb_config {
 	/* How long a flow reuses its cached next hop (struct lb_nexthop) before
 	 * asking bpf_fib_lookup again; 0 = no caching, every packet looks up. */
 	__u64 nexthop_ttl_ns;
+	__u64 tcp_handshake_timeout_ns; /* idle timeout of an embryonic TCP flow */
+	/* The DSR new-flow guard: most new DSR flows recorded per second per
+	 * CPU; above it packets are still sent by Maglev, unrecorded. 0 = off. */
+	__u32 new_flows_per_cpu;
+	__u32 pad3;
 };
 
 /* vip_filter[0]: the destination prefilter (bpf/vip.h). One bit per hash of
@@ -203,7 +280,25 @@ enum lb_reason {
 	LB_REASON_DROP_LAND, /* to a VIP from the VIP's own address: only a spoofer sends it */
 	LB_REASON_TX_ICMP_ERROR, /* ICMP error about a NAT flow, rewritten for the other side (bpf/icmp.h) */
 	LB_REASON_DROP_ICMP_NO_FLOW, /* ICMP error quoting a VIP flow that no backend owns */
+	LB_REASON_DROP_NAT_NO_FLOW, /* TCP non-SYN to a NAT VIP without a flow: only a SYN starts one */
 	LB_REASON_MAX,
+};
+
+/* Flow-table events (global_stats.events), counted where they happen; not
+ * verdicts. Append only: lbd reads the names through BTF. */
+enum lb_event {
+	LB_EV_EMBRYONIC = 0, /* a TCP flow entered flows_syn_v2 */
+	LB_EV_PROMOTED, /* an embryonic flow completed its handshake: established */
+	LB_EV_DSR_RECHOSEN, /* a DSR packet of no recorded flow (another CPU's, evicted): Maglev again */
+	LB_EV_GUARD_SKIPPED, /* new-flow guard: a new DSR flow sent unrecorded */
+	LB_EV_PORT_TAKEOVER, /* an expired SNAT port taken over (compare-and-swap won) */
+	LB_EV_PORT_RACE_LOST, /* another CPU took the same expired port first: next candidate */
+	LB_EV_REV_FULL, /* nat_rev_v2 full: a port candidate could not be claimed */
+	LB_EV_PROMOTE_FAILED, /* the established table refused a promotion: the flow stays embryonic */
+	LB_EV_SYN_BAD_ACK, /* an ACK on a NAT embryonic flow with the wrong ack number: not promoted */
+	LB_EV_RESTARTED, /* a SYN on a closing entry: the old flow ended, a fresh one started */
+	LB_EV_PORT_LOST, /* an embryonic NAT flow whose port another flow took (its entry was evicted): ended */
+	LB_EV_MAX,
 };
 
 /* decap_stats[0]: the backend-side IPIP decapsulation program. */
@@ -219,6 +314,8 @@ struct decap_stats {
 struct lb_global_stats {
 	__u64 reasons[LB_REASON_MAX];
 	__u64 verdicts[LB_VERDICT_MAX];
+	__u64 events[LB_EV_MAX];
+	__u64 fence; /* scratch word of flow_fence() (bpf/flow.h), always 0 */
 };
 
 /* Firewall (bpf/firewall.h): fixed-depth tables of verdict words (maps.h). */

@@ -180,6 +180,10 @@ pub(crate) struct TimeoutsConfig {
     /// Idle timeout of a UDP flow.
     #[serde(with = "humantime_serde")]
     pub(crate) udp: Duration,
+    /// How long a backend marked down by its health check keeps its flows: after that its DSR
+    /// flows are chosen again by Maglev and its NAT flows are ended. Draining never ends flows.
+    #[serde(with = "humantime_serde")]
+    pub(crate) backend_down: Duration,
     /// How long a flow reuses the next hop (egress interface, MACs) it looked up before looking
     /// it up again; a neighbour or route change reaches established flows within this time.
     /// 0 turns the cache off (one FIB lookup per packet).
@@ -193,6 +197,7 @@ impl Default for TimeoutsConfig {
             tcp: Duration::from_secs(300),
             tcp_closing: Duration::from_secs(10),
             tcp_handshake: Duration::from_secs(5),
+            backend_down: Duration::from_secs(10),
             udp: Duration::from_secs(30),
             nexthop_cache: Duration::from_secs(1),
         }
@@ -217,6 +222,11 @@ impl Config {
         })
     }
 
+    /// How long a backend may be down before its flows end (`[timeouts] backend_down`).
+    pub fn backend_down_grace(&self) -> Duration {
+        self.timeouts.backend_down
+    }
+
     /// The data plane's run-time settings (`lb_config`) this configuration asks for.
     pub fn runtime(&self) -> crate::dataplane::maps::RuntimeConfig {
         let [lo, hi] = self.nat.port_range;
@@ -225,9 +235,11 @@ impl Config {
             snat_ports: (lo, hi),
             tcp_timeout: self.timeouts.tcp,
             tcp_closing_timeout: self.timeouts.tcp_closing,
+            tcp_handshake_timeout: self.timeouts.tcp_handshake,
             udp_timeout: self.timeouts.udp,
             ipip_source: self.ipip_source(),
             nexthop_cache: self.timeouts.nexthop_cache,
+            new_flows_per_cpu: self.tables.new_flows_per_cpu,
         }
     }
 }

@@ -190,6 +190,26 @@ impl Controller {
 
     /// Reads the state and, through a [`Reader`] that cannot write, the reconciler's ids, the
     /// health view and the counters, under the lock.
+    /// Marks the backends down for longer than `grace` so that the next sweep ends their flows
+    /// ([`Reconciler::end_dead_backends`]); returns how many were newly marked.
+    pub async fn end_dead_backends(
+        &self,
+        grace: std::time::Duration,
+    ) -> Result<usize, ControlError> {
+        let mut inner = self.inner.lock().await;
+        Ok(inner.reconciler.end_dead_backends(grace)?)
+    }
+
+    /// A sweeper of the flow tables, to run off the lock.
+    pub async fn sweeper(&self) -> Result<crate::dataplane::flows::Sweeper, ControlError> {
+        let inner = self.inner.lock().await;
+        Ok(inner
+            .reconciler
+            .dataplane()
+            .sweeper()
+            .map_err(ReconcileError::from)?)
+    }
+
     pub(crate) async fn read<T>(&self, f: impl FnOnce(&State, &Reader<'_>) -> T) -> T {
         let inner = self.inner.lock().await;
         f(&inner.state, &Reader::new(&inner.reconciler))

@@ -362,6 +362,20 @@ mod tests {
             .unwrap();
     }
 
+    /// A store in a new directory with [`sample`] saved once (the state file).
+    fn saved_sample() -> (tempfile::TempDir, StateStore, State, AppliedIds) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::new(dir.path());
+        let (s, ids) = sample();
+        store.save(&s, &ids).unwrap();
+        (dir, store, s, ids)
+    }
+
+    /// What a new process (a new store) on `dir` loads.
+    fn reloaded(dir: &tempfile::TempDir) -> StateFile {
+        StateStore::new(dir.path()).load().unwrap().expect("saved")
+    }
+
     fn journal_lines(store: &StateStore) -> usize {
         fs::read(store.journal_path())
             .unwrap()
@@ -372,10 +386,7 @@ mod tests {
 
     #[test]
     fn saves_after_the_first_go_to_the_journal_and_read_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = StateStore::new(dir.path());
-        let (mut s, ids) = sample();
-        store.save(&s, &ids).unwrap();
+        let (dir, store, mut s, ids) = saved_sample();
         let first = fs::read(store.path()).unwrap();
         assert_eq!(journal_lines(&store), 0);
         for port in 1..=5 {
@@ -386,7 +397,7 @@ mod tests {
         assert_eq!(fs::read(store.path()).unwrap(), first);
         assert_eq!(journal_lines(&store), 5);
         // A new process (a new store) reads the last save.
-        let back = StateStore::new(dir.path()).load().unwrap().expect("saved");
+        let back = reloaded(&dir);
         assert_eq!(back.state, s);
         assert_eq!(back.ids, ids);
         assert_eq!(back.seq, 6);
@@ -394,10 +405,7 @@ mod tests {
 
     #[test]
     fn a_restart_compacts_and_keeps_counting() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut s, ids) = sample();
-        let store = StateStore::new(dir.path());
-        store.save(&s, &ids).unwrap();
+        let (dir, store, mut s, ids) = saved_sample();
         add(&mut s, 1);
         store.save(&s, &ids).unwrap();
         // The next lbd: load, then its first save rewrites the state file, empties the journal.
@@ -406,7 +414,7 @@ mod tests {
         add(&mut s, 2);
         next.save(&s, &ids).unwrap();
         assert_eq!(journal_lines(&next), 0);
-        let back = StateStore::new(dir.path()).load().unwrap().expect("saved");
+        let back = reloaded(&dir);
         assert_eq!((back.state, back.seq), (s, 3));
     }
 
@@ -424,17 +432,14 @@ mod tests {
                 "journal not compacted"
             );
         }
-        let back = StateStore::new(dir.path()).load().unwrap().expect("saved");
+        let back = reloaded(&dir);
         assert_eq!((back.state, back.seq), (s, 30));
     }
 
     #[test]
     fn a_state_file_newer_than_the_journal_wins() {
         // A crash after a compaction's rename and before the journal was emptied.
-        let dir = tempfile::tempdir().unwrap();
-        let store = StateStore::new(dir.path());
-        let (mut s, ids) = sample();
-        store.save(&s, &ids).unwrap();
+        let (dir, store, mut s, ids) = saved_sample();
         add(&mut s, 1);
         store.save(&s, &ids).unwrap();
         let old_journal = fs::read(store.journal_path()).unwrap();
@@ -443,16 +448,13 @@ mod tests {
         add(&mut s, 2);
         next.save(&s, &ids).unwrap();
         fs::write(store.journal_path(), old_journal).unwrap();
-        let back = StateStore::new(dir.path()).load().unwrap().expect("saved");
+        let back = reloaded(&dir);
         assert_eq!(back.state, s);
     }
 
     #[test]
     fn a_cut_last_record_is_skipped_a_damaged_middle_one_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = StateStore::new(dir.path());
-        let (mut s, ids) = sample();
-        store.save(&s, &ids).unwrap();
+        let (dir, store, mut s, ids) = saved_sample();
         let mut saved = Vec::new();
         for port in 1..=3 {
             add(&mut s, port);
@@ -462,14 +464,14 @@ mod tests {
         let journal = fs::read(store.journal_path()).unwrap();
         // Cut in the middle of the last record (no newline): the save before it is read.
         fs::write(store.journal_path(), &journal[..journal.len() - 40]).unwrap();
-        let back = StateStore::new(dir.path()).load().unwrap().expect("saved");
+        let back = reloaded(&dir);
         assert_eq!(back.state, saved[1]);
         // The last record complete but with a wrong byte: skipped too.
         let mut bad = journal.clone();
         let n = bad.len();
         bad[n - 10] ^= 0x01;
         fs::write(store.journal_path(), &bad).unwrap();
-        let back = StateStore::new(dir.path()).load().unwrap().expect("saved");
+        let back = reloaded(&dir);
         assert_eq!(back.state, saved[1]);
         // A damaged record with good ones after it: refused, the file named.
         let mut bad = journal.clone();
@@ -487,10 +489,7 @@ mod tests {
 
     #[test]
     fn corrupt_and_truncated_files_are_refused_clearly() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = StateStore::new(dir.path());
-        let (s, ids) = sample();
-        store.save(&s, &ids).unwrap();
+        let (_dir, store, _, _) = saved_sample();
         let text = fs::read(store.path()).unwrap();
         fs::write(store.path(), &text[..text.len() / 2]).unwrap();
         let e = store.load().expect_err("truncated").to_string();

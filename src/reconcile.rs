@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::net::SocketAddrV4;
 use std::os::fd::AsFd;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::dataplane::maps::RuntimeConfig;
 use crate::dataplane::{Dataplane, DataplaneError, MAX_BACKENDS, MAX_VIPS};
@@ -125,6 +125,9 @@ pub struct Reconciler {
     /// Memory mappings of the rings, for changes written in place.
     live: ring::LiveRings,
     ring_updates: RingUpdates,
+    /// Backends (data-plane ids) marked down, since when; their flows are ended
+    /// ([`Reconciler::end_dead_backends`]) once down past the grace.
+    down_since: BTreeMap<u32, (Instant, bool)>,
 }
 
 /// How the Maglev rings were written since this Reconciler started (diagnostics, tests).
@@ -151,7 +154,27 @@ impl Reconciler {
             health: crate::health::view::HealthView::default(),
             live: ring::LiveRings::default(),
             ring_updates: RingUpdates::default(),
+            down_since: BTreeMap::new(),
         }
+    }
+
+    /// Marks for the sweep (`lb_flow_gc`) the backends down for longer than `grace`: their flows
+    /// are ended (DSR flows chosen again by Maglev, NAT flows dropped). A backend that comes back
+    /// up is unmarked. Draining (weight 0) never ends flows. Returns how many were newly marked.
+    pub(crate) fn end_dead_backends(&mut self, grace: Duration) -> Result<usize, ReconcileError> {
+        let mut marked = 0;
+        for (id, (since, ended)) in self.down_since.iter_mut() {
+            if !*ended && since.elapsed() >= grace {
+                self.dp.maps_mut().set_backend_ended(*id, true)?;
+                *ended = true;
+                marked += 1;
+                tracing::info!(
+                    backend_id = id,
+                    "backend down past the grace: its flows end"
+                );
+            }
+        }
+        Ok(marked)
     }
 
     /// Writes the data plane's run-time settings (`lb_config`: SNAT, timeouts, IPIP source).
@@ -167,7 +190,19 @@ impl Reconciler {
     /// Marks a backend up or down in the live health view; returns whether that changed
     /// anything. Takes effect on the next `reconcile` (a backend never marked counts as up).
     pub(crate) fn set_backend_health(&mut self, vip: VipKey, addr: SocketAddrV4, up: bool) -> bool {
-        self.health.set(vip, addr, up)
+        let changed = self.health.set(vip, addr, up);
+        if let (true, Some(id)) = (changed, self.backend_id(&vip, &addr)) {
+            if up {
+                if let Some((_, true)) = self.down_since.remove(&id) {
+                    if let Err(e) = self.dp.maps_mut().set_backend_ended(id, false) {
+                        tracing::warn!(backend_id = id, error = %e, "unmarking a backend that came back up");
+                    }
+                }
+            } else {
+                self.down_since.insert(id, (Instant::now(), false));
+            }
+        }
+        changed
     }
 
     /// The live health view.
@@ -273,6 +308,8 @@ impl Reconciler {
             self.live.forget(old.id);
             self.dp.maps_mut().delete_ring(old.id)?;
             for (id, _) in old.backends.values() {
+                self.dp.maps_mut().set_backend_ended(*id, true)?;
+                self.down_since.remove(id);
                 self.backend_ids.give_back(*id);
             }
             self.vip_ids.give_back(old.id);
@@ -307,6 +344,9 @@ impl Reconciler {
                 .collect();
             for addr in &removed {
                 if let Some((id, _)) = cur.backends.remove(addr) {
+                    // Its flows end at the next sweep (unless the id goes to the same address).
+                    self.dp.maps_mut().set_backend_ended(id, true)?;
+                    self.down_since.remove(&id);
                     self.backend_ids.give_back(id);
                 }
             }

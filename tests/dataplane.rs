@@ -8,6 +8,8 @@
 
 mod common;
 
+use xdplb::dataplane::maps::FlowTable;
+
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::thread::sleep;
@@ -1553,41 +1555,12 @@ fn vip_index_is_rebuilt_from_adopted_vips() {
     });
 }
 
-/// The program's maps by name.
-fn program_maps(lb: &Lb) -> Result<std::collections::BTreeMap<String, libbpf_rs::MapHandle>> {
-    use std::os::fd::AsFd;
-    Ok(xdplb::dataplane::program_maps(
-        lb.rec.dataplane().program().as_fd(),
-    )?)
-}
-
-/// `last_seen_ns` of the forward entry of the UDP flow `client` -> `vip`.
+/// `last_seen_ns` of the established NAT entry (`nat_fwd_v2`) of the UDP flow `client` -> `vip`.
 fn last_seen(lb: &Lb, client: SocketAddrV4, vip: SocketAddrV4) -> Result<u64> {
-    use libbpf_rs::{MapCore, MapFlags};
-    let maps = program_maps(lb)?;
-    let ct_fwd = maps.get("ct_fwd").context("no ct_fwd map")?;
-    let mut key = xdplb::skel::types::flow_key {
-        src: xdplb::dataplane::maps::addr_v4(*client.ip()),
-        dst: xdplb::dataplane::maps::addr_v4(*vip.ip()),
-        sport_be: client.port().to_be(),
-        dport_be: vip.port().to_be(),
-        proto: 17,
-        family: xdplb::skel::types::lb_family::LB_AF_INET.0 as u8,
-        ..Default::default()
-    };
-    key.pad = 0;
-    // SAFETY: flow_key is a repr(C) struct of integers with explicit padding, fully initialised.
-    let bytes = unsafe {
-        std::slice::from_raw_parts(
-            (&key as *const xdplb::skel::types::flow_key).cast::<u8>(),
-            std::mem::size_of_val(&key),
-        )
-    };
-    let v = ct_fwd
-        .lookup(bytes, MapFlags::ANY)?
-        .context("the flow has no ct_fwd entry")?;
-    // SAFETY: ct_fwd values are repr(C) integer structs; the map gives exactly one.
-    let fwd: xdplb::skel::types::ct_fwd = unsafe { std::ptr::read_unaligned(v.as_ptr().cast()) };
+    let fwd = lb
+        .maps()
+        .flow_entry(FlowTable::NatEstablished, client, vip, Protocol::Udp)?
+        .context("the flow has no nat_fwd_v2 entry")?;
     Ok(fwd.last_seen_ns)
 }
 

@@ -56,6 +56,13 @@ fn far_data(port: u16, vip: SocketAddrV4) -> Packet {
     p
 }
 
+/// The bench's program with the TCP VIP in `mode` over both backends.
+fn lb_with_vip(net: Net, mode: Mode) -> Result<(Lb, VipKey)> {
+    let mut lb = Lb::new(net, config(PORTS))?;
+    let vip = lb.add_vip_mode(VIP, Protocol::Tcp, mode, &[(BE1, 100), (BE2, 100)])?;
+    Ok((lb, vip))
+}
+
 /// IP options of 4 bytes (ihl 6) and of 40 bytes (ihl 15: a timestamp option and NOPs).
 fn ip_options() -> [Vec<u8>; 2] {
     let mut long = vec![68, 12, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0];
@@ -172,6 +179,38 @@ fn expect_ipip(
     expect_frame(run, action, &want, what)
 }
 
+/// Runs `pkt` on `ingress` and checks that it leaves with `action` as L2 DSR sends it to
+/// `backend`: the frame unchanged but for the MACs (the backend's and veth0's).
+fn expect_l2dsr(
+    lb: &Lb,
+    ingress: u32,
+    pkt: &Packet,
+    action: u32,
+    backend: SocketAddrV4,
+    what: &str,
+) -> Result<Run> {
+    let frame = pkt.build();
+    let run = lb.run(ingress, &frame)?;
+    let want = with_macs(&frame, neighbour_mac(*backend.ip()), VETH0_MAC);
+    expect_frame(&run, action, &want, what)?;
+    Ok(run)
+}
+
+/// Runs `pkt` on veth0 and checks that it leaves (XDP_TX) IPIP-encapsulated from `source` to
+/// `backend` on veth0 ([`expect_ipip`]).
+fn expect_ipip_tx(
+    lb: &Lb,
+    pkt: &Packet,
+    backend: SocketAddrV4,
+    source: Ipv4Addr,
+    what: &str,
+) -> Result<Run> {
+    let run = lb.run(lb.net.veth0, &pkt.build())?;
+    let (mac, addr) = (neighbour_mac(*backend.ip()), *backend.ip());
+    expect_ipip(&run, XDP_TX, pkt, mac, VETH0_MAC, source, addr, what)?;
+    Ok(run)
+}
+
 /// The IPIP outer source of a flow with `hash` for the prefix `source` (host bits from the hash).
 fn ipip_source(source: ipnet::Ipv4Net, hash: u32) -> Ipv4Addr {
     let host = u32::from(source.hostmask());
@@ -189,8 +228,7 @@ fn config_with_source(source: &str) -> Result<RuntimeConfig> {
 #[test]
 fn l2dsr_changes_only_the_macs() {
     bench(|_, net| {
-        let mut lb = Lb::new(net, config(PORTS))?;
-        let vip = lb.add_vip_mode(VIP, Protocol::Tcp, Mode::L2dsr, &[(BE1, 100), (BE2, 100)])?;
+        let (mut lb, vip) = lb_with_vip(net, Mode::L2dsr)?;
         let (mut tx, mut redirect, mut flows) = (0u64, 0u64, 0u64);
 
         // One-arm (clients on veth0): new flows until both backends have been picked.
@@ -202,15 +240,8 @@ fn l2dsr_changes_only_the_macs() {
                 ("SYN", client_syn(client, VIP)),
                 ("data", data(client, VIP)),
             ] {
-                let frame = pkt.build();
-                let run = lb.run(net.veth0, &frame)?;
-                let want = with_macs(&frame, neighbour_mac(*pick.backend.ip()), VETH0_MAC);
-                expect_frame(
-                    &run,
-                    XDP_TX,
-                    &want,
-                    &format!("{what} of {client} (expected to {})", pick.backend),
-                )?;
+                let what = format!("{what} of {client} (expected to {})", pick.backend);
+                expect_l2dsr(&lb, net.veth0, &pkt, XDP_TX, pick.backend, &what)?;
                 tx += 1;
             }
             flows += 1;
@@ -225,15 +256,9 @@ fn l2dsr_changes_only_the_macs() {
         for (port, tpid, tci) in [(40100, ETH_P_8021Q, 100), (40101, ETH_P_8021AD, 0x2007)] {
             let client = sa(CLIENT, port);
             let pick = lb.pick(&vip, client)?;
-            let frame = client_syn(client, VIP).with_vlan(tpid, tci).build();
-            let run = lb.run(net.veth0, &frame)?;
-            let want = with_macs(&frame, neighbour_mac(*pick.backend.ip()), VETH0_MAC);
-            expect_frame(
-                &run,
-                XDP_TX,
-                &want,
-                &format!("SYN tagged {tpid:#06x}/{tci}"),
-            )?;
+            let pkt = client_syn(client, VIP).with_vlan(tpid, tci);
+            let what = format!("SYN tagged {tpid:#06x}/{tci}");
+            let run = expect_l2dsr(&lb, net.veth0, &pkt, XDP_TX, pick.backend, &what)?;
             ensure!(
                 run.out[12..16] == [(tpid >> 8) as u8, tpid as u8, (tci >> 8) as u8, tci as u8],
                 "VLAN tag not kept: {:02x?}",
@@ -247,10 +272,8 @@ fn l2dsr_changes_only_the_macs() {
         lb.maps_mut().add_tx_port(net.veth0)?;
         let pick = lb.pick(&vip, sa(FAR_CLIENT, 40200))?;
         for (what, pkt) in [("SYN", far_syn(40200, VIP)), ("data", far_data(40200, VIP))] {
-            let frame = pkt.build();
-            let run = lb.run(net.veth2, &frame)?;
-            let want = with_macs(&frame, neighbour_mac(*pick.backend.ip()), VETH0_MAC);
-            expect_frame(&run, XDP_REDIRECT, &want, &format!("two-arm {what}"))?;
+            let what = format!("two-arm {what}");
+            expect_l2dsr(&lb, net.veth2, &pkt, XDP_REDIRECT, pick.backend, &what)?;
             redirect += 1;
         }
         flows += 1;
@@ -273,29 +296,19 @@ fn l2dsr_changes_only_the_macs() {
 #[test]
 fn ipip_output_is_outer_header_plus_original_packet() {
     bench(|ns, net| {
-        let mut lb = Lb::new(net, config(PORTS))?;
-        let vip = lb.add_vip_mode(VIP, Protocol::Tcp, Mode::Ipip, &[(BE1, 100), (BE2, 100)])?;
+        let (mut lb, vip) = lb_with_vip(net, Mode::Ipip)?;
         let (mut tx, mut redirect) = (0u64, 0u64);
 
         // A /32 source: every flow leaves from it.
         ensure!(lb.cfg.ipip_source.prefix_len() == 32 && lb.cfg.ipip_source.addr() == LB_ADDR);
         let send = |lb: &Lb, pkt: &Packet, client: SocketAddrV4, what: &str| -> Result<()> {
             let pick = lb.pick(&vip, client)?;
-            let run = lb.run(net.veth0, &pkt.build())?;
             let source = ipip_source(lb.cfg.ipip_source, pick.hash);
-            expect_ipip(
-                &run,
-                XDP_TX,
-                pkt,
-                neighbour_mac(*pick.backend.ip()),
-                VETH0_MAC,
-                source,
-                *pick.backend.ip(),
-                &format!(
-                    "{what} of {client} (expected to {} from {source})",
-                    pick.backend
-                ),
-            )
+            let what = format!(
+                "{what} of {client} (expected to {} from {source})",
+                pick.backend
+            );
+            expect_ipip_tx(lb, pkt, pick.backend, source, &what).map(drop)
         };
         let client = sa(CLIENT, 41000);
         send(&lb, &client_syn(client, VIP), client, "SYN with DF")?;
@@ -310,17 +323,8 @@ fn ipip_output_is_outer_header_plus_original_packet() {
             let client = sa(CLIENT, port);
             let pkt = client_syn(client, VIP).with_vlan(tpid, tci);
             let pick = lb.pick(&vip, client)?;
-            let run = lb.run(net.veth0, &pkt.build())?;
-            expect_ipip(
-                &run,
-                XDP_TX,
-                &pkt,
-                neighbour_mac(*pick.backend.ip()),
-                VETH0_MAC,
-                LB_ADDR,
-                *pick.backend.ip(),
-                &format!("SYN tagged {tpid:#06x}/{tci}"),
-            )?;
+            let what = format!("SYN tagged {tpid:#06x}/{tci}");
+            let run = expect_ipip_tx(&lb, &pkt, pick.backend, LB_ADDR, &what)?;
             ensure!(
                 run.out[12..18]
                     == [
@@ -411,17 +415,9 @@ fn ipip_output_is_outer_header_plus_original_packet() {
             ensure!(ipip_source(lb.cfg.ipip_source, hash) == source);
             let pkt = client_syn(client, VIP);
             let pick = lb.pick(&vip, client)?;
-            let run = lb.run(net.veth0, &pkt.build())?;
-            expect_ipip(
-                &run,
-                XDP_TX,
-                &pkt,
-                neighbour_mac(*pick.backend.ip()),
-                VETH0_MAC,
-                source,
-                *pick.backend.ip(),
-                &format!("/24: SYN of {client} (hash {hash:#010x}, expected source {source})"),
-            )?;
+            let what =
+                format!("/24: SYN of {client} (hash {hash:#010x}, expected source {source})");
+            expect_ipip_tx(&lb, &pkt, pick.backend, source, &what)?;
             // The flow keeps its source.
             send(&lb, &data(client, VIP), client, "/24: data")?;
             sources.insert(source);
@@ -451,8 +447,7 @@ fn ipip_output_is_outer_header_plus_original_packet() {
 #[test]
 fn decap_restores_the_original() {
     bench(|_, net| {
-        let mut lb = Lb::new(net, config(PORTS))?;
-        lb.add_vip_mode(VIP, Protocol::Tcp, Mode::Ipip, &[(BE1, 100), (BE2, 100)])?;
+        let (mut lb, _) = lb_with_vip(net, Mode::Ipip)?;
         let other_vip = sa(Ipv4Addr::new(10, 9, 9, 10), 80);
         lb.add_vip_mode(other_vip, Protocol::Tcp, Mode::Ipip, &[(BE1, 100)])?;
         let decap = Decap::load()?;
@@ -559,8 +554,7 @@ fn decap_restores_the_original() {
 fn oversize_df_packet_gets_icmp_frag_needed() {
     bench(|ns, net| {
         ns.ip(&["link", "set", "veth0", "mtu", "1400"])?;
-        let mut lb = Lb::new(net, config(PORTS))?;
-        let vip = lb.add_vip_mode(VIP, Protocol::Tcp, Mode::Ipip, &[(BE1, 100), (BE2, 100)])?;
+        let (lb, vip) = lb_with_vip(net, Mode::Ipip)?;
         // A data segment of exactly `tot_len` IP bytes (TCP header with options: 28 bytes).
         let sized = |pkt: Packet, tot_len: usize| -> Packet {
             let payload: Vec<u8> = (0..tot_len - 48).map(|i| (i * 7) as u8).collect();
@@ -597,17 +591,7 @@ fn oversize_df_packet_gets_icmp_frag_needed() {
         let client = sa(CLIENT, 45020);
         let fits = sized(data(client, VIP), 1380);
         let pick = lb.pick(&vip, client)?;
-        let run = lb.run(net.veth0, &fits.build())?;
-        expect_ipip(
-            &run,
-            XDP_TX,
-            &fits,
-            neighbour_mac(*pick.backend.ip()),
-            VETH0_MAC,
-            LB_ADDR,
-            *pick.backend.ip(),
-            "DF packet of 1380 bytes",
-        )?;
+        expect_ipip_tx(&lb, &fits, pick.backend, LB_ADDR, "DF packet of 1380 bytes")?;
 
         lb.expect_global(
             &[
@@ -621,137 +605,116 @@ fn oversize_df_packet_gets_icmp_frag_needed() {
     });
 }
 
+/// A flow of [`mode_switch_keeps_tracked_flows`], in the mode it started in.
+struct Tracked {
+    name: char,
+    client: SocketAddrV4,
+    pick: Pick,
+    mode: Mode,
+    /// The SNAT address it claimed (NAT only).
+    snat: Option<SocketAddrV4>,
+}
+
+impl Tracked {
+    /// The flow of `client` through `vip` in `mode` (not yet sent): its pick and (NAT) its SNAT
+    /// address.
+    fn open(
+        lb: &mut Lb,
+        vip: &VipKey,
+        name: char,
+        client: SocketAddrV4,
+        mode: Mode,
+    ) -> Result<Self> {
+        let pick = lb.pick(vip, client)?;
+        let snat = if mode == Mode::Nat {
+            let port = lb.claim_port(pick.hash, pick.backend);
+            Some(sa(LB_ADDR, port.context("free SNAT port")?))
+        } else {
+            None
+        };
+        Ok(Tracked {
+            name,
+            client,
+            pick,
+            mode,
+            snat,
+        })
+    }
+
+    /// Runs `pkt` of this flow on veth0 and checks that it leaves (XDP_TX) as its mode sends it.
+    fn expect(&self, lb: &Lb, pkt: &Packet, what: &str) -> Result<()> {
+        let backend = self.pick.backend;
+        match self.mode {
+            Mode::Nat => {
+                let snat = self.snat.context("a NAT flow without an SNAT address")?;
+                let run = lb.run(lb.net.veth0, &pkt.build())?;
+                let want = pkt.natted(VETH0_MAC, neighbour_mac(*backend.ip()), snat, backend);
+                expect_frame(&run, XDP_TX, &want.build(), what)?;
+                verify_checksums(&run.out, false).with_context(|| format!("{what}: checksums"))
+            }
+            Mode::Ipip => expect_ipip_tx(lb, pkt, backend, LB_ADDR, what).map(drop),
+            Mode::L2dsr => expect_l2dsr(lb, lb.net.veth0, pkt, XDP_TX, backend, what).map(drop),
+        }
+    }
+}
+
 #[test]
 fn mode_switch_keeps_tracked_flows() {
     bench(|_, net| {
-        let mut lb = Lb::new(net, config(PORTS))?;
-        let vip = lb.add_vip(VIP, Protocol::Tcp, &[(BE1, 100), (BE2, 100)])?;
+        let (mut lb, vip) = lb_with_vip(net, Mode::Nat)?;
         let (mut nat, mut ipip, mut l2dsr) = (0u64, 0u64, 0u64);
+        let mut count = |mode: Mode| match mode {
+            Mode::Nat => nat += 1,
+            Mode::Ipip => ipip += 1,
+            Mode::L2dsr => l2dsr += 1,
+        };
 
         // Flow A starts in NAT.
-        let a = sa(CLIENT, 46000);
-        let pick_a = lb.pick(&vip, a)?;
-        let port_a = lb
-            .claim_port(pick_a.hash, pick_a.backend)
-            .context("free SNAT port")?;
-        let snat_a = sa(LB_ADDR, port_a);
-        let expect_nat_a = |lb: &Lb, pkt: &Packet, what: &str| -> Result<()> {
-            let run = lb.run(net.veth0, &pkt.build())?;
-            let want = pkt.natted(
-                VETH0_MAC,
-                neighbour_mac(*pick_a.backend.ip()),
-                snat_a,
-                pick_a.backend,
-            );
-            expect_frame(&run, XDP_TX, &want.build(), what)?;
-            verify_checksums(&run.out, false).with_context(|| format!("{what}: checksums"))
-        };
-        expect_nat_a(&lb, &client_syn(a, VIP), "SYN of flow A (nat)")?;
-        nat += 1;
+        let a = Tracked::open(&mut lb, &vip, 'A', sa(CLIENT, 46000), Mode::Nat)?;
+        a.expect(&lb, &client_syn(a.client, VIP), "SYN of flow A (nat)")?;
+        count(Mode::Nat);
+        let mut flows = vec![a];
 
-        // nat -> ipip: A stays NATed with the same SNAT port (both ways); new flow B is IPIP.
-        lb.set_mode(&vip, Mode::Ipip)?;
-        expect_nat_a(
-            &lb,
-            &data(a, VIP),
-            "data of flow A after the switch to ipip",
-        )?;
-        nat += 1;
-        let reply_a = Packet::tcp(
-            neighbour_mac(*pick_a.backend.ip()),
-            VETH0_MAC,
-            pick_a.backend,
-            snat_a,
-            TCP_ACK,
-        );
-        let run = lb.run(net.veth0, &reply_a.build())?;
-        let want = reply_a.natted(VETH0_MAC, CLIENT_MAC, VIP, a);
-        expect_frame(
-            &run,
-            XDP_TX,
-            &want.build(),
-            "reply of flow A after the switch to ipip",
-        )?;
-
-        let b = sa(CLIENT, 46001);
-        let pick_b = lb.pick(&vip, b)?;
-        let expect_ipip_b = |lb: &Lb, pkt: &Packet, what: &str| -> Result<()> {
-            let run = lb.run(net.veth0, &pkt.build())?;
-            expect_ipip(
-                &run,
-                XDP_TX,
-                pkt,
-                neighbour_mac(*pick_b.backend.ip()),
-                VETH0_MAC,
-                LB_ADDR,
-                *pick_b.backend.ip(),
-                what,
-            )
-        };
-        expect_ipip_b(&lb, &client_syn(b, VIP), "SYN of new flow B (ipip)")?;
-        ipip += 1;
-
-        // ipip -> l2dsr: A still NAT, B still IPIP, new flow C is L2 DSR.
-        lb.set_mode(&vip, Mode::L2dsr)?;
-        expect_nat_a(
-            &lb,
-            &data(a, VIP),
-            "data of flow A after the switch to l2dsr",
-        )?;
-        expect_ipip_b(
-            &lb,
-            &data(b, VIP),
-            "data of flow B after the switch to l2dsr",
-        )?;
-        nat += 1;
-        ipip += 1;
-        let c = sa(CLIENT, 46002);
-        let pick_c = lb.pick(&vip, c)?;
-        let frame = client_syn(c, VIP).build();
-        let run = lb.run(net.veth0, &frame)?;
-        let want = with_macs(&frame, neighbour_mac(*pick_c.backend.ip()), VETH0_MAC);
-        expect_frame(&run, XDP_TX, &want, "SYN of new flow C (l2dsr)")?;
-        l2dsr += 1;
-
-        // Back to nat: B stays IPIP, C stays L2 DSR, A stays NAT, new flow D is NATed.
-        lb.set_mode(&vip, Mode::Nat)?;
-        expect_ipip_b(
-            &lb,
-            &data(b, VIP),
-            "data of flow B after the switch back to nat",
-        )?;
-        ipip += 1;
-        let frame = data(c, VIP).build();
-        let run = lb.run(net.veth0, &frame)?;
-        let want = with_macs(&frame, neighbour_mac(*pick_c.backend.ip()), VETH0_MAC);
-        expect_frame(
-            &run,
-            XDP_TX,
-            &want,
-            "data of flow C after the switch back to nat",
-        )?;
-        l2dsr += 1;
-        expect_nat_a(
-            &lb,
-            &data(a, VIP),
-            "data of flow A after the switch back to nat",
-        )?;
-        nat += 1;
-        let d = sa(CLIENT, 46003);
-        let pick_d = lb.pick(&vip, d)?;
-        let port_d = lb
-            .claim_port(pick_d.hash, pick_d.backend)
-            .context("free SNAT port")?;
-        let pkt = client_syn(d, VIP);
-        let run = lb.run(net.veth0, &pkt.build())?;
-        let want = pkt.natted(
-            VETH0_MAC,
-            neighbour_mac(*pick_d.backend.ip()),
-            sa(LB_ADDR, port_d),
-            pick_d.backend,
-        );
-        expect_frame(&run, XDP_TX, &want.build(), "SYN of new flow D (nat again)")?;
-        nat += 1;
+        // After each switch every tracked flow keeps its mode (A NAT with the same SNAT port,
+        // both ways), and the new flow B, C, D takes the new one.
+        for (i, mode) in [Mode::Ipip, Mode::L2dsr, Mode::Nat].into_iter().enumerate() {
+            lb.set_mode(&vip, mode)?;
+            for f in &flows {
+                let what = format!(
+                    "data of flow {} ({}) after the switch to {mode}",
+                    f.name, f.mode
+                );
+                f.expect(&lb, &data(f.client, VIP), &what)?;
+                count(f.mode);
+            }
+            if mode == Mode::Ipip {
+                let a = &flows[0];
+                let reply_a = Packet::tcp(
+                    neighbour_mac(*a.pick.backend.ip()),
+                    VETH0_MAC,
+                    a.pick.backend,
+                    a.snat.context("flow A has an SNAT address")?,
+                    TCP_ACK,
+                );
+                let run = lb.run(net.veth0, &reply_a.build())?;
+                let want = reply_a.natted(VETH0_MAC, CLIENT_MAC, VIP, a.client);
+                expect_frame(
+                    &run,
+                    XDP_TX,
+                    &want.build(),
+                    "reply of flow A after the switch to ipip",
+                )?;
+            }
+            let name = char::from(b'B' + i as u8);
+            let f = Tracked::open(&mut lb, &vip, name, sa(CLIENT, 46001 + i as u16), mode)?;
+            f.expect(
+                &lb,
+                &client_syn(f.client, VIP),
+                &format!("SYN of new flow {name} ({mode})"),
+            )?;
+            count(mode);
+            flows.push(f);
+        }
 
         lb.expect_global(
             &[
@@ -846,20 +809,20 @@ fn dsr_without_next_hop_drops() {
 #[test]
 fn no_reply_path_for_dsr() {
     bench(|_, net| {
-        let mut lb = Lb::new(net, config(PORTS))?;
-        let vip = lb.add_vip_mode(VIP, Protocol::Tcp, Mode::L2dsr, &[(BE1, 100), (BE2, 100)])?;
+        let (mut lb, vip) = lb_with_vip(net, Mode::L2dsr)?;
         let ipip_addr = sa(Ipv4Addr::new(10, 9, 9, 10), 80);
         let ipip_vip = lb.add_vip_mode(ipip_addr, Protocol::Tcp, Mode::Ipip, &[(BE1, 100)])?;
         let client = sa(CLIENT, 48000);
         let pick = lb.pick(&vip, client)?;
         let be_mac = neighbour_mac(*pick.backend.ip());
 
-        let frame = client_syn(client, VIP).build();
-        let run = lb.run(net.veth0, &frame)?;
-        expect_frame(
-            &run,
+        let syn = client_syn(client, VIP);
+        expect_l2dsr(
+            &lb,
+            net.veth0,
+            &syn,
             XDP_TX,
-            &with_macs(&frame, be_mac, VETH0_MAC),
+            pick.backend,
             "SYN of the flow",
         )?;
         let run = lb.run(net.veth0, &client_syn(client, ipip_addr).build())?;

@@ -32,6 +32,112 @@ const MTU_1400: [u8; 4] = [0, 0, 0x05, 0x78];
 /// What Linux quotes of the offending packet: as much as fits in 576 bytes.
 const LINUX_QUOTE: usize = 576 - 20 - 8;
 
+/// An ICMP error's type, code and the 4 bytes after the checksum.
+type Kind = (u8, u8, [u8; 4]);
+const FRAG_NEEDED: Kind = (3, 4, MTU_1400);
+
+/// The ICMP error `kind` from `src` to `dst` (MAC and address each), quoting `quoted`.
+fn icmp(src: (Mac, Ipv4Addr), dst: (Mac, Ipv4Addr), kind: Kind, quoted: &[u8]) -> Packet {
+    let (kind, code, rest) = kind;
+    Packet::icmp(src.0, dst.0, src.1, dst.1, kind, code, rest, quoted)
+}
+
+/// The client-side router's "fragmentation needed" to the VIP, quoting `quoted`.
+fn frag_needed_to_vip(quoted: &[u8]) -> Packet {
+    icmp(
+        (ROUTER_MAC, ROUTER),
+        (VETH0_MAC, *VIP.ip()),
+        FRAG_NEEDED,
+        quoted,
+    )
+}
+
+/// The LB (veth0) as the sender of a frame to the neighbour `to`.
+fn from_lb_to(to: Ipv4Addr) -> [(Mac, Ipv4Addr); 2] {
+    [(VETH0_MAC, LB_ADDR), (neighbour_mac(to), to)]
+}
+
+/// Runs the error `err` and checks that it leaves (XDP_TX) as `want`, checksums verified again
+/// from the output.
+fn expect_icmp_tx(lb: &Lb, err: &Packet, want: &Packet, what: &str) -> Result<()> {
+    let run = lb.run(lb.net.veth0, &err.build())?;
+    expect_frame(&run, XDP_TX, &want.build(), what)?;
+    verify_checksums(&run.out, false).with_context(|| what.to_string())
+}
+
+/// `frame` sent on by veth0 to the neighbour `to`: only the MACs replaced.
+fn to_neighbour(frame: &[u8], to: Ipv4Addr) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    f[0..6].copy_from_slice(&neighbour_mac(to));
+    f[6..12].copy_from_slice(&VETH0_MAC);
+    f
+}
+
+/// Sends the SYN of `client` to the VIP (tracking its flow) and checks it is sent on.
+fn track(lb: &Lb, client: SocketAddrV4) -> Result<()> {
+    let run = lb.run(lb.net.veth0, &syn(client, VIP).build())?;
+    ensure!(
+        run.action == XDP_TX,
+        "SYN of {client}: {}",
+        action_name(run.action)
+    );
+    Ok(())
+}
+
+/// A VIP of the tests and its backends (weight 100 each).
+struct VipSpec {
+    addr: SocketAddrV4,
+    proto: Protocol,
+    mode: Mode,
+    backends: &'static [SocketAddrV4],
+}
+
+const TCP_NAT: VipSpec = VipSpec {
+    addr: VIP,
+    proto: Protocol::Tcp,
+    mode: Mode::Nat,
+    backends: &[BE1, BE2],
+};
+const TCP_NAT_BE1: VipSpec = VipSpec {
+    backends: &[BE1],
+    ..TCP_NAT
+};
+const UDP_NAT: VipSpec = VipSpec {
+    addr: VIP_UDP,
+    proto: Protocol::Udp,
+    mode: Mode::Nat,
+    backends: &[BE1_UDP],
+};
+const TCP_L2DSR: VipSpec = VipSpec {
+    mode: Mode::L2dsr,
+    backends: &[DSR1, DSR2],
+    ..TCP_NAT
+};
+const TCP_IPIP: VipSpec = VipSpec {
+    mode: Mode::Ipip,
+    ..TCP_L2DSR
+};
+
+/// Runs `body` on the bench with the program loaded and the VIP `spec`.
+fn bench_with_vip<F>(spec: &'static VipSpec, body: F)
+where
+    F: FnOnce(Lb, VipKey) -> Result<()>,
+{
+    let backends: Vec<_> = spec.backends.iter().map(|b| (*b, 100)).collect();
+    bench(|_, net| {
+        let mut lb = Lb::new(net, config(PORTS))?;
+        let vip = lb.add_vip_mode(spec.addr, spec.proto, spec.mode, &backends)?;
+        body(lb, vip)
+    });
+}
+
+/// The counter of `r` is `want`.
+fn expect_reason(lb: &Lb, r: types::lb_reason, want: u64, what: &str) -> Result<()> {
+    let got = reason(lb, r)?;
+    ensure!(got == want, "{what}: {got}, expected {want}");
+    Ok(())
+}
+
 fn expect_untouched(lb: &Lb, frame: &[u8], what: &str) -> Result<()> {
     let run = lb.run(lb.net.veth0, frame)?;
     expect_frame(&run, XDP_PASS, frame, what)
@@ -90,9 +196,7 @@ fn nat_flow(lb: &mut Lb, vip: &VipKey, client: SocketAddrV4) -> Result<(SocketAd
 
 #[test]
 fn nat_error_from_the_client_side_goes_to_the_flows_backend() {
-    bench(|_, net| {
-        let mut lb = Lb::new(net, config(PORTS))?;
-        let vip = lb.add_vip(VIP, Protocol::Tcp, &[(BE1, 100), (BE2, 100)])?;
+    bench_with_vip(&TCP_NAT, |mut lb, vip| {
         let mut sent = 0;
         for (i, qlen) in [28usize, 20 + 28, LINUX_QUOTE].into_iter().enumerate() {
             let client = sa(CLIENT, 40000 + i as u16);
@@ -101,53 +205,35 @@ fn nat_error_from_the_client_side_goes_to_the_flows_backend() {
             let from_backend = big_segment(backend, sa(LB_ADDR, port));
             let to_client = from_backend.natted(VETH0_MAC, CLIENT_MAC, VIP, client);
             // A router towards the client cannot forward it: "fragmentation needed" to the VIP.
-            let err = Packet::icmp(
-                ROUTER_MAC,
-                VETH0_MAC,
-                ROUTER,
-                *VIP.ip(),
-                3,
-                4,
-                MTU_1400,
-                &quote(&to_client, qlen),
-            );
+            let err = frag_needed_to_vip(&quote(&to_client, qlen));
             // The backend must see it as if it came from the LB, about the packet it really sent.
-            let want = Packet::icmp(
-                VETH0_MAC,
-                neighbour_mac(*backend.ip()),
-                LB_ADDR,
-                *backend.ip(),
-                3,
-                4,
-                MTU_1400,
+            let [lb_end, backend_end] = from_lb_to(*backend.ip());
+            let want = icmp(
+                lb_end,
+                backend_end,
+                FRAG_NEEDED,
                 &quote(&from_backend, qlen),
             );
-            let run = lb.run(lb.net.veth0, &err.build())?;
             let what = format!("frag-needed quoting {qlen} bytes of {VIP} -> {client}");
-            expect_frame(&run, XDP_TX, &want.build(), &what)?;
-            verify_checksums(&run.out, false).with_context(|| what.clone())?;
+            expect_icmp_tx(&lb, &err, &want, &what)?;
             sent += 1;
         }
-        ensure!(
-            reason(&lb, R::LB_REASON_TX_ICMP_ERROR)? == sent,
-            "tx_icmp_error counter"
-        );
+        expect_reason(
+            &lb,
+            R::LB_REASON_TX_ICMP_ERROR,
+            sent,
+            "tx_icmp_error counter",
+        )?;
         Ok(())
     });
 }
 
 #[test]
 fn nat_error_from_the_backend_side_goes_to_the_client() {
-    bench(|_, net| {
-        let mut lb = Lb::new(net, config(PORTS))?;
-        let vip = lb.add_vip(VIP, Protocol::Tcp, &[(BE1, 100), (BE2, 100)])?;
-        for (i, (kind, code, rest)) in [
-            (3u8, 4u8, MTU_1400),
-            (11, 0, [0; 4]),
-            (12, 0, [20, 0, 0, 0]),
-        ]
-        .into_iter()
-        .enumerate()
+    bench_with_vip(&TCP_NAT, |mut lb, vip| {
+        for (i, kind) in [FRAG_NEEDED, (11, 0, [0; 4]), (12, 0, [20, 0, 0, 0])]
+            .into_iter()
+            .enumerate()
         {
             let client = sa(CLIENT, 41000 + i as u16);
             let (backend, port) = nat_flow(&mut lb, &vip, client)?;
@@ -158,33 +244,17 @@ fn nat_error_from_the_backend_side_goes_to_the_client() {
                 sa(LB_ADDR, port),
                 backend,
             );
-            let err = Packet::icmp(
-                neighbour_mac(*backend.ip()),
-                VETH0_MAC,
-                BE_ROUTER,
-                LB_ADDR,
-                kind,
-                code,
-                rest,
-                &quote(&to_backend, LINUX_QUOTE),
-            );
-            let want = Packet::icmp(
-                VETH0_MAC,
-                CLIENT_MAC,
-                *VIP.ip(),
-                CLIENT,
-                kind,
-                code,
-                rest,
-                &quote(&from_client, LINUX_QUOTE),
-            );
-            let run = lb.run(lb.net.veth0, &err.build())?;
+            let router = (neighbour_mac(*backend.ip()), BE_ROUTER);
+            let quoted = quote(&to_backend, LINUX_QUOTE);
+            let err = icmp(router, (VETH0_MAC, LB_ADDR), kind, &quoted);
+            let quoted = quote(&from_client, LINUX_QUOTE);
+            let want = icmp((VETH0_MAC, *VIP.ip()), (CLIENT_MAC, CLIENT), kind, &quoted);
+            let (kind, code, _) = kind;
             let what = format!(
                 "ICMP {kind}/{code} quoting {} -> {backend}",
                 sa(LB_ADDR, port)
             );
-            expect_frame(&run, XDP_TX, &want.build(), &what)?;
-            verify_checksums(&run.out, false).with_context(|| what.clone())?;
+            expect_icmp_tx(&lb, &err, &want, &what)?;
         }
         Ok(())
     });
@@ -192,9 +262,7 @@ fn nat_error_from_the_backend_side_goes_to_the_client() {
 
 #[test]
 fn nat_error_quoting_udp_updates_the_quoted_checksum() {
-    bench(|_, net| {
-        let mut lb = Lb::new(net, config(PORTS))?;
-        let vip = lb.add_vip(VIP_UDP, Protocol::Udp, &[(BE1_UDP, 100)])?;
+    bench_with_vip(&UDP_NAT, |mut lb, vip| {
         for (i, zero) in [false, true].into_iter().enumerate() {
             let client = sa(CLIENT, 42000 + i as u16);
             let (backend, port) = nat_flow(&mut lb, &vip, client)?;
@@ -205,31 +273,19 @@ fn nat_error_quoting_udp_updates_the_quoted_checksum() {
             }
             let to_client = answer.natted(VETH0_MAC, CLIENT_MAC, VIP_UDP, client);
             // Port unreachable from the client, quoting the UDP header (its checksum included).
-            let err = Packet::icmp(
-                CLIENT_MAC,
-                VETH0_MAC,
-                CLIENT,
-                *VIP_UDP.ip(),
-                3,
-                3,
-                [0; 4],
+            let unreachable = (3, 3, [0; 4]);
+            let to_vip = (VETH0_MAC, *VIP_UDP.ip());
+            let err = icmp(
+                (CLIENT_MAC, CLIENT),
+                to_vip,
+                unreachable,
                 &quote(&to_client, 28),
             );
-            let want = Packet::icmp(
-                VETH0_MAC,
-                neighbour_mac(*backend.ip()),
-                LB_ADDR,
-                *backend.ip(),
-                3,
-                3,
-                [0; 4],
-                &quote(&answer, 28),
-            );
-            let run = lb.run(lb.net.veth0, &err.build())?;
+            let [lb_end, backend_end] = from_lb_to(*backend.ip());
+            let want = icmp(lb_end, backend_end, unreachable, &quote(&answer, 28));
             let what =
                 format!("port unreachable about {VIP_UDP} -> {client} (zero checksum: {zero})");
-            expect_frame(&run, XDP_TX, &want.build(), &what)?;
-            verify_checksums(&run.out, false).with_context(|| what.clone())?;
+            expect_icmp_tx(&lb, &err, &want, &what)?;
         }
         Ok(())
     });
@@ -237,51 +293,25 @@ fn nat_error_quoting_udp_updates_the_quoted_checksum() {
 
 #[test]
 fn l2dsr_error_goes_to_the_flows_backend_unchanged() {
-    bench(|_, net| {
-        let mut lb = Lb::new(net, config(PORTS))?;
-        let vip = lb.add_vip_mode(VIP, Protocol::Tcp, Mode::L2dsr, &[(DSR1, 100), (DSR2, 100)])?;
+    bench_with_vip(&TCP_L2DSR, |lb, vip| {
         let mut seen = std::collections::BTreeSet::new();
         for i in 0..16u16 {
             let client = sa(CLIENT, 43000 + i);
             let pick = lb.pick(&vip, client)?;
             // Half the flows are tracked, half are not (Maglev of the quoted flow decides).
             if i % 2 == 0 {
-                let run = lb.run(lb.net.veth0, &syn(client, VIP).build())?;
-                ensure!(
-                    run.action == XDP_TX,
-                    "SYN of {client}: {}",
-                    action_name(run.action)
-                );
+                track(&lb, client)?;
             }
             let to_client = big_segment(VIP, client);
-            let err = Packet::icmp(
-                ROUTER_MAC,
-                VETH0_MAC,
-                ROUTER,
-                *VIP.ip(),
-                3,
-                4,
-                MTU_1400,
-                &quote(&to_client, LINUX_QUOTE),
-            )
-            .build();
-            let mut want = err.clone();
-            want[0..6].copy_from_slice(&neighbour_mac(*pick.backend.ip()));
-            want[6..12].copy_from_slice(&VETH0_MAC);
+            let err = frag_needed_to_vip(&quote(&to_client, LINUX_QUOTE)).build();
+            let want = to_neighbour(&err, *pick.backend.ip());
             let run = lb.run(lb.net.veth0, &err)?;
-            expect_frame(
-                &run,
-                XDP_TX,
-                &want,
-                &format!("frag-needed about {VIP} -> {client} (to {})", pick.backend),
-            )?;
+            let what = format!("frag-needed about {VIP} -> {client} (to {})", pick.backend);
+            expect_frame(&run, XDP_TX, &want, &what)?;
             seen.insert(pick.backend);
         }
         ensure!(seen.len() == 2, "16 flows all went to {seen:?}");
-        ensure!(
-            reason(&lb, R::LB_REASON_TX_ICMP_ERROR)? == 16,
-            "tx_icmp_error counter"
-        );
+        expect_reason(&lb, R::LB_REASON_TX_ICMP_ERROR, 16, "tx_icmp_error counter")?;
         lb.expect_flow_entries(8, "ICMP errors must not create flow entries (8 SYNs)")?;
         Ok(())
     });
@@ -289,32 +319,16 @@ fn l2dsr_error_goes_to_the_flows_backend_unchanged() {
 
 #[test]
 fn ipip_error_is_encapsulated_to_the_flows_backend() {
-    bench(|_, net| {
-        let mut lb = Lb::new(net, config(PORTS))?;
-        let vip = lb.add_vip_mode(VIP, Protocol::Tcp, Mode::Ipip, &[(DSR1, 100), (DSR2, 100)])?;
+    bench_with_vip(&TCP_IPIP, |lb, vip| {
         let decap = common::decap::Decap::load()?;
         decap.add_vip(*VIP.ip())?;
         for i in 0..8u16 {
             let client = sa(CLIENT, 44000 + i);
             let pick = lb.pick(&vip, client)?;
             if i % 2 == 0 {
-                let run = lb.run(lb.net.veth0, &syn(client, VIP).build())?;
-                ensure!(
-                    run.action == XDP_TX,
-                    "SYN of {client}: {}",
-                    action_name(run.action)
-                );
+                track(&lb, client)?;
             }
-            let err = Packet::icmp(
-                ROUTER_MAC,
-                VETH0_MAC,
-                ROUTER,
-                *VIP.ip(),
-                3,
-                4,
-                MTU_1400,
-                &quote(&big_segment(VIP, client), LINUX_QUOTE),
-            );
+            let err = frag_needed_to_vip(&quote(&big_segment(VIP, client), LINUX_QUOTE));
             // RFC 2003 outer header: TOS and DF copied, id 0, TTL 64, from the IPIP source (/32).
             let outer = ipip_outer(&err, LB_ADDR, *pick.backend.ip());
             let want = ipip_frame(
@@ -325,17 +339,11 @@ fn ipip_error_is_encapsulated_to_the_flows_backend() {
                 &err.ip_bytes(),
             );
             let run = lb.run(lb.net.veth0, &err.build())?;
-            expect_frame(
-                &run,
-                XDP_TX,
-                &want,
-                &format!("frag-needed about {VIP} -> {client} (to {})", pick.backend),
-            )?;
+            let what = format!("frag-needed about {VIP} -> {client} (to {})", pick.backend);
+            expect_frame(&run, XDP_TX, &want, &what)?;
             // The backend's decapsulator hands the error on as it was sent to the VIP.
             let back = decap.run(0, &run.out)?;
-            let mut inner_frame = err.build();
-            inner_frame[0..6].copy_from_slice(&neighbour_mac(*pick.backend.ip()));
-            inner_frame[6..12].copy_from_slice(&VETH0_MAC);
+            let inner_frame = to_neighbour(&err.build(), *pick.backend.ip());
             expect_frame(&back, XDP_PASS, &inner_frame, "decapsulated error")?;
         }
         Ok(())
@@ -344,14 +352,12 @@ fn ipip_error_is_encapsulated_to_the_flows_backend() {
 
 #[test]
 fn errors_that_are_not_about_a_flow() {
-    bench(|_, net| {
-        let mut lb = Lb::new(net, config(PORTS))?;
-        let vip = lb.add_vip(VIP, Protocol::Tcp, &[(BE1, 100), (BE2, 100)])?;
+    bench_with_vip(&TCP_NAT, |mut lb, vip| {
         let client = sa(CLIENT, 45000);
-        let (backend, port) = nat_flow(&mut lb, &vip, client)?;
+        let (backend, _) = nat_flow(&mut lb, &vip, client)?;
         let to_client = big_segment(VIP, client);
         let err = |src: Ipv4Addr, dst: Ipv4Addr, q: &[u8]| {
-            Packet::icmp(ROUTER_MAC, VETH0_MAC, src, dst, 3, 4, MTU_1400, q).build()
+            icmp((ROUTER_MAC, src), (VETH0_MAC, dst), FRAG_NEEDED, q).build()
         };
 
         // A NAT flow nobody created: the SNAT port is unknown, so the error cannot be delivered.
@@ -361,10 +367,7 @@ fn errors_that_are_not_about_a_flow() {
             &err(ROUTER, *VIP.ip(), &quote(&stranger, 48)),
             "unknown NAT flow",
         )?;
-        ensure!(
-            reason(&lb, R::LB_REASON_DROP_ICMP_NO_FLOW)? == 1,
-            "drop_icmp_no_flow"
-        );
+        expect_reason(&lb, R::LB_REASON_DROP_ICMP_NO_FLOW, 1, "drop_icmp_no_flow")?;
 
         // Not errors, or not about us: the kernel gets them as they were.
         let echo = Packet::icmp_echo(ROUTER_MAC, VETH0_MAC, ROUTER, *VIP.ip()).build();
@@ -416,20 +419,14 @@ fn errors_that_are_not_about_a_flow() {
             &err(ROUTER, *VIP.ip(), &quote(&to_client, 48)),
             "blocked router",
         )?;
-        ensure!(
-            reason(&lb, R::LB_REASON_DROP_FIREWALL)? == before + 1,
-            "drop_firewall"
-        );
-        let _ = port;
+        expect_reason(&lb, R::LB_REASON_DROP_FIREWALL, before + 1, "drop_firewall")?;
         Ok(())
     });
 }
 
 #[test]
 fn fragments_to_a_vip_never_reach_a_backend() {
-    bench(|_, net| {
-        let mut lb = Lb::new(net, config(PORTS))?;
-        let vip = lb.add_vip(VIP, Protocol::Tcp, &[(BE1, 100), (BE2, 100)])?;
+    bench_with_vip(&TCP_NAT, |mut lb, _| {
         let udp = lb.add_vip(VIP_UDP, Protocol::Udp, &[(BE1_UDP, 100)])?;
         let client = sa(CLIENT, 46000);
 
@@ -440,10 +437,7 @@ fn fragments_to_a_vip_never_reach_a_backend() {
         let mut ufirst = Packet::udp(CLIENT_MAC, VETH0_MAC, client, VIP_UDP).with_payload(&[7; 64]);
         ufirst.frag = IP_MF;
         expect_dropped(&lb, &ufirst.build(), "first UDP fragment")?;
-        ensure!(
-            reason(&lb, R::LB_REASON_DROP_FRAGMENT)? == 2,
-            "drop_fragment counter"
-        );
+        expect_reason(&lb, R::LB_REASON_DROP_FRAGMENT, 2, "drop_fragment counter")?;
         lb.expect_flow_entries(0, "fragments must not create flow entries")?;
 
         // Later fragments carry no ports: untouched, to the kernel.
@@ -453,10 +447,7 @@ fn fragments_to_a_vip_never_reach_a_backend() {
             later.frag = frag;
             expect_untouched(&lb, &later.build(), &format!("later fragment {frag:#06x}"))?;
         }
-        ensure!(
-            reason(&lb, R::LB_REASON_PASS_FRAGMENT)? == 2,
-            "pass_fragment counter"
-        );
+        expect_reason(&lb, R::LB_REASON_PASS_FRAGMENT, 2, "pass_fragment counter")?;
 
         // A first fragment of a NAT reply is dropped too; of the host's own traffic, passed.
         let (backend, port) = nat_flow(&mut lb, &udp, sa(CLIENT, 46001))?;
@@ -468,20 +459,14 @@ fn fragments_to_a_vip_never_reach_a_backend() {
             .with_payload(&[9; 64]);
         host.frag = IP_MF;
         expect_untouched(&lb, &host.build(), "first fragment to the host")?;
-        ensure!(
-            reason(&lb, R::LB_REASON_DROP_FRAGMENT)? == 3,
-            "drop_fragment counter"
-        );
-        let _ = vip;
+        expect_reason(&lb, R::LB_REASON_DROP_FRAGMENT, 3, "drop_fragment counter")?;
         Ok(())
     });
 }
 
 #[test]
 fn packets_from_the_vip_to_itself_are_dropped() {
-    bench(|_, net| {
-        let mut lb = Lb::new(net, config(PORTS))?;
-        lb.add_vip(VIP, Protocol::Tcp, &[(BE1, 100)])?;
+    bench_with_vip(&TCP_NAT_BE1, |lb, _| {
         for sport in [80u16, 12345] {
             let land = Packet::tcp(ROUTER_MAC, VETH0_MAC, sa(*VIP.ip(), sport), VIP, TCP_SYN);
             expect_dropped(
@@ -490,10 +475,7 @@ fn packets_from_the_vip_to_itself_are_dropped() {
                 &format!("{}:{sport} -> {VIP}", VIP.ip()),
             )?;
         }
-        ensure!(
-            reason(&lb, R::LB_REASON_DROP_LAND)? == 2,
-            "drop_land counter"
-        );
+        expect_reason(&lb, R::LB_REASON_DROP_LAND, 2, "drop_land counter")?;
         lb.expect_flow_entries(0, "land packets must not create flows")?;
         Ok(())
     });

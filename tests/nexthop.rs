@@ -73,11 +73,31 @@ struct Flow {
     mode: Mode,
     vip: VipKey,
     client: SocketAddrV4,
+    /// The backend the flow's hash picks.
+    backend: SocketAddrV4,
     /// NAT only: the SNAT port the flow got.
     snat_port: u16,
 }
 
 impl Flow {
+    /// The flow as the program will create it: its backend and (NAT) the SNAT port it claims.
+    fn pick(lb: &mut Lb, mode: Mode, vip: &VipKey, client: SocketAddrV4) -> Result<Flow> {
+        let pick = lb.pick(vip, client)?;
+        let snat_port = match mode {
+            Mode::Nat => lb
+                .claim_port(pick.hash, pick.backend)
+                .context("no SNAT port left")?,
+            _ => 0,
+        };
+        Ok(Flow {
+            mode,
+            vip: *vip,
+            client,
+            backend: pick.backend,
+            snat_port,
+        })
+    }
+
     /// Sends the flow's SYN (creating it) and checks that it leaves towards `mac`.
     fn open(
         lb: &mut Lb,
@@ -86,28 +106,53 @@ impl Flow {
         client: SocketAddrV4,
         mac: &Mac,
     ) -> Result<Flow> {
-        let pick = lb.pick(vip, client)?;
-        let snat_port = match mode {
-            Mode::Nat => lb
-                .claim_port(pick.hash, pick.backend)
-                .context("no SNAT port left")?,
-            _ => 0,
-        };
-        let flow = Flow {
-            mode,
-            vip: *vip,
-            client,
-            snat_port,
-        };
+        let flow = Flow::pick(lb, mode, vip, client)?;
         flow.send(lb, &syn(client, vip.addr), mac, "SYN")?;
         Ok(flow)
+    }
+
+    /// One flow through each of `vips`, from client ports `first_port`, `first_port + 1`, ...,
+    /// opened towards `mac`.
+    fn open_each(
+        lb: &mut Lb,
+        vips: &[(Mode, VipKey)],
+        first_port: u16,
+        mac: &Mac,
+    ) -> Result<Vec<Flow>> {
+        let mut flows = Vec::new();
+        for (i, (mode, vip)) in vips.iter().enumerate() {
+            let client = sa(CLIENT, first_port + i as u16);
+            flows.push(Flow::open(lb, *mode, vip, client, mac)?);
+        }
+        Ok(flows)
+    }
+
+    /// Sends a [`data`] segment of each of `flows` and checks it leaves towards `mac`.
+    fn send_data(flows: &[Flow], lb: &Lb, mac: &Mac, what: &str) -> Result<()> {
+        for f in flows {
+            f.send(lb, &data(f.client, f.vip.addr), mac, what)?;
+        }
+        Ok(())
+    }
+
+    /// [`Flow::send_data`] towards `backend_mac`, then the reply of the first (NAT) flow towards
+    /// `client_mac`.
+    fn data_and_reply(
+        flows: &[Flow],
+        lb: &Lb,
+        backend_mac: &Mac,
+        client_mac: &Mac,
+        what: &str,
+    ) -> Result<()> {
+        Flow::send_data(flows, lb, backend_mac, &format!("{what} data"))?;
+        flows[0].reply(lb, client_mac, &format!("{what} reply"))
     }
 
     /// What `pkt` of this flow must leave as, to the backend's MAC `mac`.
     fn expected(&self, pkt: &Packet, mac: &Mac) -> Vec<u8> {
         match self.mode {
             Mode::Nat => pkt
-                .natted(VETH0_MAC, *mac, sa(LB_ADDR, self.snat_port), BE1)
+                .natted(VETH0_MAC, *mac, sa(LB_ADDR, self.snat_port), self.backend)
                 .build(),
             Mode::L2dsr => {
                 let mut f = pkt.build();
@@ -116,7 +161,7 @@ impl Flow {
                 f
             }
             Mode::Ipip => {
-                let outer = ipip_outer(pkt, LB_ADDR, BACKEND1);
+                let outer = ipip_outer(pkt, LB_ADDR, *self.backend.ip());
                 ipip_frame(mac, &VETH0_MAC, &[], &outer, &pkt.ip_bytes())
             }
         }
@@ -191,45 +236,48 @@ fn tx_reason(mode: Mode) -> R {
     }
 }
 
+/// `n` packets sent on by each of `vips` (the reason of its mode).
+fn tx_reasons(vips: &[(Mode, VipKey)], n: u64) -> Vec<(R, u64)> {
+    vips.iter().map(|(m, _)| (tx_reason(*m), n)).collect()
+}
+
+/// The global counters after `per_mode` packets sent on by each of `vips` and `replies` NAT
+/// replies, all of them XDP_TX.
+fn expect_forwarded(lb: &Lb, vips: &[(Mode, VipKey)], per_mode: u64, replies: u64) -> Result<()> {
+    let mut reasons = tx_reasons(vips, per_mode);
+    reasons.push((R::LB_REASON_TX_NAT_REPLY, replies));
+    let tx = per_mode * vips.len() as u64 + replies;
+    lb.expect_global(&reasons, &[(XDP_TX, tx)])
+}
+
+/// The bench's program with a next-hop cache lifetime of `ttl`.
+fn lb_with_cache(net: Net, ttl: Duration) -> Result<Lb> {
+    Lb::new(
+        net,
+        RuntimeConfig {
+            nexthop_cache: ttl,
+            ..config(PORTS)
+        },
+    )
+}
+
 /// Established flows (all three modes, and NAT replies) keep the next hop they looked up when the
 /// neighbour changes, while a new flow sees the change at once; after the cache lifetime they
 /// look up again and follow it.
 #[test]
 fn established_flows_use_the_cached_next_hop_until_it_expires() {
     bench(|ns, net| {
-        let mut lb = Lb::new(
-            net,
-            RuntimeConfig {
-                nexthop_cache: TTL,
-                ..config(PORTS)
-            },
-        )?;
+        let mut lb = lb_with_cache(net, TTL)?;
         let vips = three_vips(&mut lb)?;
         let start = Instant::now();
-        let mut flows = Vec::new();
-        for (i, (mode, vip)) in vips.iter().enumerate() {
-            let client = sa(CLIENT, 40000 + i as u16);
-            flows.push(Flow::open(&mut lb, *mode, vip, client, &BACKEND1_MAC)?);
-        }
+        let flows = Flow::open_each(&mut lb, &vips, 40000, &BACKEND1_MAC)?;
         flows[0].reply(&lb, &CLIENT_MAC, "first reply")?;
 
         set_neighbour(ns, BACKEND1, &NEW_BACKEND_MAC)?;
         set_neighbour(ns, CLIENT, &NEW_CLIENT_MAC)?;
-        for f in &flows {
-            f.send(
-                &lb,
-                &data(f.client, f.vip.addr),
-                &BACKEND1_MAC,
-                "cached data",
-            )?;
-        }
-        flows[0].reply(&lb, &CLIENT_MAC, "cached reply")?;
+        Flow::data_and_reply(&flows, &lb, &BACKEND1_MAC, &CLIENT_MAC, "cached")?;
         // The same packets of new flows look up, and see the new neighbours.
-        let mut fresh = Vec::new();
-        for (i, (mode, vip)) in vips.iter().enumerate() {
-            let client = sa(CLIENT, 41000 + i as u16);
-            fresh.push(Flow::open(&mut lb, *mode, vip, client, &NEW_BACKEND_MAC)?);
-        }
+        let fresh = Flow::open_each(&mut lb, &vips, 41000, &NEW_BACKEND_MAC)?;
         fresh[0].reply(&lb, &NEW_CLIENT_MAC, "new flow's reply")?;
         // The checks above only prove the cache if they ran within its lifetime.
         let took = start.elapsed();
@@ -240,21 +288,17 @@ fn established_flows_use_the_cached_next_hop_until_it_expires() {
         );
 
         std::thread::sleep(TTL + Duration::from_millis(300));
-        for f in &flows {
-            f.send(
-                &lb,
-                &data(f.client, f.vip.addr),
-                &NEW_BACKEND_MAC,
-                "data after the lifetime",
-            )?;
-        }
-        flows[0].reply(&lb, &NEW_CLIENT_MAC, "reply after the lifetime")?;
+        Flow::data_and_reply(
+            &flows,
+            &lb,
+            &NEW_BACKEND_MAC,
+            &NEW_CLIENT_MAC,
+            "after the lifetime:",
+        )?;
 
         // Per mode: the SYN, the cached data, the new flow's SYN, the data after the lifetime;
         // and four replies.
-        let mut reasons: Vec<(R, u64)> = vips.iter().map(|(m, _)| (tx_reason(*m), 4)).collect();
-        reasons.push((R::LB_REASON_TX_NAT_REPLY, 4));
-        lb.expect_global(&reasons, &[(XDP_TX, 16)])?;
+        expect_forwarded(&lb, &vips, 4, 4)?;
         Ok(())
     });
 }
@@ -264,34 +308,14 @@ fn established_flows_use_the_cached_next_hop_until_it_expires() {
 #[test]
 fn zero_lifetime_turns_the_cache_off() {
     bench(|ns, net| {
-        let mut lb = Lb::new(
-            net,
-            RuntimeConfig {
-                nexthop_cache: Duration::ZERO,
-                ..config(PORTS)
-            },
-        )?;
+        let mut lb = lb_with_cache(net, Duration::ZERO)?;
         let vips = three_vips(&mut lb)?;
-        let mut flows = Vec::new();
-        for (i, (mode, vip)) in vips.iter().enumerate() {
-            let client = sa(CLIENT, 42000 + i as u16);
-            flows.push(Flow::open(&mut lb, *mode, vip, client, &BACKEND1_MAC)?);
-        }
+        let flows = Flow::open_each(&mut lb, &vips, 42000, &BACKEND1_MAC)?;
         flows[0].reply(&lb, &CLIENT_MAC, "first reply")?;
         set_neighbour(ns, BACKEND1, &NEW_BACKEND_MAC)?;
         set_neighbour(ns, CLIENT, &NEW_CLIENT_MAC)?;
-        for f in &flows {
-            f.send(
-                &lb,
-                &data(f.client, f.vip.addr),
-                &NEW_BACKEND_MAC,
-                "uncached data",
-            )?;
-        }
-        flows[0].reply(&lb, &NEW_CLIENT_MAC, "uncached reply")?;
-        let mut reasons: Vec<(R, u64)> = vips.iter().map(|(m, _)| (tx_reason(*m), 2)).collect();
-        reasons.push((R::LB_REASON_TX_NAT_REPLY, 2));
-        lb.expect_global(&reasons, &[(XDP_TX, 8)])?;
+        Flow::data_and_reply(&flows, &lb, &NEW_BACKEND_MAC, &NEW_CLIENT_MAC, "uncached")?;
+        expect_forwarded(&lb, &vips, 2, 2)?;
         Ok(())
     });
 }
@@ -303,19 +327,9 @@ fn zero_lifetime_turns_the_cache_off() {
 fn bigger_packet_than_cached_looks_up_again() {
     bench(|ns, net| {
         // A long lifetime: nothing here may depend on the cache expiring.
-        let mut lb = Lb::new(
-            net,
-            RuntimeConfig {
-                nexthop_cache: Duration::from_secs(60),
-                ..config(PORTS)
-            },
-        )?;
+        let mut lb = lb_with_cache(net, Duration::from_secs(60))?;
         let vips = three_vips(&mut lb)?;
-        let mut flows = Vec::new();
-        for (i, (mode, vip)) in vips.iter().enumerate() {
-            let client = sa(CLIENT, 43000 + i as u16);
-            flows.push(Flow::open(&mut lb, *mode, vip, client, &BACKEND1_MAC)?);
-        }
+        let flows = Flow::open_each(&mut lb, &vips, 43000, &BACKEND1_MAC)?;
         let cached_len = syn(sa(CLIENT, 1), NAT_VIP).ip_bytes().len();
         ns.ip(&["link", "set", "veth0", "mtu", "1400"])?;
 
@@ -339,7 +353,7 @@ fn bigger_packet_than_cached_looks_up_again() {
             let fits = sized(data(f.client, f.vip.addr), len - 1);
             f.send(&lb, &fits, &BACKEND1_MAC, "largest packet that fits")?;
         }
-        let mut reasons: Vec<(R, u64)> = vips.iter().map(|(m, _)| (tx_reason(*m), 3)).collect();
+        let mut reasons = tx_reasons(&vips, 3);
         reasons.push((R::LB_REASON_TX_ICMP_FRAG_NEEDED, 2));
         reasons.push((R::LB_REASON_DROP_TOO_BIG, 1));
         lb.expect_global(&reasons, &[(XDP_TX, 11), (XDP_DROP, 1)])?;
@@ -352,13 +366,7 @@ fn bigger_packet_than_cached_looks_up_again() {
 #[test]
 fn failed_lookups_are_not_cached() {
     bench(|ns, net| {
-        let mut lb = Lb::new(
-            net,
-            RuntimeConfig {
-                nexthop_cache: Duration::from_secs(60),
-                ..config(PORTS)
-            },
-        )?;
+        let mut lb = lb_with_cache(net, Duration::from_secs(60))?;
         // On veth0's subnet without a neighbour entry; and behind a blackhole route.
         let unresolved = Ipv4Addr::new(10, 1, 0, 9);
         let holed = Ipv4Addr::new(10, 66, 0, 5);
@@ -388,13 +396,7 @@ fn failed_lookups_are_not_cached() {
                 let vip =
                     lb.add_vip_mode(addr, Protocol::Tcp, mode, &[(sa(backend, port), 100)])?;
                 let client = sa(CLIENT, 44000 + (10 * i + j) as u16);
-                let pick = lb.pick(&vip, client)?;
-                let snat_port = match mode {
-                    Mode::Nat => lb
-                        .claim_port(pick.hash, pick.backend)
-                        .context("no SNAT port left")?,
-                    _ => 0,
-                };
+                let flow = Flow::pick(&mut lb, mode, &vip, client)?;
                 let run = lb.run(net.veth0, &syn(client, addr).build())?;
                 let (action, reason) = match (mode, nat_reason) {
                     (Mode::Nat, R::LB_REASON_PASS_FIB_NO_NEIGH) => (XDP_PASS, nat_reason),
@@ -406,7 +408,7 @@ fn failed_lookups_are_not_cached() {
                 verdicts.push((action, 1));
                 lb.expect_global(&reasons, &verdicts)
                     .with_context(|| format!("SYN of {mode} to {backend}"))?;
-                cases.push((mode, vip, client, snat_port, pick.backend));
+                cases.push(flow);
             }
         }
 
@@ -422,29 +424,19 @@ fn failed_lookups_are_not_cached() {
             "dev",
             "veth0",
         ])?;
-        for (mode, vip, client, snat_port, backend) in &cases {
+        for flow in &cases {
+            let (mode, backend) = (flow.mode, flow.backend);
             let mac = if *backend.ip() == unresolved {
                 unresolved_mac
             } else {
                 BACKEND2_MAC
             };
-            let pkt = data(*client, vip.addr);
-            let want = match mode {
-                Mode::Nat => pkt
-                    .natted(VETH0_MAC, mac, sa(LB_ADDR, *snat_port), *backend)
-                    .build(),
-                _ => {
-                    let mut f = pkt.build();
-                    f[0..6].copy_from_slice(&mac);
-                    f[6..12].copy_from_slice(&VETH0_MAC);
-                    f
-                }
-            };
+            let pkt = data(flow.client, flow.vip.addr);
             let run = lb.run(net.veth0, &pkt.build())?;
             expect_frame(
                 &run,
                 XDP_TX,
-                &want,
+                &flow.expected(&pkt, &mac),
                 &format!("{mode} to {backend} once its next hop exists"),
             )?;
         }

@@ -38,6 +38,7 @@ use libbpf_rs::{MapCore, MapFlags, MapHandle};
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 
 use xdplb_bpffs as bpffs;
+use xdplb_model::ifname::is_interface_name;
 
 use crate::decap_skel::DecapSkelBuilder;
 
@@ -277,12 +278,7 @@ fn check_dev_name(dev: &str) -> Result<()> {
     if dev == "lo" {
         return Err(SetupError::DevIsLoopback);
     }
-    let ok = !dev.is_empty()
-        && dev.len() <= 15
-        && dev != "."
-        && dev != ".."
-        && !dev.contains(|c: char| c == '/' || c == ':' || c.is_whitespace());
-    if ok {
+    if is_interface_name(dev) {
         Ok(())
     } else {
         Err(SetupError::NoSuchInterface(dev.to_string()))
@@ -341,6 +337,19 @@ async fn vip_addresses(handle: &rtnetlink::Handle, vip: Ipv4Addr) -> Result<Vec<
     Ok(found)
 }
 
+/// The addresses of `vip` configured on `lo` (ifindex `lo`).
+async fn vip_on_lo(
+    handle: &rtnetlink::Handle,
+    vip: Ipv4Addr,
+    lo: u32,
+) -> Result<Vec<AddressMessage>> {
+    let all = vip_addresses(handle, vip).await?;
+    Ok(all
+        .into_iter()
+        .filter(|m| m.header.index == lo && has_local(m, vip))
+        .collect())
+}
+
 /// Refuses a VIP configured on an interface other than `lo`.
 async fn check_vip_not_elsewhere(handle: &rtnetlink::Handle, vip: Ipv4Addr, lo: u32) -> Result<()> {
     for msg in vip_addresses(handle, vip).await? {
@@ -361,11 +370,7 @@ fn has_local(msg: &AddressMessage, vip: Ipv4Addr) -> bool {
 }
 
 async fn add_vip_to_lo(handle: &rtnetlink::Handle, vip: Ipv4Addr, lo: u32) -> Result<String> {
-    let on_lo: Vec<_> = vip_addresses(handle, vip)
-        .await?
-        .into_iter()
-        .filter(|m| m.header.index == lo && has_local(m, vip))
-        .collect();
+    let on_lo = vip_on_lo(handle, vip, lo).await?;
     if let Some(m) = on_lo.first() {
         return Ok(format!("{vip}/{} is already on lo", m.header.prefix_len));
     }
@@ -378,11 +383,7 @@ async fn add_vip_to_lo(handle: &rtnetlink::Handle, vip: Ipv4Addr, lo: u32) -> Re
 }
 
 async fn remove_vip_from_lo(handle: &rtnetlink::Handle, vip: Ipv4Addr, lo: u32) -> Result<String> {
-    let on_lo: Vec<_> = vip_addresses(handle, vip)
-        .await?
-        .into_iter()
-        .filter(|m| m.header.index == lo && has_local(m, vip))
-        .collect();
+    let on_lo = vip_on_lo(handle, vip, lo).await?;
     if on_lo.is_empty() {
         return Ok(format!("{vip} was not on lo"));
     }

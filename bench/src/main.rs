@@ -3,13 +3,15 @@
 //! plus PNG plots. Needs root (BPF, network namespaces); bounded in time.
 //!
 //! Sections: 1 per-path cost (`paths`), 2 scaling (`scaling`), 3 end to end in namespaces
-//! (`e2e`), 4 connections (`conn`), 5 control plane (`control`).
+//! (`e2e`), 4 connections (`conn`), 5 control plane (`control`), 6 SYN flood against
+//! established flows (`flood`).
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
 mod conn;
 mod control;
 mod e2e;
+mod flood;
 mod paths;
 mod plot;
 mod probes;
@@ -24,7 +26,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 
 /// Every section, in report order, as `--only` names them.
-const SECTIONS: [&str; 5] = ["paths", "scaling", "e2e", "conn", "control"];
+const SECTIONS: [&str; 6] = ["paths", "scaling", "e2e", "conn", "control", "flood"];
 
 #[derive(Parser, Debug)]
 #[command(about = "xdplb benchmarks (root; bounded; writes bench/results/latest.md)")]
@@ -32,7 +34,7 @@ struct Args {
     /// Directory for latest.md and the plots.
     #[arg(long, default_value = "bench/results")]
     out: std::path::PathBuf,
-    /// Sections to run (default: all): paths, scaling, e2e, conn, control.
+    /// Sections to run (default: all): paths, scaling, e2e, conn, control, flood.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Shorter runs (fewer trials and packets, smaller tables), for a quick look.
@@ -97,6 +99,7 @@ fn main() -> Result<()> {
     section("e2e", &mut |r| e2e_section(r, quick));
     section("conn", &mut |r| conn_section(r, quick));
     section("control", &mut |r| control::run(r, quick));
+    section("flood", &mut |r| flood::run(r, quick));
     if let Some(s1) = &s1 {
         paths::analysis(&mut report, s1);
     }

@@ -13,9 +13,7 @@ use xdplb_model::state::Mode;
 use crate::common::lab::{setup_net, CLIENT, LB_ADDR, VETH0_MAC, XDP_DROP, XDP_PASS, XDP_TX};
 use crate::report::{Report, Section};
 use crate::setup::*;
-use crate::testrun::{
-    clear_map, measure, program_maps, program_size, Case, Expect, Floor, Measured, Runner,
-};
+use crate::testrun::{measure, program_size, Case, Expect, Floor, Measured, Runner};
 use xdplb_testkit::packet::{Packet, TCP_ACK};
 use xdplb_testkit::NetNs;
 
@@ -73,6 +71,7 @@ pub struct Outcome {
 /// Measures every path; runs in a private network namespace.
 pub fn measure_paths(trials: usize, packets: usize) -> Result<Outcome> {
     NetNs::within("bench", |ns| {
+        pin_to_this_cpu()?;
         let net = setup_net(ns)?;
         add_routes(ns)?;
         let floor = Floor::load()?;
@@ -120,9 +119,6 @@ pub fn measure_paths(trials: usize, packets: usize) -> Result<Outcome> {
         let fnat = add_vip(&mut fresh, nat_vip, Mode::Nat, &near_backends(8080))?;
         let fl2 = add_vip(&mut fresh, l2_vip, Mode::L2dsr, &near_backends(80))?;
         let fipip = add_vip(&mut fresh, ipip_vip, Mode::Ipip, &near_backends(80))?;
-        let maps = program_maps(fresh.rec.dataplane().program())?;
-        let ct_fwd = maps.get("ct_fwd").context("no ct_fwd map")?;
-        let ct_rev = maps.get("ct_rev").context("no ct_rev map")?;
 
         // Firewall: ten block rules through the library's firewall state and reconciler.
         let mut fw = load_lb(net, &opts(1 << 16))?;
@@ -185,12 +181,8 @@ pub fn measure_paths(trials: usize, packets: usize) -> Result<Outcome> {
                     .collect::<Vec<_>>()
             }
         };
-        let clear = || {
-            move |_: &crate::common::lab::Lb, _: &mut Runner| -> Result<()> {
-                clear_map(ct_fwd)?;
-                clear_map(ct_rev)
-            }
-        };
+        let clear =
+            || move |lb: &crate::common::lab::Lb, _: &mut Runner| -> Result<()> { clear_flows(lb) };
         let fixed = |frames: Vec<Vec<u8>>| move |_: usize, _: usize| frames.clone();
         let ifx = net.veth0;
         let mut cases = vec![

@@ -21,7 +21,7 @@ use crate::probes;
 use crate::report::{Plot, Report, Section, Series};
 use crate::setup::*;
 use crate::testrun::{
-    clear_map, measure, pod_bytes, program_maps, Case, Expect, Floor, Measured, Runner, Spread,
+    measure, pod_bytes, program_maps, Case, Expect, Floor, Measured, Runner, Spread,
 };
 use xdplb_testkit::gen::{block_list, Rng};
 use xdplb_testkit::NetNs;
@@ -91,9 +91,13 @@ fn flows_point(
     trials: usize,
     packets: usize,
 ) -> Result<Measured> {
+    // The IPIP flows all live in this CPU's DSR table (the thread is pinned), which holds the
+    // established size divided by the CPUs.
+    let cpus = libbpf_rs::num_possible_cpus()? as u32;
     let ct = ((flows + 2 * trials * packets) as u32)
         .next_power_of_two()
-        .max(1 << 16);
+        .max(1 << 16)
+        * cpus;
     let mut lb = load_lb(net, &opts(ct))?;
     let backends: Vec<_> = (0..100).map(|i| far_backend(i, 8080)).collect();
     let nat = add_vip(&mut lb, NAT_VIP, Mode::Nat, &backends)?;
@@ -172,13 +176,9 @@ fn backends_point(
     let nat = add_vip(&mut lb, NAT_VIP, Mode::Nat, &backends)?;
     let backends: Vec<_> = (0..k).map(|i| far_backend(i, 80)).collect();
     let ipip = add_vip(&mut lb, IPIP_VIP, Mode::Ipip, &backends)?;
-    let maps = program_maps(lb.rec.dataplane().program())?;
-    let ct_fwd = maps.get("ct_fwd").context("no ct_fwd map")?;
-    let ct_rev = maps.get("ct_rev").context("no ct_rev map")?;
     let est = 256;
     let reopen = move |lb: &Lb, runner: &mut Runner| -> Result<()> {
-        clear_map(ct_fwd)?;
-        clear_map(ct_rev)?;
+        clear_flows(lb)?;
         fill_flows(lb, runner, NAT_VIP, est, |i| bulk_source(NAT_BASE, i))?;
         fill_flows(lb, runner, IPIP_VIP, est, |i| bulk_source(IPIP_BASE, i))
     };
@@ -685,6 +685,7 @@ struct Scaling {
 
 fn measure_all(quick: bool) -> Result<Scaling> {
     NetNs::within("bench", |ns| {
+        crate::setup::pin_to_this_cpu()?;
         let net = setup_net(ns)?;
         add_routes(ns)?;
         let floor = Floor::load()?;

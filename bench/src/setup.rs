@@ -110,29 +110,86 @@ pub fn new_source(t: usize, i: usize) -> SocketAddrV4 {
     sa(Ipv4Addr::from(addr), 10000 + (i >> 16) as u16)
 }
 
-/// Creates flows from `clients` to `vip` by running their SYNs; returns the frames the program
-/// sent (NAT: their source is the SNAT address and port).
+/// The backend's ISN in the SYN-ACKs of [`establish`]: `data()` segments acknowledge it + 1.
+const BACKEND_ISN: u32 = 0x7000_0000;
+
+/// Opens one established flow `client` -> `vip` as a real handshake does through the program:
+/// the SYN (embryonic), for NAT the backend's SYN-ACK, then the client's first data segment,
+/// which promotes it to its established table. Returns the frame the SYN left as.
+pub fn establish(
+    lb: &Lb,
+    runner: &mut Runner,
+    client: SocketAddrV4,
+    vip: SocketAddrV4,
+) -> Result<Vec<u8>> {
+    let prog = lb.rec.dataplane().program();
+    let (action, out) = runner.run_out(prog, lb.net.veth0, &syn(client, vip))?;
+    ensure!(
+        action == libbpf_sys::XDP_TX || action == libbpf_sys::XDP_REDIRECT,
+        "opening a flow {client} -> {vip}: verdict {action}; counters {:?}",
+        lb.global()?.reasons
+    );
+    if let Ok((snat, backend)) = endpoints(&out) {
+        if *snat.ip() == crate::common::lab::LB_ADDR {
+            let synack = Packet::tcp(
+                [0x02, 0, 0, 0, 0, 0x02],
+                VETH0_MAC,
+                backend,
+                snat,
+                TCP_SYN | TCP_ACK,
+            )
+            .with_seq_ack(BACKEND_ISN, 0)
+            .build();
+            let (action, _) = runner.run(prog, lb.net.veth0, &synack)?;
+            ensure!(
+                action == libbpf_sys::XDP_TX,
+                "the SYN-ACK of {client}: verdict {action}"
+            );
+        }
+    }
+    let (action, _) = runner.run(prog, lb.net.veth0, &data(client, vip).build())?;
+    ensure!(
+        action == libbpf_sys::XDP_TX || action == libbpf_sys::XDP_REDIRECT,
+        "the first data segment of {client} -> {vip}: verdict {action}"
+    );
+    Ok(out)
+}
+
+/// Empties every flow table of `lb` (new-flow trials start from empty tables).
+pub fn clear_flows(lb: &Lb) -> Result<()> {
+    for table in lb.maps().flow_tables()? {
+        crate::testrun::clear_map(&table)?;
+    }
+    Ok(())
+}
+
+/// Pins the calling thread to the CPU it runs on, as an RSS queue's packets are: the DSR flow
+/// tables are per CPU, and a BPF_PROG_TEST_RUN thread that moved would find none of its flows.
+pub fn pin_to_this_cpu() -> Result<()> {
+    // SAFETY: sched_getcpu has no preconditions.
+    let cpu = unsafe { libc::sched_getcpu() };
+    ensure!(cpu >= 0, "sched_getcpu failed");
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu as usize)?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)?;
+    Ok(())
+}
+
+/// Creates established flows from `clients` to `vip` ([`establish`]); returns the frames their
+/// SYNs left as (NAT: their source is the SNAT address and port).
 pub fn open_flows(
     lb: &Lb,
     runner: &mut Runner,
     vip: SocketAddrV4,
     clients: &[SocketAddrV4],
 ) -> Result<Vec<Vec<u8>>> {
-    let prog = lb.rec.dataplane().program();
-    let mut outs = Vec::with_capacity(clients.len());
-    for c in clients {
-        let (action, out) = runner.run_out(prog, lb.net.veth0, &syn(*c, vip))?;
-        ensure!(
-            action == libbpf_sys::XDP_TX || action == libbpf_sys::XDP_REDIRECT,
-            "opening a flow {c} -> {vip}: verdict {action}; counters {:?}",
-            lb.global()?.reasons
-        );
-        outs.push(out);
-    }
-    Ok(outs)
+    clients
+        .iter()
+        .map(|c| establish(lb, runner, *c, vip))
+        .collect()
 }
 
-/// Opens flows quickly (no output frames kept): `count` new flows from `source(i)`.
+/// Opens `count` established flows from `source(i)` ([`establish`]).
 pub fn fill_flows(
     lb: &Lb,
     runner: &mut Runner,
@@ -140,13 +197,8 @@ pub fn fill_flows(
     count: usize,
     source: impl Fn(usize) -> SocketAddrV4,
 ) -> Result<()> {
-    let prog = lb.rec.dataplane().program();
     for i in 0..count {
-        let (action, _) = runner.run(prog, lb.net.veth0, &syn(source(i), vip))?;
-        ensure!(
-            action == libbpf_sys::XDP_TX || action == libbpf_sys::XDP_REDIRECT,
-            "filling the flow table: flow {i} to {vip} got verdict {action}"
-        );
+        establish(lb, runner, source(i), vip)?;
     }
     Ok(())
 }

@@ -406,9 +406,10 @@ mod tests {
         assert!(err(&["vip", "add", "[::1]:80", "--proto", "tcp"]).contains("IPv6"));
     }
 
-    /// `old-name TAIL` and `backend new TAIL` parse to `want`.
-    fn same_command(old: &str, new: &str, tail: &[&str], want: Command) -> Command {
-        let a = cmd(&[&[old][..], tail].concat());
+    /// `NEW-backend TAIL` (the old name) and `backend NEW TAIL` parse to `want`.
+    fn same_command(new: &str, tail: &[&str], want: Command) -> Command {
+        let old = format!("{new}-backend");
+        let a = cmd(&[&[old.as_str()][..], tail].concat());
         let b = cmd(&[&["backend", new][..], tail].concat());
         assert_eq!(a, b);
         assert_eq!(a, want);
@@ -418,7 +419,6 @@ mod tests {
     #[test]
     fn add_backend_and_backend_add_are_the_same_command() {
         let a = same_command(
-            "add-backend",
             "add",
             &["--vip", "10.0.0.10:80", "--proto", "tcp", "10.0.2.1:8080"],
             Command::Backend(Backend::Add {
@@ -500,7 +500,6 @@ mod tests {
     #[test]
     fn remove_backend_and_backend_remove_are_the_same_command() {
         same_command(
-            "remove-backend",
             "remove",
             &["--vip", "10.0.0.10:53", "--proto", "udp", "10.0.2.1:53"],
             Command::Backend(Backend::Remove {
@@ -682,22 +681,30 @@ mod tests {
         let base = |vip: &'static str, mode: &'static str, dev: &'static str| {
             err(&["backend-setup", "--vip", vip, "--mode", mode, "--dev", dev])
         };
-        assert_eq!(
-            base("10.0.0.10:80", "ipip", "eth0"),
-            "invalid --vip '10.0.0.10:80': expected an IPv4 address without a port, like 10.0.0.10"
-        );
-        assert_eq!(
-            base("10.0.0", "ipip", "eth0"),
-            "invalid --vip '10.0.0': expected an IPv4 address like 10.0.0.10"
-        );
-        assert_eq!(
-            base("10.0.0.10", "nat", "eth0"),
-            "invalid --mode 'nat': expected l2dsr or ipip (a NAT backend needs no preparation)"
-        );
-        assert_eq!(
-            base("10.0.0.10", "dsr", "eth0"),
-            "invalid --mode 'dsr': expected l2dsr or ipip"
-        );
+        for (vip, mode, want) in [
+            (
+                "10.0.0.10:80",
+                "ipip",
+                "invalid --vip '10.0.0.10:80': expected an IPv4 address without a port, like 10.0.0.10",
+            ),
+            (
+                "10.0.0",
+                "ipip",
+                "invalid --vip '10.0.0': expected an IPv4 address like 10.0.0.10",
+            ),
+            (
+                "10.0.0.10",
+                "nat",
+                "invalid --mode 'nat': expected l2dsr or ipip (a NAT backend needs no preparation)",
+            ),
+            (
+                "10.0.0.10",
+                "dsr",
+                "invalid --mode 'dsr': expected l2dsr or ipip",
+            ),
+        ] {
+            assert_eq!(base(vip, mode, "eth0"), want, "--vip {vip} --mode {mode}");
+        }
         for dev in ["", "a/b", "..", "eth0:1", "sixteen-bytes-xx", "e th0"] {
             assert_eq!(
                 base("10.0.0.10", "ipip", dev),

@@ -273,53 +273,41 @@ pub async fn run(cmd: &Firewall, args: &Globals, out: &mut dyn Write) -> anyhow:
     let json = args.json;
     let written = match cmd {
         Firewall::Add { action, prefixes } => {
-            let n = prefixes.len();
             let stream = chunked(*action, prefixes.clone(), |rules, _| {
                 pb::AddFirewallRulesRequest { rules }
             });
-            let r = call(bulk_timeout(t, n), lbd.firewall.add_rules(stream)).await?;
-            if json {
-                output::write_json(
-                    out,
-                    &serde_json::json!({
-                        "added": r.added, "unchanged": r.unchanged, "total": r.total
-                    }),
-                )
-            } else {
-                let already = match r.unchanged {
-                    0 => String::new(),
-                    n => format!(" ({} already had this rule)", n_prefixes(n)),
-                };
-                writeln!(
-                    out,
-                    "{} {}{already}; {} rules in total",
-                    past(*action),
-                    n_prefixes(r.added),
-                    r.total
-                )
-            }
+            let timeout = bulk_timeout(t, prefixes.len());
+            let r = call(timeout, lbd.firewall.add_rules(stream)).await?;
+            let already = match r.unchanged {
+                0 => String::new(),
+                n => format!(" ({} already had this rule)", n_prefixes(n)),
+            };
+            let text = format!(
+                "{} {}{already}; {} rules in total",
+                past(*action),
+                n_prefixes(r.added),
+                r.total
+            );
+            let doc = serde_json::json!({
+                "added": r.added, "unchanged": r.unchanged, "total": r.total
+            });
+            output::json_or_text(out, json, &doc, &text)
         }
         Firewall::Remove { action, prefixes } => {
-            let n = prefixes.len();
             let stream = chunked(*action, prefixes.clone(), |rules, _| {
                 pb::RemoveFirewallRulesRequest { rules }
             });
-            let r = call(bulk_timeout(t, n), lbd.firewall.remove_rules(stream)).await?;
-            if json {
-                output::write_json(
-                    out,
-                    &serde_json::json!({ "removed": r.removed, "total": r.total }),
-                )
-            } else {
-                writeln!(
-                    out,
-                    "removed {} {} {}; {} rules in total",
-                    r.removed,
-                    action,
-                    if r.removed == 1 { "rule" } else { "rules" },
-                    r.total
-                )
-            }
+            let timeout = bulk_timeout(t, prefixes.len());
+            let r = call(timeout, lbd.firewall.remove_rules(stream)).await?;
+            let text = format!(
+                "removed {} {} {}; {} rules in total",
+                r.removed,
+                action,
+                if r.removed == 1 { "rule" } else { "rules" },
+                r.total
+            );
+            let doc = serde_json::json!({ "removed": r.removed, "total": r.total });
+            output::json_or_text(out, json, &doc, &text)
         }
         Firewall::Load {
             action,
@@ -330,7 +318,7 @@ pub async fn run(cmd: &Firewall, args: &Globals, out: &mut dyn Write) -> anyhow:
             let n = list.prefixes.len();
             let timeout = bulk_timeout(t, n);
             let label = file_label(file);
-            if *replace {
+            let (doc, text) = if *replace {
                 let only = pb::FirewallAction::from(*action) as i32;
                 let stream = chunked(*action, list.prefixes, move |rules, first| {
                     pb::ReplaceFirewallRulesRequest {
@@ -341,27 +329,21 @@ pub async fn run(cmd: &Firewall, args: &Globals, out: &mut dyn Write) -> anyhow:
                 let r = call(timeout, lbd.firewall.replace_rules(stream))
                     .await
                     .map_err(|e| locate(e, file, &list.lines))?;
-                if json {
-                    output::write_json(
-                        out,
-                        &serde_json::json!({
-                            "file": label, "prefixes": n, "added": r.added, "changed": r.changed,
-                            "removed": r.removed, "unchanged": r.unchanged, "total": r.total
-                        }),
-                    )
-                } else {
-                    writeln!(
-                        out,
-                        "replaced the {} list with {} from {label}: {} added, {} changed, {} removed, {} unchanged; {} rules in total",
-                        action,
-                        n_prefixes(count(n)),
-                        r.added,
-                        r.changed,
-                        r.removed,
-                        r.unchanged,
-                        r.total
-                    )
-                }
+                let doc = serde_json::json!({
+                    "file": label, "prefixes": n, "added": r.added, "changed": r.changed,
+                    "removed": r.removed, "unchanged": r.unchanged, "total": r.total
+                });
+                let text = format!(
+                    "replaced the {} list with {} from {label}: {} added, {} changed, {} removed, {} unchanged; {} rules in total",
+                    action,
+                    n_prefixes(count(n)),
+                    r.added,
+                    r.changed,
+                    r.removed,
+                    r.unchanged,
+                    r.total
+                );
+                (doc, text)
             } else {
                 let stream = chunked(*action, list.prefixes, |rules, _| {
                     pb::AddFirewallRulesRequest { rules }
@@ -369,25 +351,20 @@ pub async fn run(cmd: &Firewall, args: &Globals, out: &mut dyn Write) -> anyhow:
                 let r = call(timeout, lbd.firewall.add_rules(stream))
                     .await
                     .map_err(|e| locate(e, file, &list.lines))?;
-                if json {
-                    output::write_json(
-                        out,
-                        &serde_json::json!({
-                            "file": label, "prefixes": n, "added": r.added,
-                            "unchanged": r.unchanged, "total": r.total
-                        }),
-                    )
-                } else {
-                    writeln!(
-                        out,
-                        "loaded {} from {label}: {} added, {} already there; {} rules in total",
-                        n_prefixes(count(n)),
-                        r.added,
-                        r.unchanged,
-                        r.total
-                    )
-                }
-            }
+                let doc = serde_json::json!({
+                    "file": label, "prefixes": n, "added": r.added,
+                    "unchanged": r.unchanged, "total": r.total
+                });
+                let text = format!(
+                    "loaded {} from {label}: {} added, {} already there; {} rules in total",
+                    n_prefixes(count(n)),
+                    r.added,
+                    r.unchanged,
+                    r.total
+                );
+                (doc, text)
+            };
+            output::json_or_text(out, json, &doc, &text)
         }
         Firewall::List { action } => {
             let req = pb::ListFirewallRulesRequest {

@@ -11,6 +11,7 @@ use std::{
 };
 
 // The VIP types are the model's (their pb messages come from xdplb-proto's conversions).
+use xdplb_model::ifname::is_interface_name;
 pub use xdplb_model::state::{Mode, Protocol, VipKey};
 
 use crate::lowargs::{BackendRefArgs, LowArgs, VipFlag, VipPositional};
@@ -189,12 +190,7 @@ pub fn parse_ifname(what: &'static str, s: &str) -> Result<String, ArgError> {
             "the interface the VIP's traffic arrives on (the VIP itself goes on lo)",
         ));
     }
-    let ok = !s.is_empty()
-        && s.len() <= 15
-        && s != "."
-        && s != ".."
-        && !s.contains(|c: char| c == '/' || c == ':' || c.is_whitespace());
-    if ok {
+    if is_interface_name(s) {
         Ok(s.to_owned())
     } else {
         Err(invalid(

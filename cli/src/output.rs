@@ -217,6 +217,20 @@ pub fn write_json<T: Serialize>(out: &mut dyn Write, value: &T) -> io::Result<()
     writeln!(out)
 }
 
+/// `doc` as one line of JSON (`--json`), else the line `text`.
+pub(crate) fn json_or_text<T: Serialize>(
+    out: &mut dyn Write,
+    json: bool,
+    doc: &T,
+    text: &str,
+) -> io::Result<()> {
+    if json {
+        write_json(out, doc)
+    } else {
+        writeln!(out, "{text}")
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Health checks
 

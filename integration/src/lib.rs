@@ -1,6 +1,8 @@
 //! Test harness: network-namespace topologies, lbd/lbctl process control and real TCP/UDP peers.
 //! Namespaces, veths, XDP attachment and pins come from `xdplb-testkit` (re-exported here).
 //!
+//! - [`flood`]: a SYN flood from spoofed sources, a long hash-checked transfer, idle and new
+//!   connections (the flood tests);
 //! - [`dsr`]: the routed (IPIP) topology, `lbctl backend-setup` guards, a line server, counters,
 //!   one-arm topologies prepared for a mode;
 //! - [`topology`]: the two-arm and one-arm test networks;
@@ -11,6 +13,7 @@
 //! - [`server`]: a thread stopped by its guard, and the TCP accept loop of every server here.
 
 pub mod dsr;
+pub mod flood;
 pub mod peers;
 pub mod procs;
 pub mod server;

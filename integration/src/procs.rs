@@ -305,6 +305,12 @@ impl Lbd {
         self.ctl(&args)
     }
 
+    /// `lbctl vip set-mode <vip> --proto <proto> --mode <mode>`.
+    pub fn set_vip_mode(&self, vip: SocketAddrV4, proto: Proto, mode: &str) -> Result<String> {
+        let (vip, proto) = (vip.to_string(), proto.to_string());
+        self.ctl(&["vip", "set-mode", &vip, "--proto", &proto, "--mode", mode])
+    }
+
     /// `lbctl add-backend --vip <vip> --proto <proto> <backend>`.
     pub fn add_backend(
         &self,

@@ -35,6 +35,13 @@ pub struct Backend {
     pub addr: Ipv4Addr,
 }
 
+impl Backend {
+    /// `b<index>`, the name its test servers answer with.
+    pub fn name(&self) -> String {
+        format!("b{}", self.index)
+    }
+}
+
 /// A built topology. Every namespace is removed when it is dropped (backends first, the LB
 /// last), also when the test panics.
 #[derive(Debug)]
@@ -227,16 +234,12 @@ impl Topology {
         port: u16,
         start: fn(&NetNs, SocketAddrV4, &str) -> Result<crate::peers::ServerHandle>,
     ) -> Result<Vec<crate::peers::ServerHandle>> {
-        self.backends
-            .iter()
-            .map(|b| {
-                start(
-                    &b.ns,
-                    SocketAddrV4::new(b.addr, port),
-                    &format!("b{}", b.index),
-                )
-            })
-            .collect()
+        self.on_each_backend(|b| start(&b.ns, SocketAddrV4::new(b.addr, port), &b.name()))
+    }
+
+    /// `start(backend)` for every backend, in backend order (a server on each, usually).
+    pub fn on_each_backend<T>(&self, start: impl FnMut(&Backend) -> Result<T>) -> Result<Vec<T>> {
+        self.backends.iter().map(start).collect()
     }
 
     /// Backend `index` (1-based). Panics on a bad index: that is a bug in the test.

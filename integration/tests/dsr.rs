@@ -8,8 +8,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
 use xdplb_integration::dsr::{
-    backend_setup, decap_pin_dir, lbctl_in, link_packets, BackendSetup, LbCounters, LineServer,
-    RoutedTopology,
+    backend_setup, decap_pin_dir, lbctl_in, link_packets, BackendSetup, CtlOutput, LbCounters,
+    LineServer, RoutedTopology,
 };
 use xdplb_integration::{
     all_ok, count_by_name, tcp_connect, tcp_exchange, tcp_name_server, tcp_requests,
@@ -32,6 +32,25 @@ fn vip() -> SocketAddrV4 {
 
 fn any_port(port: u16) -> SocketAddrV4 {
     SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)
+}
+
+/// `lbctl backend-setup --vip <vip> --mode ipip --dev eth0 <extra>...`.
+fn ipip_setup_args<'a>(vip: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let base = [
+        "backend-setup",
+        "--vip",
+        vip,
+        "--mode",
+        "ipip",
+        "--dev",
+        "eth0",
+    ];
+    [&base[..], extra].concat()
+}
+
+/// [`ipip_setup_args`] run in `ns` by [`lbctl_in`].
+fn ipip_setup(ns: &NetNs, vip: &str, extra: &[&str]) -> anyhow::Result<CtlOutput> {
+    lbctl_in(ns, &ipip_setup_args(vip, extra))
 }
 
 fn tcp_batch(client: &NetNs, count: usize) -> Vec<Reply> {
@@ -111,36 +130,28 @@ fn l2dsr_on_the_lb_segment() {
         .map(|b| tcp_name_server(&b.ns, any_port(PORT), &format!("b{}", b.index)).expect("server"))
         .collect();
     let lbd = Lbd::start(topo.lb(), &topo.lbd_config()).expect("lbd starts");
-    lbd.ctl(&[
-        "vip",
-        "add",
-        &vip().to_string(),
-        "--proto",
-        "tcp",
-        "--mode",
-        "l2dsr",
-    ])
-    .expect("lbctl vip add --mode l2dsr");
+    lbd.add_vip_with(vip(), Proto::Tcp, &["--mode", "l2dsr"])
+        .expect("lbctl vip add --mode l2dsr");
     for b in topo.backends() {
         lbd.add_backend(vip(), Proto::Tcp, SocketAddrV4::new(b.addr, PORT))
             .expect("lbctl add-backend (on-link)");
     }
 
+    // Packets sent by the client and by all the backends together.
+    let sent = || {
+        let (_, client) = link_packets(topo.client(), "eth0").expect("client counters");
+        let backends: u64 = topo
+            .backends()
+            .iter()
+            .map(|b| link_packets(&b.ns, "eth0").expect("backend counters").1)
+            .sum();
+        (client, backends)
+    };
     let before = LbCounters::read(&lbd).expect("stats");
-    let (_, client_tx0) = link_packets(topo.client(), "eth0").expect("client counters");
-    let backends_tx0: u64 = topo
-        .backends()
-        .iter()
-        .map(|b| link_packets(&b.ns, "eth0").expect("backend counters").1)
-        .sum();
+    let (client_tx0, backends_tx0) = sent();
     let replies = tcp_batch(topo.client(), 200);
     let d = LbCounters::read(&lbd).expect("stats").since(&before);
-    let (_, client_tx1) = link_packets(topo.client(), "eth0").expect("client counters");
-    let backends_tx1: u64 = topo
-        .backends()
-        .iter()
-        .map(|b| link_packets(&b.ns, "eth0").expect("backend counters").1)
-        .sum();
+    let (client_tx1, backends_tx1) = sent();
 
     let counts = count_by_name(&replies);
     for name in ["b1", "b2", "b3"] {
@@ -179,16 +190,8 @@ fn l2dsr_on_the_lb_segment() {
         .iter()
         .map(|b| udp_name_server(&b.ns, udp_vip, &format!("u{}", b.index)).expect("server"))
         .collect();
-    lbd.ctl(&[
-        "vip",
-        "add",
-        &udp_vip.to_string(),
-        "--proto",
-        "udp",
-        "--mode",
-        "l2dsr",
-    ])
-    .expect("lbctl vip add udp --mode l2dsr");
+    lbd.add_vip_with(udp_vip, Proto::Udp, &["--mode", "l2dsr"])
+        .expect("lbctl vip add udp --mode l2dsr");
     for b in topo.backends() {
         lbd.add_backend(udp_vip, Proto::Udp, SocketAddrV4::new(b.addr, 53))
             .expect("lbctl add-backend udp");
@@ -230,16 +233,8 @@ fn ipip_to_a_backend_behind_a_router() {
     }
     let server = tcp_name_server(topo.backend(), any_port(PORT), "b1").expect("server");
     let lbd = Lbd::start(topo.lb(), &topo.lbd_config()).expect("lbd starts");
-    lbd.ctl(&[
-        "vip",
-        "add",
-        &vip().to_string(),
-        "--proto",
-        "tcp",
-        "--mode",
-        "ipip",
-    ])
-    .expect("lbctl vip add --mode ipip");
+    lbd.add_vip_with(vip(), Proto::Tcp, &["--mode", "ipip"])
+        .expect("lbctl vip add --mode ipip");
     let backend = SocketAddrV4::new(RoutedTopology::BACKEND_ADDR, PORT);
     lbd.add_backend(vip(), Proto::Tcp, backend)
         .expect("lbctl add-backend (behind the router)");
@@ -316,15 +311,7 @@ fn nat_to_ipip_switch_keeps_open_connection() {
 
     let before = LbCounters::read(&lbd).expect("stats");
     let said = lbd
-        .ctl(&[
-            "vip",
-            "set-mode",
-            &vip().to_string(),
-            "--proto",
-            "tcp",
-            "--mode",
-            "ipip",
-        ])
+        .set_vip_mode(vip(), Proto::Tcp, "ipip")
         .expect("lbctl vip set-mode");
     assert_eq!(
         said.trim(),
@@ -374,16 +361,8 @@ fn offlink_l2dsr_backend_is_refused() {
     let topo = RoutedTopology::build().expect("topology");
     let lbd = Lbd::start(topo.lb(), &topo.lbd_config()).expect("lbd starts");
     let backend = SocketAddrV4::new(RoutedTopology::BACKEND_ADDR, PORT);
-    lbd.ctl(&[
-        "vip",
-        "add",
-        &vip().to_string(),
-        "--proto",
-        "tcp",
-        "--mode",
-        "l2dsr",
-    ])
-    .expect("lbctl vip add --mode l2dsr");
+    lbd.add_vip_with(vip(), Proto::Tcp, &["--mode", "l2dsr"])
+        .expect("lbctl vip add --mode l2dsr");
     let other = SocketAddrV4::new(Ipv4Addr::new(10, 200, 100, 2), PORT);
     lbd.add_vip(other, Proto::Tcp).expect("lbctl vip add (nat)");
     lbd.add_backend(other, Proto::Tcp, backend)
@@ -416,15 +395,7 @@ fn offlink_l2dsr_backend_is_refused() {
     );
 
     let err = lbd
-        .ctl(&[
-            "vip",
-            "set-mode",
-            &other.to_string(),
-            "--proto",
-            "tcp",
-            "--mode",
-            "l2dsr",
-        ])
+        .set_vip_mode(other, Proto::Tcp, "l2dsr")
         .expect_err("switching a VIP with an off-link backend to l2dsr must be refused");
     let msg = format!("{err:#}");
     assert!(msg.contains("exit status: 1"), "lbctl should exit 1: {msg}");
@@ -497,19 +468,7 @@ fn backend_setup_and_undo_leave_nothing() {
     assert!(second.output.contains("(2 in all)"), "{}", second.output);
 
     // Another namespace's eth0 may not take over these pins.
-    let out = lbctl_in(
-        &peer,
-        &[
-            "backend-setup",
-            "--vip",
-            "10.200.100.3",
-            "--mode",
-            "ipip",
-            "--dev",
-            "eth0",
-        ],
-    )
-    .expect("lbctl runs");
+    let out = ipip_setup(&peer, "10.200.100.3", &[]).expect("lbctl runs");
     assert_eq!(out.code, Some(1), "{out:?}");
     assert!(out.stderr.contains("another network namespace"), "{out:?}");
     // `ip netns exec` would pin into a bpffs that dies with lbctl: refused.
@@ -518,16 +477,7 @@ fn backend_setup_and_undo_leave_nothing() {
         .join("lbctl");
     let lbctl = lbctl.to_str().expect("utf-8 path");
     let err = host
-        .exec(&[
-            lbctl,
-            "backend-setup",
-            "--vip",
-            "10.200.100.4",
-            "--mode",
-            "ipip",
-            "--dev",
-            "eth0",
-        ])
+        .exec(&[&[lbctl][..], &ipip_setup_args("10.200.100.4", &[])].concat())
         .expect_err("ip netns exec must be refused for ipip");
     assert!(format!("{err:#}").contains("nsenter"), "{err:#}");
 
@@ -567,20 +517,7 @@ fn backend_setup_and_undo_leave_nothing() {
     );
 
     // Undoing again is harmless.
-    let out = lbctl_in(
-        &host,
-        &[
-            "backend-setup",
-            "--vip",
-            "10.200.100.1",
-            "--mode",
-            "ipip",
-            "--dev",
-            "eth0",
-            "--undo",
-        ],
-    )
-    .expect("lbctl runs");
+    let out = ipip_setup(&host, "10.200.100.1", &["--undo"]).expect("lbctl runs");
     assert!(out.success(), "{out:?}");
     assert!(out.stdout.contains("no decap program is pinned"), "{out:?}");
 
@@ -593,19 +530,7 @@ fn backend_setup_and_undo_leave_nothing() {
 
     // An interface with another XDP program is refused before anything changes.
     attach_xdp_pass(&peer, "eth0").expect("XDP_PASS on the peer");
-    let out = lbctl_in(
-        &peer,
-        &[
-            "backend-setup",
-            "--vip",
-            "10.200.100.5",
-            "--mode",
-            "ipip",
-            "--dev",
-            "eth0",
-        ],
-    )
-    .expect("lbctl runs");
+    let out = ipip_setup(&peer, "10.200.100.5", &[]).expect("lbctl runs");
     assert_eq!(out.code, Some(1), "{out:?}");
     assert!(
         out.stderr

@@ -71,6 +71,13 @@ impl Lab {
         }
     }
 
+    /// `lbctl args...`, which must succeed; its output.
+    fn ctl(&self, args: &[&str]) -> String {
+        self.lbd
+            .ctl(args)
+            .unwrap_or_else(|e| panic!("lbctl {}: {e:#}", args.join(" ")))
+    }
+
     fn rules(&self) -> Vec<Value> {
         let v = self
             .lbd
@@ -96,6 +103,13 @@ impl Lab {
     }
 }
 
+/// Writes the list file `name` with `text` into `dir`; its path.
+fn list_file(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    path.to_string_lossy().into_owned()
+}
+
 #[test]
 fn blocked_client_cannot_connect_and_removing_the_rule_restores_it() {
     let lab = Lab::start("");
@@ -103,10 +117,7 @@ fn blocked_client_cannot_connect_and_removing_the_rule_restores_it() {
     lab.reaches(a, vip_tcp());
     lab.reaches(b, vip_tcp());
 
-    let said = lab
-        .lbd
-        .ctl(&["block", "add", &b.to_string()])
-        .expect("lbctl block add");
+    let said = lab.ctl(&["block", "add", &b.to_string()]);
     assert!(said.starts_with("blocked 1 prefix"), "{said}");
     lab.blocked(b, vip_tcp());
     lab.reaches(a, vip_tcp());
@@ -121,9 +132,7 @@ fn blocked_client_cannot_connect_and_removing_the_rule_restores_it() {
         "drop_firewall not counted"
     );
 
-    lab.lbd
-        .ctl(&["block", "remove", &format!("{b}/32")])
-        .expect("lbctl block remove");
+    lab.ctl(&["block", "remove", &format!("{b}/32")]);
     assert!(lab.rules().is_empty(), "rules left: {:?}", lab.rules());
     lab.reaches(b, vip_tcp());
     lab.reaches(a, vip_tcp());
@@ -136,15 +145,14 @@ fn list_load_allow_hole_and_replace() {
     let dir = tempfile::tempdir().expect("tempdir");
 
     // A host-bits typo is refused with its line number, and nothing reaches the data plane.
-    let bad = dir.path().join("bad.txt");
-    std::fs::write(
-        &bad,
+    let bad = list_file(
+        &dir,
+        "bad.txt",
         "; a drop list\n192.0.2.0/24 ; SBL1\n10.200.1.1/24 ; SBL2\n",
-    )
-    .expect("write bad list");
+    );
     let err = lab
         .lbd
-        .ctl(&["block", "load", &bad.to_string_lossy()])
+        .ctl(&["block", "load", &bad])
         .expect_err("a list with host bits set must be refused");
     let err = format!("{err:#}");
     assert!(
@@ -154,33 +162,23 @@ fn list_load_allow_hole_and_replace() {
     assert!(lab.rules().is_empty(), "a refused list left rules behind");
 
     // The client's whole /24 blocked from a list, then an allow hole for one address.
-    let list = dir.path().join("drop.txt");
-    std::fs::write(
-        &list,
+    let list = list_file(
+        &dir,
+        "drop.txt",
         "; Spamhaus-style DROP list\n192.0.2.0/24 ; SBL1\n10.200.1.0/24 ; SBL2\n\n# end\n",
-    )
-    .expect("write list");
-    let said = lab
-        .lbd
-        .ctl(&["block", "load", &list.to_string_lossy()])
-        .expect("lbctl block load");
+    );
+    let said = lab.ctl(&["block", "load", &list]);
     assert!(said.starts_with("loaded 2 prefixes from "), "{said}");
     lab.blocked(a, vip_tcp());
     lab.blocked(b, vip_tcp());
 
-    lab.lbd
-        .ctl(&["allow", "add", &a.to_string()])
-        .expect("lbctl allow add");
+    lab.ctl(&["allow", "add", &a.to_string()]);
     lab.reaches(a, vip_tcp());
     lab.blocked(b, vip_tcp());
 
     // Replacing the block list drops 10.200.1.0/24 and keeps the allow rule.
-    let next = dir.path().join("drop2.txt");
-    std::fs::write(&next, "192.0.2.0/24\n198.51.100.0/24\n").expect("write list");
-    let said = lab
-        .lbd
-        .ctl(&["block", "load", "--replace", &next.to_string_lossy()])
-        .expect("lbctl block load --replace");
+    let next = list_file(&dir, "drop2.txt", "192.0.2.0/24\n198.51.100.0/24\n");
+    let said = lab.ctl(&["block", "load", "--replace", &next]);
     assert!(
         said.contains("1 added, 0 changed, 1 removed, 1 unchanged; 3 rules in total"),
         "{said}"
@@ -216,16 +214,12 @@ fn scope_all_guards_the_lb_itself() {
     let _lb_server = tcp_name_server(lab.topo.lb(), own, "lb").expect("server on the LB");
     lab.reaches(b, own);
 
-    lab.lbd
-        .ctl(&["block", "add", &b.to_string()])
-        .expect("lbctl block add");
+    lab.ctl(&["block", "add", &b.to_string()]);
     lab.blocked(b, own);
     lab.blocked(b, vip_tcp());
     lab.reaches(a, own);
     lab.reaches(a, vip_tcp());
 
-    lab.lbd
-        .ctl(&["block", "remove", &b.to_string()])
-        .expect("lbctl block remove");
+    lab.ctl(&["block", "remove", &b.to_string()]);
     lab.reaches(b, own);
 }

@@ -20,6 +20,7 @@ use xdplb_integration::procs::{
     HEALTH_TIMEOUT as PROBE_TIMEOUT,
 };
 use xdplb_integration::server::{tcp_server, Stoppable};
+use xdplb_integration::topology::Backend;
 use xdplb_integration::{
     all_ok, count_by_name, tcp_connect, tcp_exchange, tcp_name_server, tcp_request, tcp_requests,
     udp_name_server, udp_requests, Lbd, NetNs, Proto, ServerHandle, Topology, VIP,
@@ -36,12 +37,55 @@ const WAIT_LIMIT: Duration = Duration::from_secs(15);
 const NAT_PORT: u16 = 8080;
 
 fn vip_tcp() -> SocketAddrV4 {
-    SocketAddrV4::new(VIP, 80)
+    TCP80.0
 }
+
+/// The TCP VIP of most tests.
+const TCP80: (SocketAddrV4, Proto) = (SocketAddrV4::new(VIP, 80), Proto::Tcp);
 
 fn vip_add(lbd: &Lbd, vip: SocketAddrV4, proto: Proto, mode: &str, health: &[&str]) {
     lbd.add_vip_with(vip, proto, &[&["--mode", mode], health].concat())
         .expect("lbctl vip add");
+}
+
+/// The LB's namespace of `topo` and the lbd configuration for it.
+fn lab(topo: &Topology) -> (&NetNs, String) {
+    (topo.lb(), topo.lbd_config())
+}
+
+/// lbd started in `lb` with `config`, serving `vip` (in `mode`, checked by `health`) with
+/// `addrs` as its backends.
+fn lbd_serving(
+    (lb, config): (&NetNs, String),
+    (vip, proto): (SocketAddrV4, Proto),
+    mode: &str,
+    health: &[&str],
+    addrs: &[SocketAddrV4],
+) -> Lbd {
+    let lbd = Lbd::start(lb, &config).expect("lbd starts");
+    vip_add(&lbd, vip, proto, mode, health);
+    for a in addrs {
+        lbd.add_backend(vip, proto, *a).expect("add backend");
+    }
+    lbd
+}
+
+/// `lbctl backend <verb> --vip <vip> --proto <proto> [backend]`.
+fn backend_cmd(
+    lbd: &Lbd,
+    verb: &str,
+    (vip, proto): (SocketAddrV4, Proto),
+    backend: Option<SocketAddrV4>,
+    json: bool,
+) -> Result<String> {
+    let (vip, proto) = (vip.to_string(), proto.to_string());
+    let backend = backend.map(|b| b.to_string());
+    let mut args = vec!["backend", verb, "--vip", &vip, "--proto", &proto];
+    args.extend(backend.as_deref());
+    if json {
+        args.insert(0, "--json");
+    }
+    lbd.ctl(&args)
 }
 
 /// One row of `lbctl --json backend list`.
@@ -54,14 +98,9 @@ struct Row {
 }
 
 fn backends(lbd: &Lbd, vip: SocketAddrV4, proto: Proto) -> Result<BTreeMap<SocketAddrV4, Row>> {
-    let v = lbd.ctl_json(&[
-        "backend",
-        "list",
-        "--vip",
-        &vip.to_string(),
-        "--proto",
-        &proto.to_string(),
-    ])?;
+    let out = backend_cmd(lbd, "list", (vip, proto), None, true)?;
+    let v: serde_json::Value =
+        serde_json::from_str(&out).context("backend list printed no JSON")?;
     let mut rows = BTreeMap::new();
     for b in v["backends"].as_array().context("no backends array")? {
         let ip: Ipv4Addr = b["address"].as_str().context("address")?.parse()?;
@@ -105,6 +144,19 @@ fn wait_for(
     );
 }
 
+/// The two-arm topology with two backends, their NAT addresses, and `start(backend, address)`
+/// run for each (its server).
+fn two_backends<T>(
+    start: impl Fn(&Backend, SocketAddrV4) -> Result<T>,
+) -> (Topology, Vec<SocketAddrV4>, Vec<T>) {
+    let topo = Topology::two_arm(2).expect("topology");
+    let addrs = topo.backend_addrs(NAT_PORT);
+    let servers = topo
+        .on_each_backend(|b| start(b, SocketAddrV4::new(b.addr, NAT_PORT)))
+        .expect("servers");
+    (topo, addrs, servers)
+}
+
 fn health_of(rows: &BTreeMap<SocketAddrV4, Row>, be: SocketAddrV4) -> &str {
     rows.get(&be).map_or("<missing>", |r| r.health.as_str())
 }
@@ -125,18 +177,35 @@ fn up_bound() -> Duration {
     INTERVAL * RISE + PROBE_TIMEOUT + SLACK
 }
 
+/// [`wait_for`] `done` with [`WAIT_LIMIT`], and checks that it took no longer than `bound` (what
+/// the check promises); returns how long it took.
+fn within(
+    lbd: &Lbd,
+    (vip, proto): (SocketAddrV4, Proto),
+    what: &str,
+    bound: Duration,
+    done: impl Fn(&BTreeMap<SocketAddrV4, Row>) -> bool,
+) -> Duration {
+    let took = wait_for(lbd, vip, proto, what, WAIT_LIMIT, done);
+    assert!(
+        took <= bound,
+        "{what} after {took:?}, the bound is {bound:?}"
+    );
+    took
+}
+
 /// Kills the server of backend `victim` (`servers[victim]`), checks that it is marked down within
 /// the bound and gets no new connection while the others answer every one; restarts it with
 /// `restart` and checks that it comes back within `rise` probes and gets connections again.
 fn kill_and_restart(
     lbd: &Lbd,
-    client: &NetNs,
-    vip: SocketAddrV4,
+    topo: &Topology,
     servers: &mut [Option<ServerHandle>],
     addrs: &[SocketAddrV4],
     victim: usize,
     restart: impl Fn() -> ServerHandle,
 ) {
+    let (client, vip) = (topo.client(), vip_tcp());
     let before = tcp_batch(client, vip, 90);
     assert_eq!(
         before.len(),
@@ -150,20 +219,11 @@ fn kill_and_restart(
     let be = addrs[victim];
 
     servers[victim] = None; // the server stops listening: probes are refused
-    let took = wait_for(
-        lbd,
-        vip,
-        Proto::Tcp,
-        "backend marked down",
-        WAIT_LIMIT,
-        |rows| health_of(rows, be) == "down",
-    );
+    let what = format!("{be} marked down");
+    let took = within(lbd, (vip, Proto::Tcp), &what, down_bound(), |rows| {
+        health_of(rows, be) == "down"
+    });
     eprintln!("{be} marked down {took:?} after its server stopped");
-    assert!(
-        took <= down_bound(),
-        "{be} went down after {took:?}, the bound is {:?}",
-        down_bound()
-    );
     let rows = backends(lbd, vip, Proto::Tcp).expect("backend list");
     for (addr, row) in &rows {
         if *addr != be {
@@ -184,20 +244,11 @@ fn kill_and_restart(
     );
 
     servers[victim] = Some(restart());
-    let took = wait_for(
-        lbd,
-        vip,
-        Proto::Tcp,
-        "backend back up",
-        WAIT_LIMIT,
-        |rows| health_of(rows, be) == "up",
-    );
+    let what = format!("{be} back up");
+    let took = within(lbd, (vip, Proto::Tcp), &what, up_bound(), |rows| {
+        health_of(rows, be) == "up"
+    });
     eprintln!("{be} back up {took:?} after its server returned");
-    assert!(
-        took <= up_bound(),
-        "{be} came back after {took:?}, the bound is {:?}",
-        up_bound()
-    );
     let after = tcp_batch(client, vip, 90);
     assert!(
         after.get(&name).is_some_and(|n| *n > 0),
@@ -224,18 +275,7 @@ fn nat_tcp_check_takes_a_dead_backend_out_and_back() {
     let mut servers: Vec<Option<ServerHandle>> = topo
         .stoppable_name_servers(addrs[0].port(), tcp_name_server)
         .expect("servers");
-    let lbd = Lbd::start(topo.lb(), &topo.lbd_config()).expect("lbd starts");
-    vip_add(
-        &lbd,
-        vip_tcp(),
-        Proto::Tcp,
-        "nat",
-        &health_flags("tcp", &[]),
-    );
-    for a in &addrs {
-        lbd.add_backend(vip_tcp(), Proto::Tcp, *a)
-            .expect("add backend");
-    }
+    let lbd = lbd_serving(lab(&topo), TCP80, "nat", &health_flags("tcp", &[]), &addrs);
     let list = lbd.ctl(&["vip", "list"]).expect("vip list");
     assert!(
         list.contains("tcp 200ms/100ms rise 2 fall 3 fail-open"),
@@ -243,15 +283,8 @@ fn nat_tcp_check_takes_a_dead_backend_out_and_back() {
     );
 
     let b2 = &topo.backend(2).ns;
-    kill_and_restart(
-        &lbd,
-        topo.client(),
-        vip_tcp(),
-        &mut servers,
-        &addrs,
-        1,
-        || tcp_name_server(b2, addrs[1], "b2").expect("server restarts"),
-    );
+    let restart = || tcp_name_server(b2, addrs[1], "b2").expect("server restarts");
+    kill_and_restart(&lbd, &topo, &mut servers, &addrs, 1, restart);
     drop(servers);
 }
 
@@ -262,28 +295,14 @@ fn dsr_check_takes_a_dead_backend_out_and_back(mode: &str) {
     let topo = &net.topo;
     let any80 = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 80);
     let addrs: Vec<SocketAddrV4> = (1..=3).map(|i| net.backend_addr(i, 80)).collect();
-    let mut servers: Vec<Option<ServerHandle>> = topo
-        .backends()
-        .iter()
-        .map(|b| Some(tcp_name_server(&b.ns, any80, &format!("b{}", b.index)).expect("server")))
-        .collect();
-    let lbd = Lbd::start(topo.lb(), &topo.lbd_config()).expect("lbd starts");
-    vip_add(&lbd, vip_tcp(), Proto::Tcp, mode, &health_flags("tcp", &[]));
-    for a in &addrs {
-        lbd.add_backend(vip_tcp(), Proto::Tcp, *a)
-            .expect("add backend");
-    }
+    let mut servers = topo
+        .on_each_backend(|b| tcp_name_server(&b.ns, any80, &b.name()).map(Some))
+        .expect("servers");
+    let lbd = lbd_serving(lab(topo), TCP80, mode, &health_flags("tcp", &[]), &addrs);
     let before = LbCounters::read(&lbd).expect("stats");
     let b3 = &topo.backend(3).ns;
-    kill_and_restart(
-        &lbd,
-        topo.client(),
-        vip_tcp(),
-        &mut servers,
-        &addrs,
-        2,
-        || tcp_name_server(b3, any80, "b3").expect("server restarts"),
-    );
+    let restart = || tcp_name_server(b3, any80, "b3").expect("server restarts");
+    kill_and_restart(&lbd, topo, &mut servers, &addrs, 2, restart);
     let d = LbCounters::read(&lbd).expect("stats").since(&before);
     let reason = format!("tx_{mode}");
     assert!(d.reason(&reason) > 0, "nothing went by {mode}: {d:?}");
@@ -311,31 +330,18 @@ fn ipip_check_behind_a_router_with_drop() {
     let setup = backend_setup(topo.backend(), VIP, "ipip", "eth0").expect("lbctl backend-setup");
     let any80 = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 80);
     let server = tcp_name_server(topo.backend(), any80, "b1").expect("server");
-    let lbd = Lbd::start(topo.lb(), &topo.lbd_config()).expect("lbd starts");
-    vip_add(
-        &lbd,
-        vip_tcp(),
-        Proto::Tcp,
-        "ipip",
-        &health_flags("tcp", &["--all-down", "drop"]),
-    );
     let be = SocketAddrV4::new(RoutedTopology::BACKEND_ADDR, 80);
-    lbd.add_backend(vip_tcp(), Proto::Tcp, be)
-        .expect("add backend");
+    let check = health_flags("tcp", &["--all-down", "drop"]);
+    let routed = (topo.lb(), topo.lbd_config());
+    let lbd = lbd_serving(routed, TCP80, "ipip", &check, &[be]);
     // Up after `rise` probes through the router (not just "never probed").
     std::thread::sleep(INTERVAL * (RISE + 1));
     assert_eq!(tcp_batch(topo.client(), vip_tcp(), 20).get("b1"), Some(&20));
 
     drop(server);
-    let took = wait_for(
-        &lbd,
-        vip_tcp(),
-        Proto::Tcp,
-        "backend marked down",
-        WAIT_LIMIT,
-        |rows| health_of(rows, be) == "down",
-    );
-    assert!(took <= down_bound(), "down after {took:?}");
+    within(&lbd, TCP80, "backend marked down", down_bound(), |rows| {
+        health_of(rows, be) == "down"
+    });
     let before = LbCounters::read(&lbd).expect("stats");
     let refused = tcp_request(topo.client(), None, vip_tcp(), Duration::from_millis(500));
     assert!(
@@ -349,15 +355,9 @@ fn ipip_check_behind_a_router_with_drop() {
     );
 
     let _server = tcp_name_server(topo.backend(), any80, "b1").expect("server restarts");
-    let took = wait_for(
-        &lbd,
-        vip_tcp(),
-        Proto::Tcp,
-        "backend back up",
-        WAIT_LIMIT,
-        |rows| health_of(rows, be) == "up",
-    );
-    assert!(took <= up_bound(), "up after {took:?}");
+    within(&lbd, TCP80, "backend back up", up_bound(), |rows| {
+        health_of(rows, be) == "up"
+    });
     assert_eq!(tcp_batch(topo.client(), vip_tcp(), 20).get("b1"), Some(&20));
     drop(lbd);
     drop(setup);
@@ -372,11 +372,8 @@ fn nat_udp_check() {
     let mut servers: Vec<Option<ServerHandle>> = topo
         .stoppable_name_servers(addrs[0].port(), udp_name_server)
         .expect("servers");
-    let lbd = Lbd::start(topo.lb(), &topo.lbd_config()).expect("lbd starts");
-    vip_add(&lbd, vip, Proto::Udp, "nat", &health_flags("udp", &[]));
-    for a in &addrs {
-        lbd.add_backend(vip, Proto::Udp, *a).expect("add backend");
-    }
+    let udp = health_flags("udp", &[]);
+    let lbd = lbd_serving(lab(&topo), (vip, Proto::Udp), "nat", &udp, &addrs);
     let udp_batch = |count| {
         let results = udp_requests(topo.client(), None, vip, count, TIMEOUT, 3, BATCH_LIMIT)
             .expect("client runs");
@@ -385,29 +382,25 @@ fn nat_udp_check() {
     assert_eq!(udp_batch(40).len(), 2);
 
     servers[0] = None;
-    let took = wait_for(
+    within(
         &lbd,
-        vip,
-        Proto::Udp,
+        (vip, Proto::Udp),
         "udp backend marked down",
-        WAIT_LIMIT,
+        down_bound(),
         |rows| health_of(rows, addrs[0]) == "down" && health_of(rows, addrs[1]) == "up",
     );
-    assert!(took <= down_bound(), "down after {took:?}");
     let during = udp_batch(40);
     assert_eq!(during.get("b2"), Some(&40), "{during:?}");
 
     servers[0] =
         Some(udp_name_server(&topo.backend(1).ns, addrs[0], "b1").expect("server restarts"));
-    let took = wait_for(
+    within(
         &lbd,
-        vip,
-        Proto::Udp,
+        (vip, Proto::Udp),
         "udp backend back up",
-        WAIT_LIMIT,
+        up_bound(),
         |rows| health_of(rows, addrs[0]) == "up",
     );
-    assert!(took <= up_bound(), "up after {took:?}");
     assert!(udp_batch(40).get("b1").is_some_and(|n| *n > 0));
     drop(servers);
 }
@@ -464,26 +457,9 @@ impl HttpServer {
 /// out, a 200 brings it back.
 #[test]
 fn nat_http_check_follows_the_status() {
-    let topo = Topology::two_arm(2).expect("topology");
-    let addrs: Vec<SocketAddrV4> = topo.backend_addrs(NAT_PORT);
-    let servers: Vec<HttpServer> = topo
-        .backends()
-        .iter()
-        .zip(&addrs)
-        .map(|(b, a)| HttpServer::start(&b.ns, *a).expect("http server"))
-        .collect();
-    let lbd = Lbd::start(topo.lb(), &topo.lbd_config()).expect("lbd starts");
-    vip_add(
-        &lbd,
-        vip_tcp(),
-        Proto::Tcp,
-        "nat",
-        &health_flags("http:/healthz", &[]),
-    );
-    for a in &addrs {
-        lbd.add_backend(vip_tcp(), Proto::Tcp, *a)
-            .expect("add backend");
-    }
+    let (topo, addrs, servers) = two_backends(|b, a| HttpServer::start(&b.ns, a));
+    let http = health_flags("http:/healthz", &[]);
+    let lbd = lbd_serving(lab(&topo), TCP80, "nat", &http, &addrs);
     std::thread::sleep(INTERVAL * (RISE + 1));
     let head = servers[0]
         .requests
@@ -499,30 +475,18 @@ fn nat_http_check_follows_the_status() {
     );
 
     servers[0].healthy.store(false, Ordering::SeqCst);
-    let took = wait_for(
-        &lbd,
-        vip_tcp(),
-        Proto::Tcp,
-        "503 marks it down",
-        WAIT_LIMIT,
-        |rows| health_of(rows, addrs[0]) == "down" && health_of(rows, addrs[1]) == "up",
-    );
-    assert!(took <= down_bound(), "down after {took:?}");
+    within(&lbd, TCP80, "503 marks it down", down_bound(), |rows| {
+        health_of(rows, addrs[0]) == "down" && health_of(rows, addrs[1]) == "up"
+    });
     assert!(
         lbd.log_text().contains("HTTP status 503, expected 200"),
         "{}",
         lbd.log_text()
     );
     servers[0].healthy.store(true, Ordering::SeqCst);
-    let took = wait_for(
-        &lbd,
-        vip_tcp(),
-        Proto::Tcp,
-        "200 brings it back",
-        WAIT_LIMIT,
-        |rows| health_of(rows, addrs[0]) == "up",
-    );
-    assert!(took <= up_bound(), "up after {took:?}");
+    within(&lbd, TCP80, "200 brings it back", up_bound(), |rows| {
+        health_of(rows, addrs[0]) == "up"
+    });
     drop(servers);
 }
 
@@ -532,23 +496,9 @@ fn nat_http_check_follows_the_status() {
 /// itself works: exactly the case fail-open is for.
 #[test]
 fn all_down_drop_then_fail_open() {
-    let topo = Topology::two_arm(2).expect("topology");
-    let addrs: Vec<SocketAddrV4> = topo.backend_addrs(NAT_PORT);
-    let servers = topo
-        .name_servers(NAT_PORT, tcp_name_server)
-        .expect("servers");
-    let lbd = Lbd::start(topo.lb(), &topo.lbd_config()).expect("lbd starts");
-    vip_add(
-        &lbd,
-        vip_tcp(),
-        Proto::Tcp,
-        "nat",
-        &health_flags("http:/healthz", &["--all-down", "drop"]),
-    );
-    for a in &addrs {
-        lbd.add_backend(vip_tcp(), Proto::Tcp, *a)
-            .expect("add backend");
-    }
+    let (topo, addrs, servers) = two_backends(|b, a| tcp_name_server(&b.ns, a, &b.name()));
+    let check = health_flags("http:/healthz", &["--all-down", "drop"]);
+    let lbd = lbd_serving(lab(&topo), TCP80, "nat", &check, &addrs);
     wait_for(
         &lbd,
         vip_tcp(),
@@ -611,14 +561,7 @@ fn all_down_drop_then_fail_open() {
 /// undrain restores the weight. NAT (conntrack) on the two-arm topology.
 #[test]
 fn drain_keeps_open_connection_and_undrain_restores() {
-    let topo = Topology::two_arm(2).expect("topology");
-    let addrs: Vec<SocketAddrV4> = topo.backend_addrs(NAT_PORT);
-    let servers: Vec<LineServer> = topo
-        .backends()
-        .iter()
-        .zip(&addrs)
-        .map(|(b, a)| LineServer::start(&b.ns, *a, &format!("b{}", b.index)).expect("server"))
-        .collect();
+    let (topo, addrs, servers) = two_backends(|b, a| LineServer::start(&b.ns, a, &b.name()));
     drain_and_undrain(&topo, "nat", &addrs, &servers);
     drop(servers);
 }
@@ -629,12 +572,10 @@ fn dsr_drain(mode: &str) {
     let net = ModeTopology::one_arm(mode, 2).expect("topology");
     let any80 = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 80);
     let addrs: Vec<SocketAddrV4> = (1..=2).map(|i| net.backend_addr(i, 80)).collect();
-    let servers: Vec<LineServer> = net
+    let servers = net
         .topo
-        .backends()
-        .iter()
-        .map(|b| LineServer::start(&b.ns, any80, &format!("b{}", b.index)).expect("server"))
-        .collect();
+        .on_each_backend(|b| LineServer::start(&b.ns, any80, &b.name()))
+        .expect("servers");
     drain_and_undrain(&net.topo, mode, &addrs, &servers);
     for s in &servers {
         for peer in s.peers() {
@@ -666,12 +607,7 @@ fn drain_and_undrain(topo: &Topology, mode: &str, addrs: &[SocketAddrV4], server
         .lbd_config()
         .replace("tcp_closing = \"10s\"", "tcp_closing = \"1s\"");
     assert!(config.contains("tcp_closing = \"1s\""), "{config}");
-    let lbd = Lbd::start(topo.lb(), &config).expect("lbd starts");
-    vip_add(&lbd, vip_tcp(), Proto::Tcp, mode, &[]);
-    for a in addrs {
-        lbd.add_backend(vip_tcp(), Proto::Tcp, *a)
-            .expect("add backend");
-    }
+    let lbd = lbd_serving((topo.lb(), config), TCP80, mode, &[], addrs);
     let stats_before = LbCounters::read(&lbd).expect("stats");
 
     let conn = tcp_connect(topo.client(), None, vip_tcp(), TIMEOUT).expect("open connection");
@@ -684,17 +620,8 @@ fn drain_and_undrain(topo: &Topology, mode: &str, addrs: &[SocketAddrV4], server
     let (drained, other) = (addrs[idx], addrs[1 - idx]);
     let other_name = format!("b{}", 2 - idx);
 
-    let out = lbd
-        .ctl(&[
-            "backend",
-            "drain",
-            "--vip",
-            &vip_tcp().to_string(),
-            "--proto",
-            "tcp",
-            &drained.to_string(),
-        ])
-        .expect("backend drain");
+    let key = TCP80;
+    let out = backend_cmd(&lbd, "drain", key, Some(drained), false).expect("backend drain");
     assert!(out.contains("undrain restores weight 100"), "{out}");
     let rows = backends(&lbd, vip_tcp(), Proto::Tcp).expect("list");
     let row = &rows[&drained];
@@ -706,16 +633,7 @@ fn drain_and_undrain(topo: &Topology, mode: &str, addrs: &[SocketAddrV4], server
         row.flows >= 1,
         "the open connection is a tracked flow: {rows:?}"
     );
-    let human = lbd
-        .ctl(&[
-            "backend",
-            "list",
-            "--vip",
-            &vip_tcp().to_string(),
-            "--proto",
-            "tcp",
-        ])
-        .expect("list");
+    let human = backend_cmd(&lbd, "list", key, None, false).expect("list");
     assert!(
         human
             .lines()
@@ -756,17 +674,7 @@ fn drain_and_undrain(topo: &Topology, mode: &str, addrs: &[SocketAddrV4], server
     );
     eprintln!("zero flows {took:?} after the close");
 
-    let out = lbd
-        .ctl(&[
-            "backend",
-            "undrain",
-            "--vip",
-            &vip_tcp().to_string(),
-            "--proto",
-            "tcp",
-            &drained.to_string(),
-        ])
-        .expect("backend undrain");
+    let out = backend_cmd(&lbd, "undrain", key, Some(drained), false).expect("backend undrain");
     assert!(out.contains("weight 100"), "{out}");
     let rows = backends(&lbd, vip_tcp(), Proto::Tcp).expect("list");
     assert_eq!(
@@ -776,15 +684,7 @@ fn drain_and_undrain(topo: &Topology, mode: &str, addrs: &[SocketAddrV4], server
     assert_eq!(rows[&other].weight, 100);
     let counts = tcp_batch(topo.client(), vip_tcp(), 60);
     assert_eq!(counts.len(), 2, "both get new flows again: {counts:?}");
-    let again = lbd.ctl(&[
-        "backend",
-        "undrain",
-        "--vip",
-        &vip_tcp().to_string(),
-        "--proto",
-        "tcp",
-        &drained.to_string(),
-    ]);
+    let again = backend_cmd(&lbd, "undrain", key, Some(drained), false);
     let e = format!("{:#}", again.expect_err("not drained any more"));
     assert!(e.contains("is not drained"), "{e}");
     let d = LbCounters::read(&lbd).expect("stats").since(&stats_before);

@@ -273,13 +273,8 @@ fn metrics_count_what_was_sent() {
     .expect("client runs");
     all_ok(results, UDP);
     let m = Scrape::fresh(lb);
-    let vip = [("vip", "10.200.100.1:53"), ("proto", "udp")];
     let b1 = lab.backend(5353);
-    let be = [
-        ("vip", "10.200.100.1:53"),
-        ("proto", "udp"),
-        ("backend", b1.as_str()),
-    ];
+    let (vip, be) = series_labels("10.200.100.1:53", "udp", &b1);
     let n = UDP as f64;
     // Frames as received: Ethernet 14 + IP 20 + UDP 8 + "hello\n" 6 = 48 bytes; the answer
     // "b1 10.200.1.1:PPPPP\n" (SNAT port of 5 digits, 20000-29999) makes 14 + 20 + 8 + 20 = 62.
@@ -308,13 +303,13 @@ fn metrics_count_what_was_sent() {
     assert_eq!(
         m.get(
             "xdplb_map_entries",
-            &[("map", "ct_fwd"), ("type", "lru_hash")]
+            &[("map", "nat_fwd_v2"), ("type", "lru_hash")]
         ),
         n
     );
-    assert_eq!(m.get("xdplb_map_entries", &[("map", "ct_rev")]), n);
+    assert_eq!(m.get("xdplb_map_entries", &[("map", "nat_rev_v2")]), n);
     assert_eq!(
-        m.get("xdplb_map_capacity", &[("map", "ct_fwd")]),
+        m.get("xdplb_map_capacity", &[("map", "nat_fwd_v2")]),
         1_048_576.0
     );
     assert_eq!(m.get("xdplb_map_entries", &[("map", "vips")]), 1.0);
@@ -340,13 +335,8 @@ fn metrics_count_what_was_sent() {
     all_ok(results, TCP);
     let m = Scrape::fresh(lb);
     let t = TCP as f64;
-    let vip = [("vip", "10.200.100.1:80"), ("proto", "tcp")];
     let b1 = lab.backend(8080);
-    let be = [
-        ("vip", "10.200.100.1:80"),
-        ("proto", "tcp"),
-        ("backend", b1.as_str()),
-    ];
+    let (vip, be) = series_labels("10.200.100.1:80", "tcp", &b1);
     let tcp_in = m.get("xdplb_vip_packets_total", &vip);
     let tcp_both = m.get("xdplb_backend_packets_total", &be);
     assert_eq!(m.get("xdplb_vip_new_flows_total", &vip), t);
@@ -359,7 +349,7 @@ fn metrics_count_what_was_sent() {
     // Closed connections stay tracked for the closing timeout (10 s).
     assert_eq!(m.get("xdplb_vip_tracked_flows", &vip), t);
     assert_eq!(m.get("xdplb_backend_tracked_flows", &be), t);
-    assert_eq!(m.get("xdplb_map_entries", &[("map", "ct_fwd")]), n + t);
+    assert_eq!(m.get("xdplb_map_entries", &[("map", "nat_fwd_v2")]), n + t);
     // Every client packet of either VIP was forwarded, every backend packet restored.
     assert_eq!(
         m.get("xdplb_packets_total", &[("reason", "tx_nat_forward")]),
@@ -622,95 +612,61 @@ fn health_metrics_follow_a_dead_backend() {
         }
     };
 
+    // The health series of backend `be`.
+    let up = |s: &Scrape, be| s.get("xdplb_backend_up", &be_labels(&vip, be, None));
+    let failures = |s: &Scrape, be| {
+        s.get(
+            "xdplb_backend_probe_failures_total",
+            &be_labels(&vip, be, None),
+        )
+    };
+    let moved = |s: &Scrape, be, to| {
+        let labels = be_labels(&vip, be, Some(("to", to)));
+        s.get("xdplb_backend_health_transitions_total", &labels)
+    };
+
     // Both probed up (after `rise`), nothing failed.
     std::thread::sleep(Duration::from_millis(800));
     let s = Scrape::take(ns);
     for be in [b1, b2] {
-        assert_eq!(
-            s.get("xdplb_backend_up", &be_labels(&vip, be, None)),
-            1.0,
-            "{}",
-            s.text
-        );
-        assert_eq!(
-            s.get(
-                "xdplb_backend_probe_failures_total",
-                &be_labels(&vip, be, None)
-            ),
-            0.0
-        );
+        assert_eq!(up(&s, be), 1.0, "{}", s.text);
+        assert_eq!(failures(&s, be), 0.0);
         for to in ["down", "up"] {
-            assert_eq!(
-                s.get(
-                    "xdplb_backend_health_transitions_total",
-                    &be_labels(&vip, be, Some(("to", to)))
-                ),
-                0.0
-            );
+            assert_eq!(moved(&s, be, to), 0.0);
         }
     }
 
     servers[0] = None;
-    let s = wait("b1 down in the metrics", &|s| {
-        s.get("xdplb_backend_up", &be_labels(&vip, b1, None)) == 0.0
-    });
-    assert_eq!(
-        s.get(
-            "xdplb_backend_health_transitions_total",
-            &be_labels(&vip, b1, Some(("to", "down")))
-        ),
-        1.0
-    );
-    let failures = s.get(
-        "xdplb_backend_probe_failures_total",
-        &be_labels(&vip, b1, None),
-    );
-    assert!(failures >= 3.0, "fall is 3, failures {failures}");
-    assert_eq!(s.get("xdplb_backend_up", &be_labels(&vip, b2, None)), 1.0);
-    assert_eq!(
-        s.get(
-            "xdplb_backend_probe_failures_total",
-            &be_labels(&vip, b2, None)
-        ),
-        0.0
-    );
+    let s = wait("b1 down in the metrics", &|s| up(s, b1) == 0.0);
+    assert_eq!(moved(&s, b1, "down"), 1.0);
+    let failed = failures(&s, b1);
+    assert!(failed >= 3.0, "fall is 3, failures {failed}");
+    assert_eq!(up(&s, b2), 1.0);
+    assert_eq!(failures(&s, b2), 0.0);
     s.promtool();
 
     servers[0] = Some(tcp_name_server(&topo.backend(1).ns, addrs[0], "b1").expect("restart"));
-    let s = wait("b1 up again in the metrics", &|s| {
-        s.get("xdplb_backend_up", &be_labels(&vip, b1, None)) == 1.0
-    });
-    assert_eq!(
-        s.get(
-            "xdplb_backend_health_transitions_total",
-            &be_labels(&vip, b1, Some(("to", "up")))
-        ),
-        1.0
-    );
-    assert_eq!(
-        s.get(
-            "xdplb_backend_health_transitions_total",
-            &be_labels(&vip, b1, Some(("to", "down")))
-        ),
-        1.0
-    );
-    assert!(
-        s.get(
-            "xdplb_backend_probe_failures_total",
-            &be_labels(&vip, b1, None)
-        ) >= failures
-    );
+    let s = wait("b1 up again in the metrics", &|s| up(s, b1) == 1.0);
+    assert_eq!(moved(&s, b1, "up"), 1.0);
+    assert_eq!(moved(&s, b1, "down"), 1.0);
+    assert!(failures(&s, b1) >= failed);
     for to in ["down", "up"] {
-        assert_eq!(
-            s.get(
-                "xdplb_backend_health_transitions_total",
-                &be_labels(&vip, b2, Some(("to", to)))
-            ),
-            0.0,
-            "b2 never moved"
-        );
+        assert_eq!(moved(&s, b2, to), 0.0, "b2 never moved");
     }
     drop(servers);
+}
+
+/// `N` label names and values of a series.
+type Labels<'a, const N: usize> = [(&'a str, &'a str); N];
+
+/// The labels of a VIP's series, and of its backend `backend`'s.
+fn series_labels<'a>(
+    vip: &'a str,
+    proto: &'a str,
+    backend: &'a str,
+) -> (Labels<'a, 2>, Labels<'a, 3>) {
+    let [v, p] = [("vip", vip), ("proto", proto)];
+    ([v, p], [v, p, ("backend", backend)])
 }
 
 /// The labels of a backend's series, plus `extra`.

@@ -48,6 +48,21 @@ impl Lab {
         Lab { servers, lbd, topo }
     }
 
+    /// [`Lab::start`] with TCP name servers and the TCP VIP on backends 1 and 2.
+    fn tcp_vip(topo: Topology) -> Lab {
+        let lab = Lab::start(topo, Proto::Tcp, BACKEND_PORT);
+        tcp_vip_with_backends(&lab, &[1, 2]);
+        lab
+    }
+
+    /// `count` new connections, spread over b1 and b2 within `share`, all through SNAT.
+    fn balanced_batch(&self, count: usize, share: std::ops::RangeInclusive<usize>) -> Vec<Reply> {
+        let replies = self.tcp_batch(None, count);
+        assert_spread(&count_by_name(&replies), &["b1", "b2"], count, share);
+        assert_snat(&replies, self.topo.snat_addr());
+        replies
+    }
+
     fn backend(&self, index: usize) -> SocketAddrV4 {
         SocketAddrV4::new(self.topo.backend(index).addr, BACKEND_PORT)
     }
@@ -65,6 +80,15 @@ impl Lab {
         .expect("client runs");
         all_ok(results, count)
     }
+}
+
+/// Asserts that `result` is an error that says `says` (in any case); `what` if it is not an error.
+fn assert_refused(result: anyhow::Result<String>, what: &str, says: &str) {
+    let err = result.expect_err(what);
+    assert!(
+        format!("{err:#}").to_lowercase().contains(says),
+        "error should say {says:?}: {err:#}"
+    );
 }
 
 /// Asserts that every reply shows the SNAT address (and a port of the configured range) as the
@@ -93,14 +117,9 @@ fn tcp_vip_with_backends(lab: &Lab, backends: &[usize]) {
 
 #[test]
 fn tcp_500_connections_balanced() {
-    let lab = Lab::start(Topology::two_arm(2).expect("topology"), Proto::Tcp, 8080);
-    tcp_vip_with_backends(&lab, &[1, 2]);
+    let lab = Lab::tcp_vip(Topology::two_arm(2).expect("topology"));
 
-    let replies = lab.tcp_batch(None, 500);
-
-    let counts = count_by_name(&replies);
-    assert_spread(&counts, &["b1", "b2"], 500, 35..=65);
-    assert_snat(&replies, lab.topo.snat_addr());
+    let replies = lab.balanced_batch(500, 35..=65);
     let mut ports: Vec<u16> = replies.iter().map(|r| r.local.port()).collect();
     ports.sort_unstable();
     ports.dedup();
@@ -147,8 +166,7 @@ fn udp_request_response() {
 
 #[test]
 fn same_source_port_two_clients() {
-    let lab = Lab::start(Topology::two_arm(2).expect("topology"), Proto::Tcp, 8080);
-    tcp_vip_with_backends(&lab, &[1, 2]);
+    let lab = Lab::tcp_vip(Topology::two_arm(2).expect("topology"));
     let [a, b] = lab.topo.client_addrs();
     let from_a = SocketAddrV4::new(a, 40000);
     let from_b = SocketAddrV4::new(b, 40000);
@@ -183,8 +201,7 @@ fn third_backend_joins_and_removed_backend_gets_nothing() {
     let (third, third_addr) = topo.add_backend().expect("third backend link");
     assert_eq!(third, 3);
     assert_eq!(third_addr, Ipv4Addr::new(10, 200, 13, 2));
-    let lab = Lab::start(topo, Proto::Tcp, 8080);
-    tcp_vip_with_backends(&lab, &[1, 2]);
+    let lab = Lab::tcp_vip(topo);
     let client = lab.topo.client_addrs()[0];
 
     // Explicit, disjoint source ports per phase: no 5-tuple (and so no conntrack entry) of an
@@ -225,8 +242,7 @@ fn third_backend_joins_and_removed_backend_gets_nothing() {
 
 #[test]
 fn non_vip_traffic_untouched() {
-    let lab = Lab::start(Topology::two_arm(2).expect("topology"), Proto::Tcp, 8080);
-    tcp_vip_with_backends(&lab, &[1, 2]);
+    let lab = Lab::tcp_vip(Topology::two_arm(2).expect("topology"));
     let client = lab.topo.client_addrs()[0];
     let lb_server = tcp_name_server(
         lab.topo.lb(),
@@ -270,8 +286,7 @@ fn non_vip_traffic_untouched() {
 
 #[test]
 fn bad_rpc_is_refused_and_changes_nothing() {
-    let lab = Lab::start(Topology::two_arm(2).expect("topology"), Proto::Tcp, 8080);
-    tcp_vip_with_backends(&lab, &[1, 2]);
+    let lab = Lab::tcp_vip(Topology::two_arm(2).expect("topology"));
     let before = lab
         .lbd
         .ctl_json(&["vip", "list"])
@@ -279,33 +294,21 @@ fn bad_rpc_is_refused_and_changes_nothing() {
 
     // Well-formed requests that only lbd can refuse.
     let missing_vip = SocketAddrV4::new(Ipv4Addr::new(10, 200, 100, 2), 80);
-    let err = lab
-        .lbd
-        .add_backend(missing_vip, Proto::Tcp, lab.backend(1))
-        .expect_err("adding a backend to a VIP that does not exist must fail");
-    assert!(
-        format!("{err:#}").to_lowercase().contains("not found"),
-        "error should say \"not found\": {err:#}"
+    assert_refused(
+        lab.lbd.add_backend(missing_vip, Proto::Tcp, lab.backend(1)),
+        "adding a backend to a VIP that does not exist must fail",
+        "not found",
     );
-    let err = lab
-        .lbd
-        .add_vip(vip_tcp(), Proto::Tcp)
-        .expect_err("adding a duplicate VIP must fail");
-    assert!(
-        format!("{err:#}").to_lowercase().contains("already exists"),
-        "error should say \"already exists\": {err:#}"
+    assert_refused(
+        lab.lbd.add_vip(vip_tcp(), Proto::Tcp),
+        "adding a duplicate VIP must fail",
+        "already exists",
     );
-    let err = lab
-        .lbd
-        .remove_backend(
-            vip_tcp(),
-            Proto::Tcp,
-            SocketAddrV4::new(Ipv4Addr::new(10, 200, 11, 99), BACKEND_PORT),
-        )
-        .expect_err("removing a backend the VIP does not have must fail");
-    assert!(
-        format!("{err:#}").to_lowercase().contains("not found"),
-        "error should say \"not found\": {err:#}"
+    let stranger = SocketAddrV4::new(Ipv4Addr::new(10, 200, 11, 99), BACKEND_PORT);
+    assert_refused(
+        lab.lbd.remove_backend(vip_tcp(), Proto::Tcp, stranger),
+        "removing a backend the VIP does not have must fail",
+        "not found",
     );
     // Port 0 is refused by lbctl or by lbd; either way it must fail.
     lab.lbd
@@ -328,12 +331,7 @@ fn bad_rpc_is_refused_and_changes_nothing() {
 
 #[test]
 fn one_arm_tcp_balanced() {
-    let lab = Lab::start(Topology::one_arm(2).expect("topology"), Proto::Tcp, 8080);
-    tcp_vip_with_backends(&lab, &[1, 2]);
+    let lab = Lab::tcp_vip(Topology::one_arm(2).expect("topology"));
 
-    let replies = lab.tcp_batch(None, 200);
-
-    let counts = count_by_name(&replies);
-    assert_spread(&counts, &["b1", "b2"], 200, 30..=70);
-    assert_snat(&replies, lab.topo.snat_addr());
+    lab.balanced_batch(200, 30..=70);
 }

@@ -41,11 +41,19 @@ fn assert_replaced(before: &[LinkProgram], after: &[LinkProgram], what: &str) {
         );
         assert_ne!(a.prog_id, b.prog_id, "{what}: the program was not replaced");
         let (mb, ma) = (b.shared_maps(), a.shared_maps());
-        assert!(mb.contains_key("ct_fwd"), "{mb:?}");
+        assert!(mb.contains_key("nat_fwd_v2"), "{mb:?}");
         assert_eq!(
             ma, mb,
             "{what}: the new program does not use the pinned maps"
         );
+    }
+}
+
+/// The transfer moves [`PROGRESS`] more verified bytes within [`PROGRESS_LIMIT`] (`when`: before
+/// or after what).
+fn keeps_moving(transfer: &Transfer, when: &str) {
+    if let Err(e) = transfer.wait_progress(PROGRESS, PROGRESS_LIMIT) {
+        panic!("transfer {when}: {e:?}");
     }
 }
 
@@ -58,24 +66,14 @@ fn upgrade_under_transfer(mode: &'static str) {
     let mut first =
         Lbd::start_with(lb, config, &StartOptions::keep(state.path())).expect("first lbd");
     first
-        .ctl(&[
-            "vip",
-            "add",
-            &vip80().to_string(),
-            "--proto",
-            "tcp",
-            "--mode",
-            mode,
-        ])
+        .add_vip_with(vip80(), Proto::Tcp, &["--mode", mode])
         .expect("vip add");
     first
         .add_backend(vip80(), Proto::Tcp, lab.backend())
         .expect("backend add");
     let original = programs(&lab);
     let transfer = Transfer::start(lab.client(), vip80(), TRANSFER).expect("transfer starts");
-    transfer
-        .wait_progress(PROGRESS, PROGRESS_LIMIT)
-        .expect("transfer before the upgrade");
+    keeps_moving(&transfer, "before the upgrade");
 
     // Upgrade: SIGTERM, then the variant build.
     first.stop().expect("first lbd stops");
@@ -104,9 +102,7 @@ fn upgrade_under_transfer(mode: &'static str) {
             .contains(mode),
         "the state came back"
     );
-    transfer
-        .wait_progress(PROGRESS, PROGRESS_LIMIT)
-        .expect("transfer after the upgrade");
+    keeps_moving(&transfer, "after the upgrade");
 
     // Back to the first build, after kill -9.
     second.kill9().expect("kill -9");
@@ -174,9 +170,7 @@ fn changed_map_layout_is_refused() {
         original,
         "the refused lbd changed the links"
     );
-    transfer
-        .wait_progress(PROGRESS, PROGRESS_LIMIT)
-        .expect("transfer after the refusal");
+    keeps_moving(&transfer, "after the refusal");
     transfer.finish().expect("the transfer never broke");
 
     let last = Lbd::start_with(lb, config, &StartOptions::state(state.path()))

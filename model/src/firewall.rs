@@ -4,12 +4,12 @@
 use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::fmt;
-use std::str::FromStr;
 use std::sync::Arc;
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::names::named_enum;
 use crate::state::StateError;
 
 /// Rules the data plane holds unless `[firewall] capacity` says otherwise (`FW_DEFAULT_RULES` in
@@ -28,14 +28,7 @@ pub enum Action {
     Allow,
 }
 
-impl fmt::Display for Action {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Action::Block => "block",
-            Action::Allow => "allow",
-        })
-    }
-}
+named_enum!(Action, "firewall action", { Block => "block", Allow => "allow" });
 
 /// Which packets the firewall sees (`[firewall] scope`), fixed when the program is loaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -445,17 +438,6 @@ impl<'de> Deserialize<'de> for Firewall {
             exact: exact_entries(rules.keys()),
             rules: Arc::new(rules),
         })
-    }
-}
-
-impl FromStr for Action {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "block" => Ok(Action::Block),
-            "allow" => Ok(Action::Allow),
-            _ => Err(format!("unknown firewall action '{s}' (block or allow)")),
-        }
     }
 }
 

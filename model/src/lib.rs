@@ -5,5 +5,7 @@
 pub mod cidr;
 pub mod firewall;
 pub mod health;
+pub mod ifname;
+mod names;
 pub mod ratelimit;
 pub mod state;

@@ -4,11 +4,11 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::Ipv4Addr;
-use std::str::FromStr;
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
+use crate::names::named_enum;
 use crate::state::{invalid, StateError};
 
 /// Highest rate accepted, in packets per second per client.
@@ -41,25 +41,7 @@ pub enum Scope {
     NewFlows,
 }
 
-impl fmt::Display for Scope {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Scope::All => "all",
-            Scope::NewFlows => "new-flows",
-        })
-    }
-}
-
-impl FromStr for Scope {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "all" => Ok(Scope::All),
-            "new-flows" | "new_flows" => Ok(Scope::NewFlows),
-            _ => Err(format!("unknown scope '{s}' (all or new-flows)")),
-        }
-    }
-}
+named_enum!(Scope, "scope", { All => "all", NewFlows => "new-flows" | "new_flows" });
 
 /// How the clients of one policy are limited, each on its own: `rate` packets per second with
 /// bursts of up to `burst` packets. Rate 0 means no limit.
@@ -288,6 +270,16 @@ mod tests {
         Policy { rate, burst, scope }
     }
 
+    /// Rate limits with the default policy `default` and then `overrides` set, in order.
+    fn rate_limits(default: Policy, overrides: &[(&str, Policy)]) -> RateLimits {
+        let mut rl = RateLimits::default();
+        rl.set(None, default).expect("default");
+        for (cidr, policy) in overrides {
+            rl.set(Some(net(cidr)), *policy).expect(cidr);
+        }
+        rl
+    }
+
     fn field_of(e: StateError) -> &'static str {
         match e {
             StateError::InvalidArgument { field, .. } => field,
@@ -297,8 +289,7 @@ mod tests {
 
     #[test]
     fn validation_names_the_field_and_refusals_change_nothing() {
-        let mut rl = RateLimits::default();
-        rl.set(None, limited(100, 10, Scope::All)).expect("default");
+        let mut rl = rate_limits(limited(100, 10, Scope::All), &[]);
         let before = rl.clone();
         for (policy, field) in [
             (limited(MAX_RATE + 1, 10, Scope::All), "rate"),
@@ -352,12 +343,13 @@ mod tests {
 
     #[test]
     fn longest_prefix_wins_and_remove_resets() {
-        let mut rl = RateLimits::default();
-        rl.set(None, limited(10, 1, Scope::All)).expect("default");
-        rl.set(Some(net("10.1.0.0/16")), limited(20, 2, Scope::All))
-            .expect("/16");
-        rl.set(Some(net("10.1.2.0/24")), limited(30, 3, Scope::NewFlows))
-            .expect("/24");
+        let mut rl = rate_limits(
+            limited(10, 1, Scope::All),
+            &[
+                ("10.1.0.0/16", limited(20, 2, Scope::All)),
+                ("10.1.2.0/24", limited(30, 3, Scope::NewFlows)),
+            ],
+        );
         let rate_of = |rl: &RateLimits, a: &str| rl.policy_for(a.parse().expect("addr")).1.rate;
         assert_eq!(rate_of(&rl, "10.1.2.3"), 30);
         assert_eq!(rate_of(&rl, "10.1.9.9"), 20);
@@ -403,10 +395,10 @@ mod tests {
 
     #[test]
     fn state_round_trips_through_json() {
-        let mut rl = RateLimits::default();
-        rl.set(None, limited(100, 10, Scope::All)).expect("default");
-        rl.set(Some(net("192.0.2.0/24")), limited(5, 1, Scope::NewFlows))
-            .expect("override");
+        let rl = rate_limits(
+            limited(100, 10, Scope::All),
+            &[("192.0.2.0/24", limited(5, 1, Scope::NewFlows))],
+        );
         let json = serde_json::to_string(&rl).expect("json");
         let back: RateLimits = serde_json::from_str(&json).expect("parse");
         assert_eq!(back, rl);
@@ -464,19 +456,30 @@ mod tests {
         allowed
     }
 
+    /// A bucket of any rate and a burst up to `max_burst`, with its rate and burst.
+    fn buckets(max_burst: u64) -> impl Strategy<Value = (Bucket, u64, u64)> {
+        (1u64..=MAX_RATE, 1u64..=max_burst).prop_map(|(r, b)| (Bucket::new(r, b), r, b))
+    }
+
+    /// Arrival times from `start`, each `step` after the one before.
+    fn arrivals(start: u64, steps: impl Iterator<Item = u64>) -> Vec<u64> {
+        steps
+            .scan(start, |t, step| {
+                *t += step;
+                Some(*t)
+            })
+            .collect()
+    }
+
     proptest! {
         /// In any window, at most burst + rate * window packets pass.
         #[test]
         fn never_above_rate_plus_burst(
-            rate in 1u64..=MAX_RATE,
-            burst in 1u64..=1000,
+            (b, rate, burst) in buckets(1000),
             start in 0u64..(1u64 << 50),
             gaps in proptest::collection::vec(0u64..2_000_000, 1..400),
         ) {
-            let b = Bucket::new(rate, burst);
-            let mut t = start;
-            let arrivals: Vec<u64> = gaps.iter().map(|g| { t += g; t }).collect();
-            let allowed = run(&b, &arrivals);
+            let allowed = run(&b, &arrivals(start, gaps.into_iter()));
             for (i, &from) in allowed.iter().enumerate() {
                 for (j, &to) in allowed.iter().enumerate().skip(i) {
                     let window = u128::from(to - from);
@@ -493,27 +496,22 @@ mod tests {
         /// A client that never sends faster than the rate (in whole ns) is never dropped.
         #[test]
         fn within_the_rate_never_dropped(
-            rate in 1u64..=MAX_RATE,
-            burst in 1u64..=1000,
+            (b, rate, _) in buckets(1000),
             start in 0u64..(1u64 << 50),
             extra in proptest::collection::vec(0u64..1_000_000, 1..300),
         ) {
-            let b = Bucket::new(rate, burst);
             let spacing = 1_000_000_000u64.div_ceil(rate);
-            let mut t = start;
-            let arrivals: Vec<u64> = extra.iter().map(|e| { t += spacing + e; t }).collect();
+            let arrivals = arrivals(start, extra.into_iter().map(|e| spacing + e));
             prop_assert_eq!(run(&b, &arrivals).len(), arrivals.len());
         }
 
         /// A saturating client gets burst + rate * time, exactly up to the rounding of interval.
         #[test]
         fn saturating_client_gets_the_rate(
-            rate in 1u64..=MAX_RATE,
-            burst in 1u64..=MAX_BURST,
+            (b, rate, burst) in buckets(MAX_BURST),
             start in 0u64..(1u64 << 59),
             millis in 1u64..5_000,
         ) {
-            let b = Bucket::new(rate, burst);
             let t0 = clock_units(start);
             let t1 = t0 + clock_units(millis * 1_000_000);
             // Count analytically: at t0 a full bucket gives `burst`, then one per interval
@@ -540,12 +538,10 @@ mod tests {
         /// Nothing overflows at the extremes (36 years of uptime, the largest burst).
         #[test]
         fn no_overflow(
-            rate in 1u64..=MAX_RATE,
-            burst in 1u64..=MAX_BURST,
+            (b, _, _) in buckets(MAX_BURST),
             now_ns in 0u64..(1u64 << 60),
             ahead in 0u64..=1_000_000,
         ) {
-            let b = Bucket::new(rate, burst);
             let now = clock_units(now_ns);
             // The largest TAT a client can have: now + burst_time.
             let tat = now.checked_add(b.burst_time.min(ahead * b.interval));

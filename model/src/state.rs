@@ -4,9 +4,10 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+
+use crate::names::named_enum;
 
 /// Weight of a backend added without one.
 pub const DEFAULT_WEIGHT: u32 = 100;
@@ -31,25 +32,7 @@ impl Protocol {
     }
 }
 
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-        })
-    }
-}
-
-impl FromStr for Protocol {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "tcp" => Ok(Protocol::Tcp),
-            "udp" => Ok(Protocol::Udp),
-            _ => Err(format!("unknown protocol '{s}' (tcp or udp)")),
-        }
-    }
-}
+named_enum!(Protocol, "protocol", { Tcp => "tcp", Udp => "udp" });
 
 /// Forwarding mode of a VIP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -71,27 +54,7 @@ impl Mode {
     }
 }
 
-impl FromStr for Mode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "nat" => Ok(Mode::Nat),
-            "l2dsr" => Ok(Mode::L2dsr),
-            "ipip" => Ok(Mode::Ipip),
-            _ => Err(format!("unknown mode '{s}' (nat, l2dsr or ipip)")),
-        }
-    }
-}
-
-impl fmt::Display for Mode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Mode::Nat => "nat",
-            Mode::L2dsr => "l2dsr",
-            Mode::Ipip => "ipip",
-        })
-    }
-}
+named_enum!(Mode, "mode", { Nat => "nat", L2dsr => "l2dsr", Ipip => "ipip" });
 
 /// A VIP is identified by address, port and protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -380,11 +343,17 @@ mod tests {
         }
     }
 
-    #[test]
-    fn changes_are_checked_and_refusals_change_nothing() {
+    /// A state with the one NAT VIP 10.0.0.10:80/tcp, and its key.
+    fn one_vip() -> (State, VipKey) {
         let mut s = State::default();
         let v = key("10.0.0.10:80");
         s.add_vip(v, Mode::Nat).expect("add vip");
+        (s, v)
+    }
+
+    #[test]
+    fn changes_are_checked_and_refusals_change_nothing() {
+        let (mut s, v) = one_vip();
         let before = s.clone();
         assert!(matches!(
             s.add_vip(v, Mode::Nat),
@@ -438,9 +407,7 @@ mod tests {
 
     #[test]
     fn dsr_modes_refuse_port_translation() {
-        let mut s = State::default();
-        let v = key("10.0.0.10:80");
-        s.add_vip(v, Mode::Nat).expect("add vip");
+        let (mut s, v) = one_vip();
         s.add_backend(&v, "10.0.2.1:8080".parse().unwrap(), 1)
             .expect("nat translates ports");
         let before = s.clone();
@@ -476,10 +443,8 @@ mod tests {
 
     #[test]
     fn drain_remembers_the_weight_and_set_weight_forgets_it() {
-        let mut s = State::default();
-        let v = key("10.0.0.10:80");
+        let (mut s, v) = one_vip();
         let be: SocketAddrV4 = "10.0.2.1:80".parse().expect("addr");
-        s.add_vip(v, Mode::Nat).expect("add vip");
         s.add_backend(&v, be, 7).expect("add backend");
         assert_eq!(s.drain(&v, be), Ok(7));
         assert_eq!(s.vip(&v).unwrap().backends[&be], 0);
@@ -524,9 +489,7 @@ mod tests {
 
     #[test]
     fn health_is_validated_and_old_state_files_read() {
-        let mut s = State::default();
-        let v = key("10.0.0.10:80");
-        s.add_vip(v, Mode::Nat).expect("add vip");
+        let (mut s, v) = one_vip();
         let before = s.clone();
         let bad = crate::health::HealthCheck {
             kind: crate::health::HealthKind::Tcp,

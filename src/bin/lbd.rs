@@ -189,6 +189,7 @@ async fn run(args: Args) -> Result<()> {
     let ports = hostports::reserve(&config.nat, &args.state_dir)?;
     let dp = Dataplane::load(&LoadOptions {
         conntrack_size: config.tables.conntrack_size,
+        embryonic_size: config.tables.embryonic_size,
         pin_dir: Some(config.dataplane.pin_path.clone()),
         firewall_capacity: config.firewall.capacity,
         firewall_scope: config.firewall.scope,
@@ -236,6 +237,7 @@ async fn run(args: Args) -> Result<()> {
     // Probes backends of VIPs with a health check, from this namespace, and marks them up or
     // down through the controller; stopped before the controller is taken apart.
     let health = xdplb::health::checker::HealthChecker::spawn(ctl.clone());
+    let sweeper = tokio::spawn(sweep_flows(ctl.clone(), config.backend_down_grace()));
 
     let socket = args
         .socket
@@ -252,6 +254,7 @@ async fn run(args: Args) -> Result<()> {
         Err(e) => Err(e).context("starting the metrics endpoint"),
     };
     health.shutdown().await;
+    sweeper.abort();
 
     if args.detach_on_exit {
         tracing::info!("shutting down: detaching XDP and removing pins (--detach-on-exit)");
@@ -283,6 +286,41 @@ fn settle_ports(ports: hostports::Reservation, detached: bool) {
     }
     if let Err(e) = ports.release() {
         tracing::warn!("{e}");
+    }
+}
+
+/// How often the flow tables are swept (`lb_flow_gc`): expired reply entries give their SNAT
+/// ports back, flows of removed backends and of backends down past `[timeouts] backend_down` end.
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Sweeps the flow tables every [`SWEEP_EVERY`], for the life of lbd.
+async fn sweep_flows(ctl: Controller, grace: std::time::Duration) {
+    let sweeper = match ctl.sweeper().await {
+        Ok(s) => std::sync::Arc::new(s),
+        Err(e) => {
+            tracing::error!(error = %e, "no flow-table sweep: SNAT ports of expired flows are only reused by take-over");
+            return;
+        }
+    };
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = ctl.end_dead_backends(grace).await {
+            tracing::warn!(error = %e, "marking backends down past the grace");
+        }
+        let s = sweeper.clone();
+        match tokio::task::spawn_blocking(move || s.run()).await {
+            Ok(Ok(r)) if r.ended > 0 || r.rev_swept > 0 => tracing::debug!(
+                ended = r.ended,
+                ports_freed = r.rev_swept,
+                seen = r.seen,
+                "flow tables swept"
+            ),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "sweeping the flow tables"),
+            Err(e) => tracing::warn!(error = %e, "flow-table sweep task"),
+        }
     }
 }
 

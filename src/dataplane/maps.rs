@@ -32,6 +32,29 @@ pub(crate) fn from_bytes<T: Copy + Default>(b: &[u8]) -> T {
     v
 }
 
+/// One of the client-side flow tables (`bpf/maps.h`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlowTable {
+    /// `flows_syn_v2`: TCP flows whose handshake has not completed.
+    Embryonic,
+    /// `nat_fwd_v2`.
+    NatEstablished,
+    /// `dsr_v2`'s table of this CPU.
+    Dsr(usize),
+}
+
+/// The flow-table key of `src` -> `dst` (`struct flow_key4`).
+pub fn flow_key4(src: SocketAddrV4, dst: SocketAddrV4, proto: Protocol) -> types::flow_key4 {
+    types::flow_key4 {
+        saddr_be: u32::from(*src.ip()).to_be(),
+        daddr_be: u32::from(*dst.ip()).to_be(),
+        sport_be: src.port().to_be(),
+        dport_be: dst.port().to_be(),
+        proto: proto.number(),
+        ..Default::default()
+    }
+}
+
 /// An IPv4 address in the 16-byte form of the maps.
 pub fn addr_v4(ip: Ipv4Addr) -> types::lb_addr {
     let mut a = types::lb_addr::default();
@@ -93,11 +116,32 @@ pub struct RuntimeConfig {
     pub snat_ports: (u16, u16),
     pub tcp_timeout: Duration,
     pub tcp_closing_timeout: Duration,
+    /// Idle timeout of an embryonic TCP flow (`[timeouts] tcp_handshake`).
+    pub tcp_handshake_timeout: Duration,
     pub udp_timeout: Duration,
     /// Outer source of IPIP packets: host bits vary per flow (a /32 is one fixed address).
     pub ipip_source: ipnet::Ipv4Net,
     /// How long a flow reuses its cached next hop (`[timeouts] nexthop_cache`); zero: no cache.
     pub nexthop_cache: Duration,
+    /// The DSR new-flow guard (`[tables] new_flows_per_cpu`); 0: off.
+    pub new_flows_per_cpu: u32,
+}
+
+impl Default for RuntimeConfig {
+    /// lbd's defaults (`examples/lbd.toml`) with the given SNAT address and ports left unset.
+    fn default() -> Self {
+        Self {
+            snat_addr: Ipv4Addr::UNSPECIFIED,
+            snat_ports: (0, 0),
+            tcp_timeout: Duration::from_secs(300),
+            tcp_closing_timeout: Duration::from_secs(10),
+            tcp_handshake_timeout: Duration::from_secs(5),
+            udp_timeout: Duration::from_secs(30),
+            ipip_source: ipnet::Ipv4Net::default(),
+            nexthop_cache: Duration::from_secs(1),
+            new_flows_per_cpu: 0,
+        }
+    }
 }
 
 /// Counters of one VIP or backend, summed over CPUs.
@@ -115,6 +159,8 @@ pub struct GlobalCounters {
     pub reasons: Vec<u64>,
     /// Indexed by XDP action.
     pub verdicts: Vec<u64>,
+    /// Flow-table events, indexed by `enum lb_event` ([`event_name`]).
+    pub events: Vec<u64>,
 }
 
 /// Name of a reason as operators see it: `LB_REASON_PASS_NOT_VIP` -> `pass_not_vip`.
@@ -153,12 +199,38 @@ pub fn reason_name(index: usize) -> String {
         (R::LB_REASON_DROP_LAND, "drop_land"),
         (R::LB_REASON_TX_ICMP_ERROR, "tx_icmp_error"),
         (R::LB_REASON_DROP_ICMP_NO_FLOW, "drop_icmp_no_flow"),
+        (R::LB_REASON_DROP_NAT_NO_FLOW, "drop_nat_no_flow"),
     ];
     all.iter()
         .find(|(r, _)| r.0 as usize == index)
         .map(|(_, n)| n.to_string())
         .unwrap_or_else(|| format!("reason_{index}"))
 }
+
+/// Name of a flow-table event (`enum lb_event`): `LB_EV_PORT_TAKEOVER` -> `port_takeover`.
+pub fn event_name(index: usize) -> String {
+    use types::lb_event as E;
+    let all = [
+        (E::LB_EV_EMBRYONIC, "embryonic"),
+        (E::LB_EV_PROMOTED, "promoted"),
+        (E::LB_EV_DSR_RECHOSEN, "dsr_rechosen"),
+        (E::LB_EV_GUARD_SKIPPED, "guard_skipped"),
+        (E::LB_EV_PORT_TAKEOVER, "port_takeover"),
+        (E::LB_EV_PORT_RACE_LOST, "port_race_lost"),
+        (E::LB_EV_REV_FULL, "rev_full"),
+        (E::LB_EV_PROMOTE_FAILED, "promote_failed"),
+        (E::LB_EV_SYN_BAD_ACK, "syn_bad_ack"),
+        (E::LB_EV_RESTARTED, "restarted"),
+        (E::LB_EV_PORT_LOST, "port_lost"),
+    ];
+    all.iter()
+        .find(|(e, _)| e.0 as usize == index)
+        .map(|(_, n)| n.to_string())
+        .unwrap_or_else(|| format!("event_{index}"))
+}
+
+/// Number of flow-table events the program counts.
+pub(crate) const EVENT_COUNT: usize = types::lb_event::LB_EV_MAX.0 as usize;
 
 /// Number of reasons the program counts.
 pub(crate) const REASON_COUNT: usize = types::lb_reason::LB_REASON_MAX.0 as usize;
@@ -273,6 +345,7 @@ impl<'a> Maps<'a> {
         let mut g = GlobalCounters {
             reasons: vec![0; REASON_COUNT],
             verdicts: vec![0; 5],
+            events: vec![0; EVENT_COUNT],
         };
         for cpu in per_cpu {
             let s: types::lb_global_stats = from_bytes(&cpu);
@@ -282,13 +355,83 @@ impl<'a> Maps<'a> {
             for (acc, v) in g.verdicts.iter_mut().zip(s.verdicts) {
                 *acc += v;
             }
+            for (acc, v) in g.events.iter_mut().zip(s.events) {
+                *acc += v;
+            }
         }
         Ok(g)
     }
 
-    /// Number of live entries in the forward conntrack table (walks the keys).
+    /// Entries of the client-side flow tables: embryonic, NAT established and every CPU's DSR
+    /// table (walks the keys).
     pub fn conntrack_entries(&self) -> usize {
-        self.m.ct_fwd.keys().count()
+        let dsr: usize = super::flows::dsr_tables(&self.m.dsr_v2)
+            .map(|t| t.iter().map(|m| m.keys().count()).sum())
+            .unwrap_or(0);
+        self.m.flows_syn_v2.keys().count() + self.m.nat_fwd_v2.keys().count() + dsr
+    }
+
+    /// The entry of client flow `client` -> `vip` in one client-side flow table, if any.
+    pub fn flow_entry(
+        &self,
+        table: FlowTable,
+        client: SocketAddrV4,
+        vip: SocketAddrV4,
+        proto: Protocol,
+    ) -> Result<Option<types::flow4>, DataplaneError> {
+        let key = flow_key4(client, vip, proto);
+        let found = match table {
+            FlowTable::Embryonic => self.m.flows_syn_v2.lookup(bytes_of(&key), MapFlags::ANY),
+            FlowTable::NatEstablished => self.m.nat_fwd_v2.lookup(bytes_of(&key), MapFlags::ANY),
+            FlowTable::Dsr(cpu) => match super::flows::dsr_tables(&self.m.dsr_v2)?.get(cpu) {
+                Some(t) => t.lookup(bytes_of(&key), MapFlags::ANY),
+                None => Ok(None),
+            },
+        }
+        .map_err(bpf_err("reading a flow table"))?;
+        Ok(found.map(|v| from_bytes(&v)))
+    }
+
+    /// The NAT reply entry of backend `backend` -> SNAT address and port `snat`, if any
+    /// (established first, then embryonic).
+    pub fn nat_reply_entry(
+        &self,
+        backend: SocketAddrV4,
+        snat: SocketAddrV4,
+        proto: Protocol,
+    ) -> Result<Option<types::nat4_rev>, DataplaneError> {
+        let key = flow_key4(backend, snat, proto);
+        let mut found = None;
+        for table in [&self.m.nat_rev_v2, &self.m.nat_rev_syn_v2] {
+            found = table
+                .lookup(bytes_of(&key), MapFlags::ANY)
+                .map_err(bpf_err("reading the NAT reply tables"))?;
+            if found.is_some() {
+                break;
+            }
+        }
+        Ok(found.map(|v| from_bytes(&v)))
+    }
+
+    /// Handles of every flow table (embryonic, NAT both ways, every CPU's DSR table): for walks
+    /// and for benches that empty them between trials.
+    pub fn flow_tables(&self) -> Result<Vec<libbpf_rs::MapHandle>, DataplaneError> {
+        let mut out = Vec::new();
+        for map in [
+            &self.m.flows_syn_v2,
+            &self.m.nat_fwd_v2,
+            &self.m.nat_rev_v2,
+            &self.m.nat_rev_syn_v2,
+        ] {
+            out.push(libbpf_rs::MapHandle::try_from(map).map_err(bpf_err("a flow table handle"))?);
+        }
+        out.extend(super::flows::dsr_tables(&self.m.dsr_v2)?);
+        Ok(out)
+    }
+
+    /// Entries of the NAT reply tables (each owns one SNAT port), established and embryonic.
+    pub fn nat_rev_entries(&self) -> usize {
+        self.m.nat_rev_v2.keys().count() + self.m.nat_rev_syn_v2.keys().count()
     }
 }
 
@@ -316,11 +459,14 @@ impl<'a> MapWriter<'a> {
             ipip_src_hostmask: u32::from(c.ipip_source.hostmask()),
             pad2: 0,
             nexthop_ttl_ns: c.nexthop_cache.as_nanos() as u64,
+            tcp_handshake_timeout_ns: c.tcp_handshake_timeout.as_nanos() as u64,
+            new_flows_per_cpu: c.new_flows_per_cpu,
+            pad3: 0,
         };
         self.m
-            .lb_config
+            .lb_config_v2
             .update(&0u32.to_ne_bytes(), bytes_of(&v), MapFlags::ANY)
-            .map_err(bpf_err("writing lb_config"))
+            .map_err(bpf_err("writing lb_config_v2"))
     }
 
     pub fn put_vip(
@@ -447,6 +593,31 @@ impl<'a> MapWriter<'a> {
         self.m
             .backends
             .update(&id.to_ne_bytes(), bytes_of(&be), MapFlags::ANY)
+            .map_err(bpf_err(format!("writing backend {id}")))
+    }
+
+    /// Marks backend `id`'s flows for ending by the next sweep (`LB_BACKEND_F_ENDED`: removed,
+    /// or down past the grace), or unmarks it. Read by the sweep only, never per packet.
+    pub(crate) fn set_backend_ended(&self, id: u32, ended: bool) -> Result<(), DataplaneError> {
+        let key = id.to_ne_bytes();
+        let Some(v) = self
+            .m
+            .backends
+            .lookup(&key, MapFlags::ANY)
+            .map_err(bpf_err(format!("reading backend {id}")))?
+        else {
+            return Ok(());
+        };
+        let mut be: types::backend = from_bytes(&v);
+        let flag = types::backend_flags::LB_BACKEND_F_ENDED.0 as u8;
+        be.flags = if ended {
+            be.flags | flag
+        } else {
+            be.flags & !flag
+        };
+        self.m
+            .backends
+            .update(&key, bytes_of(&be), MapFlags::ANY)
             .map_err(bpf_err(format!("writing backend {id}")))
     }
 
@@ -629,6 +800,12 @@ mod tests {
             assert!(
                 !reason_name(i).starts_with("reason_"),
                 "enum lb_reason value {i} has no name in reason_name()"
+            );
+        }
+        for i in 0..EVENT_COUNT {
+            assert!(
+                !event_name(i).starts_with("event_"),
+                "enum lb_event value {i} has no name in event_name()"
             );
         }
     }

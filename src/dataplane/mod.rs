@@ -22,6 +22,7 @@ macro_rules! map_writer {
 pub(crate) use map_writer;
 
 pub mod firewall;
+pub mod flows;
 pub mod maps;
 pub mod ratelimit;
 pub mod telemetry;
@@ -151,8 +152,11 @@ pub enum XdpMode {
 /// How to load the program.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
-    /// Entries of each conntrack table.
+    /// Established flows tracked (`[tables] conntrack_size`): the NAT established table, and
+    /// the per-CPU DSR tables together.
     pub conntrack_size: u32,
+    /// Embryonic TCP flows tracked (`[tables] embryonic_size`).
+    pub embryonic_size: u32,
     /// Directory on a bpffs where maps are pinned; `None` keeps them private (tests).
     pub pin_dir: Option<PathBuf>,
     /// Most firewall rules (entries of the LPM trie and of the per-CPU hit counters).
@@ -167,6 +171,7 @@ impl Default for LoadOptions {
     fn default() -> Self {
         Self {
             conntrack_size: types::lb_limits::LB_DEFAULT_CT_SIZE.0,
+            embryonic_size: types::lb_limits::LB_DEFAULT_SYN_SIZE.0,
             pin_dir: None,
             firewall_capacity: xdplb_model::firewall::DEFAULT_CAPACITY,
             firewall_scope: xdplb_model::firewall::Scope::default(),
@@ -210,9 +215,12 @@ impl Dataplane {
         let mut open = LbSkelBuilder::default()
             .open(storage)
             .map_err(bpf_err("opening the BPF object"))?;
-        let ct = opts.conntrack_size;
-        size_map(&mut open.maps.ct_fwd, ct, "ct_fwd")?;
-        size_map(&mut open.maps.ct_rev, ct, "ct_rev")?;
+        let sizes = flows::TableSizes {
+            established: opts.conntrack_size,
+            embryonic: opts.embryonic_size,
+        };
+        // libbpf creates dsr_v2 from this template's fd at load.
+        let dsr_template = flows::prepare(&mut open, sizes)?;
         firewall::prepare(&mut open, opts.firewall_capacity, opts.firewall_scope)?;
         ratelimit::prepare(&mut open, opts.ratelimit_clients)?;
         let mut adopted = false;
@@ -269,6 +277,8 @@ impl Dataplane {
         if adopted {
             tracing::info!("reusing the pinned maps of an earlier lbd: tracked flows carry on");
         }
+        drop(dsr_template);
+        flows::fill_dsr_slots(&skel.maps.dsr_v2, sizes)?;
         let mut dp = Self {
             skel,
             links: Vec::new(),

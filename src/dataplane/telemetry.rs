@@ -17,7 +17,7 @@ use libbpf_rs::skel::Skel;
 use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
 
 use super::maps::from_bytes;
-use super::{bpf_err, Dataplane, DataplaneError};
+use super::{bpf_err, flows, Dataplane, DataplaneError};
 use crate::skel::types;
 
 /// Entries fetched per batch syscall (grown if a hash bucket holds more).
@@ -30,7 +30,8 @@ pub(crate) const TOP_RULES: usize = 20;
 /// How full one map is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Occupancy {
-    /// The map's name in `bpf/maps.h` (`ct_fwd`, `fw_v4`, ...).
+    /// The map's name in `bpf/maps.h` (`nat_fwd_v2`, `fw_l3`, ...; `dsr_v2`: its per-CPU
+    /// tables together).
     pub(crate) map: String,
     /// `hash`, `lru_hash` or `lpm_trie` (and the per-CPU hash variants).
     pub(crate) kind: &'static str,
@@ -40,12 +41,15 @@ pub(crate) struct Occupancy {
     pub(crate) capacity: u64,
 }
 
-/// Live flows (not idle past their timeout) of the flow table, by VIP id and by backend id.
+/// Live flows (not idle past their timeout) of the client-side flow tables (embryonic, NAT
+/// established, every CPU's DSR table), by VIP id and by backend id.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Flows {
     pub by_vip: HashMap<u32, u64>,
     pub(crate) by_backend: HashMap<u32, u64>,
-    /// Entries of `ct_fwd` that are idle past their timeout but not evicted yet.
+    /// Of the live flows, those whose TCP handshake has not completed (`flows_syn_v2`).
+    pub embryonic: u64,
+    /// Entries that are idle past their timeout but not evicted yet.
     pub expired: u64,
 }
 
@@ -199,10 +203,8 @@ impl Telemetry {
             let Some(kind) = walked_kind(map.map_type()) else {
                 continue;
             };
-            let entries = if name == "ct_fwd" {
-                let (entries, flows) = self.flows(map)?;
-                walk.flows = flows;
-                entries
+            let entries = if is_client_table(name) {
+                self.flows(map, &mut walk.flows)?
             } else {
                 count_entries(map)?
             };
@@ -211,6 +213,19 @@ impl Telemetry {
                 kind,
                 entries,
                 capacity: u64::from(map.max_entries()),
+            });
+        }
+        if let Some(outer) = self.maps.get(flows::DSR_TABLES) {
+            let (mut entries, mut capacity) = (0, 0);
+            for table in flows::dsr_tables(outer)? {
+                entries += self.flows(&table, &mut walk.flows)?;
+                capacity += u64::from(table.max_entries());
+            }
+            walk.maps.push(Occupancy {
+                map: flows::DSR_TABLES.into(),
+                kind: "lru_hash",
+                entries,
+                capacity,
             });
         }
         if let (Some(rules), Some(hits)) = (self.maps.get("fw_rules"), self.maps.get("fw_hits")) {
@@ -224,37 +239,52 @@ impl Telemetry {
         Ok(walk)
     }
 
-    /// Only the live flows of the flow table, by VIP and backend (`lbctl backend list`: when a
-    /// drained backend reaches zero). Walks `ct_fwd` alone; run it off the async runtime.
+    /// Only the live flows of the client-side flow tables, by VIP and backend (`lbctl backend
+    /// list`: when a drained backend reaches zero). Run it off the async runtime.
     pub fn live_flows(&self) -> Result<Flows, DataplaneError> {
-        match self.maps.get("ct_fwd") {
-            Some(ct_fwd) => Ok(self.flows(ct_fwd)?.1),
-            None => Ok(Flows::default()),
+        let mut flows = Flows::default();
+        for (name, map) in &self.maps {
+            if is_client_table(name) {
+                self.flows(map, &mut flows)?;
+            }
         }
+        if let Some(outer) = self.maps.get(flows::DSR_TABLES) {
+            for table in flows::dsr_tables(outer)? {
+                self.flows(&table, &mut flows)?;
+            }
+        }
+        Ok(flows)
     }
 
-    /// Counts `ct_fwd` and groups its live entries by VIP and backend.
-    fn flows(&self, ct_fwd: &MapHandle) -> Result<(u64, Flows), DataplaneError> {
+    /// Adds the live entries of one client-side flow table to `flows`, by VIP and backend;
+    /// returns how many entries it holds.
+    fn flows(&self, table: &MapHandle, flows: &mut Flows) -> Result<u64, DataplaneError> {
         let timeouts = self
             .maps
-            .get("lb_config")
+            .get("lb_config_v2")
             .map(read_timeouts)
             .transpose()?
             .unwrap_or_default();
         let now = self.clock.now()?;
-        let mut flows = Flows::default();
-        let entries = for_each_entry(ct_fwd, |k, v| {
-            let key: types::flow_key = from_bytes(k);
-            let fwd: types::ct_fwd = from_bytes(v);
-            if timeouts.is_live(key.proto, fwd.flags, fwd.last_seen_ns, now) {
-                *flows.by_vip.entry(fwd.vip_id).or_default() += 1;
+        for_each_entry(table, |k, v| {
+            let key: types::flow_key4 = from_bytes(k);
+            let fwd: types::flow4 = from_bytes(v);
+            if timeouts.is_live(key.proto, fwd.flags.into(), fwd.last_seen_ns, now) {
+                *flows.by_vip.entry(fwd.vip_id.into()).or_default() += 1;
                 *flows.by_backend.entry(fwd.backend_id).or_default() += 1;
+                if u32::from(fwd.flags) & types::ct_flags::CT_F_EMBRYONIC.0 != 0 {
+                    flows.embryonic += 1;
+                }
             } else {
                 flows.expired += 1;
             }
-        })?;
-        Ok((entries, flows))
+        })
     }
+}
+
+/// The shared tables of client flows (the DSR ones are walked through `dsr_v2`).
+fn is_client_table(name: &str) -> bool {
+    name == flows::SYN_TABLE || name == flows::NAT_FWD_TABLE
 }
 
 /// The kind label of a map the walk counts, `None` for maps it does not (arrays, devmaps...).
@@ -274,6 +304,7 @@ fn walked_kind(t: MapType) -> Option<&'static str> {
 pub(crate) struct Timeouts {
     pub(crate) tcp_ns: u64,
     pub(crate) tcp_closing_ns: u64,
+    pub(crate) tcp_handshake_ns: u64,
     pub(crate) udp_ns: u64,
 }
 
@@ -288,6 +319,8 @@ impl Timeouts {
             self.udp_ns
         } else if u32::from(flags) & types::ct_flags::CT_F_CLOSING.0 != 0 {
             self.tcp_closing_ns
+        } else if u32::from(flags) & types::ct_flags::CT_F_EMBRYONIC.0 != 0 {
+            self.tcp_handshake_ns
         } else {
             self.tcp_ns
         };
@@ -298,12 +331,13 @@ impl Timeouts {
 fn read_timeouts(lb_config: &MapHandle) -> Result<Timeouts, DataplaneError> {
     let v = lb_config
         .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
-        .map_err(bpf_err("reading lb_config"))?
+        .map_err(bpf_err("reading lb_config_v2"))?
         .unwrap_or_default();
     let c: types::lb_config = from_bytes(&v);
     Ok(Timeouts {
         tcp_ns: c.tcp_timeout_ns,
         tcp_closing_ns: c.tcp_closing_timeout_ns,
+        tcp_handshake_ns: c.tcp_handshake_timeout_ns,
         udp_ns: c.udp_timeout_ns,
     })
 }
@@ -575,12 +609,18 @@ mod tests {
         let t = Timeouts {
             tcp_ns: 300 * S,
             tcp_closing_ns: 10 * S,
+            tcp_handshake_ns: 5 * S,
             udp_ns: 30 * S,
         };
         let tcp = libc::IPPROTO_TCP as u8;
         let udp = libc::IPPROTO_UDP as u8;
         let closing = types::ct_flags::CT_F_CLOSING.0 as u16;
+        let embryonic = types::ct_flags::CT_F_EMBRYONIC.0 as u16;
         let now = 1000 * S;
+        assert!(t.is_live(tcp, embryonic, now - 4 * S, now));
+        assert!(!t.is_live(tcp, embryonic, now - 6 * S, now));
+        // Closing wins over embryonic, as in ct_timeout().
+        assert!(!t.is_live(tcp, embryonic | closing, now - 11 * S, now));
         assert!(t.is_live(tcp, 0, now - 299 * S, now));
         assert!(!t.is_live(tcp, 0, now - 301 * S, now));
         assert!(t.is_live(tcp, closing, now - 9 * S, now));

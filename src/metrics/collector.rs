@@ -135,6 +135,7 @@ fn read_counters(
     }
     let g = r.global_counts()?;
     sample.reasons = g.reasons;
+    sample.flow_events = g.events;
     sample.verdicts = g
         .verdicts
         .into_iter()

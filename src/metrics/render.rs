@@ -54,6 +54,8 @@ pub(crate) struct Sample {
     pub(crate) reasons: Vec<(String, u64)>,
     /// Packets per XDP verdict, by name.
     pub(crate) verdicts: Vec<(String, u64)>,
+    /// Flow-table events (`enum lb_event`), by name.
+    pub(crate) flow_events: Vec<(String, u64)>,
     /// The last map walk; `None` if it failed.
     pub(crate) walk: Option<Walk>,
 }
@@ -271,6 +273,17 @@ pub(crate) fn encode_sample(s: &Sample, mut e: DescriptorEncoder) -> Result<(), 
             .iter()
             .map(|(v, n)| (vec![("verdict", v.as_str())], counter(*n))),
     )?;
+    family(
+        &mut e,
+        "flow_events",
+        "Flow-table events (enum lb_event): embryonic flows, promotions, DSR flows chosen again \
+         by Maglev, new flows the DSR guard left unrecorded, SNAT port take-overs and races.",
+        None,
+        MetricType::Counter,
+        s.flow_events
+            .iter()
+            .map(|(v, n)| (vec![("event", v.as_str())], counter(*n))),
+    )?;
 
     let Some(walk) = &s.walk else {
         return Ok(());
@@ -423,9 +436,10 @@ mod tests {
             }],
             reasons: vec![("pass_not_vip".into(), 3), ("tx_nat_forward".into(), 10)],
             verdicts: vec![("XDP_PASS".into(), 3), ("XDP_TX".into(), 10)],
+            flow_events: vec![("promoted".into(), 4)],
             walk: Some(Walk {
                 maps: vec![Occupancy {
-                    map: "ct_fwd".into(),
+                    map: "nat_fwd_v2".into(),
                     kind: "lru_hash",
                     entries: 2,
                     capacity: 1024,
@@ -478,8 +492,9 @@ mod tests {
             "xdplb_backend_probe_failures_total{vip=\"10.0.0.10:80\",proto=\"tcp\",backend=\"10.0.2.1:8080\"} 9",
             "xdplb_packets_total{reason=\"pass_not_vip\"} 3",
             "xdplb_verdicts_total{verdict=\"XDP_TX\"} 10",
-            "xdplb_map_entries{map=\"ct_fwd\",type=\"lru_hash\"} 2",
-            "xdplb_map_capacity{map=\"ct_fwd\",type=\"lru_hash\"} 1024",
+            "xdplb_map_entries{map=\"nat_fwd_v2\",type=\"lru_hash\"} 2",
+            "xdplb_map_capacity{map=\"nat_fwd_v2\",type=\"lru_hash\"} 1024",
+            "xdplb_flow_events_total{event=\"promoted\"} 4",
             "xdplb_firewall_rule_hits_total{rule=\"192.0.2.0/24\",action=\"block\"} 5",
             "xdplb_ratelimit_packets_total{policy=\"default\",result=\"dropped\"} 1",
             "# TYPE xdplb_map_walk_duration_seconds gauge",

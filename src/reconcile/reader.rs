@@ -20,6 +20,8 @@ use xdplb_model::state::VipKey;
 pub(crate) struct NamedCounts {
     pub(crate) reasons: Vec<(String, u64)>,
     pub(crate) verdicts: Vec<(&'static str, u64)>,
+    /// Flow-table events (`enum lb_event`), by name.
+    pub(crate) events: Vec<(String, u64)>,
 }
 
 /// A read-only view of the reconciler (see the module docs).
@@ -110,6 +112,12 @@ impl<'a> Reader<'a> {
                 .iter()
                 .enumerate()
                 .map(|(i, n)| (crate::dataplane::maps::verdict_name(i), *n))
+                .collect(),
+            events: g
+                .events
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (crate::dataplane::maps::event_name(i), *n))
                 .collect(),
         })
     }

@@ -174,6 +174,8 @@ pub fn config(ports: (u16, u16)) -> RuntimeConfig {
         tcp_closing_timeout: Duration::from_secs(10),
         udp_timeout: Duration::from_secs(30),
         ipip_source: ipnet::Ipv4Net::new(LB_ADDR, 32).expect("a /32 is valid"),
+        tcp_handshake_timeout: Duration::from_secs(5),
+        new_flows_per_cpu: 0,
         nexthop_cache: Duration::from_secs(1),
     }
 }

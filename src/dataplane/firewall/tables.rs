@@ -406,6 +406,14 @@ mod tests {
             .map_or(0, |(_, r)| word(*r))
     }
 
+    /// The built tables give every address of `addrs` the verdict of [`lpm`].
+    fn assert_agrees_with_lpm(t: &Tables, rules: &Rules, addrs: &[&str]) {
+        for a in addrs {
+            let a: Ipv4Addr = a.parse().expect("addr");
+            assert_eq!(t.verdict(a), lpm(rules, a), "{a}");
+        }
+    }
+
     #[test]
     fn words_round_trip() {
         let r = rule(12345, Action::Allow);
@@ -454,17 +462,18 @@ mod tests {
         assert_eq!(chunk.slots[3], deeper_bit(0) | deeper_bit(1));
         assert_eq!(chunk.slots[4], 0);
         // 10.1.2.12 shares the /32's bit (12 % 5 = 2) and finds no entry; 10.1.2.8 skips fw_l3.
-        for a in [
-            "10.1.2.7",
-            "10.1.2.8",
-            "10.1.2.12",
-            "10.1.3.0",
-            "10.1.3.1",
-            "10.1.3.2",
-        ] {
-            let a: Ipv4Addr = a.parse().expect("addr");
-            assert_eq!(t.verdict(a), lpm(&r, a), "{a}");
-        }
+        assert_agrees_with_lpm(
+            &t,
+            &r,
+            &[
+                "10.1.2.7",
+                "10.1.2.8",
+                "10.1.2.12",
+                "10.1.3.0",
+                "10.1.3.1",
+                "10.1.3.2",
+            ],
+        );
         assert_eq!(t.verdict("10.1.2.8".parse().expect("addr")), block);
     }
 
@@ -480,23 +489,24 @@ mod tests {
             ("255.255.255.255/32", Action::Allow),
         ]);
         let t = Tables::build(&r);
-        for a in [
-            "1.2.3.4",
-            "10.2.0.0",
-            "10.1.0.1",
-            "10.1.2.1",
-            "10.1.2.128",
-            "10.1.2.199",
-            "10.1.2.200",
-            "10.1.2.201",
-            "10.1.3.0",
-            "255.255.255.255",
-            "255.255.255.254",
-            "0.0.0.0",
-        ] {
-            let a: Ipv4Addr = a.parse().expect("addr");
-            assert_eq!(t.verdict(a), lpm(&r, a), "{a}");
-        }
+        assert_agrees_with_lpm(
+            &t,
+            &r,
+            &[
+                "1.2.3.4",
+                "10.2.0.0",
+                "10.1.0.1",
+                "10.1.2.1",
+                "10.1.2.128",
+                "10.1.2.199",
+                "10.1.2.200",
+                "10.1.2.201",
+                "10.1.3.0",
+                "255.255.255.255",
+                "255.255.255.254",
+                "0.0.0.0",
+            ],
+        );
         // Only the two /16s with longer rules have chunks; the /25 is 128 addresses.
         assert_eq!(t.chunks.len(), 2);
         assert_eq!(t.exact_len(), 129);

@@ -12,6 +12,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import ipaddress
 import json
 import re
 
@@ -49,6 +50,23 @@ def duration_ms(text):
     n = int(m.group(1))
     factor = {'ms': 1, 's': 1000, '': 1000, 'm': 60000}[m.group(2)]
     return n * factor if n > 0 else None
+
+
+def cidr_text(text):
+    """``192.0.2.7`` -> ``192.0.2.7/32``, as lbd lists a prefix; None for what lbctl would
+    refuse (host bits set, not IPv4)."""
+    try:
+        return str(ipaddress.IPv4Network(text if '/' in text else text + '/32', strict=True))
+    except ValueError:
+        return None
+
+
+def config_view(item, keys):
+    """The configurable part of what lbd listed (``keys`` of it, no ids or counters): what
+    diff mode shows; ``{}`` for nothing."""
+    if not item:
+        return {}
+    return dict((k, item.get(k)) for k in keys)
 
 
 class Lbctl(object):
@@ -96,6 +114,21 @@ class Lbctl(object):
         if self.module.check_mode:
             return {}
         return self._run(args, data=data)
+
+    def find(self, args, field, matches):
+        """The first entry of ``field`` in the JSON of the reading command ``args`` for which
+        ``matches(entry)`` holds, or None."""
+        for item in self.query(args).get(field, []):
+            if matches(item):
+                return item
+        return None
+
+    def after(self, current, predicted, reread):
+        """What lbd holds after the task: ``reread()`` (or ``{}``) when a command ran, what
+        the commands would make of it (``predicted``) in check mode, else ``current``."""
+        if self.commands and not self.module.check_mode:
+            return reread() or {}
+        return predicted if self.commands else (current or {})
 
     @staticmethod
     def show(args):

@@ -112,34 +112,28 @@ commands:
 '''
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.xdplb.lb.plugins.module_utils.lbctl import Lbctl, argument_spec
+from ansible_collections.xdplb.lb.plugins.module_utils.lbctl import Lbctl, argument_spec, config_view
 
 DEFAULT_WEIGHT = 100
 
 
 def config_of(backend):
     """The configurable part of a backend (no ids, health or flow counts): what diff mode shows."""
-    if not backend:
-        return {}
-    view = dict((k, backend.get(k)) for k in ('address', 'port', 'weight'))
-    if backend.get('drained_from'):
+    view = config_view(backend, ('address', 'port', 'weight'))
+    if view and backend.get('drained_from'):
         view['drained_from'] = backend['drained_from']
     return view
 
 
 def find_vip(lbctl, vip, protocol):
-    for v in lbctl.query(['vip', 'list']).get('vips', []):
-        if '%s:%s' % (v.get('address'), v.get('port')) == vip and v.get('protocol') == protocol:
-            return v
-    return None
+    return lbctl.find(['vip', 'list'], 'vips',
+                      lambda v: ('%s:%s' % (v.get('address'), v.get('port')), v.get('protocol'))
+                      == (vip, protocol))
 
 
 def find_backend(lbctl, vip, protocol, address, port):
-    listed = lbctl.query(['backend', 'list', '--vip', vip, '--proto', protocol])
-    for b in listed.get('backends', []):
-        if b.get('address') == address and b.get('port') == port:
-            return b
-    return None
+    return lbctl.find(['backend', 'list', '--vip', vip, '--proto', protocol], 'backends',
+                      lambda b: (b.get('address'), b.get('port')) == (address, port))
 
 
 def main():
@@ -198,12 +192,10 @@ def main():
             predicted['drained_from'] = predicted.get('weight')
             predicted['weight'] = 0
 
-    changed = bool(lbctl.commands)
-    if changed and not module.check_mode and state != 'absent':
-        after = find_backend(lbctl, p['vip'], p['protocol'], p['address'], p['port']) or {}
-    else:
-        after = predicted
-    lbctl.exit(changed, before, config_of(after), backend=after)
+    after = lbctl.after(current, predicted,
+                        lambda: state != 'absent' and find_backend(lbctl, p['vip'], p['protocol'],
+                                                                   p['address'], p['port']))
+    lbctl.exit(bool(lbctl.commands), before, config_of(after), backend=after)
 
 
 if __name__ == '__main__':

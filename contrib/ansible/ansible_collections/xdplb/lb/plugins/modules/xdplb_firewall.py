@@ -103,11 +103,9 @@ commands:
   sample: ["lbctl block add 10.0.0.0/8 192.0.2.7/32"]
 '''
 
-import ipaddress
-
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.text.converters import to_text
-from ansible_collections.xdplb.lb.plugins.module_utils.lbctl import Lbctl, argument_spec
+from ansible_collections.xdplb.lb.plugins.module_utils.lbctl import Lbctl, argument_spec, cidr_text
 
 # Prefixes per `add`/`remove` command line; more go through `load -` (standard input).
 ARGV_CHUNK = 512
@@ -115,11 +113,7 @@ ARGV_CHUNK = 512
 
 def normalize(prefix):
     """``192.0.2.7`` -> ``192.0.2.7/32``, as lbd lists it; None for what lbctl would refuse."""
-    text = to_text(prefix).strip()
-    try:
-        return str(ipaddress.IPv4Network(text if '/' in text else text + '/32', strict=True))
-    except ValueError:
-        return None
+    return cidr_text(to_text(prefix).strip())
 
 
 def chunks(items, n):

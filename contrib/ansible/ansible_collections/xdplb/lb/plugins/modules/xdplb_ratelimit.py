@@ -89,10 +89,8 @@ commands:
   sample: ["lbctl ratelimit set --rate 20 --burst 5 --scope new-flows --cidr 192.0.2.0/24"]
 '''
 
-import ipaddress
-
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.xdplb.lb.plugins.module_utils.lbctl import Lbctl, argument_spec
+from ansible_collections.xdplb.lb.plugins.module_utils.lbctl import Lbctl, argument_spec, cidr_text, config_view
 
 NO_LIMIT = dict(rate=0, burst=0, scope='all')
 
@@ -103,24 +101,16 @@ def normalize(cidr):
     if cidr is None:
         return None
     text = cidr.strip()
-    try:
-        return str(ipaddress.IPv4Network(text if '/' in text else text + '/32', strict=True))
-    except ValueError:
-        return text
+    return cidr_text(text) or text
 
 
 def config_of(policy):
     """The configurable part of a policy (no ids or counters): what diff mode shows."""
-    if not policy:
-        return {}
-    return dict((k, policy.get(k)) for k in ('cidr', 'rate', 'burst', 'scope'))
+    return config_view(policy, ('cidr', 'rate', 'burst', 'scope'))
 
 
 def find(lbctl, cidr):
-    for r in lbctl.query(['ratelimit', 'list']).get('rate_limits', []):
-        if r.get('cidr') == cidr:
-            return r
-    return None
+    return lbctl.find(['ratelimit', 'list'], 'rate_limits', lambda r: r.get('cidr') == cidr)
 
 
 def main():
@@ -168,12 +158,8 @@ def main():
             lbctl.change(args)
         predicted = dict(wanted, cidr=cidr)
 
-    changed = bool(lbctl.commands)
-    if changed and not module.check_mode:
-        after = find(lbctl, cidr) or {}
-    else:
-        after = predicted if changed else (current or {})
-    lbctl.exit(changed, before, config_of(after), rate_limit=after)
+    after = lbctl.after(current, predicted, lambda: find(lbctl, cidr))
+    lbctl.exit(bool(lbctl.commands), before, config_of(after), rate_limit=after)
 
 
 if __name__ == '__main__':

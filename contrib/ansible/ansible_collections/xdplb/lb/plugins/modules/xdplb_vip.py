@@ -162,7 +162,7 @@ commands:
 '''
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.xdplb.lb.plugins.module_utils.lbctl import Lbctl, argument_spec, duration_ms
+from ansible_collections.xdplb.lb.plugins.module_utils.lbctl import Lbctl, argument_spec, config_view, duration_ms
 
 HEALTH_SPEC = dict(
     kind=dict(type='str', required=True, choices=['none', 'tcp', 'http', 'udp']),
@@ -223,16 +223,13 @@ def same_health(current, wanted):
 
 def config_of(vip):
     """The configurable part of a VIP (no ids or counts): what diff mode shows."""
-    if not vip:
-        return {}
-    return dict((k, vip.get(k)) for k in ('address', 'port', 'protocol', 'mode', 'health'))
+    return config_view(vip, ('address', 'port', 'protocol', 'mode', 'health'))
 
 
 def find_vip(lbctl, address, port, protocol):
-    for v in lbctl.query(['vip', 'list']).get('vips', []):
-        if v.get('address') == address and v.get('port') == port and v.get('protocol') == protocol:
-            return v
-    return None
+    wanted = (address, port, protocol)
+    return lbctl.find(['vip', 'list'], 'vips',
+                      lambda v: (v.get('address'), v.get('port'), v.get('protocol')) == wanted)
 
 
 def main():
@@ -277,12 +274,9 @@ def main():
         if p['health'] and not same_health(current.get('health'), wanted_health):
             lbctl.change(['vip', 'set-health'] + vip_ref + health_flags(p['health']))
             predicted['health'] = wanted_health or p['health']
-    changed = bool(lbctl.commands)
-    if changed and not module.check_mode:
-        after = find_vip(lbctl, p['address'], p['port'], p['protocol']) or {}
-    else:
-        after = predicted if changed else (current or {})
-    lbctl.exit(changed, before, config_of(after), vip=after)
+    after = lbctl.after(current, predicted,
+                        lambda: find_vip(lbctl, p['address'], p['port'], p['protocol']))
+    lbctl.exit(bool(lbctl.commands), before, config_of(after), vip=after)
 
 
 if __name__ == '__main__':
