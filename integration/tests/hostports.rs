@@ -134,7 +134,8 @@ impl Lab {
 
     /// Stops `lbd` cleanly (it detaches), then [`Lab::check_back`]: lbd took back what it added.
     fn stop_and_check_back(&self, lbd: &mut Lbd) -> Result<()> {
-        lbd.stop()?;
+        lbd.stop()
+            .with_context(|| format!("lbd's log:\n{}", lbd.log_text()))?;
         self.check_back();
         Ok(())
     }

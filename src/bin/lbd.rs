@@ -255,6 +255,9 @@ async fn run(args: Args) -> Result<()> {
     };
     health.shutdown().await;
     sweeper.abort();
+    // An aborted task drops its controller handle only once it has stopped: wait for it, or
+    // into_reconciler below finds the API still in use and the data plane is never detached.
+    let _ = sweeper.await;
 
     if args.detach_on_exit {
         tracing::info!("shutting down: detaching XDP and removing pins (--detach-on-exit)");
