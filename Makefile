@@ -8,7 +8,7 @@ APT_PACKAGES := clang-19 llvm-19 libelf-dev zlib1g-dev pkg-config protobuf-compi
 	prometheus python3-venv \
 	wrk nginx haproxy nftables
 
-.PHONY: all deps build check layers upgrade-variant test unit integration demo bench fuzz fmt clean ansible-venv dist
+.PHONY: all deps build check layers upgrade-variant previous-release test unit integration demo bench fuzz fmt clean ansible-venv dist
 
 all: build
 
@@ -33,6 +33,12 @@ build: deps
 upgrade-variant: deps
 	XDPLB_BPF_VARIANT=1 $(CARGO) build -p xdplb --bin lbd --target-dir target/upgrade-variant
 
+# lbd of the previous release (the last commit with the v1 flow tables), for the upgrade test
+# from its pinned maps to the v2 tables (integration/tests/upgrade.rs); built once, in its own dir.
+PREVIOUS_RELEASE ?= 179c676
+previous-release: deps
+	bash scripts/build-previous.sh $(PREVIOUS_RELEASE) target/previous-release
+
 # The quick tier (no root, no namespaces; .ci/run runs it before `make test`): the build, the
 # crate layers, formatting, clippy with warnings as errors, and the tests that need no kernel
 # (unit tests of every crate, lbctl's own tests against an in-process server).
@@ -47,7 +53,7 @@ layers: deps
 	bash scripts/check-layers.sh
 
 # Unit and BPF_PROG_TEST_RUN tests, then the namespace tests (root needed for BPF and netns).
-test: build layers ansible-venv upgrade-variant
+test: build layers ansible-venv upgrade-variant previous-release
 	@[ "$$(id -u)" = 0 ] || { echo "make test needs root (BPF, network namespaces)"; exit 1; }
 	$(CARGO) test --workspace --exclude xdplb-integration
 	$(CARGO) test -p xdplb-integration --tests -- --test-threads=1

@@ -555,3 +555,147 @@ fn the_sweep_frees_the_ports_of_expired_flows() {
         Ok(())
     });
 }
+
+/// A pinned v1 flow table (`ct_fwd`/`ct_rev` layout) at `dir/name` holding `entries`.
+fn pin_v1_table(dir: &std::path::Path, name: &str, key: &[u8], value: &[u8]) -> Result<()> {
+    let opts = libbpf_sys::bpf_map_create_opts {
+        sz: std::mem::size_of::<libbpf_sys::bpf_map_create_opts>() as _,
+        ..Default::default()
+    };
+    let mut map = libbpf_rs::MapHandle::create(
+        libbpf_rs::MapType::LruHash,
+        Some(name),
+        key.len() as u32,
+        value.len() as u32,
+        4096,
+        &opts,
+    )?;
+    map.update(key, value, libbpf_rs::MapFlags::ANY)?;
+    map.pin(dir.join(name))?;
+    Ok(())
+}
+
+/// An upgrade from the v1 flow tables: lbd copies the flows of the pinned `ct_fwd`/`ct_rev`
+/// into the v2 tables, and they go on exactly as before (NAT: same SNAT port, backend, reply
+/// restored; DSR: the recorded backend, not a new Maglev choice); then the v1 pins go.
+#[test]
+fn flows_of_pinned_v1_tables_carry_on_in_the_v2_tables() {
+    use xdplb::dataplane::maps::addr_v4;
+    bench(|_, net| {
+        let pins = xdplb_testkit::PinDir::new("migrate");
+        let mut lb = Lb::load(net, config(PORTS), &Lb::pinned_options(&pins))?;
+        let nat = lb.add_vip(VIP, Protocol::Tcp, &[(BE1, 100)])?;
+        let dsr_vip = sa(*VIP.ip(), 81);
+        let dsr = lb.add_vip_mode(
+            dsr_vip,
+            Protocol::Tcp,
+            Mode::Ipip,
+            &[(sa(BACKEND2, 81), 100)],
+        )?;
+        let now = lb.rec.dataplane().clock()?.now()?;
+        let (nc, dc) = (sa(CLIENT, 39000), sa(CLIENT, 39001));
+        let snat = sa(LB_ADDR, 20777);
+        let v1_key = |src: SocketAddrV4, dst: SocketAddrV4| types::flow_key {
+            src: addr_v4(*src.ip()),
+            dst: addr_v4(*dst.ip()),
+            sport_be: src.port().to_be(),
+            dport_be: dst.port().to_be(),
+            proto: 6,
+            family: 4,
+            ..Default::default()
+        };
+        let nat_fwd = types::ct_fwd {
+            backend_addr: addr_v4(BACKEND1),
+            snat_addr: addr_v4(LB_ADDR),
+            backend_port_be: BE1.port().to_be(),
+            snat_port_be: snat.port().to_be(),
+            backend_id: lb.backend_id(&nat, BE1)?,
+            vip_id: lb.vip_id(&nat)?,
+            mode: types::lb_mode::LB_MODE_NAT.0 as u8,
+            last_seen_ns: now,
+            ..Default::default()
+        };
+        // The DSR flow names backend 1, which is no longer in the VIP: only the copied entry
+        // can send it there.
+        let dsr_fwd = types::ct_fwd {
+            backend_addr: addr_v4(BACKEND1),
+            snat_addr: addr_v4(LB_ADDR),
+            backend_port_be: 81u16.to_be(),
+            backend_id: lb.backend_id(&dsr, sa(BACKEND2, 81))?,
+            vip_id: lb.vip_id(&dsr)?,
+            mode: types::lb_mode::LB_MODE_IPIP.0 as u8,
+            last_seen_ns: now,
+            ..Default::default()
+        };
+        let rev = types::ct_rev {
+            client_addr: addr_v4(CLIENT),
+            vip_addr: addr_v4(*VIP.ip()),
+            client_port_be: nc.port().to_be(),
+            vip_port_be: VIP.port().to_be(),
+            backend_id: nat_fwd.backend_id,
+            vip_id: nat_fwd.vip_id,
+            last_seen_ns: now,
+            ..Default::default()
+        };
+        // SAFETY (bytes of repr(C) integer structs with explicit padding, built from Default).
+        let bytes = |p: *const u8, n: usize| unsafe { std::slice::from_raw_parts(p, n) }.to_vec();
+        let kb = |k: &types::flow_key| {
+            bytes(
+                (k as *const types::flow_key).cast(),
+                std::mem::size_of_val(k),
+            )
+        };
+        let fb =
+            |v: &types::ct_fwd| bytes((v as *const types::ct_fwd).cast(), std::mem::size_of_val(v));
+        let rb =
+            |v: &types::ct_rev| bytes((v as *const types::ct_rev).cast(), std::mem::size_of_val(v));
+        pin_v1_table(pins.path(), "ct_fwd", &kb(&v1_key(nc, VIP)), &fb(&nat_fwd))?;
+        {
+            let fwd = libbpf_rs::MapHandle::from_pinned_path(pins.path().join("ct_fwd"))?;
+            fwd.update(
+                &kb(&v1_key(dc, dsr_vip)),
+                &fb(&dsr_fwd),
+                libbpf_rs::MapFlags::ANY,
+            )?;
+        }
+        pin_v1_table(pins.path(), "ct_rev", &kb(&v1_key(BE1, snat)), &rb(&rev))?;
+
+        let m = lb
+            .rec
+            .dataplane()
+            .migrate_v1_flows()?
+            .context("no v1 tables found")?;
+        ensure!(
+            (m.nat_flows, m.dsr_flows, m.replies, m.skipped) == (1, 1, 1, 0),
+            "copied {m:?}"
+        );
+        let (src, dst) = send(
+            &lb,
+            &ack(nc, VIP, ISN + 1),
+            XDP_TX,
+            "the NAT flow after the copy",
+        )?;
+        ensure!(src == snat && dst == BE1, "NAT flow left {src} -> {dst}");
+        let reply = Packet::tcp(neighbour_mac(BACKEND1), VETH0_MAC, BE1, snat, TCP_ACK);
+        let (from, to) = send(&lb, &reply, XDP_TX, "its reply")?;
+        ensure!(from == VIP && to == nc, "reply restored as {from} -> {to}");
+        let run = lb.run(lb.net.veth0, &ack(dc, dsr_vip, 1).build())?;
+        ensure!(
+            run.action == XDP_TX,
+            "the DSR flow: {}",
+            action_name(run.action)
+        );
+        let outer = std::net::Ipv4Addr::new(run.out[30], run.out[31], run.out[32], run.out[33]);
+        ensure!(
+            outer == BACKEND1,
+            "the DSR flow went to {outer}, not its recorded backend"
+        );
+        ensure!(lb.vip_counters(&nat)?.new_flows == 0 && lb.vip_counters(&dsr)?.new_flows == 0);
+        lb.rec.dataplane().retire_v1_tables()?;
+        for name in ["ct_fwd", "ct_rev"] {
+            ensure!(!pins.path().join(name).exists(), "{name} still pinned");
+        }
+        ensure!(lb.rec.dataplane().migrate_v1_flows()?.is_none());
+        Ok(())
+    });
+}

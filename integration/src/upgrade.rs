@@ -99,6 +99,47 @@ pub fn variant_lbd() -> Result<PathBuf> {
     Ok(lbd)
 }
 
+/// The commit of the previous release (the last with the v1 flow tables): the Makefile's
+/// `PREVIOUS_RELEASE`.
+pub const PREVIOUS_RELEASE: &str = "179c676";
+
+/// lbd of the previous release, built by `scripts/build-previous.sh` (`make previous-release`)
+/// into `<target>/previous-release/lbd`; built here if missing (minutes, bounded).
+pub fn previous_lbd() -> Result<PathBuf> {
+    let dir = variant_target_dir()
+        .parent()
+        .map(|t| t.join("previous-release"))
+        .context("no target directory")?;
+    let lbd = dir.join("lbd");
+    let built = std::fs::read_to_string(dir.join("commit")).unwrap_or_default();
+    if lbd.is_file() && built.trim() == PREVIOUS_RELEASE {
+        return Ok(lbd);
+    }
+    let start = Instant::now();
+    let mut child = Command::new("bash")
+        .arg(workspace().join("scripts/build-previous.sh"))
+        .arg(PREVIOUS_RELEASE)
+        .arg(&dir)
+        .stdin(Stdio::null())
+        .spawn()
+        .context("running scripts/build-previous.sh")?;
+    let status = loop {
+        if let Some(status) = child.try_wait().context("polling the build")? {
+            break status;
+        }
+        if start.elapsed() > VARIANT_BUILD_LIMIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("building the previous release's lbd took longer than {VARIANT_BUILD_LIMIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    if !status.success() || !lbd.is_file() {
+        bail!("building the previous release's lbd ({PREVIOUS_RELEASE}) failed: {status}");
+    }
+    Ok(lbd)
+}
+
 /// What a pinned XDP link runs, as the kernel reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinkProgram {

@@ -12,7 +12,7 @@ use std::net::SocketAddrV4;
 use std::time::Duration;
 
 use xdplb_integration::transfer::{nat_handover, Transfer, TransferLab, CHUNK};
-use xdplb_integration::upgrade::{link_program, variant_lbd, LinkProgram};
+use xdplb_integration::upgrade::{link_program, previous_lbd, variant_lbd, LinkProgram};
 use xdplb_integration::{Lbd, Proto, StartOptions, VIP};
 
 const TRANSFER: Duration = Duration::from_secs(8);
@@ -124,6 +124,80 @@ fn upgrade_under_transfer(mode: &'static str) {
     assert_eq!(lab.server().accepted(), 1);
     drop(third);
     drop(first);
+}
+
+/// From the previous release (v1 flow tables, `make previous-release`) to this build: the new
+/// lbd copies the v1 flows into the v2 tables, swaps the program in, and the transfer (an
+/// established flow) never notices; the v1 tables are retired.
+fn upgrade_from_v1_tables(mode: &'static str) {
+    let previous = previous_lbd().expect("the previous release's lbd builds");
+    let lab = TransferLab::build(mode).expect("topology");
+    let (lb, config) = (lab.lb(), lab.config());
+    let state = tempfile::tempdir().expect("state dir");
+    let mut first = Lbd::start_binary(lb, config, &StartOptions::keep(state.path()), &previous)
+        .expect("the previous release's lbd starts");
+    first
+        .add_vip_with(vip80(), Proto::Tcp, &["--mode", mode])
+        .expect("vip add");
+    first
+        .add_backend(vip80(), Proto::Tcp, lab.backend())
+        .expect("backend add");
+    let original = programs(&lab);
+    assert!(
+        original
+            .iter()
+            .all(|p| p.shared_maps().contains_key("ct_fwd")),
+        "the previous release does not use the v1 tables: {original:?}"
+    );
+    let transfer = Transfer::start(lab.client(), vip80(), TRANSFER).expect("transfer starts");
+    keeps_moving(&transfer, "before the upgrade");
+
+    first.stop().expect("the previous lbd stops");
+    let second = Lbd::start_with(lb, config, &StartOptions::keep(state.path()))
+        .expect("this build's lbd starts");
+    let upgraded = programs(&lab);
+    eprintln!("{mode}: {original:?}\n -> {upgraded:?}");
+    for (o, u) in original.iter().zip(&upgraded) {
+        assert_eq!(u.link_id, o.link_id, "the link was replaced, not updated");
+        let maps = u.shared_maps();
+        assert!(
+            maps.contains_key("nat_fwd_v2") && !maps.contains_key("ct_fwd"),
+            "the new program's maps: {maps:?}"
+        );
+    }
+    let log = second.log_text();
+    for want in [
+        "copied the flows of the previous release's flow tables",
+        "v1 pins removed",
+        "took over the pinned XDP link",
+    ] {
+        assert!(
+            log.contains(want),
+            "the new lbd's log lacks {want:?}:\n{log}"
+        );
+    }
+    keeps_moving(&transfer, "after the upgrade");
+    let moved = transfer.finish().expect("the transfer never broke");
+    eprintln!("{mode}: {moved} bytes verified across the upgrade from the v1 tables");
+    assert!(moved >= 3 * PROGRESS, "only {moved} bytes in {TRANSFER:?}");
+    assert_eq!(lab.server().accepted(), 1, "the client had to reconnect");
+    drop(second);
+    drop(first);
+}
+
+#[test]
+fn nat_upgrade_from_the_v1_tables_keeps_a_transfer() {
+    upgrade_from_v1_tables("nat");
+}
+
+#[test]
+fn l2dsr_upgrade_from_the_v1_tables_keeps_a_transfer() {
+    upgrade_from_v1_tables("l2dsr");
+}
+
+#[test]
+fn ipip_upgrade_from_the_v1_tables_keeps_a_transfer() {
+    upgrade_from_v1_tables("ipip");
 }
 
 #[test]

@@ -203,6 +203,19 @@ async fn run(args: Args) -> Result<()> {
             return Err(e);
         }
     };
+    // Flows of an lbd with the v1 flow tables: copied while its program still runs...
+    let v1 = dp
+        .migrate_v1_flows()
+        .context("copying the flows of the v1 flow tables")?;
+    if let Some(m) = v1 {
+        tracing::info!(
+            nat = m.nat_flows,
+            dsr = m.dsr_flows,
+            replies = m.replies,
+            skipped = m.skipped,
+            "copied the flows of the previous release's flow tables (v1) into the v2 tables"
+        );
+    }
     let adopted = dp.adopted();
     let mut reconciler = Reconciler::new(dp, config.tables.maglev_size);
     reconciler
@@ -225,6 +238,23 @@ async fn run(args: Args) -> Result<()> {
         let _ = reconciler.into_dataplane().shutdown(args.detach_on_exit);
         settle_ports(ports, args.detach_on_exit);
         return Err(e);
+    }
+    if v1.is_some() {
+        // ...and again now that it has been replaced (the flows it made meanwhile), then the
+        // v1 pins go.
+        let dp = reconciler.dataplane();
+        let again = dp
+            .migrate_v1_flows()
+            .and_then(|m| dp.retire_v1_tables().map(|()| m))
+            .context("finishing the copy of the v1 flow tables")?;
+        if let Some(m) = again {
+            tracing::info!(
+                nat = m.nat_flows,
+                dsr = m.dsr_flows,
+                replies = m.replies,
+                "flows of the v1 tables copied again after the program swap; v1 pins removed"
+            );
+        }
     }
     let ctl = match Controller::new(state, reconciler) {
         Ok(c) => c,

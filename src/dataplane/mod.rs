@@ -24,6 +24,7 @@ pub(crate) use map_writer;
 pub mod firewall;
 pub mod flows;
 pub mod maps;
+pub mod migrate;
 pub mod ratelimit;
 pub mod telemetry;
 
