@@ -123,10 +123,20 @@ pub struct NatConfig {
     /// Inclusive range of source ports used towards backends.
     #[serde(default = "default_port_range")]
     pub port_range: [u16; 2],
+    /// Where `port_range` overlaps the kernel's `ip_local_port_range`, reserve it in
+    /// `ip_local_reserved_ports` (see `crate::hostports`); with false such an overlap is refused.
+    #[serde(default = "default_reserve_ports")]
+    pub(crate) reserve_ports: bool,
 }
 
+/// Clear of Linux's default ephemeral range (`ip_local_port_range` 32768-60999), so that the
+/// host's own connections never take an SNAT port.
 fn default_port_range() -> [u16; 2] {
-    [20000, 60999]
+    [20000, 32767]
+}
+
+fn default_reserve_ports() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -847,7 +857,8 @@ mod tests {
     fn minimal_config_gets_defaults() {
         let c = Config::parse(MINIMAL).expect("minimal config parses");
         assert_eq!(c.dataplane.xdp_mode, XdpMode::Native);
-        assert_eq!(c.nat.port_range, [20000, 60999]);
+        assert_eq!(c.nat.port_range, [20000, 32767]);
+        assert!(c.nat.reserve_ports);
         assert_eq!(c.tables.maglev_size, 65537);
         assert_eq!(c.timeouts.tcp, Duration::from_secs(300));
         assert!(c.vips.is_empty());

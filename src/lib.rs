@@ -6,6 +6,7 @@ pub mod config;
 pub mod controller;
 pub mod dataplane;
 pub mod health;
+pub mod hostports;
 pub mod maglev;
 pub mod metrics;
 pub mod neighbor;

@@ -14,6 +14,7 @@ use xdplb::api::listen::{self, ListenError, TlsFiles};
 use xdplb::config::{self, Config};
 use xdplb::controller::Controller;
 use xdplb::dataplane::{Dataplane, LoadOptions};
+use xdplb::hostports;
 use xdplb::metrics::server::MetricsServer;
 use xdplb::persist::StateStore;
 use xdplb::reconcile::Reconciler;
@@ -68,7 +69,8 @@ struct Args {
     #[arg(long, value_name = "ADDR:PORT|none")]
     metrics_listen: Option<String>,
     /// Directory of the state file (everything set through the API, saved before each change is
-    /// acknowledged and restored at start).
+    /// acknowledged and restored at start) and of `reserved-ports` (the SNAT ports lbd added to
+    /// net.ipv4.ip_local_reserved_ports, see [nat] reserve_ports).
     #[arg(long, value_name = "DIR", default_value = "/var/lib/xdplb")]
     state_dir: PathBuf,
     /// On exit, detach the program and remove every pin (tracked flows are lost). Without it, the
@@ -182,6 +184,9 @@ async fn run(args: Args) -> Result<()> {
         }
     }
 
+    // The SNAT range and the ports this host picks for its own connections are made disjoint
+    // (or the overlap refused) before the data plane is touched.
+    let ports = hostports::reserve(&config.nat, &args.state_dir)?;
     let dp = Dataplane::load(&LoadOptions {
         conntrack_size: config.tables.conntrack_size,
         embryonic_size: config.tables.embryonic_size,
@@ -190,7 +195,14 @@ async fn run(args: Args) -> Result<()> {
         firewall_scope: config.firewall.scope,
         ratelimit_clients: config.ratelimit.clients,
     })
-    .context("loading the XDP program")?;
+    .context("loading the XDP program");
+    let dp = match dp {
+        Ok(dp) => dp,
+        Err(e) => {
+            settle_ports(ports, args.detach_on_exit);
+            return Err(e);
+        }
+    };
     // Flows of an lbd with the v1 flow tables: copied while its program still runs...
     let v1 = dp
         .migrate_v1_flows()
@@ -209,8 +221,6 @@ async fn run(args: Args) -> Result<()> {
     reconciler
         .set_runtime_config(&config.runtime())
         .context("writing the run-time configuration")?;
-    let [lo, hi] = config.nat.port_range;
-    warn_on_port_overlap(lo, hi);
     match (&saved, adopted) {
         (Some(file), true) => reconciler.adopt_ids(&file.ids),
         (None, true) => {
@@ -226,6 +236,7 @@ async fn run(args: Args) -> Result<()> {
     });
     if let Err(e) = attached {
         let _ = reconciler.into_dataplane().shutdown(args.detach_on_exit);
+        settle_ports(ports, args.detach_on_exit);
         return Err(e);
     }
     if v1.is_some() {
@@ -274,6 +285,9 @@ async fn run(args: Args) -> Result<()> {
     };
     health.shutdown().await;
     sweeper.abort();
+    // An aborted task drops its controller handle only once it has stopped: wait for it, or
+    // into_reconciler below finds the API still in use and the data plane is never detached.
+    let _ = sweeper.await;
 
     if args.detach_on_exit {
         tracing::info!("shutting down: detaching XDP and removing pins (--detach-on-exit)");
@@ -281,14 +295,31 @@ async fn run(args: Args) -> Result<()> {
         tracing::info!("shutting down: XDP stays attached and maps pinned for the next lbd");
     }
     let _ = std::fs::remove_file(&socket);
-    match ctl.into_reconciler() {
+    let cleaned = match ctl.into_reconciler() {
         Some(r) => r
             .into_dataplane()
             .shutdown(args.detach_on_exit)
-            .context("cleaning up the data plane")?,
-        None => tracing::warn!("API still in use at shutdown; the data plane is released on exit"),
-    }
+            .context("cleaning up the data plane"),
+        None => {
+            tracing::warn!("API still in use at shutdown; the data plane is released on exit");
+            Ok(())
+        }
+    };
+    settle_ports(ports, args.detach_on_exit);
+    cleaned?;
     served
+}
+
+/// The reservation of the SNAT ports follows the program: removed when lbd detaches it, kept for
+/// the next lbd when it stays attached (handover). A reservation left behind (a crash, an error
+/// before this) is harmless, and the next lbd takes it over from its record.
+fn settle_ports(ports: hostports::Reservation, detached: bool) {
+    if !detached {
+        return ports.keep();
+    }
+    if let Err(e) = ports.release() {
+        tracing::warn!("{e}");
+    }
 }
 
 /// How often the flow tables are swept (`lb_flow_gc`): expired reply entries give their SNAT
@@ -369,24 +400,6 @@ fn enable_forwarding(ifname: &str) -> Result<()> {
         );
     }
     Ok(())
-}
-
-fn warn_on_port_overlap(lo: u16, hi: u16) {
-    let Ok(text) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range") else {
-        return;
-    };
-    let mut it = text
-        .split_whitespace()
-        .filter_map(|s| s.parse::<u16>().ok());
-    if let (Some(a), Some(b)) = (it.next(), it.next()) {
-        if lo <= b && a <= hi {
-            tracing::warn!(
-                snat_ports = %format!("{lo}-{hi}"),
-                local_ports = %format!("{a}-{b}"),
-                "nat.port_range overlaps the kernel's ip_local_port_range: connections this host opens to a backend may collide with NAT flows"
-            );
-        }
-    }
 }
 
 async fn serve(
