@@ -270,33 +270,23 @@ impl Telemetry {
             dsr = Some((entries, capacity));
             tables.extend(per_cpu);
         }
-        // key -> (last_seen, flags, vip id, backend id, proto) of the most recent entry.
-        let mut latest: HashMap<[u8; 16], (u64, u8, u16, u32, u8)> = HashMap::new();
+        // key -> the flow's copies merged ([`Copies`]).
+        let mut latest: HashMap<[u8; 16], Copies> = HashMap::new();
         for table in &tables {
             for_each_entry(table, |k, v| {
                 let key: types::flow_key4 = from_bytes(k);
                 let fwd: types::flow4 = from_bytes(v);
                 let mut kb = [0u8; 16];
                 kb.copy_from_slice(&k[..16.min(k.len())]);
-                let seen = (
-                    fwd.last_seen_ns,
-                    fwd.flags,
-                    fwd.vip_id,
-                    fwd.backend_id,
-                    key.proto,
-                );
                 latest
                     .entry(kb)
-                    .and_modify(|e| {
-                        if seen.0 >= e.0 {
-                            *e = seen;
-                        }
-                    })
-                    .or_insert(seen);
+                    .or_insert_with(|| Copies::new(&key, &fwd))
+                    .add(&fwd);
             })?;
         }
         let mut flows = Flows::default();
-        for (last_seen, flags, vip_id, backend_id, proto) in latest.into_values() {
+        for c in latest.into_values() {
+            let (last_seen, flags, vip_id, backend_id, proto) = c.merged();
             if timeouts.is_live(proto, flags.into(), last_seen, now) {
                 *flows.by_vip.entry(vip_id.into()).or_default() += 1;
                 *flows.by_backend.entry(backend_id).or_default() += 1;
@@ -308,6 +298,54 @@ impl Telemetry {
             }
         }
         Ok((flows, dsr))
+    }
+}
+
+/// The copies of one flow in the client-side tables (one per CPU's DSR table it was seen on,
+/// maybe an embryonic one). A FIN or RST marks only the copy of the CPU it arrived on, and a
+/// copy's `last_seen` lags by up to a second (`CT_TOUCH_NS`), so the flow is closing when a
+/// closing copy was seen no more than a second before the latest other copy.
+struct Copies {
+    proto: u8,
+    vip_id: u16,
+    backend_id: u32,
+    open_seen: Option<(u64, u8)>,
+    closing_seen: Option<u64>,
+}
+
+impl Copies {
+    fn new(key: &types::flow_key4, fwd: &types::flow4) -> Self {
+        Copies {
+            proto: key.proto,
+            vip_id: fwd.vip_id,
+            backend_id: fwd.backend_id,
+            open_seen: None,
+            closing_seen: None,
+        }
+    }
+
+    fn add(&mut self, fwd: &types::flow4) {
+        let seen = fwd.last_seen_ns;
+        if u32::from(fwd.flags) & types::ct_flags::CT_F_CLOSING.0 != 0 {
+            self.closing_seen = Some(self.closing_seen.map_or(seen, |s| s.max(seen)));
+        } else if self.open_seen.is_none_or(|(s, _)| seen >= s) {
+            self.open_seen = Some((seen, fwd.flags));
+            self.vip_id = fwd.vip_id;
+            self.backend_id = fwd.backend_id;
+        }
+    }
+
+    /// (last_seen, flags, vip id, backend id, proto) of the flow as a whole.
+    fn merged(&self) -> (u64, u8, u16, u32, u8) {
+        let closing = types::ct_flags::CT_F_CLOSING.0 as u8;
+        let (seen, flags) = match (self.open_seen, self.closing_seen) {
+            (Some((o, f)), Some(c)) if c.saturating_add(1_000_000_000) < o => (o, f),
+            (Some((o, _)), Some(c)) => (o.max(c), closing),
+            (Some((o, f)), None) => (o, f),
+            (None, Some(c)) => (c, closing),
+            (None, None) => (0, 0),
+        };
+        (seen, flags, self.vip_id, self.backend_id, self.proto)
     }
 }
 
@@ -632,6 +670,44 @@ mod tests {
     use super::*;
 
     const S: u64 = 1_000_000_000;
+
+    fn copy(seen: u64, flags: u32) -> types::flow4 {
+        types::flow4 {
+            last_seen_ns: seen,
+            flags: flags as u8,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_flow_seen_on_several_cpus_is_closing_when_its_close_is_the_latest_news() {
+        let key = types::flow_key4::default();
+        let closing = types::ct_flags::CT_F_CLOSING.0;
+        let merged = |copies: &[types::flow4]| {
+            let mut c = Copies::new(&key, &copies[0]);
+            for f in copies {
+                c.add(f);
+            }
+            let (seen, flags, ..) = c.merged();
+            (seen, u32::from(flags) & closing != 0)
+        };
+        // The FIN on CPU 0, the last data on CPU 1 up to a second earlier (refresh lag).
+        assert_eq!(
+            merged(&[copy(100 * S, closing), copy(100 * S + S / 2, 0)]),
+            (100 * S + S / 2, true)
+        );
+        assert_eq!(
+            merged(&[copy(100 * S, 0), copy(99 * S, closing)]),
+            (100 * S, true)
+        );
+        // A close long before the other copy's traffic: that copy is a later connection.
+        assert_eq!(
+            merged(&[copy(90 * S, closing), copy(100 * S, 0)]),
+            (100 * S, false)
+        );
+        assert_eq!(merged(&[copy(100 * S, 0)]), (100 * S, false));
+        assert_eq!(merged(&[copy(100 * S, closing)]), (100 * S, true));
+    }
 
     #[test]
     fn liveness_follows_the_programs_timeouts() {
