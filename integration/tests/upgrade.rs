@@ -216,7 +216,7 @@ fn ipip_upgrade_keeps_a_transfer() {
     upgrade_under_transfer("ipip");
 }
 
-/// A new lbd whose conntrack tables have another size cannot reuse the pinned ones without
+/// A new lbd whose flow tables have another size cannot reuse the pinned ones without
 /// losing the flows in them: it refuses to start and says which map, how it differs and what to
 /// do; the running program and its flows are untouched, and the old configuration adopts them.
 #[test]
@@ -233,7 +233,7 @@ fn changed_map_layout_is_refused() {
         Err(e) => format!("{e:#}"),
     };
     for want in [
-        "pinned map ct_",
+        "pinned map nat_",
         "does not fit this build",
         "131072",
         "--detach-on-exit",
