@@ -143,7 +143,8 @@ fn compact_keys_for_tcp_and_udp_in_every_mode() {
             let e = entry(&lb, FlowTable::Embryonic, client, tvip, Protocol::Tcp)?
                 .with_context(|| format!("{mode}: the SYN left no embryonic entry"))?;
             ensure!(
-                u32::from(e.flags) & ct_flags::CT_F_EMBRYONIC.0 != 0 && e.mode == mode_number(mode),
+                u32::from(e.flags) & ct_flags::CT_F_EMBRYONIC.0 != 0
+                    && e.mode == xdplb::dataplane::maps::mode_value(mode),
                 "{mode}: embryonic entry {e:?}"
             );
             let run = lb.run(lb.net.veth0, &udp_query(client, uvip).build())?;
@@ -160,7 +161,7 @@ fn compact_keys_for_tcp_and_udp_in_every_mode() {
             let e = entry(&lb, table, client, uvip, Protocol::Udp)?
                 .with_context(|| format!("{mode}: the UDP flow is not established"))?;
             ensure!(
-                e.flags == 0 && e.mode == mode_number(mode),
+                e.flags == 0 && e.mode == xdplb::dataplane::maps::mode_value(mode),
                 "{mode}: UDP entry {e:?}"
             );
             ensure!(
@@ -170,15 +171,6 @@ fn compact_keys_for_tcp_and_udp_in_every_mode() {
         }
         Ok(())
     });
-}
-
-fn mode_number(mode: Mode) -> u8 {
-    let m = match mode {
-        Mode::Nat => types::lb_mode::LB_MODE_NAT,
-        Mode::L2dsr => types::lb_mode::LB_MODE_L2DSR,
-        Mode::Ipip => types::lb_mode::LB_MODE_IPIP,
-    };
-    m.0 as u8
 }
 
 /// NAT: the flow is promoted only by the client's ACK of the backend's ISN + 1, which only a

@@ -21,7 +21,7 @@ use crate::setup::*;
 use crate::testrun::{floor_frame, Floor, Runner, Spread};
 use xdplb_testkit::packet::{
     endpoints, layout, refresh_ip_checksum, set_be16, transport_checksum, IPPROTO_IPIP,
-    IPPROTO_TCP, TCP_ACK, TCP_SYN,
+    IPPROTO_TCP, TCP_ACK,
 };
 use xdplb_testkit::{NetNs, Packet};
 
@@ -113,15 +113,7 @@ fn open_flow(
     let to = place(&out)?;
     let reply = if mode == Mode::Nat {
         let (snat, backend) = endpoints(&out)?;
-        let synack = Packet::tcp(
-            [0x02, 0, 0, 0, 0, 0x02],
-            VETH0_MAC,
-            backend,
-            snat,
-            TCP_SYN | TCP_ACK,
-        )
-        .with_seq_ack(0x7000_0000, 0)
-        .build();
+        let synack = syn_ack(backend, snat);
         let back = sent_on(lb, runner, &synack, &format!("flow {i}: SYN-ACK"))?;
         ensure!(
             (back.dst, back.ports.1) == (*client.ip(), client.port()),
@@ -137,9 +129,9 @@ fn open_flow(
     } else {
         None
     };
-    // The ACK of the backend's ISN (0x7000_0000) + 1, as the client's stack sends it.
+    // The ACK of the backend's ISN + 1, as the client's stack sends it.
     let ack = Packet::tcp(mac, VETH0_MAC, client, vip, TCP_ACK)
-        .with_seq_ack(0x1234_5679, 0x7000_0001)
+        .with_seq_ack(0x1234_5679, BACKEND_ISN + 1)
         .build();
     let data = data(client, vip).build();
     for (frame, what) in [(&ack, "ACK"), (&data, "data")] {

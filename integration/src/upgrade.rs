@@ -65,20 +65,11 @@ pub fn variant_lbd() -> Result<PathBuf> {
         .stderr(log)
         .spawn()
         .with_context(|| format!("running {}", Path::new(&cargo).display()))?;
-    let status = loop {
-        if let Some(status) = child.try_wait().context("polling cargo")? {
-            break status;
-        }
-        if start.elapsed() > VARIANT_BUILD_LIMIT {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!(
-                "building the variant lbd took longer than {VARIANT_BUILD_LIMIT:?}; see {}",
-                log_path.display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let status = wait_bounded(
+        &mut child,
+        start,
+        &format!("the variant lbd (see {})", log_path.display()),
+    )?;
     let output = std::fs::read_to_string(&log_path).unwrap_or_default();
     if !status.success() {
         bail!("building the variant lbd failed ({status}):\n{output}");
@@ -97,6 +88,25 @@ pub fn variant_lbd() -> Result<PathBuf> {
     );
     *built = Some(lbd.clone());
     Ok(lbd)
+}
+
+/// Waits for a build started at `start`, killing it after [`VARIANT_BUILD_LIMIT`].
+fn wait_bounded(
+    child: &mut std::process::Child,
+    start: Instant,
+    what: &str,
+) -> Result<std::process::ExitStatus> {
+    loop {
+        if let Some(status) = child.try_wait().context("polling the build")? {
+            return Ok(status);
+        }
+        if start.elapsed() > VARIANT_BUILD_LIMIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("building {what} took longer than {VARIANT_BUILD_LIMIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// The commit of the previous release (the last with the v1 flow tables): the Makefile's
@@ -123,17 +133,7 @@ pub fn previous_lbd() -> Result<PathBuf> {
         .stdin(Stdio::null())
         .spawn()
         .context("running scripts/build-previous.sh")?;
-    let status = loop {
-        if let Some(status) = child.try_wait().context("polling the build")? {
-            break status;
-        }
-        if start.elapsed() > VARIANT_BUILD_LIMIT {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("building the previous release's lbd took longer than {VARIANT_BUILD_LIMIT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let status = wait_bounded(&mut child, start, "the previous release's lbd")?;
     if !status.success() || !lbd.is_file() {
         bail!("building the previous release's lbd ({PREVIOUS_RELEASE}) failed: {status}");
     }

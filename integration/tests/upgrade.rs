@@ -57,20 +57,26 @@ fn keeps_moving(transfer: &Transfer, when: &str) {
     }
 }
 
+/// `lbd` with the VIP on port 80 in `mode` and the lab's backend.
+fn serving(lab: &TransferLab, lbd: Lbd, mode: &str) -> Lbd {
+    lbd.add_vip_with(vip80(), Proto::Tcp, &["--mode", mode])
+        .expect("vip add");
+    lbd.add_backend(vip80(), Proto::Tcp, lab.backend())
+        .expect("backend add");
+    lbd
+}
+
 fn upgrade_under_transfer(mode: &'static str) {
     let variant = variant_lbd().expect("the variant lbd builds");
     let lab = TransferLab::build(mode).expect("topology");
     let (lb, config) = (lab.lb(), lab.config());
     let state = tempfile::tempdir().expect("state dir");
 
-    let mut first =
-        Lbd::start_with(lb, config, &StartOptions::keep(state.path())).expect("first lbd");
-    first
-        .add_vip_with(vip80(), Proto::Tcp, &["--mode", mode])
-        .expect("vip add");
-    first
-        .add_backend(vip80(), Proto::Tcp, lab.backend())
-        .expect("backend add");
+    let mut first = serving(
+        &lab,
+        Lbd::start_with(lb, config, &StartOptions::keep(state.path())).expect("first lbd"),
+        mode,
+    );
     let original = programs(&lab);
     let transfer = Transfer::start(lab.client(), vip80(), TRANSFER).expect("transfer starts");
     keeps_moving(&transfer, "before the upgrade");
@@ -134,14 +140,12 @@ fn upgrade_from_v1_tables(mode: &'static str) {
     let lab = TransferLab::build(mode).expect("topology");
     let (lb, config) = (lab.lb(), lab.config());
     let state = tempfile::tempdir().expect("state dir");
-    let mut first = Lbd::start_binary(lb, config, &StartOptions::keep(state.path()), &previous)
-        .expect("the previous release's lbd starts");
-    first
-        .add_vip_with(vip80(), Proto::Tcp, &["--mode", mode])
-        .expect("vip add");
-    first
-        .add_backend(vip80(), Proto::Tcp, lab.backend())
-        .expect("backend add");
+    let mut first = serving(
+        &lab,
+        Lbd::start_binary(lb, config, &StartOptions::keep(state.path()), &previous)
+            .expect("the previous release's lbd starts"),
+        mode,
+    );
     let original = programs(&lab);
     assert!(
         original

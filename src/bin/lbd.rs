@@ -208,13 +208,7 @@ async fn run(args: Args) -> Result<()> {
         .migrate_v1_flows()
         .context("copying the flows of the v1 flow tables")?;
     if let Some(m) = v1 {
-        tracing::info!(
-            nat = m.nat_flows,
-            dsr = m.dsr_flows,
-            replies = m.replies,
-            skipped = m.skipped,
-            "copied the flows of the previous release's flow tables (v1) into the v2 tables"
-        );
+        m.log("copied the flows of the previous release's flow tables (v1) into the v2 tables");
     }
     let adopted = dp.adopted();
     let mut reconciler = Reconciler::new(dp, config.tables.maglev_size);
@@ -248,12 +242,7 @@ async fn run(args: Args) -> Result<()> {
             .and_then(|m| dp.retire_v1_tables().map(|()| m))
             .context("finishing the copy of the v1 flow tables")?;
         if let Some(m) = again {
-            tracing::info!(
-                nat = m.nat_flows,
-                dsr = m.dsr_flows,
-                replies = m.replies,
-                "flows of the v1 tables copied again after the program swap; v1 pins removed"
-            );
+            m.log("flows of the v1 tables copied again after the program swap; v1 pins removed");
         }
     }
     let ctl = match Controller::new(state, reconciler) {

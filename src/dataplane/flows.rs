@@ -180,30 +180,11 @@ impl super::Dataplane {
 
 /// Runs `lb_flow_gc` once (BPF_PROG_TEST_RUN): deletes what no flow needs any more.
 fn sweep(prog: std::os::fd::BorrowedFd<'_>) -> Result<SweepReport, DataplaneError> {
-    let size = std::mem::size_of::<types::lb_gc_report>().max(64);
-    let input = vec![0u8; size];
-    let mut output = vec![0u8; size];
-    let mut opts = libbpf_sys::bpf_test_run_opts {
-        sz: std::mem::size_of::<libbpf_sys::bpf_test_run_opts>() as _,
-        data_in: input.as_ptr().cast(),
-        data_size_in: input.len() as u32,
-        data_out: output.as_mut_ptr().cast(),
-        data_size_out: output.len() as u32,
-        repeat: 1,
-        ..Default::default()
-    };
-    // SAFETY: the fd is a loaded XDP program; input and output outlive the call, sizes given.
-    let rc = unsafe { libbpf_sys::bpf_prog_test_run_opts(prog.as_raw_fd(), &mut opts) };
-    if rc < 0 || opts.retval != libbpf_sys::XDP_PASS {
-        return Err(DataplaneError::Io {
-            what: "sweeping the flow tables (BPF_PROG_TEST_RUN of lb_flow_gc)".into(),
-            source: if rc < 0 {
-                std::io::Error::from_raw_os_error(-rc)
-            } else {
-                std::io::Error::other(format!("lb_flow_gc returned {}", opts.retval))
-            },
-        });
-    }
+    let output = super::run_helper(
+        prog,
+        std::mem::size_of::<types::lb_gc_report>(),
+        "sweeping the flow tables (lb_flow_gc)",
+    )?;
     let r: types::lb_gc_report = super::maps::from_bytes(&output);
     Ok(SweepReport {
         rev_swept: r.rev_swept,

@@ -100,7 +100,8 @@ fn set_filter_bit(words: &mut [u64], ip: Ipv4Addr) {
     }
 }
 
-fn mode_value(mode: Mode) -> u8 {
+/// The `enum lb_mode` value of `mode`, as flow entries and `vip_meta` hold it.
+pub fn mode_value(mode: Mode) -> u8 {
     let m = match mode {
         Mode::Nat => types::lb_mode::LB_MODE_NAT,
         Mode::L2dsr => types::lb_mode::LB_MODE_L2DSR,

@@ -33,6 +33,37 @@ pub struct Migrated {
     pub skipped: u64,
 }
 
+impl Migrated {
+    /// One log line with the counts.
+    pub fn log(&self, what: &str) {
+        tracing::info!(
+            nat = self.nat_flows,
+            dsr = self.dsr_flows,
+            replies = self.replies,
+            skipped = self.skipped,
+            "{what}"
+        );
+    }
+}
+
+/// Calls `f` with every (key, value) of a v1 table, decoded (an entry evicted between the key
+/// walk and its lookup is skipped).
+fn for_each_v1<K: Copy + Default, V: Copy + Default>(
+    map: &MapHandle,
+    name: &str,
+    mut f: impl FnMut(K, V) -> Result<(), DataplaneError>,
+) -> Result<(), DataplaneError> {
+    for k in map.keys() {
+        if let Some(v) = map
+            .lookup(&k, MapFlags::ANY)
+            .map_err(bpf_err(format!("reading {name}")))?
+        {
+            f(from_bytes(&k), from_bytes(&v))?;
+        }
+    }
+    Ok(())
+}
+
 /// The v1 flow tables pinned in `dir`, if an earlier lbd left them (and they have the layout
 /// this build knows as v1).
 fn v1_tables(dir: &Path) -> Result<Option<(MapHandle, MapHandle)>, DataplaneError> {
@@ -90,77 +121,73 @@ impl Dataplane {
         let dsr = flows::dsr_tables(&m.dsr_v2)?;
         let mut done = Migrated::default();
         let nat = types::lb_mode::LB_MODE_NAT.0 as u8;
-        for k in old_fwd.keys() {
-            let Some(v) = old_fwd
-                .lookup(&k, MapFlags::ANY)
-                .map_err(bpf_err("reading ct_fwd"))?
-            else {
-                continue;
-            };
-            let (key, fwd): (types::flow_key, types::ct_fwd) = (from_bytes(&k), from_bytes(&v));
-            let Some(key4) = key4(&key) else {
-                done.skipped += 1;
-                continue;
-            };
-            let flow = types::flow4 {
-                backend_be: unsafe_v4(&fwd.backend_addr),
-                src_be: unsafe_v4(&fwd.snat_addr),
-                backend_port_be: fwd.backend_port_be,
-                snat_port_be: fwd.snat_port_be,
-                backend_id: fwd.backend_id,
-                vip_id: fwd.vip_id as u16,
-                mode: fwd.mode,
-                flags: (u32::from(fwd.flags) & types::ct_flags::CT_F_CLOSING.0) as u8,
-                last_seen_ns: fwd.last_seen_ns,
-                nh: fwd.nh,
-                ..Default::default()
-            };
-            let kb = bytes_of(&key4);
-            if fwd.mode == nat {
-                m.nat_fwd_v2
-                    .update(kb, bytes_of(&flow), MapFlags::ANY)
-                    .map_err(bpf_err("writing nat_fwd_v2"))?;
-                done.nat_flows += 1;
-            } else if fwd.mode > nat && fwd.mode <= types::lb_mode::LB_MODE_IPIP.0 as u8 {
-                for table in &dsr {
-                    table
+        for_each_v1(
+            &old_fwd,
+            "ct_fwd",
+            |key: types::flow_key, fwd: types::ct_fwd| {
+                let Some(key4) = key4(&key) else {
+                    done.skipped += 1;
+                    return Ok(());
+                };
+                let flow = types::flow4 {
+                    backend_be: unsafe_v4(&fwd.backend_addr),
+                    src_be: unsafe_v4(&fwd.snat_addr),
+                    backend_port_be: fwd.backend_port_be,
+                    snat_port_be: fwd.snat_port_be,
+                    backend_id: fwd.backend_id,
+                    vip_id: fwd.vip_id as u16,
+                    mode: fwd.mode,
+                    flags: (u32::from(fwd.flags) & types::ct_flags::CT_F_CLOSING.0) as u8,
+                    last_seen_ns: fwd.last_seen_ns,
+                    nh: fwd.nh,
+                    ..Default::default()
+                };
+                let kb = bytes_of(&key4);
+                if fwd.mode == nat {
+                    m.nat_fwd_v2
                         .update(kb, bytes_of(&flow), MapFlags::ANY)
-                        .map_err(bpf_err("writing a DSR table"))?;
+                        .map_err(bpf_err("writing nat_fwd_v2"))?;
+                    done.nat_flows += 1;
+                } else if fwd.mode > nat && fwd.mode <= types::lb_mode::LB_MODE_IPIP.0 as u8 {
+                    for table in &dsr {
+                        table
+                            .update(kb, bytes_of(&flow), MapFlags::ANY)
+                            .map_err(bpf_err("writing a DSR table"))?;
+                    }
+                    done.dsr_flows += 1;
+                } else {
+                    done.skipped += 1;
                 }
-                done.dsr_flows += 1;
-            } else {
-                done.skipped += 1;
-            }
-        }
-        for k in old_rev.keys() {
-            let Some(v) = old_rev
-                .lookup(&k, MapFlags::ANY)
-                .map_err(bpf_err("reading ct_rev"))?
-            else {
-                continue;
-            };
-            let (key, rev): (types::flow_key, types::ct_rev) = (from_bytes(&k), from_bytes(&v));
-            let Some(key4) = key4(&key) else {
-                done.skipped += 1;
-                continue;
-            };
-            let r = types::nat4_rev {
-                client_be: unsafe_v4(&rev.client_addr),
-                vip_be: unsafe_v4(&rev.vip_addr),
-                client_port_be: rev.client_port_be,
-                vip_port_be: rev.vip_port_be,
-                backend_id: rev.backend_id,
-                vip_id: rev.vip_id as u16,
-                flags: rev.flags & types::ct_flags::CT_F_CLOSING.0 as u16,
-                last_seen_ns: rev.last_seen_ns,
-                nh: rev.nh,
-                ..Default::default()
-            };
-            m.nat_rev_v2
-                .update(bytes_of(&key4), bytes_of(&r), MapFlags::ANY)
-                .map_err(bpf_err("writing nat_rev_v2"))?;
-            done.replies += 1;
-        }
+                Ok(())
+            },
+        )?;
+        for_each_v1(
+            &old_rev,
+            "ct_rev",
+            |key: types::flow_key, rev: types::ct_rev| {
+                let Some(key4) = key4(&key) else {
+                    done.skipped += 1;
+                    return Ok(());
+                };
+                let r = types::nat4_rev {
+                    client_be: unsafe_v4(&rev.client_addr),
+                    vip_be: unsafe_v4(&rev.vip_addr),
+                    client_port_be: rev.client_port_be,
+                    vip_port_be: rev.vip_port_be,
+                    backend_id: rev.backend_id,
+                    vip_id: rev.vip_id as u16,
+                    flags: rev.flags & types::ct_flags::CT_F_CLOSING.0 as u16,
+                    last_seen_ns: rev.last_seen_ns,
+                    nh: rev.nh,
+                    ..Default::default()
+                };
+                m.nat_rev_v2
+                    .update(bytes_of(&key4), bytes_of(&r), MapFlags::ANY)
+                    .map_err(bpf_err("writing nat_rev_v2"))?;
+                done.replies += 1;
+                Ok(())
+            },
+        )?;
         Ok(Some(done))
     }
 

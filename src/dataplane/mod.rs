@@ -124,6 +124,44 @@ pub fn program_maps(
     Ok(out)
 }
 
+/// Runs one of the program's never-attached helper programs (`lb_clock`, `lb_flow_gc`) once
+/// through BPF_PROG_TEST_RUN on a zeroed frame of `len` bytes (XDP takes at least an Ethernet
+/// header); returns the frame as the program left it. The program must answer XDP_PASS.
+pub(crate) fn run_helper(
+    prog: std::os::fd::BorrowedFd<'_>,
+    len: usize,
+    what: &str,
+) -> Result<Vec<u8>, DataplaneError> {
+    let input = vec![0u8; len.max(64)];
+    let mut output = vec![0u8; input.len()];
+    let mut opts = libbpf_sys::bpf_test_run_opts {
+        sz: std::mem::size_of::<libbpf_sys::bpf_test_run_opts>() as _,
+        data_in: input.as_ptr().cast(),
+        data_size_in: input.len() as u32,
+        data_out: output.as_mut_ptr().cast(),
+        data_size_out: output.len() as u32,
+        repeat: 1,
+        ..Default::default()
+    };
+    // SAFETY: the fd is a loaded XDP program; input and output outlive the call, sizes given.
+    let rc = unsafe { libbpf_sys::bpf_prog_test_run_opts(prog.as_raw_fd(), &mut opts) };
+    let source = if rc < 0 {
+        io::Error::from_raw_os_error(-rc)
+    } else if opts.retval != libbpf_sys::XDP_PASS || (opts.data_size_out as usize) < len {
+        io::Error::other(format!(
+            "returned {} with {} bytes",
+            opts.retval, opts.data_size_out
+        ))
+    } else {
+        output.truncate(opts.data_size_out as usize);
+        return Ok(output);
+    };
+    Err(DataplaneError::Io {
+        what: format!("{what} (BPF_PROG_TEST_RUN)"),
+        source,
+    })
+}
+
 /// Sets how many entries a map gets, before the program is loaded.
 pub(crate) fn size_map(
     map: &mut libbpf_rs::OpenMapMut<'_>,

@@ -99,36 +99,12 @@ pub struct Clock {
 impl Clock {
     /// The data plane's "now", in nanoseconds.
     pub fn now(&self) -> Result<u64, DataplaneError> {
-        // XDP test runs take at least an Ethernet header; the program writes 8 bytes.
-        let input = [0u8; 64];
-        let mut output = [0u8; 64];
-        let mut opts = libbpf_sys::bpf_test_run_opts {
-            sz: std::mem::size_of::<libbpf_sys::bpf_test_run_opts>() as _,
-            data_in: input.as_ptr().cast(),
-            data_size_in: input.len() as u32,
-            data_out: output.as_mut_ptr().cast(),
-            data_size_out: output.len() as u32,
-            repeat: 1,
-            ..Default::default()
-        };
-        // SAFETY: the fd is a loaded XDP program we own; input and output outlive the call and
-        // their sizes are given.
-        let rc = unsafe { libbpf_sys::bpf_prog_test_run_opts(self.prog.as_raw_fd(), &mut opts) };
-        if rc < 0 {
-            return Err(DataplaneError::Io {
-                what: "reading the data plane's clock (BPF_PROG_TEST_RUN of lb_clock)".into(),
-                source: std::io::Error::from_raw_os_error(-rc),
-            });
-        }
-        if opts.retval != libbpf_sys::XDP_PASS || opts.data_size_out < 8 {
-            return Err(DataplaneError::Io {
-                what: "reading the data plane's clock".into(),
-                source: std::io::Error::other(format!(
-                    "lb_clock returned {} with {} bytes",
-                    opts.retval, opts.data_size_out
-                )),
-            });
-        }
+        // The program writes lb_now() into the frame's first 8 bytes.
+        let output = super::run_helper(
+            self.prog.as_fd(),
+            8,
+            "reading the data plane's clock (lb_clock)",
+        )?;
         let mut now = [0u8; 8];
         now.copy_from_slice(&output[..8]);
         Ok(u64::from_ne_bytes(now))
