@@ -695,3 +695,68 @@ fn drain_and_undrain(topo: &Topology, mode: &str, addrs: &[SocketAddrV4], server
     };
     assert!(d.reason(&reason) > 0, "nothing went by {mode}: {d:?}");
 }
+
+/// A UDP client that keeps one source port keeps its flow as long as it sends: when its backend
+/// goes down, the flow lives on and every query goes to the dead backend. After
+/// `[timeouts] backend_down` (1 s here) lbd's sweep ends the flows of a down backend, and the
+/// client's next query starts a new flow to a live one. (Before flow tables v2, or with a grace
+/// of an hour, the flow stays on the dead backend for as long as the client keeps sending.)
+#[test]
+fn flows_of_a_backend_down_past_the_grace_end() {
+    let topo = Topology::two_arm(2).expect("topology");
+    let vip = SocketAddrV4::new(VIP, 53);
+    let addrs: Vec<SocketAddrV4> = topo.backend_addrs(5353);
+    let mut servers: Vec<Option<ServerHandle>> = topo
+        .stoppable_name_servers(addrs[0].port(), udp_name_server)
+        .expect("servers");
+    let (lb, config) = lab(&topo);
+    let config = config.replace("[timeouts]", "[timeouts]\nbackend_down = \"1s\"");
+    assert!(config.contains("backend_down = \"1s\""), "{config}");
+    let udp = health_flags("udp", &[]);
+    let lbd = lbd_serving((lb, config), (vip, Proto::Udp), "nat", &udp, &addrs);
+    // One client socket, one source port: one flow.
+    let source = SocketAddrV4::new(topo.client_addrs()[0], 47_123);
+    let query = || {
+        udp_requests(
+            topo.client(),
+            Some(source),
+            vip,
+            1,
+            Duration::from_millis(300),
+            1,
+            BATCH_LIMIT,
+        )
+        .expect("client runs")
+        .pop()
+        .expect("one result")
+    };
+    let first = query().expect("the first query is answered");
+    let idx = usize::from(first.name == "b2");
+    let (dead, live) = (format!("b{}", idx + 1), format!("b{}", 2 - idx));
+    servers[idx] = None;
+    within(
+        &lbd,
+        (vip, Proto::Udp),
+        "the flow's backend marked down",
+        down_bound(),
+        |rows| health_of(rows, addrs[idx]) == "down",
+    );
+    let down_at = Instant::now();
+    let mut answered_by = None;
+    while down_at.elapsed() < Duration::from_secs(10) {
+        if let Ok(r) = query() {
+            answered_by = Some((r.name, down_at.elapsed()));
+            break;
+        }
+    }
+    let (name, after) = answered_by.unwrap_or_else(|| {
+        panic!(
+            "the flow of {source} stayed on the dead backend {dead} for 10 s after it went down; lbd log:\n{}",
+            lbd.log_text()
+        )
+    });
+    assert_eq!(name, live, "answered by {name}");
+    eprintln!("the flow moved from {dead} to {live} {after:?} after {dead} was marked down");
+    assert!(lbd.log_text().contains("backend down past the grace"));
+    drop(servers);
+}
