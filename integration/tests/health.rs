@@ -363,15 +363,25 @@ fn ipip_check_behind_a_router_with_drop() {
     drop(setup);
 }
 
+/// The two-arm topology with a UDP name server on port 5353 of each backend, for VIP :53.
+fn udp_lab() -> (
+    Topology,
+    SocketAddrV4,
+    Vec<SocketAddrV4>,
+    Vec<Option<ServerHandle>>,
+) {
+    let topo = Topology::two_arm(2).expect("topology");
+    let addrs: Vec<SocketAddrV4> = topo.backend_addrs(5353);
+    let servers = topo
+        .stoppable_name_servers(addrs[0].port(), udp_name_server)
+        .expect("servers");
+    (topo, SocketAddrV4::new(VIP, 53), addrs, servers)
+}
+
 /// UDP checks (send a payload, expect a reply): a dead UDP server is taken out, and back.
 #[test]
 fn nat_udp_check() {
-    let topo = Topology::two_arm(2).expect("topology");
-    let vip = SocketAddrV4::new(VIP, 53);
-    let addrs: Vec<SocketAddrV4> = topo.backend_addrs(5353);
-    let mut servers: Vec<Option<ServerHandle>> = topo
-        .stoppable_name_servers(addrs[0].port(), udp_name_server)
-        .expect("servers");
+    let (topo, vip, addrs, mut servers) = udp_lab();
     let udp = health_flags("udp", &[]);
     let lbd = lbd_serving(lab(&topo), (vip, Proto::Udp), "nat", &udp, &addrs);
     let udp_batch = |count| {
@@ -703,12 +713,7 @@ fn drain_and_undrain(topo: &Topology, mode: &str, addrs: &[SocketAddrV4], server
 /// of an hour, the flow stays on the dead backend for as long as the client keeps sending.)
 #[test]
 fn flows_of_a_backend_down_past_the_grace_end() {
-    let topo = Topology::two_arm(2).expect("topology");
-    let vip = SocketAddrV4::new(VIP, 53);
-    let addrs: Vec<SocketAddrV4> = topo.backend_addrs(5353);
-    let mut servers: Vec<Option<ServerHandle>> = topo
-        .stoppable_name_servers(addrs[0].port(), udp_name_server)
-        .expect("servers");
+    let (topo, vip, addrs, mut servers) = udp_lab();
     let (lb, config) = lab(&topo);
     let config = config.replace("[timeouts]", "[timeouts]\nbackend_down = \"1s\"");
     assert!(config.contains("backend_down = \"1s\""), "{config}");
