@@ -65,6 +65,8 @@ pub struct Config {
     #[serde(default)]
     pub(crate) ipip: IpipConfig,
     #[serde(default)]
+    pub(crate) icmp: IcmpConfig,
+    #[serde(default)]
     pub firewall: FirewallConfig,
     #[serde(default)]
     pub ratelimit: RateLimitConfig,
@@ -214,6 +216,37 @@ pub(crate) struct IpipConfig {
     pub(crate) source: Option<ipnet::Ipv4Net>,
 }
 
+/// The ICMP the balancer sends and relays.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct IcmpConfig {
+    /// Source of the ICMP time exceeded the balancer sends when a packet's TTL runs out here (an
+    /// address of this host). Defaults to `nat.snat_address`.
+    pub(crate) source: Option<Ipv4Addr>,
+    /// Most ICMP errors relayed to backends or clients per second and per VIP (and as many for
+    /// errors to the SNAT address), in bursts of a tenth of that; 0: no limit.
+    pub(crate) errors_per_second: u64,
+    /// Most ICMP time exceeded the balancer sends per second, in bursts of a tenth of that; 0: no
+    /// limit.
+    pub(crate) time_exceeded_per_second: u64,
+}
+
+impl Default for IcmpConfig {
+    fn default() -> Self {
+        Self {
+            source: None,
+            errors_per_second: 1000,
+            time_exceeded_per_second: 1000,
+        }
+    }
+}
+
+/// The GCRA bucket of an ICMP budget of `rate` messages per second (bursts of a tenth of a
+/// second's worth); `None` for 0, no limit.
+fn icmp_bucket(rate: u64) -> Option<xdplb_model::ratelimit::Bucket> {
+    (rate > 0).then(|| xdplb_model::ratelimit::Bucket::new(rate, (rate / 10).max(1)))
+}
+
 impl Config {
     /// The IPIP outer source prefix in force.
     pub(crate) fn ipip_source(&self) -> ipnet::Ipv4Net {
@@ -240,6 +273,9 @@ impl Config {
             ipip_source: self.ipip_source(),
             nexthop_cache: self.timeouts.nexthop_cache,
             new_flows_per_cpu: self.tables.new_flows_per_cpu,
+            icmp_source: self.icmp.source.unwrap_or(self.nat.snat_address),
+            icmp_errors: icmp_bucket(self.icmp.errors_per_second),
+            time_exceeded: icmp_bucket(self.icmp.time_exceeded_per_second),
         }
     }
 }
@@ -642,6 +678,31 @@ impl Config {
                 return Err(invalid(
                     "ipip.source",
                     format!("{src} has host bits set; did you mean {}?", src.trunc()),
+                ));
+            }
+        }
+        if let Some(src) = self.icmp.source {
+            if src.is_unspecified() || src.is_broadcast() || src.is_multicast() {
+                return Err(invalid(
+                    "icmp.source",
+                    format!("{src} is not a unicast address"),
+                ));
+            }
+        }
+        for (key, rate) in [
+            ("icmp.errors_per_second", self.icmp.errors_per_second),
+            (
+                "icmp.time_exceeded_per_second",
+                self.icmp.time_exceeded_per_second,
+            ),
+        ] {
+            if rate > xdplb_model::ratelimit::MAX_RATE {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "{rate} is above the most a bucket can hold ({}); 0 means no limit",
+                        xdplb_model::ratelimit::MAX_RATE
+                    ),
                 ));
             }
         }
