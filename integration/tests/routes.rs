@@ -55,9 +55,11 @@ impl Lab {
 
     /// The harness's lbd configuration with `dataplane_extra` in its `[dataplane]` table.
     fn config(&self, dataplane_extra: &str) -> String {
-        self.topo
-            .lbd_config()
-            .replacen("[dataplane]\n", &format!("[dataplane]\n{dataplane_extra}"), 1)
+        self.topo.lbd_config().replacen(
+            "[dataplane]\n",
+            &format!("[dataplane]\n{dataplane_extra}"),
+            1,
+        )
     }
 
     fn lb(&self) -> &NetNs {
@@ -212,7 +214,11 @@ fn a_vip_address_gets_a_blackhole_route_while_it_has_a_vip() {
     );
     assert_eq!(lab.probe(), 0);
     ctl(&lbd, &format!("vip remove {VIP}:53 --proto udp"));
-    assert_eq!(lbd_routes(lab.lb()), Vec::<Ipv4Addr>::new(), "after the last vip remove");
+    assert_eq!(
+        lbd_routes(lab.lb()),
+        Vec::<Ipv4Addr>::new(),
+        "after the last vip remove"
+    );
     assert_eq!(lab.probe(), PROBES, "no VIP left: routed as before");
 }
 
@@ -253,5 +259,9 @@ fn blackhole_routes_off_installs_none_and_removes_stale_ones() {
     ctl(&lbd, &format!("vip add {VIP}:80 --proto tcp"));
     assert_eq!(lbd_routes(lab.lb()), Vec::<Ipv4Addr>::new());
     assert!(foreign_kept(lab.lb()), "{:?}", blackholes(lab.lb()));
-    assert_eq!(lab.probe(), PROBES, "off: routed upstream, as without lbd's routes");
+    assert_eq!(
+        lab.probe(),
+        PROBES,
+        "off: routed upstream, as without lbd's routes"
+    );
 }
