@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use serde_json::Value;
-use xdplb_integration::{Lbd, NetNs, Proto, StartOptions, Topology, VIP};
+use xdplb_integration::{Lbd, NetNs, StartOptions, Topology, VIP};
 
 /// lbd's route protocol (`routes::ROUTE_PROTOCOL` in `src/routes.rs`), as `ip -N` prints it.
 const LBD_PROTO: &str = "200";
