@@ -265,3 +265,28 @@ fn blackhole_routes_off_installs_none_and_removes_stale_ones() {
         "off: routed upstream, as without lbd's routes"
     );
 }
+
+#[test]
+fn a_vip_address_with_someone_elses_route_keeps_it_and_the_vip_works() {
+    let lab = Lab::build();
+    plant_routes(lab.lb());
+    let lbd = Lbd::start(lab.lb(), &lab.config("")).expect("lbd starts");
+    // lbd cannot add its route (the main table has one for that /32): logged, not fatal.
+    ctl(&lbd, &format!("vip add {FOREIGN}:80 --proto tcp"));
+    ctl(&lbd, &format!("vip add {VIP}:80 --proto tcp"));
+    assert_eq!(
+        lbd_routes(lab.lb()),
+        vec![VIP],
+        "{:?}",
+        blackholes(lab.lb())
+    );
+    assert!(foreign_kept(lab.lb()), "{:?}", blackholes(lab.lb()));
+    let log = lbd.log_text();
+    assert!(
+        log.contains(&format!("another route for {FOREIGN}/32 (not lbd's")),
+        "{log}"
+    );
+    assert_eq!(lab.probe(), 0);
+    ctl(&lbd, &format!("vip remove {FOREIGN}:80 --proto tcp"));
+    assert!(foreign_kept(lab.lb()), "{:?}", blackholes(lab.lb()));
+}
