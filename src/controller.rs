@@ -1,6 +1,7 @@
 //! The one owner of the desired state: [`Controller`] holds the [`State`], the [`Reconciler`]
 //! that makes the maps match it, the store every accepted change is saved to, the next-hop
-//! warmer and the blackhole routes of the VIP addresses. The API, the health checker and the metrics reach the data plane only through it.
+//! warmer and the blackhole routes of the VIP addresses. The API, the health checker and the
+//! metrics reach the data plane only through it.
 
 use std::collections::HashSet;
 use std::net::Ipv4Addr;

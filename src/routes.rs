@@ -24,19 +24,19 @@ use xdplb_model::state::State;
 /// The route protocol (`rtm_protocol`) of lbd's routes: `ip route show proto 200`. Outside the
 /// numbers iproute2 and the routing daemons (FRR 186-198, BIRD 12, Babel 42, ...) use; an
 /// `/etc/iproute2/rt_protos.d/xdplb.conf` line `200 xdplb` makes `ip` print it by name.
-pub const ROUTE_PROTOCOL: u8 = 200;
+pub(crate) const ROUTE_PROTOCOL: u8 = 200;
 
 /// What [`VipRoutes`] did so far, for the metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RouteCounts {
+pub(crate) struct RouteCounts {
     /// lbd's blackhole routes in place now.
-    pub installed: u64,
+    pub(crate) installed: u64,
     /// Adds and removals that failed (and netlink sockets that could not be opened).
-    pub errors: u64,
+    pub(crate) errors: u64,
 }
 
 /// The distinct VIP addresses of `state`: the routes lbd wants.
-pub fn vip_addresses(state: &State) -> BTreeSet<Ipv4Addr> {
+pub(crate) fn vip_addresses(state: &State) -> BTreeSet<Ipv4Addr> {
     state.vips.keys().map(|k| *k.addr.ip()).collect()
 }
 
@@ -140,7 +140,7 @@ fn errno(e: &rtnetlink::Error) -> Option<i32> {
 
 impl VipRoutes {
     /// Routes that are never touched (a controller without them: tests, tools).
-    pub fn off() -> Self {
+    pub(crate) fn off() -> Self {
         Self {
             enabled: false,
             installed: BTreeSet::new(),
@@ -205,12 +205,12 @@ impl VipRoutes {
     }
 
     /// Whether lbd keeps routes (`[dataplane] blackhole_routes`).
-    pub fn is_on(&self) -> bool {
+    pub(crate) fn is_on(&self) -> bool {
         self.enabled
     }
 
     /// For the metrics.
-    pub fn counts(&self) -> RouteCounts {
+    pub(crate) fn counts(&self) -> RouteCounts {
         RouteCounts {
             installed: self.installed.len() as u64,
             errors: self.errors,
