@@ -257,7 +257,11 @@ fn blackhole_routes_off_installs_none_and_removes_stale_ones() {
     plant_routes(lab.lb());
     let lbd = Lbd::start(lab.lb(), &lab.config("blackhole_routes = false\n")).expect("lbd starts");
     ctl(&lbd, &format!("vip add {VIP}:80 --proto tcp"));
-    assert_eq!(lbd_routes(lab.lb()), Vec::<Ipv4Addr>::new());
+    assert_eq!(
+        lbd_routes(lab.lb()),
+        Vec::<Ipv4Addr>::new(),
+        "off: none for the VIP, and the stale one ({STALE}) removed"
+    );
     assert!(foreign_kept(lab.lb()), "{:?}", blackholes(lab.lb()));
     assert_eq!(
         lab.probe(),
