@@ -97,6 +97,11 @@ pub struct DataplaneConfig {
     /// bpffs directory of this lbd's pinned maps.
     #[serde(default = "default_pin_path")]
     pub pin_path: PathBuf,
+    /// A blackhole /32 route in the main table for every VIP address (`crate::routes`), so that
+    /// VIP-addressed packets the program passes to the kernel are dropped, not routed back
+    /// upstream. false: none, and lbd's own left from earlier are removed at start.
+    #[serde(default = "default_blackhole_routes")]
+    pub blackhole_routes: bool,
 }
 
 impl From<XdpMode> for crate::dataplane::XdpMode {
@@ -115,6 +120,10 @@ fn default_xdp_mode() -> XdpMode {
 
 fn default_pin_path() -> PathBuf {
     PathBuf::from(DEFAULT_PIN_PATH)
+}
+
+fn default_blackhole_routes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -920,6 +929,7 @@ mod tests {
         assert_eq!(c.dataplane.xdp_mode, XdpMode::Native);
         assert_eq!(c.nat.port_range, [20000, 32767]);
         assert!(c.nat.reserve_ports);
+        assert!(c.dataplane.blackhole_routes);
         assert_eq!(c.tables.maglev_size, 65537);
         assert_eq!(c.timeouts.tcp, Duration::from_secs(300));
         assert!(c.vips.is_empty());
@@ -1226,5 +1236,21 @@ mod tests {
             err(&format!("{MINIMAL}[ratelimit]\nclients = 10\n")).starts_with("ratelimit.clients:")
         );
         assert!(err(&format!("{MINIMAL}[ratelimit]\nrate = 10\n")).contains("rate"));
+    }
+
+    #[test]
+    fn blackhole_routes_switch() {
+        let off = MINIMAL.replace("[nat]", "blackhole_routes = false\n[nat]");
+        let c = Config::parse(&off).expect("parses");
+        assert!(!c.dataplane.blackhole_routes);
+        let path = Path::new("lbd.toml");
+        let bad = MINIMAL.replace("[nat]", "blackhole_routes = \"no\"\n[nat]");
+        let e = Config::parse_located(&bad, path)
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            e.starts_with("lbd.toml:3:20: dataplane.blackhole_routes: "),
+            "{e}"
+        );
     }
 }
