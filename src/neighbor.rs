@@ -11,7 +11,7 @@ use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteType};
 use rtnetlink::RouteMessageBuilder;
 
 /// Why a next hop could not be warmed (logged, never fatal: the data plane counts
-/// `pass_fib_no_neigh` while a neighbour is unresolved).
+/// `drop_fib_no_neigh` (NAT) or `drop_dsr_no_nexthop` (DSR) while a neighbour is unresolved).
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum NeighborError {
     #[error("netlink: {0}")]

@@ -57,20 +57,25 @@ fn from_lb_to(to: Ipv4Addr) -> [(Mac, Ipv4Addr); 2] {
     [(VETH0_MAC, LB_ADDR), (neighbour_mac(to), to)]
 }
 
-/// Runs the error `err` and checks that it leaves (XDP_TX) as `want`, checksums verified again
-/// from the output.
+/// Runs the error `err` and checks that it leaves (XDP_TX) as `want` with the TTL `err` had, one
+/// less (the LB forwards errors like a router), checksums verified again from the output.
 fn expect_icmp_tx(lb: &Lb, err: &Packet, want: &Packet, what: &str) -> Result<()> {
     let run = lb.run(lb.net.veth0, &err.build())?;
+    let want = Packet {
+        ttl: err.ttl - 1,
+        ..want.clone()
+    };
     expect_frame(&run, XDP_TX, &want.build(), what)?;
     verify_checksums(&run.out, false).with_context(|| what.to_string())
 }
 
-/// `frame` sent on by veth0 to the neighbour `to`: only the MACs replaced.
-fn to_neighbour(frame: &[u8], to: Ipv4Addr) -> Vec<u8> {
-    let mut f = frame.to_vec();
-    f[0..6].copy_from_slice(&neighbour_mac(to));
-    f[6..12].copy_from_slice(&VETH0_MAC);
-    f
+/// `p` with the TTL of `quoted`, the copy of it an error quotes: the LB readdresses a quote, it
+/// leaves its TTL (one less than `p`'s, the LB's forwarding) alone.
+fn as_quoted(p: &Packet, quoted: &Packet) -> Packet {
+    Packet {
+        ttl: quoted.ttl,
+        ..p.clone()
+    }
 }
 
 /// Sends the SYN of `client` to the VIP (tracking its flow) and checks it is sent on.
@@ -212,7 +217,7 @@ fn nat_error_from_the_client_side_goes_to_the_flows_backend() {
                 lb_end,
                 backend_end,
                 FRAG_NEEDED,
-                &quote(&from_backend, qlen),
+                &quote(&as_quoted(&from_backend, &to_client), qlen),
             );
             let what = format!("frag-needed quoting {qlen} bytes of {VIP} -> {client}");
             expect_icmp_tx(&lb, &err, &want, &what)?;
@@ -247,7 +252,7 @@ fn nat_error_from_the_backend_side_goes_to_the_client() {
             let router = (neighbour_mac(*backend.ip()), BE_ROUTER);
             let quoted = quote(&to_backend, LINUX_QUOTE);
             let err = icmp(router, (VETH0_MAC, LB_ADDR), kind, &quoted);
-            let quoted = quote(&from_client, LINUX_QUOTE);
+            let quoted = quote(&as_quoted(&from_client, &to_backend), LINUX_QUOTE);
             let want = icmp((VETH0_MAC, *VIP.ip()), (CLIENT_MAC, CLIENT), kind, &quoted);
             let (kind, code, _) = kind;
             let what = format!(
@@ -282,7 +287,12 @@ fn nat_error_quoting_udp_updates_the_quoted_checksum() {
                 &quote(&to_client, 28),
             );
             let [lb_end, backend_end] = from_lb_to(*backend.ip());
-            let want = icmp(lb_end, backend_end, unreachable, &quote(&answer, 28));
+            let want = icmp(
+                lb_end,
+                backend_end,
+                unreachable,
+                &quote(&as_quoted(&answer, &to_client), 28),
+            );
             let what =
                 format!("port unreachable about {VIP_UDP} -> {client} (zero checksum: {zero})");
             expect_icmp_tx(&lb, &err, &want, &what)?;
@@ -303,9 +313,11 @@ fn l2dsr_error_goes_to_the_flows_backend_unchanged() {
                 track(&lb, client)?;
             }
             let to_client = big_segment(VIP, client);
-            let err = frag_needed_to_vip(&quote(&to_client, LINUX_QUOTE)).build();
-            let want = to_neighbour(&err, *pick.backend.ip());
-            let run = lb.run(lb.net.veth0, &err)?;
+            let err = frag_needed_to_vip(&quote(&to_client, LINUX_QUOTE));
+            let want = err
+                .routed(VETH0_MAC, neighbour_mac(*pick.backend.ip()))
+                .build();
+            let run = lb.run(lb.net.veth0, &err.build())?;
             let what = format!("frag-needed about {VIP} -> {client} (to {})", pick.backend);
             expect_frame(&run, XDP_TX, &want, &what)?;
             seen.insert(pick.backend);
@@ -336,14 +348,16 @@ fn ipip_error_is_encapsulated_to_the_flows_backend() {
                 &VETH0_MAC,
                 &[],
                 &outer,
-                &err.ip_bytes(),
+                &err.routed(VETH0_MAC, ROUTER_MAC).ip_bytes(),
             );
             let run = lb.run(lb.net.veth0, &err.build())?;
             let what = format!("frag-needed about {VIP} -> {client} (to {})", pick.backend);
             expect_frame(&run, XDP_TX, &want, &what)?;
             // The backend's decapsulator hands the error on as it was sent to the VIP.
             let back = decap.run(0, &run.out)?;
-            let inner_frame = to_neighbour(&err.build(), *pick.backend.ip());
+            let inner_frame = err
+                .routed(VETH0_MAC, neighbour_mac(*pick.backend.ip()))
+                .build();
             expect_frame(&back, XDP_PASS, &inner_frame, "decapsulated error")?;
         }
         Ok(())

@@ -154,15 +154,11 @@ impl Flow {
             Mode::Nat => pkt
                 .natted(VETH0_MAC, *mac, sa(LB_ADDR, self.snat_port), self.backend)
                 .build(),
-            Mode::L2dsr => {
-                let mut f = pkt.build();
-                f[0..6].copy_from_slice(mac);
-                f[6..12].copy_from_slice(&VETH0_MAC);
-                f
-            }
+            Mode::L2dsr => pkt.routed(VETH0_MAC, *mac).build(),
             Mode::Ipip => {
                 let outer = ipip_outer(pkt, LB_ADDR, *self.backend.ip());
-                ipip_frame(mac, &VETH0_MAC, &[], &outer, &pkt.ip_bytes())
+                let inner = pkt.routed(VETH0_MAC, *mac).ip_bytes();
+                ipip_frame(mac, &VETH0_MAC, &[], &outer, &inner)
             }
         }
     }
@@ -378,7 +374,7 @@ fn failed_lookups_are_not_cached() {
         for (i, (backend, nat_reason, dsr_reason)) in [
             (
                 unresolved,
-                R::LB_REASON_PASS_FIB_NO_NEIGH,
+                R::LB_REASON_DROP_FIB_NO_NEIGH,
                 R::LB_REASON_DROP_DSR_NO_NEXTHOP,
             ),
             (
@@ -398,9 +394,10 @@ fn failed_lookups_are_not_cached() {
                 let client = sa(CLIENT, 44000 + (10 * i + j) as u16);
                 let flow = Flow::pick(&mut lb, mode, &vip, client)?;
                 let run = lb.run(net.veth0, &syn(client, addr).build())?;
-                let (action, reason) = match (mode, nat_reason) {
-                    (Mode::Nat, R::LB_REASON_PASS_FIB_NO_NEIGH) => (XDP_PASS, nat_reason),
-                    (Mode::Nat, _) => (XDP_DROP, nat_reason),
+                // NAT drops too: the packet it would pass is rewritten from the SNAT address,
+                // which the kernel drops as a martian.
+                let (action, reason) = match mode {
+                    Mode::Nat => (XDP_DROP, nat_reason),
                     _ => (XDP_DROP, dsr_reason),
                 };
                 expect_action(&run, action, &format!("SYN of {mode} to {backend}"))?;
@@ -412,18 +409,12 @@ fn failed_lookups_are_not_cached() {
             }
         }
 
-        // The next hops appear: the neighbour, and a route via 10.1.0.3 instead of the blackhole.
+        // The next hops appear: the neighbour, and an on-link route with a neighbour instead of
+        // the blackhole (L2 DSR only sends on the link).
         set_neighbour(ns, unresolved, &unresolved_mac)?;
         ns.ip(&["route", "del", "blackhole", "10.66.0.0/24"])?;
-        ns.ip(&[
-            "route",
-            "add",
-            "10.66.0.0/24",
-            "via",
-            &BACKEND2.to_string(),
-            "dev",
-            "veth0",
-        ])?;
+        ns.ip(&["route", "add", "10.66.0.0/24", "dev", "veth0"])?;
+        set_neighbour(ns, holed, &BACKEND2_MAC)?;
         for flow in &cases {
             let (mode, backend) = (flow.mode, flow.backend);
             let mac = if *backend.ip() == unresolved {
