@@ -5,9 +5,11 @@ use std::mem::MaybeUninit;
 use std::net::Ipv4Addr;
 
 use anyhow::{Context, Result};
+use ipnet::Ipv4Net;
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, OpenObject};
-use xdplb_backend::decap_skel::{types, DecapSkel, DecapSkelBuilder};
+use xdplb_backend::decap_skel::{DecapSkel, DecapSkelBuilder};
+use xdplb_backend::{bytes_of, source_key, sum_stats};
 
 use xdplb_testkit::{run_xdp, Run};
 
@@ -21,6 +23,10 @@ pub struct Decap {
 pub struct DecapStats {
     pub decapsulated: u64,
     pub passed: u64,
+    /// IPIP to a VIP from an outer source not allowed for it.
+    pub dropped_source: u64,
+    /// Outer CE on a Not-ECT inner packet (RFC 6040).
+    pub dropped_ce_not_ect: u64,
 }
 
 impl Decap {
@@ -44,6 +50,19 @@ impl Decap {
             .with_context(|| format!("adding {vip} to decap_vips"))
     }
 
+    /// Allows outer sources in `prefix` for IPIP to `vip`, as `backend-setup --lb-source` does.
+    pub fn add_source(&self, vip: Ipv4Addr, prefix: Ipv4Net) -> Result<()> {
+        self.skel
+            .maps
+            .decap_sources
+            .update(
+                bytes_of(&source_key(vip, prefix)),
+                &1u32.to_ne_bytes(),
+                MapFlags::ANY,
+            )
+            .with_context(|| format!("adding {prefix} to decap_sources for {vip}"))
+    }
+
     /// Runs `frame` through the program (one run).
     pub fn run(&self, ifindex: u32, frame: &[u8]) -> Result<Run> {
         run_xdp(&self.skel.progs.xdplb_decap, ifindex, frame)
@@ -57,21 +76,12 @@ impl Decap {
             .lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY)
             .context("reading decap_stats")?
             .unwrap_or_default();
-        let mut sum = DecapStats::default();
-        for cpu in per_cpu {
-            let mut s = types::decap_stats::default();
-            let n = cpu.len().min(std::mem::size_of::<types::decap_stats>());
-            // SAFETY: decap_stats is two u64 (no padding); at most its size is copied.
-            unsafe {
-                std::ptr::copy_nonoverlapping(
-                    cpu.as_ptr(),
-                    (&mut s as *mut types::decap_stats).cast::<u8>(),
-                    n,
-                )
-            };
-            sum.decapsulated += s.decapsulated;
-            sum.passed += s.passed;
-        }
-        Ok(sum)
+        let s = sum_stats(&per_cpu);
+        Ok(DecapStats {
+            decapsulated: s.decapsulated,
+            passed: s.passed,
+            dropped_source: s.dropped_source,
+            dropped_ce_not_ect: s.dropped_ce_not_ect,
+        })
     }
 }
