@@ -983,6 +983,42 @@ mod tests {
     }
 
     #[test]
+    fn lb_sources_are_checked() {
+        let p = |s: &str| -> Ipv4Net { s.parse().expect("prefix") };
+        assert!(check_lb_sources(Mode::Ipip, &[p("10.0.1.1/32"), p("10.0.2.0/28")]).is_ok());
+        assert!(check_lb_sources(Mode::L2dsr, &[]).is_ok());
+        let msg = |mode, list: &[Ipv4Net]| {
+            check_lb_sources(mode, list)
+                .expect_err("refused")
+                .to_string()
+        };
+        assert!(msg(Mode::Ipip, &[]).starts_with("--mode ipip needs at least one --lb-source"));
+        assert!(msg(Mode::L2dsr, &[p("10.0.1.1/32")]).contains("applies to --mode ipip only"));
+        assert!(msg(Mode::Ipip, &[p("10.0.1.1/32"), p("0.0.0.0/0")]).contains("from anyone"));
+        assert_eq!(
+            msg(Mode::Ipip, &[p("10.0.1.1/24")]),
+            "--lb-source 10.0.1.1/24: expected a prefix without host bits (did you mean 10.0.1.0/24?)"
+        );
+    }
+
+    #[test]
+    fn source_keys_match_the_program() {
+        // The program looks up (VIP, outer source) with prefixlen 64.
+        let k = source_key(
+            Ipv4Addr::new(10, 0, 0, 10),
+            "10.0.2.16/28".parse().expect("prefix"),
+        );
+        assert_eq!(k.prefixlen, 32 + 28);
+        assert_eq!(bytes_of(&k)[4..], [10, 0, 0, 10, 10, 0, 2, 16]);
+        assert_eq!(std::mem::size_of::<types::decap_source_key>(), 12);
+        let back: types::decap_source_key = from_bytes(bytes_of(&k));
+        assert_eq!(
+            (back.prefixlen, back.vip_be, back.src_be),
+            (k.prefixlen, k.vip_be, k.src_be)
+        );
+    }
+
+    #[test]
     fn pin_layout() {
         assert_eq!(
             decap_pin_dir("eth0"),
