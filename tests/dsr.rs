@@ -16,7 +16,7 @@ use xdplb::maglev;
 use xdplb::skel::types::lb_reason as R;
 use xdplb_model::state::{Mode, Protocol, VipKey};
 
-use common::decap::{Decap, DecapStats};
+use common::decap::{Decap, DecapStats, RFC6040_DECAP, RFC6040_OUTER};
 use common::expect::*;
 use common::lab::*;
 use xdplb_testkit::netns::NetNs;
@@ -695,23 +695,6 @@ fn decap_takes_ipip_only_from_allowed_outer_sources() {
     })
     .unwrap_or_else(|e| panic!("{e:#}"));
 }
-
-/// ECN codepoints (RFC 3168).
-const NOT_ECT: u8 = 0;
-const ECT1: u8 = 1;
-const ECT0: u8 = 2;
-const CE: u8 = 3;
-
-/// RFC 6040 section 4.2, figure 4 (normal mode), as printed there: rows are the arriving inner
-/// header (Not-ECT, ECT(0), ECT(1), CE), columns the arriving outer header in the same order;
-/// `None` is "drop".
-const RFC6040_DECAP: [(u8, [Option<u8>; 4]); 4] = [
-    (NOT_ECT, [Some(NOT_ECT), Some(NOT_ECT), Some(NOT_ECT), None]),
-    (ECT0, [Some(ECT0), Some(ECT0), Some(ECT1), Some(CE)]),
-    (ECT1, [Some(ECT1), Some(ECT1), Some(ECT1), Some(CE)]),
-    (CE, [Some(CE), Some(CE), Some(CE), Some(CE)]),
-];
-const RFC6040_OUTER: [u8; 4] = [NOT_ECT, ECT0, ECT1, CE];
 
 /// All 16 (outer, inner) ECN combinations through the decap program: the decapsulated packet is
 /// the client's with the ECN field RFC 6040 gives (DSCP untouched, the inner IPv4 checksum

@@ -13,6 +13,31 @@ use xdplb_backend::{bytes_of, source_key, sum_stats};
 
 use xdplb_testkit::{run_xdp, Run};
 
+/// ECN codepoints (RFC 3168).
+pub const NOT_ECT: u8 = 0;
+pub const ECT1: u8 = 1;
+pub const ECT0: u8 = 2;
+pub const CE: u8 = 3;
+
+/// RFC 6040 section 4.2, figure 4 (normal mode), as printed there: rows are the arriving inner
+/// header (Not-ECT, ECT(0), ECT(1), CE), columns the arriving outer header in the order of
+/// [`RFC6040_OUTER`]; `None` is "drop".
+pub const RFC6040_DECAP: [(u8, [Option<u8>; 4]); 4] = [
+    (NOT_ECT, [Some(NOT_ECT), Some(NOT_ECT), Some(NOT_ECT), None]),
+    (ECT0, [Some(ECT0), Some(ECT0), Some(ECT1), Some(CE)]),
+    (ECT1, [Some(ECT1), Some(ECT1), Some(ECT1), Some(CE)]),
+    (CE, [Some(CE), Some(CE), Some(CE), Some(CE)]),
+];
+pub const RFC6040_OUTER: [u8; 4] = [NOT_ECT, ECT0, ECT1, CE];
+
+/// The inner ECN field after decapsulation by [`RFC6040_DECAP`] (`None`: drop), from the ECN
+/// bits (the low two of the TOS bytes) of the outer and the inner header.
+pub fn rfc6040_decap(outer: u8, inner: u8) -> Option<u8> {
+    let (_, row) = RFC6040_DECAP.iter().find(|(i, _)| *i == inner & 3)?;
+    let col = RFC6040_OUTER.iter().position(|o| *o == outer & 3)?;
+    row[col]
+}
+
 /// A loaded decap program (not attached anywhere).
 pub struct Decap {
     skel: DecapSkel<'static>,
