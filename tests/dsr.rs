@@ -445,6 +445,16 @@ fn ipip_output_is_outer_header_plus_original_packet() {
     });
 }
 
+/// Fails with every one of `failures`, and with the decap counters when they are not `want`.
+fn decap_checks_passed(decap: &Decap, want: DecapStats, mut failures: Vec<String>) -> Result<()> {
+    let stats = decap.stats()?;
+    if stats != want {
+        failures.push(format!("decap_stats {stats:?}, expected {want:?}"));
+    }
+    ensure!(failures.is_empty(), "{}", failures.join("\n"));
+    Ok(())
+}
+
 #[test]
 fn decap_restores_the_original() {
     bench(|_, net| {
@@ -543,12 +553,7 @@ fn decap_restores_the_original() {
             }
             want.passed += 1;
         }
-        let stats = decap.stats()?;
-        if stats != want {
-            failures.push(format!("decap_stats {stats:?}, expected {want:?}"));
-        }
-        ensure!(failures.is_empty(), "{}", failures.join("\n"));
-        Ok(())
+        decap_checks_passed(&decap, want, failures)
     });
 }
 
@@ -686,12 +691,7 @@ fn decap_takes_ipip_only_from_allowed_outer_sources() {
             }
             want.passed += 1;
         }
-        let stats = decap.stats()?;
-        if stats != want {
-            failures.push(format!("decap_stats {stats:?}, expected {want:?}"));
-        }
-        ensure!(failures.is_empty(), "{}", failures.join("\n"));
-        Ok(())
+        decap_checks_passed(&decap, want, failures)
     })
     .unwrap_or_else(|e| panic!("{e:#}"));
 }
@@ -744,12 +744,7 @@ fn decap_merges_ecn_per_rfc6040() {
                 }
             }
         }
-        let stats = decap.stats()?;
-        if stats != want {
-            failures.push(format!("decap_stats {stats:?}, expected {want:?}"));
-        }
-        ensure!(failures.is_empty(), "{}", failures.join("\n"));
-        Ok(())
+        decap_checks_passed(&decap, want, failures)
     })
     .unwrap_or_else(|e| panic!("{e:#}"));
 }

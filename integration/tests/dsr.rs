@@ -58,6 +58,17 @@ fn ipip_setup(ns: &NetNs, vip: &str, extra: &[&str]) -> anyhow::Result<CtlOutput
     lbctl_in(ns, &ipip_setup_args(vip, extra))
 }
 
+/// The number after the first `word` in what the last `--undo` of a VIP printed ("... (it
+/// decapsulated N packets, passed N, dropped N from other outer sources and N ...)").
+fn undo_count(undone: &str, word: &str) -> u64 {
+    undone
+        .split(&format!("{word} "))
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("undo should report the decap counters ({word}):\n{undone}"))
+}
+
 fn tcp_batch(client: &NetNs, count: usize) -> Vec<Reply> {
     let results =
         tcp_requests(client, None, vip(), count, TIMEOUT, BATCH_LIMIT).expect("client runs");
@@ -276,12 +287,7 @@ fn ipip_to_a_backend_behind_a_router() {
     drop(server);
     drop(lbd);
     let undone = setup.undo().expect("lbctl backend-setup --undo");
-    let decapsulated: u64 = undone
-        .split("decapsulated ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("undo should report the decap counters:\n{undone}"));
+    let decapsulated = undo_count(&undone, "decapsulated");
     assert!(
         decapsulated >= d.reason("tx_ipip"),
         "the decap program decapsulated {decapsulated} packets, the LB encapsulated {}",
@@ -387,12 +393,7 @@ fn ipip_from_another_host_is_not_delivered() {
     drop(server);
     drop(lbd);
     let undone = setup.undo().expect("lbctl backend-setup --undo");
-    let dropped: u64 = undone
-        .split("dropped ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("undo should report the decap counters:\n{undone}"));
+    let dropped = undo_count(&undone, "dropped");
     assert!(
         dropped >= u64::from(FORGERIES),
         "the decap program dropped {dropped} packets from other outer sources, expected at least {FORGERIES}"
