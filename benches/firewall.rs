@@ -61,6 +61,7 @@ fn load(capacity: u32) -> Result<Dataplane> {
         tcp_handshake_timeout: Duration::from_secs(5),
         new_flows_per_cpu: 0,
         nexthop_cache: Duration::from_secs(1),
+        ..RuntimeConfig::default()
     })?;
     Ok(dp)
 }

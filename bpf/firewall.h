@@ -62,6 +62,16 @@ static __always_inline __u32 fw_verdict_v4(__be32 saddr)
 	return *entry;
 }
 
+/* The verdict word of @pkt's source (pkt->ip set), looked up once. */
+static __always_inline __u32 fw_word(struct packet *pkt)
+{
+	if (!(pkt->flags & PKT_F_FW_WORD)) {
+		pkt->fw_word = fw_verdict_v4(pkt->ip->saddr);
+		pkt->flags |= PKT_F_FW_WORD;
+	}
+	return pkt->fw_word;
+}
+
 /**
  * firewall - the firewall stage, if the configured scope is @at
  * @pkt: the packet; pkt->ip is its IPv4 header, or NULL if parsing found none
@@ -78,7 +88,7 @@ static __always_inline int firewall(struct packet *pkt, enum fw_scope at)
 
 	if (firewall_scope != at || !pkt->ip)
 		return LB_CONTINUE;
-	word = fw_verdict_v4(pkt->ip->saddr);
+	word = fw_word(pkt);
 	action = word >> FW_VERDICT_ACTION_SHIFT;
 	if (!action)
 		return LB_CONTINUE;
@@ -91,4 +101,35 @@ static __always_inline int firewall(struct packet *pkt, enum fw_scope at)
 	if (action == FW_ALLOW)
 		pkt->flags |= PKT_F_FW_ALLOWED;
 	return LB_CONTINUE;
+}
+
+/**
+ * firewall_vip_addr - scope "vips": drop a packet from a blocked source to
+ * any address a VIP has, whatever it is (a later fragment, an echo request,
+ * another protocol, a port no VIP serves, an ICMP error), before any flow
+ * lookup
+ *
+ * Called on every IPv4 packet whose destination passes the prefilter. Only
+ * a blocked source pays the vip_addrs lookup that tells a VIP address from a
+ * prefilter false positive (the host's own traffic, never blocked under
+ * scope "vips"); any other source is left to firewall() at its VIP, which
+ * reuses the word looked up here.
+ *
+ * Returns XDP_DROP (drop_firewall, the rule's hit counted) or LB_CONTINUE.
+ */
+static __always_inline int firewall_vip_addr(struct packet *pkt)
+{
+	struct iphdr *ip = pkt->ip;
+	__be32 daddr;
+
+	if (firewall_scope != FW_SCOPE_VIPS || !ip)
+		return LB_CONTINUE;
+	if ((fw_word(pkt) >> FW_VERDICT_ACTION_SHIFT) != FW_BLOCK)
+		return LB_CONTINUE;
+	if ((void *)(ip + 1) > pkt->data_end)
+		return LB_CONTINUE;
+	daddr = ip->daddr;
+	if (!bpf_map_lookup_elem(&vip_addrs, &daddr))
+		return LB_CONTINUE;
+	return firewall(pkt, FW_SCOPE_VIPS);
 }

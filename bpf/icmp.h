@@ -182,48 +182,93 @@ static __always_inline void icmp_nat_rewrite(struct packet *pkt, struct icmp_quo
 	icmp_quote_set2(icmp, q, &q->ports[1], q_dport);
 }
 
+/* What icmp_classify() found: the error's quote and, for an error to a VIP,
+ * the VIP its quote names. */
+struct icmp_class {
+	struct icmp_quote q;
+	struct vip_meta *vip; /* NULL: an error to the SNAT address */
+};
+
+/**
+ * icmp_classify - whether the ICMP packet @pkt is an error about one of our
+ * flows, from what it quotes alone (no flow lookup, the packet unchanged)
+ *
+ * It is when it goes to the quoted packet's source and that source is a VIP
+ * (VIP:vport of a VIP of the quoted protocol: a tuple the VIP serves) or the
+ * SNAT address and one of its ports. pkt->key stays the outer packet's (the
+ * firewall and the rate limit see the error's sender).
+ *
+ * Returns LB_CONTINUE (@c filled), or XDP_PASS (fragments, echo and other
+ * non-errors, errors about the host's own traffic).
+ */
+static __always_inline int icmp_classify(struct packet *pkt, const struct lb_config *cfg,
+					 struct icmp_class *c)
+{
+	struct vip_key vkey = {};
+	struct iphdr *ip = pkt->ip;
+	struct iphdr *inner;
+	__u16 sport;
+
+	if (pkt->flags & PKT_F_FRAGMENT)
+		return verdict(pkt, LB_REASON_PASS_FRAGMENT, XDP_PASS);
+	if (!icmp_parse_quote(pkt, &c->q))
+		return verdict(pkt, LB_REASON_PASS_NOT_VIP, XDP_PASS);
+	inner = c->q.ip;
+	if ((void *)(ip + 1) > pkt->data_end || (void *)(inner + 1) > pkt->data_end ||
+	    (void *)(c->q.ports + 2) > pkt->data_end)
+		return verdict(pkt, LB_REASON_PASS_NOT_VIP, XDP_PASS);
+	/* The error goes to the quoted packet's source, which must be ours. */
+	if (ip->daddr != inner->saddr)
+		return verdict(pkt, LB_REASON_PASS_NOT_VIP, XDP_PASS);
+	sport = c->q.ports[0];
+	vkey.addr.v4_be = inner->saddr;
+	vkey.port_be = sport;
+	vkey.proto = inner->protocol;
+	vkey.family = LB_AF_INET;
+	c->vip = bpf_map_lookup_elem(&vips, &vkey);
+	if (c->vip)
+		return LB_CONTINUE;
+	/* An error about a packet we sent to a backend (SNAT address -> backend). */
+	if (inner->saddr != cfg->snat_addr.v4_be || bpf_ntohs(sport) < cfg->snat_port_min ||
+	    bpf_ntohs(sport) > cfg->snat_port_max)
+		return verdict(pkt, LB_REASON_PASS_NOT_VIP, XDP_PASS);
+	return LB_CONTINUE;
+}
+
 /**
  * icmp_steer - find the flow an ICMP error is about; the packet is not changed
  * @cfg: the run-time configuration (SNAT address and ports)
+ * @c: what icmp_classify() found
  * @t: filled with where the error goes: a copy of the flow's entry (DSR
  *     modes: sent like the flow's packets) and, mode NAT, the addresses
  *     and ports icmp_rewrite() must write
  *
  * pkt->key becomes the quoted flow seen from its client side (for errors to
  * a VIP). Errors to a VIP with no flow to steer to are dropped: the VIP is not
- * a local address, the kernel could not use them.
+ * a local address, the kernel could not use them. A DSR VIP keeps no state
+ * an error needs: without a flow entry, the quoted tuple (one the VIP serves,
+ * icmp_classify()) goes to the backend Maglev names for it, within the
+ * VIP's ICMP budget.
  *
- * Returns LB_CONTINUE, or a verdict: XDP_PASS (not an ICMP error about one of
- * our flows: the host's own traffic), XDP_DROP (drop_icmp_no_flow).
+ * Returns LB_CONTINUE, or a verdict: XDP_PASS (an error about a port no live
+ * flow owns: the host's own traffic), XDP_DROP (drop_icmp_no_flow).
  */
 static __always_inline int icmp_steer(struct packet *pkt, const struct lb_config *cfg,
-				      struct icmp_target *t)
+				      const struct icmp_class *c, struct icmp_target *t)
 {
 	struct flow4 *ct = &t->ct;
+	struct vip_meta *vip = c->vip;
+	struct iphdr *inner = c->q.ip;
 	struct flow_ref ref;
 	__u64 now = lb_now();
-	struct vip_key vkey = {};
-	struct icmp_quote q = {};
-	struct iphdr *ip = pkt->ip;
-	struct iphdr *inner;
-	struct vip_meta *vip;
 	struct flow4 *fwd;
 	struct nat4_rev *rev;
 	__u16 sport, dport;
 
-	if (pkt->flags & PKT_F_FRAGMENT)
-		return verdict(pkt, LB_REASON_PASS_FRAGMENT, XDP_PASS);
-	if (!icmp_parse_quote(pkt, &q))
-		return verdict(pkt, LB_REASON_PASS_NOT_VIP, XDP_PASS);
-	inner = q.ip;
-	if ((void *)(ip + 1) > pkt->data_end || (void *)(inner + 1) > pkt->data_end ||
-	    (void *)(q.ports + 2) > pkt->data_end)
-		return verdict(pkt, LB_REASON_PASS_NOT_VIP, XDP_PASS);
-	/* The error goes to the quoted packet's source, which must be ours. */
-	if (ip->daddr != inner->saddr)
-		return verdict(pkt, LB_REASON_PASS_NOT_VIP, XDP_PASS);
-	sport = q.ports[0];
-	dport = q.ports[1];
+	if ((void *)(inner + 1) > pkt->data_end || (void *)(c->q.ports + 2) > pkt->data_end)
+		return verdict(pkt, LB_REASON_DROP_MALFORMED, XDP_DROP);
+	sport = c->q.ports[0];
+	dport = c->q.ports[1];
 
 	/* The quoted flow, seen from its client: client -> VIP. */
 	pkt->key.proto = inner->protocol;
@@ -232,19 +277,14 @@ static __always_inline int icmp_steer(struct packet *pkt, const struct lb_config
 	pkt->key.sport_be = dport;
 	pkt->key.dport_be = sport;
 
-	vkey.addr.v4_be = inner->saddr;
-	vkey.port_be = sport;
-	vkey.proto = inner->protocol;
-	vkey.family = LB_AF_INET;
-	vip = bpf_map_lookup_elem(&vips, &vkey);
 	if (vip) {
 		fwd = flow_lookup(cfg, pkt, now, &ref);
 		if (fwd) {
 			*ct = *fwd;
 		} else {
-			/* A DSR flow keeps no state the error needs: Maglev of the
-			 * quoted flow names the same backend as for its packets
-			 * (after a restart, or on another LB behind the same ECMP). */
+			/* Maglev of the quoted flow names the same backend as for
+			 * its packets (after a restart, or on another LB behind
+			 * the same ECMP). */
 			__u32 hash = flow_hash_v4(&pkt->key);
 			__u32 backend_id;
 			struct backend *be;
@@ -276,10 +316,6 @@ static __always_inline int icmp_steer(struct packet *pkt, const struct lb_config
 		return LB_CONTINUE;
 	}
 
-	/* An error about a packet we sent to a backend (SNAT address -> backend). */
-	if (inner->saddr != cfg->snat_addr.v4_be || bpf_ntohs(sport) < cfg->snat_port_min ||
-	    bpf_ntohs(sport) > cfg->snat_port_max)
-		return verdict(pkt, LB_REASON_PASS_NOT_VIP, XDP_PASS);
 	/* Its reply key: backend -> SNAT address. */
 	pkt->key.saddr_be = inner->daddr;
 	pkt->key.daddr_be = inner->saddr;

@@ -36,6 +36,7 @@
 #include "ratelimit.h"
 #include "icmp.h"
 #include "vip.h"
+#include "ttl.h"
 
 /* DSR packets that cannot leave through XDP are dropped, not passed: the
  * kernel would route the VIP-addressed packet along the VIP's route, which
@@ -76,7 +77,7 @@ static __always_inline int fwd_nexthop(struct xdp_md *ctx, struct packet *pkt, c
 		proto = IPPROTO_IPIP;
 	}
 	return nexthop_resolve(ctx, pkt, cfg, cache, src, ct->backend_be, len, ip->tos, proto, now,
-			       a);
+			       ct->mode == LB_MODE_L2DSR, a);
 }
 
 /**
@@ -86,8 +87,9 @@ static __always_inline int fwd_nexthop(struct xdp_md *ctx, struct packet *pkt, c
  * The next hop is looked up before anything is rewritten, so that a packet
  * too big for the egress MTU can still be answered with ICMP "fragmentation
  * needed" from the address its sender used (the VIP, or the SNAT address
- * towards a backend): handing a rewritten packet to the kernel would only see
- * it dropped as a martian.
+ * towards a backend), and a packet with no way out is dropped as it came
+ * (nat_no_pass()): handing a rewritten packet to the kernel would only see it
+ * dropped as a martian. The TTL goes one down with the rewrite.
  */
 static __always_inline int send_nat(struct xdp_md *ctx, struct packet *pkt, int action,
 				    const struct nexthop_answer *a, __u32 saddr, __u32 daddr, __u16 sport,
@@ -103,21 +105,23 @@ static __always_inline int send_nat(struct xdp_md *ctx, struct packet *pkt, int 
 			return icmp_too_big(ctx, pkt, a->mtu);
 		return verdict(pkt, LB_REASON_DROP_TOO_BIG, XDP_DROP);
 	}
+	if (action != LB_CONTINUE)
+		return nat_no_pass(pkt, action);
 	rw = nat_rewrite(pkt, saddr, daddr, sport, dport);
 	if (rw != LB_CONTINUE)
 		return rw;
-	if (action != LB_CONTINUE)
-		return action;
-	return nexthop_send(ctx, pkt, a, ok_reason);
+	ip_ttl_dec(ip);
+	return nat_no_pass(pkt, nexthop_send(ctx, pkt, a, ok_reason));
 }
 
 /**
  * send_fwd - send a packet of flow @ct to its backend, the way the flow
  * started, once fwd_nexthop() answered (@action, @a)
  *
- * L2 DSR: only the MAC addresses change; too big -> dropped. IPIP: an outer
- * header to the backend; too big once encapsulated -> ICMP "fragmentation
- * needed" (DF, never about an ICMP packet) or drop. NAT: send_nat().
+ * L2 DSR: only the MAC addresses and the TTL change; too big -> dropped.
+ * IPIP: the inner TTL one down, then an outer header to the backend; too big
+ * once encapsulated -> ICMP "fragmentation needed" (DF, never about an ICMP
+ * packet) or drop. NAT: send_nat().
  */
 static __always_inline int send_fwd(struct xdp_md *ctx, struct packet *pkt, const struct flow4 *ct,
 				    int action, const struct nexthop_answer *a, enum lb_reason ok_reason)
@@ -129,6 +133,9 @@ static __always_inline int send_fwd(struct xdp_md *ctx, struct packet *pkt, cons
 			return verdict(pkt, LB_REASON_DROP_TOO_BIG, XDP_DROP);
 		if (action != LB_CONTINUE)
 			return dsr_verdict(pkt, action);
+		if ((void *)(ip + 1) > pkt->data_end)
+			return verdict(pkt, LB_REASON_DROP_MALFORMED, XDP_DROP);
+		ip_ttl_dec(ip);
 		return dsr_verdict(pkt, nexthop_send(ctx, pkt, a, ok_reason));
 	}
 	if (ct->mode == LB_MODE_IPIP) {
@@ -142,6 +149,7 @@ static __always_inline int send_fwd(struct xdp_md *ctx, struct packet *pkt, cons
 		}
 		if (action != LB_CONTINUE)
 			return dsr_verdict(pkt, action);
+		ip_ttl_dec(ip);
 		action = encap_ipip(ctx, pkt, ct->src_be, ct->backend_be);
 		if (action != LB_CONTINUE)
 			return action;
@@ -273,39 +281,72 @@ static __always_inline int lb_to_client(struct xdp_md *ctx, struct packet *pkt,
 	nh = vip_packet_sane(pkt);
 	if (nh != LB_CONTINUE)
 		return nh;
+	nh = ttl_expired(ctx, pkt, cfg, false);
+	if (nh != LB_CONTINUE)
+		return nh;
 	reply_seen(cfg, pkt, rev, now);
 	count_flow(&backend_stats, rev->backend_id, pkt, false);
 	if ((void *)(ip + 1) > pkt->data_end)
 		return verdict(pkt, LB_REASON_DROP_MALFORMED, XDP_DROP);
 	nh = nexthop_resolve(ctx, pkt, cfg, &rev->nh, rev->vip_be, rev->client_be, bpf_ntohs(ip->tot_len),
-			     ip->tos, ip->protocol, now, &a);
+			     ip->tos, ip->protocol, now, false, &a);
 	return send_nat(ctx, pkt, nh, &a, rev->vip_be, rev->client_be, rev->vip_port_be, rev->client_port_be,
 			LB_REASON_TX_NAT_REPLY);
 }
 
-/* An ICMP error about a flow goes where the flow's packets go (bpf/icmp.h);
- * from a blocked source, never. */
+/* An ICMP error about a flow goes where the flow's packets go (bpf/icmp.h).
+ * Known ours from its quote alone, it passes the firewall, its sender's rate
+ * limit and its VIP's ICMP budget (or the SNAT address's) before any flow
+ * lookup, so a flood of forged errors costs no more than that. A NAT error
+ * is rewritten only once its next hop is known. */
 static __always_inline int lb_icmp(struct xdp_md *ctx, struct packet *pkt, const struct lb_config *cfg)
 {
+	struct icmp_class c = {};
 	struct icmp_target t = {};
+	struct nexthop_answer a;
+	struct iphdr *ip;
 	int action;
 
-	action = icmp_steer(pkt, cfg, &t);
+	action = icmp_classify(pkt, cfg, &c);
 	if (action != LB_CONTINUE)
 		return action;
 	action = firewall(pkt, FW_SCOPE_VIPS);
 	if (action != LB_CONTINUE)
 		return action;
+	action = ratelimit_packet(pkt);
+	if (action != LB_CONTINUE)
+		return action;
+	if (!icmp_budget_take(c.vip ? c.vip->vip_id : LB_ICMP_BUDGET_SNAT, cfg->icmp_error_interval,
+			      cfg->icmp_error_burst_time))
+		return verdict(pkt, LB_REASON_DROP_ICMP_BUDGET, XDP_DROP);
+	action = ttl_expired(ctx, pkt, cfg, true);
+	if (action != LB_CONTINUE)
+		return action;
+	action = icmp_steer(pkt, cfg, &c, &t);
+	if (action != LB_CONTINUE)
+		return action;
 	if (t.ct.mode == LB_MODE_L2DSR || t.ct.mode == LB_MODE_IPIP) {
-		struct nexthop_answer a;
-
 		action = fwd_nexthop(ctx, pkt, cfg, &t.ct, NULL, 0, &a);
 		return send_fwd(ctx, pkt, &t.ct, action, &a, LB_REASON_TX_ICMP_ERROR);
 	}
+	ip = pkt->ip;
+	if ((void *)(ip + 1) > pkt->data_end)
+		return verdict(pkt, LB_REASON_DROP_MALFORMED, XDP_DROP);
+	action = nexthop_resolve(ctx, pkt, cfg, NULL, t.o_saddr, t.o_daddr, bpf_ntohs(ip->tot_len), ip->tos,
+				 IPPROTO_ICMP, 0, false, &a);
+	/* An error is never answered with another: too big is a drop. */
+	if (action == LB_NEXTHOP_FRAG_NEEDED)
+		return verdict(pkt, LB_REASON_DROP_TOO_BIG, XDP_DROP);
+	if (action != LB_CONTINUE)
+		return nat_no_pass(pkt, action);
 	action = icmp_rewrite(pkt, &t);
 	if (action != LB_CONTINUE)
 		return action;
-	return forward(ctx, pkt, cfg, LB_REASON_TX_ICMP_ERROR);
+	ip = pkt->ip;
+	if ((void *)(ip + 1) > pkt->data_end)
+		return verdict(pkt, LB_REASON_DROP_MALFORMED, XDP_DROP);
+	ip_ttl_dec(ip);
+	return nat_no_pass(pkt, nexthop_send(ctx, pkt, &a, LB_REASON_TX_ICMP_ERROR));
 }
 
 static __always_inline bool is_snat_reply(const struct packet *pkt, const struct lb_config *cfg)
@@ -343,6 +384,9 @@ static __always_inline int to_vip(struct xdp_md *ctx, struct packet *pkt, const 
 	action = ratelimit_packet(pkt);
 	if (action != LB_CONTINUE)
 		return action;
+	action = ttl_expired(ctx, pkt, cfg, false);
+	if (action != LB_CONTINUE)
+		return action;
 	if (!looked_up) {
 		now = lb_now();
 		flow_lookup(cfg, pkt, now, ref);
@@ -358,7 +402,7 @@ static __always_inline int process_packet(struct xdp_md *ctx, struct packet *pkt
 	struct lb_config *cfg;
 	__u32 zero = 0;
 	int action, fw;
-	bool snat, flow_first;
+	bool snat, flow_first, maybe_vip;
 	__u64 now;
 
 	action = parse_packet(ctx, pkt);
@@ -366,6 +410,15 @@ static __always_inline int process_packet(struct xdp_md *ctx, struct packet *pkt
 	fw = firewall(pkt, FW_SCOPE_ALL);
 	if (fw != LB_CONTINUE)
 		return fw;
+	/* Scope "vips": a blocked source gets nothing to a VIP address through,
+	 * whatever the packet (later fragments and echo requests included), and
+	 * before any flow lookup. */
+	maybe_vip = pkt->ip && vip_filter_may_match(pkt->ip->daddr);
+	if (maybe_vip) {
+		fw = firewall_vip_addr(pkt);
+		if (fw != LB_CONTINUE)
+			return fw;
+	}
 	if (action != LB_CONTINUE)
 		return action;
 
@@ -377,7 +430,7 @@ static __always_inline int process_packet(struct xdp_md *ctx, struct packet *pkt
 	/* Replies to the SNAT ports bypass the prefilter, which holds VIPs only
 	 * (the SNAT address is often the host's own, busy with other traffic). */
 	snat = is_snat_reply(pkt, cfg);
-	if (!snat && !vip_filter_may_match(pkt->key.daddr_be))
+	if (!snat && !maybe_vip)
 		return not_for_us(pkt);
 
 	/* A packet of a tracked flow whose VIP is still there (with the id its

@@ -41,6 +41,26 @@ struct {
 	__type(value, struct vip_key);
 } vip_ids SEC(".maps");
 
+/* vip_addrs[address]: every address some VIP has (value unused), kept by
+ * lbd with vips. The prefilter may match other addresses; this says for
+ * sure, for the packets that need it: ones the firewall would block, and
+ * ones to a VIP address that no VIP port takes (fragments, echo requests,
+ * other protocols), which a blocked source must not get to the host with. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, LB_MAX_VIPS);
+	__type(key, __be32);
+	__type(value, __u32);
+} vip_addrs SEC(".maps");
+
+/* The ICMP budgets (enum lb_icmp_budget_slots): one GCRA word each. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, LB_ICMP_BUDGET_SLOTS);
+	__type(key, __u32);
+	__type(value, __u64);
+} icmp_budget SEC(".maps");
+
 /* One Maglev ring per VIP (map-in-map). lbd swaps a new ring in with one
  * update of the outer slot (waits for an RCU grace period) for a VIP's first
  * ring and whenever a backend leaves it; a change that only gives slots to

@@ -2,8 +2,10 @@
 /* This file contains the next-hop stage: bpf_fib_lookup for the rewritten
  * packet (or a flow's cached answer to it), MAC rewrite, and the choice
  * between XDP_TX (same interface) and XDP_REDIRECT through the tx_ports
- * devmap. Failures degrade to XDP_PASS (the kernel forwards the already
- * rewritten packet) and are counted. */
+ * devmap. A failure is a verdict for the caller to keep or turn into a drop:
+ * a packet rewritten for NAT, or sent DSR, must not go to the kernel (the
+ * rewritten one is a martian there, the VIP-addressed one would be routed
+ * back here); the paths decide before they rewrite. */
 #pragma once
 
 #include <linux/if_ether.h>
@@ -71,6 +73,9 @@ struct nexthop_answer {
  * @cache: the flow's cached next hop (in its flow-table entry, or in the entry
  *         about to be inserted), or NULL: look up, store nothing
  * @now: the clock the packet already read (lb_now(); unused without @cache)
+ * @onlink: the next hop must be @dst itself (L2 DSR: the backend must be on
+ *          the link); a route through a gateway is dropped
+ *          (drop_dsr_not_onlink) and never cached
  * @a: filled with the next hop to send with, or the MTU on FRAG_NEEDED
  *
  * The cache answers while it is younger than lb_config.nexthop_ttl_ns (0: never)
@@ -94,7 +99,7 @@ struct nexthop_answer {
 static __always_inline int nexthop_resolve(struct xdp_md *ctx, struct packet *pkt,
 					   const struct lb_config *cfg, struct lb_nexthop *cache,
 					   __u32 src, __u32 dst, __u16 tot_len, __u8 tos, __u8 l4_proto,
-					   __u64 now, struct nexthop_answer *a)
+					   __u64 now, bool onlink, struct nexthop_answer *a)
 {
 	__u64 ttl = cfg->nexthop_ttl_ns;
 
@@ -112,6 +117,9 @@ static __always_inline int nexthop_resolve(struct xdp_md *ctx, struct packet *pk
 			a->mtu = fib.mtu_result;
 			return action;
 		}
+		/* bpf_fib_lookup answers a gateway's address in ipv4_dst. */
+		if (action == LB_CONTINUE && onlink && fib.ipv4_dst != dst)
+			action = verdict(pkt, LB_REASON_DROP_DSR_NOT_ONLINK, XDP_DROP);
 		if (action != LB_CONTINUE) {
 			if (cache && cache->max_len)
 				cache->max_len = 0;
@@ -158,23 +166,18 @@ static __always_inline int nexthop_send(struct xdp_md *ctx, struct packet *pkt,
 }
 
 /**
- * forward - send the packet, as its IP header now reads, towards its
- * destination (NAT paths: the header was rewritten in place)
+ * nat_no_pass - a NAT path's verdict @action, with XDP_PASS turned into a
+ * drop that keeps its cause: the packet is (or is about to be) rewritten
+ * from the SNAT address or a VIP, which the kernel drops as a martian, so
+ * passing it would only hide the drop as a "pass"
  */
-static __always_inline int forward(struct xdp_md *ctx, struct packet *pkt, const struct lb_config *cfg,
-				   enum lb_reason ok_reason)
+static __always_inline int nat_no_pass(struct packet *pkt, int action)
 {
-	struct nexthop_answer a;
-	struct iphdr *ip = pkt->ip;
-	int action;
-
-	if ((void *)(ip + 1) > pkt->data_end)
-		return verdict(pkt, LB_REASON_DROP_MALFORMED, XDP_DROP);
-	action = nexthop_resolve(ctx, pkt, cfg, NULL, ip->saddr, ip->daddr, bpf_ntohs(ip->tot_len), ip->tos,
-				 ip->protocol, 0, &a);
-	if (action == LB_NEXTHOP_FRAG_NEEDED)
-		return verdict(pkt, LB_REASON_PASS_FIB_FAILED, XDP_PASS);
-	if (action != LB_CONTINUE)
+	if (action != XDP_PASS)
 		return action;
-	return nexthop_send(ctx, pkt, &a, ok_reason);
+	if (pkt->reason == LB_REASON_PASS_FIB_NO_NEIGH)
+		return verdict(pkt, LB_REASON_DROP_FIB_NO_NEIGH, XDP_DROP);
+	if (pkt->reason == LB_REASON_PASS_EGRESS_NOT_ATTACHED)
+		return verdict(pkt, LB_REASON_DROP_EGRESS_NOT_ATTACHED, XDP_DROP);
+	return verdict(pkt, LB_REASON_DROP_FIB_FAILED, XDP_DROP);
 }

@@ -39,6 +39,7 @@ struct packet {
 	__u8 flags; /* PKT_F_*: what earlier stages learnt about the packet */
 	__u8 l2_len; /* Ethernet header length: 14, or 18 with a VLAN tag */
 	__u32 rl_policy; /* with PKT_F_RL_NEW_FLOWS: the client's rate-limit policy id */
+	__u32 fw_word; /* with PKT_F_FW_WORD: the firewall's verdict word of the source */
 };
 
 /* The firewall matched an allow rule: later stages (rate limiting) exempt it. */
@@ -49,6 +50,9 @@ struct packet {
 /* A first fragment (MF, offset 0): the ports are here, the rest of the
  * datagram comes in later fragments without them (see vip_packet_sane()). */
 #define PKT_F_FRAGMENT 0x04
+/* pkt->fw_word holds the firewall's verdict word (bpf/firewall.h): it is
+ * looked up once per packet, however many stages ask. */
+#define PKT_F_FW_WORD 0x08
 
 #define TCP_FLAG_FIN 0x01
 #define TCP_FLAG_SYN 0x02

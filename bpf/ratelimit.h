@@ -60,6 +60,30 @@ static __always_inline struct rl_policy *rl_policy_of(const struct packet *pkt, 
 	return bpf_map_lookup_elem(&rl_policies, id);
 }
 
+/**
+ * gcra_take - spend one packet of the GCRA bucket whose state is @tat
+ * @interval, @burst_time: the bucket's parameters (1/16 ns), @now likewise
+ *
+ * Returns true (allowed: TAT moved on) or false (over the limit, or every
+ * compare-and-swap lost to other CPUs: nothing changed).
+ */
+static __always_inline bool gcra_take(__u64 *tat_p, __u64 interval, __u64 burst_time, __u64 now)
+{
+	int i;
+
+#pragma unroll
+	for (i = 0; i < RL_CAS_TRIES; i++) {
+		__u64 tat = *(volatile __u64 *)tat_p;
+		__u64 next = (tat > now ? tat : now) + interval;
+
+		if (next - now > burst_time)
+			return false;
+		if (__sync_val_compare_and_swap(tat_p, tat, next) == tat)
+			return true;
+	}
+	return false;
+}
+
 static __always_inline int rl_verdict(struct packet *pkt, __u32 id, bool allowed)
 {
 	struct rl_counters *c = bpf_map_lookup_elem(&rl_stats, &id);
@@ -89,7 +113,6 @@ static __always_inline int rl_charge(struct packet *pkt, const struct rl_policy 
 	struct rl_client_key key = {};
 	struct rl_client fresh = {};
 	struct rl_client *c;
-	int i;
 
 	if (interval == 0)
 		return LB_CONTINUE;
@@ -108,16 +131,8 @@ static __always_inline int rl_charge(struct packet *pkt, const struct rl_policy 
 			return rl_verdict(pkt, id, true); /* cannot track: fail open */
 	}
 
-#pragma unroll
-	for (i = 0; i < RL_CAS_TRIES; i++) {
-		__u64 tat = *(volatile __u64 *)&c->tat;
-		__u64 next = (tat > now ? tat : now) + interval;
-
-		if (next - now > burst_time)
-			break;
-		if (__sync_val_compare_and_swap(&c->tat, tat, next) == tat)
-			return rl_verdict(pkt, id, true);
-	}
+	if (gcra_take(&c->tat, interval, burst_time, now))
+		return rl_verdict(pkt, id, true);
 	__sync_fetch_and_add(&c->dropped, 1);
 	return rl_verdict(pkt, id, false);
 }

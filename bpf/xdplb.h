@@ -225,7 +225,24 @@ struct lb_config {
 	/* The DSR new-flow guard: most new DSR flows recorded per second per
 	 * CPU; above it packets are still sent by Maglev, unrecorded. 0 = off. */
 	__u32 new_flows_per_cpu;
-	__u32 pad3;
+	/* Source of the ICMP time exceeded the balancer sends ([icmp] source). */
+	__be32 icmp_src_be;
+	/* GCRA parameters (bpf/ratelimit.h units: 1/16 ns) of the per-VIP
+	 * budget of relayed ICMP errors and of the time exceeded the balancer
+	 * sends; interval 0 = unlimited. */
+	__u64 icmp_error_interval;
+	__u64 icmp_error_burst_time;
+	__u64 time_exceeded_interval;
+	__u64 time_exceeded_burst_time;
+};
+
+/* icmp_budget[]: the GCRA state (one theoretical arrival time) of each ICMP
+ * budget: one per VIP id, one for errors to the SNAT address, one for the
+ * time exceeded the balancer sends (bpf/icmp.h). */
+enum lb_icmp_budget_slots {
+	LB_ICMP_BUDGET_SNAT = LB_MAX_VIPS,
+	LB_ICMP_BUDGET_TIME_EXCEEDED,
+	LB_ICMP_BUDGET_SLOTS,
 };
 
 /* vip_filter[0]: the destination prefilter (bpf/vip.h). One bit per hash of
@@ -281,6 +298,14 @@ enum lb_reason {
 	LB_REASON_TX_ICMP_ERROR, /* ICMP error about a NAT flow, rewritten for the other side (bpf/icmp.h) */
 	LB_REASON_DROP_ICMP_NO_FLOW, /* ICMP error quoting a VIP flow that no backend owns */
 	LB_REASON_DROP_NAT_NO_FLOW, /* TCP non-SYN to a NAT VIP without a flow: only a SYN starts one */
+	/* hardening (issue 17) */
+	LB_REASON_TX_ICMP_TIME_EXCEEDED, /* TTL 1 (or 0) on arrival: ICMP time exceeded sent back */
+	LB_REASON_DROP_TTL_EXCEEDED, /* TTL expired: no ICMP sent (over its rate, or about an ICMP error) */
+	LB_REASON_DROP_ICMP_BUDGET, /* ICMP error over its VIP's ICMP budget ([icmp] errors_per_second) */
+	LB_REASON_DROP_DSR_NOT_ONLINK, /* L2 DSR backend reached through a gateway: sending would loop */
+	LB_REASON_DROP_FIB_NO_NEIGH, /* NAT: next hop unresolved; the rewritten packet would be a martian */
+	LB_REASON_DROP_FIB_FAILED, /* NAT: no route / other FIB failure for the rewritten packet */
+	LB_REASON_DROP_EGRESS_NOT_ATTACHED, /* NAT: egress is not one of lbd's interfaces */
 	LB_REASON_MAX,
 };
 

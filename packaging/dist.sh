@@ -19,12 +19,14 @@ rm -rf "$root"
 install -d "$root/usr/bin" "$root/usr/lib/systemd/system" "$root/etc/xdplb" \
 	"$root/usr/share/man/man1" "$root/usr/share/man/man8" "$root/usr/share/bash-completion/completions" \
 	"$root/usr/share/zsh/vendor-completions" "$root/usr/share/fish/vendor_completions.d" \
-	"$root/usr/share/doc/xdplb"
+	"$root/usr/share/doc/xdplb" "$root/etc/iproute2/rt_protos.d"
 
 install -m 0755 "$bin_dir/lbd" "$bin_dir/lbctl" "$bin_dir/xdplb-backend-setup" "$root/usr/bin/"
 install -m 0644 "$here/lbd.service" "$root/usr/lib/systemd/system/lbd.service"
 install -m 0644 "$here/lbd.toml" "$root/etc/xdplb/lbd.toml"
 install -m 0644 "$here/../examples/lbd.toml" "$root/usr/share/doc/xdplb/lbd.toml.example"
+# `ip route` names lbd's route protocol (routes::ROUTE_PROTOCOL in src/routes.rs).
+printf '200\txdplb\n' >"$root/etc/iproute2/rt_protos.d/xdplb.conf"
 
 lbctl="$root/usr/bin/lbctl"
 "$lbctl" man --dir "$root/usr/share/man/man1" >/dev/null

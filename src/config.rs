@@ -65,6 +65,8 @@ pub struct Config {
     #[serde(default)]
     pub(crate) ipip: IpipConfig,
     #[serde(default)]
+    pub(crate) icmp: IcmpConfig,
+    #[serde(default)]
     pub firewall: FirewallConfig,
     #[serde(default)]
     pub ratelimit: RateLimitConfig,
@@ -95,6 +97,11 @@ pub struct DataplaneConfig {
     /// bpffs directory of this lbd's pinned maps.
     #[serde(default = "default_pin_path")]
     pub pin_path: PathBuf,
+    /// A blackhole /32 route in the main table for every VIP address (`crate::routes`), so that
+    /// VIP-addressed packets the program passes to the kernel are dropped, not routed back
+    /// upstream. false: none, and lbd's own left from earlier are removed at start.
+    #[serde(default = "default_blackhole_routes")]
+    pub blackhole_routes: bool,
 }
 
 impl From<XdpMode> for crate::dataplane::XdpMode {
@@ -113,6 +120,10 @@ fn default_xdp_mode() -> XdpMode {
 
 fn default_pin_path() -> PathBuf {
     PathBuf::from(DEFAULT_PIN_PATH)
+}
+
+fn default_blackhole_routes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -214,6 +225,37 @@ pub(crate) struct IpipConfig {
     pub(crate) source: Option<ipnet::Ipv4Net>,
 }
 
+/// The ICMP the balancer sends and relays.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct IcmpConfig {
+    /// Source of the ICMP time exceeded the balancer sends when a packet's TTL runs out here (an
+    /// address of this host). Defaults to `nat.snat_address`.
+    pub(crate) source: Option<Ipv4Addr>,
+    /// Most ICMP errors relayed to backends or clients per second and per VIP (and as many for
+    /// errors to the SNAT address), in bursts of a tenth of that; 0: no limit.
+    pub(crate) errors_per_second: u64,
+    /// Most ICMP time exceeded the balancer sends per second, in bursts of a tenth of that; 0: no
+    /// limit.
+    pub(crate) time_exceeded_per_second: u64,
+}
+
+impl Default for IcmpConfig {
+    fn default() -> Self {
+        Self {
+            source: None,
+            errors_per_second: 1000,
+            time_exceeded_per_second: 1000,
+        }
+    }
+}
+
+/// The GCRA bucket of an ICMP budget of `rate` messages per second (bursts of a tenth of a
+/// second's worth); `None` for 0, no limit.
+fn icmp_bucket(rate: u64) -> Option<xdplb_model::ratelimit::Bucket> {
+    (rate > 0).then(|| xdplb_model::ratelimit::Bucket::new(rate, (rate / 10).max(1)))
+}
+
 impl Config {
     /// The IPIP outer source prefix in force.
     pub(crate) fn ipip_source(&self) -> ipnet::Ipv4Net {
@@ -240,6 +282,9 @@ impl Config {
             ipip_source: self.ipip_source(),
             nexthop_cache: self.timeouts.nexthop_cache,
             new_flows_per_cpu: self.tables.new_flows_per_cpu,
+            icmp_source: self.icmp.source.unwrap_or(self.nat.snat_address),
+            icmp_errors: icmp_bucket(self.icmp.errors_per_second),
+            time_exceeded: icmp_bucket(self.icmp.time_exceeded_per_second),
         }
     }
 }
@@ -645,6 +690,31 @@ impl Config {
                 ));
             }
         }
+        if let Some(src) = self.icmp.source {
+            if src.is_unspecified() || src.is_broadcast() || src.is_multicast() {
+                return Err(invalid(
+                    "icmp.source",
+                    format!("{src} is not a unicast address"),
+                ));
+            }
+        }
+        for (key, rate) in [
+            ("icmp.errors_per_second", self.icmp.errors_per_second),
+            (
+                "icmp.time_exceeded_per_second",
+                self.icmp.time_exceeded_per_second,
+            ),
+        ] {
+            if rate > xdplb_model::ratelimit::MAX_RATE {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "{rate} is above the most a bucket can hold ({}); 0 means no limit",
+                        xdplb_model::ratelimit::MAX_RATE
+                    ),
+                ));
+            }
+        }
         for (key, d) in [
             ("timeouts.tcp", self.timeouts.tcp),
             ("timeouts.tcp_closing", self.timeouts.tcp_closing),
@@ -859,6 +929,7 @@ mod tests {
         assert_eq!(c.dataplane.xdp_mode, XdpMode::Native);
         assert_eq!(c.nat.port_range, [20000, 32767]);
         assert!(c.nat.reserve_ports);
+        assert!(c.dataplane.blackhole_routes);
         assert_eq!(c.tables.maglev_size, 65537);
         assert_eq!(c.timeouts.tcp, Duration::from_secs(300));
         assert!(c.vips.is_empty());
@@ -1165,5 +1236,21 @@ mod tests {
             err(&format!("{MINIMAL}[ratelimit]\nclients = 10\n")).starts_with("ratelimit.clients:")
         );
         assert!(err(&format!("{MINIMAL}[ratelimit]\nrate = 10\n")).contains("rate"));
+    }
+
+    #[test]
+    fn blackhole_routes_switch() {
+        let off = MINIMAL.replace("[nat]", "blackhole_routes = false\n[nat]");
+        let c = Config::parse(&off).expect("parses");
+        assert!(!c.dataplane.blackhole_routes);
+        let path = Path::new("lbd.toml");
+        let bad = MINIMAL.replace("[nat]", "blackhole_routes = \"no\"\n[nat]");
+        let e = Config::parse_located(&bad, path)
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            e.starts_with("lbd.toml:3:20: dataplane.blackhole_routes: "),
+            "{e}"
+        );
     }
 }

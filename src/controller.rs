@@ -1,6 +1,7 @@
 //! The one owner of the desired state: [`Controller`] holds the [`State`], the [`Reconciler`]
-//! that makes the maps match it, the store every accepted change is saved to, and the next-hop
-//! warmer. The API, the health checker and the metrics reach the data plane only through it.
+//! that makes the maps match it, the store every accepted change is saved to, the next-hop
+//! warmer and the blackhole routes of the VIP addresses. The API, the health checker and the
+//! metrics reach the data plane only through it.
 
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
@@ -11,6 +12,7 @@ use tokio::sync::Mutex;
 use crate::persist::{PersistError, StateStore};
 pub(crate) use crate::reconcile::{Counters, PolicyCounters, Reader};
 use crate::reconcile::{ReconcileError, Reconciler};
+use crate::routes::{RouteCounts, VipRoutes};
 use xdplb_model::state::{State, StateError, VipKey};
 
 /// What the controller itself can fail with while applying a change.
@@ -41,6 +43,8 @@ struct Inner {
     warmer: crate::neighbor::NextHopWarmer,
     /// Where every accepted change is saved before it is acknowledged (None: not persisted).
     store: Option<StateStore>,
+    /// The blackhole routes of the VIP addresses (`crate::routes`).
+    routes: VipRoutes,
 }
 
 /// The one owner of the desired state. Every change goes through [`Controller::change`]:
@@ -61,6 +65,7 @@ impl Controller {
                 warmed: HashSet::new(),
                 warmer: crate::neighbor::NextHopWarmer::default(),
                 store: None,
+                routes: VipRoutes::off(),
             })),
         })
     }
@@ -72,6 +77,27 @@ impl Controller {
         store.save(&inner.state, &inner.reconciler.ids())?;
         inner.store = Some(store);
         Ok(())
+    }
+
+    /// Keeps the VIP addresses' blackhole routes from now on (`routes`, from
+    /// [`VipRoutes::start`], already matches the state): added before a change puts a VIP
+    /// live, removed once the last VIP of their address is gone.
+    pub async fn manage_routes(&self, routes: VipRoutes) {
+        let mut inner = self.inner.lock().await;
+        let inner = &mut *inner;
+        inner.routes = routes;
+        inner.routes.sync(&inner.state).await;
+    }
+
+    /// Removes the blackhole routes (lbd removes the data plane: `--detach-on-exit`).
+    pub async fn remove_routes(&self) {
+        self.inner.lock().await.routes.remove_all().await;
+    }
+
+    /// What the blackhole routes look like, for the metrics; None when they are off.
+    pub(crate) async fn route_counts(&self) -> Option<RouteCounts> {
+        let inner = self.inner.lock().await;
+        inner.routes.is_on().then(|| inner.routes.counts())
     }
 
     /// Makes the next hop of every backend not yet seen a kernel-managed neighbour, so the XDP
@@ -129,6 +155,9 @@ impl Controller {
         let out = f(&mut next).map_err(ChangeError::Refused)?;
         crate::reconcile::check_limits(&next)
             .map_err(|e| ChangeError::Control(ControlError::from(e)))?;
+        // A new VIP address gets its route before its VIP goes live; a route goes only after
+        // the maps (and the rollback, if any) are settled.
+        inner.routes.add_for(&next).await;
         let applied = inner
             .reconciler
             .reconcile(&next)
@@ -144,8 +173,10 @@ impl Controller {
             if let Err(rollback) = inner.reconciler.reconcile(&previous) {
                 tracing::error!(error = %rollback, "rolling the data plane back failed");
             }
+            inner.routes.sync(&previous).await;
             return Err(ChangeError::Control(e));
         }
+        inner.routes.sync(&next).await;
         inner.state = next;
         drop(inner);
         self.warm_next_hops().await;

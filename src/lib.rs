@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod neighbor;
 pub mod persist;
 pub mod reconcile;
+pub mod routes;
 
 xdplb_bpffs::skeleton!(
     /// The libbpf skeleton generated from `bpf/lb.bpf.c`; `types` holds the C structs of

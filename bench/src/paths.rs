@@ -24,6 +24,7 @@ const FLOWS: usize = 256;
 pub const TARGETS: &[(&str, Option<f64>)] = &[
     ("non-VIP pass", Some(20.0)),
     ("firewall block", Some(30.0)),
+    ("firewall block, ACK", Some(30.0)),
     ("rate-limit drop", None),
     ("NAT new flow", Some(350.0)),
     ("NAT established", Some(120.0)),
@@ -47,6 +48,7 @@ fn proof(name: &str) -> &'static str {
     match name {
         "non-VIP pass" => "pass_not_vip",
         "firewall block" => "drop_firewall",
+        "firewall block, ACK" => "drop_firewall, before any flow lookup",
         "rate-limit drop" => "drop_ratelimit",
         "NAT new flow" => "tx_nat_forward, 1 new flow each",
         "NAT established" => "tx_nat_forward, 0 new flows",
@@ -146,6 +148,20 @@ pub fn measure_paths(trials: usize, packets: usize) -> Result<Outcome> {
             })
             .collect();
         let _ = fw_vip;
+        // The same sources' ACKs: a non-SYN would look its flow up first if the firewall did
+        // not run before any flow lookup (issue 17).
+        let blocked_acks: Vec<Vec<u8>> = (0..FLOWS)
+            .map(|i| {
+                data(
+                    sa(
+                        Ipv4Addr::new(10, 70, (i / 200) as u8, (i % 200) as u8 + 1),
+                        40000,
+                    ),
+                    nat_vip,
+                )
+                .build()
+            })
+            .collect();
 
         // Rate limiting: every client 1 packet/s, burst 1, all packets to VIPs charged. Each
         // trial has clients of its own, primed (one packet each, allowed: a new bucket) just
@@ -199,6 +215,14 @@ pub fn measure_paths(trials: usize, packets: usize) -> Result<Outcome> {
                 lb: &fw,
                 ifindex: ifx,
                 frames: Box::new(fixed(blocked)),
+                before: None,
+                expect: Expect::new(R::LB_REASON_DROP_FIREWALL, XDP_DROP),
+            },
+            Case {
+                name: "firewall block, ACK".into(),
+                lb: &fw,
+                ifindex: ifx,
+                frames: Box::new(fixed(blocked_acks)),
                 before: None,
                 expect: Expect::new(R::LB_REASON_DROP_FIREWALL, XDP_DROP),
             },
@@ -416,10 +440,18 @@ pub fn analysis(report: &mut Report, out: &Outcome) {
         ),
         (
             "firewall block",
-            "prefilter + VIP HASH lookup (a SYN looks its VIP up before the flow table) + LPM \
-             lookup + rule hit counter + 1 per-CPU counter"
+            "prefilter + the firewall's verdict word (fw_l2, an inlined ARRAY) + vip_addrs HASH \
+             lookup (only for a blocked source: is the destination a VIP address?) + rule hit \
+             counter + 1 per-CPU counter, all before any VIP or flow lookup"
                 .into(),
-            hash + lpm + 2.0 * pcpu,
+            hash + 2.0 * pcpu,
+        ),
+        (
+            "firewall block, ACK",
+            "the same as a blocked SYN: no flow lookup first (before issue 17 a non-SYN looked \
+             its flow up, an LRU miss, before the firewall dropped it)"
+                .into(),
+            hash + 2.0 * pcpu,
         ),
         (
             "NAT established",

@@ -1,5 +1,6 @@
 //! `lbd`, the xdplb daemon: loads and attaches the XDP program, applies the configured state, and
-//! serves the gRPC API until SIGTERM or SIGINT, then detaches and removes its pins.
+//! serves the gRPC API until SIGTERM or SIGINT; with --detach-on-exit it then detaches, removes
+//! its pins and the VIP addresses' blackhole routes.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -18,6 +19,7 @@ use xdplb::hostports;
 use xdplb::metrics::server::MetricsServer;
 use xdplb::persist::StateStore;
 use xdplb::reconcile::Reconciler;
+use xdplb::routes::VipRoutes;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum LogFormat {
@@ -73,8 +75,9 @@ struct Args {
     /// net.ipv4.ip_local_reserved_ports, see [nat] reserve_ports).
     #[arg(long, value_name = "DIR", default_value = "/var/lib/xdplb")]
     state_dir: PathBuf,
-    /// On exit, detach the program and remove every pin (tracked flows are lost). Without it, the
-    /// program stays attached and the maps stay pinned for the next lbd to adopt.
+    /// On exit, detach the program and remove every pin (tracked flows are lost) and the VIP
+    /// addresses' blackhole routes. Without it, the program stays attached, the maps stay pinned
+    /// and the routes stay, for the next lbd to adopt.
     #[arg(long)]
     detach_on_exit: bool,
     /// Log format.
@@ -245,10 +248,19 @@ async fn run(args: Args) -> Result<()> {
             m.log("flows of the v1 tables copied again after the program swap; v1 pins removed");
         }
     }
+    // The VIP addresses' blackhole routes are in place before the VIPs go live (kept from
+    // the previous lbd, whose program was attached until now, or added).
+    let mut routes = VipRoutes::start(config.dataplane.blackhole_routes, &state).await;
     let ctl = match Controller::new(state, reconciler) {
         Ok(c) => c,
-        Err(e) => bail!("applying the configured VIPs: {e}"),
+        Err(e) => {
+            if args.detach_on_exit {
+                routes.remove_all().await;
+            }
+            bail!("applying the configured VIPs: {e}")
+        }
     };
+    ctl.manage_routes(routes).await;
     ctl.persist_to(store)
         .await
         .context("writing the state file")?;
@@ -284,6 +296,10 @@ async fn run(args: Args) -> Result<()> {
         tracing::info!("shutting down: XDP stays attached and maps pinned for the next lbd");
     }
     let _ = std::fs::remove_file(&socket);
+    // The routes follow the data plane: removed with it, kept for the next lbd otherwise.
+    if args.detach_on_exit {
+        ctl.remove_routes().await;
+    }
     let cleaned = match ctl.into_reconciler() {
         Some(r) => r
             .into_dataplane()

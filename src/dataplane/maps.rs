@@ -126,6 +126,12 @@ pub struct RuntimeConfig {
     pub nexthop_cache: Duration,
     /// The DSR new-flow guard (`[tables] new_flows_per_cpu`); 0: off.
     pub new_flows_per_cpu: u32,
+    /// Source of the time exceeded the balancer sends (`[icmp] source`).
+    pub icmp_source: Ipv4Addr,
+    /// Budget of relayed ICMP errors per VIP (`[icmp] errors_per_second`); `None`: no limit.
+    pub icmp_errors: Option<xdplb_model::ratelimit::Bucket>,
+    /// Budget of time exceeded sent (`[icmp] time_exceeded_per_second`); `None`: no limit.
+    pub time_exceeded: Option<xdplb_model::ratelimit::Bucket>,
 }
 
 impl Default for RuntimeConfig {
@@ -141,6 +147,9 @@ impl Default for RuntimeConfig {
             ipip_source: ipnet::Ipv4Net::default(),
             nexthop_cache: Duration::from_secs(1),
             new_flows_per_cpu: 0,
+            icmp_source: Ipv4Addr::UNSPECIFIED,
+            icmp_errors: Some(xdplb_model::ratelimit::Bucket::new(1000, 100)),
+            time_exceeded: Some(xdplb_model::ratelimit::Bucket::new(1000, 100)),
         }
     }
 }
@@ -462,7 +471,11 @@ impl<'a> MapWriter<'a> {
             nexthop_ttl_ns: c.nexthop_cache.as_nanos() as u64,
             tcp_handshake_timeout_ns: c.tcp_handshake_timeout.as_nanos() as u64,
             new_flows_per_cpu: c.new_flows_per_cpu,
-            pad3: 0,
+            icmp_src_be: u32::from_ne_bytes(c.icmp_source.octets()),
+            icmp_error_interval: c.icmp_errors.map_or(0, |b| b.interval),
+            icmp_error_burst_time: c.icmp_errors.map_or(0, |b| b.burst_time),
+            time_exceeded_interval: c.time_exceeded.map_or(0, |b| b.interval),
+            time_exceeded_burst_time: c.time_exceeded.map_or(0, |b| b.burst_time),
         };
         self.m
             .lb_config_v2
@@ -490,6 +503,7 @@ impl<'a> MapWriter<'a> {
         // out), the id's slot after it (a flow's packet may skip the lookup only of a VIP that
         // is there).
         self.vip_filter_add(*addr.ip())?;
+        self.vip_addr_add(*addr.ip())?;
         self.m
             .vips
             .update(bytes_of(&key), bytes_of(&meta), MapFlags::ANY)
@@ -544,11 +558,33 @@ impl<'a> MapWriter<'a> {
         self.write_vip_filter(&words)
     }
 
-    /// Recomputes the prefilter from the addresses in `vips` (after a VIP left).
+    /// Puts `ip` in `vip_addrs` (the exact set of VIP addresses, `bpf/maps.h`).
+    fn vip_addr_add(&self, ip: Ipv4Addr) -> Result<(), DataplaneError> {
+        self.m
+            .vip_addrs
+            .update(&ip.octets(), &1u32.to_ne_bytes(), MapFlags::ANY)
+            .map_err(bpf_err(format!("writing vip_addrs[{ip}]")))
+    }
+
+    /// Recomputes the prefilter and `vip_addrs` from the addresses in `vips` (after a VIP left).
     pub(crate) fn rebuild_vip_filter(&self) -> Result<(), DataplaneError> {
         let mut words = vec![0u64; FILTER_WORDS];
+        let mut addrs = std::collections::BTreeSet::new();
         for (key, _) in self.vips()? {
             set_filter_bit(&mut words, v4_of(&key.addr));
+            addrs.insert(v4_of(&key.addr));
+        }
+        for ip in &addrs {
+            self.vip_addr_add(*ip)?;
+        }
+        let stale: Vec<Vec<u8>> = self
+            .m
+            .vip_addrs
+            .keys()
+            .filter(|k| k.len() == 4 && !addrs.contains(&Ipv4Addr::new(k[0], k[1], k[2], k[3])))
+            .collect();
+        for k in stale {
+            delete_if_present(&self.m.vip_addrs, &k, "vip_addrs")?;
         }
         if words == self.read_vip_filter()? {
             return Ok(());

@@ -238,10 +238,14 @@ pub struct Dataplane {
     adopted: bool,
 }
 
-/// Counter maps may be recreated (their counts restart) when their layout changes; every other
-/// pinned map holds state that an upgrade must keep.
+/// Counter maps may be recreated (their counts restart) when their layout changes, and so may
+/// `lb_config_v2`, which lbd writes whole before the program is attached; every other pinned map
+/// holds state that an upgrade must keep.
 fn is_counter_map(name: &str) -> bool {
-    name.ends_with("_stats") || name.ends_with("_hits") || name.ends_with("_counters")
+    name.ends_with("_stats")
+        || name.ends_with("_hits")
+        || name.ends_with("_counters")
+        || name == "lb_config_v2"
 }
 
 impl Dataplane {
@@ -299,7 +303,7 @@ impl Dataplane {
                         if !is_counter_map(&name) {
                             return Err(DataplaneError::Incompatible { map: name, detail });
                         }
-                        tracing::warn!(map = %name, %detail, "counter map layout changed: its counts restart");
+                        tracing::warn!(map = %name, %detail, "map layout changed: recreated (counts restart, the configuration is written again)");
                         std::fs::remove_file(&pin)
                             .map_err(io_err(format!("unpinning {}", pin.display())))?;
                     } else {

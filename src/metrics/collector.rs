@@ -50,6 +50,7 @@ impl LbCollector {
         // The collector runs on a blocking thread (see `render`), where waiting is allowed.
         let (mut sample, ids, telemetry) =
             futures::executor::block_on(self.ctl.read(read_counters))?;
+        sample.routes = futures::executor::block_on(self.ctl.route_counts());
         sample.walk = match self.walk(telemetry) {
             Ok(w) => Some(w),
             Err(e) => {

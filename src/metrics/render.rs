@@ -58,6 +58,8 @@ pub(crate) struct Sample {
     pub(crate) flow_events: Vec<(String, u64)>,
     /// The last map walk; `None` if it failed.
     pub(crate) walk: Option<Walk>,
+    /// The VIP addresses' blackhole routes; `None` when lbd keeps none.
+    pub(crate) routes: Option<crate::routes::RouteCounts>,
 }
 
 /// Label sets, in the order they are written.
@@ -284,6 +286,22 @@ pub(crate) fn encode_sample(s: &Sample, mut e: DescriptorEncoder) -> Result<(), 
             .iter()
             .map(|(v, n)| (vec![("event", v.as_str())], counter(*n))),
     )?;
+    family(
+        &mut e,
+        "blackhole_routes",
+        "Blackhole routes lbd holds for the VIP addresses (one per address some VIP has).",
+        None,
+        MetricType::Gauge,
+        s.routes.map(|r| (vec![], gauge(r.installed))),
+    )?;
+    family(
+        &mut e,
+        "blackhole_route_errors",
+        "Blackhole routes of VIP addresses that lbd could not add or remove; lbd's log says why.",
+        None,
+        MetricType::Counter,
+        s.routes.map(|r| (vec![], counter(r.errors))),
+    )?;
 
     let Some(walk) = &s.walk else {
         return Ok(());
@@ -437,6 +455,10 @@ mod tests {
             reasons: vec![("pass_not_vip".into(), 3), ("tx_nat_forward".into(), 10)],
             verdicts: vec![("XDP_PASS".into(), 3), ("XDP_TX".into(), 10)],
             flow_events: vec![("promoted".into(), 4)],
+            routes: Some(crate::routes::RouteCounts {
+                installed: 2,
+                errors: 1,
+            }),
             walk: Some(Walk {
                 maps: vec![Occupancy {
                     map: "nat_fwd_v2".into(),
@@ -495,6 +517,8 @@ mod tests {
             "xdplb_map_entries{map=\"nat_fwd_v2\",type=\"lru_hash\"} 2",
             "xdplb_map_capacity{map=\"nat_fwd_v2\",type=\"lru_hash\"} 1024",
             "xdplb_flow_events_total{event=\"promoted\"} 4",
+            "xdplb_blackhole_routes 2",
+            "xdplb_blackhole_route_errors_total 1",
             "xdplb_firewall_rule_hits_total{rule=\"192.0.2.0/24\",action=\"block\"} 5",
             "xdplb_ratelimit_packets_total{policy=\"default\",result=\"dropped\"} 1",
             "# TYPE xdplb_map_walk_duration_seconds gauge",
@@ -531,6 +555,7 @@ mod tests {
         .expect("renders");
         assert!(!text.contains("xdplb_vip_packets"), "{text}");
         assert!(!text.contains("xdplb_map_entries"), "{text}");
+        assert!(!text.contains("xdplb_blackhole_routes"), "{text}");
         assert!(text.contains("xdplb_build_info"), "{text}");
     }
 

@@ -230,7 +230,17 @@ impl Packet {
         self
     }
 
-    /// The same packet after a full NAT: new MACs, addresses and ports, nothing else.
+    /// The same packet forwarded by a router: new MACs, TTL one less, nothing else.
+    pub fn routed(&self, eth_src: Mac, eth_dst: Mac) -> Packet {
+        let mut p = self.clone();
+        p.eth_src = eth_src;
+        p.eth_dst = eth_dst;
+        p.ttl = p.ttl.wrapping_sub(1);
+        p
+    }
+
+    /// The same packet after a full NAT by the balancer: new MACs, addresses and ports, TTL one
+    /// less (it forwards like a router), nothing else.
     pub fn natted(
         &self,
         eth_src: Mac,
@@ -238,9 +248,7 @@ impl Packet {
         src: SocketAddrV4,
         dst: SocketAddrV4,
     ) -> Packet {
-        let mut p = self.clone();
-        p.eth_src = eth_src;
-        p.eth_dst = eth_dst;
+        let mut p = self.routed(eth_src, eth_dst);
         p.src = *src.ip();
         p.dst = *dst.ip();
         match &mut p.l4 {

@@ -566,6 +566,7 @@ pub struct Parsed {
     pub proto: u8,
     pub src: Ipv4Addr,
     pub dst: Ipv4Addr,
+    pub ttl: u8,
     /// Fragment offset non-zero.
     pub later_fragment: bool,
     pub first_fragment: bool,
@@ -620,6 +621,7 @@ pub fn parse(f: &[u8]) -> Option<Parsed> {
         proto,
         src,
         dst,
+        ttl: f[l3 + 8],
         later_fragment,
         first_fragment,
         ports,
@@ -679,6 +681,21 @@ pub fn check_lb(world: &World, case: &Case, run: &Run) -> Result<()> {
     ensure!(run.action <= XDP_REDIRECT, "unknown verdict {}", run.action);
     let parsed = parse(input);
     let forwarded = run.action == XDP_TX || run.action == XDP_REDIRECT;
+
+    // Blocked means blocked for everything addressed to a VIP (firewall scope "vips"): later
+    // fragments, ICMP of any type, ports no VIP serves.
+    if let Some(p) = parsed.as_ref().filter(|p| world.is_vip_addr(p.dst)) {
+        if world.is_blocked(p.src) {
+            ensure!(
+                run.action == XDP_DROP,
+                "a packet from blocked {} to VIP address {} got {}",
+                p.src,
+                p.dst,
+                action_name(run.action)
+            );
+            return Ok(());
+        }
+    }
 
     // The host's own traffic (and anything the program cannot read) passes byte for byte.
     let host = match &parsed {
@@ -745,24 +762,37 @@ pub fn check_lb(world: &World, case: &Case, run: &Run) -> Result<()> {
             "IPIP outer tot_len {}",
             o.tot_len
         );
-        ensure!(
-            run.out[o.l3 + 20..o.l3 + o.tot_len] == input[p.l3..p.l3 + p.tot_len],
-            "the IPIP inner packet is not the input packet"
-        );
+        check_inner_routed(
+            &input[p.l3..p.l3 + p.tot_len],
+            &run.out[o.l3 + 20..o.l3 + o.tot_len],
+        )?;
         return Ok(());
     }
     if o.proto == IPPROTO_ICMP && p.proto != IPPROTO_ICMP {
-        // "Fragmentation needed" built in XDP: everything computed from scratch.
-        ensure!(out_ip, "ICMP too-big: IPv4 checksum wrong");
-        ensure!(out_l4 == Some(true), "ICMP too-big: ICMP checksum wrong");
+        // "Fragmentation needed" or "time exceeded" built in XDP: everything from scratch.
+        let kind = run.out[o.l3 + o.ihl];
+        ensure!(
+            kind == 3 || (kind == 11 && p.ttl <= 1),
+            "ICMP type {kind} built in XDP for a packet of TTL {}",
+            p.ttl
+        );
+        ensure!(out_ip, "ICMP {kind}: IPv4 checksum wrong");
+        ensure!(out_l4 == Some(true), "ICMP {kind}: ICMP checksum wrong");
         ensure!(
             o.tot_len == 56 && out_pad == 0,
-            "ICMP too-big of tot_len {}",
+            "ICMP {kind} of tot_len {}",
             o.tot_len
         );
-        ensure!(o.dst == p.src, "ICMP too-big not sent back to the source");
+        ensure!(o.dst == p.src, "ICMP {kind} not sent back to the source");
         return Ok(());
     }
+    // Forwarded like a router: the TTL one less, never sent on expired.
+    ensure!(
+        p.ttl > 1 && o.ttl == p.ttl - 1,
+        "TTL {} forwarded as {}",
+        p.ttl,
+        o.ttl
+    );
     ensure!(
         o.tot_len == p.tot_len,
         "tot_len {} became {}",
@@ -791,6 +821,34 @@ pub fn check_lb(world: &World, case: &Case, run: &Run) -> Result<()> {
                 "quoted IPv4 checksum broken"
             );
         }
+    }
+    Ok(())
+}
+
+/// The inner packet of an IPIP output against the input packet: byte for byte but for the TTL
+/// (one less) and the header checksum (right if it was).
+fn check_inner_routed(input: &[u8], inner: &[u8]) -> Result<()> {
+    ensure!(
+        inner.len() == input.len(),
+        "the IPIP inner packet has another length"
+    );
+    ensure!(
+        input[8] > 1 && inner[8] == input[8] - 1,
+        "IPIP inner TTL {} forwarded as {}",
+        input[8],
+        inner[8]
+    );
+    let same = |r: std::ops::Range<usize>| inner[r.clone()] == input[r];
+    ensure!(
+        same(0..8) && same(9..10) && same(12..input.len()),
+        "the IPIP inner packet is not the input packet (but for its TTL)"
+    );
+    let ihl = usize::from(input[0] & 0x0f) * 4;
+    if internet_checksum(&input[..ihl]) == 0 {
+        ensure!(
+            internet_checksum(&inner[..ihl]) == 0,
+            "IPIP inner IPv4 checksum broken"
+        );
     }
     Ok(())
 }

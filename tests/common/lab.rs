@@ -174,9 +174,15 @@ pub fn config(ports: (u16, u16)) -> RuntimeConfig {
         tcp_closing_timeout: Duration::from_secs(10),
         udp_timeout: Duration::from_secs(30),
         ipip_source: ipnet::Ipv4Net::new(LB_ADDR, 32).expect("a /32 is valid"),
-        tcp_handshake_timeout: Duration::from_secs(5),
+        // Long enough that a flow left embryonic by a test (a SYN alone) outlives a slow step
+        // (a restart on a loaded machine); the handshake timeout is tested on its own.
+        tcp_handshake_timeout: Duration::from_secs(60),
         new_flows_per_cpu: 0,
         nexthop_cache: Duration::from_secs(1),
+        // The ICMP budgets are tested on their own (tests/hardening.rs): unlimited here.
+        icmp_source: LB_ADDR,
+        icmp_errors: None,
+        time_exceeded: None,
     }
 }
 
