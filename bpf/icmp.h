@@ -16,6 +16,10 @@
  *                     and a backend). The nat_rev_v2 entry names the client:
  *                     outer VIP -> client, quote client:cport -> VIP:vport.
  *
+ * Whether an error is about one of our flows is told from its quote alone
+ * (icmp_classify()), so that the firewall, the sender's rate limit and the
+ * VIP's ICMP budget judge it before any flow lookup (lb_icmp()).
+ *
  * Every rewritten word is patched into the checksums that cover it: the outer
  * IPv4 header, the quoted IPv4 header, the quoted TCP/UDP checksum when the
  * quote holds it, and the ICMP checksum over the whole quote. */

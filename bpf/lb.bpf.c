@@ -1,15 +1,18 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /* The xdplb XDP program: the pipeline, nothing else.
  *
- *   parse -> prefilter -> VIP lookup -> flow tables -> Maglev -> NAT rewrite | L2 DSR | IPIP -> next hop
- *   parse -> prefilter -> flow tables, its VIP unchanged (vip_ids) -> NAT rewrite | L2 DSR | IPIP -> next hop
- *   parse -> reply of a tracked NAT flow (its port owned) -> NAT restore -> next hop
- *   parse -> ICMP error about a flow -> its backend (or client) -> next hop
+ *   parse -> prefilter -> VIP lookup -> TTL -> flow tables -> Maglev -> next hop -> NAT rewrite | L2 DSR | IPIP
+ *   parse -> prefilter -> flow tables, its VIP unchanged (vip_ids) -> TTL -> next hop -> rewrite
+ *   parse -> reply of a tracked NAT flow (its port owned) -> TTL -> next hop -> NAT restore
+ *   parse -> ICMP error about a flow (its quote) -> firewall, rate limit, ICMP budget -> its backend (or client)
  *
  * The prefilter and vip_ids (bpf/vip.h) spare the vips hash lookup to packets
  * for no VIP and to tracked flows (TCP SYNs look their VIP up first).
- * The firewall runs once per packet: after the VIP is known (scope "vips"), or
- * right after parsing, for every IPv4 packet (scope "all"). Rate limiting
+ * The firewall reads the source's verdict once per packet: right after
+ * parsing, for every IPv4 packet (scope "all"), or, scope "vips", right after
+ * the prefilter, where a blocked source is dropped for anything to a VIP
+ * address before any lookup, the other verdicts applied once the VIP is known.
+ * Every forwarded packet leaves with its TTL one less (bpf/ttl.h). Rate limiting
  * follows it on VIP packets; a "new-flows" limit is charged only where a
  * flow starts (a SYN or a UDP packet without a flow: ratelimit_new_flow() in
  * flow_new()), never where an established flow lost its entry.

@@ -48,6 +48,20 @@ fn cases() -> Vec<Case> {
             placed: true,
         },
         Case {
+            what: "ICMP source not unicast",
+            body: "[nat]\nsnat_address = \"10.77.0.1\"\n[icmp]\nsource = \"224.0.0.1\" # <- error\n",
+            key: Some("icmp.source"),
+            says: "not a unicast address",
+            placed: true,
+        },
+        Case {
+            what: "ICMP budget above the most a bucket holds",
+            body: "[nat]\nsnat_address = \"10.77.0.1\"\n[icmp]\nerrors_per_second = 20000000 # <- error\n",
+            key: Some("icmp.errors_per_second"),
+            says: "above the most",
+            placed: true,
+        },
+        Case {
             what: "unknown key",
             body: "[nat]\nsnat_address = \"10.77.0.1\"\nsnat_adress = \"10.77.0.2\" # <- error\n",
             key: Some("nat.snat_adress"),
