@@ -330,6 +330,10 @@ enum lb_event {
 struct decap_stats {
 	__u64 decapsulated;
 	__u64 passed; /* not IPIP, or inner destination not a configured VIP */
+	/* IPIP to a VIP from an outer source not among its --lb-source prefixes */
+	__u64 dropped_source;
+	/* outer CE on a Not-ECT inner packet (RFC 6040 section 4.2) */
+	__u64 dropped_ce_not_ect;
 };
 
 /* Verdict counters are indexed by XDP action (XDP_ABORTED..XDP_REDIRECT). */

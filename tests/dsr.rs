@@ -16,9 +16,10 @@ use xdplb::maglev;
 use xdplb::skel::types::lb_reason as R;
 use xdplb_model::state::{Mode, Protocol, VipKey};
 
-use common::decap::{Decap, DecapStats};
+use common::decap::{Decap, DecapStats, RFC6040_DECAP, RFC6040_OUTER};
 use common::expect::*;
 use common::lab::*;
+use xdplb_testkit::netns::NetNs;
 use xdplb_testkit::packet::*;
 
 /// DSR cannot translate ports: the backends listen on the VIP port.
@@ -445,6 +446,16 @@ fn ipip_output_is_outer_header_plus_original_packet() {
     });
 }
 
+/// Fails with every one of `failures`, and with the decap counters when they are not `want`.
+fn decap_checks_passed(decap: &Decap, want: DecapStats, mut failures: Vec<String>) -> Result<()> {
+    let stats = decap.stats()?;
+    if stats != want {
+        failures.push(format!("decap_stats {stats:?}, expected {want:?}"));
+    }
+    ensure!(failures.is_empty(), "{}", failures.join("\n"));
+    Ok(())
+}
+
 #[test]
 fn decap_restores_the_original() {
     bench(|_, net| {
@@ -453,6 +464,7 @@ fn decap_restores_the_original() {
         lb.add_vip_mode(other_vip, Protocol::Tcp, Mode::Ipip, &[(BE1, 100)])?;
         let decap = Decap::load()?;
         decap.add_vip(*VIP.ip())?;
+        decap.add_source(*VIP.ip(), lb.cfg.ipip_source)?;
         let mut want = DecapStats::default();
 
         // Encapsulates `pkt` with the LB (one run) and returns (the client's frame as the LB
@@ -543,13 +555,200 @@ fn decap_restores_the_original() {
             }
             want.passed += 1;
         }
-        let stats = decap.stats()?;
-        if stats != want {
-            failures.push(format!("decap_stats {stats:?}, expected {want:?}"));
-        }
-        ensure!(failures.is_empty(), "{}", failures.join("\n"));
-        Ok(())
+        decap_checks_passed(&decap, want, failures)
     });
+}
+
+/// `inner` (a client's frame, as the LB received it) IPIP-encapsulated from `src` to BACKEND1
+/// with outer TOS `tos`, its L2 header (VLAN tags too) kept.
+fn ipip_from(src: Ipv4Addr, tos: u8, inner: &Packet) -> Vec<u8> {
+    let outer = Ipv4Header {
+        tos,
+        id: 0,
+        frag: IP_DF,
+        ttl: 64,
+        proto: IPPROTO_IPIP,
+        src,
+        dst: BACKEND1,
+    };
+    ipip_frame(
+        &inner.eth_dst,
+        &inner.eth_src,
+        &inner.vlans,
+        &outer,
+        &inner.ip_bytes(),
+    )
+}
+
+fn prefix(s: &str) -> ipnet::Ipv4Net {
+    s.parse().expect("a test prefix")
+}
+
+/// The decap program takes IPIP to a VIP only from that VIP's `--lb-source` prefixes (both ends
+/// of a /28 in, one address past each end out, another VIP's balancer out); the rest of IPIP to
+/// a VIP is dropped and counted; IPIP to a non-VIP and non-IPIP pass byte for byte.
+#[test]
+fn decap_takes_ipip_only_from_allowed_outer_sources() {
+    NetNs::within("decap-src", |_| {
+        let decap = Decap::load()?;
+        let vip = *VIP.ip();
+        let other_vip = Ipv4Addr::new(10, 9, 9, 10);
+        let other_lb = Ipv4Addr::new(10, 8, 0, 1);
+        let stranger = Ipv4Addr::new(10, 66, 0, 1);
+        decap.add_vip(vip)?;
+        decap.add_vip(other_vip)?;
+        decap.add_source(vip, ipnet::Ipv4Net::new(LB_ADDR, 32)?)?;
+        decap.add_source(vip, prefix("10.7.0.16/28"))?;
+        decap.add_source(other_vip, ipnet::Ipv4Net::new(other_lb, 32)?)?;
+
+        let syn = |port: u16, to: Ipv4Addr| client_syn(sa(CLIENT, port), sa(to, 80));
+        let a = Ipv4Addr::new;
+        // (what, outer source, inner packet, decapsulated?)
+        let cases: Vec<(&str, Ipv4Addr, Packet, bool)> = vec![
+            ("the LB (a /32)", LB_ADDR, syn(46000, vip), true),
+            (
+                "the first address of the /28",
+                a(10, 7, 0, 16),
+                syn(46001, vip),
+                true,
+            ),
+            (
+                "the last address of the /28",
+                a(10, 7, 0, 31),
+                syn(46002, vip),
+                true,
+            ),
+            (
+                "the /28 under an 802.1Q tag",
+                a(10, 7, 0, 20),
+                syn(46003, vip).with_vlan(ETH_P_8021Q, 7),
+                true,
+            ),
+            (
+                "the address before the /28",
+                a(10, 7, 0, 15),
+                syn(46004, vip),
+                false,
+            ),
+            (
+                "the address after the /28",
+                a(10, 7, 0, 32),
+                syn(46005, vip),
+                false,
+            ),
+            ("another VIP's balancer", other_lb, syn(46006, vip), false),
+            ("a stranger", stranger, syn(46007, vip), false),
+            (
+                "a stranger under an 802.1ad tag",
+                stranger,
+                syn(46008, vip).with_vlan(ETH_P_8021AD, 9),
+                false,
+            ),
+            (
+                "the LB, to the other VIP",
+                LB_ADDR,
+                syn(46009, other_vip),
+                false,
+            ),
+            (
+                "the other VIP's balancer, to it",
+                other_lb,
+                syn(46010, other_vip),
+                true,
+            ),
+        ];
+        let mut want = DecapStats::default();
+        let mut failures = Vec::new();
+        for (what, src, inner, decapsulated) in &cases {
+            let frame = ipip_from(*src, 0, inner);
+            let run = decap.run(0, &frame)?;
+            let what = format!("IPIP from {what} ({src} -> {})", inner.dst);
+            let checked = if *decapsulated {
+                want.decapsulated += 1;
+                // Byte for byte the client's frame, its checksums computed from scratch.
+                expect_frame(&run, XDP_PASS, &inner.build(), &what)
+            } else {
+                want.dropped_source += 1;
+                expect_action(&run, XDP_DROP, &what)
+            };
+            if let Err(e) = checked {
+                failures.push(format!("{e:#}"));
+            }
+        }
+        // Not for the decapsulator: untouched, whoever sent them.
+        let untouched = [
+            (
+                "IPIP from a stranger to a non-VIP",
+                ipip_from(stranger, 0, &syn(46020, a(10, 9, 9, 99))),
+            ),
+            (
+                "plain TCP from a stranger to the VIP",
+                Packet::tcp(CLIENT_MAC, VETH0_MAC, sa(stranger, 46021), VIP, TCP_SYN).build(),
+            ),
+        ];
+        for (what, frame) in &untouched {
+            let run = decap.run(0, frame)?;
+            if let Err(e) = expect_frame(&run, XDP_PASS, frame, what) {
+                failures.push(format!("{e:#}"));
+            }
+            want.passed += 1;
+        }
+        decap_checks_passed(&decap, want, failures)
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+/// All 16 (outer, inner) ECN combinations through the decap program: the decapsulated packet is
+/// the client's with the ECN field RFC 6040 gives (DSCP untouched, the inner IPv4 checksum
+/// computed from scratch for the expectation), and outer CE on a Not-ECT inner is dropped and
+/// counted.
+#[test]
+fn decap_merges_ecn_per_rfc6040() {
+    NetNs::within("decap-ecn", |_| {
+        let decap = Decap::load()?;
+        decap.add_vip(*VIP.ip())?;
+        decap.add_source(*VIP.ip(), ipnet::Ipv4Net::new(LB_ADDR, 32)?)?;
+        // DSCP 40 inside, 18 outside: only the ECN bits may ever change, and only inside.
+        let (inner_dscp, outer_dscp) = (40u8 << 2, 18u8 << 2);
+        let mut want = DecapStats::default();
+        let mut failures = Vec::new();
+        let mut port = 47000;
+        for (inner_ecn, row) in RFC6040_DECAP {
+            for (outer_ecn, result) in RFC6040_OUTER.into_iter().zip(row) {
+                for vlan in [false, true] {
+                    port += 1;
+                    let mut inner = data(sa(CLIENT, port), VIP);
+                    if vlan {
+                        inner = inner.with_vlan(ETH_P_8021Q, 3);
+                    }
+                    inner.tos = inner_dscp | inner_ecn;
+                    let frame = ipip_from(LB_ADDR, outer_dscp | outer_ecn, &inner);
+                    let run = decap.run(0, &frame)?;
+                    let what = format!(
+                        "outer ECN {outer_ecn:#04b} on inner {inner_ecn:#04b}{}",
+                        if vlan { " (802.1Q)" } else { "" }
+                    );
+                    let checked = match result {
+                        Some(ecn) => {
+                            want.decapsulated += 1;
+                            let mut expected = inner.clone();
+                            expected.tos = inner_dscp | ecn;
+                            expect_frame(&run, XDP_PASS, &expected.build(), &what)
+                        }
+                        None => {
+                            want.dropped_ce_not_ect += 1;
+                            expect_action(&run, XDP_DROP, &what)
+                        }
+                    };
+                    if let Err(e) = checked {
+                        failures.push(format!("{e:#}"));
+                    }
+                }
+            }
+        }
+        decap_checks_passed(&decap, want, failures)
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 #[test]

@@ -2,7 +2,8 @@
 //! programs (BPF_PROG_TEST_RUN, in a private network namespace), every run checked against the
 //! invariants of `common::fuzz::check_lb` / `check_decap`: never XDP_ABORTED; a frame sent out has
 //! right IPv4 and L4 checksums (the inner packet's for IPIP) and lengths that agree with the frame;
-//! a blocked source is never forwarded; the host's own traffic passes byte for byte.
+//! a blocked source is never forwarded; the host's own traffic passes byte for byte; decapsulated
+//! packets come only from the VIP's allowed outer sources, with ECN merged per RFC 6040.
 //!
 //! The program has VIPs in all three modes, a firewall block rule and a rate limit. `FUZZ_PACKETS`
 //! sets the number of random frames (20,000 by default; `make fuzz` runs 1,000,000),
@@ -30,6 +31,8 @@ const NAT_UDP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 9), 53);
 const L2DSR_TCP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 10), 80);
 const IPIP_TCP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 11), 80);
 const IPIP_UDP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 11), 53);
+/// A second VIP of the decap program (not one of the LB's), served for other balancers.
+const DECAP_VIP2: Ipv4Addr = Ipv4Addr::new(10, 9, 9, 12);
 const PORTS: (u16, u16) = (20000, 20999);
 /// A client the firewall blocks, and a rate-limited one.
 const BLOCKED: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 66);
@@ -195,14 +198,28 @@ fn fuzz_lb_and_decap() {
     NetNs::within("fuzz", move |ns| {
         let net = setup_net(ns).context("setting up the bench")?;
         let (lb, world) = configured_lb(net)?;
+        // The decap program of a backend of both IPIP VIPs: the LB's IPIP source for IPIP_TCP, a
+        // /28 of other balancers for DECAP_VIP2.
+        let dworld = DecapWorld {
+            vips: vec![*IPIP_TCP.ip(), DECAP_VIP2],
+            sources: vec![
+                (*IPIP_TCP.ip(), lb.cfg.ipip_source),
+                (DECAP_VIP2, "10.7.0.16/28".parse()?),
+            ],
+        };
         let decap = Decap::load()?;
-        decap.add_vip(*IPIP_TCP.ip())?;
+        for vip in &dworld.vips {
+            decap.add_vip(*vip)?;
+        }
+        for (vip, prefix) in &dworld.sources {
+            decap.add_source(*vip, *prefix)?;
+        }
         let mut tally = Tally::default();
         truncations(&lb, &world, &mut tally)?;
 
         let mut gen = Generator::new(seed, world.clone());
         let mut drng = Rng::new(seed ^ 0xdeca_9000);
-        let (mut decap_runs, mut decapsulated) = (0u64, 0u64);
+        let (mut decap_runs, mut decapsulated, mut decap_drops) = (0u64, 0u64, 0u64);
         let start = Instant::now();
         let mut stopped_early = false;
         // FUZZ_PACKETS counts frames the program ran (not those the kernel refused for their size).
@@ -224,7 +241,7 @@ fn fuzz_lb_and_decap() {
                     && parse(&case.frame).map(|p| p.dst) == Some(*IPIP_TCP.ip())
                 {
                     let back = decap.run(0, &run.out)?;
-                    check_decap(&run.out, &back)
+                    check_decap(&dworld, &run.out, &back)
                         .with_context(|| format!("seed {seed:#x}, packet {i}: decap of the LB's output"))?;
                     ensure!(back.out != run.out, "packet {i}: the LB's IPIP output was not decapsulated");
                     decap_runs += 1;
@@ -232,16 +249,18 @@ fn fuzz_lb_and_decap() {
                 }
             }
             if i % 4 == 0 {
-                let frame = ipip_case(&mut drng, *IPIP_TCP.ip());
+                let frame = ipip_case(&mut drng, &dworld);
                 if frame.len() < 14 {
                     continue;
                 }
                 let back = decap.run(0, &frame)?;
-                check_decap(&frame, &back).with_context(|| {
+                check_decap(&dworld, &frame, &back).with_context(|| {
                     format!("seed {seed:#x}, decap packet {i}: in {}", hex(&frame))
                 })?;
                 decap_runs += 1;
-                if back.out != frame {
+                if back.action == XDP_DROP {
+                    decap_drops += 1;
+                } else if back.out != frame {
                     decapsulated += 1;
                 }
             }
@@ -256,7 +275,7 @@ fn fuzz_lb_and_decap() {
             .map(|(i, n)| (xdplb::dataplane::maps::reason_name(i), *n))
             .collect();
         println!(
-            "fuzz: seed {seed:#x}: {} frames through lb in {:.1}s{} ({} refused by the kernel for their size), {decap_runs} through decap ({decapsulated} decapsulated)",
+            "fuzz: seed {seed:#x}: {} frames through lb in {:.1}s{} ({} refused by the kernel for their size), {decap_runs} through decap ({decapsulated} decapsulated, {decap_drops} dropped)",
             tally.packets,
             start.elapsed().as_secs_f64(),
             if stopped_early { " (time bound reached)" } else { "" },
@@ -273,6 +292,13 @@ fn fuzz_lb_and_decap() {
         for v in ["XDP_DROP", "XDP_PASS", "XDP_TX"] {
             ensure!(tally.verdicts.contains_key(v), "no frame got {v}: {:?}", tally.verdicts);
         }
+        // And the decapsulator's: decapsulated, dropped for its source, dropped for CE on Not-ECT.
+        let ds = decap.stats()?;
+        println!("fuzz: decap_stats {ds:?}");
+        ensure!(
+            ds.decapsulated > 0 && ds.dropped_source > 0 && ds.dropped_ce_not_ect > 0 && ds.passed > 0,
+            "the decap frames did not reach every way out: {ds:?}"
+        );
         Ok(())
     })
     .unwrap_or_else(|e| panic!("{e:#}"));

@@ -334,6 +334,7 @@ fn ipip_error_is_encapsulated_to_the_flows_backend() {
     bench_with_vip(&TCP_IPIP, |lb, vip| {
         let decap = common::decap::Decap::load()?;
         decap.add_vip(*VIP.ip())?;
+        decap.add_source(*VIP.ip(), ipnet::Ipv4Net::new(LB_ADDR, 32)?)?;
         for i in 0..8u16 {
             let client = sa(CLIENT, 44000 + i);
             let pick = lb.pick(&vip, client)?;

@@ -15,10 +15,15 @@
 //!   so that it outlives the process that installed it; the VIPs it decapsulates are the keys of
 //!   the pinned `decap_vips` map, and setting up another VIP on the same interface only adds a
 //!   key. `rp_filter` on that interface is set to loose (2): the decapsulated packet comes from
-//!   the client, not from the tunnel's source.
+//!   the client, not from the tunnel's source;
+//! - for IPIP, the load balancers' outer source prefixes (`--lb-source`, their `[ipip] source`):
+//!   the pinned LPM trie `decap_sources` holds (VIP, prefix) pairs, and the program drops (and
+//!   counts) IPIP to a VIP from any other outer source, which would bypass the balancer's
+//!   firewall and rate limits. A setup sets the VIP's prefixes to exactly those given.
 //!
-//! [`undo`] removes the VIP from `decap_vips` (unpinning, and so detaching, the program when no
-//! VIP is left) and from `lo`; it leaves the sysctls, which other VIPs may rely on.
+//! [`undo`] removes the VIP from `decap_vips` and its prefixes from `decap_sources` (unpinning,
+//! and so detaching, the program when no VIP is left) and from `lo`; it leaves the sysctls,
+//! which other VIPs may rely on.
 //!
 //! Everything here acts on the network namespace of the calling thread. bpffs is global, so the
 //! pins of two namespaces that use the same interface name collide; [`setup`] notices (the
@@ -33,6 +38,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use futures::TryStreamExt;
+use ipnet::Ipv4Net;
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
@@ -40,7 +46,7 @@ use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use xdplb_bpffs as bpffs;
 use xdplb_model::ifname::is_interface_name;
 
-use crate::decap_skel::DecapSkelBuilder;
+use crate::decap_skel::{types, DecapSkelBuilder};
 
 xdplb_bpffs::skeleton!(
     /// The libbpf skeleton generated from `bpf/decap.bpf.c`, the backend-side IPIP decapsulator.
@@ -55,6 +61,10 @@ pub const LINK_PIN: &str = "link";
 pub const VIPS_PIN: &str = "decap_vips";
 /// Name of the pinned per-CPU counters (`decap_stats`).
 pub const STATS_PIN: &str = "decap_stats";
+/// Name of the pinned allowed outer sources (`decap_sources`: LPM trie of (VIP, prefix) -> 1).
+pub const SOURCES_PIN: &str = "decap_sources";
+/// How many (VIP, `--lb-source` prefix) pairs the decap program of one interface holds.
+pub const MAX_SOURCES: u32 = types::decap_limits::DECAP_MAX_SOURCES.0;
 
 /// `arp_ignore` values under which the host never answers ARP for an address on `lo`
 /// (1: only for addresses of the receiving interface, 2: also same subnet, 8: never).
@@ -145,6 +155,20 @@ pub enum SetupError {
     },
     #[error("another XDP program is already attached to {0} (see `ip link show {0}`); the decap program needs the interface's XDP hook")]
     XdpBusy(String),
+    #[error("--mode ipip needs at least one --lb-source PREFIX (the load balancers' [ipip] source, e.g. 10.0.1.1/32): the decap program takes IPIP only from them")]
+    NoLbSource,
+    #[error(
+        "--lb-source {0} applies to --mode ipip only (L2 DSR has no tunnel whose source to check)"
+    )]
+    LbSourceNotIpip(Ipv4Net),
+    #[error("--lb-source {given}: expected a prefix without host bits (did you mean {}?)", .given.trunc())]
+    LbSourceHostBits { given: Ipv4Net },
+    #[error("--lb-source 0.0.0.0/0 would take IPIP from anyone, who could then bypass the balancer's firewall and rate limits; name the load balancers' [ipip] source prefixes")]
+    LbSourceEverything,
+    #[error("--lb-source: the decap program on {dev} holds at most {max} (VIP, prefix) pairs; this setup would need {want}")]
+    TooManyLbSources { dev: String, want: usize, max: u32 },
+    #[error("the decap program pinned in {} predates --lb-source (no {SOURCES_PIN} pin) and takes IPIP from anyone: undo its VIPs there (backend-setup --undo) and set them up again", .0.display())]
+    PinsWithoutSources(PathBuf),
     #[error("/sys/fs/bpf is not mounted in this mount namespace, which is not the host's (as under `ip netns exec`): pins made here would vanish when lbctl exits and detach the decap program; run it through `nsenter --net=/run/netns/NAME` instead")]
     PrivateMountNamespace,
 }
@@ -167,13 +191,43 @@ pub fn decap_pin_dir(dev: &str) -> PathBuf {
     Path::new(DECAP_PIN_ROOT).join(dev)
 }
 
-/// Prepares this host to serve `vip` by `mode` on interface `dev`. Idempotent: a second run
-/// changes nothing and says what was already so. Returns one line per step, for people.
+/// Checks the `--lb-source` prefixes of a setup: at least one for IPIP, none for L2 DSR, no
+/// host bits, not `0.0.0.0/0`.
+pub fn check_lb_sources(mode: Mode, lb_sources: &[Ipv4Net]) -> Result<()> {
+    if mode == Mode::L2dsr {
+        return match lb_sources.first() {
+            Some(p) => Err(SetupError::LbSourceNotIpip(*p)),
+            None => Ok(()),
+        };
+    }
+    if lb_sources.is_empty() {
+        return Err(SetupError::NoLbSource);
+    }
+    for p in lb_sources {
+        if p.prefix_len() == 0 {
+            return Err(SetupError::LbSourceEverything);
+        }
+        if p.trunc() != *p {
+            return Err(SetupError::LbSourceHostBits { given: *p });
+        }
+    }
+    Ok(())
+}
+
+/// Prepares this host to serve `vip` by `mode` on interface `dev`; for IPIP, only from the
+/// outer sources `lb_sources` (the VIP's prefixes become exactly these). Idempotent: a second
+/// run changes nothing and says what was already so. Returns one line per step, for people.
 ///
 /// Order matters: the ARP sysctls come before the VIP goes on `lo`, so the host never answers
 /// ARP for it, not even for a moment.
-pub async fn setup(vip: Ipv4Addr, mode: Mode, dev: &str) -> Result<Vec<String>> {
+pub async fn setup(
+    vip: Ipv4Addr,
+    mode: Mode,
+    dev: &str,
+    lb_sources: &[Ipv4Net],
+) -> Result<Vec<String>> {
     check_vip(vip)?;
+    check_lb_sources(mode, lb_sources)?;
     check_dev_name(dev)?;
     let ifindex = interface_index(dev)?;
     let lo = interface_index("lo")?;
@@ -190,6 +244,14 @@ pub async fn setup(vip: Ipv4Addr, mode: Mode, dev: &str) -> Result<Vec<String>> 
             }
             Pinned::Nothing | Pinned::Stale if !attached_prog_ids(ifindex).is_empty() => {
                 return Err(SetupError::XdpBusy(dev.to_string()))
+            }
+            Pinned::Live => check_sources_room(&dir, dev, vip, lb_sources)?,
+            _ if distinct(lb_sources).len() > MAX_SOURCES as usize => {
+                return Err(SetupError::TooManyLbSources {
+                    dev: dev.to_string(),
+                    want: distinct(lb_sources).len(),
+                    max: MAX_SOURCES,
+                })
             }
             _ => {}
         }
@@ -223,7 +285,7 @@ pub async fn setup(vip: Ipv4Addr, mode: Mode, dev: &str) -> Result<Vec<String>> 
                 &[RP_FILTER_LOOSE],
                 "; loose, since decapsulated packets come from clients, not from the tunnel's source",
             )?);
-            decap_add(vip, dev, ifindex, &mut out)?;
+            decap_add(vip, dev, ifindex, lb_sources, &mut out)?;
         }
         out.push(add_vip_to_lo(&handle, vip, lo).await?);
         Ok(())
@@ -241,8 +303,8 @@ pub async fn setup(vip: Ipv4Addr, mode: Mode, dev: &str) -> Result<Vec<String>> 
     }
 }
 
-/// Reverses [`setup`] for `vip`: removes it from the decap program's VIPs (detaching the program
-/// and removing its pins when it was the last one) and from `lo`. The ARP and rp_filter
+/// Reverses [`setup`] for `vip`: removes it and its outer sources from the decap program
+/// (detaching the program and removing its pins when it was the last VIP) and from `lo`. The ARP and rp_filter
 /// sysctls stay: other VIPs may need them. Idempotent.
 pub async fn undo(vip: Ipv4Addr, mode: Mode, dev: &str) -> Result<Vec<String>> {
     check_dev_name(dev)?;
@@ -497,9 +559,165 @@ fn check_bpffs_is_shared() -> Result<()> {
     Ok(())
 }
 
-/// Makes sure the decap program runs on `dev` (loading, attaching and pinning it if needed)
-/// and that `vip` is one of its VIPs.
-fn decap_add(vip: Ipv4Addr, dev: &str, ifindex: u32, out: &mut Vec<String>) -> Result<()> {
+/// Views a map key or value of the skeleton's `types` (repr(C) integers, no implicit padding)
+/// as bytes.
+pub fn bytes_of<T: Copy>(v: &T) -> &[u8] {
+    // SAFETY: T is a plain-old-data repr(C) type without implicit padding (see above).
+    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
+}
+
+/// Reads a value of the skeleton's `types` from map bytes (shorter bytes leave zeroes).
+pub fn from_bytes<T: Copy + Default>(b: &[u8]) -> T {
+    let mut v = T::default();
+    let n = b.len().min(std::mem::size_of::<T>());
+    // SAFETY: copies at most size_of::<T>() bytes into a valid T; every bit pattern is valid for
+    // these integer-only structs.
+    unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), (&mut v as *mut T).cast::<u8>(), n) };
+    v
+}
+
+/// The `decap_sources` key that allows outer sources in `prefix` for IPIP to `vip`.
+pub fn source_key(vip: Ipv4Addr, prefix: Ipv4Net) -> types::decap_source_key {
+    types::decap_source_key {
+        prefixlen: 32 + u32::from(prefix.prefix_len()),
+        vip_be: u32::from_ne_bytes(vip.octets()),
+        src_be: u32::from_ne_bytes(prefix.network().octets()),
+    }
+}
+
+/// Every (VIP, prefix) pair in a `decap_sources` map.
+fn all_sources(map: &MapHandle) -> Vec<(Ipv4Addr, Ipv4Net)> {
+    map.keys()
+        .filter_map(|k| {
+            let k: types::decap_source_key = from_bytes(&k);
+            let len = u8::try_from(k.prefixlen.checked_sub(32)?).ok()?;
+            let src = Ipv4Addr::from(k.src_be.to_ne_bytes());
+            Some((
+                Ipv4Addr::from(k.vip_be.to_ne_bytes()),
+                Ipv4Net::new(src, len).ok()?,
+            ))
+        })
+        .collect()
+}
+
+/// The outer sources the decap program on `dev` accepts IPIP to `vip` from, sorted (none when
+/// nothing is pinned for `dev`).
+pub fn lb_sources(vip: Ipv4Addr, dev: &str) -> Result<Vec<Ipv4Net>> {
+    let path = decap_pin_dir(dev).join(SOURCES_PIN);
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let map = MapHandle::from_pinned_path(&path)
+        .map_err(bpf_err(format!("opening {}", path.display())))?;
+    Ok(lb_sources_in(&map, vip))
+}
+
+/// Refuses, before any change, a setup whose prefixes would not fit in the (pinned, when
+/// `dir` holds a live program) `decap_sources` of `dev`, or pins of a program that has none.
+fn check_sources_room(dir: &Path, dev: &str, vip: Ipv4Addr, lb_sources: &[Ipv4Net]) -> Result<()> {
+    let path = dir.join(SOURCES_PIN);
+    if !path.exists() {
+        return Err(SetupError::PinsWithoutSources(dir.to_path_buf()));
+    }
+    let map = MapHandle::from_pinned_path(&path)
+        .map_err(bpf_err(format!("opening {}", path.display())))?;
+    let others = all_sources(&map)
+        .into_iter()
+        .filter(|(v, _)| *v != vip)
+        .count();
+    let want = others + distinct(lb_sources).len();
+    if want > map.max_entries() as usize {
+        return Err(SetupError::TooManyLbSources {
+            dev: dev.to_string(),
+            want,
+            max: map.max_entries(),
+        });
+    }
+    Ok(())
+}
+
+/// `prefixes` sorted, each once.
+fn distinct(prefixes: &[Ipv4Net]) -> Vec<Ipv4Net> {
+    let mut v = prefixes.to_vec();
+    v.sort();
+    v.dedup();
+    v
+}
+
+fn show(prefixes: &[Ipv4Net]) -> String {
+    let shown: Vec<String> = prefixes.iter().map(Ipv4Net::to_string).collect();
+    shown.join(", ")
+}
+
+/// Makes the prefixes of `vip` in the pinned `decap_sources` of `dir` exactly `lb_sources`
+/// (the new ones first, so that the VIP's balancers are never refused meanwhile).
+fn set_sources(
+    dir: &Path,
+    dev: &str,
+    vip: Ipv4Addr,
+    lb_sources: &[Ipv4Net],
+    out: &mut Vec<String>,
+) -> Result<()> {
+    let path = dir.join(SOURCES_PIN);
+    let map = MapHandle::from_pinned_path(&path)
+        .map_err(bpf_err(format!("opening {}", path.display())))?;
+    let want = distinct(lb_sources);
+    let had = lb_sources_in(&map, vip);
+    let added: Vec<Ipv4Net> = want.iter().filter(|p| !had.contains(p)).copied().collect();
+    let removed: Vec<Ipv4Net> = had.iter().filter(|p| !want.contains(p)).copied().collect();
+    for p in &added {
+        map.update(
+            bytes_of(&source_key(vip, *p)),
+            &1u32.to_ne_bytes(),
+            MapFlags::ANY,
+        )
+        .map_err(bpf_err(format!("adding {p} to {SOURCES_PIN} for {vip}")))?;
+    }
+    for p in &removed {
+        map.delete(bytes_of(&source_key(vip, *p)))
+            .map_err(bpf_err(format!(
+                "removing {p} from {SOURCES_PIN} for {vip}"
+            )))?;
+    }
+    let mut changes = Vec::new();
+    if !added.is_empty() {
+        changes.push(format!("added {}", show(&added)));
+    }
+    if !removed.is_empty() {
+        changes.push(format!("removed {}", show(&removed)));
+    }
+    out.push(format!(
+        "IPIP to {vip} on {dev} is decapsulated only from {} ({}); other outer sources are dropped",
+        show(&want),
+        if changes.is_empty() {
+            "already so".to_string()
+        } else {
+            changes.join("; ")
+        }
+    ));
+    Ok(())
+}
+
+/// The prefixes of `vip` in a `decap_sources` map, sorted.
+fn lb_sources_in(map: &MapHandle, vip: Ipv4Addr) -> Vec<Ipv4Net> {
+    let mut mine: Vec<Ipv4Net> = all_sources(map)
+        .into_iter()
+        .filter(|(v, _)| *v == vip)
+        .map(|(_, p)| p)
+        .collect();
+    mine.sort();
+    mine
+}
+
+/// Makes sure the decap program runs on `dev` (loading, attaching and pinning it if needed),
+/// that it accepts IPIP to `vip` from `lb_sources` only, and that `vip` is one of its VIPs.
+fn decap_add(
+    vip: Ipv4Addr,
+    dev: &str,
+    ifindex: u32,
+    lb_sources: &[Ipv4Net],
+    out: &mut Vec<String>,
+) -> Result<()> {
     check_bpffs_is_shared()?;
     let root = Path::new(bpffs::BPFFS_ROOT);
     let mounted_before = bpffs::is_bpffs(root);
@@ -541,6 +759,7 @@ fn decap_add(vip: Ipv4Addr, dev: &str, ifindex: u32, out: &mut Vec<String>) -> R
             }
         }
     }
+    set_sources(&dir, dev, vip, lb_sources, out)?;
     let vips = MapHandle::from_pinned_path(dir.join(VIPS_PIN))
         .map_err(bpf_err(format!("opening {}", dir.join(VIPS_PIN).display())))?;
     let key = vip.octets();
@@ -579,7 +798,11 @@ fn attach_decap(dev: &str, ifindex: u32, dir: &Path) -> Result<bool> {
         .decap_stats
         .set_pin_path(dir.join(STATS_PIN))
         .map_err(bpf_err("pin path of decap_stats"))?;
-    // libbpf pins both maps while loading.
+    open.maps
+        .decap_sources
+        .set_pin_path(dir.join(SOURCES_PIN))
+        .map_err(bpf_err("pin path of decap_sources"))?;
+    // libbpf pins the maps while loading.
     let skel = open.load().map_err(bpf_err("loading the decap program"))?;
     let prog_fd = skel.progs.xdplb_decap.as_fd().as_raw_fd();
     let (link, generic) = match bpffs::link_xdp(prog_fd, ifindex, libbpf_sys::XDP_FLAGS_DRV_MODE) {
@@ -608,24 +831,50 @@ fn attach_decap(dev: &str, ifindex: u32, dir: &Path) -> Result<bool> {
     Ok(generic)
 }
 
-/// (decapsulated, passed) packets, summed over CPUs, from the pinned `decap_stats`.
-fn decap_counts(dir: &Path) -> Option<(u64, u64)> {
+/// The decap program's counters, summed over CPUs.
+pub fn sum_stats<B: AsRef<[u8]>>(per_cpu: &[B]) -> types::decap_stats {
+    let mut sum = types::decap_stats::default();
+    for v in per_cpu {
+        let s: types::decap_stats = from_bytes(v.as_ref());
+        sum.decapsulated += s.decapsulated;
+        sum.passed += s.passed;
+        sum.dropped_source += s.dropped_source;
+        sum.dropped_ce_not_ect += s.dropped_ce_not_ect;
+    }
+    sum
+}
+
+/// The counters of the pinned `decap_stats`, summed over CPUs.
+fn decap_counts(dir: &Path) -> Option<types::decap_stats> {
     let stats = MapHandle::from_pinned_path(dir.join(STATS_PIN)).ok()?;
     let per_cpu = stats
         .lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY)
         .ok()??;
-    let mut sum = (0u64, 0u64);
-    for v in per_cpu {
-        let field = |at: usize| {
-            v.get(at..at + 8)
-                .and_then(|b| b.try_into().ok())
-                .map(u64::from_ne_bytes)
-                .unwrap_or(0)
-        };
-        sum.0 += field(0);
-        sum.1 += field(8);
+    Some(sum_stats(&per_cpu))
+}
+
+/// Removes the prefixes of `vip` from the pinned `decap_sources` in `dir` (if any).
+fn remove_sources(dir: &Path, dev: &str, vip: Ipv4Addr, out: &mut Vec<String>) -> Result<()> {
+    let path = dir.join(SOURCES_PIN);
+    if !path.exists() {
+        return Ok(());
     }
-    Some(sum)
+    let map = MapHandle::from_pinned_path(&path)
+        .map_err(bpf_err(format!("opening {}", path.display())))?;
+    let had = lb_sources_in(&map, vip);
+    for p in &had {
+        map.delete(bytes_of(&source_key(vip, *p)))
+            .map_err(bpf_err(format!(
+                "removing {p} from {SOURCES_PIN} for {vip}"
+            )))?;
+    }
+    if !had.is_empty() {
+        out.push(format!(
+            "removed the outer sources of {vip} on {dev} ({})",
+            show(&had)
+        ));
+    }
+    Ok(())
 }
 
 /// Removes `vip` from the decap program on `dev`; unpins (detaching it) when none is left.
@@ -677,6 +926,7 @@ fn decap_remove(vip: Ipv4Addr, dev: &str, out: &mut Vec<String>) -> Result<()> {
             "{vip} was not one of the decap program's VIPs on {dev}"
         ));
     }
+    remove_sources(&dir, dev, vip, out)?;
     let left = vips.keys().count();
     drop(vips);
     if left > 0 {
@@ -693,9 +943,10 @@ fn decap_remove(vip: Ipv4Addr, dev: &str, out: &mut Vec<String>) -> Result<()> {
         "no VIP left: detached the decap program from {dev} and removed {}",
         dir.display()
     );
-    if let Some((decapsulated, passed)) = counts {
+    if let Some(c) = counts {
         line.push_str(&format!(
-            " (it decapsulated {decapsulated} packets, passed {passed})"
+            " (it decapsulated {} packets, passed {}, dropped {} from other outer sources and {} CE-marked Not-ECT)",
+            c.decapsulated, c.passed, c.dropped_source, c.dropped_ce_not_ect
         ));
     }
     out.push(line);
@@ -729,6 +980,42 @@ mod tests {
             assert!(matches!(check_vip(ip), Err(SetupError::BadVip(_))), "{bad}");
         }
         assert!(check_vip(Ipv4Addr::new(10, 0, 0, 10)).is_ok());
+    }
+
+    #[test]
+    fn lb_sources_are_checked() {
+        let p = |s: &str| -> Ipv4Net { s.parse().expect("prefix") };
+        assert!(check_lb_sources(Mode::Ipip, &[p("10.0.1.1/32"), p("10.0.2.0/28")]).is_ok());
+        assert!(check_lb_sources(Mode::L2dsr, &[]).is_ok());
+        let msg = |mode, list: &[Ipv4Net]| {
+            check_lb_sources(mode, list)
+                .expect_err("refused")
+                .to_string()
+        };
+        assert!(msg(Mode::Ipip, &[]).starts_with("--mode ipip needs at least one --lb-source"));
+        assert!(msg(Mode::L2dsr, &[p("10.0.1.1/32")]).contains("applies to --mode ipip only"));
+        assert!(msg(Mode::Ipip, &[p("10.0.1.1/32"), p("0.0.0.0/0")]).contains("from anyone"));
+        assert_eq!(
+            msg(Mode::Ipip, &[p("10.0.1.1/24")]),
+            "--lb-source 10.0.1.1/24: expected a prefix without host bits (did you mean 10.0.1.0/24?)"
+        );
+    }
+
+    #[test]
+    fn source_keys_match_the_program() {
+        // The program looks up (VIP, outer source) with prefixlen 64.
+        let k = source_key(
+            Ipv4Addr::new(10, 0, 0, 10),
+            "10.0.2.16/28".parse().expect("prefix"),
+        );
+        assert_eq!(k.prefixlen, 32 + 28);
+        assert_eq!(bytes_of(&k)[4..], [10, 0, 0, 10, 10, 0, 2, 16]);
+        assert_eq!(std::mem::size_of::<types::decap_source_key>(), 12);
+        let back: types::decap_source_key = from_bytes(bytes_of(&k));
+        assert_eq!(
+            (back.prefixlen, back.vip_be, back.src_be),
+            (k.prefixlen, k.vip_be, k.src_be)
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser;
+use ipnet::Ipv4Net;
 use serde::Serialize;
 use xdplb_backend::Mode;
 
@@ -30,6 +31,12 @@ struct Args {
     #[arg(long, value_name = "IF")]
     dev: String,
 
+    /// ipip: an outer source prefix the load balancers encapsulate from (their [ipip] source,
+    /// e.g. 10.0.1.1 or 10.0.1.0/28); repeatable, at least one. IPIP to the VIP from any other
+    /// source is dropped. A setup sets the VIP's prefixes to exactly these; --undo removes them
+    #[arg(long, value_name = "PREFIX", value_parser = parse_prefix)]
+    lb_source: Vec<Ipv4Net>,
+
     /// Reverse a previous backend-setup for this VIP
     #[arg(long)]
     undo: bool,
@@ -39,7 +46,13 @@ struct Args {
     json: bool,
 }
 
-/// The `--json` document: what was asked and one line per step.
+/// An IPv4 prefix or address (a /32), without host bits.
+fn parse_prefix(s: &str) -> Result<Ipv4Net, String> {
+    xdplb_model::cidr::parse_cidr(s).map_err(|e| e.to_string())
+}
+
+/// The `--json` document: what was asked, one line per step, and (ipip) the outer sources the
+/// decap program now accepts for the VIP.
 #[derive(Debug, Serialize)]
 struct BackendSetupJson<'a> {
     vip: String,
@@ -47,6 +60,7 @@ struct BackendSetupJson<'a> {
     dev: &'a str,
     undo: bool,
     steps: &'a [String],
+    lb_sources: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -92,6 +106,7 @@ async fn run(args: &Args, out: &mut dyn Write) -> anyhow::Result<()> {
         vip,
         mode,
         dev,
+        lb_source,
         undo,
         json,
     } = args;
@@ -100,17 +115,23 @@ async fn run(args: &Args, out: &mut dyn Write) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("undoing the {mode} setup of {vip} on {dev}"))?
     } else {
-        xdplb_backend::setup(*vip, *mode, dev)
+        xdplb_backend::setup(*vip, *mode, dev, lb_source)
             .await
             .with_context(|| format!("preparing this host for {vip} by {mode} on {dev}"))?
     };
     let written = if *json {
+        let lb_sources = match mode {
+            Mode::Ipip => xdplb_backend::lb_sources(*vip, dev)
+                .context("reading the decap program's outer sources")?,
+            Mode::L2dsr => Vec::new(),
+        };
         let doc = BackendSetupJson {
             vip: vip.to_string(),
             mode: mode.as_str(),
             dev,
             undo: *undo,
             steps: &steps,
+            lb_sources: lb_sources.iter().map(Ipv4Net::to_string).collect(),
         };
         serde_json::to_writer(&mut *out, &doc)
             .map_err(io::Error::from)

@@ -147,7 +147,7 @@ fn measure_all(d: Durations) -> Result<Vec<PathResult>> {
         let vip = SocketAddrV4::new(VIP, port);
         let setup = match mode {
             // The backend prepared the project's way: VIP on lo, ARP settings, decap for IPIP.
-            "l2dsr" | "ipip" => Some(backend_setup(&b1.ns, VIP, mode, "eth0")?),
+            "l2dsr" | "ipip" => Some(backend_setup(&b1.ns, VIP, mode, "eth0", topo.snat_addr())?),
             _ => None,
         };
         lbd.ctl(&[

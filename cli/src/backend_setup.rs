@@ -17,6 +17,7 @@ pub fn args(cmd: &Command, json: bool) -> Vec<OsString> {
         vip,
         mode,
         dev,
+        lb_sources,
         undo,
     } = cmd
     else {
@@ -30,6 +31,10 @@ pub fn args(cmd: &Command, json: bool) -> Vec<OsString> {
         "--dev".into(),
         dev.into(),
     ];
+    for p in lb_sources {
+        args.push("--lb-source".into());
+        args.push(p.to_string().into());
+    }
     args.extend(undo.then(|| "--undo".into()));
     args.extend(json.then(|| "--json".into()));
     args
@@ -77,17 +82,19 @@ mod tests {
 
     #[test]
     fn flags_pass_through() {
-        for (mode, dev, undo, json, want) in [
+        for (mode, dev, sources, undo, json, want) in [
             (
                 Mode::Ipip,
                 "eth0",
+                &["10.0.1.1/32", "10.0.2.0/28"][..],
                 true,
                 true,
-                "--vip 10.0.0.10 --mode ipip --dev eth0 --undo --json",
+                "--vip 10.0.0.10 --mode ipip --dev eth0 --lb-source 10.0.1.1/32 --lb-source 10.0.2.0/28 --undo --json",
             ),
             (
                 Mode::L2dsr,
                 "eth1",
+                &[],
                 false,
                 false,
                 "--vip 10.0.0.10 --mode l2dsr --dev eth1",
@@ -97,6 +104,7 @@ mod tests {
                 vip: "10.0.0.10".parse().expect("ip"),
                 mode,
                 dev: dev.into(),
+                lb_sources: sources.iter().map(|s| s.parse().expect("prefix")).collect(),
                 undo,
             };
             let want: Vec<OsString> = want.split(' ').map(OsString::from).collect();

@@ -5,6 +5,7 @@
 
 use std::net::Ipv4Addr;
 
+use ipnet::Ipv4Net;
 use xdplb_model::firewall::Action as FwAction;
 
 use crate::backend::Backend;
@@ -39,6 +40,8 @@ pub enum Command {
         /// L2Dsr or Ipip, never Nat.
         mode: Mode,
         dev: String,
+        /// `--lb-source`: the outer sources the decap program accepts (ipip; none for l2dsr).
+        lb_sources: Vec<Ipv4Net>,
         undo: bool,
     },
     /// `top`: live rates from a stream of snapshots.
@@ -156,12 +159,54 @@ fn backend_add(args: &BackendAddArgs) -> Result<Command, ArgError> {
 }
 
 fn backend_setup(args: &BackendSetupArgs) -> Result<Command, ArgError> {
+    let vip = parse_ipv4("--vip", &args.vip)?;
+    let mode = parse_dsr_mode("--mode", &args.mode)?;
+    let dev = parse_ifname("--dev", &args.dev)?;
+    let lb_sources = args
+        .lb_source
+        .iter()
+        .map(|s| parse_lb_source(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    match (mode, lb_sources.is_empty()) {
+        (Mode::L2dsr, false) => {
+            return Err(invalid(
+                "--lb-source",
+                &args.lb_source[0],
+                "--mode ipip (L2 DSR has no tunnel whose source to check)",
+            ))
+        }
+        // --undo removes all of the VIP's prefixes: it needs none.
+        (Mode::Ipip, true) if !args.undo => {
+            return Err(invalid(
+                "--lb-source",
+                "",
+                "at least one with --mode ipip: the load balancers' [ipip] source prefixes \
+                 (e.g. 10.0.1.1 or 10.0.1.0/28); the decap program takes IPIP only from them",
+            ))
+        }
+        _ => {}
+    }
     Ok(Command::BackendSetup {
-        vip: parse_ipv4("--vip", &args.vip)?,
-        mode: parse_dsr_mode("--mode", &args.mode)?,
-        dev: parse_ifname("--dev", &args.dev)?,
+        vip,
+        mode,
+        dev,
+        lb_sources,
         undo: args.undo,
     })
+}
+
+/// An `--lb-source`: a prefix or address (a /32) without host bits, not 0.0.0.0/0.
+fn parse_lb_source(s: &str) -> Result<Ipv4Net, ArgError> {
+    match xdplb_model::cidr::parse_cidr(s) {
+        Ok(p) if p.prefix_len() == 0 => Err(invalid(
+            "--lb-source",
+            s,
+            "the load balancers' prefixes, not 0.0.0.0/0 (IPIP from anyone would bypass their \
+             firewall and rate limits)",
+        )),
+        Ok(p) => Ok(p),
+        Err(e) => Err(invalid("--lb-source", s, e.expected())),
+    }
 }
 
 #[cfg(test)]
@@ -664,9 +709,11 @@ mod tests {
                 vip: Ipv4Addr::new(10, 0, 0, 10),
                 mode: Dsr::L2dsr,
                 dev: "eth0".into(),
+                lb_sources: vec![],
                 undo: false,
             }
         );
+        // --undo needs no --lb-source (it removes all of the VIP's).
         assert_eq!(
             cmd(&words(
                 "backend-setup --undo --dev ens3f0.100 --mode IpIp --vip 10.0.0.10"
@@ -675,11 +722,78 @@ mod tests {
                 vip: Ipv4Addr::new(10, 0, 0, 10),
                 mode: Dsr::Ipip,
                 dev: "ens3f0.100".into(),
+                lb_sources: vec![],
                 undo: true,
             }
         );
+        // A bare address is a /32; repeatable.
+        assert_eq!(
+            cmd(&words(
+                "backend-setup --vip 10.0.0.10 --mode ipip --dev eth0 --lb-source 10.0.1.1 --lb-source 10.0.2.0/28"
+            )),
+            Command::BackendSetup {
+                vip: Ipv4Addr::new(10, 0, 0, 10),
+                mode: Dsr::Ipip,
+                dev: "eth0".into(),
+                lb_sources: vec![
+                    "10.0.1.1/32".parse().expect("prefix"),
+                    "10.0.2.0/28".parse().expect("prefix")
+                ],
+                undo: false,
+            }
+        );
+        let ipip = |extra: &[&'static str]| {
+            let mut argv = words("backend-setup --vip 10.0.0.10 --mode ipip --dev eth0");
+            argv.extend_from_slice(extra);
+            err(&argv)
+        };
+        assert_eq!(
+            ipip(&[]),
+            "invalid --lb-source '': expected at least one with --mode ipip: the load balancers' \
+             [ipip] source prefixes (e.g. 10.0.1.1 or 10.0.1.0/28); the decap program takes IPIP \
+             only from them"
+        );
+        for (bad, want) in [
+            (
+                "10.0.1.1/24",
+                "invalid --lb-source '10.0.1.1/24': expected a prefix without host bits set (did you mean 10.0.1.0/24?)",
+            ),
+            (
+                "10.0.1",
+                "invalid --lb-source '10.0.1': expected an IPv4 prefix A.B.C.D/LEN or an address A.B.C.D",
+            ),
+            (
+                "10.0.1.0/33",
+                "invalid --lb-source '10.0.1.0/33': expected an IPv4 prefix with a length of 0..32",
+            ),
+            (
+                "0.0.0.0/0",
+                "invalid --lb-source '0.0.0.0/0': expected the load balancers' prefixes, not \
+                 0.0.0.0/0 (IPIP from anyone would bypass their firewall and rate limits)",
+            ),
+        ] {
+            // One bad prefix among good ones is enough to refuse the command.
+            assert_eq!(ipip(&["--lb-source", "10.0.9.1", "--lb-source", bad]), want, "{bad}");
+        }
+        assert_eq!(
+            err(&words(
+                "backend-setup --vip 10.0.0.10 --mode l2dsr --dev eth0 --lb-source 10.0.1.1"
+            )),
+            "invalid --lb-source '10.0.1.1': expected --mode ipip (L2 DSR has no tunnel whose \
+             source to check)"
+        );
         let base = |vip: &'static str, mode: &'static str, dev: &'static str| {
-            err(&["backend-setup", "--vip", vip, "--mode", mode, "--dev", dev])
+            err(&[
+                "backend-setup",
+                "--vip",
+                vip,
+                "--mode",
+                mode,
+                "--dev",
+                dev,
+                "--lb-source",
+                "10.0.1.1",
+            ])
         };
         for (vip, mode, want) in [
             (

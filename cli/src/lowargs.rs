@@ -29,8 +29,11 @@ Runs on the backend itself and needs no lbd (root: sysctls, addresses, BPF). lbc
 xdplb-backend-setup for it (next to lbctl, else on PATH), which takes the same flags.
 Examples:
   lbctl backend-setup --vip 10.0.0.10 --mode l2dsr --dev eth0
-  lbctl backend-setup --vip 10.0.0.10 --mode ipip --dev eth0
-  lbctl backend-setup --vip 10.0.0.10 --mode ipip --dev eth0 --undo";
+  lbctl backend-setup --vip 10.0.0.10 --mode ipip --dev eth0 --lb-source 10.0.1.1
+  lbctl backend-setup --vip 10.0.0.10 --mode ipip --dev eth0 --lb-source 10.0.1.0/28 --lb-source 10.0.3.1
+  lbctl backend-setup --vip 10.0.0.10 --mode ipip --dev eth0 --undo
+(--lb-source: the balancers' [ipip] source, by default their snat_address; IPIP to the VIP from
+any other outer source is dropped, since it would bypass the balancers' firewall and rate limits)";
 
 const BACKEND_DRAIN_EXAMPLES: &str = "\
 Examples:
@@ -245,7 +248,7 @@ pub struct VipSetModeArgs {
     pub mode: String,
 }
 
-/// `backend-setup --vip ADDR --mode M --dev IF [--undo]`
+/// `backend-setup --vip ADDR --mode M --dev IF [--lb-source PREFIX]... [--undo]`
 #[derive(Debug, Args)]
 pub struct BackendSetupArgs {
     /// The VIP this host serves (an address, no port), e.g. 10.0.0.10
@@ -259,6 +262,12 @@ pub struct BackendSetupArgs {
     /// The interface the VIP's traffic arrives on (ipip: where the decap program goes)
     #[arg(long, value_name = "IF")]
     pub dev: String,
+
+    /// ipip: an outer source prefix the load balancers encapsulate from (their [ipip] source,
+    /// e.g. 10.0.1.1 or 10.0.1.0/28); repeatable, at least one. IPIP to the VIP from any other
+    /// source is dropped. A setup sets the VIP's prefixes to exactly these; --undo removes them
+    #[arg(long, value_name = "PREFIX")]
+    pub lb_source: Vec<String>,
 
     /// Reverse a previous backend-setup for this VIP
     #[arg(long)]

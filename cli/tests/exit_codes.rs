@@ -140,7 +140,7 @@ fn backend_setup_runs_the_binary_next_to_lbctl() {
                     "--mode",
                     "IPIP",
                 ])
-                .args(["--dev", "eth0", "--undo"])
+                .args(["--dev", "eth0", "--lb-source", "10.0.1.1", "--undo"])
                 .env("PATH", path)
                 .output();
             match out {
@@ -156,7 +156,7 @@ fn backend_setup_runs_the_binary_next_to_lbctl() {
     assert_eq!(out.status.code(), Some(7), "{out:?}");
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "--vip 10.0.0.10 --mode ipip --dev eth0 --undo --json\n"
+        "--vip 10.0.0.10 --mode ipip --dev eth0 --lb-source 10.0.1.1/32 --undo --json\n"
     );
     assert_eq!(stderr(&out), "oops\n");
 
@@ -187,5 +187,22 @@ fn backend_setup_runs_the_binary_next_to_lbctl() {
     assert_eq!(
         stderr(&out),
         "lbctl: invalid --mode 'nat': expected l2dsr or ipip (a NAT backend needs no preparation)\n"
+    );
+    // ipip without --lb-source would take IPIP from anyone: refused, naming the flag.
+    let out = lbctl(&[
+        "backend-setup",
+        "--vip",
+        "10.0.0.10",
+        "--mode",
+        "ipip",
+        "--dev",
+        "eth0",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        stderr(&out)
+            .starts_with("lbctl: invalid --lb-source '': expected at least one with --mode ipip"),
+        "{}",
+        stderr(&out)
     );
 }

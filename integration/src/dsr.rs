@@ -232,9 +232,17 @@ pub struct BackendSetup {
     armed: bool,
 }
 
-/// Runs `lbctl backend-setup --vip VIP --mode MODE --dev DEV` in `ns`; it must succeed.
-pub fn backend_setup(ns: &NetNs, vip: Ipv4Addr, mode: &str, dev: &str) -> Result<BackendSetup> {
-    let args: Vec<String> = [
+/// Runs `lbctl backend-setup --vip VIP --mode MODE --dev DEV` in `ns` (for `ipip` with
+/// `--lb-source LB`: `lb` is the balancer's IPIP source, its `snat_address` in the tests'
+/// configurations); it must succeed.
+pub fn backend_setup(
+    ns: &NetNs,
+    vip: Ipv4Addr,
+    mode: &str,
+    dev: &str,
+    lb: Ipv4Addr,
+) -> Result<BackendSetup> {
+    let mut args: Vec<String> = [
         "backend-setup",
         "--vip",
         &vip.to_string(),
@@ -246,6 +254,9 @@ pub fn backend_setup(ns: &NetNs, vip: Ipv4Addr, mode: &str, dev: &str) -> Result
     .iter()
     .map(|s| s.to_string())
     .collect();
+    if mode == "ipip" {
+        args.extend(["--lb-source".to_string(), lb.to_string()]);
+    }
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let output = lbctl_ok_at(&ns.path(), ns.name(), &argv)?;
     Ok(BackendSetup {
@@ -284,6 +295,24 @@ impl Drop for BackendSetup {
             }
         }
     }
+}
+
+/// Sends the IP packet `inner` from inside `ns` to `to`, IPIP-encapsulated by the kernel (a raw
+/// IPPROTO_IPIP socket: the outer header is the namespace's own, from its address towards
+/// `to`): what any host that can reach a backend could send it.
+pub fn send_ipip(ns: &NetNs, to: Ipv4Addr, inner: &[u8]) -> Result<()> {
+    ns.run(|| -> Result<()> {
+        let sock = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::RAW,
+            Some(socket2::Protocol::from(libc::IPPROTO_IPIP)),
+        )
+        .context("raw IPIP socket (needs root)")?;
+        let dst = socket2::SockAddr::from(SocketAddrV4::new(to, 0));
+        sock.send_to(inner, &dst)
+            .with_context(|| format!("sending IPIP to {to} from {}", ns.name()))?;
+        Ok(())
+    })?
 }
 
 // ---------------------------------------------------------------------------------------
@@ -491,7 +520,13 @@ impl ModeTopology {
                 other => bail!("unknown mode {other:?}: nat, l2dsr or ipip"),
             };
             if mode != "nat" {
-                setups.push(backend_setup(&b.ns, crate::VIP, mode, &dev)?);
+                setups.push(backend_setup(
+                    &b.ns,
+                    crate::VIP,
+                    mode,
+                    &dev,
+                    topo.snat_addr(),
+                )?);
             }
             devs.push(dev);
         }

@@ -8,8 +8,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
 use xdplb_integration::dsr::{
-    backend_setup, decap_pin_dir, lbctl_in, link_packets, BackendSetup, CtlOutput, LbCounters,
-    LineServer, RoutedTopology,
+    backend_setup, decap_pin_dir, lbctl_in, link_packets, send_ipip, BackendSetup, CtlOutput,
+    LbCounters, LineServer, RoutedTopology,
 };
 use xdplb_integration::{
     all_ok, count_by_name, tcp_connect, tcp_exchange, tcp_name_server, tcp_requests,
@@ -34,7 +34,10 @@ fn any_port(port: u16) -> SocketAddrV4 {
     SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)
 }
 
-/// `lbctl backend-setup --vip <vip> --mode ipip --dev eth0 <extra>...`.
+/// The balancer `backend_setup_and_undo_leave_nothing` prepares its hosts for (no lbd runs).
+const SOME_LB: Ipv4Addr = Ipv4Addr::new(10, 200, 99, 1);
+
+/// `lbctl backend-setup --vip <vip> --mode ipip --dev eth0 --lb-source 10.200.99.1 <extra>...`.
 fn ipip_setup_args<'a>(vip: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let base = [
         "backend-setup",
@@ -44,6 +47,8 @@ fn ipip_setup_args<'a>(vip: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
         "ipip",
         "--dev",
         "eth0",
+        "--lb-source",
+        "10.200.99.1",
     ];
     [&base[..], extra].concat()
 }
@@ -51,6 +56,17 @@ fn ipip_setup_args<'a>(vip: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
 /// [`ipip_setup_args`] run in `ns` by [`lbctl_in`].
 fn ipip_setup(ns: &NetNs, vip: &str, extra: &[&str]) -> anyhow::Result<CtlOutput> {
     lbctl_in(ns, &ipip_setup_args(vip, extra))
+}
+
+/// The number after the first `word` in what the last `--undo` of a VIP printed ("... (it
+/// decapsulated N packets, passed N, dropped N from other outer sources and N ...)").
+fn undo_count(undone: &str, word: &str) -> u64 {
+    undone
+        .split(&format!("{word} "))
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("undo should report the decap counters ({word}):\n{undone}"))
 }
 
 fn tcp_batch(client: &NetNs, count: usize) -> Vec<Reply> {
@@ -109,7 +125,10 @@ fn l2dsr_on_the_lb_segment() {
     let setups: Vec<BackendSetup> = topo
         .backends()
         .iter()
-        .map(|b| backend_setup(&b.ns, VIP, "l2dsr", "eth0").expect("lbctl backend-setup"))
+        .map(|b| {
+            backend_setup(&b.ns, VIP, "l2dsr", "eth0", topo.snat_addr())
+                .expect("lbctl backend-setup")
+        })
         .collect();
     for s in &setups {
         assert!(
@@ -218,7 +237,8 @@ fn l2dsr_on_the_lb_segment() {
 #[test]
 fn ipip_to_a_backend_behind_a_router() {
     let topo = RoutedTopology::build().expect("topology");
-    let setup = backend_setup(topo.backend(), VIP, "ipip", "eth0").expect("lbctl backend-setup");
+    let setup = backend_setup(topo.backend(), VIP, "ipip", "eth0", RoutedTopology::LB_ADDR)
+        .expect("lbctl backend-setup");
     for want in [
         "attached the IPIP decap program to eth0",
         "added to the decap program's VIPs on eth0",
@@ -267,12 +287,7 @@ fn ipip_to_a_backend_behind_a_router() {
     drop(server);
     drop(lbd);
     let undone = setup.undo().expect("lbctl backend-setup --undo");
-    let decapsulated: u64 = undone
-        .split("decapsulated ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("undo should report the decap counters:\n{undone}"));
+    let decapsulated = undo_count(&undone, "decapsulated");
     assert!(
         decapsulated >= d.reason("tx_ipip"),
         "the decap program decapsulated {decapsulated} packets, the LB encapsulated {}",
@@ -281,13 +296,118 @@ fn ipip_to_a_backend_behind_a_router() {
     assert!(!decap_pin_dir("eth0").exists(), "undo left pins behind");
 }
 
+/// Where the forged packets of [`ipip_from_another_host_is_not_delivered`] claim to come from.
+const FORGED: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
+
+/// A UDP datagram FORGED:`port` -> VIP:PORT (checksums right), as an IP packet.
+fn forged_datagram(port: u16) -> Vec<u8> {
+    use xdplb_testkit::packet::Packet;
+    Packet::udp(
+        [2, 0, 0, 0, 0, 1],
+        [2, 0, 0, 0, 0, 2],
+        SocketAddrV4::new(FORGED, port),
+        vip(),
+    )
+    .with_payload(b"forged\n")
+    .ip_bytes()
+}
+
+/// IPIP to the VIP from a host other than the balancer (the client's namespace, which reaches
+/// the backend through the router, never through the LB) is dropped by the decap program: the
+/// backend's server never sees it. The same packet sent from the balancer's address (its `[ipip]
+/// source`, the backend's `--lb-source`) is delivered, and so is the clients' real traffic
+/// through the balancer.
+#[test]
+fn ipip_from_another_host_is_not_delivered() {
+    let topo = RoutedTopology::build().expect("topology");
+    let setup = backend_setup(topo.backend(), VIP, "ipip", "eth0", RoutedTopology::LB_ADDR)
+        .expect("lbctl backend-setup");
+    assert!(
+        setup
+            .output
+            .contains("IPIP to 10.200.100.1 on eth0 is decapsulated only from 10.200.60.1/32"),
+        "{}",
+        setup.output
+    );
+    // Bound to the VIP (on lo), so that its answers come from the VIP.
+    let server = udp_name_server(topo.backend(), vip(), "b1").expect("server");
+    let lbd = Lbd::start(topo.lb(), &topo.lbd_config()).expect("lbd starts");
+    lbd.add_vip_with(vip(), Proto::Udp, &["--mode", "ipip"])
+        .expect("lbctl vip add --mode ipip");
+    let backend = SocketAddrV4::new(RoutedTopology::BACKEND_ADDR, PORT);
+    lbd.add_backend(vip(), Proto::Udp, backend)
+        .expect("lbctl add-backend");
+    // The other host goes to the backend's subnet through the router, not through the LB.
+    topo.client()
+        .ip(&["route", "add", "10.200.61.0/24", "via", "10.200.60.254"])
+        .expect("route");
+
+    const FORGERIES: u16 = 5;
+    for i in 0..FORGERIES {
+        send_ipip(
+            topo.client(),
+            RoutedTopology::BACKEND_ADDR,
+            &forged_datagram(7100 + i),
+        )
+        .expect("IPIP from the client's namespace");
+        send_ipip(
+            topo.lb(),
+            RoutedTopology::BACKEND_ADDR,
+            &forged_datagram(7200 + i),
+        )
+        .expect("IPIP from the balancer's namespace");
+    }
+    let results =
+        udp_requests(topo.client(), None, vip(), 20, TIMEOUT, 3, BATCH_LIMIT).expect("client runs");
+    let replies = all_ok(results, 20);
+    assert!(replies.iter().all(|r| r.name == "b1"), "{replies:?}");
+    assert_real_client(&replies);
+
+    // The balancer's forgeries arrive (bounded wait), the other host's never.
+    let from_lb = |server: &ServerHandle| {
+        server
+            .peers()
+            .iter()
+            .filter(|p| p.ip() == FORGED && (7200..7200 + FORGERIES).contains(&p.port()))
+            .count()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while from_lb(&server) < usize::from(FORGERIES) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let peers = server.peers();
+    assert_eq!(
+        from_lb(&server),
+        usize::from(FORGERIES),
+        "IPIP from the balancer's address did not all arrive: {peers:?}"
+    );
+    let strays: Vec<_> = peers
+        .iter()
+        .filter(|p| p.ip() == FORGED && (7100..7100 + FORGERIES).contains(&p.port()))
+        .collect();
+    assert!(
+        strays.is_empty(),
+        "IPIP from a host other than the balancer reached the server: {strays:?}"
+    );
+
+    drop(server);
+    drop(lbd);
+    let undone = setup.undo().expect("lbctl backend-setup --undo");
+    let dropped = undo_count(&undone, "dropped");
+    assert!(
+        dropped >= u64::from(FORGERIES),
+        "the decap program dropped {dropped} packets from other outer sources, expected at least {FORGERIES}"
+    );
+}
+
 /// A VIP switched from nat to ipip under an open connection: that connection goes on in NAT (the
 /// backend keeps seeing the SNAT address on it), new connections go by IPIP (the backend sees
 /// the client). The same backend server (0.0.0.0:80) answers both.
 #[test]
 fn nat_to_ipip_switch_keeps_open_connection() {
     let topo = RoutedTopology::build().expect("topology");
-    let setup = backend_setup(topo.backend(), VIP, "ipip", "eth0").expect("lbctl backend-setup");
+    let setup = backend_setup(topo.backend(), VIP, "ipip", "eth0", RoutedTopology::LB_ADDR)
+        .expect("lbctl backend-setup");
     let server = LineServer::start(topo.backend(), any_port(PORT), "b1").expect("server");
     let lbd = Lbd::start(topo.lb(), &topo.lbd_config()).expect("lbd starts");
     lbd.add_vip(vip(), Proto::Tcp).expect("lbctl vip add (nat)");
@@ -424,11 +544,19 @@ fn backend_setup_and_undo_leave_nothing() {
             .contains("xdp")
     };
 
-    let first = backend_setup(&host, VIP, "ipip", "eth0").expect("setup");
+    let first = backend_setup(&host, VIP, "ipip", "eth0", SOME_LB).expect("setup");
     assert!(
         pins.join("link").exists()
             && pins.join("decap_vips").exists()
             && pins.join("decap_stats").exists()
+            && pins.join("decap_sources").exists()
+    );
+    assert!(
+        first.output.contains(
+            "IPIP to 10.200.100.1 on eth0 is decapsulated only from 10.200.99.1/32 (added 10.200.99.1/32)"
+        ),
+        "{}",
+        first.output
     );
     assert!(has_xdp(&host), "no XDP program on eth0");
     assert!(lo_addrs(&host).contains("10.200.100.1/32"));
@@ -446,12 +574,13 @@ fn backend_setup_and_undo_leave_nothing() {
     assert_eq!(got.trim(), "2");
 
     // Again: nothing changes, and it says so.
-    let mut again = backend_setup(&host, VIP, "ipip", "eth0").expect("setup again");
+    let mut again = backend_setup(&host, VIP, "ipip", "eth0", SOME_LB).expect("setup again");
     for want in [
         "is already attached to eth0",
         "is already one of",
         "is already on lo",
         "is already 1",
+        "only from 10.200.99.1/32 (already so)",
     ] {
         assert!(
             again.output.contains(want),
@@ -463,8 +592,64 @@ fn backend_setup_and_undo_leave_nothing() {
     // The first guard undoes this VIP.
     again.disarm();
 
+    // A setup makes the VIP's prefixes exactly those given, and --json shows them.
+    let out = ipip_setup(
+        &host,
+        "10.200.100.1",
+        &["--lb-source", "10.200.98.0/28", "--json"],
+    )
+    .expect("lbctl runs");
+    assert!(out.success(), "{out:?}");
+    let doc: serde_json::Value = serde_json::from_str(&out.stdout).expect("one JSON document");
+    assert_eq!(
+        doc["lb_sources"],
+        serde_json::json!(["10.200.98.0/28", "10.200.99.1/32"]),
+        "{doc}"
+    );
+    let out = ipip_setup(&host, "10.200.100.1", &[]).expect("lbctl runs");
+    assert!(
+        out.stdout
+            .contains("only from 10.200.99.1/32 (removed 10.200.98.0/28)"),
+        "{out:?}"
+    );
+    // Refused before anything runs: no --lb-source, a bad one; nothing changes.
+    let bare = [
+        "backend-setup",
+        "--vip",
+        "10.200.100.1",
+        "--mode",
+        "ipip",
+        "--dev",
+        "eth0",
+    ];
+    for (extra, want) in [
+        (
+            &[][..],
+            "invalid --lb-source '': expected at least one with --mode ipip",
+        ),
+        (
+            &["--lb-source", "10.200.98.1/28"][..],
+            "invalid --lb-source '10.200.98.1/28'",
+        ),
+        (
+            &["--lb-source", "0.0.0.0/0"][..],
+            "invalid --lb-source '0.0.0.0/0'",
+        ),
+    ] {
+        let out = lbctl_in(&host, &[&bare[..], extra].concat()).expect("lbctl runs");
+        assert_eq!(out.code, Some(2), "{out:?}");
+        assert!(out.stderr.contains(want), "{want}: {out:?}");
+    }
+    let out = ipip_setup(&host, "10.200.100.1", &["--json"]).expect("lbctl runs");
+    let doc: serde_json::Value = serde_json::from_str(&out.stdout).expect("one JSON document");
+    assert_eq!(
+        doc["lb_sources"],
+        serde_json::json!(["10.200.99.1/32"]),
+        "{doc}"
+    );
+
     // A second VIP shares the program.
-    let second = backend_setup(&host, vip2, "ipip", "eth0").expect("second VIP");
+    let second = backend_setup(&host, vip2, "ipip", "eth0", SOME_LB).expect("second VIP");
     assert!(second.output.contains("(2 in all)"), "{}", second.output);
 
     // Another namespace's eth0 may not take over these pins.
@@ -522,7 +707,7 @@ fn backend_setup_and_undo_leave_nothing() {
     assert!(out.stdout.contains("no decap program is pinned"), "{out:?}");
 
     // L2 DSR: only the VIP on lo, no pins; undo removes it.
-    let l2 = backend_setup(&host, VIP, "l2dsr", "eth0").expect("l2dsr setup");
+    let l2 = backend_setup(&host, VIP, "l2dsr", "eth0", SOME_LB).expect("l2dsr setup");
     assert!(!pins.exists(), "l2dsr made pins");
     assert!(lo_addrs(&host).contains("10.200.100.1/32"));
     l2.undo().expect("l2dsr undo");

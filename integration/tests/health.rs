@@ -327,7 +327,8 @@ fn ipip_tcp_check_takes_a_dead_backend_out_and_back() {
 #[test]
 fn ipip_check_behind_a_router_with_drop() {
     let topo = RoutedTopology::build().expect("topology");
-    let setup = backend_setup(topo.backend(), VIP, "ipip", "eth0").expect("lbctl backend-setup");
+    let setup = backend_setup(topo.backend(), VIP, "ipip", "eth0", RoutedTopology::LB_ADDR)
+        .expect("lbctl backend-setup");
     let any80 = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 80);
     let server = tcp_name_server(topo.backend(), any80, "b1").expect("server");
     let be = SocketAddrV4::new(RoutedTopology::BACKEND_ADDR, 80);

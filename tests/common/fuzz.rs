@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use anyhow::{bail, ensure, Result};
+use ipnet::Ipv4Net;
 
 use super::lab::*;
 use xdplb_testkit::packet::*;
@@ -852,61 +853,179 @@ fn check_inner_routed(input: &[u8], inner: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Checks one run of the `decap` program: always XDP_PASS; the frame either untouched or the
-/// same frame without its 20-byte outer header (L2 header kept, inner packet byte for byte).
-pub fn check_decap(input: &[u8], run: &Run) -> Result<()> {
+/// What the decap program is configured with: its VIPs and each VIP's allowed outer source
+/// prefixes (`backend-setup --lb-source`).
+#[derive(Debug, Clone)]
+pub struct DecapWorld {
+    pub vips: Vec<Ipv4Addr>,
+    pub sources: Vec<(Ipv4Addr, Ipv4Net)>,
+}
+
+impl DecapWorld {
+    /// Whether IPIP to `vip` from the outer source `src` is to be decapsulated.
+    pub fn allows(&self, vip: Ipv4Addr, src: Ipv4Addr) -> bool {
+        self.sources
+            .iter()
+            .any(|(v, p)| *v == vip && p.contains(&src))
+    }
+
+    /// An outer source for IPIP to `vip`: half the time one `vip` allows (a prefix's ends, or
+    /// any address in it), else one of [`DecapWorld::outer_sources`].
+    fn outer_source(&self, rng: &mut Rng, vip: Ipv4Addr) -> Ipv4Addr {
+        let mine: Vec<Ipv4Net> = self
+            .sources
+            .iter()
+            .filter(|(v, _)| *v == vip)
+            .map(|(_, p)| *p)
+            .collect();
+        if mine.is_empty() || rng.chance(50) {
+            return rng.pick(&self.outer_sources());
+        }
+        let p = rng.pick(&mine);
+        let (first, last) = (u32::from(p.network()), u32::from(p.broadcast()));
+        let span = u64::from(last - first) + 1;
+        Ipv4Addr::from(first + (rng.next_u64() % span) as u32)
+    }
+
+    /// Outer sources for the generator: allowed ones (each prefix's ends among them), the
+    /// addresses just outside each prefix, and strangers.
+    fn outer_sources(&self) -> Vec<Ipv4Addr> {
+        let mut v = vec![LB_ADDR, Ipv4Addr::new(10, 66, 0, 1), CLIENT];
+        for (_, p) in &self.sources {
+            let (first, last) = (u32::from(p.network()), u32::from(p.broadcast()));
+            v.extend(
+                [first, last, first.wrapping_sub(1), last.wrapping_add(1)].map(Ipv4Addr::from),
+            );
+        }
+        v
+    }
+}
+
+/// The IPIP frame the decap program takes apart, as it parses it: (l3, inner l3, inner VIP,
+/// outer source), or None when the program must leave the frame alone.
+fn decap_target(world: &DecapWorld, f: &[u8]) -> Option<(usize, usize, Ipv4Addr, Ipv4Addr)> {
+    let l3 = l3_offset(f)?;
+    let inner = l3 + 20;
+    if f.len() < inner + 20 {
+        return None;
+    }
+    let tot = usize::from(get_be16(f, l3 + 2));
+    let frag = get_be16(f, l3 + 6);
+    let outer_ok = f[l3] == 0x45 && f[l3 + 9] == IPPROTO_IPIP && frag & (IP_MF | 0x1fff) == 0;
+    let vip = ip4(f, inner + 16);
+    if !outer_ok || l3 + tot > f.len() || f[inner] >> 4 != 4 || !world.vips.contains(&vip) {
+        return None;
+    }
+    Some((l3, inner, vip, ip4(f, l3 + 12)))
+}
+
+/// Whether the IPv4 header at `l3` is whole (IHL 5..15 within the frame) and its checksum right.
+fn ip_checksum_ok(f: &[u8], l3: usize) -> bool {
+    let ihl = usize::from(f[l3] & 0x0f) * 4;
+    ihl >= 20 && l3 + ihl <= f.len() && internet_checksum(&f[l3..l3 + ihl]) == 0
+}
+
+/// Checks one run of the `decap` program against `world`: XDP_PASS or XDP_DROP only; IPIP to a
+/// VIP is decapsulated only from an allowed outer source (and always from one), otherwise
+/// dropped; the ECN field merged per RFC 6040 (outer CE on a Not-ECT inner: dropped); the
+/// decapsulated frame is the input without its 20-byte outer header (L2 header kept, inner
+/// packet byte for byte but its ECN bits, its IPv4 checksum then right if it was right before
+/// and wrong if it was wrong); everything else passes untouched.
+pub fn check_decap(world: &DecapWorld, input: &[u8], run: &Run) -> Result<()> {
     ensure!(
-        run.action == XDP_PASS,
+        run.action == XDP_PASS || run.action == XDP_DROP,
         "decap verdict {}",
         action_name(run.action)
     );
-    if run.out == input {
+    let Some((l3, inner, vip, src)) = decap_target(world, input) else {
+        ensure!(
+            run.action == XDP_PASS && run.out == input,
+            "decap did not leave alone a frame that is not IPIP to a VIP: {} {}",
+            action_name(run.action),
+            diff(&run.out, input)
+        );
+        return Ok(());
+    };
+    if !world.allows(vip, src) {
+        ensure!(
+            run.action == XDP_DROP,
+            "IPIP to {vip} from {src}, not an allowed outer source, was not dropped: {}{}",
+            action_name(run.action),
+            if run.out == input {
+                " untouched"
+            } else {
+                ", decapsulated"
+            }
+        );
         return Ok(());
     }
-    let l3 = l3_offset(input).unwrap_or(14);
-    let mut want = input[..l3].to_vec();
+    let (outer_ecn, inner_ecn) = (input[l3 + 1] & 3, input[inner + 1] & 3);
+    let Some(ecn) = super::decap::rfc6040_decap(outer_ecn, inner_ecn) else {
+        ensure!(
+            run.action == XDP_DROP,
+            "outer CE on a Not-ECT inner packet must be dropped (RFC 6040), got {}",
+            action_name(run.action)
+        );
+        return Ok(());
+    };
     ensure!(
-        input.len() >= l3 + 40,
-        "decapsulated a frame too short for two headers"
+        run.action == XDP_PASS,
+        "IPIP to {vip} from the allowed {src} (ECN outer {outer_ecn} inner {inner_ecn}) was dropped"
     );
-    want.extend_from_slice(&input[l3 + 20..]);
+    let mut want = input[..l3].to_vec();
+    want.extend_from_slice(&input[inner..]);
+    want[l3 + 1] = (want[l3 + 1] & !3) | ecn;
+    let check_was_ok = ip_checksum_ok(input, inner);
+    if check_was_ok {
+        set_be16(&mut want, l3 + 10, 0);
+        let ihl = usize::from(want[l3] & 0x0f) * 4;
+        let check = internet_checksum(&want[l3..l3 + ihl]);
+        set_be16(&mut want, l3 + 10, check);
+    } else if run.out.len() == want.len() {
+        // Not the program's to repair: only the checksum bytes may differ, and stay wrong.
+        want[l3 + 10..l3 + 12].copy_from_slice(&run.out[l3 + 10..l3 + 12]);
+        ensure!(
+            !ip_checksum_ok(&run.out, l3),
+            "a wrong inner IPv4 checksum became right"
+        );
+    }
     let d = diff(&run.out, &want);
     ensure!(
         d.is_empty(),
-        "decap output is neither the input nor its inner packet: {d}"
-    );
-    let tot = usize::from(get_be16(input, l3 + 2));
-    ensure!(
-        input[l3 + 9] == IPPROTO_IPIP && l3 + tot <= input.len(),
-        "decapsulated a non-IPIP frame"
+        "decap output is not the inner packet with ECN {ecn} (outer {outer_ecn}, inner {inner_ecn}): {d}"
     );
     Ok(())
 }
 
-/// Random and mutated IPIP frames for the decap program (inner garbage included); `vip` is the
-/// address the decap program serves.
-pub fn ipip_case(rng: &mut Rng, vip: Ipv4Addr) -> Vec<u8> {
+/// Random and mutated IPIP frames for the decap program (inner garbage included, random TOS
+/// bytes inside and out), to `world`'s VIPs and others, from allowed outer sources and others.
+pub fn ipip_case(rng: &mut Rng, world: &DecapWorld) -> Vec<u8> {
+    let mut to = world.vips.clone();
+    to.push(Ipv4Addr::new(10, 9, 9, 99));
+    let vip = rng.pick(&to);
     let inner = match rng.below(4) {
         0 => {
             let n = rng.below(100);
-            Packet::tcp(
+            let mut p = Packet::tcp(
                 CLIENT_MAC,
                 VETH0_MAC,
                 SocketAddrV4::new(CLIENT, 40000),
                 SocketAddrV4::new(vip, 80),
                 TCP_SYN,
             )
-            .with_payload(&rng.bytes(n))
-            .ip_bytes()
+            .with_payload(&rng.bytes(n));
+            p.tos = rng.byte();
+            p.ip_bytes()
         }
         1 => {
-            let mut ip = Packet::udp(
+            let mut p = Packet::udp(
                 CLIENT_MAC,
                 VETH0_MAC,
                 SocketAddrV4::new(CLIENT, 40000),
                 SocketAddrV4::new(vip, 53),
-            )
-            .ip_bytes();
+            );
+            p.tos = rng.byte();
+            let mut ip = p.ip_bytes();
             let i = rng.below(ip.len());
             ip[i] = rng.byte();
             ip
@@ -923,12 +1042,12 @@ pub fn ipip_case(rng: &mut Rng, vip: Ipv4Addr) -> Vec<u8> {
         _ => Vec::new(),
     };
     let outer = Ipv4Header {
-        tos: 0,
+        tos: rng.byte(),
         id: 0,
-        frag: rng.pick(&[0, IP_DF, IP_MF, 1]),
+        frag: rng.pick(&[0, IP_DF, 0, IP_DF, IP_MF, 1]),
         ttl: 64,
         proto: rng.pick(&[IPPROTO_IPIP, IPPROTO_IPIP, IPPROTO_IPIP, IPPROTO_TCP]),
-        src: LB_ADDR,
+        src: world.outer_source(rng, vip),
         dst: BACKEND1,
     };
     let vlans: Vec<(u16, u16)> = match rng.below(4) {
@@ -938,7 +1057,7 @@ pub fn ipip_case(rng: &mut Rng, vip: Ipv4Addr) -> Vec<u8> {
     };
     let mut f = ipip_frame(&BACKEND1_MAC, &VETH0_MAC, &vlans, &outer, &inner);
     let l3 = 14 + 4 * vlans.len();
-    match rng.below(5) {
+    match rng.below(8) {
         0 => {
             let cut = rng.below(f.len());
             f.truncate(cut);

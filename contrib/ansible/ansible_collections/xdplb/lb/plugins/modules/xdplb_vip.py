@@ -40,7 +40,8 @@ options:
   mode:
     description:
       - Forwarding mode. C(nat) is full NAT; C(l2dsr) and C(ipip) are direct server return
-        (prepare the backends with C(lbctl backend-setup)).
+        (prepare the backends with C(lbctl backend-setup); for C(ipip) with C(--lb-source) set to
+        the balancers' C([ipip] source), from which alone the backends then accept IPIP).
       - When left out, a new VIP gets C(nat) and an existing VIP keeps its mode.
     type: str
     choices: [nat, l2dsr, ipip]
