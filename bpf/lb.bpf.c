@@ -123,8 +123,9 @@ static __always_inline int send_nat(struct xdp_md *ctx, struct packet *pkt, int 
  *
  * L2 DSR: only the MAC addresses and the TTL change; too big -> dropped.
  * IPIP: the inner TTL one down, then an outer header to the backend; too big
- * once encapsulated -> ICMP "fragmentation needed" (DF, never about an ICMP
- * packet) or drop. NAT: send_nat().
+ * once encapsulated -> with DF, ICMP "fragmentation needed" (never about an
+ * ICMP packet) or drop; without DF, encapsulated and passed to the kernel,
+ * which fragments the outer packet. NAT: send_nat().
  */
 static __always_inline int send_fwd(struct xdp_md *ctx, struct packet *pkt, const struct flow4 *ct,
 				    int action, const struct nexthop_answer *a, enum lb_reason ok_reason)
@@ -142,20 +143,26 @@ static __always_inline int send_fwd(struct xdp_md *ctx, struct packet *pkt, cons
 		return dsr_verdict(pkt, nexthop_send(ctx, pkt, a, ok_reason));
 	}
 	if (ct->mode == LB_MODE_IPIP) {
+		bool too_big = action == LB_NEXTHOP_FRAG_NEEDED;
+
 		if ((void *)(ip + 1) > pkt->data_end)
 			return verdict(pkt, LB_REASON_DROP_MALFORMED, XDP_DROP);
-		if (action == LB_NEXTHOP_FRAG_NEEDED) {
-			if ((ip->frag_off & bpf_htons(IP_DF)) && a->mtu > IPIP_OVERHEAD &&
-			    ip->protocol != IPPROTO_ICMP)
+		if (too_big && (ip->frag_off & bpf_htons(IP_DF))) {
+			if (a->mtu > IPIP_OVERHEAD && ip->protocol != IPPROTO_ICMP)
 				return icmp_too_big(ctx, pkt, a->mtu - IPIP_OVERHEAD);
 			return verdict(pkt, LB_REASON_DROP_TOO_BIG, XDP_DROP);
 		}
-		if (action != LB_CONTINUE)
+		if (action != LB_CONTINUE && !too_big)
 			return dsr_verdict(pkt, action);
 		ip_ttl_dec(ip);
 		action = encap_ipip(ctx, pkt, ct->src_be, ct->backend_be);
 		if (action != LB_CONTINUE)
 			return action;
+		/* DF clear and too big once encapsulated: the kernel forwards the
+		 * outer packet (to the backend, not the VIP: no loop) and
+		 * fragments it ("IPIP and the MTU" in docs/ARCHITECTURE.md). */
+		if (too_big)
+			return verdict(pkt, LB_REASON_PASS_IPIP_TOO_BIG, XDP_PASS);
 		return dsr_verdict(pkt, nexthop_send(ctx, pkt, a, ok_reason));
 	}
 	return send_nat(ctx, pkt, action, a, ct->src_be, ct->backend_be, ct->snat_port_be,

@@ -293,3 +293,12 @@ struct {
 	__type(key, __u32);
 	__type(value, struct rl_counters);
 } rl_stats SEC(".maps");
+
+/* tunnel: the next IPIP outer IPv4 ID of each CPU (bpf/encap.h,
+ * ipip_outer_id()); 0 until the CPU's first DF-clear IPIP packet. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} ipip_ids SEC(".maps");

@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
-/* This file contains the packet parser: Ethernet (one 802.1Q/802.1ad tag),
- * IPv4 with options, TCP, UDP and the ICMP header, into one struct packet,
- * and the sanity checks of a packet addressed to a VIP (fragments, land).
- * Every bounds check sits next to the access it guards. */
+/* This file contains the packet parser: Ethernet, IPv4 with options, TCP,
+ * UDP and the ICMP header, into one struct packet, and the sanity checks of a
+ * packet addressed to a VIP (fragments, land). A VLAN-tagged frame is the
+ * kernel's (see parse_packet()). Every bounds check sits next to the access it
+ * guards. */
 #pragma once
 
 #include <linux/bpf.h>
@@ -37,7 +38,6 @@ struct packet {
 	__u8 tcp_flags; /* TCP flag byte (FIN=0x01 SYN=0x02 RST=0x04 ACK=0x10) */
 	__u8 reason; /* enum lb_reason of the verdict */
 	__u8 flags; /* PKT_F_*: what earlier stages learnt about the packet */
-	__u8 l2_len; /* Ethernet header length: 14, or 18 with a VLAN tag */
 	__u32 rl_policy; /* with PKT_F_RL_NEW_FLOWS: the client's rate-limit policy id */
 	__u32 fw_word; /* with PKT_F_FW_WORD: the firewall's verdict word of the source */
 };
@@ -75,6 +75,50 @@ static __always_inline int cut_short(struct packet *pkt)
 	return verdict(pkt, LB_REASON_DROP_MALFORMED, XDP_DROP);
 }
 
+/* The IPv4 header at @ip is whole, version 4, ihl >= 5, and its tot_len is
+ * neither shorter than the header nor longer than the frame (it may be
+ * shorter: Ethernet padding). */
+static __always_inline bool ipv4_header_sane(const struct iphdr *ip, const void *data_end)
+{
+	__u32 tot_len;
+
+	if ((void *)(ip + 1) > data_end || ip->version != 4 || ip->ihl < 5)
+		return false;
+	tot_len = bpf_ntohs(ip->tot_len);
+	return tot_len >= ip->ihl * 4u && (void *)ip + tot_len <= data_end;
+}
+
+/**
+ * tagged_frame - the verdict of a frame with an 802.1Q or 802.1ad tag: the
+ * kernel's, untouched
+ *
+ * XDP cannot send on a VLAN: XDP_TX would put the frame back on the client's
+ * VLAN, and a route through a VLAN device has no XDP transmit (see "VLANs" in
+ * docs/ARCHITECTURE.md). The IPv4 header behind one or two tags, if sane, is
+ * still set in pkt->ip, so that a firewall of scope "all" drops a tagged
+ * frame from a blocked source as it drops an untagged one.
+ */
+static __always_inline int tagged_frame(struct packet *pkt, void *data, void *data_end)
+{
+	struct vlan_hdr *vlan = data + sizeof(struct ethhdr);
+	struct iphdr *ip;
+	__u16 proto;
+
+	if ((void *)(vlan + 1) > data_end)
+		return verdict(pkt, LB_REASON_PASS_VLAN, XDP_PASS);
+	proto = vlan->encap_proto;
+	if (proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD)) {
+		vlan++;
+		if ((void *)(vlan + 1) > data_end)
+			return verdict(pkt, LB_REASON_PASS_VLAN, XDP_PASS);
+		proto = vlan->encap_proto;
+	}
+	ip = (void *)(vlan + 1);
+	if (proto == bpf_htons(ETH_P_IP) && ipv4_header_sane(ip, data_end))
+		pkt->ip = ip;
+	return verdict(pkt, LB_REASON_PASS_VLAN, XDP_PASS);
+}
+
 /**
  * parse_packet - fill @pkt from the frame in @ctx
  *
@@ -82,16 +126,15 @@ static __always_inline int cut_short(struct packet *pkt)
  * present (a first fragment too, marked PKT_F_FRAGMENT) and for an ICMP
  * packet with its 8-byte header (key ports 0: bpf/icmp.h reads the rest),
  * otherwise a verdict: XDP_PASS for anything the kernel should see as if we
- * were not here (non-IP, other L4 protocols, later fragments, a first
- * fragment too short for its L4 header, L2/L3 garbage), XDP_DROP for an
- * unfragmented TCP/UDP packet whose L4 header is cut short (every receiver
- * would discard it).
+ * were not here (non-IP, VLAN-tagged frames, other L4 protocols, later
+ * fragments, a first fragment too short for its L4 header, L2/L3 garbage),
+ * XDP_DROP for an unfragmented TCP/UDP packet whose L4 header is cut short
+ * (every receiver would discard it).
  */
 static __always_inline int parse_packet(struct xdp_md *ctx, struct packet *pkt)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
-	__u32 l3_off = sizeof(struct ethhdr);
 	struct ethhdr *eth = data;
 	struct iphdr *ip;
 	__u16 proto;
@@ -103,29 +146,16 @@ static __always_inline int parse_packet(struct xdp_md *ctx, struct packet *pkt)
 		return verdict(pkt, LB_REASON_PASS_MALFORMED, XDP_PASS);
 	pkt->eth = eth;
 	proto = eth->h_proto;
-
-	if (proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD)) {
-		struct vlan_hdr *vlan = data + l3_off;
-
-		if ((void *)(vlan + 1) > data_end)
-			return verdict(pkt, LB_REASON_PASS_MALFORMED, XDP_PASS);
-		proto = vlan->encap_proto;
-		l3_off += sizeof(struct vlan_hdr);
-	}
+	if (proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD))
+		return tagged_frame(pkt, data, data_end);
 	if (proto != bpf_htons(ETH_P_IP))
 		return verdict(pkt, LB_REASON_PASS_NOT_IP, XDP_PASS);
 
-	pkt->l2_len = l3_off;
-	ip = data + l3_off;
-	if ((void *)(ip + 1) > data_end)
-		return verdict(pkt, LB_REASON_PASS_MALFORMED, XDP_PASS);
-	if (ip->version != 4 || ip->ihl < 5)
+	ip = (void *)(eth + 1);
+	if (!ipv4_header_sane(ip, data_end))
 		return verdict(pkt, LB_REASON_PASS_MALFORMED, XDP_PASS);
 	ihl_len = ip->ihl * 4;
 	tot_len = bpf_ntohs(ip->tot_len);
-	/* tot_len may be shorter than the frame (Ethernet padding), never longer. */
-	if (tot_len < ihl_len || (void *)ip + tot_len > data_end)
-		return verdict(pkt, LB_REASON_PASS_MALFORMED, XDP_PASS);
 	pkt->ip = ip;
 	/* A later fragment has no L4 header: nothing to balance or restore on. */
 	if (ip->frag_off & bpf_htons(IP_OFFSET))

@@ -288,7 +288,7 @@ enum lb_reason {
 	LB_REASON_TX_L2DSR, /* client -> backend, MACs rewritten */
 	LB_REASON_TX_IPIP, /* client -> backend, IPIP encapsulated */
 	LB_REASON_TX_ICMP_FRAG_NEEDED, /* too big once encapsulated, DF: ICMP sent back */
-	LB_REASON_DROP_TOO_BIG, /* too big once encapsulated, no DF (or cannot quote it) */
+	LB_REASON_DROP_TOO_BIG, /* too big: L2 DSR, NAT without DF, or IPIP with DF that cannot be quoted */
 	LB_REASON_DROP_ENCAP_FAILED, /* could not grow the frame */
 	LB_REASON_DROP_DSR_NO_NEXTHOP, /* DSR next hop unresolved/unattached: passing would loop */
 	LB_REASON_DROP_FIREWALL, /* source matched a firewall block rule */
@@ -306,6 +306,9 @@ enum lb_reason {
 	LB_REASON_DROP_FIB_NO_NEIGH, /* NAT: next hop unresolved; the rewritten packet would be a martian */
 	LB_REASON_DROP_FIB_FAILED, /* NAT: no route / other FIB failure for the rewritten packet */
 	LB_REASON_DROP_EGRESS_NOT_ATTACHED, /* NAT: egress is not one of lbd's interfaces */
+	/* tunnel: VLANs and IPIP fragmentation (bpf/parse.h, bpf/encap.h) */
+	LB_REASON_PASS_VLAN, /* 802.1Q/802.1ad-tagged frame: the kernel's, untouched (no VLAN forwarding in XDP) */
+	LB_REASON_PASS_IPIP_TOO_BIG, /* too big once encapsulated, no DF: encapsulated, the kernel fragments the outer packet */
 	LB_REASON_MAX,
 };
 

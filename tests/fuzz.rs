@@ -2,8 +2,10 @@
 //! programs (BPF_PROG_TEST_RUN, in a private network namespace), every run checked against the
 //! invariants of `common::fuzz::check_lb` / `check_decap`: never XDP_ABORTED; a frame sent out has
 //! right IPv4 and L4 checksums (the inner packet's for IPIP) and lengths that agree with the frame;
-//! a blocked source is never forwarded; the host's own traffic passes byte for byte; decapsulated
-//! packets come only from the VIP's allowed outer sources, with ECN merged per RFC 6040.
+//! a blocked source is never forwarded; the host's own traffic (and every VLAN-tagged frame) passes
+//! byte for byte; decapsulated packets come only from the VIP's allowed outer sources, with ECN
+//! merged per RFC 6040; no DF-clear IPIP outer ID of a flow repeats within 65,536 such packets
+//! (RFC 6864).
 //!
 //! The program has VIPs in all three modes, a firewall block rule and a rate limit. `FUZZ_PACKETS`
 //! sets the number of random frames (20,000 by default; `make fuzz` runs 1,000,000),
@@ -109,6 +111,7 @@ fn configured_lb(net: Net) -> Result<(Lb, World)> {
             sa(BACKEND1, 5353),
             sa(BACKEND2, 5353),
         ],
+        ipip_ids: Default::default(),
     };
     Ok((lb, world))
 }
@@ -196,6 +199,8 @@ fn fuzz_lb_and_decap() {
     let seed = env_u64("FUZZ_SEED", 0x5eed_f00d);
     let limit = Duration::from_secs(env_u64("FUZZ_SECONDS", 600));
     NetNs::within("fuzz", move |ns| {
+        // One CPU, as an RSS queue's packets: per-CPU state (DSR tables, IPIP outer ids) holds.
+        pin_to_this_cpu()?;
         let net = setup_net(ns).context("setting up the bench")?;
         let (lb, world) = configured_lb(net)?;
         // The decap program of a backend of both IPIP VIPs: the LB's IPIP source for IPIP_TCP, a

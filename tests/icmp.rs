@@ -342,8 +342,10 @@ fn ipip_error_is_encapsulated_to_the_flows_backend() {
                 track(&lb, client)?;
             }
             let err = frag_needed_to_vip(&quote(&big_segment(VIP, client), LINUX_QUOTE));
-            // RFC 2003 outer header: TOS and DF copied, id 0, TTL 64, from the IPIP source (/32).
-            let outer = ipip_outer(&err, LB_ADDR, *pick.backend.ip());
+            // RFC 2003 outer header: TOS and DF copied, TTL 64, from the IPIP source (/32); the
+            // error has no DF, so its id is per packet (RFC 6864, tests/tunnel.rs).
+            let run = lb.run(lb.net.veth0, &err.build())?;
+            let outer = ipip_outer_sent(&err, LB_ADDR, *pick.backend.ip(), &run.out);
             let want = ipip_frame(
                 &neighbour_mac(*pick.backend.ip()),
                 &VETH0_MAC,
@@ -351,7 +353,6 @@ fn ipip_error_is_encapsulated_to_the_flows_backend() {
                 &outer,
                 &err.routed(VETH0_MAC, ROUTER_MAC).ip_bytes(),
             );
-            let run = lb.run(lb.net.veth0, &err.build())?;
             let what = format!("frag-needed about {VIP} -> {client} (to {})", pick.backend);
             expect_frame(&run, XDP_TX, &want, &what)?;
             // The backend's decapsulator hands the error on as it was sent to the VIP.

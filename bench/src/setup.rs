@@ -172,15 +172,7 @@ pub fn clear_flows(lb: &Lb) -> Result<()> {
 
 /// Pins the calling thread to the CPU it runs on, as an RSS queue's packets are: the DSR flow
 /// tables are per CPU, and a BPF_PROG_TEST_RUN thread that moved would find none of its flows.
-pub fn pin_to_this_cpu() -> Result<()> {
-    // SAFETY: sched_getcpu has no preconditions.
-    let cpu = unsafe { libc::sched_getcpu() };
-    ensure!(cpu >= 0, "sched_getcpu failed");
-    let mut set = nix::sched::CpuSet::new();
-    set.set(cpu as usize)?;
-    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)?;
-    Ok(())
-}
+pub use crate::common::lab::pin_to_this_cpu;
 
 /// Creates established flows from `clients` to `vip` ([`establish`]); returns the frames their
 /// SYNs left as (NAT: their source is the SNAT address and port).

@@ -382,6 +382,7 @@ fn print_man() -> ExitCode {
 fn attach_all(dp: &mut Dataplane, config: &Config) -> Result<()> {
     for ifname in &config.dataplane.interfaces {
         enable_forwarding(ifname)?;
+        note_accept_local(ifname);
         let link = dp
             .attach(ifname, config.dataplane.xdp_mode.into())
             .with_context(|| format!("attaching to {ifname}"))?;
@@ -405,6 +406,23 @@ fn enable_forwarding(ifname: &str) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// An IPIP packet without DF that is too big once encapsulated is handed to the kernel to
+/// fragment (`pass_ipip_too_big`). Its outer source is `[ipip] source`: if that is an address of
+/// this host, the kernel drops it as a martian unless `accept_local` is on for the interface it
+/// came in on. lbd does not turn it on (it would accept any frame from the wire that claims one
+/// of this host's addresses); it says so, once per interface.
+fn note_accept_local(ifname: &str) {
+    let path = format!("/proc/sys/net/ipv4/conf/{ifname}/accept_local");
+    if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "0") {
+        tracing::info!(
+            interface = ifname,
+            "net.ipv4.conf.{ifname}.accept_local is 0: IPIP packets without DF too big for the \
+             backend's MTU once encapsulated (pass_ipip_too_big) are dropped by the kernel if \
+             [ipip] source is an address of this host (see docs/ARCHITECTURE.md, IPIP and the MTU)"
+        );
+    }
 }
 
 async fn serve(

@@ -210,6 +210,9 @@ pub fn reason_name(index: usize) -> String {
         (R::LB_REASON_TX_ICMP_ERROR, "tx_icmp_error"),
         (R::LB_REASON_DROP_ICMP_NO_FLOW, "drop_icmp_no_flow"),
         (R::LB_REASON_DROP_NAT_NO_FLOW, "drop_nat_no_flow"),
+        // tunnel
+        (R::LB_REASON_PASS_VLAN, "pass_vlan"),
+        (R::LB_REASON_PASS_IPIP_TOO_BIG, "pass_ipip_too_big"),
     ];
     all.iter()
         .find(|(r, _)| r.0 as usize == index)

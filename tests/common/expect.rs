@@ -126,7 +126,8 @@ pub fn expect_frag_needed(run: &Run, pkt: &Packet, mtu: u16, what: &str) -> Resu
 }
 
 /// The outer header the LB must write in front of `inner` for IPIP: RFC 2003 (TOS and DF copied
-/// from the inner header), id 0, TTL 64, protocol 4, `source` -> `backend`.
+/// from the inner header), id 0, TTL 64, protocol 4, `source` -> `backend`. Without DF the id is
+/// per packet (RFC 6864): [`ipip_outer_sent`].
 pub fn ipip_outer(inner: &Packet, source: Ipv4Addr, backend: Ipv4Addr) -> Ipv4Header {
     Ipv4Header {
         tos: inner.tos,
@@ -137,4 +138,19 @@ pub fn ipip_outer(inner: &Packet, source: Ipv4Addr, backend: Ipv4Addr) -> Ipv4He
         src: source,
         dst: backend,
     }
+}
+
+/// [`ipip_outer`] for the frame `sent` by the program: with DF the id stays 0; without DF it is the
+/// one `sent` carries, a per-packet counter whose values tests/tunnel.rs checks (distinct per flow).
+pub fn ipip_outer_sent(
+    inner: &Packet,
+    source: Ipv4Addr,
+    backend: Ipv4Addr,
+    sent: &[u8],
+) -> Ipv4Header {
+    let mut outer = ipip_outer(inner, source, backend);
+    if inner.frag & IP_DF == 0 && sent.len() >= 14 + 20 {
+        outer.id = get_be16(sent, 14 + 4);
+    }
+    outer
 }

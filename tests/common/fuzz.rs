@@ -2,6 +2,7 @@
 //! the `lb` and `decap` programs must keep. `tests/fuzz.rs` drives it; the same seed gives the same
 //! packets, so a failure names the seed and the packet number that replay it.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
@@ -70,6 +71,8 @@ pub struct World {
     pub clients: Vec<Ipv4Addr>,
     /// Backends (address, port) the generator forges replies from.
     pub backends: Vec<SocketAddrV4>,
+    /// The IPIP outer IDs of DF-clear packets so far ([`check_ipip_outer_id`]).
+    pub ipip_ids: RefCell<IpipIds>,
 }
 
 impl World {
@@ -249,7 +252,8 @@ impl Generator {
             }
             p.ip_options = o;
         }
-        match self.rng.below(10) {
+        // Tagged frames only go to the kernel (pass_vlan): a few, so that most reach the VIP paths.
+        match self.rng.below(100) {
             0 => p
                 .vlans
                 .push((ETH_P_8021Q, self.rng.next_u64() as u16 & 0x0fff)),
@@ -297,7 +301,7 @@ impl Generator {
             [0, 0, 0x05, 0x78],
             &ip[..qlen],
         );
-        if self.rng.chance(10) {
+        if self.rng.chance(2) {
             p.vlans.push((ETH_P_8021Q, 7));
         }
         p
@@ -580,9 +584,30 @@ fn ip4(f: &[u8], o: usize) -> Ipv4Addr {
     Ipv4Addr::new(f[o], f[o + 1], f[o + 2], f[o + 3])
 }
 
-/// Parses like bpf/parse.h: None for non-IPv4 and for IPv4 the program passes as malformed.
+/// Offset of the IPv4 header behind one or two VLAN tags, where bpf/parse.h (tagged_frame())
+/// reads it for the firewall, or None.
+fn tagged_l3(f: &[u8]) -> Option<usize> {
+    let is_tag = |t: u16| t == ETH_P_8021Q || t == ETH_P_8021AD;
+    let mut l3 = 14;
+    while l3 <= 18 && f.len() >= l3 + 4 && is_tag(get_be16(f, l3 - 2)) {
+        l3 += 4;
+    }
+    (l3 > 14 && f.len() >= l3 && get_be16(f, l3 - 2) == ETH_P_IP).then_some(l3)
+}
+
+/// Parses like bpf/parse.h: None for non-IPv4, for VLAN-tagged frames (the kernel's, untouched)
+/// and for IPv4 the program passes as malformed.
 pub fn parse(f: &[u8]) -> Option<Parsed> {
-    let l3 = l3_offset(f)?;
+    parse_at(f, l3_offset(f).filter(|l3| *l3 == 14)?)
+}
+
+/// The IPv4 header the firewall judges: [`parse`], or the one behind VLAN tags.
+pub fn parse_for_firewall(f: &[u8]) -> Option<Parsed> {
+    parse(f).or_else(|| parse_at(f, tagged_l3(f)?))
+}
+
+/// [`parse`] of the IPv4 header at `l3`.
+fn parse_at(f: &[u8], l3: usize) -> Option<Parsed> {
     if f.len() < l3 + 20 || f[l3] >> 4 != 4 || f[l3] & 0x0f < 5 {
         return None;
     }
@@ -681,10 +706,11 @@ pub fn check_lb(world: &World, case: &Case, run: &Run) -> Result<()> {
     ensure!(run.action <= XDP_REDIRECT, "unknown verdict {}", run.action);
     let parsed = parse(input);
     let forwarded = run.action == XDP_TX || run.action == XDP_REDIRECT;
+    check_ipip_outer_id(world, case, run)?;
 
     // Blocked means blocked for everything addressed to a VIP (firewall scope "vips"): later
     // fragments, ICMP of any type, ports no VIP serves.
-    if let Some(p) = parsed.as_ref().filter(|p| world.is_vip_addr(p.dst)) {
+    if let Some(p) = parse_for_firewall(input).filter(|p| world.is_vip_addr(p.dst)) {
         if world.is_blocked(p.src) {
             ensure!(
                 run.action == XDP_DROP,
@@ -848,6 +874,52 @@ fn check_inner_routed(input: &[u8], inner: &[u8]) -> Result<()> {
         ensure!(
             internet_checksum(&inner[..ihl]) == 0,
             "IPIP inner IPv4 checksum broken"
+        );
+    }
+    Ok(())
+}
+
+/// The IPIP outer IDs of the DF-clear packets of a run (RFC 6864), per inner flow.
+#[derive(Debug, Default, Clone)]
+pub struct IpipIds {
+    /// DF-clear IPIP packets sent (or passed to the kernel to fragment) so far.
+    count: u64,
+    /// Per inner (source, destination, protocol, ports): outer id -> the `count` it was sent at.
+    seen: BTreeMap<(SocketAddrV4, SocketAddrV4, u8), BTreeMap<u16, u64>>,
+}
+
+/// RFC 6864: the program encapsulated `case` (sent it, or passed it to the kernel to fragment)
+/// without DF: its outer checksum is right (unless dropped) and its outer ID is not one that a packet of the same
+/// flow had within the last 65,536 DF-clear IPIP packets (the per-CPU counter's period; the fuzz
+/// thread stays on one CPU).
+pub fn check_ipip_outer_id(world: &World, case: &Case, run: &Run) -> Result<()> {
+    let (Some(p), Some(o)) = (parse(&case.frame), parse(&run.out)) else {
+        return Ok(());
+    };
+    let encapsulated = o.proto == IPPROTO_IPIP && p.proto != IPPROTO_IPIP && o.ihl == 20;
+    let df = get_be16(&run.out, o.l3 + 6) & IP_DF != 0;
+    if !encapsulated || df {
+        return Ok(());
+    }
+    // A drop after the encapsulation used up an id too: counted, not checked.
+    ensure!(
+        run.action == XDP_DROP || internet_checksum(&run.out[o.l3..o.l3 + 20]) == 0,
+        "DF-clear IPIP outer header checksum wrong"
+    );
+    let id = get_be16(&run.out, o.l3 + 4);
+    let (src, dst) = p
+        .ports
+        .unwrap_or((SocketAddrV4::new(p.src, 0), SocketAddrV4::new(p.dst, 0)));
+    let mut ids = world.ipip_ids.borrow_mut();
+    let now = ids.count;
+    ids.count += 1;
+    let flow = ids.seen.entry((src, dst, p.proto)).or_default();
+    if let Some(before) = flow.insert(id, now) {
+        ensure!(
+            now - before >= 65_536,
+            "IPIP outer id {id:#06x} of flow {src} -> {dst} (protocol {}) repeated after {} DF-clear IPIP packets",
+            p.proto,
+            now - before
         );
     }
     Ok(())

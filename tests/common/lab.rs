@@ -504,3 +504,18 @@ impl Lb {
         Ok(())
     }
 }
+
+/// Pins the calling thread to `cpu`.
+pub fn pin_to_cpu(cpu: usize) -> Result<()> {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu).context("cpu set")?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).context("pinning the thread")
+}
+
+/// Pins the calling thread to the CPU it runs on, as an RSS queue's packets are on one CPU.
+pub fn pin_to_this_cpu() -> Result<()> {
+    // SAFETY: sched_getcpu has no preconditions.
+    let cpu = unsafe { libc::sched_getcpu() };
+    ensure!(cpu >= 0, "sched_getcpu failed");
+    pin_to_cpu(cpu as usize)
+}
