@@ -544,7 +544,7 @@ impl Generator {
     }
 }
 
-/// Offset of the IPv4 header as the program finds it (at most one VLAN tag), or None.
+/// Offset of the IPv4 header behind at most one VLAN tag (as the decap program finds it), or None.
 pub fn l3_offset(f: &[u8]) -> Option<usize> {
     if f.len() < 14 {
         return None;
