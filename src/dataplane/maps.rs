@@ -210,6 +210,17 @@ pub fn reason_name(index: usize) -> String {
         (R::LB_REASON_TX_ICMP_ERROR, "tx_icmp_error"),
         (R::LB_REASON_DROP_ICMP_NO_FLOW, "drop_icmp_no_flow"),
         (R::LB_REASON_DROP_NAT_NO_FLOW, "drop_nat_no_flow"),
+        // hardening
+        (R::LB_REASON_TX_ICMP_TIME_EXCEEDED, "tx_icmp_time_exceeded"),
+        (R::LB_REASON_DROP_TTL_EXCEEDED, "drop_ttl_exceeded"),
+        (R::LB_REASON_DROP_ICMP_BUDGET, "drop_icmp_budget"),
+        (R::LB_REASON_DROP_DSR_NOT_ONLINK, "drop_dsr_not_onlink"),
+        (R::LB_REASON_DROP_FIB_NO_NEIGH, "drop_fib_no_neigh"),
+        (R::LB_REASON_DROP_FIB_FAILED, "drop_fib_failed"),
+        (
+            R::LB_REASON_DROP_EGRESS_NOT_ATTACHED,
+            "drop_egress_not_attached",
+        ),
         // tunnel
         (R::LB_REASON_PASS_VLAN, "pass_vlan"),
         (R::LB_REASON_PASS_IPIP_TOO_BIG, "pass_ipip_too_big"),
