@@ -547,8 +547,10 @@ pub fn analysis(report: &mut Report, out: &Outcome) {
             "Short paths: a 20-byte HASH lookup costs {hash:+.0} ns and an LPM lookup {lpm:+.0} \
              ns; the non-VIP pass path skips the VIP lookup through the destination prefilter \
              (an inlined ARRAY bitmap of VIP addresses) and pays the per-CPU reason and verdict \
-             counters ({pcpu:+.0} ns each) and parsing; a blocked SYN still pays the VIP lookup \
-             (the firewall's scope \"vips\" needs it) before the firewall's."
+             counters ({pcpu:+.0} ns each) and parsing; a blocked SYN or ACK pays no VIP or \
+             flow lookup, but one vip_addrs HASH lookup ({hash:+.0} ns) to tell a VIP address \
+             from a prefilter false positive (the host's own traffic, never blocked under scope \
+             \"vips\")."
         ));
     }
     report.closing.extend(closing);
