@@ -157,7 +157,8 @@ fn upgrade_from_v1_tables(mode: &'static str) {
     keeps_moving(&transfer, "before the upgrade");
 
     first.stop().expect("the previous lbd stops");
-    let second = Lbd::start_with(lb, config, &StartOptions::keep(state.path()))
+    // The last lbd of the test: it detaches and removes its pins when it stops.
+    let second = Lbd::start_with(lb, config, &StartOptions::state(state.path()))
         .expect("this build's lbd starts");
     let upgraded = programs(&lab);
     eprintln!("{mode}: {original:?}\n -> {upgraded:?}");
