@@ -1,7 +1,7 @@
 //! Section 1: the per-packet cost of every path of the `lb` program (BPF_PROG_TEST_RUN, one
 //! call per packet), against the floor program measured the same way in the same run.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 use anyhow::{Context, Result};
 use ipnet::Ipv4Net;
@@ -136,31 +136,21 @@ pub fn measure_paths(trials: usize, packets: usize) -> Result<Outcome> {
         let cap = fw.rec.firewall().capacity();
         fw.state.firewall.add(&batch, cap)?;
         fw.reconcile()?;
-        let blocked: Vec<Vec<u8>> = (0..FLOWS)
+        let blocked_clients: Vec<SocketAddrV4> = (0..FLOWS)
             .map(|i| {
-                syn(
-                    sa(
-                        Ipv4Addr::new(10, 70, (i / 200) as u8, (i % 200) as u8 + 1),
-                        40000,
-                    ),
-                    nat_vip,
+                sa(
+                    Ipv4Addr::new(10, 70, (i / 200) as u8, (i % 200) as u8 + 1),
+                    40000,
                 )
             })
             .collect();
+        let blocked: Vec<Vec<u8>> = blocked_clients.iter().map(|c| syn(*c, nat_vip)).collect();
         let _ = fw_vip;
         // The same sources' ACKs: a non-SYN would look its flow up first if the firewall did
         // not run before any flow lookup (issue 17).
-        let blocked_acks: Vec<Vec<u8>> = (0..FLOWS)
-            .map(|i| {
-                data(
-                    sa(
-                        Ipv4Addr::new(10, 70, (i / 200) as u8, (i % 200) as u8 + 1),
-                        40000,
-                    ),
-                    nat_vip,
-                )
-                .build()
-            })
+        let blocked_acks: Vec<Vec<u8>> = blocked_clients
+            .iter()
+            .map(|c| data(*c, nat_vip).build())
             .collect();
 
         // Rate limiting: every client 1 packet/s, burst 1, all packets to VIPs charged. Each
