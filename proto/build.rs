@@ -1,5 +1,6 @@
 //! Build script: compiles the gRPC API in `proto/*.proto` (package xdplb.v1, one file per
-//! concern) into tonic server and client code.
+//! concern) into tonic server and client code, and writes their file descriptor set
+//! (`xdplb_descriptor.bin` in OUT_DIR) for lbd's server reflection.
 
 use std::path::PathBuf;
 
@@ -10,7 +11,9 @@ fn main() {
         .filter(|p| p.extension().is_some_and(|x| x == "proto"))
         .collect();
     protos.sort();
+    let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     tonic_prost_build::configure()
+        .file_descriptor_set_path(out.join("xdplb_descriptor.bin"))
         .build_client(true)
         .build_server(true)
         .compile_protos(&protos, &[PathBuf::from(".")])

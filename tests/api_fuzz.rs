@@ -1021,10 +1021,13 @@ impl Served {
         let server = {
             let _guard = rt.enter();
             let listener = xdplb::api::listen::bind_unix(&socket)?;
-            let router = xdplb::api::listen::router(Server::builder(), &ctl, stop_rx.clone());
+            let health = rt.block_on(xdplb::api::listen::ApiHealth::new());
+            let router =
+                xdplb::api::listen::router(Server::builder(), &ctl, stop_rx.clone(), &health);
             let mut stop = stop_rx.clone();
+            // As lbd serves it: every request through the Unix socket's authority rewriting.
             rt.spawn(router.serve_with_incoming_shutdown(
-                UnixListenerStream::new(listener),
+                xdplb::api::listen::unix_incoming(listener),
                 async move {
                     let _ = stop.wait_for(|s| *s).await;
                 },

@@ -1,16 +1,21 @@
 //! Where the gRPC API listens: the Unix socket (mode 0600, owned by root, never reachable by
 //! another user even for a moment) and the optional TCP listener, which must use TLS with client
-//! certificates (mutual TLS) unless it listens on a loopback address.
+//! certificates (mutual TLS) unless it listens on a loopback address. Both serve the same
+//! router: lbd's services, `grpc.health.v1.Health` and server reflection (v1 and v1alpha).
 
 use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tokio::net::UnixListener;
+use tokio::net::{UnixListener, UnixStream};
+use tokio_stream::{Stream, StreamExt as _};
 use tonic::transport::server::Router;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic_health::server::{HealthReporter, HealthService};
+use tonic_health::ServingStatus;
 
+use super::authority::AnyAuthority;
 use super::{
     backends::BackendsService, firewall::FirewallService, ratelimit::RateLimitsService,
     stats::StatsService, vips::VipsService,
@@ -24,15 +29,27 @@ use xdplb_proto::pb::{
 /// A client that connects but does not finish the TLS handshake is dropped after this long.
 pub(crate) const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Every gRPC service of lbd on `builder` (plain, or with TLS), sharing one controller.
-/// `WatchStats` streams end when `stop` turns true, so a graceful shutdown does not wait for
-/// them.
+/// Every gRPC service of lbd on `builder` (plain, or with TLS), sharing one controller, with
+/// `health` and server reflection. `WatchStats` streams end when `stop` turns true, so a
+/// graceful shutdown does not wait for them.
 pub fn router(
     mut builder: Server,
     ctl: &Controller,
     stop: tokio::sync::watch::Receiver<bool>,
+    health: &ApiHealth,
 ) -> Router {
+    // The descriptor sets are built in (proto/build.rs, tonic-health's, tonic-reflection's
+    // own): a unit test builds both services.
+    let reflection_v1 = reflection()
+        .build_v1()
+        .expect("the built-in descriptor sets are valid");
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .expect("the built-in descriptor sets are valid");
     builder
+        .add_service(health.server.clone())
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(VipsServer::new(VipsService::new(ctl.clone())))
         .add_service(BackendsServer::new(BackendsService::new(ctl.clone())))
         .add_service(StatsServer::new(
@@ -40,6 +57,79 @@ pub fn router(
         ))
         .add_service(FirewallServer::new(FirewallService::new(ctl.clone())))
         .add_service(RateLimitsServer::new(RateLimitsService::new(ctl.clone())))
+}
+
+/// Server reflection of lbd's services (`proto/*.proto`), of `grpc.health.v1.Health` and of
+/// itself, so that grpcurl and similar clients work without the .proto files.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(xdplb_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+}
+
+/// `grpc.health.v1.Health` of lbd (tonic-health), for Kubernetes gRPC probes and load
+/// balancers in front of the API: the server as a whole (`""`) and each of lbd's services
+/// (`xdplb.v1.Vips`, ...) are SERVING while the data plane is attached and the API serves,
+/// NOT_SERVING otherwise. Any other name is NOT_FOUND. Cheap to clone (shared state).
+#[derive(Clone)]
+pub struct ApiHealth {
+    reporter: HealthReporter,
+    server: tonic_health::pb::health_server::HealthServer<HealthService>,
+    names: std::sync::Arc<Vec<String>>,
+}
+
+impl ApiHealth {
+    /// Everything NOT_SERVING: lbd marks it SERVING once the data plane is attached.
+    pub async fn new() -> ApiHealth {
+        let reporter = HealthReporter::new();
+        let server = tonic_health::pb::health_server::HealthServer::new(
+            HealthService::from_health_reporter(reporter.clone()),
+        );
+        let mut names = vec![String::new()];
+        names.extend(xdplb_proto::service_names());
+        let health = ApiHealth {
+            reporter,
+            server,
+            names: std::sync::Arc::new(names),
+        };
+        health.set_serving(false).await;
+        health
+    }
+
+    /// The names answered: `""` (the whole server) and each service of `proto/*.proto`.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// SERVING (the data plane is attached) or NOT_SERVING, for every name.
+    pub async fn set_serving(&self, serving: bool) {
+        let status = if serving {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        for name in self.names.iter() {
+            self.reporter.set_service_status(name, status).await;
+        }
+    }
+
+    /// Shutdown: NOT_SERVING for every name (what `Watch` streams report last), then the names
+    /// are forgotten, which ends the `Watch` streams so that a graceful shutdown does not wait
+    /// for them.
+    pub async fn shut_down(&mut self) {
+        self.set_serving(false).await;
+        for name in self.names.iter() {
+            self.reporter.clear_service_status(name).await;
+        }
+    }
+}
+
+/// The connections accepted on the API's Unix socket, each taking any `:authority` (see
+/// [`super::authority`]).
+pub fn unix_incoming(
+    listener: UnixListener,
+) -> impl Stream<Item = std::io::Result<AnyAuthority<UnixStream>>> {
+    tokio_stream::wrappers::UnixListenerStream::new(listener).map(|c| c.map(AnyAuthority::new))
 }
 
 /// Why the API cannot listen where it was asked to.

@@ -2,6 +2,7 @@
 //! from errors to gRPC statuses. The desired state itself is owned by
 //! [`crate::controller::Controller`].
 
+pub mod authority;
 pub(crate) mod backends;
 pub(crate) mod firewall;
 pub mod listen;

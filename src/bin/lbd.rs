@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use tokio::signal::unix::{signal, SignalKind};
-use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Server, ServerTlsConfig};
 
 use xdplb::api::listen::{self, ListenError, TlsFiles};
@@ -433,14 +433,18 @@ async fn serve(
     let listener = listen::bind_unix(socket)?;
     tracing::info!(socket = %socket.display(), mode = "0600", "gRPC API listening");
 
+    // grpc.health.v1.Health: NOT_SERVING until here, where the data plane is attached.
+    let mut health = listen::ApiHealth::new().await;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let router = |builder: Server| listen::router(builder, &ctl, stop_rx.clone());
+    let router = |builder: Server| listen::router(builder, &ctl, stop_rx.clone(), &health);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    // The Unix socket takes any :authority (stock clients send their own for `unix:` targets);
+    // the TCP listener is plain HTTP/2.
     let unix =
         tokio::spawn(router(Server::builder()).serve_with_incoming_shutdown(
-            UnixListenerStream::new(listener),
+            listen::unix_incoming(listener),
             stopped(stop_rx.clone()),
         ));
     let tcp = match tcp {
@@ -470,10 +474,18 @@ async fn serve(
 
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    health.set_serving(true).await;
+    tracing::info!(
+        services = health.names().len(),
+        "grpc.health.v1.Health: SERVING"
+    );
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM"),
         _ = int.recv() => tracing::info!("SIGINT"),
     }
+    // NOT_SERVING first, and Health.Watch streams end, so the graceful shutdown below does
+    // not wait for them.
+    health.shut_down().await;
     let _ = stop_tx.send(true);
     unix.await
         .context("gRPC server task")?
