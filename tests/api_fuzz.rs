@@ -1105,9 +1105,10 @@ fn every_invalid_field_is_refused_and_changes_nothing() -> Result<()> {
     })
 }
 
-/// AddBackends is all or nothing: one bad backend in a batch (or one that the VIP already has)
-/// refuses the whole call, naming its index, and nothing of the batch is added; a good batch is
-/// added whole, in one change.
+/// AddBackends is all or nothing: one bad backend in a batch (or one that the VIP already has,
+/// or one at the VIP's own address) refuses the whole call, naming its index, and nothing of the
+/// batch is added; a good batch is added whole, in one change. AddBackend of the VIP's own
+/// address is refused too, naming `backend.address`.
 #[test]
 fn a_batch_with_one_bad_backend_is_refused_whole() -> Result<()> {
     NetNs::within("apifuzz", move |_ns| {
@@ -1169,6 +1170,18 @@ fn a_batch_with_one_bad_backend_is_refused_whole() -> Result<()> {
                     Code::InvalidArgument,
                     "backends[3]: ",
                 ),
+                // Index 1 is the VIP's own address (any port).
+                (
+                    batch(vec![
+                        be(1, 8080),
+                        pb::Backend {
+                            address: "10.0.0.1".into(),
+                            ..be(2, 80)
+                        },
+                    ]),
+                    Code::InvalidArgument,
+                    "backends[1].address: 10.0.0.1 is the address of vip 10.0.0.1:80/tcp itself",
+                ),
                 // Index 1 is on the VIP already: valid, but the batch still adds nothing.
                 (
                     batch(vec![be(1, 8080), be(9, 8080), be(3, 8080)]),
@@ -1177,6 +1190,29 @@ fn a_batch_with_one_bad_backend_is_refused_whole() -> Result<()> {
                 ),
                 (batch(vec![]), Code::InvalidArgument, "backends: "),
             ];
+            // AddBackend of the VIP's own address, likewise.
+            let status = c
+                .backends
+                .add_backend(pb::AddBackendRequest {
+                    vip: Some(vip.clone()),
+                    backend: Some(pb::Backend {
+                        address: "10.0.0.1".into(),
+                        ..be(1, 8080)
+                    }),
+                })
+                .await
+                .expect_err("the VIP's own address must be refused");
+            anyhow::ensure!(
+                status.code() == Code::InvalidArgument
+                    && status
+                        .message()
+                        .starts_with("backend.address: 10.0.0.1 is the address of vip"),
+                "AddBackend of the VIP's address: {status:?}"
+            );
+            anyhow::ensure!(
+                listed(&mut c).await? == before,
+                "the refused AddBackend changed the listed state"
+            );
             for (req, code, prefix) in refused {
                 let status = c
                     .backends

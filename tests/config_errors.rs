@@ -125,6 +125,13 @@ fn cases() -> Vec<Case> {
             placed: true,
         },
         Case {
+            what: "backend at the VIP's own address",
+            body: "[nat]\nsnat_address = \"10.77.0.1\"\n[[vip]]\naddress = \"10.77.100.1:80\"\nproto = \"tcp\"\n[[vip.backend]]\naddress = \"10.77.1.2:80\"\n[[vip.backend]]\naddress = \"10.77.100.1:8080\" # <- error\n",
+            key: Some("vip[0].backend[1].address"),
+            says: "is the address of vip 10.77.100.1:80/tcp itself",
+            placed: true,
+        },
+        Case {
             what: "weight too large",
             body: "[nat]\nsnat_address = \"10.77.0.1\"\n[[vip]]\naddress = \"10.77.100.1:80\"\nproto = \"tcp\"\n[[vip.backend]]\naddress = \"10.77.1.2:80\"\nweight = 5000000 # <- error\n",
             key: Some("vip[0].backend[0].weight"),

@@ -208,6 +208,18 @@ impl State {
         validate_backend_addr(&addr).map_err(|m| invalid("backend.address", m))?;
         validate_weight(weight)?;
         let v = self.vip_mut(vip)?;
+        // Every path that adds a backend comes here (AddBackend, AddBackends, the config's
+        // [[vip.backend]] tables): a VIP forwarding to its own address would send each packet
+        // back to the balancer, which would take it for a new client packet to the VIP.
+        if addr.ip() == vip.addr.ip() {
+            return Err(invalid(
+                "backend.address",
+                format!(
+                    "{} is the address of vip {vip} itself: a backend must be another host",
+                    addr.ip()
+                ),
+            ));
+        }
         if v.mode.is_dsr() && addr.port() != vip.addr.port() {
             return Err(invalid(
                 "backend.port",
@@ -403,6 +415,29 @@ mod tests {
         ));
         s.remove_vip(&v).expect("remove vip");
         assert_eq!(s, State::default());
+    }
+
+    #[test]
+    fn a_backend_at_the_vips_own_address_is_refused() {
+        let (mut s, v) = one_vip();
+        let before = s.clone();
+        // Any port, any weight: the address is what is refused.
+        for be in ["10.0.0.10:80", "10.0.0.10:8080"] {
+            let e = s
+                .add_backend(&v, be.parse().unwrap(), 1)
+                .expect_err("refused");
+            assert!(
+                matches!(
+                    &e,
+                    StateError::InvalidArgument {
+                        field: "backend.address",
+                        message,
+                    } if message.starts_with("10.0.0.10 is the address of vip 10.0.0.10:80/tcp itself")
+                ),
+                "{e:?}"
+            );
+        }
+        assert_eq!(s, before);
     }
 
     #[test]

@@ -414,3 +414,340 @@ impl tonic::transport::server::Connected for AnyAuthority<tokio::net::UnixStream
         self.inner.connect_info()
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// What grpcio 1.85 (gRPC C core 58) sent to `unix:/tmp/xdplb/lbd.sock` for two
+    /// `grpc.health.v1.Health/Check` calls on one channel (service `""`, then
+    /// `xdplb.v1.Vips`), captured from a plain socket: the preface, SETTINGS, WINDOW_UPDATE,
+    /// SETTINGS ACK, then per call HEADERS (Huffman-coded, `:authority: tmp%2Fxdplb%2Flbd.sock`;
+    /// the second call's fields come from the dynamic table), WINDOW_UPDATE and the DATA of
+    /// the request. Only the RST_STREAMs of the calls' deadlines are left out.
+    pub(crate) const GRPCIO_CAPTURE: &[&str] = &[
+        "505249202a20485454502f322e300d0a0d0a534d0d0a0d0a000024040000000000000200000000000300000000000400",
+        "400000000500400000000600004000fe0300000001000004080000000000003f00010000000401000000000000f30104",
+        "0000000140053a706174681c2f677270632e6865616c74682e76312e4865616c74682f436865636b400a3a617574686f",
+        "7269747916746d702532467864706c622532466c62642e736f636b8386400c636f6e74656e742d74797065106170706c",
+        "69636174696f6e2f677270634002746508747261696c6572734014677270632d6163636570742d656e636f64696e6717",
+        "6964656e746974792c206465666c6174652c20677a6970400c677270632d74696d656f7574043939396d400a75736572",
+        "2d6167656e7430677270632d707974686f6e2f312e38352e3420677270632d632f35382e302e3020286c696e75783b20",
+        "636874747032290000040800000000010000000500000500010000000100000000000000040800000000000000000500",
+        "0019010400000003c4c38386c2c1c0400c677270632d74696d656f7574023153bf000004080000000003000000050000",
+        "14000100000003000000000f0a0d7864706c622e76312e5669707300000408000000000000000005",
+    ];
+
+    pub(crate) fn capture() -> Vec<u8> {
+        let hex: String = GRPCIO_CAPTURE.concat();
+        (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+            .collect()
+    }
+
+    /// A frame as it is on the wire.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub(crate) struct Frame {
+        pub(crate) kind: u8,
+        pub(crate) flags: u8,
+        pub(crate) stream: u32,
+        pub(crate) payload: Vec<u8>,
+    }
+
+    /// Splits a client byte stream (preface first) or a server one (`preface` false) into
+    /// frames; a frame cut short at the end is left out.
+    pub(crate) fn frames(mut bytes: &[u8], preface: bool) -> Vec<Frame> {
+        if preface {
+            assert_eq!(&bytes[..24], PREFACE, "starts with the preface");
+            bytes = &bytes[24..];
+        }
+        let mut out = Vec::new();
+        while bytes.len() >= FRAME_HEADER {
+            let len =
+                usize::from(bytes[0]) << 16 | usize::from(bytes[1]) << 8 | usize::from(bytes[2]);
+            if bytes.len() < FRAME_HEADER + len {
+                break;
+            }
+            out.push(Frame {
+                kind: bytes[3],
+                flags: bytes[4],
+                stream: u32::from_be_bytes([bytes[5], bytes[6], bytes[7], bytes[8]]) & 0x7fff_ffff,
+                payload: bytes[FRAME_HEADER..FRAME_HEADER + len].to_vec(),
+            });
+            bytes = &bytes[FRAME_HEADER + len..];
+        }
+        out
+    }
+
+    type Fields = Vec<(String, String)>;
+
+    /// The header lists of `frames` (HEADERS + CONTINUATION, padding and priority taken off),
+    /// decoded in order with one fresh decoder, and every other frame as it is.
+    pub(crate) fn decode(frames: &[Frame]) -> (Vec<(u32, Fields)>, Vec<Frame>) {
+        let mut decoder = loona_hpack::Decoder::new();
+        let (mut lists, mut others) = (Vec::new(), Vec::new());
+        let mut block: Vec<u8> = Vec::new();
+        for f in frames {
+            match f.kind {
+                HEADERS | CONTINUATION => {
+                    let mut p = &f.payload[..];
+                    if f.kind == HEADERS && f.flags & PADDED != 0 {
+                        let pad = usize::from(p[0]);
+                        p = &p[1..p.len() - pad];
+                    }
+                    if f.kind == HEADERS && f.flags & PRIORITY != 0 {
+                        p = &p[5..];
+                    }
+                    block.extend_from_slice(p);
+                    if f.flags & END_HEADERS != 0 {
+                        let fields = decoder
+                            .decode(&block)
+                            .expect("a valid header block")
+                            .into_iter()
+                            .map(|(n, v)| {
+                                (
+                                    String::from_utf8(n).expect("utf-8 name"),
+                                    String::from_utf8(v).expect("utf-8 value"),
+                                )
+                            })
+                            .collect();
+                        lists.push((f.stream, fields));
+                        block.clear();
+                    }
+                }
+                _ => others.push(f.clone()),
+            }
+        }
+        (lists, others)
+    }
+
+    fn rewrite_in_chunks(input: &[u8], chunk: usize) -> (Vec<u8>, u64) {
+        let mut r = Rewriter::default();
+        let mut out = BytesMut::new();
+        for piece in input.chunks(chunk) {
+            r.feed(piece, &mut out).expect("rewritten");
+        }
+        r.finish(&mut out);
+        (out.to_vec(), r.rewritten())
+    }
+
+    fn authority(fields: &Fields) -> Option<&str> {
+        fields
+            .iter()
+            .find(|(n, _)| n == ":authority")
+            .map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn grpcios_authority_becomes_localhost_in_any_chunking() {
+        let input = capture();
+        let (whole, rewritten) = rewrite_in_chunks(&input, input.len());
+        assert_eq!(rewritten, 2, "both calls' authority");
+        for chunk in (1..=40).chain([64, 100, 243, 251, 300]) {
+            assert_eq!(
+                rewrite_in_chunks(&input, chunk).0,
+                whole,
+                "in chunks of {chunk}"
+            );
+        }
+        let (before, before_others) = decode(&frames(&input, true));
+        let (after, after_others) = decode(&frames(&whole, true));
+        // The second call's block leans on the dynamic table (a few bytes for nine fields), so
+        // the decoder's state across blocks is exercised.
+        let second = frames(&input, true)
+            .into_iter()
+            .filter(|f| f.kind == HEADERS)
+            .nth(1)
+            .expect("two HEADERS");
+        assert!(second.payload.len() < 40, "{second:?}");
+        assert_eq!(before.len(), 2);
+        assert_eq!(after.len(), before.len());
+        for ((s0, f0), (s1, f1)) in before.iter().zip(&after) {
+            assert_eq!(s0, s1);
+            assert_eq!(authority(f0), Some("tmp%2Fxdplb%2Flbd.sock"));
+            assert_eq!(authority(f1), Some(REPLACEMENT));
+            let strip = |f: &Fields| -> Fields {
+                f.iter()
+                    .filter(|(n, _)| n != ":authority")
+                    .cloned()
+                    .collect()
+            };
+            assert_eq!(
+                strip(f0),
+                strip(f1),
+                "every other field as it was, in order"
+            );
+        }
+        // SETTINGS, WINDOW_UPDATEs, the DATA of both requests: byte for byte.
+        assert_eq!(before_others, after_others);
+        assert_eq!(before_others.len(), 9);
+        // The HEADERS frames keep END_HEADERS and have no END_STREAM (the DATA ends the call).
+        for f in frames(&whole, true).iter().filter(|f| f.kind == HEADERS) {
+            assert_eq!(f.flags, END_HEADERS, "{f:?}");
+        }
+    }
+
+    /// A client connection: the preface, an empty SETTINGS, then `blocks` as HEADERS frames
+    /// (flags and all, `block` being the whole payload).
+    fn connection(blocks: &[(u8, u32, Vec<u8>)]) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        out.extend_from_slice(PREFACE);
+        frame_header(&mut out, 0, 0x4, 0, 0);
+        for (flags, stream, payload) in blocks {
+            frame_header(&mut out, payload.len(), HEADERS, *flags, *stream);
+            out.extend_from_slice(payload);
+        }
+        out.to_vec()
+    }
+
+    fn request(authority: &str, extra: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut h: Vec<(Vec<u8>, Vec<u8>)> = vec![
+            (b":method".to_vec(), b"POST".to_vec()),
+            (b":scheme".to_vec(), b"http".to_vec()),
+            (b":path".to_vec(), b"/xdplb.v1.Vips/ListVips".to_vec()),
+            (b":authority".to_vec(), authority.as_bytes().to_vec()),
+            (b"content-type".to_vec(), b"application/grpc".to_vec()),
+        ];
+        if extra > 0 {
+            h.push((b"x-big".to_vec(), vec![b'a'; extra]));
+        }
+        h
+    }
+
+    #[test]
+    fn only_refused_authorities_change() {
+        let mut enc = loona_hpack::Encoder::new();
+        let cases = [
+            ("10.0.0.1:50051", "10.0.0.1:50051"),
+            ("localhost", "localhost"),
+            ("[::1]:50051", "[::1]:50051"),
+            ("lbd.example:443", "lbd.example:443"),
+            ("tmp%2Fx.sock", REPLACEMENT),
+            ("", REPLACEMENT),
+            ("a b", REPLACEMENT),
+            ("/run/xdplb/lbd.sock", REPLACEMENT),
+        ];
+        let blocks: Vec<(u8, u32, Vec<u8>)> = cases
+            .iter()
+            .enumerate()
+            .map(|(i, (a, _))| {
+                let h = request(a, 0);
+                let block = enc.encode(h.iter().map(|(n, v)| (&n[..], &v[..])));
+                (END_HEADERS, 2 * i as u32 + 1, block)
+            })
+            .collect();
+        let input = connection(&blocks);
+        let (out, rewritten) = rewrite_in_chunks(&input, 7);
+        assert_eq!(rewritten, 4);
+        let (lists, _) = decode(&frames(&out, true));
+        let got: Vec<&str> = lists
+            .iter()
+            .map(|(_, f)| authority(f).expect("authority"))
+            .collect();
+        let want: Vec<&str> = cases.iter().map(|(_, w)| *w).collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn padding_priority_and_large_blocks_are_framed_again() {
+        let mut enc = loona_hpack::Encoder::new();
+        // Padded, with priority, END_STREAM: the padding goes, the rest stays.
+        let h = request("tmp%2Fa", 0);
+        let block = enc.encode(h.iter().map(|(n, v)| (&n[..], &v[..])));
+        let mut padded = vec![3u8];
+        padded.extend_from_slice(&[0x80, 0, 0, 1, 15]);
+        padded.extend_from_slice(&block);
+        padded.extend_from_slice(&[0, 0, 0]);
+        // More than one frame's worth once encoded: HEADERS then CONTINUATION frames.
+        let h2 = request("tmp%2Fb", 40_000);
+        let big = enc.encode(h2.iter().map(|(n, v)| (&n[..], &v[..])));
+        let input = {
+            let mut c = connection(&[(END_HEADERS | PADDED | PRIORITY | END_STREAM, 1, padded)]);
+            // The big block arrives in three frames of its own.
+            let (a, rest) = big.split_at(10_000);
+            let (b, c3) = rest.split_at(16_000);
+            let mut t = BytesMut::new();
+            frame_header(&mut t, a.len(), HEADERS, 0, 3);
+            t.extend_from_slice(a);
+            frame_header(&mut t, b.len(), CONTINUATION, 0, 3);
+            t.extend_from_slice(b);
+            frame_header(&mut t, c3.len(), CONTINUATION, END_HEADERS, 3);
+            t.extend_from_slice(c3);
+            c.extend_from_slice(&t);
+            c
+        };
+        let (out, rewritten) = rewrite_in_chunks(&input, 4096);
+        assert_eq!(rewritten, 2);
+        let fs = frames(&out, true);
+        let first = &fs[1];
+        assert_eq!(first.kind, HEADERS);
+        assert_eq!(
+            first.flags,
+            END_HEADERS | PRIORITY | END_STREAM,
+            "PADDED is gone"
+        );
+        assert_eq!(&first.payload[..5], &[0x80, 0, 0, 1, 15], "priority kept");
+        let rest: Vec<&Frame> = fs[2..].iter().collect();
+        assert_eq!(rest[0].kind, HEADERS);
+        assert!(rest.len() >= 3, "{} frames", rest.len());
+        for f in &rest {
+            assert!(f.payload.len() <= MAX_FRAME);
+            assert_eq!(f.stream, 3);
+        }
+        for f in &rest[1..] {
+            assert_eq!(f.kind, CONTINUATION);
+        }
+        assert!(rest
+            .iter()
+            .rev()
+            .skip(1)
+            .all(|f| f.flags & END_HEADERS == 0));
+        assert_eq!(rest.last().map(|f| f.flags), Some(END_HEADERS));
+        let (lists, _) = decode(&fs);
+        assert_eq!(authority(&lists[0].1), Some(REPLACEMENT));
+        assert_eq!(authority(&lists[1].1), Some(REPLACEMENT));
+        assert_eq!(lists[1].1.last().map(|(_, v)| v.len()), Some(40_000));
+    }
+
+    #[test]
+    fn not_http2_and_bad_framing() {
+        // HTTP/1.1 is not looked at: the server answers it as it would.
+        let http1 = b"GET / HTTP/1.1\r\nHost: a%2Fb\r\n\r\n".repeat(3);
+        assert_eq!(rewrite_in_chunks(&http1, 5).0, http1);
+        // CONTINUATION with no HEADERS before it; a header frame over the frame size limit;
+        // garbage HPACK: the connection is closed (h2 would close it too).
+        let mut cont = connection(&[]);
+        let mut t = BytesMut::new();
+        frame_header(&mut t, 1, CONTINUATION, END_HEADERS, 1);
+        t.put_u8(0x82);
+        cont.extend_from_slice(&t);
+        let mut r = Rewriter::default();
+        assert!(matches!(
+            r.feed(&cont, &mut BytesMut::new()),
+            Err(RewriteError::Framing(_))
+        ));
+        let mut big = connection(&[]);
+        let mut t = BytesMut::new();
+        frame_header(&mut t, MAX_FRAME + 1, HEADERS, END_HEADERS, 1);
+        big.extend_from_slice(&t);
+        let mut r = Rewriter::default();
+        assert!(matches!(
+            r.feed(&big, &mut BytesMut::new()),
+            Err(RewriteError::FrameTooLarge(_))
+        ));
+        let garbage = connection(&[(END_HEADERS, 1, vec![0xff, 0xff, 0xff, 0xff, 0xff, 0xff])]);
+        let mut r = Rewriter::default();
+        assert!(matches!(
+            r.feed(&garbage, &mut BytesMut::new()),
+            Err(RewriteError::Hpack(_))
+        ));
+        // A big DATA frame passes through in pieces, unchanged.
+        let mut data = connection(&[]);
+        let mut t = BytesMut::new();
+        frame_header(&mut t, 100_000, 0x0, 0x1, 1);
+        t.extend_from_slice(&vec![7u8; 100_000]);
+        data.extend_from_slice(&t);
+        assert_eq!(rewrite_in_chunks(&data, 333).0, data);
+    }
+}

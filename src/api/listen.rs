@@ -411,6 +411,142 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn health_starts_not_serving_and_reflection_builds() {
+        use tonic_health::pb::health_server::Health as _;
+        use tonic_health::pb::HealthCheckRequest;
+        let mut health = ApiHealth::new().await;
+        let names = health.names().to_vec();
+        assert_eq!(names[0], "");
+        assert!(names.iter().any(|n| n == "xdplb.v1.Backends"), "{names:?}");
+        let service = HealthService::from_health_reporter(health.reporter.clone());
+        let check = |name: &str| {
+            let req = tonic::Request::new(HealthCheckRequest {
+                service: name.to_string(),
+            });
+            let service = &service;
+            async move { service.check(req).await.map(|r| r.into_inner().status) }
+        };
+        use tonic_health::pb::health_check_response::ServingStatus as S;
+        for name in &names {
+            assert_eq!(
+                check(name).await.expect("known"),
+                S::NotServing as i32,
+                "{name:?}"
+            );
+        }
+        health.set_serving(true).await;
+        for name in &names {
+            assert_eq!(
+                check(name).await.expect("known"),
+                S::Serving as i32,
+                "{name:?}"
+            );
+        }
+        assert_eq!(
+            check("xdplb.v1.Nope").await.expect_err("unknown").code(),
+            tonic::Code::NotFound
+        );
+        health.shut_down().await;
+        assert_eq!(
+            check("").await.expect_err("forgotten").code(),
+            tonic::Code::NotFound
+        );
+        reflection().build_v1().expect("v1");
+        reflection().build_v1alpha().expect("v1alpha");
+    }
+
+    /// The bytes grpcio sent for two Health/Check calls over `unix:` (the capture of
+    /// `authority::tests`), written to a real tonic server on a Unix socket: h2 resets both
+    /// streams with PROTOCOL_ERROR over a plain socket, and answers both (SERVING) over
+    /// [`unix_incoming`].
+    #[tokio::test]
+    async fn h2_takes_grpcios_unix_authority_only_through_unix_incoming() {
+        use super::super::authority::tests::{capture, decode, frames};
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut results = Vec::new();
+        for rewrite in [false, true] {
+            let socket = dir.path().join(format!("h2-{rewrite}.sock"));
+            let listener = bind_unix(&socket).expect("bind");
+            let health = ApiHealth::new().await;
+            health.set_serving(true).await;
+            let router = Server::builder().add_service(health.server.clone());
+            let server = if rewrite {
+                tokio::spawn(async move {
+                    let _ = router.serve_with_incoming(unix_incoming(listener)).await;
+                })
+            } else {
+                tokio::spawn(async move {
+                    let _ = router
+                        .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(
+                            listener,
+                        ))
+                        .await;
+                })
+            };
+            let mut conn = UnixStream::connect(&socket).await.expect("connect");
+            conn.write_all(&capture()).await.expect("write");
+            // Read until both streams have ended (END_STREAM or RST_STREAM), for at most 10 s.
+            let mut got = Vec::new();
+            let ended = |got: &[u8]| {
+                let fs = frames(got, false);
+                [1u32, 3].iter().all(|s| {
+                    fs.iter().any(|f| {
+                        f.stream == *s && (f.kind == 0x3 || (f.flags & 0x1 != 0 && f.kind != 0x4))
+                    })
+                })
+            };
+            let read = tokio::time::timeout(Duration::from_secs(10), async {
+                let mut buf = [0u8; 4096];
+                while !ended(&got) {
+                    let n = conn.read(&mut buf).await.expect("read");
+                    assert!(n > 0, "the server closed the connection");
+                    got.extend_from_slice(&buf[..n]);
+                }
+            })
+            .await;
+            assert!(
+                read.is_ok(),
+                "no answer to both calls (rewrite: {rewrite}): {got:?}"
+            );
+            server.abort();
+            results.push(frames(&got, false));
+        }
+        // A plain socket: RST_STREAM(PROTOCOL_ERROR = 1) for both calls, nothing else for them.
+        let plain = &results[0];
+        for s in [1u32, 3] {
+            let mine: Vec<_> = plain.iter().filter(|f| f.stream == s).collect();
+            assert!(
+                mine.iter()
+                    .all(|f| f.kind == 0x3 && f.payload == [0, 0, 0, 1]),
+                "stream {s}: {mine:?}"
+            );
+            assert!(!mine.is_empty());
+        }
+        // Through unix_incoming: 200, a SERVING response, grpc-status 0, for both.
+        let (lists, others) = decode(&results[1]);
+        for s in [1u32, 3] {
+            let fields: Vec<(String, String)> = lists
+                .iter()
+                .filter(|(st, _)| *st == s)
+                .flat_map(|(_, f)| f.clone())
+                .collect();
+            let has = |n: &str, v: &str| fields.iter().any(|(a, b)| a == n && b == v);
+            assert!(
+                has(":status", "200") && has("grpc-status", "0"),
+                "stream {s}: {fields:?}"
+            );
+            // HealthCheckResponse { status: SERVING (1) }, length-prefixed.
+            assert!(
+                others
+                    .iter()
+                    .any(|f| f.stream == s && f.kind == 0x0 && f.payload == [0, 0, 0, 0, 2, 8, 1]),
+                "stream {s}: {others:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
     async fn unix_socket_is_private_and_replaces_only_dead_sockets() {
         let dir = tempfile::tempdir().expect("tempdir");
         // A permissive directory, as /run is.
