@@ -8,7 +8,7 @@ APT_PACKAGES := clang-19 llvm-19 libelf-dev zlib1g-dev pkg-config protobuf-compi
 	prometheus python3-venv \
 	wrk nginx haproxy nftables
 
-.PHONY: all deps build check layers upgrade-variant previous-release test unit integration demo bench fuzz fmt clean ansible-venv dist
+.PHONY: all deps build check layers upgrade-variant previous-release test unit integration demo bench fuzz fmt clean ansible-venv grpc-venv dist
 
 all: build
 
@@ -53,7 +53,7 @@ layers: deps
 	bash scripts/check-layers.sh
 
 # Unit and BPF_PROG_TEST_RUN tests, then the namespace tests (root needed for BPF and netns).
-test: build layers ansible-venv upgrade-variant previous-release
+test: build layers ansible-venv grpc-venv upgrade-variant previous-release
 	@[ "$$(id -u)" = 0 ] || { echo "make test needs root (BPF, network namespaces)"; exit 1; }
 	$(CARGO) test --workspace --exclude xdplb-integration
 	$(CARGO) test -p xdplb-integration --tests -- --test-threads=1
@@ -82,6 +82,17 @@ ansible-venv: $(ANSIBLE_VENV)/bin/ansible-playbook
 $(ANSIBLE_VENV)/bin/ansible-playbook: | deps
 	/usr/bin/python3 -m venv $(ANSIBLE_VENV)
 	$(ANSIBLE_VENV)/bin/pip install -q '$(ANSIBLE_CORE)'
+
+# Stock gRPC clients from PyPI in a virtualenv, for integration/tests/grpc_clients.rs: grpcio,
+# grpcio-tools (stubs generated from proto/*.proto at test time), health checking, reflection.
+GRPC_VENV := .venv-grpc
+GRPC_PACKAGES := 'grpcio>=1.60,<2' 'grpcio-tools>=1.60,<2' 'grpcio-health-checking>=1.60,<2' \
+	'grpcio-reflection>=1.60,<2'
+grpc-venv: $(GRPC_VENV)/.installed
+$(GRPC_VENV)/.installed: | deps
+	/usr/bin/python3 -m venv $(GRPC_VENV)
+	$(GRPC_VENV)/bin/pip install -q $(GRPC_PACKAGES)
+	touch $@
 
 # Packaging artefacts in dist/: release binaries, the systemd unit, an example config,
 # man pages and shell completions generated from lbctl's clap definitions.

@@ -13,6 +13,8 @@ made with the library's defaults (no authority override, no options). CHECK is o
   health SERVICE...    grpc.health.v1.Health/Check for each SERVICE ("" is the server as a whole):
                        each must be SERVING;
   health-unknown NAME  Check of a service lbd does not have: NOT_FOUND;
+  health-watch         Watch of "" until the stream ends (lbd stopping): prints each status,
+                       which must be SERVING first and NOT_SERVING last; the stream must end OK;
   reflection VIP       server reflection only (no .proto, no stub): lists the services, fetches the
                        file descriptor of xdplb.v1.Vips with its dependencies, builds the message
                        classes from it and calls ListVips, which must show VIP.
@@ -135,6 +137,21 @@ def health_unknown(channel, name):
         fail(f"Health.Check({name!r}) answered {r}")
 
 
+def health_watch(channel):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: PLC0415
+
+    stub = health_pb2_grpc.HealthStub(channel)
+    seen = []
+    # No deadline: lbd ends the stream when it stops (the test bounds the whole run).
+    for r in stub.Watch(health_pb2.HealthCheckRequest(service="")):
+        status = health_pb2.HealthCheckResponse.ServingStatus.Name(r.status)
+        seen.append(status)
+        print(f"Health.Watch(''): {status}", flush=True)
+    print("Health.Watch(''): stream ended", flush=True)
+    if not seen or seen[0] != "SERVING" or seen[-1] != "NOT_SERVING":
+        fail(f"Watch saw {seen}")
+
+
 def reflection(channel, vip):
     from google.protobuf import descriptor_pb2, descriptor_pool, message_factory  # noqa: PLC0415
     from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (  # noqa: PLC0415
@@ -218,6 +235,8 @@ def main():
                 health(channel, args)
             elif check == "health-unknown":
                 health_unknown(channel, *args)
+            elif check == "health-watch":
+                health_watch(channel)
             elif check == "reflection":
                 reflection(channel, *args)
             else:

@@ -9,7 +9,7 @@
 //! Run as root: `cargo test -p xdplb-integration --test grpc_clients`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -50,16 +50,10 @@ fn python() -> Result<PathBuf> {
     Ok(path)
 }
 
-/// Runs `grpc_clients.py TARGET args...` inside `ns` (bounded by [`SCRIPT_TIMEOUT`]);
-/// (success, its output).
-fn script(ns: &NetNs, target: &str, args: &[&str]) -> Result<(bool, String)> {
-    let dir = tempfile::Builder::new()
-        .prefix("xdplb-grpc-py-")
-        .tempdir()
-        .context("tempdir")?;
-    let log = dir.path().join("out");
-    let out = std::fs::File::create(&log).context("creating the script's log")?;
-    let mut child = Command::new("nsenter")
+/// `grpc_clients.py TARGET args...` inside `ns`, its output going to `log`.
+fn spawn_script(ns: &NetNs, target: &str, args: &[&str], log: &Path) -> Result<Child> {
+    let out = std::fs::File::create(log).context("creating the script's log")?;
+    Command::new("nsenter")
         .arg(format!("--net={}", ns.path().display()))
         .arg(python()?)
         .arg(repo_root().join("integration/python/grpc_clients.py"))
@@ -74,7 +68,18 @@ fn script(ns: &NetNs, target: &str, args: &[&str]) -> Result<(bool, String)> {
         .stdout(out.try_clone()?)
         .stderr(out)
         .spawn()
-        .context("spawning the grpcio script")?;
+        .context("spawning the grpcio script")
+}
+
+/// Runs `grpc_clients.py TARGET args...` inside `ns` (bounded by [`SCRIPT_TIMEOUT`]);
+/// (success, its output).
+fn script(ns: &NetNs, target: &str, args: &[&str]) -> Result<(bool, String)> {
+    let dir = tempfile::Builder::new()
+        .prefix("xdplb-grpc-py-")
+        .tempdir()
+        .context("tempdir")?;
+    let log = dir.path().join("out");
+    let mut child = spawn_script(ns, target, args, &log)?;
     let status = wait_bounded(&mut child, SCRIPT_TIMEOUT)?;
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     match status {
@@ -91,6 +96,7 @@ fn ok(lbd: &Lbd, ns: &NetNs, target: &str, args: &[&str]) -> String {
         "grpcio {target} {args:?} failed:\n{text}\n--- lbd log ---\n{}",
         lbd.log_text()
     );
+    eprintln!("grpcio {target} {args:?}:\n{text}");
     text
 }
 
@@ -130,7 +136,7 @@ fn grpcio_over_the_unix_socket_with_its_default_authority() {
         .expect("backend list");
     assert!(backends.contains(&backend), "{backends}");
 
-    // `unix:///abs/path` spells the same socket; grpcio sends yet another authority for it.
+    // `unix:///abs/path`, the other spelling of the same socket.
     let target3 = format!("unix://{}", lbd.socket().display());
     let out = ok(&lbd, topo.lb(), &target3, &["health", ""]);
     assert!(out.contains("SERVING"), "{out}");
@@ -166,4 +172,54 @@ fn health_and_reflection_over_unix_and_tcp() {
     // A backend at the VIP's own address is refused, naming the field; nothing changes.
     let out = ok(&lbd, topo.lb(), &unix, &["self-backend", &vip]);
     assert!(out.contains("INVALID_ARGUMENT backend.address"), "{out}");
+}
+
+/// A script running in the background, killed and reaped on drop (also when the test fails).
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
+/// A `Health.Watch` stream sees SERVING, then NOT_SERVING when lbd stops, and then its end: it
+/// does not hold up lbd's graceful shutdown (lbd exits 0 within its stop timeout).
+#[test]
+fn health_watch_ends_with_not_serving_when_lbd_stops() {
+    let (mut lbd, topo) = lab(false);
+    let target = format!("unix:{}", lbd.socket().display());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("watch");
+    let mut watch =
+        Reaped(spawn_script(topo.lb(), &target, &["health-watch"], &log).expect("spawn"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("SERVING")
+    {
+        if std::time::Instant::now() > deadline {
+            panic!(
+                "no SERVING from Watch: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    lbd.stop()
+        .expect("lbd stops cleanly with a Watch stream open");
+    let status = wait_bounded(&mut watch.0, SCRIPT_TIMEOUT).expect("wait");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}:\n{text}\n{}",
+        lbd.log_text()
+    );
+    assert!(
+        text.contains("Health.Watch(''): NOT_SERVING\nHealth.Watch(''): stream ended"),
+        "{text}"
+    );
 }
