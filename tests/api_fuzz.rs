@@ -25,7 +25,6 @@ use anyhow::{Context, Result};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as PtConfig, TestCaseError, TestRunner};
 use prost::Message;
-use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::{Channel, Server};
 use tonic::Code;
 

@@ -367,6 +367,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for AnyAuthority<S> {
             if rb.filled().is_empty() {
                 this.eof = true;
                 this.rewriter.finish(&mut this.out);
+                if this.rewriter.rewritten() > 0 {
+                    tracing::debug!(
+                        requests = this.rewriter.rewritten(),
+                        "a gRPC client on the Unix socket ended; its :authority was replaced by {REPLACEMENT}"
+                    );
+                }
                 continue;
             }
             if let Err(e) = this.rewriter.feed(rb.filled(), &mut this.out) {
