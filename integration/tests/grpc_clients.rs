@@ -136,6 +136,26 @@ fn grpcio_over_the_unix_socket_with_its_default_authority() {
         .expect("backend list");
     assert!(backends.contains(&backend), "{backends}");
 
+    // The README's exec probe, as written there (YAML folds its lines into one).
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).expect("README");
+    let probe = readme
+        .split_once("command: [python3, -c, \"")
+        .and_then(|(_, rest)| rest.split_once("\"]"))
+        .map(|(code, _)| code.lines().map(str::trim).collect::<Vec<_>>().join(" "))
+        .expect("the README has the exec probe");
+    let probe = probe.replace("/run/xdplb/lbd.sock", &lbd.socket().display().to_string());
+    let status = Command::new("nsenter")
+        .arg(format!("--net={}", topo.lb().path().display()))
+        .args(["timeout", "20"])
+        .arg(python().expect("python"))
+        .args(["-c", &probe])
+        .status()
+        .expect("running the README's probe");
+    assert!(
+        status.success(),
+        "the README's probe failed ({status}): {probe}"
+    );
+
     // `unix:///abs/path`, the other spelling of the same socket.
     let target3 = format!("unix://{}", lbd.socket().display());
     let out = ok(&lbd, topo.lb(), &target3, &["health", ""]);
