@@ -27,6 +27,7 @@ pub mod maps;
 pub mod migrate;
 pub mod ratelimit;
 pub mod telemetry;
+pub mod trace;
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -274,7 +275,8 @@ impl Dataplane {
                 // .rodata, .kconfig and friends are internal to the program (libbpf names them
                 // "<object>.<section>"; a map of bpf/maps.h is a C identifier, without a dot):
                 // only pin real maps.
-                if name.contains('.') {
+                if name.contains('.') || name == "trace_events" {
+                    // trace_events holds this process's perf events (src/dataplane/trace.rs).
                     continue;
                 }
                 let pin = dir.join(&name);
