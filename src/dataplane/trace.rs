@@ -235,7 +235,10 @@ impl TraceSession<'_> {
                 .poll(timeout)
                 .map_err(bpf_err("reading the trace perf buffer"))?;
         }
-        Ok(self.queue.borrow_mut().drain(..).collect())
+        // One buffer per CPU: merge what came by time.
+        let mut got: Vec<TraceRecord> = self.queue.borrow_mut().drain(..).collect();
+        got.sort_by_key(|r| r.ts_ns);
+        Ok(got)
     }
 
     /// Records the kernel dropped because the buffer was full, since the last call.
