@@ -34,7 +34,7 @@ static __always_inline bool trace_match(const struct lb_trace_cfg *t, const stru
 	return true;
 }
 
-static __noinline void trace_emit(struct xdp_md *ctx, const struct packet *pkt, int action)
+static __noinline __attribute__((unused)) void trace_emit(struct xdp_md *ctx, const struct packet *pkt, int action)
 {
 	struct lb_trace_cfg *t = &lb_trace;
 	void *data = (void *)(long)ctx->data;
@@ -67,9 +67,17 @@ static __noinline void trace_emit(struct xdp_md *ctx, const struct packet *pkt, 
 	bpf_perf_event_output(ctx, &trace_events, (cap << 32) | BPF_F_CURRENT_CPU, &rec, sizeof(rec));
 }
 
+#ifdef LB_TRACE_HOOK_OFF
+/* bench/bpf/lb_notrace.bpf.c only: the same program without the hook, the baseline that
+ * `make bench` measures the switched-off hook against. */
+static __always_inline void trace_packet(struct xdp_md *ctx, const struct packet *pkt, int action)
+{
+}
+#else
 /* At the exit of xdplb(): the whole cost of tracing while it is off. */
 static __always_inline void trace_packet(struct xdp_md *ctx, const struct packet *pkt, int action)
 {
 	if (*(volatile __u32 *)&lb_trace.on)
 		trace_emit(ctx, pkt, action);
 }
+#endif
