@@ -201,7 +201,8 @@ struct {
 } global_stats SEC(".maps");
 
 /* Packet tracing (bpf/trace.h): lbd opens a perf buffer on it only while a
- * trace runs. Not pinned (a process's perf events): each lbd has its own. */
+ * trace runs (its entries go with the process that set them; lbd sizes it to
+ * the possible CPUs before load). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERF_EVENT_ARRAY);
 	__uint(key_size, sizeof(__u32));

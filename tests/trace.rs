@@ -254,3 +254,51 @@ fn count_deadline_and_snap_length_bound_what_is_sent() {
         Ok(())
     });
 }
+
+/// `trace_events` is pinned like every map: a restarted program adopts it (an upgrade keeps
+/// every map, the trace's included), starts with the switch off, and traces through it.
+#[test]
+fn a_restarted_program_adopts_the_trace_map_and_starts_switched_off() {
+    bench(|_, net| {
+        let pins = PinDir::new("trace");
+        let mut lb = Lb::load(net, config(PORTS), &Lb::pinned_options(&pins))?;
+        lb.add_vip(VIP, Protocol::Tcp, &[(BE1, 100)])?;
+        let syn = client_syn(sa(CLIENT, 40100), VIP).build();
+        let first_map = {
+            let tap = lb.rec.dataplane_mut().trace_tap()?;
+            let mut s = tap.start(&TraceFilter::default(), 10, Duration::from_secs(60), 1518)?;
+            // Left on, as by an lbd killed mid-trace.
+            lb.run(lb.net.veth0, &syn)?;
+            ensure!(
+                drain(&mut s)?.len() == 1,
+                "the first program sent no record"
+            );
+            std::mem::forget(s);
+            ensure!(tap.is_on()?, "the switch went off");
+            maps_of(&lb)?
+        };
+        let mut lb = lb.restart()?;
+        lb.reconcile()?;
+        ensure!(
+            maps_of(&lb)? == first_map,
+            "trace_events was not adopted: {first_map} -> {}",
+            maps_of(&lb)?
+        );
+        let tap = lb.rec.dataplane_mut().trace_tap()?;
+        ensure!(!tap.is_on()?, "the new program starts tracing");
+        let mut s = tap.start(&TraceFilter::default(), 10, Duration::from_secs(60), 1518)?;
+        let run = lb.run(lb.net.veth0, &client_syn(sa(CLIENT, 40101), VIP).build())?;
+        let got = drain(&mut s)?;
+        ensure!(got.len() == 1, "{} records after the restart", got.len());
+        ensure!(got[0].frame == run.out, "the record is not the frame");
+        Ok(())
+    });
+}
+
+/// The id of the trace_events map the loaded program uses.
+fn maps_of(lb: &Lb) -> Result<u32> {
+    let maps =
+        xdplb::dataplane::program_maps(std::os::fd::AsFd::as_fd(lb.rec.dataplane().program()))?;
+    let m = maps.get("trace_events").context("no trace_events map")?;
+    Ok(libbpf_rs::MapCore::info(m)?.info.id)
+}

@@ -267,6 +267,7 @@ impl Dataplane {
         let dsr_template = flows::prepare(&mut open, sizes)?;
         firewall::prepare(&mut open, opts.firewall_capacity, opts.firewall_scope)?;
         ratelimit::prepare(&mut open, opts.ratelimit_clients)?;
+        trace::prepare(&mut open)?;
         let mut adopted = false;
         if let Some(dir) = &opts.pin_dir {
             ensure_bpffs(dir)?;
@@ -275,8 +276,7 @@ impl Dataplane {
                 // .rodata, .kconfig and friends are internal to the program (libbpf names them
                 // "<object>.<section>"; a map of bpf/maps.h is a C identifier, without a dot):
                 // only pin real maps.
-                if name.contains('.') || name == "trace_events" {
-                    // trace_events holds this process's perf events (src/dataplane/trace.rs).
+                if name.contains('.') {
                     continue;
                 }
                 let pin = dir.join(&name);

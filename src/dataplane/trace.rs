@@ -101,6 +101,13 @@ impl std::fmt::Debug for TraceTap {
     }
 }
 
+/// Sizes `trace_events` (one slot per possible CPU) before load: libbpf would do it at creation,
+/// but the pinned map is compared with the open one first.
+pub(super) fn prepare(open: &mut crate::skel::OpenLbSkel<'_>) -> Result<(), DataplaneError> {
+    let cpus = libbpf_rs::num_possible_cpus().map_err(bpf_err("counting the possible CPUs"))?;
+    super::size_map(&mut open.maps.trace_events, cpus as u32, "trace_events")
+}
+
 impl super::Dataplane {
     /// The trace tap of this program (only the owner of the data plane makes one; lbd makes
     /// one at start and hands it to the trace service).
