@@ -6,7 +6,7 @@ CARGO ?= cargo
 APT_PACKAGES := clang-19 llvm-19 libelf-dev zlib1g-dev pkg-config protobuf-compiler \
 	gcc-multilib bpftool iproute2 ethtool netcat-openbsd curl python3 util-linux \
 	prometheus python3-venv \
-	wrk nginx haproxy nftables
+	wrk nginx haproxy nftables tcpdump
 
 .PHONY: all deps build check layers upgrade-variant previous-release test unit integration demo bench fuzz fmt clean ansible-venv grpc-venv dist
 

@@ -40,6 +40,7 @@
 #include "icmp.h"
 #include "vip.h"
 #include "ttl.h"
+#include "trace.h"
 
 /* DSR packets that cannot leave through XDP are dropped, not passed: the
  * kernel would route the VIP-addressed packet along the VIP's route, which
@@ -480,6 +481,7 @@ int xdplb(struct xdp_md *ctx)
 	int action = process_packet(ctx, &pkt);
 
 	count_verdict(&pkt, action);
+	trace_packet(ctx, &pkt, action);
 	return action;
 }
 
@@ -609,4 +611,8 @@ const volatile struct {
 	enum rl_scope rl_scope;
 	enum rl_policy_flags rl_policy_flags;
 	enum lb_vip_filter_params vip_filter_params;
+	enum lb_trace_match trace_match;
+	enum lb_trace_limits trace_limits;
+	enum lb_trace_flags trace_flags;
+	struct lb_trace_rec trace_rec;
 } lb_btf_anchor;

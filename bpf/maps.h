@@ -200,6 +200,15 @@ struct {
 	__type(value, struct lb_global_stats);
 } global_stats SEC(".maps");
 
+/* Packet tracing (bpf/trace.h): lbd opens a perf buffer on it only while a
+ * trace runs (its entries go with the process that set them; lbd sizes it to
+ * the possible CPUs before load). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERF_EVENT_ARRAY);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(__u32));
+} trace_events SEC(".maps");
+
 /* Firewall (bpf/firewall.h): the IPv4 rules as two fixed-depth tables that
  * lbd computes from the rule list, so that every packet costs the same
  * lookups whatever the number of rules. Every entry is a verdict word (enum

@@ -472,3 +472,56 @@ struct rl_counters {
 	__u64 allowed;
 	__u64 dropped;
 };
+
+/* Packet tracing (bpf/trace.h, `lbctl trace`). lbd writes struct lb_trace_cfg
+ * (the global lb_trace, section .data.trace) to start and stop a trace; the
+ * program sends each matching packet's struct lb_trace_rec, followed by the
+ * frame's first cap_len bytes, to trace_events. */
+enum lb_trace_match {
+	LB_TRACE_M_VIP_ADDR = 1, /* destination address == vip_be */
+	LB_TRACE_M_VIP_PORT = 2, /* destination port == vport_be */
+	LB_TRACE_M_PROTO = 4, /* IP protocol == proto */
+	LB_TRACE_M_CLIENT = 8, /* source address & client_mask_be == client_be */
+};
+
+enum lb_trace_limits {
+	LB_TRACE_SNAPLEN_MAX = 9216, /* most frame bytes a record carries */
+};
+
+enum lb_trace_flags {
+	LB_TRACE_F_IPV4 = 1, /* the frame was IPv4 and key holds its addresses */
+};
+
+/* The trace switch and filter. on == 0: nothing else is read. The filter
+ * fields are written while on == 0 (or rewritten with the same values). */
+struct lb_trace_cfg {
+	__u32 on;
+	__u32 match_bits; /* enum lb_trace_match: which of the fields below must hold */
+	__u32 vip_be;
+	__u32 client_be; /* already masked */
+	__u32 client_mask_be;
+	__u16 vport_be;
+	__u8 proto;
+	__u8 pad;
+	__u32 snaplen; /* frame bytes per record, <= LB_TRACE_SNAPLEN_MAX */
+	__u32 pad2;
+	__s64 left; /* records still to send (decremented atomically) */
+	__u64 until_ns; /* bpf_ktime_get_ns() after which nothing is sent */
+};
+
+/* One traced packet (a perf sample: this struct, then cap_len frame bytes).
+ * The key is the packet as it arrived; the frame is as the program left it
+ * (rewritten for XDP_TX / XDP_REDIRECT, untouched for a drop or a pass). */
+struct lb_trace_rec {
+	__u64 ts_ns; /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) */
+	struct flow_key4 key; /* wire-order 5-tuple as received (ports 0 for ICMP) */
+	__u32 ifindex; /* ingress interface */
+	__u32 rx_queue;
+	__u32 frame_len; /* frame length at the exit */
+	__u32 cap_len; /* frame bytes following this struct */
+	__u8 reason; /* enum lb_reason */
+	__u8 verdict; /* XDP action */
+	__u8 tcp_flags;
+	__u8 flags; /* enum lb_trace_flags */
+	__u32 pad;
+};

@@ -13,6 +13,7 @@ pub mod neighbor;
 pub mod persist;
 pub mod reconcile;
 pub mod routes;
+pub mod trace;
 
 xdplb_bpffs::skeleton!(
     /// The libbpf skeleton generated from `bpf/lb.bpf.c`; `types` holds the C structs of

@@ -2,7 +2,7 @@
 //! against baselines taken in the same run and writes `bench/results/latest.md`
 //! plus PNG plots. Needs root (BPF, network namespaces); bounded in time.
 //!
-//! Sections: 1 per-path cost (`paths`), 2 scaling (`scaling`), 3 end to end in namespaces
+//! Sections: 1 per-path cost (`paths`; 1c the trace hook, `trace`), 2 scaling (`scaling`), 3 end to end in namespaces
 //! (`e2e`), 4 connections (`conn`), 5 control plane (`control`), 6 SYN flood against
 //! established flows (`flood`).
 
@@ -19,6 +19,7 @@ mod report;
 mod scaling;
 mod setup;
 mod testrun;
+mod tracecost;
 
 use std::time::Instant;
 
@@ -26,7 +27,9 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 
 /// Every section, in report order, as `--only` names them.
-const SECTIONS: [&str; 6] = ["paths", "scaling", "e2e", "conn", "control", "flood"];
+const SECTIONS: [&str; 7] = [
+    "paths", "trace", "scaling", "e2e", "conn", "control", "flood",
+];
 
 #[derive(Parser, Debug)]
 #[command(about = "xdplb benchmarks (root; bounded; writes bench/results/latest.md)")]
@@ -34,7 +37,7 @@ struct Args {
     /// Directory for latest.md and the plots.
     #[arg(long, default_value = "bench/results")]
     out: std::path::PathBuf,
-    /// Sections to run (default: all): paths, scaling, e2e, conn, control, flood.
+    /// Sections to run (default: all): paths, trace, scaling, e2e, conn, control, flood.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Shorter runs (fewer trials and packets, smaller tables), for a quick look.
@@ -95,6 +98,7 @@ fn main() -> Result<()> {
         s1 = Some(paths::run(r, quick)?);
         Ok(())
     });
+    section("trace", &mut |r| tracecost::run(r, quick));
     section("scaling", &mut |r| scaling::run(r, quick));
     section("e2e", &mut |r| e2e_section(r, quick));
     section("conn", &mut |r| conn_section(r, quick));

@@ -20,6 +20,7 @@ pub struct Lbd {
     pub stats: StatsClient<Channel>,
     pub firewall: FirewallClient<Channel>,
     pub ratelimits: RateLimitsClient<Channel>,
+    pub trace: crate::pb::trace_client::TraceClient<Channel>,
 }
 
 impl Lbd {
@@ -103,7 +104,8 @@ impl Lbd {
             backends: BackendsClient::new(channel.clone()),
             stats: StatsClient::new(channel.clone()),
             firewall: FirewallClient::new(channel.clone()),
-            ratelimits: RateLimitsClient::new(channel),
+            ratelimits: RateLimitsClient::new(channel.clone()),
+            trace: crate::pb::trace_client::TraceClient::new(channel),
         })
     }
 }

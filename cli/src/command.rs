@@ -46,6 +46,8 @@ pub enum Command {
     },
     /// `top`: live rates from a stream of snapshots.
     Top(crate::top::Top),
+    /// `trace`: a live sample of packets with their verdicts.
+    Trace(crate::trace::Trace),
     Completions(clap_complete::Shell),
     /// `man [--dir DIR]`: local, no lbd.
     Man(Option<std::path::PathBuf>),
@@ -126,6 +128,7 @@ impl TryFrom<LowCommand> for Command {
             LowCommand::Stats => Command::Stats,
             LowCommand::BackendSetup(args) => backend_setup(&args)?,
             LowCommand::Top(args) => Command::Top(args.try_into()?),
+            LowCommand::Trace(args) => Command::Trace(args.try_into()?),
             LowCommand::Completions { shell } => Command::Completions(shell),
             LowCommand::Man { dir } => Command::Man(dir),
         })

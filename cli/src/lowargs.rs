@@ -151,6 +151,10 @@ pub enum LowCommand {
     /// Live packets/s, bits/s and new flows/s per VIP and backend, redrawn in place (Ctrl-C quits)
     Top(TopArgs),
 
+    /// A live sample of real packets with the verdict and reason each got (optionally a pcap)
+    #[command(after_help = TRACE_EXAMPLES)]
+    Trace(TraceArgs),
+
     /// Print a shell completion script to stdout
     Completions {
         /// Shell to generate completions for
@@ -530,4 +534,42 @@ pub struct TopArgs {
     /// until Ctrl-C
     #[arg(long, short = 'n', value_name = "N")]
     pub iterations: Option<String>,
+}
+
+const TRACE_EXAMPLES: &str = "Examples:
+  lbctl trace --vip 10.0.0.10:80 --proto tcp --count 20
+  lbctl trace --client 192.0.2.0/24 --seconds 30 --pcap /tmp/lb.pcap
+  lbctl trace --vip 10.0.0.10 --json";
+
+/// `lbctl trace [--vip ADDR[:PORT]] [--proto P] [--client PREFIX] [--count N] [--seconds S]
+/// [--snaplen N] [--pcap FILE]`
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// Only packets to this destination: a VIP's address, or address and port (ADDR[:PORT])
+    #[arg(long, value_name = "VIP")]
+    pub vip: Option<String>,
+
+    /// Only this protocol (tcp or udp)
+    #[arg(long, value_name = "PROTO")]
+    pub proto: Option<String>,
+
+    /// Only packets from this source prefix (or address)
+    #[arg(long, value_name = "PREFIX")]
+    pub client: Option<String>,
+
+    /// Stop after N packets, 1..=100000
+    #[arg(long, short = 'n', value_name = "N", default_value = "100")]
+    pub count: String,
+
+    /// Stop after S seconds, 1..=3600
+    #[arg(long, value_name = "S", default_value = "10")]
+    pub seconds: String,
+
+    /// Frame bytes captured per packet, 64..=9216
+    #[arg(long, value_name = "BYTES", default_value = "1518")]
+    pub snaplen: String,
+
+    /// Also write the frames (as the balancer sent them on) to FILE in pcap format
+    #[arg(long, value_name = "FILE")]
+    pub pcap: Option<PathBuf>,
 }

@@ -16,6 +16,7 @@ mod stats;
 #[cfg(test)]
 mod testlbd;
 mod top;
+mod trace;
 mod vip;
 
 /// lbd's API (messages, clients, and the servers the unit tests fake lbd with).
@@ -112,6 +113,7 @@ async fn run(command: &Command, args: &Globals, out: &mut dyn Write) -> anyhow::
         Command::RateLimit(cmd) => ratelimit::run(cmd, args, out).await,
         Command::Health(cmd) => health::run(cmd, args, out).await,
         Command::Top(cmd) => top::run(cmd, args, out).await,
+        Command::Trace(cmd) => trace::run(cmd, args, out).await,
         // Handled in main: local, no lbd.
         Command::BackendSetup { .. } | Command::Completions(_) | Command::Man(_) => Ok(()),
     }

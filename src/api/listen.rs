@@ -132,6 +132,19 @@ pub fn unix_incoming(
     tokio_stream::wrappers::UnixListenerStream::new(listener).map(|c| c.map(AnyAuthority::new))
 }
 
+/// Adds the `Trace` service (packet tracing through `tracer`, the one trace owner lbd makes at
+/// start) to a router of [`router`]; its streams end with `Unavailable` once `stop` turns true.
+pub fn with_trace(
+    router: Router,
+    ctl: &Controller,
+    tracer: std::sync::Arc<crate::trace::Tracer>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Router {
+    router.add_service(xdplb_proto::pb::trace_server::TraceServer::new(
+        super::trace::TraceService::new(ctl.clone(), tracer, stop),
+    ))
+}
+
 /// Why the API cannot listen where it was asked to.
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {

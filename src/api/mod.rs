@@ -8,6 +8,7 @@ pub(crate) mod firewall;
 pub mod listen;
 pub(crate) mod ratelimit;
 pub(crate) mod stats;
+pub(crate) mod trace;
 pub(crate) mod vips;
 
 use tonic::Status;

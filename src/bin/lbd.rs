@@ -251,6 +251,14 @@ async fn run(args: Args) -> Result<()> {
     // The VIP addresses' blackhole routes are in place before the VIPs go live (kept from
     // the previous lbd, whose program was attached until now, or added).
     let mut routes = VipRoutes::start(config.dataplane.blackhole_routes, &state).await;
+    // The one owner of the trace switch (`lbctl trace`), made while lbd still holds the data
+    // plane; the trace service gets it, never a map writer.
+    let tracer = xdplb::trace::Tracer::new(
+        reconciler
+            .dataplane_mut()
+            .trace_tap()
+            .context("opening the trace switch")?,
+    );
     let ctl = match Controller::new(state, reconciler) {
         Ok(c) => c,
         Err(e) => {
@@ -276,7 +284,7 @@ async fn run(args: Args) -> Result<()> {
         .unwrap_or_else(|| PathBuf::from(config::DEFAULT_SOCKET));
     let served = match MetricsServer::start_for(&ctl, metrics_listen).await {
         Ok(metrics) => {
-            let served = serve(ctl.clone(), &socket, tcp).await;
+            let served = serve(ctl.clone(), tracer.clone(), &socket, tcp).await;
             if let Some(m) = metrics {
                 m.shutdown().await;
             }
@@ -285,6 +293,8 @@ async fn run(args: Args) -> Result<()> {
         Err(e) => Err(e).context("starting the metrics endpoint"),
     };
     health.shutdown().await;
+    // A running trace sees the stop within 100 ms and switches the program's tracing off.
+    tracer.wait_idle(std::time::Duration::from_secs(2)).await;
     sweeper.abort();
     // An aborted task drops its controller handle only once it has stopped: wait for it, or
     // into_reconciler below finds the API still in use and the data plane is never detached.
@@ -427,6 +437,7 @@ fn note_accept_local(ifname: &str) {
 
 async fn serve(
     ctl: Controller,
+    tracer: std::sync::Arc<xdplb::trace::Tracer>,
     socket: &Path,
     tcp: Option<(std::net::SocketAddr, Option<ServerTlsConfig>)>,
 ) -> Result<()> {
@@ -436,7 +447,10 @@ async fn serve(
     // grpc.health.v1.Health: NOT_SERVING until here, where the data plane is attached.
     let mut health = listen::ApiHealth::new().await;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let router = |builder: Server| listen::router(builder, &ctl, stop_rx.clone(), &health);
+    let router = |builder: Server| {
+        let r = listen::router(builder, &ctl, stop_rx.clone(), &health);
+        listen::with_trace(r, &ctl, tracer.clone(), stop_rx.clone())
+    };
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };

@@ -27,6 +27,7 @@ pub mod maps;
 pub mod migrate;
 pub mod ratelimit;
 pub mod telemetry;
+pub mod trace;
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -266,6 +267,7 @@ impl Dataplane {
         let dsr_template = flows::prepare(&mut open, sizes)?;
         firewall::prepare(&mut open, opts.firewall_capacity, opts.firewall_scope)?;
         ratelimit::prepare(&mut open, opts.ratelimit_clients)?;
+        trace::prepare(&mut open)?;
         let mut adopted = false;
         if let Some(dir) = &opts.pin_dir {
             ensure_bpffs(dir)?;
