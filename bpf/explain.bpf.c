@@ -26,3 +26,10 @@ int lb_explain(struct xdp_md *ctx)
 	lb_explain_out.reason = pkt.reason;
 	return action;
 }
+
+/* Never read: anchors the record's enums in BTF for the skeleton's types. */
+const volatile struct {
+	enum lb_explain_stages stages;
+	enum lb_explain_rl_result rl_result;
+	enum flow_table flow_table;
+} lb_explain_anchor;

@@ -189,28 +189,53 @@ static __always_inline void *dsr_table(void)
 #ifdef LB_EXPLAIN
 /* Explain only: a DSR flow lives in the table of the CPU its packets reach
  * (RSS), which need not be the one lbd's test run is on: look in every
- * CPU's table. The flow's own packets find it on their CPU. */
-static __always_inline struct flow4 *explain_dsr_any_cpu(const struct lb_config *cfg, const struct flow_key4 *key,
-							 __u64 now, struct flow_ref *ref)
+ * CPU's table (bpf_loop: the verifier checks the callback once). The flow's
+ * own packets find it on their CPU. */
+struct explain_dsr_ctx {
+	struct flow_key4 key;
+	__u64 now;
+	__u32 cpu; /* found: the CPU; else LB_MAX_CPUS */
+};
+
+static long explain_dsr_cb(__u64 i, void *data)
 {
-	__u32 cpu;
+	struct explain_dsr_ctx *c = data;
+	__u32 cpu = i, zero = 0;
+	struct lb_config *cfg = bpf_map_lookup_elem(&lb_config_v2, &zero);
+	void *dsr = bpf_map_lookup_elem(&dsr_v2, &cpu);
+	struct flow4 *ct;
 
-	for (cpu = 0; cpu < LB_MAX_CPUS; cpu++) {
-		void *dsr = bpf_map_lookup_elem(&dsr_v2, &cpu);
-		struct flow4 *ct;
-
-		if (!dsr)
-			break;
-		ct = bpf_map_lookup_elem(dsr, key);
-		if (ct && !ct_expired(cfg, key->proto, ct->flags, ct->last_seen_ns, now)) {
-			EXPLAIN(flow_cpu, cpu);
-			ref->dsr = dsr;
-			ref->where = FT_DSR;
-			ref->ct = ct;
-			return ct;
-		}
+	if (!dsr || !cfg)
+		return 1;
+	ct = bpf_map_lookup_elem(dsr, &c->key);
+	if (ct && !ct_expired(cfg, c->key.proto, ct->flags, ct->last_seen_ns, c->now)) {
+		c->cpu = cpu;
+		return 1;
 	}
-	return NULL;
+	return 0;
+}
+
+static __always_inline struct flow4 *explain_dsr_any_cpu(const struct flow_key4 *key, __u64 now,
+							 struct flow_ref *ref)
+{
+	struct explain_dsr_ctx c = { .key = *key, .now = now, .cpu = LB_MAX_CPUS };
+	struct flow4 *ct;
+	void *dsr;
+
+	bpf_loop(LB_MAX_CPUS, explain_dsr_cb, &c, 0);
+	if (c.cpu >= LB_MAX_CPUS)
+		return NULL;
+	dsr = bpf_map_lookup_elem(&dsr_v2, &c.cpu);
+	if (!dsr)
+		return NULL;
+	ct = bpf_map_lookup_elem(dsr, key);
+	if (!ct)
+		return NULL;
+	EXPLAIN(flow_cpu, c.cpu);
+	ref->dsr = dsr;
+	ref->where = FT_DSR;
+	ref->ct = ct;
+	return ct;
 }
 #endif
 
@@ -239,7 +264,7 @@ static __always_inline struct flow4 *flow_lookup(const struct lb_config *cfg, co
 		}
 	}
 #ifdef LB_EXPLAIN
-	ct = explain_dsr_any_cpu(cfg, key, now, ref);
+	ct = explain_dsr_any_cpu(key, now, ref);
 	if (ct)
 		return ct;
 #endif
