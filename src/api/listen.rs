@@ -34,7 +34,9 @@ pub fn router(
 ) -> Router {
     builder
         .add_service(VipsServer::new(VipsService::new(ctl.clone())))
-        .add_service(BackendsServer::new(BackendsService::new(ctl.clone())))
+        .add_service(BackendsServer::new(
+            BackendsService::new(ctl.clone()).with_shutdown(stop.clone()),
+        ))
         .add_service(StatsServer::new(
             StatsService::new(ctl.clone()).with_shutdown(stop),
         ))
