@@ -88,8 +88,9 @@ impl TryFrom<LowCommand> for Command {
                 })
             }
             LowCommand::Backend(BackendCommand::Drain(args)) => {
-                let (vip, backend) = backend_ref(&args)?;
-                Command::Health(crate::health::HealthCommand::Drain { vip, backend })
+                let (vip, backend) = backend_ref(&args.target)?;
+                let wait = crate::health::parse_wait(&args)?;
+                Command::Health(crate::health::HealthCommand::Drain { vip, backend, wait })
             }
             LowCommand::Backend(BackendCommand::Undrain(args)) => {
                 let (vip, backend) = backend_ref(&args)?;
@@ -332,9 +333,41 @@ mod tests {
             )),
             Command::Health(HealthCommand::Drain {
                 vip: vip("10.0.0.10:80", Protocol::Tcp),
-                backend: be
+                backend: be,
+                wait: None,
             })
         );
+        assert_eq!(
+            cmd(&words(
+                "backend drain --vip 10.0.0.10:80 --proto tcp 10.0.2.1:8080 --wait"
+            )),
+            Command::Health(HealthCommand::Drain {
+                vip: vip("10.0.0.10:80", Protocol::Tcp),
+                backend: be,
+                wait: Some(crate::health::DrainWait { limit: None }),
+            })
+        );
+        assert_eq!(
+            cmd(&words(
+                "backend drain --vip 10.0.0.10:80 --proto tcp 10.0.2.1:8080 --wait --wait-timeout 2m"
+            )),
+            Command::Health(HealthCommand::Drain {
+                vip: vip("10.0.0.10:80", Protocol::Tcp),
+                backend: be,
+                wait: Some(crate::health::DrainWait {
+                    limit: Some(Duration::from_secs(120))
+                }),
+            })
+        );
+        assert!(err(&words(
+            "backend drain --vip 10.0.0.10:80 --proto tcp 10.0.2.1:8080 --wait --wait-timeout soon"
+        ))
+        .contains("--wait-timeout 'soon'"));
+        // --wait-timeout without --wait is a clap usage error.
+        assert!(err(&words(
+            "backend drain --vip 10.0.0.10:80 --proto tcp 10.0.2.1:8080 --wait-timeout 1m"
+        ))
+        .contains("--wait"));
         assert_eq!(
             cmd(&words(
                 "backend undrain --vip 10.0.0.10:80 --proto tcp 10.0.2.1:8080"

@@ -1,16 +1,16 @@
 //! Health checks and draining: the `--health` flags of `vip add` and `vip set-health`, checked
 //! before any RPC, and the `vip set-health`, `backend drain` and `backend undrain` commands.
 
-use std::{io::Write, net::SocketAddrV4};
+use std::{io::Write, net::SocketAddrV4, time::Duration};
 
 use xdplb_model::health::{
     default_payload, AllDown, HealthCheck, HealthKind, MAX_COUNT, MAX_INTERVAL, MAX_PROBE_BYTES,
     MIN_INTERVAL,
 };
 
-use crate::client::{call, Lbd};
+use crate::client::{call, Lbd, RpcError};
 use crate::highargs::{invalid, parse_duration, ArgError, Globals, VipKey};
-use crate::lowargs::HealthArgs;
+use crate::lowargs::{DrainArgs, HealthArgs};
 use crate::output::{self, health_label, show_duration, BackendJson, VipJson};
 use crate::pb;
 
@@ -180,9 +180,168 @@ fn parse_kind(s: &str) -> Result<HealthKind, ArgError> {
 /// `vip set-health`, `backend drain` and `backend undrain`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HealthCommand {
-    SetHealth { vip: VipKey, health: HealthCheck },
-    Drain { vip: VipKey, backend: SocketAddrV4 },
-    Undrain { vip: VipKey, backend: SocketAddrV4 },
+    SetHealth {
+        vip: VipKey,
+        health: HealthCheck,
+    },
+    Drain {
+        vip: VipKey,
+        backend: SocketAddrV4,
+        /// `--wait`: then watch the count until none is left.
+        wait: Option<DrainWait>,
+    },
+    Undrain {
+        vip: VipKey,
+        backend: SocketAddrV4,
+    },
+}
+
+/// `backend drain --wait [--wait-timeout D]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainWait {
+    /// `--wait-timeout`: give up (exit 3) after this long; `None`: no limit.
+    pub limit: Option<Duration>,
+}
+
+/// The `--wait` flags of `backend drain`.
+pub fn parse_wait(args: &DrainArgs) -> Result<Option<DrainWait>, ArgError> {
+    if !args.wait {
+        return Ok(None);
+    }
+    let limit = args
+        .wait_timeout
+        .as_deref()
+        .map(|d| parse_duration("--wait-timeout", d))
+        .transpose()?;
+    Ok(Some(DrainWait { limit }))
+}
+
+/// `backend drain --wait` gave up: the backend still had tracked flows when `--wait-timeout`
+/// passed (lbctl exits with [`DrainTimedOut::EXIT_CODE`]).
+#[derive(Debug)]
+pub struct DrainTimedOut {
+    pub vip: String,
+    pub backend: SocketAddrV4,
+    pub limit: Duration,
+    pub flows: u64,
+}
+
+impl std::fmt::Display for DrainTimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "timed out after {} waiting for backend {} of {} to drain: {} tracked flows left",
+            show_duration(self.limit),
+            self.backend,
+            self.vip,
+            self.flows
+        )
+    }
+}
+
+impl std::error::Error for DrainTimedOut {}
+
+impl DrainTimedOut {
+    /// lbctl's exit status when a drain's wait times out (0 drained, 1 failed, 2 usage).
+    pub const EXIT_CODE: u8 = 3;
+}
+
+/// What `backend drain --wait` prints with `--json`: the backend as drained, and whether its
+/// flows were all gone before the limit.
+#[derive(Debug, serde::Serialize)]
+struct DrainWaitJson {
+    #[serde(flatten)]
+    backend: BackendJson,
+    drained: bool,
+    tracked_flows: u64,
+    waited_seconds: f64,
+}
+
+/// Watches the live flows of a drained backend (WatchDrain) until none is left or `wait.limit`
+/// passes; prints each new count (human output) and the outcome.
+async fn wait_drained(
+    lbd: &mut Lbd,
+    args: &Globals,
+    vip: &VipKey,
+    backend: SocketAddrV4,
+    drained: &pb::Backend,
+    wait: DrainWait,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let req = pb::WatchDrainRequest {
+        vip: Some(pb::VipKey::from(vip)),
+        address: backend.ip().to_string(),
+        port: u32::from(backend.port()),
+        interval_ms: 0,
+    };
+    let deadline = wait.limit.map(|l| tokio::time::Instant::now() + l);
+    let until_deadline = || async move {
+        match deadline {
+            Some(d) => tokio::time::sleep_until(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    // Each count comes within lbd's interval (1 s) plus the walk; --timeout bounds the rest.
+    let patience = Duration::from_secs(1) + args.timeout;
+    let mut last: Option<u64> = None;
+    let mut stream = call(args.timeout, lbd.backends.watch_drain(req)).await?;
+    let outcome = loop {
+        let next = tokio::select! {
+            n = tokio::time::timeout(patience, stream.message()) => n,
+            () = until_deadline() => break None,
+        };
+        match next {
+            Err(_) => anyhow::bail!("no drain count from lbd within {patience:?}"),
+            Ok(Err(status)) => return Err(RpcError(status).into()),
+            Ok(Ok(None)) => {
+                anyhow::bail!("lbd ended the drain watch before backend {backend} of {vip} drained")
+            }
+            Ok(Ok(Some(count))) => {
+                if !args.json && last != Some(count.tracked_flows) {
+                    writeln!(
+                        out,
+                        "backend {backend} of {vip}: {} tracked flows",
+                        count.tracked_flows
+                    )?;
+                    out.flush()?;
+                }
+                last = Some(count.tracked_flows);
+                if count.tracked_flows == 0 {
+                    break Some(());
+                }
+            }
+        }
+    };
+    let waited = started.elapsed();
+    let flows = last.unwrap_or_default();
+    if args.json {
+        output::write_json(
+            out,
+            &DrainWaitJson {
+                backend: BackendJson::from(drained),
+                drained: outcome.is_some(),
+                tracked_flows: flows,
+                waited_seconds: waited.as_secs_f64(),
+            },
+        )?;
+    } else if outcome.is_some() {
+        writeln!(
+            out,
+            "backend {backend} of {vip} is drained: no tracked flows left (waited {})",
+            show_duration(Duration::from_millis(waited.as_millis() as u64))
+        )?;
+    }
+    match outcome {
+        Some(()) => Ok(()),
+        None => Err(DrainTimedOut {
+            vip: vip.to_string(),
+            backend,
+            limit: wait.limit.unwrap_or_default(),
+            flows,
+        }
+        .into()),
+    }
 }
 
 /// Connects to lbd, performs `cmd` and renders the reply.
@@ -216,7 +375,7 @@ pub async fn run(cmd: &HealthCommand, args: &Globals, out: &mut dyn Write) -> an
                 )
             }
         }
-        HealthCommand::Drain { vip, backend } | HealthCommand::Undrain { vip, backend } => {
+        HealthCommand::Drain { vip, backend, .. } | HealthCommand::Undrain { vip, backend } => {
             let drain = matches!(cmd, HealthCommand::Drain { .. });
             let (key, address, port) = (
                 Some(pb::VipKey::from(vip)),
@@ -239,6 +398,23 @@ pub async fn run(cmd: &HealthCommand, args: &Globals, out: &mut dyn Write) -> an
                 call(t, lbd.backends.undrain_backend(req)).await?.backend
             }
             .unwrap_or_default();
+            if let HealthCommand::Drain {
+                wait: Some(wait), ..
+            } = cmd
+            {
+                if !args.json {
+                    writeln!(
+                        out,
+                        "drained backend {backend} of {vip}: no new flows; waiting for its \
+                         tracked flows to end{}",
+                        wait.limit.map_or(String::new(), |l| format!(
+                            " (at most {})",
+                            show_duration(l)
+                        ))
+                    )?;
+                }
+                return wait_drained(&mut lbd, args, vip, *backend, &b, *wait, out).await;
+            }
             if args.json {
                 output::write_json(out, &BackendJson::from(&b))
             } else if drain {

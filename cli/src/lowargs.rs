@@ -39,7 +39,12 @@ const BACKEND_DRAIN_EXAMPLES: &str = "\
 Examples:
   lbctl backend drain --vip 10.0.0.10:80 --proto tcp 10.0.2.1:8080
   lbctl backend list --vip 10.0.0.10:80 --proto tcp     # FLOWS falls to 0 as flows end
-  lbctl backend undrain --vip 10.0.0.10:80 --proto tcp 10.0.2.1:8080";
+  lbctl backend drain --vip 10.0.0.10:80 --proto tcp 10.0.2.1:8080 --wait --wait-timeout 10m
+  lbctl backend undrain --vip 10.0.0.10:80 --proto tcp 10.0.2.1:8080
+With --wait, lbctl returns once the backend has no tracked flows left: a closed connection
+counts until [timeouts] tcp_closing has passed, an idle one until its idle timeout.
+Exit status: 0 drained (no tracked flows left), 3 --wait-timeout passed first (flows left),
+1 lbd refused or failed (e.g. the backend was undrained or removed meanwhile), 2 usage.";
 
 const BACKEND_ADD_EXAMPLES: &str = "\
 Examples:
@@ -208,7 +213,7 @@ pub enum BackendCommand {
 
     /// Drain a backend: weight 0, remembering the weight; tracked flows go on until they end
     #[command(after_help = BACKEND_DRAIN_EXAMPLES)]
-    Drain(BackendRefArgs),
+    Drain(DrainArgs),
 
     /// Give a drained backend back the weight it had before `backend drain`
     Undrain(BackendRefArgs),
@@ -311,6 +316,23 @@ pub struct BackendRefArgs {
     /// Backend (real server) address and port, e.g. 10.0.2.1:8080
     #[arg(value_name = "BACKEND:PORT")]
     pub backend: String,
+}
+
+/// `backend drain --vip ADDR:PORT --proto P BACKEND:PORT [--wait [--wait-timeout D]]`
+#[derive(Debug, Args)]
+pub struct DrainArgs {
+    #[command(flatten)]
+    pub target: BackendRefArgs,
+
+    /// Wait until the backend has no tracked flows left (exit 0), printing the count as it
+    /// falls
+    #[arg(long)]
+    pub wait: bool,
+
+    /// With --wait: give up after this long with exit status 3 (e.g. 30s, 10m; default: no
+    /// limit). The global --timeout still bounds connecting and each count
+    #[arg(long, value_name = "DURATION", requires = "wait")]
+    pub wait_timeout: Option<String>,
 }
 
 /// `backend add` / `add-backend`: one backend, or several in one all-or-nothing call.

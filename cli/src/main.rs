@@ -86,6 +86,10 @@ fn main() -> ExitCode {
     match result.and_then(|()| out.flush().context("cannot write to stdout")) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<health::DrainTimedOut>().is_some() => {
+            eprintln!("lbctl: {e:#}");
+            ExitCode::from(health::DrainTimedOut::EXIT_CODE)
+        }
         Err(e) => {
             eprintln!("lbctl: {e:#}");
             ExitCode::from(EXIT_FAILURE)

@@ -14,11 +14,20 @@ use xdplb_proto::pb::{self, backends_server::Backends};
 
 pub(crate) struct BackendsService {
     ctl: Controller,
+    /// Ends the `WatchDrain` streams at shutdown (see [`Self::with_shutdown`]).
+    stop: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl BackendsService {
     pub(crate) fn new(ctl: Controller) -> Self {
-        Self { ctl }
+        Self { ctl, stop: None }
+    }
+
+    /// Ends every `WatchDrain` stream (with `Unavailable`) once `stop` turns true, as
+    /// `WatchStats` does, so that a graceful shutdown does not wait for drains.
+    pub(crate) fn with_shutdown(mut self, stop: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.stop = Some(stop);
+        self
     }
 
     async fn describe(&self, vip: VipKey, addr: SocketAddrV4) -> pb::Backend {
@@ -179,8 +188,146 @@ fn validate_add(req: &pb::AddBackendRequest) -> Result<(VipKey, SocketAddrV4, u3
     Ok((vip, addr, weight))
 }
 
+/// Default `WatchDrain` interval between two counts.
+pub(crate) const DEFAULT_DRAIN_INTERVAL_MS: u32 = 1000;
+
+/// The backend and interval of a `WatchDrain` request (`interval_ms` 0: the default).
+fn validate_watch_drain(
+    req: &pb::WatchDrainRequest,
+) -> Result<(VipKey, SocketAddrV4, std::time::Duration), ApiError> {
+    let (vip, addr) = parse_target(req.vip.as_ref(), &req.address, req.port)?;
+    let ms = match req.interval_ms {
+        0 => DEFAULT_DRAIN_INTERVAL_MS,
+        ms => ms,
+    };
+    let range = super::stats::MIN_WATCH_INTERVAL_MS..=super::stats::MAX_WATCH_INTERVAL_MS;
+    if !range.contains(&ms) {
+        return Err(invalid(
+            "interval_ms",
+            format!(
+                "{ms} is outside {}..={} (0: {DEFAULT_DRAIN_INTERVAL_MS})",
+                range.start(),
+                range.end()
+            ),
+        ));
+    }
+    Ok((vip, addr, std::time::Duration::from_millis(u64::from(ms))))
+}
+
+/// The data-plane id of backend `addr` of `vip` while it is drained (weight 0): `NotFound` when
+/// the VIP or the backend is not there, `FailedPrecondition` when the backend has a weight (it
+/// takes new flows, so its count need not fall).
+fn drained_backend_id(
+    s: &State,
+    r: &Reader<'_>,
+    vip: &VipKey,
+    addr: SocketAddrV4,
+) -> Result<u32, ApiError> {
+    let missing = || StateError::NotFound(format!("backend {addr} of vip {vip} does not exist"));
+    let weight = *s.vip(vip)?.backends.get(&addr).ok_or_else(missing)?;
+    if weight != 0 {
+        return Err(StateError::FailedPrecondition(format!(
+            "backend {addr} of vip {vip} is not drained (weight {weight}): it takes new flows; \
+             drain it first (DrainBackend)"
+        ))
+        .into());
+    }
+    Ok(r.backend_id(vip, &addr).ok_or_else(missing)?)
+}
+
+type DrainStream = std::pin::Pin<
+    Box<dyn tokio_stream::Stream<Item = Result<pb::WatchDrainResponse, Status>> + Send>,
+>;
+
+/// Counts the live flows of a drained backend at once and then every `interval` (each count a
+/// walk of the flow tables on handles of its own, outside the controller's lock) and sends each
+/// count, until one is 0 (then the stream ends), the backend is undrained or removed (an error
+/// ends it), the client goes away, or `stop` turns true.
+async fn watch_drain_loop(
+    ctl: Controller,
+    vip: VipKey,
+    addr: SocketAddrV4,
+    interval: std::time::Duration,
+    mut stop: Option<tokio::sync::watch::Receiver<bool>>,
+    tx: tokio::sync::mpsc::Sender<Result<pb::WatchDrainResponse, Status>>,
+) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = tx.closed() => return,
+            _ = super::stats::stopped(&mut stop) => {
+                let _ = tx.send(Err(Status::unavailable("lbd is shutting down"))).await;
+                return;
+            }
+        }
+        let count = count_drained(&ctl, &vip, addr).await;
+        let done = !matches!(count, Ok(ref c) if c.tracked_flows > 0);
+        if tx.send(count).await.is_err() || done {
+            return;
+        }
+    }
+}
+
+/// One count of a [`watch_drain_loop`]: the backend is checked (still there, still drained)
+/// under the lock, the flows are counted outside it.
+async fn count_drained(
+    ctl: &Controller,
+    vip: &VipKey,
+    addr: SocketAddrV4,
+) -> Result<pb::WatchDrainResponse, Status> {
+    let (id, telemetry, monotonic_ns) = ctl
+        .read(|s, r| -> Result<_, ApiError> {
+            Ok((
+                drained_backend_id(s, r, vip, addr)?,
+                r.telemetry()?,
+                r.monotonic_ns(),
+            ))
+        })
+        .await?;
+    // A failed walk fails the stream: a wrong zero would end the drain early.
+    let flows = tokio::task::spawn_blocking(move || telemetry.live_flows())
+        .await
+        .map_err(|e| Status::internal(format!("walking the flow table: {e}")))?
+        .map_err(|e| ApiError::from(ReconcileError::from(e)))?;
+    Ok(pb::WatchDrainResponse {
+        tracked_flows: flows.by_backend.get(&id).copied().unwrap_or(0),
+        monotonic_ns,
+    })
+}
+
 #[tonic::async_trait]
 impl Backends for BackendsService {
+    type WatchDrainStream = DrainStream;
+
+    async fn watch_drain(
+        &self,
+        request: Request<pb::WatchDrainRequest>,
+    ) -> Result<Response<Self::WatchDrainStream>, Status> {
+        let (vip, addr, interval) = validate_watch_drain(request.get_ref())?;
+        if self.stop.as_ref().is_some_and(|s| *s.borrow()) {
+            return Err(Status::unavailable("lbd is shutting down"));
+        }
+        // Refused before the stream starts: a backend that is not there or not drained.
+        self.ctl
+            .read(|s, r| drained_backend_id(s, r, &vip, addr).map(drop))
+            .await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        tokio::spawn(watch_drain_loop(
+            self.ctl.clone(),
+            vip,
+            addr,
+            interval,
+            self.stop.clone(),
+            tx,
+        ));
+        tracing::debug!(%vip, backend = %addr, "drain watch started");
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
     async fn add_backend(
         &self,
         request: Request<pb::AddBackendRequest>,

@@ -51,7 +51,9 @@ pub fn router(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(VipsServer::new(VipsService::new(ctl.clone())))
-        .add_service(BackendsServer::new(BackendsService::new(ctl.clone())))
+        .add_service(BackendsServer::new(
+            BackendsService::new(ctl.clone()).with_shutdown(stop.clone()),
+        ))
         .add_service(StatsServer::new(
             StatsService::new(ctl.clone()).with_shutdown(stop),
         ))

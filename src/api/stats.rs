@@ -137,7 +137,7 @@ async fn watch_loop(
 }
 
 /// Resolves once `stop` turns true (never without a stop signal; at once if its sender is gone).
-async fn stopped(stop: &mut Option<watch::Receiver<bool>>) {
+pub(crate) async fn stopped(stop: &mut Option<watch::Receiver<bool>>) {
     match stop {
         Some(rx) => {
             let _ = rx.wait_for(|s| *s).await;
