@@ -53,7 +53,8 @@ static __always_inline __be16 ipip_outer_id(void)
 	id = *next;
 	if (!(id & IPIP_ID_STARTED))
 		id = IPIP_ID_STARTED | ((bpf_get_smp_processor_id() * IPIP_ID_SPREAD) & 0xffff);
-	*next = id + 1;
+	if (!LB_EXPLAINING)
+		*next = id + 1;
 	return bpf_htons((__u16)id);
 }
 

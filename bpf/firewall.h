@@ -89,12 +89,14 @@ static __always_inline int firewall(struct packet *pkt, enum fw_scope at)
 	if (firewall_scope != at || !pkt->ip)
 		return LB_CONTINUE;
 	word = fw_word(pkt);
+	EXPLAIN_STAGE(LB_EX_FIREWALL);
+	EXPLAIN(fw_word, word);
 	action = word >> FW_VERDICT_ACTION_SHIFT;
 	if (!action)
 		return LB_CONTINUE;
 	id = word & FW_VERDICT_ID_MASK;
 	hits = bpf_map_lookup_elem(&fw_hits, &id);
-	if (hits)
+	if (hits && !LB_EXPLAINING)
 		hits->packets += 1;
 	if (action == FW_BLOCK)
 		return verdict(pkt, LB_REASON_DROP_FIREWALL, XDP_DROP);

@@ -182,8 +182,62 @@ static __always_inline void *dsr_table(void)
 {
 	__u32 cpu = bpf_get_smp_processor_id();
 
+	EXPLAIN(flow_cpu, cpu);
 	return bpf_map_lookup_elem(&dsr_v2, &cpu);
 }
+
+#ifdef LB_EXPLAIN
+/* Explain only: a DSR flow lives in the table of the CPU its packets reach
+ * (RSS), which need not be the one lbd's test run is on: look in every
+ * CPU's table (bpf_loop: the verifier checks the callback once). The flow's
+ * own packets find it on their CPU. */
+struct explain_dsr_ctx {
+	struct flow_key4 key;
+	__u64 now;
+	__u32 cpu; /* found: the CPU; else LB_MAX_CPUS */
+};
+
+static long explain_dsr_cb(__u64 i, void *data)
+{
+	struct explain_dsr_ctx *c = data;
+	__u32 cpu = i, zero = 0;
+	struct lb_config *cfg = bpf_map_lookup_elem(&lb_config_v2, &zero);
+	void *dsr = bpf_map_lookup_elem(&dsr_v2, &cpu);
+	struct flow4 *ct;
+
+	if (!dsr || !cfg)
+		return 1;
+	ct = bpf_map_lookup_elem(dsr, &c->key);
+	if (ct && !ct_expired(cfg, c->key.proto, ct->flags, ct->last_seen_ns, c->now)) {
+		c->cpu = cpu;
+		return 1;
+	}
+	return 0;
+}
+
+static __always_inline struct flow4 *explain_dsr_any_cpu(const struct flow_key4 *key, __u64 now,
+							 struct flow_ref *ref)
+{
+	struct explain_dsr_ctx c = { .key = *key, .now = now, .cpu = LB_MAX_CPUS };
+	struct flow4 *ct;
+	void *dsr;
+
+	bpf_loop(LB_MAX_CPUS, explain_dsr_cb, &c, 0);
+	if (c.cpu >= LB_MAX_CPUS)
+		return NULL;
+	dsr = bpf_map_lookup_elem(&dsr_v2, &c.cpu);
+	if (!dsr)
+		return NULL;
+	ct = bpf_map_lookup_elem(dsr, key);
+	if (!ct)
+		return NULL;
+	EXPLAIN(flow_cpu, c.cpu);
+	ref->dsr = dsr;
+	ref->where = FT_DSR;
+	ref->ct = ct;
+	return ct;
+}
+#endif
 
 /**
  * flow_lookup - the live entry of this client flow, in @ref (NULL if none)
@@ -209,6 +263,11 @@ static __always_inline struct flow4 *flow_lookup(const struct lb_config *cfg, co
 			return ct;
 		}
 	}
+#ifdef LB_EXPLAIN
+	ct = explain_dsr_any_cpu(key, now, ref);
+	if (ct)
+		return ct;
+#endif
 	ct = bpf_map_lookup_elem(&nat_fwd_v2, key);
 	if (ct && (!ct_expired(cfg, key->proto, ct->flags, ct->last_seen_ns, now) ||
 		   nat_rev_side_live(cfg, key, ct, now))) {
@@ -291,8 +350,11 @@ static __always_inline void flow_target(struct flow4 *fwd, const struct lb_confi
 static __always_inline void count_event(__u32 event)
 {
 	__u32 zero = 0;
-	struct lb_global_stats *g = bpf_map_lookup_elem(&global_stats, &zero);
+	struct lb_global_stats *g;
 
+	if (LB_EXPLAINING)
+		return;
+	g = bpf_map_lookup_elem(&global_stats, &zero);
 	if (g && event < LB_EV_MAX)
 		g->events[event] += 1;
 }
@@ -303,8 +365,11 @@ static __always_inline void count_event(__u32 event)
 static __always_inline void flow_fence(void)
 {
 	__u32 zero = 0;
-	struct lb_global_stats *g = bpf_map_lookup_elem(&global_stats, &zero);
+	struct lb_global_stats *g;
 
+	if (LB_EXPLAINING)
+		return;
+	g = bpf_map_lookup_elem(&global_stats, &zero);
 	if (g)
 		__sync_val_compare_and_swap(&g->fence, 0, 0);
 }
@@ -347,6 +412,12 @@ static __always_inline bool port_claim_in(void *table, const struct lb_config *c
 {
 	struct nat4_rev *old;
 
+	if (LB_EXPLAINING) {
+		/* Free, or held by an expired flow (taken over): the port the
+		 * packet would get. */
+		old = bpf_map_lookup_elem(table, rkey);
+		return !old || !nat_rev_live(cfg, rkey, old, now);
+	}
 	if (bpf_map_update_elem(table, rkey, rev, BPF_NOEXIST) == 0)
 		return true;
 	old = bpf_map_lookup_elem(table, rkey);
@@ -375,6 +446,8 @@ static __always_inline bool port_claim(const struct lb_config *cfg, const struct
 		return false;
 	if (!port_claim_in(&nat_rev_syn_v2, cfg, rkey, rev, now))
 		return false;
+	if (LB_EXPLAINING)
+		return true;
 	flow_fence();
 	if (nat_rev_live_in(&nat_rev_v2, cfg, rkey, now)) {
 		bpf_map_delete_elem(&nat_rev_syn_v2, rkey);
@@ -440,6 +513,8 @@ static __always_inline int ct_claim_port(struct packet *pkt, const struct lb_con
 
 claimed:
 	fwd->snat_port_be = rkey.dport_be;
+	EXPLAIN_STAGE(LB_EX_SNAT);
+	EXPLAIN(snat_port_be, rkey.dport_be);
 	return LB_CONTINUE;
 }
 
@@ -450,7 +525,7 @@ static __always_inline void nat_release(const struct flow_key4 *key, const struc
 {
 	struct nat4_rev *rev = nat_rev_of(key, fwd);
 
-	if (rev)
+	if (rev && !LB_EXPLAINING)
 		rev->last_seen_ns = 0;
 }
 
@@ -468,6 +543,8 @@ static __always_inline bool flow_guard_allows(const struct lb_config *cfg, __u64
 	g = bpf_map_lookup_elem(&flow_guard, &zero);
 	if (!g)
 		return true;
+	if (LB_EXPLAINING)
+		return now - g->window_ns >= LB_NSEC_PER_SEC || g->count < cfg->new_flows_per_cpu;
 	if (now - g->window_ns >= LB_NSEC_PER_SEC) {
 		g->window_ns = now;
 		g->count = 0;
@@ -601,6 +678,12 @@ static __always_inline void flow_end(struct packet *pkt, struct flow_ref *ref)
 {
 	struct flow4 *ct = ref->ct;
 
+	EXPLAIN_STAGE(LB_EX_FLOW_RESTART);
+	if (LB_EXPLAINING) {
+		ref->ct = NULL;
+		ref->where = FT_NONE;
+		return;
+	}
 	if (ct->mode == LB_MODE_NAT)
 		nat_release(&pkt->key, ct);
 	if (ref->where == FT_DSR && ref->dsr)
@@ -636,11 +719,15 @@ static __always_inline int flow_seen(const struct lb_config *cfg, struct packet 
 	if (ct->mode == LB_MODE_NAT && ref->where == FT_SYN) {
 		rev = nat_rev_of(&pkt->key, ct);
 		if (!rev) {
-			bpf_map_delete_elem(&flows_syn_v2, &pkt->key);
+			EXPLAIN_STAGE(LB_EX_PORT_LOST);
+			if (!LB_EXPLAINING)
+				bpf_map_delete_elem(&flows_syn_v2, &pkt->key);
 			count_event(LB_EV_PORT_LOST);
 			return verdict(pkt, LB_REASON_DROP_NAT_NO_FLOW, XDP_DROP);
 		}
 	}
+	if (LB_EXPLAINING)
+		return LB_CONTINUE; /* no refresh, no closing mark, no promotion */
 	if (pkt_closes(pkt) && !(ct->flags & CT_F_CLOSING)) {
 		ct->flags |= CT_F_CLOSING;
 		if (ct->mode == LB_MODE_NAT) {
@@ -669,6 +756,8 @@ static __always_inline void reply_seen(const struct lb_config *cfg, struct packe
 	struct tcphdr *tcp = pkt->l4;
 	struct flow4 *fwd;
 
+	if (LB_EXPLAINING)
+		return;
 	if (closes)
 		rev->flags |= CT_F_CLOSING;
 	ct_refresh(cfg, pkt->key.proto, rev->flags, &rev->last_seen_ns, now);

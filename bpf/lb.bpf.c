@@ -199,9 +199,17 @@ static __always_inline int flow_new(struct packet *pkt, const struct lb_config *
 	backend_id = maglev_pick(vip, hash);
 	if (backend_id == LB_NO_BACKEND)
 		return verdict(pkt, LB_REASON_DROP_NO_BACKEND, XDP_DROP);
+	EXPLAIN_STAGE(LB_EX_MAGLEV);
+	EXPLAIN(hash, hash);
+	EXPLAIN(slot, vip->ring_size ? hash % vip->ring_size : 0);
 	be = bpf_map_lookup_elem(&backends, &backend_id);
 	if (!be || be->family != LB_AF_INET)
 		return verdict(pkt, LB_REASON_DROP_NO_BACKEND, XDP_DROP);
+	EXPLAIN_STAGE(LB_EX_BACKEND);
+	EXPLAIN(backend_id, backend_id);
+	EXPLAIN(backend_be, be->addr.v4_be);
+	EXPLAIN(backend_port_be, be->port_be);
+	EXPLAIN(mode, vip->mode);
 	if (starts) {
 		action = ratelimit_new_flow(pkt);
 		if (action != LB_CONTINUE)
@@ -242,6 +250,14 @@ static __always_inline int lb_to_backend(struct xdp_md *ctx, struct packet *pkt,
 		ct = NULL;
 	}
 	if (ct) {
+		EXPLAIN_STAGE(LB_EX_FLOW);
+		EXPLAIN(flow_table, ref->where);
+		EXPLAIN(flow_flags, ct->flags);
+		EXPLAIN(flow_idle_ns, now - ct->last_seen_ns);
+		if (!vip) {
+			EXPLAIN_STAGE(LB_EX_VIP);
+			EXPLAIN(vip_id, ct->vip_id);
+		}
 		action = flow_seen(cfg, pkt, ref, now);
 		if (action != LB_CONTINUE)
 			return action;
@@ -258,9 +274,17 @@ static __always_inline int lb_to_backend(struct xdp_md *ctx, struct packet *pkt,
 		/* Scoped here, after flow_new(), so that it shares stack with
 		 * the port claim's entries. */
 		struct nexthop_answer a;
-		int nh = fwd_nexthop(ctx, pkt, cfg, ct, &ct->nh, now, &a);
+		int nh;
 
-		if (record) {
+		EXPLAIN_STAGE(LB_EX_BACKEND | (record ? LB_EX_RECORD : 0));
+		EXPLAIN(backend_id, ct->backend_id);
+		EXPLAIN(backend_be, ct->backend_be);
+		EXPLAIN(backend_port_be, ct->backend_port_be);
+		EXPLAIN(mode, ct->mode);
+		EXPLAIN(src_be, ct->src_be);
+		EXPLAIN(snat_port_be, ct->snat_port_be);
+		nh = fwd_nexthop(ctx, pkt, cfg, ct, &ct->nh, now, &a);
+		if (record && !LB_EXPLAINING) {
 			action = flow_insert(pkt, ref, now, ct);
 			if (action != LB_CONTINUE)
 				return action;
@@ -289,6 +313,8 @@ static __always_inline int lb_to_client(struct xdp_md *ctx, struct packet *pkt,
 
 	if (!rev)
 		return verdict(pkt, LB_REASON_PASS_NOT_TRACKED, XDP_PASS);
+	EXPLAIN_STAGE(LB_EX_REPLY);
+	EXPLAIN(backend_id, rev->backend_id);
 	nh = vip_packet_sane(pkt);
 	if (nh != LB_CONTINUE)
 		return nh;
@@ -321,6 +347,7 @@ static __always_inline int lb_icmp(struct xdp_md *ctx, struct packet *pkt, const
 	action = icmp_classify(pkt, cfg, &c);
 	if (action != LB_CONTINUE)
 		return action;
+	EXPLAIN_STAGE(LB_EX_ICMP);
 	action = firewall(pkt, FW_SCOPE_VIPS);
 	if (action != LB_CONTINUE)
 		return action;
@@ -386,6 +413,12 @@ static __always_inline int to_vip(struct xdp_md *ctx, struct packet *pkt, const 
 {
 	int action;
 
+	if (vip) {
+		EXPLAIN_STAGE(LB_EX_VIP);
+		EXPLAIN(vip_id, vip->vip_id);
+		EXPLAIN(vip_ring_size, vip->ring_size);
+		EXPLAIN(vip_mode, vip->mode);
+	}
 	action = firewall(pkt, FW_SCOPE_VIPS);
 	if (action != LB_CONTINUE)
 		return action;
@@ -469,6 +502,7 @@ static __always_inline int process_packet(struct xdp_md *ctx, struct packet *pkt
 	return to_vip(ctx, pkt, cfg, vip, &ref, flow_first, now);
 }
 
+#ifndef LB_EXPLAIN /* bpf/explain.bpf.c: the pipeline without its writes */
 SEC("xdp")
 int xdplb(struct xdp_md *ctx)
 {
@@ -587,6 +621,7 @@ int lb_flow_gc(struct xdp_md *ctx)
 	*out = g.r;
 	return XDP_PASS;
 }
+#endif /* LB_EXPLAIN */
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 

@@ -43,6 +43,14 @@ static __always_inline int nexthop_lookup(struct xdp_md *ctx, struct packet *pkt
 	fib->ifindex = ctx->ingress_ifindex;
 
 	rc = bpf_fib_lookup(ctx, fib, sizeof(*fib), 0);
+	EXPLAIN_STAGE(LB_EX_NEXTHOP);
+	EXPLAIN(fib_rc, rc);
+	EXPLAIN(nh_src_be, src);
+	EXPLAIN(nh_dst_be, dst);
+	EXPLAIN(nh_len, tot_len);
+	EXPLAIN(nh_gateway_be, fib->ipv4_dst);
+	EXPLAIN(nh_ifindex, fib->ifindex);
+	EXPLAIN(nh_mtu, fib->mtu_result);
 	switch (rc) {
 	case BPF_FIB_LKUP_RET_SUCCESS:
 		return LB_CONTINUE;
@@ -107,6 +115,12 @@ static __always_inline int nexthop_resolve(struct xdp_md *ctx, struct packet *pk
 		__builtin_memcpy(a->dmac, cache->dmac, ETH_ALEN);
 		__builtin_memcpy(a->smac, cache->smac, ETH_ALEN);
 		a->ifindex = cache->ifindex;
+		EXPLAIN_STAGE(LB_EX_NEXTHOP | LB_EX_NH_CACHED);
+		EXPLAIN(fib_rc, -1);
+		EXPLAIN(nh_src_be, src);
+		EXPLAIN(nh_dst_be, dst);
+		EXPLAIN(nh_len, tot_len);
+		EXPLAIN(nh_ifindex, cache->ifindex);
 		return LB_CONTINUE;
 	}
 	{
@@ -121,14 +135,14 @@ static __always_inline int nexthop_resolve(struct xdp_md *ctx, struct packet *pk
 		if (action == LB_CONTINUE && onlink && fib.ipv4_dst != dst)
 			action = verdict(pkt, LB_REASON_DROP_DSR_NOT_ONLINK, XDP_DROP);
 		if (action != LB_CONTINUE) {
-			if (cache && cache->max_len)
+			if (cache && cache->max_len && !LB_EXPLAINING)
 				cache->max_len = 0;
 			return action;
 		}
 		__builtin_memcpy(a->dmac, fib.dmac, ETH_ALEN);
 		__builtin_memcpy(a->smac, fib.smac, ETH_ALEN);
 		a->ifindex = fib.ifindex;
-		if (cache && ttl) {
+		if (cache && ttl && !LB_EXPLAINING) {
 			__builtin_memcpy(cache->dmac, fib.dmac, ETH_ALEN);
 			__builtin_memcpy(cache->smac, fib.smac, ETH_ALEN);
 			cache->ifindex = fib.ifindex;
@@ -157,8 +171,16 @@ static __always_inline int nexthop_send(struct xdp_md *ctx, struct packet *pkt,
 
 	if ((void *)(eth + 1) > data_end)
 		return verdict(pkt, LB_REASON_DROP_MALFORMED, XDP_DROP);
-	if (ifindex != ctx->ingress_ifindex && bpf_redirect_map(&tx_ports, ifindex, 0) != XDP_REDIRECT)
+	EXPLAIN(nh_ifindex, ifindex);
+	EXPLAIN_COPY(nh_dmac, nh->dmac, ETH_ALEN);
+	EXPLAIN_COPY(nh_smac, nh->smac, ETH_ALEN);
+	/* Explain: a devmap lookup says whether lbd attached to the egress,
+	 * leaving the redirect state of this CPU to the packets it is for. */
+	if (ifindex != ctx->ingress_ifindex &&
+	    (LB_EXPLAINING ? !bpf_map_lookup_elem(&tx_ports, &ifindex) :
+			     bpf_redirect_map(&tx_ports, ifindex, 0) != XDP_REDIRECT))
 		return verdict(pkt, LB_REASON_PASS_EGRESS_NOT_ATTACHED, XDP_PASS);
+	EXPLAIN_STAGE(LB_EX_EGRESS_ATTACHED);
 	__builtin_memcpy(eth->h_dest, nh->dmac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, nh->smac, ETH_ALEN);
 	pkt->reason = ok_reason;

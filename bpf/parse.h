@@ -15,6 +15,7 @@
 #include <linux/udp.h>
 #include <bpf/bpf_endian.h>
 #include "xdplb.h"
+#include "explain.h"
 
 /* A stage returns an XDP action, or LB_CONTINUE to hand on. */
 #define LB_CONTINUE (-1)

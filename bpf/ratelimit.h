@@ -78,6 +78,8 @@ static __always_inline bool gcra_take(__u64 *tat_p, __u64 interval, __u64 burst_
 
 		if (next - now > burst_time)
 			return false;
+		if (LB_EXPLAINING)
+			return true;
 		if (__sync_val_compare_and_swap(tat_p, tat, next) == tat)
 			return true;
 	}
@@ -88,6 +90,9 @@ static __always_inline int rl_verdict(struct packet *pkt, __u32 id, bool allowed
 {
 	struct rl_counters *c = bpf_map_lookup_elem(&rl_stats, &id);
 
+	EXPLAIN(rl_result, allowed ? LB_EX_RL_ALLOWED : LB_EX_RL_LIMITED);
+	if (LB_EXPLAINING)
+		return allowed ? LB_CONTINUE : verdict(pkt, LB_REASON_DROP_RATELIMIT, XDP_DROP);
 	if (allowed) {
 		if (c)
 			c->allowed += 1;
@@ -119,6 +124,12 @@ static __always_inline int rl_charge(struct packet *pkt, const struct rl_policy 
 	key.addr.v4_be = pkt->key.saddr_be;
 	key.family = LB_AF_INET;
 	c = bpf_map_lookup_elem(&rl_clients, &key);
+	EXPLAIN(rl_interval, interval);
+	EXPLAIN(rl_burst_time, burst_time);
+	EXPLAIN(rl_now, now);
+	EXPLAIN(rl_tat, c ? c->tat : 0);
+	if (LB_EXPLAINING && !c)
+		return rl_verdict(pkt, id, true); /* a new client's first packet always passes */
 	if (!c) {
 		/* A new client starts with a full bucket and spends one packet
 		 * (burst >= 1, so the first packet always passes). */
@@ -133,7 +144,8 @@ static __always_inline int rl_charge(struct packet *pkt, const struct rl_policy 
 
 	if (gcra_take(&c->tat, interval, burst_time, now))
 		return rl_verdict(pkt, id, true);
-	__sync_fetch_and_add(&c->dropped, 1);
+	if (!LB_EXPLAINING)
+		__sync_fetch_and_add(&c->dropped, 1);
 	return rl_verdict(pkt, id, false);
 }
 
@@ -151,11 +163,16 @@ static __always_inline int ratelimit_packet(struct packet *pkt)
 	struct rl_policy *p;
 	__u32 id;
 
-	if (pkt->flags & PKT_F_FW_ALLOWED)
+	if (pkt->flags & PKT_F_FW_ALLOWED) {
+		EXPLAIN_STAGE(LB_EX_RL_EXEMPT);
 		return LB_CONTINUE;
+	}
 	p = rl_policy_of(pkt, &id);
 	if (!p || p->interval == 0)
 		return LB_CONTINUE;
+	EXPLAIN_STAGE(LB_EX_RATELIMIT);
+	EXPLAIN(rl_policy, id);
+	EXPLAIN(rl_scope, p->scope);
 	if (p->scope == RL_SCOPE_NEW_FLOWS) {
 		pkt->flags |= PKT_F_RL_NEW_FLOWS;
 		pkt->rl_policy = id;

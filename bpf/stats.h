@@ -8,8 +8,11 @@
 
 static __always_inline void count_flow(void *map, __u32 id, const struct packet *pkt, bool new_flow)
 {
-	struct lb_counters *c = bpf_map_lookup_elem(map, &id);
+	struct lb_counters *c;
 
+	if (LB_EXPLAINING)
+		return;
+	c = bpf_map_lookup_elem(map, &id);
 	if (!c)
 		return;
 	c->packets += 1;

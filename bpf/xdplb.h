@@ -525,3 +525,77 @@ struct lb_trace_rec {
 	__u8 flags; /* enum lb_trace_flags */
 	__u32 pad;
 };
+
+/* lb_explain (bpf/explain.bpf.c, never attached): what the pipeline decided
+ * for one synthesized packet, run through BPF_PROG_TEST_RUN against the live
+ * maps with every map write compiled out (bpf/explain.h). The program's own
+ * .bss holds it; lbd reads it after the run (src/dataplane/explain.rs). */
+enum lb_explain_stages {
+	LB_EX_FIREWALL = 1, /* the firewall judged the source (fw_word) */
+	LB_EX_VIP = 2, /* a VIP matched (vip_*) */
+	LB_EX_RATELIMIT = 4, /* a rate-limit policy applies (rl_*) */
+	LB_EX_FLOW = 8, /* a live flow entry was found (flow_*) */
+	LB_EX_MAGLEV = 16, /* a new flow's backend was picked on the ring (hash, slot) */
+	LB_EX_BACKEND = 32, /* the backend is known (backend_*) */
+	LB_EX_NEXTHOP = 64, /* a next hop was resolved or looked up (nh_*) */
+	LB_EX_SNAT = 128, /* a new NAT flow's SNAT port (snat_port_be) */
+	LB_EX_FLOW_RESTART = 256, /* a SYN on a closing entry: the old flow would end */
+	LB_EX_RECORD = 512, /* the new flow would be recorded in a flow table */
+	LB_EX_RL_EXEMPT = 1024, /* the firewall allow-listed the source: no rate limit */
+	LB_EX_PORT_LOST = 2048, /* an embryonic NAT flow whose port another flow holds */
+	LB_EX_NH_CACHED = 4096, /* the next hop came from the flow's cache, no lookup */
+	LB_EX_EGRESS_ATTACHED = 8192, /* the egress is the ingress or in tx_ports */
+	LB_EX_REPLY = 16384, /* a reply of a tracked NAT flow (backend -> SNAT address) */
+	LB_EX_ICMP = 32768, /* an ICMP error about a flow */
+};
+
+enum lb_explain_rl_result {
+	LB_EX_RL_NOT_CHARGED = 0, /* no policy charged the packet (no limit, or new-flows and a live flow) */
+	LB_EX_RL_ALLOWED = 1,
+	LB_EX_RL_LIMITED = 2,
+};
+
+struct lb_explain {
+	__s32 action; /* the XDP verdict */
+	__u32 reason; /* enum lb_reason */
+	__u32 stages; /* enum lb_explain_stages */
+	__u32 fw_word; /* the source's firewall verdict word (enum fw_verdict_bits) */
+	/* rate limit */
+	__u32 rl_policy; /* policy id (0: the default policy) */
+	__u32 rl_scope; /* enum rl_scope */
+	__u32 rl_result; /* enum lb_explain_rl_result */
+	__u32 rl_pad;
+	__u64 rl_interval; /* the policy's parameters, 1/16 ns */
+	__u64 rl_burst_time;
+	__u64 rl_tat; /* the client's bucket (0: none yet: a full burst) */
+	__u64 rl_now; /* bpf_ktime_get_ns() << RL_TIME_SHIFT of the check */
+	/* VIP */
+	__u32 vip_id;
+	__u32 vip_ring_size;
+	__u8 vip_mode; /* enum lb_mode */
+	/* flow */
+	__u8 flow_table; /* enum flow_table of bpf/flow.h: 1 DSR (this CPU), 2 NAT, 3 embryonic */
+	__u8 flow_flags; /* enum ct_flags of the entry */
+	__u8 mode; /* enum lb_mode the packet is sent in (the flow's) */
+	__u32 flow_cpu; /* the CPU whose DSR table holds the flow (flow_table 1) */
+	__u64 flow_idle_ns; /* lb_now() - the entry's last_seen_ns */
+	__u32 hash; /* flow hash (new flows) */
+	__u32 slot; /* Maglev slot: hash % ring size */
+	/* backend */
+	__u32 backend_id;
+	__u32 backend_be;
+	__u16 backend_port_be;
+	__u16 snat_port_be; /* NAT: the flow's SNAT port (new: the first candidate free now) */
+	__u32 src_be; /* the address the packet leaves with (NAT: SNAT address; IPIP: outer source) */
+	/* next hop */
+	__s32 fib_rc; /* bpf_fib_lookup's return (enum BPF_FIB_LKUP_RET_*), -1: not looked up */
+	__u32 nh_src_be; /* the lookup: source and destination */
+	__u32 nh_dst_be;
+	__u32 nh_gateway_be; /* the neighbour the packet goes to (bpf_fib_lookup's ipv4_dst) */
+	__u32 nh_ifindex; /* egress interface */
+	__u32 nh_mtu; /* FRAG_NEEDED: the egress MTU */
+	__u16 nh_len; /* tot_len the lookup was made for */
+	__u8 nh_dmac[6];
+	__u8 nh_smac[6];
+	__u16 nh_pad;
+};

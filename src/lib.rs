@@ -20,3 +20,9 @@ xdplb_bpffs::skeleton!(
     /// `bpf/xdplb.h`.
     pub mod skel = "lb.skel.rs"
 );
+
+xdplb_bpffs::skeleton!(
+    /// The libbpf skeleton generated from `bpf/explain.bpf.c`: the pipeline without its map
+    /// writes (`lb_explain`, `src/dataplane/explain.rs`); `types::lb_explain` is its record.
+    pub mod explain_skel = "explain.skel.rs"
+);

@@ -21,6 +21,7 @@ macro_rules! map_writer {
 }
 pub(crate) use map_writer;
 
+pub mod explain;
 pub mod firewall;
 pub mod flows;
 pub mod maps;
@@ -237,6 +238,8 @@ pub struct Dataplane {
     pin_dir: Option<PathBuf>,
     /// The maps were pinned by an earlier lbd and are reused (flows survive).
     adopted: bool,
+    /// `lb_explain`, loaded on the first explain with these maps (`explain.rs`).
+    explain: explain::Slot,
 }
 
 /// Counter maps may be recreated (their counts restart) when their layout changes, and so may
@@ -329,6 +332,7 @@ impl Dataplane {
             links: Vec::new(),
             pin_dir: opts.pin_dir.clone(),
             adopted,
+            explain: Default::default(),
         };
         // Adopted VIPs must pass the prefilter (and their flows find them) before the program
         // is attached.
