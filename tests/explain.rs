@@ -343,6 +343,12 @@ fn dump_map(
         MapType::PercpuArray | MapType::PercpuHash | MapType::LruPercpuHash
     );
     let outer = matches!(map.map_type(), MapType::ArrayOfMaps | MapType::HashOfMaps);
+    if map.map_type() == MapType::PerfEventArray {
+        // Its values are perf event fds, not readable (ENOTSUPP); the trace hook that writes to
+        // it is not in lb_explain at all (bpf/lb.bpf.c: xdplb() is outside the explain build).
+        out.insert(name.to_string(), Vec::new());
+        return Ok(());
+    }
     let mut entries = Vec::new();
     for key in map.keys() {
         let values = if percpu {
