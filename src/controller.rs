@@ -241,6 +241,19 @@ impl Controller {
             .map_err(ReconcileError::from)?)
     }
 
+    /// An explainer of the loaded data plane (`lbctl explain`), to run off the lock: it only
+    /// reads the maps.
+    pub(crate) async fn explainer(
+        &self,
+    ) -> Result<crate::dataplane::explain::Explainer, ControlError> {
+        let inner = self.inner.lock().await;
+        Ok(inner
+            .reconciler
+            .dataplane()
+            .explainer()
+            .map_err(ReconcileError::from)?)
+    }
+
     pub(crate) async fn read<T>(&self, f: impl FnOnce(&State, &Reader<'_>) -> T) -> T {
         let inner = self.inner.lock().await;
         f(&inner.state, &Reader::new(&inner.reconciler))

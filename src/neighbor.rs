@@ -52,6 +52,46 @@ async fn next_hop(
     Ok((oif.ok_or(NeighborError::NoRoute(dst))?, via))
 }
 
+/// The kernel's route to `dst`: (egress ifindex, the neighbour it goes to), over a netlink
+/// socket of its own (`lbctl explain` finds the interface a client's packets arrive on).
+pub(crate) async fn route_to(dst: Ipv4Addr) -> Result<(u32, Ipv4Addr), NeighborError> {
+    let (conn, handle, _) = rtnetlink::new_connection()?;
+    let task = tokio::spawn(conn);
+    let hop = next_hop(&handle, dst).await;
+    task.abort();
+    hop
+}
+
+/// The name and MAC address of every interface, by ifindex (one dump over netlink).
+pub(crate) async fn link_names(
+) -> Result<std::collections::BTreeMap<u32, (String, [u8; 6])>, NeighborError> {
+    use netlink_packet_route::link::LinkAttribute;
+    let (conn, handle, _) = rtnetlink::new_connection()?;
+    let task = tokio::spawn(conn);
+    let mut links = handle.link().get().execute();
+    let mut out = std::collections::BTreeMap::new();
+    let result = loop {
+        match links.try_next().await {
+            Ok(Some(link)) => {
+                let mut name = String::new();
+                let mut mac = [0u8; 6];
+                for attr in &link.attributes {
+                    match attr {
+                        LinkAttribute::IfName(n) => name = n.clone(),
+                        LinkAttribute::Address(a) if a.len() == 6 => mac.copy_from_slice(a),
+                        _ => {}
+                    }
+                }
+                out.insert(link.header.index, (name, mac));
+            }
+            Ok(None) => break Ok(out),
+            Err(e) => break Err(e.into()),
+        }
+    };
+    task.abort();
+    result
+}
+
 /// A backend's way out, as the kernel routes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct NextHop {

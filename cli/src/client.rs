@@ -21,6 +21,7 @@ pub struct Lbd {
     pub firewall: FirewallClient<Channel>,
     pub ratelimits: RateLimitsClient<Channel>,
     pub trace: crate::pb::trace_client::TraceClient<Channel>,
+    pub explain: crate::pb::explain_client::ExplainClient<Channel>,
 }
 
 impl Lbd {
@@ -105,6 +106,7 @@ impl Lbd {
             stats: StatsClient::new(channel.clone()),
             firewall: FirewallClient::new(channel.clone()),
             ratelimits: RateLimitsClient::new(channel.clone()),
+            explain: crate::pb::explain_client::ExplainClient::new(channel.clone()),
             trace: crate::pb::trace_client::TraceClient::new(channel),
         })
     }

@@ -48,6 +48,8 @@ pub enum Command {
     Top(crate::top::Top),
     /// `trace`: a live sample of packets with their verdicts.
     Trace(crate::trace::Trace),
+    /// `explain`: what the data plane would do with one packet.
+    Explain(crate::explain::Explain),
     Completions(clap_complete::Shell),
     /// `man [--dir DIR]`: local, no lbd.
     Man(Option<std::path::PathBuf>),
@@ -130,6 +132,7 @@ impl TryFrom<LowCommand> for Command {
             LowCommand::BackendSetup(args) => backend_setup(&args)?,
             LowCommand::Top(args) => Command::Top(args.try_into()?),
             LowCommand::Trace(args) => Command::Trace(args.try_into()?),
+            LowCommand::Explain(args) => Command::Explain(args.try_into()?),
             LowCommand::Completions { shell } => Command::Completions(shell),
             LowCommand::Man { dir } => Command::Man(dir),
         })

@@ -160,6 +160,10 @@ pub enum LowCommand {
     #[command(after_help = TRACE_EXAMPLES)]
     Trace(TraceArgs),
 
+    /// What the balancer would do with a packet now (firewall, rate limit, flow, backend, next hop), without side effects
+    #[command(after_help = EXPLAIN_EXAMPLES)]
+    Explain(ExplainArgs),
+
     /// Print a shell completion script to stdout
     Completions {
         /// Shell to generate completions for
@@ -556,6 +560,38 @@ pub struct TopArgs {
     /// until Ctrl-C
     #[arg(long, short = 'n', value_name = "N")]
     pub iterations: Option<String>,
+}
+
+const EXPLAIN_EXAMPLES: &str = "Examples:
+  lbctl explain 192.0.2.7:40000 10.0.0.10:80 --proto tcp
+  lbctl explain 192.0.2.7:40000 10.0.0.10:80 --proto tcp --established --json
+  lbctl explain 198.51.100.9:5353 10.0.0.10:53 --proto udp --ingress eth1
+
+lbd runs the loaded XDP pipeline, built without its map writes, on the packet (BPF_PROG_TEST_RUN
+against the live maps): no flow, SNAT port, rate-limit token or counter changes, nothing is sent.";
+
+/// `lbctl explain CLIENT:PORT VIP:PORT --proto P [--established] [--ingress DEV]`
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// The client: ADDR:PORT
+    #[arg(value_name = "CLIENT:PORT")]
+    pub client: String,
+
+    /// The destination, usually a VIP: ADDR:PORT
+    #[arg(value_name = "VIP:PORT")]
+    pub vip: String,
+
+    /// tcp or udp
+    #[arg(long, value_name = "PROTO")]
+    pub proto: String,
+
+    /// TCP: the next packet of a connection (an ACK) rather than its first (a SYN)
+    #[arg(long)]
+    pub established: bool,
+
+    /// The interface the packet arrives on (default: the one the route back to the client uses)
+    #[arg(long, value_name = "DEV")]
+    pub ingress: Option<String>,
 }
 
 const TRACE_EXAMPLES: &str = "Examples:

@@ -5,6 +5,7 @@ mod backend;
 mod backend_setup;
 mod client;
 mod command;
+mod explain;
 mod firewall;
 mod health;
 mod highargs;
@@ -118,6 +119,7 @@ async fn run(command: &Command, args: &Globals, out: &mut dyn Write) -> anyhow::
         Command::Health(cmd) => health::run(cmd, args, out).await,
         Command::Top(cmd) => top::run(cmd, args, out).await,
         Command::Trace(cmd) => trace::run(cmd, args, out).await,
+        Command::Explain(cmd) => explain::run(cmd, args, out).await,
         // Handled in main: local, no lbd.
         Command::BackendSetup { .. } | Command::Completions(_) | Command::Man(_) => Ok(()),
     }

@@ -59,6 +59,9 @@ pub fn router(
         ))
         .add_service(FirewallServer::new(FirewallService::new(ctl.clone())))
         .add_service(RateLimitsServer::new(RateLimitsService::new(ctl.clone())))
+        .add_service(xdplb_proto::pb::explain_server::ExplainServer::new(
+            super::explain::ExplainService::new(ctl.clone()),
+        ))
 }
 
 /// Server reflection of lbd's services (`proto/*.proto`), of `grpc.health.v1.Health` and of

@@ -45,6 +45,15 @@ impl<'a> Reader<'a> {
         self.r.backend_id(key, addr)
     }
 
+    /// The interfaces the program is attached to: (name, ifindex).
+    pub(crate) fn attached(&self) -> Vec<(String, u32)> {
+        let dp = self.r.dataplane();
+        dp.links()
+            .iter()
+            .map(|l| (l.ifname.clone(), l.ifindex))
+            .collect()
+    }
+
     /// Which backends the checker marked down, and its counters.
     pub(crate) fn health(&self) -> &'a HealthView {
         self.r.health()
