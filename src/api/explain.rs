@@ -469,8 +469,13 @@ fn summary(
             } else {
                 String::new()
             };
+            let down = if be.health == "down" {
+                " (the backend is down: every backend of the VIP is, and it fails open)"
+            } else {
+                ""
+            };
             format!(
-                "sent ({}) to backend {} in {}{}: {}, via {} to {}",
+                "sent ({}) to backend {}{down} in {}{}: {}, via {} to {}",
                 r.verdict, be.address, r.mode, port, flow, nh.device, nh.dmac
             )
         }
