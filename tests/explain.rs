@@ -324,7 +324,10 @@ fn no_neighbour_and_no_backend() {
 
 /// Every map of the data plane, keys and values (every CPU's of per-CPU maps, the inner maps of
 /// map-in-maps by content), by name.
-fn dump(lb: &Lb) -> Result<BTreeMap<String, Vec<(Vec<u8>, Vec<Vec<u8>>)>>> {
+/// Every map's entries by name: (key, value of each CPU).
+type Dump = BTreeMap<String, Vec<(Vec<u8>, Vec<Vec<u8>>)>>;
+
+fn dump(lb: &Lb) -> Result<Dump> {
     let maps = xdplb::dataplane::program_maps(lb.rec.dataplane().program().as_fd())?;
     let mut out = BTreeMap::new();
     for (name, map) in &maps {
@@ -333,11 +336,7 @@ fn dump(lb: &Lb) -> Result<BTreeMap<String, Vec<(Vec<u8>, Vec<Vec<u8>>)>>> {
     Ok(out)
 }
 
-fn dump_map(
-    name: &str,
-    map: &MapHandle,
-    out: &mut BTreeMap<String, Vec<(Vec<u8>, Vec<Vec<u8>>)>>,
-) -> Result<()> {
+fn dump_map(name: &str, map: &MapHandle, out: &mut Dump) -> Result<()> {
     let percpu = matches!(
         map.map_type(),
         MapType::PercpuArray | MapType::PercpuHash | MapType::LruPercpuHash

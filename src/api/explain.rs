@@ -97,14 +97,13 @@ async fn ingress(spec: &Spec, attached: &[(String, u32)]) -> Result<(String, u32
             .find(|(n, _)| n == name)
             .cloned()
             .ok_or_else(|| {
-                ApiError::from(invalid(
+                Status::from(invalid(
                     "ingress",
                     format!(
                         "{name} is not an interface lbd is attached to (attached: {})",
                         names()
                     ),
                 ))
-                .into()
             });
     }
     let routed = crate::neighbor::route_to(*spec.client.ip()).await;
@@ -201,9 +200,9 @@ fn fib_name(rc: i32) -> String {
 
 fn mode_name(mode: u8) -> &'static str {
     match u32::from(mode) {
-        m if m == types::lb_mode::LB_MODE_NAT.0 as u32 => "nat",
-        m if m == types::lb_mode::LB_MODE_L2DSR.0 as u32 => "l2dsr",
-        m if m == types::lb_mode::LB_MODE_IPIP.0 as u32 => "ipip",
+        m if m == types::lb_mode::LB_MODE_NAT.0 => "nat",
+        m if m == types::lb_mode::LB_MODE_L2DSR.0 => "l2dsr",
+        m if m == types::lb_mode::LB_MODE_IPIP.0 => "ipip",
         _ => "",
     }
 }

@@ -171,7 +171,7 @@ impl super::Dataplane {
             .skel
             .maps
             .rodata_data
-            .as_deref()
+            .as_ref()
             .map(|r| r.firewall_scope)
             .unwrap_or(types::fw_scope::FW_SCOPE_VIPS);
         Ok(Explainer {
@@ -276,7 +276,7 @@ fn addr(be: u32) -> Ipv4Addr {
 /// Decodes the record of one run.
 fn decode(rec: &et::lb_explain, retval: u32) -> Explanation {
     use et::lb_explain_stages as S;
-    let firewall = has(rec, S::LB_EX_FIREWALL).then(|| FirewallStep {
+    let firewall = has(rec, S::LB_EX_FIREWALL).then_some(FirewallStep {
         action: rec.fw_word >> types::fw_verdict_bits::FW_VERDICT_ACTION_SHIFT.0,
         rule_id: rec.fw_word & types::fw_verdict_bits::FW_VERDICT_ID_MASK.0,
     });
@@ -297,7 +297,7 @@ fn decode(rec: &et::lb_explain, retval: u32) -> Explanation {
         });
         RateLimitStep {
             policy_id: rec.rl_policy,
-            new_flows: rec.rl_scope == types::rl_scope::RL_SCOPE_NEW_FLOWS.0 as u32,
+            new_flows: rec.rl_scope == types::rl_scope::RL_SCOPE_NEW_FLOWS.0,
             allowed,
             tokens,
             wait_ns,
