@@ -15,8 +15,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::{Arc, Mutex};
 
-use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
-use libbpf_rs::{MapCore, MapHandle, OpenObject};
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::{MapHandle, OpenObject};
 
 use super::{bpf_err, DataplaneError};
 use crate::explain_skel::types as et;
@@ -157,16 +157,7 @@ pub struct Explainer {
 impl super::Dataplane {
     /// An [`Explainer`] on this data plane's maps.
     pub fn explainer(&self) -> Result<Explainer, DataplaneError> {
-        let mut maps = BTreeMap::new();
-        for map in self.skel.object().maps() {
-            let name = map.name().to_string_lossy().into_owned();
-            if name.contains('.') {
-                continue;
-            }
-            let handle = MapHandle::try_from(&map)
-                .map_err(bpf_err(format!("duplicating the {name} handle")))?;
-            maps.insert(name, handle);
-        }
+        let maps = self.table_handles()?;
         let firewall_scope = self
             .skel
             .maps

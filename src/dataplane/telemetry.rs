@@ -138,14 +138,13 @@ impl Dataplane {
         Ok(Clock { prog })
     }
 
-    /// Duplicates the handles a [`Telemetry::walk`] needs (cheap); the walk itself can then run
-    /// anywhere, without borrowing the data plane.
-    pub fn telemetry(&self) -> Result<Telemetry, DataplaneError> {
+    /// A duplicated handle of every table of the program, by name (cheap). `.rodata`, `.bss`,
+    /// `.kconfig` ("<object>.<section>") are the program's globals, not tables; a map of
+    /// bpf/maps.h has no dot in its name.
+    pub(crate) fn table_handles(&self) -> Result<BTreeMap<String, MapHandle>, DataplaneError> {
         let mut maps = BTreeMap::new();
         for map in self.skel.object().maps() {
             let name = map.name().to_string_lossy().into_owned();
-            // .rodata, .bss, .kconfig ("<object>.<section>") are the program's globals, not
-            // tables; a map of bpf/maps.h has no dot in its name.
             if name.contains('.') {
                 continue;
             }
@@ -153,8 +152,14 @@ impl Dataplane {
                 .map_err(bpf_err(format!("duplicating the {name} handle")))?;
             maps.insert(name, handle);
         }
+        Ok(maps)
+    }
+
+    /// Duplicates the handles a [`Telemetry::walk`] needs (cheap); the walk itself can then run
+    /// anywhere, without borrowing the data plane.
+    pub fn telemetry(&self) -> Result<Telemetry, DataplaneError> {
         Ok(Telemetry {
-            maps,
+            maps: self.table_handles()?,
             clock: self.clock()?,
             firewall_ids: None,
         })
