@@ -24,6 +24,13 @@ pub enum ControlError {
     Reconcile(#[from] ReconcileError),
     #[error("saving the state: {0}")]
     Persist(#[from] PersistError),
+    /// The error of the group commit this change was part of (every change of the group gets
+    /// it; none of them was kept).
+    #[error(transparent)]
+    Group(Arc<ControlError>),
+    /// The commit stopped before answering (it panicked).
+    #[error("{0}")]
+    Abandoned(String),
 }
 
 /// Why [`Controller::change`] failed: the change itself refused (`E`, from the caller's closure),
@@ -33,6 +40,12 @@ pub(crate) enum ChangeError<E> {
     Refused(E),
     Control(ControlError),
 }
+
+/// A queued change: run on the group's state, it either refuses (answering its caller at once)
+/// or changes the state and returns how to answer once the group is committed.
+type Job = Box<dyn FnOnce(&mut State) -> Option<Staged> + Send>;
+/// Answers one accepted change with the group's outcome.
+type Staged = Box<dyn FnOnce(&Result<(), Arc<ControlError>>) + Send>;
 
 struct Inner {
     state: State,
@@ -48,10 +61,13 @@ struct Inner {
 }
 
 /// The one owner of the desired state. Every change goes through [`Controller::change`]:
-/// apply to a copy, make the maps match, and only then keep the copy.
+/// apply to a copy, make the maps match, save it, and only then keep the copy; concurrent
+/// changes share one reconcile and one save (group commit).
 #[derive(Clone)]
 pub struct Controller {
     inner: Arc<Mutex<Inner>>,
+    /// Changes waiting for the next group commit ([`Controller::change`]).
+    queue: Arc<std::sync::Mutex<Vec<Job>>>,
 }
 
 impl Controller {
@@ -67,6 +83,7 @@ impl Controller {
                 store: None,
                 routes: VipRoutes::off(),
             })),
+            queue: Arc::default(),
         })
     }
 
@@ -144,17 +161,83 @@ impl Controller {
         inner.warmed.extend(todo);
     }
 
-    /// Runs `f` on a copy of the state; if it succeeds, applies the copy to the data plane and
-    /// keeps it. If anything fails, the state and the maps stay as they were.
-    pub(crate) async fn change<T, E>(
-        &self,
-        f: impl FnOnce(&mut State) -> Result<T, E>,
-    ) -> Result<T, ChangeError<E>> {
+    /// Makes the change `f` and returns once it is in the maps and on disk.
+    ///
+    /// Group commit: `f` is queued, and whoever holds the lock next commits every change
+    /// queued by then together. Each change runs, in arrival order, on a copy of the state as
+    /// the changes before it in the group left it: a change that refuses (or breaks a limit)
+    /// fails alone and leaves no trace. The group is then reconciled once and saved once (one
+    /// journal record, one flush), and only then is each change answered. If the reconcile or
+    /// the save fails, the maps are rolled back to the state before the group and every change
+    /// of the group gets that error: nothing of it was kept.
+    ///
+    /// The commit runs on a task of its own, so a caller that goes away (a cancelled RPC)
+    /// neither stalls the changes queued behind it nor leaves its own half done: a change once
+    /// queued is committed or refused whole, and its answer is dropped.
+    pub(crate) async fn change<T, E, F>(&self, f: F) -> Result<T, ChangeError<E>>
+    where
+        F: FnOnce(&mut State) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |state: &mut State| {
+            let mut trial = state.clone();
+            let out = match f(&mut trial) {
+                Ok(out) => out,
+                Err(e) => {
+                    let _ = tx.send(Err(ChangeError::Refused(e)));
+                    return None;
+                }
+            };
+            if let Err(e) = crate::reconcile::check_limits(&trial) {
+                let _ = tx.send(Err(ChangeError::Control(e.into())));
+                return None;
+            }
+            *state = trial;
+            Some(Box::new(
+                move |committed: &Result<(), Arc<ControlError>>| {
+                    let _ = tx.send(match committed {
+                        Ok(()) => Ok(out),
+                        Err(e) => Err(ChangeError::Control(ControlError::Group(e.clone()))),
+                    });
+                },
+            ))
+        });
+        self.queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(job);
+        let this = self.clone();
+        tokio::spawn(async move { this.commit_queued().await });
+        rx.await.unwrap_or_else(|_| {
+            Err(ChangeError::Control(ControlError::Abandoned(
+                "the commit this change was grouped with stopped before answering; \
+                 list the state to see whether it was applied"
+                    .into(),
+            )))
+        })
+    }
+
+    /// Commits every change queued so far as one group (see [`Controller::change`]); returns
+    /// how many were accepted into the group.
+    async fn commit_queued(&self) -> usize {
         let mut inner = self.inner.lock().await;
+        let jobs = std::mem::take(
+            &mut *self
+                .queue
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        if jobs.is_empty() {
+            // An earlier commit took this change with its group.
+            return 0;
+        }
         let mut next = inner.state.clone();
-        let out = f(&mut next).map_err(ChangeError::Refused)?;
-        crate::reconcile::check_limits(&next)
-            .map_err(|e| ChangeError::Control(ControlError::from(e)))?;
+        let staged: Vec<Staged> = jobs.into_iter().filter_map(|job| job(&mut next)).collect();
+        if staged.is_empty() {
+            return 0;
+        }
         // A new VIP address gets its route before its VIP goes live; a route goes only after
         // the maps (and the rollback, if any) are settled.
         inner.routes.add_for(&next).await;
@@ -168,19 +251,31 @@ impl Controller {
                     .map_err(ControlError::from),
                 None => Ok(()),
             });
-        if let Err(e) = applied {
-            let previous = inner.state.clone();
-            if let Err(rollback) = inner.reconciler.reconcile(&previous) {
-                tracing::error!(error = %rollback, "rolling the data plane back failed");
+        let committed = match applied {
+            Ok(()) => {
+                inner.routes.sync(&next).await;
+                inner.state = next;
+                Ok(())
             }
-            inner.routes.sync(&previous).await;
-            return Err(ChangeError::Control(e));
-        }
-        inner.routes.sync(&next).await;
-        inner.state = next;
+            Err(e) => {
+                let previous = inner.state.clone();
+                if let Err(rollback) = inner.reconciler.reconcile(&previous) {
+                    tracing::error!(error = %rollback, "rolling the data plane back failed");
+                }
+                inner.routes.sync(&previous).await;
+                tracing::warn!(changes = staged.len(), error = %e, "a group of changes failed and was rolled back");
+                Err(Arc::new(e))
+            }
+        };
         drop(inner);
-        self.warm_next_hops().await;
-        Ok(out)
+        let accepted = staged.len();
+        for answer in staged {
+            answer(&committed);
+        }
+        if committed.is_ok() {
+            self.warm_next_hops().await;
+        }
+        accepted
     }
 
     /// The health checker's input: marks a backend of a VIP up or down in the live view and, if

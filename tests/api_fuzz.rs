@@ -25,13 +25,9 @@ use anyhow::{Context, Result};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as PtConfig, TestCaseError, TestRunner};
 use prost::Message;
-use tonic::transport::{Channel, Server};
+use tonic::transport::Channel;
 use tonic::Code;
 
-use xdplb::controller::Controller;
-use xdplb::dataplane::{Dataplane, LoadOptions};
-use xdplb::reconcile::Reconciler;
-use xdplb_model::state::State;
 use xdplb_proto::pb;
 use xdplb_proto::pb::{
     backends_client::BackendsClient, firewall_client::FirewallClient,
@@ -39,7 +35,7 @@ use xdplb_proto::pb::{
 };
 use xdplb_testkit::grpc::unix_channel;
 
-use common::lab::{config, RING_SIZE};
+use common::served::Served;
 use xdplb_testkit::netns::NetNs;
 
 // ---------------------------------------------------------------------------------------------
@@ -986,70 +982,6 @@ fn check(
         }
     }
     Ok(())
-}
-
-/// The API served in process as lbd serves it (on a Unix socket in a temporary directory), over
-/// a program loaded in the calling thread's namespace.
-struct Served {
-    rt: tokio::runtime::Runtime,
-    ctl: Controller,
-    socket: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-    stop_tx: tokio::sync::watch::Sender<bool>,
-    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
-}
-
-impl Served {
-    fn start() -> Result<Served> {
-        let mut dp = Dataplane::load(&LoadOptions {
-            conntrack_size: 4096,
-            pin_dir: None,
-            firewall_capacity: 4096,
-            ratelimit_clients: 4096,
-            ..LoadOptions::default()
-        })?;
-        dp.maps_mut().write_config(&config((20000, 20999)))?;
-        let ctl = Controller::new(State::default(), Reconciler::new(dp, RING_SIZE))
-            .map_err(|e| anyhow::anyhow!("controller: {e}"))?;
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let dir = tempfile::tempdir()?;
-        let socket = dir.path().join("lbd.sock");
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let server = {
-            let _guard = rt.enter();
-            let listener = xdplb::api::listen::bind_unix(&socket)?;
-            let health = rt.block_on(xdplb::api::listen::ApiHealth::new());
-            let router =
-                xdplb::api::listen::router(Server::builder(), &ctl, stop_rx.clone(), &health);
-            let mut stop = stop_rx.clone();
-            // As lbd serves it: every request through the Unix socket's authority rewriting.
-            rt.spawn(router.serve_with_incoming_shutdown(
-                xdplb::api::listen::unix_incoming(listener),
-                async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                },
-            ))
-        };
-        Ok(Served {
-            rt,
-            ctl,
-            socket,
-            _dir: dir,
-            stop_tx,
-            server,
-        })
-    }
-
-    /// Shuts the server down (its clients dropped first), then the runtime (within 2 s) and
-    /// the controller.
-    fn stop(self) {
-        let _ = self.stop_tx.send(true);
-        let _ = self.rt.block_on(self.server);
-        self.rt.shutdown_timeout(Duration::from_secs(2));
-        drop(self.ctl);
-    }
 }
 
 #[test]

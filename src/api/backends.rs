@@ -50,11 +50,11 @@ impl BackendsService {
     }
 
     /// Makes the change `f` to backend `addr` of `vip`, then describes the backend as it is now.
-    async fn change_backend<T, E>(
+    async fn change_backend<T: Send + 'static, E: Send + 'static>(
         &self,
         vip: VipKey,
         addr: SocketAddrV4,
-        f: impl FnOnce(&mut State) -> Result<T, E>,
+        f: impl FnOnce(&mut State) -> Result<T, E> + Send + 'static,
     ) -> Result<(T, pb::Backend), ChangeError<E>> {
         let out = self.ctl.change(f).await?;
         Ok((out, self.describe(vip, addr).await))
@@ -336,7 +336,7 @@ impl Backends for BackendsService {
         self.check_l2dsr(&vip, |_| "backend.address".to_string(), &[addr])
             .await?;
         let ((), backend) = self
-            .change_backend(vip, addr, |s| s.add_backend(&vip, addr, weight))
+            .change_backend(vip, addr, move |s| s.add_backend(&vip, addr, weight))
             .await?;
         tracing::info!(%vip, backend = %addr, weight, id = backend.id, "backend added");
         Ok(Response::new(pb::AddBackendResponse {
@@ -354,7 +354,12 @@ impl Backends for BackendsService {
             .await?;
         // One change: applied to a copy of the state, reconciled once (one Maglev rebuild, one
         // ring update), saved once; any refusal leaves state, maps and file as they were.
-        self.ctl.change(|s| add_many(s, &vip, &backends)).await?;
+        self.ctl
+            .change({
+                let backends = backends.clone();
+                move |s| add_many(s, &vip, &backends)
+            })
+            .await?;
         let added: Vec<pb::Backend> = self
             .ctl
             .read(|s, r| {
@@ -375,7 +380,9 @@ impl Backends for BackendsService {
         let req = request.get_ref();
         let (vip, addr) = parse_target(req.vip.as_ref(), &req.address, req.port)?;
         let id = self.ctl.read(|_, r| r.backend_id(&vip, &addr)).await;
-        self.ctl.change(|s| s.remove_backend(&vip, addr)).await?;
+        self.ctl
+            .change(move |s| s.remove_backend(&vip, addr))
+            .await?;
         tracing::info!(%vip, backend = %addr, id = id.unwrap_or_default(), "backend removed");
         Ok(Response::new(pb::RemoveBackendResponse {}))
     }
@@ -388,7 +395,7 @@ impl Backends for BackendsService {
         let (vip, addr) = parse_target(req.vip.as_ref(), &req.address, req.port)?;
         let weight = validate_weight("weight", req.weight)?;
         let ((), backend) = self
-            .change_backend(vip, addr, |s| s.set_weight(&vip, addr, weight))
+            .change_backend(vip, addr, move |s| s.set_weight(&vip, addr, weight))
             .await?;
         tracing::info!(%vip, backend = %addr, weight, id = backend.id, "backend weight set");
         Ok(Response::new(pb::SetBackendWeightResponse {
@@ -434,7 +441,7 @@ impl Backends for BackendsService {
         let req = request.get_ref();
         let (vip, addr) = parse_target(req.vip.as_ref(), &req.address, req.port)?;
         let (before, backend) = self
-            .change_backend(vip, addr, |s| s.drain(&vip, addr))
+            .change_backend(vip, addr, move |s| s.drain(&vip, addr))
             .await?;
         tracing::info!(%vip, backend = %addr, weight_before = before, id = backend.id,
             "backend drained: no new flows, tracked flows go on until they end");
@@ -450,7 +457,7 @@ impl Backends for BackendsService {
         let req = request.get_ref();
         let (vip, addr) = parse_target(req.vip.as_ref(), &req.address, req.port)?;
         let (weight, backend) = self
-            .change_backend(vip, addr, |s| s.undrain(&vip, addr))
+            .change_backend(vip, addr, move |s| s.undrain(&vip, addr))
             .await?;
         tracing::info!(%vip, backend = %addr, weight, id = backend.id, "backend undrained: weight restored");
         Ok(Response::new(pb::UndrainBackendResponse {

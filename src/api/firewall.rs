@@ -116,9 +116,14 @@ impl Firewall for FirewallService {
         while let Some(msg) = stream.message().await? {
             rules.take(&msg.rules)?;
         }
-        let batch = rules.batch;
+        // Shared with the change, which the group commit runs on a task of its own.
+        let batch = std::sync::Arc::new(rules.batch);
+        let staged = std::sync::Arc::clone(&batch);
         let cap = rules.capacity;
-        let out = self.ctl.change(|s| s.firewall.add(&batch, cap)).await?;
+        let out = self
+            .ctl
+            .change(move |s| s.firewall.add(&staged, cap))
+            .await?;
         tracing::info!(
             rules = ?named(&batch), requested = batch.len(), added = out.added,
             unchanged = out.unchanged, total = out.total, "firewall rules added"
@@ -139,8 +144,10 @@ impl Firewall for FirewallService {
         while let Some(msg) = stream.message().await? {
             rules.take(&msg.rules)?;
         }
-        let batch = rules.batch;
-        let out = self.ctl.change(|s| s.firewall.remove(&batch)).await?;
+        // Shared with the change, which the group commit runs on a task of its own.
+        let batch = std::sync::Arc::new(rules.batch);
+        let staged = std::sync::Arc::clone(&batch);
+        let out = self.ctl.change(move |s| s.firewall.remove(&staged)).await?;
         tracing::info!(
             rules = ?named(&batch), removed = out.removed, total = out.total,
             "firewall rules removed"
@@ -181,11 +188,13 @@ impl Firewall for FirewallService {
                 .into());
             }
         }
-        let batch = rules.batch;
+        // Shared with the change, which the group commit runs on a task of its own.
+        let batch = std::sync::Arc::new(rules.batch);
+        let staged = std::sync::Arc::clone(&batch);
         let cap = rules.capacity;
         let out = self
             .ctl
-            .change(|s| s.firewall.replace(only, &batch, cap))
+            .change(move |s| s.firewall.replace(only, &staged, cap))
             .await?;
         let list = only.map_or_else(|| "all".to_string(), |a| a.to_string());
         tracing::info!(

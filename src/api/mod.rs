@@ -12,7 +12,7 @@ pub(crate) mod stats;
 pub(crate) mod trace;
 pub(crate) mod vips;
 
-use tonic::Status;
+use tonic::{Code, Status};
 
 use crate::controller::{ChangeError, ControlError};
 use crate::reconcile::ReconcileError;
@@ -30,6 +30,9 @@ pub(crate) enum ApiError {
     Reconcile(#[from] ReconcileError),
     #[error("saving the state: {0}")]
     Persist(#[from] crate::persist::PersistError),
+    /// A group commit's shared error, or a commit that stopped before answering.
+    #[error(transparent)]
+    Control(ControlError),
 }
 
 impl From<FieldError> for ApiError {
@@ -40,21 +43,42 @@ impl From<FieldError> for ApiError {
 
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Self {
-        match e {
-            ApiError::InvalidArgument { .. } => Status::invalid_argument(e.to_string()),
-            ApiError::State(StateError::InvalidArgument { .. }) => {
-                Status::invalid_argument(e.to_string())
-            }
-            ApiError::State(StateError::NotFound(m)) => Status::not_found(m),
-            ApiError::State(StateError::AlreadyExists(m)) => Status::already_exists(m),
-            ApiError::State(StateError::Unsupported(m)) => Status::unimplemented(m),
-            ApiError::State(StateError::FailedPrecondition(m)) => Status::failed_precondition(m),
-            ApiError::Reconcile(ReconcileError::NoFreeId(_)) => {
-                Status::resource_exhausted(e.to_string())
-            }
-            ApiError::Reconcile(_) => Status::internal(e.to_string()),
-            ApiError::Persist(_) => Status::unavailable(e.to_string()),
-        }
+        let code = match &e {
+            ApiError::InvalidArgument { .. } => Code::InvalidArgument,
+            ApiError::State(e) => state_code(e),
+            ApiError::Reconcile(e) => reconcile_code(e),
+            ApiError::Persist(_) => Code::Unavailable,
+            ApiError::Control(e) => control_code(e),
+        };
+        Status::new(code, e.to_string())
+    }
+}
+
+fn state_code(e: &StateError) -> Code {
+    match e {
+        StateError::InvalidArgument { .. } => Code::InvalidArgument,
+        StateError::NotFound(_) => Code::NotFound,
+        StateError::AlreadyExists(_) => Code::AlreadyExists,
+        StateError::Unsupported(_) => Code::Unimplemented,
+        StateError::FailedPrecondition(_) => Code::FailedPrecondition,
+    }
+}
+
+fn reconcile_code(e: &ReconcileError) -> Code {
+    match e {
+        ReconcileError::NoFreeId(_) => Code::ResourceExhausted,
+        _ => Code::Internal,
+    }
+}
+
+/// The code of a controller error, also when it is shared by a group of changes.
+fn control_code(e: &ControlError) -> Code {
+    match e {
+        ControlError::State(e) => state_code(e),
+        ControlError::Reconcile(e) => reconcile_code(e),
+        ControlError::Persist(_) => Code::Unavailable,
+        ControlError::Group(e) => control_code(e),
+        ControlError::Abandoned(_) => Code::Aborted,
     }
 }
 
@@ -64,6 +88,7 @@ impl From<ControlError> for ApiError {
             ControlError::State(e) => ApiError::State(e),
             ControlError::Reconcile(e) => ApiError::Reconcile(e),
             ControlError::Persist(e) => ApiError::Persist(e),
+            e => ApiError::Control(e),
         }
     }
 }

@@ -63,7 +63,9 @@ impl RateLimits for RateLimitsService {
         request: Request<pb::SetRateLimitRequest>,
     ) -> Result<Response<pb::SetRateLimitResponse>, Status> {
         let CidrPolicy { cidr, policy } = CidrPolicy::try_from(request.get_ref())?;
-        self.ctl.change(|s| s.ratelimit.set(cidr, policy)).await?;
+        self.ctl
+            .change(move |s| s.ratelimit.set(cidr, policy))
+            .await?;
         match cidr {
             Some(net) => tracing::info!(cidr = %net, %policy, "rate-limit override set"),
             None => tracing::info!(%policy, "rate-limit default policy set"),
@@ -78,7 +80,7 @@ impl RateLimits for RateLimitsService {
         request: Request<pb::RemoveRateLimitRequest>,
     ) -> Result<Response<pb::RemoveRateLimitResponse>, Status> {
         let cidr = parse_rate_limit_cidr("cidr", &request.get_ref().cidr)?;
-        self.ctl.change(|s| s.ratelimit.remove(cidr)).await?;
+        self.ctl.change(move |s| s.ratelimit.remove(cidr)).await?;
         match cidr {
             Some(net) => tracing::info!(cidr = %net, "rate-limit override removed"),
             None => tracing::info!("rate-limit default policy reset to no limit"),

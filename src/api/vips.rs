@@ -60,7 +60,7 @@ impl Vips for VipsService {
         let checked = health.to_string();
         let pb_health = pb::HealthCheck::from(&health);
         self.ctl
-            .change(|s| {
+            .change(move |s| {
                 s.add_vip(key, mode)?;
                 s.set_health(&key, health)
             })
@@ -89,7 +89,7 @@ impl Vips for VipsService {
     ) -> Result<Response<pb::RemoveVipResponse>, Status> {
         let key = parse_vip_key("vip", request.get_ref().vip.as_ref())?;
         // Logged once, by the reconciler ("vip removed from the data plane", with its id).
-        self.ctl.change(|s| s.remove_vip(&key)).await?;
+        self.ctl.change(move |s| s.remove_vip(&key)).await?;
         Ok(Response::new(pb::RemoveVipResponse {}))
     }
 
@@ -112,7 +112,7 @@ impl Vips for VipsService {
             check_l2dsr_backends(|_| "mode".to_string(), &backends).await?;
         }
         let from = self.ctl.read(|s, _| s.vips.get(&key).map(|v| v.mode)).await;
-        self.ctl.change(|s| s.set_mode(&key, mode)).await?;
+        self.ctl.change(move |s| s.set_mode(&key, mode)).await?;
         let vip = self.describe(&key).await;
         tracing::info!(
             vip = %key,
@@ -136,7 +136,7 @@ impl Vips for VipsService {
             .ok_or_else(|| invalid("health", "missing"))?;
         let health = HealthCheck::try_from(health).map_err(ApiError::from)?;
         let shown = health.to_string();
-        self.ctl.change(|s| s.set_health(&key, health)).await?;
+        self.ctl.change(move |s| s.set_health(&key, health)).await?;
         tracing::info!(vip = %key, health = %shown, "vip health check set: backends keep their status, counting starts over");
         let vip = self.describe(&key).await;
         Ok(Response::new(pb::SetVipHealthResponse { vip }))

@@ -7,3 +7,4 @@ pub mod decap;
 pub mod expect;
 pub mod fuzz;
 pub mod lab;
+pub mod served;
