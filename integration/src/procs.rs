@@ -377,6 +377,11 @@ impl Lbd {
 }
 
 impl Lbd {
+    /// lbd's process id, while it runs (to signal it from another thread than the owner's).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Kills lbd with SIGKILL (no clean-up code runs); its pins stay for the next lbd.
     pub fn kill9(&mut self) -> Result<()> {
         if let Some(mut child) = self.child.take() {
