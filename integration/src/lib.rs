@@ -10,12 +10,14 @@
 //! - [`peers`]: name servers on the backends and bounded clients;
 //! - [`transfer`]: an echo server and a long, byte-checked TCP transfer (restarts, upgrades);
 //! - [`upgrade`]: the variant build of lbd and what a pinned XDP link runs;
-//! - [`server`]: a thread stopped by its guard, and the TCP accept loop of every server here.
+//! - [`server`]: a thread stopped by its guard, and the TCP accept loop of every server here;
+//! - [`scrape`]: lbd's `/metrics` over HTTP from inside a namespace, parsed as Prometheus does.
 
 pub mod dsr;
 pub mod flood;
 pub mod peers;
 pub mod procs;
+pub mod scrape;
 pub mod server;
 pub mod topology;
 pub mod transfer;
