@@ -4,7 +4,7 @@
 //! Maglev table rebuild (src/maglev.rs) of 65,537 slots for 1,000 backends, in process.
 
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
@@ -36,38 +36,79 @@ fn vip_key_on(port: u32) -> pb::VipKey {
     }
 }
 
-fn vip_key() -> pb::VipKey {
-    vip_key_on(80)
-}
-
 /// Backend `i` of 1,000 (all behind one router).
 fn backend_addr(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 201, (i / 250) as u8, (i % 250) as u8 + 1)
 }
 
+type Backends = pb::backends_client::BackendsClient<tonic::transport::Channel>;
+
+/// Adds the NAT VIP on `port`; returns a Backends client on the same connection.
+async fn vip_on(socket: &Path, port: u32) -> Result<Backends> {
+    let ch = unix_channel(socket).await?;
+    pb::vips_client::VipsClient::new(ch.clone())
+        .add_vip(pb::AddVipRequest {
+            vip: Some(vip_key_on(port)),
+            mode: pb::ForwardingMode::Nat as i32,
+            health: None,
+        })
+        .await
+        .context("AddVip")?;
+    Ok(Backends::new(ch))
+}
+
+/// Backend `i` as the API takes it.
+fn pb_backend(i: usize) -> pb::Backend {
+    pb::Backend {
+        address: backend_addr(i).to_string(),
+        port: 8080,
+        weight: Some(100),
+        ..Default::default()
+    }
+}
+
+/// Adds backends `indices` to the VIP on `port`, one AddBackend call each; returns each call's
+/// duration.
+async fn timed_adds(
+    client: &mut Backends,
+    port: u32,
+    indices: impl Iterator<Item = usize>,
+) -> Result<Vec<Duration>> {
+    let mut each = Vec::new();
+    for i in indices {
+        let t = Instant::now();
+        client
+            .add_backend(pb::AddBackendRequest {
+                vip: Some(vip_key_on(port)),
+                backend: Some(pb_backend(i)),
+            })
+            .await
+            .with_context(|| format!("AddBackend {}:8080 (call {i})", backend_addr(i)))?;
+        each.push(t.elapsed());
+    }
+    Ok(each)
+}
+
+/// How many backends ListBackends shows for the VIP on `port`.
+async fn listed(client: &mut Backends, port: u32) -> Result<usize> {
+    Ok(client
+        .list_backends(pb::ListBackendsRequest {
+            vip: Some(vip_key_on(port)),
+        })
+        .await
+        .context("ListBackends")?
+        .into_inner()
+        .backends
+        .len())
+}
+
 /// Adds `n` backends to a second VIP in one AddBackends call; returns its duration and the
 /// number of backends ListBackends then shows.
 async fn add_backends_batch(socket: PathBuf, n: usize) -> Result<(Duration, usize)> {
-    let ch = unix_channel(&socket).await?;
-    let mut vips = pb::vips_client::VipsClient::new(ch.clone());
-    let mut backends = pb::backends_client::BackendsClient::new(ch);
-    vips.add_vip(pb::AddVipRequest {
-        vip: Some(vip_key_on(81)),
-        mode: pb::ForwardingMode::Nat as i32,
-        health: None,
-    })
-    .await
-    .context("AddVip")?;
+    let mut backends = vip_on(&socket, 81).await?;
     let req = pb::AddBackendsRequest {
         vip: Some(vip_key_on(81)),
-        backends: (0..n)
-            .map(|i| pb::Backend {
-                address: backend_addr(i).to_string(),
-                port: 8080,
-                weight: Some(100),
-                ..Default::default()
-            })
-            .collect(),
+        backends: (0..n).map(pb_backend).collect(),
     };
     let t = Instant::now();
     let added = backends
@@ -82,60 +123,16 @@ async fn add_backends_batch(socket: PathBuf, n: usize) -> Result<(Duration, usiz
         added == n,
         "AddBackends answered {added} backends, expected {n}"
     );
-    let listed = backends
-        .list_backends(pb::ListBackendsRequest {
-            vip: Some(vip_key_on(81)),
-        })
-        .await
-        .context("ListBackends")?
-        .into_inner()
-        .backends
-        .len();
-    Ok((took, listed))
+    Ok((took, listed(&mut backends, 81).await?))
 }
 
 /// Adds `n` backends one AddBackend call each; returns the total and each call's duration.
 async fn add_backends(socket: PathBuf, n: usize) -> Result<(Duration, Vec<Duration>, usize)> {
-    let ch = unix_channel(&socket).await?;
-    let mut vips = pb::vips_client::VipsClient::new(ch.clone());
-    let mut backends = pb::backends_client::BackendsClient::new(ch);
-    vips.add_vip(pb::AddVipRequest {
-        vip: Some(vip_key()),
-        mode: pb::ForwardingMode::Nat as i32,
-        health: None,
-    })
-    .await
-    .context("AddVip")?;
-    let mut each = Vec::with_capacity(n);
+    let mut backends = vip_on(&socket, 80).await?;
     let start = Instant::now();
-    for i in 0..n {
-        let addr = backend_addr(i);
-        let t = Instant::now();
-        backends
-            .add_backend(pb::AddBackendRequest {
-                vip: Some(vip_key()),
-                backend: Some(pb::Backend {
-                    address: addr.to_string(),
-                    port: 8080,
-                    weight: Some(100),
-                    ..Default::default()
-                }),
-            })
-            .await
-            .with_context(|| format!("AddBackend {addr}:8080 (call {i})"))?;
-        each.push(t.elapsed());
-    }
+    let each = timed_adds(&mut backends, 80, 0..n).await?;
     let total = start.elapsed();
-    let listed = backends
-        .list_backends(pb::ListBackendsRequest {
-            vip: Some(vip_key()),
-        })
-        .await
-        .context("ListBackends")?
-        .into_inner()
-        .backends
-        .len();
-    Ok((total, each, listed))
+    Ok((total, each, listed(&mut backends, 80).await?))
 }
 
 /// Clients of the concurrent run: each its own connection, one AddBackend call at a time.
@@ -148,47 +145,17 @@ async fn add_backends_concurrent(
     socket: PathBuf,
     n: usize,
 ) -> Result<(Duration, Vec<Duration>, usize)> {
-    let ch = unix_channel(&socket).await?;
-    let mut vips = pb::vips_client::VipsClient::new(ch.clone());
-    vips.add_vip(pb::AddVipRequest {
-        vip: Some(vip_key_on(82)),
-        mode: pb::ForwardingMode::Nat as i32,
-        health: None,
-    })
-    .await
-    .context("AddVip")?;
+    let mut backends = vip_on(&socket, 82).await?;
     let mut clients = Vec::with_capacity(CLIENTS);
     for _ in 0..CLIENTS {
-        clients.push(pb::backends_client::BackendsClient::new(
-            unix_channel(&socket).await?,
-        ));
+        clients.push(Backends::new(unix_channel(&socket).await?));
     }
     let start = Instant::now();
     let tasks: Vec<_> = clients
         .into_iter()
         .enumerate()
         .map(|(c, mut client)| {
-            tokio::spawn(async move {
-                let mut each = Vec::new();
-                for i in (c..n).step_by(CLIENTS) {
-                    let addr = backend_addr(i);
-                    let t = Instant::now();
-                    client
-                        .add_backend(pb::AddBackendRequest {
-                            vip: Some(vip_key_on(82)),
-                            backend: Some(pb::Backend {
-                                address: addr.to_string(),
-                                port: 8080,
-                                weight: Some(100),
-                                ..Default::default()
-                            }),
-                        })
-                        .await
-                        .with_context(|| format!("client {c}: AddBackend {addr}:8080"))?;
-                    each.push(t.elapsed());
-                }
-                anyhow::Ok(each)
-            })
+            tokio::spawn(async move { timed_adds(&mut client, 82, (c..n).step_by(CLIENTS)).await })
         })
         .collect();
     let mut each = Vec::with_capacity(n);
@@ -196,17 +163,7 @@ async fn add_backends_concurrent(
         each.extend(t.await.context("client task")??);
     }
     let total = start.elapsed();
-    let mut backends = pb::backends_client::BackendsClient::new(ch);
-    let listed = backends
-        .list_backends(pb::ListBackendsRequest {
-            vip: Some(vip_key_on(82)),
-        })
-        .await
-        .context("ListBackends")?
-        .into_inner()
-        .backends
-        .len();
-    Ok((total, each, listed))
+    Ok((total, each, listed(&mut backends, 82).await?))
 }
 
 /// `n` distinct prefixes for a block list (as a file of one prefix per line).

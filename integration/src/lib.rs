@@ -15,6 +15,7 @@
 
 pub mod dsr;
 pub mod flood;
+pub mod lab;
 pub mod peers;
 pub mod procs;
 pub mod scrape;

@@ -7,42 +7,25 @@ use std::time::Duration;
 
 use anyhow::Result;
 use serde_json::Value;
-use xdplb_integration::{
-    tcp_name_server, tcp_request, Lbd, Proto, Reply, ServerHandle, Topology, VIP,
-};
+use xdplb_integration::lab::{vip_tcp, OneBackend};
+use xdplb_integration::{tcp_name_server, tcp_request, Reply};
 
 const TIMEOUT: Duration = Duration::from_secs(2);
-const BACKEND_PORT: u16 = 8080;
-
-fn vip_tcp() -> SocketAddrV4 {
-    SocketAddrV4::new(VIP, 80)
-}
 
 /// A two-arm topology with one backend serving the TCP VIP through lbd.
-///
-/// Field order is drop order: the server stops first, then lbd, then the namespaces go.
-struct Lab {
-    _server: ServerHandle,
-    lbd: Lbd,
-    topo: Topology,
+struct Lab(OneBackend);
+
+impl std::ops::Deref for Lab {
+    type Target = OneBackend;
+    fn deref(&self) -> &OneBackend {
+        &self.0
+    }
 }
 
 impl Lab {
     /// `extra_config` is appended to the harness's lbd configuration.
     fn start(extra_config: &str) -> Lab {
-        let topo = Topology::two_arm(1).expect("topology");
-        let backend = SocketAddrV4::new(topo.backend(1).addr, BACKEND_PORT);
-        let server = tcp_name_server(&topo.backend(1).ns, backend, "b1").expect("backend server");
-        let config = format!("{}{extra_config}", topo.lbd_config());
-        let lbd = Lbd::start(topo.lb(), &config).expect("lbd starts");
-        lbd.add_vip(vip_tcp(), Proto::Tcp).expect("lbctl vip add");
-        lbd.add_backend(vip_tcp(), Proto::Tcp, backend)
-            .expect("lbctl add-backend");
-        Lab {
-            _server: server,
-            lbd,
-            topo,
-        }
+        Lab(OneBackend::start(extra_config).expect("lab"))
     }
 
     /// One request to `to` from the client address `from` (ephemeral port).

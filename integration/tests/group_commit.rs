@@ -138,7 +138,10 @@ fn kill9_amid_concurrent_writers_loses_no_acknowledged_change() -> Result<()> {
         n_at_kill >= KILL_AFTER,
         "only {n_at_kill} adds acknowledged within {KILL_DEADLINE:?}"
     );
-    ensure!(failed > 0, "no call was in flight at the kill: not amid the stream");
+    ensure!(
+        failed > 0,
+        "no call was in flight at the kill: not amid the stream"
+    );
 
     let second = Lbd::start_with(topo.lb(), &config, &StartOptions::state(state.path()))?;
     let after = listed(&second, &vip_s)?;

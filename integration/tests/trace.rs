@@ -14,41 +14,37 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
+use xdplb_integration::lab::{vip_tcp, OneBackend, BACKEND_PORT};
 use xdplb_integration::procs::bin_dir;
 use xdplb_integration::upgrade::link_program;
-use xdplb_integration::{tcp_name_server, tcp_request, Lbd, Proto, ServerHandle, Topology, VIP};
+use xdplb_integration::{tcp_request, Lbd, VIP};
 use xdplb_testkit::cmd::{terminate, wait_bounded};
 
 const TIMEOUT: Duration = Duration::from_secs(2);
-const BACKEND_PORT: u16 = 8080;
 
-fn vip_tcp() -> SocketAddrV4 {
-    SocketAddrV4::new(VIP, 80)
+/// The one-backend lab and a directory for pcap files.
+struct Lab {
+    base: OneBackend,
+    dir: tempfile::TempDir,
 }
 
-/// Field order is drop order: the server stops first, then lbd, then the namespaces go.
-struct Lab {
-    _server: ServerHandle,
-    lbd: Lbd,
-    topo: Topology,
-    backend: SocketAddrV4,
-    dir: tempfile::TempDir,
+impl std::ops::Deref for Lab {
+    type Target = OneBackend;
+    fn deref(&self) -> &OneBackend {
+        &self.base
+    }
+}
+
+impl std::ops::DerefMut for Lab {
+    fn deref_mut(&mut self) -> &mut OneBackend {
+        &mut self.base
+    }
 }
 
 impl Lab {
     fn start() -> Lab {
-        let topo = Topology::two_arm(1).expect("topology");
-        let backend = SocketAddrV4::new(topo.backend(1).addr, BACKEND_PORT);
-        let server = tcp_name_server(&topo.backend(1).ns, backend, "b1").expect("backend server");
-        let lbd = Lbd::start(topo.lb(), &topo.lbd_config()).expect("lbd starts");
-        lbd.add_vip(vip_tcp(), Proto::Tcp).expect("lbctl vip add");
-        lbd.add_backend(vip_tcp(), Proto::Tcp, backend)
-            .expect("lbctl add-backend");
         Lab {
-            _server: server,
-            lbd,
-            topo,
-            backend,
+            base: OneBackend::start("").expect("lab"),
             dir: tempfile::tempdir().expect("tempdir"),
         }
     }
