@@ -107,14 +107,7 @@ pub fn measure_paths(trials: usize, packets: usize) -> Result<Outcome> {
             .iter()
             .map(|c| sized(data(*c, ipip_vip), 1500))
             .collect::<Result<Vec<_>>>()?;
-        let not_vip = vec![Packet::tcp(
-            [0x02, 0, 0, 0, 0, 0x50],
-            VETH0_MAC,
-            sa(CLIENT, 40000),
-            sa(LB_ADDR, 22),
-            TCP_ACK,
-        )
-        .build()];
+        let not_vip = vec![not_vip_frame()];
 
         // New flows: the flow tables are emptied before each trial.
         let mut fresh = load_lb(net, &opts(1 << 20))?;
@@ -544,4 +537,16 @@ pub fn analysis(report: &mut Report, out: &Outcome) {
         ));
     }
     report.closing.extend(closing);
+}
+
+/// An ACK from the client to the LB's own SSH port: not for a VIP, passed to the kernel.
+pub(crate) fn not_vip_frame() -> Vec<u8> {
+    Packet::tcp(
+        [0x02, 0, 0, 0, 0, 0x50],
+        VETH0_MAC,
+        sa(CLIENT, 40000),
+        sa(LB_ADDR, 22),
+        TCP_ACK,
+    )
+    .build()
 }

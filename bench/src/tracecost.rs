@@ -18,13 +18,13 @@ use xdplb::dataplane::trace::{TraceFilter, TraceTap};
 use xdplb::skel::types::lb_reason as R;
 use xdplb_model::state::Mode;
 
-use crate::common::lab::{setup_net, Lb, CLIENT, LB_ADDR, VETH0_MAC, XDP_PASS, XDP_TX};
+use crate::common::lab::{setup_net, Lb, CLIENT, XDP_PASS, XDP_TX};
+use crate::paths::not_vip_frame;
 use crate::report::{Report, Section};
 use crate::setup::*;
 use crate::testrun::{
     check_counters, floor_frame, program_maps, program_size, Expect, Floor, Spread,
 };
-use xdplb_testkit::packet::{Packet, TCP_ACK};
 use xdplb_testkit::{NetNs, Runner};
 
 xdplb_testkit::skeleton!(
@@ -161,14 +161,7 @@ pub fn run(report: &mut Report, quick: bool) -> Result<()> {
         open_flows(&lb, &mut runner, nat_vip, &clients)?;
         let notrace = NoTrace::load(&lb)?;
         let est: Vec<Vec<u8>> = clients.iter().map(|c| data(*c, nat_vip).build()).collect();
-        let not_vip = vec![Packet::tcp(
-            [0x02, 0, 0, 0, 0, 0x50],
-            VETH0_MAC,
-            sa(CLIENT, 40000),
-            sa(LB_ADDR, 22),
-            TCP_ACK,
-        )
-        .build()];
+        let not_vip = vec![not_vip_frame()];
         let nat = Expect::new(R::LB_REASON_TX_NAT_FORWARD, XDP_TX);
         let pass = Expect::new(R::LB_REASON_PASS_NOT_VIP, XDP_PASS);
         let row = |name, notrace, tracing, frames: &Vec<Vec<u8>>, expect: &Expect| Row {
