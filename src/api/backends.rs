@@ -248,26 +248,18 @@ async fn watch_drain_loop(
     vip: VipKey,
     addr: SocketAddrV4,
     interval: std::time::Duration,
-    mut stop: Option<tokio::sync::watch::Receiver<bool>>,
+    stop: Option<tokio::sync::watch::Receiver<bool>>,
     tx: tokio::sync::mpsc::Sender<Result<pb::WatchDrainResponse, Status>>,
 ) {
-    let mut ticks = tokio::time::interval(interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticks.tick() => {}
-            _ = tx.closed() => return,
-            _ = super::stats::stopped(&mut stop) => {
-                let _ = tx.send(Err(Status::unavailable("lbd is shutting down"))).await;
-                return;
-            }
+    super::stats::every(interval, stop, tx, move || {
+        let ctl = ctl.clone();
+        async move {
+            let count = count_drained(&ctl, &vip, addr).await;
+            let done = !matches!(count, Ok(ref c) if c.tracked_flows > 0);
+            (count, done)
         }
-        let count = count_drained(&ctl, &vip, addr).await;
-        let done = !matches!(count, Ok(ref c) if c.tracked_flows > 0);
-        if tx.send(count).await.is_err() || done {
-            return;
-        }
-    }
+    })
+    .await;
 }
 
 /// One count of a [`watch_drain_loop`]: the backend is checked (still there, still drained)

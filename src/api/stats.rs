@@ -113,11 +113,33 @@ pub(crate) fn validate_watch(req: &pb::WatchStatsRequest) -> Result<Duration, Ap
 async fn watch_loop(
     ctl: Controller,
     interval: Duration,
-    mut stop: Option<watch::Receiver<bool>>,
+    stop: Option<watch::Receiver<bool>>,
     tx: mpsc::Sender<Result<pb::GetStatsResponse, Status>>,
 ) {
+    every(interval, stop, tx, move || {
+        let ctl = ctl.clone();
+        async move {
+            let snap = snapshot(&ctl).await.map_err(Status::from);
+            let last = snap.is_err();
+            (snap, last)
+        }
+    })
+    .await;
+}
+
+/// The loop of a watch stream: sends `next()` at once and then every `interval` until `next`
+/// says its answer was the last, the client goes away, or `stop` turns true (then the stream
+/// ends with `Unavailable`). A slow client gets fewer answers, not a burst of late ones.
+pub(crate) async fn every<T, F, Fut>(
+    interval: Duration,
+    mut stop: Option<watch::Receiver<bool>>,
+    tx: mpsc::Sender<Result<T, Status>>,
+    mut next: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = (Result<T, Status>, bool)>,
+{
     let mut ticks = tokio::time::interval(interval);
-    // A slow client gets fewer snapshots, not a burst of late ones.
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -128,9 +150,8 @@ async fn watch_loop(
                 return;
             }
         }
-        let snap = snapshot(&ctl).await.map_err(Status::from);
-        let failed = snap.is_err();
-        if tx.send(snap).await.is_err() || failed {
+        let (answer, last) = next().await;
+        if tx.send(answer).await.is_err() || last {
             return;
         }
     }
