@@ -142,9 +142,20 @@ mod tests {
         let text = report(&r);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 5, "{text}");
-        assert!(lines[1].contains("ok") && lines[1].contains("port"), "{text}");
-        assert!(lines[2].contains("fail") && lines[2].contains("vip"), "{text}");
-        assert!(lines[3].trim_start().starts_with("fix: lbctl backend-setup"), "{text}");
+        assert!(
+            lines[1].contains("ok") && lines[1].contains("port"),
+            "{text}"
+        );
+        assert!(
+            lines[2].contains("fail") && lines[2].contains("vip"),
+            "{text}"
+        );
+        assert!(
+            lines[3]
+                .trim_start()
+                .starts_with("fix: lbctl backend-setup"),
+            "{text}"
+        );
         assert!(lines[4].contains("1 of 2 checks failed"), "{text}");
         assert_eq!(to_json(&r)["failed"], json!(["vip"]));
     }

@@ -33,7 +33,10 @@ struct Checked {
 
 impl Checked {
     fn status(&self, name: &str) -> String {
-        self.check(name)["status"].as_str().unwrap_or("").to_string()
+        self.check(name)["status"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
     }
 
     fn check(&self, name: &str) -> &Value {
@@ -51,7 +54,11 @@ impl Checked {
     fn assert_all_ok(&self, skipped: &[&str]) {
         for c in self.json["checks"].as_array().expect("checks") {
             let name = c["name"].as_str().unwrap_or("");
-            let want = if skipped.contains(&name) { "skipped" } else { "ok" };
+            let want = if skipped.contains(&name) {
+                "skipped"
+            } else {
+                "ok"
+            };
             assert_eq!(c["status"], want, "{name}: {:#}", self.json);
         }
         assert_eq!(self.code, Some(0), "exit status; stderr {}", self.stderr);
@@ -101,7 +108,15 @@ fn good_l2dsr_backend_passes_then_arp_is_named() {
 
     let c = check(&lbd, mt.topo.lb(), vip(), "tcp", backend);
     c.assert_all_ok(&[]);
-    for name in ["port", "neighbour", "vip", "arp", "mtu", "rp_filter", "veth"] {
+    for name in [
+        "port",
+        "neighbour",
+        "vip",
+        "arp",
+        "mtu",
+        "rp_filter",
+        "veth",
+    ] {
         assert_eq!(c.status(name), "ok", "{name}");
     }
     assert_eq!(c.json["mode"], "l2dsr");
@@ -130,8 +145,16 @@ fn good_l2dsr_backend_passes_then_arp_is_named() {
         ])
         .expect("backend check passes");
     eprintln!("{human}");
-    assert!(human.contains("backend 10.200.50.11:80 of vip 10.200.100.1:80/tcp (l2dsr)"), "{human}");
-    assert!(human.lines().any(|l| l.trim_start().starts_with("ok") && l.contains("vip")), "{human}");
+    assert!(
+        human.contains("backend 10.200.50.11:80 of vip 10.200.100.1:80/tcp (l2dsr)"),
+        "{human}"
+    );
+    assert!(
+        human
+            .lines()
+            .any(|l| l.trim_start().starts_with("ok") && l.contains("vip")),
+        "{human}"
+    );
     assert!(human.contains("=> all 7 checks passed"), "{human}");
 
     // The backend answers ARP for the VIP (its arp_ignore back to 0).
@@ -139,7 +162,11 @@ fn good_l2dsr_backend_passes_then_arp_is_named() {
     b1.ns.sysctl("net.ipv4.conf.eth0.arp_ignore", "0").unwrap();
     let c = check(&lbd, mt.topo.lb(), vip(), "tcp", backend);
     assert_eq!(c.status("arp"), "fail", "{:#}", c.json);
-    assert!(c.text("arp", "fix").contains("arp_ignore=1"), "{:#}", c.json);
+    assert!(
+        c.text("arp", "fix").contains("arp_ignore=1"),
+        "{:#}",
+        c.json
+    );
     assert_eq!(c.status("vip"), "ok");
     assert_eq!(c.code, Some(1), "a failed check: exit 1");
     assert!(c.stderr.contains("failed checks: arp"), "{}", c.stderr);
@@ -148,11 +175,30 @@ fn good_l2dsr_backend_passes_then_arp_is_named() {
     // Not held by lbd: NotFound, naming what.
     let other = SocketAddrV4::new(Ipv4Addr::new(10, 200, 50, 99), PORT);
     let err = lbd
-        .ctl(&["backend", "check", "--vip", &vip().to_string(), "--proto", "tcp", &other.to_string()])
+        .ctl(&[
+            "backend",
+            "check",
+            "--vip",
+            &vip().to_string(),
+            "--proto",
+            "tcp",
+            &other.to_string(),
+        ])
         .expect_err("an unknown backend");
-    assert!(err.to_string().contains("not found") && err.to_string().contains("10.200.50.99:80"), "{err:#}");
+    assert!(
+        err.to_string().contains("not found") && err.to_string().contains("10.200.50.99:80"),
+        "{err:#}"
+    );
     let err = lbd
-        .ctl(&["backend", "check", "--vip", "10.200.100.1:81", "--proto", "tcp", &backend.to_string()])
+        .ctl(&[
+            "backend",
+            "check",
+            "--vip",
+            "10.200.100.1:81",
+            "--proto",
+            "tcp",
+            &backend.to_string(),
+        ])
         .expect_err("an unknown VIP");
     assert!(err.to_string().contains("not found"), "{err:#}");
     drop(server);
@@ -176,7 +222,8 @@ fn l2dsr_backend_without_vip_on_lo_is_named() {
     assert_eq!(c.status("port"), "ok", "{:#}", c.json);
     assert_eq!(c.status("vip"), "fail", "{:#}", c.json);
     assert!(
-        c.text("vip", "detail").contains("does not hold 10.200.100.1 on lo"),
+        c.text("vip", "detail")
+            .contains("does not hold 10.200.100.1 on lo"),
         "{:#}",
         c.json
     );
@@ -186,7 +233,11 @@ fn l2dsr_backend_without_vip_on_lo_is_named() {
         "{:#}",
         c.json
     );
-    assert_eq!(c.status("rp_filter"), "warn", "a hint when nothing answered");
+    assert_eq!(
+        c.status("rp_filter"),
+        "warn",
+        "a hint when nothing answered"
+    );
     assert_eq!(c.code, Some(1));
     drop(server);
     drop(lbd);
@@ -206,7 +257,8 @@ fn wrong_backend_port_is_named() {
     let c = check(&lbd, topo.lb(), vip(), "tcp", wrong);
     assert_eq!(c.status("port"), "fail", "{:#}", c.json);
     assert!(
-        c.text("port", "detail").contains("nothing listens on port 8081"),
+        c.text("port", "detail")
+            .contains("nothing listens on port 8081"),
         "{:#}",
         c.json
     );
@@ -222,7 +274,8 @@ fn wrong_backend_port_is_named() {
 
     // The right port passes.
     let right = SocketAddrV4::new(b1.addr, 8080);
-    lbd.add_backend(vip(), Proto::Tcp, right).expect("add-backend");
+    lbd.add_backend(vip(), Proto::Tcp, right)
+        .expect("add-backend");
     check(&lbd, topo.lb(), vip(), "tcp", right).assert_all_ok(&["vip", "rp_filter"]);
     drop(server);
     drop(lbd);
@@ -234,7 +287,9 @@ fn wrong_backend_port_is_named() {
 fn mtu_too_small_is_named() {
     let mt = ModeTopology::one_arm("l2dsr", 1).expect("topology");
     let b1 = mt.topo.backend(1);
-    b1.ns.ip(&["link", "set", "dev", "eth0", "mtu", "1400"]).unwrap();
+    b1.ns
+        .ip(&["link", "set", "dev", "eth0", "mtu", "1400"])
+        .unwrap();
     let server = tcp_name_server(&b1.ns, any_port(PORT), "b1").expect("server");
     let lbd = Lbd::start(mt.topo.lb(), &mt.topo.lbd_config()).expect("lbd starts");
     lbd.add_vip_with(vip(), Proto::Tcp, &["--mode", "l2dsr"])
@@ -278,13 +333,22 @@ fn good_ipip_backend_passes() {
         .expect("add-backend");
     let c = check(&lbd, topo.lb(), vip(), "tcp", backend);
     c.assert_all_ok(&[]);
-    assert!(c.text("ipip", "detail").contains("decapsulates IPIP"), "{:#}", c.json);
     assert!(
-        c.text("neighbour", "detail").contains("the gateway 10.200.60.254"),
+        c.text("ipip", "detail").contains("decapsulates IPIP"),
         "{:#}",
         c.json
     );
-    assert!(c.text("mtu", "detail").contains("IPIP adds 20 bytes"), "{:#}", c.json);
+    assert!(
+        c.text("neighbour", "detail")
+            .contains("the gateway 10.200.60.254"),
+        "{:#}",
+        c.json
+    );
+    assert!(
+        c.text("mtu", "detail").contains("IPIP adds 20 bytes"),
+        "{:#}",
+        c.json
+    );
     drop(server);
     drop(lbd);
     drop(setup);
@@ -295,8 +359,14 @@ fn good_ipip_backend_passes() {
 #[test]
 fn ipip_backend_without_decap_is_named() {
     let topo = RoutedTopology::build().expect("topology");
-    let setup = backend_setup(topo.backend(), VIP, "l2dsr", "eth0", RoutedTopology::LB_ADDR)
-        .expect("lbctl backend-setup");
+    let setup = backend_setup(
+        topo.backend(),
+        VIP,
+        "l2dsr",
+        "eth0",
+        RoutedTopology::LB_ADDR,
+    )
+    .expect("lbctl backend-setup");
     let server = tcp_name_server(topo.backend(), any_port(PORT), "b1").expect("server");
     let lbd = Lbd::start(topo.lb(), &topo.lbd_config()).expect("lbd starts");
     lbd.add_vip_with(vip(), Proto::Tcp, &["--mode", "ipip"])
@@ -307,7 +377,11 @@ fn ipip_backend_without_decap_is_named() {
     let c = check(&lbd, topo.lb(), vip(), "tcp", backend);
     assert_eq!(c.status("port"), "ok", "{:#}", c.json);
     assert_eq!(c.status("ipip"), "fail", "{:#}", c.json);
-    assert!(c.text("ipip", "detail").contains("no IPIP decap"), "{:#}", c.json);
+    assert!(
+        c.text("ipip", "detail").contains("no IPIP decap"),
+        "{:#}",
+        c.json
+    );
     assert!(
         c.text("ipip", "fix")
             .contains("lbctl backend-setup --vip 10.200.100.1 --mode ipip --dev <its interface> --lb-source 10.200.60.1/32"),
@@ -327,24 +401,38 @@ fn veth_peer_without_xdp_is_warned() {
     let lb = NetNs::new("lb").expect("ns");
     let peer = NetNs::new("peer").expect("ns");
     veth(&peer, "eth0", &lb, "eth0").expect("veth");
-    lb.ip(&["addr", "add", "10.200.70.1/24", "dev", "eth0"]).unwrap();
-    peer.ip(&["addr", "add", "10.200.70.2/24", "dev", "eth0"]).unwrap();
+    lb.ip(&["addr", "add", "10.200.70.1/24", "dev", "eth0"])
+        .unwrap();
+    peer.ip(&["addr", "add", "10.200.70.2/24", "dev", "eth0"])
+        .unwrap();
     lb.sysctl("net.ipv4.ip_forward", "1").unwrap();
     let backend = SocketAddrV4::new(Ipv4Addr::new(10, 200, 70, 2), 8080);
     let server = tcp_name_server(&peer, backend, "p").expect("server");
-    let config = lbd_config(&["eth0".to_string()], &unique_pin_path(), Ipv4Addr::new(10, 200, 70, 1));
+    let config = lbd_config(
+        &["eth0".to_string()],
+        &unique_pin_path(),
+        Ipv4Addr::new(10, 200, 70, 1),
+    );
     let lbd = Lbd::start(&lb, &config).expect("lbd starts");
     let log = lbd.log_text();
     assert!(
         log.contains("into veth eth0 arrive late and in bursts"),
         "no veth warning in lbd's log:\n{log}"
     );
-    assert!(log.contains("ethtool -K eth0 gro on"), "the fix names the peer:\n{log}");
+    assert!(
+        log.contains("ethtool -K eth0 gro on"),
+        "the fix names the peer:\n{log}"
+    );
     lbd.add_vip(vip(), Proto::Tcp).expect("vip add");
-    lbd.add_backend(vip(), Proto::Tcp, backend).expect("add-backend");
+    lbd.add_backend(vip(), Proto::Tcp, backend)
+        .expect("add-backend");
     let c = check(&lbd, &lb, vip(), "tcp", backend);
     assert_eq!(c.status("veth"), "warn", "{:#}", c.json);
-    assert!(c.text("veth", "detail").contains("has no XDP program"), "{:#}", c.json);
+    assert!(
+        c.text("veth", "detail").contains("has no XDP program"),
+        "{:#}",
+        c.json
+    );
     assert!(c.text("veth", "fix").contains("gro on"), "{:#}", c.json);
     assert_eq!(c.status("port"), "ok", "{:#}", c.json);
     assert_eq!(c.code, Some(0), "a warning is not a failure");

@@ -7,7 +7,9 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use futures::TryStreamExt;
-use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage, LinkXdp, XdpAttached};
+use netlink_packet_route::link::{
+    InfoKind, LinkAttribute, LinkInfo, LinkMessage, LinkXdp, XdpAttached,
+};
 use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState};
 
 /// One interface of lbd's namespace.
@@ -40,7 +42,11 @@ impl VethPeer {
     /// The warning lbd logs (and `backend check` reports) for a veth `ifname` whose peer has no
     /// XDP program, with the fix.
     pub fn warning(ifname: &str, peer: &str, elsewhere: bool) -> String {
-        let ns = if elsewhere { " (in another namespace)" } else { "" };
+        let ns = if elsewhere {
+            " (in another namespace)"
+        } else {
+            ""
+        };
         format!(
             "frames sent with XDP_TX/XDP_REDIRECT into veth {ifname} arrive late and in bursts \
              (connections stall and time out) unless its peer {peer}{ns} has NAPI on: turn GRO \

@@ -75,7 +75,12 @@ fn line(name: &'static str, status: Status, detail: impl Into<String>) -> Line {
     }
 }
 
-fn bad(name: &'static str, status: Status, detail: impl Into<String>, fix: impl Into<String>) -> Line {
+fn bad(
+    name: &'static str,
+    status: Status,
+    detail: impl Into<String>,
+    fix: impl Into<String>,
+) -> Line {
     Line {
         name,
         status,
@@ -188,11 +193,8 @@ pub async fn check_backend(t: Target) -> Report {
     let vip_probe = vip_probe(&t, &path, via_mac);
     let arp = arp_check(&t, &path, via_mac);
     let mtu = mtu_check(&t, &path);
-    let (vip_line, arp_line, mtu_line) = tokio::join!(vip_probe, arp, mtu);
-    let vip_answered = vip_line
-        .as_ref()
-        .map(|l| l.status == Status::Ok || l.detail.contains("RST"));
-    report.lines.extend(vip_line);
+    let ((vip_line, vip_answered), arp_line, mtu_line) = tokio::join!(vip_probe, arp, mtu);
+    report.lines.push(vip_line);
     report.lines.extend(arp_line);
     report.lines.push(mtu_line);
     report.lines.push(rp_filter_hint(&t, &path, vip_answered));
@@ -315,7 +317,12 @@ fn udp_probe(b: SocketAddrV4) -> std::io::Result<bool> {
 }
 
 /// The SYN of the VIP probes: from `from` to the VIP's address and port.
-fn syn_packet(from: SocketAddrV4, vip: SocketAddrV4, eth_dst: [u8; 6], eth_src: [u8; 6]) -> Vec<u8> {
+fn syn_packet(
+    from: SocketAddrV4,
+    vip: SocketAddrV4,
+    eth_dst: [u8; 6],
+    eth_src: [u8; 6],
+) -> Vec<u8> {
     build_frame(&Probe {
         client: from,
         vip,
@@ -337,33 +344,60 @@ fn outer_source(p: Ipv4Net) -> Ipv4Addr {
     }
 }
 
-async fn vip_probe(t: &Target, path: &Path, via_mac: Option<[u8; 6]>) -> Option<Line> {
+/// The `vip` (L2 DSR) or `ipip` line, and whether the backend answered the probe at all
+/// (None: not probed).
+async fn vip_probe(t: &Target, path: &Path, via_mac: Option<[u8; 6]>) -> (Line, Option<bool>) {
     let name = match t.mode {
         Mode::Nat => {
-            return Some(line(
-                "vip",
-                Status::Skipped,
-                "nat: the backend gets packets addressed to itself, not to the VIP",
-            ))
+            return (
+                line(
+                    "vip",
+                    Status::Skipped,
+                    "nat: the backend gets packets addressed to itself, not to the VIP",
+                ),
+                None,
+            )
         }
         Mode::L2dsr => "vip",
         Mode::Ipip => "ipip",
     };
     let Some(dmac) = via_mac else {
-        return Some(line(name, Status::Skipped, "no MAC address for the next hop (see neighbour)"));
+        return (
+            line(
+                name,
+                Status::Skipped,
+                "no MAC address for the next hop (see neighbour)",
+            ),
+            None,
+        );
     };
     // DSR cannot translate ports: the VIP's port is the backend's.
     let vip = SocketAddrV4::new(*t.vip.addr.ip(), t.vip.addr.port());
     let held = match probe::hold_port(path.source) {
         Ok(h) => h,
-        Err(e) => return Some(line(name, Status::Skipped, format!("holding a TCP port of {}: {e}", path.source))),
+        Err(e) => {
+            return (
+                line(
+                    name,
+                    Status::Skipped,
+                    format!("holding a TCP port of {}: {e}", path.source),
+                ),
+                None,
+            )
+        }
     };
     let from = held.addr;
     let frame = match t.mode {
         Mode::Ipip => {
             let inner = syn_packet(from, vip, dmac, path.egress.mac);
             let inner_ip = &inner[14..];
-            let outer = probe::ipv4_header(outer_source(t.ipip_source), *t.backend.ip(), 4, inner_ip.len(), true);
+            let outer = probe::ipv4_header(
+                outer_source(t.ipip_source),
+                *t.backend.ip(),
+                4,
+                inner_ip.len(),
+                true,
+            );
             let mut f = inner[..14].to_vec();
             f.extend_from_slice(&outer);
             f.extend_from_slice(inner_ip);
@@ -381,7 +415,12 @@ async fn vip_probe(t: &Target, path: &Path, via_mac: Option<[u8; 6]>) -> Option<
     let vip_a = t.vip.addr.ip();
     let tcp_vip = t.vip.proto == Protocol::Tcp;
     let b = t.backend;
-    Some(match (t.mode, answer) {
+    let answered = match &answer {
+        Ok(Ok(SynAnswer::Nothing)) => Some(false),
+        Ok(Ok(_)) => Some(true),
+        _ => None,
+    };
+    let l = match (t.mode, answer) {
         (_, Err(e)) => line(name, Status::Skipped, format!("probe task: {e}")),
         (_, Ok(Err(e))) => line(name, Status::Skipped, format!("raw socket probe: {e}")),
         (Mode::L2dsr, Ok(Ok(SynAnswer::SynAck))) => line(
@@ -446,7 +485,8 @@ async fn vip_probe(t: &Target, path: &Path, via_mac: Option<[u8; 6]>) -> Option<
                 "on the backend: lbctl backend-setup --vip {vip_a} --mode l2dsr --dev <its interface> (or: ip addr add {vip_a}/32 dev lo, after arp_ignore=1 and arp_announce=2)"
             ),
         ),
-    })
+    };
+    (l, answered)
 }
 
 async fn arp_check(t: &Target, path: &Path, backend_mac: Option<[u8; 6]>) -> Option<Line> {
@@ -454,11 +494,18 @@ async fn arp_check(t: &Target, path: &Path, backend_mac: Option<[u8; 6]>) -> Opt
         return None;
     }
     let Some(bmac) = backend_mac else {
-        return Some(line("arp", Status::Skipped, "no MAC address for the backend (see neighbour)"));
+        return Some(line(
+            "arp",
+            Status::Skipped,
+            "no MAC address for the backend (see neighbour)",
+        ));
     };
     let vip_a = *t.vip.addr.ip();
     let (ifindex, smac, src) = (path.egress.ifindex, path.egress.mac, path.source);
-    let r = tokio::task::spawn_blocking(move || probe::arp_probe(ifindex, smac, src, vip_a, ARP_TIMEOUT)).await;
+    let r = tokio::task::spawn_blocking(move || {
+        probe::arp_probe(ifindex, smac, src, vip_a, ARP_TIMEOUT)
+    })
+    .await;
     let b = t.backend.ip();
     Some(match r {
         Err(e) => line("arp", Status::Skipped, format!("probe task: {e}")),
@@ -545,7 +592,10 @@ async fn mtu_check(t: &Target, path: &Path) -> Line {
 enum Mtu {
     NoPing,
     Full,
-    Limited { largest: usize, reported: Option<u16> },
+    Limited {
+        largest: usize,
+        reported: Option<u16>,
+    },
 }
 
 fn measure_mtu(b: Ipv4Addr, mtu: usize, id: u16) -> std::io::Result<Mtu> {
@@ -572,7 +622,10 @@ fn measure_mtu(b: Ipv4Addr, mtu: usize, id: u16) -> std::io::Result<Mtu> {
             hi = mid;
         }
     }
-    Ok(Mtu::Limited { largest: lo, reported })
+    Ok(Mtu::Limited {
+        largest: lo,
+        reported,
+    })
 }
 
 fn sysctl(path: &str) -> Option<u32> {
@@ -593,6 +646,11 @@ fn rp_filter_hint(t: &Target, path: &Path, vip_answered: Option<bool>) -> Line {
         .max(sysctl(&format!("/proc/sys/net/ipv4/conf/{dev}/rp_filter")));
     let here = here.map(|v| v.to_string()).unwrap_or_else(|| "?".into());
     match vip_answered {
+        None => line(
+            "rp_filter",
+            Status::Skipped,
+            "the VIP path was not probed (see above)",
+        ),
         Some(true) => line(
             "rp_filter",
             Status::Ok,
@@ -605,7 +663,7 @@ fn rp_filter_hint(t: &Target, path: &Path, vip_answered: Option<bool>) -> Line {
                 }
             ),
         ),
-        _ => bad(
+        Some(false) => bad(
             "rp_filter",
             Status::Warn,
             format!(
@@ -622,7 +680,10 @@ async fn veth_line(egress: &Link) -> Line {
         VethPeer::WithXdp { peer } => line(
             "veth",
             Status::Ok,
-            format!("{} is a veth whose peer {peer} has an XDP program", egress.name),
+            format!(
+                "{} is a veth whose peer {peer} has an XDP program",
+                egress.name
+            ),
         ),
         VethPeer::WithoutXdp { peer, elsewhere } => bad(
             "veth",
@@ -630,14 +691,21 @@ async fn veth_line(egress: &Link) -> Line {
             format!(
                 "{} is a veth whose peer {peer}{} has no XDP program",
                 egress.name,
-                if elsewhere { " (in another namespace)" } else { "" }
+                if elsewhere {
+                    " (in another namespace)"
+                } else {
+                    ""
+                }
             ),
             VethPeer::warning(&egress.name, &peer, elsewhere),
         ),
         VethPeer::Unknown { reason } => line(
             "veth",
             Status::Skipped,
-            format!("{} is a veth, but whether its peer has XDP cannot be checked: {reason}", egress.name),
+            format!(
+                "{} is a veth, but whether its peer has XDP cannot be checked: {reason}",
+                egress.name
+            ),
         ),
     }
 }

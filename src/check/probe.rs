@@ -106,7 +106,11 @@ fn word_filter(ethertype: u16, offset: u32, value: u32) -> [libc::sock_filter; 6
 /// An AF_PACKET socket that receives only the frames `filter` accepts, on `ifindex` (0: every
 /// interface). Made with protocol 0 (receiving nothing) and bound once the filter is on, so no
 /// other frame is ever queued on it.
-fn packet_listener(ethertype: u16, ifindex: u32, filter: &[libc::sock_filter]) -> io::Result<OwnedFd> {
+fn packet_listener(
+    ethertype: u16,
+    ifindex: u32,
+    filter: &[libc::sock_filter],
+) -> io::Result<OwnedFd> {
     let fd = socket(libc::AF_PACKET, libc::SOCK_RAW, 0)?;
     let prog = libc::sock_fprog {
         len: filter.len() as u16,
@@ -172,7 +176,10 @@ fn read_frames<T>(
         };
         if n < 0 {
             let e = io::Error::last_os_error();
-            if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) {
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+            ) {
                 continue;
             }
             return Err(e);
@@ -215,7 +222,13 @@ pub(crate) fn hold_port(addr: Ipv4Addr) -> io::Result<HeldPort> {
     sa.sin_addr.s_addr = u32::from(addr).to_be();
     let size = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
     // SAFETY: sa is valid for size bytes.
-    cvt(unsafe { libc::bind(fd.as_raw_fd(), (&sa as *const libc::sockaddr_in).cast(), size) })?;
+    cvt(unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&sa as *const libc::sockaddr_in).cast(),
+            size,
+        )
+    })?;
     let mut len = size;
     // SAFETY: sa is valid for len bytes.
     cvt(unsafe {
@@ -296,7 +309,13 @@ pub(crate) fn syn_probe(
 
 /// An IPv4 header (20 bytes, no options) for `payload_len` bytes of protocol `proto`, checksum
 /// filled; DF and an ID of 0 when `df` (RFC 6864), TTL 64.
-pub(crate) fn ipv4_header(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, payload_len: usize, df: bool) -> [u8; 20] {
+pub(crate) fn ipv4_header(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    proto: u8,
+    payload_len: usize,
+    df: bool,
+) -> [u8; 20] {
     let mut h = [0u8; 20];
     h[0] = 0x45;
     h[2..4].copy_from_slice(&((20 + payload_len) as u16).to_be_bytes());
@@ -381,7 +400,12 @@ pub(crate) fn ping(
 ) -> io::Result<PingAnswer> {
     let fd = socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP)?;
     // DF on every packet, whatever the route's cached path MTU says.
-    setsockopt(&fd, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, &libc::IP_PMTUDISC_PROBE)?;
+    setsockopt(
+        &fd,
+        libc::IPPROTO_IP,
+        libc::IP_MTU_DISCOVER,
+        &libc::IP_PMTUDISC_PROBE,
+    )?;
     // SAFETY: sockaddr_in is plain old data.
     let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
     sa.sin_family = libc::AF_INET as u16;
@@ -488,17 +512,29 @@ mod tests {
             0x73 - 20,
             true,
         );
-        assert_eq!(checksum(&full), 0, "a header with its checksum sums to zero");
+        assert_eq!(
+            checksum(&full),
+            0,
+            "a header with its checksum sums to zero"
+        );
     }
 
     #[test]
     fn arp_request_layout() {
-        let f = arp_request([2, 0, 0, 0, 0, 1], Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 10));
+        let f = arp_request(
+            [2, 0, 0, 0, 0, 1],
+            Ipv4Addr::new(10, 0, 0, 1),
+            Ipv4Addr::new(10, 0, 0, 10),
+        );
         assert_eq!(f.len(), 60);
         assert_eq!(&f[12..14], &[8, 6]);
         assert_eq!(&f[20..22], &[0, 1], "a request");
         assert_eq!(&f[38..42], &[10, 0, 0, 10], "the target");
-        assert_eq!(&f[28..32], &[10, 0, 0, 1], "the sender (the filter's offset 28)");
+        assert_eq!(
+            &f[28..32],
+            &[10, 0, 0, 1],
+            "the sender (the filter's offset 28)"
+        );
     }
 
     #[test]
@@ -508,10 +544,20 @@ mod tests {
         reply.extend_from_slice(&[0, 0, 0, 0, 0x12, 0x34, 0, 3]);
         assert_eq!(ping_answer(&reply, dst, 0x1234, 3), Some(PingAnswer::Reply));
         assert_eq!(ping_answer(&reply, dst, 0x1234, 4), None);
-        let mut err = ipv4_header(Ipv4Addr::new(10, 0, 9, 1), Ipv4Addr::new(10, 0, 0, 1), 1, 36, false).to_vec();
+        let mut err = ipv4_header(
+            Ipv4Addr::new(10, 0, 9, 1),
+            Ipv4Addr::new(10, 0, 0, 1),
+            1,
+            36,
+            false,
+        )
+        .to_vec();
         err.extend_from_slice(&[3, 4, 0, 0, 0, 0, 0x05, 0x78]);
         err.extend_from_slice(&ipv4_header(Ipv4Addr::new(10, 0, 0, 1), dst, 1, 1480, true));
         err.extend_from_slice(&[8, 0, 0, 0, 0x12, 0x34, 0, 0]);
-        assert_eq!(ping_answer(&err, dst, 0x1234, 0), Some(PingAnswer::FragNeeded(1400)));
+        assert_eq!(
+            ping_answer(&err, dst, 0x1234, 0),
+            Some(PingAnswer::FragNeeded(1400))
+        );
     }
 }
