@@ -535,7 +535,7 @@ async fn arp_check(t: &Target, path: &Path, backend_mac: Option<[u8; 6]>) -> Opt
         Ok(Ok(_)) => line(
             "arp",
             Status::Ok,
-            format!("nobody answers ARP for {vip_a} on {} (arp_ignore works on {b})", path.egress.name),
+            format!("nobody answers ARP for {vip_a} on {}", path.egress.name),
         ),
     })
 }
