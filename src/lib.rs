@@ -2,6 +2,7 @@
 //! configuration, desired state, Maglev, the reconciler that writes BPF maps, and the gRPC API.
 
 pub mod api;
+pub mod check;
 pub mod config;
 pub mod controller;
 pub mod dataplane;

@@ -22,6 +22,7 @@ pub struct Lbd {
     pub ratelimits: RateLimitsClient<Channel>,
     pub trace: crate::pb::trace_client::TraceClient<Channel>,
     pub explain: crate::pb::explain_client::ExplainClient<Channel>,
+    pub checks: crate::pb::checks_client::ChecksClient<Channel>,
 }
 
 impl Lbd {
@@ -107,6 +108,7 @@ impl Lbd {
             firewall: FirewallClient::new(channel.clone()),
             ratelimits: RateLimitsClient::new(channel.clone()),
             explain: crate::pb::explain_client::ExplainClient::new(channel.clone()),
+            checks: crate::pb::checks_client::ChecksClient::new(channel.clone()),
             trace: crate::pb::trace_client::TraceClient::new(channel),
         })
     }

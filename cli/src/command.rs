@@ -50,6 +50,8 @@ pub enum Command {
     Trace(crate::trace::Trace),
     /// `explain`: what the data plane would do with one packet.
     Explain(crate::explain::Explain),
+    /// `backend check`: lbd probes one backend of a VIP.
+    Check(crate::check::Check),
     Completions(clap_complete::Shell),
     /// `man [--dir DIR]`: local, no lbd.
     Man(Option<std::path::PathBuf>),
@@ -133,6 +135,10 @@ impl TryFrom<LowCommand> for Command {
             LowCommand::Top(args) => Command::Top(args.try_into()?),
             LowCommand::Trace(args) => Command::Trace(args.try_into()?),
             LowCommand::Explain(args) => Command::Explain(args.try_into()?),
+            LowCommand::Backend(BackendCommand::Check(args)) => {
+                let (vip, backend) = backend_ref(&args)?;
+                Command::Check(crate::check::Check { vip, backend })
+            }
             LowCommand::Completions { shell } => Command::Completions(shell),
             LowCommand::Man { dir } => Command::Man(dir),
         })

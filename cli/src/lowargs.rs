@@ -224,7 +224,19 @@ pub enum BackendCommand {
 
     /// List the backends of a VIP with their health and tracked flows
     List(VipFlag),
+
+    /// From the balancer, check what breaks backends (port, VIP on lo, ARP, IPIP decap, MTU, veth)
+    #[command(after_help = BACKEND_CHECK_EXAMPLES)]
+    Check(BackendRefArgs),
 }
+
+const BACKEND_CHECK_EXAMPLES: &str = "\
+lbd probes the backend from its own namespace, through the path of the VIP's mode, and prints
+one line per check (ok, fail, warn or skipped) with the fix under each failure. Exit status 1
+when a check failed.
+Examples:
+  lbctl backend check --vip 10.0.0.10:80 --proto tcp 10.0.2.1:80
+  lbctl --json backend check --vip 10.0.0.10:80 --proto tcp 10.0.2.1:80";
 
 /// `vip add ADDR:PORT --proto P [--mode M]`
 #[derive(Debug, Args)]

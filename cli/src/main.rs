@@ -3,6 +3,7 @@
 
 mod backend;
 mod backend_setup;
+mod check;
 mod client;
 mod command;
 mod explain;
@@ -120,6 +121,7 @@ async fn run(command: &Command, args: &Globals, out: &mut dyn Write) -> anyhow::
         Command::Top(cmd) => top::run(cmd, args, out).await,
         Command::Trace(cmd) => trace::run(cmd, args, out).await,
         Command::Explain(cmd) => explain::run(cmd, args, out).await,
+        Command::Check(cmd) => check::run(cmd, args, out).await,
         // Handled in main: local, no lbd.
         Command::BackendSetup { .. } | Command::Completions(_) | Command::Man(_) => Ok(()),
     }

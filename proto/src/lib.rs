@@ -54,6 +54,7 @@ mod tests {
                 "xdplb.v1.RateLimits",
                 super::pb::rate_limits_server::SERVICE_NAME,
             ),
+            ("xdplb.v1.Checks", super::pb::checks_server::SERVICE_NAME),
         ] {
             assert_eq!(name, generated);
             assert!(names.iter().any(|n| n == name), "{name} not in {names:?}");

@@ -150,6 +150,18 @@ pub fn with_trace(
     ))
 }
 
+/// Adds the `Checks` service (`lbctl backend check`: probes of a backend from lbd's namespace)
+/// to a router of [`router`].
+pub fn with_checks(
+    router: Router,
+    ctl: &Controller,
+    settings: super::check::CheckSettings,
+) -> Router {
+    router.add_service(xdplb_proto::pb::checks_server::ChecksServer::new(
+        super::check::ChecksService::new(ctl.clone(), settings),
+    ))
+}
+
 /// Why the API cannot listen where it was asked to.
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {

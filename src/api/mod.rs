@@ -4,6 +4,7 @@
 
 pub mod authority;
 pub(crate) mod backends;
+pub mod check;
 pub(crate) mod explain;
 pub(crate) mod firewall;
 pub mod listen;

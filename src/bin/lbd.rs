@@ -236,6 +236,8 @@ async fn run(args: Args) -> Result<()> {
         settle_ports(ports, args.detach_on_exit);
         return Err(e);
     }
+    // Labs on veth: XDP_TX/XDP_REDIRECT into a veth whose peer has no XDP program stall.
+    xdplb::check::warn_veth_peers(&config.dataplane.interfaces).await;
     if v1.is_some() {
         // ...and again now that it has been replaced (the flows it made meanwhile), then the
         // v1 pins go.
@@ -284,7 +286,8 @@ async fn run(args: Args) -> Result<()> {
         .unwrap_or_else(|| PathBuf::from(config::DEFAULT_SOCKET));
     let served = match MetricsServer::start_for(&ctl, metrics_listen).await {
         Ok(metrics) => {
-            let served = serve(ctl.clone(), tracer.clone(), &socket, tcp).await;
+            let checks = listen_checks(&config);
+            let served = serve(ctl.clone(), tracer.clone(), checks, &socket, tcp).await;
             if let Some(m) = metrics {
                 m.shutdown().await;
             }
@@ -435,9 +438,17 @@ fn note_accept_local(ifname: &str) {
     }
 }
 
+/// What `lbctl backend check` takes from the configuration.
+fn listen_checks(config: &Config) -> xdplb::api::check::CheckSettings {
+    xdplb::api::check::CheckSettings {
+        ipip_source: config.runtime().ipip_source,
+    }
+}
+
 async fn serve(
     ctl: Controller,
     tracer: std::sync::Arc<xdplb::trace::Tracer>,
+    checks: xdplb::api::check::CheckSettings,
     socket: &Path,
     tcp: Option<(std::net::SocketAddr, Option<ServerTlsConfig>)>,
 ) -> Result<()> {
@@ -449,7 +460,8 @@ async fn serve(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let router = |builder: Server| {
         let r = listen::router(builder, &ctl, stop_rx.clone(), &health);
-        listen::with_trace(r, &ctl, tracer.clone(), stop_rx.clone())
+        let r = listen::with_trace(r, &ctl, tracer.clone(), stop_rx.clone());
+        listen::with_checks(r, &ctl, checks)
     };
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
