@@ -22,6 +22,7 @@ pub struct Lbd {
     pub ratelimits: RateLimitsClient<Channel>,
     pub trace: crate::pb::trace_client::TraceClient<Channel>,
     pub explain: crate::pb::explain_client::ExplainClient<Channel>,
+    pub apply: crate::pb::apply_client::ApplyClient<Channel>,
 }
 
 impl Lbd {
@@ -107,6 +108,8 @@ impl Lbd {
             firewall: FirewallClient::new(channel.clone()),
             ratelimits: RateLimitsClient::new(channel.clone()),
             explain: crate::pb::explain_client::ExplainClient::new(channel.clone()),
+            apply: crate::pb::apply_client::ApplyClient::new(channel.clone())
+                .max_encoding_message_size(crate::apply::MAX_FILE_BYTES),
             trace: crate::pb::trace_client::TraceClient::new(channel),
         })
     }

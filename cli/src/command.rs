@@ -50,6 +50,8 @@ pub enum Command {
     Trace(crate::trace::Trace),
     /// `explain`: what the data plane would do with one packet.
     Explain(crate::explain::Explain),
+    /// `apply -f FILE [--dry-run]`: the whole desired configuration.
+    Apply(crate::apply::Apply),
     Completions(clap_complete::Shell),
     /// `man [--dir DIR]`: local, no lbd.
     Man(Option<std::path::PathBuf>),
@@ -133,6 +135,7 @@ impl TryFrom<LowCommand> for Command {
             LowCommand::Top(args) => Command::Top(args.try_into()?),
             LowCommand::Trace(args) => Command::Trace(args.try_into()?),
             LowCommand::Explain(args) => Command::Explain(args.try_into()?),
+            LowCommand::Apply(args) => Command::Apply(args.into()),
             LowCommand::Completions { shell } => Command::Completions(shell),
             LowCommand::Man { dir } => Command::Man(dir),
         })
