@@ -649,6 +649,36 @@ scope = "new-flows"
     }
 
     #[test]
+    fn the_readme_example_says_what_apply_prints() {
+        let readme = include_str!("../../README.md");
+        let start = readme
+            .find("```toml\n# desired.toml\n")
+            .expect("the example file");
+        let text = &readme[start + "```toml\n".len()..];
+        let text = &text[..text.find("```").expect("its end")];
+        let out = lines(&State::default(), text);
+        assert_eq!(out.len(), 9, "{out:#?}");
+        for line in &out[..5] {
+            assert!(
+                readme.contains(&format!("\n{line}\n")),
+                "{line:?} is not in the README"
+            );
+        }
+        assert!(readme.contains(&format!(
+            "\n{} changes (dry run: nothing changed)\n",
+            out.len()
+        )));
+        let now = applied(&State::default(), text);
+        let lighter = text.replace("weight = 50", "weight = 20");
+        let out = lines(&now, &lighter);
+        assert_eq!(out.len(), 1);
+        assert!(
+            readme.contains(&format!("\n{}\napplied 1 change\n", out[0])),
+            "{out:?}"
+        );
+    }
+
+    #[test]
     fn bad_files_name_line_column_and_key() {
         let bad_weight = BASE.replace("weight = 50", "weight = 2000000");
         assert_eq!(
