@@ -394,3 +394,31 @@ fn apply_a_file_then_again_then_a_dry_run_then_the_change() {
     );
     assert_eq!(lab.shown(), before, "a refused file changed something");
 }
+
+/// The same tables in lbd.toml seed a fresh start: applying the file afterwards changes nothing.
+#[test]
+fn the_same_tables_in_lbd_toml_seed_the_start() {
+    let topo = Topology::two_arm(2).expect("topology");
+    let (b1, b2) = (topo.backend(1).addr, topo.backend(2).addr);
+    let text = desired(b1, b2);
+    let config = format!("{}\n{text}", topo.lbd_config());
+    let lbd = Lbd::start(topo.lb(), &config).expect("lbd starts with the tables");
+    let rules = lbd.ctl_json(&["fw", "list"]).expect("fw list");
+    assert_eq!(rules["rules"][0]["cidr"], "198.51.100.0/24", "{rules}");
+    assert_eq!(rules["rules"][0]["action"], "block", "{rules}");
+    let limits = lbd
+        .ctl_json(&["ratelimit", "list"])
+        .expect("ratelimit list");
+    assert_eq!(limits["rate_limits"][0]["rate"], 10000, "{limits}");
+    assert_eq!(
+        limits["rate_limits"][1]["cidr"], "203.0.113.0/24",
+        "{limits}"
+    );
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let file = dir.path().join("lb.toml");
+    std::fs::write(&file, &text).expect("writing the file");
+    let out = lbd
+        .ctl(&["apply", "-f", &file.display().to_string()])
+        .expect("lbctl apply");
+    assert_eq!(out.trim(), "no changes");
+}
