@@ -298,6 +298,10 @@ pub struct FirewallConfig {
     /// Most rules (also the per-CPU hit counters: 8 bytes per rule per CPU); 0 turns the
     /// firewall off and frees its tables (the /24 table alone is 64 MiB).
     pub capacity: u32,
+    /// Source prefixes to drop (desired state, as in [`FirewallRulesConfig`]).
+    pub(crate) block: Vec<String>,
+    /// Source prefixes to let through, exempt from rate limits (desired state).
+    pub(crate) allow: Vec<String>,
 }
 
 impl Default for FirewallConfig {
@@ -305,24 +309,79 @@ impl Default for FirewallConfig {
         Self {
             scope: xdplb_model::firewall::Scope::default(),
             capacity: xdplb_model::firewall::DEFAULT_CAPACITY,
+            block: Vec::new(),
+            allow: Vec::new(),
         }
     }
 }
 
-/// Per-client rate limiting: how many clients get a bucket of their own. Policies are set with
-/// lbctl (`lbctl ratelimit set`).
+/// Per-client rate limiting: how many clients get a bucket of their own, and the policies to
+/// start with (also set with `lbctl ratelimit set` and `lbctl apply`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimitConfig {
     /// Client buckets (an LRU table: when full, the least recently seen client is forgotten and
     /// starts again with a full burst). About 100 bytes each.
     pub clients: u32,
+    /// `[ratelimit.default]`: the policy of every client no override matches (desired state).
+    pub(crate) default: Option<PolicyConfig>,
+    /// `[[ratelimit.override]]`: per-CIDR policies (desired state).
+    #[serde(rename = "override")]
+    pub(crate) overrides: Vec<OverrideConfig>,
 }
 
 impl Default for RateLimitConfig {
     fn default() -> Self {
         Self {
             clients: xdplb_model::ratelimit::DEFAULT_CLIENTS,
+            default: None,
+            overrides: Vec::new(),
+        }
+    }
+}
+
+/// `[ratelimit.default]`: `rate` packets per second per client (0: no limit), bursts of up to
+/// `burst` packets (at least 1 with a rate), counting the packets of `scope`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PolicyConfig {
+    pub(crate) rate: u64,
+    #[serde(default)]
+    pub(crate) burst: u64,
+    /// `all` (every packet) or `new-flows` (only packets that start a flow).
+    #[serde(default)]
+    pub(crate) scope: xdplb_model::ratelimit::Scope,
+}
+
+/// `[[ratelimit.override]]`: the policy of the clients in `cidr` (longest prefix wins).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct OverrideConfig {
+    /// An IPv4 prefix without host bits ("192.0.2.0/24"; a bare address is a /32), not /0.
+    pub(crate) cidr: String,
+    pub(crate) rate: u64,
+    #[serde(default)]
+    pub(crate) burst: u64,
+    #[serde(default)]
+    pub(crate) scope: xdplb_model::ratelimit::Scope,
+}
+
+impl PolicyConfig {
+    fn policy(&self) -> xdplb_model::ratelimit::Policy {
+        xdplb_model::ratelimit::Policy {
+            rate: self.rate,
+            burst: self.burst,
+            scope: self.scope,
+        }
+    }
+}
+
+impl OverrideConfig {
+    fn policy(&self) -> xdplb_model::ratelimit::Policy {
+        xdplb_model::ratelimit::Policy {
+            rate: self.rate,
+            burst: self.burst,
+            scope: self.scope,
         }
     }
 }
@@ -506,6 +565,7 @@ impl HealthConfig {
 impl VipConfig {
     /// The VIP's health check (`[vip.health]`, already validated by [`Config::parse`]); the
     /// default, unchecked, when the table is absent.
+    #[cfg(test)]
     pub(crate) fn health_check(&self) -> Result<xdplb_model::health::HealthCheck, ConfigError> {
         self.health.as_ref().map_or_else(
             || Ok(xdplb_model::health::HealthCheck::default()),
@@ -528,25 +588,29 @@ fn default_weight() -> u32 {
 }
 
 impl Config {
-    /// Builds the initial desired state from the `[[vip]]` tables (the data plane's limits are
+    /// The desired-state part of the file: the `[[vip]]` tables, `[firewall] block/allow` and
+    /// the `[ratelimit]` policies, the same tables `lbctl apply` takes.
+    pub(crate) fn desired(&self) -> DesiredConfig {
+        DesiredConfig {
+            vips: self.vips.clone(),
+            firewall: FirewallRulesConfig {
+                block: self.firewall.block.clone(),
+                allow: self.firewall.allow.clone(),
+            },
+            ratelimit: RateLimitPoliciesConfig {
+                default: self.ratelimit.default.clone(),
+                overrides: self.ratelimit.overrides.clone(),
+            },
+        }
+    }
+
+    /// Builds the initial desired state from the `[[vip]]` tables, the firewall rules and the
+    /// rate-limit policies (already validated by [`Config::load`]; the data plane's limits are
     /// checked by `reconcile::check_limits`).
     pub fn initial_state(&self) -> Result<State, StateError> {
-        let mut state = State::default();
-        for vip in &self.vips {
-            let key = VipKey {
-                addr: vip.address,
-                proto: vip.proto,
-            };
-            state.add_vip(key, vip.mode)?;
-            let health = vip
-                .health_check()
-                .map_err(|e| xdplb_model::state::invalid("vip.health", e.to_string()))?;
-            state.set_health(&key, health)?;
-            for be in &vip.backends {
-                state.add_backend(&key, be.address, be.weight)?;
-            }
-        }
-        Ok(state)
+        self.desired()
+            .to_state(self.firewall.capacity)
+            .map_err(|e| xdplb_model::state::invalid("config", e.to_string()))
     }
 
     /// Reads and validates a configuration file. Every error names the file, the line and
@@ -575,36 +639,7 @@ impl Config {
     /// place), a semantic error at the key it names (the line of its value; of the closest
     /// enclosing key when the key itself is not in the file, e.g. a missing default).
     pub(crate) fn parse_located(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let doc = toml::de::DeTable::parse(text).ok();
-        let at = |offset: usize, key: Option<String>, message: String| {
-            let (line, column) = line_col(text, offset);
-            ConfigError::At {
-                path: path.to_owned(),
-                line,
-                column,
-                key,
-                message,
-            }
-        };
-        let config: Config = match toml::from_str(text) {
-            Ok(c) => c,
-            Err(e) => {
-                let offset = e.span().map_or(0, |s| s.start);
-                let key = doc
-                    .as_ref()
-                    .and_then(|d| key_at(d.get_ref(), offset))
-                    .filter(|k| !k.is_empty());
-                return Err(at(offset, key, e.message().trim().replace('\n', " ")));
-            }
-        };
-        config.validate().map_err(|e| match e {
-            ConfigError::Invalid { key, message } => {
-                let offset = doc.as_ref().map_or(0, |d| span_of(d.get_ref(), &key).start);
-                at(offset, Some(key), message)
-            }
-            other => other,
-        })?;
-        Ok(config)
+        parse_located_with(text, path, |c: &Config| c.validate()).map(|(c, ())| c)
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -753,6 +788,110 @@ impl Config {
                 format!("{clients} is outside 1024..=134217728"),
             ));
         }
+        self.desired().to_state(self.firewall.capacity).map(drop)
+    }
+}
+
+/// The desired state in the configuration file's own form: the `[[vip]]` tables (with
+/// `[vip.health]` and `[[vip.backend]]`), `[firewall] block = [...]` and `allow = [...]`, and
+/// `[ratelimit.default]` and `[[ratelimit.override]]`. lbd's configuration seeds the first
+/// start with it ([`Config::initial_state`]); `lbctl apply` sends a file of only these tables
+/// (the `Apply` RPC), whose state replaces the running one. Start-up settings
+/// (`[firewall] scope`, `[ratelimit] clients`, `[dataplane]`...) are not part of it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DesiredConfig {
+    #[serde(default, rename = "vip")]
+    pub(crate) vips: Vec<VipConfig>,
+    #[serde(default)]
+    pub(crate) firewall: FirewallRulesConfig,
+    #[serde(default)]
+    pub(crate) ratelimit: RateLimitPoliciesConfig,
+}
+
+/// `[firewall]` of a desired-state file: the rules only.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FirewallRulesConfig {
+    /// Source prefixes to drop ("10.0.0.0/8"; a bare address is a /32; no host bits).
+    #[serde(default)]
+    pub(crate) block: Vec<String>,
+    /// Source prefixes to let through, exempt from rate limits (the longest prefix wins).
+    #[serde(default)]
+    pub(crate) allow: Vec<String>,
+}
+
+/// `[ratelimit]` of a desired-state file: the policies only.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RateLimitPoliciesConfig {
+    #[serde(default)]
+    pub(crate) default: Option<PolicyConfig>,
+    #[serde(default, rename = "override")]
+    pub(crate) overrides: Vec<OverrideConfig>,
+}
+
+impl DesiredConfig {
+    /// Parses and validates a desired-state file (`lbctl apply`) into the state it describes,
+    /// for a firewall holding at most `firewall_capacity` rules. Errors are placed as
+    /// [`Config::parse_located`] places them: `apply.toml:7:10: vip[0].backend[1].weight: ...`.
+    pub(crate) fn state_from_text(
+        text: &str,
+        path: &Path,
+        firewall_capacity: u32,
+    ) -> Result<State, ConfigError> {
+        parse_located_with(text, path, |d: &DesiredConfig| {
+            d.to_state(firewall_capacity)
+        })
+        .map(|(_, state)| state)
+    }
+
+    /// The state these tables describe, every value checked, every error naming its key
+    /// (`vip[0].backend[1].weight`, `firewall.block[3]`, `ratelimit.override[0].burst`).
+    /// Health status and drains are not part of it (they are live, see `api::apply`).
+    pub(crate) fn to_state(&self, firewall_capacity: u32) -> Result<State, ConfigError> {
+        self.validate_vips()?;
+        let mut state = State::default();
+        let name = |prefix: &str, e: StateError| match e {
+            StateError::InvalidArgument { field, message } => {
+                let leaf = match field {
+                    "backend.address" | "backend.port" | "vip.address" => ".address",
+                    "backend.weight" => ".weight",
+                    "vip.mode" | "mode" => ".mode",
+                    _ => "",
+                };
+                invalid(format!("{prefix}{leaf}"), message)
+            }
+            other => invalid(prefix, other.to_string()),
+        };
+        for (i, vip) in self.vips.iter().enumerate() {
+            let key = VipKey {
+                addr: vip.address,
+                proto: vip.proto,
+            };
+            state
+                .add_vip(key, vip.mode)
+                .map_err(|e| name(&format!("vip[{i}]"), e))?;
+            if let Some(h) = &vip.health {
+                let check = h.to_check(&format!("vip[{i}].health"))?;
+                state
+                    .set_health(&key, check)
+                    .map_err(|e| name(&format!("vip[{i}].health"), e))?;
+            }
+            for (j, be) in vip.backends.iter().enumerate() {
+                state
+                    .add_backend(&key, be.address, be.weight)
+                    .map_err(|e| name(&format!("vip[{i}].backend[{j}]"), e))?;
+            }
+        }
+        state.firewall = self.firewall.to_firewall(firewall_capacity)?;
+        state.ratelimit = self.ratelimit.to_rate_limits()?;
+        Ok(state)
+    }
+
+    /// What the state refuses only with a worse key or message: addresses, a VIP or backend
+    /// given twice, the health table.
+    fn validate_vips(&self) -> Result<(), ConfigError> {
         for (i, vip) in self.vips.iter().enumerate() {
             let key = format!("vip[{i}]");
             xdplb_model::state::validate_vip_addr(&vip.address)
@@ -780,43 +919,146 @@ impl Config {
                 }
             }
         }
-        self.validate_as_state()
-    }
-
-    /// Builds the start state of the `[[vip]]` tables the way lbd will, so that what only the
-    /// state refuses (a DSR backend on another port, too many VIPs or backends, a weight out
-    /// of range) is reported here, at its key, before lbd touches anything.
-    fn validate_as_state(&self) -> Result<(), ConfigError> {
-        use xdplb_model::state::{State, StateError, VipKey};
-        let mut state = State::default();
-        let name = |prefix: &str, e: StateError| match e {
-            StateError::InvalidArgument { field, message } => {
-                let leaf = match field {
-                    "backend.address" | "backend.port" | "vip.address" => ".address",
-                    "backend.weight" => ".weight",
-                    "vip.mode" => ".mode",
-                    _ => "",
-                };
-                invalid(format!("{prefix}{leaf}"), message)
-            }
-            other => invalid(prefix, other.to_string()),
-        };
-        for (i, vip) in self.vips.iter().enumerate() {
-            let key = VipKey {
-                addr: vip.address,
-                proto: vip.proto,
-            };
-            state
-                .add_vip(key, vip.mode)
-                .map_err(|e| name(&format!("vip[{i}]"), e))?;
-            for (j, be) in vip.backends.iter().enumerate() {
-                state
-                    .add_backend(&key, be.address, be.weight)
-                    .map_err(|e| name(&format!("vip[{i}].backend[{j}]"), e))?;
-            }
-        }
         Ok(())
     }
+}
+
+impl FirewallRulesConfig {
+    /// The key of rule `index` of the batch [`FirewallRulesConfig::to_firewall`] builds:
+    /// `block` first, then `allow`.
+    fn key_of(&self, index: usize) -> String {
+        match index.checked_sub(self.block.len()) {
+            None => format!("firewall.block[{index}]"),
+            Some(j) => format!("firewall.allow[{j}]"),
+        }
+    }
+
+    /// `rules[N]` in a message of the firewall model, as the key in this file.
+    fn rename_rules(&self, message: &str) -> String {
+        let mut out = String::new();
+        let mut rest = message;
+        while let Some(at) = rest.find("rules[") {
+            out.push_str(&rest[..at]);
+            let after = &rest[at + "rules[".len()..];
+            match after
+                .split_once(']')
+                .and_then(|(n, tail)| Some((n.parse().ok()?, tail)))
+            {
+                Some((n, tail)) => {
+                    out.push_str(&self.key_of(n));
+                    rest = tail;
+                }
+                None => {
+                    out.push_str("rules[");
+                    rest = after;
+                }
+            }
+        }
+        out.push_str(rest);
+        out
+    }
+
+    /// The rules, validated (strict prefixes, no prefix in both lists) and checked against the
+    /// firewall's capacity.
+    fn to_firewall(&self, capacity: u32) -> Result<xdplb_model::firewall::Firewall, ConfigError> {
+        use xdplb_model::firewall::{parse_cidr, Action, Firewall, RuleBatch};
+        let mut batch = RuleBatch::default();
+        let rules = self
+            .block
+            .iter()
+            .map(|p| (p, Action::Block))
+            .chain(self.allow.iter().map(|p| (p, Action::Allow)));
+        for (index, (prefix, action)) in rules.enumerate() {
+            let net = parse_cidr(prefix).map_err(|e| invalid(self.key_of(index), e.to_string()))?;
+            batch
+                .push(index, net, action)
+                .map_err(|e| invalid(self.key_of(e.index), self.rename_rules(&e.message)))?;
+        }
+        let mut firewall = Firewall::default();
+        if batch.is_empty() {
+            return Ok(firewall);
+        }
+        firewall
+            .replace(None, &batch, capacity as usize)
+            .map_err(|e| {
+                let message = match e {
+                    StateError::InvalidArgument { message, .. } => message,
+                    other => other.to_string(),
+                };
+                invalid("firewall", self.rename_rules(&message))
+            })?;
+        Ok(firewall)
+    }
+}
+
+impl RateLimitPoliciesConfig {
+    /// The default policy (no limit when absent) and the overrides, validated.
+    fn to_rate_limits(&self) -> Result<xdplb_model::ratelimit::RateLimits, ConfigError> {
+        use xdplb_model::ratelimit::{parse_cidr, RateLimits};
+        let named = |key: &str, e: StateError| match e {
+            StateError::InvalidArgument { field, message } => {
+                invalid(format!("{key}.{field}"), message)
+            }
+            other => invalid(key, other.to_string()),
+        };
+        let mut rl = RateLimits::default();
+        if let Some(d) = &self.default {
+            rl.set(None, d.policy())
+                .map_err(|e| named("ratelimit.default", e))?;
+        }
+        for (i, o) in self.overrides.iter().enumerate() {
+            let key = format!("ratelimit.override[{i}]");
+            let net =
+                parse_cidr(&o.cidr).map_err(|e| invalid(format!("{key}.cidr"), e.to_string()))?;
+            if rl.overrides.contains_key(&net) {
+                return Err(invalid(
+                    format!("{key}.cidr"),
+                    format!("{net} is listed twice"),
+                ));
+            }
+            rl.set(Some(net), o.policy()).map_err(|e| named(&key, e))?;
+        }
+        Ok(rl)
+    }
+}
+
+/// Parses `text` as a `T` and runs `build` on it, every error placed at `path:line:column`
+/// with its key (see [`Config::parse_located`]).
+fn parse_located_with<T: serde::de::DeserializeOwned, R>(
+    text: &str,
+    path: &Path,
+    build: impl FnOnce(&T) -> Result<R, ConfigError>,
+) -> Result<(T, R), ConfigError> {
+    let doc = toml::de::DeTable::parse(text).ok();
+    let at = |offset: usize, key: Option<String>, message: String| {
+        let (line, column) = line_col(text, offset);
+        ConfigError::At {
+            path: path.to_owned(),
+            line,
+            column,
+            key,
+            message,
+        }
+    };
+    let parsed: T = match toml::from_str(text) {
+        Ok(c) => c,
+        Err(e) => {
+            let offset = e.span().map_or(0, |s| s.start);
+            let key = doc
+                .as_ref()
+                .and_then(|d| key_at(d.get_ref(), offset))
+                .filter(|k| !k.is_empty());
+            return Err(at(offset, key, e.message().trim().replace('\n', " ")));
+        }
+    };
+    let built = build(&parsed).map_err(|e| match e {
+        ConfigError::Invalid { key, message } => {
+            let offset = doc.as_ref().map_or(0, |d| span_of(d.get_ref(), &key).start);
+            at(offset, Some(key), message)
+        }
+        other => other,
+    })?;
+    Ok((parsed, built))
 }
 
 /// 1-based line and column (in characters) of byte `offset` of `text`.
@@ -1236,6 +1478,61 @@ mod tests {
             err(&format!("{MINIMAL}[ratelimit]\nclients = 10\n")).starts_with("ratelimit.clients:")
         );
         assert!(err(&format!("{MINIMAL}[ratelimit]\nrate = 10\n")).contains("rate"));
+    }
+
+    #[test]
+    fn firewall_rules_and_rate_limits_seed_the_state() {
+        use xdplb_model::firewall::Action;
+        use xdplb_model::ratelimit::{Policy, Scope};
+        let text = format!(
+            "{MINIMAL}[firewall]\ncapacity = 4096\nblock = [\"10.0.0.0/8\"]\nallow = [\"10.1.0.0/16\"]\n\
+             [ratelimit]\nclients = 4096\n[ratelimit.default]\nrate = 100\nburst = 10\n\
+             [[ratelimit.override]]\ncidr = \"192.0.2.0/24\"\nrate = 5\nburst = 1\nscope = \"new-flows\"\n"
+        );
+        let c = Config::parse(&text).expect("parses");
+        let s = c.initial_state().expect("state");
+        assert_eq!(
+            s.firewall.get(&"10.0.0.0/8".parse().unwrap()),
+            Some(Action::Block)
+        );
+        assert_eq!(
+            s.firewall.get(&"10.1.0.0/16".parse().unwrap()),
+            Some(Action::Allow)
+        );
+        assert_eq!(
+            s.ratelimit.default,
+            Policy {
+                rate: 100,
+                burst: 10,
+                scope: Scope::All
+            }
+        );
+        assert_eq!(
+            s.ratelimit.overrides[&"192.0.2.0/24".parse().unwrap()].scope,
+            Scope::NewFlows
+        );
+        // Errors name the key, also against the capacity of this file.
+        let path = Path::new("lbd.toml");
+        let located = |t: &str| {
+            Config::parse_located(t, path)
+                .expect_err("refused")
+                .to_string()
+        };
+        let e = located(&text.replace("\"10.1.0.0/16\"", "\"10.1.0.1/16\""));
+        assert!(
+            e.starts_with("lbd.toml:8:10: firewall.allow[0]: 10.1.0.1/16 has host bits"),
+            "{e}"
+        );
+        let e = located(&text.replace("capacity = 4096", "capacity = 1"));
+        assert!(
+            e.contains("firewall: the firewall would hold 2 rules"),
+            "{e}"
+        );
+        let e = located(&text.replace("burst = 10", "burst = 0"));
+        assert!(
+            e.starts_with("lbd.toml:13:9: ratelimit.default.burst: "),
+            "{e}"
+        );
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub struct Lbd {
     pub trace: crate::pb::trace_client::TraceClient<Channel>,
     pub explain: crate::pb::explain_client::ExplainClient<Channel>,
     pub checks: crate::pb::checks_client::ChecksClient<Channel>,
+    pub apply: crate::pb::apply_client::ApplyClient<Channel>,
 }
 
 impl Lbd {
@@ -109,6 +110,8 @@ impl Lbd {
             ratelimits: RateLimitsClient::new(channel.clone()),
             explain: crate::pb::explain_client::ExplainClient::new(channel.clone()),
             checks: crate::pb::checks_client::ChecksClient::new(channel.clone()),
+            apply: crate::pb::apply_client::ApplyClient::new(channel.clone())
+                .max_encoding_message_size(crate::apply::MAX_FILE_BYTES),
             trace: crate::pb::trace_client::TraceClient::new(channel),
         })
     }

@@ -52,6 +52,8 @@ pub enum Command {
     Explain(crate::explain::Explain),
     /// `backend check`: lbd probes one backend of a VIP.
     Check(crate::check::Check),
+    /// `apply -f FILE [--dry-run]`: the whole desired configuration.
+    Apply(crate::apply::Apply),
     Completions(clap_complete::Shell),
     /// `man [--dir DIR]`: local, no lbd.
     Man(Option<std::path::PathBuf>),
@@ -139,6 +141,7 @@ impl TryFrom<LowCommand> for Command {
                 let (vip, backend) = backend_ref(&args)?;
                 Command::Check(crate::check::Check { vip, backend })
             }
+            LowCommand::Apply(args) => Command::Apply(args.into()),
             LowCommand::Completions { shell } => Command::Completions(shell),
             LowCommand::Man { dir } => Command::Man(dir),
         })

@@ -164,6 +164,10 @@ pub enum LowCommand {
     #[command(after_help = EXPLAIN_EXAMPLES)]
     Explain(ExplainArgs),
 
+    /// Make the whole configuration (VIPs, health checks, backends, firewall, rate limits) that of a TOML file, as one change; print the difference
+    #[command(after_help = APPLY_EXAMPLES)]
+    Apply(ApplyArgs),
+
     /// Print a shell completion script to stdout
     Completions {
         /// Shell to generate completions for
@@ -642,4 +646,26 @@ pub struct TraceArgs {
     /// Also write the frames (as the balancer sent them on) to FILE in pcap format
     #[arg(long, value_name = "FILE")]
     pub pcap: Option<PathBuf>,
+}
+
+const APPLY_EXAMPLES: &str = "Examples:
+  lbctl apply -f /etc/xdplb/desired.toml --dry-run
+  lbctl apply -f /etc/xdplb/desired.toml
+  lbctl --json apply -f - < desired.toml
+
+The file holds lbd.toml's desired-state tables only: [[vip]] (address, proto, mode, [vip.health],
+[[vip.backend]] address and weight), [firewall] block = [...] allow = [...], [ratelimit.default]
+and [[ratelimit.override]] (cidr, rate, burst, scope). What it leaves out is removed. Drained
+backends stay drained; health status is kept. A second apply of the same file changes nothing.";
+
+/// `lbctl apply -f FILE [--dry-run]`
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// The desired configuration (TOML); - reads standard input
+    #[arg(long, short = 'f', value_name = "FILE")]
+    pub file: PathBuf,
+
+    /// Print the difference only; change nothing
+    #[arg(long)]
+    pub dry_run: bool,
 }

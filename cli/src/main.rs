@@ -1,6 +1,7 @@
 //! lbctl: command-line client for lbd, the xdplb daemon. This module owns the process
 //! edges (argument parsing, exit codes, error lines) and dispatches one command to lbd.
 
+mod apply;
 mod backend;
 mod backend_setup;
 mod check;
@@ -122,6 +123,7 @@ async fn run(command: &Command, args: &Globals, out: &mut dyn Write) -> anyhow::
         Command::Trace(cmd) => trace::run(cmd, args, out).await,
         Command::Explain(cmd) => explain::run(cmd, args, out).await,
         Command::Check(cmd) => check::run(cmd, args, out).await,
+        Command::Apply(cmd) => apply::run(cmd, args, out).await,
         // Handled in main: local, no lbd.
         Command::BackendSetup { .. } | Command::Completions(_) | Command::Man(_) => Ok(()),
     }

@@ -416,3 +416,125 @@ fn playbook_is_idempotent_supports_check_mode_and_reports_lbctl_errors() {
     let again = lab.play("teardown.yml", &[]);
     assert_eq!(again.changed, 0, "second teardown:\n{}", again.output);
 }
+
+/// `contrib/ansible/tests/config.yml`'s document with the second backend at `weight`, as a file
+/// for its `config_src` run.
+fn config_document(b1: &str, b2: &str, weight: u32) -> String {
+    format!(
+        r#"[[vip]]
+address = "{VIP}:80"
+proto = "tcp"
+[vip.health]
+proto = "tcp"
+interval = "1s"
+fall = 2
+[[vip.backend]]
+address = "{b1}:8080"
+[[vip.backend]]
+address = "{b2}:8080"
+weight = {weight}
+
+[firewall]
+block = ["192.0.2.0/24"]
+
+[ratelimit.default]
+rate = 100000
+burst = 10000
+"#
+    )
+}
+
+#[test]
+fn config_module_applies_a_document_with_check_and_diff_mode() {
+    let lab = Lab::start();
+    let b1 = lab.topo.backend(1).addr.to_string();
+    let b2 = lab.topo.backend(2).addr.to_string();
+
+    // Check mode on an empty lbd: it would change things, changes nothing, shows lbd's diff.
+    let empty = lab.snapshot();
+    let check = lab.play("config.yml", &["--check", "--diff"]);
+    assert_eq!(check.changed, 1, "{}", check.output);
+    assert!(
+        check.output.contains(&format!("+ vip {VIP}:80/tcp nat"))
+            && check.output.contains("+ block 192.0.2.0/24"),
+        "check --diff showed no diff lines:\n{}",
+        check.output
+    );
+    assert_eq!(lab.snapshot(), empty, "check mode changed lbd's state");
+
+    // Applied.
+    let first = lab.play("config.yml", &["--diff"]);
+    assert_eq!(first.changed, 1, "{}", first.output);
+    let configured = lab.snapshot();
+    assert_eq!(
+        backends_of(&configured, 80, "tcp"),
+        vec![(b1.clone(), 8080, 100, None), (b2.clone(), 8080, 50, None)]
+    );
+    assert_eq!(rules_of(&configured), vec![(s("block"), s("192.0.2.0/24"))]);
+    assert_eq!(
+        configured["rate_limits"],
+        json!([{"cidr": null, "rate": 100000, "burst": 10000, "scope": "all"}])
+    );
+    let tcp = configured["vips"]
+        .as_array()
+        .and_then(|v| v.first().cloned())
+        .expect("the VIP");
+    assert_eq!(tcp["health"]["kind"], "tcp");
+    assert_eq!(tcp["health"]["fall"], 2);
+    let reply = tcp_request(
+        lab.topo.client(),
+        None,
+        SocketAddrV4::new(VIP, 80),
+        Duration::from_secs(2),
+    )
+    .expect("a request to the VIP xdplb_config configured");
+    assert!(reply.name == "b1" || reply.name == "b2", "{}", reply.name);
+
+    // Check mode now: nothing to do.
+    let check = lab.play("config.yml", &["--check"]);
+    assert_eq!(check.changed, 0, "{}", check.output);
+
+    // A changed document in check mode: reported as a change, with its diff line, not made.
+    let check = lab.play("config.yml", &["--check", "--diff", "-e", "weight=20"]);
+    assert_eq!(check.changed, 1, "{}", check.output);
+    assert!(
+        check
+            .output
+            .contains(&format!("~ weight {VIP}:80/tcp {b2}:8080 50 -> 20")),
+        "{}",
+        check.output
+    );
+    assert_eq!(lab.snapshot(), configured, "check mode changed lbd's state");
+
+    // Applied, this time from a file on the host (src); then idempotent.
+    let file = lab.home.path().join("desired.toml");
+    std::fs::write(&file, config_document(&b1, &b2, 20)).expect("writing the document");
+    let src = format!("config_src={}", file.display());
+    let applied = lab.play("config.yml", &["-e", &src]);
+    assert_eq!(applied.changed, 1, "{}", applied.output);
+    let after = lab.snapshot();
+    assert_eq!(
+        backends_of(&after, 80, "tcp"),
+        vec![(b1.clone(), 8080, 100, None), (b2.clone(), 8080, 20, None)]
+    );
+    assert_eq!(lab.play("config.yml", &["-e", &src]).changed, 0);
+    assert_eq!(
+        lab.play("config.yml", &["-e", "weight=20"]).changed,
+        0,
+        "the inline document and the file are the same configuration"
+    );
+
+    // A bad document fails with lbd's message (line, column, key) and changes nothing.
+    let bad = lab
+        .playbook("bad_config.yml", &[])
+        .expect("bad_config.yml runs");
+    assert!(!bad.success && bad.failed == 1, "{}", bad.output);
+    assert!(
+        bad.output.contains(
+            "lbctl: <stdin>:6:10: vip[0].backend[0].weight: 2000000 is above the maximum 1000000"
+        ),
+        "{}",
+        bad.output
+    );
+    assert_eq!(lab.snapshot(), after, "a failed task changed lbd's state");
+}

@@ -62,6 +62,7 @@ pub fn router(
         .add_service(xdplb_proto::pb::explain_server::ExplainServer::new(
             super::explain::ExplainService::new(ctl.clone()),
         ))
+        .add_service(super::apply::ApplyService::server(ctl.clone()))
 }
 
 /// Server reflection of lbd's services (`proto/*.proto`), of `grpc.health.v1.Health` and of

@@ -2,6 +2,7 @@
 //! from errors to gRPC statuses. The desired state itself is owned by
 //! [`crate::controller::Controller`].
 
+pub(crate) mod apply;
 pub mod authority;
 pub(crate) mod backends;
 pub mod check;
