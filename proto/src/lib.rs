@@ -55,6 +55,7 @@ mod tests {
                 super::pb::rate_limits_server::SERVICE_NAME,
             ),
             ("xdplb.v1.Checks", super::pb::checks_server::SERVICE_NAME),
+            ("xdplb.v1.Apply", super::pb::apply_server::SERVICE_NAME),
         ] {
             assert_eq!(name, generated);
             assert!(names.iter().any(|n| n == name), "{name} not in {names:?}");
