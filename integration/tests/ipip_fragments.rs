@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use xdplb_integration::dsr::{LbCounters, RoutedTopology};
 use xdplb_integration::{Lbd, NetNs, Proto, VIP};
+use xdplb_testkit::packet::internet_checksum;
 
 const PORT: u16 = 53;
 /// The MTU of the LB's route to the backend subnet, locked (bpf_fib_lookup and ip_forward honour
@@ -145,25 +146,13 @@ fn ip_at(b: &[u8], off: usize) -> Ipv4Addr {
     Ipv4Addr::new(b[off], b[off + 1], b[off + 2], b[off + 3])
 }
 
-/// RFC 1071 over `data` (0 when a header with its checksum is right).
-fn checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = data
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
 /// The IPv4 packet `ip` as a router forwards it: TTL one less, header checksum from scratch.
 fn routed(ip: &[u8]) -> Vec<u8> {
     let mut p = ip.to_vec();
     let ihl = usize::from(p[0] & 0x0f) * 4;
     p[8] -= 1;
     p[10..12].copy_from_slice(&[0, 0]);
-    let sum = checksum(&p[..ihl]);
+    let sum = internet_checksum(&p[..ihl]);
     p[10..12].copy_from_slice(&sum.to_be_bytes());
     p
 }
@@ -199,7 +188,10 @@ fn reassemble(frags: &[Vec<u8>]) -> Result<(Vec<u8>, Vec<u8>)> {
             tot <= ROUTE_MTU && tot <= f.len(),
             "fragment of {tot} bytes"
         );
-        ensure!(checksum(&f[..20]) == 0, "fragment header checksum wrong");
+        ensure!(
+            internet_checksum(&f[..20]) == 0,
+            "fragment header checksum wrong"
+        );
         ensure!(
             be16(f, 4) == id,
             "fragments of two ids: {id:#06x}, {:#06x}",

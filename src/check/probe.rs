@@ -194,16 +194,9 @@ fn read_frames<T>(
     Ok(None)
 }
 
-/// The one's-complement checksum of `data` (RFC 1071).
+/// The Internet checksum (RFC 1071) of `data`.
 pub(crate) fn checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = data
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
+    crate::dataplane::explain::checksum(&[data])
 }
 
 /// A TCP port of lbd's own on `addr`, held (bound, never listening or connected) while the

@@ -355,8 +355,9 @@ fn decode(rec: &et::lb_explain, retval: u32) -> Explanation {
     }
 }
 
-/// The one's-complement sum of `data` (16-bit big-endian words) folded, complemented.
-fn checksum(parts: &[&[u8]]) -> u16 {
+/// The Internet checksum (RFC 1071) of `parts` taken as one run of bytes: the one's-complement
+/// sum of its 16-bit big-endian words, folded, complemented. Also the backend check's.
+pub(crate) fn checksum(parts: &[&[u8]]) -> u16 {
     let mut sum: u32 = 0;
     let mut odd: Option<u8> = None;
     for part in parts {
