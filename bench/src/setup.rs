@@ -26,15 +26,21 @@ pub use crate::common::lab::sa;
 
 /// The extra route of the bench (on top of `setup_net`).
 pub fn add_routes(ns: &NetNs) -> Result<()> {
-    ns.ip(&[
-        "route",
-        "add",
-        &format!("{FAR_NET}/16"),
-        "via",
-        &BACKEND1.to_string(),
-        "dev",
-        "veth0",
-    ])?;
+    // The far backends, and a default route (inside the bench's own namespace) for the made-up
+    // clients of the new-flow, scaling and firewall cases, so that the replies to them have a
+    // next hop, as on a real balancer (without a route the program drops a NAT reply:
+    // drop_fib_failed).
+    for net in [format!("{FAR_NET}/16"), "default".into()] {
+        ns.ip(&[
+            "route",
+            "add",
+            &net,
+            "via",
+            &BACKEND1.to_string(),
+            "dev",
+            "veth0",
+        ])?;
+    }
     Ok(())
 }
 
@@ -146,11 +152,12 @@ pub fn establish(
     if let Ok((snat, backend)) = endpoints(&out) {
         if *snat.ip() == crate::common::lab::LB_ADDR {
             // Only what the program records matters here (the ack number the client's ACK must
-            // carry): the reply itself may have no route to a made-up client (XDP_PASS).
+            // carry): the reply itself goes to the default route's router.
             let (action, _) = runner.run(prog, lb.net.veth0, &syn_ack(backend, snat))?;
             ensure!(
                 action != libbpf_sys::XDP_ABORTED && action != libbpf_sys::XDP_DROP,
-                "the SYN-ACK of {client}: verdict {action}"
+                "the SYN-ACK of {client}: verdict {action}; counters {:?}",
+                lb.global()?.reasons
             );
         }
     }
