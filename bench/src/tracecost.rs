@@ -100,6 +100,9 @@ fn start_reader<'s, 'a: 's>(
                 }
                 n += got;
             }
+            // What is left in buffers whose wakeup never came.
+            n += s.drain()?.len() as u64;
+            lost += s.take_lost();
             Ok((n, lost))
         };
         let r = run();

@@ -248,6 +248,18 @@ impl TraceSession<'_> {
         Ok(got)
     }
 
+    /// Everything the per-CPU buffers hold now, read whether or not their wakeup came (a
+    /// wakeup still pending on a busy CPU would leave records behind a `poll`); for the last
+    /// read after [`TraceSession::stop`].
+    pub fn drain(&mut self) -> Result<Vec<TraceRecord>, DataplaneError> {
+        self.perf
+            .consume()
+            .map_err(bpf_err("reading the trace perf buffer"))?;
+        let mut got: Vec<TraceRecord> = self.queue.borrow_mut().drain(..).collect();
+        got.sort_by_key(|r| r.ts_ns);
+        Ok(got)
+    }
+
     /// Records the kernel dropped because the buffer was full, since the last call.
     pub fn take_lost(&mut self) -> u64 {
         std::mem::take(&mut *self.lost.borrow_mut())
