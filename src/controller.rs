@@ -44,8 +44,10 @@ pub(crate) enum ChangeError<E> {
 /// A queued change: run on the group's state, it either refuses (answering its caller at once)
 /// or changes the state and returns how to answer once the group is committed.
 type Job = Box<dyn FnOnce(&mut State) -> Option<Staged> + Send>;
-/// Answers one accepted change with the group's outcome.
-type Staged = Box<dyn FnOnce(&Result<(), Arc<ControlError>>) + Send>;
+/// Answers one accepted change with the group's outcome: on success, still under the lock, with
+/// the committed state and a reader of the reconciler (ids, health) for its reply.
+type Staged =
+    Box<dyn for<'a, 'b> FnOnce(Result<(&'a State, &'a Reader<'b>), Arc<ControlError>>) + Send>;
 
 struct Inner {
     state: State,
@@ -180,6 +182,24 @@ impl Controller {
         T: Send + 'static,
         E: Send + 'static,
     {
+        self.change_and_read(f, |out, _, _| out).await
+    }
+
+    /// [`Controller::change`], then `g` on its output, the committed state and a [`Reader`],
+    /// under the same lock as the commit: the reply of an RPC that describes what it changed
+    /// (ids the reconciler handed out) without queueing for the lock behind the next group.
+    pub(crate) async fn change_and_read<T, E, F, R, G>(
+        &self,
+        f: F,
+        g: G,
+    ) -> Result<R, ChangeError<E>>
+    where
+        F: FnOnce(&mut State) -> Result<T, E> + Send + 'static,
+        G: FnOnce(T, &State, &Reader<'_>) -> R + Send + 'static,
+        T: Send + 'static,
+        E: Send + 'static,
+        R: Send + 'static,
+    {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move |state: &mut State| {
             let mut trial = state.clone();
@@ -195,21 +215,29 @@ impl Controller {
                 return None;
             }
             *state = trial;
-            Some(Box::new(
-                move |committed: &Result<(), Arc<ControlError>>| {
-                    let _ = tx.send(match committed {
-                        Ok(()) => Ok(out),
-                        Err(e) => Err(ChangeError::Control(ControlError::Group(e.clone()))),
-                    });
-                },
-            ))
+            let answer: Staged = Box::new(move |committed| {
+                let _ = tx.send(match committed {
+                    Ok((state, reader)) => Ok(g(out, state, reader)),
+                    Err(e) => Err(ChangeError::Control(ControlError::Group(e))),
+                });
+            });
+            Some(answer)
         });
-        self.queue
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(job);
-        let this = self.clone();
-        tokio::spawn(async move { this.commit_queued().await });
+        let first = {
+            let mut queue = self
+                .queue
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            queue.push(job);
+            queue.len() == 1
+        };
+        // One commit per group: a change queued behind others is taken by the commit the
+        // first of them started (it has not drained the queue yet, or the queue would have
+        // been empty).
+        if first {
+            let this = self.clone();
+            tokio::spawn(async move { this.commit_queued().await });
+        }
         rx.await.unwrap_or_else(|_| {
             Err(ChangeError::Control(ControlError::Abandoned(
                 "the commit this change was grouped with stopped before answering; \
@@ -230,7 +258,6 @@ impl Controller {
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         );
         if jobs.is_empty() {
-            // An earlier commit took this change with its group.
             return 0;
         }
         let mut next = inner.state.clone();
@@ -267,11 +294,18 @@ impl Controller {
                 Err(Arc::new(e))
             }
         };
-        drop(inner);
         let accepted = staged.len();
-        for answer in staged {
-            answer(&committed);
+        {
+            // A block, not a drop: the reader (not Send) must not live across an await.
+            let reader = Reader::new(&inner.reconciler);
+            for answer in staged {
+                answer(match &committed {
+                    Ok(()) => Ok((&inner.state, &reader)),
+                    Err(e) => Err(e.clone()),
+                });
+            }
         }
+        drop(inner);
         if committed.is_ok() {
             self.warm_next_hops().await;
         }

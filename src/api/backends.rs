@@ -30,10 +30,6 @@ impl BackendsService {
         self
     }
 
-    async fn describe(&self, vip: VipKey, addr: SocketAddrV4) -> pb::Backend {
-        self.ctl.read(|s, r| pb_backend(s, r, &vip, addr)).await
-    }
-
     /// A VIP that must exist; when it is an L2 DSR VIP, `addrs` must be on a directly connected
     /// subnet (naming `field(i)` for the first that is not).
     async fn check_l2dsr(
@@ -56,8 +52,10 @@ impl BackendsService {
         addr: SocketAddrV4,
         f: impl FnOnce(&mut State) -> Result<T, E> + Send + 'static,
     ) -> Result<(T, pb::Backend), ChangeError<E>> {
-        let out = self.ctl.change(f).await?;
-        Ok((out, self.describe(vip, addr).await))
+        // Described under the commit's lock, not after it behind the next group's.
+        self.ctl
+            .change_and_read(f, move |out, s, r| (out, pb_backend(s, r, &vip, addr)))
+            .await
     }
 }
 
