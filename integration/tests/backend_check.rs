@@ -24,6 +24,16 @@ fn any_port(port: u16) -> SocketAddrV4 {
     SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)
 }
 
+/// lbd started in `ns` with `config`, serving the TCP VIP in `mode` with `backend`.
+fn serve(ns: &NetNs, config: &str, mode: &str, backend: SocketAddrV4) -> Lbd {
+    let lbd = Lbd::start(ns, config).expect("lbd starts");
+    lbd.add_vip_with(vip(), Proto::Tcp, &["--mode", mode])
+        .expect("vip add");
+    lbd.add_backend(vip(), Proto::Tcp, backend)
+        .expect("add-backend");
+    lbd
+}
+
 /// What one `lbctl backend check` printed.
 struct Checked {
     code: Option<i32>,
@@ -99,12 +109,8 @@ fn good_l2dsr_backend_passes_then_arp_is_named() {
     let mt = ModeTopology::one_arm("l2dsr", 1).expect("topology");
     let b1 = mt.topo.backend(1);
     let server = tcp_name_server(&b1.ns, any_port(PORT), "b1").expect("server");
-    let lbd = Lbd::start(mt.topo.lb(), &mt.topo.lbd_config()).expect("lbd starts");
-    lbd.add_vip_with(vip(), Proto::Tcp, &["--mode", "l2dsr"])
-        .expect("vip add");
     let backend = mt.backend_addr(1, PORT);
-    lbd.add_backend(vip(), Proto::Tcp, backend)
-        .expect("add-backend");
+    let lbd = serve(mt.topo.lb(), &mt.topo.lbd_config(), "l2dsr", backend);
 
     let c = check(&lbd, mt.topo.lb(), vip(), "tcp", backend);
     c.assert_all_ok(&[]);
@@ -212,12 +218,8 @@ fn l2dsr_backend_without_vip_on_lo_is_named() {
     let topo = Topology::one_arm(1).expect("topology");
     let b1 = topo.backend(1);
     let server = tcp_name_server(&b1.ns, any_port(PORT), "b1").expect("server");
-    let lbd = Lbd::start(topo.lb(), &topo.lbd_config()).expect("lbd starts");
-    lbd.add_vip_with(vip(), Proto::Tcp, &["--mode", "l2dsr"])
-        .expect("vip add");
     let backend = SocketAddrV4::new(b1.addr, PORT);
-    lbd.add_backend(vip(), Proto::Tcp, backend)
-        .expect("add-backend");
+    let lbd = serve(topo.lb(), &topo.lbd_config(), "l2dsr", backend);
     let c = check(&lbd, topo.lb(), vip(), "tcp", backend);
     assert_eq!(c.status("port"), "ok", "{:#}", c.json);
     assert_eq!(c.status("vip"), "fail", "{:#}", c.json);
@@ -291,12 +293,8 @@ fn mtu_too_small_is_named() {
         .ip(&["link", "set", "dev", "eth0", "mtu", "1400"])
         .unwrap();
     let server = tcp_name_server(&b1.ns, any_port(PORT), "b1").expect("server");
-    let lbd = Lbd::start(mt.topo.lb(), &mt.topo.lbd_config()).expect("lbd starts");
-    lbd.add_vip_with(vip(), Proto::Tcp, &["--mode", "l2dsr"])
-        .expect("vip add");
     let backend = mt.backend_addr(1, PORT);
-    lbd.add_backend(vip(), Proto::Tcp, backend)
-        .expect("add-backend");
+    let lbd = serve(mt.topo.lb(), &mt.topo.lbd_config(), "l2dsr", backend);
     let c = check(&lbd, mt.topo.lb(), vip(), "tcp", backend);
     assert_eq!(c.status("mtu"), "fail", "{:#}", c.json);
     let detail = c.text("mtu", "detail");
@@ -325,12 +323,8 @@ fn good_ipip_backend_passes() {
     let setup = backend_setup(topo.backend(), VIP, "ipip", "eth0", RoutedTopology::LB_ADDR)
         .expect("lbctl backend-setup");
     let server = tcp_name_server(topo.backend(), any_port(PORT), "b1").expect("server");
-    let lbd = Lbd::start(topo.lb(), &topo.lbd_config()).expect("lbd starts");
-    lbd.add_vip_with(vip(), Proto::Tcp, &["--mode", "ipip"])
-        .expect("vip add");
     let backend = SocketAddrV4::new(RoutedTopology::BACKEND_ADDR, PORT);
-    lbd.add_backend(vip(), Proto::Tcp, backend)
-        .expect("add-backend");
+    let lbd = serve(topo.lb(), &topo.lbd_config(), "ipip", backend);
     let c = check(&lbd, topo.lb(), vip(), "tcp", backend);
     c.assert_all_ok(&[]);
     assert!(
@@ -368,12 +362,8 @@ fn ipip_backend_without_decap_is_named() {
     )
     .expect("lbctl backend-setup");
     let server = tcp_name_server(topo.backend(), any_port(PORT), "b1").expect("server");
-    let lbd = Lbd::start(topo.lb(), &topo.lbd_config()).expect("lbd starts");
-    lbd.add_vip_with(vip(), Proto::Tcp, &["--mode", "ipip"])
-        .expect("vip add");
     let backend = SocketAddrV4::new(RoutedTopology::BACKEND_ADDR, PORT);
-    lbd.add_backend(vip(), Proto::Tcp, backend)
-        .expect("add-backend");
+    let lbd = serve(topo.lb(), &topo.lbd_config(), "ipip", backend);
     let c = check(&lbd, topo.lb(), vip(), "tcp", backend);
     assert_eq!(c.status("port"), "ok", "{:#}", c.json);
     assert_eq!(c.status("ipip"), "fail", "{:#}", c.json);
