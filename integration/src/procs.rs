@@ -291,6 +291,12 @@ impl Lbd {
             .with_context(|| format!("`lbctl --json {}` printed no JSON: {out}", args.join(" ")))
     }
 
+    /// `lbctl --json backend list --vip <vip> --proto <proto>`, parsed.
+    pub fn backend_list(&self, vip: SocketAddrV4, proto: Proto) -> Result<Value> {
+        let (vip, proto) = (vip.to_string(), proto.to_string());
+        self.ctl_json(&["backend", "list", "--vip", &vip, "--proto", &proto])
+    }
+
     /// `lbctl vip add <vip> --proto <proto>`.
     pub fn add_vip(&self, vip: SocketAddrV4, proto: Proto) -> Result<String> {
         self.add_vip_with(vip, proto, &[])

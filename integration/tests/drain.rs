@@ -99,14 +99,7 @@ impl Lab {
     fn backend_row(&self, backend: SocketAddrV4) -> (u64, u64) {
         let v = self
             .lbd
-            .ctl_json(&[
-                "backend",
-                "list",
-                "--vip",
-                &vip().to_string(),
-                "--proto",
-                "tcp",
-            ])
+            .backend_list(vip(), Proto::Tcp)
             .expect("backend list");
         let row = v["backends"]
             .as_array()

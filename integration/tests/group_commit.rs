@@ -40,8 +40,8 @@ fn backend(w: usize, i: usize) -> SocketAddrV4 {
 }
 
 /// The backends `lbctl --json backend list` shows for `vip`.
-fn listed(lbd: &Lbd, vip: &str) -> Result<BTreeSet<SocketAddrV4>> {
-    let v = lbd.ctl_json(&["backend", "list", "--vip", vip, "--proto", "tcp"])?;
+fn listed(lbd: &Lbd, vip: SocketAddrV4) -> Result<BTreeSet<SocketAddrV4>> {
+    let v = lbd.backend_list(vip, Proto::Tcp)?;
     v["backends"]
         .as_array()
         .context("no backends array")?
@@ -59,7 +59,6 @@ fn kill9_amid_concurrent_writers_loses_no_acknowledged_change() -> Result<()> {
     let topo = Topology::two_arm(1)?;
     let config = topo.lbd_config();
     let vip = SocketAddrV4::new(topo.vip(), 80);
-    let vip_s = vip.to_string();
     let state = tempfile::tempdir()?;
     let mut first = Lbd::start_with(topo.lb(), &config, &StartOptions::keep(state.path()))?;
     first.add_vip(vip, Proto::Tcp)?;
@@ -144,7 +143,7 @@ fn kill9_amid_concurrent_writers_loses_no_acknowledged_change() -> Result<()> {
     );
 
     let second = Lbd::start_with(topo.lb(), &config, &StartOptions::state(state.path()))?;
-    let after = listed(&second, &vip_s)?;
+    let after = listed(&second, vip)?;
     let lost: Vec<_> = acked.difference(&after).collect();
     let extra = after.difference(&acked).count();
     eprintln!(
